@@ -1,0 +1,342 @@
+//! The eBPF data plane: the programs from `ebpf/`, embedded at build time, and a typed wrapper per
+//! map.
+//!
+//! Programs are attached to a pod's host-side veth as TC filters on a `clsact` qdisc through
+//! netlink (not TCX links): such filters hold their own reference to the program, so the data plane
+//! keeps working while the agent restarts, and every tool (`tc filter show`, `bpftool net show` of
+//! any version) shows them.
+
+pub mod bpffs;
+pub mod pod_traffic;
+
+use std::{
+    ffi::CString,
+    fmt, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType,
+        tc::{self, NlOptions, TcAttachOptions, TcError},
+    },
+};
+
+pub use pod_traffic::PodTrafficMap;
+
+/// The BPF object built from `ebpf/` by this crate's build script.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apiary-ebpf"));
+
+/// Where the agent pins its maps by default.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/apiary";
+
+/// Errors from loading, attaching or reading the data plane. Only [`Error::Tc`] on a vanished
+/// interface is worth retrying (after the pod's veth exists again); the rest are bugs in the
+/// object or missing privileges.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bpffs at {path}")]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not on a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    NotBpffs { path: PathBuf },
+    #[error("loading the BPF object")]
+    Load(#[source] aya::EbpfError),
+    #[error("the BPF object has no program named {0}")]
+    MissingProgram(&'static str),
+    #[error("program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("no interface named {iface} in this network namespace")]
+    NoInterface { iface: String },
+    #[error("tc on {iface}")]
+    Tc {
+        iface: String,
+        #[source]
+        source: TcError,
+    },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The programs attached to every pod's host-side veth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodProgram {
+    /// TC ingress of the host-side veth: what the pod sends.
+    FromPod,
+    /// TC egress of the host-side veth: what the pod receives.
+    ToPod,
+}
+
+impl PodProgram {
+    pub const ALL: [Self; 2] = [Self::FromPod, Self::ToPod];
+
+    /// The program's function name in `ebpf/`, which is also the TC filter's name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::FromPod => "from_pod",
+            Self::ToPod => "to_pod",
+        }
+    }
+
+    pub const fn attach_type(self) -> TcAttachType {
+        match self {
+            Self::FromPod => TcAttachType::Ingress,
+            Self::ToPod => TcAttachType::Egress,
+        }
+    }
+
+    const fn hook(self) -> &'static str {
+        match self {
+            Self::FromPod => "ingress",
+            Self::ToPod => "egress",
+        }
+    }
+}
+
+/// The loaded programs and the pinned maps they share.
+#[derive(Debug)]
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl Dataplane {
+    /// Loads the embedded object into the kernel, reusing the maps already pinned in `pin_dir`
+    /// (so counters survive an agent restart) or pinning new ones there.
+    pub fn load(pin_dir: &Path) -> Result<Self> {
+        bpffs::prepare_pin_dir(pin_dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(EBPF_OBJECT)
+            .map_err(Error::Load)?;
+        for program in PodProgram::ALL {
+            classifier_mut(&mut ebpf, program)?
+                .load()
+                .map_err(|source| Error::Program {
+                    name: program.name(),
+                    source,
+                })?;
+        }
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// A loaded program, e.g. to run it on a crafted packet with `BPF_PROG_RUN`.
+    pub fn program(&self, program: PodProgram) -> Result<&SchedClassifier> {
+        self.ebpf
+            .program(program.name())
+            .ok_or(Error::MissingProgram(program.name()))?
+            .try_into()
+            .map_err(|source| Error::Program {
+                name: program.name(),
+                source,
+            })
+    }
+
+    /// The per-pod traffic counters.
+    pub fn pod_traffic(&self) -> Result<PodTrafficMap> {
+        PodTrafficMap::open(&self.pin_dir)
+    }
+
+    /// Attaches the pod programs to the host-side veth `iface` of the calling thread's network
+    /// namespace and starts counting its traffic. Attaching again replaces the filters and keeps
+    /// the counters.
+    pub fn attach_pod(&mut self, iface: &str) -> Result<PodAttachment> {
+        let ifindex = ifindex(iface)?;
+        let tc_err = |source| Error::Tc {
+            iface: iface.to_owned(),
+            source,
+        };
+        match tc::qdisc_add_clsact(iface) {
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            other => other.map_err(tc_err)?,
+        }
+        // Register before attaching so the very first packet is counted.
+        self.pod_traffic()?.register(ifindex)?;
+        let mut programs = Vec::with_capacity(PodProgram::ALL.len());
+        for program in PodProgram::ALL {
+            detach_filter(iface, program).map_err(tc_err)?;
+            let classifier = classifier_mut(&mut self.ebpf, program)?;
+            let program_err = |source| Error::Program {
+                name: program.name(),
+                source,
+            };
+            let link_id = classifier
+                .attach_with_options(
+                    iface,
+                    program.attach_type(),
+                    TcAttachOptions::Netlink(NlOptions::default()),
+                )
+                .map_err(program_err)?;
+            // Dropping the link would detach the filter; the filter must outlive this process.
+            std::mem::forget(classifier.take_link(link_id).map_err(program_err)?);
+            let id = classifier.info().map_err(program_err)?.id();
+            programs.push((program, id));
+        }
+        Ok(PodAttachment {
+            iface: iface.to_owned(),
+            ifindex,
+            programs,
+        })
+    }
+}
+
+/// Removes the pod programs from the host-side veth `iface` of the calling thread's network
+/// namespace and forgets its counters. Returns the programs that were attached.
+pub fn detach_pod(pin_dir: &Path, iface: &str) -> Result<Vec<PodProgram>> {
+    let ifindex = ifindex(iface)?;
+    let mut detached = Vec::new();
+    for program in PodProgram::ALL {
+        if detach_filter(iface, program).map_err(|source| Error::Tc {
+            iface: iface.to_owned(),
+            source,
+        })? {
+            detached.push(program);
+        }
+    }
+    // Without a pinned map nothing was ever loaded with this pin directory: no counters to forget.
+    if pin_dir.join(apiary_ebpf_common::POD_TRAFFIC).exists() {
+        PodTrafficMap::open(pin_dir)?.unregister(ifindex)?;
+    }
+    Ok(detached)
+}
+
+/// Removes the maps pinned in `pin_dir`, and the directory once empty; returns what it removed.
+///
+/// Programs still attached keep their maps alive, so call this after detaching.
+pub fn unpin(pin_dir: &Path) -> Result<Vec<PathBuf>> {
+    let bpffs_err = |source| Error::Bpffs {
+        path: pin_dir.to_owned(),
+        source,
+    };
+    let mut removed = Vec::new();
+    for map in [apiary_ebpf_common::POD_TRAFFIC] {
+        let pin = pin_dir.join(map);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => removed.push(pin),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(bpffs_err(e)),
+        }
+    }
+    match std::fs::remove_dir(pin_dir) {
+        Ok(()) => removed.push(pin_dir.to_owned()),
+        // Gone already, or something else is pinned there: leave it.
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty) => {}
+        Err(e) => return Err(bpffs_err(e)),
+    }
+    Ok(removed)
+}
+
+/// What [`Dataplane::attach_pod`] did.
+#[derive(Debug)]
+pub struct PodAttachment {
+    pub iface: String,
+    pub ifindex: u32,
+    /// Each program with its kernel program id.
+    pub programs: Vec<(PodProgram, u32)>,
+}
+
+impl fmt::Display for PodAttachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let programs: Vec<String> = self
+            .programs
+            .iter()
+            .map(|(program, id)| format!("{} (tc {}, prog id {id})", program.name(), program.hook()))
+            .collect();
+        write!(
+            f,
+            "{}(ifindex {}): {}",
+            self.iface,
+            self.ifindex,
+            programs.join(", ")
+        )
+    }
+}
+
+fn classifier_mut(ebpf: &mut Ebpf, program: PodProgram) -> Result<&mut SchedClassifier> {
+    ebpf.program_mut(program.name())
+        .ok_or(Error::MissingProgram(program.name()))?
+        .try_into()
+        .map_err(|source| Error::Program {
+            name: program.name(),
+            source,
+        })
+}
+
+/// Detaches `program`'s filters from `iface`; `Ok(false)` when none was attached.
+fn detach_filter(iface: &str, program: PodProgram) -> Result<bool, TcError> {
+    match tc::qdisc_detach_program(iface, program.attach_type(), program.name()) {
+        Ok(()) => Ok(true),
+        Err(TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        // No clsact qdisc on the interface: nothing of ours can be attached there.
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The interface index of `iface` in the calling thread's network namespace.
+pub fn ifindex(iface: &str) -> Result<u32> {
+    let no_interface = || Error::NoInterface {
+        iface: iface.to_owned(),
+    };
+    let name = CString::new(iface).map_err(|_| no_interface())?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(no_interface()),
+        index => Ok(index),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_object_is_a_bpf_elf_with_both_programs() {
+        let object = aya_obj_header(EBPF_OBJECT);
+        assert_eq!(object, (*b"\x7fELF", 247), "ELF magic and EM_BPF machine");
+        for program in PodProgram::ALL {
+            let name = program.name().as_bytes();
+            assert!(
+                EBPF_OBJECT.windows(name.len()).any(|w| w == name),
+                "{} missing from the object",
+                program.name()
+            );
+        }
+    }
+
+    fn aya_obj_header(object: &[u8]) -> ([u8; 4], u16) {
+        let magic = object[..4].try_into().unwrap();
+        let machine = u16::from_le_bytes([object[18], object[19]]);
+        (magic, machine)
+    }
+
+    #[test]
+    fn unknown_interface_is_named_in_the_error() {
+        let err = ifindex("apiary-nope0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no interface named apiary-nope0 in this network namespace"
+        );
+    }
+}

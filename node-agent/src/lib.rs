@@ -1,0 +1,9 @@
+//! The node agent: keeps a machine's pods and its eBPF data plane equal to what the control plane
+//! wants.
+//!
+//! - [`dataplane`]: loads the BPF programs from `ebpf/`, attaches them to pod veths and wraps each
+//!   map in a typed struct.
+//! - [`netns`]: runs work inside another network namespace.
+
+pub mod dataplane;
+pub mod netns;

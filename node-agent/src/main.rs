@@ -1,0 +1,139 @@
+//! `apiary-node-agent`: the per-machine agent.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use apiary_node_agent::{
+    dataplane::{self, DEFAULT_PIN_DIR, Dataplane, PodTrafficMap},
+    netns,
+};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "apiary-node-agent", version, about = "Apiary's node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Operate the eBPF data plane by hand (debugging; the agent does this for its pods).
+    #[command(subcommand)]
+    Dataplane(DataplaneCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DataplaneCommand {
+    /// Attach the pod programs to a host-side veth.
+    Attach(Target),
+    /// Detach the pod programs from a host-side veth.
+    Detach(Target),
+    /// Remove the pinned maps (after detaching everything that uses them).
+    Unpin(Location),
+    /// Print the per-pod traffic counters.
+    Traffic(Location),
+}
+
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// The interface (a pod's host-side veth).
+    #[arg(long)]
+    iface: String,
+    #[command(flatten)]
+    location: Location,
+}
+
+/// Which network namespace, and so which pinned maps: interface indexes are per namespace, so
+/// each namespace gets maps of its own.
+#[derive(Debug, clap::Args)]
+struct Location {
+    /// Network namespace (name under /run/netns, or a path) [default: the agent's own].
+    #[arg(long)]
+    netns: Option<String>,
+    /// Directory of the pinned maps [default: /sys/fs/bpf/apiary, or .../netns/NS].
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+}
+
+impl Location {
+    fn pin_dir(&self) -> PathBuf {
+        self.pin_dir.clone().unwrap_or_else(|| match &self.netns {
+            Some(ns) => Path::new(DEFAULT_PIN_DIR)
+                .join("netns")
+                .join(ns.replace('/', "_")),
+            None => PathBuf::from(DEFAULT_PIN_DIR),
+        })
+    }
+
+    fn netns_path(&self) -> Option<PathBuf> {
+        self.netns.as_deref().map(netns::path_of)
+    }
+
+    fn describe(&self) -> String {
+        self.netns.as_ref().map_or_else(
+            || "the agent's network namespace".to_owned(),
+            |ns| format!("netns {ns}"),
+        )
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let Command::Dataplane(command) = Cli::parse().command;
+    match command {
+        DataplaneCommand::Attach(Target { iface, location }) => {
+            let pin_dir = location.pin_dir();
+            let mut dataplane = Dataplane::load(&pin_dir).context("loading the data plane")?;
+            let attachment = netns::run_in_optional(location.netns_path().as_deref(), || {
+                dataplane.attach_pod(&iface)
+            })??;
+            println!(
+                "attached in {}: {attachment}; maps pinned in {}",
+                location.describe(),
+                pin_dir.display()
+            );
+        }
+        DataplaneCommand::Detach(Target { iface, location }) => {
+            let pin_dir = location.pin_dir();
+            let detached = netns::run_in_optional(location.netns_path().as_deref(), || {
+                dataplane::detach_pod(&pin_dir, &iface)
+            })??;
+            let names: Vec<&str> = detached.iter().map(|p| p.name()).collect();
+            println!(
+                "detached from {iface} in {}: {}",
+                location.describe(),
+                if names.is_empty() {
+                    "nothing was attached".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            );
+        }
+        DataplaneCommand::Unpin(location) => {
+            let pin_dir = location.pin_dir();
+            let removed = dataplane::unpin(&pin_dir)?;
+            if removed.is_empty() {
+                println!("unpinned nothing: no maps in {}", pin_dir.display());
+            }
+            for path in removed {
+                println!("unpinned {}", path.display());
+            }
+        }
+        DataplaneCommand::Traffic(location) => {
+            let pin_dir = location.pin_dir();
+            let map = PodTrafficMap::open(&pin_dir)
+                .with_context(|| format!("no data plane pinned in {}", pin_dir.display()))?;
+            println!(
+                "{:>8} {:>13} {:>14} {:>12} {:>13}",
+                "IFINDEX", "FROM-POD-PKTS", "FROM-POD-BYTES", "TO-POD-PKTS", "TO-POD-BYTES"
+            );
+            for (ifindex, t) in map.all()? {
+                println!(
+                    "{ifindex:>8} {:>13} {:>14} {:>12} {:>13}",
+                    t.from_pod_packets, t.from_pod_bytes, t.to_pod_packets, t.to_pod_bytes
+                );
+            }
+        }
+    }
+    Ok(())
+}

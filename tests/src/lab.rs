@@ -1,0 +1,284 @@
+//! A lab of network namespaces acting as nodes and pods on one machine.
+//!
+//! Addresses come from one range, [`LAB_RANGE`] (`10.123.0.0/16`):
+//! - the underlay: `10.123.0.0/24`, node *k* at `10.123.0.k`, all nodes' `eth0` on one bridge
+//!   (`ul0`) in a namespace of its own;
+//! - node *k*'s pods: `10.123.k.0/24`, the node's pod bridge `pods0` at `10.123.k.1`, its *j*-th
+//!   pod at `10.123.k.(j+1)`, whose `eth0` pairs with `lxcNNNN` on the node.
+//!
+//! No lab namespace has a route beyond the lab: the underlay namespace has no uplink, and no
+//! namespace gets a default route. Names are unique per lab (`ap<pid>x<n>-…`); dropping the [`Lab`]
+//! deletes every namespace and pinned map it made, also while unwinding from a panic, and a new lab
+//! sweeps up after labs whose process died without dropping theirs.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, bail};
+
+/// The one address range every lab uses.
+pub const LAB_RANGE: &str = "10.123.0.0/16";
+
+/// Where labs pin their BPF maps.
+const LAB_BPFFS: &str = "/sys/fs/bpf/apiary-lab";
+const NETNS_DIR: &str = "/run/netns";
+
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A set of namespaces torn down together on drop.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    /// In creation order; deleted in reverse.
+    namespaces: Vec<String>,
+    underlay: Option<String>,
+    nodes: u8,
+    pods: u16,
+}
+
+/// A namespace acting as a node.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub netns: String,
+    /// 1-based; the third octet of the node's pod CIDR.
+    pub index: u8,
+    pub underlay_ip: Ipv4Addr,
+    /// The node's pod bridge address, the first of its pod CIDR.
+    pub pod_gateway: Ipv4Addr,
+    pods: u8,
+}
+
+/// A namespace acting as a pod, wired to its node by a veth pair.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    /// The node-side end of the pod's veth, in the node's namespace.
+    pub host_veth: String,
+    pub node_netns: String,
+}
+
+impl Lab {
+    /// Starts an empty lab, first removing what labs of dead processes left behind.
+    pub fn new() -> anyhow::Result<Self> {
+        sweep_stale_labs();
+        let prefix = format!(
+            "ap{}x{}",
+            std::process::id(),
+            LAB_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        Ok(Self {
+            prefix,
+            namespaces: Vec::new(),
+            underlay: None,
+            nodes: 0,
+            pods: 0,
+        })
+    }
+
+    /// The unique prefix of this lab's names.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn add_netns(&mut self, suffix: &str) -> anyhow::Result<String> {
+        let name = format!("{}-{suffix}", self.prefix);
+        ip(&["netns", "add", &name])?;
+        self.namespaces.push(name.clone());
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        // IPv6 off: no router solicitations or DAD probes, so tests can count packets exactly.
+        sysctl(&name, "net.ipv6.conf.all.disable_ipv6", "1")?;
+        sysctl(&name, "net.ipv6.conf.default.disable_ipv6", "1")?;
+        Ok(name)
+    }
+
+    fn underlay(&mut self) -> anyhow::Result<String> {
+        if let Some(ul) = &self.underlay {
+            return Ok(ul.clone());
+        }
+        let ul = self.add_netns("ul")?;
+        ip(&["-n", &ul, "link", "add", "ul0", "type", "bridge"])?;
+        ip(&["-n", &ul, "link", "set", "ul0", "up"])?;
+        self.underlay = Some(ul.clone());
+        Ok(ul)
+    }
+
+    /// Adds a node: its `eth0` on the underlay, and an empty pod bridge.
+    pub fn add_node(&mut self) -> anyhow::Result<Node> {
+        let ul = self.underlay()?;
+        if self.nodes == 250 {
+            bail!("a lab holds at most 250 nodes");
+        }
+        self.nodes += 1;
+        let index = self.nodes;
+        let netns = self.add_netns(&format!("node{index}"))?;
+        let underlay_ip = Ipv4Addr::new(10, 123, 0, index);
+        let pod_gateway = Ipv4Addr::new(10, 123, index, 1);
+        let ul_port = format!("n{index}");
+        ip(&[
+            "-n", &netns, "link", "add", "eth0", "type", "veth", "peer", "name", &ul_port,
+            "netns", &ul,
+        ])?;
+        ip(&["-n", &ul, "link", "set", &ul_port, "master", "ul0", "up"])?;
+        ip(&["-n", &netns, "addr", "add", &format!("{underlay_ip}/24"), "dev", "eth0"])?;
+        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &netns, "link", "add", "pods0", "type", "bridge"])?;
+        ip(&["-n", &netns, "addr", "add", &format!("{pod_gateway}/24"), "dev", "pods0"])?;
+        ip(&["-n", &netns, "link", "set", "pods0", "up"])?;
+        Ok(Node {
+            netns,
+            index,
+            underlay_ip,
+            pod_gateway,
+            pods: 0,
+        })
+    }
+
+    /// Adds a pod on `node`: its `eth0` paired with an `lxcNNNN` port of the node's pod bridge.
+    pub fn add_pod(&mut self, node: &mut Node, name: &str) -> anyhow::Result<Pod> {
+        if node.pods == 250 {
+            bail!("a lab node holds at most 250 pods");
+        }
+        node.pods += 1;
+        self.pods += 1;
+        let netns = self.add_netns(&format!("pod-{name}"))?;
+        let ip_addr = Ipv4Addr::new(10, 123, node.index, node.pods + 1);
+        let host_veth = format!("lxc{:04}", self.pods);
+        ip(&[
+            "-n", &node.netns, "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0",
+            "netns", &netns,
+        ])?;
+        ip(&["-n", &node.netns, "link", "set", &host_veth, "master", "pods0", "up"])?;
+        ip(&["-n", &netns, "addr", "add", &format!("{ip_addr}/24"), "dev", "eth0"])?;
+        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+        let mac = link_mac(&netns, "eth0")?;
+        Ok(Pod {
+            name: name.to_owned(),
+            netns,
+            ip: ip_addr,
+            mac,
+            host_veth,
+            node_netns: node.netns.clone(),
+        })
+    }
+
+    /// Fills both pods' neighbour tables so that no ARP crosses their veths.
+    pub fn pin_neighbors(&self, a: &Pod, b: &Pod) -> anyhow::Result<()> {
+        for (from, to) in [(a, b), (b, a)] {
+            ip(&[
+                "-n", &from.netns, "neigh", "replace", &to.ip.to_string(), "lladdr", &to.mac,
+                "dev", "eth0", "nud", "permanent",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// A bpffs directory for this lab's pinned maps, removed with the lab.
+    pub fn pin_dir(&self, name: &str) -> PathBuf {
+        Path::new(LAB_BPFFS).join(&self.prefix).join(name)
+    }
+
+    /// Every namespace of the lab, in creation order.
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for name in self.namespaces.iter().rev() {
+            if let Err(e) = ip(&["netns", "del", name]) {
+                eprintln!("lab teardown: {e:#}");
+            }
+        }
+        let pins = Path::new(LAB_BPFFS).join(&self.prefix);
+        if let Err(e) = std::fs::remove_dir_all(&pins)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("lab teardown: removing {}: {e}", pins.display());
+        }
+    }
+}
+
+/// Runs `work` inside the namespace `netns` of a lab.
+pub fn run_in<T: Send>(netns: &str, work: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    Ok(apiary_node_agent::netns::run_in(
+        &Path::new(NETNS_DIR).join(netns),
+        work,
+    )?)
+}
+
+/// A UDP socket bound to `addr` inside `netns`. A socket stays in the namespace it was made in, so
+/// the caller can use it from any thread.
+pub fn udp_socket(netns: &str, addr: SocketAddrV4) -> anyhow::Result<UdpSocket> {
+    run_in(netns, || UdpSocket::bind(addr))?
+        .with_context(|| format!("binding {addr} in {netns}"))
+}
+
+/// Runs a command inside `netns` and returns its stdout.
+pub fn exec(netns: &str, argv: &[&str]) -> anyhow::Result<String> {
+    let mut args = vec!["netns", "exec", netns];
+    args.extend_from_slice(argv);
+    ip(&args)
+}
+
+/// Runs `ip ARGS`; the error carries its stderr.
+pub fn ip(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn sysctl(netns: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    exec(netns, &["sh", "-c", &format!("echo {value} > {path}")]).map(drop)
+}
+
+fn link_mac(netns: &str, dev: &str) -> anyhow::Result<String> {
+    let json = ip(&["-n", netns, "-j", "link", "show", "dev", dev])?;
+    let links: serde_json::Value = serde_json::from_str(&json).context("ip -j link show")?;
+    links[0]["address"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no MAC address for {dev} in {netns}: {json}"))
+}
+
+/// Deletes namespaces and pins of labs whose process is gone (killed before its drop ran).
+fn sweep_stale_labs() {
+    let owner_is_dead = |name: &str| {
+        name.strip_prefix("ap")
+            .and_then(|rest| rest.split_once('x'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    if let Ok(entries) = std::fs::read_dir(NETNS_DIR) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if owner_is_dead(&name) {
+                let _ = ip(&["netns", "del", &name]);
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(LAB_BPFFS) {
+        for entry in entries.flatten() {
+            if owner_is_dead(&entry.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Support for Apiary's privileged tests: a network-namespace [`lab`] of nodes and pods, the
+//! [`privileges`] gate, and [`packets`] to feed `BPF_PROG_RUN`.
+
+pub mod lab;
+pub mod packets;
+pub mod privileges;

@@ -1,0 +1,50 @@
+//! `cargo xtask`: set up a machine, build and load the BPF programs, lint, and run the test tiers.
+
+mod ebpf;
+mod setup;
+mod shell;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Apiary's development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what this machine lacks: Debian packages, rust-src, bpf-linker; mount bpffs.
+    Setup,
+    /// Build the BPF object from `ebpf/` (nightly, bpfel-unknown-none).
+    BuildEbpf,
+    /// Lint the host crates and the BPF crate with `-D warnings`.
+    Clippy,
+    /// Attach the BPF programs to an interface (for debugging).
+    Load(ebpf::LoadArgs),
+    /// Detach what `load` attached (all of it, or one interface).
+    Unload(ebpf::UnloadArgs),
+    /// Set up, build, and show the data plane at work in a throwaway lab.
+    Demo,
+    /// The whole suite, as CI runs it: setup, fmt, clippy, unit and privileged tests.
+    Test,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf => ebpf::build().map(|object| {
+            println!("built {}", object.display());
+        }),
+        Command::Clippy => test::clippy(),
+        Command::Load(args) => ebpf::load(&args),
+        Command::Unload(args) => ebpf::unload(&args),
+        Command::Demo => {
+            setup::run()?;
+            shell::cargo(&["run", "--quiet", "-p", "apiary-tests", "--bin", "apiary-lab", "--", "demo"])
+        }
+        Command::Test => test::run(),
+    }
+}

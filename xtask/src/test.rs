@@ -1,0 +1,93 @@
+//! `cargo xtask test` (the whole suite, as CI runs it) and `cargo xtask clippy`.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use crate::{setup, shell};
+
+/// Set to make privileged tests fail instead of skipping when the capability is missing.
+const REQUIRE_PRIVILEGED: &str = "APIARY_REQUIRE_PRIVILEGED";
+
+pub fn run() -> anyhow::Result<()> {
+    let mut phases = Phases::default();
+    let result = (|| {
+        phases.time("setup", setup::run)?;
+        phases.time("fmt", || shell::cargo(&["fmt", "--all", "--check"]))?;
+        phases.time("clippy (host)", clippy_host)?;
+        phases.time("clippy (ebpf)", clippy_ebpf)?;
+        phases.time("unit tests", || {
+            shell::cargo(&[
+                "test",
+                "--workspace",
+                "--exclude",
+                "apiary-ebpf",
+                "--exclude",
+                "apiary-tests",
+            ])
+        })?;
+        phases.time("privileged tests", || {
+            let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+            cmd.args(["test", "--package", "apiary-tests"]);
+            // In CI nothing may be skipped: a missing capability is a failure there.
+            if std::env::var_os("CI").is_some() {
+                cmd.env(REQUIRE_PRIVILEGED, "1");
+            }
+            shell::run(&mut cmd)
+        })
+    })();
+    phases.print();
+    result
+}
+
+pub fn clippy() -> anyhow::Result<()> {
+    clippy_host()?;
+    clippy_ebpf()
+}
+
+fn clippy_host() -> anyhow::Result<()> {
+    shell::cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
+}
+
+fn clippy_ebpf() -> anyhow::Result<()> {
+    shell::run(
+        Command::new("rustup")
+            .args(["run", "nightly", "cargo", "clippy", "--package", "apiary-ebpf"])
+            .args(["--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--", "-D", "warnings"])
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER"),
+    )
+}
+
+/// How long each phase took, printed as a table at the end (also after a failure).
+#[derive(Default)]
+struct Phases {
+    done: Vec<(&'static str, Duration, bool)>,
+}
+
+impl Phases {
+    fn time(
+        &mut self,
+        name: &'static str,
+        phase: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        eprintln!("==> {name}");
+        let started = Instant::now();
+        let result = phase();
+        self.done.push((name, started.elapsed(), result.is_ok()));
+        result
+    }
+
+    fn print(&self) {
+        println!("\n{:<18} {:>9}  RESULT", "PHASE", "SECONDS");
+        let mut total = Duration::ZERO;
+        for (name, took, ok) in &self.done {
+            total += *took;
+            let result = if *ok { "ok" } else { "FAILED" };
+            println!("{name:<18} {:>9.1}  {result}", took.as_secs_f64());
+        }
+        println!("{:<18} {:>9.1}", "total", total.as_secs_f64());
+    }
+}
