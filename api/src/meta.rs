@@ -98,8 +98,14 @@ mod tests {
         assert_eq!(meta.owner_references[0].controller, Some(true));
         let back = serde_json::to_value(&meta).unwrap();
         assert_eq!(back["ownerReferences"][0]["kind"], "ReplicaSet");
-        assert!(back.get("uid").is_none(), "empty fields are omitted: {back}");
-        assert!(back.get("generation").is_none(), "zero generation is omitted");
+        assert!(
+            back.get("uid").is_none(),
+            "empty fields are omitted: {back}"
+        );
+        assert!(
+            back.get("generation").is_none(),
+            "zero generation is omitted"
+        );
     }
 
     #[test]

@@ -141,7 +141,9 @@ mod tests {
             "{err}"
         );
         assert_eq!(
-            dns1123_label("spec.containers[0].name", "").unwrap_err().to_string(),
+            dns1123_label("spec.containers[0].name", "")
+                .unwrap_err()
+                .to_string(),
             "spec.containers[0].name: Required value"
         );
     }

@@ -3,7 +3,11 @@
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "apiary-control-plane", version, about = "Apiary's control plane")]
+#[command(
+    name = "apiary-control-plane",
+    version,
+    about = "Apiary's control plane"
+)]
 struct Cli {}
 
 fn main() -> anyhow::Result<()> {

@@ -13,6 +13,9 @@
 /// never fill the map.
 pub const POD_TRAFFIC: &str = "POD_TRAFFIC";
 
+/// Every map the programs pin by name: what `unpin` removes.
+pub const PINNED_MAPS: &[&str] = &[POD_TRAFFIC];
+
 /// Capacity of [`POD_TRAFFIC`]: well above the 110 pods a node runs.
 pub const POD_TRAFFIC_MAX_ENTRIES: u32 = 4096;
 

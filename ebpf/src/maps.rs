@@ -1,7 +1,7 @@
 //! Map definitions shared by the programs. Names and layouts come from `apiary-ebpf-common`.
 
-use aya_ebpf::{macros::map, maps::PerCpuHashMap, programs::TcContext};
 use apiary_ebpf_common::{POD_TRAFFIC_MAX_ENTRIES, PodTraffic};
+use aya_ebpf::{macros::map, maps::PerCpuHashMap, programs::TcContext};
 
 /// Per-pod packet and byte counters, keyed by the host-side veth's ifindex. Pinned by name so that
 /// every program instance on the node (one per agent start) shares one set of counters.

@@ -89,10 +89,7 @@ mod tests {
     #[test]
     fn names_resolve_under_run_netns_and_paths_stay_paths() {
         assert_eq!(path_of("lab-1"), PathBuf::from("/run/netns/lab-1"));
-        assert_eq!(
-            path_of("/proc/42/ns/net"),
-            PathBuf::from("/proc/42/ns/net")
-        );
+        assert_eq!(path_of("/proc/42/ns/net"), PathBuf::from("/proc/42/ns/net"));
     }
 
     #[test]

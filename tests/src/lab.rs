@@ -122,14 +122,30 @@ impl Lab {
         let pod_gateway = Ipv4Addr::new(10, 123, index, 1);
         let ul_port = format!("n{index}");
         ip(&[
-            "-n", &netns, "link", "add", "eth0", "type", "veth", "peer", "name", &ul_port,
-            "netns", &ul,
+            "-n", &netns, "link", "add", "eth0", "type", "veth", "peer", "name", &ul_port, "netns",
+            &ul,
         ])?;
         ip(&["-n", &ul, "link", "set", &ul_port, "master", "ul0", "up"])?;
-        ip(&["-n", &netns, "addr", "add", &format!("{underlay_ip}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{underlay_ip}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &netns, "link", "add", "pods0", "type", "bridge"])?;
-        ip(&["-n", &netns, "addr", "add", &format!("{pod_gateway}/24"), "dev", "pods0"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{pod_gateway}/24"),
+            "dev",
+            "pods0",
+        ])?;
         ip(&["-n", &netns, "link", "set", "pods0", "up"])?;
         Ok(Node {
             netns,
@@ -151,11 +167,38 @@ impl Lab {
         let ip_addr = Ipv4Addr::new(10, 123, node.index, node.pods + 1);
         let host_veth = format!("lxc{:04}", self.pods);
         ip(&[
-            "-n", &node.netns, "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0",
-            "netns", &netns,
+            "-n",
+            &node.netns,
+            "link",
+            "add",
+            &host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns,
         ])?;
-        ip(&["-n", &node.netns, "link", "set", &host_veth, "master", "pods0", "up"])?;
-        ip(&["-n", &netns, "addr", "add", &format!("{ip_addr}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &node.netns,
+            "link",
+            "set",
+            &host_veth,
+            "master",
+            "pods0",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{ip_addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
         let mac = link_mac(&netns, "eth0")?;
         Ok(Pod {
@@ -172,8 +215,17 @@ impl Lab {
     pub fn pin_neighbors(&self, a: &Pod, b: &Pod) -> anyhow::Result<()> {
         for (from, to) in [(a, b), (b, a)] {
             ip(&[
-                "-n", &from.netns, "neigh", "replace", &to.ip.to_string(), "lladdr", &to.mac,
-                "dev", "eth0", "nud", "permanent",
+                "-n",
+                &from.netns,
+                "neigh",
+                "replace",
+                &to.ip.to_string(),
+                "lladdr",
+                &to.mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
             ])?;
         }
         Ok(())
@@ -217,8 +269,7 @@ pub fn run_in<T: Send>(netns: &str, work: impl FnOnce() -> T + Send) -> anyhow::
 /// A UDP socket bound to `addr` inside `netns`. A socket stays in the namespace it was made in, so
 /// the caller can use it from any thread.
 pub fn udp_socket(netns: &str, addr: SocketAddrV4) -> anyhow::Result<UdpSocket> {
-    run_in(netns, || UdpSocket::bind(addr))?
-        .with_context(|| format!("binding {addr} in {netns}"))
+    run_in(netns, || UdpSocket::bind(addr))?.with_context(|| format!("binding {addr} in {netns}"))
 }
 
 /// Runs a command inside `netns` and returns its stdout.
@@ -281,4 +332,23 @@ fn sweep_stale_labs() {
             }
         }
     }
+}
+
+/// The TC programs on `dev` in `netns` as `bpftool net show` lists them: `(kind, name)`, e.g.
+/// `("clsact/ingress", "from_pod")`.
+pub fn tc_programs(netns: &str, dev: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let json = exec(netns, &["bpftool", "-j", "net", "show", "dev", dev])?;
+    let shown: serde_json::Value = serde_json::from_str(&json).context("bpftool -j net show")?;
+    let programs = shown[0]["tc"]
+        .as_array()
+        .with_context(|| format!("no tc section in {json}"))?
+        .iter()
+        .map(|p| {
+            (
+                p["kind"].as_str().unwrap_or_default().to_owned(),
+                p["name"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    Ok(programs)
 }

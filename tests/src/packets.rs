@@ -7,7 +7,13 @@ pub const IPV4_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
 
 /// An Ethernet frame carrying IPv4/UDP with `payload_len` zero bytes: `42 + payload_len` bytes.
-pub fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
+pub fn udp_frame(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload_len: usize,
+) -> Vec<u8> {
     let ip_len = u16::try_from(IPV4_HLEN + UDP_HLEN + payload_len).expect("fits in one IP packet");
     let mut frame = Vec::with_capacity(ETH_HLEN + usize::from(ip_len));
     // Ethernet: locally administered MACs, EtherType IPv4.

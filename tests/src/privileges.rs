@@ -6,9 +6,7 @@
 pub fn missing() -> Option<String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    (euid != 0).then(|| {
-        format!("needs root for network namespaces and BPF; running as uid {euid}")
-    })
+    (euid != 0).then(|| format!("needs root for network namespaces and BPF; running as uid {euid}"))
 }
 
 /// Returns `true` when the calling test should go on; prints why it skips otherwise.

@@ -17,7 +17,14 @@ const BPF_TARGET: &str = "bpfel-unknown-none";
 pub fn build() -> anyhow::Result<PathBuf> {
     shell::run(
         Command::new("rustup")
-            .args(["run", "nightly", "cargo", "build", "--package", "apiary-ebpf"])
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "build",
+                "--package",
+                "apiary-ebpf",
+            ])
             .args(["--release", "--target", BPF_TARGET, "-Z", "build-std=core"])
             // BTF for the verifier and bpftool; the arch cfg is what aya-ebpf expects.
             .env(
@@ -67,7 +74,10 @@ struct Attachment {
 }
 
 fn record_path() -> PathBuf {
-    workspace_root().join("target").join("xtask").join("loaded.json")
+    workspace_root()
+        .join("target")
+        .join("xtask")
+        .join("loaded.json")
 }
 
 fn read_record() -> anyhow::Result<Loaded> {
@@ -169,4 +179,65 @@ pub fn unload(args: &UnloadArgs) -> anyhow::Result<()> {
 
 fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
+}
+
+/// Checks `load` and `unload` end to end on a veth in a throwaway namespace, reading the result
+/// back with `bpftool net show` as a user would.
+pub fn load_unload_smoke() -> anyhow::Result<()> {
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let netns = Netns(format!("apiary-xtask-{}", std::process::id()));
+    shell::run(Command::new("ip").args(["netns", "add", &netns.0]))?;
+    shell::run(
+        Command::new("ip")
+            .args(["-n", &netns.0, "link", "add", "xt0", "type", "veth"])
+            .args(["peer", "name", "xt1"]),
+    )?;
+    shell::run(Command::new("ip").args(["-n", &netns.0, "link", "set", "xt0", "up"]))?;
+    let attached = |netns: &str| -> anyhow::Result<Vec<String>> {
+        let json = shell::output(Command::new("ip").args([
+            "netns", "exec", netns, "bpftool", "-j", "net", "show", "dev", "xt0",
+        ]))
+        .context("bpftool net show")?;
+        let shown: serde_json::Value = serde_json::from_str(&json)?;
+        Ok(shown[0]["tc"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                format!(
+                    "{} {}",
+                    p["kind"].as_str().unwrap_or(""),
+                    p["name"].as_str().unwrap_or("")
+                )
+            })
+            .collect())
+    };
+
+    load(&LoadArgs {
+        iface: "xt0".into(),
+        netns: Some(netns.0.clone()),
+    })?;
+    let programs = attached(&netns.0)?;
+    anyhow::ensure!(
+        programs == ["clsact/ingress from_pod", "clsact/egress to_pod"],
+        "after load, bpftool net show lists {programs:?}"
+    );
+    unload(&UnloadArgs {
+        iface: Some("xt0".into()),
+        netns: Some(netns.0.clone()),
+    })?;
+    let programs = attached(&netns.0)?;
+    anyhow::ensure!(
+        programs.is_empty(),
+        "after unload, bpftool net show lists {programs:?}"
+    );
+    let pins = Path::new("/sys/fs/bpf/apiary/netns").join(&netns.0);
+    anyhow::ensure!(!pins.exists(), "unload left {} behind", pins.display());
+    println!("load/unload: attached, listed by bpftool, detached and unpinned");
+    Ok(())
 }

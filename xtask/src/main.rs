@@ -43,7 +43,16 @@ fn main() -> anyhow::Result<()> {
         Command::Unload(args) => ebpf::unload(&args),
         Command::Demo => {
             setup::run()?;
-            shell::cargo(&["run", "--quiet", "-p", "apiary-tests", "--bin", "apiary-lab", "--", "demo"])
+            shell::cargo(&[
+                "run",
+                "--quiet",
+                "-p",
+                "apiary-tests",
+                "--bin",
+                "apiary-lab",
+                "--",
+                "demo",
+            ])
         }
         Command::Test => test::run(),
     }

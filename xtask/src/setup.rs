@@ -97,8 +97,7 @@ fn nightly_rust_src() -> anyhow::Result<()> {
 
 fn bpf_linker() -> anyhow::Result<()> {
     let want = format!("bpf-linker {BPF_LINKER_VERSION}");
-    if shell::output(Command::new("bpf-linker").arg("--version"))
-        .is_some_and(|v| v.trim() == want)
+    if shell::output(Command::new("bpf-linker").arg("--version")).is_some_and(|v| v.trim() == want)
     {
         println!("setup: {want} present");
         return Ok(());
@@ -110,7 +109,13 @@ fn bpf_linker() -> anyhow::Result<()> {
             .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
             // Build with the image's stable toolchain, whatever directory we are in.
             .env("RUSTUP_TOOLCHAIN", "stable")
-            .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
             .args(["--no-default-features", "--features", "llvm-22"]),
     )
     .context("installing bpf-linker")

@@ -17,6 +17,7 @@ pub fn run() -> anyhow::Result<()> {
         phases.time("fmt", || shell::cargo(&["fmt", "--all", "--check"]))?;
         phases.time("clippy (host)", clippy_host)?;
         phases.time("clippy (ebpf)", clippy_ebpf)?;
+        phases.time("load/unload", crate::ebpf::load_unload_smoke)?;
         phases.time("unit tests", || {
             shell::cargo(&[
                 "test",
@@ -53,8 +54,21 @@ fn clippy_host() -> anyhow::Result<()> {
 fn clippy_ebpf() -> anyhow::Result<()> {
     shell::run(
         Command::new("rustup")
-            .args(["run", "nightly", "cargo", "clippy", "--package", "apiary-ebpf"])
-            .args(["--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--package",
+                "apiary-ebpf",
+            ])
+            .args([
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+            ])
             .args(["--", "-D", "warnings"])
             .env_remove("RUSTC")
             .env_remove("RUSTC_WORKSPACE_WRAPPER"),

@@ -26,7 +26,8 @@ use aya::{
 pub use pod_traffic::PodTrafficMap;
 
 /// The BPF object built from `ebpf/` by this crate's build script.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apiary-ebpf"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apiary-ebpf"));
 
 /// Where the agent pins its maps by default.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/apiary";
@@ -230,7 +231,7 @@ pub fn unpin(pin_dir: &Path) -> Result<Vec<PathBuf>> {
         source,
     };
     let mut removed = Vec::new();
-    for map in [apiary_ebpf_common::POD_TRAFFIC] {
+    for map in apiary_ebpf_common::PINNED_MAPS {
         let pin = pin_dir.join(map);
         match std::fs::remove_file(&pin) {
             Ok(()) => removed.push(pin),
@@ -241,7 +242,11 @@ pub fn unpin(pin_dir: &Path) -> Result<Vec<PathBuf>> {
     match std::fs::remove_dir(pin_dir) {
         Ok(()) => removed.push(pin_dir.to_owned()),
         // Gone already, or something else is pinned there: leave it.
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+            ) => {}
         Err(e) => return Err(bpffs_err(e)),
     }
     Ok(removed)
@@ -261,7 +266,9 @@ impl fmt::Display for PodAttachment {
         let programs: Vec<String> = self
             .programs
             .iter()
-            .map(|(program, id)| format!("{} (tc {}, prog id {id})", program.name(), program.hook()))
+            .map(|(program, id)| {
+                format!("{} (tc {}, prog id {id})", program.name(), program.hook())
+            })
             .collect();
         write!(
             f,

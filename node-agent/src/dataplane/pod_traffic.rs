@@ -41,12 +41,13 @@ impl PodTrafficMap {
                 io_error,
             }))
         })?;
-        let zeros = PerCpuValues::try_from(vec![PodTraffic::default(); cpus]).map_err(|io_error| {
-            map_err(MapError::SyscallError(aya::sys::SyscallError {
-                call: "PerCpuValues",
-                io_error,
-            }))
-        })?;
+        let zeros =
+            PerCpuValues::try_from(vec![PodTraffic::default(); cpus]).map_err(|io_error| {
+                map_err(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "PerCpuValues",
+                    io_error,
+                }))
+            })?;
         match self.map.insert(ifindex, zeros, BPF_NOEXIST) {
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
                 Ok(())

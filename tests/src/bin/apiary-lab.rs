@@ -78,13 +78,14 @@ fn demo() -> anyhow::Result<()> {
 
 /// Sends `count` datagrams of `len` bytes from `from` to `to` and waits until all arrived.
 fn send(from: &Pod, to: &Pod, count: usize, len: usize) -> anyhow::Result<()> {
-    let receiver = lab::udp_socket(&to.netns, SocketAddrV4::new(to.ip, 7000))?;
+    let receiver = lab::udp_socket(&to.netns, SocketAddrV4::new(to.ip, 0))?;
+    let to_addr = receiver.local_addr()?;
     receiver.set_read_timeout(Some(Duration::from_secs(5)))?;
     let sender: UdpSocket = lab::udp_socket(&from.netns, SocketAddrV4::new(from.ip, 0))?;
     let payload = vec![0xab; len];
     let mut buf = [0u8; 2048];
     for _ in 0..count {
-        sender.send_to(&payload, SocketAddrV4::new(to.ip, 7000))?;
+        sender.send_to(&payload, to_addr)?;
         let (n, _) = receiver.recv_from(&mut buf).context("datagram lost")?;
         anyhow::ensure!(n == len, "received {n} bytes, sent {len}");
     }
