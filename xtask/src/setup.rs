@@ -21,6 +21,8 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     // The etcd backend's tests run a real etcd.
     "etcd-server",
+    // etcd-client and the agent protocol compile .proto files.
+    "protobuf-compiler",
     // Labs and debugging.
     "bpftool",
     "iproute2",
