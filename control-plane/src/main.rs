@@ -1,6 +1,14 @@
 //! `apiary-control-plane`: the API server and the controllers behind it.
 
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use apiary_control_plane::{
+    apiserver::{self, Api, auth::Tokens, pki::Pki},
+    store::{Store, embedded::EmbeddedStore, etcd::EtcdStore},
+};
 use clap::Parser;
+use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -8,9 +16,83 @@ use clap::Parser;
     version,
     about = "Apiary's control plane"
 )]
-struct Cli {}
+struct Cli {
+    /// Where the embedded store, the PKI and the admin kubeconfig live.
+    #[arg(long, default_value = "/var/lib/apiary", env = "APIARY_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address the API server listens on (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:6443")]
+    listen: SocketAddr,
+    /// etcd endpoints (comma-separated); without them the embedded store is used.
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix in etcd, so that several clusters can share one etcd.
+    #[arg(long, default_value = "/apiary")]
+    etcd_prefix: String,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    anyhow::bail!("the API server is not built yet; see issue 3 (Control plane I)")
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    std::fs::create_dir_all(&cli.data_dir)
+        .with_context(|| format!("creating {}", cli.data_dir.display()))?;
+
+    let store: Arc<dyn Store> = if cli.etcd_endpoints.is_empty() {
+        let path = cli.data_dir.join("store.redb");
+        Arc::new(
+            EmbeddedStore::open(&path)
+                .with_context(|| format!("opening the embedded store {}", path.display()))?,
+        )
+    } else {
+        Arc::new(
+            EtcdStore::connect(&cli.etcd_endpoints, &cli.etcd_prefix)
+                .await
+                .context("connecting to etcd")?,
+        )
+    };
+
+    let pki =
+        Pki::load_or_create(&cli.data_dir, &[cli.listen.ip()]).context("setting up the PKI")?;
+    let api = Arc::new(Api::new(store));
+    apiserver::bootstrap(&api)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
+    let app = apiserver::router(api, Arc::new(Tokens::new(pki.admin_token.clone())));
+    let listener = TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("listening on {}", cli.listen))?;
+    // Written once the port is known (`--listen 127.0.0.1:0` picks a free one).
+    let local = listener.local_addr()?;
+    let server_host = if local.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        local.ip().to_string()
+    };
+    let kubeconfig = cli.data_dir.join("kubeconfig");
+    pki.write_kubeconfig(
+        &kubeconfig,
+        &format!("https://{server_host}:{}", local.port()),
+    )?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        kubeconfig = %kubeconfig.display(),
+        "API server ready"
+    );
+    apiserver::serve::serve_tls(listener, pki.tls.clone(), app, shutdown_signal()).await?;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -1,0 +1,364 @@
+//! The node agents' channel (`apiary.agent.v1.NodeAgent`, gRPC on the API port): registration and
+//! pod CIDRs, heartbeats through Leases, the pods bound to each node, pod status reports, and the
+//! objects the data plane programs itself from.
+
+use std::{pin::Pin, sync::Arc};
+
+use apiary_agent_api::v1::{
+    HeartbeatRequest, HeartbeatResponse, ObjectEvent, PodStatusAck, PodStatusReport,
+    RegisterRequest, RegisterResponse, WatchDataplaneRequest, WatchPodsRequest, node_agent_server,
+    object_event::Type,
+};
+use futures::{Stream, StreamExt as _};
+use serde_json::{Value, json};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    apiserver::{
+        Api,
+        error::ApiError,
+        objects::{self, Change, Filter},
+        path::Target,
+        resources::ResourceType,
+    },
+    store,
+};
+
+/// The pod network every node's pod CIDR is cut from (Kubernetes' usual 10.244.0.0/16).
+pub const CLUSTER_CIDR: (u8, u8) = (10, 244);
+/// How long a node may stay silent before it is counted as lost.
+pub const LEASE_DURATION_SECONDS: i64 = 40;
+const POD_CIDR_KEYS: &str = "/registry/ranges/podcidrs/";
+/// The kinds `WatchDataplane` streams when none are named.
+const DATAPLANE_KINDS: &[(&str, &str, &str)] = &[
+    ("", "v1", "namespaces"),
+    ("", "v1", "pods"),
+    ("", "v1", "services"),
+    ("discovery.k8s.io", "v1", "endpointslices"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
+];
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct AgentService {
+    api: Arc<Api>,
+}
+
+impl AgentService {
+    pub fn new(api: Arc<Api>) -> Self {
+        Self { api }
+    }
+
+    /// The tonic server for this service, to mount on the API router.
+    pub fn into_server(self) -> node_agent_server::NodeAgentServer<Self> {
+        node_agent_server::NodeAgentServer::new(self)
+    }
+
+    fn resource(&self, group: &str, plural: &str) -> &'static ResourceType {
+        self.api
+            .resources
+            .get(group, "v1", plural)
+            .expect("the agent protocol's types are served")
+    }
+}
+
+fn to_status(e: ApiError) -> Status {
+    let code = match e.code.as_u16() {
+        400 | 422 => tonic::Code::InvalidArgument,
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        404 => tonic::Code::NotFound,
+        409 => tonic::Code::Aborted,
+        410 => tonic::Code::OutOfRange,
+        503 => tonic::Code::Unavailable,
+        _ => tonic::Code::Internal,
+    };
+    Status::new(code, e.message)
+}
+
+fn parse_json(bytes: &[u8], what: &str) -> Result<Value, Status> {
+    serde_json::from_slice(bytes).map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn event(kind: &str, change: Change) -> Result<ObjectEvent, Status> {
+    let (kind_type, object) = match change {
+        Change::Added(o) => (Type::Added, o),
+        Change::Modified(o) => (Type::Modified, o),
+        Change::Deleted(o) => (Type::Deleted, o),
+        Change::Error(e) => return Err(to_status(e)),
+    };
+    let resource_version = object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or_default();
+    Ok(ObjectEvent {
+        r#type: kind_type as i32,
+        kind: kind.to_owned(),
+        object_json: serde_json::to_vec(&object).expect("a JSON value always serializes"),
+        resource_version,
+    })
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<ObjectEvent, Status>> + Send>>;
+
+/// Every object `filter` selects (ADDED), then SYNCED, then each change.
+async fn list_then_watch(
+    api: &Arc<Api>,
+    resource: &'static ResourceType,
+    filter: Filter,
+) -> Result<EventStream, Status> {
+    let target = Target {
+        resource,
+        namespace: None,
+        name: None,
+        subresource: None,
+    };
+    let watch = objects::watch_changes(api, &target, filter, None)
+        .await
+        .map_err(to_status)?;
+    let kind = resource.kind;
+    let synced = ObjectEvent {
+        r#type: Type::Synced as i32,
+        kind: kind.to_owned(),
+        object_json: Vec::new(),
+        resource_version: watch.revision,
+    };
+    let initial = watch
+        .initial
+        .into_iter()
+        .map(move |o| event(kind, Change::Added(o)));
+    Ok(futures::stream::iter(initial)
+        .chain(futures::stream::once(std::future::ready(Ok(synced))))
+        .chain(watch.changes.map(move |change| event(kind, change)))
+        .boxed())
+}
+
+/// Claims the first free /24 of the cluster CIDR for `node`.
+async fn allocate_pod_cidr(api: &Api, node: &str) -> Result<String, Status> {
+    let (a, b) = CLUSTER_CIDR;
+    for third in 0..=255u8 {
+        let cidr = format!("{a}.{b}.{third}.0/24");
+        let key = format!("{POD_CIDR_KEYS}{a}.{b}.{third}.0-24");
+        match api.store.create(&key, node.as_bytes().to_vec()).await {
+            Ok(_) => return Ok(cidr),
+            Err(store::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(to_status(ApiError::storage(&e))),
+        }
+    }
+    Err(Status::resource_exhausted(
+        "every /24 of 10.244.0.0/16 is taken",
+    ))
+}
+
+#[tonic::async_trait]
+impl node_agent_server::NodeAgent for AgentService {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let mut node = parse_json(&request.into_inner().node_json, "node_json")?;
+        let name = node["metadata"]["name"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| Status::invalid_argument("node_json: metadata.name: Required value"))?
+            .to_owned();
+        let nodes = self.resource("", "nodes");
+        let ready = json!({
+            "type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "apiary node agent is posting ready status",
+            "lastHeartbeatTime": now(), "lastTransitionTime": now(),
+        });
+        let stored = match objects::get(&self.api, nodes, None, &name).await {
+            Ok(existing) => {
+                // Keep what the cluster decided (pod CIDR, taints, cordon); take what the node
+                // observed (labels, capacity, addresses).
+                let mut updated = existing.clone();
+                if let Some(labels) = node["metadata"]["labels"].as_object() {
+                    for (k, v) in labels {
+                        updated["metadata"]["labels"][k] = v.clone();
+                    }
+                }
+                updated["status"] = node["status"].take();
+                updated["status"]["conditions"] = json!([ready]);
+                let target = Target {
+                    resource: nodes,
+                    namespace: None,
+                    name: Some(name.clone()),
+                    subresource: None,
+                };
+                let with_status = objects::update(&self.api, &target, &name, updated.clone())
+                    .await
+                    .map_err(to_status)?;
+                let status_target = Target {
+                    subresource: Some("status".into()),
+                    ..target
+                };
+                let mut status_update = with_status;
+                status_update["status"] = updated["status"].take();
+                objects::update(&self.api, &status_target, &name, status_update)
+                    .await
+                    .map_err(to_status)?
+            }
+            Err(e) if e.reason == "NotFound" => {
+                let cidr = allocate_pod_cidr(&self.api, &name).await?;
+                node["apiVersion"] = json!("v1");
+                node["kind"] = json!("Node");
+                node["spec"]["podCIDR"] = json!(cidr);
+                node["spec"]["podCIDRs"] = json!([cidr]);
+                let status = node["status"].take();
+                let target = Target {
+                    resource: nodes,
+                    namespace: None,
+                    name: None,
+                    subresource: None,
+                };
+                let created = objects::create(&self.api, &target, node)
+                    .await
+                    .map_err(to_status)?;
+                let mut with_status = created;
+                with_status["status"] = status;
+                with_status["status"]["conditions"] = json!([ready]);
+                let status_target = Target {
+                    resource: nodes,
+                    namespace: None,
+                    name: Some(name.clone()),
+                    subresource: Some("status".into()),
+                };
+                objects::update(&self.api, &status_target, &name, with_status)
+                    .await
+                    .map_err(to_status)?
+            }
+            Err(e) => return Err(to_status(e)),
+        };
+        let pod_cidr = stored["spec"]["podCIDR"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        Ok(Response::new(RegisterResponse {
+            node_json: serde_json::to_vec(&stored).expect("a JSON value always serializes"),
+            pod_cidr,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let node = request.into_inner().node_name;
+        let leases = self.resource("coordination.k8s.io", "leases");
+        let renew = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let target = Target {
+            resource: leases,
+            namespace: Some("kube-node-lease".into()),
+            name: Some(node.clone()),
+            subresource: None,
+        };
+        match objects::get(&self.api, leases, Some("kube-node-lease"), &node).await {
+            Ok(mut lease) => {
+                lease["spec"]["renewTime"] = json!(renew);
+                objects::update(&self.api, &target, &node, lease)
+                    .await
+                    .map_err(to_status)?;
+            }
+            Err(e) if e.reason == "NotFound" => {
+                let lease = json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": { "name": node, "namespace": "kube-node-lease" },
+                    "spec": {
+                        "holderIdentity": node, "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+                        "acquireTime": renew, "renewTime": renew,
+                    },
+                });
+                let target = Target {
+                    name: None,
+                    ..target
+                };
+                objects::create(&self.api, &target, lease)
+                    .await
+                    .map_err(to_status)?;
+            }
+            Err(e) => return Err(to_status(e)),
+        }
+        Ok(Response::new(HeartbeatResponse {
+            lease_duration_seconds: LEASE_DURATION_SECONDS,
+        }))
+    }
+
+    type WatchPodsStream = EventStream;
+
+    async fn watch_pods(
+        &self,
+        request: Request<WatchPodsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let node = request.into_inner().node_name;
+        if node.is_empty() || node.contains(',') {
+            return Err(Status::invalid_argument("node_name: Required value"));
+        }
+        let filter = Filter::new("", &format!("spec.nodeName={node}")).map_err(to_status)?;
+        let stream = list_then_watch(&self.api, self.resource("", "pods"), filter).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn report_pod_status(
+        &self,
+        request: Request<PodStatusReport>,
+    ) -> Result<Response<PodStatusAck>, Status> {
+        let report = request.into_inner();
+        let status = parse_json(&report.status_json, "status_json")?;
+        let pods = self.resource("", "pods");
+        let mut pod = objects::get(&self.api, pods, Some(&report.namespace), &report.name)
+            .await
+            .map_err(to_status)?;
+        if pod["metadata"]["uid"].as_str() != Some(report.uid.as_str()) {
+            return Err(Status::failed_precondition(format!(
+                "pod {}/{} is not the pod with UID {}",
+                report.namespace, report.name, report.uid
+            )));
+        }
+        pod["status"] = status;
+        let target = Target {
+            resource: pods,
+            namespace: Some(report.namespace.clone()),
+            name: Some(report.name.clone()),
+            subresource: Some("status".into()),
+        };
+        let updated = objects::update(&self.api, &target, &report.name, pod)
+            .await
+            .map_err(to_status)?;
+        let resource_version = updated["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|rv| rv.parse().ok())
+            .unwrap_or_default();
+        Ok(Response::new(PodStatusAck { resource_version }))
+    }
+
+    type WatchDataplaneStream = EventStream;
+
+    async fn watch_dataplane(
+        &self,
+        request: Request<WatchDataplaneRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let wanted = request.into_inner().kinds;
+        let mut streams = Vec::new();
+        for (group, version, plural) in DATAPLANE_KINDS {
+            let resource = self
+                .api
+                .resources
+                .get(group, version, plural)
+                .expect("served");
+            if wanted.is_empty() || wanted.iter().any(|k| k == resource.kind) {
+                streams.push(list_then_watch(&self.api, resource, Filter::default()).await?);
+            }
+        }
+        if streams.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "kinds: none of {wanted:?} is streamed (Namespace, Pod, Service, EndpointSlice, NetworkPolicy)"
+            )));
+        }
+        Ok(Response::new(futures::stream::select_all(streams).boxed()))
+    }
+}

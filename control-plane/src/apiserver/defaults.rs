@@ -1,0 +1,232 @@
+//! Defaulting, as the Kubernetes API server does it on create and update, so that stored objects
+//! are complete: what `kubectl describe` shows and controllers read is never missing.
+
+use serde_json::{Value, json};
+
+/// Sets `object[key]` to `value` when it is absent or null.
+fn default(object: &mut Value, key: &str, value: Value) {
+    if object.get(key).is_none_or(Value::is_null) {
+        object[key] = value;
+    }
+}
+
+/// Fills the defaults of an object of `kind`.
+pub fn apply(kind: &str, object: &mut Value) {
+    match kind {
+        "Pod" => pod_spec(&mut object["spec"], "Always"),
+        "Deployment" => {
+            let spec = &mut object["spec"];
+            default(spec, "replicas", json!(1));
+            default(spec, "revisionHistoryLimit", json!(10));
+            default(spec, "progressDeadlineSeconds", json!(600));
+            default(spec, "strategy", json!({ "type": "RollingUpdate" }));
+            if spec["strategy"]["type"] == "RollingUpdate" {
+                default(&mut spec["strategy"], "rollingUpdate", json!({}));
+                default(
+                    &mut spec["strategy"]["rollingUpdate"],
+                    "maxSurge",
+                    json!("25%"),
+                );
+                default(
+                    &mut spec["strategy"]["rollingUpdate"],
+                    "maxUnavailable",
+                    json!("25%"),
+                );
+            }
+            template(spec, "Always");
+        }
+        "ReplicaSet" => {
+            default(&mut object["spec"], "replicas", json!(1));
+            template(&mut object["spec"], "Always");
+        }
+        "StatefulSet" => {
+            let spec = &mut object["spec"];
+            default(spec, "replicas", json!(1));
+            default(spec, "revisionHistoryLimit", json!(10));
+            default(spec, "podManagementPolicy", json!("OrderedReady"));
+            default(
+                spec,
+                "updateStrategy",
+                json!({ "type": "RollingUpdate", "rollingUpdate": { "partition": 0 } }),
+            );
+            template(spec, "Always");
+        }
+        "DaemonSet" => {
+            let spec = &mut object["spec"];
+            default(spec, "revisionHistoryLimit", json!(10));
+            default(
+                spec,
+                "updateStrategy",
+                json!({ "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 1, "maxSurge": 0 } }),
+            );
+            template(spec, "Always");
+        }
+        "Job" => job_spec(&mut object["spec"]),
+        "CronJob" => {
+            let spec = &mut object["spec"];
+            default(spec, "concurrencyPolicy", json!("Allow"));
+            default(spec, "suspend", json!(false));
+            default(spec, "successfulJobsHistoryLimit", json!(3));
+            default(spec, "failedJobsHistoryLimit", json!(1));
+            job_spec(&mut spec["jobTemplate"]["spec"]);
+        }
+        "Service" => service(object),
+        "Secret" => default(object, "type", json!("Opaque")),
+        "Namespace" => default(&mut object["spec"], "finalizers", json!(["kubernetes"])),
+        "NetworkPolicy" => network_policy(&mut object["spec"]),
+        _ => {}
+    }
+}
+
+fn template(spec: &mut Value, restart_policy: &str) {
+    if spec["template"].is_object() {
+        pod_spec(&mut spec["template"]["spec"], restart_policy);
+    }
+}
+
+fn job_spec(spec: &mut Value) {
+    default(spec, "backoffLimit", json!(6));
+    default(spec, "completionMode", json!("NonIndexed"));
+    default(spec, "suspend", json!(false));
+    if spec["parallelism"].is_null() {
+        spec["parallelism"] = json!(1);
+    }
+    if spec["completions"].is_null() && spec["completionMode"] == "Indexed" {
+        spec["completions"] = spec["parallelism"].clone();
+    }
+    template(spec, "Never");
+}
+
+fn pod_spec(spec: &mut Value, restart_policy: &str) {
+    if !spec.is_object() {
+        return;
+    }
+    default(spec, "restartPolicy", json!(restart_policy));
+    default(spec, "dnsPolicy", json!("ClusterFirst"));
+    default(spec, "schedulerName", json!("default-scheduler"));
+    default(spec, "terminationGracePeriodSeconds", json!(30));
+    default(spec, "securityContext", json!({}));
+    for list in ["initContainers", "containers"] {
+        for container in spec[list].as_array_mut().into_iter().flatten() {
+            container_defaults(container);
+        }
+    }
+}
+
+fn container_defaults(container: &mut Value) {
+    let image = container["image"].as_str().unwrap_or_default();
+    // No tag (or `latest`) means "always pull", as in Kubernetes.
+    let after_slash = image.rsplit('/').next().unwrap_or(image);
+    let latest = !after_slash.contains(':') || after_slash.ends_with(":latest");
+    let pull = if latest && !image.contains('@') {
+        "Always"
+    } else {
+        "IfNotPresent"
+    };
+    default(container, "imagePullPolicy", json!(pull));
+    default(
+        container,
+        "terminationMessagePath",
+        json!("/dev/termination-log"),
+    );
+    default(container, "terminationMessagePolicy", json!("File"));
+    default(container, "resources", json!({}));
+    for port in container["ports"].as_array_mut().into_iter().flatten() {
+        default(port, "protocol", json!("TCP"));
+    }
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        let probe = &mut container[probe];
+        if probe.is_object() {
+            default(probe, "timeoutSeconds", json!(1));
+            default(probe, "periodSeconds", json!(10));
+            default(probe, "successThreshold", json!(1));
+            default(probe, "failureThreshold", json!(3));
+            if probe["httpGet"].is_object() {
+                default(&mut probe["httpGet"], "path", json!("/"));
+                default(&mut probe["httpGet"], "scheme", json!("HTTP"));
+            }
+        }
+    }
+}
+
+fn service(object: &mut Value) {
+    let spec = &mut object["spec"];
+    default(spec, "type", json!("ClusterIP"));
+    default(spec, "sessionAffinity", json!("None"));
+    if spec["type"] != "ExternalName" {
+        default(spec, "ipFamilies", json!(["IPv4"]));
+        default(spec, "ipFamilyPolicy", json!("SingleStack"));
+        default(spec, "internalTrafficPolicy", json!("Cluster"));
+    }
+    if matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer")) {
+        default(spec, "externalTrafficPolicy", json!("Cluster"));
+    }
+    if spec["sessionAffinity"] == "ClientIP" {
+        default(&mut spec["sessionAffinityConfig"], "clientIP", json!({}));
+        default(
+            &mut spec["sessionAffinityConfig"]["clientIP"],
+            "timeoutSeconds",
+            json!(10800),
+        );
+    }
+    for port in spec["ports"].as_array_mut().into_iter().flatten() {
+        default(port, "protocol", json!("TCP"));
+        if port["targetPort"].is_null() {
+            port["targetPort"] = port["port"].clone();
+        }
+    }
+}
+
+fn network_policy(spec: &mut Value) {
+    if spec["policyTypes"].is_null() {
+        let mut types = vec![json!("Ingress")];
+        if spec["egress"].is_array() {
+            types.push(json!("Egress"));
+        }
+        spec["policyTypes"] = Value::Array(types);
+    }
+    for direction in ["ingress", "egress"] {
+        for rule in spec[direction].as_array_mut().into_iter().flatten() {
+            for port in rule["ports"].as_array_mut().into_iter().flatten() {
+                default(port, "protocol", json!("TCP"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployments_get_the_kubernetes_defaults() {
+        let mut d = json!({"spec": {"selector": {}, "template": {"spec": {"containers": [
+            {"name": "web", "image": "busybox", "ports": [{"containerPort": 80}]},
+            {"name": "pinned", "image": "registry.local:5000/busybox:1.35"}
+        ]}}}});
+        apply("Deployment", &mut d);
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Always");
+        assert_eq!(pod["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(pod["containers"][1]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(pod["containers"][0]["ports"][0]["protocol"], "TCP");
+    }
+
+    #[test]
+    fn explicit_values_are_kept() {
+        let mut s = json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": "http", "protocol": "UDP"}]}});
+        apply("Service", &mut s);
+        assert_eq!(s["spec"]["ports"][0]["targetPort"], "http");
+        assert_eq!(s["spec"]["ports"][0]["protocol"], "UDP");
+        assert_eq!(s["spec"]["externalTrafficPolicy"], "Cluster");
+    }
+
+    #[test]
+    fn network_policies_default_their_policy_types() {
+        let mut p = json!({"spec": {"podSelector": {}, "egress": [{}]}});
+        apply("NetworkPolicy", &mut p);
+        assert_eq!(p["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    }
+}

@@ -1,0 +1,236 @@
+//! Errors as Kubernetes reports them: an HTTP status and a `Status` body whose message names the
+//! object (and the field, for invalid input). Bad input never becomes a 5xx.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+
+use crate::store;
+
+/// A failed API request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub code: StatusCode,
+    /// Kubernetes' `StatusReason`, e.g. `NotFound`.
+    pub reason: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+}
+
+/// `deployments.apps` for grouped resources, `pods` for the core group: how Kubernetes names a
+/// resource in messages.
+pub fn qualified(resource: &str, group: &str) -> String {
+    if group.is_empty() {
+        resource.to_owned()
+    } else {
+        format!("{resource}.{group}")
+    }
+}
+
+impl ApiError {
+    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    fn with_object(mut self, resource: &str, group: &str, name: &str) -> Self {
+        let mut details = json!({ "name": name, "kind": resource });
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        self.details = Some(details);
+        self
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+
+    pub fn not_found(resource: &str, group: &str, name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} {name:?} not found", qualified(resource, group)),
+        )
+        .with_object(resource, group, name)
+    }
+
+    /// A path or resource type the server does not serve.
+    pub fn no_route(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
+    }
+
+    pub fn already_exists(resource: &str, group: &str, name: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{} {name:?} already exists", qualified(resource, group)),
+        )
+        .with_object(resource, group, name)
+    }
+
+    pub fn conflict(resource: &str, group: &str, name: &str, why: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} {name:?}: {why}",
+                qualified(resource, group)
+            ),
+        )
+        .with_object(resource, group, name)
+    }
+
+    /// 422 with one cause per invalid field, as `Deployment.apps "web" is invalid: …`.
+    pub fn invalid(kind: &str, group: &str, name: &str, causes: &[(String, String)]) -> Self {
+        let messages: Vec<&str> = causes.iter().map(|(_, m)| m.as_str()).collect();
+        let summary = match messages.as_slice() {
+            [one] => (*one).to_owned(),
+            many => format!("[{}]", many.join(", ")),
+        };
+        let mut error = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!("{} {name:?} is invalid: {summary}", qualified(kind, group)),
+        );
+        let mut details = json!({
+            "name": name,
+            "kind": kind,
+            "causes": causes.iter().map(|(field, message)| json!({
+                "reason": "FieldValueInvalid", "message": message, "field": field,
+            })).collect::<Vec<_>>(),
+        });
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        error.details = Some(details);
+        error
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "Forbidden", message)
+    }
+
+    /// A well-formed request that cannot be applied (e.g. a JSON patch whose `test` fails).
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
+    }
+
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GONE, "Expired", message)
+    }
+
+    pub fn method_not_allowed(verb: &str, resource: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!(
+                "the server does not allow this method on the requested resource ({verb} {resource})"
+            ),
+        )
+    }
+
+    pub fn unsupported_media_type(content_type: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"
+            ),
+        )
+    }
+
+    /// The store failed for a reason that is not the request's fault.
+    pub fn storage(error: &store::Error) -> Self {
+        match error {
+            store::Error::Unavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!("storage is unavailable, retry: {error}"),
+            ),
+            store::Error::Compacted {
+                requested,
+                compacted,
+            } => Self::gone(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
+            _ => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("Internal error occurred: {error}"),
+            ),
+        }
+    }
+
+    /// The `Status` object Kubernetes sends for this error.
+    pub fn status(&self) -> Value {
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code.as_u16(),
+        });
+        if let Some(details) = &self.details {
+            status["details"] = details.clone();
+        }
+        status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.code, Json(self.status())).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_object_like_kubernetes() {
+        assert_eq!(
+            ApiError::not_found("deployments", "apps", "web").message,
+            r#"deployments.apps "web" not found"#
+        );
+        assert_eq!(
+            ApiError::already_exists("pods", "", "web").status()["code"],
+            409
+        );
+        let invalid = ApiError::invalid(
+            "Deployment",
+            "apps",
+            "web",
+            &[(
+                "spec.selector".into(),
+                "spec.selector: Required value".into(),
+            )],
+        );
+        assert_eq!(
+            invalid.message,
+            r#"Deployment.apps "web" is invalid: spec.selector: Required value"#
+        );
+        assert_eq!(
+            invalid.status()["details"]["causes"][0]["field"],
+            "spec.selector"
+        );
+    }
+}

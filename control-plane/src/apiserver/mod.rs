@@ -1,0 +1,126 @@
+//! The Kubernetes-compatible API server: HTTPS with bearer tokens, discovery, and the verbs on
+//! every resource type, over the [`Store`](crate::store::Store).
+
+pub mod allocator;
+pub mod auth;
+pub mod defaults;
+pub mod discovery;
+pub mod error;
+pub mod objects;
+pub mod path;
+pub mod pki;
+pub mod resources;
+pub mod selectors;
+pub mod serve;
+pub mod strategic;
+pub mod strategy;
+pub mod tables;
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Query, State},
+    http::{HeaderMap, Method, Uri},
+    middleware,
+    response::{IntoResponse as _, Response},
+    routing::get,
+};
+
+use crate::store::Store;
+use error::ApiError;
+use resources::Resources;
+use strategy::Strategy;
+
+/// Everything a request handler needs.
+pub struct Api {
+    pub store: Arc<dyn Store>,
+    pub resources: Resources,
+    pub strategy: Strategy,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("resources", &self.resources)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            resources: discovery::served_resources(),
+            strategy: Strategy,
+        }
+    }
+}
+
+/// The namespaces every cluster has.
+const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Creates the system namespaces that do not exist yet.
+pub async fn bootstrap(api: &Api) -> Result<(), ApiError> {
+    let namespaces = api
+        .resources
+        .get("", "v1", "namespaces")
+        .expect("namespaces are served");
+    for name in SYSTEM_NAMESPACES {
+        let target = path::Target {
+            resource: namespaces,
+            namespace: None,
+            name: None,
+            subresource: None,
+        };
+        let object = serde_json::json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name } });
+        match objects::create(api, &target, object).await {
+            Ok(_) => tracing::info!(namespace = name, "created"),
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The router: public health checks, discovery, and every resource path, behind the token check.
+pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
+    // gRPC for node agents shares the port: its paths never collide with the REST API's.
+    let agents = crate::agents::AgentService::new(Arc::clone(&api)).into_server();
+    Router::new()
+        .route_service("/apiary.agent.v1.NodeAgent/{*method}", agents)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route("/version", get(discovery::version))
+        .route("/api", get(discovery::core_versions))
+        .route("/apis", get(discovery::groups))
+        .route("/api/v1", get(discovery::core_resources))
+        .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/apis/{group}", get(discovery::group))
+        .route("/openapi/v2", get(discovery::openapi_v2))
+        .route("/openapi/v3", get(discovery::openapi_v3))
+        .route("/openapi/v3/{*path}", get(discovery::openapi_v3_group))
+        .fallback(resource_request)
+        .with_state(api)
+        .layer(middleware::from_fn_with_state(tokens, auth::require_token))
+}
+
+async fn resource_request(
+    State(api): State<Arc<Api>>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = match path::parse(&api.resources, uri.path()) {
+        Ok(target) => objects::dispatch(&api, &method, target, &query, &headers, body).await,
+        Err(e) => Err(e),
+    };
+    result.unwrap_or_else(|e| {
+        tracing::debug!(%method, %uri, code = e.code.as_u16(), message = %e.message, "request failed");
+        e.into_response()
+    })
+}

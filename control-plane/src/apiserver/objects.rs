@@ -1,0 +1,1079 @@
+//! The verbs on stored objects: get, list, watch, create, update, patch, delete and
+//! deletecollection, for every resource type, on the objects' JSON.
+//!
+//! Objects are stored as JSON without `metadata.resourceVersion`: the store's `mod_revision` is
+//! the resource version, set on the way out.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::{
+    body::{Body, Bytes},
+    http::{HeaderMap, Method, StatusCode, header},
+    response::{IntoResponse as _, Response},
+};
+use base64::Engine as _;
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+
+use super::{
+    Api, allocator, defaults,
+    error::ApiError,
+    path::Target,
+    resources::ResourceType,
+    selectors::{FieldSelector, LabelSelector},
+    tables,
+};
+use crate::store::{self, KeyValue, ListOptions, Revision};
+
+type Query = HashMap<String, String>;
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Runs one request against the object store.
+pub async fn dispatch(
+    api: &Arc<Api>,
+    method: &Method,
+    target: Target,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let resource = target.resource;
+    let sub = target.subresource.as_deref();
+    if let Some(sub) = sub
+        && !resource.has_subresource(sub)
+    {
+        return Err(ApiError::no_route(&format!("{}/{sub}", resource.plural)));
+    }
+    let as_table = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(tables::wanted);
+    if sub == Some("scale")
+        && let Some(name) = target.name.as_deref()
+    {
+        return json_response(
+            StatusCode::OK,
+            scale(api, &target, name, method, headers, &body).await?,
+        );
+    }
+    if sub == Some("binding")
+        && let (&Method::POST, Some(name)) = (method, target.name.as_deref())
+    {
+        let binding = decode(headers, &body)?;
+        bind(api, &target, name, &binding).await?;
+        return json_response(
+            StatusCode::CREATED,
+            json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201 }),
+        );
+    }
+    match (method, target.name.as_deref()) {
+        (&Method::GET, None) if is_true(query.get("watch")) => {
+            watch(api, &target, query, as_table).await
+        }
+        (&Method::GET, None) => {
+            let mut listing = list(api, &target, query).await?;
+            if as_table {
+                let items = listing["items"].as_array().cloned().unwrap_or_default();
+                listing = tables::table(resource, &items, listing["metadata"].take());
+            }
+            json_response(StatusCode::OK, listing)
+        }
+        (&Method::GET, Some(name)) => {
+            let object = get(api, resource, target.namespace.as_deref(), name).await?;
+            if as_table {
+                let metadata = json!({ "resourceVersion": object["metadata"]["resourceVersion"] });
+                return json_response(StatusCode::OK, tables::table(resource, &[object], metadata));
+            }
+            json_response(StatusCode::OK, object)
+        }
+        (&Method::POST, None) => {
+            let object = decode(headers, &body)?;
+            json_response(StatusCode::CREATED, create(api, &target, object).await?)
+        }
+        (&Method::PUT, Some(name)) => {
+            let object = decode(headers, &body)?;
+            json_response(StatusCode::OK, update(api, &target, name, object).await?)
+        }
+        (&Method::PATCH, Some(name)) => {
+            let content_type = content_type(headers);
+            json_response(
+                StatusCode::OK,
+                patch(api, &target, name, &content_type, &body).await?,
+            )
+        }
+        (&Method::DELETE, Some(name)) => {
+            let options = if body.is_empty() {
+                Value::Null
+            } else {
+                decode(headers, &body)?
+            };
+            json_response(StatusCode::OK, delete(api, &target, name, &options).await?)
+        }
+        (&Method::DELETE, None) => json_response(
+            StatusCode::OK,
+            delete_collection(api, &target, query).await?,
+        ),
+        _ => Err(ApiError::method_not_allowed(
+            method.as_str(),
+            resource.plural,
+        )),
+    }
+}
+
+fn is_true(value: Option<&String>) -> bool {
+    value.is_some_and(|v| v == "true" || v == "1")
+}
+
+fn json_response(code: StatusCode, value: Value) -> Result<Response> {
+    Ok((code, axum::Json(value)).into_response())
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// Decodes a request body (JSON or YAML) into an object.
+fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Value> {
+    let content_type = content_type(headers);
+    let value: Value = match content_type.as_str() {
+        "application/json" | "" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding JSON request body: {e}")))?,
+        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML request body: {e}")))?,
+        other => return Err(ApiError::unsupported_media_type(other)),
+    };
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+/// A stored object as clients see it: with its resource version, kind and apiVersion.
+fn present(resource: &ResourceType, kv: &KeyValue) -> Result<Value> {
+    let mut object: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::storage(&store::Error::Corrupt(format!("{}: {e}", kv.key))))?;
+    object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+    object["kind"] = json!(resource.kind);
+    object["apiVersion"] = json!(resource.api_version());
+    Ok(object)
+}
+
+fn to_stored(object: &Value) -> Vec<u8> {
+    let mut object = object.clone();
+    if let Some(meta) = object["metadata"].as_object_mut() {
+        meta.remove("resourceVersion");
+        // Server-side apply's bookkeeping is not kept.
+        meta.remove("managedFields");
+    }
+    serde_json::to_vec(&object).expect("a JSON value always serializes")
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn store_err(resource: &ResourceType, name: &str, e: store::Error) -> ApiError {
+    match e {
+        store::Error::AlreadyExists { .. } => {
+            ApiError::already_exists(resource.plural, resource.group, name)
+        }
+        store::Error::NotFound { .. } => ApiError::not_found(resource.plural, resource.group, name),
+        store::Error::Conflict { .. } => ApiError::conflict(
+            resource.plural,
+            resource.group,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ),
+        other => ApiError::storage(&other),
+    }
+}
+
+pub async fn get(
+    api: &Api,
+    resource: &ResourceType,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<Value> {
+    let kv = api
+        .store
+        .get(&resource.key(namespace, name))
+        .await
+        .map_err(|e| ApiError::storage(&e))?
+        .ok_or_else(|| ApiError::not_found(resource.plural, resource.group, name))?;
+    present(resource, &kv)
+}
+
+fn list_prefix(target: &Target) -> String {
+    match &target.namespace {
+        Some(ns) => format!("{}{ns}/", target.resource.key_prefix()),
+        None => target.resource.key_prefix(),
+    }
+}
+
+/// The opaque `continue` token: where the next page starts and the revision it reads at.
+fn encode_continue(revision: Revision, after: &str) -> String {
+    let token = json!({ "rv": revision, "start": after }).to_string();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
+}
+
+fn decode_continue(token: &str) -> Result<(Revision, String)> {
+    let bad = || ApiError::bad_request(format!("continue key is not valid: {token:?}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    match (value["rv"].as_i64(), value["start"].as_str()) {
+        (Some(rv), Some(start)) => Ok((rv, start.to_owned())),
+        _ => Err(bad()),
+    }
+}
+
+fn parse_revision(value: &str) -> Result<Revision> {
+    value.parse::<Revision>().map_err(|_| {
+        ApiError::bad_request(format!("invalid resourceVersion {value:?}: not a number"))
+    })
+}
+
+/// Which objects a list or watch selects: its label and field selectors.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    label_selector: String,
+    field_selector: String,
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Filter {
+    /// A filter from selector strings as they appear in query parameters.
+    pub fn new(label_selector: &str, field_selector: &str) -> Result<Self> {
+        Ok(Self {
+            label_selector: label_selector.to_owned(),
+            field_selector: field_selector.to_owned(),
+            labels: LabelSelector::parse(label_selector)?,
+            fields: FieldSelector::parse(field_selector)?,
+        })
+    }
+
+    fn from_query(query: &Query) -> Result<Self> {
+        Self::new(
+            query.get("labelSelector").map_or("", String::as_str),
+            query.get("fieldSelector").map_or("", String::as_str),
+        )
+    }
+
+    fn to_query(&self) -> Query {
+        [
+            ("labelSelector", &self.label_selector),
+            ("fieldSelector", &self.field_selector),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.clone()))
+        .collect()
+    }
+
+    pub fn matches(&self, object: &Value) -> bool {
+        self.labels.matches(object) && self.fields.matches(object)
+    }
+}
+
+/// Lists matching objects at one revision, paging with `limit` and `continue`.
+pub async fn list(api: &Api, target: &Target, query: &Query) -> Result<Value> {
+    let resource = target.resource;
+    let filter = Filter::from_query(query)?;
+    let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+        None | Some(Ok(0)) => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            return Err(ApiError::bad_request(
+                "limit must be a non-negative integer",
+            ));
+        }
+    };
+    let (mut revision, mut after) = match query.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => {
+            let (rv, start) = decode_continue(token)?;
+            (Some(rv), Some(start))
+        }
+        None => {
+            let rv = query
+                .get("resourceVersion")
+                .filter(|rv| !rv.is_empty() && *rv != "0")
+                .map(|rv| parse_revision(rv))
+                .transpose()?;
+            (rv, None)
+        }
+    };
+    let prefix = list_prefix(target);
+    let mut items = Vec::new();
+    let (continue_token, remaining) = loop {
+        let want = limit.map(|l| l - items.len());
+        let page = api
+            .store
+            .list(
+                &prefix,
+                &ListOptions {
+                    limit: want,
+                    continue_after: after.clone(),
+                    revision,
+                },
+            )
+            .await
+            .map_err(|e| ApiError::storage(&e))?;
+        revision = Some(page.revision);
+        let last_key = page.items.last().map(|kv| kv.key.clone());
+        for kv in &page.items {
+            let object = present(resource, kv)?;
+            if filter.matches(&object) {
+                items.push(object);
+            }
+        }
+        match (page.continue_after, limit) {
+            (None, _) => break (None, None),
+            (Some(_), Some(limit)) if items.len() >= limit => {
+                let token = encode_continue(page.revision, &last_key.unwrap_or_default());
+                // Exact only without selectors: with them the store cannot count matches.
+                let remaining = (filter.labels.is_empty() && filter.fields.is_empty())
+                    .then_some(page.remaining)
+                    .flatten();
+                break (Some(token), remaining);
+            }
+            (Some(next), _) => after = Some(next),
+        }
+    };
+    let mut metadata = json!({ "resourceVersion": revision.unwrap_or_default().to_string() });
+    if let Some(token) = continue_token {
+        metadata["continue"] = json!(token);
+    }
+    if let Some(remaining) = remaining {
+        metadata["remainingItemCount"] = json!(remaining);
+    }
+    Ok(json!({
+        "kind": format!("{}List", resource.kind),
+        "apiVersion": resource.api_version(),
+        "metadata": metadata,
+        "items": items,
+    }))
+}
+
+/// One watch event line; with `as_table`, the object is a one-row Table, as `kubectl get -w`
+/// asks for.
+fn watch_event(resource: &ResourceType, as_table: bool, kind: &str, object: Value) -> Bytes {
+    let object = if as_table && kind != "ERROR" {
+        let metadata = json!({ "resourceVersion": object["metadata"]["resourceVersion"] });
+        tables::table(resource, &[object], metadata)
+    } else {
+        object
+    };
+    let mut line = serde_json::to_vec(&json!({ "type": kind, "object": object }))
+        .expect("a JSON value always serializes");
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// One change seen by a watch, as Kubernetes names them.
+#[derive(Debug)]
+pub enum Change {
+    Added(Value),
+    Modified(Value),
+    Deleted(Value),
+    /// The watch cannot go on (e.g. the watcher fell behind compaction): relist.
+    Error(ApiError),
+}
+
+impl Change {
+    fn into_line(self, resource: &ResourceType, as_table: bool) -> Bytes {
+        match self {
+            Self::Added(o) => watch_event(resource, as_table, "ADDED", o),
+            Self::Modified(o) => watch_event(resource, as_table, "MODIFIED", o),
+            Self::Deleted(o) => watch_event(resource, as_table, "DELETED", o),
+            Self::Error(e) => watch_event(resource, false, "ERROR", e.status()),
+        }
+    }
+}
+
+/// A watch: the objects that matched at `revision` (when asked to start with them) and the
+/// changes after it.
+pub struct Watch {
+    pub initial: Vec<Value>,
+    pub revision: Revision,
+    pub changes: futures::stream::BoxStream<'static, Change>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("initial", &self.initial.len())
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Watches the objects of `target` that `filter` selects, after `from`, or (`None`) starting
+/// with every matching object. An object leaving the selection is `Deleted` to this watcher.
+pub async fn watch_changes(
+    api: &Api,
+    target: &Target,
+    filter: Filter,
+    from: Option<Revision>,
+) -> Result<Watch> {
+    let resource = target.resource;
+    let (initial, revision) = match from {
+        Some(rv) => (Vec::new(), rv),
+        None => {
+            let query = filter.to_query();
+            let mut listing = list(api, target, &query).await?;
+            let rv = parse_revision(
+                listing["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("0"),
+            )?;
+            let items = listing["items"]
+                .as_array_mut()
+                .map(std::mem::take)
+                .unwrap_or_default();
+            (items, rv)
+        }
+    };
+    let events = api
+        .store
+        .watch(&list_prefix(target), revision)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    let changes = events.filter_map(move |event| {
+        let change = match event {
+            Ok(store::WatchEvent::Put { kv, prev }) => {
+                let new = present(resource, &kv).ok();
+                let old = prev.and_then(|p| present(resource, &p).ok());
+                let (new_in, old_in) = (
+                    new.as_ref().is_some_and(|o| filter.matches(o)),
+                    old.as_ref().is_some_and(|o| filter.matches(o)),
+                );
+                match (old_in, new_in) {
+                    (false, true) => new.map(Change::Added),
+                    (true, true) => new.map(Change::Modified),
+                    (true, false) => new.map(Change::Deleted),
+                    (false, false) => None,
+                }
+            }
+            Ok(store::WatchEvent::Delete { prev, revision }) => present(resource, &prev)
+                .ok()
+                .filter(|o| filter.matches(o))
+                .map(|mut o| {
+                    o["metadata"]["resourceVersion"] = json!(revision.to_string());
+                    Change::Deleted(o)
+                }),
+            Err(e) => Some(Change::Error(ApiError::storage(&e))),
+        };
+        std::future::ready(change)
+    });
+    Ok(Watch {
+        initial,
+        revision,
+        changes: changes.boxed(),
+    })
+}
+
+/// Streams changes as newline-delimited watch events. Without a resource version (or with "0")
+/// it starts with an ADDED event per existing object, as Kubernetes does.
+async fn watch(api: &Arc<Api>, target: &Target, query: &Query, as_table: bool) -> Result<Response> {
+    let resource = target.resource;
+    let filter = Filter::from_query(query)?;
+    let from = query
+        .get("resourceVersion")
+        .filter(|rv| !rv.is_empty() && *rv != "0")
+        .map(|rv| parse_revision(rv))
+        .transpose()?;
+    let watch = match watch_changes(api, target, filter, from).await {
+        Ok(watch) => watch,
+        // Kubernetes answers an expired watch with 200 and a single 410 ERROR event.
+        Err(e) if e.reason == "Expired" => {
+            return Ok(streaming(Body::from(
+                Change::Error(e).into_line(resource, false),
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let initial = watch.initial.into_iter().map(Change::Added);
+    let lines = futures::stream::iter(initial)
+        .chain(watch.changes)
+        .map(move |change| Ok::<_, std::convert::Infallible>(change.into_line(resource, as_table)));
+    let body = match timeout {
+        Some(t) => Body::from_stream(lines.take_until(tokio::time::sleep(t))),
+        None => Body::from_stream(lines),
+    };
+    Ok(streaming(body))
+}
+
+fn filter_only(query: &Query) -> Query {
+    query
+        .iter()
+        .filter(|(k, _)| *k == "labelSelector" || *k == "fieldSelector")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn streaming(body: Body) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .expect("static headers are valid")
+}
+
+/// Characters Kubernetes uses for `generateName` suffixes (no vowels, no look-alikes).
+const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+fn generate_suffix() -> String {
+    use rand::Rng as _;
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| NAME_ALPHABET[rng.random_range(0..NAME_ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Checks `apiVersion`/`kind` of a body against the resource it is sent to.
+fn check_type(resource: &ResourceType, object: &Value) -> Result<()> {
+    if let Some(kind) = object["kind"].as_str().filter(|k| !k.is_empty())
+        && kind != resource.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({kind}) does not match the expected kind ({})",
+            resource.kind
+        )));
+    }
+    if let Some(version) = object["apiVersion"].as_str().filter(|v| !v.is_empty())
+        && version != resource.api_version()
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({version}) does not match the expected API version ({})",
+            resource.api_version()
+        )));
+    }
+    Ok(())
+}
+
+async fn require_namespace(api: &Api, namespace: &str) -> Result<()> {
+    let namespaces = api
+        .resources
+        .get("", "v1", "namespaces")
+        .expect("namespaces are served");
+    let ns = get(api, namespaces, None, namespace).await?;
+    if ns["metadata"]["deletionTimestamp"].is_string() {
+        return Err(ApiError::forbidden(format!(
+            "unable to create new content in namespace {namespace} because it is being terminated"
+        )));
+    }
+    Ok(())
+}
+
+pub async fn create(api: &Api, target: &Target, mut object: Value) -> Result<Value> {
+    let resource = target.resource;
+    check_type(resource, &object)?;
+    let meta = &mut object["metadata"];
+    if !meta.is_object() {
+        *meta = json!({});
+    }
+    if resource.namespaced {
+        let url_ns = target
+            .namespace
+            .clone()
+            .ok_or_else(|| ApiError::method_not_allowed("create", resource.plural))?;
+        match meta["namespace"].as_str() {
+            Some(ns) if !ns.is_empty() && ns != url_ns => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            _ => meta["namespace"] = json!(url_ns),
+        }
+    } else if let Some(obj) = meta.as_object_mut() {
+        obj.remove("namespace");
+    }
+    let name = match (meta["name"].as_str(), meta["generateName"].as_str()) {
+        (Some(name), _) if !name.is_empty() => name.to_owned(),
+        (_, Some(prefix)) if !prefix.is_empty() => format!("{prefix}{}", generate_suffix()),
+        _ => {
+            return Err(ApiError::invalid(
+                resource.kind,
+                resource.group,
+                "",
+                &[(
+                    "metadata.name".into(),
+                    "metadata.name: Required value: name or generateName is required".into(),
+                )],
+            ));
+        }
+    };
+    meta["name"] = json!(name);
+    meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
+    meta["creationTimestamp"] = json!(now());
+    meta["generation"] = json!(1);
+    if let Some(obj) = meta.as_object_mut() {
+        obj.remove("deletionTimestamp");
+        obj.remove("deletionGracePeriodSeconds");
+    }
+    api.strategy.prepare_create(resource, &mut object)?;
+    api.strategy.validate(resource, &object, None)?;
+    if let Some(ns) = target.namespace.as_deref() {
+        require_namespace(api, ns).await?;
+    }
+    let claims = if resource.plural == "services" {
+        allocator::allocate(api, &mut object).await?
+    } else {
+        allocator::Claims::default()
+    };
+    let key = resource.key(target.namespace.as_deref(), &name);
+    match api.store.create(&key, to_stored(&object)).await {
+        Ok(kv) => present(resource, &kv),
+        Err(e) => {
+            claims.release(api).await;
+            Err(store_err(resource, &name, e))
+        }
+    }
+}
+
+/// Combines an incoming object with the stored one: what a client may not change is kept, and
+/// a main-resource write leaves `status` alone while a `status` write changes only `status`.
+fn merge_for_update(resource: &ResourceType, sub: Option<&str>, old: &Value, new: Value) -> Value {
+    let mut merged = match sub {
+        Some("status") => {
+            let mut merged = old.clone();
+            merged["status"] = new["status"].clone();
+            merged
+        }
+        _ => {
+            let mut merged = new;
+            if resource.has_subresource("status") {
+                merged["status"] = old["status"].clone();
+            }
+            merged
+        }
+    };
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "namespace",
+        "name",
+        "deletionTimestamp",
+    ] {
+        match old["metadata"].get(field) {
+            Some(value) => merged["metadata"][field] = value.clone(),
+            None => {
+                if let Some(meta) = merged["metadata"].as_object_mut() {
+                    meta.remove(field);
+                }
+            }
+        }
+    }
+    let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+    let spec_changed = old.get("spec") != merged.get("spec");
+    merged["metadata"]["generation"] = json!(if spec_changed {
+        generation + 1
+    } else {
+        generation
+    });
+    if let Some(obj) = merged.as_object_mut()
+        && obj.get("status").is_some_and(Value::is_null)
+    {
+        obj.remove("status");
+    }
+    merged
+}
+
+/// Writes `new` over the object at `key` if it is still at `expected`.
+async fn write_update(
+    api: &Api,
+    target: &Target,
+    name: &str,
+    old: &Value,
+    new: Value,
+    expected: Revision,
+) -> Result<Value> {
+    let resource = target.resource;
+    let mut merged = merge_for_update(resource, target.subresource.as_deref(), old, new);
+    defaults::apply(resource.kind, &mut merged);
+    let released = if resource.plural == "services" && target.subresource.is_none() {
+        keep_cluster_ip(old, &mut merged);
+        allocator::reconcile_update(api, old, &mut merged).await?
+    } else {
+        allocator::Claims::default()
+    };
+    api.strategy.validate(resource, &merged, Some(old))?;
+    // An object whose finalizers are gone while it is being deleted goes away now.
+    let finalizers_empty = merged["metadata"]["finalizers"]
+        .as_array()
+        .is_none_or(Vec::is_empty);
+    let key = resource.key(target.namespace.as_deref(), name);
+    if merged["metadata"]["deletionTimestamp"].is_string() && finalizers_empty {
+        let kv = api
+            .store
+            .delete(&key, Some(expected))
+            .await
+            .map_err(|e| store_err(resource, name, e))?;
+        return present(resource, &kv);
+    }
+    merged["metadata"]["resourceVersion"] = Value::Null;
+    let kv = api
+        .store
+        .update(&key, to_stored(&merged), Some(expected))
+        .await
+        .map_err(|e| store_err(resource, name, e))?;
+    released.release(api).await;
+    present(resource, &kv)
+}
+
+/// An update that leaves `clusterIP` out keeps the allocated one (it is immutable).
+fn keep_cluster_ip(old: &Value, new: &mut Value) {
+    for field in ["clusterIP", "clusterIPs"] {
+        let empty = new["spec"][field].is_null() || new["spec"][field] == "";
+        if empty && !old["spec"][field].is_null() {
+            new["spec"][field] = old["spec"][field].clone();
+        }
+    }
+}
+
+/// `pods/binding`: assigns a pending pod to a node, once. What the scheduler calls.
+async fn bind(api: &Api, target: &Target, name: &str, binding: &Value) -> Result<()> {
+    let node = binding["target"]["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "Binding",
+                "",
+                name,
+                &[("target.name".into(), "target.name: Required value".into())],
+            )
+        })?;
+    let parent = Target {
+        subresource: None,
+        ..target.clone()
+    };
+    for _ in 0..MAX_ATTEMPTS {
+        let old = get(api, target.resource, target.namespace.as_deref(), name).await?;
+        if let Some(bound) = old["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            return Err(ApiError::conflict(
+                "pods",
+                "",
+                name,
+                &format!("pod {name} is already assigned to node \"{bound}\""),
+            ));
+        }
+        if old["metadata"]["deletionTimestamp"].is_string() {
+            return Err(ApiError::conflict(
+                "pods",
+                "",
+                name,
+                "pod is being deleted, cannot be assigned to a host",
+            ));
+        }
+        let mut new = old.clone();
+        new["spec"]["nodeName"] = json!(node);
+        let expected = object_revision(&old)?.unwrap_or_default();
+        match write_update(api, &parent, name, &old, new, expected).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.reason == "Conflict" => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(conflict(target, name))
+}
+
+/// The `Scale` (autoscaling/v1) view of a scalable object.
+fn to_scale(object: &Value) -> Value {
+    let selector = &object["spec"]["selector"];
+    let mut terms: Vec<String> = selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    terms.sort();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": object["metadata"]["name"],
+            "namespace": object["metadata"]["namespace"],
+            "uid": object["metadata"]["uid"],
+            "resourceVersion": object["metadata"]["resourceVersion"],
+            "creationTimestamp": object["metadata"]["creationTimestamp"],
+        },
+        "spec": { "replicas": object["spec"]["replicas"].as_i64().unwrap_or(0) },
+        "status": {
+            "replicas": object["status"]["replicas"].as_i64().unwrap_or(0),
+            "selector": terms.join(","),
+        },
+    })
+}
+
+/// `…/scale`: read the replica count, or set it with a Scale (PUT) or a patch of one.
+async fn scale(
+    api: &Api,
+    target: &Target,
+    name: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Value> {
+    let parent = Target {
+        subresource: None,
+        ..target.clone()
+    };
+    for _ in 0..MAX_ATTEMPTS {
+        let old = get(api, target.resource, target.namespace.as_deref(), name).await?;
+        let current = to_scale(&old);
+        let (desired, pinned) = match *method {
+            Method::GET => return Ok(current),
+            Method::PUT => {
+                let desired = decode(headers, body)?;
+                let pinned = object_revision(&desired)?;
+                (desired, pinned)
+            }
+            Method::PATCH => (
+                apply_patch(current.clone(), &content_type(headers), body)?,
+                None,
+            ),
+            _ => return Err(ApiError::method_not_allowed(method.as_str(), "scale")),
+        };
+        let replicas = desired["spec"]["replicas"].as_i64().ok_or_else(|| {
+            ApiError::invalid(
+                "Scale",
+                "autoscaling",
+                name,
+                &[(
+                    "spec.replicas".into(),
+                    "spec.replicas: Required value".into(),
+                )],
+            )
+        })?;
+        if replicas < 0 {
+            return Err(ApiError::invalid(
+                "Scale",
+                "autoscaling",
+                name,
+                &[(
+                    "spec.replicas".into(),
+                    format!(
+                        "spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"
+                    ),
+                )],
+            ));
+        }
+        let mut new = old.clone();
+        new["spec"]["replicas"] = json!(replicas);
+        let expected = pinned.unwrap_or(object_revision(&old)?.unwrap_or_default());
+        match write_update(api, &parent, name, &old, new, expected).await {
+            Ok(updated) => return Ok(to_scale(&updated)),
+            Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(conflict(target, name))
+}
+
+fn object_revision(object: &Value) -> Result<Option<Revision>> {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|rv| !rv.is_empty())
+        .map(parse_revision)
+        .transpose()
+}
+
+fn check_name(object: &Value, name: &str) -> Result<()> {
+    match object["metadata"]["name"].as_str() {
+        Some(body_name) if !body_name.is_empty() && body_name != name => {
+            Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Retries a read-modify-write until it applies to the latest object, unless the client pinned
+/// a resource version (then a concurrent change is its conflict to resolve).
+const MAX_ATTEMPTS: usize = 8;
+
+pub async fn update(api: &Api, target: &Target, name: &str, object: Value) -> Result<Value> {
+    check_type(target.resource, &object)?;
+    check_name(&object, name)?;
+    let pinned = object_revision(&object)?;
+    for _ in 0..MAX_ATTEMPTS {
+        let old = get(api, target.resource, target.namespace.as_deref(), name).await?;
+        let current = object_revision(&old)?.unwrap_or_default();
+        let expected = pinned.unwrap_or(current);
+        match write_update(api, target, name, &old, object.clone(), expected).await {
+            Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
+            other => return other,
+        }
+    }
+    Err(conflict(target, name))
+}
+
+fn conflict(target: &Target, name: &str) -> ApiError {
+    ApiError::conflict(
+        target.resource.plural,
+        target.resource.group,
+        name,
+        "the object has been modified; please apply your changes to the latest version and try again",
+    )
+}
+
+/// Applies a patch of `content_type` to `object`.
+fn apply_patch(mut object: Value, content_type: &str, body: &[u8]) -> Result<Value> {
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+    match content_type {
+        "application/merge-patch+json" => json_patch::merge(&mut object, &patch),
+        "application/strategic-merge-patch+json" => super::strategic::merge(&mut object, &patch),
+        "application/json-patch+json" => {
+            let ops: json_patch::Patch = serde_json::from_value(patch)
+                .map_err(|e| ApiError::bad_request(format!("error decoding JSON patch: {e}")))?;
+            json_patch::patch(&mut object, &ops).map_err(|e| {
+                ApiError::unprocessable(format!("the JSON patch could not be applied: {e}"))
+            })?;
+        }
+        other => return Err(ApiError::unsupported_media_type(other)),
+    }
+    Ok(object)
+}
+
+pub async fn patch(
+    api: &Api,
+    target: &Target,
+    name: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Value> {
+    // A resourceVersion the patch itself sets is a precondition; otherwise the patch applies to
+    // whatever is current.
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+    let pinned = patch["metadata"]["resourceVersion"]
+        .as_str()
+        .map(parse_revision)
+        .transpose()?;
+    for _ in 0..MAX_ATTEMPTS {
+        let old = get(api, target.resource, target.namespace.as_deref(), name).await?;
+        let patched = apply_patch(old.clone(), content_type, body)?;
+        check_name(&patched, name)?;
+        let current = object_revision(&old)?.unwrap_or_default();
+        match write_update(api, target, name, &old, patched, pinned.unwrap_or(current)).await {
+            Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
+            other => return other,
+        }
+    }
+    Err(conflict(target, name))
+}
+
+pub async fn delete(api: &Arc<Api>, target: &Target, name: &str, options: &Value) -> Result<Value> {
+    let resource = target.resource;
+    for _ in 0..MAX_ATTEMPTS {
+        let old = get(api, resource, target.namespace.as_deref(), name).await?;
+        let preconditions = &options["preconditions"];
+        if let Some(uid) = preconditions["uid"].as_str()
+            && Some(uid) != old["metadata"]["uid"].as_str()
+        {
+            return Err(ApiError::conflict(
+                resource.plural,
+                resource.group,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    old["metadata"]["uid"].as_str().unwrap_or_default()
+                ),
+            ));
+        }
+        let current = object_revision(&old)?.unwrap_or_default();
+        let pinned = preconditions["resourceVersion"]
+            .as_str()
+            .map(parse_revision)
+            .transpose()?;
+        if let Some(pinned) = pinned
+            && pinned != current
+        {
+            return Err(ApiError::conflict(
+                resource.plural,
+                resource.group,
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {pinned}, ResourceVersion in object meta: {current}"
+                ),
+            ));
+        }
+        let key = resource.key(target.namespace.as_deref(), name);
+        let has_finalizers = old["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        let graceful = api.strategy.graceful_delete(resource, &old);
+        let result = if has_finalizers || graceful {
+            // Mark for deletion; whoever owns the finalizers (or the grace period) finishes it.
+            if old["metadata"]["deletionTimestamp"].is_string() {
+                return Ok(old);
+            }
+            let mut marked = old.clone();
+            marked["metadata"]["deletionTimestamp"] = json!(now());
+            if let Some(seconds) = options["gracePeriodSeconds"].as_i64() {
+                marked["metadata"]["deletionGracePeriodSeconds"] = json!(seconds);
+            }
+            api.strategy.prepare_delete(resource, &mut marked);
+            marked["metadata"]["resourceVersion"] = Value::Null;
+            api.store
+                .update(&key, to_stored(&marked), Some(current))
+                .await
+        } else {
+            api.store.delete(&key, Some(current)).await
+        };
+        match result {
+            Ok(kv) => {
+                let deleted = present(resource, &kv)?;
+                super::strategy::after_delete(api, resource, &deleted, options);
+                return Ok(deleted);
+            }
+            Err(store::Error::Conflict { .. }) if pinned.is_none() => continue,
+            Err(e) => return Err(store_err(resource, name, e)),
+        }
+    }
+    Err(conflict(target, name))
+}
+
+pub async fn delete_collection(api: &Arc<Api>, target: &Target, query: &Query) -> Result<Value> {
+    let listing = list(api, target, &filter_only(query)).await?;
+    let mut deleted = Vec::new();
+    for object in listing["items"].as_array().into_iter().flatten() {
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let target = Target {
+            namespace: object["metadata"]["namespace"].as_str().map(str::to_owned),
+            name: Some(name.to_owned()),
+            ..target.clone()
+        };
+        match delete(api, &target, name, &Value::Null).await {
+            Ok(object) => deleted.push(object),
+            // Someone else deleted it first: the collection is still gone.
+            Err(e) if e.reason == "NotFound" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json!({
+        "kind": format!("{}List", target.resource.kind),
+        "apiVersion": target.resource.api_version(),
+        "metadata": { "resourceVersion": listing["metadata"]["resourceVersion"] },
+        "items": deleted,
+    }))
+}

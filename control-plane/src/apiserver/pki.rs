@@ -1,0 +1,242 @@
+//! The API server's identity: a cluster CA, a serving certificate signed by it, an admin bearer
+//! token, and a kubeconfig that ties them together. Generated on first start, reused after.
+
+use std::{
+    fs,
+    io::{self, Write as _},
+    net::IpAddr,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use base64::Engine as _;
+use rand::RngCore as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+/// Errors setting up the server's identity; none are retryable without operator action.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("generating certificates")]
+    Certificate(#[from] rcgen::Error),
+    #[error("TLS configuration")]
+    Tls(#[from] rustls::Error),
+    #[error("{path} holds no {what}")]
+    Missing { path: PathBuf, what: &'static str },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// File names under `<data-dir>/pki`.
+const CA_CERT: &str = "ca.crt";
+const CA_KEY: &str = "ca.key";
+const SERVING_CERT: &str = "apiserver.crt";
+const SERVING_KEY: &str = "apiserver.key";
+const ADMIN_TOKEN: &str = "admin.token";
+
+/// The loaded identity.
+#[derive(Debug)]
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca_pem: String,
+    pub admin_token: String,
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+impl Pki {
+    /// Loads the identity from `<data_dir>/pki`, creating what is missing. The serving
+    /// certificate covers `localhost`, loopback, the machine's hostname and `extra_sans`.
+    pub fn load_or_create(data_dir: &Path, extra_sans: &[IpAddr]) -> Result<Self> {
+        let dir = data_dir.join("pki");
+        fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        if !dir.join(CA_KEY).exists() {
+            create_ca(&dir)?;
+        }
+        if !dir.join(SERVING_KEY).exists() {
+            create_serving_cert(&dir, extra_sans)?;
+        }
+        if !dir.join(ADMIN_TOKEN).exists() {
+            let mut token = [0u8; 32];
+            rand::rng().fill_bytes(&mut token);
+            let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+            write_private(&dir.join(ADMIN_TOKEN), token.as_bytes())?;
+        }
+        let ca_pem = read(&dir.join(CA_CERT))?;
+        let admin_token = read(&dir.join(ADMIN_TOKEN))?.trim().to_owned();
+        let tls = server_config(&dir)?;
+        Ok(Self {
+            dir,
+            ca_pem,
+            admin_token,
+            tls,
+        })
+    }
+
+    /// A kubeconfig for the admin, pointing at `server` (e.g. `https://127.0.0.1:6443`).
+    pub fn kubeconfig(&self, server: &str) -> String {
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: apiary\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: apiary-admin\n  user:\n    token: {token}\ncontexts:\n- name: apiary\n  context:\n    cluster: apiary\n    user: apiary-admin\n    namespace: default\ncurrent-context: apiary\n",
+            token = self.admin_token
+        )
+    }
+
+    /// Writes [`Pki::kubeconfig`] to `path`, readable by its owner only. Atomically: a reader
+    /// sees the old file or the whole new one.
+    pub fn write_kubeconfig(&self, path: &Path, server: &str) -> Result<()> {
+        let partial = path.with_extension("partial");
+        write_private(&partial, self.kubeconfig(server).as_bytes())?;
+        fs::rename(&partial, path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+fn create_ca(dir: &Path) -> Result<()> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "apiary-ca");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let cert = params.self_signed(&key)?;
+    write_private(&dir.join(CA_KEY), key.serialize_pem().as_bytes())?;
+    write_private(&dir.join(CA_CERT), cert.pem().as_bytes())
+}
+
+fn create_serving_cert(dir: &Path, extra_sans: &[IpAddr]) -> Result<()> {
+    let ca_key = KeyPair::from_pem(&read(&dir.join(CA_KEY))?)?;
+    let issuer = Issuer::from_ca_cert_pem(&read(&dir.join(CA_CERT))?, ca_key)?;
+
+    let mut names = vec![
+        "localhost".to_owned(),
+        "kubernetes".to_owned(),
+        "kubernetes.default".to_owned(),
+        "kubernetes.default.svc".to_owned(),
+    ];
+    if let Ok(hostname) = fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.push(hostname.trim().to_owned());
+    }
+    let mut params = CertificateParams::new(names)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "apiary-apiserver");
+    let mut ips: Vec<IpAddr> = vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
+    ips.extend(extra_sans.iter().copied().filter(|ip| !ip.is_unspecified()));
+    for ip in ips {
+        params.subject_alt_names.push(SanType::IpAddress(ip));
+    }
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    write_private(&dir.join(SERVING_KEY), key.serialize_pem().as_bytes())?;
+    write_private(&dir.join(SERVING_CERT), cert.pem().as_bytes())
+}
+
+fn server_config(dir: &Path) -> Result<Arc<rustls::ServerConfig>> {
+    let cert_path = dir.join(SERVING_CERT);
+    let key_path = dir.join(SERVING_KEY);
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Io { path, source }
+    };
+    let certs = rustls_pemfile::certs(&mut read(&cert_path)?.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io_err(&cert_path))?;
+    let key = rustls_pemfile::private_key(&mut read(&key_path)?.as_bytes())
+        .map_err(io_err(&key_path))?
+        .ok_or(Error::Missing {
+            path: key_path,
+            what: "private key",
+        })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    // kubectl (Go) speaks HTTP/2; WebSocket upgrades (exec) need HTTP/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes a secret: created with mode 0600, synced before returning.
+fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    let io_err = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err)?;
+    file.write_all(contents).map_err(io_err)?;
+    file.sync_all().map_err(io_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_start_creates_and_second_start_reuses_the_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Pki::load_or_create(dir.path(), &[]).unwrap();
+        assert_eq!(first.admin_token.len(), 64);
+        assert!(first.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        let second = Pki::load_or_create(dir.path(), &[]).unwrap();
+        assert_eq!(first.admin_token, second.admin_token);
+        assert_eq!(first.ca_pem, second.ca_pem);
+        let mode = fs::metadata(dir.path().join("pki").join(CA_KEY))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn kubeconfig_names_server_ca_and_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
+        let config = pki.kubeconfig("https://127.0.0.1:6443");
+        assert!(config.contains("server: https://127.0.0.1:6443"));
+        assert!(config.contains(&format!("token: {}", pki.admin_token)));
+        assert!(config.contains("certificate-authority-data: "));
+    }
+}

@@ -1,0 +1,741 @@
+//! Server-side `Table` output, which `kubectl get` asks for (`Accept: …;as=Table;g=meta.k8s.io`):
+//! the columns kubectl users know for each kind, wide columns at priority 1.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::resources::ResourceType;
+
+/// Whether the client asked for a Table.
+pub fn wanted(accept: &str) -> bool {
+    accept
+        .split(',')
+        .next()
+        .is_some_and(|first| first.contains("as=Table"))
+}
+
+type Cell = fn(&Value) -> Value;
+
+/// (name, type, priority, cell)
+type Column = (&'static str, &'static str, u8, Cell);
+
+/// A column; a function so that closures coerce to [`Cell`].
+fn col(name: &'static str, kind: &'static str, priority: u8, cell: Cell) -> Column {
+    (name, kind, priority, cell)
+}
+
+fn columns(kind: &str) -> Vec<Column> {
+    let name = col("Name", "string", 0, |o| json!(o["metadata"]["name"]));
+    let age_col = col("Age", "string", 0, |o| {
+        json!(age(&o["metadata"]["creationTimestamp"]))
+    });
+    let mut cols = vec![name];
+    match kind {
+        "Pod" => cols.extend([
+            col("Ready", "string", 0, pod_ready),
+            col("Status", "string", 0, pod_status),
+            col("Restarts", "string", 0, pod_restarts),
+            age_col,
+            col("IP", "string", 1, |o| {
+                json!(o["status"]["podIP"].as_str().unwrap_or("<none>"))
+            }),
+            col("Node", "string", 1, |o| {
+                json!(o["spec"]["nodeName"].as_str().unwrap_or("<none>"))
+            }),
+            col("Nominated Node", "string", 1, |o| {
+                json!(
+                    o["status"]["nominatedNodeName"]
+                        .as_str()
+                        .unwrap_or("<none>")
+                )
+            }),
+            col("Readiness Gates", "string", 1, |_| json!("<none>")),
+        ]),
+        "Deployment" => cols.extend([
+            col("Ready", "string", 0, |o| {
+                json!(format!(
+                    "{}/{}",
+                    int(&o["status"]["readyReplicas"]),
+                    int(&o["spec"]["replicas"])
+                ))
+            }),
+            col("Up-to-date", "integer", 0, |o| {
+                json!(int(&o["status"]["updatedReplicas"]))
+            }),
+            col("Available", "integer", 0, |o| {
+                json!(int(&o["status"]["availableReplicas"]))
+            }),
+            age_col,
+            col("Containers", "string", 1, containers),
+            col("Images", "string", 1, images),
+            col("Selector", "string", 1, |o| {
+                json!(selector(&o["spec"]["selector"]))
+            }),
+        ]),
+        "ReplicaSet" => cols.extend([
+            col("Desired", "integer", 0, |o| {
+                json!(int(&o["spec"]["replicas"]))
+            }),
+            col("Current", "integer", 0, |o| {
+                json!(int(&o["status"]["replicas"]))
+            }),
+            col("Ready", "integer", 0, |o| {
+                json!(int(&o["status"]["readyReplicas"]))
+            }),
+            age_col,
+            col("Containers", "string", 1, containers),
+            col("Images", "string", 1, images),
+            col("Selector", "string", 1, |o| {
+                json!(selector(&o["spec"]["selector"]))
+            }),
+        ]),
+        "StatefulSet" => cols.extend([
+            col("Ready", "string", 0, |o| {
+                json!(format!(
+                    "{}/{}",
+                    int(&o["status"]["readyReplicas"]),
+                    int(&o["spec"]["replicas"])
+                ))
+            }),
+            age_col,
+            col("Containers", "string", 1, containers),
+            col("Images", "string", 1, images),
+        ]),
+        "DaemonSet" => cols.extend([
+            col("Desired", "integer", 0, |o| {
+                json!(int(&o["status"]["desiredNumberScheduled"]))
+            }),
+            col("Current", "integer", 0, |o| {
+                json!(int(&o["status"]["currentNumberScheduled"]))
+            }),
+            col("Ready", "integer", 0, |o| {
+                json!(int(&o["status"]["numberReady"]))
+            }),
+            col("Up-to-date", "integer", 0, |o| {
+                json!(int(&o["status"]["updatedNumberScheduled"]))
+            }),
+            col("Available", "integer", 0, |o| {
+                json!(int(&o["status"]["numberAvailable"]))
+            }),
+            col("Node Selector", "string", 0, |o| {
+                json!(map_or_none(&o["spec"]["template"]["spec"]["nodeSelector"]))
+            }),
+            age_col,
+            col("Containers", "string", 1, containers),
+            col("Images", "string", 1, images),
+            col("Selector", "string", 1, |o| {
+                json!(selector(&o["spec"]["selector"]))
+            }),
+        ]),
+        "Job" => cols.extend([
+            col("Status", "string", 0, job_status),
+            col("Completions", "string", 0, |o| {
+                json!(format!(
+                    "{}/{}",
+                    int(&o["status"]["succeeded"]),
+                    o["spec"]["completions"].as_i64().unwrap_or(1)
+                ))
+            }),
+            col("Duration", "string", 0, job_duration),
+            age_col,
+            col("Containers", "string", 1, containers),
+            col("Images", "string", 1, images),
+            col("Selector", "string", 1, |o| {
+                json!(selector(&o["spec"]["selector"]))
+            }),
+        ]),
+        "CronJob" => cols.extend([
+            col("Schedule", "string", 0, |o| json!(o["spec"]["schedule"])),
+            col("Timezone", "string", 0, |o| {
+                json!(o["spec"]["timeZone"].as_str().unwrap_or("<none>"))
+            }),
+            col("Suspend", "boolean", 0, |o| {
+                json!(o["spec"]["suspend"].as_bool().unwrap_or(false))
+            }),
+            col("Active", "integer", 0, |o| {
+                json!(o["status"]["active"].as_array().map_or(0, Vec::len))
+            }),
+            col("Last Schedule", "string", 0, |o| {
+                json!(
+                    o["status"]["lastScheduleTime"]
+                        .as_str()
+                        .map_or("<none>".to_owned(), |_| age(
+                            &o["status"]["lastScheduleTime"]
+                        ))
+                )
+            }),
+            age_col,
+        ]),
+        "Service" => cols.extend([
+            col("Type", "string", 0, |o| {
+                json!(o["spec"]["type"].as_str().unwrap_or("ClusterIP"))
+            }),
+            col("Cluster-IP", "string", 0, |o| {
+                json!(o["spec"]["clusterIP"].as_str().unwrap_or("<none>"))
+            }),
+            col("External-IP", "string", 0, service_external_ip),
+            col("Port(s)", "string", 0, service_ports),
+            age_col,
+            col("Selector", "string", 1, |o| {
+                json!(map_or_none(&o["spec"]["selector"]))
+            }),
+        ]),
+        "Endpoints" => cols.extend([col("Endpoints", "string", 0, endpoints), age_col]),
+        "Namespace" => cols.extend([
+            col("Status", "string", 0, |o| {
+                json!(o["status"]["phase"].as_str().unwrap_or("Active"))
+            }),
+            age_col,
+        ]),
+        "ConfigMap" => cols.extend([
+            col("Data", "integer", 0, |o| {
+                json!(len(&o["data"]) + len(&o["binaryData"]))
+            }),
+            age_col,
+        ]),
+        "Secret" => cols.extend([
+            col("Type", "string", 0, |o| {
+                json!(o["type"].as_str().unwrap_or("Opaque"))
+            }),
+            col("Data", "integer", 0, |o| json!(len(&o["data"]))),
+            age_col,
+        ]),
+        "Node" => cols.extend([
+            col("Status", "string", 0, node_status),
+            col("Roles", "string", 0, |_| json!("<none>")),
+            age_col,
+            col("Version", "string", 0, |o| {
+                json!(
+                    o["status"]["nodeInfo"]["kubeletVersion"]
+                        .as_str()
+                        .unwrap_or("")
+                )
+            }),
+            col("Internal-IP", "string", 1, |o| {
+                json!(node_address(o, "InternalIP"))
+            }),
+            col("External-IP", "string", 1, |o| {
+                json!(node_address(o, "ExternalIP"))
+            }),
+            col("OS-Image", "string", 1, |o| {
+                json!(o["status"]["nodeInfo"]["osImage"].as_str().unwrap_or(""))
+            }),
+            col("Kernel-Version", "string", 1, |o| {
+                json!(
+                    o["status"]["nodeInfo"]["kernelVersion"]
+                        .as_str()
+                        .unwrap_or("")
+                )
+            }),
+            col("Container-Runtime", "string", 1, |o| {
+                json!(
+                    o["status"]["nodeInfo"]["containerRuntimeVersion"]
+                        .as_str()
+                        .unwrap_or("")
+                )
+            }),
+        ]),
+        "ServiceAccount" => cols.extend([
+            col("Secrets", "integer", 0, |o| {
+                json!(o["secrets"].as_array().map_or(0, Vec::len))
+            }),
+            age_col,
+        ]),
+        "NetworkPolicy" => cols.extend([
+            col("Pod-Selector", "string", 0, |o| {
+                json!(selector(&o["spec"]["podSelector"]))
+            }),
+            age_col,
+        ]),
+        "EndpointSlice" => cols.extend([
+            col("AddressType", "string", 0, |o| json!(o["addressType"])),
+            col("Ports", "string", 0, |o| {
+                json!(join_or_unset(
+                    o["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p["port"].as_i64().map(|p| p.to_string()))
+                ))
+            }),
+            col("Endpoints", "string", 0, |o| {
+                json!(join_or_unset(
+                    o["endpoints"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|e| e["addresses"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|a| a.as_str().map(str::to_owned)))
+                ))
+            }),
+            age_col,
+        ]),
+        "Lease" => cols.extend([
+            col("Holder", "string", 0, |o| {
+                json!(o["spec"]["holderIdentity"].as_str().unwrap_or(""))
+            }),
+            age_col,
+        ]),
+        "Event" => {
+            return vec![
+                col("Last Seen", "string", 0, |o| {
+                    json!(age(if o["lastTimestamp"].is_string() {
+                        &o["lastTimestamp"]
+                    } else {
+                        &o["metadata"]["creationTimestamp"]
+                    }))
+                }),
+                col("Type", "string", 0, |o| json!(o["type"])),
+                col("Reason", "string", 0, |o| json!(o["reason"])),
+                col("Object", "string", 0, |o| {
+                    json!(format!(
+                        "{}/{}",
+                        o["involvedObject"]["kind"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_lowercase(),
+                        o["involvedObject"]["name"].as_str().unwrap_or("")
+                    ))
+                }),
+                col("Message", "string", 0, |o| json!(o["message"])),
+            ];
+        }
+        _ => cols.push(age_col),
+    }
+    cols
+}
+
+/// The table of `objects` (one row each) of `resource`'s kind.
+pub fn table(resource: &ResourceType, objects: &[Value], list_metadata: Value) -> Value {
+    let cols = columns(resource.kind);
+    let definitions: Vec<Value> = cols
+        .iter()
+        .map(|(name, kind, priority, _)| {
+            let mut def = json!({ "name": name, "type": kind, "format": "", "description": "", "priority": priority });
+            if *name == "Name" {
+                def["format"] = json!("name");
+            }
+            def
+        })
+        .collect();
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            json!({
+                "cells": cols.iter().map(|(_, _, _, cell)| cell(o)).collect::<Vec<_>>(),
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": o["metadata"],
+                },
+            })
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_metadata,
+        "columnDefinitions": definitions,
+        "rows": rows,
+    })
+}
+
+fn int(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+fn len(v: &Value) -> usize {
+    v.as_object().map_or(0, serde_json::Map::len)
+}
+
+fn join_or_unset(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    if items.is_empty() {
+        "<unset>".to_owned()
+    } else {
+        items.join(",")
+    }
+}
+
+fn map_or_none(v: &Value) -> String {
+    match v.as_object() {
+        Some(map) if !map.is_empty() => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => "<none>".to_owned(),
+    }
+}
+
+/// A label selector as kubectl prints it: `app=web,tier in (a,b)`.
+fn selector(v: &Value) -> String {
+    let mut parts: Vec<String> = v["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    for expr in v["matchExpressions"].as_array().into_iter().flatten() {
+        let key = expr["key"].as_str().unwrap_or_default();
+        let values: Vec<&str> = expr["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        parts.push(match expr["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_owned(),
+            _ => format!("!{key}"),
+        });
+    }
+    if parts.is_empty() {
+        "<none>".to_owned()
+    } else {
+        parts.join(",")
+    }
+}
+
+fn template_containers(o: &Value) -> Vec<&Value> {
+    let spec = if o["spec"]["template"]["spec"].is_object() {
+        &o["spec"]["template"]["spec"]
+    } else {
+        &o["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    };
+    spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+fn containers(o: &Value) -> Value {
+    json!(
+        template_containers(o)
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
+fn images(o: &Value) -> Value {
+    json!(
+        template_containers(o)
+            .iter()
+            .filter_map(|c| c["image"].as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
+fn pod_ready(o: &Value) -> Value {
+    let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
+    let ready = o["status"]["containerStatuses"].as_array().map_or(0, |s| {
+        s.iter()
+            .filter(|c| c["ready"].as_bool() == Some(true))
+            .count()
+    });
+    json!(format!("{ready}/{total}"))
+}
+
+/// The STATUS column: a waiting or terminated container's reason wins over the phase, and a pod
+/// being deleted shows `Terminating`, as in kubectl.
+fn pod_status(o: &Value) -> Value {
+    if o["metadata"]["deletionTimestamp"].is_string() {
+        return json!("Terminating");
+    }
+    let mut status = o["status"]["reason"]
+        .as_str()
+        .or_else(|| o["status"]["phase"].as_str())
+        .unwrap_or("Pending")
+        .to_owned();
+    for c in o["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(reason) = c["state"]["waiting"]["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+        {
+            status = reason.to_owned();
+        } else if let Some(reason) = c["state"]["terminated"]["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+        {
+            status = reason.to_owned();
+        }
+    }
+    json!(status)
+}
+
+fn pod_restarts(o: &Value) -> Value {
+    let restarts: i64 = o["status"]["containerStatuses"]
+        .as_array()
+        .map_or(0, |s| s.iter().map(|c| int(&c["restartCount"])).sum());
+    json!(restarts.to_string())
+}
+
+fn job_status(o: &Value) -> Value {
+    let conditions = o["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let has = |t: &str| {
+        conditions
+            .iter()
+            .any(|c| c["type"] == t && c["status"] == "True")
+    };
+    json!(if has("Complete") {
+        "Complete"
+    } else if has("Failed") {
+        "Failed"
+    } else if o["metadata"]["deletionTimestamp"].is_string() {
+        "Terminating"
+    } else {
+        "Running"
+    })
+}
+
+fn job_duration(o: &Value) -> Value {
+    let start = o["status"]["startTime"].as_str().and_then(parse_time);
+    let end = o["status"]["completionTime"]
+        .as_str()
+        .and_then(parse_time)
+        .unwrap_or_else(chrono::Utc::now);
+    json!(start.map_or(String::new(), |s| human_duration((end - s).num_seconds())))
+}
+
+fn service_external_ip(o: &Value) -> Value {
+    let mut ips: Vec<String> = o["status"]["loadBalancer"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            i["ip"]
+                .as_str()
+                .or_else(|| i["hostname"].as_str())
+                .map(str::to_owned)
+        })
+        .collect();
+    ips.extend(
+        o["spec"]["externalIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.as_str().map(str::to_owned)),
+    );
+    json!(match o["spec"]["type"].as_str() {
+        Some("ExternalName") => o["spec"]["externalName"]
+            .as_str()
+            .unwrap_or("<none>")
+            .to_owned(),
+        Some("LoadBalancer") if ips.is_empty() => "<pending>".to_owned(),
+        _ if ips.is_empty() => "<none>".to_owned(),
+        _ => ips.join(","),
+    })
+}
+
+fn service_ports(o: &Value) -> Value {
+    let ports: Vec<String> = o["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let mut s = p["port"].as_i64().unwrap_or(0).to_string();
+            if let Some(node_port) = p["nodePort"].as_i64() {
+                let _ = write!(s, ":{node_port}");
+            }
+            let _ = write!(s, "/{}", p["protocol"].as_str().unwrap_or("TCP"));
+            s
+        })
+        .collect();
+    json!(if ports.is_empty() {
+        "<none>".to_owned()
+    } else {
+        ports.join(",")
+    })
+}
+
+fn endpoints(o: &Value) -> Value {
+    let mut list = Vec::new();
+    for subset in o["subsets"].as_array().into_iter().flatten() {
+        for address in subset["addresses"].as_array().into_iter().flatten() {
+            let ip = address["ip"].as_str().unwrap_or_default();
+            let ports = subset["ports"].as_array().cloned().unwrap_or_default();
+            if ports.is_empty() {
+                list.push(ip.to_owned());
+            }
+            for port in ports {
+                list.push(format!("{ip}:{}", port["port"].as_i64().unwrap_or(0)));
+            }
+        }
+    }
+    json!(match list.len() {
+        0 => "<none>".to_owned(),
+        1..=3 => list.join(","),
+        n => format!("{} + {} more...", list[..3].join(","), n - 3),
+    })
+}
+
+fn node_status(o: &Value) -> Value {
+    let ready = o["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready");
+    let mut status = match ready {
+        Some(c) if c["status"] == "True" => "Ready".to_owned(),
+        Some(_) => "NotReady".to_owned(),
+        None => "Unknown".to_owned(),
+    };
+    if o["spec"]["unschedulable"].as_bool() == Some(true) {
+        status.push_str(",SchedulingDisabled");
+    }
+    json!(status)
+}
+
+fn node_address(o: &Value, kind: &str) -> String {
+    o["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == kind)
+        .and_then(|a| a["address"].as_str())
+        .unwrap_or("<none>")
+        .to_owned()
+}
+
+fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+fn age(timestamp: &Value) -> String {
+    match timestamp.as_str().and_then(parse_time) {
+        Some(t) => human_duration((chrono::Utc::now() - t).num_seconds()),
+        None => "<unknown>".to_owned(),
+    }
+}
+
+/// Kubernetes' `duration.HumanDuration`: `45s`, `3m20s`, `2h5m`, `3d4h`, `2y10d`.
+pub fn human_duration(seconds: i64) -> String {
+    if seconds < -1 {
+        return "<invalid>".to_owned();
+    }
+    if seconds < 0 {
+        return "0s".to_owned();
+    }
+    if seconds < 120 {
+        return format!("{seconds}s");
+    }
+    let minutes = seconds / 60;
+    if minutes < 10 {
+        let s = seconds % 60;
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
+    }
+    if minutes < 180 {
+        return format!("{minutes}m");
+    }
+    let hours = minutes / 60;
+    if hours < 8 {
+        let m = minutes % 60;
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    if hours < 24 * 8 {
+        let h = hours % 24;
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{}d", hours / 24);
+    }
+    if hours < 24 * 365 * 8 {
+        let days = (hours / 24) % 365;
+        return if days == 0 {
+            format!("{}y", hours / 24 / 365)
+        } else {
+            format!("{}y{days}d", hours / 24 / 365)
+        };
+    }
+    format!("{}y", hours / 24 / 365)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_kubectl() {
+        assert_eq!(human_duration(45), "45s");
+        assert_eq!(human_duration(200), "3m20s");
+        assert_eq!(human_duration(600), "10m");
+        assert_eq!(human_duration(2 * 3600 + 5 * 60), "125m");
+        assert_eq!(human_duration(5 * 3600 + 5 * 60), "5h5m");
+        assert_eq!(human_duration(76 * 3600), "3d4h");
+        assert_eq!(human_duration(-5), "<invalid>");
+    }
+
+    #[test]
+    fn pod_rows_have_the_kubectl_columns() {
+        let pods = [json!({
+            "metadata": {"name": "web-1", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [
+                {"ready": true, "restartCount": 2},
+                {"ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+            ]}
+        })];
+        let pods_type = ResourceType {
+            group: "",
+            version: "v1",
+            plural: "pods",
+            kind: "Pod",
+            namespaced: true,
+            subresources: &[],
+        };
+        let t = table(&pods_type, &pods, json!({}));
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(&names[..5], ["Name", "Ready", "Status", "Restarts", "Age"]);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "1/2");
+        assert_eq!(cells[2], "CrashLoopBackOff");
+        assert_eq!(cells[3], "3");
+        assert_eq!(cells[5], "10.0.0.5");
+    }
+
+    #[test]
+    fn service_ports_and_external_ips() {
+        let svc = json!({"spec": {"type": "NodePort", "clusterIP": "10.96.0.10",
+            "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}});
+        assert_eq!(service_ports(&svc), "80:30080/TCP,53/UDP");
+        assert_eq!(service_external_ip(&svc), "<none>");
+    }
+}

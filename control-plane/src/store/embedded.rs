@@ -1,0 +1,975 @@
+//! The embedded backend: one redb file with etcd's data model.
+//!
+//! Three tables:
+//! - `versions`: `(key, revision) -> record`. Every write adds a version (a delete adds a
+//!   tombstone), so the latest version of a key is its state and older ones serve reads at past
+//!   revisions. Compaction drops the versions nobody can ask for any more.
+//! - `log`: `revision -> key`, one entry per write, which watches replay from.
+//! - `meta`: the current and the compacted revision, and the format version.
+//!
+//! Writes go to one writer thread, which applies everything pending in a single write transaction
+//! and commits it with fsync once (group commit): each request keeps its own revision and its own
+//! outcome, but they share the fsync. Reads run on tokio's blocking pool against redb's MVCC
+//! snapshots and never wait for the writer.
+//!
+//! Watchers get committed changes from a broadcast channel. One that falls behind the channel's
+//! buffer catches up from the log, so it only fails if the history it needs has been compacted.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::thread::JoinHandle;
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{
+    Error, KeyValue, ListOptions, ListPage, Result, Revision, Store, WatchEvent, WatchStream,
+};
+
+const VERSIONS: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("versions");
+const LOG: TableDefinition<i64, &str> = TableDefinition::new("log");
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+
+const META_FORMAT: &str = "format";
+const META_REVISION: &str = "revision";
+const META_COMPACTED: &str = "compacted";
+/// Bumped on any incompatible change to the tables or the record encoding.
+const FORMAT: i64 = 1;
+
+const TAG_PUT: u8 = 1;
+const TAG_TOMBSTONE: u8 = 2;
+
+/// Requests the writer takes into one transaction at most; bounds the latency of the first.
+const MAX_BATCH: usize = 1024;
+/// Write requests that may wait for the writer before callers are held back.
+const REQUEST_QUEUE: usize = 4096;
+/// Committed batches buffered for live watchers. One that falls further behind reads the log.
+const WATCH_BUFFER: usize = 256;
+/// Events buffered between a watcher's task and its consumer.
+const WATCHER_QUEUE: usize = 64;
+/// Log entries a catching-up watcher reads per blocking call, to bound the time and memory of one.
+const CATCH_UP_CHUNK: usize = 1024;
+
+/// Changes of one committed transaction, in revision order.
+type Batch = Arc<[WatchEvent]>;
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// The single-machine store: a redb file, every acknowledged write fsynced.
+///
+/// Dropping the store stops its writer thread once queued writes are done; watch streams keep the
+/// file open until they are dropped too. Use [`EmbeddedStore::close`] to wait until the file is
+/// released, e.g. before opening it again.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    requests: mpsc::Sender<Request>,
+    events: broadcast::Sender<Batch>,
+    /// The latest committed revision, published by the writer after each commit.
+    revision: Arc<AtomicI64>,
+    writer: JoinHandle<()>,
+}
+
+impl fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("revision", &self.revision.load(Ordering::Acquire))
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens the store in the redb file at `path`, creating it if missing.
+    ///
+    /// Blocks on file I/O (and on redb's recovery after a crash), so call it at startup or from a
+    /// blocking task. Fails with [`Error::Unavailable`] if another process has the file open and
+    /// with [`Error::Corrupt`] if it is damaged or was written by an incompatible version.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::Unavailable(format!(
+                "{} is already open in another process",
+                path.display()
+            )),
+            other => storage_error(other),
+        })?;
+        let (revision, compacted) = init_tables(&db)?;
+        let db = Arc::new(db);
+        let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
+        let (events, _) = broadcast::channel(WATCH_BUFFER);
+        let published = Arc::new(AtomicI64::new(revision));
+        let writer = Writer {
+            db: Arc::clone(&db),
+            revision,
+            compacted,
+            events: events.clone(),
+            published: Arc::clone(&published),
+        };
+        let writer = std::thread::Builder::new()
+            .name("apiary-store-writer".into())
+            .spawn(move || writer.run(queue))
+            .map_err(|e| Error::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            db,
+            requests,
+            events,
+            revision: published,
+            writer,
+        })
+    }
+
+    /// Finishes queued writes, stops the writer and releases the file (unless watch streams
+    /// still hold it).
+    pub async fn close(self) -> Result<()> {
+        let Self {
+            db,
+            requests,
+            writer,
+            ..
+        } = self;
+        // The writer exits when the last request sender is gone.
+        drop(requests);
+        drop(db);
+        tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .map_err(|e| Error::Unavailable(format!("joining the writer: {e}")))?
+            .map_err(|_| Error::Unavailable("the writer thread panicked".into()))
+    }
+
+    async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
+        let (reply, response) = oneshot::channel();
+        self.requests
+            .send(make(reply))
+            .await
+            .map_err(|_| writer_gone())?;
+        response.await.map_err(|_| writer_gone())?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| Error::Unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for EmbeddedStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let key = key.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(storage_error)?;
+            let versions = txn.open_table(VERSIONS).map_err(storage_error)?;
+            live(&versions, &key)
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str, options: &ListOptions) -> Result<ListPage> {
+        let prefix = prefix.to_owned();
+        let options = options.clone();
+        self.read(move |db| list(db, &prefix, &options)).await
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
+        let op = WriteOp::Create {
+            key: key.to_owned(),
+            value,
+        };
+        self.submit(|reply| Request::Write { op, reply }).await
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<Revision>,
+    ) -> Result<KeyValue> {
+        let op = WriteOp::Update {
+            key: key.to_owned(),
+            value,
+            expected,
+        };
+        self.submit(|reply| Request::Write { op, reply }).await
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue> {
+        let op = WriteOp::Delete {
+            key: key.to_owned(),
+            expected,
+        };
+        self.submit(|reply| Request::Write { op, reply }).await
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+        // Subscribe before reading the log: every commit is then either in what the watcher reads
+        // or in what it receives, and the revision filter drops what is in both.
+        let live = self.events.subscribe();
+        let compacted = self
+            .read(|db| {
+                let txn = db.begin_read().map_err(storage_error)?;
+                let meta = txn.open_table(META).map_err(storage_error)?;
+                meta_get(&meta, META_COMPACTED)
+            })
+            .await?;
+        if after < compacted {
+            return Err(Error::Compacted {
+                requested: after,
+                compacted,
+            });
+        }
+        let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
+        let watcher = Watcher {
+            db: Arc::clone(&self.db),
+            prefix: prefix.to_owned(),
+            last: after,
+            live,
+            tx,
+        };
+        tokio::spawn(watcher.run());
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        self.submit(|reply| Request::Compact { revision, reply })
+            .await
+    }
+
+    async fn revision(&self) -> Result<Revision> {
+        Ok(self.revision.load(Ordering::Acquire))
+    }
+}
+
+fn writer_gone() -> Error {
+    Error::Unavailable("the store's writer has stopped".into())
+}
+
+/// Maps redb's errors: damage and format mismatches are [`Error::Corrupt`], the rest (I/O,
+/// closed database) [`Error::Unavailable`].
+fn storage_error(error: impl Into<redb::Error>) -> Error {
+    match error.into() {
+        redb::Error::Corrupted(message) => Error::Corrupt(message),
+        e @ (redb::Error::UpgradeRequired(_)
+        | redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TypeDefinitionChanged { .. }
+        | redb::Error::TableIsMultimap(_)
+        | redb::Error::TableIsNotMultimap(_)) => Error::Corrupt(e.to_string()),
+        e => Error::Unavailable(format!("redb: {e}")),
+    }
+}
+
+/// A copy of a fatal error for each request of a failed batch.
+fn replicate(error: &Error) -> Error {
+    match error {
+        Error::Corrupt(message) => Error::Corrupt(message.clone()),
+        other => Error::Unavailable(other.to_string()),
+    }
+}
+
+/// Creates the tables of a new file, checks the format of an old one, and returns its current and
+/// compacted revision.
+fn init_tables(db: &Database) -> Result<(Revision, Revision)> {
+    let txn = db.begin_write().map_err(storage_error)?;
+    let revisions = {
+        txn.open_table(VERSIONS).map_err(storage_error)?;
+        txn.open_table(LOG).map_err(storage_error)?;
+        let mut meta = txn.open_table(META).map_err(storage_error)?;
+        let format = meta
+            .get(META_FORMAT)
+            .map_err(storage_error)?
+            .map(|format| format.value());
+        match format {
+            None => {
+                meta.insert(META_FORMAT, FORMAT).map_err(storage_error)?;
+            }
+            Some(FORMAT) => {}
+            Some(format) => {
+                return Err(Error::Corrupt(format!(
+                    "store format {format} is not the supported {FORMAT}"
+                )));
+            }
+        }
+        (
+            meta_get(&meta, META_REVISION)?,
+            meta_get(&meta, META_COMPACTED)?,
+        )
+    };
+    txn.commit().map_err(storage_error)?;
+    Ok(revisions)
+}
+
+fn meta_get(meta: &impl ReadableTable<&'static str, i64>, name: &str) -> Result<i64> {
+    Ok(meta
+        .get(name)
+        .map_err(storage_error)?
+        .map_or(0, |v| v.value()))
+}
+
+/// One stored version of a key, decoded.
+#[derive(Debug)]
+struct Version {
+    revision: Revision,
+    /// `None` for a tombstone.
+    data: Option<(Revision, Vec<u8>)>,
+}
+
+impl Version {
+    fn into_kv(self, key: &str) -> Option<KeyValue> {
+        let (create_revision, value) = self.data?;
+        Some(KeyValue {
+            key: key.to_owned(),
+            value,
+            create_revision,
+            mod_revision: self.revision,
+        })
+    }
+}
+
+fn encode_put(create_revision: Revision, value: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(9 + value.len());
+    record.push(TAG_PUT);
+    record.extend_from_slice(&create_revision.to_le_bytes());
+    record.extend_from_slice(value);
+    record
+}
+
+fn decode(key: &str, revision: Revision, record: &[u8]) -> Result<Version> {
+    let data = match record.split_first() {
+        Some((&TAG_TOMBSTONE, [])) => None,
+        Some((&TAG_PUT, rest)) if rest.len() >= 8 => {
+            let (create, value) = rest.split_at(8);
+            let mut bytes = [0; 8];
+            bytes.copy_from_slice(create);
+            Some((i64::from_le_bytes(bytes), value.to_vec()))
+        }
+        _ => {
+            return Err(Error::Corrupt(format!(
+                "bad record for {key} at revision {revision}"
+            )));
+        }
+    };
+    Ok(Version { revision, data })
+}
+
+/// The version of `key` that was current at revision `at`, tombstones included.
+fn version_at<T>(versions: &T, key: &str, at: Revision) -> Result<Option<Version>>
+where
+    T: ReadableTable<(&'static str, i64), &'static [u8]> + ?Sized,
+{
+    let mut range = versions
+        .range((key, i64::MIN)..=(key, at))
+        .map_err(storage_error)?;
+    match range.next_back() {
+        None => Ok(None),
+        Some(entry) => {
+            let (k, v) = entry.map_err(storage_error)?;
+            let revision = k.value().1;
+            decode(key, revision, v.value()).map(Some)
+        }
+    }
+}
+
+/// The current value of `key`, if it exists.
+fn live<T>(versions: &T, key: &str) -> Result<Option<KeyValue>>
+where
+    T: ReadableTable<(&'static str, i64), &'static [u8]> + ?Sized,
+{
+    Ok(version_at(versions, key, i64::MAX)?.and_then(|v| v.into_kv(key)))
+}
+
+fn list(db: &Database, prefix: &str, options: &ListOptions) -> Result<ListPage> {
+    let txn = db.begin_read().map_err(storage_error)?;
+    let meta = txn.open_table(META).map_err(storage_error)?;
+    let versions = txn.open_table(VERSIONS).map_err(storage_error)?;
+    let current = meta_get(&meta, META_REVISION)?;
+    let compacted = meta_get(&meta, META_COMPACTED)?;
+    let at = options.revision.unwrap_or(current);
+    if at > current {
+        // Kubernetes answers "too large resource version" and lets the client retry.
+        return Err(Error::Unavailable(format!(
+            "revision {at} is newer than the store's {current}"
+        )));
+    }
+    if at < compacted {
+        return Err(Error::Compacted {
+            requested: at,
+            compacted,
+        });
+    }
+    // A limit of 0 means none, as in Kubernetes and etcd.
+    let limit = options.limit.filter(|&l| l > 0).unwrap_or(usize::MAX);
+    let start = match &options.continue_after {
+        Some(after) if after.as_str() >= prefix => Bound::Excluded((after.as_str(), i64::MAX)),
+        _ => Bound::Included((prefix, i64::MIN)),
+    };
+
+    let mut page = PageBuilder {
+        items: Vec::new(),
+        remaining: 0,
+        limit,
+    };
+    // Versions are sorted by key, then revision: scan them once, keeping for each key the last
+    // version at or before `at`.
+    let mut current_key = String::new();
+    let mut best = Best::None;
+    for entry in versions
+        .range((start, Bound::Unbounded))
+        .map_err(storage_error)?
+    {
+        let (k, v) = entry.map_err(storage_error)?;
+        let (key, revision) = k.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        if key != current_key {
+            page.add(&current_key, std::mem::replace(&mut best, Best::None));
+            current_key.clear();
+            current_key.push_str(key);
+        }
+        if revision <= at {
+            best = if page.is_full() {
+                // Past the page only the count matters: do not copy the value.
+                Best::Counted(v.value().first() == Some(&TAG_PUT))
+            } else {
+                Best::Version(decode(key, revision, v.value())?)
+            };
+        }
+    }
+    page.add(&current_key, best);
+    let PageBuilder {
+        items, remaining, ..
+    } = page;
+
+    let more = remaining > 0;
+    Ok(ListPage {
+        continue_after: if more {
+            items.last().map(|kv| kv.key.clone())
+        } else {
+            None
+        },
+        items,
+        revision: at,
+        remaining: more.then_some(remaining),
+    })
+}
+
+/// The version of the key being scanned that a list at some revision sees.
+#[derive(Debug)]
+enum Best {
+    None,
+    Version(Version),
+    /// Only whether the key exists, for keys after a full page.
+    Counted(bool),
+}
+
+/// One page of a list, and the count of what follows it.
+#[derive(Debug)]
+struct PageBuilder {
+    items: Vec<KeyValue>,
+    remaining: u64,
+    limit: usize,
+}
+
+impl PageBuilder {
+    fn is_full(&self) -> bool {
+        self.items.len() >= self.limit
+    }
+
+    fn add(&mut self, key: &str, best: Best) {
+        let live = match best {
+            Best::None | Best::Counted(false) => return,
+            Best::Counted(true) => None,
+            Best::Version(version) => match version.into_kv(key) {
+                Some(kv) => Some(kv),
+                None => return,
+            },
+        };
+        match live {
+            Some(kv) if !self.is_full() => self.items.push(kv),
+            _ => self.remaining += 1,
+        }
+    }
+}
+
+/// Some of the log after a revision, for a watcher.
+#[derive(Debug)]
+struct LogChunk {
+    events: Vec<WatchEvent>,
+    /// The watcher has seen everything up to here.
+    last: Revision,
+    /// `last` is the latest committed revision.
+    caught_up: bool,
+}
+
+fn read_log(db: &Database, prefix: &str, after: Revision) -> Result<LogChunk> {
+    let txn = db.begin_read().map_err(storage_error)?;
+    let meta = txn.open_table(META).map_err(storage_error)?;
+    let current = meta_get(&meta, META_REVISION)?;
+    let compacted = meta_get(&meta, META_COMPACTED)?;
+    if after < compacted {
+        return Err(Error::Compacted {
+            requested: after,
+            compacted,
+        });
+    }
+    let mut chunk = LogChunk {
+        events: Vec::new(),
+        last: after.max(current),
+        caught_up: true,
+    };
+    if after >= current {
+        return Ok(chunk);
+    }
+    let log = txn.open_table(LOG).map_err(storage_error)?;
+    let versions = txn.open_table(VERSIONS).map_err(storage_error)?;
+    for (scanned, entry) in log
+        .range(after + 1..=current)
+        .map_err(storage_error)?
+        .enumerate()
+    {
+        let (revision, key) = entry.map_err(storage_error)?;
+        let (revision, key) = (revision.value(), key.value());
+        if scanned == CATCH_UP_CHUNK {
+            chunk.last = revision - 1;
+            chunk.caught_up = false;
+            break;
+        }
+        if key.starts_with(prefix) {
+            chunk.events.push(event_at(&versions, key, revision)?);
+        }
+    }
+    Ok(chunk)
+}
+
+/// Rebuilds the event of the write of `key` at `revision` from the versions table.
+fn event_at<T>(versions: &T, key: &str, revision: Revision) -> Result<WatchEvent>
+where
+    T: ReadableTable<(&'static str, i64), &'static [u8]>,
+{
+    let corrupt = |what: &str| Error::Corrupt(format!("{what} for {key} at revision {revision}"));
+    let this = version_at(versions, key, revision)?
+        .filter(|v| v.revision == revision)
+        .ok_or_else(|| corrupt("logged write without a version"))?;
+    // Compaction keeps the newest version at or before the compacted revision unless it is a
+    // tombstone, so the previous value of any write after it is still there.
+    let prev = version_at(versions, key, revision - 1)?.and_then(|v| v.into_kv(key));
+    match this.into_kv(key) {
+        Some(kv) => Ok(WatchEvent::Put { kv, prev }),
+        None => Ok(WatchEvent::Delete {
+            prev: prev.ok_or_else(|| corrupt("delete without a previous value"))?,
+            revision,
+        }),
+    }
+}
+
+/// What callers ask the writer to do.
+#[derive(Debug)]
+enum Request {
+    Write {
+        op: WriteOp,
+        reply: Reply<KeyValue>,
+    },
+    Compact {
+        revision: Revision,
+        reply: Reply<()>,
+    },
+}
+
+#[derive(Debug)]
+enum WriteOp {
+    Create {
+        key: String,
+        value: Vec<u8>,
+    },
+    Update {
+        key: String,
+        value: Vec<u8>,
+        expected: Option<Revision>,
+    },
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+    },
+}
+
+/// A request applied in the open transaction, answered once it commits.
+enum Done {
+    Write(Reply<KeyValue>, Result<KeyValue>),
+    Compact(Reply<()>, Result<()>),
+}
+
+impl Done {
+    /// Answers with the request's own outcome, or with `failed` if the transaction did not
+    /// commit. A caller that went away is no longer interested, so send errors are ignored.
+    fn answer(self, failed: Option<&Error>) {
+        match self {
+            Self::Write(reply, outcome) => {
+                let _ = reply.send(failed.map_or(outcome, |e| Err(replicate(e))));
+            }
+            Self::Compact(reply, outcome) => {
+                let _ = reply.send(failed.map_or(outcome, |e| Err(replicate(e))));
+            }
+        }
+    }
+}
+
+/// The tables of one write transaction and the revisions as it changes them.
+struct Tx<'t> {
+    versions: Table<'t, (&'static str, i64), &'static [u8]>,
+    log: Table<'t, i64, &'static str>,
+    revision: Revision,
+    compacted: Revision,
+    events: Vec<WatchEvent>,
+}
+
+/// The writer thread's state.
+struct Writer {
+    db: Arc<Database>,
+    revision: Revision,
+    compacted: Revision,
+    events: broadcast::Sender<Batch>,
+    published: Arc<AtomicI64>,
+}
+
+impl Writer {
+    fn run(mut self, mut queue: mpsc::Receiver<Request>) {
+        while let Some(first) = queue.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    /// Applies `batch` in one transaction, commits it with fsync, then publishes its changes and
+    /// answers every request.
+    fn commit(&mut self, batch: Vec<Request>) {
+        let mut done = Vec::with_capacity(batch.len());
+        let mut pending = batch.into_iter();
+        let result = self.apply(&mut pending, &mut done);
+        match result {
+            Ok((revision, compacted, events)) => {
+                self.revision = revision;
+                self.compacted = compacted;
+                self.published.store(revision, Ordering::Release);
+                if !events.is_empty() {
+                    // No receivers is fine: nobody watches.
+                    let _ = self.events.send(events.into());
+                }
+                for d in done {
+                    d.answer(None);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "store write transaction failed");
+                for d in done {
+                    d.answer(Some(&error));
+                }
+                // Requests not reached yet fail as well: the transaction they were part of is gone.
+                for request in pending {
+                    match request {
+                        Request::Write { reply, .. } => {
+                            let _ = reply.send(Err(replicate(&error)));
+                        }
+                        Request::Compact { reply, .. } => {
+                            let _ = reply.send(Err(replicate(&error)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply(
+        &self,
+        requests: &mut impl Iterator<Item = Request>,
+        done: &mut Vec<Done>,
+    ) -> Result<(Revision, Revision, Vec<WatchEvent>)> {
+        let mut txn = self.db.begin_write().map_err(storage_error)?;
+        // The default, but the whole point: the commit returns only once the data is on disk.
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| Error::Unavailable(format!("redb: {e}")))?;
+        let (revision, compacted, events) = self.apply_in(&txn, requests, done)?;
+        txn.commit().map_err(storage_error)?;
+        Ok((revision, compacted, events))
+    }
+
+    fn apply_in(
+        &self,
+        txn: &WriteTransaction,
+        requests: &mut impl Iterator<Item = Request>,
+        done: &mut Vec<Done>,
+    ) -> Result<(Revision, Revision, Vec<WatchEvent>)> {
+        let mut tx = Tx {
+            versions: txn.open_table(VERSIONS).map_err(storage_error)?,
+            log: txn.open_table(LOG).map_err(storage_error)?,
+            revision: self.revision,
+            compacted: self.compacted,
+            events: Vec::new(),
+        };
+        for request in requests {
+            match request {
+                Request::Write { op, reply } => match tx.write(op) {
+                    Ok(outcome) => done.push(Done::Write(reply, outcome)),
+                    Err(error) => {
+                        let _ = reply.send(Err(replicate(&error)));
+                        return Err(error);
+                    }
+                },
+                Request::Compact { revision, reply } => match tx.compact(revision) {
+                    Ok(outcome) => done.push(Done::Compact(reply, outcome)),
+                    Err(error) => {
+                        let _ = reply.send(Err(replicate(&error)));
+                        return Err(error);
+                    }
+                },
+            }
+        }
+        let mut meta = txn.open_table(META).map_err(storage_error)?;
+        meta.insert(META_REVISION, tx.revision)
+            .map_err(storage_error)?;
+        meta.insert(META_COMPACTED, tx.compacted)
+            .map_err(storage_error)?;
+        Ok((tx.revision, tx.compacted, tx.events))
+    }
+}
+
+impl Tx<'_> {
+    /// Applies one write. The outer error is fatal to the transaction; the inner one is this
+    /// request's answer (`AlreadyExists`, `NotFound`, `Conflict`).
+    fn write(&mut self, op: WriteOp) -> Result<Result<KeyValue>> {
+        match op {
+            WriteOp::Create { key, value } => self.create(key, value),
+            WriteOp::Update {
+                key,
+                value,
+                expected,
+            } => self.update(key, value, expected),
+            WriteOp::Delete { key, expected } => self.delete(key, expected),
+        }
+    }
+
+    fn create(&mut self, key: String, value: Vec<u8>) -> Result<Result<KeyValue>> {
+        if live(&self.versions, &key)?.is_some() {
+            return Ok(Err(Error::AlreadyExists { key }));
+        }
+        // A new key's create revision is the revision of this write.
+        let revision = self.next(&key, &encode_put(self.revision + 1, &value))?;
+        let kv = KeyValue {
+            key,
+            value,
+            create_revision: revision,
+            mod_revision: revision,
+        };
+        self.events.push(WatchEvent::Put {
+            kv: kv.clone(),
+            prev: None,
+        });
+        Ok(Ok(kv))
+    }
+
+    fn update(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        expected: Option<Revision>,
+    ) -> Result<Result<KeyValue>> {
+        let prev = match self.existing(&key, expected)? {
+            Ok(prev) => prev,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let revision = self.next(&key, &encode_put(prev.create_revision, &value))?;
+        let kv = KeyValue {
+            key,
+            value,
+            create_revision: prev.create_revision,
+            mod_revision: revision,
+        };
+        self.events.push(WatchEvent::Put {
+            kv: kv.clone(),
+            prev: Some(prev),
+        });
+        Ok(Ok(kv))
+    }
+
+    fn delete(&mut self, key: String, expected: Option<Revision>) -> Result<Result<KeyValue>> {
+        let prev = match self.existing(&key, expected)? {
+            Ok(prev) => prev,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let revision = self.next(&key, &[TAG_TOMBSTONE])?;
+        let deleted = KeyValue {
+            mod_revision: revision,
+            ..prev.clone()
+        };
+        self.events.push(WatchEvent::Delete { prev, revision });
+        Ok(Ok(deleted))
+    }
+
+    /// The current value of `key` if it exists and, with `expected`, is at that revision.
+    fn existing(&self, key: &str, expected: Option<Revision>) -> Result<Result<KeyValue>> {
+        let Some(current) = live(&self.versions, key)? else {
+            return Ok(Err(Error::NotFound {
+                key: key.to_owned(),
+            }));
+        };
+        match expected {
+            Some(expected) if expected != current.mod_revision => Ok(Err(Error::Conflict {
+                key: key.to_owned(),
+                expected,
+                current,
+            })),
+            _ => Ok(Ok(current)),
+        }
+    }
+
+    /// Stores `record` as the version of `key` at the next revision and logs it.
+    fn next(&mut self, key: &str, record: &[u8]) -> Result<Revision> {
+        let revision = self.revision + 1;
+        self.versions
+            .insert((key, revision), record)
+            .map_err(storage_error)?;
+        self.log.insert(revision, key).map_err(storage_error)?;
+        self.revision = revision;
+        Ok(revision)
+    }
+
+    /// Drops the history up to `revision`, keeping for each key the version current at
+    /// `revision` (unless it is a tombstone) so that reads at `revision` and later still work.
+    fn compact(&mut self, revision: Revision) -> Result<Result<()>> {
+        if revision > self.revision {
+            return Ok(Err(Error::Unavailable(format!(
+                "cannot compact at revision {revision}: the store is at {}",
+                self.revision
+            ))));
+        }
+        if revision <= self.compacted {
+            return Ok(Ok(()));
+        }
+        let mut keys = BTreeSet::new();
+        for entry in self.log.range(..=revision).map_err(storage_error)? {
+            let (_, key) = entry.map_err(storage_error)?;
+            keys.insert(key.value().to_owned());
+        }
+        for key in &keys {
+            let mut doomed = Vec::new();
+            for entry in self
+                .versions
+                .range((key.as_str(), i64::MIN)..=(key.as_str(), revision))
+                .map_err(storage_error)?
+            {
+                let (k, v) = entry.map_err(storage_error)?;
+                doomed.push((k.value().1, v.value().first() == Some(&TAG_TOMBSTONE)));
+            }
+            // The newest version stays, unless it says the key was gone.
+            if doomed.last().is_some_and(|&(_, tombstone)| !tombstone) {
+                doomed.pop();
+            }
+            for (version, _) in doomed {
+                self.versions
+                    .remove((key.as_str(), version))
+                    .map_err(storage_error)?;
+            }
+        }
+        self.log
+            .retain_in(..=revision, |_, _| false)
+            .map_err(storage_error)?;
+        self.compacted = revision;
+        Ok(Ok(()))
+    }
+}
+
+/// The task behind one watch stream.
+struct Watcher {
+    db: Arc<Database>,
+    prefix: String,
+    /// Changes up to here have been delivered or skipped.
+    last: Revision,
+    live: broadcast::Receiver<Batch>,
+    tx: mpsc::Sender<Result<WatchEvent>>,
+}
+
+impl Watcher {
+    async fn run(mut self) {
+        loop {
+            if !self.catch_up().await {
+                return;
+            }
+            loop {
+                let received = tokio::select! {
+                    () = self.tx.closed() => return,
+                    received = self.live.recv() => received,
+                };
+                match received {
+                    Ok(batch) => {
+                        for event in batch.iter() {
+                            let revision = event.revision();
+                            if revision <= self.last {
+                                continue;
+                            }
+                            self.last = revision;
+                            if event_key(event).starts_with(&self.prefix)
+                                && self.tx.send(Ok(event.clone())).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    // Fell behind the buffer: read what was missed from the log.
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = self.tx.send(Err(writer_gone())).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Delivers the logged changes after `last` up to the latest commit. False when the stream
+    /// is over (consumer gone, or an error was delivered).
+    async fn catch_up(&mut self) -> bool {
+        loop {
+            let db = Arc::clone(&self.db);
+            let prefix = self.prefix.clone();
+            let after = self.last;
+            let chunk = tokio::task::spawn_blocking(move || read_log(&db, &prefix, after))
+                .await
+                .unwrap_or_else(|e| Err(Error::Unavailable(format!("watch task failed: {e}"))));
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    let _ = self.tx.send(Err(error)).await;
+                    return false;
+                }
+            };
+            for event in chunk.events {
+                if self.tx.send(Ok(event)).await.is_err() {
+                    return false;
+                }
+            }
+            self.last = chunk.last;
+            if chunk.caught_up {
+                return true;
+            }
+        }
+    }
+}
+
+fn event_key(event: &WatchEvent) -> &str {
+    match event {
+        WatchEvent::Put { kv, .. } => &kv.key,
+        WatchEvent::Delete { prev, .. } => &prev.key,
+    }
+}

@@ -1,0 +1,204 @@
+//! A control plane started for one test, and `kubectl` pointed at it.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the support module"
+)]
+
+use std::{
+    io::{Read as _, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+/// A running `apiary-control-plane` with its own data directory, on a free loopback port.
+pub struct ControlPlane {
+    child: Child,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_apiary-control-plane"))
+            .args(["--data-dir", data_dir.path().to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra_args)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap();
+        let mut cp = Self { child, data_dir };
+        cp.wait_ready();
+        cp
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.path().join("kubeconfig")
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the control plane exited before it was ready: {status}");
+            }
+            if self.kubeconfig().exists() && self.kubectl(&["get", "--raw", "/readyz"]).ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the control plane did not become ready in 30 s");
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig").arg(self.kubeconfig()).args(args);
+        cmd
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Run {
+        Run::new(self.command(args), args)
+    }
+
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        self.kubectl(args).with_stdin(stdin)
+    }
+
+    pub fn kubectl_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.kubectl(args).success();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}: {out}"))
+    }
+
+    /// Starts a long-running kubectl (e.g. `get -w`) whose output can be read as it comes.
+    pub fn kubectl_spawn(&self, args: &[&str]) -> Streaming {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Streaming {
+            child,
+            rx,
+            seen: String::new(),
+        }
+    }
+
+    pub fn data_path(&self) -> &Path {
+        self.data_dir.path()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One kubectl invocation, run when its outcome is asked for.
+pub struct Run {
+    args: Vec<String>,
+    cmd: Command,
+    stdin: Option<String>,
+}
+
+impl Run {
+    fn new(cmd: Command, args: &[&str]) -> Self {
+        Self {
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            cmd,
+            stdin: None,
+        }
+    }
+
+    /// Feeds `stdin` to the command.
+    pub fn with_stdin(mut self, stdin: &str) -> Self {
+        self.stdin = Some(stdin.to_owned());
+        self
+    }
+
+    fn run(mut self) -> (bool, String, String, Vec<String>) {
+        self.cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = self.cmd.spawn().expect("kubectl is installed");
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(input) = &self.stdin {
+            stdin.write_all(input.as_bytes()).unwrap();
+        }
+        drop(stdin);
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+            self.args,
+        )
+    }
+
+    /// Whether kubectl exits 0.
+    pub fn ok(self) -> bool {
+        self.run().0
+    }
+
+    /// Stdout; panics with everything kubectl said unless it succeeded.
+    pub fn success(self) -> String {
+        let (ok, stdout, stderr, args) = self.run();
+        assert!(ok, "kubectl {args:?} failed: {stdout}{stderr}");
+        stdout
+    }
+
+    /// Stdout and stderr; panics unless kubectl failed.
+    pub fn failure(self) -> String {
+        let (ok, stdout, stderr, args) = self.run();
+        assert!(!ok, "kubectl {args:?} should have failed: {stdout}{stderr}");
+        format!("{stdout}{stderr}")
+    }
+}
+
+/// A kubectl still running.
+pub struct Streaming {
+    child: Child,
+    rx: mpsc::Receiver<Vec<u8>>,
+    seen: String,
+}
+
+impl Streaming {
+    /// Reads output until `done` holds for all of it, or `seconds` pass (then panics).
+    pub fn read_until(&mut self, done: impl Fn(&str) -> bool, seconds: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        while !done(&self.seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(chunk) => self.seen.push_str(&String::from_utf8_lossy(&chunk)),
+                Err(_) => panic!("timed out after {seconds} s; output so far: {}", self.seen),
+            }
+        }
+        self.seen.clone()
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
