@@ -1,8 +1,37 @@
 //! Kubernetes-shaped API types, shared by the control plane, the node agent and the CLI.
 //!
 //! Serde and validation only: no I/O, no async runtime.
+//!
+//! - [`meta`]: `TypeMeta`, `ObjectMeta`, the generic [`Object`] and [`List`], conditions,
+//!   watch events.
+//! - One module per API group version: [`core_v1`], [`apps_v1`], [`batch_v1`],
+//!   [`networking_v1`], [`discovery_v1`], [`coordination_v1`], [`autoscaling_v1`].
+//! - Shared value types: [`selector`] (label and field selectors), [`intstr`], [`quantity`].
+//! - [`resource`]: the registry of served resources and the discovery documents.
+//! - [`validation`]: per-kind checks with Kubernetes' messages; [`status`]: error bodies.
 
+pub mod apps_v1;
+pub mod autoscaling_v1;
+pub mod batch_v1;
+pub mod coordination_v1;
+pub mod core_v1;
+pub mod discovery_v1;
+pub mod intstr;
 pub mod meta;
+pub mod networking_v1;
+pub mod quantity;
+pub mod resource;
+pub mod selector;
+pub mod status;
 pub mod validation;
 
-pub use meta::{ObjectMeta, ObjectRef, TypeMeta};
+pub use intstr::IntOrString;
+pub use meta::{
+    Condition, List, ListMeta, NoStatus, Object, ObjectMeta, ObjectRef, OwnerReference, Time,
+    TypeMeta, WatchEvent, WatchEventType, from_json,
+};
+pub use quantity::Quantity;
+pub use resource::{Resource, ResourceInfo};
+pub use selector::LabelSelector;
+pub use status::Status;
+pub use validation::FieldError;

@@ -1,10 +1,36 @@
-//! `apiary`: the command line for Apiary clusters.
+//! `apiary`: the command line for Apiary clusters, a kubectl for the commands people use most.
 
+mod age;
+mod apply;
+mod client;
+mod create;
+mod delete;
+mod describe;
+mod discovery;
+mod get;
+mod kubeconfig;
+mod manifest;
+mod patch;
+mod report;
+mod table;
+
+use std::{io::Write as _, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "apiary", version, about = "Drive an Apiary cluster")]
 struct Cli {
+    /// The kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, /var/lib/apiary/kubeconfig).
+    #[arg(long, global = true, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, global = true, value_name = "NAME")]
+    context: Option<String>,
+    /// The namespace (default: the context's, else `default`).
+    #[arg(short = 'n', long, global = true, value_name = "NS")]
+    namespace: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -13,11 +39,142 @@ struct Cli {
 enum Command {
     /// Print the client version.
     Version,
+    /// Create or update objects from manifests, three-way like `kubectl apply`.
+    Apply(apply::Args),
+    /// List objects, or show some, as a table, YAML, JSON or names.
+    Get(get::Args),
+    /// Show objects in detail, with their events.
+    Describe(describe::Args),
+    /// Delete objects and wait until they are gone.
+    Delete(delete::Args),
+    /// Create objects: a namespace, or those of manifests.
+    Create(create::Args),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Version => println!("apiary {}", env!("CARGO_PKG_VERSION")),
+/// What every command that talks to the cluster needs.
+#[derive(Debug)]
+pub struct Session {
+    pub client: client::Client,
+    /// The namespace of namespaced objects that do not name one.
+    pub namespace: String,
+    /// Whether `-n` chose [`Session::namespace`].
+    pub namespace_from_flag: bool,
+}
+
+impl Session {
+    fn open(cli: &Cli) -> anyhow::Result<Self> {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let env = std::env::var("KUBECONFIG").ok();
+        let path = kubeconfig::locate(cli.kubeconfig.as_deref(), env.as_deref(), home.as_deref());
+        let conn = kubeconfig::load(&path, cli.context.as_deref())?;
+        let client = client::Client::new(&conn)?;
+        let (namespace, namespace_from_flag) = match &cli.namespace {
+            Some(ns) => (ns.clone(), true),
+            None => (
+                conn.namespace.unwrap_or_else(|| "default".to_owned()),
+                false,
+            ),
+        };
+        Ok(Self {
+            client,
+            namespace,
+            namespace_from_flag,
+        })
     }
-    Ok(())
+
+    /// Asks the server which types it has.
+    pub async fn discover(&self) -> anyhow::Result<discovery::Discovery> {
+        discovery::Discovery::load(&self.client)
+            .await
+            .context("discovering the server's resource types")
+    }
+}
+
+/// How a command ended, when it did not fail outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Some objects failed; each was reported already.
+    SomeFailed,
+}
+
+impl From<&report::Failures> for Outcome {
+    fn from(failures: &report::Failures) -> Self {
+        if failures.any() {
+            Self::SomeFailed
+        } else {
+            Self::Success
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    let mut out = std::io::stdout().lock();
+    if let Command::Version = cli.command {
+        writeln!(out, "apiary {}", env!("CARGO_PKG_VERSION"))?;
+        return Ok(Outcome::Success);
+    }
+    let session = Session::open(&cli)?;
+    match cli.command {
+        Command::Version => unreachable!("handled above"),
+        Command::Apply(args) => apply::run(&session, &args, &mut out).await,
+        Command::Get(args) => get::run(&session, &args, &mut out).await,
+        Command::Describe(args) => describe::run(&session, &args, &mut out).await,
+        Command::Delete(args) => delete::run(&session, &args, &mut out).await,
+        Command::Create(args) => create::run(&session, &args, &mut out).await,
+    }
+}
+
+/// Whether `error` is only that whoever read our output went away (`apiary get … | head`).
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// A command line clap refused, said in one line, as every other error: the message without
+/// clap's usage and tips, which `--help` has.
+fn usage_error(e: &clap::Error) -> String {
+    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return "a command is required: apply, get, describe, delete, create or version".to_owned();
+    }
+    let rendered = e.render().to_string();
+    let message = rendered.split("\n\n").next().unwrap_or_default();
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    message
+        .strip_prefix("error: ")
+        .unwrap_or(&message)
+        .to_owned()
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            eprintln!("error: {} (see 'apiary --help')", usage_error(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::SomeFailed) => ExitCode::FAILURE,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", report::error_line(&e));
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -58,6 +58,10 @@ async fn main() -> anyhow::Result<()> {
 
     let pki =
         Pki::load_or_create(&cli.data_dir, &[cli.listen.ip()]).context("setting up the PKI")?;
+    tokio::spawn(apiary_control_plane::store::compact_periodically(
+        Arc::clone(&store),
+        std::time::Duration::from_secs(300),
+    ));
     let api = Arc::new(Api::new(store));
     apiserver::bootstrap(&api)
         .await

@@ -233,3 +233,237 @@ fn watch_sees_changes() {
     );
     assert!(events.contains(r#""changed":"yes""#), "{events}");
 }
+
+#[test]
+fn invalid_objects_get_422_naming_the_field_and_nothing_stored_changes() {
+    let cp = ControlPlane::start();
+    let no_selector = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n      - name: web\n        image: busybox\n";
+    let out = cp
+        .kubectl_stdin(&["apply", "-f", "-"], no_selector)
+        .failure();
+    assert!(out.contains(r#"Deployment "web" is invalid"#), "{out}");
+    assert!(out.contains("* spec.selector: Required value"), "{out}");
+
+    cp.kubectl_stdin(&["apply", "-f", "-"], APP).success();
+    // The selector of a Deployment is immutable.
+    let moved = APP
+        .replacen(
+            "matchLabels: {app: web}",
+            "matchLabels: {app: web, v: two}",
+            1,
+        )
+        .replacen(
+            "labels: {app: web}\n    spec:",
+            "labels: {app: web, v: two}\n    spec:",
+            1,
+        );
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &moved).failure();
+    assert!(
+        out.contains("spec.selector") && out.contains("field is immutable"),
+        "{out}"
+    );
+    let deploy: Value = cp.kubectl_json(&["get", "deploy", "web", "-o", "json"]);
+    assert_eq!(
+        deploy["spec"]["selector"]["matchLabels"],
+        serde_json::json!({"app": "web"})
+    );
+    assert_eq!(
+        deploy["metadata"]["generation"], 1,
+        "nothing stored changed"
+    );
+
+    // A value of the wrong type is malformed, not invalid.
+    let out = cp
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &APP.replace("replicas: 2", "replicas: two"),
+        )
+        .failure();
+    assert!(
+        out.contains("BadRequest") || out.contains("cannot be handled"),
+        "{out}"
+    );
+
+    let bad_port =
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad\nspec:\n  ports:\n  - port: 70000\n";
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], bad_port).failure();
+    assert!(out.contains("spec.ports[0].port"), "{out}");
+}
+
+#[test]
+fn get_prints_the_columns_kubectl_users_know() {
+    let cp = ControlPlane::start();
+    cp.kubectl_stdin(&["apply", "-f", "-"], APP).success();
+    let deploys = cp.kubectl(&["get", "deployments"]).success();
+    let header: Vec<&str> = deploys.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        "{deploys}"
+    );
+    assert!(deploys.contains("0/2"), "{deploys}");
+    let svcs = cp.kubectl(&["get", "services", "-o", "wide"]).success();
+    let header: Vec<&str> = svcs.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE",
+            "SELECTOR"
+        ],
+        "{svcs}"
+    );
+    assert!(
+        svcs.contains("80/TCP") && svcs.contains("app=web"),
+        "{svcs}"
+    );
+    let all = cp.kubectl(&["get", "all", "-A"]).success();
+    assert!(
+        all.contains("deployment.apps/web") && all.contains("service/web"),
+        "{all}"
+    );
+    let pods = cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    image: busybox\n",
+    );
+    pods.success();
+    let pods = cp.kubectl(&["get", "pods", "-o", "wide"]).success();
+    let header: Vec<&str> = pods.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        &header[..7],
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"],
+        "{pods}"
+    );
+    assert!(
+        pods.contains("0/1") && pods.contains("Pending") && pods.contains("n1"),
+        "{pods}"
+    );
+}
+
+#[test]
+fn the_same_flows_work_on_etcd() {
+    let cp = ControlPlane::start_on_etcd();
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], APP).success();
+    assert!(out.contains("deployment.apps/web created"), "{out}");
+    let out = cp
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &APP.replace("replicas: 2", "replicas: 4"),
+        )
+        .success();
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    cp.kubectl(&["scale", "deploy", "web", "--replicas=1"])
+        .success();
+    let deploy: Value = cp.kubectl_json(&["get", "deploy", "web", "-o", "json"]);
+    assert_eq!(deploy["spec"]["replicas"], 1);
+    let out = cp.kubectl(&["delete", "-f", "-"]).with_stdin(APP).success();
+    assert!(out.contains("service \"web\" deleted"), "{out}");
+    cp.kubectl(&["get", "svc", "web"]).failure();
+}
+
+#[test]
+fn the_scheduler_binds_pods_through_the_binding_subresource() {
+    let cp = ControlPlane::start();
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: c\n    image: busybox\n",
+    )
+    .success();
+    let binding = r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p"},"target":{"kind":"Node","name":"n1"}}"#;
+    cp.kubectl(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/pods/p/binding",
+        "-f",
+        "-",
+    ])
+    .with_stdin(binding)
+    .success();
+    let pod: Value = cp.kubectl_json(&["get", "pod", "p", "-o", "json"]);
+    assert_eq!(pod["spec"]["nodeName"], "n1");
+    let out = cp
+        .kubectl(&[
+            "create",
+            "--raw",
+            "/api/v1/namespaces/default/pods/p/binding",
+            "-f",
+            "-",
+        ])
+        .with_stdin(binding)
+        .failure();
+    assert!(out.contains("already assigned"), "{out}");
+}
+
+/// An owner ConfigMap and two dependents pointing at it; returns the owner's uid.
+fn owner_and_dependents(cp: &ControlPlane, owner: &str) -> String {
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {owner}\n"),
+    )
+    .success();
+    let uid = cp
+        .kubectl(&["get", "cm", owner, "-o", "jsonpath={.metadata.uid}"])
+        .success();
+    for dependent in ["d1", "d2"] {
+        cp.kubectl_stdin(
+            &["apply", "-f", "-"],
+            &format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {owner}-{dependent}\n  ownerReferences:\n  - apiVersion: v1\n    kind: ConfigMap\n    name: {owner}\n    uid: {uid}\n"
+            ),
+        )
+        .success();
+    }
+    uid
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn garbage_collection_follows_the_propagation_policy() {
+    let cp = ControlPlane::start();
+    let secrets = |prefix: &str| {
+        let names = cp.kubectl(&["get", "secrets", "-o", "name"]).success();
+        names.lines().filter(|l| l.contains(prefix)).count()
+    };
+
+    owner_and_dependents(&cp, "bg");
+    cp.kubectl(&["delete", "cm", "bg"]).success();
+    wait_until("background deletion of dependents", || secrets("bg-") == 0);
+
+    owner_and_dependents(&cp, "fg");
+    let out = cp
+        .kubectl(&["delete", "cm", "fg", "--cascade=foreground"])
+        .success();
+    assert!(out.contains("deleted"), "{out}");
+    assert_eq!(
+        secrets("fg-"),
+        0,
+        "foreground: dependents are gone before the owner"
+    );
+    cp.kubectl(&["get", "cm", "fg"]).failure();
+
+    owner_and_dependents(&cp, "or");
+    cp.kubectl(&["delete", "cm", "or", "--cascade=orphan"])
+        .success();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(secrets("or-"), 2, "orphaned dependents stay");
+    wait_until("owner references removed", || {
+        let secret: Value = cp.kubectl_json(&["get", "secret", "or-d1", "-o", "json"]);
+        secret["metadata"]["ownerReferences"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+    });
+}

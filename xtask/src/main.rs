@@ -28,8 +28,19 @@ enum Command {
     Unload(ebpf::UnloadArgs),
     /// Set up, build, and show the data plane at work in a throwaway lab.
     Demo,
+    /// Run a benchmark: prints a table and writes target/bench/<name>.json.
+    Bench {
+        #[arg(value_enum)]
+        suite: BenchSuite,
+    },
     /// The whole suite, as CI runs it: setup, fmt, clippy, unit and privileged tests.
     Test,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum BenchSuite {
+    /// The API server: creates/s, list and watch fan-out, embedded store vs etcd.
+    Api,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,5 +66,13 @@ fn main() -> anyhow::Result<()> {
             ])
         }
         Command::Test => test::run(),
+        Command::Bench { suite } => {
+            setup::run()?;
+            match suite {
+                BenchSuite::Api => {
+                    shell::cargo(&["bench", "-p", "apiary-control-plane", "--bench", "api"])
+                }
+            }
+        }
     }
 }

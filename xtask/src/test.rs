@@ -18,7 +18,11 @@ pub fn run() -> anyhow::Result<()> {
         phases.time("clippy (host)", clippy_host)?;
         phases.time("clippy (ebpf)", clippy_ebpf)?;
         phases.time("load/unload", crate::ebpf::load_unload_smoke)?;
-        phases.time("unit tests", || {
+        phases.time("build", || {
+            // The CLI's end-to-end tests run the control plane binary.
+            shell::cargo(&["build", "--workspace", "--exclude", "apiary-ebpf"])
+        })?;
+        phases.time("tests (no root)", || {
             shell::cargo(&[
                 "test",
                 "--workspace",

@@ -11,216 +11,10 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::{
-    Api,
-    error::ApiError,
-    resources::{ResourceType, Resources},
-};
+use apiary_api::resource;
+use axum::http::{HeaderMap, header};
 
-macro_rules! resource {
-    ($group:literal, $version:literal, $plural:literal, $kind:literal, $namespaced:literal, [$($sub:literal),*]) => {
-        &ResourceType {
-            group: $group,
-            version: $version,
-            plural: $plural,
-            kind: $kind,
-            namespaced: $namespaced,
-            subresources: &[$($sub),*],
-        }
-    };
-}
-
-/// Every type the server serves.
-static SERVED: &[&ResourceType] = &[
-    resource!(
-        "",
-        "v1",
-        "namespaces",
-        "Namespace",
-        false,
-        ["status", "finalize"]
-    ),
-    resource!("", "v1", "pods", "Pod", true, ["status", "binding"]),
-    resource!("", "v1", "services", "Service", true, ["status"]),
-    resource!("", "v1", "endpoints", "Endpoints", true, []),
-    resource!("", "v1", "configmaps", "ConfigMap", true, []),
-    resource!("", "v1", "secrets", "Secret", true, []),
-    resource!("", "v1", "nodes", "Node", false, ["status"]),
-    resource!("", "v1", "events", "Event", true, []),
-    resource!("", "v1", "serviceaccounts", "ServiceAccount", true, []),
-    resource!(
-        "apps",
-        "v1",
-        "deployments",
-        "Deployment",
-        true,
-        ["status", "scale"]
-    ),
-    resource!(
-        "apps",
-        "v1",
-        "replicasets",
-        "ReplicaSet",
-        true,
-        ["status", "scale"]
-    ),
-    resource!(
-        "apps",
-        "v1",
-        "statefulsets",
-        "StatefulSet",
-        true,
-        ["status", "scale"]
-    ),
-    resource!("apps", "v1", "daemonsets", "DaemonSet", true, ["status"]),
-    resource!("batch", "v1", "jobs", "Job", true, ["status"]),
-    resource!("batch", "v1", "cronjobs", "CronJob", true, ["status"]),
-    resource!(
-        "networking.k8s.io",
-        "v1",
-        "networkpolicies",
-        "NetworkPolicy",
-        true,
-        []
-    ),
-    resource!(
-        "discovery.k8s.io",
-        "v1",
-        "endpointslices",
-        "EndpointSlice",
-        true,
-        []
-    ),
-    resource!("coordination.k8s.io", "v1", "leases", "Lease", true, []),
-];
-
-/// Short names and categories, as Kubernetes advertises them.
-fn short_names(plural: &str) -> &'static [&'static str] {
-    match plural {
-        "namespaces" => &["ns"],
-        "pods" => &["po"],
-        "services" => &["svc"],
-        "endpoints" => &["ep"],
-        "configmaps" => &["cm"],
-        "nodes" => &["no"],
-        "events" => &["ev"],
-        "serviceaccounts" => &["sa"],
-        "deployments" => &["deploy"],
-        "replicasets" => &["rs"],
-        "statefulsets" => &["sts"],
-        "daemonsets" => &["ds"],
-        "cronjobs" => &["cj"],
-        "networkpolicies" => &["netpol"],
-        _ => &[],
-    }
-}
-
-fn in_category_all(plural: &str) -> bool {
-    matches!(
-        plural,
-        "pods"
-            | "services"
-            | "deployments"
-            | "replicasets"
-            | "statefulsets"
-            | "daemonsets"
-            | "jobs"
-            | "cronjobs"
-    )
-}
-
-/// The served types.
-pub fn served_resources() -> Resources {
-    Resources::new(SERVED.to_vec())
-}
-
-/// The groups other than core, in the order discovery lists them.
-fn group_names(resources: &Resources) -> Vec<&'static str> {
-    let mut groups: Vec<&'static str> = Vec::new();
-    for r in resources.all() {
-        if !r.group.is_empty() && !groups.contains(&r.group) {
-            groups.push(r.group);
-        }
-    }
-    groups
-}
-
-const VERBS: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
-
-fn api_resource_list(resources: &Resources, group: &str, version: &str) -> Option<Value> {
-    let mut list = Vec::new();
-    for r in resources
-        .all()
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-    {
-        let mut entry = json!({
-            "name": r.plural,
-            "singularName": r.kind.to_lowercase(),
-            "namespaced": r.namespaced,
-            "kind": r.kind,
-            "verbs": VERBS,
-        });
-        if !short_names(r.plural).is_empty() {
-            entry["shortNames"] = json!(short_names(r.plural));
-        }
-        if in_category_all(r.plural) {
-            entry["categories"] = json!(["all"]);
-        }
-        list.push(entry);
-        for sub in r.subresources {
-            let (kind, verbs): (&str, &[&str]) = match *sub {
-                "scale" => ("Scale", &["get", "patch", "update"]),
-                "binding" => ("Binding", &["create"]),
-                "finalize" => (r.kind, &["update"]),
-                _ => (r.kind, &["get", "patch", "update"]),
-            };
-            let mut entry = json!({
-                "name": format!("{}/{sub}", r.plural),
-                "singularName": "",
-                "namespaced": r.namespaced,
-                "kind": kind,
-                "verbs": verbs,
-            });
-            if *sub == "scale" {
-                entry["group"] = json!("autoscaling");
-                entry["version"] = json!("v1");
-            }
-            list.push(entry);
-        }
-    }
-    if list.is_empty() {
-        return None;
-    }
-    let group_version = if group.is_empty() {
-        version.to_owned()
-    } else {
-        format!("{group}/{version}")
-    };
-    Some(json!({
-        "kind": "APIResourceList",
-        "apiVersion": "v1",
-        "groupVersion": group_version,
-        "resources": list,
-    }))
-}
-
-fn group_json(group: &str) -> Value {
-    json!({
-        "name": group,
-        "versions": [{ "groupVersion": format!("{group}/v1"), "version": "v1" }],
-        "preferredVersion": { "groupVersion": format!("{group}/v1"), "version": "v1" },
-    })
-}
+use super::{Api, error::ApiError, resources::ResourceType};
 
 pub async fn version() -> Json<Value> {
     Json(json!({
@@ -236,42 +30,53 @@ pub async fn version() -> Json<Value> {
     }))
 }
 
-pub async fn core_versions() -> Json<Value> {
-    Json(json!({
-        "kind": "APIVersions",
-        "versions": ["v1"],
-        "serverAddressByClientCIDRs": [{ "clientCIDR": "0.0.0.0/0", "serverAddress": "" }],
-    }))
+pub async fn core_versions(headers: HeaderMap) -> Response {
+    if wants_aggregated(&headers) {
+        return aggregated(resource::aggregated_discovery(true));
+    }
+    Json(resource::api_versions("")).into_response()
 }
 
-pub async fn groups(State(api): State<Arc<Api>>) -> Json<Value> {
-    Json(json!({
-        "kind": "APIGroupList",
-        "apiVersion": "v1",
-        "groups": group_names(&api.resources).into_iter().map(group_json).collect::<Vec<_>>(),
-    }))
+pub async fn groups(headers: HeaderMap) -> Response {
+    if wants_aggregated(&headers) {
+        return aggregated(resource::aggregated_discovery(false));
+    }
+    Json(resource::api_group_list()).into_response()
 }
 
-pub async fn group(State(api): State<Arc<Api>>, Path(group): Path<String>) -> Response {
-    if group_names(&api.resources).contains(&group.as_str()) {
-        let mut body = group_json(&group);
-        body["kind"] = json!("APIGroup");
-        body["apiVersion"] = json!("v1");
-        Json(body).into_response()
-    } else {
-        ApiError::no_route(&format!("/apis/{group}")).into_response()
+/// kubectl asks for aggregated discovery first, which saves it a request per group version.
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|accept| accept.split(',').next())
+        .is_some_and(|first| first.contains("as=APIGroupDiscoveryList"))
+}
+
+fn aggregated(body: Value) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            resource::AGGREGATED_DISCOVERY_CONTENT_TYPE,
+        )],
+        Json(body),
+    )
+        .into_response()
+}
+
+pub async fn group(Path(group): Path<String>) -> Response {
+    match resource::api_group(&group) {
+        Some(body) => Json(body).into_response(),
+        None => ApiError::no_route(&format!("/apis/{group}")).into_response(),
     }
 }
 
-pub async fn core_resources(State(api): State<Arc<Api>>) -> Response {
-    Json(api_resource_list(&api.resources, "", "v1").expect("core is served")).into_response()
+pub async fn core_resources() -> Response {
+    Json(resource::api_resource_list("", "v1").expect("core is served")).into_response()
 }
 
-pub async fn group_resources(
-    State(api): State<Arc<Api>>,
-    Path((group, version)): Path<(String, String)>,
-) -> Response {
-    match api_resource_list(&api.resources, &group, &version) {
+pub async fn group_resources(Path((group, version)): Path<(String, String)>) -> Response {
+    match resource::api_resource_list(&group, &version) {
         Some(list) => Json(list).into_response(),
         None => ApiError::no_route(&format!("/apis/{group}/{version}")).into_response(),
     }
@@ -283,14 +88,14 @@ pub async fn openapi_v2() -> Response {
 }
 
 /// The OpenAPI v3 index: one document per group version.
-pub async fn openapi_v3(State(api): State<Arc<Api>>) -> Json<Value> {
+pub async fn openapi_v3() -> Json<Value> {
     let mut paths = serde_json::Map::new();
     let mut add = |gv_path: String| {
         let url = format!("/openapi/v3/{gv_path}");
         paths.insert(gv_path, json!({ "serverRelativeURL": url }));
     };
     add("api/v1".to_owned());
-    for group in group_names(&api.resources) {
+    for group in resource::GROUPS {
         add(format!("apis/{group}/v1"));
     }
     Json(json!({ "paths": paths }))
@@ -309,7 +114,6 @@ pub async fn openapi_v3_group(State(api): State<Arc<Api>>, Path(path): Path<Stri
         .resources
         .all()
         .iter()
-        .copied()
         .filter(|r| r.group == group && r.version == version)
         .collect();
     if types.is_empty() {

@@ -111,9 +111,7 @@ impl ApiError {
         let mut details = json!({
             "name": name,
             "kind": kind,
-            "causes": causes.iter().map(|(field, message)| json!({
-                "reason": "FieldValueInvalid", "message": message, "field": field,
-            })).collect::<Vec<_>>(),
+        "causes": causes.iter().map(|(field, message)| cause(field, message)).collect::<Vec<_>>(),
         });
         if !group.is_empty() {
             details["group"] = json!(group);
@@ -193,6 +191,28 @@ impl ApiError {
         }
         status
     }
+}
+
+/// One `StatusCause`: the message without its field path (kubectl prints `* field: message`),
+/// and the reason its wording stands for.
+fn cause(field: &str, message: &str) -> Value {
+    let message = message
+        .strip_prefix(field)
+        .and_then(|m| m.strip_prefix(": "))
+        .unwrap_or(message);
+    let reason = [
+        ("Required value", "FieldValueRequired"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Duplicate value", "FieldValueDuplicate"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Too long", "FieldValueTooLong"),
+        ("Too many", "FieldValueTooMany"),
+        ("Not found", "FieldValueNotFound"),
+    ]
+    .iter()
+    .find(|(prefix, _)| message.starts_with(prefix))
+    .map_or("FieldValueInvalid", |(_, reason)| reason);
+    json!({ "reason": reason, "message": message, "field": field })
 }
 
 impl IntoResponse for ApiError {

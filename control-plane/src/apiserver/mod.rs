@@ -52,7 +52,7 @@ impl Api {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
             store,
-            resources: discovery::served_resources(),
+            resources: Resources,
             strategy: Strategy,
         }
     }

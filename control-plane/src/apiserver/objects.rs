@@ -19,8 +19,9 @@ use super::{
     Api, allocator, defaults,
     error::ApiError,
     path::Target,
-    resources::ResourceType,
+    resources::{ResourceType, StorageKeys as _},
     selectors::{FieldSelector, LabelSelector},
+    strategy::{Deletion, FOREGROUND_FINALIZER},
     tables,
 };
 use crate::store::{self, KeyValue, ListOptions, Revision};
@@ -168,8 +169,11 @@ fn present(resource: &ResourceType, kv: &KeyValue) -> Result<Value> {
     Ok(object)
 }
 
+/// The stored form: no resource version (the store's revision is it) and no nulls (Kubernetes
+/// omits unset fields, so `null` is never a stored value).
 fn to_stored(object: &Value) -> Vec<u8> {
     let mut object = object.clone();
+    apiary_api::meta::strip_nulls(&mut object);
     if let Some(meta) = object["metadata"].as_object_mut() {
         meta.remove("resourceVersion");
         // Server-side apply's bookkeeping is not kept.
@@ -697,7 +701,7 @@ fn merge_for_update(resource: &ResourceType, sub: Option<&str>, old: &Value, new
 
 /// Writes `new` over the object at `key` if it is still at `expected`.
 async fn write_update(
-    api: &Api,
+    api: &Arc<Api>,
     target: &Target,
     name: &str,
     old: &Value,
@@ -713,7 +717,10 @@ async fn write_update(
     } else {
         allocator::Claims::default()
     };
-    api.strategy.validate(resource, &merged, Some(old))?;
+    // A binding sets `spec.nodeName`, which no client update may change: it is checked as an
+    // object, not as an update.
+    let before = (target.subresource.as_deref() != Some("binding")).then_some(old);
+    api.strategy.validate(resource, &merged, before)?;
     // An object whose finalizers are gone while it is being deleted goes away now.
     let finalizers_empty = merged["metadata"]["finalizers"]
         .as_array()
@@ -725,7 +732,9 @@ async fn write_update(
             .delete(&key, Some(expected))
             .await
             .map_err(|e| store_err(resource, name, e))?;
-        return present(resource, &kv);
+        let deleted = present(resource, &kv)?;
+        super::strategy::after_delete(api, resource, &deleted, &Value::Null, Deletion::Gone);
+        return Ok(deleted);
     }
     merged["metadata"]["resourceVersion"] = Value::Null;
     let kv = api
@@ -748,7 +757,7 @@ fn keep_cluster_ip(old: &Value, new: &mut Value) {
 }
 
 /// `pods/binding`: assigns a pending pod to a node, once. What the scheduler calls.
-async fn bind(api: &Api, target: &Target, name: &str, binding: &Value) -> Result<()> {
+async fn bind(api: &Arc<Api>, target: &Target, name: &str, binding: &Value) -> Result<()> {
     let node = binding["target"]["name"]
         .as_str()
         .filter(|n| !n.is_empty())
@@ -761,7 +770,7 @@ async fn bind(api: &Api, target: &Target, name: &str, binding: &Value) -> Result
             )
         })?;
     let parent = Target {
-        subresource: None,
+        subresource: Some("binding".into()),
         ..target.clone()
     };
     for _ in 0..MAX_ATTEMPTS {
@@ -824,7 +833,7 @@ fn to_scale(object: &Value) -> Value {
 
 /// `…/scale`: read the replica count, or set it with a Scale (PUT) or a patch of one.
 async fn scale(
-    api: &Api,
+    api: &Arc<Api>,
     target: &Target,
     name: &str,
     method: &Method,
@@ -910,7 +919,7 @@ fn check_name(object: &Value, name: &str) -> Result<()> {
 /// a resource version (then a concurrent change is its conflict to resolve).
 const MAX_ATTEMPTS: usize = 8;
 
-pub async fn update(api: &Api, target: &Target, name: &str, object: Value) -> Result<Value> {
+pub async fn update(api: &Arc<Api>, target: &Target, name: &str, object: Value) -> Result<Value> {
     check_type(target.resource, &object)?;
     check_name(&object, name)?;
     let pinned = object_revision(&object)?;
@@ -955,7 +964,7 @@ fn apply_patch(mut object: Value, content_type: &str, body: &[u8]) -> Result<Val
 }
 
 pub async fn patch(
-    api: &Api,
+    api: &Arc<Api>,
     target: &Target,
     name: &str,
     content_type: &str,
@@ -1022,7 +1031,9 @@ pub async fn delete(api: &Arc<Api>, target: &Target, name: &str, options: &Value
             .as_array()
             .is_some_and(|f| !f.is_empty());
         let graceful = api.strategy.graceful_delete(resource, &old);
-        let result = if has_finalizers || graceful {
+        let foreground = options["propagationPolicy"].as_str() == Some("Foreground");
+        let marking = has_finalizers || graceful || foreground;
+        let result = if marking {
             // Mark for deletion; whoever owns the finalizers (or the grace period) finishes it.
             if old["metadata"]["deletionTimestamp"].is_string() {
                 return Ok(old);
@@ -1033,6 +1044,17 @@ pub async fn delete(api: &Arc<Api>, target: &Target, name: &str, options: &Value
                 marked["metadata"]["deletionGracePeriodSeconds"] = json!(seconds);
             }
             api.strategy.prepare_delete(resource, &mut marked);
+            if foreground {
+                let finalizers = &mut marked["metadata"]["finalizers"];
+                if !finalizers.is_array() {
+                    *finalizers = json!([]);
+                }
+                if let Some(list) = finalizers.as_array_mut()
+                    && !list.iter().any(|f| f == FOREGROUND_FINALIZER)
+                {
+                    list.push(json!(FOREGROUND_FINALIZER));
+                }
+            }
             marked["metadata"]["resourceVersion"] = Value::Null;
             api.store
                 .update(&key, to_stored(&marked), Some(current))
@@ -1043,7 +1065,12 @@ pub async fn delete(api: &Arc<Api>, target: &Target, name: &str, options: &Value
         match result {
             Ok(kv) => {
                 let deleted = present(resource, &kv)?;
-                super::strategy::after_delete(api, resource, &deleted, options);
+                let deletion = if marking {
+                    Deletion::Marked
+                } else {
+                    Deletion::Gone
+                };
+                super::strategy::after_delete(api, resource, &deleted, options, deletion);
                 return Ok(deleted);
             }
             Err(store::Error::Conflict { .. }) if pinned.is_none() => continue,

@@ -1,30 +1,20 @@
-//! The resource types the server serves, looked up by group, version and plural.
+//! The resource types the server serves (`apiary_api::resource`), and where each stores its
+//! objects.
 
-/// One served resource type.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResourceType {
-    /// Empty for the core group.
-    pub group: &'static str,
-    pub version: &'static str,
-    pub plural: &'static str,
-    pub kind: &'static str,
-    pub namespaced: bool,
-    /// Subresources served besides the object itself (`status`, `scale`, `binding`).
-    pub subresources: &'static [&'static str],
+pub use apiary_api::resource::ResourceInfo as ResourceType;
+
+/// Storage keys of a resource type's objects.
+pub trait StorageKeys {
+    /// The prefix of every storage key of this type: `/registry/<group>/<plural>/`.
+    fn key_prefix(&self) -> String;
+    /// The storage key of one object.
+    fn key(&self, namespace: Option<&str>, name: &str) -> String;
+    /// Whether the type serves subresource `sub` (`status`, `scale`, `binding`).
+    fn has_subresource(&self, sub: &str) -> bool;
 }
 
-impl ResourceType {
-    /// `apps/v1`, or `v1` for the core group.
-    pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.to_owned()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
-    }
-
-    /// The prefix of every storage key of this type: `/registry/<group>/<plural>/`.
-    pub fn key_prefix(&self) -> String {
+impl StorageKeys for ResourceType {
+    fn key_prefix(&self) -> String {
         let group = if self.group.is_empty() {
             "core"
         } else {
@@ -33,38 +23,49 @@ impl ResourceType {
         format!("/registry/{group}/{}/", self.plural)
     }
 
-    /// The storage key of one object.
-    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+    fn key(&self, namespace: Option<&str>, name: &str) -> String {
         match namespace {
             Some(ns) if self.namespaced => format!("{}{ns}/{name}", self.key_prefix()),
             _ => format!("{}{name}", self.key_prefix()),
         }
     }
 
-    pub fn has_subresource(&self, sub: &str) -> bool {
-        self.subresources.contains(&sub)
+    fn has_subresource(&self, sub: &str) -> bool {
+        self.subresource(sub).is_some()
     }
 }
 
 /// Every served type.
-#[derive(Debug)]
-pub struct Resources {
-    types: Vec<&'static ResourceType>,
-}
+#[derive(Debug, Default)]
+pub struct Resources;
 
 impl Resources {
-    pub fn new(types: Vec<&'static ResourceType>) -> Self {
-        Self { types }
-    }
-
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
-        self.types
-            .iter()
-            .copied()
-            .find(|r| r.group == group && r.version == version && r.plural == plural)
+        apiary_api::resource::lookup(group, version, plural)
     }
 
-    pub fn all(&self) -> &[&'static ResourceType] {
-        &self.types
+    pub fn all(&self) -> &'static [ResourceType] {
+        apiary_api::resource::RESOURCES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_separate_groups_types_and_namespaces() {
+        let r = Resources;
+        let pods = r.get("", "v1", "pods").unwrap();
+        assert_eq!(
+            pods.key(Some("default"), "web"),
+            "/registry/core/pods/default/web"
+        );
+        let nodes = r.get("", "v1", "nodes").unwrap();
+        assert_eq!(nodes.key(None, "n1"), "/registry/core/nodes/n1");
+        let deploys = r.get("apps", "v1", "deployments").unwrap();
+        assert_eq!(deploys.key_prefix(), "/registry/apps/deployments/");
+        assert!(deploys.has_subresource("scale"));
+        assert!(!nodes.has_subresource("scale"));
     }
 }

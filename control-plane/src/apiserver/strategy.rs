@@ -4,6 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use apiary_api::validation;
 use serde_json::{Value, json};
 
 use super::{
@@ -11,7 +12,7 @@ use super::{
     error::ApiError,
     objects::{self, Result},
     path::Target,
-    resources::ResourceType,
+    resources::{ResourceType, StorageKeys as _},
 };
 
 /// Per-type write behaviour. Stateless: everything it needs is in the objects.
@@ -41,7 +42,8 @@ impl Strategy {
         Ok(())
     }
 
-    /// Validates a new object (`old` is `None`) or an update of `old`.
+    /// Validates a new object (`old` is `None`) or an update of `old`, with Kubernetes'
+    /// messages and field paths. A body that does not even decode as its kind is a 400.
     pub fn validate(
         &self,
         resource: &ResourceType,
@@ -49,37 +51,30 @@ impl Strategy {
         old: Option<&Value>,
     ) -> Result<()> {
         let name = object["metadata"]["name"].as_str().unwrap_or_default();
-        let mut causes = Vec::new();
-        // Namespaces and services become DNS labels; everything else may be a subdomain.
-        let check = if matches!(resource.plural, "namespaces" | "services") {
-            apiary_api::validation::dns1123_label
-        } else {
-            apiary_api::validation::dns1123_subdomain
-        };
-        if let Err(e) = check("metadata.name", name) {
-            causes.push((e.path.clone(), e.to_string()));
+        let errors = match old {
+            None => validation::validate_object(resource, object),
+            Some(old) => validation::validate_object_update(resource, old, object),
         }
-        if let Some(old) = old
-            && resource.plural == "services"
-        {
-            let (before, after) = (&old["spec"]["clusterIP"], &object["spec"]["clusterIP"]);
-            if before.is_string() && after.is_string() && before != after {
-                causes.push((
-                    "spec.clusterIP".to_owned(),
-                    format!("spec.clusterIP: Invalid value: {after}: field is immutable"),
-                ));
-            }
-        }
-        if causes.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::invalid(
-                resource.kind,
-                resource.group,
-                name,
-                &causes,
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "{kind} in version {version:?} cannot be handled as a {kind}: {e}",
+                kind = resource.kind,
+                version = resource.version,
             ))
+        })?;
+        if errors.is_empty() {
+            return Ok(());
         }
+        let causes: Vec<(String, String)> = errors
+            .iter()
+            .map(|e| (e.path.clone(), e.to_string()))
+            .collect();
+        Err(ApiError::invalid(
+            resource.kind,
+            resource.group,
+            name,
+            &causes,
+        ))
     }
 
     /// Whether a delete only marks the object, leaving its removal to a controller.
@@ -95,38 +90,150 @@ impl Strategy {
     }
 }
 
-/// Sets off what follows a delete: a terminating namespace is emptied and removed; an object
-/// that is gone takes its dependents with it (or, with `propagationPolicy: Orphan`, lets go of
-/// them).
+/// Where a delete left the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// Marked with a deletion timestamp; finalizers (or a grace period) still hold it.
+    Marked,
+    /// Removed from the store.
+    Gone,
+}
+
+/// The finalizer that holds an owner deleted with `propagationPolicy: Foreground` until its
+/// dependents are gone.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+
+/// Sets off what follows a delete: a terminating namespace is emptied and removed; a
+/// foreground deletion removes the dependents, then the owner; an object that is gone releases
+/// what it held and takes its dependents with it (or, with `propagationPolicy: Orphan`, lets go
+/// of them).
 pub fn after_delete(
     api: &Arc<Api>,
     resource: &'static ResourceType,
-    deleted: &Value,
+    object: &Value,
     options: &Value,
+    deletion: Deletion,
 ) {
     let api = Arc::clone(api);
-    let deleted = deleted.clone();
+    let object = object.clone();
     let orphan = options["propagationPolicy"].as_str() == Some("Orphan")
         || options["orphanDependents"].as_bool() == Some(true);
-    let marked = deleted["metadata"]["deletionTimestamp"].is_string();
+    let foreground = object["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f == FOREGROUND_FINALIZER));
     let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
         Box::pin(async move {
-            let result = if resource.plural == "namespaces" && marked {
-                empty_namespace(&api, &deleted).await
-            } else if marked {
-                // Not gone yet: dependents and allocations go when the object does.
-                Ok(())
-            } else {
-                if resource.plural == "services" {
-                    super::allocator::claims_of(&deleted).release(&api).await;
+            let result = match deletion {
+                Deletion::Marked if resource.plural == "namespaces" => {
+                    empty_namespace(&api, &object).await
                 }
-                collect_dependents(&api, resource, &deleted, orphan).await
+                Deletion::Marked if foreground => {
+                    delete_in_foreground(&api, resource, &object).await
+                }
+                // Finalizers hold it: dependents and allocations go when the object does.
+                Deletion::Marked => Ok(()),
+                Deletion::Gone => {
+                    if resource.plural == "services" {
+                        super::allocator::claims_of(&object).release(&api).await;
+                    }
+                    collect_dependents(&api, resource, &object, orphan).await
+                }
             };
             if let Err(e) = result {
                 tracing::warn!(error = %e.message, "cleanup after delete failed");
             }
         });
     tokio::spawn(task);
+}
+
+/// Deletes an owner's dependents, waits until they are gone, then lets the owner go by removing
+/// its `foregroundDeletion` finalizer.
+async fn delete_in_foreground(
+    api: &Arc<Api>,
+    resource: &'static ResourceType,
+    owner: &Value,
+) -> Result<()> {
+    collect_dependents(api, resource, owner, false).await?;
+    for _ in 0..600 {
+        if count_dependents(api, resource, owner).await? == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let name = owner["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let namespace = owner["metadata"]["namespace"].as_str().map(str::to_owned);
+    let target = Target {
+        resource,
+        namespace: namespace.clone(),
+        name: Some(name.clone()),
+        subresource: None,
+    };
+    for _ in 0..8 {
+        let mut current = match objects::get(api, resource, namespace.as_deref(), &name).await {
+            Ok(current) => current,
+            Err(e) if e.reason == "NotFound" => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if let Some(finalizers) = current["metadata"]["finalizers"].as_array_mut() {
+            finalizers.retain(|f| f != FOREGROUND_FINALIZER);
+        }
+        match objects::update(api, &target, &name, current).await {
+            Err(e) if e.reason == "Conflict" => continue,
+            Err(e) if e.reason == "NotFound" => return Ok(()),
+            other => return other.map(drop),
+        }
+    }
+    Ok(())
+}
+
+/// The objects whose `ownerReferences` name `owner`.
+async fn dependents(
+    api: &Arc<Api>,
+    owner_type: &ResourceType,
+    owner: &Value,
+) -> Result<Vec<(&'static ResourceType, Value)>> {
+    let Some(uid) = owner["metadata"]["uid"].as_str() else {
+        return Ok(Vec::new());
+    };
+    let namespace = owner_type.namespaced.then(|| {
+        owner["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    });
+    let mut found = Vec::new();
+    for resource in api.resources.all() {
+        if namespace.is_some() && !resource.namespaced {
+            continue;
+        }
+        let target = Target {
+            resource,
+            namespace: namespace.clone(),
+            name: None,
+            subresource: None,
+        };
+        let listing = objects::list(api, &target, &Default::default()).await?;
+        for dependent in listing["items"].as_array().into_iter().flatten() {
+            let owned_by_it = dependent["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)));
+            if owned_by_it {
+                found.push((resource, dependent.clone()));
+            }
+        }
+    }
+    Ok(found)
+}
+
+async fn count_dependents(
+    api: &Arc<Api>,
+    owner_type: &ResourceType,
+    owner: &Value,
+) -> Result<usize> {
+    Ok(dependents(api, owner_type, owner).await?.len())
 }
 
 /// Deletes everything in a terminating namespace, then the namespace.
@@ -177,64 +284,39 @@ async fn collect_dependents(
     owner: &Value,
     orphan: bool,
 ) -> Result<()> {
-    let Some(uid) = owner["metadata"]["uid"].as_str() else {
-        return Ok(());
-    };
-    let namespace = owner_type.namespaced.then(|| {
-        owner["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    });
-    for resource in api.resources.all() {
-        if namespace.is_some() && !resource.namespaced {
-            continue;
-        }
+    let uid = owner["metadata"]["uid"].as_str().unwrap_or_default();
+    for (resource, dependent) in dependents(api, owner_type, owner).await? {
+        let name = dependent["metadata"]["name"].as_str().unwrap_or_default();
         let target = Target {
             resource,
-            namespace: namespace.clone(),
-            name: None,
+            namespace: dependent["metadata"]["namespace"]
+                .as_str()
+                .map(str::to_owned),
+            name: Some(name.to_owned()),
             subresource: None,
         };
-        let listing = objects::list(api, &target, &Default::default()).await?;
-        for dependent in listing["items"].as_array().into_iter().flatten() {
-            let owned_by_it = dependent["metadata"]["ownerReferences"]
-                .as_array()
-                .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)));
-            if !owned_by_it {
-                continue;
+        let result = if orphan {
+            let mut released = dependent.clone();
+            if let Some(refs) = released["metadata"]["ownerReferences"].as_array_mut() {
+                refs.retain(|r| r["uid"].as_str() != Some(uid));
             }
-            let name = dependent["metadata"]["name"].as_str().unwrap_or_default();
-            let target = Target {
-                namespace: dependent["metadata"]["namespace"]
-                    .as_str()
-                    .map(str::to_owned),
-                name: Some(name.to_owned()),
-                ..target.clone()
-            };
-            let result = if orphan {
-                let mut released = dependent.clone();
-                if let Some(refs) = released["metadata"]["ownerReferences"].as_array_mut() {
-                    refs.retain(|r| r["uid"].as_str() != Some(uid));
-                }
-                objects::update(api, &target, name, released)
-                    .await
-                    .map(drop)
-            } else {
-                objects::delete(
-                    api,
-                    &target,
-                    name,
-                    &json!({ "propagationPolicy": "Background" }),
-                )
+            objects::update(api, &target, name, released)
                 .await
                 .map(drop)
-            };
-            match result {
-                Ok(()) => {}
-                Err(e) if e.reason == "NotFound" => {}
-                Err(e) => return Err(e),
-            }
+        } else {
+            objects::delete(
+                api,
+                &target,
+                name,
+                &json!({ "propagationPolicy": "Background" }),
+            )
+            .await
+            .map(drop)
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if e.reason == "NotFound" => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())

@@ -708,15 +708,8 @@ mod tests {
                 {"ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
             ]}
         })];
-        let pods_type = ResourceType {
-            group: "",
-            version: "v1",
-            plural: "pods",
-            kind: "Pod",
-            namespaced: true,
-            subresources: &[],
-        };
-        let t = table(&pods_type, &pods, json!({}));
+        let pods_type = &apiary_api::resource::PODS;
+        let t = table(pods_type, &pods, json!({}));
         let names: Vec<&str> = t["columnDefinitions"]
             .as_array()
             .unwrap()

@@ -150,3 +150,19 @@ pub trait Store: Send + Sync + 'static {
     /// The latest revision.
     async fn revision(&self) -> Result<Revision>;
 }
+
+/// Compacts history older than one interval, forever, as kube-apiserver does every 5 minutes:
+/// a watcher may fall up to one interval behind before it has to relist.
+pub async fn compact_periodically(store: std::sync::Arc<dyn Store>, every: std::time::Duration) {
+    let mut ticker = tokio::time::interval(every);
+    let mut previous: Option<Revision> = None;
+    loop {
+        ticker.tick().await;
+        if let Some(revision) = previous.filter(|r| *r > 0)
+            && let Err(e) = store.compact(revision).await
+        {
+            tracing::warn!(revision, error = %e, "compaction failed; retrying next interval");
+        }
+        previous = store.revision().await.ok();
+    }
+}

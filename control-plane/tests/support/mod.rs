@@ -17,11 +17,86 @@ use std::{
 pub struct ControlPlane {
     child: Child,
     pub data_dir: tempfile::TempDir,
+    /// The etcd it stores into, when not the embedded store; dropped after the server.
+    _etcd: Option<Etcd>,
+}
+
+/// A single-member etcd on loopback ports, killed on drop.
+pub struct Etcd {
+    child: Child,
+    _data: tempfile::TempDir,
+    pub endpoint: String,
+}
+
+impl Etcd {
+    pub fn start() -> Self {
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let data = tempfile::tempdir().unwrap();
+        let client_port = free_port();
+        let endpoint = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let child = Command::new("etcd")
+            .args([
+                "--data-dir",
+                data.path().to_str().unwrap(),
+                "--name",
+                "test",
+            ])
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .args(["--heartbeat-interval", "20", "--election-timeout", "200"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (Debian package etcd-server) is installed by cargo xtask setup");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", client_port)).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not listen within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            _data: data,
+            endpoint,
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl ControlPlane {
     pub fn start() -> Self {
         Self::start_with(&[])
+    }
+
+    /// A control plane storing into an etcd of its own.
+    pub fn start_on_etcd() -> Self {
+        let etcd = Etcd::start();
+        let mut cp = Self::start_with(&["--etcd-endpoints", &etcd.endpoint]);
+        cp._etcd = Some(etcd);
+        cp
     }
 
     pub fn start_with(extra_args: &[&str]) -> Self {
@@ -33,7 +108,11 @@ impl ControlPlane {
             .env("RUST_LOG", "warn")
             .spawn()
             .unwrap();
-        let mut cp = Self { child, data_dir };
+        let mut cp = Self {
+            child,
+            data_dir,
+            _etcd: None,
+        };
         cp.wait_ready();
         cp
     }
