@@ -29,6 +29,10 @@ struct Cli {
     /// Key prefix in etcd, so that several clusters can share one etcd.
     #[arg(long, default_value = "/apiary")]
     etcd_prefix: String,
+    /// How often history older than one interval is compacted (watchers further behind must
+    /// relist), in seconds.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    compaction_interval_seconds: u64,
 }
 
 #[tokio::main]
@@ -60,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
         Pki::load_or_create(&cli.data_dir, &[cli.listen.ip()]).context("setting up the PKI")?;
     tokio::spawn(apiary_control_plane::store::compact_periodically(
         Arc::clone(&store),
-        std::time::Duration::from_secs(300),
+        std::time::Duration::from_secs(cli.compaction_interval_seconds),
     ));
     let api = Arc::new(Api::new(store));
     apiserver::bootstrap(&api)

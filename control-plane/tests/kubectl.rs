@@ -467,3 +467,117 @@ fn garbage_collection_follows_the_propagation_policy() {
             .is_none_or(Vec::is_empty)
     });
 }
+
+#[test]
+fn a_watch_from_a_compacted_revision_gets_410_gone() {
+    let cp = ControlPlane::start_with(&["--compaction-interval-seconds", "1"]);
+    for i in 0..3 {
+        cp.kubectl_stdin(
+            &["apply", "-f", "-"],
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c{i}\n"),
+        )
+        .success();
+    }
+    // Two intervals: the second compacts up to the revision the first one saw.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let out = cp
+        .kubectl(&[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1&timeoutSeconds=2",
+        ])
+        .success();
+    let event: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(event["type"], "ERROR", "{out}");
+    assert_eq!(event["object"]["code"], 410, "{out}");
+    assert_eq!(event["object"]["reason"], "Expired", "{out}");
+    // A list at a compacted revision is 410 too; the latest still works.
+    let out = cp
+        .kubectl(&[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/configmaps?resourceVersion=1&resourceVersionMatch=Exact",
+        ])
+        .failure();
+    assert!(
+        out.contains("410") || out.contains("Expired") || out.contains("too old"),
+        "{out}"
+    );
+    cp.kubectl(&["get", "configmaps"]).success();
+}
+
+#[test]
+fn cluster_ips_are_unique_under_concurrent_creates_and_released_on_delete() {
+    let cp = ControlPlane::start();
+    let manifests: Vec<String> = (0..12)
+        .map(|i| format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: s{i}\nspec:\n  type: NodePort\n  ports:\n  - port: 80\n"))
+        .collect();
+    std::thread::scope(|scope| {
+        for manifest in &manifests {
+            let cp = &cp;
+            scope.spawn(move || cp.kubectl_stdin(&["apply", "-f", "-"], manifest).success());
+        }
+    });
+    let services: Value = cp.kubectl_json(&["get", "services", "-o", "json"]);
+    let items = services["items"].as_array().unwrap();
+    assert_eq!(items.len(), 12);
+    let mut ips: Vec<&str> = items
+        .iter()
+        .map(|s| s["spec"]["clusterIP"].as_str().unwrap())
+        .collect();
+    let mut ports: Vec<i64> = items
+        .iter()
+        .map(|s| s["spec"]["ports"][0]["nodePort"].as_i64().unwrap())
+        .collect();
+    ips.sort_unstable();
+    ips.dedup();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(
+        (ips.len(), ports.len()),
+        (12, 12),
+        "every IP and NodePort is unique"
+    );
+    assert!(ports.iter().all(|p| (30000..=32767).contains(p)));
+
+    // An address in use is refused; once its Service is gone it can be had again.
+    let taken = ips[0];
+    let wants = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: again\nspec:\n  clusterIP: {taken}\n  ports:\n  - port: 80\n"
+    );
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &wants).failure();
+    assert!(out.contains("already allocated"), "{out}");
+    let owner = items
+        .iter()
+        .find(|s| s["spec"]["clusterIP"] == taken)
+        .unwrap();
+    cp.kubectl(&["delete", "svc", owner["metadata"]["name"].as_str().unwrap()])
+        .success();
+    wait_until("the address to be released", || {
+        cp.kubectl_stdin(&["apply", "-f", "-"], &wants).ok()
+    });
+}
+
+#[test]
+fn finalizers_hold_a_deleted_object_until_removed() {
+    let cp = ControlPlane::start();
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\n",
+    )
+    .success();
+    cp.kubectl(&["delete", "cm", "held", "--wait=false"])
+        .success();
+    let held: Value = cp.kubectl_json(&["get", "cm", "held", "-o", "json"]);
+    assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held}");
+    cp.kubectl(&[
+        "patch",
+        "cm",
+        "held",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ])
+    .success();
+    cp.kubectl(&["get", "cm", "held"]).failure();
+}

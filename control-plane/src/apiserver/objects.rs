@@ -315,7 +315,10 @@ pub async fn list(api: &Api, target: &Target, query: &Query) -> Result<Value> {
                 .filter(|rv| !rv.is_empty() && *rv != "0")
                 .map(|rv| parse_revision(rv))
                 .transpose()?;
-            (rv, None)
+            // Only `Exact` pins the read; by default (`NotOlderThan`) the latest state
+            // satisfies any resource version the client has seen.
+            let exact = query.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
+            (rv.filter(|_| exact), None)
         }
     };
     let prefix = list_prefix(target);
