@@ -421,7 +421,7 @@ fn print_table(results: &serde_json::Map<String, Value>) {
         };
         if path.is_empty() {
             let ratio = get_path(results, "etcd") / get_path(results, "embedded");
-            println!("{label:<32} {:>25.2}", ratio);
+            println!("{label:<32} {:>12} {ratio:>12.2}", "");
             continue;
         }
         println!(

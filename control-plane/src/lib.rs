@@ -3,7 +3,13 @@
 //! - [`store`]: one storage trait, an embedded (redb) and an etcd backend.
 //! - [`apiserver`]: HTTPS, authentication, discovery and the verbs on every resource.
 //! - [`agents`]: the node agents' gRPC channel, served on the API port.
+//! - [`leader`]: Lease-based leader election; only the leader runs the controllers.
+//! - [`controllers`]: ReplicaSet and Deployment reconcilers.
+//! - [`scheduler`]: assigns pods to nodes; its `lifecycle` marks silent nodes and evicts.
 
 pub mod agents;
 pub mod apiserver;
+pub mod controllers;
+pub mod leader;
+pub mod scheduler;
 pub mod store;

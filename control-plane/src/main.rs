@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use anyhow::Context as _;
 use apiary_control_plane::{
     apiserver::{self, Api, auth::Tokens, pki::Pki},
+    leader,
     store::{Store, embedded::EmbeddedStore, etcd::EtcdStore},
 };
 use clap::Parser;
@@ -33,6 +34,17 @@ struct Cli {
     /// relist), in seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     compaction_interval_seconds: u64,
+    /// This control plane's name in leader election [default: <hostname>-<pid>].
+    #[arg(long)]
+    identity: Option<String>,
+    /// How long a node's Lease may go unrenewed before the node is NotReady and tainted
+    /// unreachable, in seconds.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..))]
+    node_monitor_grace_seconds: u64,
+    /// How long pods without their own toleration stay on an unreachable node before they are
+    /// evicted, in seconds (Kubernetes' DefaultTolerationSeconds).
+    #[arg(long, default_value_t = 300)]
+    default_eviction_seconds: u64,
 }
 
 #[tokio::main]
@@ -67,6 +79,19 @@ async fn main() -> anyhow::Result<()> {
         std::time::Duration::from_secs(cli.compaction_interval_seconds),
     ));
     let api = Arc::new(Api::new(store));
+    let lifecycle = apiary_control_plane::scheduler::lifecycle::Config {
+        grace: std::time::Duration::from_secs(cli.node_monitor_grace_seconds),
+        default_eviction: std::time::Duration::from_secs(cli.default_eviction_seconds),
+    };
+    let identity = cli.identity.clone().unwrap_or_else(default_identity);
+    let (leading_tx, leading) = tokio::sync::watch::channel(false);
+    tokio::spawn(leader::campaign(
+        Arc::clone(&api),
+        identity,
+        leader::Timing::default(),
+        leading_tx,
+    ));
+    tokio::spawn(run_while_leading(Arc::clone(&api), lifecycle, leading));
     apiserver::bootstrap(&api)
         .await
         .map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
@@ -94,6 +119,48 @@ async fn main() -> anyhow::Result<()> {
     apiserver::serve::serve_tls(listener, pki.tls.clone(), app, shutdown_signal()).await?;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// `<hostname>-<pid>`: unique among control planes sharing one etcd.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
+}
+
+/// Runs the scheduler, the node lifecycle controller and the workload controllers while this
+/// control plane holds the leader lease, and stops them when it loses it.
+async fn run_while_leading(
+    api: Arc<Api>,
+    lifecycle: apiary_control_plane::scheduler::lifecycle::Config,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        let mut lost = leading.clone();
+        let stepped_down = async move {
+            let _ = lost.wait_for(|l| !*l).await;
+        };
+        let tasks = [
+            tokio::spawn(apiary_control_plane::controllers::run(
+                Arc::clone(&api),
+                stepped_down,
+            )),
+            tokio::spawn(apiary_control_plane::scheduler::run(Arc::clone(&api))),
+            tokio::spawn(apiary_control_plane::scheduler::lifecycle::run(
+                Arc::clone(&api),
+                lifecycle,
+            )),
+        ];
+        if leading.wait_for(|l| !*l).await.is_err() {
+            return;
+        }
+        tracing::warn!("not the leader any more: stopping the scheduler and controllers");
+        for task in &tasks[1..] {
+            task.abort();
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,5 +1,7 @@
 //! `apiary-node-agent`: the per-machine agent.
 
+mod hollow;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -21,6 +23,9 @@ enum Command {
     /// Operate the eBPF data plane by hand (debugging; the agent does this for its pods).
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
+    /// Simulate nodes that run every pod bound to them at once, without containers (tests and
+    /// scale runs).
+    Hollow(hollow::HollowArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,7 +84,23 @@ impl Location {
 }
 
 fn main() -> anyhow::Result<()> {
-    let Command::Dataplane(command) = Cli::parse().command;
+    let command = match Cli::parse().command {
+        Command::Dataplane(command) => command,
+        Command::Hollow(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            // Only hollow nodes use a runtime: the data-plane commands stay synchronous.
+            return tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(hollow::run(args));
+        }
+    };
     match command {
         DataplaneCommand::Attach(Target { iface, location }) => {
             let pin_dir = location.pin_dir();

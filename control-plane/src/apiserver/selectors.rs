@@ -118,7 +118,26 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("metadata.name", &["metadata", "name"]),
     ("metadata.namespace", &["metadata", "namespace"]),
     ("spec.nodeName", &["spec", "nodeName"]),
+    ("spec.schedulerName", &["spec", "schedulerName"]),
     ("status.phase", &["status", "phase"]),
+    // Events, as `kubectl describe` selects them.
+    ("involvedObject.kind", &["involvedObject", "kind"]),
+    ("involvedObject.name", &["involvedObject", "name"]),
+    ("involvedObject.namespace", &["involvedObject", "namespace"]),
+    ("involvedObject.uid", &["involvedObject", "uid"]),
+    (
+        "involvedObject.apiVersion",
+        &["involvedObject", "apiVersion"],
+    ),
+    (
+        "involvedObject.resourceVersion",
+        &["involvedObject", "resourceVersion"],
+    ),
+    ("involvedObject.fieldPath", &["involvedObject", "fieldPath"]),
+    ("reason", &["reason"]),
+    ("type", &["type"]),
+    ("source", &["source", "component"]),
+    ("reportingComponent", &["reportingComponent"]),
 ];
 
 /// A parsed `fieldSelector`.
@@ -147,9 +166,7 @@ impl FieldSelector {
                 .find(|(name, _)| *name == field)
                 .map(|(_, path)| *path)
                 .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "field label not supported: {field} (supported: metadata.name, metadata.namespace, spec.nodeName, status.phase)"
-                    ))
+                    ApiError::bad_request(format!("field label not supported: {field}"))
                 })?;
             terms.push((path, value.trim().to_owned(), equal));
         }
@@ -215,6 +232,9 @@ mod tests {
         assert!(sel("status.phase!=Pending").matches(&p));
         assert!(!sel("metadata.namespace=kube-system").matches(&p));
         assert_eq!(sel("metadata.name=p").name(), Some("p"));
+        let event =
+            json!({"involvedObject": {"kind": "Pod", "name": "p", "uid": "u1"}, "type": "Warning"});
+        assert!(sel("involvedObject.name=p,involvedObject.uid=u1,type=Warning").matches(&event));
         let err = FieldSelector::parse("spec.foo=bar").unwrap_err();
         assert_eq!(err.code.as_u16(), 400);
         assert!(err.message.contains("spec.foo"), "{}", err.message);

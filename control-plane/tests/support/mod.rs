@@ -233,6 +233,12 @@ impl Run {
         )
     }
 
+    /// Stdout when kubectl exits 0.
+    pub fn output(self) -> Option<String> {
+        let (ok, stdout, _, _) = self.run();
+        ok.then_some(stdout)
+    }
+
     /// Whether kubectl exits 0.
     pub fn ok(self) -> bool {
         self.run().0

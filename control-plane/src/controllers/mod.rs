@@ -1,0 +1,156 @@
+//! Controllers: idempotent reconcilers running in the control plane, in-process against the
+//! [`Api`], on the [`runtime`] (watch → cache → debounced queue → reconcile).
+//!
+//! - [`replicaset`]: keeps a ReplicaSet's pods at its replica count.
+//! - [`deployment`]: rolls Deployments out through ReplicaSets.
+
+pub mod deployment;
+pub mod replicaset;
+pub mod runtime;
+
+use std::{collections::BTreeMap, future::Future, sync::Arc};
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::apiserver::{Api, objects, path::Target, resources::ResourceType};
+use runtime::Error;
+
+/// Runs every controller until `shutdown` resolves, then drains them.
+pub async fn run(api: Arc<Api>, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    tokio::join!(
+        replicaset::run(Arc::clone(&api), rx.clone()),
+        deployment::run(Arc::clone(&api), rx),
+    );
+    tracing::debug!("controllers stopped");
+}
+
+/// The resource type `plural` of `group`/`version`.
+fn resource(api: &Api, group: &str, version: &str, plural: &str) -> &'static ResourceType {
+    api.resources
+        .get(group, version, plural)
+        .unwrap_or_else(|| panic!("{plural} are served"))
+}
+
+fn target(resource: &'static ResourceType, namespace: &str, name: Option<&str>) -> Target {
+    Target {
+        resource,
+        namespace: Some(namespace.to_owned()),
+        name: name.map(str::to_owned),
+        subresource: None,
+    }
+}
+
+/// The objects of `resource` in `namespace`, read from the store (not a cache): a controller
+/// counting what it created must see its own writes, or it creates them twice.
+async fn list_fresh(
+    api: &Api,
+    resource: &'static ResourceType,
+    namespace: &str,
+) -> runtime::Result<Vec<Value>> {
+    let mut listing = objects::list(api, &target(resource, namespace, None), &Default::default())
+        .await
+        .map_err(|e| Error::api(format!("listing {}", resource.plural), &e))?;
+    Ok(listing["items"]
+        .as_array_mut()
+        .map(std::mem::take)
+        .unwrap_or_default())
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn str_of<'a>(object: &'a Value, pointer: &str) -> &'a str {
+    object
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn labels_of(object: &Value) -> BTreeMap<String, String> {
+    object["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+        .collect()
+}
+
+/// The owner reference with `controller: true`, if any.
+fn controller_of(object: &Value) -> Option<&Value> {
+    object["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"].as_bool() == Some(true))
+}
+
+/// Whether `owner` (by uid) is the controller of `object`.
+fn controlled_by(object: &Value, owner: &Value) -> bool {
+    controller_of(object).is_some_and(|r| r["uid"] == owner["metadata"]["uid"])
+}
+
+/// The controller owner reference pointing at `owner`.
+fn owner_reference(owner: &Value, api_version: &str, kind: &str) -> Value {
+    json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": true,
+        "blockOwnerDeletion": true,
+    })
+}
+
+fn selector_of(object: &Value) -> Option<apiary_api::selector::LabelSelector> {
+    apiary_api::meta::from_json(object["spec"]["selector"].clone()).ok()
+}
+
+/// Records a core/v1 Event about `involved` (of `api_version`/`kind`). Best effort: a failure
+/// is logged, never fails the reconcile.
+async fn record_event(
+    api: &Api,
+    component: &str,
+    involved: &Value,
+    (api_version, kind): (&str, &str),
+    reason: &str,
+    message: &str,
+) {
+    let events = resource(api, "", "v1", "events");
+    let namespace = str_of(involved, "/metadata/namespace");
+    let name = str_of(involved, "/metadata/name");
+    let nanos = chrono::Utc::now()
+        .timestamp_nanos_opt()
+        .unwrap_or_default()
+        .unsigned_abs();
+    let now = now();
+    let event = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": { "name": format!("{name}.{nanos:x}"), "namespace": namespace },
+        "involvedObject": {
+            "apiVersion": api_version,
+            "kind": kind,
+            "name": name,
+            "namespace": namespace,
+            "uid": involved["metadata"]["uid"],
+            "resourceVersion": involved["metadata"]["resourceVersion"],
+        },
+        "reason": reason,
+        "message": message,
+        "type": "Normal",
+        "source": { "component": component },
+        "reportingComponent": component,
+        "count": 1,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+    });
+    if let Err(e) = objects::create(api, &target(events, namespace, None), event).await {
+        tracing::debug!(reason, error = %e.message, "recording an event failed");
+    }
+}

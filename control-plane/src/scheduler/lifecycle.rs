@@ -1,0 +1,349 @@
+//! The node lifecycle controller: a node whose Lease (`kube-node-lease/<node>`) stops being
+//! renewed becomes `Ready=Unknown` and is tainted `node.kubernetes.io/unreachable:NoExecute`;
+//! its pods that do not tolerate the taint are evicted once their toleration runs out; when
+//! heartbeats resume, the taint goes and the node is Ready again.
+//!
+//! Staleness is measured by when this controller *saw* a renewal change, not by the renew time
+//! itself, so that clock skew and a control-plane restart never count against a node.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use apiary_api::core_v1::{Pod, Taint};
+use serde_json::{Value, json};
+
+use super::{now, record_event_from, resource};
+use crate::apiserver::{Api, error::ApiError, objects, path::Target};
+
+/// The taint of a node that stopped posting status.
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+const TICK: Duration = Duration::from_millis(500);
+const MERGE_PATCH: &str = "application/merge-patch+json";
+
+/// Timings of the controller.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// How long a Lease may go unrenewed before the node is NotReady (Kubernetes: 40 s).
+    pub grace: Duration,
+    /// How long pods without their own toleration of the unreachable taint stay (Kubernetes'
+    /// DefaultTolerationSeconds: 300 s).
+    pub default_eviction: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(40),
+            default_eviction: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Node → (last renew time seen, when it was seen to change).
+    renewals: HashMap<String, (String, Instant)>,
+    /// Node → when it was (seen) tainted unreachable.
+    tainted_since: HashMap<String, Instant>,
+}
+
+/// Runs the controller until the process ends.
+pub async fn run(api: Arc<Api>, config: Config) {
+    let mut state = State::default();
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tick.tick().await;
+        if let Err(e) = reconcile(&api, &config, &mut state).await {
+            tracing::warn!(error = %e.message, "node lifecycle");
+        }
+    }
+}
+
+fn list_target(
+    resource: &'static crate::apiserver::resources::ResourceType,
+    ns: Option<&str>,
+) -> Target {
+    Target {
+        resource,
+        namespace: ns.map(str::to_owned),
+        name: None,
+        subresource: None,
+    }
+}
+
+fn items(listing: Value) -> Vec<Value> {
+    match listing {
+        Value::Object(mut o) => match o.remove("items") {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+async fn reconcile(api: &Arc<Api>, config: &Config, state: &mut State) -> Result<(), ApiError> {
+    let leases = resource(api, "coordination.k8s.io", "leases");
+    let nodes = resource(api, "", "nodes");
+    let lease_list = items(
+        objects::list(
+            api,
+            &list_target(leases, Some("kube-node-lease")),
+            &HashMap::new(),
+        )
+        .await?,
+    );
+    let node_list = items(objects::list(api, &list_target(nodes, None), &HashMap::new()).await?);
+    let now_i = Instant::now();
+    let renew_times: HashMap<&str, &str> = lease_list
+        .iter()
+        .filter_map(|l| {
+            Some((
+                l["metadata"]["name"].as_str()?,
+                l["spec"]["renewTime"].as_str().unwrap_or_default(),
+            ))
+        })
+        .collect();
+    let mut unreachable = HashSet::new();
+    let names: HashSet<String> = node_list
+        .iter()
+        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    state.renewals.retain(|n, _| names.contains(n));
+    state.tainted_since.retain(|n, _| names.contains(n));
+    for node in &node_list {
+        let Some(name) = node["metadata"]["name"].as_str() else {
+            continue;
+        };
+        let renew = renew_times.get(name).copied().unwrap_or_default();
+        let seen = state
+            .renewals
+            .entry(name.to_owned())
+            .or_insert_with(|| (renew.to_owned(), now_i));
+        if seen.0 != renew {
+            *seen = (renew.to_owned(), now_i);
+        }
+        let stale = now_i.duration_since(seen.1) > config.grace;
+        let tainted = node["spec"]["taints"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["key"] == UNREACHABLE));
+        let ready = ready_status(node);
+        if stale {
+            if ready != "Unknown" {
+                tracing::info!(node = name, "lease expired: node status unknown");
+                set_ready(
+                    api,
+                    name,
+                    "Unknown",
+                    "NodeStatusUnknown",
+                    "Kubelet stopped posting node status.",
+                )
+                .await?;
+            }
+            if !tainted {
+                set_unreachable_taint(api, node, true).await?;
+            }
+            state.tainted_since.entry(name.to_owned()).or_insert(now_i);
+            unreachable.insert(name.to_owned());
+        } else {
+            if tainted {
+                tracing::info!(
+                    node = name,
+                    "heartbeats resumed: removing the unreachable taint"
+                );
+                set_unreachable_taint(api, node, false).await?;
+            }
+            if ready == "Unknown" {
+                set_ready(
+                    api,
+                    name,
+                    "True",
+                    "KubeletReady",
+                    "apiary node agent is posting ready status",
+                )
+                .await?;
+            }
+            state.tainted_since.remove(name);
+        }
+    }
+    if !unreachable.is_empty() {
+        evict(api, config, state, &unreachable).await?;
+    }
+    Ok(())
+}
+
+fn ready_status(node: &Value) -> String {
+    node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("Unknown")
+        .to_owned()
+}
+
+async fn set_ready(
+    api: &Arc<Api>,
+    name: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+) -> Result<(), ApiError> {
+    let nodes = resource(api, "", "nodes");
+    let current = objects::get(api, nodes, None, name).await?;
+    let now = now();
+    let mut conditions: Vec<Value> = current["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut found = false;
+    for c in &mut conditions {
+        if c["type"] == "Ready" {
+            found = true;
+            c["status"] = json!(status);
+            c["reason"] = json!(reason);
+            c["message"] = json!(message);
+            c["lastTransitionTime"] = json!(now);
+        }
+    }
+    if !found {
+        conditions.push(json!({
+            "type": "Ready", "status": status, "reason": reason, "message": message,
+            "lastHeartbeatTime": now, "lastTransitionTime": now,
+        }));
+    }
+    let patch = json!({ "status": { "conditions": conditions } });
+    let target = Target {
+        resource: nodes,
+        namespace: None,
+        name: Some(name.to_owned()),
+        subresource: Some("status".into()),
+    };
+    objects::patch(
+        api,
+        &target,
+        name,
+        MERGE_PATCH,
+        patch.to_string().as_bytes(),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn set_unreachable_taint(
+    api: &Arc<Api>,
+    node: &Value,
+    present: bool,
+) -> Result<(), ApiError> {
+    let name = node["metadata"]["name"].as_str().unwrap_or_default();
+    let mut taints: Vec<Value> = node["spec"]["taints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| t["key"] != UNREACHABLE)
+        .collect();
+    if present {
+        taints.push(json!({ "key": UNREACHABLE, "effect": "NoExecute", "timeAdded": now() }));
+    }
+    let patch = json!({ "spec": { "taints": if taints.is_empty() { Value::Null } else { json!(taints) } } });
+    let target = Target {
+        resource: resource(api, "", "nodes"),
+        namespace: None,
+        name: Some(name.to_owned()),
+        subresource: None,
+    };
+    objects::patch(
+        api,
+        &target,
+        name,
+        MERGE_PATCH,
+        patch.to_string().as_bytes(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes the pods of unreachable nodes whose toleration of the taint has run out.
+async fn evict(
+    api: &Arc<Api>,
+    config: &Config,
+    state: &State,
+    unreachable: &HashSet<String>,
+) -> Result<(), ApiError> {
+    let pods = resource(api, "", "pods");
+    let listing = items(objects::list(api, &list_target(pods, None), &HashMap::new()).await?);
+    let taint = Taint {
+        key: UNREACHABLE.into(),
+        effect: "NoExecute".into(),
+        ..Taint::default()
+    };
+    for object in listing {
+        let node = object["spec"]["nodeName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if !unreachable.contains(&node) || object["metadata"]["deletionTimestamp"].is_string() {
+            continue;
+        }
+        let Ok(pod) = apiary_api::meta::from_json::<Pod>(object) else {
+            continue;
+        };
+        let tolerations: Vec<_> = pod
+            .spec
+            .tolerations
+            .iter()
+            .filter(|t| t.tolerates(&taint))
+            .collect();
+        // Without a toleration of its own, a pod gets the default one (as the
+        // DefaultTolerationSeconds admission plugin adds); one without a limit stays forever.
+        let allowed = if tolerations.is_empty() {
+            Some(config.default_eviction)
+        } else if tolerations.iter().any(|t| t.toleration_seconds.is_none()) {
+            None
+        } else {
+            tolerations
+                .iter()
+                .filter_map(|t| t.toleration_seconds)
+                .min()
+                .map(|s| Duration::from_secs(s.max(0).unsigned_abs()))
+        };
+        let Some(allowed) = allowed else { continue };
+        let since = state
+            .tainted_since
+            .get(&node)
+            .copied()
+            .unwrap_or_else(Instant::now);
+        if since.elapsed() < allowed {
+            continue;
+        }
+        let (ns, name) = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
+        tracing::info!(pod = %format!("{ns}/{name}"), %node, "evicting from an unreachable node");
+        let target = Target {
+            resource: pods,
+            namespace: Some(ns.clone()),
+            name: Some(name.clone()),
+            subresource: None,
+        };
+        let options = json!({ "preconditions": { "uid": pod.metadata.uid } });
+        match objects::delete(api, &target, &name, &options).await {
+            Ok(_) => {
+                record_event_from(
+                    api,
+                    &pod,
+                    "Normal",
+                    "TaintManagerEviction",
+                    &format!("Marking for deletion Pod {ns}/{name}"),
+                    "taint-eviction-controller",
+                )
+                .await;
+            }
+            Err(e) if e.reason == "NotFound" || e.reason == "Conflict" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
