@@ -10,8 +10,10 @@ mod discovery;
 mod get;
 mod kubeconfig;
 mod manifest;
+mod metadata;
 mod patch;
 mod report;
+mod scale;
 mod table;
 
 use std::{io::Write as _, path::PathBuf, process::ExitCode};
@@ -49,6 +51,12 @@ enum Command {
     Delete(delete::Args),
     /// Create objects: a namespace, or those of manifests.
     Create(create::Args),
+    /// Set (`KEY=VALUE`) or remove (`KEY-`) labels.
+    Label(metadata::Args),
+    /// Set (`KEY=VALUE`) or remove (`KEY-`) annotations.
+    Annotate(metadata::Args),
+    /// Set the replica count of a Deployment, ReplicaSet or StatefulSet.
+    Scale(scale::Args),
 }
 
 /// What every command that talks to the cluster needs.
@@ -122,6 +130,13 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Describe(args) => describe::run(&session, &args, &mut out).await,
         Command::Delete(args) => delete::run(&session, &args, &mut out).await,
         Command::Create(args) => create::run(&session, &args, &mut out).await,
+        Command::Label(args) => {
+            metadata::run(&session, metadata::Field::Labels, &args, &mut out).await
+        }
+        Command::Annotate(args) => {
+            metadata::run(&session, metadata::Field::Annotations, &args, &mut out).await
+        }
+        Command::Scale(args) => scale::run(&session, &args, &mut out).await,
     }
 }
 
@@ -138,7 +153,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 /// clap's usage and tips, which `--help` has.
 fn usage_error(e: &clap::Error) -> String {
     if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        return "a command is required: apply, get, describe, delete, create or version".to_owned();
+        return "a command is required: apply, get, describe, delete, create, label, annotate, scale or version".to_owned();
     }
     let rendered = e.render().to_string();
     let message = rendered.split("\n\n").next().unwrap_or_default();

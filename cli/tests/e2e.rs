@@ -424,3 +424,43 @@ fn a_missing_kubeconfig_is_one_line() {
         "error: reading kubeconfig /nonexistent/kubeconfig: No such file or directory (os error 2)\n"
     );
 }
+
+#[test]
+fn label_annotate_and_scale_like_kubectl() {
+    let cluster = Cluster::start();
+    let app = cluster.manifest("app.yaml", APP);
+    cluster.ok(&["apply", "-f", &app]);
+
+    assert_eq!(
+        cluster.ok(&["label", "svc", "web", "team=a"]),
+        "service/web labeled\n"
+    );
+    let out = cluster.fails(&["label", "svc", "web", "team=b"], None);
+    assert!(
+        out.contains("'team' already has a value (a), and --overwrite is false"),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    cluster.ok(&["label", "svc", "web", "team=b", "--overwrite"]);
+    let svc = cluster.json(&["get", "svc", "web", "-o", "json"]);
+    assert_eq!(svc["metadata"]["labels"]["team"], "b");
+    cluster.ok(&["label", "svc/web", "team-"]);
+    let svc = cluster.json(&["get", "svc", "web", "-o", "json"]);
+    assert!(svc["metadata"]["labels"].get("team").is_none(), "{svc}");
+
+    assert_eq!(
+        cluster.ok(&["annotate", "deploy", "web", "owner=team-a"]),
+        "deployment.apps/web annotated\n"
+    );
+    let deploy = cluster.json(&["get", "deploy", "web", "-o", "json"]);
+    assert_eq!(deploy["metadata"]["annotations"]["owner"], "team-a");
+
+    assert_eq!(
+        cluster.ok(&["scale", "deploy", "web", "--replicas", "4"]),
+        "deployment.apps/web scaled\n"
+    );
+    let deploy = cluster.json(&["get", "deploy", "web", "-o", "json"]);
+    assert_eq!(deploy["spec"]["replicas"], 4);
+    let out = cluster.fails(&["scale", "svc", "web", "--replicas", "2"], None);
+    assert_eq!(out.lines().count(), 1, "{out}");
+}

@@ -41,6 +41,8 @@ enum Command {
 enum BenchSuite {
     /// The API server: creates/s, list and watch fan-out, embedded store vs etcd.
     Api,
+    /// The scheduler on 1,000 and 5,000 hollow nodes, and a 1,000-replica rollout.
+    Scheduler,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +73,23 @@ fn main() -> anyhow::Result<()> {
             match suite {
                 BenchSuite::Api => {
                     shell::cargo(&["bench", "-p", "apiary-control-plane", "--bench", "api"])
+                }
+                BenchSuite::Scheduler => {
+                    // The hollow nodes run from the release node agent, built first.
+                    shell::cargo(&["build", "--release", "-p", "apiary-node-agent"])?;
+                    let agent = shell::workspace_root().join("target/release/apiary-node-agent");
+                    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+                    shell::run(
+                        std::process::Command::new(cargo)
+                            .args([
+                                "bench",
+                                "-p",
+                                "apiary-control-plane",
+                                "--bench",
+                                "scheduler",
+                            ])
+                            .env("APIARY_NODE_AGENT", agent),
+                    )
                 }
             }
         }
