@@ -214,7 +214,12 @@ fn main() {
         // A generous grace: thousands of heartbeats on two cores must not mark nodes lost.
         let server = Arc::new(start_server_with(
             None,
-            &["--node-monitor-grace-seconds", "600"],
+            &[
+                "--node-monitor-grace-seconds",
+                "600",
+                "--cluster-cidr",
+                "10.128.0.0/9",
+            ],
         ));
         let hollow = start_hollow(&server, nodes);
         let result = runtime.block_on(async {

@@ -42,11 +42,16 @@ const DATAPLANE_KINDS: &[(&str, &str, &str)] = &[
 #[derive(Debug, Clone)]
 pub struct AgentService {
     api: Arc<Api>,
+    /// Where the next pod CIDR search starts.
+    next_cidr: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl AgentService {
     pub fn new(api: Arc<Api>) -> Self {
-        Self { api }
+        Self {
+            api,
+            next_cidr: Arc::default(),
+        }
     }
 
     /// The tonic server for this service, to mount on the API router.
@@ -137,21 +142,88 @@ async fn list_then_watch(
         .boxed())
 }
 
-/// Claims the first free /24 of the cluster CIDR for `node`.
-async fn allocate_pod_cidr(api: &Api, node: &str) -> Result<String, Status> {
-    let (a, b) = CLUSTER_CIDR;
-    for third in 0..=255u8 {
-        let cidr = format!("{a}.{b}.{third}.0/24");
-        let key = format!("{POD_CIDR_KEYS}{a}.{b}.{third}.0-24");
+/// The pod network node CIDRs are cut from: `/24`s of `base/prefix_len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodNetwork {
+    pub base: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Default for PodNetwork {
+    /// Kubernetes' usual 10.244.0.0/16: 256 nodes.
+    fn default() -> Self {
+        let (a, b) = CLUSTER_CIDR;
+        Self {
+            base: std::net::Ipv4Addr::new(a, b, 0, 0),
+            prefix_len: 16,
+        }
+    }
+}
+
+impl std::str::FromStr for PodNetwork {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (ip, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (a.b.c.d/n)"))?;
+        let base: std::net::Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+        let prefix_len: u8 = len
+            .parse()
+            .map_err(|_| format!("{len:?} is not a prefix length"))?;
+        if !(8..=24).contains(&prefix_len) {
+            return Err(format!(
+                "the prefix length must be 8 to 24 (nodes get /24s), not {prefix_len}"
+            ));
+        }
+        let mask = u32::MAX << (32 - prefix_len);
+        if u32::from(base) & !mask != 0 {
+            return Err(format!("{s} has host bits set"));
+        }
+        Ok(Self { base, prefix_len })
+    }
+}
+
+impl PodNetwork {
+    fn subnets(self) -> u32 {
+        1 << (24 - self.prefix_len)
+    }
+
+    fn subnet(self, index: u32) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::from(u32::from(self.base) + (index << 8))
+    }
+}
+
+/// Claims the first free /24 of the pod network for `node`, probing from `hint` (where the
+/// last claim ended) so that registering many nodes stays linear.
+async fn allocate_pod_cidr(
+    api: &Api,
+    network: PodNetwork,
+    hint: &std::sync::atomic::AtomicU32,
+    node: &str,
+) -> Result<String, Status> {
+    use std::sync::atomic::Ordering;
+    let total = network.subnets();
+    let start = hint.load(Ordering::Relaxed) % total;
+    for step in 0..total {
+        let index = (start + step) % total;
+        let subnet = network.subnet(index);
+        let key = format!("{POD_CIDR_KEYS}{subnet}-24");
         match api.store.create(&key, node.as_bytes().to_vec()).await {
-            Ok(_) => return Ok(cidr),
+            Ok(_) => {
+                hint.store(index + 1, Ordering::Relaxed);
+                return Ok(format!("{subnet}/24"));
+            }
             Err(store::Error::AlreadyExists { .. }) => {}
             Err(e) => return Err(to_status(ApiError::storage(&e))),
         }
     }
-    Err(Status::resource_exhausted(
-        "every /24 of 10.244.0.0/16 is taken",
-    ))
+    Err(Status::resource_exhausted(format!(
+        "every /24 of {}/{} is taken",
+        network.base, network.prefix_len
+    )))
 }
 
 #[tonic::async_trait]
@@ -204,7 +276,9 @@ impl node_agent_server::NodeAgent for AgentService {
                     .map_err(to_status)?
             }
             Err(e) if e.reason == "NotFound" => {
-                let cidr = allocate_pod_cidr(&self.api, &name).await?;
+                let cidr =
+                    allocate_pod_cidr(&self.api, self.api.pod_network, &self.next_cidr, &name)
+                        .await?;
                 node["apiVersion"] = json!("v1");
                 node["kind"] = json!("Node");
                 node["spec"]["podCIDR"] = json!(cidr);
@@ -360,5 +434,25 @@ impl node_agent_server::NodeAgent for AgentService {
             )));
         }
         Ok(Response::new(futures::stream::select_all(streams).boxed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_networks_parse_and_split_into_slash_24s() {
+        let net: PodNetwork = "10.128.0.0/9".parse().unwrap();
+        assert_eq!(net.subnets(), 32768);
+        assert_eq!(net.subnet(0), std::net::Ipv4Addr::new(10, 128, 0, 0));
+        assert_eq!(net.subnet(300), std::net::Ipv4Addr::new(10, 129, 44, 0));
+        assert_eq!(PodNetwork::default().subnets(), 256);
+        assert!("10.244.0.1/16".parse::<PodNetwork>().is_err(), "host bits");
+        assert!(
+            "10.0.0.0/25".parse::<PodNetwork>().is_err(),
+            "smaller than a node's /24"
+        );
+        assert!("nonsense".parse::<PodNetwork>().is_err());
     }
 }

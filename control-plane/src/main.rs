@@ -34,6 +34,9 @@ struct Cli {
     /// relist), in seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     compaction_interval_seconds: u64,
+    /// The pod network; each node gets a /24 of it.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: apiary_control_plane::agents::PodNetwork,
     /// This control plane's name in leader election [default: <hostname>-<pid>].
     #[arg(long)]
     identity: Option<String>,
@@ -78,7 +81,13 @@ async fn main() -> anyhow::Result<()> {
         Arc::clone(&store),
         std::time::Duration::from_secs(cli.compaction_interval_seconds),
     ));
-    let api = Arc::new(Api::new(store));
+    let mut api = Api::new(store);
+    api.pod_network = cli.cluster_cidr;
+    let api = Arc::new(api);
+    // The leader lease lives in kube-system: create it first.
+    apiserver::bootstrap(&api)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
     let lifecycle = apiary_control_plane::scheduler::lifecycle::Config {
         grace: std::time::Duration::from_secs(cli.node_monitor_grace_seconds),
         default_eviction: std::time::Duration::from_secs(cli.default_eviction_seconds),
@@ -92,9 +101,6 @@ async fn main() -> anyhow::Result<()> {
         leading_tx,
     ));
     tokio::spawn(run_while_leading(Arc::clone(&api), lifecycle, leading));
-    apiserver::bootstrap(&api)
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
     let app = apiserver::router(api, Arc::new(Tokens::new(pki.admin_token.clone())));
     let listener = TcpListener::bind(cli.listen)
         .await

@@ -61,7 +61,10 @@ pub fn apply(kind: &str, object: &mut Value) {
             );
             template(spec, "Always");
         }
-        "Job" => job_spec(&mut object["spec"]),
+        "Job" => {
+            job_selector(object);
+            job_spec(&mut object["spec"]);
+        }
         "CronJob" => {
             let spec = &mut object["spec"];
             default(spec, "concurrencyPolicy", json!("Allow"));
@@ -81,6 +84,37 @@ pub fn apply(kind: &str, object: &mut Value) {
 fn template(spec: &mut Value, restart_policy: &str) {
     if spec["template"].is_object() {
         pod_spec(&mut spec["template"]["spec"], restart_policy);
+    }
+}
+
+/// Kubernetes selects a Job's pods by its UID: unless the user chose `manualSelector`, the
+/// selector and the template's labels are generated at creation.
+fn job_selector(job: &mut Value) {
+    let manual = job["spec"]["manualSelector"].as_bool() == Some(true);
+    let uid = job["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let name = job["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if manual || uid.is_empty() || !job["spec"]["selector"].is_null() {
+        return;
+    }
+    job["spec"]["selector"] =
+        json!({ "matchLabels": { "batch.kubernetes.io/controller-uid": uid } });
+    let labels = &mut job["spec"]["template"]["metadata"]["labels"];
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    for (key, value) in [
+        ("batch.kubernetes.io/controller-uid", &uid),
+        ("batch.kubernetes.io/job-name", &name),
+        ("controller-uid", &uid),
+        ("job-name", &name),
+    ] {
+        labels[key] = json!(value);
     }
 }
 

@@ -38,6 +38,8 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     pub resources: Resources,
     pub strategy: Strategy,
+    /// What node pod CIDRs are cut from.
+    pub pod_network: crate::agents::PodNetwork,
 }
 
 impl std::fmt::Debug for Api {
@@ -54,6 +56,7 @@ impl Api {
             store,
             resources: Resources,
             strategy: Strategy,
+            pod_network: crate::agents::PodNetwork::default(),
         }
     }
 }

@@ -3,10 +3,20 @@
 //!
 //! - [`replicaset`]: keeps a ReplicaSet's pods at its replica count.
 //! - [`deployment`]: rolls Deployments out through ReplicaSets.
+//! - [`statefulset`]: ordered pods with stable identities.
+//! - [`daemonset`]: one pod per eligible node.
+//! - [`endpoints`]: Endpoints and EndpointSlices of Services with a selector.
+//! - [`job`]: runs Jobs' pods to completion.
+//! - [`cronjob`]: creates Jobs on a cron schedule.
 
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
+pub mod job;
 pub mod replicaset;
 pub mod runtime;
+pub mod statefulset;
 
 use std::{collections::BTreeMap, future::Future, sync::Arc};
 
@@ -25,7 +35,12 @@ pub async fn run(api: Arc<Api>, shutdown: impl Future<Output = ()> + Send + 'sta
     });
     tokio::join!(
         replicaset::run(Arc::clone(&api), rx.clone()),
-        deployment::run(Arc::clone(&api), rx),
+        deployment::run(Arc::clone(&api), rx.clone()),
+        endpoints::run(Arc::clone(&api), rx.clone()),
+        job::run(Arc::clone(&api), rx.clone()),
+        cronjob::run(Arc::clone(&api), rx.clone()),
+        statefulset::run(Arc::clone(&api), rx.clone()),
+        daemonset::run(Arc::clone(&api), rx),
     );
     tracing::debug!("controllers stopped");
 }
