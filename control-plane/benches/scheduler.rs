@@ -210,7 +210,17 @@ fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut results = serde_json::Map::new();
-    for nodes in [1_000, 5_000] {
+    // `APIARY_BENCH_NODES=1000` runs one size only.
+    let sizes: Vec<usize> = std::env::var("APIARY_BENCH_NODES")
+        .unwrap_or_else(|_| "1000,5000".into())
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .expect("APIARY_BENCH_NODES: comma-separated node counts")
+        })
+        .collect();
+    for nodes in sizes {
         // A generous grace: thousands of heartbeats on two cores must not mark nodes lost.
         let server = Arc::new(start_server_with(
             None,
@@ -240,6 +250,8 @@ fn main() {
         let mut result = result;
         result["rss_end_mib"] = json!(server.rss_mib());
         drop(hollow);
+        // Printed as soon as known: the larger sizes take long on two cores.
+        println!("{nodes} nodes: {result}");
         results.insert(format!("{nodes}_nodes"), result);
     }
     println!("{:<40} {:>12} {:>12}", "METRIC", "1000 NODES", "5000 NODES");
