@@ -3,66 +3,16 @@
 
 mod support;
 
-use std::{
-    collections::BTreeMap,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::Value;
-use support::ControlPlane;
+use support::{ControlPlane, Hollow};
 
 /// Generous: CI machines are small and shared.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// `apiary-node-agent hollow`, killed on drop.
-struct Hollow(Child);
-
-impl Hollow {
-    fn start(cp: &ControlPlane, prefix: &str, count: usize, extra: &[&str]) -> Self {
-        let exe = std::env::current_exe().expect("the test executable's path");
-        // target/<profile>/deps/<test>-… → target/<profile>/apiary-node-agent
-        let agent: PathBuf = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .map(|dir| dir.join("apiary-node-agent"))
-            .expect("the target directory");
-        assert!(
-            agent.exists(),
-            "{} is missing: build the workspace first (cargo build -p apiary-node-agent)",
-            agent.display()
-        );
-        let child = Command::new(agent)
-            .args(["hollow", "--count", &count.to_string()])
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig())
-            .args(["--name-prefix", prefix])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting the hollow nodes");
-        Self(child)
-    }
-}
-
-impl Drop for Hollow {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+fn wait_for<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    support::wait_for(what, TIMEOUT, check)
 }
 
 fn items(list: &Value) -> Vec<Value> {

@@ -287,3 +287,53 @@ impl Drop for Streaming {
         let _ = self.child.wait();
     }
 }
+
+/// `apiary-node-agent hollow`, killed on drop.
+pub struct Hollow(Child);
+
+impl Hollow {
+    pub fn start(cp: &ControlPlane, prefix: &str, count: usize, extra: &[&str]) -> Self {
+        let exe = std::env::current_exe().expect("the test executable's path");
+        // target/<profile>/deps/<test>-… → target/<profile>/apiary-node-agent
+        let agent: PathBuf = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .map(|dir| dir.join("apiary-node-agent"))
+            .expect("the target directory");
+        assert!(
+            agent.exists(),
+            "{} is missing: build the workspace first (cargo build -p apiary-node-agent)",
+            agent.display()
+        );
+        let child = Command::new(agent)
+            .args(["hollow", "--count", &count.to_string()])
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args(["--name-prefix", prefix])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting the hollow nodes");
+        Self(child)
+    }
+}
+
+impl Drop for Hollow {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `check` until it yields a value, for at most `timeout` (then panics naming `what`).
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
