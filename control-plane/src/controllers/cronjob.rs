@@ -15,15 +15,13 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{
-    controlled_by, controller_of, job, list_fresh, owner_reference, record_event, resource,
-    runtime::{self, Action, Cache, Error, Queue, Reconciler, Result},
+    controlled_by, job, list_fresh, owner_reference, record_event, resource,
+    runtime::{self, Action, Cache, Error, Reconciler, Result},
     str_of, target,
 };
 use crate::apiserver::{Api, objects, path::Target, resources::ResourceType};
 
 const COMPONENT: &str = "cronjob-controller";
-const CONCURRENCY: usize = 4;
-const RESYNC: Duration = Duration::from_secs(30);
 /// The environment variable that speeds the controller's clock up (tests only).
 pub const SPEEDUP_ENV: &str = "APIARY_CRONJOB_CLOCK_SPEEDUP";
 
@@ -252,36 +250,13 @@ pub async fn run(api: Arc<Api>, shutdown: watch::Receiver<bool>) {
     let cronjobs = resource(&api, "batch", "v1", "cronjobs");
     let jobs = resource(&api, "batch", "v1", "jobs");
     let cache = Cache::new(cronjobs);
-    let job_cache = Cache::new(jobs);
-    let queue = Queue::new();
     let reconciler = Arc::new(CronJobs {
         api: Arc::clone(&api),
         cache: cache.clone(),
         jobs,
         clock: Clock::from_env(),
     });
-    let own = {
-        let (cache, queue) = (cache.clone(), Arc::clone(&queue));
-        move |cj: &Value| queue.add(cache.key_of(cj))
-    };
-    let job_changed = {
-        let queue = Arc::clone(&queue);
-        move |job: &Value| {
-            if let Some(owner) = controller_of(job).filter(|o| o["kind"] == "CronJob") {
-                queue.add(ObjectRef {
-                    resource: cronjobs.plural.to_owned(),
-                    namespace: str_of(job, "/metadata/namespace").to_owned(),
-                    name: owner["name"].as_str().unwrap_or_default().to_owned(),
-                });
-            }
-        }
-    };
-    tokio::join!(
-        runtime::reflect(Arc::clone(&api), cache.clone(), own, shutdown.clone()),
-        runtime::reflect(Arc::clone(&api), job_cache, job_changed, shutdown.clone()),
-        runtime::resync(cache, Arc::clone(&queue), RESYNC, shutdown.clone()),
-        runtime::process(reconciler, queue, CONCURRENCY, shutdown),
-    );
+    runtime::run_owner_controller(api, cache, jobs, reconciler, shutdown).await;
 }
 
 struct CronJobs {

@@ -15,15 +15,13 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{
-    controlled_by, controller_of, list_fresh, owner_reference, record_event, resource,
-    runtime::{self, Action, Cache, Error, Queue, Reconciler, Result},
+    controlled_by, list_fresh, owner_reference, record_event, resource,
+    runtime::{self, Action, Cache, Error, Reconciler, Result},
     str_of, target,
 };
 use crate::apiserver::{Api, objects, path::Target, resources::ResourceType};
 
 const COMPONENT: &str = "job-controller";
-const CONCURRENCY: usize = 4;
-const RESYNC: Duration = Duration::from_secs(30);
 /// Kubernetes' default `backoffLimit`.
 const DEFAULT_BACKOFF_LIMIT: i64 = 6;
 
@@ -32,35 +30,12 @@ pub async fn run(api: Arc<Api>, shutdown: watch::Receiver<bool>) {
     let jobs = resource(&api, "batch", "v1", "jobs");
     let pods = resource(&api, "", "v1", "pods");
     let cache = Cache::new(jobs);
-    let pod_cache = Cache::new(pods);
-    let queue = Queue::new();
     let reconciler = Arc::new(Jobs {
         api: Arc::clone(&api),
         cache: cache.clone(),
         pods,
     });
-    let own = {
-        let (cache, queue) = (cache.clone(), Arc::clone(&queue));
-        move |job: &Value| queue.add(cache.key_of(job))
-    };
-    let pod_changed = {
-        let queue = Arc::clone(&queue);
-        move |pod: &Value| {
-            if let Some(owner) = controller_of(pod).filter(|o| o["kind"] == "Job") {
-                queue.add(ObjectRef {
-                    resource: jobs.plural.to_owned(),
-                    namespace: str_of(pod, "/metadata/namespace").to_owned(),
-                    name: owner["name"].as_str().unwrap_or_default().to_owned(),
-                });
-            }
-        }
-    };
-    tokio::join!(
-        runtime::reflect(Arc::clone(&api), cache.clone(), own, shutdown.clone()),
-        runtime::reflect(Arc::clone(&api), pod_cache, pod_changed, shutdown.clone()),
-        runtime::resync(cache, Arc::clone(&queue), RESYNC, shutdown.clone()),
-        runtime::process(reconciler, queue, CONCURRENCY, shutdown),
-    );
+    runtime::run_owner_controller(api, cache, pods, reconciler, shutdown).await;
 }
 
 struct Jobs {

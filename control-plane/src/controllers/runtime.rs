@@ -415,6 +415,62 @@ pub async fn process<R: Reconciler>(
     while tasks.join_next().await.is_some() {}
 }
 
+/// How often every owner is reconciled again, even without a change.
+const OWNER_RESYNC: Duration = Duration::from_secs(30);
+/// Owners reconciled at once.
+const OWNER_CONCURRENCY: usize = 4;
+
+/// Runs a controller of objects in `cache` that own objects of `owned` (pods, jobs): an owner
+/// is reconciled when it changes, when one of the objects it controls changes, and on a
+/// periodic resync, until `shutdown` turns true.
+pub async fn run_owner_controller<R: Reconciler>(
+    api: Arc<Api>,
+    cache: Cache,
+    owned: &'static ResourceType,
+    reconciler: Arc<R>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let owner = cache.resource();
+    let queue = Queue::new();
+    let owner_changed = {
+        let (cache, queue) = (cache.clone(), Arc::clone(&queue));
+        move |object: &Value| queue.add(cache.key_of(object))
+    };
+    let owned_changed = {
+        let queue = Arc::clone(&queue);
+        move |object: &Value| {
+            if let Some(controller) =
+                super::controller_of(object).filter(|r| r["kind"] == owner.kind)
+            {
+                queue.add(ObjectRef {
+                    resource: owner.plural.to_owned(),
+                    namespace: object["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    name: controller["name"].as_str().unwrap_or_default().to_owned(),
+                });
+            }
+        }
+    };
+    tokio::join!(
+        reflect(
+            Arc::clone(&api),
+            cache.clone(),
+            owner_changed,
+            shutdown.clone()
+        ),
+        reflect(
+            Arc::clone(&api),
+            Cache::new(owned),
+            owned_changed,
+            shutdown.clone()
+        ),
+        resync(cache, Arc::clone(&queue), OWNER_RESYNC, shutdown.clone()),
+        process(reconciler, queue, OWNER_CONCURRENCY, shutdown),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,25 +8,23 @@
 //! ControllerRevision objects are not served, so a pod recreated below the partition (or under
 //! `OnDelete`) gets the current template, not the one of the revision it had.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc};
 
 use apiary_api::meta::ObjectRef;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{
-    controlled_by, controller_of, list_fresh, owner_reference, record_event,
+    controlled_by, list_fresh, owner_reference, record_event,
     replicaset::{is_active, is_ready},
     resource,
-    runtime::{self, Action, Cache, Error, Queue, Reconciler, Result},
+    runtime::{self, Action, Cache, Error, Reconciler, Result},
     str_of, target,
 };
 use crate::apiserver::{Api, objects, path::Target, resources::ResourceType};
 
 /// `source.component` of the events this controller records.
 const COMPONENT: &str = "statefulset-controller";
-const CONCURRENCY: usize = 4;
-const RESYNC: Duration = Duration::from_secs(30);
 
 /// The label naming a pod's revision.
 pub const REVISION_LABEL: &str = "controller-revision-hash";
@@ -40,35 +38,12 @@ pub async fn run(api: Arc<Api>, shutdown: watch::Receiver<bool>) {
     let sets = resource(&api, "apps", "v1", "statefulsets");
     let pods = resource(&api, "", "v1", "pods");
     let cache = Cache::new(sets);
-    let pod_cache = Cache::new(pods);
-    let queue = Queue::new();
     let reconciler = Arc::new(StatefulSets {
         api: Arc::clone(&api),
         cache: cache.clone(),
         pods,
     });
-    let own = {
-        let (cache, queue) = (cache.clone(), Arc::clone(&queue));
-        move |set: &Value| queue.add(cache.key_of(set))
-    };
-    let pod_changed = {
-        let queue = Arc::clone(&queue);
-        move |pod: &Value| {
-            if let Some(owner) = controller_of(pod).filter(|o| o["kind"] == "StatefulSet") {
-                queue.add(ObjectRef {
-                    resource: sets.plural.to_owned(),
-                    namespace: str_of(pod, "/metadata/namespace").to_owned(),
-                    name: owner["name"].as_str().unwrap_or_default().to_owned(),
-                });
-            }
-        }
-    };
-    tokio::join!(
-        runtime::reflect(Arc::clone(&api), cache.clone(), own, shutdown.clone()),
-        runtime::reflect(Arc::clone(&api), pod_cache, pod_changed, shutdown.clone()),
-        runtime::resync(cache, Arc::clone(&queue), RESYNC, shutdown.clone()),
-        runtime::process(reconciler, queue, CONCURRENCY, shutdown),
-    );
+    runtime::run_owner_controller(api, cache, pods, reconciler, shutdown).await;
 }
 
 struct StatefulSets {
