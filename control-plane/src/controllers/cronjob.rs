@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{
-    controlled_by, job, list_fresh, owner_reference, record_event, resource,
+    Pin, controlled_by, job, list_fresh, owner_reference, put_status, record_event, resource,
     runtime::{self, Action, Cache, Error, Reconciler, Result},
     str_of, target,
 };
@@ -453,20 +453,7 @@ impl CronJobs {
         if same {
             return Ok(());
         }
-        let namespace = str_of(cj, "/metadata/namespace");
-        let name = str_of(cj, "/metadata/name");
-        let mut updated = cj.clone();
-        updated["status"] = status;
-        updated["metadata"]["resourceVersion"] = Value::Null;
-        let target = Target {
-            subresource: Some("status".into()),
-            ..target(self.cache.resource(), namespace, Some(name))
-        };
-        match objects::update(&self.api, &target, name, updated).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.reason == "NotFound" => Ok(()),
-            Err(e) => Err(Error::api(format!("updating the status of {name}"), &e)),
-        }
+        put_status(&self.api, self.cache.resource(), cj, status, Pin::Latest).await
     }
 }
 

@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{
-    controlled_by, controller_of, labels_of, list_fresh, owner_reference, record_event,
+    Pin, controlled_by, controller_of, labels_of, list_fresh, owner_reference, put_status,
+    record_event,
     replicaset::{is_active, is_ready},
     resource,
     runtime::{self, Action, Cache, Error, Queue, Reconciler, Result},
@@ -292,20 +293,7 @@ impl DaemonSets {
         if same {
             return Ok(());
         }
-        let namespace = str_of(set, "/metadata/namespace");
-        let name = str_of(set, "/metadata/name");
-        let mut updated = set.clone();
-        updated["status"] = status;
-        updated["metadata"]["resourceVersion"] = Value::Null;
-        let target = Target {
-            subresource: Some("status".into()),
-            ..target(self.cache.resource(), namespace, Some(name))
-        };
-        match objects::update(&self.api, &target, name, updated).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.reason == "NotFound" => Ok(()),
-            Err(e) => Err(Error::api(format!("updating the status of {name}"), &e)),
-        }
+        put_status(&self.api, self.cache.resource(), set, status, Pin::Latest).await
     }
 }
 

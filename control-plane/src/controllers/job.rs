@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{
-    controlled_by, list_fresh, owner_reference, record_event, resource,
+    Pin, controlled_by, list_fresh, owner_reference, put_status, record_event, resource,
     runtime::{self, Action, Cache, Error, Reconciler, Result},
     str_of, target,
 };
@@ -274,21 +274,9 @@ impl Jobs {
         if job["status"] == status {
             return Ok(());
         }
-        let namespace = str_of(job, "/metadata/namespace");
-        let name = str_of(job, "/metadata/name");
-        let mut updated = job.clone();
-        updated["status"] = status;
         // Pinned to the version read: the status builds on the previous one (conditions,
         // counts of pods that may be gone).
-        let target = Target {
-            subresource: Some("status".into()),
-            ..target(self.cache.resource(), namespace, Some(name))
-        };
-        match objects::update(&self.api, &target, name, updated).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.reason == "NotFound" => Ok(()),
-            Err(e) => Err(Error::api(format!("updating the status of job {name}"), &e)),
-        }
+        put_status(&self.api, self.cache.resource(), job, status, Pin::AsRead).await
     }
 
     /// A finished Job: deleted `ttlSecondsAfterFinished` after it finished.

@@ -169,3 +169,39 @@ async fn record_event(
         tracing::debug!(reason, error = %e.message, "recording an event failed");
     }
 }
+
+/// Which resource version a status write is checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pin {
+    /// The latest version: the status is recomputed from scratch every time.
+    Latest,
+    /// The version the status was computed from: it builds on the previous status.
+    AsRead,
+}
+
+/// Writes `status` to `object` through its `status` subresource; an object gone meanwhile is
+/// no error.
+async fn put_status(
+    api: &Arc<Api>,
+    resource: &'static ResourceType,
+    object: &Value,
+    status: Value,
+    pin: Pin,
+) -> runtime::Result<()> {
+    let namespace = str_of(object, "/metadata/namespace");
+    let name = str_of(object, "/metadata/name");
+    let mut updated = object.clone();
+    updated["status"] = status;
+    if pin == Pin::Latest {
+        updated["metadata"]["resourceVersion"] = Value::Null;
+    }
+    let status_target = Target {
+        subresource: Some("status".into()),
+        ..target(resource, namespace, Some(name))
+    };
+    match objects::update(api, &status_target, name, updated).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.reason == "NotFound" => Ok(()),
+        Err(e) => Err(Error::api(format!("updating the status of {name}"), &e)),
+    }
+}

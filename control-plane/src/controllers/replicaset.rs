@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{
-    controlled_by, controller_of, labels_of, list_fresh, owner_reference, record_event, resource,
+    Pin, controlled_by, controller_of, labels_of, list_fresh, owner_reference, put_status,
+    record_event, resource,
     runtime::{self, Action, Cache, Error, Queue, Reconciler, Result},
     selector_of, str_of, target,
 };
@@ -318,21 +319,8 @@ impl ReplicaSets {
         if same {
             return Ok(());
         }
-        let namespace = str_of(rs, "/metadata/namespace");
-        let name = str_of(rs, "/metadata/name");
-        let mut updated = (*rs).clone();
-        updated["status"] = status;
         // Not pinned: status is recomputed from the pods every time, and the spec is not written.
-        updated["metadata"]["resourceVersion"] = Value::Null;
-        let target = Target {
-            subresource: Some("status".into()),
-            ..target(self.cache.resource(), namespace, Some(name))
-        };
-        match objects::update(&self.api, &target, name, updated).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.reason == "NotFound" => Ok(()),
-            Err(e) => Err(Error::api(format!("updating the status of {name}"), &e)),
-        }
+        put_status(&self.api, self.cache.resource(), rs, status, Pin::Latest).await
     }
 }
 
