@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{
-    Pin, controlled_by, job, list_fresh, owner_reference, put_status, record_event, resource,
+    Pin, controlled_by, get_fresh, job, list_fresh, owner_reference, put_status, record_event,
+    resource,
     runtime::{self, Action, Cache, Error, Reconciler, Result},
     str_of, target,
 };
@@ -464,17 +465,8 @@ impl Reconciler for CronJobs {
     }
 
     async fn reconcile(&self, key: &ObjectRef) -> Result<Action> {
-        let cj = match objects::get(
-            &self.api,
-            self.cache.resource(),
-            Some(&key.namespace),
-            &key.name,
-        )
-        .await
-        {
-            Ok(cj) => cj,
-            Err(e) if e.reason == "NotFound" => return Ok(Action::Done),
-            Err(e) => return Err(Error::api(format!("reading cronjob {}", key.name), &e)),
+        let Some(cj) = get_fresh(&self.api, self.cache.resource(), key).await? else {
+            return Ok(Action::Done);
         };
         if cj["metadata"]["deletionTimestamp"].is_string() {
             return Ok(Action::Done);

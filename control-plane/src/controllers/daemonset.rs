@@ -255,32 +255,20 @@ impl DaemonSets {
     }
 
     async fn delete_pod(&self, set: &Value, pod: &Value) -> Result<()> {
-        let namespace = str_of(pod, "/metadata/namespace");
-        let name = str_of(pod, "/metadata/name");
-        let options = json!({ "preconditions": { "uid": pod["metadata"]["uid"] } });
-        match objects::delete(
-            &self.api,
-            &self.pod_target(namespace, Some(name)),
-            name,
-            &options,
-        )
-        .await
-        {
-            Ok(_) => {
-                record_event(
-                    &self.api,
-                    COMPONENT,
-                    set,
-                    ("apps/v1", "DaemonSet"),
-                    "SuccessfulDelete",
-                    &format!("Deleted pod: {name}"),
-                )
-                .await;
-                Ok(())
-            }
-            Err(e) if e.reason == "NotFound" => Ok(()),
-            Err(e) => Err(Error::api(format!("deleting pod {name}"), &e)),
+        if !super::delete_pod(&self.api, self.pods, pod).await? {
+            return Ok(());
         }
+        let name = str_of(pod, "/metadata/name");
+        record_event(
+            &self.api,
+            COMPONENT,
+            set,
+            ("apps/v1", "DaemonSet"),
+            "SuccessfulDelete",
+            &format!("Deleted pod: {name}"),
+        )
+        .await;
+        Ok(())
     }
 
     async fn write_status(&self, set: &Value, status: Value) -> Result<()> {

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{
-    Pin, controlled_by, list_fresh, owner_reference, put_status, record_event, resource,
+    Pin, controlled_by, get_fresh, list_fresh, owner_reference, put_status, record_event, resource,
     runtime::{self, Action, Cache, Error, Reconciler, Result},
     str_of, target,
 };
@@ -318,17 +318,8 @@ impl Reconciler for Jobs {
 
     async fn reconcile(&self, key: &ObjectRef) -> Result<Action> {
         // Fresh, not cached: the status written last time must be seen (conditions, startTime).
-        let job = match objects::get(
-            &self.api,
-            self.cache.resource(),
-            Some(&key.namespace),
-            &key.name,
-        )
-        .await
-        {
-            Ok(job) => job,
-            Err(e) if e.reason == "NotFound" => return Ok(Action::Done),
-            Err(e) => return Err(Error::api(format!("reading job {}", key.name), &e)),
+        let Some(job) = get_fresh(&self.api, self.cache.resource(), key).await? else {
+            return Ok(Action::Done);
         };
         if job["metadata"]["deletionTimestamp"].is_string() {
             return Ok(Action::Done);

@@ -63,6 +63,40 @@ fn target(resource: &'static ResourceType, namespace: &str, name: Option<&str>) 
 
 /// The objects of `resource` in `namespace`, read from the store (not a cache): a controller
 /// counting what it created must see its own writes, or it creates them twice.
+/// The object `key` names, read from the store rather than the cache (so the status written
+/// last time is seen); `None` once it is gone.
+async fn get_fresh(
+    api: &Api,
+    resource: &'static ResourceType,
+    key: &apiary_api::meta::ObjectRef,
+) -> runtime::Result<Option<Value>> {
+    match objects::get(api, resource, Some(&key.namespace), &key.name).await {
+        Ok(object) => Ok(Some(object)),
+        Err(e) if e.reason == "NotFound" => Ok(None),
+        Err(e) => Err(Error::api(
+            format!("reading {} {}", resource.kind.to_lowercase(), key.name),
+            &e,
+        )),
+    }
+}
+
+/// Deletes exactly `pod` (its UID is a precondition, so a replacement of the same name is never
+/// hit); `Ok(false)` when it was gone already.
+async fn delete_pod(
+    api: &Arc<Api>,
+    pods: &'static ResourceType,
+    pod: &Value,
+) -> runtime::Result<bool> {
+    let namespace = str_of(pod, "/metadata/namespace");
+    let name = str_of(pod, "/metadata/name");
+    let options = json!({ "preconditions": { "uid": pod["metadata"]["uid"] } });
+    match objects::delete(api, &target(pods, namespace, Some(name)), name, &options).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.reason == "NotFound" => Ok(false),
+        Err(e) => Err(Error::api(format!("deleting pod {name}"), &e)),
+    }
+}
+
 async fn list_fresh(
     api: &Api,
     resource: &'static ResourceType,

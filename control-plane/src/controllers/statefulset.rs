@@ -240,33 +240,21 @@ impl StatefulSets {
     }
 
     async fn delete_pod(&self, set: &Value, pod: &Value) -> Result<()> {
-        let namespace = str_of(pod, "/metadata/namespace");
+        if !super::delete_pod(&self.api, self.pods, pod).await? {
+            return Ok(());
+        }
         let name = str_of(pod, "/metadata/name");
         let set_name = str_of(set, "/metadata/name");
-        let options = json!({ "preconditions": { "uid": pod["metadata"]["uid"] } });
-        match objects::delete(
+        record_event(
             &self.api,
-            &self.pod_target(namespace, Some(name)),
-            name,
-            &options,
+            COMPONENT,
+            set,
+            ("apps/v1", "StatefulSet"),
+            "SuccessfulDelete",
+            &format!("delete Pod {name} in StatefulSet {set_name} successful"),
         )
-        .await
-        {
-            Ok(_) => {
-                record_event(
-                    &self.api,
-                    COMPONENT,
-                    set,
-                    ("apps/v1", "StatefulSet"),
-                    "SuccessfulDelete",
-                    &format!("delete Pod {name} in StatefulSet {set_name} successful"),
-                )
-                .await;
-                Ok(())
-            }
-            Err(e) if e.reason == "NotFound" => Ok(()),
-            Err(e) => Err(Error::api(format!("deleting pod {name}"), &e)),
-        }
+        .await;
+        Ok(())
     }
 
     async fn write_status(&self, set: &Value, status: Value) -> Result<()> {
