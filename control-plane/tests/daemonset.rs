@@ -6,69 +6,13 @@ mod support;
 use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::Value;
-use support::{ControlPlane, Hollow};
+use support::{ControlPlane, Hollow, is_ready, name, pods, wait_nodes, watch_events};
 
 /// Generous: CI machines are small and shared.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn wait_for<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
     support::wait_for(what, TIMEOUT, check)
-}
-
-fn items(list: &Value) -> Vec<Value> {
-    list["items"].as_array().cloned().unwrap_or_default()
-}
-
-fn name(object: &Value) -> String {
-    object["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn pods(cp: &ControlPlane, selector: &str) -> Vec<Value> {
-    items(&cp.kubectl_json(&["get", "pods", "-l", selector, "-o", "json"]))
-}
-
-fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
-
-fn ready_nodes(cp: &ControlPlane) -> usize {
-    items(&cp.kubectl_json(&["get", "nodes", "-o", "json"]))
-        .iter()
-        .filter(|n| {
-            n["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-        .count()
-}
-
-fn wait_nodes(cp: &ControlPlane, count: usize) {
-    wait_for(&format!("{count} Ready nodes"), || {
-        (ready_nodes(cp) >= count).then_some(())
-    });
-}
-
-/// The watch events (`kubectl get -w -o json --output-watch-events`) complete so far.
-fn watch_events(output: &str) -> Vec<(String, Value)> {
-    serde_json::Deserializer::from_str(output)
-        .into_iter::<Value>()
-        .map_while(Result::ok)
-        .map(|e| {
-            (
-                e["type"].as_str().unwrap_or_default().to_owned(),
-                e["object"].clone(),
-            )
-        })
-        .collect()
 }
 
 fn daemon_set(name: &str, node_selector: &str) -> String {
@@ -113,7 +57,7 @@ fn daemon_set_follows_nodes_taints_selectors_and_rolls_one_node_at_a_time() {
     let cp = ControlPlane::start();
     let _nodes = Hollow::start(&cp, "n-", 3, &[]);
     let _tainted = Hollow::start(&cp, "t-", 1, &[]);
-    wait_nodes(&cp, 4);
+    wait_nodes(&cp, 4, TIMEOUT);
     cp.kubectl(&["taint", "nodes", "t-0", "dedicated=x:NoSchedule"])
         .success();
     cp.kubectl(&["label", "nodes", "n-1", "role=special"])

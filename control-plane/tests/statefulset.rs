@@ -6,69 +6,13 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{ControlPlane, Hollow};
+use support::{ControlPlane, Hollow, is_ready, items, name, pods, wait_nodes, watch_events};
 
 /// Generous: CI machines are small and shared.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn wait_for<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
     support::wait_for(what, TIMEOUT, check)
-}
-
-fn items(list: &Value) -> Vec<Value> {
-    list["items"].as_array().cloned().unwrap_or_default()
-}
-
-fn name(object: &Value) -> String {
-    object["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn pods(cp: &ControlPlane, selector: &str) -> Vec<Value> {
-    items(&cp.kubectl_json(&["get", "pods", "-l", selector, "-o", "json"]))
-}
-
-fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
-
-fn ready_nodes(cp: &ControlPlane) -> usize {
-    items(&cp.kubectl_json(&["get", "nodes", "-o", "json"]))
-        .iter()
-        .filter(|n| {
-            n["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-        .count()
-}
-
-fn wait_nodes(cp: &ControlPlane, count: usize) {
-    wait_for(&format!("{count} Ready nodes"), || {
-        (ready_nodes(cp) >= count).then_some(())
-    });
-}
-
-/// The watch events (`kubectl get -w -o json --output-watch-events`) complete so far.
-fn watch_events(output: &str) -> Vec<(String, Value)> {
-    serde_json::Deserializer::from_str(output)
-        .into_iter::<Value>()
-        .map_while(Result::ok)
-        .map(|e| {
-            (
-                e["type"].as_str().unwrap_or_default().to_owned(),
-                e["object"].clone(),
-            )
-        })
-        .collect()
 }
 
 const WEB: &str = r#"
@@ -130,7 +74,7 @@ fn get_pod(cp: &ControlPlane, name: &str) -> Option<Value> {
 fn ordered_ready_statefulset_creates_in_order_recreates_scales_and_rolls() {
     let cp = ControlPlane::start();
     let _nodes = Hollow::start(&cp, "node-", 2, &[]);
-    wait_nodes(&cp, 2);
+    wait_nodes(&cp, 2, TIMEOUT);
     let mut watch = cp.kubectl_spawn(&[
         "get",
         "pods",

@@ -5,6 +5,7 @@
     reason = "each test binary uses a different part of the support module"
 )]
 
+use serde_json::Value;
 use std::{
     io::{Read as _, Write as _},
     path::{Path, PathBuf},
@@ -336,4 +337,61 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// The `items` of a list.
+pub fn items(list: &Value) -> Vec<Value> {
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+pub fn name(object: &Value) -> String {
+    object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+pub fn pods(cp: &ControlPlane, selector: &str) -> Vec<Value> {
+    items(&cp.kubectl_json(&["get", "pods", "-l", selector, "-o", "json"]))
+}
+
+pub fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+pub fn ready_nodes(cp: &ControlPlane) -> usize {
+    items(&cp.kubectl_json(&["get", "nodes", "-o", "json"]))
+        .iter()
+        .filter(|n| {
+            n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .count()
+}
+
+pub fn wait_nodes(cp: &ControlPlane, count: usize, timeout: Duration) {
+    wait_for(&format!("{count} Ready nodes"), timeout, || {
+        (ready_nodes(cp) >= count).then_some(())
+    });
+}
+
+/// The watch events (`kubectl get -w -o json --output-watch-events`) complete so far.
+pub fn watch_events(output: &str) -> Vec<(String, Value)> {
+    serde_json::Deserializer::from_str(output)
+        .into_iter::<Value>()
+        .map_while(Result::ok)
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default().to_owned(),
+                e["object"].clone(),
+            )
+        })
+        .collect()
 }
