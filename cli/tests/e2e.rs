@@ -341,6 +341,16 @@ fn bad_input_is_one_line_naming_the_field_and_changes_nothing() {
             })
             .collect::<Vec<_>>()
     };
+    // The Deployment controller annotates the Deployment with its revision right after the
+    // apply; wait for that, so the snapshot only moves if the bad commands below move it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.json(&["get", "deploy", "web", "-o", "json"])["metadata"]["annotations"]
+        ["deployment.kubernetes.io/revision"]
+        .is_null()
+    {
+        assert!(Instant::now() < deadline, "the Deployment controller never annotated web");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let before = snapshot();
 
     // Rejected by the server: a field that cannot change.
