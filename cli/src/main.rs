@@ -3,6 +3,7 @@
 mod age;
 mod apply;
 mod client;
+mod cluster;
 mod create;
 mod delete;
 mod describe;
@@ -57,6 +58,15 @@ enum Command {
     Annotate(metadata::Args),
     /// Set the replica count of a Deployment, ReplicaSet or StatefulSet.
     Scale(scale::Args),
+    /// Start a one-node cluster on this machine (control plane and node agent, in the
+    /// background) and wait until the node is Ready.
+    Up(cluster::UpArgs),
+    /// Stop what `apiary up` or `apiary node join` started, and remove every pod, network
+    /// namespace, veth, cgroup and BPF program of the node.
+    Down(cluster::DownArgs),
+    /// Manage this machine as a node of a cluster.
+    #[command(subcommand)]
+    Node(cluster::NodeCommand),
 }
 
 /// What every command that talks to the cluster needs.
@@ -118,13 +128,29 @@ impl From<&report::Failures> for Outcome {
 
 async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let mut out = std::io::stdout().lock();
-    if let Command::Version = cli.command {
-        writeln!(out, "apiary {}", env!("CARGO_PKG_VERSION"))?;
-        return Ok(Outcome::Success);
+    match &cli.command {
+        Command::Version => {
+            writeln!(out, "apiary {}", env!("CARGO_PKG_VERSION"))?;
+            return Ok(Outcome::Success);
+        }
+        Command::Up(args) => return cluster::up(args, &mut out).await.map(|()| Outcome::Success),
+        Command::Down(args) => {
+            return cluster::down(args, &mut out)
+                .await
+                .map(|()| Outcome::Success);
+        }
+        Command::Node(cluster::NodeCommand::Join(args)) => {
+            return cluster::join(args, &mut out)
+                .await
+                .map(|()| Outcome::Success);
+        }
+        _ => {}
     }
     let session = Session::open(&cli)?;
     match cli.command {
-        Command::Version => unreachable!("handled above"),
+        Command::Version | Command::Up(_) | Command::Down(_) | Command::Node(_) => {
+            unreachable!("handled above")
+        }
         Command::Apply(args) => apply::run(&session, &args, &mut out).await,
         Command::Get(args) => get::run(&session, &args, &mut out).await,
         Command::Describe(args) => describe::run(&session, &args, &mut out).await,
@@ -153,7 +179,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 /// clap's usage and tips, which `--help` has.
 fn usage_error(e: &clap::Error) -> String {
     if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        return "a command is required: apply, get, describe, delete, create, label, annotate, scale or version".to_owned();
+        return "a command is required: apply, get, describe, delete, create, label, annotate, scale, up, down, node or version".to_owned();
     }
     let rendered = e.render().to_string();
     let message = rendered.split("\n\n").next().unwrap_or_default();

@@ -32,6 +32,8 @@ const POD_CIDR_KEYS: &str = "/registry/ranges/podcidrs/";
 /// The kinds `WatchDataplane` streams when none are named.
 const DATAPLANE_KINDS: &[(&str, &str, &str)] = &[
     ("", "v1", "namespaces"),
+    // Nodes carry the pod CIDRs and addresses that native routing between nodes needs.
+    ("", "v1", "nodes"),
     ("", "v1", "pods"),
     ("", "v1", "services"),
     ("discovery.k8s.io", "v1", "endpointslices"),
@@ -430,7 +432,7 @@ impl node_agent_server::NodeAgent for AgentService {
         }
         if streams.is_empty() {
             return Err(Status::invalid_argument(format!(
-                "kinds: none of {wanted:?} is streamed (Namespace, Pod, Service, EndpointSlice, NetworkPolicy)"
+                "kinds: none of {wanted:?} is streamed (Namespace, Node, Pod, Service, EndpointSlice, NetworkPolicy)"
             )));
         }
         Ok(Response::new(futures::stream::select_all(streams).boxed()))

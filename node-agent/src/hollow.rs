@@ -9,14 +9,14 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use apiary_agent_api::{
     Client,
     v1::{
         HeartbeatRequest, PodStatusReport, RegisterRequest, WatchPodsRequest, object_event::Type,
     },
 };
-use base64::Engine as _;
+use apiary_node_agent::{api_client::ApiClient, kubeconfig::Endpoint};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 
@@ -53,68 +53,10 @@ pub struct HollowArgs {
     labels: Vec<String>,
 }
 
-/// Where the control plane is and how to authenticate, from a kubeconfig.
-#[derive(Debug)]
-struct Endpoint {
-    server: String,
-    ca_pem: String,
-    token: String,
-}
-
-fn read_kubeconfig(path: &PathBuf) -> anyhow::Result<Endpoint> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config: Value =
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let current = config["current-context"].as_str().unwrap_or_default();
-    let named = |list: &str, name: &str, field: &str| -> Value {
-        let items = config[list].as_array().cloned().unwrap_or_default();
-        items
-            .iter()
-            .find(|i| !name.is_empty() && i["name"] == name)
-            .or_else(|| items.first())
-            .map(|i| i[field].clone())
-            .unwrap_or(Value::Null)
-    };
-    let context = named("contexts", current, "context");
-    let cluster = named(
-        "clusters",
-        context["cluster"].as_str().unwrap_or_default(),
-        "cluster",
-    );
-    let user = named(
-        "users",
-        context["user"].as_str().unwrap_or_default(),
-        "user",
-    );
-    let server = cluster["server"]
-        .as_str()
-        .context("the kubeconfig names no cluster server")?
-        .to_owned();
-    let ca_pem = if let Some(data) = cluster["certificate-authority-data"].as_str() {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(data.trim())
-            .context("certificate-authority-data is not base64")?;
-        String::from_utf8(bytes).context("certificate-authority-data is not PEM")?
-    } else if let Some(file) = cluster["certificate-authority"].as_str() {
-        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
-    } else {
-        bail!("the kubeconfig has no certificate-authority(-data)");
-    };
-    let token = user["token"]
-        .as_str()
-        .context("the kubeconfig's user has no token")?
-        .to_owned();
-    Ok(Endpoint {
-        server,
-        ca_pem,
-        token,
-    })
-}
-
 /// Runs `args.count` hollow nodes until the process is stopped.
 pub async fn run(args: HollowArgs) -> anyhow::Result<()> {
-    let endpoint = read_kubeconfig(&args.kubeconfig)?;
+    let endpoint = Endpoint::from_kubeconfig(&args.kubeconfig)?;
+    let api = ApiClient::new(&endpoint)?;
     let mut labels = serde_json::Map::new();
     for pair in &args.labels {
         let (k, v) = pair
@@ -132,6 +74,7 @@ pub async fn run(args: HollowArgs) -> anyhow::Result<()> {
             name: format!("{}{index}", args.name_prefix),
             host_ip: Ipv4Addr::new(10, 254, (index / 250) as u8, (index % 250 + 1) as u8),
             client: client.clone().expect("connected above"),
+            api: api.clone(),
             heartbeat: Duration::from_secs(args.heartbeat_seconds),
         };
         let object = node.object(&args, &labels);
@@ -163,6 +106,7 @@ struct HollowNode {
     name: String,
     host_ip: Ipv4Addr,
     client: Client,
+    api: ApiClient,
     heartbeat: Duration,
 }
 
@@ -249,6 +193,20 @@ impl HollowNode {
                 continue;
             }
             if pod["metadata"]["deletionTimestamp"].is_string() {
+                // Nothing runs here to stop: finish the graceful deletion at once, as an agent
+                // does once its containers are gone.
+                let api = self.api.clone();
+                let path = format!(
+                    "/api/v1/namespaces/{}/pods/{}",
+                    pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+                    pod["metadata"]["name"].as_str().unwrap_or_default()
+                );
+                let options = json!({ "gracePeriodSeconds": 0, "preconditions": { "uid": uid } });
+                tokio::spawn(async move {
+                    if let Err(e) = api.delete(&path, &options).await {
+                        tracing::debug!(error = %format!("{e:#}"), "finishing a pod deletion");
+                    }
+                });
                 continue;
             }
             if let Some(ip) = pod["status"]["podIP"]

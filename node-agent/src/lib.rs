@@ -5,5 +5,8 @@
 //!   map in a typed struct.
 //! - [`netns`]: runs work inside another network namespace.
 
+pub mod agent;
+pub mod api_client;
 pub mod dataplane;
+pub mod kubeconfig;
 pub mod netns;

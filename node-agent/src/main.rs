@@ -20,6 +20,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the agent: register this machine as a node and run the pods bound to it.
+    Run(Box<apiary_node_agent::agent::AgentConfig>),
     /// Operate the eBPF data plane by hand (debugging; the agent does this for its pods).
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
@@ -86,20 +88,8 @@ impl Location {
 fn main() -> anyhow::Result<()> {
     let command = match Cli::parse().command {
         Command::Dataplane(command) => command,
-        Command::Hollow(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .init();
-            // Only hollow nodes use a runtime: the data-plane commands stay synchronous.
-            return tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?
-                .block_on(hollow::run(args));
-        }
+        Command::Run(config) => return block_on(apiary_node_agent::agent::run(*config)),
+        Command::Hollow(args) => return block_on(hollow::run(args)),
     };
     match command {
         DataplaneCommand::Attach(Target { iface, location }) => {
@@ -157,4 +147,19 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs `work` on a multi-threaded runtime with logging set up. Only the agent and hollow
+/// nodes need one: the data-plane commands stay synchronous.
+fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(work)
 }

@@ -1033,12 +1033,23 @@ pub async fn delete(api: &Arc<Api>, target: &Target, name: &str, options: &Value
         let has_finalizers = old["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
-        let graceful = api.strategy.graceful_delete(resource, &old);
+        let mut graceful = api.strategy.graceful_delete(resource, &old, options);
+        if graceful && resource.plural == "pods" {
+            // Only a node that exists can finish a graceful deletion (PodGC's rule): a pod
+            // bound to a deleted node goes at once.
+            let node = old["spec"]["nodeName"].as_str().unwrap_or_default();
+            let nodes = api.resources.get("", "v1", "nodes").expect("served");
+            graceful = matches!(api.store.get(&nodes.key(None, node)).await, Ok(Some(_)));
+        }
         let foreground = options["propagationPolicy"].as_str() == Some("Foreground");
-        let marking = has_finalizers || graceful || foreground;
+        let marked_already = old["metadata"]["deletionTimestamp"].is_string();
+        // A pod already terminating goes at once when its grace is cut to 0 (its agent
+        // finished, or `--force`); it stays marked otherwise.
+        let forced = resource.plural == "pods" && marked_already && !graceful && !has_finalizers;
+        let marking = (has_finalizers || graceful || foreground) && !forced;
         let result = if marking {
             // Mark for deletion; whoever owns the finalizers (or the grace period) finishes it.
-            if old["metadata"]["deletionTimestamp"].is_string() {
+            if marked_already {
                 return Ok(old);
             }
             let mut marked = old.clone();
@@ -1046,7 +1057,7 @@ pub async fn delete(api: &Arc<Api>, target: &Target, name: &str, options: &Value
             if let Some(seconds) = options["gracePeriodSeconds"].as_i64() {
                 marked["metadata"]["deletionGracePeriodSeconds"] = json!(seconds);
             }
-            api.strategy.prepare_delete(resource, &mut marked);
+            api.strategy.prepare_delete(resource, &mut marked, options);
             if foreground {
                 let finalizers = &mut marked["metadata"]["finalizers"];
                 if !finalizers.is_array() {

@@ -78,16 +78,51 @@ impl Strategy {
     }
 
     /// Whether a delete only marks the object, leaving its removal to a controller.
-    pub fn graceful_delete(&self, resource: &ResourceType, _object: &Value) -> bool {
-        resource.plural == "namespaces"
+    pub fn graceful_delete(
+        &self,
+        resource: &ResourceType,
+        object: &Value,
+        options: &Value,
+    ) -> bool {
+        match resource.plural {
+            "namespaces" => true,
+            // A pod running on a node is stopped by that node's agent, which then deletes it
+            // with a grace period of 0 (as the kubelet does); unscheduled and finished pods
+            // have nothing to stop.
+            "pods" => {
+                let phase = object["status"]["phase"].as_str().unwrap_or_default();
+                pod_grace_seconds(object, options) > 0
+                    && object["spec"]["nodeName"]
+                        .as_str()
+                        .is_some_and(|n| !n.is_empty())
+                    && phase != "Succeeded"
+                    && phase != "Failed"
+            }
+            _ => false,
+        }
     }
 
     /// Changes made to an object marked for deletion.
-    pub fn prepare_delete(&self, resource: &ResourceType, object: &mut Value) {
-        if resource.plural == "namespaces" {
-            object["status"]["phase"] = json!("Terminating");
+    pub fn prepare_delete(&self, resource: &ResourceType, object: &mut Value, options: &Value) {
+        match resource.plural {
+            "namespaces" => object["status"]["phase"] = json!("Terminating"),
+            "pods" => {
+                object["metadata"]["deletionGracePeriodSeconds"] =
+                    json!(pod_grace_seconds(object, options));
+            }
+            _ => {}
         }
     }
+}
+
+/// A pod's grace period for this delete: the request's `gracePeriodSeconds`, else the pod's
+/// `terminationGracePeriodSeconds`, else 30.
+pub fn pod_grace_seconds(pod: &Value, options: &Value) -> i64 {
+    options["gracePeriodSeconds"]
+        .as_i64()
+        .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
+        .unwrap_or(30)
+        .max(0)
 }
 
 /// Where a delete left the object.

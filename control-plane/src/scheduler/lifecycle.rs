@@ -328,7 +328,10 @@ async fn evict(
             name: Some(name.clone()),
             subresource: None,
         };
-        let options = json!({ "preconditions": { "uid": pod.metadata.uid } });
+        // No agent will finish a graceful deletion on a node that cannot be reached: delete
+        // at once, so that controllers replace the pod elsewhere.
+        let options =
+            json!({ "gracePeriodSeconds": 0, "preconditions": { "uid": pod.metadata.uid } });
         match objects::delete(api, &target, &name, &options).await {
             Ok(_) => {
                 record_event_from(

@@ -1,0 +1,13 @@
+//! The node agent proper: registers the machine as a Node, keeps its Lease renewed, runs the
+//! pods bound to it ([`pods`]) and keeps the pod network's routes to other nodes current.
+
+pub mod context;
+pub mod env;
+pub mod node;
+pub mod pods;
+pub mod probes;
+pub mod run;
+pub mod static_pods;
+pub mod volumes;
+
+pub use run::{AgentConfig, run};

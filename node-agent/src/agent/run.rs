@@ -1,0 +1,287 @@
+//! The agent's main loop: register, heartbeat, follow the other nodes, run the pods.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use apiary_agent_api::{
+    Client,
+    v1::{HeartbeatRequest, RegisterRequest, WatchDataplaneRequest, object_event::Type},
+};
+use futures::StreamExt as _;
+
+use super::{
+    context::{Context, Registry},
+    node::NodeFacts,
+    pods::PodManager,
+};
+use crate::{
+    api_client::ApiClient,
+    kubeconfig::Endpoint,
+    network::{NetworkConfig, PodNetwork, RemoteNode},
+};
+
+/// How the agent is set up (`apiary-node-agent run`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct AgentConfig {
+    /// Kubeconfig naming the control plane, its CA and the node's token.
+    #[arg(
+        long,
+        env = "KUBECONFIG",
+        default_value = "/etc/apiary/node.kubeconfig"
+    )]
+    pub kubeconfig: PathBuf,
+    /// The Node's name [default: the hostname].
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The address the node registers and serves on [default: the default route's source].
+    #[arg(long)]
+    pub node_ip: Option<Ipv4Addr>,
+    /// Extra node labels, `k=v,k2=v2`.
+    #[arg(long, value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+    /// Persistent state: images, pod volumes and logs, IP leases.
+    #[arg(long, default_value = "/var/lib/apiary/agent")]
+    pub data_dir: PathBuf,
+    /// Runtime state that dies with the machine: container and sandbox state.
+    #[arg(long, default_value = "/run/apiary/agent")]
+    pub run_dir: PathBuf,
+    /// Where the BPF maps are pinned.
+    #[arg(long, default_value = crate::dataplane::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// The image store [default: <data-dir>/images].
+    #[arg(long)]
+    pub image_root: Option<PathBuf>,
+    /// Registries (`host[:port]`) reached over plain HTTP.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// Port of the agent's HTTPS endpoint for logs and exec (the kubelet's 10250).
+    #[arg(long, default_value_t = 10250)]
+    pub port: u16,
+    /// The cgroup under which pods' containers get theirs.
+    #[arg(long, default_value = "apiary")]
+    pub cgroup_parent: String,
+    /// The shim binary [default: apiary-shim next to this executable].
+    #[arg(long)]
+    pub shim: Option<PathBuf>,
+    /// Static pods: a directory of Pod manifests this node runs on its own.
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    /// How often the node's Lease is renewed, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub heartbeat_seconds: u64,
+}
+
+/// Runs the agent until the process is stopped. Pods keep running when it stops: their
+/// containers live in shims of their own, and the pinned BPF programs keep forwarding.
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let endpoint = Endpoint::from_kubeconfig(&config.kubeconfig)?;
+    let labels: Vec<(String, String)> = config
+        .node_labels
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("--node-labels: {kv:?} is not k=v"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let node = NodeFacts::detect(
+        config.node_name.clone(),
+        config.node_ip,
+        config.port,
+        &labels,
+    )?;
+    let client = connect(&endpoint).await;
+    let pod_cidr = register(&client, &node).await;
+    tracing::info!(node = %node.name, ip = %node.ip, %pod_cidr, "registered");
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let shim = match &config.shim {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the agent's executable has no directory")?
+            .join("apiary-shim"),
+    };
+    let runtime = apiary_runtime::Runtime::new(apiary_runtime::RuntimeConfig {
+        state_dir: config.run_dir.join("containers"),
+        shim_path: shim,
+        cgroup_parent: config.cgroup_parent.clone(),
+    })
+    .context("setting up the container runtime")?;
+    let image_root = config
+        .image_root
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("images"));
+    let images = apiary_images::ImageStore::open(&image_root)
+        .with_context(|| format!("opening the image store {}", image_root.display()))?;
+    let (cidr_ip, cidr_len) = parse_cidr(&pod_cidr)?;
+    let network = PodNetwork::new(NetworkConfig {
+        pod_cidr: (cidr_ip, cidr_len),
+        node_ip: node.ip,
+        underlay_iface: None,
+        state_dir: config.data_dir.join("network"),
+        pin_dir: config.pin_dir.clone(),
+    })
+    .await
+    .context("setting up the pod network")?;
+    let ctx = Arc::new(Context {
+        node: node.clone(),
+        runtime,
+        images,
+        pull_options: apiary_images::PullOptions {
+            insecure_registries: config.insecure_registries.clone(),
+            extra_ca_pem: None,
+        },
+        network,
+        api: ApiClient::new(&endpoint)?,
+        agent: client.clone(),
+        pods_dir: config.data_dir.join("pods"),
+        sandboxes_dir: config.run_dir.join("pods"),
+        registry: Registry::default(),
+    });
+    tokio::spawn(heartbeats(
+        client.clone(),
+        node.clone(),
+        Duration::from_secs(config.heartbeat_seconds.max(1)),
+    ));
+    tokio::spawn(follow_nodes(Arc::clone(&ctx)));
+    if let Some(dir) = config.manifests.clone() {
+        tokio::spawn(super::static_pods::run(Arc::clone(&ctx), dir));
+    }
+    PodManager::new(ctx).run().await;
+    Ok(())
+}
+
+fn parse_cidr(cidr: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
+    let (ip, len) = cidr
+        .split_once('/')
+        .with_context(|| format!("pod CIDR {cidr:?} has no prefix length"))?;
+    Ok((
+        ip.parse()
+            .with_context(|| format!("pod CIDR {cidr:?}: bad address"))?,
+        len.parse()
+            .with_context(|| format!("pod CIDR {cidr:?}: bad prefix length"))?,
+    ))
+}
+
+/// Connects, retrying until the control plane answers.
+pub async fn connect(endpoint: &Endpoint) -> Client {
+    loop {
+        match apiary_agent_api::connect(&endpoint.server, &endpoint.ca_pem, &endpoint.token).await {
+            Ok(client) => return client,
+            Err(e) => {
+                tracing::warn!(error = %e, server = %endpoint.server, "connecting; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Registers the node (retrying) and returns its pod CIDR.
+async fn register(client: &Client, node: &NodeFacts) -> String {
+    let node_json = serde_json::to_vec(&node.object()).expect("a JSON value always serializes");
+    loop {
+        match client
+            .clone()
+            .register(RegisterRequest {
+                node_json: node_json.clone(),
+            })
+            .await
+        {
+            Ok(reply) => return reply.into_inner().pod_cidr,
+            Err(e) => {
+                tracing::warn!(error = %e, "registering; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn heartbeats(client: Client, node: NodeFacts, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match client
+            .clone()
+            .heartbeat(HeartbeatRequest {
+                node_name: node.name.clone(),
+            })
+            .await
+        {
+            Ok(_) => {}
+            // The Node was deleted: register it again, as the kubelet does.
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                register(&client, &node).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+/// Keeps the pod network's view of the other nodes (pod CIDR, address) current.
+async fn follow_nodes(ctx: Arc<Context>) {
+    loop {
+        if let Err(e) = watch_nodes(&ctx).await {
+            tracing::warn!(error = %format!("{e:#}"), "node watch ended; re-watching");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn watch_nodes(ctx: &Context) -> anyhow::Result<()> {
+    let mut stream = ctx
+        .agent
+        .clone()
+        .watch_dataplane(WatchDataplaneRequest {
+            kinds: vec!["Node".to_owned()],
+        })
+        .await?
+        .into_inner();
+    let mut nodes: BTreeMap<String, RemoteNode> = BTreeMap::new();
+    let mut synced = false;
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        let kind = Type::try_from(event.r#type).unwrap_or(Type::Unspecified);
+        if kind == Type::Synced {
+            synced = true;
+        } else {
+            let node: apiary_api::core_v1::Node = serde_json::from_slice(&event.object_json)?;
+            let name = node.metadata.name.clone();
+            let remote = remote_node(&node);
+            match (kind, remote) {
+                (Type::Deleted, _) | (_, None) => {
+                    nodes.remove(&name);
+                }
+                (_, Some(remote)) if name != ctx.node.name => {
+                    nodes.insert(name, remote);
+                }
+                _ => {}
+            }
+        }
+        if synced {
+            let all: Vec<RemoteNode> = nodes.values().cloned().collect();
+            if let Err(e) = ctx.network.set_remote_nodes(&all).await {
+                tracing::warn!(error = %e, "routing to other nodes");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remote_node(node: &apiary_api::core_v1::Node) -> Option<RemoteNode> {
+    let status = node.status.as_ref()?;
+    let ip = status
+        .addresses
+        .iter()
+        .find(|a| a.type_ == "InternalIP")?
+        .address
+        .parse()
+        .ok()?;
+    let (cidr_ip, cidr_len) = parse_cidr(&node.spec.pod_cidr).ok()?;
+    Some(RemoteNode {
+        name: node.metadata.name.clone(),
+        pod_cidr: (cidr_ip, cidr_len),
+        node_ip: ip,
+    })
+}

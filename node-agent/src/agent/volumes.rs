@@ -1,0 +1,545 @@
+//! A pod's volumes on the node, under `<pod dir>/volumes/<kind>/<name>`: emptyDir (a directory,
+//! or tmpfs for `medium: Memory`), hostPath (checked against its `type`), and ConfigMap, Secret
+//! and downward API volumes written the way the kubelet writes them — files in a timestamped
+//! directory behind a `..data` symlink that is swapped atomically, so a container never sees a
+//! half-written update.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{self, Write as _},
+    os::unix::fs::{PermissionsExt as _, symlink},
+    path::{Component, Path, PathBuf},
+};
+
+use apiary_api::core_v1::{KeyToPath, Pod, Volume};
+
+use super::env::{self, ConfigError, PodFacts, Sources};
+
+/// A volume ready to be bind-mounted into containers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedVolume {
+    pub host_path: PathBuf,
+    /// ConfigMap, Secret and downward API volumes are always read-only.
+    pub read_only: bool,
+}
+
+/// Why a volume cannot be set up (reported as `FailedMount` and retried).
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("volume {volume}: {source}")]
+    Config {
+        volume: String,
+        #[source]
+        source: ConfigError,
+    },
+    #[error("volume {volume}: hostPath type check failed: {path} is not a {expected}")]
+    HostPathType {
+        volume: String,
+        path: String,
+        expected: String,
+    },
+    #[error("volume {volume}: {kind} volumes are not supported by this node")]
+    Unsupported { volume: String, kind: String },
+    #[error("volume {volume}: item path {path:?} must be relative and must not contain '..'")]
+    ItemPath { volume: String, path: String },
+    #[error("volume {volume}: {context}")]
+    Io {
+        volume: String,
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Sets up (or refreshes) every volume of `pod` under `pod_dir`; returns them by name.
+pub fn prepare(
+    pod: &Pod,
+    pod_dir: &Path,
+    facts: &PodFacts,
+    sources: &Sources,
+    node_allocatable: &BTreeMap<String, i64>,
+) -> Result<BTreeMap<String, PreparedVolume>, VolumeError> {
+    let mut prepared = BTreeMap::new();
+    for volume in &pod.spec.volumes {
+        let v = prepare_one(pod, volume, pod_dir, facts, sources, node_allocatable)?;
+        prepared.insert(volume.name.clone(), v);
+    }
+    Ok(prepared)
+}
+
+fn prepare_one(
+    pod: &Pod,
+    volume: &Volume,
+    pod_dir: &Path,
+    facts: &PodFacts,
+    sources: &Sources,
+    node_allocatable: &BTreeMap<String, i64>,
+) -> Result<PreparedVolume, VolumeError> {
+    let name = &volume.name;
+    let io = |context: String| {
+        let volume = name.clone();
+        move |source| VolumeError::Io {
+            volume,
+            context,
+            source,
+        }
+    };
+    let dir = |kind: &str| pod_dir.join("volumes").join(kind).join(name);
+    if let Some(empty) = &volume.empty_dir {
+        let path = dir("empty-dir");
+        fs::create_dir_all(&path).map_err(io(format!("creating {}", path.display())))?;
+        // Writable by any user in the container, as the kubelet makes it.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o777))
+            .map_err(io(format!("chmod {}", path.display())))?;
+        if empty.medium == "Memory" && !is_mount_point(&path) {
+            let size = empty
+                .size_limit
+                .as_ref()
+                .and_then(|q| q.value().ok())
+                .map(|bytes| format!(",size={bytes}"))
+                .unwrap_or_default();
+            nix::mount::mount(
+                Some("tmpfs"),
+                &path,
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                Some(format!("mode=1777{size}").as_str()),
+            )
+            .map_err(|e| io(format!("mounting tmpfs on {}", path.display()))(e.into()))?;
+        }
+        return Ok(PreparedVolume {
+            host_path: path,
+            read_only: false,
+        });
+    }
+    if let Some(host) = &volume.host_path {
+        let path = PathBuf::from(&host.path);
+        check_host_path(name, &path, host.type_.as_deref().unwrap_or(""))?;
+        return Ok(PreparedVolume {
+            host_path: path,
+            read_only: false,
+        });
+    }
+    let files: BTreeMap<PathBuf, (Vec<u8>, u32)>;
+    let kind;
+    if let Some(cm) = &volume.config_map {
+        kind = "configmap";
+        files = match sources.config_map_data(&cm.name) {
+            Some(data) => project(name, &data, &cm.items, cm.default_mode, cm.optional)?,
+            None if cm.optional == Some(true) => BTreeMap::new(),
+            None => {
+                return Err(VolumeError::Config {
+                    volume: name.clone(),
+                    source: ConfigError::ConfigMapNotFound(cm.name.clone()),
+                });
+            }
+        };
+    } else if let Some(secret) = &volume.secret {
+        kind = "secret";
+        files = match sources.secret_data(&secret.secret_name) {
+            Some(data) => {
+                let data = data.map_err(|source| VolumeError::Config {
+                    volume: name.clone(),
+                    source,
+                })?;
+                project(
+                    name,
+                    &data,
+                    &secret.items,
+                    secret.default_mode,
+                    secret.optional,
+                )?
+            }
+            None if secret.optional == Some(true) => BTreeMap::new(),
+            None => {
+                return Err(VolumeError::Config {
+                    volume: name.clone(),
+                    source: ConfigError::SecretNotFound(secret.secret_name.clone()),
+                });
+            }
+        };
+    } else if let Some(downward) = &volume.downward_api {
+        kind = "downward-api";
+        let mut out = BTreeMap::new();
+        for item in &downward.items {
+            let value = if let Some(f) = &item.field_ref {
+                env::field(pod, facts, &f.field_path)
+            } else if let Some(r) = &item.resource_field_ref {
+                let container = pod
+                    .spec
+                    .containers
+                    .iter()
+                    .find(|c| c.name == r.container_name)
+                    .cloned()
+                    .unwrap_or_default();
+                env::resource(
+                    &container,
+                    &r.resource,
+                    r.divisor.as_ref(),
+                    node_allocatable,
+                )
+            } else {
+                continue;
+            }
+            .map_err(|source| VolumeError::Config {
+                volume: name.clone(),
+                source,
+            })?;
+            let mode = item.mode.or(downward.default_mode).unwrap_or(0o644) as u32;
+            out.insert(item_path(name, &item.path)?, (value.into_bytes(), mode));
+        }
+        files = out;
+    } else {
+        let kind = volume.sources().first().copied().unwrap_or("unknown");
+        return Err(VolumeError::Unsupported {
+            volume: name.clone(),
+            kind: kind.to_owned(),
+        });
+    }
+    let path = dir(kind);
+    write_atomically(&path, &files).map_err(io(format!("writing {}", path.display())))?;
+    Ok(PreparedVolume {
+        host_path: path,
+        read_only: true,
+    })
+}
+
+/// The files of a ConfigMap or Secret volume: every key, or only `items` (each must exist
+/// unless the volume is optional).
+fn project(
+    volume: &str,
+    data: &BTreeMap<String, Vec<u8>>,
+    items: &[KeyToPath],
+    default_mode: Option<i32>,
+    optional: Option<bool>,
+) -> Result<BTreeMap<PathBuf, (Vec<u8>, u32)>, VolumeError> {
+    let default_mode = default_mode.unwrap_or(0o644) as u32;
+    let mut files = BTreeMap::new();
+    if items.is_empty() {
+        for (key, value) in data {
+            files.insert(item_path(volume, key)?, (value.clone(), default_mode));
+        }
+        return Ok(files);
+    }
+    for item in items {
+        match data.get(&item.key) {
+            Some(value) => {
+                let mode = item.mode.map_or(default_mode, |m| m as u32);
+                files.insert(item_path(volume, &item.path)?, (value.clone(), mode));
+            }
+            None if optional == Some(true) => {}
+            None => {
+                return Err(VolumeError::Config {
+                    volume: volume.to_owned(),
+                    source: ConfigError::FieldPath(format!(
+                        "configmap/secret has no key {:?}",
+                        item.key
+                    )),
+                });
+            }
+        }
+    }
+    Ok(files)
+}
+
+fn item_path(volume: &str, path: &str) -> Result<PathBuf, VolumeError> {
+    let p = PathBuf::from(path);
+    let clean = !path.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
+    if !clean || path.starts_with("..") {
+        return Err(VolumeError::ItemPath {
+            volume: volume.to_owned(),
+            path: path.to_owned(),
+        });
+    }
+    Ok(p)
+}
+
+/// Writes `files` into a fresh `..<nanos>` directory, points `..data` at it with an atomic
+/// rename, links each top-level entry through `..data`, and removes the previous generation.
+fn write_atomically(dir: &Path, files: &BTreeMap<PathBuf, (Vec<u8>, u32)>) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let data_link = dir.join("..data");
+    // Unchanged content: keep the current generation (and its inode) as it is.
+    if let Ok(current) = fs::read_link(&data_link)
+        && same_files(&dir.join(&current), files)
+    {
+        return Ok(());
+    }
+    let generation = format!(
+        "..{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    let gen_dir = dir.join(&generation);
+    fs::create_dir_all(&gen_dir)?;
+    fs::set_permissions(&gen_dir, fs::Permissions::from_mode(0o755))?;
+    for (path, (content, mode)) in files {
+        let target = gen_dir.join(path);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let mut file = fs::File::create(&target)?;
+        file.write_all(content)?;
+        file.set_permissions(fs::Permissions::from_mode(*mode))?;
+    }
+    let previous = fs::read_link(&data_link).ok();
+    let tmp_link = dir.join("..data_tmp");
+    let _ = fs::remove_file(&tmp_link);
+    symlink(&generation, &tmp_link)?;
+    fs::rename(&tmp_link, &data_link)?;
+    let mut top: Vec<String> = files
+        .keys()
+        .filter_map(|p| p.components().next())
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    top.dedup();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("..") && !top.contains(&name) {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    for name in &top {
+        let link = dir.join(name);
+        if fs::symlink_metadata(&link).is_err() {
+            symlink(Path::new("..data").join(name), &link)?;
+        }
+    }
+    if let Some(previous) = previous
+        && previous != Path::new(&generation)
+    {
+        let _ = fs::remove_dir_all(dir.join(previous));
+    }
+    Ok(())
+}
+
+fn same_files(dir: &Path, files: &BTreeMap<PathBuf, (Vec<u8>, u32)>) -> bool {
+    let count = walk_files(dir).len();
+    count == files.len()
+        && files.iter().all(|(path, (content, mode))| {
+            let p = dir.join(path);
+            fs::read(&p).is_ok_and(|c| c == *content)
+                && fs::metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o7777 == *mode)
+        })
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk_files(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+fn check_host_path(volume: &str, path: &Path, type_: &str) -> Result<(), VolumeError> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let fail = |expected: &str| VolumeError::HostPathType {
+        volume: volume.to_owned(),
+        path: path.display().to_string(),
+        expected: expected.to_owned(),
+    };
+    let io = |source| VolumeError::Io {
+        volume: volume.to_owned(),
+        context: format!("creating {}", path.display()),
+        source,
+    };
+    let meta = fs::metadata(path).ok();
+    match type_ {
+        "" => Ok(()),
+        "DirectoryOrCreate" => {
+            if meta.is_none() {
+                fs::create_dir_all(path).map_err(io)?;
+                fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(io)?;
+            } else if !meta.is_some_and(|m| m.is_dir()) {
+                return Err(fail("directory"));
+            }
+            Ok(())
+        }
+        "Directory" => meta
+            .filter(|m| m.is_dir())
+            .map(drop)
+            .ok_or_else(|| fail("directory")),
+        "FileOrCreate" => {
+            if meta.is_none() {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent).map_err(io)?;
+                }
+                fs::File::create(path).map_err(io)?;
+                fs::set_permissions(path, fs::Permissions::from_mode(0o644)).map_err(io)?;
+            } else if !meta.is_some_and(|m| m.is_file()) {
+                return Err(fail("file"));
+            }
+            Ok(())
+        }
+        "File" => meta
+            .filter(|m| m.is_file())
+            .map(drop)
+            .ok_or_else(|| fail("file")),
+        "Socket" => meta
+            .filter(|m| m.file_type().is_socket())
+            .map(drop)
+            .ok_or_else(|| fail("socket")),
+        "CharDevice" => meta
+            .filter(|m| m.file_type().is_char_device())
+            .map(drop)
+            .ok_or_else(|| fail("character device")),
+        "BlockDevice" => meta
+            .filter(|m| m.file_type().is_block_device())
+            .map(drop)
+            .ok_or_else(|| fail("block device")),
+        other => Err(fail(&format!("known hostPath type (got {other:?})"))),
+    }
+}
+
+/// Whether `path` is a mount point: its device differs from its parent's.
+pub fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let (Ok(me), Some(Ok(parent))) = (fs::metadata(path), path.parent().map(fs::metadata)) else {
+        return false;
+    };
+    me.dev() != parent.dev()
+}
+
+/// Unmounts the pod's tmpfs volumes and removes its volume directories.
+pub fn remove_all(pod_dir: &Path) -> io::Result<()> {
+    let empty = pod_dir.join("volumes").join("empty-dir");
+    if let Ok(entries) = fs::read_dir(&empty) {
+        for entry in entries.flatten() {
+            if is_mount_point(&entry.path()) {
+                nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(io::Error::from)?;
+            }
+        }
+    }
+    match fs::remove_dir_all(pod_dir.join("volumes")) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apiary_api::core_v1::{ConfigMap, ConfigMapVolumeSource, HostPathVolumeSource};
+
+    fn pod_with(volumes: Vec<Volume>) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = "p".into();
+        pod.metadata.namespace = "ns".into();
+        pod.spec.volumes = volumes;
+        pod
+    }
+
+    #[test]
+    fn config_map_volumes_are_swapped_atomically_and_follow_updates() {
+        let tmp = tempfile::tempdir().unwrap();
+        let volume = Volume {
+            name: "cfg".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: "app".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pod = pod_with(vec![volume]);
+        let mut cm = ConfigMap::default();
+        cm.data.insert("a.conf".into(), "one".into());
+        let mut sources = Sources::default();
+        sources.config_maps.insert("app".into(), Some(cm.clone()));
+        let prepared = prepare(
+            &pod,
+            tmp.path(),
+            &PodFacts::default(),
+            &sources,
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let dir = &prepared["cfg"].host_path;
+        assert!(prepared["cfg"].read_only);
+        assert_eq!(fs::read_to_string(dir.join("a.conf")).unwrap(), "one");
+        cm.data.insert("a.conf".into(), "two".into());
+        cm.data.insert("b.conf".into(), "new".into());
+        sources.config_maps.insert("app".into(), Some(cm.clone()));
+        prepare(
+            &pod,
+            tmp.path(),
+            &PodFacts::default(),
+            &sources,
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(fs::read_to_string(dir.join("a.conf")).unwrap(), "two");
+        assert_eq!(fs::read_to_string(dir.join("b.conf")).unwrap(), "new");
+        let generations = fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                let n = e
+                    .as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned();
+                n.starts_with("..") && n != "..data"
+            })
+            .count();
+        assert_eq!(generations, 1, "the old generation is removed");
+        sources.config_maps.insert("app".into(), None);
+        let err = prepare(
+            &pod,
+            tmp.path(),
+            &PodFacts::default(),
+            &sources,
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "volume cfg: configmap \"app\" not found");
+    }
+
+    #[test]
+    fn host_path_types_are_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        fs::write(&file, "x").unwrap();
+        let host = |path: &Path, t: &str| Volume {
+            name: "h".into(),
+            host_path: Some(HostPathVolumeSource {
+                path: path.display().to_string(),
+                type_: Some(t.into()),
+            }),
+            ..Default::default()
+        };
+        let run = |v| {
+            prepare(
+                &pod_with(vec![v]),
+                tmp.path(),
+                &PodFacts::default(),
+                &Sources::default(),
+                &BTreeMap::new(),
+            )
+        };
+        assert!(run(host(&file, "File")).is_ok());
+        assert!(run(host(&file, "Directory")).is_err());
+        let created = tmp.path().join("made/here");
+        run(host(&created, "DirectoryOrCreate")).unwrap();
+        assert!(created.is_dir());
+        assert!(run(host(&tmp.path().join("nope"), "File")).is_err());
+    }
+
+    #[test]
+    fn item_paths_cannot_escape_the_volume() {
+        assert!(item_path("v", "../etc/passwd").is_err());
+        assert!(item_path("v", "/abs").is_err());
+        assert!(item_path("v", "a/b").is_ok());
+    }
+}

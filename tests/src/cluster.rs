@@ -1,0 +1,422 @@
+//! A real cluster in a lab: the control plane in the lab's underlay namespace (on the underlay
+//! bridge, at [`CONTROL_PLANE_IP`]), and one node agent per node namespace, each started with
+//! `nsenter --net` so that it lives in its node's network namespace but shares the machine's
+//! mounts (bpffs, cgroups, the container rootfs mounts), as agents on separate machines would
+//! each see their own.
+//!
+//! kubectl runs in the underlay namespace too. Everything is removed on drop: processes are
+//! killed, each node is reset (`apiary-node-agent reset`: containers, sandboxes, veths, IP
+//! leases, BPF pins, cgroups), then the lab's namespaces go.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::lab::{Lab, Node, ip};
+
+/// The control plane's address on the underlay.
+pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(10, 123, 0, 254);
+/// Pod CIDRs of lab clusters: node *k* gets `10.123.(127+k).0/24`, inside the lab's range.
+pub const CLUSTER_CIDR: &str = "10.123.128.0/17";
+
+/// Where `cargo build` put the workspace's binaries: next to the test's `deps` directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    dir.join(name)
+}
+
+/// A node of the cluster: its namespace and its agent.
+#[derive(Debug)]
+pub struct ClusterNode {
+    pub node: Node,
+    pub name: String,
+    agent: Option<Child>,
+    args: Vec<String>,
+    pub data_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub cgroup_parent: String,
+    log: PathBuf,
+}
+
+/// A control plane and node agents in a lab.
+#[derive(Debug)]
+pub struct ClusterLab {
+    // Dropped last (fields drop in order): processes and node state go first.
+    nodes: Vec<ClusterNode>,
+    control_plane: Option<Child>,
+    pub kubeconfig: PathBuf,
+    pub underlay: String,
+    pub dir: tempfile::TempDir,
+    pub lab: Lab,
+}
+
+impl ClusterLab {
+    /// Starts a control plane and `nodes` agents, with the busybox test image in a store all
+    /// agents share, and waits until every node is Ready.
+    pub fn start(nodes: usize) -> anyhow::Result<Self> {
+        for bin in ["apiary-control-plane", "apiary-node-agent", "apiary-shim"] {
+            if !binary(bin).exists() {
+                bail!("{} is missing: run `cargo build --workspace` first", binary(bin).display());
+            }
+        }
+        let mut lab = Lab::new()?;
+        let underlay = lab.underlay_netns()?;
+        ip(&[
+            "-n",
+            &underlay,
+            "addr",
+            "add",
+            &format!("{CONTROL_PLANE_IP}/24"),
+            "dev",
+            "ul0",
+        ])?;
+        let dir = tempfile::Builder::new().prefix("apiary-cluster-").tempdir()?;
+        let images = dir.path().join("images");
+        let archive = dir.path().join("busybox.tar");
+        apiary_images::build::busybox_archive(&archive).context("building the busybox image")?;
+        apiary_images::ImageStore::open(&images)?
+            .import(&archive)
+            .context("importing the busybox image")?;
+        let cp_dir = dir.path().join("control-plane");
+        let cp_log = dir.path().join("control-plane.log");
+        let control_plane = spawn_in(
+            &underlay,
+            &binary("apiary-control-plane"),
+            &[
+                "--data-dir".into(),
+                cp_dir.display().to_string(),
+                "--listen".into(),
+                format!("{CONTROL_PLANE_IP}:6443"),
+                "--cluster-cidr".into(),
+                CLUSTER_CIDR.into(),
+            ],
+            &cp_log,
+        )?;
+        let kubeconfig = cp_dir.join("kubeconfig");
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            control_plane: Some(control_plane),
+            kubeconfig: kubeconfig.clone(),
+            underlay,
+            dir,
+            lab,
+        };
+        wait("the control plane's kubeconfig", Duration::from_secs(30), || {
+            kubeconfig.exists().then_some(())
+        })?;
+        for _ in 0..nodes {
+            cluster.add_node()?;
+        }
+        let want = nodes;
+        wait("every node Ready", Duration::from_secs(60), || {
+            let list = cluster.kubectl_json(&["get", "nodes", "-o", "json"]).ok()?;
+            let ready = list["items"]
+                .as_array()?
+                .iter()
+                .filter(|n| {
+                    n["status"]["conditions"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                })
+                .count();
+            (ready == want).then_some(())
+        })
+        .map_err(|e| e.context(cluster.logs()))?;
+        Ok(cluster)
+    }
+
+    fn add_node(&mut self) -> anyhow::Result<()> {
+        let node = self.lab.add_node()?;
+        let name = format!("node{}", node.index);
+        let base = self.dir.path().join(&name);
+        let data_dir = base.join("data");
+        let run_dir = base.join("run");
+        let pin_dir = self.lab.pin_dir(&name);
+        let cgroup_parent = format!("{}-{name}", self.lab.prefix());
+        let args: Vec<String> = vec![
+            "run".into(),
+            "--kubeconfig".into(),
+            self.kubeconfig.display().to_string(),
+            "--node-name".into(),
+            name.clone(),
+            "--node-ip".into(),
+            node.underlay_ip.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--run-dir".into(),
+            run_dir.display().to_string(),
+            "--pin-dir".into(),
+            pin_dir.display().to_string(),
+            "--image-root".into(),
+            self.dir.path().join("images").display().to_string(),
+            "--cgroup-parent".into(),
+            cgroup_parent.clone(),
+            "--heartbeat-seconds".into(),
+            "2".into(),
+        ];
+        let log = base.join("agent.log");
+        std::fs::create_dir_all(&base)?;
+        let agent = spawn_in(&node.netns, &binary("apiary-node-agent"), &args, &log)?;
+        self.nodes.push(ClusterNode {
+            node,
+            name,
+            agent: Some(agent),
+            args,
+            data_dir,
+            run_dir,
+            pin_dir,
+            cgroup_parent,
+            log,
+        });
+        Ok(())
+    }
+
+    pub fn nodes(&self) -> &[ClusterNode] {
+        &self.nodes
+    }
+
+    /// Kills node `i`'s agent with SIGKILL: its pods keep running.
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i`'s agent again with the same arguments.
+    pub fn restart_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill_agent(i);
+        let n = &mut self.nodes[i];
+        n.agent = Some(spawn_in(&n.node.netns, &binary("apiary-node-agent"), &n.args, &n.log)?);
+        Ok(())
+    }
+
+    /// Runs kubectl against the cluster (from the underlay namespace).
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.kubectl_with_stdin(args, None)
+    }
+
+    pub fn kubectl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+        use std::io::Write as _;
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.underlay))
+            .arg("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running kubectl")?;
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(input.as_bytes())?;
+        }
+        Ok(child.wait_with_output()?)
+    }
+
+    /// kubectl that must succeed; its stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.kubectl(args)?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn kubectl_json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        Ok(serde_json::from_str(&self.kubectl_ok(args)?)?)
+    }
+
+    /// `kubectl apply -f -` of `manifest`.
+    pub fn apply(&self, manifest: &str) -> anyhow::Result<()> {
+        let out = self.kubectl_with_stdin(&["apply", "-f", "-"], Some(manifest))?;
+        if !out.status.success() {
+            bail!("kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> anyhow::Result<Value> {
+        self.kubectl_json(&["get", "pod", "-n", namespace, name, "-o", "json"])
+    }
+
+    /// Waits until `check` says yes about the pod, or fails with the pod and the agents' logs.
+    pub fn wait_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let mut last = Value::Null;
+        let found = wait(what, timeout, || {
+            let pod = self.pod(namespace, name).ok()?;
+            let done = check(&pod);
+            last = pod.clone();
+            done.then_some(pod)
+        });
+        found.map_err(|e| {
+            e.context(format!(
+                "pod {namespace}/{name}: {}\n{}",
+                serde_json::to_string_pretty(&last["status"]).unwrap_or_default(),
+                self.logs()
+            ))
+        })
+    }
+
+    pub fn wait_ready(&self, namespace: &str, name: &str, timeout: Duration) -> anyhow::Result<Value> {
+        self.wait_pod(namespace, name, "pod Ready", timeout, is_ready)
+    }
+
+    /// The last lines of every process's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let tail = |path: &Path| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        };
+        out.push_str(&format!(
+            "--- control plane ---\n{}\n",
+            tail(&self.dir.path().join("control-plane.log"))
+        ));
+        for n in &self.nodes {
+            out.push_str(&format!("--- agent {} ---\n{}\n", n.name, tail(&n.log)));
+        }
+        out
+    }
+
+    /// What node `i` holds for pods: (veths, sandbox dirs, container state dirs, cgroup dirs).
+    pub fn leftovers(&self, i: usize) -> anyhow::Result<Leftovers> {
+        let n = &self.nodes[i];
+        let links = ip(&["-n", &n.node.netns, "-j", "link", "show", "type", "veth"])?;
+        let links: Value = serde_json::from_str(if links.trim().is_empty() { "[]" } else { &links })?;
+        let veths = links
+            .as_array()
+            .map_or(0, |l| l.iter().filter(|l| l["ifname"] != "eth0").count());
+        let count = |dir: PathBuf| std::fs::read_dir(dir).map_or(0, |d| d.count());
+        let cgroups = cgroup_dirs(&n.cgroup_parent);
+        Ok(Leftovers {
+            veths,
+            sandboxes: count(n.run_dir.join("pods")),
+            containers: count(n.run_dir.join("containers")),
+            pod_dirs: count(n.data_dir.join("pods")),
+            cgroups,
+        })
+    }
+}
+
+/// What a node still holds for pods.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    pub veths: usize,
+    pub sandboxes: usize,
+    pub containers: usize,
+    pub pod_dirs: usize,
+    /// Directories below the node's cgroup parent, in every hierarchy.
+    pub cgroups: usize,
+}
+
+/// Container cgroups under `parent` in every mounted hierarchy.
+fn cgroup_dirs(parent: &str) -> usize {
+    let mut count = 0;
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return 0;
+    };
+    let mut roots: Vec<PathBuf> = hierarchies.flatten().map(|e| e.path()).collect();
+    roots.push(PathBuf::from("/sys/fs/cgroup"));
+    for root in roots {
+        if let Ok(children) = std::fs::read_dir(root.join(parent)) {
+            count += children.flatten().filter(|e| e.path().is_dir()).count();
+        }
+    }
+    count
+}
+
+pub fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+impl Drop for ClusterLab {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut child) = n.agent.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if let Some(mut child) = self.control_plane.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for n in &self.nodes {
+            let status = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", n.node.netns))
+                .arg(binary("apiary-node-agent"))
+                .args(["reset", "--data-dir"])
+                .arg(&n.data_dir)
+                .arg("--run-dir")
+                .arg(&n.run_dir)
+                .arg("--pin-dir")
+                .arg(&n.pin_dir)
+                .arg("--cgroup-parent")
+                .arg(&n.cgroup_parent)
+                .status();
+            if !status.is_ok_and(|s| s.success()) {
+                eprintln!("cluster lab teardown: resetting {} failed", n.name);
+            }
+        }
+    }
+}
+
+/// Starts `program` inside network namespace `netns` (and nothing else), logging to `log`.
+fn spawn_in(netns: &str, program: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::File::create(log)?;
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .arg(program)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {} in {netns}", program.display()))
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `timeout`.
+pub fn wait<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if started.elapsed() > timeout {
+            bail!("timed out after {}s waiting for {what}", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

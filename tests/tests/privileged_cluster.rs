@@ -1,0 +1,391 @@
+//! End to end on a two-node lab cluster: real pods (youki, busybox) on both nodes, reaching each
+//! other over the eBPF data plane, driven through the real kubectl.
+
+use std::time::{Duration, Instant};
+
+use apiary_tests::{
+    cluster::{ClusterLab, Leftovers, is_ready},
+    require_privileges,
+};
+use serde_json::Value;
+
+const IMAGE: &str = "localhost/busybox:latest";
+
+fn web_pod(name: &str, node: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {{app: web}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 5
+  initContainers:
+  - name: prepare
+    image: {IMAGE}
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, "echo init-ran > /work/init.txt"]
+    volumeMounts: [{{name: work, mountPath: /work}}]
+  containers:
+  - name: web
+    image: {IMAGE}
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, "cp /content/index.html /work/; echo started; exec httpd -f -p 8080 -h /work"]
+    env:
+    - {{name: PASSWORD, valueFrom: {{secretKeyRef: {{name: creds, key: password}}}}}}
+    - {{name: MY_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+    ports: [{{name: http, containerPort: 8080}}]
+    readinessProbe: {{httpGet: {{path: /index.html, port: http}}, periodSeconds: 1}}
+    volumeMounts:
+    - {{name: work, mountPath: /work}}
+    - {{name: content, mountPath: /content}}
+    - {{name: creds, mountPath: /secrets}}
+  volumes:
+  - {{name: work, emptyDir: {{}}}}
+  - {{name: content, configMap: {{name: web-content}}}}
+  - {{name: creds, secret: {{secretName: creds}}}}
+"#
+    )
+}
+
+fn simple_pod(name: &str, node: &str, extra_spec: &str, container: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  nodeName: {node}
+{extra_spec}
+  containers:
+  - name: c
+    image: {IMAGE}
+    imagePullPolicy: IfNotPresent
+{container}
+"#
+    )
+}
+
+fn exec(cluster: &ClusterLab, pod: &str, cmd: &[&str]) -> String {
+    let mut args = vec!["exec", pod, "-c", "web", "--"];
+    if !pod.starts_with("web") {
+        args = vec!["exec", pod, "--"];
+    }
+    args.extend_from_slice(cmd);
+    cluster
+        .kubectl_ok(&args)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()))
+}
+
+fn ip_of(pod: &Value) -> String {
+    pod["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn status_of(pod: &Value, container: &str) -> Value {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|s| s.iter().find(|c| c["name"] == container).cloned())
+        .unwrap_or(Value::Null)
+}
+
+fn wget(cluster: &ClusterLab, from: &str, ip: &str) -> String {
+    exec(
+        cluster,
+        from,
+        &[
+            "timeout",
+            "5",
+            "wget",
+            "-qO-",
+            &format!("http://{ip}:8080/index.html"),
+        ],
+    )
+}
+
+#[test]
+fn pods_on_two_nodes_run_talk_and_clean_up() {
+    require_privileges!();
+    let cluster = ClusterLab::start(2).unwrap();
+    cluster
+        .apply(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-content\ndata:\n  index.html: hello from configmap\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\nstringData:\n  password: s3cret\n",
+        )
+        .unwrap();
+    cluster.apply(&web_pod("web-a", "node1")).unwrap();
+    cluster.apply(&web_pod("web-b", "node2")).unwrap();
+    cluster
+        .apply(&simple_pod(
+            "client",
+            "node1",
+            "",
+            "    command: [sleep, '3600']",
+        ))
+        .unwrap();
+    let a = cluster
+        .wait_ready("default", "web-a", Duration::from_secs(90))
+        .unwrap();
+    let b = cluster
+        .wait_ready("default", "web-b", Duration::from_secs(90))
+        .unwrap();
+    cluster
+        .wait_ready("default", "client", Duration::from_secs(60))
+        .unwrap();
+    let (ip_a, ip_b) = (ip_of(&a), ip_of(&b));
+    assert!(ip_a.starts_with("10.123.128."), "node1's pod CIDR: {ip_a}");
+    assert!(ip_b.starts_with("10.123.129."), "node2's pod CIDR: {ip_b}");
+    assert_eq!(a["status"]["hostIP"], "10.123.0.1");
+
+    // Cross-node both ways, and same-node.
+    assert_eq!(
+        wget(&cluster, "web-a", &ip_b).trim(),
+        "hello from configmap"
+    );
+    assert_eq!(
+        wget(&cluster, "web-b", &ip_a).trim(),
+        "hello from configmap"
+    );
+    assert_eq!(
+        wget(&cluster, "client", &ip_a).trim(),
+        "hello from configmap"
+    );
+    // The node reaches its pods.
+    let node1 = &cluster.nodes()[0].node.netns;
+    let from_node = apiary_tests::lab::exec(
+        node1,
+        &[
+            "timeout",
+            "5",
+            "busybox",
+            "wget",
+            "-qO-",
+            &format!("http://{ip_a}:8080/index.html"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(from_node.trim(), "hello from configmap");
+
+    // Init container, env from a Secret and the downward API, Secret volume, hostname.
+    assert_eq!(
+        exec(&cluster, "web-a", &["cat", "/work/init.txt"]).trim(),
+        "init-ran"
+    );
+    assert_eq!(
+        exec(&cluster, "web-a", &["sh", "-c", "echo $PASSWORD $MY_IP"]).trim(),
+        format!("s3cret {ip_a}")
+    );
+    assert_eq!(
+        exec(&cluster, "web-a", &["cat", "/secrets/password"]).trim(),
+        "s3cret"
+    );
+    assert_eq!(exec(&cluster, "web-a", &["hostname"]).trim(), "web-a");
+    let init = &a["status"]["initContainerStatuses"][0]["state"]["terminated"];
+    assert_eq!(
+        (init["exitCode"].as_i64(), init["reason"].as_str()),
+        (Some(0), Some("Completed"))
+    );
+    // Logs, and exec's exit code.
+    let logs = cluster.kubectl_ok(&["logs", "web-a", "-c", "web"]).unwrap();
+    assert_eq!(logs.trim(), "started");
+    let failed = cluster
+        .kubectl(&["exec", "client", "--", "sh", "-c", "exit 3"])
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(3));
+
+    // A crashing container restarts with back-off; --previous shows the last attempt's logs.
+    cluster
+        .apply(&simple_pod(
+            "crasher",
+            "node2",
+            "",
+            "    command: [sh, -c, 'echo attempt; sleep 1; exit 3']",
+        ))
+        .unwrap();
+    let crashed = cluster
+        .wait_pod(
+            "default",
+            "crasher",
+            "two restarts",
+            Duration::from_secs(60),
+            |p| status_of(p, "c")["restartCount"].as_i64() >= Some(2),
+        )
+        .unwrap();
+    let last = &status_of(&crashed, "c")["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 3, "{crashed}");
+    let previous = cluster
+        .kubectl_ok(&["logs", "crasher", "--previous"])
+        .unwrap();
+    assert_eq!(previous.trim(), "attempt");
+
+    // A failing liveness probe restarts the container; readiness follows its probe.
+    cluster
+        .apply(&simple_pod(
+            "probed",
+            "node1",
+            "",
+            "    command: [sh, -c, 'touch /tmp/alive; sleep 4; rm /tmp/alive; sleep 3600']\n    livenessProbe: {exec: {command: [cat, /tmp/alive]}, periodSeconds: 1, failureThreshold: 1}\n    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1}",
+        ))
+        .unwrap();
+    let probed = cluster
+        .wait_pod(
+            "default",
+            "probed",
+            "a liveness restart",
+            Duration::from_secs(60),
+            |p| status_of(p, "c")["restartCount"].as_i64() >= Some(1),
+        )
+        .unwrap();
+    assert!(!is_ready(&probed), "not ready before /tmp/ready exists");
+    exec(&cluster, "probed", &["touch", "/tmp/ready"]);
+    cluster
+        .wait_ready("default", "probed", Duration::from_secs(20))
+        .unwrap();
+
+    // A memory limit is enforced and reported.
+    cluster
+        .apply(&simple_pod(
+            "hog",
+            "node2",
+            "  restartPolicy: Never",
+            "    command: [sh, -c, 'tail /dev/zero']\n    resources: {limits: {memory: 32Mi}}",
+        ))
+        .unwrap();
+    let hog = cluster
+        .wait_pod("default", "hog", "OOM kill", Duration::from_secs(60), |p| {
+            p["status"]["phase"] == "Failed"
+        })
+        .unwrap();
+    assert_eq!(
+        status_of(&hog, "c")["state"]["terminated"]["reason"],
+        "OOMKilled",
+        "{hog}"
+    );
+
+    // Graceful termination: preStop, then SIGTERM; a process that ignores SIGTERM is killed
+    // when the grace period ends.
+    cluster
+        .apply(&simple_pod(
+            "stubborn",
+            "node1",
+            "  terminationGracePeriodSeconds: 3",
+            "    command: [sh, -c, \"trap '' TERM; while true; do sleep 1; done\"]",
+        ))
+        .unwrap();
+    cluster
+        .apply(&simple_pod(
+            "polite",
+            "node1",
+            "  terminationGracePeriodSeconds: 30",
+            "    command: [sh, -c, \"trap 'exit 0' TERM; while true; do sleep 0.2; done\"]",
+        ))
+        .unwrap();
+    cluster
+        .wait_ready("default", "stubborn", Duration::from_secs(30))
+        .unwrap();
+    cluster
+        .wait_ready("default", "polite", Duration::from_secs(30))
+        .unwrap();
+    let started = Instant::now();
+    cluster
+        .kubectl_ok(&["delete", "pod", "polite", "--timeout=60s"])
+        .unwrap();
+    let polite = started.elapsed();
+    assert!(
+        polite < Duration::from_secs(10),
+        "SIGTERM was honoured: {polite:?}"
+    );
+    let started = Instant::now();
+    cluster
+        .kubectl_ok(&["delete", "pod", "stubborn", "--timeout=60s"])
+        .unwrap();
+    let stubborn = started.elapsed();
+    assert!(
+        stubborn >= Duration::from_secs(3) && stubborn < Duration::from_secs(15),
+        "SIGKILL after the 3 s grace period: {stubborn:?}"
+    );
+
+    // Deleting every pod leaves nothing behind on either node.
+    cluster
+        .kubectl_ok(&["delete", "pods", "--all", "--timeout=90s"])
+        .unwrap();
+    for i in 0..2 {
+        let left = apiary_tests::cluster::wait("node cleanup", Duration::from_secs(30), || {
+            let l = cluster.leftovers(i).ok()?;
+            (l == Leftovers::default()).then_some(l)
+        });
+        assert!(
+            left.is_ok(),
+            "node {i}: {:?}\n{}",
+            cluster.leftovers(i),
+            cluster.logs()
+        );
+    }
+}
+
+#[test]
+fn a_killed_agent_leaves_pods_running_and_adopts_them_again() {
+    require_privileges!();
+    let mut cluster = ClusterLab::start(2).unwrap();
+    cluster
+        .apply("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-content\ndata:\n  index.html: still here\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\nstringData:\n  password: x\n")
+        .unwrap();
+    cluster.apply(&web_pod("web-a", "node1")).unwrap();
+    cluster
+        .apply(&simple_pod(
+            "client",
+            "node2",
+            "",
+            "    command: [sleep, '3600']",
+        ))
+        .unwrap();
+    let before = cluster
+        .wait_ready("default", "web-a", Duration::from_secs(90))
+        .unwrap();
+    cluster
+        .wait_ready("default", "client", Duration::from_secs(60))
+        .unwrap();
+    let ip = ip_of(&before);
+    let id = status_of(&before, "web")["containerID"].clone();
+
+    cluster.kill_agent(0);
+    assert_eq!(
+        wget(&cluster, "client", &ip).trim(),
+        "still here",
+        "reachable without its agent"
+    );
+    cluster.restart_agent(0).unwrap();
+    // Give the new agent time to sync; it must adopt, not restart.
+    std::thread::sleep(Duration::from_secs(5));
+    let after = cluster
+        .wait_ready("default", "web-a", Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(
+        status_of(&after, "web")["containerID"],
+        id,
+        "the same container"
+    );
+    assert_eq!(status_of(&after, "web")["restartCount"], 0);
+    assert_eq!(ip_of(&after), ip);
+    assert_eq!(wget(&cluster, "client", &ip).trim(), "still here");
+
+    cluster
+        .kubectl_ok(&["delete", "pods", "--all", "--timeout=90s"])
+        .unwrap();
+    for i in 0..2 {
+        let left = apiary_tests::cluster::wait("node cleanup", Duration::from_secs(30), || {
+            let l = cluster.leftovers(i).ok()?;
+            (l == Leftovers::default()).then_some(l)
+        });
+        assert!(
+            left.is_ok(),
+            "node {i}: {:?}\n{}",
+            cluster.leftovers(i),
+            cluster.logs()
+        );
+    }
+}
