@@ -76,17 +76,18 @@ impl ImageStore {
     /// Imports an OCI image layout tar or a `docker save` tar; returns the images it named.
     pub fn import(&self, archive: &Path) -> Result<Vec<ImageSummary>> {
         let lock = self.lock()?;
-        let files = self.ingest(archive)?;
-        let result = if files.blobs.contains_key("index.json") {
-            self.import_oci(archive, &files, &lock)
-        } else if files.blobs.contains_key("manifest.json") {
-            self.import_docker(archive, &files, &lock)
-        } else {
-            Err(Error::Invalid(format!(
-                "{}: neither an OCI image layout (no index.json) nor a docker save archive (no manifest.json)",
-                archive.display()
-            )))
-        };
+        let result = self.ingest(archive).and_then(|files| {
+            if files.blobs.contains_key("index.json") {
+                self.import_oci(archive, &files, &lock)
+            } else if files.blobs.contains_key("manifest.json") {
+                self.import_docker(archive, &files, &lock)
+            } else {
+                Err(Error::Invalid(format!(
+                    "{}: neither an OCI image layout (no index.json) nor a docker save archive (no manifest.json)",
+                    archive.display()
+                )))
+            }
+        });
         // The archive's own metadata files were stored as blobs too: collect them (and, on
         // failure, everything this import brought in).
         self.gc(&lock)?;
