@@ -1,0 +1,239 @@
+//! The OCI bundle's `config.json`, built from a [`ContainerSpec`].
+
+use serde_json::{Value, json};
+
+use crate::spec::ContainerSpec;
+
+/// The capabilities containerd gives a Kubernetes container by default.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Paths hidden from containers (as containerd does).
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The runtime spec for `spec`, its rootfs at `rootfs` (relative to the bundle), its cgroup at
+/// `cgroups_path` (absolute, cgroupfs style).
+pub fn config(spec: &ContainerSpec, cgroups_path: &str) -> Value {
+    let caps = DEFAULT_CAPABILITIES;
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    ];
+    for m in &spec.mounts {
+        let mut options = vec!["rbind", "rprivate"];
+        if m.read_only {
+            options.push("ro");
+        }
+        mounts.push(json!({
+            "destination": m.destination, "type": "bind", "source": m.source, "options": options,
+        }));
+    }
+
+    let r = &spec.resources;
+    let mut resources = json!({
+        // Containers may only create the usual character devices (as runc's defaults).
+        "devices": [{"allow": false, "access": "rwm"}],
+    });
+    let mut cpu = serde_json::Map::new();
+    if let Some(shares) = r.cpu_shares {
+        cpu.insert("shares".into(), json!(shares));
+    }
+    if let Some(quota) = r.cpu_quota_us {
+        cpu.insert("quota".into(), json!(quota));
+    }
+    if let Some(period) = r.cpu_period_us {
+        cpu.insert("period".into(), json!(period));
+    }
+    if !cpu.is_empty() {
+        resources["cpu"] = Value::Object(cpu);
+    }
+    if let Some(limit) = r.memory_limit_bytes {
+        // Swap equal to the limit: no swap on top of it, so the OOM killer acts at the limit.
+        resources["memory"] = json!({"limit": limit, "swap": limit});
+    }
+    if let Some(pids) = r.pids_limit {
+        resources["pids"] = json!({"limit": pids});
+    }
+    let devices = [
+        ("c", 1, 3, "/dev/null"),
+        ("c", 1, 5, "/dev/zero"),
+        ("c", 1, 7, "/dev/full"),
+        ("c", 1, 8, "/dev/random"),
+        ("c", 1, 9, "/dev/urandom"),
+        ("c", 5, 0, "/dev/tty"),
+        ("c", 5, 2, "/dev/ptmx"),
+        ("c", 136, -1, "/dev/pts"),
+    ];
+    let allowed: Vec<Value> = devices
+        .iter()
+        .map(|(kind, major, minor, _)| {
+            let minor = if *minor < 0 {
+                Value::Null
+            } else {
+                json!(minor)
+            };
+            json!({"allow": true, "type": kind, "major": major, "minor": minor, "access": "rwm"})
+        })
+        .collect();
+    resources["devices"]
+        .as_array_mut()
+        .expect("devices is an array")
+        .extend(allowed);
+
+    let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
+    let mut config = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": spec.uid, "gid": spec.gid},
+            "args": spec.args,
+            "env": spec.effective_env(),
+            "cwd": cwd,
+            "capabilities": {
+                "bounding": caps, "effective": caps, "permitted": caps,
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}],
+            "noNewPrivileges": false,
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [
+                {"type": "pid"},
+                {"type": "mount"},
+                {"type": "network", "path": spec.namespaces.net},
+                {"type": "uts", "path": spec.namespaces.uts},
+                {"type": "ipc", "path": spec.namespaces.ipc},
+            ],
+            "cgroupsPath": cgroups_path,
+            "resources": resources,
+            "maskedPaths": MASKED,
+            "readonlyPaths": READONLY,
+        },
+    });
+    if !spec.hostname.is_empty() {
+        config["hostname"] = json!(spec.hostname);
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Mount, Resources, SandboxNamespaces};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn config_parses_as_an_oci_spec_with_limits_and_joined_namespaces() {
+        let spec = ContainerSpec {
+            id: "c".into(),
+            labels: BTreeMap::new(),
+            layers: vec!["/l".into()],
+            args: vec!["sh".into(), "-c".into(), "true".into()],
+            env: vec![],
+            cwd: String::new(),
+            uid: 1000,
+            gid: 1000,
+            hostname: "pod".into(),
+            namespaces: SandboxNamespaces {
+                net: "/run/s/net".into(),
+                uts: "/run/s/uts".into(),
+                ipc: "/run/s/ipc".into(),
+            },
+            mounts: vec![Mount {
+                source: "/data".into(),
+                destination: "/mnt".into(),
+                read_only: true,
+            }],
+            resources: Resources {
+                cpu_shares: Some(512),
+                cpu_quota_us: Some(50_000),
+                cpu_period_us: Some(100_000),
+                memory_limit_bytes: Some(32 << 20),
+                pids_limit: Some(100),
+            },
+            log_path: "/l.log".into(),
+            log_max_bytes: 1 << 20,
+            log_max_files: 1,
+        };
+        let json = config(&spec, "/apiary/c");
+        let parsed: oci_spec::runtime::Spec = serde_json::from_value(json).unwrap();
+        let linux = parsed.linux().as_ref().unwrap();
+        let res = linux.resources().as_ref().unwrap();
+        assert_eq!(res.memory().as_ref().unwrap().limit(), Some(32 << 20));
+        assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(50_000));
+        assert_eq!(res.pids().as_ref().unwrap().limit(), 100);
+        let net = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+            .unwrap();
+        assert_eq!(
+            net.path().as_deref(),
+            Some(std::path::Path::new("/run/s/net"))
+        );
+        let process = parsed.process().as_ref().unwrap();
+        assert_eq!(process.cwd(), std::path::Path::new("/"));
+        assert_eq!(process.user().uid(), 1000);
+        assert!(
+            process
+                .env()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|e| e.starts_with("PATH="))
+        );
+        let bind = parsed
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == std::path::Path::new("/mnt"))
+            .unwrap();
+        assert!(bind.options().as_ref().unwrap().iter().any(|o| o == "ro"));
+    }
+}
