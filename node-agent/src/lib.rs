@@ -4,6 +4,8 @@
 //! - [`dataplane`]: loads the BPF programs from `ebpf/`, attaches them to pod veths and wraps each
 //!   map in a typed struct.
 //! - [`netns`]: runs work inside another network namespace.
+//! - [`network`]: pod networking — IPAM, veth plumbing over rtnetlink, routes to other nodes.
 
 pub mod dataplane;
 pub mod netns;
+pub mod network;
