@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use apiary_node_agent::dataplane::Dataplane;
 use apiary_node_agent::network::{
     Ipv4Net, NetworkConfig, PodInterface, PodNetwork, PodRequest, RemoteNode,
 };
@@ -125,10 +126,20 @@ fn udp_round_trip(
     b_netns: &str,
     b_ip: Ipv4Addr,
 ) -> anyhow::Result<()> {
+    udp_round_trip_within(a_netns, a_ip, b_netns, b_ip, TIMEOUT)
+}
+
+fn udp_round_trip_within(
+    a_netns: &str,
+    a_ip: Ipv4Addr,
+    b_netns: &str,
+    b_ip: Ipv4Addr,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let a: UdpSocket = lab::udp_socket(a_netns, SocketAddrV4::new(a_ip, 0))?;
     let b: UdpSocket = lab::udp_socket(b_netns, SocketAddrV4::new(b_ip, 0))?;
-    a.set_read_timeout(Some(TIMEOUT))?;
-    b.set_read_timeout(Some(TIMEOUT))?;
+    a.set_read_timeout(Some(timeout))?;
+    b.set_read_timeout(Some(timeout))?;
     let mut buf = [0u8; 64];
     a.send_to(b"ping", b.local_addr()?)?;
     let (n, from) = b.recv_from(&mut buf)?;
@@ -176,6 +187,30 @@ async fn pods_talk_on_one_node_and_across_nodes_with_ip_forward_off() {
         traffic.from_pod_packets >= 6 && traffic.to_pod_packets >= 6,
         "{traffic:?}"
     );
+
+    // Control: without b1's endpoint entry its traffic falls to the host stack, which does not
+    // forward; a repeated setup repairs the entry.
+    let dp = Dataplane::load(&cluster.lab.pin_dir(&cluster.nodes[0].netns)).unwrap();
+    assert!(dp.endpoints().unwrap().remove(b1.iface.ip).unwrap());
+    let blocked = udp_round_trip_within(
+        &a1.netns,
+        a1.iface.ip,
+        &b1.netns,
+        b1.iface.ip,
+        Duration::from_millis(500),
+    );
+    assert!(
+        blocked.is_err(),
+        "the host stack must not forward between pods"
+    );
+    let request = PodRequest {
+        uid: b1.uid.clone(),
+        namespace: "default".into(),
+        name: "b1".into(),
+        netns: Path::new("/run/netns").join(&b1.netns),
+    };
+    assert_eq!(net.setup(&request).await.unwrap(), b1.iface);
+    both_ways(&a1, &b1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -242,6 +242,27 @@ mod tests {
     }
 
     #[test]
+    fn fifty_pods_across_reopens_get_distinct_stable_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipam.redb");
+        let mut first = Vec::new();
+        for round in 0..5 {
+            // Every round is a new agent: reopen, re-ask for the old pods, add ten new ones.
+            let ipam = Ipam::open(&path, cidr("10.9.2.0/24")).unwrap();
+            for (i, ip) in first.iter().enumerate() {
+                assert_eq!(ipam.allocate(&format!("pod-{i}")).unwrap(), *ip);
+            }
+            for i in round * 10..round * 10 + 10 {
+                first.push(ipam.allocate(&format!("pod-{i}")).unwrap());
+            }
+        }
+        let distinct: HashSet<_> = first.iter().collect();
+        assert_eq!(distinct.len(), 50, "{first:?}");
+        let ipam = Ipam::open(&path, cidr("10.9.2.0/24")).unwrap();
+        assert_eq!(ipam.leases().unwrap().len(), 50);
+    }
+
+    #[test]
     fn bad_input_names_the_field() {
         let dir = tempfile::tempdir().unwrap();
         let err = Ipam::open(&dir.path().join("x.redb"), cidr("10.9.0.0/31")).unwrap_err();
