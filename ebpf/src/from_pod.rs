@@ -1,8 +1,16 @@
 //! TC ingress on a pod's host-side veth: everything the pod sends passes here first.
+//!
+//! To a pod on this node: straight into its namespace (`bpf_redirect_peer`). To another node's pod
+//! CIDR or to another node: out of the underlay with that node as next hop (`bpf_redirect_neigh`).
+//! Anything else (this node's own addresses) goes up the host stack. Neither path needs
+//! `ip_forward` on the node.
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 
-use crate::maps::{Direction, count_pod_traffic};
+use crate::{
+    forward::{PASS, ipv4_destination, to_local_pod, to_remote_node},
+    maps::{Direction, count_pod_traffic},
+};
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
@@ -13,5 +21,11 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 
 fn try_from_pod(ctx: &TcContext) -> Result<i32, i32> {
     count_pod_traffic(ctx, Direction::FromPod);
-    Ok(TC_ACT_OK)
+    let Some(dst) = ipv4_destination(ctx) else {
+        return Ok(PASS);
+    };
+    if let Some(verdict) = to_local_pod(ctx, &dst) {
+        return Ok(verdict);
+    }
+    Ok(to_remote_node(&dst).unwrap_or(PASS))
 }

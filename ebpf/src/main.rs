@@ -5,6 +5,8 @@
 #![no_std]
 #![no_main]
 
+mod forward;
+mod from_netdev;
 mod from_pod;
 mod maps;
 mod to_pod;

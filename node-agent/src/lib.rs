@@ -4,9 +4,11 @@
 //! - [`dataplane`]: loads the BPF programs from `ebpf/`, attaches them to pod veths and wraps each
 //!   map in a typed struct.
 //! - [`netns`]: runs work inside another network namespace.
+//! - [`network`]: pod networking — IPAM, veth plumbing over rtnetlink, routes to other nodes.
 
 pub mod agent;
 pub mod api_client;
 pub mod dataplane;
 pub mod kubeconfig;
 pub mod netns;
+pub mod network;

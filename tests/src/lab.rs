@@ -6,6 +6,10 @@
 //! - node *k*'s pods: `10.123.k.0/24`, the node's pod bridge `pods0` at `10.123.k.1`, its *j*-th
 //!   pod at `10.123.k.(j+1)`, whose `eth0` pairs with `lxcNNNN` on the node.
 //!
+//! - *bare* nodes ([`Lab::add_bare_node`]) have no pod bridge: their pods are wired by the agent's
+//!   `PodNetwork`, from the pod CIDR `10.123.(128+k).0/24`, into empty namespaces made with
+//!   [`Lab::add_pod_netns`].
+//!
 //! No lab namespace has a route beyond the lab: the underlay namespace has no uplink, and no
 //! namespace gets a default route. Names are unique per lab (`ap<pid>x<n>-…`); dropping the [`Lab`]
 //! deletes every namespace and pinned map it made, also while unwinding from a panic, and a new lab
@@ -49,7 +53,16 @@ pub struct Node {
     pub underlay_ip: Ipv4Addr,
     /// The node's pod bridge address, the first of its pod CIDR.
     pub pod_gateway: Ipv4Addr,
+    /// The node's pod CIDR (address, prefix length).
+    pub pod_cidr: (Ipv4Addr, u8),
     pods: u8,
+}
+
+impl Node {
+    /// The node's network namespace as a path, as `PodNetwork` takes it.
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.netns)
+    }
 }
 
 /// A namespace acting as a pod, wired to its node by a veth pair.
@@ -111,6 +124,63 @@ impl Lab {
 
     /// Adds a node: its `eth0` on the underlay, and an empty pod bridge.
     pub fn add_node(&mut self) -> anyhow::Result<Node> {
+        let node = self.add_underlay_node()?;
+        ip(&["-n", &node.netns, "link", "add", "pods0", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            &node.netns,
+            "addr",
+            "add",
+            &format!("{}/24", node.pod_gateway),
+            "dev",
+            "pods0",
+        ])?;
+        ip(&["-n", &node.netns, "link", "set", "pods0", "up"])?;
+        Ok(node)
+    }
+
+    /// Adds a node without a pod bridge, for the agent's `PodNetwork` to wire its pods: `eth0` on
+    /// the underlay with `mtu`, pod CIDR `10.123.(128+k).0/24`, and `net.ipv4.ip_forward=0`
+    /// (so that pod traffic that crosses the node does so in BPF or not at all).
+    pub fn add_bare_node(&mut self, mtu: u32) -> anyhow::Result<Node> {
+        let mut node = self.add_underlay_node()?;
+        if node.index > 127 {
+            bail!("a lab holds at most 127 bare nodes");
+        }
+        let third = 128 + node.index;
+        node.pod_cidr = (Ipv4Addr::new(10, 123, third, 0), 24);
+        node.pod_gateway = Ipv4Addr::new(10, 123, third, 1);
+        ip(&[
+            "-n",
+            &node.netns,
+            "link",
+            "set",
+            "eth0",
+            "mtu",
+            &mtu.to_string(),
+        ])?;
+        let ul = self.underlay()?;
+        let port = format!("n{}", node.index);
+        ip(&["-n", &ul, "link", "set", &port, "mtu", &mtu.to_string()])?;
+        sysctl(&node.netns, "net.ipv4.ip_forward", "0")?;
+        Ok(node)
+    }
+
+    /// An empty namespace for a pod (as the container runtime would make it), removed with the
+    /// lab; returns its name.
+    pub fn add_pod_netns(&mut self, name: &str) -> anyhow::Result<String> {
+        self.add_netns(&format!("pod-{name}"))
+    }
+
+    /// A directory for state files (e.g. the IPAM database), removed with the lab.
+    pub fn state_dir(&self, name: &str) -> PathBuf {
+        std::env::temp_dir()
+            .join("apiary-lab")
+            .join(&self.prefix)
+            .join(name)
+    }
+
+    fn add_underlay_node(&mut self) -> anyhow::Result<Node> {
         let ul = self.underlay()?;
         if self.nodes == 250 {
             bail!("a lab holds at most 250 nodes");
@@ -136,22 +206,12 @@ impl Lab {
             "eth0",
         ])?;
         ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &netns, "link", "add", "pods0", "type", "bridge"])?;
-        ip(&[
-            "-n",
-            &netns,
-            "addr",
-            "add",
-            &format!("{pod_gateway}/24"),
-            "dev",
-            "pods0",
-        ])?;
-        ip(&["-n", &netns, "link", "set", "pods0", "up"])?;
         Ok(Node {
             netns,
             index,
             underlay_ip,
             pod_gateway,
+            pod_cidr: (Ipv4Addr::new(10, 123, index, 0), 24),
             pods: 0,
         })
     }
@@ -249,6 +309,12 @@ impl Drop for Lab {
                 eprintln!("lab teardown: {e:#}");
             }
         }
+        let state = std::env::temp_dir().join("apiary-lab").join(&self.prefix);
+        if let Err(e) = std::fs::remove_dir_all(&state)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("lab teardown: removing {}: {e}", state.display());
+        }
         let pins = Path::new(LAB_BPFFS).join(&self.prefix);
         if let Err(e) = std::fs::remove_dir_all(&pins)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -293,6 +359,14 @@ pub fn ip(args: &[&str]) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Reads a sysctl inside `netns`, e.g. `net.ipv4.ip_forward`.
+pub fn read_sysctl(netns: &str, key: &str) -> anyhow::Result<String> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let value = run_in(netns, || std::fs::read_to_string(&path))?
+        .with_context(|| format!("reading {path} in {netns}"))?;
+    Ok(value.trim().to_owned())
 }
 
 fn sysctl(netns: &str, key: &str, value: &str) -> anyhow::Result<()> {

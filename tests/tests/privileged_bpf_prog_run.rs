@@ -5,13 +5,14 @@
 
 use std::net::Ipv4Addr;
 
-use apiary_ebpf_common::PodTraffic;
-use apiary_node_agent::dataplane::{Dataplane, PodProgram};
+use apiary_ebpf_common::{Endpoint, NodeConfig, PodTraffic};
+use apiary_node_agent::dataplane::{Dataplane, FROM_NETDEV, PodProgram};
 use apiary_tests::{lab::Lab, packets::udp_frame, require_privileges};
 use aya::programs::{TestRun as _, TestRunOptions};
 
 const LOOPBACK_IFINDEX: u32 = 1;
 const TC_ACT_OK: u32 = 0;
+const FROM_POD: &str = "from_pod";
 
 fn run(dp: &Dataplane, program: PodProgram, frame: &[u8], repeat: u32) -> u32 {
     let opts = TestRunOptions {
@@ -95,4 +96,162 @@ fn interfaces_the_agent_did_not_register_are_passed_but_not_counted() {
     let traffic = dp.pod_traffic().unwrap();
     assert_eq!(traffic.get(LOOPBACK_IFINDEX).unwrap(), None);
     assert!(traffic.all().unwrap().is_empty(), "nothing may be inserted");
+}
+
+// Forwarding decisions: what `from_pod` and `from_netdev` do with a frame, given the maps.
+
+const TC_ACT_REDIRECT: u32 = 7;
+const POD_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x01];
+const HOST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x01];
+/// Any ifindex will do: `BPF_PROG_RUN` only records the redirect target.
+const DEST_IFINDEX: u32 = 42;
+
+struct Decision {
+    verdict: u32,
+    frame: Vec<u8>,
+}
+
+fn decide(dp: &Dataplane, program: &'static str, frame: &[u8]) -> Decision {
+    let mut out = vec![0u8; frame.len()];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat: 1,
+        ..Default::default()
+    };
+    let result = dp.program_named(program).unwrap().test_run(opts).unwrap();
+    out.truncate(result.data_size_out as usize);
+    Decision {
+        verdict: result.return_value,
+        frame: out,
+    }
+}
+
+/// A data plane with one local pod (10.123.129.3 behind ifindex 42) and one remote node owning
+/// 10.123.130.0/24 at 10.123.0.2, underlay ifindex 7.
+fn forwarding_dataplane(lab: &Lab) -> Dataplane {
+    let dp = Dataplane::load(&lab.pin_dir("dp")).unwrap();
+    dp.endpoints()
+        .unwrap()
+        .upsert(
+            Ipv4Addr::new(10, 123, 129, 3),
+            Endpoint {
+                host_ifindex: DEST_IFINDEX,
+                flags: 0,
+                pod_mac: POD_MAC,
+                host_mac: HOST_MAC,
+            },
+        )
+        .unwrap();
+    dp.pod_traffic().unwrap().register(DEST_IFINDEX).unwrap();
+    let mut remote = dp.remote_nodes().unwrap();
+    remote
+        .upsert(
+            "10.123.130.0/24".parse().unwrap(),
+            Ipv4Addr::new(10, 123, 0, 2),
+        )
+        .unwrap();
+    dp.node_config()
+        .unwrap()
+        .set(NodeConfig {
+            underlay_ifindex: 7,
+            flags: 0,
+        })
+        .unwrap();
+    dp
+}
+
+fn to(dst: Ipv4Addr) -> Vec<u8> {
+    udp_frame(Ipv4Addr::new(10, 123, 129, 2), dst, 40000, 53, 20)
+}
+
+#[test]
+fn from_pod_redirects_to_a_local_pod_with_its_macs_and_counts_it_for_the_receiver() {
+    require_privileges!();
+    let lab = Lab::new().unwrap();
+    let dp = forwarding_dataplane(&lab);
+    let frame = to(Ipv4Addr::new(10, 123, 129, 3));
+    let decision = decide(&dp, FROM_POD, &frame);
+    assert_eq!(decision.verdict, TC_ACT_REDIRECT);
+    assert_eq!(decision.frame[..6], POD_MAC, "destination MAC: the pod's");
+    assert_eq!(
+        decision.frame[6..12],
+        HOST_MAC,
+        "source MAC: its host veth's"
+    );
+    assert_eq!(
+        decision.frame[12..],
+        frame[12..],
+        "the packet itself is untouched"
+    );
+    let counted = dp
+        .pod_traffic()
+        .unwrap()
+        .get(DEST_IFINDEX)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (counted.to_pod_packets, counted.to_pod_bytes),
+        (1, frame.len() as u64)
+    );
+}
+
+#[test]
+fn from_pod_sends_other_nodes_pods_and_nodes_to_the_underlay_unchanged() {
+    require_privileges!();
+    let lab = Lab::new().unwrap();
+    let dp = forwarding_dataplane(&lab);
+    let frame = to(Ipv4Addr::new(10, 123, 130, 9));
+    let decision = decide(&dp, FROM_POD, &frame);
+    assert_eq!(decision.verdict, TC_ACT_REDIRECT);
+    // bpf_redirect_neigh fills in the Ethernet header on the way out, not the program.
+    assert_eq!(decision.frame, frame);
+    assert!(
+        dp.pod_traffic()
+            .unwrap()
+            .get(DEST_IFINDEX)
+            .unwrap()
+            .unwrap()
+            .to_pod_packets
+            == 0
+    );
+
+    // Without an underlay configured there is nowhere to send it: the host stack decides.
+    dp.node_config()
+        .unwrap()
+        .set(NodeConfig::default())
+        .unwrap();
+    assert_eq!(decide(&dp, FROM_POD, &frame).verdict, TC_ACT_OK);
+}
+
+#[test]
+fn from_pod_leaves_the_node_s_own_traffic_and_non_ipv4_to_the_host_stack() {
+    require_privileges!();
+    let lab = Lab::new().unwrap();
+    let dp = forwarding_dataplane(&lab);
+    for dst in [
+        Ipv4Addr::new(10, 123, 0, 1),
+        Ipv4Addr::new(10, 123, 129, 99),
+    ] {
+        let frame = to(dst);
+        let decision = decide(&dp, FROM_POD, &frame);
+        assert_eq!(decision.verdict, TC_ACT_OK, "{dst}");
+        assert_eq!(decision.frame, frame, "{dst}");
+    }
+    let mut arp = to(Ipv4Addr::new(10, 123, 129, 3));
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert_eq!(decide(&dp, FROM_POD, &arp).verdict, TC_ACT_OK);
+}
+
+#[test]
+fn from_netdev_delivers_to_local_pods_only() {
+    require_privileges!();
+    let lab = Lab::new().unwrap();
+    let dp = forwarding_dataplane(&lab);
+    let local = decide(&dp, FROM_NETDEV, &to(Ipv4Addr::new(10, 123, 129, 3)));
+    assert_eq!(local.verdict, TC_ACT_REDIRECT);
+    assert_eq!(local.frame[..6], POD_MAC);
+    // Never bounced back out: the underlay only delivers, it does not route between nodes.
+    let remote = decide(&dp, FROM_NETDEV, &to(Ipv4Addr::new(10, 123, 130, 9)));
+    assert_eq!(remote.verdict, TC_ACT_OK);
 }

@@ -7,7 +7,10 @@
 //! any version) shows them.
 
 pub mod bpffs;
+pub mod endpoints;
+pub mod node_config;
 pub mod pod_traffic;
+pub mod remote_nodes;
 
 use std::{
     ffi::CString,
@@ -19,11 +22,23 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{
         ProgramError, SchedClassifier, TcAttachType,
-        tc::{self, NlOptions, TcAttachOptions, TcError},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
     },
 };
 
+pub use endpoints::EndpointMap;
+pub use node_config::NodeConfigMap;
 pub use pod_traffic::PodTrafficMap;
+pub use remote_nodes::RemoteNodeMap;
+
+/// The program on the node's underlay device (TC ingress): delivers packets from other nodes
+/// straight into local pods.
+pub const FROM_NETDEV: &str = "from_netdev";
+
+/// Every filter the agent installs sits at this priority and handle, so that a restarted agent
+/// replaces its predecessor's program in one netlink request (no window without a filter).
+const FILTER_PRIORITY: u16 = 1;
+const FILTER_HANDLE: TcHandle = TcHandle::new(0, 1);
 
 /// The BPF object built from `ebpf/` by this crate's build script.
 pub static EBPF_OBJECT: &[u8] =
@@ -124,13 +139,14 @@ impl Dataplane {
             .default_map_pin_directory(pin_dir)
             .load(EBPF_OBJECT)
             .map_err(Error::Load)?;
-        for program in PodProgram::ALL {
-            classifier_mut(&mut ebpf, program)?
+        for name in PodProgram::ALL
+            .map(PodProgram::name)
+            .into_iter()
+            .chain([FROM_NETDEV])
+        {
+            classifier_by_name(&mut ebpf, name)?
                 .load()
-                .map_err(|source| Error::Program {
-                    name: program.name(),
-                    source,
-                })?;
+                .map_err(|source| Error::Program { name, source })?;
         }
         Ok(Self {
             ebpf,
@@ -144,14 +160,38 @@ impl Dataplane {
 
     /// A loaded program, e.g. to run it on a crafted packet with `BPF_PROG_RUN`.
     pub fn program(&self, program: PodProgram) -> Result<&SchedClassifier> {
+        self.program_named(program.name())
+    }
+
+    /// A loaded program by name: a [`PodProgram`]'s name or [`FROM_NETDEV`].
+    pub fn program_named(&self, name: &'static str) -> Result<&SchedClassifier> {
         self.ebpf
-            .program(program.name())
-            .ok_or(Error::MissingProgram(program.name()))?
+            .program(name)
+            .ok_or(Error::MissingProgram(name))?
             .try_into()
-            .map_err(|source| Error::Program {
-                name: program.name(),
-                source,
-            })
+            .map_err(|source| Error::Program { name, source })
+    }
+
+    /// The local pod endpoints.
+    pub fn endpoints(&self) -> Result<EndpointMap> {
+        EndpointMap::open(&self.pin_dir)
+    }
+
+    /// Other nodes' pod CIDRs.
+    pub fn remote_nodes(&self) -> Result<RemoteNodeMap> {
+        RemoteNodeMap::open(&self.pin_dir)
+    }
+
+    /// This node's settings.
+    pub fn node_config(&self) -> Result<NodeConfigMap> {
+        NodeConfigMap::open(&self.pin_dir)
+    }
+
+    /// Attaches [`FROM_NETDEV`] to the TC ingress of the underlay device `iface` (calling thread's
+    /// network namespace), replacing a previous agent's instance atomically; returns the program id.
+    pub fn attach_underlay(&mut self, iface: &str) -> Result<u32> {
+        ensure_clsact(iface)?;
+        attach_filter(&mut self.ebpf, FROM_NETDEV, iface, TcAttachType::Ingress)
     }
 
     /// The per-pod traffic counters.
@@ -164,34 +204,12 @@ impl Dataplane {
     /// the counters.
     pub fn attach_pod(&mut self, iface: &str) -> Result<PodAttachment> {
         let ifindex = ifindex(iface)?;
-        let tc_err = |source| Error::Tc {
-            iface: iface.to_owned(),
-            source,
-        };
-        match tc::qdisc_add_clsact(iface) {
-            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            other => other.map_err(tc_err)?,
-        }
+        ensure_clsact(iface)?;
         // Register before attaching so the very first packet is counted.
         self.pod_traffic()?.register(ifindex)?;
         let mut programs = Vec::with_capacity(PodProgram::ALL.len());
         for program in PodProgram::ALL {
-            detach_filter(iface, program).map_err(tc_err)?;
-            let classifier = classifier_mut(&mut self.ebpf, program)?;
-            let program_err = |source| Error::Program {
-                name: program.name(),
-                source,
-            };
-            let link_id = classifier
-                .attach_with_options(
-                    iface,
-                    program.attach_type(),
-                    TcAttachOptions::Netlink(NlOptions::default()),
-                )
-                .map_err(program_err)?;
-            // Dropping the link would detach the filter; the filter must outlive this process.
-            std::mem::forget(classifier.take_link(link_id).map_err(program_err)?);
-            let id = classifier.info().map_err(program_err)?.id();
+            let id = attach_filter(&mut self.ebpf, program.name(), iface, program.attach_type())?;
             programs.push((program, id));
         }
         Ok(PodAttachment {
@@ -280,14 +298,82 @@ impl fmt::Display for PodAttachment {
     }
 }
 
-fn classifier_mut(ebpf: &mut Ebpf, program: PodProgram) -> Result<&mut SchedClassifier> {
-    ebpf.program_mut(program.name())
-        .ok_or(Error::MissingProgram(program.name()))?
+fn classifier_by_name<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or(Error::MissingProgram(name))?
         .try_into()
-        .map_err(|source| Error::Program {
-            name: program.name(),
+        .map_err(|source| Error::Program { name, source })
+}
+
+/// Adds the `clsact` qdisc to `iface` unless it has one.
+fn ensure_clsact(iface: &str) -> Result<()> {
+    match tc::qdisc_add_clsact(iface) {
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        other => other.map_err(|source| Error::Tc {
+            iface: iface.to_owned(),
             source,
-        })
+        }),
+    }
+}
+
+/// Attaches program `name` to `iface` at the agent's fixed priority and handle. When a filter sits
+/// there already (a previous agent's, or this one's), its program is replaced in place: traffic
+/// never meets the hook empty. Returns the kernel program id.
+fn attach_filter(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    iface: &str,
+    attach_type: TcAttachType,
+) -> Result<u32> {
+    let classifier = classifier_by_name(ebpf, name)?;
+    let program_err = |source| Error::Program { name, source };
+    let options = NlOptions {
+        priority: FILTER_PRIORITY,
+        handle: FILTER_HANDLE,
+        ..NlOptions::default()
+    };
+    let link_id =
+        match classifier.attach_with_options(iface, attach_type, TcAttachOptions::Netlink(options))
+        {
+            Ok(link_id) => link_id,
+            Err(ProgramError::TcError(TcError::NetlinkError(e)))
+                if e.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                let existing = SchedClassifierLink::attached(
+                    iface,
+                    attach_type,
+                    FILTER_PRIORITY,
+                    FILTER_HANDLE,
+                    None,
+                )
+                .map_err(|source| Error::Tc {
+                    iface: iface.to_owned(),
+                    source: TcError::IoError(source),
+                })?;
+                classifier.attach_to_link(existing).map_err(program_err)?
+            }
+            Err(e) => return Err(program_err(e)),
+        };
+    // Dropping the link would detach the filter; the filter must outlive this process.
+    std::mem::forget(classifier.take_link(link_id).map_err(program_err)?);
+    Ok(classifier.info().map_err(program_err)?.id())
+}
+
+/// Detaches [`FROM_NETDEV`] from the underlay device `iface` (calling thread's namespace); returns
+/// whether it was attached.
+pub fn detach_underlay(iface: &str) -> Result<bool> {
+    match tc::qdisc_detach_program(iface, TcAttachType::Ingress, FROM_NETDEV) {
+        Ok(()) => Ok(true),
+        Err(TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(source) => Err(Error::Tc {
+            iface: iface.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Detaches `program`'s filters from `iface`; `Ok(false)` when none was attached.

@@ -1,0 +1,21 @@
+//! TC ingress on the node's underlay device: packets from other nodes for a pod of this node go
+//! straight into the pod's namespace (`bpf_redirect_peer`); everything else, the node's own
+//! traffic included, goes up the host stack untouched.
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+use crate::forward::{PASS, ipv4_destination, to_local_pod};
+
+#[classifier]
+pub fn from_netdev(ctx: TcContext) -> i32 {
+    match try_from_netdev(&ctx) {
+        Ok(verdict) | Err(verdict) => verdict,
+    }
+}
+
+fn try_from_netdev(ctx: &TcContext) -> Result<i32, i32> {
+    let Some(dst) = ipv4_destination(ctx) else {
+        return Ok(PASS);
+    };
+    Ok(to_local_pod(ctx, &dst).unwrap_or(PASS))
+}
