@@ -4,6 +4,8 @@
 //! - [`dataplane`]: loads the BPF programs from `ebpf/`, attaches them to pod veths and wraps each
 //!   map in a typed struct.
 //! - [`netns`]: runs work inside another network namespace.
+//! - [`server`]: the kubelet-style HTTPS server behind `kubectl logs` and `kubectl exec`.
 
 pub mod dataplane;
 pub mod netns;
+pub mod server;
