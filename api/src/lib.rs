@@ -8,6 +8,7 @@
 //!   [`networking_v1`], [`discovery_v1`], [`coordination_v1`], [`autoscaling_v1`].
 //! - Shared value types: [`selector`] (label and field selectors), [`intstr`], [`quantity`].
 //! - [`resource`]: the registry of served resources and the discovery documents.
+//! - [`remotecommand`]: the channels and exit statuses of `kubectl exec` over WebSocket.
 //! - [`validation`]: per-kind checks with Kubernetes' messages; [`status`]: error bodies.
 
 pub mod apps_v1;
@@ -20,6 +21,7 @@ pub mod intstr;
 pub mod meta;
 pub mod networking_v1;
 pub mod quantity;
+pub mod remotecommand;
 pub mod resource;
 pub mod selector;
 pub mod status;

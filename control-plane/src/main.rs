@@ -83,6 +83,8 @@ async fn main() -> anyhow::Result<()> {
     ));
     let mut api = Api::new(store);
     api.pod_network = cli.cluster_cidr;
+    // Node agents accept the cluster token: the one the API server gives its admin.
+    api.agent_token = Some(pki.admin_token.clone());
     let api = Arc::new(api);
     // The leader lease lives in kube-system: create it first.
     apiserver::bootstrap(&api)

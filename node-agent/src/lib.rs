@@ -5,6 +5,7 @@
 //!   map in a typed struct.
 //! - [`netns`]: runs work inside another network namespace.
 //! - [`network`]: pod networking — IPAM, veth plumbing over rtnetlink, routes to other nodes.
+//! - [`server`]: the kubelet-style HTTPS server behind `kubectl logs` and `kubectl exec`.
 
 pub mod agent;
 pub mod api_client;
@@ -12,3 +13,4 @@ pub mod dataplane;
 pub mod kubeconfig;
 pub mod netns;
 pub mod network;
+pub mod server;

@@ -14,6 +14,7 @@ pub mod selectors;
 pub mod serve;
 pub mod strategic;
 pub mod strategy;
+pub mod streams;
 pub mod tables;
 
 use std::{collections::HashMap, sync::Arc};
@@ -40,6 +41,9 @@ pub struct Api {
     pub strategy: Strategy,
     /// What node pod CIDRs are cut from.
     pub pod_network: crate::agents::PodNetwork,
+    /// The bearer token node agents accept (the cluster token), for proxying `pods/log` and
+    /// `pods/exec`; without it those fail with a 500.
+    pub agent_token: Option<String>,
 }
 
 impl std::fmt::Debug for Api {
@@ -57,6 +61,7 @@ impl Api {
             resources: Resources,
             strategy: Strategy,
             pod_network: crate::agents::PodNetwork::default(),
+            agent_token: None,
         }
     }
 }
@@ -102,6 +107,14 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
         .route("/api/v1", get(discovery::core_resources))
         .route("/apis/{group}/{version}", get(discovery::group_resources))
         .route("/apis/{group}", get(discovery::group))
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/log",
+            get(streams::logs),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/exec",
+            get(streams::exec).post(streams::exec),
+        )
         .route("/openapi/v2", get(discovery::openapi_v2))
         .route("/openapi/v3", get(discovery::openapi_v3))
         .route("/openapi/v3/{*path}", get(discovery::openapi_v3_group))

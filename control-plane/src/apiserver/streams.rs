@@ -1,0 +1,451 @@
+//! `pods/log` and `pods/exec`: validated here, then proxied to the node agent of the pod's node,
+//! the way kube-apiserver proxies to the kubelet.
+//!
+//! Logs stream through as a chunked body (so `kubectl logs -f` follows). Exec is an
+//! upgrade-aware proxy: the client's upgrade request (WebSocket, remotecommand v5/v4) goes to the
+//! agent with the same subprotocol, the agent's `101` comes back, and from then on bytes are
+//! copied both ways until either side closes; frames are the two ends' business.
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    extract::{Path, RawQuery, Request, State},
+    http::{self, HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse as _, Response},
+};
+use http_body_util::BodyExt as _;
+use hyper_util::rt::TokioIo;
+use rustls::{
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+use super::{Api, error::ApiError, objects};
+
+/// The kubelet's port, when a Node names none.
+const DEFAULT_AGENT_PORT: u16 = 10250;
+/// How long dialing an agent may take before the request fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of an agent's error body that is read.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// Headers of an upgrade that the agent must see as the client sent them.
+const UPGRADE_REQUEST_HEADERS: &[&str] = &[
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "x-stream-protocol-version",
+];
+/// Headers of the agent's `101` that the client must see.
+const UPGRADE_RESPONSE_HEADERS: &[&str] = &[
+    "upgrade",
+    "connection",
+    "sec-websocket-accept",
+    "sec-websocket-protocol",
+    "x-stream-protocol-version",
+];
+
+/// `GET /api/v1/namespaces/{namespace}/pods/{name}/log`
+pub async fn logs(
+    State(api): State<Arc<Api>>,
+    Path((namespace, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let result = async {
+        let target = locate(&api, &namespace, &name, &query).await?;
+        let path = format!("/containerLogs/{namespace}/{name}/{}", target.container);
+        let request = http::Request::get(target.uri(&path, &query))
+            .body(Body::empty())
+            .map_err(internal)?;
+        let response = target.send(&api, request).await?;
+        if !response.status().is_success() {
+            return Err(agent_error(response).await);
+        }
+        Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::new(response.into_body()))
+            .map_err(internal)?)
+    }
+    .await;
+    result.unwrap_or_else(|e| e.into_response())
+}
+
+/// `GET|POST /api/v1/namespaces/{namespace}/pods/{name}/exec`
+pub async fn exec(
+    State(api): State<Arc<Api>>,
+    Path((namespace, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    mut request: Request,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let result = async {
+        let target = locate(&api, &namespace, &name, &query).await?;
+        if !is_upgrade(request.headers()) {
+            return Err(ApiError::bad_request("Upgrade request required"));
+        }
+        let client_upgrade = hyper::upgrade::on(&mut request);
+        let path = format!("/exec/{namespace}/{name}/{}", target.container);
+        let mut upstream = http::Request::builder()
+            .method(request.method())
+            .uri(target.uri(&path, &query));
+        for name in UPGRADE_REQUEST_HEADERS {
+            for value in request.headers().get_all(*name) {
+                upstream = upstream.header(*name, value);
+            }
+        }
+        let upstream = upstream.body(Body::empty()).map_err(internal)?;
+        let mut response = target.send(&api, upstream).await?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(agent_error(response).await);
+        }
+        let agent_upgrade = hyper::upgrade::on(&mut response);
+        let mut reply = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+        for name in UPGRADE_RESPONSE_HEADERS {
+            for value in response.headers().get_all(*name) {
+                reply = reply.header(*name, value);
+            }
+        }
+        tokio::spawn(async move {
+            let (client, agent) = match tokio::try_join!(client_upgrade, agent_upgrade) {
+                Ok(both) => both,
+                Err(e) => {
+                    tracing::debug!(error = %e, "exec upgrade failed");
+                    return;
+                }
+            };
+            let (mut client, mut agent) = (TokioIo::new(client), TokioIo::new(agent));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut agent).await {
+                tracing::debug!(error = %e, "exec stream ended with an error");
+            }
+        });
+        reply.body(Body::empty()).map_err(internal)
+    }
+    .await;
+    result.unwrap_or_else(|e| e.into_response())
+}
+
+/// Where a pod's stream is served: the container and its node agent.
+#[derive(Debug)]
+struct AgentTarget {
+    container: String,
+    address: IpAddr,
+    port: u16,
+}
+
+impl AgentTarget {
+    /// `path` on the agent, with the client's query minus what only the API server reads.
+    fn uri(&self, path: &str, query: &str) -> String {
+        let mut forwarded = form_urlencoded::Serializer::new(String::new());
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            if key != "container" {
+                forwarded.append_pair(&key, &value);
+            }
+        }
+        let forwarded = forwarded.finish();
+        let host = match self.address {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        let separator = if forwarded.is_empty() { "" } else { "?" };
+        format!("https://{host}:{}{path}{separator}{forwarded}", self.port)
+    }
+
+    /// Sends `request` to the agent over a connection of its own (upgrades keep it), with the
+    /// cluster token. A failure to reach the agent is a 500 naming the agent and the reason.
+    async fn send(
+        &self,
+        api: &Api,
+        mut request: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
+        let what = format!("{} \"{}\"", request.method(), request.uri());
+        let fail = |reason: String| ApiError::internal(format!("{what}: {reason}"));
+        let token = api
+            .agent_token
+            .as_deref()
+            .ok_or_else(|| fail("the API server has no credentials for node agents".into()))?;
+        let headers = request.headers_mut();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).map_err(internal)?,
+        );
+        let host = format!("{}:{}", self.address, self.port);
+        headers.insert(
+            header::HOST,
+            HeaderValue::from_str(&host).map_err(internal)?,
+        );
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect((self.address, self.port)),
+        )
+        .await
+        .map_err(|_| fail(format!("dial tcp {host}: i/o timeout")))?
+        .map_err(|e| fail(format!("dial tcp {host}: connect: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(agent_tls())
+            .connect(ServerName::IpAddress(self.address.into()), tcp)
+            .await
+            .map_err(|e| fail(format!("TLS handshake with {host}: {e}")))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "agent connection ended with an error");
+            }
+        });
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// Validates the request against the pod and finds its node agent, with Kubernetes' messages.
+async fn locate(
+    api: &Api,
+    namespace: &str,
+    name: &str,
+    query: &str,
+) -> Result<AgentTarget, ApiError> {
+    let pods = api
+        .resources
+        .get("", "v1", "pods")
+        .expect("pods are served");
+    let pod = objects::get(api, pods, Some(namespace), name).await?;
+    let requested = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "container")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty());
+    let container = container(&pod, name, requested)?;
+    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+    if node_name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    }
+    let nodes = api
+        .resources
+        .get("", "v1", "nodes")
+        .expect("nodes are served");
+    let node = objects::get(api, nodes, None, node_name).await?;
+    let (address, port) = agent_endpoint(&node).ok_or_else(|| {
+        ApiError::internal(format!(
+            "node {node_name} has no InternalIP address to reach its agent at"
+        ))
+    })?;
+    Ok(AgentTarget {
+        container,
+        address,
+        port,
+    })
+}
+
+/// The container a request is for: the named one (which must exist), or the only one.
+fn container(pod: &Value, pod_name: &str, requested: Option<String>) -> Result<String, ApiError> {
+    let names = |field: &str| -> Vec<String> {
+        pod["spec"][field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let (containers, init) = (names("containers"), names("initContainers"));
+    match requested {
+        Some(name) if containers.contains(&name) || init.contains(&name) => Ok(name),
+        Some(name) => Err(ApiError::bad_request(format!(
+            "container {name} is not valid for pod {pod_name}"
+        ))),
+        None if containers.len() == 1 => Ok(containers[0].clone()),
+        None => {
+            let mut message = format!(
+                "a container name must be specified for pod {pod_name}, choose one of: [{}]",
+                containers.join(" ")
+            );
+            if !init.is_empty() {
+                message.push_str(&format!(
+                    " or one of the init containers: [{}]",
+                    init.join(" ")
+                ));
+            }
+            Err(ApiError::bad_request(message))
+        }
+    }
+}
+
+/// The node's `InternalIP` and kubelet port.
+fn agent_endpoint(node: &Value) -> Option<(IpAddr, u16)> {
+    let address = node["status"]["addresses"]
+        .as_array()?
+        .iter()
+        .find(|a| a["type"] == "InternalIP")?["address"]
+        .as_str()?
+        .parse()
+        .ok()?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+        .unwrap_or(DEFAULT_AGENT_PORT);
+    Some((address, port))
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade && headers.contains_key(header::UPGRADE)
+}
+
+/// An agent's refusal, as a `Status` with the agent's code: its own `Status` when it sent one.
+async fn agent_error(response: http::Response<hyper::body::Incoming>) -> ApiError {
+    let code = response.status();
+    let body = http_body_util::Limited::new(response.into_body(), ERROR_BODY_LIMIT)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|status| status["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+    ApiError::from_agent(code, message)
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+/// Agents present self-signed certificates: like kube-apiserver without
+/// `--kubelet-certificate-authority`, the API server does not verify them. The agent
+/// authenticates the API server by the cluster token; the channel is still encrypted.
+fn agent_tls() -> Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    Arc::clone(CONFIG.get_or_init(|| {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(UnverifiedAgent(provider)))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }))
+}
+
+/// Accepts any agent certificate; handshake signatures are still checked.
+#[derive(Debug)]
+struct UnverifiedAgent(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for UnverifiedAgent {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_container_defaults_to_the_only_one_and_must_exist() {
+        let one = json!({ "spec": { "containers": [{ "name": "app" }] } });
+        assert_eq!(container(&one, "p", None).unwrap(), "app");
+        let two = json!({ "spec": { "containers": [{ "name": "a" }, { "name": "b" }] } });
+        assert_eq!(
+            container(&two, "p", None).unwrap_err().message,
+            "a container name must be specified for pod p, choose one of: [a b]"
+        );
+        assert_eq!(container(&two, "p", Some("b".into())).unwrap(), "b");
+        let missing = container(&two, "p", Some("c".into())).unwrap_err();
+        assert_eq!(missing.code, StatusCode::BAD_REQUEST);
+        assert_eq!(missing.message, "container c is not valid for pod p");
+    }
+
+    #[test]
+    fn the_agent_is_the_internal_ip_at_the_kubelet_port() {
+        let node = json!({ "status": {
+            "addresses": [{ "type": "Hostname", "address": "n1" }, { "type": "InternalIP", "address": "10.0.0.7" }],
+            "daemonEndpoints": { "kubeletEndpoint": { "Port": 12345 } },
+        }});
+        assert_eq!(
+            agent_endpoint(&node),
+            Some(("10.0.0.7".parse().unwrap(), 12345))
+        );
+        let default_port =
+            json!({ "status": { "addresses": [{ "type": "InternalIP", "address": "10.0.0.7" }] } });
+        assert_eq!(agent_endpoint(&default_port).unwrap().1, 10250);
+        assert_eq!(agent_endpoint(&json!({ "status": {} })), None);
+    }
+
+    #[test]
+    fn only_the_api_servers_parameters_stay_behind() {
+        let target = AgentTarget {
+            container: "app".into(),
+            address: "127.0.0.1".parse().unwrap(),
+            port: 10250,
+        };
+        assert_eq!(
+            target.uri(
+                "/exec/default/p/app",
+                "command=sh&command=-c&command=echo+hi&container=app&stdout=true"
+            ),
+            "https://127.0.0.1:10250/exec/default/p/app?command=sh&command=-c&command=echo+hi&stdout=true"
+        );
+        assert_eq!(
+            target.uri("/containerLogs/default/p/app", "container=app"),
+            "https://127.0.0.1:10250/containerLogs/default/p/app"
+        );
+    }
+}

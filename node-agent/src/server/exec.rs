@@ -1,0 +1,227 @@
+//! `GET|POST /exec/{namespace}/{pod}/{container}`: a WebSocket speaking remotecommand v5/v4.
+//!
+//! One task reads the socket (stdin, resize, v5's close), one pump per output stream writes
+//! `[channel, data…]` messages, and once the process has exited and its output is drained the
+//! exit status goes out on the error channel before the close frame.
+
+use std::sync::Arc;
+
+use apiary_api::remotecommand::{self, CLOSE, ERROR, RESIZE, STDERR, STDIN, STDOUT};
+use axum::{
+    extract::{
+        Path, RawQuery, State,
+        ws::{Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+    },
+    response::{IntoResponse as _, Response},
+};
+use bytes::Bytes;
+use futures::{SinkExt as _, StreamExt as _};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _},
+    sync::mpsc,
+};
+
+use super::{ExecRequest, ExecSession, PodStreams, StreamError, parse_bool};
+
+pub(super) async fn handle(
+    State(backend): State<Arc<dyn PodStreams>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let request = match parse(query.as_deref().unwrap_or_default()) {
+        Ok(request) => request,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(upgrade) = upgrade else {
+        return StreamError::BadRequest(format!(
+            "exec needs a WebSocket upgrade with subprotocol {}",
+            remotecommand::PROTOCOLS.join(" or ")
+        ))
+        .into_response();
+    };
+    let upgrade = upgrade.protocols(remotecommand::PROTOCOLS.iter().copied());
+    let Some(protocol) = upgrade
+        .selected_protocol()
+        .and_then(|p| p.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return StreamError::BadRequest(format!(
+            "none of the requested WebSocket subprotocols is supported: use {}",
+            remotecommand::PROTOCOLS.join(" or ")
+        ))
+        .into_response();
+    };
+    // Started before the upgrade, so that a missing pod or container is a plain HTTP error.
+    let session = match backend
+        .exec(&namespace, &pod, &container, request.clone())
+        .await
+    {
+        Ok(session) => session,
+        Err(e) => return e.into_response(),
+    };
+    let v5 = protocol == remotecommand::V5;
+    upgrade.on_upgrade(move |socket| async move {
+        run(socket, session, &request.command, v5).await;
+    })
+}
+
+/// The query: `command` repeats, one argument each.
+pub(super) fn parse(query: &str) -> Result<ExecRequest, StreamError> {
+    let mut request = ExecRequest::default();
+    let (mut stdin, mut stdout, mut stderr, mut tty) = (None, None, None, None);
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "command" => request.command.push(value.into_owned()),
+            "stdin" | "input" => stdin = Some(value.into_owned()),
+            "stdout" | "output" => stdout = Some(value.into_owned()),
+            "stderr" | "error" => stderr = Some(value.into_owned()),
+            "tty" => tty = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    request.stdin = parse_bool("stdin", stdin.as_deref())?;
+    request.stdout = parse_bool("stdout", stdout.as_deref())?;
+    request.stderr = parse_bool("stderr", stderr.as_deref())?;
+    request.tty = parse_bool("tty", tty.as_deref())?;
+    if request.command.is_empty() {
+        return Err(StreamError::BadRequest(
+            "command: Required value: you must specify at least one command for the container"
+                .into(),
+        ));
+    }
+    if !(request.stdin || request.stdout || request.stderr) {
+        return Err(StreamError::BadRequest(
+            "you must specify at least one of stdin, stdout, stderr".into(),
+        ));
+    }
+    // A terminal has one output stream.
+    if request.tty {
+        request.stderr = false;
+    }
+    Ok(request)
+}
+
+async fn run(socket: WebSocket, session: ExecSession, command: &[String], v5: bool) {
+    let ExecSession {
+        stdin,
+        stdout,
+        stderr,
+        resize,
+        exit,
+    } = session;
+    let (mut sink, mut incoming) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Message>(16);
+    let writer = tokio::spawn(async move {
+        while let Some(message) = out_rx.recv().await {
+            let closing = matches!(message, Message::Close(_));
+            if sink.send(message).await.is_err() || closing {
+                break;
+            }
+        }
+    });
+    let pumps: Vec<_> = [(STDOUT, stdout), (STDERR, stderr)]
+        .into_iter()
+        .filter_map(|(channel, stream)| Some(tokio::spawn(pump(channel, stream?, out_tx.clone()))))
+        .collect();
+    // Ends when the client goes away: then the process must not outlive it.
+    let mut reader = tokio::spawn(async move {
+        let mut stdin = stdin;
+        while let Some(Ok(message)) = incoming.next().await {
+            let data = match message {
+                Message::Binary(data) => data,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&channel, payload)) = data.split_first() else {
+                continue;
+            };
+            match channel {
+                STDIN => {
+                    if let Some(w) = stdin.as_mut()
+                        && (w.write_all(payload).await.is_err() || w.flush().await.is_err())
+                    {
+                        stdin = None;
+                    }
+                }
+                RESIZE => {
+                    if let (Some(tx), Ok(size)) = (
+                        &resize,
+                        serde_json::from_slice::<remotecommand::TerminalSize>(payload),
+                    ) {
+                        let _ = tx.send((size.width, size.height)).await;
+                    }
+                }
+                CLOSE if v5 && payload.first() == Some(&STDIN) => {
+                    if let Some(mut w) = stdin.take() {
+                        let _ = w.shutdown().await;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    let status = tokio::select! {
+        code = exit => match code {
+            Ok(code) => remotecommand::exit_status(command, code),
+            Err(e) => remotecommand::failure_status(&format!("waiting for the command: {e}")),
+        },
+        _ = &mut reader => {
+            tracing::debug!("exec client went away before the command exited");
+            return;
+        }
+    };
+    // All output before the status: kubectl stops reading at the close.
+    for pump in pumps {
+        let _ = pump.await;
+    }
+    let mut frame = vec![ERROR];
+    frame.extend_from_slice(&serde_json::to_vec(&status).unwrap_or_default());
+    let _ = out_tx.send(Message::Binary(frame.into())).await;
+    let _ = out_tx.send(Message::Close(None)).await;
+    drop(out_tx);
+    let _ = writer.await;
+    reader.abort();
+}
+
+async fn pump(
+    channel: u8,
+    mut from: std::pin::Pin<Box<dyn AsyncRead + Send>>,
+    to: mpsc::Sender<Message>,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    buf[0] = channel;
+    loop {
+        match from.read(&mut buf[1..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let frame = Bytes::copy_from_slice(&buf[..=n]);
+                if to.send(Message::Binary(frame)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_repeat_and_streams_are_checked() {
+        let request =
+            parse("command=sh&command=-c&command=echo%20hi&stdout=true&stderr=true").unwrap();
+        assert_eq!(request.command, ["sh", "-c", "echo hi"]);
+        assert!(request.stdout && request.stderr && !request.stdin && !request.tty);
+        let tty = parse("command=sh&stdin=true&stdout=true&stderr=true&tty=true").unwrap();
+        assert!(!tty.stderr, "a terminal merges stderr into stdout");
+        assert!(
+            parse("stdout=true")
+                .unwrap_err()
+                .to_string()
+                .starts_with("command: Required value")
+        );
+        assert!(parse("command=ls").is_err(), "no stream asked for");
+    }
+}

@@ -1,0 +1,119 @@
+//! `GET /containerLogs/{namespace}/{pod}/{container}`: the backend's log stream as a chunked body,
+//! so `follow` sends lines as they come.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::{Path, Query, State},
+    http::header,
+    response::{IntoResponse as _, Response},
+};
+use chrono::{DateTime, Utc};
+
+use super::{LogRequest, PodStreams, StreamError, parse_bool};
+
+pub(super) async fn handle(
+    State(backend): State<Arc<dyn PodStreams>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let request = match parse(&query) {
+        Ok(request) => request,
+        Err(e) => return e.into_response(),
+    };
+    match backend.logs(&namespace, &pod, &container, request).await {
+        Ok(stream) => (
+            [(header::CONTENT_TYPE, "text/plain")],
+            Body::from_stream(stream),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The query as kubectl (through the API server) sends it; a malformed value names its parameter.
+pub(super) fn parse(query: &HashMap<String, String>) -> Result<LogRequest, StreamError> {
+    let get = |name: &str| query.get(name).map(String::as_str);
+    let integer = |name: &str, min: i64| -> Result<Option<i64>, StreamError> {
+        let Some(value) = get(name) else {
+            return Ok(None);
+        };
+        match value.parse::<i64>() {
+            Ok(n) if n >= min => Ok(Some(n)),
+            _ => Err(StreamError::BadRequest(format!(
+                "{name}: Invalid value: {value:?}: must be an integer greater than or equal to {min}"
+            ))),
+        }
+    };
+    let since_time = get("sinceTime")
+        .map(|value| {
+            DateTime::parse_from_rfc3339(value)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| {
+                    StreamError::BadRequest(format!(
+                        "sinceTime: Invalid value: {value:?}: must be an RFC 3339 time: {e}"
+                    ))
+                })
+        })
+        .transpose()?;
+    let request = LogRequest {
+        follow: parse_bool("follow", get("follow"))?,
+        previous: parse_bool("previous", get("previous"))?,
+        tail_lines: integer("tailLines", 0)?,
+        since_seconds: integer("sinceSeconds", 1)?,
+        since_time,
+        timestamps: parse_bool("timestamps", get("timestamps"))?,
+        limit_bytes: integer("limitBytes", 1)?,
+    };
+    if request.since_seconds.is_some() && request.since_time.is_some() {
+        return Err(StreamError::BadRequest(
+            "sinceSeconds: Forbidden: at most one of sinceTime or sinceSeconds may be specified"
+                .into(),
+        ));
+    }
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_kubectl_parameters() {
+        let request = parse(&query(&[
+            ("follow", "true"),
+            ("tailLines", "10"),
+            ("timestamps", "true"),
+            ("sinceTime", "2026-01-02T03:04:05Z"),
+        ]))
+        .unwrap();
+        assert!(request.follow && request.timestamps && !request.previous);
+        assert_eq!(request.tail_lines, Some(10));
+        assert_eq!(
+            request.since_time.unwrap().to_rfc3339(),
+            "2026-01-02T03:04:05+00:00"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_parameter() {
+        let e = parse(&query(&[("tailLines", "-1")])).unwrap_err();
+        assert!(e.to_string().starts_with("tailLines: Invalid value"), "{e}");
+        let e = parse(&query(&[("sinceTime", "yesterday")])).unwrap_err();
+        assert!(e.to_string().starts_with("sinceTime: Invalid value"), "{e}");
+        let e = parse(&query(&[
+            ("sinceSeconds", "5"),
+            ("sinceTime", "2026-01-02T03:04:05Z"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().starts_with("sinceSeconds: Forbidden"), "{e}");
+    }
+}

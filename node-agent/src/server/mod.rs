@@ -1,0 +1,280 @@
+//! The agent's kubelet-style HTTPS server: the API server proxies `kubectl logs` and `kubectl exec`
+//! here, on the kubelet's paths, with the cluster token as bearer.
+//!
+//! - `GET /containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=…`: the log, streamed.
+//! - `GET|POST /exec/{namespace}/{pod}/{container}?command=…&stdin=…`: a WebSocket speaking the
+//!   remotecommand protocol ([`apiary_api::remotecommand`]).
+//!
+//! What a pod's containers are is the agent's business: it plugs them in through [`PodStreams`].
+
+mod exec;
+mod logs;
+pub mod tls;
+
+use std::{io, pin::Pin, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{future::BoxFuture, stream::BoxStream};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use serde_json::json;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::mpsc,
+};
+use tokio_rustls::TlsAcceptor;
+
+/// The kubelet's port, which the API server dials unless the Node says otherwise.
+pub const DEFAULT_PORT: u16 = 10250;
+
+/// What the server needs from the agent: a container's log and a process in a container.
+#[async_trait::async_trait]
+pub trait PodStreams: Send + Sync + 'static {
+    /// The log of `container`, from where `request` says; with `follow`, the stream goes on as
+    /// the container writes, until it exits or the client goes away (the stream is dropped).
+    async fn logs(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        request: LogRequest,
+    ) -> Result<BoxStream<'static, io::Result<Bytes>>, StreamError>;
+
+    /// Starts `request.command` in `container`. Dropping the session before `exit` resolves must
+    /// end the process (the client went away).
+    async fn exec(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        request: ExecRequest,
+    ) -> Result<ExecSession, StreamError>;
+}
+
+/// The options of `kubectl logs` (Kubernetes' `PodLogOptions`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogRequest {
+    pub follow: bool,
+    /// The previous instance of a restarted container.
+    pub previous: bool,
+    /// Only the last lines.
+    pub tail_lines: Option<i64>,
+    pub since_seconds: Option<i64>,
+    pub since_time: Option<DateTime<Utc>>,
+    /// Prefix each line with its RFC 3339 time.
+    pub timestamps: bool,
+    /// Stop after this many bytes.
+    pub limit_bytes: Option<i64>,
+}
+
+/// The options of `kubectl exec` (Kubernetes' `PodExecOptions`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    /// With a terminal, stderr is merged into stdout, as on Kubernetes.
+    pub tty: bool,
+}
+
+/// A started process: its streams (those the request asked for) and its end.
+pub struct ExecSession {
+    pub stdin: Option<Pin<Box<dyn AsyncWrite + Send>>>,
+    pub stdout: Option<Pin<Box<dyn AsyncRead + Send>>>,
+    pub stderr: Option<Pin<Box<dyn AsyncRead + Send>>>,
+    /// Terminal size changes (width, height), for `tty` sessions.
+    pub resize: Option<mpsc::Sender<(u16, u16)>>,
+    /// The exit code.
+    pub exit: BoxFuture<'static, io::Result<i32>>,
+}
+
+impl std::fmt::Debug for ExecSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecSession")
+            .field("stdin", &self.stdin.is_some())
+            .field("stdout", &self.stdout.is_some())
+            .field("stderr", &self.stderr.is_some())
+            .field("resize", &self.resize.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a stream cannot be served. None is retryable as is but `NotRunning`, once the container
+/// has started.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("pods \"{pod}\" not found")]
+    PodNotFound { namespace: String, pod: String },
+    #[error("container {container} is not valid for pod {pod}")]
+    ContainerNotFound { pod: String, container: String },
+    #[error("container \"{container}\" in pod \"{pod}\" is waiting to start: {reason}")]
+    NotRunning {
+        pod: String,
+        container: String,
+        /// Why, e.g. `ContainerCreating`.
+        reason: String,
+    },
+    /// A request parameter is malformed; the message names it.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl StreamError {
+    fn code(&self) -> StatusCode {
+        match self {
+            Self::PodNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::ContainerNotFound { .. } | Self::NotRunning { .. } | Self::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for StreamError {
+    fn into_response(self) -> Response {
+        let code = self.code();
+        let reason = match code {
+            StatusCode::NOT_FOUND => "NotFound",
+            StatusCode::BAD_REQUEST => "BadRequest",
+            _ => "InternalError",
+        };
+        status_response(code, reason, &self.to_string())
+    }
+}
+
+/// A Kubernetes `Status` body: the API server passes it on as is.
+fn status_response(code: StatusCode, reason: &str, message: &str) -> Response {
+    let status = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    (code, Json(status)).into_response()
+}
+
+/// The routes, behind the token check.
+pub fn router(token: String, backend: Arc<dyn PodStreams>) -> Router {
+    Router::new()
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(logs::handle),
+        )
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            get(exec::handle).post(exec::handle),
+        )
+        .with_state(backend)
+        .layer(middleware::from_fn_with_state(
+            Arc::new(token),
+            require_token,
+        ))
+}
+
+async fn require_token(State(token): State<Arc<String>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(presented) if constant_time_eq(presented.as_bytes(), token.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => status_response(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"),
+    }
+}
+
+/// Timing says nothing about how much of the token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Serves the routes over TLS on `listener` until the task is dropped. Each connection runs on a
+/// task of its own; HTTP/1.1 with upgrades (the WebSocket of exec) and HTTP/2.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    token: String,
+    backend: Arc<dyn PodStreams>,
+) -> anyhow::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    let app = router(token, backend);
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let service = TowerToHyperService::new(app);
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// `true`/`1` as Kubernetes reads booleans in queries; anything else but absence is an error
+/// naming the parameter.
+fn parse_bool(name: &str, value: Option<&str>) -> Result<bool, StreamError> {
+    match value {
+        None | Some("" | "false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(other) => Err(StreamError::BadRequest(format!(
+            "{name}: Invalid value: {other:?}: must be true or false"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_token_matches() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn booleans_name_the_bad_parameter() {
+        assert!(parse_bool("follow", Some("true")).unwrap());
+        assert!(!parse_bool("follow", None).unwrap());
+        let e = parse_bool("follow", Some("yes")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "follow: Invalid value: \"yes\": must be true or false"
+        );
+    }
+}
