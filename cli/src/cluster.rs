@@ -7,6 +7,7 @@
 use std::{
     fs,
     io::Write,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},

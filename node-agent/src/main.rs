@@ -22,6 +22,9 @@ struct Cli {
 enum Command {
     /// Run the agent: register this machine as a node and run the pods bound to it.
     Run(Box<apiary_node_agent::agent::AgentConfig>),
+    /// Remove every pod, container, sandbox, veth, IP lease, BPF program and pin the agent
+    /// made (after stopping it).
+    Reset(apiary_node_agent::agent::reset::ResetArgs),
     /// Operate the eBPF data plane by hand (debugging; the agent does this for its pods).
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
@@ -90,6 +93,7 @@ fn main() -> anyhow::Result<()> {
         Command::Dataplane(command) => command,
         Command::Run(config) => return block_on(apiary_node_agent::agent::run(*config)),
         Command::Hollow(args) => return block_on(hollow::run(args)),
+        Command::Reset(args) => return block_on(apiary_node_agent::agent::reset::reset(args)),
     };
     match command {
         DataplaneCommand::Attach(Target { iface, location }) => {

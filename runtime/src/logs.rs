@@ -313,7 +313,7 @@ impl Follow {
 /// Reads a container's log: its rotated files, then (when following) whatever is appended.
 /// The stream never ends on its own while following: the caller drops it (e.g. when the
 /// container exited and the stream returned nothing new).
-pub fn read(path: &Path, options: LogOptions) -> impl Stream<Item = io::Result<Vec<u8>>> + Send {
+pub fn read(path: &Path, options: LogOptions) -> impl Stream<Item = io::Result<Vec<u8>>> + Send + use<> {
     enum Phase {
         Initial,
         Following(Follow, Formatter),

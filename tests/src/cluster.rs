@@ -137,7 +137,7 @@ impl ClusterLab {
     }
 
     fn add_node(&mut self) -> anyhow::Result<()> {
-        let node = self.lab.add_node()?;
+        let node = self.lab.add_bare_node(1500)?;
         let name = format!("node{}", node.index);
         let base = self.dir.path().join(&name);
         let data_dir = base.join("data");

@@ -122,6 +122,12 @@ impl Lab {
         Ok(ul)
     }
 
+    /// The underlay namespace (created on first use): its bridge `ul0` joins every node's
+    /// `eth0`.
+    pub fn underlay_netns(&mut self) -> anyhow::Result<String> {
+        self.underlay()
+    }
+
     /// Adds a node: its `eth0` on the underlay, and an empty pod bridge.
     pub fn add_node(&mut self) -> anyhow::Result<Node> {
         let node = self.add_underlay_node()?;

@@ -1,6 +1,8 @@
-//! Support for Apiary's privileged tests: a network-namespace [`lab`] of nodes and pods, the
+//! Support for Apiary's privileged tests: a network-namespace [`lab`] of nodes and pods, a
+//! [`cluster`] of real agents in such a lab, the
 //! [`privileges`] gate, and [`packets`] to feed `BPF_PROG_RUN`.
 
+pub mod cluster;
 pub mod lab;
 pub mod packets;
 pub mod privileges;

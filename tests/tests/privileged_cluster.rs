@@ -137,8 +137,17 @@ fn pods_on_two_nodes_run_talk_and_clean_up() {
         .wait_ready("default", "client", Duration::from_secs(60))
         .unwrap();
     let (ip_a, ip_b) = (ip_of(&a), ip_of(&b));
-    assert!(ip_a.starts_with("10.123.128."), "node1's pod CIDR: {ip_a}");
-    assert!(ip_b.starts_with("10.123.129."), "node2's pod CIDR: {ip_b}");
+    for (ip, node) in [(&ip_a, "node1"), (&ip_b, "node2")] {
+        let cidr = cluster
+            .kubectl_json(&["get", "node", node, "-o", "json"])
+            .unwrap()["spec"]["podCIDR"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let prefix = cidr.trim_end_matches("0/24");
+        assert!(ip.starts_with(prefix), "{ip} is in {node}'s pod CIDR {cidr}");
+    }
+    assert_ne!(ip_a.rsplit_once('.').unwrap().0, ip_b.rsplit_once('.').unwrap().0);
     assert_eq!(a["status"]["hostIP"], "10.123.0.1");
 
     // Cross-node both ways, and same-node.

@@ -6,8 +6,10 @@ pub mod env;
 pub mod node;
 pub mod pods;
 pub mod probes;
+pub mod reset;
 pub mod run;
 pub mod static_pods;
+pub mod streams;
 pub mod volumes;
 
 pub use run::{AgentConfig, run};

@@ -115,13 +115,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .unwrap_or_else(|| config.data_dir.join("images"));
     let images = apiary_images::ImageStore::open(&image_root)
         .with_context(|| format!("opening the image store {}", image_root.display()))?;
-    let (cidr_ip, cidr_len) = parse_cidr(&pod_cidr)?;
     let network = PodNetwork::new(NetworkConfig {
-        pod_cidr: (cidr_ip, cidr_len),
+        pod_cidr: parse_cidr(&pod_cidr)?,
         node_ip: node.ip,
         underlay_iface: None,
         state_dir: config.data_dir.join("network"),
         pin_dir: config.pin_dir.clone(),
+        // The agent runs inside its node's network namespace.
+        node_netns: None,
     })
     .await
     .context("setting up the pod network")?;
@@ -149,20 +150,31 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if let Some(dir) = config.manifests.clone() {
         tokio::spawn(super::static_pods::run(Arc::clone(&ctx), dir));
     }
+    let tls = crate::server::tls::load_or_create(
+        &config.data_dir.join("pki"),
+        &node.name,
+        &[std::net::IpAddr::V4(node.ip)],
+    )
+    .context("the streaming server's certificate")?;
+    let listener = tokio::net::TcpListener::bind((node.ip, config.port))
+        .await
+        .with_context(|| format!("listening on {}:{}", node.ip, config.port))?;
+    tokio::spawn({
+        let backend = Arc::new(super::streams::AgentStreams(Arc::clone(&ctx)));
+        let token = endpoint.token.clone();
+        async move {
+            if let Err(e) = crate::server::serve(listener, tls, token, backend).await {
+                tracing::error!(error = %format!("{e:#}"), "the streaming server stopped");
+            }
+        }
+    });
     PodManager::new(ctx).run().await;
     Ok(())
 }
 
-fn parse_cidr(cidr: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
-    let (ip, len) = cidr
-        .split_once('/')
-        .with_context(|| format!("pod CIDR {cidr:?} has no prefix length"))?;
-    Ok((
-        ip.parse()
-            .with_context(|| format!("pod CIDR {cidr:?}: bad address"))?,
-        len.parse()
-            .with_context(|| format!("pod CIDR {cidr:?}: bad prefix length"))?,
-    ))
+fn parse_cidr(cidr: &str) -> anyhow::Result<ipnet::Ipv4Net> {
+    cidr.parse()
+        .with_context(|| format!("pod CIDR {cidr:?} is not an IPv4 CIDR"))
 }
 
 /// Connects, retrying until the control plane answers.
@@ -278,10 +290,9 @@ fn remote_node(node: &apiary_api::core_v1::Node) -> Option<RemoteNode> {
         .address
         .parse()
         .ok()?;
-    let (cidr_ip, cidr_len) = parse_cidr(&node.spec.pod_cidr).ok()?;
     Some(RemoteNode {
         name: node.metadata.name.clone(),
-        pod_cidr: (cidr_ip, cidr_len),
+        pod_cidr: parse_cidr(&node.spec.pod_cidr).ok()?,
         node_ip: ip,
     })
 }

@@ -20,7 +20,7 @@ use std::{
     fs::File,
     net::Ipv4Addr,
     os::fd::AsRawFd as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
@@ -450,6 +450,48 @@ impl PodNetwork {
             )
             .await?;
         }
+        Ok(())
+    }
+
+    /// Removes everything the pod network of a node made, with no agent running: every leased
+    /// pod's veth pair, the routes to other nodes, the underlay program, the pinned maps and
+    /// the IPAM database (`apiary down`). Runs in the calling process's network namespace.
+    pub async fn reset(state_dir: &Path, pin_dir: &Path) -> Result<()> {
+        let node = Netlink::connect(None)?;
+        let db = state_dir.join(IPAM_DB);
+        if db.exists() {
+            let uids: Vec<String> = {
+                let db = db.clone();
+                tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+                    // The lease table does not depend on the CIDR it was opened with.
+                    let ipam = Ipam::open(&db, Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"))
+                        .or_else(|_| Ipam::open(&db, "10.0.0.0/8".parse().expect("CIDR")))?;
+                    Ok(ipam.leases()?.into_iter().map(|(uid, _)| uid).collect())
+                })
+                .await??
+            };
+            for uid in uids {
+                for name in [host_veth_name(&uid), peer_temp_name(&uid)] {
+                    if let Some(link) = node.link(&name).await? {
+                        node.delete_link(link.index).await?;
+                    }
+                }
+            }
+            std::fs::remove_file(&db).map_err(|source| Error::StateDir {
+                path: db.clone(),
+                source,
+            })?;
+        }
+        for route in node.agent_routes().await? {
+            node.delete_route(route).await?;
+        }
+        if let Ok(config) = dataplane::NodeConfigMap::open(pin_dir).and_then(|m| m.get())
+            && let Some(link) = node.link_by_index(config.underlay_ifindex).await?
+        {
+            dataplane::detach_underlay(&link.name)?;
+        }
+        dataplane::unpin(pin_dir)?;
+        let _ = std::fs::remove_dir(pin_dir);
         Ok(())
     }
 

@@ -242,7 +242,7 @@ pub fn spec(input: SpecInput<'_>) -> Result<ContainerSpec, String> {
         |list: &[String]| -> Vec<String> { list.iter().map(|a| env::expand(a, &vars)).collect() };
     // Kubernetes' rules: `command` replaces the entrypoint (and drops the image's cmd),
     // `args` replaces the cmd.
-    let mut args = if !c.command.is_empty() {
+    let args = if !c.command.is_empty() {
         let mut v = expand(&c.command);
         v.extend(expand(&c.args));
         v
@@ -430,12 +430,28 @@ impl probes::Exec for RuntimeExec {
             env: Vec::new(),
             tty: false,
         };
-        let process = self
+        use tokio::io::AsyncReadExt as _;
+        let mut process = self
             .0
             .exec(container_id, &request)
             .await
             .map_err(|e| e.to_string())?;
-        let output = process.output().await.map_err(|e| e.to_string())?;
-        Ok((output.0, String::from_utf8_lossy(&output.1).into_owned()))
+        // Probes only need the start of the output for their message.
+        let mut output = Vec::new();
+        let stdout = process.stdout.take();
+        let stderr = process.stderr.take();
+        let read = async {
+            let mut buf = Vec::new();
+            if let Some(mut out) = stdout {
+                let _ = (&mut out).take(4096).read_to_end(&mut buf).await;
+            }
+            if let Some(mut err) = stderr {
+                let _ = (&mut err).take(4096).read_to_end(&mut buf).await;
+            }
+            buf
+        };
+        output.extend(read.await);
+        let code = process.wait().await.map_err(|e| e.to_string())?;
+        Ok((code, String::from_utf8_lossy(&output).into_owned()))
     }
 }

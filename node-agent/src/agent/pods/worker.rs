@@ -696,7 +696,7 @@ impl Worker {
             container_id: id,
             exec: Arc::new(containers::RuntimeExec(self.ctx.runtime.clone())),
         };
-        let mut spawn = |kind: Kind, probe: &Option<apiary_api::core_v1::Probe>| {
+        let spawn = |kind: Kind, probe: &Option<apiary_api::core_v1::Probe>| {
             let probe = probe.clone()?;
             let (tx, rx) = watch::channel(Verdict::Unknown);
             let wake = Arc::clone(&self.wake);

@@ -1,0 +1,191 @@
+//! Logs and exec of this node's containers, for the streaming server (`kubectl logs`,
+//! `kubectl exec`): names are resolved through the pod registry the workers keep, logs read
+//! from the files the shims write, exec run through the runtime.
+
+use std::{io, sync::Arc, time::Duration};
+
+use apiary_runtime::{ContainerStatus, logs::LogOptions};
+use bytes::Bytes;
+use futures::{StreamExt as _, stream::BoxStream};
+
+use super::context::Context;
+use crate::server::{ExecRequest, ExecSession, LogRequest, PodStreams, StreamError};
+
+/// [`PodStreams`] over the agent's pods.
+#[derive(Debug)]
+pub struct AgentStreams(pub Arc<Context>);
+
+impl AgentStreams {
+    /// The runtime id and attempt of `container`'s latest attempt.
+    fn locate(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> Result<(String, String, u32), StreamError> {
+        let entry = self
+            .0
+            .registry
+            .get(namespace, pod)
+            .ok_or_else(|| StreamError::PodNotFound {
+                namespace: namespace.to_owned(),
+                pod: pod.to_owned(),
+            })?;
+        if !entry.names.iter().any(|n| n == container) {
+            return Err(StreamError::ContainerNotFound {
+                pod: pod.to_owned(),
+                container: container.to_owned(),
+            });
+        }
+        let (id, attempt) =
+            entry
+                .containers
+                .get(container)
+                .cloned()
+                .ok_or_else(|| StreamError::NotRunning {
+                    pod: pod.to_owned(),
+                    container: container.to_owned(),
+                    reason: "ContainerCreating".to_owned(),
+                })?;
+        Ok((entry.uid, id, attempt))
+    }
+}
+
+#[async_trait::async_trait]
+impl PodStreams for AgentStreams {
+    async fn logs(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        request: LogRequest,
+    ) -> Result<BoxStream<'static, io::Result<Bytes>>, StreamError> {
+        let (uid, id, attempt) = self.locate(namespace, pod, container)?;
+        let attempt = if request.previous {
+            attempt.checked_sub(1).ok_or_else(|| {
+                StreamError::BadRequest(format!(
+                    "previous terminated container \"{container}\" in pod \"{pod}\" not found"
+                ))
+            })?
+        } else {
+            attempt
+        };
+        let path = self.0.log_path(&uid, container, attempt);
+        let since = request.since_time.or_else(|| {
+            request
+                .since_seconds
+                .map(|s| chrono::Utc::now() - chrono::Duration::seconds(s))
+        });
+        let follow = request.follow && !request.previous;
+        let options = LogOptions {
+            follow,
+            tail_lines: request.tail_lines.and_then(|n| usize::try_from(n).ok()),
+            since,
+            timestamps: request.timestamps,
+            limit_bytes: request.limit_bytes.and_then(|n| u64::try_from(n).ok()),
+        };
+        let lines = apiary_runtime::logs::read(&path, options).map(|chunk| chunk.map(Bytes::from));
+        if !follow {
+            return Ok(lines.boxed());
+        }
+        // A followed log ends shortly after its container does (what it wrote last is read
+        // within the grace of the delay).
+        let runtime = self.0.runtime.clone();
+        let exited = async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                match runtime.state(&id) {
+                    Ok(Some(state)) if matches!(state.status, ContainerStatus::Running) => {}
+                    _ => break,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        Ok(lines.take_until(Box::pin(exited)).boxed())
+    }
+
+    async fn exec(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        request: ExecRequest,
+    ) -> Result<ExecSession, StreamError> {
+        let (_, id, _) = self.locate(namespace, pod, container)?;
+        let mut process = self
+            .0
+            .runtime
+            .exec(
+                &id,
+                &apiary_runtime::ExecRequest {
+                    args: request.command.clone(),
+                    env: Vec::new(),
+                    tty: request.tty,
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                apiary_runtime::Error::NotRunning { .. } => StreamError::NotRunning {
+                    pod: pod.to_owned(),
+                    container: container.to_owned(),
+                    reason: "not running".to_owned(),
+                },
+                other => StreamError::Internal(other.into()),
+            })?;
+        let mut session_stdin: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>> =
+            None;
+        let mut session_stdout: Option<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>> =
+            None;
+        let mut session_stderr: Option<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>> =
+            None;
+        if let Some(pty) = process.pty.take() {
+            let (read, write) = tokio::io::split(pty);
+            session_stdout = Some(Box::pin(read));
+            session_stdin = Some(Box::pin(write));
+        } else {
+            if let Some(stdin) = process.stdin.take() {
+                session_stdin = Some(Box::pin(stdin));
+            }
+            if let Some(stdout) = process.stdout.take() {
+                session_stdout = Some(Box::pin(stdout));
+            }
+            if let Some(stderr) = process.stderr.take() {
+                session_stderr = Some(Box::pin(stderr));
+            }
+        }
+        if !request.stdin {
+            session_stdin = None;
+        }
+        let (resize_tx, mut resize_rx) = tokio::sync::mpsc::channel::<(u16, u16)>(8);
+        let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
+        let tty = request.tty;
+        tokio::spawn(async move {
+            let mut exit_tx = exit_tx;
+            let code = loop {
+                tokio::select! {
+                    Some((width, height)) = resize_rx.recv(), if tty => {
+                        let _ = process.resize(height, width);
+                    }
+                    code = process.wait() => break Some(code),
+                    () = exit_tx.closed() => break None,
+                }
+            };
+            // Dropping the process kills it when the client went away first.
+            drop(process);
+            if let Some(code) = code {
+                let _ = exit_tx.send(code.map_err(io::Error::other));
+            }
+        });
+        Ok(ExecSession {
+            stdin: session_stdin,
+            stdout: session_stdout,
+            stderr: session_stderr,
+            resize: tty.then_some(resize_tx),
+            exit: Box::pin(async move {
+                exit_rx
+                    .await
+                    .map_err(|_| io::Error::other("the exec ended without a status"))?
+            }),
+        })
+    }
+}
