@@ -153,7 +153,8 @@ fn start(layout: &Layout, spec: &ContainerSpec, cgroup: &str) -> Result<Running,
         Some(options.as_str()),
     )
     .map_err(|e| format!("mounting the overlay rootfs: {e}"))?;
-    let config = crate::bundle::config(spec, &format!("/{cgroup}"));
+    let config =
+        crate::bundle::config(spec, &format!("/{cgroup}"), cgroups::swap_limit_supported());
     fs::write(
         layout.bundle().join("config.json"),
         serde_json::to_vec_pretty(&config).expect("config serializes"),
@@ -342,7 +343,9 @@ fn reap(init: Pid) -> Option<WaitStatus> {
 
 /// Deletes what libcontainer created for a container that failed to start.
 fn delete_container(layout: &Layout, id: &str, cgroup: &str) {
-    if let Ok(mut container) = Container::load(layout.youki_root().join(id))
+    let dir = layout.youki_root().join(id);
+    if dir.join("state.json").exists()
+        && let Ok(mut container) = Container::load(dir)
         && let Err(e) = container.delete(true)
     {
         eprintln!("apiary-shim: deleting the failed container: {e}");
