@@ -54,6 +54,10 @@ pub enum Report {
 pub fn run(state_dir: &Path, id: &str, cgroup_parent: &str) -> Result<()> {
     // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map_err(Error::sys("SIGPIPE"))?;
+    // Descriptors the agent leaked to us (sockets, cargo's jobserver…) must not live as long as
+    // the container: keep only stdio.
+    // SAFETY: close_range takes plain integers; nothing in this process owns fds above 2 yet.
+    unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) };
     let layout = Layout::new(state_dir, id);
     let spec: ContainerSpec =
         read_json(&layout.spec())?.ok_or_else(|| Error::NotFound { id: id.to_owned() })?;

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use apiary_runtime::{
-    ContainerSpec, ContainerState, ContainerStatus, Error, ExecRequest, ExitInfo, Mount,
-    Resources, Runtime, RuntimeConfig, Sandbox, SandboxNamespaces, cgroups,
+    ContainerSpec, ContainerState, ContainerStatus, Error, ExecRequest, ExitInfo, Mount, Resources,
+    Runtime, RuntimeConfig, Sandbox, SandboxNamespaces, cgroups,
 };
 use apiary_tests::require_privileges;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,7 +73,10 @@ impl Fixture {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let dir = tempfile::Builder::new().prefix("apiary-rt-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("apiary-rt-")
+            .tempdir()
+            .unwrap();
         let layer = dir.path().join("layer");
         for sub in ["bin", "proc", "dev", "sys", "tmp", "etc", "data"] {
             std::fs::create_dir_all(layer.join(sub)).unwrap();
@@ -171,7 +174,10 @@ async fn wait_exit(runtime: &Runtime, id: &str, timeout: Duration) -> ContainerS
         if matches!(state.status, ContainerStatus::Exited(_)) {
             return state;
         }
-        assert!(Instant::now() < deadline, "{id} did not exit within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{id} did not exit within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -228,7 +234,10 @@ fn exit_code_and_stderr_are_recorded() {
     require_privileges!();
     let fx = Fixture::new();
     block_on(async {
-        let spec = fx.spec("exit3", &["sh", "-c", "echo oops >&2; printf partial; exit 3"]);
+        let spec = fx.spec(
+            "exit3",
+            &["sh", "-c", "echo oops >&2; printf partial; exit 3"],
+        );
         let exit = run_to_exit(&fx, &spec).await;
         assert_eq!(exit.exit_code, 3);
         let records = log_records(&spec.log_path);
@@ -262,7 +271,11 @@ fn stop_uses_sigterm_within_grace_then_sigkill() {
     block_on(async {
         let trapping = fx.spec(
             "trap",
-            &["sh", "-c", "trap 'exit 0' TERM; echo ready; while true; do sleep 0.1; done"],
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 0' TERM; echo ready; while true; do sleep 0.1; done",
+            ],
         );
         let ignoring = fx.spec("ignore", &["sleep", "1000"]);
         let state = fx.runtime.start(&trapping).await.unwrap();
@@ -277,17 +290,28 @@ fn stop_uses_sigterm_within_grace_then_sigkill() {
         }
 
         let t = Instant::now();
-        let stopped = fx.runtime.stop(&trapping.id, Duration::from_secs(10)).await.unwrap();
+        let stopped = fx
+            .runtime
+            .stop(&trapping.id, Duration::from_secs(10))
+            .await
+            .unwrap();
         let exit = exit_info(&stopped);
         assert_eq!((exit.exit_code, exit.signal), (0, None), "{exit:?}");
-        assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t.elapsed()
+        );
 
         let grace = Duration::from_millis(500);
         let t = Instant::now();
         let stopped = fx.runtime.stop(&ignoring.id, grace).await.unwrap();
         let exit = exit_info(&stopped);
         assert_eq!((exit.exit_code, exit.signal), (137, Some(9)), "{exit:?}");
-        assert!(t.elapsed() >= grace, "SIGKILL before the grace period ended");
+        assert!(
+            t.elapsed() >= grace,
+            "SIGKILL before the grace period ended"
+        );
         assert!(t.elapsed() < grace + Duration::from_secs(5));
         // Stopping an exited container returns its state again.
         let again = fx.runtime.stop(&ignoring.id, grace).await.unwrap();
@@ -307,7 +331,14 @@ fn memory_limit_oom_kill_is_reported() {
         assert_ne!(exit.exit_code, 0);
 
         // The same without a limit is not OOM-killed (the flag is not always set).
-        let spec = fx.spec("no-oom", &["sh", "-c", "head -c 1000000 /dev/zero | tail -c 10 >/dev/null"]);
+        let spec = fx.spec(
+            "no-oom",
+            &[
+                "sh",
+                "-c",
+                "head -c 1000000 /dev/zero | tail -c 10 >/dev/null",
+            ],
+        );
         let exit = run_to_exit(&fx, &spec).await;
         assert!(!exit.oom_killed);
         assert_eq!(exit.exit_code, 0);
@@ -345,7 +376,10 @@ fn env_cwd_and_user_are_applied() {
     require_privileges!();
     let fx = Fixture::new();
     block_on(async {
-        let mut spec = fx.spec("env", &["sh", "-c", "echo \"$FOO $(pwd) $(id -u):$(id -g)\""]);
+        let mut spec = fx.spec(
+            "env",
+            &["sh", "-c", "echo \"$FOO $(pwd) $(id -u):$(id -g)\""],
+        );
         spec.env = vec!["FOO=bar baz".into()];
         spec.cwd = "/tmp".into();
         spec.uid = 1000;
@@ -402,7 +436,11 @@ fn exec_runs_in_the_container_with_stdin_and_tty() {
             .exec(
                 &spec.id,
                 &ExecRequest {
-                    args: vec!["sh".into(), "-c".into(), "hostname; echo $IN_CONTAINER $EXTRA".into()],
+                    args: vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "hostname; echo $IN_CONTAINER $EXTRA".into(),
+                    ],
                     env: vec!["EXTRA=added".into()],
                     tty: false,
                 },
@@ -410,36 +448,70 @@ fn exec_runs_in_the_container_with_stdin_and_tty() {
             .await
             .unwrap();
         let mut out = String::new();
-        p.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+        p.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
         assert_eq!(p.wait().await.unwrap(), 0);
         assert_eq!(out, format!("{HOSTNAME}\nyes added\n"));
 
         let mut cat = fx
             .runtime
-            .exec(&spec.id, &ExecRequest { args: vec!["cat".into()], ..Default::default() })
+            .exec(
+                &spec.id,
+                &ExecRequest {
+                    args: vec!["cat".into()],
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         let mut stdin = cat.stdin.take().unwrap();
         stdin.write_all(b"through stdin\n").await.unwrap();
         drop(stdin);
         let mut out = String::new();
-        cat.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+        cat.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
         assert_eq!(cat.wait().await.unwrap(), 0);
         assert_eq!(out, "through stdin\n");
 
         let mut failing = fx
             .runtime
-            .exec(&spec.id, &ExecRequest { args: vec!["sh".into(), "-c".into(), "exit 5".into()], ..Default::default() })
+            .exec(
+                &spec.id,
+                &ExecRequest {
+                    args: vec!["sh".into(), "-c".into(), "exit 5".into()],
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert_eq!(failing.wait().await.unwrap(), 5);
         let mut missing = fx
             .runtime
-            .exec(&spec.id, &ExecRequest { args: vec!["nope".into()], ..Default::default() })
+            .exec(
+                &spec.id,
+                &ExecRequest {
+                    args: vec!["nope".into()],
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         let mut err = String::new();
-        missing.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+        missing
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .await
+            .unwrap();
         assert_eq!(missing.wait().await.unwrap(), 127);
         assert!(err.contains("executable file not found"), "{err}");
 
@@ -448,7 +520,11 @@ fn exec_runs_in_the_container_with_stdin_and_tty() {
             .exec(
                 &spec.id,
                 &ExecRequest {
-                    args: vec!["sh".into(), "-c".into(), "test -t 0 && test -t 1 && echo is-a-tty".into()],
+                    args: vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "test -t 0 && test -t 1 && echo is-a-tty".into(),
+                    ],
                     env: vec![],
                     tty: true,
                 },
@@ -460,19 +536,30 @@ fn exec_runs_in_the_container_with_stdin_and_tty() {
         let mut out = Vec::new();
         let mut buf = [0u8; 1024];
         // The master reads EIO once the last slave holder is gone.
-        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(10), master.read(&mut buf)).await {
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_secs(10), master.read(&mut buf)).await
+        {
             if n == 0 {
                 break;
             }
             out.extend_from_slice(&buf[..n]);
         }
         assert_eq!(tty.wait().await.unwrap(), 0);
-        assert!(String::from_utf8_lossy(&out).contains("is-a-tty"), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out).contains("is-a-tty"),
+            "{out:?}"
+        );
 
         fx.runtime.stop(&spec.id, Duration::ZERO).await.unwrap();
         let err = fx
             .runtime
-            .exec(&spec.id, &ExecRequest { args: vec!["true".into()], ..Default::default() })
+            .exec(
+                &spec.id,
+                &ExecRequest {
+                    args: vec!["true".into()],
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, Error::NotRunning { .. }), "{err}");
@@ -484,7 +571,9 @@ fn exec_runs_in_the_container_with_stdin_and_tty() {
 #[test]
 #[ignore = "helper process of container_survives_the_death_of_its_starter"]
 fn helper_start_then_hang() {
-    let Ok(spec) = std::env::var("APIARY_TEST_SPEC") else { return };
+    let Ok(spec) = std::env::var("APIARY_TEST_SPEC") else {
+        return;
+    };
     let spec: ContainerSpec = serde_json::from_str(&spec).unwrap();
     let config = RuntimeConfig {
         state_dir: std::env::var("APIARY_TEST_STATE_DIR").unwrap().into(),
@@ -505,7 +594,14 @@ fn container_survives_the_death_of_its_starter_and_is_readopted() {
     let fx = Fixture::new();
     let spec = fx.spec("survivor", &["sleep", "1000"]);
     let mut helper = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "helper_start_then_hang", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_start_then_hang",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env("APIARY_TEST_SPEC", serde_json::to_string(&spec).unwrap())
         .env("APIARY_TEST_STATE_DIR", &fx.config.state_dir)
         .env("APIARY_TEST_CGROUP_PARENT", &fx.config.cgroup_parent)
@@ -516,7 +612,8 @@ fn container_survives_the_death_of_its_starter_and_is_readopted() {
     let mut pid = None;
     for line in BufReader::new(helper.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
-        if let Some(p) = line.strip_prefix("STARTED ") {
+        // libtest prints `test helper_start_then_hang ... ` before the helper's own output.
+        if let Some((_, p)) = line.split_once("STARTED ") {
             pid = Some(p.parse::<i32>().unwrap());
             break;
         }
@@ -536,7 +633,10 @@ fn container_survives_the_death_of_its_starter_and_is_readopted() {
         assert_eq!(listed[0].pid, Some(pid));
         assert_eq!(listed[0].labels, spec.labels);
         assert!(Path::new(&format!("/proc/{pid}")).exists());
-        let stopped = runtime.stop(&spec.id, Duration::from_millis(200)).await.unwrap();
+        let stopped = runtime
+            .stop(&spec.id, Duration::from_millis(200))
+            .await
+            .unwrap();
         assert_eq!(exit_info(&stopped).exit_code, 137);
     });
 }
@@ -557,8 +657,15 @@ fn remove_leaves_no_mount_cgroup_or_state() {
         };
         fx.runtime.start(&spec).await.unwrap();
         let cgroup = cgroups::relative_path(&fx.config.cgroup_parent, &spec.id);
-        assert!(!cgroups::existing_dirs(&cgroup).is_empty(), "no cgroup while running");
-        assert_eq!(fx.mounts(), sandbox_mounts + 1, "the rootfs overlay is mounted");
+        assert!(
+            !cgroups::existing_dirs(&cgroup).is_empty(),
+            "no cgroup while running"
+        );
+        assert_eq!(
+            fx.mounts(),
+            sandbox_mounts + 1,
+            "the rootfs overlay is mounted"
+        );
         // The limits reached the cgroup.
         let limited = cgroups::existing_dirs(&cgroup).iter().any(|d| {
             std::fs::read_to_string(d.join("memory.limit_in_bytes"))
@@ -583,7 +690,13 @@ fn remove_leaves_no_mount_cgroup_or_state() {
         fx.runtime.start(&failed).await.unwrap();
         fx.runtime.remove(&failed.id).await.unwrap();
         assert_eq!(fx.mounts(), sandbox_mounts);
-        assert!(cgroups::existing_dirs(&cgroups::relative_path(&fx.config.cgroup_parent, &failed.id)).is_empty());
+        assert!(
+            cgroups::existing_dirs(&cgroups::relative_path(
+                &fx.config.cgroup_parent,
+                &failed.id
+            ))
+            .is_empty()
+        );
         assert!(fx.runtime.list().unwrap().is_empty());
     });
 }
@@ -606,7 +719,10 @@ fn start_latency() {
         samples.sort();
         let p50 = samples[samples.len() / 2];
         let max = samples[samples.len() - 1];
-        eprintln!("start latency over {} starts: p50 {p50:?}, max {max:?}", samples.len());
+        eprintln!(
+            "start latency over {} starts: p50 {p50:?}, max {max:?}",
+            samples.len()
+        );
         assert!(p50 < Duration::from_secs(1), "p50 {p50:?}");
     });
 }
