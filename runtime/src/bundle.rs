@@ -43,9 +43,9 @@ const READONLY: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// The runtime spec for `spec`, its rootfs at `rootfs` (relative to the bundle), its cgroup at
-/// `cgroups_path` (absolute, cgroupfs style).
-pub fn config(spec: &ContainerSpec, cgroups_path: &str) -> Value {
+/// The runtime spec for `spec`, its cgroup at `cgroups_path` (absolute, cgroupfs style).
+/// `swap_limit` says whether the host can limit swap (v1 needs `swapaccount`).
+pub fn config(spec: &ContainerSpec, cgroups_path: &str, swap_limit: bool) -> Value {
     let caps = DEFAULT_CAPABILITIES;
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc",
@@ -90,8 +90,12 @@ pub fn config(spec: &ContainerSpec, cgroups_path: &str) -> Value {
         resources["cpu"] = Value::Object(cpu);
     }
     if let Some(limit) = r.memory_limit_bytes {
-        // Swap equal to the limit: no swap on top of it, so the OOM killer acts at the limit.
-        resources["memory"] = json!({"limit": limit, "swap": limit});
+        resources["memory"] = if swap_limit {
+            // Swap equal to the limit: no swap on top of it, so the OOM killer acts at the limit.
+            json!({"limit": limit, "swap": limit})
+        } else {
+            json!({"limit": limit})
+        };
     }
     if let Some(pids) = r.pids_limit {
         resources["pids"] = json!({"limit": pids});
@@ -134,7 +138,6 @@ pub fn config(spec: &ContainerSpec, cgroups_path: &str) -> Value {
             "capabilities": {
                 "bounding": caps, "effective": caps, "permitted": caps,
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}],
             "noNewPrivileges": false,
         },
         "root": {"path": "rootfs", "readonly": false},
@@ -198,7 +201,7 @@ mod tests {
             log_max_bytes: 1 << 20,
             log_max_files: 1,
         };
-        let json = config(&spec, "/apiary/c");
+        let json = config(&spec, "/apiary/c", true);
         let parsed: oci_spec::runtime::Spec = serde_json::from_value(json).unwrap();
         let linux = parsed.linux().as_ref().unwrap();
         let res = linux.resources().as_ref().unwrap();

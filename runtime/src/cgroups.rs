@@ -55,6 +55,16 @@ pub fn oom_killed(relative: &str) -> bool {
     })
 }
 
+/// Whether memory + swap can be limited: always on v2 (`memory.swap.max`), only with swap
+/// accounting on v1 (`memory.memsw.*`, off unless the kernel has `swapaccount`).
+pub fn swap_limit_supported() -> bool {
+    let v1 = Path::new("/sys/fs/cgroup/memory");
+    if v1.is_dir() {
+        return v1.join("memory.memsw.limit_in_bytes").exists();
+    }
+    true
+}
+
 /// Removes the container's cgroup directories left in any hierarchy. A cgroup with processes
 /// cannot be removed (EBUSY): dying processes get a moment to leave.
 pub fn remove(relative: &str) -> std::io::Result<()> {

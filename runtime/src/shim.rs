@@ -54,6 +54,10 @@ pub enum Report {
 pub fn run(state_dir: &Path, id: &str, cgroup_parent: &str) -> Result<()> {
     // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map_err(Error::sys("SIGPIPE"))?;
+    // Descriptors the agent leaked to us (sockets, cargo's jobserver…) must not live as long as
+    // the container: keep only stdio.
+    // SAFETY: close_range takes plain integers; nothing in this process owns fds above 2 yet.
+    unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) };
     let layout = Layout::new(state_dir, id);
     let spec: ContainerSpec =
         read_json(&layout.spec())?.ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
@@ -153,7 +157,8 @@ fn start(layout: &Layout, spec: &ContainerSpec, cgroup: &str) -> Result<Running,
         Some(options.as_str()),
     )
     .map_err(|e| format!("mounting the overlay rootfs: {e}"))?;
-    let config = crate::bundle::config(spec, &format!("/{cgroup}"));
+    let config =
+        crate::bundle::config(spec, &format!("/{cgroup}"), cgroups::swap_limit_supported());
     fs::write(
         layout.bundle().join("config.json"),
         serde_json::to_vec_pretty(&config).expect("config serializes"),
@@ -342,7 +347,9 @@ fn reap(init: Pid) -> Option<WaitStatus> {
 
 /// Deletes what libcontainer created for a container that failed to start.
 fn delete_container(layout: &Layout, id: &str, cgroup: &str) {
-    if let Ok(mut container) = Container::load(layout.youki_root().join(id))
+    let dir = layout.youki_root().join(id);
+    if dir.join("state.json").exists()
+        && let Ok(mut container) = Container::load(dir)
         && let Err(e) = container.delete(true)
     {
         eprintln!("apiary-shim: deleting the failed container: {e}");

@@ -49,6 +49,15 @@ fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
 }
 
 fn main() -> ExitCode {
+    // libcontainer's own diagnostics go to the shim log (our stderr); RUST_LOG tunes them.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libcgroups=error")),
+        )
+        .init();
     let mut argv = std::env::args().skip(1);
     let subcommand = argv.next().unwrap_or_default();
     let args = match parse(argv) {

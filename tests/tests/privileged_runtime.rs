@@ -1,0 +1,728 @@
+//! The container runtime end to end: real `apiary-shim` processes running busybox containers
+//! with youki's libcontainer.
+//!
+//! The tests build the shim themselves (`cargo build -p apiary-runtime --bin apiary-shim`, next
+//! to this test binary in `target/debug`) unless `APIARY_SHIM` names one. Run them with
+//! `cargo test -p apiary-tests --test privileged_runtime -- --test-threads 2 --nocapture`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use apiary_runtime::{
+    ContainerSpec, ContainerState, ContainerStatus, Error, ExecRequest, ExitInfo, Mount, Resources,
+    Runtime, RuntimeConfig, Sandbox, SandboxNamespaces, cgroups,
+};
+use apiary_tests::require_privileges;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const HOSTNAME: &str = "pod-host";
+const APPLETS: &[&str] = &[
+    "sh", "sleep", "echo", "cat", "head", "tail", "hostname", "ls", "wget", "httpd", "nc", "id",
+    "touch", "seq", "true", "test",
+];
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// The shim binary, built once per test process.
+fn shim_path() -> PathBuf {
+    static SHIM: OnceLock<PathBuf> = OnceLock::new();
+    SHIM.get_or_init(|| {
+        if let Some(path) = std::env::var_os("APIARY_SHIM") {
+            return path.into();
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "apiary-runtime", "--bin", "apiary-shim"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .expect("running cargo build for apiary-shim");
+        assert!(status.success(), "building apiary-shim failed");
+        // target/debug/deps/privileged_runtime-… → target/debug/apiary-shim
+        let exe = std::env::current_exe().unwrap();
+        exe.parent().unwrap().parent().unwrap().join("apiary-shim")
+    })
+    .clone()
+}
+
+/// A busybox layer, a sandbox, a state dir and a cgroup parent of its own; all removed on drop
+/// (containers are killed and removed first).
+struct Fixture {
+    dir: tempfile::TempDir,
+    runtime: Runtime,
+    config: RuntimeConfig,
+    namespaces: SandboxNamespaces,
+    name: String,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "rt{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("apiary-rt-")
+            .tempdir()
+            .unwrap();
+        let layer = dir.path().join("layer");
+        for sub in ["bin", "proc", "dev", "sys", "tmp", "etc", "data"] {
+            std::fs::create_dir_all(layer.join(sub)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", layer.join("bin/busybox")).unwrap();
+        for applet in APPLETS {
+            std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).unwrap();
+        }
+        let config = RuntimeConfig {
+            state_dir: dir.path().join("state"),
+            shim_path: shim_path(),
+            cgroup_parent: format!("apiary-test-{name}"),
+        };
+        let runtime = Runtime::new(config.clone()).unwrap();
+        let namespaces = Sandbox::create(&dir.path().join("sandbox"), HOSTNAME).unwrap();
+        Fixture {
+            dir,
+            runtime,
+            config,
+            namespaces,
+            name,
+        }
+    }
+
+    fn spec(&self, container: &str, args: &[&str]) -> ContainerSpec {
+        let id = format!("{}-{container}", self.name);
+        ContainerSpec {
+            labels: BTreeMap::from([("container".to_owned(), container.to_owned())]),
+            layers: vec![self.dir.path().join("layer")],
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: vec![],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            hostname: HOSTNAME.into(),
+            namespaces: self.namespaces.clone(),
+            mounts: vec![],
+            resources: Resources::default(),
+            log_path: self.dir.path().join("logs").join(format!("{id}.log")),
+            log_max_bytes: 1 << 20,
+            log_max_files: 2,
+            id,
+        }
+    }
+
+    /// Mounts under this fixture's dir (overlay rootfs, sandbox namespaces).
+    fn mounts(&self) -> usize {
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&dir)))
+            .count()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let runtime = self.runtime.clone();
+        // Cleanup runs on its own thread and runtime: a panicking test may be inside block_on.
+        let cleanup = std::thread::spawn(move || {
+            block_on(async {
+                for state in runtime.list().unwrap_or_default() {
+                    if state.status == ContainerStatus::Running {
+                        let _ = runtime.stop(&state.id, Duration::ZERO).await;
+                    }
+                    if let Err(e) = runtime.remove(&state.id).await {
+                        eprintln!("cleanup: removing {}: {e}", state.id);
+                    }
+                }
+            })
+        });
+        let _ = cleanup.join();
+        if let Err(e) = Sandbox::remove(&self.dir.path().join("sandbox")) {
+            eprintln!("cleanup: sandbox: {e}");
+        }
+        for dir in cgroups::existing_dirs(&self.config.cgroup_parent) {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+fn exit_info(state: &ContainerState) -> &ExitInfo {
+    match &state.status {
+        ContainerStatus::Exited(exit) => exit,
+        ContainerStatus::Running => panic!("{} is still running: {state:?}", state.id),
+    }
+}
+
+/// Polls until the container exited.
+async fn wait_exit(runtime: &Runtime, id: &str, timeout: Duration) -> ContainerState {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let state = runtime.state(id).unwrap().expect("container exists");
+        if matches!(state.status, ContainerStatus::Exited(_)) {
+            return state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} did not exit within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The log's records as (stream, tag, content).
+fn log_records(path: &Path) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let mut parts = line.splitn(4, ' ');
+            let ts = parts.next().unwrap();
+            assert!(
+                chrono::DateTime::parse_from_rfc3339(ts).is_ok(),
+                "bad timestamp in {line:?}"
+            );
+            let stream = parts.next().unwrap().to_owned();
+            let tag = parts.next().unwrap().to_owned();
+            (stream, tag, parts.next().unwrap_or_default().to_owned())
+        })
+        .collect()
+}
+
+fn log_lines(path: &Path) -> Vec<String> {
+    log_records(path).into_iter().map(|(_, _, c)| c).collect()
+}
+
+async fn run_to_exit(fx: &Fixture, spec: &ContainerSpec) -> ExitInfo {
+    let started = fx.runtime.start(spec).await.unwrap();
+    assert_eq!(started.labels, spec.labels);
+    let state = wait_exit(&fx.runtime, &spec.id, Duration::from_secs(20)).await;
+    exit_info(&state).clone()
+}
+
+#[test]
+fn echo_hello_is_logged_in_cri_format_and_exits_zero() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        let spec = fx.spec("echo", &["echo", "hello"]);
+        let exit = run_to_exit(&fx, &spec).await;
+        assert_eq!(exit.exit_code, 0, "{exit:?}");
+        assert_eq!(exit.signal, None);
+        assert!(!exit.oom_killed);
+        assert_eq!(
+            log_records(&spec.log_path),
+            [("stdout".to_owned(), "F".to_owned(), "hello".to_owned())]
+        );
+    });
+}
+
+#[test]
+fn exit_code_and_stderr_are_recorded() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        let spec = fx.spec(
+            "exit3",
+            &["sh", "-c", "echo oops >&2; printf partial; exit 3"],
+        );
+        let exit = run_to_exit(&fx, &spec).await;
+        assert_eq!(exit.exit_code, 3);
+        let records = log_records(&spec.log_path);
+        assert!(records.contains(&("stderr".into(), "F".into(), "oops".into())));
+        assert!(records.contains(&("stdout".into(), "P".into(), "partial".into())));
+    });
+}
+
+#[test]
+fn missing_executable_is_a_clear_start_error() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        let spec = fx.spec("missing", &["no-such-binary", "arg"]);
+        let state = fx.runtime.start(&spec).await.unwrap();
+        let exit = exit_info(&state);
+        assert_eq!(exit.exit_code, 128);
+        assert_eq!(
+            exit.message.as_deref(),
+            Some("exec: \"no-such-binary\": executable file not found in $PATH")
+        );
+        // Still listed (the agent reports it), until removed.
+        assert!(fx.runtime.list().unwrap().iter().any(|s| s.id == spec.id));
+    });
+}
+
+#[test]
+fn stop_uses_sigterm_within_grace_then_sigkill() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        let trapping = fx.spec(
+            "trap",
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 0' TERM; echo ready; while true; do sleep 0.1; done",
+            ],
+        );
+        let ignoring = fx.spec("ignore", &["sleep", "1000"]);
+        let state = fx.runtime.start(&trapping).await.unwrap();
+        assert_eq!(state.status, ContainerStatus::Running);
+        assert!(state.pid.is_some() && state.started_at.is_some());
+        fx.runtime.start(&ignoring).await.unwrap();
+        // The trap must be installed before SIGTERM arrives.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !log_lines(&trapping.log_path).contains(&"ready".to_owned()) {
+            assert!(Instant::now() < deadline, "trap container never got ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let t = Instant::now();
+        let stopped = fx
+            .runtime
+            .stop(&trapping.id, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let exit = exit_info(&stopped);
+        assert_eq!((exit.exit_code, exit.signal), (0, None), "{exit:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t.elapsed()
+        );
+
+        let grace = Duration::from_millis(500);
+        let t = Instant::now();
+        let stopped = fx.runtime.stop(&ignoring.id, grace).await.unwrap();
+        let exit = exit_info(&stopped);
+        assert_eq!((exit.exit_code, exit.signal), (137, Some(9)), "{exit:?}");
+        assert!(
+            t.elapsed() >= grace,
+            "SIGKILL before the grace period ended"
+        );
+        assert!(t.elapsed() < grace + Duration::from_secs(5));
+        // Stopping an exited container returns its state again.
+        let again = fx.runtime.stop(&ignoring.id, grace).await.unwrap();
+        assert_eq!(exit_info(&again).exit_code, 137);
+    });
+}
+
+#[test]
+fn memory_limit_oom_kill_is_reported() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        let mut spec = fx.spec("oom", &["sh", "-c", "tail /dev/zero"]);
+        spec.resources.memory_limit_bytes = Some(32 << 20);
+        let exit = run_to_exit(&fx, &spec).await;
+        assert!(exit.oom_killed, "{exit:?}");
+        assert_ne!(exit.exit_code, 0);
+
+        // The same without a limit is not OOM-killed (the flag is not always set).
+        let spec = fx.spec(
+            "no-oom",
+            &[
+                "sh",
+                "-c",
+                "head -c 1000000 /dev/zero | tail -c 10 >/dev/null",
+            ],
+        );
+        let exit = run_to_exit(&fx, &spec).await;
+        assert!(!exit.oom_killed);
+        assert_eq!(exit.exit_code, 0);
+    });
+}
+
+#[test]
+fn containers_of_one_sandbox_share_hostname_and_network() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        let mut server = fx.spec("server", &["sh", "-c", "hostname; nc -l -p 8080"]);
+        // No hostname of its own: it sees the sandbox's.
+        server.hostname = String::new();
+        let client = fx.spec(
+            "client",
+            &[
+                "sh",
+                "-c",
+                "hostname; for i in $(seq 100); do echo hi-over-lo | nc 127.0.0.1 8080 && exit 0; sleep 0.1; done; exit 1",
+            ],
+        );
+        fx.runtime.start(&server).await.unwrap();
+        let client_exit = run_to_exit(&fx, &client).await;
+        assert_eq!(client_exit.exit_code, 0, "client could not connect");
+        let server_state = wait_exit(&fx.runtime, &server.id, Duration::from_secs(10)).await;
+        assert_eq!(exit_info(&server_state).exit_code, 0);
+        assert_eq!(log_lines(&server.log_path), [HOSTNAME, "hi-over-lo"]);
+        assert_eq!(log_lines(&client.log_path), [HOSTNAME]);
+    });
+}
+
+#[test]
+fn env_cwd_and_user_are_applied() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        let mut spec = fx.spec(
+            "env",
+            &["sh", "-c", "echo \"$FOO $(pwd) $(id -u):$(id -g)\""],
+        );
+        spec.env = vec!["FOO=bar baz".into()];
+        spec.cwd = "/tmp".into();
+        spec.uid = 1000;
+        spec.gid = 2000;
+        let exit = run_to_exit(&fx, &spec).await;
+        assert_eq!(exit.exit_code, 0);
+        assert_eq!(log_lines(&spec.log_path), ["bar baz /tmp 1000:2000"]);
+    });
+}
+
+#[test]
+fn read_only_bind_mount_is_read_only() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        let volume = fx.dir.path().join("volume");
+        std::fs::create_dir(&volume).unwrap();
+        std::fs::write(volume.join("data.txt"), "from-the-host\n").unwrap();
+        let script = "cat /data/data.txt; if touch /data/new 2>/dev/null; then echo writable; else echo read-only; fi";
+        let mut ro = fx.spec("ro", &["sh", "-c", script]);
+        ro.mounts = vec![Mount {
+            source: volume.clone(),
+            destination: "/data".into(),
+            read_only: true,
+        }];
+        let exit = run_to_exit(&fx, &ro).await;
+        assert_eq!(exit.exit_code, 0);
+        assert_eq!(log_lines(&ro.log_path), ["from-the-host", "read-only"]);
+        assert!(!volume.join("new").exists());
+
+        let mut rw = fx.spec("rw", &["sh", "-c", script]);
+        rw.mounts = vec![Mount {
+            source: volume.clone(),
+            destination: "/data".into(),
+            read_only: false,
+        }];
+        run_to_exit(&fx, &rw).await;
+        assert_eq!(log_lines(&rw.log_path), ["from-the-host", "writable"]);
+        assert!(volume.join("new").exists());
+    });
+}
+
+#[test]
+fn exec_runs_in_the_container_with_stdin_and_tty() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        let mut spec = fx.spec("exec", &["sleep", "1000"]);
+        spec.env = vec!["IN_CONTAINER=yes".into()];
+        fx.runtime.start(&spec).await.unwrap();
+
+        let mut p = fx
+            .runtime
+            .exec(
+                &spec.id,
+                &ExecRequest {
+                    args: vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "hostname; echo $IN_CONTAINER $EXTRA".into(),
+                    ],
+                    env: vec!["EXTRA=added".into()],
+                    tty: false,
+                },
+            )
+            .await
+            .unwrap();
+        let mut out = String::new();
+        p.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(p.wait().await.unwrap(), 0);
+        assert_eq!(out, format!("{HOSTNAME}\nyes added\n"));
+
+        let mut cat = fx
+            .runtime
+            .exec(
+                &spec.id,
+                &ExecRequest {
+                    args: vec!["cat".into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut stdin = cat.stdin.take().unwrap();
+        stdin.write_all(b"through stdin\n").await.unwrap();
+        drop(stdin);
+        let mut out = String::new();
+        cat.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(cat.wait().await.unwrap(), 0);
+        assert_eq!(out, "through stdin\n");
+
+        let mut failing = fx
+            .runtime
+            .exec(
+                &spec.id,
+                &ExecRequest {
+                    args: vec!["sh".into(), "-c".into(), "exit 5".into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(failing.wait().await.unwrap(), 5);
+        let mut missing = fx
+            .runtime
+            .exec(
+                &spec.id,
+                &ExecRequest {
+                    args: vec!["nope".into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut err = String::new();
+        missing
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .await
+            .unwrap();
+        assert_eq!(missing.wait().await.unwrap(), 127);
+        assert!(err.contains("executable file not found"), "{err}");
+
+        let mut tty = fx
+            .runtime
+            .exec(
+                &spec.id,
+                &ExecRequest {
+                    args: vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "test -t 0 && test -t 1 && echo is-a-tty".into(),
+                    ],
+                    env: vec![],
+                    tty: true,
+                },
+            )
+            .await
+            .unwrap();
+        tty.resize(40, 100).unwrap();
+        let mut master = tty.pty.take().unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        // The master reads EIO once the last slave holder is gone.
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_secs(10), master.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(tty.wait().await.unwrap(), 0);
+        assert!(
+            String::from_utf8_lossy(&out).contains("is-a-tty"),
+            "{out:?}"
+        );
+
+        fx.runtime.stop(&spec.id, Duration::ZERO).await.unwrap();
+        let err = fx
+            .runtime
+            .exec(
+                &spec.id,
+                &ExecRequest {
+                    args: vec!["true".into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotRunning { .. }), "{err}");
+    });
+}
+
+/// Started by `container_survives_the_death_of_its_starter` in a child process, which is then
+/// SIGKILLed. Does nothing when run on its own.
+#[test]
+#[ignore = "helper process of container_survives_the_death_of_its_starter"]
+fn helper_start_then_hang() {
+    let Ok(spec) = std::env::var("APIARY_TEST_SPEC") else {
+        return;
+    };
+    let spec: ContainerSpec = serde_json::from_str(&spec).unwrap();
+    let config = RuntimeConfig {
+        state_dir: std::env::var("APIARY_TEST_STATE_DIR").unwrap().into(),
+        shim_path: shim_path(),
+        cgroup_parent: std::env::var("APIARY_TEST_CGROUP_PARENT").unwrap(),
+    };
+    block_on(async {
+        let runtime = Runtime::new(config).unwrap();
+        let state = runtime.start(&spec).await.unwrap();
+        println!("STARTED {}", state.pid.unwrap());
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    });
+}
+
+#[test]
+fn container_survives_the_death_of_its_starter_and_is_readopted() {
+    require_privileges!();
+    let fx = Fixture::new();
+    let spec = fx.spec("survivor", &["sleep", "1000"]);
+    let mut helper = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_start_then_hang",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("APIARY_TEST_SPEC", serde_json::to_string(&spec).unwrap())
+        .env("APIARY_TEST_STATE_DIR", &fx.config.state_dir)
+        .env("APIARY_TEST_CGROUP_PARENT", &fx.config.cgroup_parent)
+        .env("APIARY_SHIM", shim_path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pid = None;
+    for line in BufReader::new(helper.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        // libtest prints `test helper_start_then_hang ... ` before the helper's own output.
+        if let Some((_, p)) = line.split_once("STARTED ") {
+            pid = Some(p.parse::<i32>().unwrap());
+            break;
+        }
+    }
+    let pid = pid.expect("helper did not start the container");
+    helper.kill().unwrap(); // SIGKILL
+    helper.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    block_on(async {
+        // A new Runtime (a restarted agent) over the same state dir.
+        let runtime = Runtime::new(fx.config.clone()).unwrap();
+        let listed = runtime.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, spec.id);
+        assert_eq!(listed[0].status, ContainerStatus::Running);
+        assert_eq!(listed[0].pid, Some(pid));
+        assert_eq!(listed[0].labels, spec.labels);
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        let stopped = runtime
+            .stop(&spec.id, Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert_eq!(exit_info(&stopped).exit_code, 137);
+    });
+}
+
+#[test]
+fn remove_leaves_no_mount_cgroup_or_state() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        let sandbox_mounts = fx.mounts();
+        let mut spec = fx.spec("removed", &["sleep", "1000"]);
+        spec.resources = Resources {
+            cpu_shares: Some(256),
+            cpu_quota_us: Some(50_000),
+            cpu_period_us: Some(100_000),
+            memory_limit_bytes: Some(64 << 20),
+            pids_limit: Some(64),
+        };
+        fx.runtime.start(&spec).await.unwrap();
+        let cgroup = cgroups::relative_path(&fx.config.cgroup_parent, &spec.id);
+        assert!(
+            !cgroups::existing_dirs(&cgroup).is_empty(),
+            "no cgroup while running"
+        );
+        assert_eq!(
+            fx.mounts(),
+            sandbox_mounts + 1,
+            "the rootfs overlay is mounted"
+        );
+        // The limits reached the cgroup.
+        let limited = cgroups::existing_dirs(&cgroup).iter().any(|d| {
+            std::fs::read_to_string(d.join("memory.limit_in_bytes"))
+                .or_else(|_| std::fs::read_to_string(d.join("memory.max")))
+                .is_ok_and(|v| v.trim() == (64u64 << 20).to_string())
+        });
+        assert!(limited, "memory limit not applied");
+        let err = fx.runtime.remove(&spec.id).await.unwrap_err();
+        assert!(matches!(err, Error::StillRunning { .. }), "{err}");
+
+        fx.runtime.stop(&spec.id, Duration::ZERO).await.unwrap();
+        fx.runtime.remove(&spec.id).await.unwrap();
+        assert_eq!(fx.mounts(), sandbox_mounts);
+        assert!(cgroups::existing_dirs(&cgroup).is_empty());
+        assert!(!fx.config.state_dir.join(&spec.id).exists());
+        assert_eq!(fx.runtime.state(&spec.id).unwrap(), None);
+        // Idempotent.
+        fx.runtime.remove(&spec.id).await.unwrap();
+
+        // A start failure is cleaned up the same way.
+        let failed = fx.spec("failed", &["nope"]);
+        fx.runtime.start(&failed).await.unwrap();
+        fx.runtime.remove(&failed.id).await.unwrap();
+        assert_eq!(fx.mounts(), sandbox_mounts);
+        assert!(
+            cgroups::existing_dirs(&cgroups::relative_path(
+                &fx.config.cgroup_parent,
+                &failed.id
+            ))
+            .is_empty()
+        );
+        assert!(fx.runtime.list().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn start_latency() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        let mut samples = Vec::new();
+        for i in 0..20 {
+            let spec = fx.spec(&format!("lat{i}"), &["sleep", "1000"]);
+            let t = Instant::now();
+            let state = fx.runtime.start(&spec).await.unwrap();
+            samples.push(t.elapsed());
+            assert_eq!(state.status, ContainerStatus::Running);
+            fx.runtime.stop(&spec.id, Duration::ZERO).await.unwrap();
+            fx.runtime.remove(&spec.id).await.unwrap();
+        }
+        samples.sort();
+        let p50 = samples[samples.len() / 2];
+        let max = samples[samples.len() - 1];
+        eprintln!(
+            "start latency over {} starts: p50 {p50:?}, max {max:?}",
+            samples.len()
+        );
+        assert!(p50 < Duration::from_secs(1), "p50 {p50:?}");
+    });
+}
