@@ -10,7 +10,10 @@ use apiary_api::remotecommand::{self, CLOSE, ERROR, RESIZE, STDERR, STDIN, STDOU
 use axum::{
     extract::{
         Path, RawQuery, State,
-        ws::{Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+        ws::{
+            CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code,
+            rejection::WebSocketUpgradeRejection,
+        },
     },
     response::{IntoResponse as _, Response},
 };
@@ -178,7 +181,12 @@ async fn run(socket: WebSocket, session: ExecSession, command: &[String], v5: bo
     let mut frame = vec![ERROR];
     frame.extend_from_slice(&serde_json::to_vec(&status).unwrap_or_default());
     let _ = out_tx.send(Message::Binary(frame.into())).await;
-    let _ = out_tx.send(Message::Close(None)).await;
+    // A close without a code reads as an error to client-go: say it is a normal closure.
+    let close = CloseFrame {
+        code: close_code::NORMAL,
+        reason: "".into(),
+    };
+    let _ = out_tx.send(Message::Close(Some(close))).await;
     drop(out_tx);
     let _ = writer.await;
     reader.abort();

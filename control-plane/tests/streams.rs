@@ -1,0 +1,285 @@
+//! `kubectl logs` and `kubectl exec` through the API server to a node agent's server: the agent
+//! runs in this process with a backend of local files and processes, registered as a Node on
+//! 127.0.0.1, and the real kubectl drives it.
+
+mod local_pods;
+mod support;
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use local_pods::{Agent, node, pod};
+use support::ControlPlane;
+
+fn start() -> ControlPlane {
+    // No heartbeats come from the test's node: keep the lifecycle controller from evicting.
+    ControlPlane::start_with(&["--node-monitor-grace-seconds", "3600"])
+}
+
+fn token(cp: &ControlPlane) -> String {
+    let config: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig()).unwrap()).unwrap();
+    config["users"][0]["user"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn register(cp: &ControlPlane, name: &str, port: u16) {
+    cp.kubectl_stdin(&["create", "-f", "-"], &node(name, port))
+        .success();
+    let status: serde_json::Value = serde_json::from_str(&node(name, port)).unwrap();
+    let patch = serde_json::json!({ "status": status["status"] }).to_string();
+    cp.kubectl(&[
+        "patch",
+        "node",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ])
+    .success();
+}
+
+fn create_pod(cp: &ControlPlane, name: &str, node: Option<&str>, containers: &[&str]) {
+    cp.kubectl_stdin(&["create", "-f", "-"], &pod(name, node, containers))
+        .success();
+}
+
+/// Exit code, stdout and stderr of a kubectl run.
+fn kubectl_full(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(stdin) = stdin {
+        input.write_all(stdin.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn kubectl_logs_tail_follow_and_containers() {
+    let cp = start();
+    let agent = Agent::start(&token(&cp));
+    register(&cp, "n1", agent.addr.port());
+    create_pod(&cp, "web", Some("n1"), &["app"]);
+    create_pod(&cp, "duo", Some("n1"), &["a", "b"]);
+    agent.pods.add_pod("default", "web", &["app"]);
+    agent.pods.add_pod("default", "duo", &["a", "b"]);
+    agent
+        .pods
+        .append("default", "web", "app", "one\ntwo\nthree\n");
+    agent.pods.append("default", "duo", "b", "from b\n");
+
+    assert_eq!(cp.kubectl(&["logs", "web"]).success(), "one\ntwo\nthree\n");
+    assert_eq!(
+        cp.kubectl(&["logs", "web", "--tail", "2"]).success(),
+        "two\nthree\n"
+    );
+    let stamped = cp.kubectl(&["logs", "web", "--timestamps"]).success();
+    assert!(
+        stamped.lines().all(|l| l.contains("Z ")) && stamped.ends_with(" three\n"),
+        "{stamped}"
+    );
+
+    let mut follow = cp.kubectl_spawn(&["logs", "-f", "web"]);
+    follow.read_until(|s| s.ends_with("three\n"), 20);
+    agent.pods.append("default", "web", "app", "four\n");
+    let seen = follow.read_until(|s| s.ends_with("four\n"), 20);
+    assert_eq!(seen, "one\ntwo\nthree\nfour\n");
+
+    assert_eq!(
+        cp.kubectl(&["logs", "duo", "-c", "b"]).success(),
+        "from b\n"
+    );
+    let missing = cp.kubectl(&["logs", "duo", "-c", "c"]).failure();
+    assert!(
+        missing.contains("container c is not valid for pod duo"),
+        "{missing}"
+    );
+    // kubectl picks a default container itself; the API server's rule shows without it.
+    let unnamed = cp
+        .kubectl(&["get", "--raw", "/api/v1/namespaces/default/pods/duo/log"])
+        .failure();
+    assert!(
+        unnamed.contains("a container name must be specified for pod duo, choose one of: [a b]"),
+        "{unnamed}"
+    );
+    let no_pod = cp.kubectl(&["logs", "nosuchpod"]).failure();
+    assert!(no_pod.contains(r#"pods "nosuchpod" not found"#), "{no_pod}");
+
+    create_pod(&cp, "lost", None, &["app"]);
+    let unscheduled = cp.kubectl(&["logs", "lost"]).failure();
+    assert!(
+        unscheduled.contains("pod lost does not have a host assigned"),
+        "{unscheduled}"
+    );
+}
+
+#[test]
+fn kubectl_exec_streams_stdin_and_exit_codes() {
+    let cp = start();
+    let agent = Agent::start(&token(&cp));
+    register(&cp, "n1", agent.addr.port());
+    create_pod(&cp, "web", Some("n1"), &["app"]);
+    create_pod(&cp, "duo", Some("n1"), &["a", "b"]);
+    agent.pods.add_pod("default", "web", &["app"]);
+    agent.pods.add_pod("default", "duo", &["a", "b"]);
+
+    let (code, stdout, stderr) = kubectl_full(
+        &cp,
+        &[
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        None,
+    );
+    assert_eq!(code, 3, "stdout: {stdout} stderr: {stderr}");
+    assert_eq!(stdout, "out\n");
+    assert!(stderr.starts_with("err\n"), "{stderr}");
+    assert!(
+        stderr.contains("command terminated with exit code 3"),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = kubectl_full(&cp, &["exec", "web", "--", "true"], None);
+    assert_eq!((code, stdout.as_str()), (0, ""), "{stderr}");
+
+    let input = "hello\nworld\n".repeat(1000);
+    let (code, stdout, stderr) =
+        kubectl_full(&cp, &["exec", "-i", "web", "--", "cat"], Some(&input));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, input);
+
+    let (code, stdout, stderr) = kubectl_full(
+        &cp,
+        &["exec", "duo", "-c", "b", "--", "sh", "-c", "echo in b"],
+        None,
+    );
+    assert_eq!((code, stdout.as_str()), (0, "in b\n"), "{stderr}");
+    let missing = cp
+        .kubectl(&["exec", "duo", "-c", "c", "--", "true"])
+        .failure();
+    assert!(
+        missing.contains("container c is not valid for pod duo"),
+        "{missing}"
+    );
+    create_pod(&cp, "lost", None, &["app"]);
+    let unscheduled = cp.kubectl(&["exec", "lost", "--", "true"]).failure();
+    assert!(
+        unscheduled.contains("pod lost does not have a host assigned"),
+        "{unscheduled}"
+    );
+
+    // Measured: the round trip of a trivial exec through kubectl, API server and agent.
+    let runs = 5;
+    let started = Instant::now();
+    for _ in 0..runs {
+        let (code, _, stderr) = kubectl_full(&cp, &["exec", "web", "--", "true"], None);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    eprintln!(
+        "kubectl exec web -- true: {:?} per run (mean of {runs})",
+        started.elapsed() / runs
+    );
+}
+
+#[test]
+fn unreachable_and_refusing_agents_are_errors() {
+    let cp = start();
+    // A port nothing listens on.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    register(&cp, "gone", free);
+    create_pod(&cp, "orphan", Some("gone"), &["app"]);
+    let unreachable = cp.kubectl(&["logs", "orphan"]).failure();
+    assert!(
+        unreachable.contains(&format!("dial tcp 127.0.0.1:{free}"))
+            && unreachable.contains("refused"),
+        "{unreachable}"
+    );
+    let (code, _, stderr) = kubectl_full(&cp, &["exec", "orphan", "--", "true"], None);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("refused"), "{stderr}");
+
+    // An agent that was given another token refuses the API server.
+    let stranger = Agent::start("not-the-cluster-token");
+    stranger.pods.add_pod("default", "web", &["app"]);
+    register(&cp, "stranger", stranger.addr.port());
+    create_pod(&cp, "web", Some("stranger"), &["app"]);
+    let refused = cp.kubectl(&["logs", "web"]).failure();
+    assert!(refused.contains("Unauthorized"), "{refused}");
+
+    // And the agent itself: 401 without the token or with a wrong one, 200 with it.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .use_rustls_tls()
+            .build()
+            .unwrap();
+        let url = format!(
+            "https://127.0.0.1:{}/containerLogs/default/web/app",
+            stranger.addr.port()
+        );
+        let status = |token: Option<&'static str>| {
+            let mut request = client.get(&url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            async move { request.send().await.unwrap().status().as_u16() }
+        };
+        assert_eq!(status(None).await, 401);
+        assert_eq!(status(Some("wrong")).await, 401);
+        assert_eq!(status(Some("not-the-cluster-token")).await, 200);
+    });
+}
+
+#[test]
+fn kubectl_logs_throughput() {
+    let cp = start();
+    let agent = Agent::start(&token(&cp));
+    register(&cp, "n1", agent.addr.port());
+    create_pod(&cp, "big", Some("n1"), &["app"]);
+    agent.pods.add_pod("default", "big", &["app"]);
+    let line = format!("{}\n", "x".repeat(99));
+    let lines = 200_000;
+    agent
+        .pods
+        .append("default", "big", "app", &line.repeat(lines));
+    let started = Instant::now();
+    let out = cp.kubectl(&["logs", "big"]).success();
+    let elapsed = started.elapsed();
+    assert_eq!(out.len(), line.len() * lines);
+    eprintln!(
+        "kubectl logs of {} MB: {elapsed:?} ({:.0} MB/s)",
+        out.len() / 1_000_000,
+        out.len() as f64 / 1e6 / elapsed.as_secs_f64()
+    );
+    assert!(elapsed < Duration::from_secs(30));
+}
