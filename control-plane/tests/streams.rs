@@ -192,6 +192,14 @@ fn kubectl_exec_streams_stdin_and_exit_codes() {
         "{unscheduled}"
     );
 
+    // kubectl 1.32 speaks remotecommand v5 over WebSocket (not its SPDY fallback).
+    let (code, _, verbose) = kubectl_full(&cp, &["exec", "-v=8", "web", "--", "true"], None);
+    assert_eq!(code, 0, "{verbose}");
+    assert!(
+        verbose.contains("The subprotocol is v5.channel.k8s.io") && !verbose.contains("SPDY"),
+        "{verbose}"
+    );
+
     // Measured: the round trip of a trivial exec through kubectl, API server and agent.
     let runs = 5;
     let started = Instant::now();
@@ -282,4 +290,130 @@ fn kubectl_logs_throughput() {
         out.len() as f64 / 1e6 / elapsed.as_secs_f64()
     );
     assert!(elapsed < Duration::from_secs(30));
+}
+
+/// A WebSocket to the API server's `path`, offering `protocol`, trusting the cluster CA.
+async fn websocket(
+    cp: &ControlPlane,
+    path: &str,
+    protocol: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let config: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig()).unwrap()).unwrap();
+    let server = config["clusters"][0]["cluster"]["server"].as_str().unwrap();
+    let addr = server.strip_prefix("https://").unwrap().to_owned();
+    let ca = std::fs::read(cp.data_path().join("pki/ca.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(
+            rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let mut request = format!("wss://{addr}{path}").into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", token(cp)).parse().unwrap(),
+    );
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    let (socket, response) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], protocol);
+    socket
+}
+
+/// Collects `[channel, data…]` frames until the server closes: (stdout, error channel).
+async fn drain(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    >,
+) -> (String, String) {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut stdout, mut status) = (Vec::new(), Vec::new());
+    while let Some(Ok(message)) = socket.next().await {
+        match message {
+            Message::Binary(data) if data.first() == Some(&1) => {
+                stdout.extend_from_slice(&data[1..]);
+            }
+            Message::Binary(data) if data.first() == Some(&3) => {
+                status.extend_from_slice(&data[1..]);
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    (
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&status).into_owned(),
+    )
+}
+
+#[test]
+fn websocket_exec_v4_on_a_terminal_resizes_and_a_gone_client_kills_the_command() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let cp = start();
+    let agent = Agent::start(&token(&cp));
+    register(&cp, "n1", agent.addr.port());
+    create_pod(&cp, "web", Some("n1"), &["app"]);
+    agent.pods.add_pod("default", "web", &["app"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // v4, on a pseudo-terminal: the size set through the resize channel is what stty sees.
+        let path = "/api/v1/namespaces/default/pods/web/exec?command=sh&command=-c&command=read%20x%3B%20stty%20size&stdin=true&stdout=true&tty=true";
+        let mut socket = websocket(&cp, path, "v4.channel.k8s.io").await;
+        let mut resize = vec![4u8];
+        resize.extend_from_slice(br#"{"Width":123,"Height":45}"#);
+        socket.send(Message::Binary(resize.into())).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        socket
+            .send(Message::Binary(b"\x00go\n".to_vec().into()))
+            .await
+            .unwrap();
+        let (stdout, status) = drain(&mut socket).await;
+        assert!(stdout.contains("45 123\r\n"), "{stdout:?}");
+        assert_eq!(status, r#"{"metadata":{},"status":"Success"}"#);
+
+        // v5: the client going away ends the command.
+        let path = "/api/v1/namespaces/default/pods/web/exec?command=sh&command=-c&command=echo%20%24%24%3B%20exec%20sleep%20600&stdout=true&stderr=true";
+        let mut socket = websocket(&cp, path, "v5.channel.k8s.io").await;
+        let pid = loop {
+            match socket.next().await.unwrap().unwrap() {
+                Message::Binary(data) if data.first() == Some(&1) => {
+                    break String::from_utf8_lossy(&data[1..]).trim().to_owned();
+                }
+                _ => {}
+            }
+        };
+        drop(socket);
+        let stat = format!("/proc/{pid}/stat");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let alive = std::fs::read_to_string(&stat)
+                .is_ok_and(|s| !s.contains(") Z ") && s.contains("sleep"));
+            if !alive {
+                break;
+            }
+            assert!(Instant::now() < deadline, "sleep ({pid}) outlived its client");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 }
