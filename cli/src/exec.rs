@@ -57,7 +57,7 @@ pub async fn run(session: &Session, args: &Args) -> anyhow::Result<Outcome> {
     }
     let (socket, protocol) = session
         .client
-        .websocket(&path, &query, remotecommand::PROTOCOLS)
+        .websocket(&path, &query, &[remotecommand::V5, remotecommand::V4])
         .await?;
     let v5 = protocol == remotecommand::V5;
     let (mut sink, mut incoming) = socket.split();

@@ -367,7 +367,7 @@ async fn drain(
 }
 
 #[test]
-fn websocket_exec_v4_on_a_terminal_resizes_and_a_gone_client_kills_the_command() {
+fn websocket_exec_v4_on_a_terminal_resizes_base64_frames_and_a_gone_client_kills_the_command() {
     use futures::{SinkExt as _, StreamExt as _};
     use tokio_tungstenite::tungstenite::Message;
     let cp = start();
@@ -391,6 +391,21 @@ fn websocket_exec_v4_on_a_terminal_resizes_and_a_gone_client_kills_the_command()
         let (stdout, status) = drain(&mut socket).await;
         assert!(stdout.contains("45 123\r\n"), "{stdout:?}");
         assert_eq!(status, r#"{"metadata":{},"status":"Success"}"#);
+
+        // v4.base64: text messages, the channel as a digit.
+        let path = "/api/v1/namespaces/default/pods/web/exec?command=echo&command=hi&stdout=true";
+        let mut socket = websocket(&cp, path, "v4.base64.channel.k8s.io").await;
+        let mut texts = Vec::new();
+        while let Some(Ok(message)) = socket.next().await {
+            match message {
+                Message::Text(text) => texts.push(text.to_string()),
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert_eq!(texts[0], "1aGkK", "stdout: \"hi\\n\"");
+        assert!(texts[1].starts_with('3'), "{texts:?}");
 
         // v5: the client going away ends the command.
         let path = "/api/v1/namespaces/default/pods/web/exec?command=sh&command=-c&command=echo%20%24%24%3B%20exec%20sleep%20600&stdout=true&stderr=true";
