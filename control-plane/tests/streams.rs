@@ -88,10 +88,19 @@ fn kubectl_logs_tail_follow_and_containers() {
         .append("default", "web", "app", "one\ntwo\nthree\n");
     agent.pods.append("default", "duo", "b", "from b\n");
 
+    let discovery = cp.kubectl(&["get", "--raw", "/api/v1"]).success();
+    assert!(
+        discovery.contains(r#""name":"pods/log""#) && discovery.contains(r#""name":"pods/exec""#),
+        "{discovery}"
+    );
     assert_eq!(cp.kubectl(&["logs", "web"]).success(), "one\ntwo\nthree\n");
     assert_eq!(
         cp.kubectl(&["logs", "web", "--tail", "2"]).success(),
         "two\nthree\n"
+    );
+    assert_eq!(
+        cp.kubectl(&["logs", "web", "--limit-bytes", "6"]).success(),
+        "one\ntw"
     );
     let stamped = cp.kubectl(&["logs", "web", "--timestamps"]).success();
     assert!(

@@ -118,14 +118,10 @@ impl PodStreams for LocalPods {
         let text = std::fs::read_to_string(&path).map_err(|e| StreamError::Internal(e.into()))?;
         let offset = text.len() as u64;
         let first = Bytes::from(select(&text, &request, chrono::Utc::now()));
-        let limit = request
-            .limit_bytes
-            .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        // The server applies limitBytes.
         let head = futures::stream::once(async move { Ok(first) });
         if !request.follow {
-            return Ok(head
-                .map(move |b| b.map(|b| b.slice(..b.len().min(limit))))
-                .boxed());
+            return Ok(head.boxed());
         }
         // Follows by polling for what was appended since.
         let follow_request = LogRequest {
