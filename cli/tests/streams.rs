@@ -140,3 +140,54 @@ fn apiary_exec_streams_stdin_and_exit_codes() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "plain\n");
 }
+
+#[test]
+fn apiary_exec_t_runs_on_a_remote_terminal_of_the_local_size() {
+    use std::{io::Read as _, process::Stdio};
+    let (cluster, _agent) = setup();
+    let size = nix::pty::Winsize {
+        ws_row: 33,
+        ws_col: 77,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    let on_pty = || Stdio::from(pty.slave.try_clone().unwrap());
+    // The command starts before the first resize can arrive: wait for it.
+    let script = "for i in 1 2 3 4 5 6 7 8 9 10; do s=$(stty size); [ \"$s\" != '0 0' ] && break; sleep 0.2; done; echo \"size $s\"; test -t 0 && echo on-a-tty; exit 4";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .args(["exec", "-i", "-t", "web", "--", "sh", "-c", script])
+        .stdin(on_pty())
+        .stdout(on_pty())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(pty.slave);
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once apiary, the last holder of the terminal, has exited.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    let status = child.wait().unwrap();
+    let seen = reader.join().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(4), "{seen:?} {stderr}");
+    assert!(seen.contains("size 33 77"), "{seen:?}");
+    assert!(seen.contains("on-a-tty"), "{seen:?}");
+}

@@ -441,3 +441,58 @@ fn websocket_exec_v4_on_a_terminal_resizes_base64_frames_and_a_gone_client_kills
         }
     });
 }
+
+#[test]
+fn kubectl_exec_it_runs_on_a_remote_terminal_of_the_local_size() {
+    use std::io::Read as _;
+    let cp = start();
+    let agent = Agent::start(&token(&cp));
+    register(&cp, "n1", agent.addr.port());
+    create_pod(&cp, "web", Some("n1"), &["app"]);
+    agent.pods.add_pod("default", "web", &["app"]);
+    let size = nix::pty::Winsize {
+        ws_row: 41,
+        ws_col: 99,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    let on_pty = || Stdio::from(pty.slave.try_clone().unwrap());
+    // The command starts before kubectl's first resize can arrive: wait for it.
+    let script = "for i in 1 2 3 4 5 6 7 8 9 10; do s=$(stty size); [ \"$s\" != '0 0' ] && break; sleep 0.2; done; echo \"size $s\"; test -t 0 && echo on-a-tty; exit 5";
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .args(["exec", "-it", "web", "--", "sh", "-c", script])
+        .stdin(on_pty())
+        .stdout(on_pty())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(pty.slave);
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once kubectl, the last holder of the terminal, has exited.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    let status = child.wait().unwrap();
+    let seen = reader.join().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(5), "{seen:?} {stderr}");
+    assert!(seen.contains("size 41 99"), "{seen:?}");
+    assert!(seen.contains("on-a-tty"), "{seen:?}");
+}
