@@ -278,7 +278,7 @@ fn unreachable_and_refusing_agents_are_errors() {
 }
 
 #[test]
-fn kubectl_logs_throughput() {
+fn kubectl_logs_and_exec_throughput() {
     let cp = start();
     let agent = Agent::start(&token(&cp));
     register(&cp, "n1", agent.addr.port());
@@ -299,6 +299,43 @@ fn kubectl_logs_throughput() {
         out.len() as f64 / 1e6 / elapsed.as_secs_f64()
     );
     assert!(elapsed < Duration::from_secs(30));
+
+    // Exec: 20 MB out of the command, then 20 MB into it.
+    let size = 20_000_000;
+    let started = Instant::now();
+    let (code, out, stderr) = kubectl_full(
+        &cp,
+        &[
+            "exec",
+            "big",
+            "--",
+            "head",
+            "-c",
+            &size.to_string(),
+            "/dev/zero",
+        ],
+        None,
+    );
+    let elapsed = started.elapsed();
+    assert_eq!((code, out.len()), (0, size), "{stderr}");
+    eprintln!(
+        "kubectl exec stdout of 20 MB: {elapsed:?} ({:.0} MB/s)",
+        size as f64 / 1e6 / elapsed.as_secs_f64()
+    );
+    let input = "y".repeat(size);
+    let started = Instant::now();
+    let (code, out, stderr) =
+        kubectl_full(&cp, &["exec", "-i", "big", "--", "wc", "-c"], Some(&input));
+    let elapsed = started.elapsed();
+    assert_eq!(
+        (code, out.trim()),
+        (0, size.to_string().as_str()),
+        "{stderr}"
+    );
+    eprintln!(
+        "kubectl exec -i stdin of 20 MB: {elapsed:?} ({:.0} MB/s)",
+        size as f64 / 1e6 / elapsed.as_secs_f64()
+    );
 }
 
 /// A WebSocket to the API server's `path`, offering `protocol`, trusting the cluster CA.
