@@ -9,8 +9,11 @@ use serde_json::{Value, json};
 pub const V5: &str = "v5.channel.k8s.io";
 /// The status on the error channel is a `Status` object.
 pub const V4: &str = "v4.channel.k8s.io";
+/// v4 in text messages: the channel as an ASCII digit, then the data in base64 (for clients
+/// that cannot send binary messages).
+pub const V4_BASE64: &str = "v4.base64.channel.k8s.io";
 /// The subprotocols spoken, best first.
-pub const PROTOCOLS: &[&str] = &[V5, V4];
+pub const PROTOCOLS: &[&str] = &[V5, V4, V4_BASE64];
 
 pub const STDIN: u8 = 0;
 pub const STDOUT: u8 = 1;

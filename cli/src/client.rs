@@ -134,6 +134,10 @@ fn reason_for(code: StatusCode) -> &'static str {
     }
 }
 
+/// A WebSocket to the API server.
+pub type WebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
 /// A client for one API server.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -141,6 +145,9 @@ pub struct Client {
     server: String,
     token: Option<String>,
     basic_auth: Option<(String, String)>,
+    /// For connections reqwest does not make (the WebSocket of `exec`).
+    tls: Arc<ClientConfig>,
+    tls_server_name: Option<String>,
 }
 
 impl Client {
@@ -148,6 +155,9 @@ impl Client {
     /// credentials.
     pub fn new(conn: &Connection) -> Result<Self> {
         let tls = tls_config(conn)?;
+        let mut upgrade_tls = tls.clone();
+        // A WebSocket is an HTTP/1.1 upgrade.
+        upgrade_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))
@@ -159,6 +169,8 @@ impl Client {
             server: conn.server.clone(),
             token: conn.token.clone(),
             basic_auth: conn.basic_auth.clone(),
+            tls: Arc::new(upgrade_tls),
+            tls_server_name: conn.tls_server_name.clone(),
         })
     }
 
@@ -243,6 +255,95 @@ impl Client {
     pub async fn delete(&self, path: &str, options: &Value) -> Result<Value> {
         let request = self.request(Method::DELETE, path, &[], JSON);
         self.json(path, with_json(request, options, JSON)).await
+    }
+
+    /// `GET path` as a body read as it comes (`logs -f`).
+    pub async fn stream(&self, path: &str, query: &[(&str, &str)]) -> Result<reqwest::Response> {
+        let request = self.request(Method::GET, path, query, "text/plain, */*");
+        self.send(path, request).await
+    }
+
+    /// Opens a WebSocket on `path` offering `protocols`; the server's refusal is
+    /// [`Error::Api`] with its `Status`. Returns the socket and the protocol the server chose.
+    pub async fn websocket(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        protocols: &[&str],
+    ) -> Result<(WebSocket, String)> {
+        use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
+        let transport = |cause: String| Error::Transport {
+            server: self.server.clone(),
+            cause,
+        };
+        let url = reqwest::Url::parse_with_params(&format!("{}{path}", self.server), query)
+            .map_err(|e| transport(format!("invalid URL: {e}")))?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| transport("the server URL has no host".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = url.port_or_known_default().unwrap_or(443);
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        let name = self.tls_server_name.clone().unwrap_or_else(|| host.clone());
+        let name = ServerName::try_from(name).map_err(|e| Error::Tls(e.to_string()))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        let mut ws_url = url.clone();
+        let _ = ws_url.set_scheme("wss");
+        let mut request = ws_url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| transport(e.to_string()))?;
+        let headers = request.headers_mut();
+        let credentials = match (&self.token, &self.basic_auth) {
+            (Some(token), _) => Some(format!("Bearer {token}")),
+            (None, Some((user, password))) => {
+                use base64::Engine as _;
+                let pair =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                Some(format!("Basic {pair}"))
+            }
+            (None, None) => None,
+        };
+        if let Some(credentials) = credentials {
+            headers.insert(
+                header::AUTHORIZATION,
+                credentials
+                    .parse()
+                    .map_err(|_| Error::Tls("the credentials are not a valid header".into()))?,
+            );
+        }
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            protocols
+                .join(", ")
+                .parse()
+                .map_err(|_| transport("invalid subprotocol".into()))?,
+        );
+        match tokio_tungstenite::client_async(request, tls).await {
+            Ok((socket, response)) => {
+                let protocol = response
+                    .headers()
+                    .get(header::SEC_WEBSOCKET_PROTOCOL)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                Ok((socket, protocol))
+            }
+            Err(tungstenite::Error::Http(response)) => {
+                let code = StatusCode::from_u16(response.status().as_u16())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let body = response.body().clone().unwrap_or_default();
+                Err(Error::Api(Box::new(status_from(code, &body, path))))
+            }
+            Err(e) => Err(transport(e.to_string())),
+        }
     }
 
     /// `GET path?watch=true&…`: the events, as they come.

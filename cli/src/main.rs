@@ -8,8 +8,10 @@ mod create;
 mod delete;
 mod describe;
 mod discovery;
+mod exec;
 mod get;
 mod kubeconfig;
+mod logs;
 mod manifest;
 mod metadata;
 mod patch;
@@ -67,6 +69,10 @@ enum Command {
     /// Manage this machine as a node of a cluster.
     #[command(subcommand)]
     Node(cluster::NodeCommand),
+    /// Print a container's log (`-f` follows it).
+    Logs(logs::Args),
+    /// Run a command in a container; its exit code becomes ours.
+    Exec(exec::Args),
 }
 
 /// What every command that talks to the cluster needs.
@@ -114,6 +120,8 @@ pub enum Outcome {
     Success,
     /// Some objects failed; each was reported already.
     SomeFailed,
+    /// Exit with this code (`exec`: the remote command's).
+    Exit(u8),
 }
 
 impl From<&report::Failures> for Outcome {
@@ -163,6 +171,8 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             metadata::run(&session, metadata::Field::Annotations, &args, &mut out).await
         }
         Command::Scale(args) => scale::run(&session, &args, &mut out).await,
+        Command::Logs(args) => logs::run(&session, &args, &mut out).await,
+        Command::Exec(args) => exec::run(&session, &args).await,
     }
 }
 
@@ -179,7 +189,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 /// clap's usage and tips, which `--help` has.
 fn usage_error(e: &clap::Error) -> String {
     if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        return "a command is required: apply, get, describe, delete, create, label, annotate, scale, up, down, node or version".to_owned();
+        return "a command is required: apply, get, describe, delete, create, label, annotate, scale, logs, exec, image, up, down, node or version".to_owned();
     }
     let rendered = e.render().to_string();
     let message = rendered.split("\n\n").next().unwrap_or_default();
@@ -209,9 +219,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // `exec -i` may leave a read of stdin blocked on a thread: don't wait for it.
+    runtime.shutdown_background();
+    match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::SomeFailed) => ExitCode::FAILURE,
+        Ok(Outcome::Exit(code)) => ExitCode::from(code),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}", report::error_line(&e));

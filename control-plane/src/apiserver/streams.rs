@@ -68,11 +68,11 @@ pub async fn logs(
         if !response.status().is_success() {
             return Err(agent_error(response).await);
         }
-        Ok(Response::builder()
+        Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "text/plain")
             .body(Body::new(response.into_body()))
-            .map_err(internal)?)
+            .map_err(internal)
     }
     .await;
     result.unwrap_or_else(|e| e.into_response())

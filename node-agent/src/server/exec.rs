@@ -1,4 +1,5 @@
-//! `GET|POST /exec/{namespace}/{pod}/{container}`: a WebSocket speaking remotecommand v5/v4.
+//! `GET|POST /exec/{namespace}/{pod}/{container}`: a WebSocket speaking remotecommand v5, v4 or
+//! v4.base64.
 //!
 //! One task reads the socket (stdin, resize, v5's close), one pump per output stream writes
 //! `[channel, data…]` messages, and once the process has exited and its output is drained the
@@ -10,11 +11,14 @@ use apiary_api::remotecommand::{self, CLOSE, ERROR, RESIZE, STDERR, STDIN, STDOU
 use axum::{
     extract::{
         Path, RawQuery, State,
-        ws::{Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+        ws::{
+            CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code,
+            rejection::WebSocketUpgradeRejection,
+        },
     },
     response::{IntoResponse as _, Response},
 };
-use bytes::Bytes;
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _},
@@ -60,9 +64,9 @@ pub(super) async fn handle(
         Ok(session) => session,
         Err(e) => return e.into_response(),
     };
-    let v5 = protocol == remotecommand::V5;
+    let framing = Framing::of(&protocol);
     upgrade.on_upgrade(move |socket| async move {
-        run(socket, session, &request.command, v5).await;
+        run(socket, session, &request.command, framing).await;
     })
 }
 
@@ -102,7 +106,58 @@ pub(super) fn parse(query: &str) -> Result<ExecRequest, StreamError> {
     Ok(request)
 }
 
-async fn run(socket: WebSocket, session: ExecSession, command: &[String], v5: bool) {
+/// How channels and data are put in messages, by subprotocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// `[channel, data…]` binary messages, with v5's close signal.
+    V5,
+    /// `[channel, data…]` binary messages.
+    V4,
+    /// Text messages: the channel as an ASCII digit, then base64.
+    Base64,
+}
+
+impl Framing {
+    fn of(protocol: &str) -> Self {
+        match protocol {
+            remotecommand::V5 => Self::V5,
+            remotecommand::V4_BASE64 => Self::Base64,
+            _ => Self::V4,
+        }
+    }
+
+    fn encode(self, channel: u8, data: &[u8]) -> Message {
+        match self {
+            Self::V5 | Self::V4 => {
+                let mut frame = Vec::with_capacity(data.len() + 1);
+                frame.push(channel);
+                frame.extend_from_slice(data);
+                Message::Binary(frame.into())
+            }
+            Self::Base64 => Message::Text(
+                format!("{}{}", char::from(b'0' + channel), BASE64.encode(data)).into(),
+            ),
+        }
+    }
+
+    /// The channel and data of a client message; `None` for what carries neither.
+    fn decode(self, message: Message) -> Option<(u8, Vec<u8>)> {
+        match (self, message) {
+            (Self::V5 | Self::V4, Message::Binary(data)) => {
+                let (&channel, payload) = data.split_first()?;
+                Some((channel, payload.to_vec()))
+            }
+            (Self::Base64, Message::Text(text)) => {
+                let (digit, payload) = text.as_str().split_at_checked(1)?;
+                let channel = digit.bytes().next()?.checked_sub(b'0')?;
+                Some((channel, BASE64.decode(payload).ok()?))
+            }
+            _ => None,
+        }
+    }
+}
+
+async fn run(socket: WebSocket, session: ExecSession, command: &[String], framing: Framing) {
     let ExecSession {
         stdin,
         stdout,
@@ -122,20 +177,26 @@ async fn run(socket: WebSocket, session: ExecSession, command: &[String], v5: bo
     });
     let pumps: Vec<_> = [(STDOUT, stdout), (STDERR, stderr)]
         .into_iter()
-        .filter_map(|(channel, stream)| Some(tokio::spawn(pump(channel, stream?, out_tx.clone()))))
+        .filter_map(|(channel, stream)| {
+            Some(tokio::spawn(pump(
+                channel,
+                stream?,
+                out_tx.clone(),
+                framing,
+            )))
+        })
         .collect();
     // Ends when the client goes away: then the process must not outlive it.
     let mut reader = tokio::spawn(async move {
         let mut stdin = stdin;
         while let Some(Ok(message)) = incoming.next().await {
-            let data = match message {
-                Message::Binary(data) => data,
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            let Some((&channel, payload)) = data.split_first() else {
+            if let Message::Close(_) = message {
+                break;
+            }
+            let Some((channel, payload)) = framing.decode(message) else {
                 continue;
             };
+            let payload = payload.as_slice();
             match channel {
                 STDIN => {
                     if let Some(w) = stdin.as_mut()
@@ -152,7 +213,7 @@ async fn run(socket: WebSocket, session: ExecSession, command: &[String], v5: bo
                         let _ = tx.send((size.width, size.height)).await;
                     }
                 }
-                CLOSE if v5 && payload.first() == Some(&STDIN) => {
+                CLOSE if framing == Framing::V5 && payload.first() == Some(&STDIN) => {
                     if let Some(mut w) = stdin.take() {
                         let _ = w.shutdown().await;
                     }
@@ -175,10 +236,14 @@ async fn run(socket: WebSocket, session: ExecSession, command: &[String], v5: bo
     for pump in pumps {
         let _ = pump.await;
     }
-    let mut frame = vec![ERROR];
-    frame.extend_from_slice(&serde_json::to_vec(&status).unwrap_or_default());
-    let _ = out_tx.send(Message::Binary(frame.into())).await;
-    let _ = out_tx.send(Message::Close(None)).await;
+    let status = serde_json::to_vec(&status).unwrap_or_default();
+    let _ = out_tx.send(framing.encode(ERROR, &status)).await;
+    // A close without a code reads as an error to client-go: say it is a normal closure.
+    let close = CloseFrame {
+        code: close_code::NORMAL,
+        reason: "".into(),
+    };
+    let _ = out_tx.send(Message::Close(Some(close))).await;
     drop(out_tx);
     let _ = writer.await;
     reader.abort();
@@ -188,15 +253,14 @@ async fn pump(
     channel: u8,
     mut from: std::pin::Pin<Box<dyn AsyncRead + Send>>,
     to: mpsc::Sender<Message>,
+    framing: Framing,
 ) {
     let mut buf = vec![0u8; 32 * 1024];
-    buf[0] = channel;
     loop {
-        match from.read(&mut buf[1..]).await {
+        match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                let frame = Bytes::copy_from_slice(&buf[..=n]);
-                if to.send(Message::Binary(frame)).await.is_err() {
+                if to.send(framing.encode(channel, &buf[..n])).await.is_err() {
                     return;
                 }
             }
@@ -207,6 +271,21 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_frames_carry_the_channel_as_a_digit() {
+        let message = Framing::Base64.encode(STDOUT, b"hi\n");
+        assert_eq!(message, Message::Text("1aGkK".into()));
+        assert_eq!(
+            Framing::Base64.decode(Message::Text("0aGkK".into())),
+            Some((STDIN, b"hi\n".to_vec()))
+        );
+        assert_eq!(
+            Framing::V5.decode(Message::Binary(vec![4, b'{'].into())),
+            Some((RESIZE, b"{".to_vec()))
+        );
+        assert_eq!(Framing::V4.decode(Message::Text("0aGkK".into())), None);
+    }
 
     #[test]
     fn commands_repeat_and_streams_are_checked() {

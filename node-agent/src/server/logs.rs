@@ -1,7 +1,7 @@
 //! `GET /containerLogs/{namespace}/{pod}/{container}`: the backend's log stream as a chunked body,
 //! so `follow` sends lines as they come.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, io, sync::Arc};
 
 use axum::{
     body::Body,
@@ -9,7 +9,9 @@ use axum::{
     http::header,
     response::{IntoResponse as _, Response},
 };
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::{StreamExt as _, stream::BoxStream};
 
 use super::{LogRequest, PodStreams, StreamError, parse_bool};
 
@@ -22,14 +24,42 @@ pub(super) async fn handle(
         Ok(request) => request,
         Err(e) => return e.into_response(),
     };
+    let limit = request.limit_bytes;
     match backend.logs(&namespace, &pod, &container, request).await {
-        Ok(stream) => (
-            [(header::CONTENT_TYPE, "text/plain")],
-            Body::from_stream(stream),
-        )
-            .into_response(),
+        Ok(stream) => {
+            let stream = match limit {
+                Some(limit) => limited(stream, usize::try_from(limit).unwrap_or(usize::MAX)),
+                None => stream,
+            };
+            (
+                [(header::CONTENT_TYPE, "text/plain")],
+                Body::from_stream(stream),
+            )
+                .into_response()
+        }
         Err(e) => e.into_response(),
     }
+}
+
+/// The first `limit` bytes of `stream`, whatever the backend did with `limitBytes`: the stream
+/// ends there even when following.
+fn limited(
+    stream: BoxStream<'static, io::Result<Bytes>>,
+    limit: usize,
+) -> BoxStream<'static, io::Result<Bytes>> {
+    stream
+        .scan(limit, |left, chunk| {
+            if *left == 0 {
+                return futures::future::ready(None);
+            }
+            let chunk = chunk.map(|mut chunk| {
+                chunk.truncate(*left);
+                *left -= chunk.len();
+                chunk
+            });
+            futures::future::ready(Some(chunk))
+        })
+        .boxed()
 }
 
 /// The query as kubectl (through the API server) sends it; a malformed value names its parameter.
@@ -101,6 +131,17 @@ mod tests {
             request.since_time.unwrap().to_rfc3339(),
             "2026-01-02T03:04:05+00:00"
         );
+    }
+
+    #[tokio::test]
+    async fn limit_bytes_cuts_the_stream() {
+        let chunks = ["one\n", "two\n", "three\n"].map(|c| Ok(Bytes::from(c)));
+        let stream = futures::stream::iter(chunks).chain(futures::stream::pending());
+        let out: Vec<Bytes> = limited(stream.boxed(), 6)
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert_eq!(out.concat(), b"one\ntw");
     }
 
     #[test]

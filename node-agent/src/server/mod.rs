@@ -244,6 +244,28 @@ pub async fn serve(
     }
 }
 
+/// What the agent starts with: binds `listen` (the node's address and [`DEFAULT_PORT`]), loads or
+/// creates the certificate under `data_dir/pki` for `hostname` and the listen address, and
+/// [`serve`]s.
+pub async fn run(
+    listen: std::net::SocketAddr,
+    data_dir: &std::path::Path,
+    hostname: &str,
+    token: String,
+    backend: Arc<dyn PodStreams>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut addresses = vec![std::net::IpAddr::from([127, 0, 0, 1]), listen.ip()];
+    addresses.dedup();
+    let tls = tls::load_or_create(&data_dir.join("pki"), hostname, &addresses)
+        .context("setting up the server certificate")?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    tracing::info!(%listen, "serving logs and exec");
+    serve(listener, tls, token, backend).await
+}
+
 /// `true`/`1` as Kubernetes reads booleans in queries; anything else but absence is an error
 /// naming the parameter.
 fn parse_bool(name: &str, value: Option<&str>) -> Result<bool, StreamError> {

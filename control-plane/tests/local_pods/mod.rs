@@ -1,0 +1,396 @@
+//! A real [`PodStreams`] on this machine, for tests: a container's log is a file the test appends
+//! to, and exec runs the command as a local process (on a pseudo-terminal for `tty`). The agent's
+//! server runs on a runtime of its own so that tests can block on kubectl.
+//!
+//! Shared by `control-plane/tests/streams.rs` and `cli/tests/streams.rs`.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the backend"
+)]
+
+use std::{
+    collections::HashMap,
+    io::{self, Write as _},
+    net::SocketAddr,
+    os::fd::{AsRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use apiary_node_agent::server::{
+    self, ExecRequest, ExecSession, LogRequest, PodStreams, StreamError,
+};
+use bytes::Bytes;
+use futures::{StreamExt as _, stream::BoxStream};
+use tokio::{io::AsyncReadExt as _, sync::mpsc};
+
+/// Pods by `(namespace, name)`, each with its container names; logs under `dir`.
+pub struct LocalPods {
+    pods: Mutex<HashMap<(String, String), Vec<String>>>,
+    dir: PathBuf,
+}
+
+impl LocalPods {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            pods: Mutex::default(),
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn add_pod(&self, namespace: &str, pod: &str, containers: &[&str]) {
+        for c in containers {
+            std::fs::File::create(self.log_path(namespace, pod, c)).unwrap();
+        }
+        self.pods.lock().unwrap().insert(
+            (namespace.to_owned(), pod.to_owned()),
+            containers.iter().map(|c| (*c).to_owned()).collect(),
+        );
+    }
+
+    pub fn log_path(&self, namespace: &str, pod: &str, container: &str) -> PathBuf {
+        self.dir.join(format!("{namespace}_{pod}_{container}.log"))
+    }
+
+    /// What the container "writes".
+    pub fn append(&self, namespace: &str, pod: &str, container: &str, text: &str) {
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.log_path(namespace, pod, container))
+            .unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn check(&self, namespace: &str, pod: &str, container: &str) -> Result<(), StreamError> {
+        let pods = self.pods.lock().unwrap();
+        let containers = pods
+            .get(&(namespace.to_owned(), pod.to_owned()))
+            .ok_or_else(|| StreamError::PodNotFound {
+                namespace: namespace.to_owned(),
+                pod: pod.to_owned(),
+            })?;
+        if containers.iter().any(|c| c == container) {
+            Ok(())
+        } else {
+            Err(StreamError::ContainerNotFound {
+                pod: pod.to_owned(),
+                container: container.to_owned(),
+            })
+        }
+    }
+}
+
+/// The lines of `text` that `request` selects, as the kubelet would send them.
+fn select(text: &str, request: &LogRequest, written: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let skip = request.tail_lines.map_or(0, |n| {
+        lines.len().saturating_sub(usize::try_from(n).unwrap_or(0))
+    });
+    let mut out = Vec::new();
+    for line in &lines[skip..] {
+        if request.timestamps {
+            out.extend_from_slice(
+                written
+                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+                    .as_bytes(),
+            );
+            out.push(b' ');
+        }
+        out.extend_from_slice(line.as_bytes());
+    }
+    out
+}
+
+#[async_trait::async_trait]
+impl PodStreams for LocalPods {
+    async fn logs(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        request: LogRequest,
+    ) -> Result<BoxStream<'static, io::Result<Bytes>>, StreamError> {
+        self.check(namespace, pod, container)?;
+        let path = self.log_path(namespace, pod, container);
+        let text = std::fs::read_to_string(&path).map_err(|e| StreamError::Internal(e.into()))?;
+        let offset = text.len() as u64;
+        let first = Bytes::from(select(&text, &request, chrono::Utc::now()));
+        // The server applies limitBytes.
+        let head = futures::stream::once(async move { Ok(first) });
+        if !request.follow {
+            return Ok(head.boxed());
+        }
+        // Follows by polling for what was appended since.
+        let follow_request = LogRequest {
+            tail_lines: None,
+            ..request
+        };
+        let rest = futures::stream::unfold((path, offset), move |(path, mut offset)| {
+            let request = follow_request.clone();
+            async move {
+                loop {
+                    let text = match tokio::fs::read(&path).await {
+                        Ok(text) => text,
+                        Err(e) => return Some((Err(e), (path, offset))),
+                    };
+                    if text.len() as u64 > offset {
+                        let new = String::from_utf8_lossy(&text[offset as usize..]).into_owned();
+                        offset = text.len() as u64;
+                        let chunk = Bytes::from(select(&new, &request, chrono::Utc::now()));
+                        return Some((Ok(chunk), (path, offset)));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        Ok(head.chain(rest).boxed())
+    }
+
+    async fn exec(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        request: ExecRequest,
+    ) -> Result<ExecSession, StreamError> {
+        self.check(namespace, pod, container)?;
+        let (program, args) = request
+            .command
+            .split_first()
+            .ok_or_else(|| StreamError::BadRequest("command: Required value".into()))?;
+        let mut command = tokio::process::Command::new(program);
+        command.args(args).kill_on_drop(true);
+        if request.tty {
+            return spawn_on_pty(command);
+        }
+        let piped = |wanted: bool| {
+            if wanted {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            }
+        };
+        command
+            .stdin(piped(request.stdin))
+            .stdout(piped(request.stdout))
+            .stderr(piped(request.stderr));
+        let mut child = command
+            .spawn()
+            .map_err(|e| StreamError::Internal(anyhow::anyhow!("starting {program}: {e}")))?;
+        Ok(ExecSession {
+            stdin: child
+                .stdin
+                .take()
+                .map(|w| Box::pin(w) as std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>),
+            stdout: child
+                .stdout
+                .take()
+                .map(|r| Box::pin(r) as std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>),
+            stderr: child
+                .stderr
+                .take()
+                .map(|r| Box::pin(r) as std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>),
+            resize: None,
+            exit: Box::pin(async move { child.wait().await.map(|s| exit_code(&s)) }),
+        })
+    }
+}
+
+fn exit_code(status: &std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// Runs the command with a new pseudo-terminal as its controlling terminal.
+fn spawn_on_pty(mut command: tokio::process::Command) -> Result<ExecSession, StreamError> {
+    let internal = |e: nix::Error| StreamError::Internal(anyhow::anyhow!("openpty: {e}"));
+    let pty = nix::pty::openpty(None, None).map_err(internal)?;
+    let (master, slave): (OwnedFd, OwnedFd) = (pty.master, pty.slave);
+    let stdio = |fd: &OwnedFd| -> Result<Stdio, StreamError> {
+        Ok(Stdio::from(
+            fd.try_clone()
+                .map_err(|e| StreamError::Internal(e.into()))?,
+        ))
+    };
+    command
+        .stdin(stdio(&slave)?)
+        .stdout(stdio(&slave)?)
+        .stderr(stdio(&slave)?);
+    // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| StreamError::Internal(anyhow::anyhow!("starting the command: {e}")))?;
+    drop(slave);
+    let writer = tokio::fs::File::from_std(std::fs::File::from(
+        master
+            .try_clone()
+            .map_err(|e| StreamError::Internal(e.into()))?,
+    ));
+    let reader = tokio::fs::File::from_std(std::fs::File::from(
+        master
+            .try_clone()
+            .map_err(|e| StreamError::Internal(e.into()))?,
+    ));
+    // Reading a pty whose other side closed is EIO, not EOF: end the stream there.
+    let reader = futures::stream::unfold(reader, |mut reader| async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, io::Error>(Bytes::from(buf)), reader))
+            }
+        }
+    });
+    let (resize, mut sizes) = mpsc::channel::<(u16, u16)>(4);
+    tokio::spawn(async move {
+        while let Some((width, height)) = sizes.recv().await {
+            let size = libc::winsize {
+                ws_row: height,
+                ws_col: width,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+            unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        }
+    });
+    Ok(ExecSession {
+        stdin: Some(Box::pin(writer)),
+        stdout: Some(Box::pin(tokio_util_reader(reader))),
+        stderr: None,
+        resize: Some(resize),
+        exit: Box::pin(async move { child.wait().await.map(|s| exit_code(&s)) }),
+    })
+}
+
+/// An `AsyncRead` over a stream of chunks.
+fn tokio_util_reader(
+    stream: impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static,
+) -> impl tokio::io::AsyncRead + Send {
+    StreamReader {
+        stream: Box::pin(stream),
+        chunk: Bytes::new(),
+    }
+}
+
+struct StreamReader {
+    stream: std::pin::Pin<Box<dyn futures::Stream<Item = io::Result<Bytes>> + Send>>,
+    chunk: Bytes,
+}
+
+impl tokio::io::AsyncRead for StreamReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        while self.chunk.is_empty() {
+            match self.stream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => self.chunk = chunk,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = self.chunk.len().min(buf.remaining());
+        buf.put_slice(&self.chunk.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The agent's server on a loopback port, on a runtime of its own; stopped on drop.
+pub struct Agent {
+    pub addr: SocketAddr,
+    pub pods: Arc<LocalPods>,
+    _dir: tempfile::TempDir,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Agent {
+    pub fn start(token: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pods = Arc::new(LocalPods::new(dir.path()));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let tls = server::tls::load_or_create(
+            &dir.path().join("pki"),
+            "localhost",
+            &[[127, 0, 0, 1].into()],
+        )
+        .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let backend: Arc<dyn PodStreams> = Arc::clone(&pods) as _;
+        runtime.spawn(server::serve(listener, tls, token.to_owned(), backend));
+        Self {
+            addr,
+            pods,
+            _dir: dir,
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A Node whose agent listens on `127.0.0.1:port`.
+pub fn node(name: &str, port: u16) -> String {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": { "name": name, "labels": { "kubernetes.io/hostname": name } },
+        "status": {
+            "addresses": [{ "type": "InternalIP", "address": "127.0.0.1" }, { "type": "Hostname", "address": name }],
+            "daemonEndpoints": { "kubeletEndpoint": { "Port": port } },
+            "capacity": { "cpu": "2", "memory": "4Gi", "pods": "110" },
+            "allocatable": { "cpu": "2", "memory": "4Gi", "pods": "110" },
+        },
+    })
+    .to_string()
+}
+
+/// A pod bound to `node` (or, with `None`, one no node can take: it stays unscheduled).
+pub fn pod(name: &str, node: Option<&str>, containers: &[&str]) -> String {
+    let containers: Vec<_> = containers
+        .iter()
+        .map(|c| serde_json::json!({ "name": c, "image": "busybox" }))
+        .collect();
+    let mut pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name },
+        "spec": { "containers": containers },
+    });
+    match node {
+        Some(node) => pod["spec"]["nodeName"] = node.into(),
+        None => pod["spec"]["nodeSelector"] = serde_json::json!({ "apiary.test/nowhere": "true" }),
+    }
+    pod.to_string()
+}
