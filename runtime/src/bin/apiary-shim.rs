@@ -49,12 +49,13 @@ fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
 }
 
 fn main() -> ExitCode {
-    // libcontainer's own diagnostics go to the shim log (our stderr); RUST_LOG tunes them.
+    // libcontainer's own diagnostics go to the shim log (our stderr); APIARY_SHIM_LOG tunes
+    // them. Not RUST_LOG: the agent's setting must not leak into every exec's stderr.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
+            tracing_subscriber::EnvFilter::try_from_env("APIARY_SHIM_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libcgroups=error")),
         )
         .init();
