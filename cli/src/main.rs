@@ -8,6 +8,7 @@ mod delete;
 mod describe;
 mod discovery;
 mod get;
+mod image;
 mod kubeconfig;
 mod manifest;
 mod metadata;
@@ -57,6 +58,8 @@ enum Command {
     Annotate(metadata::Args),
     /// Set the replica count of a Deployment, ReplicaSet or StatefulSet.
     Scale(scale::Args),
+    /// Manage the node's local image store (no cluster needed).
+    Image(image::Args),
 }
 
 /// What every command that talks to the cluster needs.
@@ -122,9 +125,12 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         writeln!(out, "apiary {}", env!("CARGO_PKG_VERSION"))?;
         return Ok(Outcome::Success);
     }
+    if let Command::Image(args) = &cli.command {
+        return image::run(args, &mut out).await;
+    }
     let session = Session::open(&cli)?;
     match cli.command {
-        Command::Version => unreachable!("handled above"),
+        Command::Version | Command::Image(_) => unreachable!("handled above"),
         Command::Apply(args) => apply::run(&session, &args, &mut out).await,
         Command::Get(args) => get::run(&session, &args, &mut out).await,
         Command::Describe(args) => describe::run(&session, &args, &mut out).await,
@@ -153,7 +159,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 /// clap's usage and tips, which `--help` has.
 fn usage_error(e: &clap::Error) -> String {
     if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        return "a command is required: apply, get, describe, delete, create, label, annotate, scale or version".to_owned();
+        return "a command is required: apply, get, describe, delete, create, label, annotate, scale, image or version".to_owned();
     }
     let rendered = e.render().to_string();
     let message = rendered.split("\n\n").next().unwrap_or_default();

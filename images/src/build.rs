@@ -311,8 +311,8 @@ fn descriptor(media_type: &str, data: &[u8]) -> Descriptor {
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|source| Error::Json {
+    serde_json::to_vec(value).map_err(|error| Error::Json {
         what: "image metadata".to_owned(),
-        source,
+        error,
     })
 }

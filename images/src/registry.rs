@@ -67,9 +67,9 @@ impl Client {
             .use_preconfigured_tls(tls_config(options)?)
             .connect_timeout(std::time::Duration::from_secs(15))
             .build()
-            .map_err(|source| Error::Http {
+            .map_err(|error| Error::Http {
                 registry: reference.registry.clone(),
-                source,
+                error,
             })?;
         Ok(Self {
             http,
@@ -85,10 +85,10 @@ impl Client {
         })
     }
 
-    fn http_error(&self, source: reqwest::Error) -> Error {
+    fn http_error(&self, error: reqwest::Error) -> Error {
         Error::Http {
             registry: self.registry.clone(),
-            source,
+            error,
         }
     }
 
@@ -396,7 +396,7 @@ impl ImageStore {
         let (buffered, actual, _) = writer.finish();
         let file = buffered.into_inner().map_err(|e| Error::Io {
             path,
-            source: e.into_error(),
+            error: e.into_error(),
         })?;
         self.commit_blob(file, what, Some(digest), &actual)
     }

@@ -103,7 +103,7 @@ impl ImageStore {
             .at(&path)?;
         Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
             path,
-            source: errno.into(),
+            error: errno.into(),
         })
     }
 
@@ -154,7 +154,7 @@ impl ImageStore {
         let dest = self.blob_path(actual)?;
         file.persist(&dest).map_err(|e| Error::Io {
             path: dest,
-            source: e.error,
+            error: e.error,
         })?;
         Ok(())
     }
@@ -173,7 +173,7 @@ impl ImageStore {
         let (buffered, actual, size) = writer.finish();
         let file = buffered.into_inner().map_err(|e| Error::Io {
             path,
-            source: e.into_error(),
+            error: e.into_error(),
         })?;
         self.commit_blob(file, what, expected, &actual)?;
         Ok((actual, size))
@@ -194,9 +194,9 @@ impl ImageStore {
     /// Replaces `index.json` atomically: temp file, fsync, rename. Needs the lock.
     fn write_index(&self, index: &RefIndex, _lock: &Lock) -> Result<()> {
         let mut file = self.temp_file()?;
-        let bytes = serde_json::to_vec_pretty(index).map_err(|source| Error::Json {
+        let bytes = serde_json::to_vec_pretty(index).map_err(|error| Error::Json {
             what: "index.json".to_owned(),
-            source,
+            error,
         })?;
         let tmp = file.path().to_path_buf();
         file.write_all(&bytes).at(&tmp)?;
@@ -204,7 +204,7 @@ impl ImageStore {
         let dest = self.root.join("index.json");
         file.persist(&dest).map_err(|e| Error::Io {
             path: dest,
-            source: e.error,
+            error: e.error,
         })?;
         Ok(())
     }

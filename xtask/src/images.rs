@@ -9,6 +9,11 @@ pub fn build() -> anyhow::Result<()> {
     let out = shell::workspace_root().join("target/images/busybox.tar");
     let built = apiary_images::build::busybox_archive(&out)
         .with_context(|| format!("building {}", out.display()))?;
-    println!("built {} ({} {})", out.display(), built.reference, built.digest);
+    println!(
+        "built {} ({} {})",
+        out.display(),
+        built.reference,
+        built.digest
+    );
     Ok(())
 }
