@@ -13,6 +13,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::os::unix::fs::PermissionsExt as _;
+
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
@@ -251,6 +253,8 @@ impl ImageStore {
             .prefix("layer-")
             .tempdir_in(&tmp)
             .at(&tmp)?;
+        // tempdir makes it 0700; as an overlay lowerdir it is the container's `/`.
+        fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755)).at(staging.path())?;
         crate::layer::unpack(&self.blob_path(blob)?, media_type, diff_id, staging.path())?;
         let staged = staging.keep();
         fs::rename(&staged, &dest).at(&dest)?;

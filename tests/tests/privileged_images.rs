@@ -155,6 +155,9 @@ fn imports_the_busybox_archive_with_owners_modes_and_applets() {
     let [layer] = image.layers.as_slice() else {
         panic!("one layer expected, got {:?}", image.layers);
     };
+    // The layer's root is the container's `/`: everyone may traverse it.
+    let root = fs::metadata(layer).unwrap();
+    assert_eq!(root.permissions().mode() & 0o7777, 0o755);
     let busybox = fs::metadata(layer.join("bin/busybox")).unwrap();
     assert_eq!(busybox.permissions().mode() & 0o7777, 0o755);
     assert_eq!(
