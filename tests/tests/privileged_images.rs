@@ -100,6 +100,28 @@ impl Drop for Registry {
     }
 }
 
+/// A read-only overlay mount, unmounted on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn overlay(lowerdirs: &str, target: &Path) -> Self {
+        let status = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!("lowerdir={lowerdirs}"))
+            .arg(target)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting the overlay: {status}");
+        Self(target.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("apiary-images-")
@@ -218,7 +240,7 @@ fn xattr(path: &Path, name: &std::ffi::CStr) -> Option<Vec<u8>> {
 }
 
 #[test]
-fn whiteouts_become_overlayfs_whiteouts_and_owners_are_kept() {
+fn whiteouts_become_overlayfs_whiteouts_and_owners_and_hard_links_are_kept() {
     require_privileges!();
     let tmp = temp_dir();
     let file = |path: &str, data: &str| LayerEntry::File {
@@ -243,6 +265,17 @@ fn whiteouts_become_overlayfs_whiteouts_and_owners_are_kept() {
         dir("cache"),
         file("cache/.wh..wh..opq", ""),
         file("cache/b", "b"),
+        LayerEntry::OwnedFile {
+            path: "cache/owned".to_owned(),
+            mode: 0o640,
+            uid: 1234,
+            gid: 5678,
+            data: b"mine".to_vec(),
+        },
+        LayerEntry::HardLink {
+            path: "cache/same".to_owned(),
+            target: "cache/owned".to_owned(),
+        },
     ])
     .unwrap();
     let archive = tmp.path().join("wh.tar");
@@ -268,8 +301,29 @@ fn whiteouts_become_overlayfs_whiteouts_and_owners_are_kept() {
     );
     assert!(!upper.join("cache/.wh..wh..opq").exists());
     assert_eq!(fs::read_to_string(upper.join("cache/b")).unwrap(), "b");
+    let owned = fs::metadata(upper.join("cache/owned")).unwrap();
+    assert_eq!((owned.uid(), owned.gid()), (1234, 5678));
+    assert_eq!(owned.permissions().mode() & 0o7777, 0o640);
+    let same = fs::metadata(upper.join("cache/same")).unwrap();
+    assert_eq!((same.ino(), same.nlink()), (owned.ino(), 2));
     let cache = fs::metadata(upper.join("cache")).unwrap();
     assert_eq!(cache.permissions().mode() & 0o777, 0o750);
+    // Stacked as overlayfs lowerdirs (top first), the whiteouts hide what is below.
+    let merged = tmp.path().join("merged");
+    fs::create_dir(&merged).unwrap();
+    let lowerdirs = format!("{}:{}", upper.display(), image.layers[0].display());
+    let _mount = Mount::overlay(&lowerdirs, &merged);
+    assert!(!merged.join("etc/motd").exists());
+    assert!(merged.join("etc").is_dir());
+    assert!(
+        !merged.join("cache/a").exists(),
+        "the opaque dir hides the lower cache/a"
+    );
+    assert_eq!(fs::read_to_string(merged.join("cache/b")).unwrap(), "b");
+    assert_eq!(
+        fs::read_to_string(merged.join("cache/same")).unwrap(),
+        "mine"
+    );
     // The lower layer is untouched: whiteouts only mean something when stacked.
     assert_eq!(
         fs::read_to_string(image.layers[0].join("etc/motd")).unwrap(),
