@@ -10,6 +10,7 @@ mod describe;
 mod discovery;
 mod exec;
 mod get;
+mod image;
 mod kubeconfig;
 mod logs;
 mod manifest;
@@ -73,6 +74,8 @@ enum Command {
     Logs(logs::Args),
     /// Run a command in a container; its exit code becomes ours.
     Exec(exec::Args),
+    /// Manage the node's local image store (no cluster needed).
+    Image(image::Args),
 }
 
 /// What every command that talks to the cluster needs.
@@ -147,6 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 .await
                 .map(|()| Outcome::Success);
         }
+        Command::Image(args) => return image::run(args, &mut out).await,
         Command::Node(cluster::NodeCommand::Join(args)) => {
             return cluster::join(args, &mut out)
                 .await
@@ -154,11 +158,16 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         _ => {}
     }
+    if let Command::Image(args) = &cli.command {
+        return image::run(args, &mut out).await;
+    }
     let session = Session::open(&cli)?;
     match cli.command {
-        Command::Version | Command::Up(_) | Command::Down(_) | Command::Node(_) => {
-            unreachable!("handled above")
-        }
+        Command::Version
+        | Command::Up(_)
+        | Command::Down(_)
+        | Command::Node(_)
+        | Command::Image(_) => unreachable!("handled above"),
         Command::Apply(args) => apply::run(&session, &args, &mut out).await,
         Command::Get(args) => get::run(&session, &args, &mut out).await,
         Command::Describe(args) => describe::run(&session, &args, &mut out).await,

@@ -233,9 +233,9 @@ impl ImageStore {
                 config: descriptor(manifest::OCI_CONFIG, config_digest, config_size),
                 layers,
             };
-            let bytes = serde_json::to_vec(&manifest).map_err(|source| Error::Json {
+            let bytes = serde_json::to_vec(&manifest).map_err(|error| Error::Json {
                 what: "manifest".to_owned(),
-                source,
+                error,
             })?;
             let (digest, _) = self.write_blob(&mut bytes.as_slice(), "manifest", None)?;
             for tag in tags {

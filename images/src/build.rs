@@ -42,6 +42,19 @@ pub enum LayerEntry {
         path: String,
         target: String,
     },
+    /// A hard link to `target`, an earlier entry of the same layer.
+    HardLink {
+        path: String,
+        target: String,
+    },
+    /// A file owned by `uid:gid` (the others are root's).
+    OwnedFile {
+        path: String,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        data: Vec<u8>,
+    },
 }
 
 /// What [`oci_archive`] wrote.
@@ -85,6 +98,28 @@ pub fn layer_tar(entries: &[LayerEntry]) -> Result<Vec<u8>> {
                 header.set_mode(0o777);
                 header.set_size(0);
                 builder.append_link(&mut header, path, target).map_err(io)?;
+            }
+            LayerEntry::HardLink { path, target } => {
+                header.set_entry_type(tar::EntryType::Link);
+                header.set_mode(0o644);
+                header.set_size(0);
+                builder.append_link(&mut header, path, target).map_err(io)?;
+            }
+            LayerEntry::OwnedFile {
+                path,
+                mode,
+                uid,
+                gid,
+                data,
+            } => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(*mode);
+                header.set_uid(*uid);
+                header.set_gid(*gid);
+                header.set_size(data.len() as u64);
+                builder
+                    .append_data(&mut header, path, data.as_slice())
+                    .map_err(io)?;
             }
         }
     }
@@ -311,8 +346,8 @@ fn descriptor(media_type: &str, data: &[u8]) -> Descriptor {
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|source| Error::Json {
+    serde_json::to_vec(value).map_err(|error| Error::Json {
         what: "image metadata".to_owned(),
-        source,
+        error,
     })
 }

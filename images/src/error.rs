@@ -25,11 +25,10 @@ pub enum Error {
     #[error("invalid digest {0:?}: expected sha256:<64 hex digits>")]
     InvalidDigest(String),
     /// A JSON document (manifest, index, config, archive metadata) that does not parse.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Json {
         what: String,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// An archive or manifest that parses but is not what it should be.
     #[error("{0}")]
@@ -55,22 +54,38 @@ pub enum Error {
     #[error("registry {registry}: authentication failed: {reason}")]
     Auth { registry: String, reason: String },
     /// A request that failed below HTTP (connection refused, TLS, timeout).
-    #[error("registry {registry}: {source}")]
+    #[error("registry {registry}: {}", chain(error))]
     Http {
         registry: String,
-        #[source]
-        source: reqwest::Error,
+        error: reqwest::Error,
     },
     /// TLS configuration (bad extra CA PEM).
     #[error("TLS: {0}")]
     Tls(String),
     /// A file system operation failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+// Causes are spelled out in the messages (no `#[source]`), so that a message alone, as the agent
+// logs it, says everything, and a chain printed by the CLI does not say it twice.
+
+/// `error` and its causes on one line (reqwest's own message leaves out the interesting part).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let text = next.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = next.source();
+    }
+    out
 }
 
 /// The image store's result type.
@@ -83,17 +98,17 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| Error::Io {
+        self.map_err(|error| Error::Io {
             path: path.into(),
-            source,
+            error,
         })
     }
 }
 
 /// Parses JSON, naming the document when it does not.
 pub(crate) fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|source| Error::Json {
+    serde_json::from_slice(bytes).map_err(|error| Error::Json {
         what: what.to_owned(),
-        source,
+        error,
     })
 }

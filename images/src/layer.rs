@@ -129,7 +129,7 @@ fn unpack_tar(reader: &mut dyn Read, layer: &str, dest: &Path) -> Result<()> {
                 )
                 .map_err(|e| Error::Io {
                     path: at.clone(),
-                    source: e.into(),
+                    error: e.into(),
                 })?;
             }
             EntryKind::Opaque(dir) => {

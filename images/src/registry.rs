@@ -10,7 +10,7 @@ use crate::{
     error::{Error, IoContext as _, Result, from_json},
     manifest::{self, ACCEPT_MANIFESTS, Document},
     reference::Reference,
-    store::{Image, ImageStore},
+    store::{Image, ImageStore, Lock},
 };
 
 /// Where the system's trusted roots are.
@@ -67,9 +67,9 @@ impl Client {
             .use_preconfigured_tls(tls_config(options)?)
             .connect_timeout(std::time::Duration::from_secs(15))
             .build()
-            .map_err(|source| Error::Http {
+            .map_err(|error| Error::Http {
                 registry: reference.registry.clone(),
-                source,
+                error,
             })?;
         Ok(Self {
             http,
@@ -85,10 +85,10 @@ impl Client {
         })
     }
 
-    fn http_error(&self, source: reqwest::Error) -> Error {
+    fn http_error(&self, error: reqwest::Error) -> Error {
         Error::Http {
             registry: self.registry.clone(),
-            source,
+            error,
         }
     }
 
@@ -311,10 +311,44 @@ impl ImageStore {
         });
 
         // From here on the store changes: hold the lock so no removal collects what we fetch.
-        let mut lock = self.lock_async().await?;
-        self.write_blob(&mut bytes.as_slice(), "manifest", Some(&digest))?;
+        let lock = Arc::new(self.lock_async().await?);
+        let fetched = self
+            .fetch(&mut client, &name, &digest, &bytes, &image, &lock, progress)
+            .await;
+        if fetched.is_err() {
+            // Leave nothing of a failed pull behind (the manifest, a config, finished layers).
+            let (store, held) = (self.clone(), lock.clone());
+            if let Ok(Err(e)) = blocking(move || store.gc(&held)).await {
+                tracing::warn!(error = %e, "image store: cleaning up after a failed pull");
+            }
+        }
+        fetched?;
+        drop(lock);
+        progress(PullProgress::Done {
+            digest: digest.clone(),
+        });
+        self.resolve(&name)?
+            .ok_or_else(|| Error::ImageNotFound(name.clone()))
+    }
+
+    /// Fetches what the store lacks of a resolved image, unpacks its layers and tags it.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site, all of them needed"
+    )]
+    async fn fetch(
+        &self,
+        client: &mut Client,
+        name: &str,
+        digest: &str,
+        bytes: &[u8],
+        image: &manifest::Manifest,
+        lock: &Arc<Lock>,
+        progress: &mut (dyn FnMut(PullProgress) + Send),
+    ) -> Result<()> {
+        self.write_blob(&mut &bytes[..], "manifest", Some(digest))?;
         if !self.has_blob(&image.config.digest) {
-            self.download(&mut client, &image.config.digest, "config", &mut |_, _| {})
+            self.download(client, &image.config.digest, "config", &mut |_, _| {})
                 .await?;
         }
         let config: manifest::Config =
@@ -331,7 +365,7 @@ impl ImageStore {
             if !cached {
                 let total = layer.size;
                 let layer_digest = layer.digest.clone();
-                self.download(&mut client, &layer.digest, "layer", &mut |downloaded, _| {
+                self.download(client, &layer.digest, "layer", &mut |downloaded, _| {
                     progress(PullProgress::Layer {
                         digest: layer_digest.clone(),
                         downloaded,
@@ -340,39 +374,24 @@ impl ImageStore {
                 })
                 .await?;
             }
-            // Unpacking is CPU and disk bound: off the async workers (the lock goes along).
+            // Unpacking is CPU and disk bound: off the async workers.
             let store = self.clone();
             let (blob, media_type, diff_id) = (
                 layer.digest.clone(),
                 layer.media_type.clone(),
                 diff_id.clone(),
             );
-            let (returned, unpacked_before) = blocking(move || {
-                let result = store.ensure_layer(&blob, &media_type, &diff_id, &lock);
-                (lock, result)
-            })
-            .await?;
-            lock = returned;
-            let unpacked_before = unpacked_before?;
+            let held = lock.clone();
+            let unpacked_before =
+                blocking(move || store.ensure_layer(&blob, &media_type, &diff_id, &held)).await??;
             progress(PullProgress::LayerDone {
                 digest: layer.digest.clone(),
                 cached: cached && unpacked_before,
             });
         }
         let store = self.clone();
-        let (name_, digest_) = (name.clone(), digest.clone());
-        let (lock, registered) = blocking(move || {
-            let result = store.register(&name_, &digest_, &lock);
-            (lock, result)
-        })
-        .await?;
-        registered?;
-        drop(lock);
-        progress(PullProgress::Done {
-            digest: digest.clone(),
-        });
-        self.resolve(&name)?
-            .ok_or_else(|| Error::ImageNotFound(name.clone()))
+        let (name, digest, held) = (name.to_owned(), digest.to_owned(), lock.clone());
+        blocking(move || store.register(&name, &digest, &held)).await?
     }
 
     /// Streams a blob into the store, verifying its digest; reports bytes so far.
@@ -396,7 +415,7 @@ impl ImageStore {
         let (buffered, actual, _) = writer.finish();
         let file = buffered.into_inner().map_err(|e| Error::Io {
             path,
-            source: e.into_error(),
+            error: e.into_error(),
         })?;
         self.commit_blob(file, what, Some(digest), &actual)
     }

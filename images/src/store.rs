@@ -13,6 +13,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::os::unix::fs::PermissionsExt as _;
+
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
@@ -103,7 +105,7 @@ impl ImageStore {
             .at(&path)?;
         Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
             path,
-            source: errno.into(),
+            error: errno.into(),
         })
     }
 
@@ -154,7 +156,7 @@ impl ImageStore {
         let dest = self.blob_path(actual)?;
         file.persist(&dest).map_err(|e| Error::Io {
             path: dest,
-            source: e.error,
+            error: e.error,
         })?;
         Ok(())
     }
@@ -173,7 +175,7 @@ impl ImageStore {
         let (buffered, actual, size) = writer.finish();
         let file = buffered.into_inner().map_err(|e| Error::Io {
             path,
-            source: e.into_error(),
+            error: e.into_error(),
         })?;
         self.commit_blob(file, what, expected, &actual)?;
         Ok((actual, size))
@@ -194,9 +196,9 @@ impl ImageStore {
     /// Replaces `index.json` atomically: temp file, fsync, rename. Needs the lock.
     fn write_index(&self, index: &RefIndex, _lock: &Lock) -> Result<()> {
         let mut file = self.temp_file()?;
-        let bytes = serde_json::to_vec_pretty(index).map_err(|source| Error::Json {
+        let bytes = serde_json::to_vec_pretty(index).map_err(|error| Error::Json {
             what: "index.json".to_owned(),
-            source,
+            error,
         })?;
         let tmp = file.path().to_path_buf();
         file.write_all(&bytes).at(&tmp)?;
@@ -204,7 +206,7 @@ impl ImageStore {
         let dest = self.root.join("index.json");
         file.persist(&dest).map_err(|e| Error::Io {
             path: dest,
-            source: e.error,
+            error: e.error,
         })?;
         Ok(())
     }
@@ -251,6 +253,8 @@ impl ImageStore {
             .prefix("layer-")
             .tempdir_in(&tmp)
             .at(&tmp)?;
+        // tempdir makes it 0700; as an overlay lowerdir it is the container's `/`.
+        fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755)).at(staging.path())?;
         crate::layer::unpack(&self.blob_path(blob)?, media_type, diff_id, staging.path())?;
         let staged = staging.keep();
         fs::rename(&staged, &dest).at(&dest)?;

@@ -1,6 +1,7 @@
 //! `cargo xtask`: set up a machine, build and load the BPF programs, lint, and run the test tiers.
 
 mod ebpf;
+mod images;
 mod setup;
 mod shell;
 mod test;
@@ -33,6 +34,8 @@ enum Command {
         #[arg(value_enum)]
         suite: BenchSuite,
     },
+    /// Build the test images: target/images/busybox.tar (localhost/busybox:latest).
+    Images,
     /// The whole suite, as CI runs it: setup, fmt, clippy, unit and privileged tests.
     Test,
 }
@@ -67,6 +70,7 @@ fn main() -> anyhow::Result<()> {
                 "demo",
             ])
         }
+        Command::Images => images::build(),
         Command::Test => test::run(),
         Command::Bench { suite } => {
             setup::run()?;

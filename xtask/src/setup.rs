@@ -19,6 +19,7 @@ const PACKAGES: &[&str] = &[
     "pkg-config",
     // Test images: a static busybox with sh, httpd, nc, wget.
     "busybox-static",
+    "docker-registry", // the image store's pull test pushes to and pulls from one on loopback
     // The etcd backend's tests run a real etcd.
     "etcd-server",
     // etcd-client and the agent protocol compile .proto files.
