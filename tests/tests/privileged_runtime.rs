@@ -368,6 +368,48 @@ fn containers_of_one_sandbox_share_hostname_and_network() {
         assert_eq!(exit_info(&server_state).exit_code, 0);
         assert_eq!(log_lines(&server.log_path), [HOSTNAME, "hi-over-lo"]);
         assert_eq!(log_lines(&client.log_path), [HOSTNAME]);
+        fx.runtime.remove(&server.id).await.unwrap();
+        fx.runtime.remove(&client.id).await.unwrap();
+    });
+    // Removing the sandbox is idempotent (the fixture removes it again).
+    Sandbox::remove(&fx.dir.path().join("sandbox")).unwrap();
+    Sandbox::remove(&fx.dir.path().join("sandbox")).unwrap();
+    assert_eq!(fx.mounts(), 0);
+}
+
+#[test]
+fn logs_of_a_running_container_can_be_followed() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        use futures::StreamExt;
+        let spec = fx.spec(
+            "follow",
+            &[
+                "sh",
+                "-c",
+                "for i in 1 2 3 4 5; do echo line$i; sleep 0.2; done",
+            ],
+        );
+        fx.runtime.start(&spec).await.unwrap();
+        let mut stream = Box::pin(apiary_runtime::logs::read(
+            &spec.log_path,
+            apiary_runtime::logs::LogOptions {
+                follow: true,
+                ..Default::default()
+            },
+        ));
+        let mut seen = String::new();
+        while !seen.contains("line5\n") {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("follow delivers the container's output")
+                .unwrap()
+                .unwrap();
+            seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        assert_eq!(seen, "line1\nline2\nline3\nline4\nline5\n");
+        wait_exit(&fx.runtime, &spec.id, Duration::from_secs(10)).await;
     });
 }
 
@@ -673,6 +715,22 @@ fn remove_leaves_no_mount_cgroup_or_state() {
                 .is_ok_and(|v| v.trim() == (64u64 << 20).to_string())
         });
         assert!(limited, "memory limit not applied");
+        let any_file_is = |v1: &str, v2: &str, want: &str| {
+            cgroups::existing_dirs(&cgroup).iter().any(|d| {
+                std::fs::read_to_string(d.join(v1))
+                    .or_else(|_| std::fs::read_to_string(d.join(v2)))
+                    .is_ok_and(|v| v.trim() == want)
+            })
+        };
+        assert!(
+            any_file_is("pids.max", "pids.max", "64"),
+            "pids limit not applied"
+        );
+        assert!(
+            any_file_is("cpu.cfs_quota_us", "cpu.max", "50000")
+                || any_file_is("cpu.cfs_quota_us", "cpu.max", "50000 100000"),
+            "cpu quota not applied"
+        );
         let err = fx.runtime.remove(&spec.id).await.unwrap_err();
         assert!(matches!(err, Error::StillRunning { .. }), "{err}");
 
