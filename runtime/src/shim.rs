@@ -373,12 +373,32 @@ pub fn exec(state_dir: &Path, id: &str, args: Vec<String>, env: Vec<String>) -> 
         .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
         .collect();
     let arg0 = args.first().cloned().unwrap_or_default();
+    // Like the container's own process: same user and working directory.
+    let spec = match read_json::<ContainerSpec>(&layout.spec()) {
+        Ok(Some(spec)) => spec,
+        Ok(None) => {
+            eprintln!("exec in {id}: no such container");
+            return 126;
+        }
+        Err(e) => {
+            eprintln!("exec in {id}: {e}");
+            return 126;
+        }
+    };
+    let cwd = if spec.cwd.is_empty() {
+        "/".to_owned()
+    } else {
+        spec.cwd.clone()
+    };
     let built = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(layout.youki_root())
         .and_then(|b| {
             b.as_tenant()
                 .with_container_args(args)
                 .with_env(env)
+                .with_user(Some(spec.uid))
+                .with_group(Some(spec.gid))
+                .with_cwd(Some(cwd))
                 .with_detach(true)
                 .build()
         });

@@ -41,16 +41,21 @@ fn shim_path() -> PathBuf {
         if let Some(path) = std::env::var_os("APIARY_SHIM") {
             return path.into();
         }
+        // target/<profile>/deps/privileged_runtime-… → target/<profile>/apiary-shim
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let mut build = vec!["build", "-p", "apiary-runtime", "--bin", "apiary-shim"];
+        if profile_dir.ends_with("release") {
+            build.push("--release");
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-p", "apiary-runtime", "--bin", "apiary-shim"])
+            .args(&build)
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .expect("running cargo build for apiary-shim");
         assert!(status.success(), "building apiary-shim failed");
-        // target/debug/deps/privileged_runtime-… → target/debug/apiary-shim
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().join("apiary-shim")
+        profile_dir.join("apiary-shim")
     })
     .clone()
 }
@@ -471,6 +476,10 @@ fn exec_runs_in_the_container_with_stdin_and_tty() {
     block_on(async {
         let mut spec = fx.spec("exec", &["sleep", "1000"]);
         spec.env = vec!["IN_CONTAINER=yes".into()];
+        // Execs run as the container's user, in its working directory.
+        spec.uid = 1000;
+        spec.gid = 2000;
+        spec.cwd = "/tmp".into();
         fx.runtime.start(&spec).await.unwrap();
 
         let mut p = fx
@@ -481,7 +490,7 @@ fn exec_runs_in_the_container_with_stdin_and_tty() {
                     args: vec![
                         "sh".into(),
                         "-c".into(),
-                        "hostname; echo $IN_CONTAINER $EXTRA".into(),
+                        "hostname; echo $IN_CONTAINER $EXTRA; echo $(id -u):$(id -g) $(pwd)".into(),
                     ],
                     env: vec!["EXTRA=added".into()],
                     tty: false,
@@ -497,7 +506,7 @@ fn exec_runs_in_the_container_with_stdin_and_tty() {
             .await
             .unwrap();
         assert_eq!(p.wait().await.unwrap(), 0);
-        assert_eq!(out, format!("{HOSTNAME}\nyes added\n"));
+        assert_eq!(out, format!("{HOSTNAME}\nyes added\n1000:2000 /tmp\n"));
 
         let mut cat = fx
             .runtime
