@@ -73,6 +73,16 @@ pub struct ExecProcess {
     pty_fd: Option<OwnedFd>,
 }
 
+impl Drop for ExecProcess {
+    /// An exec dropped before it ended is ended: SIGTERM makes the exec shim SIGKILL the process
+    /// in the container (SIGKILL on the shim would leave that process running).
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+}
+
 impl ExecProcess {
     /// Sets the terminal size (tty mode).
     pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
@@ -447,7 +457,7 @@ impl Runtime {
         for env in &request.env {
             command.arg("--env").arg(env);
         }
-        command.arg("--").args(&request.args).kill_on_drop(true);
+        command.arg("--").args(&request.args);
         let mut pty_fd = None;
         if request.tty {
             let pty = nix::pty::openpty(None, None).map_err(Error::sys("openpty"))?;

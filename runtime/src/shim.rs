@@ -420,13 +420,48 @@ pub fn exec(state_dir: &Path, id: &str, args: Vec<String>, env: Vec<String>) -> 
             return 126;
         }
     };
+    // SIGTERM/SIGHUP/SIGINT (the agent dropped the exec, or its terminal went away) end the
+    // process in the container too, not just this shim.
+    let mut mask = SigSet::empty();
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGINT,
+    ] {
+        mask.add(sig);
+    }
+    let signals = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+        .and_then(|()| SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC));
+    let signals = match signals {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("exec in {id}: signalfd: {e}");
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            return 126;
+        }
+    };
     loop {
-        match waitpid(None, None) {
-            Ok(WaitStatus::Exited(p, code)) if p == pid => return code,
-            Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => return 128 + sig as i32,
+        // The process may have exited before SIGCHLD was blocked: look before waiting.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, code)) if p == pid => return code,
+                Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => return 128 + sig as i32,
+                Ok(WaitStatus::StillAlive) | Err(nix::Error::ECHILD) => break,
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(e) => {
+                    eprintln!("exec in {id}: waiting: {e}");
+                    return 126;
+                }
+            }
+        }
+        match signals.read_signal() {
+            Ok(Some(info)) if info.ssi_signo != Signal::SIGCHLD as u32 => {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            }
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(e) => {
-                eprintln!("exec in {id}: waiting: {e}");
+                eprintln!("exec in {id}: signalfd: {e}");
                 return 126;
             }
         }

@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const HOSTNAME: &str = "pod-host";
 const APPLETS: &[&str] = &[
     "sh", "sleep", "echo", "cat", "head", "tail", "hostname", "ls", "wget", "httpd", "nc", "id",
-    "touch", "seq", "true", "test",
+    "touch", "seq", "true", "test", "ps", "grep",
 ];
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
@@ -600,6 +600,58 @@ fn exec_runs_in_the_container_with_stdin_and_tty() {
             String::from_utf8_lossy(&out).contains("is-a-tty"),
             "{out:?}"
         );
+
+        // Dropping an exec ends its process in the container.
+        let dropped = fx
+            .runtime
+            .exec(
+                &spec.id,
+                &ExecRequest {
+                    args: vec!["sleep".into(), "2000".into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let count = async || {
+            let mut ps = fx
+                .runtime
+                .exec(
+                    &spec.id,
+                    &ExecRequest {
+                        args: vec![
+                            "sh".into(),
+                            "-c".into(),
+                            "ps -o args | grep -c '^sleep 2000'".into(),
+                        ],
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            let mut out = String::new();
+            ps.stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .await
+                .unwrap();
+            ps.wait().await.unwrap();
+            out.trim().to_owned()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count().await != "1" {
+            assert!(Instant::now() < deadline, "the exec never ran");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(dropped);
+        while count().await != "0" {
+            assert!(
+                Instant::now() < deadline,
+                "the dropped exec's process lives on"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
 
         fx.runtime.stop(&spec.id, Duration::ZERO).await.unwrap();
         let err = fx
