@@ -360,15 +360,11 @@ impl Runtime {
             }
         }
         let deadline = Instant::now() + timeout;
+        let layout = self.layout(id);
         loop {
-            let state = self.existing(id)?;
-            if let ContainerStatus::Exited(_) = state.status {
-                return Ok(Some(state));
-            }
-            let layout = self.layout(id);
             let shim_alive =
                 read_json::<ShimRecord>(&layout.shim())?.is_some_and(|s| s.shim.alive());
-            if !shim_alive && !started.init.alive() {
+            if !shim_alive && !started.init.alive() && !layout.exit().exists() {
                 // Nobody is left to record the exit (the shim was killed): record what we know.
                 write_json(
                     &layout.exit(),
@@ -380,7 +376,10 @@ impl Runtime {
                         message: Some("exit status unknown: the shim was gone".into()),
                     },
                 )?;
-                return Ok(Some(self.existing(id)?));
+            }
+            let state = self.existing(id)?;
+            if let ContainerStatus::Exited(_) = state.status {
+                return Ok(Some(state));
             }
             if Instant::now() > deadline {
                 return Ok(None);

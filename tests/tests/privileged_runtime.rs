@@ -845,3 +845,37 @@ fn start_latency() {
         assert!(p50 < Duration::from_secs(1), "p50 {p50:?}");
     });
 }
+
+#[test]
+fn a_killed_shim_still_lets_the_container_be_stopped_and_removed() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        let spec = fx.spec("orphan", &["sleep", "1000"]);
+        let state = fx.runtime.start(&spec).await.unwrap();
+        let pid = state.pid.unwrap();
+        let shim: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(fx.config.state_dir.join(&spec.id).join("shim.json")).unwrap(),
+        )
+        .unwrap();
+        let shim_pid = shim["shim"]["pid"].as_i64().unwrap() as i32;
+        // SAFETY: kill(2) on the shim this test started.
+        assert_eq!(unsafe { libc::kill(shim_pid, libc::SIGKILL) }, 0);
+        std::thread::sleep(Duration::from_millis(200));
+
+        // The container outlives its shim and is still reported running.
+        let state = fx.runtime.state(&spec.id).unwrap().unwrap();
+        assert_eq!(
+            (state.status, state.pid),
+            (ContainerStatus::Running, Some(pid))
+        );
+        let stopped = fx.runtime.stop(&spec.id, Duration::ZERO).await.unwrap();
+        let exit = exit_info(&stopped);
+        assert_eq!(exit.exit_code, 137);
+        assert!(exit.message.as_deref().unwrap().contains("shim was gone"));
+        fx.runtime.remove(&spec.id).await.unwrap();
+        let cgroup = cgroups::relative_path(&fx.config.cgroup_parent, &spec.id);
+        assert!(cgroups::existing_dirs(&cgroup).is_empty());
+        assert!(!fx.config.state_dir.join(&spec.id).exists());
+    });
+}
