@@ -879,3 +879,47 @@ fn a_killed_shim_still_lets_the_container_be_stopped_and_removed() {
         assert!(!fx.config.state_dir.join(&spec.id).exists());
     });
 }
+
+/// This host is hybrid (v1 controllers + unified v2); the shim sees a pure v2 host when it runs
+/// in a mount namespace whose `/sys/fs/cgroup` is the cgroup2 hierarchy. No controller is bound
+/// to v2 here, so this covers libcgroups' v2 manager and our cgroup handling, not v2 limits.
+#[test]
+fn runs_on_a_pure_cgroup_v2_view() {
+    require_privileges!();
+    if !Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists() {
+        eprintln!("SKIPPED runs_on_a_pure_cgroup_v2_view: no unified hierarchy next to v1");
+        return;
+    }
+    let mut fx = Fixture::new();
+    let wrapper = fx.dir.path().join("shim-on-v2");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec unshare -m --propagation private sh -c \
+             'umount -l /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && exec \"$0\" \"$@\"' \
+             {} \"$@\"\n",
+            shim_path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    fx.config.shim_path = wrapper;
+    fx.runtime = Runtime::new(fx.config.clone()).unwrap();
+    block_on(async {
+        let spec = fx.spec("v2", &["sh", "-c", "cat /proc/self/cgroup"]);
+        let exit = run_to_exit(&fx, &spec).await;
+        assert_eq!(exit.exit_code, 0, "{exit:?}");
+        let cgroup = cgroups::relative_path(&fx.config.cgroup_parent, &spec.id);
+        assert!(
+            log_lines(&spec.log_path).contains(&format!("0::/{cgroup}")),
+            "{:?}",
+            log_lines(&spec.log_path)
+        );
+        fx.runtime.remove(&spec.id).await.unwrap();
+        assert!(cgroups::existing_dirs(&cgroup).is_empty());
+    });
+}
