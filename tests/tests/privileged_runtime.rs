@@ -923,3 +923,45 @@ fn runs_on_a_pure_cgroup_v2_view() {
         assert!(cgroups::existing_dirs(&cgroup).is_empty());
     });
 }
+
+#[test]
+fn container_logs_rotate_at_the_size_limit() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        let mut spec = fx.spec("rotate", &["seq", "1", "2000"]);
+        spec.log_max_bytes = 4096;
+        spec.log_max_files = 3;
+        let exit = run_to_exit(&fx, &spec).await;
+        assert_eq!(exit.exit_code, 0);
+        let rotated = |n: u32| apiary_runtime::logs::rotated_path(&spec.log_path, n);
+        assert!(rotated(1).exists() && rotated(2).exists());
+        assert!(!rotated(3).exists(), "more than log_max_files files kept");
+        for path in [spec.log_path.clone(), rotated(1), rotated(2)] {
+            assert!(std::fs::metadata(&path).unwrap().len() <= 4096);
+        }
+        assert_eq!(
+            log_lines(&spec.log_path).last().map(String::as_str),
+            Some("2000")
+        );
+        // What is kept reads back in order, ending with the last line.
+        let text: Vec<u8> = futures::StreamExt::collect::<Vec<_>>(apiary_runtime::logs::read(
+            &spec.log_path,
+            apiary_runtime::logs::LogOptions::default(),
+        ))
+        .await
+        .into_iter()
+        .flat_map(|chunk| chunk.unwrap())
+        .collect();
+        let numbers: Vec<u32> = String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert_eq!(numbers.last(), Some(&2000));
+        assert!(
+            numbers.windows(2).all(|w| w[1] == w[0] + 1),
+            "gap or disorder"
+        );
+    });
+}
