@@ -266,6 +266,18 @@ fn missing_executable_is_a_clear_start_error() {
         );
         // Still listed (the agent reports it), until removed.
         assert!(fx.runtime.list().unwrap().iter().any(|s| s.id == spec.id));
+
+        std::fs::write(
+            fx.dir.path().join("layer/bin/not-executable"),
+            "#!/bin/sh\n",
+        )
+        .unwrap();
+        let spec = fx.spec("noexec", &["/bin/not-executable"]);
+        let state = fx.runtime.start(&spec).await.unwrap();
+        assert_eq!(
+            exit_info(&state).message.as_deref(),
+            Some("exec: \"/bin/not-executable\": permission denied")
+        );
     });
 }
 
