@@ -55,14 +55,19 @@ pub fn oom_killed(relative: &str) -> bool {
     })
 }
 
-/// Whether memory + swap can be limited: always on v2 (`memory.swap.max`), only with swap
-/// accounting on v1 (`memory.memsw.*`, off unless the kernel has `swapaccount`).
+/// Whether memory + swap can be limited: v1 needs swap accounting (`memory.memsw.*`), v2 a
+/// kernel with swap control (`memory.swap.max`, which only non-root cgroups show). Asking for
+/// it where it is missing would fail the container's start.
 pub fn swap_limit_supported() -> bool {
     let v1 = Path::new("/sys/fs/cgroup/memory");
     if v1.is_dir() {
         return v1.join("memory.memsw.limit_in_bytes").exists();
     }
-    true
+    fs::read_dir("/sys/fs/cgroup").is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.path().join("memory.swap.max").exists())
+    })
 }
 
 /// Removes the container's cgroup directories left in any hierarchy. A cgroup with processes

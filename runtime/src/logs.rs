@@ -310,6 +310,23 @@ impl Follow {
     }
 }
 
+/// Everything in `path`'s files, oldest first, and the current file (open at its end).
+fn read_all(path: &Path) -> io::Result<(Vec<u8>, Option<File>)> {
+    let mut all = Vec::new();
+    let mut last = None;
+    for file in files_oldest_first(path) {
+        match File::open(&file) {
+            Ok(mut f) => {
+                f.read_to_end(&mut all)?;
+                last = (file == path).then_some(f);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((all, last))
+}
+
 /// Reads a container's log: its rotated files, then (when following) whatever is appended.
 /// The stream never ends on its own while following: the caller drops it (e.g. when the
 /// container exited and the stream returned nothing new).
@@ -331,20 +348,14 @@ pub fn read(path: &Path, options: LogOptions) -> impl Stream<Item = io::Result<V
                         at_line_start: true,
                         written: 0,
                     };
-                    let mut all = Vec::new();
-                    let mut last = None;
-                    for file in files_oldest_first(&path) {
-                        match File::open(&file) {
-                            Ok(mut f) => {
-                                if let Err(e) = f.read_to_end(&mut all) {
-                                    return Some((Err(e), Phase::Done));
-                                }
-                                last = Some(f);
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                            Err(e) => return Some((Err(e), Phase::Done)),
-                        }
-                    }
+                    // File reads run off the async workers: rotated logs can be large.
+                    let read_path = path.clone();
+                    let (mut all, last) =
+                        match tokio::task::spawn_blocking(move || read_all(&read_path)).await {
+                            Ok(Ok(read)) => read,
+                            Ok(Err(e)) => return Some((Err(e), Phase::Done)),
+                            Err(e) => return Some((Err(io::Error::other(e)), Phase::Done)),
+                        };
                     // An incomplete last record is left for the follower.
                     let complete = all.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
                     let rest = all.split_off(complete);
@@ -380,7 +391,17 @@ pub fn read(path: &Path, options: LogOptions) -> impl Stream<Item = io::Result<V
                     Some((Ok(out), next))
                 }
                 Phase::Following(mut follow, mut formatter) => loop {
-                    match follow.poll() {
+                    let polled = tokio::task::spawn_blocking(move || {
+                        let data = follow.poll();
+                        (follow, data)
+                    })
+                    .await;
+                    let (back, data) = match polled {
+                        Ok(polled) => polled,
+                        Err(e) => return Some((Err(io::Error::other(e)), Phase::Done)),
+                    };
+                    follow = back;
+                    match data {
                         Err(e) => return Some((Err(e), Phase::Done)),
                         Ok(data) if data.is_empty() => tokio::time::sleep(FOLLOW_POLL).await,
                         Ok(data) => {

@@ -73,6 +73,16 @@ pub struct ExecProcess {
     pty_fd: Option<OwnedFd>,
 }
 
+impl Drop for ExecProcess {
+    /// An exec dropped before it ended is ended: SIGTERM makes the exec shim SIGKILL the process
+    /// in the container (SIGKILL on the shim would leave that process running).
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+}
+
 impl ExecProcess {
     /// Sets the terminal size (tty mode).
     pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
@@ -350,15 +360,11 @@ impl Runtime {
             }
         }
         let deadline = Instant::now() + timeout;
+        let layout = self.layout(id);
         loop {
-            let state = self.existing(id)?;
-            if let ContainerStatus::Exited(_) = state.status {
-                return Ok(Some(state));
-            }
-            let layout = self.layout(id);
             let shim_alive =
                 read_json::<ShimRecord>(&layout.shim())?.is_some_and(|s| s.shim.alive());
-            if !shim_alive && !started.init.alive() {
+            if !shim_alive && !started.init.alive() && !layout.exit().exists() {
                 // Nobody is left to record the exit (the shim was killed): record what we know.
                 write_json(
                     &layout.exit(),
@@ -370,7 +376,10 @@ impl Runtime {
                         message: Some("exit status unknown: the shim was gone".into()),
                     },
                 )?;
-                return Ok(Some(self.existing(id)?));
+            }
+            let state = self.existing(id)?;
+            if let ContainerStatus::Exited(_) = state.status {
+                return Ok(Some(state));
             }
             if Instant::now() > deadline {
                 return Ok(None);
@@ -447,7 +456,7 @@ impl Runtime {
         for env in &request.env {
             command.arg("--env").arg(env);
         }
-        command.arg("--").args(&request.args).kill_on_drop(true);
+        command.arg("--").args(&request.args);
         let mut pty_fd = None;
         if request.tty {
             let pty = nix::pty::openpty(None, None).map_err(Error::sys("openpty"))?;
@@ -532,4 +541,160 @@ fn younger_than(path: &Path, age: Duration) -> bool {
     fs::metadata(path)
         .and_then(|m| m.modified())
         .is_ok_and(|t| t.elapsed().is_ok_and(|e| e < age))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::ProcessId;
+
+    fn runtime(dir: &Path) -> Runtime {
+        Runtime::new(RuntimeConfig {
+            state_dir: dir.join("state"),
+            shim_path: std::env::current_exe().unwrap(),
+            cgroup_parent: "apiary".into(),
+        })
+        .unwrap()
+    }
+
+    fn create(rt: &Runtime, id: &str, layer: &Path) -> Layout {
+        let layout = rt.layout(id);
+        fs::create_dir_all(&layout.dir).unwrap();
+        let mut spec = crate::spec::tests::sample(layer);
+        spec.id = id.into();
+        spec.labels.insert("pod".into(), "p1".into());
+        write_json(&layout.spec(), &spec).unwrap();
+        layout
+    }
+
+    #[test]
+    fn new_names_the_bad_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = RuntimeConfig {
+            state_dir: dir.path().join("state"),
+            shim_path: std::env::current_exe().unwrap(),
+            cgroup_parent: "apiary".into(),
+        };
+        let err = |c: RuntimeConfig| Runtime::new(c).unwrap_err().to_string();
+        assert!(
+            err(RuntimeConfig {
+                state_dir: "rel".into(),
+                ..good.clone()
+            })
+            .starts_with("state_dir:")
+        );
+        assert!(
+            err(RuntimeConfig {
+                shim_path: dir.path().join("none"),
+                ..good.clone()
+            })
+            .starts_with("shim_path:")
+        );
+        assert!(
+            err(RuntimeConfig {
+                cgroup_parent: "a/../b".into(),
+                ..good.clone()
+            })
+            .starts_with("cgroup_parent:")
+        );
+        Runtime::new(good).unwrap();
+    }
+
+    #[test]
+    fn state_is_read_back_from_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        assert_eq!(rt.state("c1").unwrap(), None);
+        assert!(rt.state("Bad").unwrap_err().to_string().starts_with("id:"));
+
+        // Just written by start(), no shim yet: starting.
+        let layout = create(&rt, "c1", dir.path());
+        let state = rt.state("c1").unwrap().unwrap();
+        assert_eq!((state.status, state.pid), (ContainerStatus::Running, None));
+        assert_eq!(state.labels["pod"], "p1");
+
+        // A shim that died before the container started.
+        let me = ProcessId::current().unwrap();
+        let dead = ProcessId {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        write_json(&layout.shim(), &ShimRecord { shim: dead }).unwrap();
+        let ContainerStatus::Exited(exit) = rt.state("c1").unwrap().unwrap().status else {
+            panic!("a dead shim without a started container is an exit");
+        };
+        assert!(exit.message.unwrap().contains("before starting"));
+
+        // Running: the init (here: this test process) is alive even though the shim is gone.
+        let started = StartedRecord {
+            init: me,
+            started_at: chrono::Utc::now(),
+        };
+        write_json(&layout.started(), &started).unwrap();
+        let state = rt.state("c1").unwrap().unwrap();
+        assert_eq!(state.status, ContainerStatus::Running);
+        assert_eq!(state.pid, Some(me.pid));
+        assert_eq!(state.started_at, Some(started.started_at));
+
+        // The recorded exit wins.
+        let exit = ExitInfo {
+            exit_code: 3,
+            signal: None,
+            oom_killed: false,
+            finished_at: chrono::Utc::now(),
+            message: None,
+        };
+        write_json(&layout.exit(), &exit).unwrap();
+        let state = rt.state("c1").unwrap().unwrap();
+        assert_eq!(state.status, ContainerStatus::Exited(exit));
+        assert_eq!(state.pid, None);
+        assert!(matches!(rt.signal("c1", 15), Err(Error::NotRunning { .. })));
+        assert!(
+            rt.signal("c1", 999)
+                .unwrap_err()
+                .to_string()
+                .starts_with("signal:")
+        );
+    }
+
+    #[test]
+    fn list_skips_strangers_and_broken_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        create(&rt, "b", dir.path());
+        create(&rt, "a", dir.path());
+        fs::create_dir_all(rt.config.state_dir.join("Not_An_Id")).unwrap();
+        let broken = create(&rt, "c", dir.path());
+        fs::write(broken.spec(), "{").unwrap();
+        let ids: Vec<String> = rt.list().unwrap().into_iter().map(|s| s.id).collect();
+        assert_eq!(ids, ["a", "b"]);
+    }
+
+    #[test]
+    fn start_rejects_an_existing_id_and_an_invalid_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let rt2 = rt.clone();
+        let spec = crate::spec::tests::sample(dir.path());
+        create(&rt, &spec.id, dir.path());
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio.block_on(async {
+            assert!(matches!(
+                rt2.start(&spec).await,
+                Err(Error::AlreadyExists { .. })
+            ));
+            let mut bad = spec.clone();
+            bad.log_max_files = 0;
+            assert!(
+                rt2.start(&bad)
+                    .await
+                    .unwrap_err()
+                    .to_string()
+                    .starts_with("log_max_files:")
+            );
+        });
+    }
 }

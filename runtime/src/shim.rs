@@ -56,6 +56,7 @@ pub fn run(state_dir: &Path, id: &str, cgroup_parent: &str) -> Result<()> {
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map_err(Error::sys("SIGPIPE"))?;
     // Descriptors the agent leaked to us (sockets, cargo's jobserver…) must not live as long as
     // the container: keep only stdio.
+    // close_range(2): Linux 5.9.
     // SAFETY: close_range takes plain integers; nothing in this process owns fds above 2 yet.
     unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) };
     let layout = Layout::new(state_dir, id);
@@ -373,12 +374,32 @@ pub fn exec(state_dir: &Path, id: &str, args: Vec<String>, env: Vec<String>) -> 
         .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
         .collect();
     let arg0 = args.first().cloned().unwrap_or_default();
+    // Like the container's own process: same user and working directory.
+    let spec = match read_json::<ContainerSpec>(&layout.spec()) {
+        Ok(Some(spec)) => spec,
+        Ok(None) => {
+            eprintln!("exec in {id}: no such container");
+            return 126;
+        }
+        Err(e) => {
+            eprintln!("exec in {id}: {e}");
+            return 126;
+        }
+    };
+    let cwd = if spec.cwd.is_empty() {
+        "/".to_owned()
+    } else {
+        spec.cwd.clone()
+    };
     let built = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(layout.youki_root())
         .and_then(|b| {
             b.as_tenant()
                 .with_container_args(args)
                 .with_env(env)
+                .with_user(Some(spec.uid))
+                .with_group(Some(spec.gid))
+                .with_cwd(Some(cwd))
                 .with_detach(true)
                 .build()
         });
@@ -400,13 +421,48 @@ pub fn exec(state_dir: &Path, id: &str, args: Vec<String>, env: Vec<String>) -> 
             return 126;
         }
     };
+    // SIGTERM/SIGHUP/SIGINT (the agent dropped the exec, or its terminal went away) end the
+    // process in the container too, not just this shim.
+    let mut mask = SigSet::empty();
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGINT,
+    ] {
+        mask.add(sig);
+    }
+    let signals = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+        .and_then(|()| SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC));
+    let signals = match signals {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("exec in {id}: signalfd: {e}");
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            return 126;
+        }
+    };
     loop {
-        match waitpid(None, None) {
-            Ok(WaitStatus::Exited(p, code)) if p == pid => return code,
-            Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => return 128 + sig as i32,
+        // The process may have exited before SIGCHLD was blocked: look before waiting.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, code)) if p == pid => return code,
+                Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => return 128 + sig as i32,
+                Ok(WaitStatus::StillAlive) | Err(nix::Error::ECHILD) => break,
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(e) => {
+                    eprintln!("exec in {id}: waiting: {e}");
+                    return 126;
+                }
+            }
+        }
+        match signals.read_signal() {
+            Ok(Some(info)) if info.ssi_signo != Signal::SIGCHLD as u32 => {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            }
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(e) => {
-                eprintln!("exec in {id}: waiting: {e}");
+                eprintln!("exec in {id}: signalfd: {e}");
                 return 126;
             }
         }

@@ -184,7 +184,7 @@ impl ContainerSpec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample(layer: &Path) -> ContainerSpec {

@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const HOSTNAME: &str = "pod-host";
 const APPLETS: &[&str] = &[
     "sh", "sleep", "echo", "cat", "head", "tail", "hostname", "ls", "wget", "httpd", "nc", "id",
-    "touch", "seq", "true", "test",
+    "touch", "seq", "true", "test", "ps", "grep",
 ];
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
@@ -41,16 +41,21 @@ fn shim_path() -> PathBuf {
         if let Some(path) = std::env::var_os("APIARY_SHIM") {
             return path.into();
         }
+        // target/<profile>/deps/privileged_runtime-… → target/<profile>/apiary-shim
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let mut build = vec!["build", "-p", "apiary-runtime", "--bin", "apiary-shim"];
+        if profile_dir.ends_with("release") {
+            build.push("--release");
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-p", "apiary-runtime", "--bin", "apiary-shim"])
+            .args(&build)
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .expect("running cargo build for apiary-shim");
         assert!(status.success(), "building apiary-shim failed");
-        // target/debug/deps/privileged_runtime-… → target/debug/apiary-shim
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().join("apiary-shim")
+        profile_dir.join("apiary-shim")
     })
     .clone()
 }
@@ -261,6 +266,18 @@ fn missing_executable_is_a_clear_start_error() {
         );
         // Still listed (the agent reports it), until removed.
         assert!(fx.runtime.list().unwrap().iter().any(|s| s.id == spec.id));
+
+        std::fs::write(
+            fx.dir.path().join("layer/bin/not-executable"),
+            "#!/bin/sh\n",
+        )
+        .unwrap();
+        let spec = fx.spec("noexec", &["/bin/not-executable"]);
+        let state = fx.runtime.start(&spec).await.unwrap();
+        assert_eq!(
+            exit_info(&state).message.as_deref(),
+            Some("exec: \"/bin/not-executable\": permission denied")
+        );
     });
 }
 
@@ -368,6 +385,48 @@ fn containers_of_one_sandbox_share_hostname_and_network() {
         assert_eq!(exit_info(&server_state).exit_code, 0);
         assert_eq!(log_lines(&server.log_path), [HOSTNAME, "hi-over-lo"]);
         assert_eq!(log_lines(&client.log_path), [HOSTNAME]);
+        fx.runtime.remove(&server.id).await.unwrap();
+        fx.runtime.remove(&client.id).await.unwrap();
+    });
+    // Removing the sandbox is idempotent (the fixture removes it again).
+    Sandbox::remove(&fx.dir.path().join("sandbox")).unwrap();
+    Sandbox::remove(&fx.dir.path().join("sandbox")).unwrap();
+    assert_eq!(fx.mounts(), 0);
+}
+
+#[test]
+fn logs_of_a_running_container_can_be_followed() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        use futures::StreamExt;
+        let spec = fx.spec(
+            "follow",
+            &[
+                "sh",
+                "-c",
+                "for i in 1 2 3 4 5; do echo line$i; sleep 0.2; done",
+            ],
+        );
+        fx.runtime.start(&spec).await.unwrap();
+        let mut stream = Box::pin(apiary_runtime::logs::read(
+            &spec.log_path,
+            apiary_runtime::logs::LogOptions {
+                follow: true,
+                ..Default::default()
+            },
+        ));
+        let mut seen = String::new();
+        while !seen.contains("line5\n") {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("follow delivers the container's output")
+                .unwrap()
+                .unwrap();
+            seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        assert_eq!(seen, "line1\nline2\nline3\nline4\nline5\n");
+        wait_exit(&fx.runtime, &spec.id, Duration::from_secs(10)).await;
     });
 }
 
@@ -429,6 +488,10 @@ fn exec_runs_in_the_container_with_stdin_and_tty() {
     block_on(async {
         let mut spec = fx.spec("exec", &["sleep", "1000"]);
         spec.env = vec!["IN_CONTAINER=yes".into()];
+        // Execs run as the container's user, in its working directory.
+        spec.uid = 1000;
+        spec.gid = 2000;
+        spec.cwd = "/tmp".into();
         fx.runtime.start(&spec).await.unwrap();
 
         let mut p = fx
@@ -439,7 +502,7 @@ fn exec_runs_in_the_container_with_stdin_and_tty() {
                     args: vec![
                         "sh".into(),
                         "-c".into(),
-                        "hostname; echo $IN_CONTAINER $EXTRA".into(),
+                        "hostname; echo $IN_CONTAINER $EXTRA; echo $(id -u):$(id -g) $(pwd)".into(),
                     ],
                     env: vec!["EXTRA=added".into()],
                     tty: false,
@@ -455,7 +518,7 @@ fn exec_runs_in_the_container_with_stdin_and_tty() {
             .await
             .unwrap();
         assert_eq!(p.wait().await.unwrap(), 0);
-        assert_eq!(out, format!("{HOSTNAME}\nyes added\n"));
+        assert_eq!(out, format!("{HOSTNAME}\nyes added\n1000:2000 /tmp\n"));
 
         let mut cat = fx
             .runtime
@@ -549,6 +612,58 @@ fn exec_runs_in_the_container_with_stdin_and_tty() {
             String::from_utf8_lossy(&out).contains("is-a-tty"),
             "{out:?}"
         );
+
+        // Dropping an exec ends its process in the container.
+        let dropped = fx
+            .runtime
+            .exec(
+                &spec.id,
+                &ExecRequest {
+                    args: vec!["sleep".into(), "2000".into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let count = async || {
+            let mut ps = fx
+                .runtime
+                .exec(
+                    &spec.id,
+                    &ExecRequest {
+                        args: vec![
+                            "sh".into(),
+                            "-c".into(),
+                            "ps -o args | grep -c '^sleep 2000'".into(),
+                        ],
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            let mut out = String::new();
+            ps.stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .await
+                .unwrap();
+            ps.wait().await.unwrap();
+            out.trim().to_owned()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count().await != "1" {
+            assert!(Instant::now() < deadline, "the exec never ran");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(dropped);
+        while count().await != "0" {
+            assert!(
+                Instant::now() < deadline,
+                "the dropped exec's process lives on"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
 
         fx.runtime.stop(&spec.id, Duration::ZERO).await.unwrap();
         let err = fx
@@ -673,6 +788,22 @@ fn remove_leaves_no_mount_cgroup_or_state() {
                 .is_ok_and(|v| v.trim() == (64u64 << 20).to_string())
         });
         assert!(limited, "memory limit not applied");
+        let any_file_is = |v1: &str, v2: &str, want: &str| {
+            cgroups::existing_dirs(&cgroup).iter().any(|d| {
+                std::fs::read_to_string(d.join(v1))
+                    .or_else(|_| std::fs::read_to_string(d.join(v2)))
+                    .is_ok_and(|v| v.trim() == want)
+            })
+        };
+        assert!(
+            any_file_is("pids.max", "pids.max", "64"),
+            "pids limit not applied"
+        );
+        assert!(
+            any_file_is("cpu.cfs_quota_us", "cpu.max", "50000")
+                || any_file_is("cpu.cfs_quota_us", "cpu.max", "50000 100000"),
+            "cpu quota not applied"
+        );
         let err = fx.runtime.remove(&spec.id).await.unwrap_err();
         assert!(matches!(err, Error::StillRunning { .. }), "{err}");
 
@@ -724,5 +855,125 @@ fn start_latency() {
             samples.len()
         );
         assert!(p50 < Duration::from_secs(1), "p50 {p50:?}");
+    });
+}
+
+#[test]
+fn a_killed_shim_still_lets_the_container_be_stopped_and_removed() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        let spec = fx.spec("orphan", &["sleep", "1000"]);
+        let state = fx.runtime.start(&spec).await.unwrap();
+        let pid = state.pid.unwrap();
+        let shim: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(fx.config.state_dir.join(&spec.id).join("shim.json")).unwrap(),
+        )
+        .unwrap();
+        let shim_pid = shim["shim"]["pid"].as_i64().unwrap() as i32;
+        // SAFETY: kill(2) on the shim this test started.
+        assert_eq!(unsafe { libc::kill(shim_pid, libc::SIGKILL) }, 0);
+        std::thread::sleep(Duration::from_millis(200));
+
+        // The container outlives its shim and is still reported running.
+        let state = fx.runtime.state(&spec.id).unwrap().unwrap();
+        assert_eq!(
+            (state.status, state.pid),
+            (ContainerStatus::Running, Some(pid))
+        );
+        let stopped = fx.runtime.stop(&spec.id, Duration::ZERO).await.unwrap();
+        let exit = exit_info(&stopped);
+        assert_eq!(exit.exit_code, 137);
+        assert!(exit.message.as_deref().unwrap().contains("shim was gone"));
+        fx.runtime.remove(&spec.id).await.unwrap();
+        let cgroup = cgroups::relative_path(&fx.config.cgroup_parent, &spec.id);
+        assert!(cgroups::existing_dirs(&cgroup).is_empty());
+        assert!(!fx.config.state_dir.join(&spec.id).exists());
+    });
+}
+
+/// This host is hybrid (v1 controllers + unified v2); the shim sees a pure v2 host when it runs
+/// in a mount namespace whose `/sys/fs/cgroup` is the cgroup2 hierarchy. No controller is bound
+/// to v2 here, so this covers libcgroups' v2 manager and our cgroup handling, not v2 limits.
+#[test]
+fn runs_on_a_pure_cgroup_v2_view() {
+    require_privileges!();
+    if !Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists() {
+        eprintln!("SKIPPED runs_on_a_pure_cgroup_v2_view: no unified hierarchy next to v1");
+        return;
+    }
+    let mut fx = Fixture::new();
+    let wrapper = fx.dir.path().join("shim-on-v2");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec unshare -m --propagation private sh -c \
+             'umount -l /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && exec \"$0\" \"$@\"' \
+             {} \"$@\"\n",
+            shim_path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    fx.config.shim_path = wrapper;
+    fx.runtime = Runtime::new(fx.config.clone()).unwrap();
+    block_on(async {
+        let spec = fx.spec("v2", &["sh", "-c", "cat /proc/self/cgroup"]);
+        let exit = run_to_exit(&fx, &spec).await;
+        assert_eq!(exit.exit_code, 0, "{exit:?}");
+        let cgroup = cgroups::relative_path(&fx.config.cgroup_parent, &spec.id);
+        assert!(
+            log_lines(&spec.log_path).contains(&format!("0::/{cgroup}")),
+            "{:?}",
+            log_lines(&spec.log_path)
+        );
+        fx.runtime.remove(&spec.id).await.unwrap();
+        assert!(cgroups::existing_dirs(&cgroup).is_empty());
+    });
+}
+
+#[test]
+fn container_logs_rotate_at_the_size_limit() {
+    require_privileges!();
+    let fx = Fixture::new();
+    block_on(async {
+        let mut spec = fx.spec("rotate", &["seq", "1", "2000"]);
+        spec.log_max_bytes = 4096;
+        spec.log_max_files = 3;
+        let exit = run_to_exit(&fx, &spec).await;
+        assert_eq!(exit.exit_code, 0);
+        let rotated = |n: u32| apiary_runtime::logs::rotated_path(&spec.log_path, n);
+        assert!(rotated(1).exists() && rotated(2).exists());
+        assert!(!rotated(3).exists(), "more than log_max_files files kept");
+        for path in [spec.log_path.clone(), rotated(1), rotated(2)] {
+            assert!(std::fs::metadata(&path).unwrap().len() <= 4096);
+        }
+        assert_eq!(
+            log_lines(&spec.log_path).last().map(String::as_str),
+            Some("2000")
+        );
+        // What is kept reads back in order, ending with the last line.
+        let text: Vec<u8> = futures::StreamExt::collect::<Vec<_>>(apiary_runtime::logs::read(
+            &spec.log_path,
+            apiary_runtime::logs::LogOptions::default(),
+        ))
+        .await
+        .into_iter()
+        .flat_map(|chunk| chunk.unwrap())
+        .collect();
+        let numbers: Vec<u32> = String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert_eq!(numbers.last(), Some(&2000));
+        assert!(
+            numbers.windows(2).all(|w| w[1] == w[0] + 1),
+            "gap or disorder"
+        );
     });
 }
