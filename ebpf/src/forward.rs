@@ -75,4 +75,4 @@ pub fn to_remote_node(dst: &[u8; 4]) -> Option<i32> {
 }
 
 /// `TC_ACT_OK` as the programs return it.
-pub const PASS: i32 = TC_ACT_OK as i32;
+pub const PASS: i32 = TC_ACT_OK;

@@ -1,6 +1,8 @@
 //! Support for Apiary's privileged tests: a network-namespace [`lab`] of nodes and pods, the
-//! [`privileges`] gate, and [`packets`] to feed `BPF_PROG_RUN`.
+//! [`privileges`] gate, [`packets`] to feed `BPF_PROG_RUN`, and the pod network benchmark
+//! ([`bench_net`]).
 
+pub mod bench_net;
 pub mod lab;
 pub mod packets;
 pub mod privileges;
