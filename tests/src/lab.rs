@@ -399,6 +399,13 @@ fn sweep_stale_labs() {
             }
         }
     }
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir().join("apiary-lab")) {
+        for entry in entries.flatten() {
+            if owner_is_dead(&entry.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     if let Ok(entries) = std::fs::read_dir(LAB_BPFFS) {
         for entry in entries.flatten() {
             if owner_is_dead(&entry.file_name().to_string_lossy()) {

@@ -705,6 +705,12 @@ mod tests {
     }
 
     #[test]
+    fn pod_network_can_be_shared_across_tasks() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<PodNetwork>();
+    }
+
+    #[test]
     fn macs_print_as_colon_separated_hex() {
         assert_eq!(mac_string([0x02, 0, 0xab, 1, 2, 0xff]), "02:00:ab:01:02:ff");
     }
