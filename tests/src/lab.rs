@@ -305,6 +305,10 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         for name in self.namespaces.iter().rev() {
+            // A test may have deleted one itself (as a container runtime would).
+            if !Path::new(NETNS_DIR).join(name).exists() {
+                continue;
+            }
             if let Err(e) = ip(&["netns", "del", name]) {
                 eprintln!("lab teardown: {e:#}");
             }

@@ -499,3 +499,15 @@ async fn remote_nodes_are_reconciled_to_the_given_set() {
     cluster.nets[0].set_remote_nodes(&[n2]).await.unwrap();
     both_ways(&a1, &a2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teardown_after_the_runtime_deleted_the_pod_namespace_cleans_up_too() {
+    require_privileges!();
+    let mut cluster = cluster().await;
+    let a1 = add_pod(&mut cluster, 0, "a1").await;
+    assert_eq!(footprint(&cluster, 0), [1; 5]);
+    // The runtime removed the namespace first, taking the veth pair (and its route) along.
+    lab::ip(&["netns", "del", &a1.netns]).unwrap();
+    cluster.nets[0].teardown(&a1.uid).await.unwrap();
+    assert_eq!(footprint(&cluster, 0), [0; 5]);
+}
