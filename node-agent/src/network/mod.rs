@@ -348,17 +348,22 @@ impl PodNetwork {
             move |inner| {
                 let ip = inner.ipam.get(&uid)?;
                 let dataplane = inner.dataplane.lock().expect("dataplane lock");
+                let mut counted = ifindex;
                 if let Some(ip) = ip {
                     let mut endpoints = dataplane.endpoints()?;
-                    // Only the pod's own entry: the address may already belong to a new pod.
-                    if endpoints
+                    // The pod still holds the lease, so the entry for its address is its own
+                    // unless a veth exists with another ifindex.
+                    let own = endpoints
                         .get(ip)?
-                        .is_some_and(|e| ifindex.is_none_or(|i| e.host_ifindex == i))
-                    {
+                        .filter(|e| ifindex.is_none_or(|i| e.host_ifindex == i));
+                    if let Some(endpoint) = own {
                         endpoints.remove(ip)?;
+                        // The veth may be gone already (its namespace was deleted): the entry
+                        // still says which counters were the pod's.
+                        counted = Some(endpoint.host_ifindex);
                     }
                 }
-                if let Some(ifindex) = ifindex {
+                if let Some(ifindex) = counted {
                     dataplane.pod_traffic()?.unregister(ifindex)?;
                 }
                 Ok(())
@@ -498,9 +503,19 @@ impl PodNetwork {
             }
             let dataplane = inner.dataplane.lock().expect("dataplane lock");
             let mut endpoints = dataplane.endpoints()?;
-            for (ip, _) in endpoints.all()? {
-                if !keep.contains(&ip) {
+            let mut live_ifindexes = BTreeSet::new();
+            for (ip, endpoint) in endpoints.all()? {
+                if keep.contains(&ip) {
+                    live_ifindexes.insert(endpoint.host_ifindex);
+                } else {
                     endpoints.remove(ip)?;
+                }
+            }
+            // Counters of veths that are gone (their pods vanished while the agent was down).
+            let mut counters = dataplane.pod_traffic()?;
+            for (ifindex, _) in counters.all()? {
+                if !live_ifindexes.contains(&ifindex) {
+                    counters.unregister(ifindex)?;
                 }
             }
             Ok(())
