@@ -8,7 +8,7 @@
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
 use crate::{
-    forward::{PASS, ipv4_destination, to_local_pod, to_remote_node},
+    forward::{Hop, PASS, ipv4_destination, to_local_pod, to_remote_node},
     maps::{Direction, count_pod_traffic},
 };
 
@@ -24,8 +24,9 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, i32> {
     let Some(dst) = ipv4_destination(ctx) else {
         return Ok(PASS);
     };
-    if let Some(verdict) = to_local_pod(ctx, &dst) {
+    // The pod sent to its gateway: what the programs forward is a routed hop (TTL - 1).
+    if let Some(verdict) = to_local_pod(ctx, &dst, Hop::Routed) {
         return Ok(verdict);
     }
-    Ok(to_remote_node(&dst).unwrap_or(PASS))
+    Ok(to_remote_node(ctx, &dst).unwrap_or(PASS))
 }

@@ -311,6 +311,10 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         for name in self.namespaces.iter().rev() {
+            // A test may have deleted one itself (as a container runtime would).
+            if !Path::new(NETNS_DIR).join(name).exists() {
+                continue;
+            }
             if let Err(e) = ip(&["netns", "del", name]) {
                 eprintln!("lab teardown: {e:#}");
             }
@@ -402,6 +406,13 @@ fn sweep_stale_labs() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if owner_is_dead(&name) {
                 let _ = ip(&["netns", "del", &name]);
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir().join("apiary-lab")) {
+        for entry in entries.flatten() {
+            if owner_is_dead(&entry.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     }

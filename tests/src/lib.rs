@@ -1,7 +1,8 @@
 //! Support for Apiary's privileged tests: a network-namespace [`lab`] of nodes and pods, a
-//! [`cluster`] of real agents in such a lab, the
-//! [`privileges`] gate, and [`packets`] to feed `BPF_PROG_RUN`.
+//! [`cluster`] of real agents in such a lab, the [`privileges`] gate, [`packets`] to feed
+//! `BPF_PROG_RUN`, and the pod network benchmark ([`bench_net`]).
 
+pub mod bench_net;
 pub mod cluster;
 pub mod lab;
 pub mod packets;

@@ -7,7 +7,11 @@ use std::net::Ipv4Addr;
 
 use apiary_ebpf_common::{Endpoint, NodeConfig, PodTraffic};
 use apiary_node_agent::dataplane::{Dataplane, FROM_NETDEV, PodProgram};
-use apiary_tests::{lab::Lab, packets::udp_frame, require_privileges};
+use apiary_tests::{
+    lab::Lab,
+    packets::{ETH_HLEN, IPV4_HLEN, ipv4_checksum, udp_frame},
+    require_privileges,
+};
 use aya::programs::{TestRun as _, TestRunOptions};
 
 const LOOPBACK_IFINDEX: u32 = 1;
@@ -161,6 +165,42 @@ fn forwarding_dataplane(lab: &Lab) -> Dataplane {
     dp
 }
 
+/// The IP packet went through one routing hop: TTL one less, header checksum still valid, and
+/// nothing else changed.
+fn assert_routed(sent: &[u8], forwarded: &[u8]) {
+    const TTL: usize = ETH_HLEN + 8;
+    const CSUM: usize = ETH_HLEN + 10;
+    assert_eq!(forwarded[TTL], sent[TTL] - 1, "TTL");
+    assert_eq!(
+        ipv4_checksum(&forwarded[ETH_HLEN..ETH_HLEN + IPV4_HLEN]),
+        0,
+        "header checksum"
+    );
+    let unchanged = |f: &[u8]| [&f[12..TTL], &f[TTL + 1..CSUM], &f[CSUM + 2..]].concat();
+    assert_eq!(
+        unchanged(forwarded),
+        unchanged(sent),
+        "the rest is untouched"
+    );
+}
+
+#[test]
+fn a_spent_ttl_is_left_to_the_host_stack() {
+    require_privileges!();
+    let lab = Lab::new().unwrap();
+    let dp = forwarding_dataplane(&lab);
+    for dst in [
+        Ipv4Addr::new(10, 123, 129, 3),
+        Ipv4Addr::new(10, 123, 130, 9),
+    ] {
+        let mut frame = to(dst);
+        frame[ETH_HLEN + 8] = 1;
+        let decision = decide(&dp, FROM_POD, &frame);
+        assert_eq!(decision.verdict, TC_ACT_OK, "{dst}");
+        assert_eq!(decision.frame, frame, "{dst}");
+    }
+}
+
 fn to(dst: Ipv4Addr) -> Vec<u8> {
     udp_frame(Ipv4Addr::new(10, 123, 129, 2), dst, 40000, 53, 20)
 }
@@ -179,11 +219,7 @@ fn from_pod_redirects_to_a_local_pod_with_its_macs_and_counts_it_for_the_receive
         HOST_MAC,
         "source MAC: its host veth's"
     );
-    assert_eq!(
-        decision.frame[12..],
-        frame[12..],
-        "the packet itself is untouched"
-    );
+    assert_routed(&frame, &decision.frame);
     let counted = dp
         .pod_traffic()
         .unwrap()
@@ -197,7 +233,7 @@ fn from_pod_redirects_to_a_local_pod_with_its_macs_and_counts_it_for_the_receive
 }
 
 #[test]
-fn from_pod_sends_other_nodes_pods_and_nodes_to_the_underlay_unchanged() {
+fn from_pod_sends_other_nodes_pods_to_the_underlay_one_hop_later() {
     require_privileges!();
     let lab = Lab::new().unwrap();
     let dp = forwarding_dataplane(&lab);
@@ -205,7 +241,8 @@ fn from_pod_sends_other_nodes_pods_and_nodes_to_the_underlay_unchanged() {
     let decision = decide(&dp, FROM_POD, &frame);
     assert_eq!(decision.verdict, TC_ACT_REDIRECT);
     // bpf_redirect_neigh fills in the Ethernet header on the way out, not the program.
-    assert_eq!(decision.frame, frame);
+    assert_eq!(decision.frame[..12], frame[..12]);
+    assert_routed(&frame, &decision.frame);
     assert!(
         dp.pod_traffic()
             .unwrap()

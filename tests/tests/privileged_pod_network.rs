@@ -439,3 +439,75 @@ async fn pods_stay_reachable_while_the_agent_restarts() {
     }
     both_ways(&a1, &a2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_nodes_are_reconciled_to_the_given_set() {
+    require_privileges!();
+    let mut cluster = cluster().await;
+    let a1 = add_pod(&mut cluster, 0, "a1").await;
+    let a2 = add_pod(&mut cluster, 1, "a2").await;
+    let via_routes = |cluster: &Cluster| {
+        let routes = lab::ip(&[
+            "-n",
+            &cluster.nodes[0].netns,
+            "route",
+            "show",
+            "proto",
+            "201",
+        ])
+        .unwrap();
+        routes
+            .lines()
+            .filter(|l| l.contains(" via "))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let dp = Dataplane::load(&cluster.lab.pin_dir(&cluster.nodes[0].netns)).unwrap();
+    let n2 = remote(&cluster.nodes[1]);
+    assert_eq!(
+        via_routes(&cluster),
+        vec![format!("{} via {} dev eth0 ", n2.pod_cidr, n2.node_ip)]
+    );
+    assert_eq!(
+        dp.remote_nodes().unwrap().all().unwrap().len(),
+        2,
+        "pod CIDR and node /32"
+    );
+
+    // Same set again: nothing changes; the empty set: everything of node 2 goes.
+    cluster.nets[0]
+        .set_remote_nodes(std::slice::from_ref(&n2))
+        .await
+        .unwrap();
+    assert_eq!(via_routes(&cluster).len(), 1);
+    cluster.nets[0].set_remote_nodes(&[]).await.unwrap();
+    assert!(via_routes(&cluster).is_empty());
+    assert!(dp.remote_nodes().unwrap().all().unwrap().is_empty());
+    let cut = udp_round_trip_within(
+        &a1.netns,
+        a1.iface.ip,
+        &a2.netns,
+        a2.iface.ip,
+        Duration::from_millis(500),
+    );
+    assert!(
+        cut.is_err(),
+        "node 2's pods must be unreachable without its entry"
+    );
+
+    // And back.
+    cluster.nets[0].set_remote_nodes(&[n2]).await.unwrap();
+    both_ways(&a1, &a2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teardown_after_the_runtime_deleted_the_pod_namespace_cleans_up_too() {
+    require_privileges!();
+    let mut cluster = cluster().await;
+    let a1 = add_pod(&mut cluster, 0, "a1").await;
+    assert_eq!(footprint(&cluster, 0), [1; 5]);
+    // The runtime removed the namespace first, taking the veth pair (and its route) along.
+    lab::ip(&["netns", "del", &a1.netns]).unwrap();
+    cluster.nets[0].teardown(&a1.uid).await.unwrap();
+    assert_eq!(footprint(&cluster, 0), [0; 5]);
+}

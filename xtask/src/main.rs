@@ -46,6 +46,8 @@ enum BenchSuite {
     Api,
     /// The scheduler on 1,000 and 5,000 hollow nodes, and a 1,000-replica rollout.
     Scheduler,
+    /// Pod-to-pod TCP request/response rates (same node, cross node) against a plain veth pair.
+    Pods,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +80,17 @@ fn main() -> anyhow::Result<()> {
                 BenchSuite::Api => {
                     shell::cargo(&["bench", "-p", "apiary-control-plane", "--bench", "api"])
                 }
+                BenchSuite::Pods => shell::cargo(&[
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "apiary-tests",
+                    "--bin",
+                    "apiary-lab",
+                    "--",
+                    "bench-pods",
+                ]),
                 BenchSuite::Scheduler => {
                     // The hollow nodes run from the release node agent, built first.
                     shell::cargo(&["build", "--release", "-p", "apiary-node-agent"])?;

@@ -52,6 +52,8 @@ pub const IPAM_DB: &str = "ipam.redb";
 pub enum Error {
     #[error("{field}: {reason}")]
     InvalidInput { field: &'static str, reason: String },
+    #[error("{field}: {reason}")]
+    InvalidRemoteNode { field: String, reason: String },
     #[error("no interface holds node_ip {0}; set underlay_iface")]
     NoUnderlay(Ipv4Addr),
     #[error("underlay_iface {0}: no such interface in the node's namespace")]
@@ -346,17 +348,22 @@ impl PodNetwork {
             move |inner| {
                 let ip = inner.ipam.get(&uid)?;
                 let dataplane = inner.dataplane.lock().expect("dataplane lock");
+                let mut counted = ifindex;
                 if let Some(ip) = ip {
                     let mut endpoints = dataplane.endpoints()?;
-                    // Only the pod's own entry: the address may already belong to a new pod.
-                    if endpoints
+                    // The pod still holds the lease, so the entry for its address is its own
+                    // unless a veth exists with another ifindex.
+                    let own = endpoints
                         .get(ip)?
-                        .is_some_and(|e| ifindex.is_none_or(|i| e.host_ifindex == i))
-                    {
+                        .filter(|e| ifindex.is_none_or(|i| e.host_ifindex == i));
+                    if let Some(endpoint) = own {
                         endpoints.remove(ip)?;
+                        // The veth may be gone already (its namespace was deleted): the entry
+                        // still says which counters were the pod's.
+                        counted = Some(endpoint.host_ifindex);
                     }
                 }
-                if let Some(ifindex) = ifindex {
+                if let Some(ifindex) = counted {
                     dataplane.pod_traffic()?.unregister(ifindex)?;
                 }
                 Ok(())
@@ -380,38 +387,7 @@ impl PodNetwork {
     /// their pod CIDRs and addresses in `REMOTE_NODES` for the programs, and kernel routes for the
     /// node's own traffic to remote pods. Adds and removes only what changed.
     pub async fn set_remote_nodes(&self, nodes: &[RemoteNode]) -> Result<()> {
-        let config = &self.inner.config;
-        let mut desired: BTreeMap<Ipv4Net, Ipv4Addr> = BTreeMap::new();
-        let mut node_routes: BTreeMap<Ipv4Net, Ipv4Addr> = BTreeMap::new();
-        for (i, node) in nodes.iter().enumerate() {
-            let field = |f: &str| format!("nodes[{i}].{f}");
-            if node.name.is_empty() {
-                return Err(invalid_owned(field("name"), "must not be empty"));
-            }
-            if node.node_ip == config.node_ip {
-                return Err(invalid_owned(field("node_ip"), "is this node's address"));
-            }
-            let cidr = node.pod_cidr.trunc();
-            if cidr.contains(&config.pod_cidr.network())
-                || config.pod_cidr.contains(&cidr.network())
-            {
-                return Err(invalid_owned(
-                    field("pod_cidr"),
-                    format!("{cidr} overlaps this node's pod CIDR {}", config.pod_cidr),
-                ));
-            }
-            if let Some(other) = desired.insert(cidr, node.node_ip)
-                && other != node.node_ip
-            {
-                return Err(invalid_owned(
-                    field("pod_cidr"),
-                    format!("{cidr} is claimed by two nodes"),
-                ));
-            }
-            node_routes.insert(cidr, node.node_ip);
-            // The node's own address: pod → remote node traffic leaves through the same path.
-            desired.insert(Ipv4Net::from(node.node_ip), node.node_ip);
-        }
+        let (desired, node_routes) = remote_routes(&self.inner.config, nodes)?;
         let _change = self.inner.changes.lock().await;
         self.blocking(move |inner| {
             let dataplane = inner.dataplane.lock().expect("dataplane lock");
@@ -569,9 +545,19 @@ impl PodNetwork {
             }
             let dataplane = inner.dataplane.lock().expect("dataplane lock");
             let mut endpoints = dataplane.endpoints()?;
-            for (ip, _) in endpoints.all()? {
-                if !keep.contains(&ip) {
+            let mut live_ifindexes = BTreeSet::new();
+            for (ip, endpoint) in endpoints.all()? {
+                if keep.contains(&ip) {
+                    live_ifindexes.insert(endpoint.host_ifindex);
+                } else {
                     endpoints.remove(ip)?;
+                }
+            }
+            // Counters of veths that are gone (their pods vanished while the agent was down).
+            let mut counters = dataplane.pod_traffic()?;
+            for (ifindex, _) in counters.all()? {
+                if !live_ifindexes.contains(&ifindex) {
+                    counters.unregister(ifindex)?;
                 }
             }
             Ok(())
@@ -600,6 +586,44 @@ impl Inner {
         dataplane.endpoints()?.upsert(ip, endpoint)?;
         Ok(())
     }
+}
+
+/// Prefixes to the node that owns them.
+type Prefixes = BTreeMap<Ipv4Net, Ipv4Addr>;
+
+/// What `nodes` asks for: the `REMOTE_NODES` entries (pod CIDRs and node addresses as /32s) and the
+/// node's kernel routes (pod CIDR via node address), after checking every field.
+fn remote_routes(config: &NetworkConfig, nodes: &[RemoteNode]) -> Result<(Prefixes, Prefixes)> {
+    let mut desired: BTreeMap<Ipv4Net, Ipv4Addr> = BTreeMap::new();
+    let mut node_routes: BTreeMap<Ipv4Net, Ipv4Addr> = BTreeMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let field = |f: &str| format!("nodes[{i}].{f}");
+        if node.name.is_empty() {
+            return Err(invalid_owned(field("name"), "must not be empty"));
+        }
+        if node.node_ip == config.node_ip {
+            return Err(invalid_owned(field("node_ip"), "is this node's address"));
+        }
+        let cidr = node.pod_cidr.trunc();
+        if cidr.contains(&config.pod_cidr.network()) || config.pod_cidr.contains(&cidr.network()) {
+            return Err(invalid_owned(
+                field("pod_cidr"),
+                format!("{cidr} overlaps this node's pod CIDR {}", config.pod_cidr),
+            ));
+        }
+        if let Some(other) = desired.insert(cidr, node.node_ip)
+            && other != node.node_ip
+        {
+            return Err(invalid_owned(
+                field("pod_cidr"),
+                format!("{cidr} is claimed by two nodes"),
+            ));
+        }
+        node_routes.insert(cidr, node.node_ip);
+        // The node's own address: pod → remote node traffic leaves through the same path.
+        desired.insert(Ipv4Net::from(node.node_ip), node.node_ip);
+    }
+    Ok((desired, node_routes))
 }
 
 fn validate(config: &NetworkConfig) -> Result<()> {
@@ -640,9 +664,9 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
 }
 
 fn invalid_owned(field: String, reason: impl Into<String>) -> Error {
-    Error::Pod {
-        uid: String::new(),
-        what: format!("{field}: {}", reason.into()),
+    Error::InvalidRemoteNode {
+        field,
+        reason: reason.into(),
     }
 }
 
@@ -678,6 +702,69 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().starts_with("pod_cidr:"), "{err}");
+    }
+
+    #[test]
+    fn remote_nodes_become_cidr_and_node_address_entries_and_bad_ones_name_the_field() {
+        let config = NetworkConfig {
+            pod_cidr: "10.1.1.0/24".parse().unwrap(),
+            node_ip: Ipv4Addr::new(192, 0, 2, 1),
+            underlay_iface: None,
+            state_dir: "/tmp/x".into(),
+            pin_dir: "/sys/fs/bpf/x".into(),
+            node_netns: None,
+        };
+        let node = |name: &str, cidr: &str, ip: [u8; 4]| RemoteNode {
+            name: name.into(),
+            pod_cidr: cidr.parse().unwrap(),
+            node_ip: Ipv4Addr::from(ip),
+        };
+        let (entries, routes) =
+            remote_routes(&config, &[node("n2", "10.1.2.7/24", [192, 0, 2, 2])]).unwrap();
+        let n2 = Ipv4Addr::new(192, 0, 2, 2);
+        assert_eq!(
+            entries.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("10.1.2.0/24".parse().unwrap(), n2),
+                ("192.0.2.2/32".parse().unwrap(), n2)
+            ]
+        );
+        assert_eq!(routes.len(), 1);
+
+        let cases = [
+            (
+                node("", "10.1.2.0/24", [192, 0, 2, 2]),
+                "nodes[0].name: must not be empty",
+            ),
+            (
+                node("n2", "10.1.2.0/24", [192, 0, 2, 1]),
+                "nodes[0].node_ip: is this node's address",
+            ),
+            (
+                node("n2", "10.1.0.0/16", [192, 0, 2, 2]),
+                "nodes[0].pod_cidr: 10.1.0.0/16 overlaps this node's pod CIDR 10.1.1.0/24",
+            ),
+        ];
+        for (bad, message) in cases {
+            assert_eq!(
+                remote_routes(&config, &[bad]).unwrap_err().to_string(),
+                message
+            );
+        }
+        let twice = [
+            node("n2", "10.1.2.0/24", [192, 0, 2, 2]),
+            node("n3", "10.1.2.0/24", [192, 0, 2, 3]),
+        ];
+        assert_eq!(
+            remote_routes(&config, &twice).unwrap_err().to_string(),
+            "nodes[1].pod_cidr: 10.1.2.0/24 is claimed by two nodes"
+        );
+    }
+
+    #[test]
+    fn pod_network_can_be_shared_across_tasks() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<PodNetwork>();
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! `apiary-lab demo`: builds a throwaway lab (one node, two pods), attaches the data plane to the
 //! pods' veths, sends traffic between the pods, and prints what the programs counted.
+//!
+//! `apiary-lab bench-pods [SECONDS]`: pod-to-pod TCP request/response rates (see `bench_net`).
 
 use std::{
     net::{SocketAddrV4, UdpSocket},
@@ -13,7 +15,16 @@ use apiary_tests::lab::{self, Lab, Pod};
 fn main() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("demo") => demo(),
-        _ => bail!("usage: apiary-lab demo"),
+        Some("bench-pods") => {
+            let seconds = std::env::args()
+                .nth(2)
+                .map(|s| s.parse::<f64>())
+                .transpose()
+                .context("seconds per round: expected a number")?
+                .unwrap_or(2.0);
+            apiary_tests::bench_net::run(seconds, 3)
+        }
+        _ => bail!("usage: apiary-lab demo | apiary-lab bench-pods [SECONDS_PER_ROUND]"),
     }
 }
 
