@@ -152,6 +152,17 @@ fn apiary_exec_streams_stdin_and_exit_codes() {
         started.elapsed() / runs
     );
 
+    // A pod the agent does not run.
+    kubectl(
+        &cluster,
+        &["create", "-f", "-"],
+        &pod("ghost", Some("n1"), &["app"]),
+    );
+    assert_eq!(
+        cluster.fails(&["exec", "ghost", "--", "true"], None),
+        r#"error: pods "ghost" not found"#
+    );
+
     // -t without a terminal on stdin: warned, then run without one.
     let out = cluster.run(&["exec", "-t", "web", "--", "echo", "plain"], None);
     assert_eq!(out.status.code(), Some(0), "{out:?}");

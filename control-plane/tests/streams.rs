@@ -194,6 +194,10 @@ fn kubectl_exec_streams_stdin_and_exit_codes() {
         missing.contains("container c is not valid for pod duo"),
         "{missing}"
     );
+    // A pod the agent does not run: its refusal reaches kubectl on the error channel.
+    create_pod(&cp, "ghost", Some("n1"), &["app"]);
+    let ghost = cp.kubectl(&["exec", "ghost", "--", "true"]).failure();
+    assert!(ghost.contains(r#"pods "ghost" not found"#), "{ghost}");
     create_pod(&cp, "lost", None, &["app"]);
     let unscheduled = cp.kubectl(&["exec", "lost", "--", "true"]).failure();
     assert!(

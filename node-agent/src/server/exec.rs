@@ -56,18 +56,18 @@ pub(super) async fn handle(
         ))
         .into_response();
     };
-    // Started before the upgrade, so that a missing pod or container is a plain HTTP error.
-    let session = match backend
+    let framing = Framing::of(&protocol);
+    match backend
         .exec(&namespace, &pod, &container, request.clone())
         .await
     {
-        Ok(session) => session,
-        Err(e) => return e.into_response(),
-    };
-    let framing = Framing::of(&protocol);
-    upgrade.on_upgrade(move |socket| async move {
-        run(socket, session, &request.command, framing).await;
-    })
+        Ok(session) => upgrade.on_upgrade(move |socket| async move {
+            run(socket, session, &request.command, framing).await;
+        }),
+        // On the error channel, as the kubelet does: a refused upgrade would send kubectl to
+        // its SPDY fallback, whose error would hide this one.
+        Err(e) => upgrade.on_upgrade(move |socket| fail(socket, framing, e)),
+    }
 }
 
 /// The query: `command` repeats, one argument each.
@@ -104,6 +104,22 @@ pub(super) fn parse(query: &str) -> Result<ExecRequest, StreamError> {
         request.stderr = false;
     }
     Ok(request)
+}
+
+/// Sends `error`'s `Status` on the error channel and closes.
+async fn fail(mut socket: WebSocket, framing: Framing, error: StreamError) {
+    let status = serde_json::to_vec(&error.status()).unwrap_or_default();
+    if socket.send(framing.encode(ERROR, &status)).await.is_ok() {
+        let _ = socket.send(Message::Close(Some(normal_close()))).await;
+    }
+}
+
+/// A close without a code reads as an error to client-go: say it is a normal closure.
+fn normal_close() -> CloseFrame {
+    CloseFrame {
+        code: close_code::NORMAL,
+        reason: "".into(),
+    }
 }
 
 /// How channels and data are put in messages, by subprotocol.
@@ -238,12 +254,7 @@ async fn run(socket: WebSocket, session: ExecSession, command: &[String], framin
     }
     let status = serde_json::to_vec(&status).unwrap_or_default();
     let _ = out_tx.send(framing.encode(ERROR, &status)).await;
-    // A close without a code reads as an error to client-go: say it is a normal closure.
-    let close = CloseFrame {
-        code: close_code::NORMAL,
-        reason: "".into(),
-    };
-    let _ = out_tx.send(Message::Close(Some(close))).await;
+    let _ = out_tx.send(Message::Close(Some(normal_close()))).await;
     drop(out_tx);
     let _ = writer.await;
     reader.abort();

@@ -147,21 +147,27 @@ impl StreamError {
     }
 }
 
-impl IntoResponse for StreamError {
-    fn into_response(self) -> Response {
+impl StreamError {
+    /// The Kubernetes `Status` saying this.
+    fn status(&self) -> serde_json::Value {
         let code = self.code();
         let reason = match code {
             StatusCode::NOT_FOUND => "NotFound",
             StatusCode::BAD_REQUEST => "BadRequest",
             _ => "InternalError",
         };
-        status_response(code, reason, &self.to_string())
+        status(code, reason, &self.to_string())
     }
 }
 
-/// A Kubernetes `Status` body: the API server passes it on as is.
-fn status_response(code: StatusCode, reason: &str, message: &str) -> Response {
-    let status = json!({
+impl IntoResponse for StreamError {
+    fn into_response(self) -> Response {
+        (self.code(), Json(self.status())).into_response()
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> serde_json::Value {
+    json!({
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
@@ -169,8 +175,12 @@ fn status_response(code: StatusCode, reason: &str, message: &str) -> Response {
         "message": message,
         "reason": reason,
         "code": code.as_u16(),
-    });
-    (code, Json(status)).into_response()
+    })
+}
+
+/// A Kubernetes `Status` body: the API server passes it on as is.
+fn status_response(code: StatusCode, reason: &str, message: &str) -> Response {
+    (code, Json(status(code, reason, message))).into_response()
 }
 
 /// The routes, behind the token check.
