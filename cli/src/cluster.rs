@@ -103,13 +103,15 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn node_dirs(data_dir: &Path) -> (PathBuf, PathBuf) {
+/// Where the node keeps runtime state, pins its BPF maps, and puts its containers' cgroups.
+fn node_dirs(data_dir: &Path) -> (PathBuf, PathBuf, String) {
     // The default layout uses the usual system places; any other data dir gets its own, so
     // that several clusters (tests) on one machine never share state.
     if data_dir == Path::new(DEFAULT_DATA_DIR) {
         (
             PathBuf::from("/run/apiary"),
             PathBuf::from("/sys/fs/bpf/apiary"),
+            "apiary".to_owned(),
         )
     } else {
         let tag: String = data_dir
@@ -117,9 +119,11 @@ fn node_dirs(data_dir: &Path) -> (PathBuf, PathBuf) {
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
+        let tag = tag.trim_matches('_');
         (
             data_dir.join("run"),
-            PathBuf::from(format!("/sys/fs/bpf/apiary-{}", tag.trim_matches('_'))),
+            PathBuf::from(format!("/sys/fs/bpf/apiary-{tag}")),
+            format!("apiary-{tag}"),
         )
     }
 }
@@ -186,7 +190,7 @@ fn agent_args(
     node_name: Option<&str>,
     node_ip: Option<&str>,
 ) -> (Vec<String>, Started) {
-    let (run_dir, pin_dir) = node_dirs(data_dir);
+    let (run_dir, pin_dir, cgroup_parent) = node_dirs(data_dir);
     let agent_data_dir = data_dir.join("agent");
     let mut args = vec![
         "run".to_owned(),
@@ -200,6 +204,8 @@ fn agent_args(
         pin_dir.display().to_string(),
         "--image-root".to_owned(),
         data_dir.join("images").display().to_string(),
+        "--cgroup-parent".to_owned(),
+        cgroup_parent.clone(),
     ];
     if let Some(name) = node_name {
         args.extend(["--node-name".to_owned(), name.to_owned()]);
@@ -212,7 +218,7 @@ fn agent_args(
         agent_data_dir,
         run_dir,
         pin_dir,
-        cgroup_parent: "apiary".to_owned(),
+        cgroup_parent,
         ..Default::default()
     };
     (args, started)

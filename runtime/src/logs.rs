@@ -330,7 +330,10 @@ fn read_all(path: &Path) -> io::Result<(Vec<u8>, Option<File>)> {
 /// Reads a container's log: its rotated files, then (when following) whatever is appended.
 /// The stream never ends on its own while following: the caller drops it (e.g. when the
 /// container exited and the stream returned nothing new).
-pub fn read(path: &Path, options: LogOptions) -> impl Stream<Item = io::Result<Vec<u8>>> + Send + use<> {
+pub fn read(
+    path: &Path,
+    options: LogOptions,
+) -> impl Stream<Item = io::Result<Vec<u8>>> + Send + use<> {
     enum Phase {
         Initial,
         Following(Follow, Formatter),

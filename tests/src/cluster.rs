@@ -67,7 +67,10 @@ impl ClusterLab {
     pub fn start(nodes: usize) -> anyhow::Result<Self> {
         for bin in ["apiary-control-plane", "apiary-node-agent", "apiary-shim"] {
             if !binary(bin).exists() {
-                bail!("{} is missing: run `cargo build --workspace` first", binary(bin).display());
+                bail!(
+                    "{} is missing: run `cargo build --workspace` first",
+                    binary(bin).display()
+                );
             }
         }
         let mut lab = Lab::new()?;
@@ -81,7 +84,9 @@ impl ClusterLab {
             "dev",
             "ul0",
         ])?;
-        let dir = tempfile::Builder::new().prefix("apiary-cluster-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("apiary-cluster-")
+            .tempdir()?;
         let images = dir.path().join("images");
         let archive = dir.path().join("busybox.tar");
         apiary_images::build::busybox_archive(&archive).context("building the busybox image")?;
@@ -112,9 +117,11 @@ impl ClusterLab {
             dir,
             lab,
         };
-        wait("the control plane's kubeconfig", Duration::from_secs(30), || {
-            kubeconfig.exists().then_some(())
-        })?;
+        wait(
+            "the control plane's kubeconfig",
+            Duration::from_secs(30),
+            || kubeconfig.exists().then_some(()),
+        )?;
         for _ in 0..nodes {
             cluster.add_node()?;
         }
@@ -125,9 +132,10 @@ impl ClusterLab {
                 .as_array()?
                 .iter()
                 .filter(|n| {
-                    n["status"]["conditions"]
-                        .as_array()
-                        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                    n["status"]["conditions"].as_array().is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
                 })
                 .count();
             (ready == want).then_some(())
@@ -198,7 +206,12 @@ impl ClusterLab {
     pub fn restart_agent(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill_agent(i);
         let n = &mut self.nodes[i];
-        n.agent = Some(spawn_in(&n.node.netns, &binary("apiary-node-agent"), &n.args, &n.log)?);
+        n.agent = Some(spawn_in(
+            &n.node.netns,
+            &binary("apiary-node-agent"),
+            &n.args,
+            &n.log,
+        )?);
         Ok(())
     }
 
@@ -215,7 +228,11 @@ impl ClusterLab {
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -251,7 +268,10 @@ impl ClusterLab {
     pub fn apply(&self, manifest: &str) -> anyhow::Result<()> {
         let out = self.kubectl_with_stdin(&["apply", "-f", "-"], Some(manifest))?;
         if !out.status.success() {
-            bail!("kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "kubectl apply failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(())
     }
@@ -285,7 +305,12 @@ impl ClusterLab {
         })
     }
 
-    pub fn wait_ready(&self, namespace: &str, name: &str, timeout: Duration) -> anyhow::Result<Value> {
+    pub fn wait_ready(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
         self.wait_pod(namespace, name, "pod Ready", timeout, is_ready)
     }
 
@@ -311,7 +336,11 @@ impl ClusterLab {
     pub fn leftovers(&self, i: usize) -> anyhow::Result<Leftovers> {
         let n = &self.nodes[i];
         let links = ip(&["-n", &n.node.netns, "-j", "link", "show", "type", "veth"])?;
-        let links: Value = serde_json::from_str(if links.trim().is_empty() { "[]" } else { &links })?;
+        let links: Value = serde_json::from_str(if links.trim().is_empty() {
+            "[]"
+        } else {
+            &links
+        })?;
         let veths = links
             .as_array()
             .map_or(0, |l| l.iter().filter(|l| l["ifname"] != "eth0").count());
@@ -355,9 +384,10 @@ fn cgroup_dirs(parent: &str) -> usize {
 }
 
 pub fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    pod["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 impl Drop for ClusterLab {
@@ -408,7 +438,11 @@ fn spawn_in(netns: &str, program: &Path, args: &[String], log: &Path) -> anyhow:
 }
 
 /// Polls `check` every 200 ms until it returns `Some`, for at most `timeout`.
-pub fn wait<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+pub fn wait<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
     let started = Instant::now();
     loop {
         if let Some(v) = check() {

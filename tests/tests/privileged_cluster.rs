@@ -145,9 +145,15 @@ fn pods_on_two_nodes_run_talk_and_clean_up() {
             .unwrap()
             .to_owned();
         let prefix = cidr.trim_end_matches("0/24");
-        assert!(ip.starts_with(prefix), "{ip} is in {node}'s pod CIDR {cidr}");
+        assert!(
+            ip.starts_with(prefix),
+            "{ip} is in {node}'s pod CIDR {cidr}"
+        );
     }
-    assert_ne!(ip_a.rsplit_once('.').unwrap().0, ip_b.rsplit_once('.').unwrap().0);
+    assert_ne!(
+        ip_a.rsplit_once('.').unwrap().0,
+        ip_b.rsplit_once('.').unwrap().0
+    );
     assert_eq!(a["status"]["hostIP"], "10.123.0.1");
 
     // Cross-node both ways, and same-node.

@@ -23,14 +23,14 @@ impl AgentStreams {
         pod: &str,
         container: &str,
     ) -> Result<(String, String, u32), StreamError> {
-        let entry = self
-            .0
-            .registry
-            .get(namespace, pod)
-            .ok_or_else(|| StreamError::PodNotFound {
-                namespace: namespace.to_owned(),
-                pod: pod.to_owned(),
-            })?;
+        let entry =
+            self.0
+                .registry
+                .get(namespace, pod)
+                .ok_or_else(|| StreamError::PodNotFound {
+                    namespace: namespace.to_owned(),
+                    pod: pod.to_owned(),
+                })?;
         if !entry.names.iter().any(|n| n == container) {
             return Err(StreamError::ContainerNotFound {
                 pod: pod.to_owned(),
@@ -132,12 +132,9 @@ impl PodStreams for AgentStreams {
                 },
                 other => StreamError::Internal(other.into()),
             })?;
-        let mut session_stdin: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>> =
-            None;
-        let mut session_stdout: Option<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>> =
-            None;
-        let mut session_stderr: Option<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>> =
-            None;
+        let mut session_stdin: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>> = None;
+        let mut session_stdout: Option<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>> = None;
+        let mut session_stderr: Option<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>> = None;
         if let Some(pty) = process.pty.take() {
             let (read, write) = tokio::io::split(pty);
             session_stdout = Some(Box::pin(read));
