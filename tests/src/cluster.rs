@@ -46,6 +46,8 @@ pub struct ClusterNode {
     pub run_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub cgroup_parent: String,
+    /// The agent's static pod manifests (`--manifests`).
+    pub manifests: PathBuf,
     log: PathBuf,
 }
 
@@ -173,8 +175,11 @@ impl ClusterLab {
             "--heartbeat-seconds".into(),
             "2".into(),
         ];
+        let manifests = base.join("manifests");
+        std::fs::create_dir_all(&manifests)?;
+        let mut args = args;
+        args.extend(["--manifests".into(), manifests.display().to_string()]);
         let log = base.join("agent.log");
-        std::fs::create_dir_all(&base)?;
         let agent = spawn_in(&node.netns, &binary("apiary-node-agent"), &args, &log)?;
         self.nodes.push(ClusterNode {
             node,
@@ -185,6 +190,7 @@ impl ClusterLab {
             run_dir,
             pin_dir,
             cgroup_parent,
+            manifests,
             log,
         });
         Ok(())
@@ -330,6 +336,19 @@ impl ClusterLab {
             out.push_str(&format!("--- agent {} ---\n{}\n", n.name, tail(&n.log)));
         }
         out
+    }
+
+    /// The IP leases node `i`'s agent holds, read from its IPAM database after stopping the agent
+    /// (the database is the agent's while it runs).
+    pub fn leases_after_stopping(&mut self, i: usize) -> anyhow::Result<Vec<(String, Ipv4Addr)>> {
+        self.kill_agent(i);
+        let db = self.nodes[i]
+            .data_dir
+            .join("network")
+            .join(apiary_node_agent::network::IPAM_DB);
+        let any: apiary_node_agent::network::Ipv4Net = "0.0.0.0/0".parse()?;
+        let ipam = apiary_node_agent::network::ipam::Ipam::open(&db, any)?;
+        Ok(ipam.leases()?)
     }
 
     /// What node `i` holds for pods: (veths, sandbox dirs, container state dirs, cgroup dirs).

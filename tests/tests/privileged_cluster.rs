@@ -108,10 +108,33 @@ fn wget(cluster: &ClusterLab, from: &str, ip: &str) -> String {
     )
 }
 
+/// No veth, sandbox, container, pod directory, cgroup or IP lease is left on either node.
+fn assert_nothing_left(cluster: &mut ClusterLab) {
+    for i in 0..2 {
+        let left = apiary_tests::cluster::wait("node cleanup", Duration::from_secs(30), || {
+            let l = cluster.leftovers(i).ok()?;
+            (l == Leftovers::default()).then_some(l)
+        });
+        assert!(
+            left.is_ok(),
+            "node {i}: {:?}\n{}",
+            cluster.leftovers(i),
+            cluster.logs()
+        );
+    }
+    for i in 0..2 {
+        assert_eq!(
+            cluster.leases_after_stopping(i).unwrap(),
+            [],
+            "node {i}'s IP leases"
+        );
+    }
+}
+
 #[test]
 fn pods_on_two_nodes_run_talk_and_clean_up() {
     require_privileges!();
-    let cluster = ClusterLab::start(2).unwrap();
+    let mut cluster = ClusterLab::start(2).unwrap();
     cluster
         .apply(
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-content\ndata:\n  index.html: hello from configmap\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\nstringData:\n  password: s3cret\n",
@@ -328,18 +351,7 @@ fn pods_on_two_nodes_run_talk_and_clean_up() {
     cluster
         .kubectl_ok(&["delete", "pods", "--all", "--timeout=90s"])
         .unwrap();
-    for i in 0..2 {
-        let left = apiary_tests::cluster::wait("node cleanup", Duration::from_secs(30), || {
-            let l = cluster.leftovers(i).ok()?;
-            (l == Leftovers::default()).then_some(l)
-        });
-        assert!(
-            left.is_ok(),
-            "node {i}: {:?}\n{}",
-            cluster.leftovers(i),
-            cluster.logs()
-        );
-    }
+    assert_nothing_left(&mut cluster);
 }
 
 #[test]
@@ -388,19 +400,34 @@ fn a_killed_agent_leaves_pods_running_and_adopts_them_again() {
     assert_eq!(ip_of(&after), ip);
     assert_eq!(wget(&cluster, "client", &ip).trim(), "still here");
 
+    // A static pod: a manifest in the node's directory runs as a mirror pod; removing the
+    // file removes the pod.
+    let manifest = cluster.nodes()[1].manifests.join("static-web.yaml");
+    std::fs::write(
+        &manifest,
+        simple_pod("static-web", "", "", "    command: [sleep, '3600']")
+            .replace("  nodeName: \n", ""),
+    )
+    .unwrap();
+    let mirror = cluster
+        .wait_ready("default", "static-web-node2", Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(mirror["spec"]["nodeName"], "node2");
+    assert_eq!(
+        mirror["metadata"]["annotations"]["kubernetes.io/config.source"],
+        "file"
+    );
+    std::fs::remove_file(&manifest).unwrap();
+    apiary_tests::cluster::wait("the mirror pod gone", Duration::from_secs(60), || {
+        cluster
+            .pod("default", "static-web-node2")
+            .is_err()
+            .then_some(())
+    })
+    .unwrap();
+
     cluster
         .kubectl_ok(&["delete", "pods", "--all", "--timeout=90s"])
         .unwrap();
-    for i in 0..2 {
-        let left = apiary_tests::cluster::wait("node cleanup", Duration::from_secs(30), || {
-            let l = cluster.leftovers(i).ok()?;
-            (l == Leftovers::default()).then_some(l)
-        });
-        assert!(
-            left.is_ok(),
-            "node {i}: {:?}\n{}",
-            cluster.leftovers(i),
-            cluster.logs()
-        );
-    }
+    assert_nothing_left(&mut cluster);
 }
