@@ -24,6 +24,11 @@ struct Cli {
     /// Address the API server listens on (HTTPS).
     #[arg(long, default_value = "0.0.0.0:6443")]
     listen: SocketAddr,
+    /// Extra addresses the serving certificate names (besides localhost, loopback and the
+    /// `--listen` address): those nodes and clients reach this control plane at. When listening
+    /// on every address, every non-loopback IPv4 address of the machine is named.
+    #[arg(long = "tls-san", value_delimiter = ',')]
+    tls_sans: Vec<std::net::IpAddr>,
     /// etcd endpoints (comma-separated); without them the embedded store is used.
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
@@ -75,8 +80,12 @@ async fn main() -> anyhow::Result<()> {
         )
     };
 
-    let pki =
-        Pki::load_or_create(&cli.data_dir, &[cli.listen.ip()]).context("setting up the PKI")?;
+    let mut sans = cli.tls_sans.clone();
+    sans.push(cli.listen.ip());
+    if cli.listen.ip().is_unspecified() {
+        sans.extend(machine_addresses());
+    }
+    let pki = Pki::load_or_create(&cli.data_dir, &sans).context("setting up the PKI")?;
     tokio::spawn(apiary_control_plane::store::compact_periodically(
         Arc::clone(&store),
         std::time::Duration::from_secs(cli.compaction_interval_seconds),
@@ -127,6 +136,19 @@ async fn main() -> anyhow::Result<()> {
     apiserver::serve::serve_tls(listener, pki.tls.clone(), app, shutdown_signal()).await?;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// The machine's non-loopback IPv4 addresses.
+fn machine_addresses() -> Vec<std::net::IpAddr> {
+    nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs
+                .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
+                .filter(|ip| !ip.is_loopback())
+                .map(std::net::IpAddr::V4)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `<hostname>-<pid>`: unique among control planes sharing one etcd.

@@ -25,13 +25,14 @@ pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(10, 123, 0, 254);
 /// Pod CIDRs of lab clusters: node *k* gets `10.123.(127+k).0/24`, inside the lab's range.
 pub const CLUSTER_CIDR: &str = "10.123.128.0/17";
 
-/// Where `cargo build` put the workspace's binaries: next to the test's `deps` directory.
+/// Where `cargo build` put the workspace's binaries: `target/<profile>/`, next to this test's
+/// `deps` directory or to this binary.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
+    let exe = std::env::current_exe().expect("executable path");
+    let mut dir = exe.parent().expect("target/<profile>").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
     dir.join(name)
 }
 

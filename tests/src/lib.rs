@@ -1,9 +1,12 @@
 //! Support for Apiary's privileged tests: a network-namespace [`lab`] of nodes and pods, a
-//! [`cluster`] of real agents in such a lab, the [`privileges`] gate, [`packets`] to feed
+//! [`cluster`] of real agents in such a lab, a lab [`machine`] for `apiary up` and the [`demo`],
+//! the [`privileges`] gate, [`packets`] to feed
 //! `BPF_PROG_RUN`, and the pod network benchmark ([`bench_net`]).
 
 pub mod bench_net;
 pub mod cluster;
+pub mod demo;
 pub mod lab;
+pub mod machine;
 pub mod packets;
 pub mod privileges;

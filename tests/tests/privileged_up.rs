@@ -1,54 +1,22 @@
-//! `apiary up`, the demo of the README, and `apiary down`, on a machine of its own: a lab
-//! namespace stands in for the machine (its only address is on the lab's underlay), and every
-//! command runs inside it with `nsenter --net`.
+//! `apiary up`, the README's demo, and `apiary down`, on a lab namespace standing in for a
+//! machine.
 
-use std::{
-    path::Path,
-    process::{Command, Output},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use apiary_tests::{
-    cluster::{binary, wait},
-    lab::{Lab, ip},
+    demo::{fetch, manifest, wait_for_demo},
+    lab::{ip, tc_programs},
+    machine::LabMachine,
     require_privileges,
 };
-use serde_json::Value;
-
-fn run_in(netns: &str, program: &Path, args: &[&str]) -> Output {
-    Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{netns}"))
-        .arg(program)
-        .args(args)
-        .output()
-        .expect("running a command in the lab")
-}
-
-fn ok(what: &str, out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Stops the cluster even when an assertion fails half-way.
-struct Down<'a> {
-    netns: &'a str,
-    data_dir: &'a Path,
-}
+struct Down<'a>(&'a LabMachine);
 
 impl Drop for Down<'_> {
     fn drop(&mut self) {
-        let out = run_in(
-            self.netns,
-            &binary("apiary"),
-            &["down", "--data-dir", &self.data_dir.display().to_string()],
-        );
-        if !out.status.success() {
-            eprintln!("apiary down: {}", String::from_utf8_lossy(&out.stderr));
+        if let Err(e) = self.0.down() {
+            eprintln!("{e:#}");
         }
     }
 }
@@ -56,123 +24,60 @@ impl Drop for Down<'_> {
 #[test]
 fn up_runs_the_demo_and_down_removes_everything() {
     require_privileges!();
-    let mut lab = Lab::new().unwrap();
-    let machine = lab.add_bare_node(1500).unwrap();
-    let ns = machine.netns.clone();
-    let dir = tempfile::Builder::new()
-        .prefix("apiary-up-")
-        .tempdir()
-        .unwrap();
-    let data = dir.path().join("data");
-    let data_arg = data.display().to_string();
-    let apiary = binary("apiary");
-
-    let up = run_in(
-        &ns,
-        &apiary,
-        &["up", "--data-dir", &data_arg, "--timeout", "90"],
-    );
-    let _down = Down {
-        netns: &ns,
-        data_dir: &data,
-    };
-    let said = ok("apiary up", &up);
+    let machine = LabMachine::new().unwrap();
+    let data = machine.data_dir().display().to_string();
+    let up = machine.apiary(&["up", "--data-dir", &data, "--timeout", "90"]);
+    let down = Down(&machine);
+    let said = up.unwrap();
     assert!(said.contains("is Ready"), "{said}");
-    let kubeconfig = data.join("kubeconfig");
-    assert!(said.contains(&kubeconfig.display().to_string()), "{said}");
+    assert!(
+        said.contains(&machine.kubeconfig().display().to_string()),
+        "{said}"
+    );
 
-    // The README's demo: import the test image, apply the manifest.
-    let archive = dir.path().join("busybox.tar");
+    // The README's demo: import the test image, apply the manifest, reach every web pod.
+    let archive = machine.dir.path().join("busybox.tar");
     apiary_images::build::busybox_archive(&archive).unwrap();
-    let root = data.join("images").display().to_string();
-    ok(
-        "apiary image import",
-        &run_in(
-            &ns,
-            &apiary,
-            &[
-                "image",
-                "import",
-                &archive.display().to_string(),
-                "--root",
-                &root,
-            ],
-        ),
-    );
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo.yaml");
-    let kc = kubeconfig.display().to_string();
-    ok(
-        "apiary apply",
-        &run_in(
-            &ns,
-            &apiary,
-            &[
-                "--kubeconfig",
-                &kc,
-                "apply",
-                "-f",
-                &manifest.display().to_string(),
-            ],
-        ),
-    );
-    let kubectl = |args: &[&str]| {
-        let mut all = vec!["--kubeconfig", kc.as_str()];
-        all.extend_from_slice(args);
-        run_in(&ns, Path::new("/usr/bin/kubectl"), &all)
-    };
-    let ips = wait(
-        "two ready web pods and the client",
-        Duration::from_secs(90),
-        || {
-            let pods: Value =
-                serde_json::from_slice(&kubectl(&["get", "pods", "-o", "json"]).stdout).ok()?;
-            let ready = |p: &&Value| {
-                p["status"]["conditions"].as_array().is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                })
-            };
-            let items = pods["items"].as_array()?;
-            let web: Vec<String> = items
-                .iter()
-                .filter(|p| p["metadata"]["labels"]["app"] == "web")
-                .filter(ready)
-                .filter_map(|p| p["status"]["podIP"].as_str().map(str::to_owned))
-                .collect();
-            let client = items
-                .iter()
-                .filter(ready)
-                .any(|p| p["metadata"]["name"] == "client");
-            (web.len() == 2 && client).then_some(web)
-        },
-    )
-    .unwrap_or_else(|e| {
-        let log = std::fs::read_to_string(data.join("logs/node-agent.log")).unwrap_or_default();
+    let root = machine.data_dir().join("images").display().to_string();
+    machine
+        .apiary(&[
+            "image",
+            "import",
+            &archive.display().to_string(),
+            "--root",
+            &root,
+        ])
+        .unwrap();
+    let kubeconfig = machine.kubeconfig().display().to_string();
+    machine
+        .apiary(&[
+            "--kubeconfig",
+            &kubeconfig,
+            "apply",
+            "-f",
+            &manifest().display().to_string(),
+        ])
+        .unwrap();
+    let ips = wait_for_demo(&machine, Duration::from_secs(90)).unwrap_or_else(|e| {
+        let log = std::fs::read_to_string(machine.data_dir().join("logs/node-agent.log"))
+            .unwrap_or_default();
         panic!("{e:#}\n{}", &log[log.len().saturating_sub(4000)..])
     });
     for ip in &ips {
-        let page = ok(
-            "kubectl exec client -- wget",
-            &kubectl(&[
-                "exec",
-                "client",
-                "--",
-                "timeout",
-                "5",
-                "wget",
-                "-qO-",
-                &format!("http://{ip}:8080/"),
-            ]),
-        );
+        let page = fetch(&machine, ip).unwrap();
         assert!(
             page.starts_with("Hello from Apiary!\nserved by web-"),
             "{page}"
         );
     }
+    // The README's `kubectl logs -l app=web`: the web pods logged the requests they served
+    // (readiness probes from the node, the client's requests from its pod IP).
+    let logs = machine.kubectl_ok(&["logs", "-l", "app=web"]).unwrap();
+    assert!(logs.contains("response:200"), "httpd's request log: {logs}");
 
-    // Down: nothing of the node is left.
-    drop(_down);
-    let links = ip(&["-n", &ns, "-o", "link", "show"]).unwrap();
+    // Down: nothing of the cluster is left on the machine.
+    drop(down);
+    let links = ip(&["-n", &machine.netns, "-o", "link", "show"]).unwrap();
     let names: Vec<&str> = links
         .lines()
         .filter_map(|l| {
@@ -182,20 +87,142 @@ fn up_runs_the_demo_and_down_removes_everything() {
         })
         .collect();
     assert_eq!(names, ["lo", "eth0"], "only the machine's own links remain");
-    let tc = apiary_tests::lab::tc_programs(&ns, "eth0").unwrap_or_default();
+    let tc = tc_programs(&machine.netns, "eth0").unwrap_or_default();
     assert!(
         tc.is_empty(),
         "no BPF program on the machine's interface: {tc:?}"
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
-        !mounts.contains(&dir.path().display().to_string()),
+        !mounts.contains(&machine.dir.path().display().to_string()),
         "no mount under the data dir is left"
     );
-    let procs = Command::new("pgrep")
-        .args(["-f", &data_arg])
-        .output()
-        .unwrap();
+    let procs = Command::new("pgrep").args(["-f", &data]).output().unwrap();
     assert!(procs.stdout.is_empty(), "no process of the cluster is left");
-    let _ = &mut lab;
+}
+
+#[test]
+fn node_join_adds_a_second_machine() {
+    require_privileges!();
+    let mut machine = LabMachine::new().unwrap();
+    let second = machine.add_machine().unwrap();
+    let data = machine.data_dir().display().to_string();
+    let up = machine.apiary(&["up", "--data-dir", &data, "--timeout", "90"]);
+    let _down = Down(&machine);
+    up.unwrap();
+    let second_data = machine.dir.path().join("second").display().to_string();
+    let kubeconfig: serde_json::Value =
+        serde_yaml_from(&std::fs::read_to_string(machine.kubeconfig()).unwrap());
+    let token = kubeconfig["users"][0]["user"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ca = machine.data_dir().join("pki/ca.crt").display().to_string();
+    let joined = machine.apiary_on(
+        &second,
+        &[
+            "node",
+            "join",
+            "--server",
+            "https://10.123.0.1:6443",
+            "--token",
+            &token,
+            "--ca-cert",
+            &ca,
+            "--data-dir",
+            &second_data,
+            "--node-name",
+            "second",
+            "--timeout",
+            "90",
+        ],
+    );
+    let leave = LeaveOnDrop(&machine, &second, &second_data);
+    let said = joined.unwrap();
+    assert!(said.contains("node second joined"), "{said}");
+
+    // The archive goes into both machines' stores; pods on both reach each other.
+    let archive = machine.dir.path().join("busybox.tar");
+    apiary_images::build::busybox_archive(&archive).unwrap();
+    for root in [
+        machine.data_dir().join("images"),
+        machine.dir.path().join("second/images"),
+    ] {
+        machine
+            .apiary(&[
+                "image",
+                "import",
+                &archive.display().to_string(),
+                "--root",
+                &root.display().to_string(),
+            ])
+            .unwrap();
+    }
+    let first = machine
+        .kubectl_ok(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={.items[?(@.metadata.name!='second')].metadata.name}",
+        ])
+        .unwrap();
+    for (pod, node) in [("on-first", first.trim()), ("on-second", "second")] {
+        let manifest = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\nspec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: localhost/busybox:latest\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'hostname > /tmp/index.html; exec httpd -f -p 8080 -h /tmp']\n"
+        );
+        let path = machine.dir.path().join(format!("{pod}.yaml"));
+        std::fs::write(&path, manifest).unwrap();
+        machine
+            .kubectl_ok(&["apply", "-f", &path.display().to_string()])
+            .unwrap();
+    }
+    let ip_of = |pod: &str| {
+        apiary_tests::cluster::wait("a running pod", Duration::from_secs(60), || {
+            let ip = machine
+                .kubectl_ok(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"])
+                .ok()?;
+            let ready = machine
+                .kubectl_ok(&[
+                    "get",
+                    "pod",
+                    pod,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+                ])
+                .ok()?;
+            (ready == "True" && !ip.is_empty()).then_some(ip)
+        })
+        .unwrap()
+    };
+    let second_ip = ip_of("on-second");
+    ip_of("on-first");
+    let page = machine
+        .kubectl_ok(&[
+            "exec",
+            "on-first",
+            "--",
+            "timeout",
+            "5",
+            "wget",
+            "-qO-",
+            &format!("http://{second_ip}:8080/"),
+        ])
+        .unwrap();
+    assert_eq!(page.trim(), "on-second");
+    drop(leave);
+}
+
+/// `apiary down` on the joined machine.
+struct LeaveOnDrop<'a>(&'a LabMachine, &'a str, &'a str);
+
+impl Drop for LeaveOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.apiary_on(self.1, &["down", "--data-dir", self.2]) {
+            eprintln!("{e:#}");
+        }
+    }
+}
+
+fn serde_yaml_from(text: &str) -> serde_json::Value {
+    serde_yaml::from_str(text).expect("a YAML kubeconfig")
 }

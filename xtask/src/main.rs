@@ -61,6 +61,8 @@ fn main() -> anyhow::Result<()> {
         Command::Unload(args) => ebpf::unload(&args),
         Command::Demo => {
             setup::run()?;
+            // The demo runs `apiary up`, which starts the other binaries from target/debug.
+            shell::cargo(&["build", "--workspace", "--exclude", "apiary-ebpf"])?;
             shell::cargo(&[
                 "run",
                 "--quiet",
