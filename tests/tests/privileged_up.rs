@@ -10,12 +10,17 @@ use apiary_tests::{
     require_privileges,
 };
 
-/// Stops the cluster even when an assertion fails half-way.
-struct Down<'a>(&'a LabMachine);
+/// `apiary down` for the data dir `.2` on machine `.1` (the first machine's when `None`), even
+/// when an assertion fails half-way.
+struct Down<'a>(&'a LabMachine, Option<&'a str>, Option<&'a str>);
 
 impl Drop for Down<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.0.down() {
+        let done = match (self.1, self.2) {
+            (Some(netns), Some(data)) => self.0.apiary_on(netns, &["down", "--data-dir", data]),
+            _ => self.0.down(),
+        };
+        if let Err(e) = done {
             eprintln!("{e:#}");
         }
     }
@@ -27,7 +32,7 @@ fn up_runs_the_demo_and_down_removes_everything() {
     let machine = LabMachine::new().unwrap();
     let data = machine.data_dir().display().to_string();
     let up = machine.apiary(&["up", "--data-dir", &data, "--timeout", "90"]);
-    let down = Down(&machine);
+    let down = Down(&machine, None, None);
     let said = up.unwrap();
     assert!(said.contains("is Ready"), "{said}");
     assert!(
@@ -108,7 +113,7 @@ fn node_join_adds_a_second_machine() {
     let second = machine.add_machine().unwrap();
     let data = machine.data_dir().display().to_string();
     let up = machine.apiary(&["up", "--data-dir", &data, "--timeout", "90"]);
-    let _down = Down(&machine);
+    let _down = Down(&machine, None, None);
     up.unwrap();
     let second_data = machine.dir.path().join("second").display().to_string();
     let kubeconfig: serde_json::Value =
@@ -137,7 +142,7 @@ fn node_join_adds_a_second_machine() {
             "90",
         ],
     );
-    let leave = LeaveOnDrop(&machine, &second, &second_data);
+    let leave = Down(&machine, Some(&second), Some(&second_data));
     let said = joined.unwrap();
     assert!(said.contains("node second joined"), "{said}");
 
@@ -210,17 +215,6 @@ fn node_join_adds_a_second_machine() {
         .unwrap();
     assert_eq!(page.trim(), "on-second");
     drop(leave);
-}
-
-/// `apiary down` on the joined machine.
-struct LeaveOnDrop<'a>(&'a LabMachine, &'a str, &'a str);
-
-impl Drop for LeaveOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = self.0.apiary_on(self.1, &["down", "--data-dir", self.2]) {
-            eprintln!("{e:#}");
-        }
-    }
 }
 
 fn serde_yaml_from(text: &str) -> serde_json::Value {

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 
 /// `apiary-node-agent reset`.
 #[derive(Clone, Debug, clap::Args)]
@@ -23,13 +22,7 @@ pub struct ResetArgs {
 }
 
 pub async fn reset(args: ResetArgs) -> anyhow::Result<()> {
-    let shim = match &args.shim {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the agent's executable has no directory")?
-            .join("apiary-shim"),
-    };
+    let shim = super::run::shim_path(args.shim.as_deref())?;
     let mut problems = Vec::new();
     let state_dir = args.run_dir.join("containers");
     if state_dir.exists() {

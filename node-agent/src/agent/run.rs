@@ -96,13 +96,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let shim = match &config.shim {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the agent's executable has no directory")?
-            .join("apiary-shim"),
-    };
+    let shim = shim_path(config.shim.as_deref())?;
     let runtime = apiary_runtime::Runtime::new(apiary_runtime::RuntimeConfig {
         state_dir: config.run_dir.join("containers"),
         shim_path: shim,
@@ -170,6 +164,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     });
     PodManager::new(ctx).run().await;
     Ok(())
+}
+
+/// `shim`, or `apiary-shim` next to this executable.
+pub fn shim_path(shim: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    match shim {
+        Some(path) => Ok(path.to_owned()),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("the agent's executable has no directory")?
+            .join("apiary-shim")),
+    }
 }
 
 fn parse_cidr(cidr: &str) -> anyhow::Result<ipnet::Ipv4Net> {

@@ -995,37 +995,35 @@ pub fn grace_of(pod: &Pod) -> Duration {
 
 /// The ConfigMaps and Secrets the pod references, as they are now.
 async fn fetch_sources(ctx: &Context, pod: &Pod) -> anyhow::Result<Sources> {
-    use crate::api_client::Found;
     let (config_maps, secrets) = env::referenced(pod);
     let ns = &pod.metadata.namespace;
-    let mut sources = Sources::default();
-    for name in config_maps {
-        let found = ctx
+    Ok(Sources {
+        config_maps: fetch_all(ctx, ns, "configmaps", config_maps).await?,
+        secrets: fetch_all(ctx, ns, "secrets", secrets).await?,
+    })
+}
+
+/// Each named object of `plural` in namespace `ns`; `None` for those that do not exist.
+async fn fetch_all<T: serde::de::DeserializeOwned>(
+    ctx: &Context,
+    ns: &str,
+    plural: &str,
+    names: std::collections::BTreeSet<String>,
+) -> anyhow::Result<BTreeMap<String, Option<T>>> {
+    use crate::api_client::Found;
+    let mut found = BTreeMap::new();
+    for name in names {
+        let object = match ctx
             .api
-            .get(&format!("/api/v1/namespaces/{ns}/configmaps/{name}"))
-            .await?;
-        sources.config_maps.insert(
-            name,
-            match found {
-                Found::Object(cm) => Some(cm),
-                Found::Missing => None,
-            },
-        );
+            .get(&format!("/api/v1/namespaces/{ns}/{plural}/{name}"))
+            .await?
+        {
+            Found::Object(object) => Some(object),
+            Found::Missing => None,
+        };
+        found.insert(name, object);
     }
-    for name in secrets {
-        let found = ctx
-            .api
-            .get(&format!("/api/v1/namespaces/{ns}/secrets/{name}"))
-            .await?;
-        sources.secrets.insert(
-            name,
-            match found {
-                Found::Object(s) => Some(s),
-                Found::Missing => None,
-            },
-        );
-    }
-    Ok(sources)
+    Ok(found)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
