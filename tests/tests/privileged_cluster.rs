@@ -108,6 +108,20 @@ fn wget(cluster: &ClusterLab, from: &str, ip: &str) -> String {
     )
 }
 
+/// The reasons of the Events about pod `name`, e.g. `Pulled`, `Started`, `BackOff`.
+fn event_reasons(cluster: &ClusterLab, name: &str) -> Vec<String> {
+    let selector = format!("involvedObject.name={name}");
+    let events = cluster
+        .kubectl_json(&["get", "events", "--field-selector", &selector, "-o", "json"])
+        .unwrap();
+    events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// No veth, sandbox, container, pod directory, cgroup or IP lease is left on either node.
 fn assert_nothing_left(cluster: &mut ClusterLab) {
     for i in 0..2 {
@@ -222,6 +236,13 @@ fn pods_on_two_nodes_run_talk_and_clean_up() {
         "s3cret"
     );
     assert_eq!(exec(&cluster, "web-a", &["hostname"]).trim(), "web-a");
+    let reasons = event_reasons(&cluster, "web-a");
+    for reason in ["Pulled", "Created", "Started"] {
+        assert!(
+            reasons.contains(&reason.to_owned()),
+            "{reason} in {reasons:?}"
+        );
+    }
     let init = &a["status"]["initContainerStatuses"][0]["state"]["terminated"];
     assert_eq!(
         (init["exitCode"].as_i64(), init["reason"].as_str()),
@@ -258,6 +279,7 @@ fn pods_on_two_nodes_run_talk_and_clean_up() {
     let previous = cluster
         .kubectl_ok(&["logs", "crasher", "--previous"])
         .unwrap();
+    assert!(event_reasons(&cluster, "crasher").contains(&"BackOff".to_owned()));
     assert_eq!(previous.trim(), "attempt");
 
     // A failing liveness probe restarts the container; readiness follows its probe.
@@ -279,6 +301,11 @@ fn pods_on_two_nodes_run_talk_and_clean_up() {
         )
         .unwrap();
     assert!(!is_ready(&probed), "not ready before /tmp/ready exists");
+    let reasons = event_reasons(&cluster, "probed");
+    assert!(
+        reasons.contains(&"Unhealthy".to_owned()) && reasons.contains(&"Killing".to_owned()),
+        "{reasons:?}"
+    );
     exec(&cluster, "probed", &["touch", "/tmp/ready"]);
     cluster
         .wait_ready("default", "probed", Duration::from_secs(20))

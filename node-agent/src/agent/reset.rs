@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 /// `apiary-node-agent reset`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ResetArgs {

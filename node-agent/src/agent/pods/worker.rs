@@ -316,9 +316,16 @@ impl Worker {
         for c in &apps {
             let track = self.tracks.get_mut(&c.name).expect("tracked");
             if track.running() {
-                if let Some(reason) = probe_failure(track) {
+                if let Some((kind, message)) = probe_failure(track) {
                     track.killed_by_probe = true;
                     let id = track.current.clone().unwrap_or_default();
+                    self.event(
+                        Some(&c.name),
+                        "Warning",
+                        "Unhealthy",
+                        format!("{} probe failed: {message}", kind.name()),
+                    );
+                    let reason = format!("failed {} probe", kind.name().to_lowercase());
                     self.event(
                         Some(&c.name),
                         "Normal",
@@ -951,8 +958,8 @@ async fn run_hook(
     }
 }
 
-/// Why a running container must be restarted, if a probe says so.
-fn probe_failure(track: &Track) -> Option<String> {
+/// Which probe says a running container must be restarted, and its message.
+fn probe_failure(track: &Track) -> Option<(Kind, String)> {
     let probers = track.probes.as_ref()?;
     for (kind, rx) in [
         (Kind::Startup, &probers.startup),
@@ -961,10 +968,7 @@ fn probe_failure(track: &Track) -> Option<String> {
         if let Some(rx) = rx
             && let Verdict::Failure(message) = &*rx.borrow()
         {
-            return Some(format!(
-                "failed {} probe: {message}",
-                kind.name().to_lowercase()
-            ));
+            return Some((kind, message.clone()));
         }
     }
     None
