@@ -178,6 +178,16 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.start_time.clone())
             .unwrap_or_else(status::now);
+        // A pod reported finished stays finished: a restarted agent must not give it a
+        // sandbox and an address again.
+        let terminal = match pod.status.as_ref().map(|s| s.phase.as_str()) {
+            Some("Succeeded") => Some("Succeeded"),
+            Some("Failed") => Some("Failed"),
+            _ => None,
+        };
+        let ip = terminal
+            .and(pod.status.as_ref())
+            .and_then(|s| s.pod_ip.parse().ok());
         Self {
             ctx,
             uid,
@@ -185,11 +195,11 @@ impl Worker {
             desired,
             wake: Arc::new(Notify::new()),
             tracks,
-            ip: None,
+            ip,
             namespaces: None,
             sources: None,
             volumes: BTreeMap::new(),
-            terminal: None,
+            terminal,
             blocked: None,
             start_time,
             last_report: None,
