@@ -22,6 +22,8 @@ use crate::lab::{Lab, Node, ip};
 
 /// The control plane's address on the underlay.
 pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(10, 123, 0, 254);
+/// Where [`ClusterLab::start_registry`] serves images: the control plane's address, port 5000.
+pub const REGISTRY: &str = "10.123.0.254:5000";
 /// Pod CIDRs of lab clusters: node *k* gets `10.123.(127+k).0/24`, inside the lab's range.
 pub const CLUSTER_CIDR: &str = "10.123.128.0/17";
 
@@ -57,6 +59,7 @@ pub struct ClusterNode {
 pub struct ClusterLab {
     // Dropped last (fields drop in order): processes and node state go first.
     nodes: Vec<ClusterNode>,
+    registry: Option<Child>,
     control_plane: Option<Child>,
     pub kubeconfig: PathBuf,
     pub underlay: String,
@@ -114,6 +117,7 @@ impl ClusterLab {
         let kubeconfig = cp_dir.join("kubeconfig");
         let mut cluster = Self {
             nodes: Vec::new(),
+            registry: None,
             control_plane: Some(control_plane),
             kubeconfig: kubeconfig.clone(),
             underlay,
@@ -175,6 +179,8 @@ impl ClusterLab {
             cgroup_parent.clone(),
             "--heartbeat-seconds".into(),
             "2".into(),
+            "--insecure-registry".into(),
+            REGISTRY.into(),
         ];
         let manifests = base.join("manifests");
         std::fs::create_dir_all(&manifests)?;
@@ -195,6 +201,52 @@ impl ClusterLab {
             log,
         });
         Ok(())
+    }
+
+    /// Starts Debian's `docker-registry` in the underlay namespace at [`REGISTRY`] (plain HTTP;
+    /// the agents trust it as an insecure registry) and pushes the busybox test image there as
+    /// `<REGISTRY>/<repository>`.
+    pub fn start_registry(&mut self, repository: &str) -> anyhow::Result<String> {
+        let dir = self.dir.path().join("registry");
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {REGISTRY}\n",
+                dir.join("data").display()
+            ),
+        )?;
+        self.registry = Some(spawn_in(
+            &self.underlay,
+            Path::new("/usr/bin/docker-registry"),
+            &["serve".into(), config.display().to_string()],
+            &dir.join("registry.log"),
+        )?);
+        let target = format!("{REGISTRY}/{repository}");
+        let root = self.dir.path().join("images").display().to_string();
+        wait(
+            "the registry to take the image",
+            Duration::from_secs(20),
+            || {
+                let out = Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{}", self.underlay))
+                    .arg(binary("apiary"))
+                    .args([
+                        "image",
+                        "push",
+                        "localhost/busybox:latest",
+                        &target,
+                        "--root",
+                        &root,
+                    ])
+                    .args(["--insecure-registry", REGISTRY])
+                    .output()
+                    .ok()?;
+                out.status.success().then_some(())
+            },
+        )?;
+        Ok(target)
     }
 
     pub fn nodes(&self) -> &[ClusterNode] {
@@ -417,6 +469,10 @@ impl Drop for ClusterLab {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+        if let Some(mut child) = self.registry.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         if let Some(mut child) = self.control_plane.take() {
             let _ = child.kill();

@@ -458,3 +458,48 @@ fn a_killed_agent_leaves_pods_running_and_adopts_them_again() {
         .unwrap();
     assert_nothing_left(&mut cluster);
 }
+
+#[test]
+fn images_are_pulled_from_a_registry_as_the_pull_policy_says() {
+    require_privileges!();
+    let mut cluster = ClusterLab::start(1).unwrap();
+    let image = cluster.start_registry("demo/busybox:v1").unwrap();
+    let pod = |name: &str, image: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: node1\n  containers:\n  - name: c\n    image: {image}\n    imagePullPolicy: Always\n    command: [sleep, '3600']\n"
+        )
+    };
+    cluster.apply(&pod("pulled", &image)).unwrap();
+    cluster
+        .wait_ready("default", "pulled", Duration::from_secs(60))
+        .unwrap();
+    let reasons = event_reasons(&cluster, "pulled");
+    assert!(
+        reasons.contains(&"Pulling".to_owned()) && reasons.contains(&"Pulled".to_owned()),
+        "{reasons:?}"
+    );
+    // A tag the registry does not have: the container waits with the registry's answer.
+    cluster
+        .apply(&pod("missing", &image.replace(":v1", ":nope")))
+        .unwrap();
+    let missing = cluster
+        .wait_pod(
+            "default",
+            "missing",
+            "a pull error",
+            Duration::from_secs(60),
+            |p| {
+                let reason = status_of(p, "c")["state"]["waiting"]["reason"].clone();
+                reason == "ErrImagePull" || reason == "ImagePullBackOff"
+            },
+        )
+        .unwrap();
+    let message = status_of(&missing, "c")["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("manifest unknown"), "{message}");
+    cluster
+        .kubectl_ok(&["delete", "pods", "--all", "--timeout=60s"])
+        .unwrap();
+}
