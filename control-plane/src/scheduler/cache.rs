@@ -399,8 +399,10 @@ impl Cache {
     /// Stops counting terms no cached pod holds and no scheduling attempt asked for since the
     /// previous call; they come back (with a pass over the pods) when asked for again.
     pub fn forget_unused_terms(&mut self) {
-        self.terms
-            .retain(|_, counts| counts.holder_pods > 0 || std::mem::take(&mut counts.used));
+        self.terms.retain(|_, counts| {
+            let used = std::mem::take(&mut counts.used);
+            counts.holder_pods > 0 || used
+        });
     }
 
     /// Places `pod` on `pod.node` before its binding is confirmed, so that the next pods see
