@@ -459,11 +459,11 @@ fn a_burst_of_pods_fills_nodes_to_capacity_and_not_past_it() {
     let cp = ControlPlane::start();
     let _nodes = Hollow::start(&cp, "small-", 3, &["--pods", "4"]);
     wait_nodes(&cp, 3);
-    let items: Vec<Value> = (0..20)
-        .map(|i| serde_json::from_str(&pod(&format!("b{i}"), json!({}), json!({}))).unwrap())
+    // One kubectl call, a stream of JSON documents: the pods arrive as a burst.
+    let manifests: Vec<String> = (0..20)
+        .map(|i| pod(&format!("b{i}"), json!({}), json!({})))
         .collect();
-    let list = json!({ "apiVersion": "v1", "kind": "List", "items": items });
-    create(&cp, &list.to_string());
+    create(&cp, &manifests.join("\n"));
     let count = |cp: &ControlPlane| {
         let pods = cp.kubectl_json(&["get", "pods", "-o", "json"]);
         let mut per_node = std::collections::BTreeMap::<String, usize>::new();

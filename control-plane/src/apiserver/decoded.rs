@@ -18,7 +18,8 @@ use crate::store::{KeyValue, Revision};
 /// every watcher has in its queue at once.
 const CAPACITY: usize = 8192;
 
-/// A bounded memo of decoded `(key, revision)`s, oldest forgotten first.
+/// A bounded memo of decoded objects by the revision that wrote them (a revision writes one
+/// key), oldest forgotten first.
 #[derive(Debug, Default)]
 pub struct Decoded {
     inner: Mutex<Memo>,
@@ -26,8 +27,8 @@ pub struct Decoded {
 
 #[derive(Debug, Default)]
 struct Memo {
-    objects: HashMap<(String, Revision), Arc<Value>>,
-    order: VecDeque<(String, Revision)>,
+    objects: HashMap<Revision, Arc<Value>>,
+    order: VecDeque<Revision>,
 }
 
 impl Decoded {
@@ -37,18 +38,14 @@ impl Decoded {
         kv: &KeyValue,
         decode: impl FnOnce(&KeyValue) -> Result<Value, E>,
     ) -> Result<Arc<Value>, E> {
-        let id = (kv.key.clone(), kv.mod_revision);
+        let id = kv.mod_revision;
         if let Some(object) = self.lock().objects.get(&id) {
             return Ok(Arc::clone(object));
         }
         // Decoded outside the lock: two watchers may both decode, which is only wasted work.
         let object = Arc::new(decode(kv)?);
         let mut memo = self.lock();
-        if memo
-            .objects
-            .insert(id.clone(), Arc::clone(&object))
-            .is_none()
-        {
+        if memo.objects.insert(id, Arc::clone(&object)).is_none() {
             memo.order.push_back(id);
             while memo.order.len() > CAPACITY {
                 if let Some(old) = memo.order.pop_front() {
