@@ -17,7 +17,13 @@ use std::{
 use common::{Server, start_server_with};
 use serde_json::{Value, json};
 
-const PODS: usize = 10_000;
+/// Pods per scheduling run: 10,000, or `APIARY_BENCH_PODS` for quicker iterations.
+fn pods() -> usize {
+    std::env::var("APIARY_BENCH_PODS").map_or(10_000, |n| {
+        n.parse()
+            .expect("APIARY_BENCH_PODS: a number of pods per scheduling run")
+    })
+}
 const CLIENTS: usize = 16;
 /// Anti-affinity groups: pods of one group repel each other per node, so 10 groups fit 10,000
 /// pods on 1,000 nodes.
@@ -105,7 +111,7 @@ fn pod(namespace: &str, name: &str, group: Option<usize>) -> Value {
     pod
 }
 
-/// Creates `PODS` pods from `CLIENTS` clients and returns pods/s from the first create until
+/// Creates [`pods()`] pods from `CLIENTS` clients and returns pods/s from the first create until
 /// every pod is bound.
 async fn schedule_pods(server: &Arc<Server>, namespace: &str, anti_affinity: bool) -> f64 {
     let client = server.client();
@@ -119,6 +125,7 @@ async fn schedule_pods(server: &Arc<Server>, namespace: &str, anti_affinity: boo
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
+    let pods = pods();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
@@ -126,7 +133,7 @@ async fn schedule_pods(server: &Arc<Server>, namespace: &str, anti_affinity: boo
         let namespace = namespace.to_owned();
         tasks.push(tokio::spawn(async move {
             let client = server.client();
-            for i in (c..PODS).step_by(CLIENTS) {
+            for i in (c..pods).step_by(CLIENTS) {
                 let group = anti_affinity.then_some(i % GROUPS);
                 let response = client
                     .post(format!(
@@ -155,7 +162,7 @@ async fn schedule_pods(server: &Arc<Server>, namespace: &str, anti_affinity: boo
         .await;
         let left = pending["items"].as_array().map_or(usize::MAX, Vec::len);
         if left == 0 {
-            return PODS as f64 / started.elapsed().as_secs_f64();
+            return pods as f64 / started.elapsed().as_secs_f64();
         }
         assert!(Instant::now() < deadline, "{left} pods still unscheduled");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -270,8 +277,9 @@ fn main() {
     ];
     for (label, key) in rows {
         let cell = |n: &str| {
-            results[n][key]
-                .as_f64()
+            results
+                .get(n)
+                .and_then(|r| r[key].as_f64())
                 .map_or("-".to_owned(), |v| format!("{v:.1}"))
         };
         println!(

@@ -451,3 +451,64 @@ fn a_silent_node_goes_not_ready_and_its_pods_are_evicted() {
         (!tainted && ready_nodes(&cp).contains(&"lost-0".to_owned())).then_some(())
     });
 }
+
+/// Bindings run concurrently, each pod assumed on its node first: a burst of pods fills the
+/// nodes exactly to their pod capacity and never past it.
+#[test]
+fn a_burst_of_pods_fills_nodes_to_capacity_and_not_past_it() {
+    let cp = ControlPlane::start();
+    let _nodes = Hollow::start(&cp, "small-", 3, &["--pods", "4"]);
+    wait_nodes(&cp, 3);
+    // One kubectl call, a stream of JSON documents: the pods arrive as a burst.
+    let manifests: Vec<String> = (0..20)
+        .map(|i| pod(&format!("b{i}"), json!({}), json!({})))
+        .collect();
+    create(&cp, &manifests.join("\n"));
+    let count = |cp: &ControlPlane| {
+        let pods = cp.kubectl_json(&["get", "pods", "-o", "json"]);
+        let mut per_node = std::collections::BTreeMap::<String, usize>::new();
+        let mut unschedulable = 0;
+        for p in pods["items"].as_array().unwrap() {
+            match p["spec"]["nodeName"].as_str() {
+                Some(node) => *per_node.entry(node.to_owned()).or_default() += 1,
+                None => {
+                    let parked = p["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable");
+                    unschedulable += usize::from(parked);
+                }
+            }
+        }
+        (per_node, unschedulable)
+    };
+    let per_node = wait_for("12 pods bound and 8 unschedulable", || {
+        let (per_node, unschedulable) = count(&cp);
+        assert!(per_node.values().all(|n| *n <= 4), "{per_node:?}");
+        (per_node.values().sum::<usize>() == 12 && unschedulable == 8).then_some(per_node)
+    });
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+    let message = wait_unschedulable(&cp, &{
+        let pods = cp.kubectl_json(&["get", "pods", "-o", "json"]);
+        pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["spec"]["nodeName"].is_null())
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+            .unwrap()
+    });
+    assert!(
+        message.starts_with("0/3 nodes are available: 3 Too many pods."),
+        "{message}"
+    );
+    // Nothing more gets bound later.
+    std::thread::sleep(Duration::from_secs(2));
+    let (per_node, unschedulable) = count(&cp);
+    assert_eq!(
+        (per_node.values().sum::<usize>(), unschedulable),
+        (12, 8),
+        "{per_node:?}"
+    );
+}

@@ -3,6 +3,7 @@
 
 pub mod allocator;
 pub mod auth;
+pub mod decoded;
 pub mod defaults;
 pub mod discovery;
 pub mod error;
@@ -44,6 +45,8 @@ pub struct Api {
     /// The bearer token node agents accept (the cluster token), for proxying `pods/log` and
     /// `pods/exec`; without it those fail with a 500.
     pub agent_token: Option<String>,
+    /// Watch events decoded once for all their watchers.
+    pub decoded: Arc<decoded::Decoded>,
 }
 
 impl std::fmt::Debug for Api {
@@ -62,6 +65,7 @@ impl Api {
             strategy: Strategy,
             pod_network: crate::agents::PodNetwork::default(),
             agent_token: None,
+            decoded: Arc::default(),
         }
     }
 }

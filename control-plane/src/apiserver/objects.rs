@@ -457,29 +457,33 @@ pub async fn watch_changes(
         .watch(&list_prefix(target), revision)
         .await
         .map_err(|e| ApiError::storage(&e))?;
+    let decoded = Arc::clone(&api.decoded);
     let changes = events.filter_map(move |event| {
+        let decode = |kv: &KeyValue| decoded.get_or_decode(kv, |kv| present(resource, kv));
+        // Filtered on the shared decoded object; copied only when delivered.
         let change = match event {
             Ok(store::WatchEvent::Put { kv, prev }) => {
-                let new = present(resource, &kv).ok();
-                let old = prev.and_then(|p| present(resource, &p).ok());
+                let new = decode(&kv).ok();
+                let old = prev.and_then(|p| decode(&p).ok());
                 let (new_in, old_in) = (
                     new.as_ref().is_some_and(|o| filter.matches(o)),
                     old.as_ref().is_some_and(|o| filter.matches(o)),
                 );
+                let new = || new.as_deref().cloned();
                 match (old_in, new_in) {
-                    (false, true) => new.map(Change::Added),
-                    (true, true) => new.map(Change::Modified),
-                    (true, false) => new.map(Change::Deleted),
+                    (false, true) => new().map(Change::Added),
+                    (true, true) => new().map(Change::Modified),
+                    (true, false) => new().map(Change::Deleted),
                     (false, false) => None,
                 }
             }
-            Ok(store::WatchEvent::Delete { prev, revision }) => present(resource, &prev)
-                .ok()
-                .filter(|o| filter.matches(o))
-                .map(|mut o| {
+            Ok(store::WatchEvent::Delete { prev, revision }) => {
+                decode(&prev).ok().filter(|o| filter.matches(o)).map(|o| {
+                    let mut o = Value::clone(&o);
                     o["metadata"]["resourceVersion"] = json!(revision.to_string());
                     Change::Deleted(o)
-                }),
+                })
+            }
             Err(e) => Some(Change::Error(ApiError::storage(&e))),
         };
         std::future::ready(change)
@@ -658,6 +662,8 @@ pub async fn create(api: &Api, target: &Target, mut object: Value) -> Result<Val
 /// a main-resource write leaves `status` alone while a `status` write changes only `status`.
 fn merge_for_update(resource: &ResourceType, sub: Option<&str>, old: &Value, new: Value) -> Value {
     let mut merged = match sub {
+        // The server builds a binding's object from the stored one, status included.
+        Some("binding") => new,
         Some("status") => {
             let mut merged = old.clone();
             merged["status"] = new["status"].clone();
@@ -796,6 +802,9 @@ async fn bind(api: &Arc<Api>, target: &Target, name: &str, binding: &Value) -> R
         }
         let mut new = old.clone();
         new["spec"]["nodeName"] = json!(node);
+        // PodScheduled=True in the same write, as Kubernetes' binding does: one store update
+        // per bound pod.
+        set_scheduled(&mut new);
         let expected = object_revision(&old)?.unwrap_or_default();
         match write_update(api, &parent, name, &old, new, expected).await {
             Ok(_) => return Ok(()),
@@ -804,6 +813,29 @@ async fn bind(api: &Arc<Api>, target: &Target, name: &str, binding: &Value) -> R
         }
     }
     Err(conflict(target, name))
+}
+
+/// Sets the `PodScheduled=True` condition of a pod being bound.
+fn set_scheduled(pod: &mut Value) {
+    let status = &mut pod["status"];
+    if !status.is_object() {
+        *status = json!({});
+    }
+    if status["phase"].is_null() {
+        status["phase"] = json!("Pending");
+    }
+    let mut conditions: Vec<Value> = status["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c["type"] != "PodScheduled")
+        .collect();
+    conditions.push(json!({
+        "type": "PodScheduled", "status": "True",
+        "lastProbeTime": null, "lastTransitionTime": now(),
+    }));
+    status["conditions"] = json!(conditions);
 }
 
 /// The `Scale` (autoscaling/v1) view of a scalable object.

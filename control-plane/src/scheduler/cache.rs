@@ -1,10 +1,18 @@
 //! What the scheduler knows about the cluster, kept in memory from watches: nodes with the
 //! resources their pods request, and the bound pods (including those it assumed before the
 //! binding came back through the watch).
+//!
+//! Inter-pod (anti-)affinity is answered from counts kept here as pods come and go: for every
+//! required term in use, how many pods it selects per topology domain (the value of its
+//! `topologyKey` on their node), and how many bound pods hold it as anti-affinity per domain.
+//! A scheduling attempt then looks a node's domain up instead of scanning placed pods.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use apiary_api::core_v1::{Node, Pod, PodAffinityTerm, Taint};
+use apiary_api::{
+    core_v1::{Node, Pod, PodAffinityTerm, Taint},
+    selector::LabelSelector,
+};
 
 /// `namespace/name`.
 pub type PodKey = String;
@@ -55,8 +63,79 @@ pub struct PodInfo {
     /// The UID of the controller owning the pod.
     pub owner: Option<String>,
     /// Required anti-affinity terms (existing pods' ones repel newcomers).
-    pub anti_affinity: Vec<PodAffinityTerm>,
+    pub anti_affinity: Vec<Term>,
+    /// Required affinity terms.
+    pub affinity: Vec<Term>,
     pub pod: Pod,
+}
+
+/// A required inter-pod (anti-)affinity term with its namespaces resolved against the pod that
+/// holds it: equal terms share one set of counts in the [`Cache`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Term {
+    pub topology_key: String,
+    /// The namespaces whose pods it selects; `None` is every namespace.
+    pub namespaces: Option<BTreeSet<String>>,
+    /// No selector selects nothing.
+    pub selector: Option<LabelSelector>,
+}
+
+impl Term {
+    fn new(term: &PodAffinityTerm, own_namespace: &str) -> Self {
+        let namespaces = if term.namespaces.is_empty() {
+            // An empty namespaceSelector (`{}`) means every namespace.
+            let every = term
+                .namespace_selector
+                .as_ref()
+                .is_some_and(LabelSelector::is_empty);
+            (!every).then(|| BTreeSet::from([own_namespace.to_owned()]))
+        } else {
+            Some(term.namespaces.iter().cloned().collect())
+        };
+        Self {
+            topology_key: term.topology_key.clone(),
+            namespaces,
+            selector: term.label_selector.clone(),
+        }
+    }
+
+    /// Whether the term selects `pod`.
+    pub fn selects(&self, pod: &PodInfo) -> bool {
+        self.namespaces
+            .as_ref()
+            .is_none_or(|n| n.contains(&pod.namespace))
+            && self
+                .selector
+                .as_ref()
+                .is_some_and(|s| s.matches(&pod.labels))
+    }
+}
+
+/// Per-domain counts of one [`Term`] over the cached pods.
+#[derive(Debug, Default)]
+pub struct TermCounts {
+    /// Domain value → pods the term selects there.
+    pub matching: HashMap<String, u32>,
+    /// Domain value → pods holding the term as required anti-affinity there.
+    pub holders: HashMap<String, u32>,
+    /// Pods holding it as anti-affinity, wherever (also on nodes the cache doesn't know).
+    holder_pods: usize,
+    /// Asked for by a scheduling attempt since the last [`Cache::forget_unused_terms`].
+    used: bool,
+}
+
+fn bump(map: &mut HashMap<String, u32>, domain: Option<&String>, delta: i32) {
+    let Some(domain) = domain else {
+        return;
+    };
+    if delta > 0 {
+        *map.entry(domain.clone()).or_default() += 1;
+    } else if let Some(n) = map.get_mut(domain) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(domain);
+        }
+    }
 }
 
 fn quantity(list: &BTreeMap<String, apiary_api::quantity::Quantity>, name: &str) -> Option<i64> {
@@ -123,16 +202,23 @@ impl PodInfo {
             .iter()
             .find(|o| o.controller == Some(true))
             .map(|o| o.uid.clone());
-        let anti_affinity = pod
-            .spec
-            .affinity
-            .as_ref()
-            .and_then(|a| a.pod_anti_affinity.as_ref())
-            .map(|a| {
-                a.required_during_scheduling_ignored_during_execution
-                    .clone()
-            })
-            .unwrap_or_default();
+        let affinity = pod.spec.affinity.as_ref();
+        let terms = |list: Option<&Vec<PodAffinityTerm>>| -> Vec<Term> {
+            list.into_iter()
+                .flatten()
+                .map(|t| Term::new(t, &meta.namespace))
+                .collect()
+        };
+        let anti_affinity = terms(
+            affinity
+                .and_then(|a| a.pod_anti_affinity.as_ref())
+                .map(|a| &a.required_during_scheduling_ignored_during_execution),
+        );
+        let pod_affinity = terms(
+            affinity
+                .and_then(|a| a.pod_affinity.as_ref())
+                .map(|a| &a.required_during_scheduling_ignored_during_execution),
+        );
         Self {
             key: format!("{}/{}", meta.namespace, meta.name),
             uid: meta.uid.clone(),
@@ -144,6 +230,7 @@ impl PodInfo {
             host_ports,
             owner,
             anti_affinity,
+            affinity: pod_affinity,
             pod,
         }
     }
@@ -161,9 +248,25 @@ pub struct NodeInfo {
     pub taints: Vec<Taint>,
     pub ready: bool,
     pub pods: BTreeSet<PodKey>,
+    /// Pods per controller UID, for spreading.
+    pub owners: HashMap<String, u32>,
 }
 
 impl NodeInfo {
+    fn add(&mut self, pod: &PodInfo) {
+        self.requested.add(&pod.requests);
+        self.nonzero_requested.add(&pod.nonzero);
+        self.pods.insert(pod.key.clone());
+        bump(&mut self.owners, pod.owner.as_ref(), 1);
+    }
+
+    fn remove(&mut self, pod: &PodInfo) {
+        self.requested.sub(&pod.requests);
+        self.nonzero_requested.sub(&pod.nonzero);
+        self.pods.remove(&pod.key);
+        bump(&mut self.owners, pod.owner.as_ref(), -1);
+    }
+
     fn update(&mut self, node: &Node) {
         self.name = node.metadata.name.clone();
         self.labels = node.metadata.labels.clone();
@@ -187,9 +290,11 @@ impl NodeInfo {
 pub struct Cache {
     pub nodes: BTreeMap<String, NodeInfo>,
     pub pods: HashMap<PodKey, PodInfo>,
-    /// Bound pods with required anti-affinity terms: few, and every newcomer is checked
-    /// against them.
-    pub with_anti_affinity: BTreeSet<PodKey>,
+    /// Pods placed by this scheduler whose binding the watch has not confirmed yet.
+    assumed: HashSet<PodKey>,
+    /// Counts of every required (anti-)affinity term held by a cached pod or asked for by a
+    /// scheduling attempt.
+    pub terms: HashMap<Term, TermCounts>,
 }
 
 impl Cache {
@@ -198,24 +303,126 @@ impl Cache {
         let name = node.metadata.name.clone();
         let is_new = !self.nodes.contains_key(&name);
         let info = self.nodes.entry(name.clone()).or_default();
+        let old_labels = std::mem::take(&mut info.labels);
         info.update(node);
+        let mut recount = !is_new && old_labels != info.labels && !info.pods.is_empty();
         if is_new {
-            let on_it: Vec<PodInfo> = self
-                .pods
-                .values()
-                .filter(|p| p.node == name)
-                .cloned()
-                .collect();
-            for pod in on_it {
-                info.requested.add(&pod.requests);
-                info.nonzero_requested.add(&pod.nonzero);
-                info.pods.insert(pod.key);
+            for pod in self.pods.values().filter(|p| p.node == name) {
+                info.add(pod);
+                recount = true;
             }
+        }
+        // Domains are node labels: pods on this node may have moved between domains.
+        if recount {
+            self.recount_terms();
         }
     }
 
     pub fn remove_node(&mut self, name: &str) {
-        self.nodes.remove(name);
+        if self
+            .nodes
+            .remove(name)
+            .is_some_and(|node| !node.pods.is_empty())
+        {
+            self.recount_terms();
+        }
+    }
+
+    /// The value of label `key` on `node` — the pod's domain for a term with that key.
+    fn domain<'a>(
+        nodes: &'a BTreeMap<String, NodeInfo>,
+        node: &str,
+        key: &str,
+    ) -> Option<&'a String> {
+        nodes.get(node)?.labels.get(key)
+    }
+
+    /// Adds or updates what `pod` contributes to every term's counts (`delta` ±1).
+    fn count(
+        nodes: &BTreeMap<String, NodeInfo>,
+        terms: &mut HashMap<Term, TermCounts>,
+        pod: &PodInfo,
+        delta: i32,
+    ) {
+        for (term, counts) in terms.iter_mut() {
+            if term.selects(pod) {
+                let domain = Self::domain(nodes, &pod.node, &term.topology_key);
+                bump(&mut counts.matching, domain, delta);
+            }
+        }
+        for term in &pod.anti_affinity {
+            let counts = terms
+                .get_mut(term)
+                .expect("a held term is registered first");
+            let domain = Self::domain(nodes, &pod.node, &term.topology_key);
+            bump(&mut counts.holders, domain, delta);
+            if delta > 0 {
+                counts.holder_pods += 1;
+            } else {
+                counts.holder_pods -= 1;
+            }
+        }
+    }
+
+    /// Starts counting `term` if nothing did yet (one pass over the pods), and marks it used.
+    pub fn ensure_term(&mut self, term: &Term) {
+        if let Some(counts) = self.terms.get_mut(term) {
+            counts.used = true;
+            return;
+        }
+        let mut counts = TermCounts {
+            used: true,
+            ..TermCounts::default()
+        };
+        for pod in self.pods.values() {
+            if term.selects(pod) {
+                let domain = Self::domain(&self.nodes, &pod.node, &term.topology_key);
+                bump(&mut counts.matching, domain, 1);
+            }
+            // Holders register their terms when they enter the cache, so a new term has none.
+        }
+        self.terms.insert(term.clone(), counts);
+    }
+
+    /// Rebuilds every term's counts, after node labels (the domains) changed.
+    fn recount_terms(&mut self) {
+        for counts in self.terms.values_mut() {
+            counts.matching.clear();
+            counts.holders.clear();
+            counts.holder_pods = 0;
+        }
+        for pod in self.pods.values() {
+            Self::count(&self.nodes, &mut self.terms, pod, 1);
+        }
+    }
+
+    /// Stops counting terms no cached pod holds and no scheduling attempt asked for since the
+    /// previous call; they come back (with a pass over the pods) when asked for again.
+    pub fn forget_unused_terms(&mut self) {
+        self.terms.retain(|_, counts| {
+            let used = std::mem::take(&mut counts.used);
+            counts.holder_pods > 0 || used
+        });
+    }
+
+    /// Places `pod` on `pod.node` before its binding is confirmed, so that the next pods see
+    /// its requests; [`Cache::forget_assumed`] takes it back if the binding fails.
+    pub fn assume_pod(&mut self, pod: PodInfo) {
+        let key = pod.key.clone();
+        self.upsert_pod(pod);
+        self.assumed.insert(key);
+    }
+
+    /// Whether `key` is placed by this scheduler and not confirmed by the watch yet.
+    pub fn is_assumed(&self, key: &str) -> bool {
+        self.assumed.contains(key)
+    }
+
+    /// Takes back an assumed pod whose binding failed; a pod the watch has confirmed since stays.
+    pub fn forget_assumed(&mut self, key: &str) {
+        if self.assumed.remove(key) {
+            self.remove_pod(key);
+        }
     }
 
     /// Adds (or replaces) a bound pod. Returns whether the pod was not known on that node yet.
@@ -226,28 +433,32 @@ impl Cache {
             .is_some_and(|old| old.uid == pod.uid && old.node == pod.node);
         self.remove_pod(&pod.key);
         if let Some(node) = self.nodes.get_mut(&pod.node) {
-            node.requested.add(&pod.requests);
-            node.nonzero_requested.add(&pod.nonzero);
-            node.pods.insert(pod.key.clone());
+            node.add(&pod);
         }
-        if !pod.anti_affinity.is_empty() {
-            self.with_anti_affinity.insert(pod.key.clone());
+        for term in &pod.anti_affinity {
+            if !self.terms.contains_key(term) {
+                self.ensure_term(term);
+                // Marked used only by scheduling attempts.
+                if let Some(counts) = self.terms.get_mut(term) {
+                    counts.used = false;
+                }
+            }
         }
+        Self::count(&self.nodes, &mut self.terms, &pod, 1);
         self.pods.insert(pod.key.clone(), pod);
         !same
     }
 
     /// Forgets a pod; returns whether it was known.
     pub fn remove_pod(&mut self, key: &str) -> bool {
+        self.assumed.remove(key);
         let Some(old) = self.pods.remove(key) else {
             return false;
         };
-        self.with_anti_affinity.remove(key);
         if let Some(node) = self.nodes.get_mut(&old.node) {
-            node.requested.sub(&old.requests);
-            node.nonzero_requested.sub(&old.nonzero);
-            node.pods.remove(key);
+            node.remove(&old);
         }
+        Self::count(&self.nodes, &mut self.terms, &old, -1);
         true
     }
 }

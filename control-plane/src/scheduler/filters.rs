@@ -2,11 +2,11 @@
 //! Kubernetes' scheduler words them (`Insufficient cpu`, `node(s) had untolerated taint {k: v}`),
 //! so that the FailedScheduling message reads the same.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
-use apiary_api::core_v1::{PodAffinityTerm, Taint, Toleration};
+use apiary_api::core_v1::{Taint, Toleration};
 
-use super::cache::{Cache, NodeInfo, PodInfo};
+use super::cache::{Cache, NodeInfo, PodInfo, Term, TermCounts};
 
 pub const UNSCHEDULABLE: &str = "node(s) were unschedulable";
 pub const NODE_AFFINITY: &str = "node(s) didn't match Pod's node affinity/selector";
@@ -15,117 +15,77 @@ pub const POD_AFFINITY: &str = "node(s) didn't match pod affinity rules";
 pub const POD_ANTI_AFFINITY: &str = "node(s) didn't match pod anti-affinity rules";
 pub const EXISTING_ANTI_AFFINITY: &str = "node(s) didn't satisfy existing pods anti-affinity rules";
 
-/// The topology domains (label key, value) inter-pod (anti-)affinity computed once per pod.
+/// The inter-pod (anti-)affinity counts that matter to one pod, looked up once per attempt; a
+/// node is then checked by looking its domain up in them.
 #[derive(Debug, Default)]
-pub struct AffinityDomains {
-    /// Domains where the pod's own anti-affinity terms find a matching pod.
-    anti: HashSet<(String, String)>,
-    /// Domains where an existing pod's anti-affinity terms match the incoming pod.
-    existing_anti: HashSet<(String, String)>,
-    /// Per required affinity term: its key and the values whose domains hold a matching pod.
-    affinity: Vec<(String, HashSet<String>)>,
+pub struct AffinityDomains<'a> {
+    /// The pod's own anti-affinity terms: domains with a pod they select are out.
+    anti: Vec<(&'a Term, &'a TermCounts)>,
+    /// Existing pods' anti-affinity terms that select the pod: their holders' domains are out.
+    existing_anti: Vec<(&'a Term, &'a TermCounts)>,
+    /// The pod's affinity terms: only domains with a pod they select are in.
+    affinity: Vec<(&'a Term, &'a TermCounts)>,
     /// No pod anywhere matches every affinity term, but the pod matches its own terms: the first
     /// of a group may go anywhere the key exists.
     affinity_self_match: bool,
 }
 
-/// Whether `term` (of a pod in `own_namespace`) selects `other`.
-fn term_selects(term: &PodAffinityTerm, own_namespace: &str, other: &PodInfo) -> bool {
-    let namespace_ok = if term.namespaces.is_empty() {
-        // An empty namespaceSelector (`{}`) means every namespace.
-        term.namespace_selector
-            .as_ref()
-            .is_some_and(apiary_api::selector::LabelSelector::is_empty)
-            || other.namespace == own_namespace
-    } else {
-        term.namespaces.contains(&other.namespace)
-    };
-    namespace_ok
-        && term
-            .label_selector
-            .as_ref()
-            .is_some_and(|s| s.matches(&other.labels))
-}
+impl<'a> AffinityDomains<'a> {
+    /// Registers the pod's terms in the cache (a pass over the pods for a term not counted yet).
+    pub fn prepare(pod: &PodInfo, cache: &mut Cache) {
+        for term in pod.anti_affinity.iter().chain(&pod.affinity) {
+            cache.ensure_term(term);
+        }
+    }
 
-fn domain(cache: &Cache, node: &str, key: &str) -> Option<String> {
-    cache.nodes.get(node)?.labels.get(key).cloned()
-}
-
-impl AffinityDomains {
-    pub fn compute(pod: &PodInfo, cache: &Cache) -> Self {
-        let mut domains = Self::default();
-        let affinity = pod.pod.spec.affinity.as_ref();
-        let anti_terms = &pod.anti_affinity;
-        let affinity_terms: Vec<PodAffinityTerm> = affinity
-            .and_then(|a| a.pod_affinity.as_ref())
-            .map(|a| {
-                a.required_during_scheduling_ignored_during_execution
-                    .clone()
-            })
-            .unwrap_or_default();
-        if !anti_terms.is_empty() || !affinity_terms.is_empty() {
-            domains.affinity = affinity_terms
+    /// The counts for `pod`; its terms must have been [`AffinityDomains::prepare`]d.
+    pub fn compute(pod: &PodInfo, cache: &'a Cache) -> Self {
+        let lookup = |terms: &[Term]| -> Vec<(&'a Term, &'a TermCounts)> {
+            terms
                 .iter()
-                .map(|t| (t.topology_key.clone(), HashSet::new()))
-                .collect();
-            for other in cache.pods.values() {
-                if other.key == pod.key {
-                    continue;
-                }
-                for term in anti_terms {
-                    if term_selects(term, &pod.namespace, other)
-                        && let Some(value) = domain(cache, &other.node, &term.topology_key)
-                    {
-                        domains.anti.insert((term.topology_key.clone(), value));
-                    }
-                }
-                for (i, term) in affinity_terms.iter().enumerate() {
-                    if term_selects(term, &pod.namespace, other)
-                        && let Some(value) = domain(cache, &other.node, &term.topology_key)
-                    {
-                        domains.affinity[i].1.insert(value);
-                    }
-                }
-            }
-            domains.affinity_self_match = domains.affinity.iter().all(|(_, v)| v.is_empty())
-                && affinity_terms
-                    .iter()
-                    .all(|t| term_selects(t, &pod.namespace, pod));
+                .filter_map(|t| cache.terms.get_key_value(t))
+                .collect()
+        };
+        let anti = lookup(&pod.anti_affinity);
+        let affinity = lookup(&pod.affinity);
+        let affinity_self_match = !affinity.is_empty()
+            && affinity.iter().all(|(_, c)| c.matching.is_empty())
+            && pod.affinity.iter().all(|t| t.selects(pod));
+        let existing_anti = cache
+            .terms
+            .iter()
+            .filter(|(term, counts)| !counts.holders.is_empty() && term.selects(pod))
+            .collect();
+        Self {
+            anti,
+            existing_anti,
+            affinity,
+            affinity_self_match,
         }
-        for key in &cache.with_anti_affinity {
-            let Some(other) = cache.pods.get(key) else {
-                continue;
-            };
-            for term in &other.anti_affinity {
-                if term_selects(term, &other.namespace, pod)
-                    && let Some(value) = domain(cache, &other.node, &term.topology_key)
-                {
-                    domains
-                        .existing_anti
-                        .insert((term.topology_key.clone(), value));
-                }
-            }
-        }
-        domains
     }
 
     fn check(&self, node: &NodeInfo) -> Option<&'static str> {
-        let in_domains = |set: &HashSet<(String, String)>| {
-            set.iter()
-                .any(|(k, v)| node.labels.get(k).is_some_and(|nv| nv == v))
-        };
-        for (key, values) in &self.affinity {
-            let Some(value) = node.labels.get(key) else {
+        let domain = |term: &Term| node.labels.get(&term.topology_key);
+        for (term, counts) in &self.affinity {
+            let Some(value) = domain(term) else {
                 return Some(POD_AFFINITY);
             };
-            if !values.contains(value) && !self.affinity_self_match {
+            if !counts.matching.contains_key(value) && !self.affinity_self_match {
                 return Some(POD_AFFINITY);
             }
         }
-        if in_domains(&self.anti) {
+        if self
+            .anti
+            .iter()
+            .any(|(term, counts)| domain(term).is_some_and(|v| counts.matching.contains_key(v)))
+        {
             return Some(POD_ANTI_AFFINITY);
         }
-        if in_domains(&self.existing_anti) {
+        if self
+            .existing_anti
+            .iter()
+            .any(|(term, counts)| domain(term).is_some_and(|v| counts.holders.contains_key(v)))
+        {
             return Some(EXISTING_ANTI_AFFINITY);
         }
         None

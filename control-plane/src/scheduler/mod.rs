@@ -1,10 +1,13 @@
 //! The scheduler: assigns pending pods to nodes, in-process against the API.
 //!
 //! Nodes and pods are watched into an in-memory [`cache::Cache`] that accounts what each node's
-//! pods request, so that scheduling a pod never lists anything. A pod is checked against every
-//! node ([`filters`]), the feasible ones are ranked ([`scores`]) and the pod is bound through
-//! `pods/binding`. A pod that fits nowhere gets `PodScheduled=False` and a FailedScheduling
-//! event, and waits in the [`queue`] until a node or pod changes.
+//! pods request, so that scheduling a pod never lists anything. A pod is checked against the
+//! nodes ([`filters`]) until enough feasible ones are found (kube-scheduler's
+//! `percentageOfNodesToScore`, starting where the previous pod stopped), those are ranked
+//! ([`scores`]), the pod is assumed on the best one in the cache and bound through
+//! `pods/binding` by a task of its own, so that the next pod is scheduled while bindings are in
+//! flight. A pod that fits nowhere gets `PodScheduled=False` and a FailedScheduling event, and
+//! waits in the [`queue`] until a node or pod changes.
 //!
 //! [`lifecycle`] is the node lifecycle controller: nodes whose Lease goes stale become
 //! NotReady and tainted, and their pods are evicted.
@@ -15,12 +18,18 @@ pub mod lifecycle;
 pub mod queue;
 pub mod scores;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    ops::Bound,
+    sync::Arc,
+    time::Duration,
+};
 
 use apiary_api::core_v1::{Node, Pod};
 use axum::http::{HeaderMap, Method};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 use crate::apiserver::{
     Api,
@@ -30,12 +39,30 @@ use crate::apiserver::{
     resources::ResourceType,
 };
 use cache::{Cache, PodInfo};
+use filters::AffinityDomains;
 use queue::Queue;
 
 /// The name pods ask for in `spec.schedulerName` (or leave empty).
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// How often parked pods are tried again even if nothing seemed to change.
 const RETRY_INTERVAL: Duration = Duration::from_secs(15);
+/// Bindings in flight at once: enough to keep the store's group commit busy, few enough that
+/// a burst of failures stays cheap to retry.
+const MAX_BINDS_IN_FLIGHT: usize = 64;
+/// Clusters up to this size are searched whole; larger ones until this many feasible nodes are
+/// found at least (kube-scheduler's `minFeasibleNodesToFind`).
+const MIN_FEASIBLE_NODES_TO_FIND: usize = 100;
+
+/// How many feasible nodes to find before scoring, out of `nodes`: kube-scheduler's adaptive
+/// `percentageOfNodesToScore` — 50% of a 100-node cluster, falling by 1% per 125 nodes to 5%
+/// (at 5,625 nodes and beyond), and never fewer than 100 nodes.
+pub fn nodes_to_find(nodes: usize) -> usize {
+    if nodes <= MIN_FEASIBLE_NODES_TO_FIND {
+        return nodes;
+    }
+    let percentage = 50usize.saturating_sub(nodes / 125).max(5);
+    (nodes * percentage / 100).max(MIN_FEASIBLE_NODES_TO_FIND)
+}
 
 /// Errors that end one watch session; all are retried by relisting.
 #[derive(Debug, thiserror::Error)]
@@ -77,12 +104,26 @@ pub async fn run(api: Arc<Api>) {
     }
 }
 
+/// How a binding task ended.
+#[derive(Debug)]
+struct BindOutcome {
+    pod: Pod,
+    node: String,
+    result: Result<(), ApiError>,
+}
+
 /// The scheduler's state between events.
 #[derive(Debug)]
 struct Scheduler {
     api: Arc<Api>,
     cache: Cache,
     queue: Queue,
+    /// Where the next search over the nodes starts: after the last node the previous one
+    /// looked at, so that every node gets its turn.
+    next_start: Option<String>,
+    /// Pods whose binding task has not reported yet.
+    binding: HashSet<String>,
+    bound_tx: mpsc::UnboundedSender<BindOutcome>,
 }
 
 async fn run_once(api: &Arc<Api>) -> Result<()> {
@@ -94,10 +135,14 @@ async fn run_once(api: &Arc<Api>) -> Result<()> {
     let mut pod_watch = objects::watch_changes(api, &all(pods), Filter::default(), None)
         .await
         .map_err(Error::Api)?;
+    let (bound_tx, mut bound_rx) = mpsc::unbounded_channel();
     let mut s = Scheduler {
         api: Arc::clone(api),
         cache: Cache::default(),
         queue: Queue::default(),
+        next_start: None,
+        binding: HashSet::new(),
+        bound_tx,
     };
     for node in std::mem::take(&mut node_watch.initial) {
         s.node_changed(Change::Added(node));
@@ -123,10 +168,16 @@ async fn run_once(api: &Arc<Api>) -> Result<()> {
                 }
                 s.pod_changed(change);
             }
-            _ = retry.tick() => s.queue.retry_unschedulable(),
-            () = std::future::ready(()), if s.queue.has_active() => {
+            Some(bound) = bound_rx.recv() => s.bound(bound),
+            _ = retry.tick() => {
+                s.queue.retry_unschedulable();
+                s.cache.forget_unused_terms();
+            }
+            () = std::future::ready(()),
+                if s.queue.has_active() && s.binding.len() < MAX_BINDS_IN_FLIGHT =>
+            {
                 if let Some(key) = s.queue.pop() {
-                    s.schedule(&key).await;
+                    s.schedule(&key);
                 }
             }
         }
@@ -189,7 +240,10 @@ impl Scheduler {
             return;
         }
         if pod.spec.node_name.is_empty() {
-            self.queue.upsert(PodInfo::new(pod));
+            // Assumed and being bound: the binding task reports how that went.
+            if !self.binding.contains(&key) {
+                self.queue.upsert(PodInfo::new(pod));
+            }
         } else {
             self.queue.remove(&key);
             if self.cache.upsert_pod(PodInfo::new(pod)) {
@@ -199,22 +253,20 @@ impl Scheduler {
         }
     }
 
-    async fn schedule(&mut self, key: &str) {
+    /// One scheduling attempt: assumes the pod on the best node and starts its binding, or
+    /// parks it with the reasons it fits nowhere.
+    fn schedule(&mut self, key: &str) {
         let Some(pending) = self.queue.pending.get(key) else {
             return;
         };
-        let pod = &pending.info;
-        let domains = filters::AffinityDomains::compute(pod, &self.cache);
-        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        let mut feasible = Vec::new();
-        for node in self.cache.nodes.values() {
-            let failed = filters::check(pod, node, &self.cache, &domains);
-            if failed.is_empty() {
-                feasible.push(node);
-            }
-            for reason in failed {
-                *reasons.entry(reason).or_default() += 1;
-            }
+        let pod = pending.info.clone();
+        let Search {
+            feasible,
+            reasons,
+            last,
+        } = find_feasible(&mut self.cache, self.next_start.as_deref(), &pod);
+        if last.is_some() {
+            self.next_start = last;
         }
         if feasible.is_empty() {
             let message = filters::failure_message(self.cache.nodes.len(), &reasons);
@@ -229,43 +281,109 @@ impl Scheduler {
             self.queue.park(key.to_owned());
             return;
         }
-        let scores = scores::score(pod, &self.cache, &feasible);
+        let nodes: Vec<&cache::NodeInfo> = feasible
+            .iter()
+            .filter_map(|n| self.cache.nodes.get(n))
+            .collect();
+        let scores = scores::score(&pod, &nodes);
         let best = scores.iter().copied().max().unwrap_or_default();
-        let top: Vec<&str> = feasible
+        let top: Vec<&str> = nodes
             .iter()
             .zip(&scores)
             .filter(|(_, s)| **s == best)
             .map(|(n, _)| n.name.as_str())
             .collect();
         let node = top[rand::random_range(0..top.len())].to_owned();
-        let mut assumed = pod.clone();
+        let mut assumed = pod;
         assumed.node = node.clone();
         assumed.pod.spec.node_name = node.clone();
-        let pod = pod.pod.clone();
+        let mut pod = assumed.pod.clone();
+        pod.spec.node_name.clear();
         self.queue.remove(key);
         // Assumed at once, so the next pod sees this one's requests before the watch says so.
-        self.cache.upsert_pod(assumed);
-        match bind(&self.api, &pod, &node).await {
-            Ok(()) => {
+        self.cache.assume_pod(assumed);
+        self.binding.insert(key.to_owned());
+        let api = Arc::clone(&self.api);
+        let tx = self.bound_tx.clone();
+        tokio::spawn(async move {
+            let result = bind(&api, &pod, &node).await;
+            if result.is_ok() {
                 let message = format!(
                     "Successfully assigned {}/{} to {node}",
                     pod.metadata.namespace, pod.metadata.name
                 );
-                let api = Arc::clone(&self.api);
+                // Not awaited by the loop: events are for people.
+                let api = Arc::clone(&api);
+                let pod = pod.clone();
                 tokio::spawn(async move {
                     record_event(&api, &pod, "Normal", "Scheduled", &message).await;
                 });
             }
-            Err(e) => {
-                tracing::info!(pod = key, %node, error = %e.message, "binding failed");
-                self.cache.remove_pod(key);
-                // Gone or bound by someone else: the watch brings the truth. Otherwise retry.
-                if e.reason != "NotFound" && e.reason != "Conflict" {
-                    self.queue.upsert(PodInfo::new(pod));
-                }
+            // The loop is gone only when the scheduler restarts, relisting everything.
+            let _ = tx.send(BindOutcome { pod, node, result });
+        });
+    }
+
+    /// A binding task reported.
+    fn bound(&mut self, bound: BindOutcome) {
+        let BindOutcome { pod, node, result } = bound;
+        let key = format!("{}/{}", pod.metadata.namespace, pod.metadata.name);
+        self.binding.remove(&key);
+        if let Err(e) = result {
+            tracing::info!(pod = key, %node, error = %e.message, "binding failed");
+            self.cache.forget_assumed(&key);
+            // Gone or bound by someone else: the watch brings the truth. Otherwise retry.
+            if e.reason != "NotFound" && e.reason != "Conflict" {
+                self.queue.upsert(PodInfo::new(pod));
             }
+            self.queue.retry_unschedulable();
         }
     }
+}
+
+/// What a search for feasible nodes found.
+#[derive(Debug, Default)]
+struct Search {
+    /// Feasible node names, at most [`nodes_to_find`] of them.
+    feasible: Vec<String>,
+    /// Why the other nodes looked at failed: reason → nodes.
+    reasons: BTreeMap<String, usize>,
+    /// The last node looked at, where the next search should start after.
+    last: Option<String>,
+}
+
+/// Checks nodes from the one after `start` on, around the ring, until [`nodes_to_find`]
+/// feasible ones are found (or every node was checked).
+fn find_feasible(cache: &mut Cache, start: Option<&str>, pod: &PodInfo) -> Search {
+    AffinityDomains::prepare(pod, cache);
+    let cache = &*cache;
+    let domains = AffinityDomains::compute(pod, cache);
+    let wanted = nodes_to_find(cache.nodes.len());
+    // Node names are never empty: after "" is every node.
+    let start = start.unwrap_or_default();
+    let after = cache
+        .nodes
+        .range::<str, _>((Bound::Excluded(start), Bound::Unbounded));
+    let before = cache
+        .nodes
+        .range::<str, _>((Bound::Unbounded, Bound::Included(start)));
+    let mut search = Search::default();
+    let mut last = None;
+    for node in after.chain(before).map(|(_, n)| n) {
+        last = Some(&node.name);
+        let failed = filters::check(pod, node, cache, &domains);
+        if failed.is_empty() {
+            search.feasible.push(node.name.clone());
+            if search.feasible.len() >= wanted {
+                break;
+            }
+        }
+        for reason in failed {
+            *search.reasons.entry(reason).or_default() += 1;
+        }
+    }
+    search.last = last.cloned();
+    search
 }
 
 /// POSTs a Binding to `pods/{name}/binding`.
@@ -391,5 +509,288 @@ pub(crate) async fn record_event_from(
     };
     if let Err(e) = objects::create(api, &target, event).await {
         tracing::debug!(error = %e.message, "recording an event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use apiary_api::core_v1::{Node, Pod};
+    use serde_json::{Value, json};
+
+    use super::{
+        Search,
+        cache::{Cache, PodInfo},
+        find_feasible, nodes_to_find,
+    };
+
+    fn node(name: &str, labels: Value, pods: u32) -> Node {
+        apiary_api::meta::from_json(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": { "name": name, "labels": labels },
+            "status": {
+                "allocatable": { "cpu": "4", "memory": "8Gi", "pods": pods.to_string() },
+                "conditions": [{ "type": "Ready", "status": "True" }],
+            },
+        }))
+        .unwrap()
+    }
+
+    fn pod(name: &str, labels: Value, spec: Value) -> PodInfo {
+        let mut pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": name, "namespace": "default", "uid": format!("uid-{name}"), "labels": labels },
+            "spec": { "containers": [{ "name": "c", "image": "busybox" }] },
+        });
+        json_patch::merge(&mut pod["spec"], &spec);
+        PodInfo::new(apiary_api::meta::from_json::<Pod>(pod).unwrap())
+    }
+
+    fn anti(group: &str, key: &str) -> Value {
+        json!({ "affinity": { "podAntiAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": [{
+            "labelSelector": { "matchLabels": { "group": group } }, "topologyKey": key,
+        }]}}})
+    }
+
+    fn cluster(nodes: usize, pods_per_node: u32) -> Cache {
+        let mut cache = Cache::default();
+        for i in 0..nodes {
+            cache.upsert_node(&node(
+                &format!("n{i:04}"),
+                json!({ "kubernetes.io/hostname": format!("n{i:04}"), "zone": format!("z{}", i % 3) }),
+                pods_per_node,
+            ));
+        }
+        cache
+    }
+
+    /// Schedules as the loop does: search, then assume on the first feasible node.
+    fn place(cache: &mut Cache, start: &mut Option<String>, pod: PodInfo) -> Option<String> {
+        let Search { feasible, last, .. } = find_feasible(cache, start.as_deref(), &pod);
+        *start = last.or(start.take());
+        let node = feasible.first()?.clone();
+        let mut assumed = pod;
+        assumed.node = node.clone();
+        cache.assume_pod(assumed);
+        Some(node)
+    }
+
+    #[test]
+    fn percentage_of_nodes_to_score_follows_kube_scheduler() {
+        assert_eq!(nodes_to_find(3), 3);
+        assert_eq!(nodes_to_find(100), 100);
+        // 50% - 200/125 = 49% of 200 = 98, raised to the minimum of 100.
+        assert_eq!(nodes_to_find(200), 100);
+        assert_eq!(nodes_to_find(1_000), 420);
+        assert_eq!(nodes_to_find(5_000), 500);
+        assert_eq!(nodes_to_find(20_000), 1_000);
+    }
+
+    #[test]
+    fn sampling_stops_early_and_rotates_through_every_node() {
+        let mut cache = cluster(1_000, 110);
+        let p = pod("p", json!({}), json!({}));
+        let first = find_feasible(&mut cache, None, &p);
+        assert_eq!(first.feasible.len(), 420);
+        assert_eq!(first.feasible[0], "n0000");
+        let second = find_feasible(&mut cache, first.last.as_deref(), &p);
+        assert_eq!(second.feasible[0], "n0420");
+        let third = find_feasible(&mut cache, second.last.as_deref(), &p);
+        // Wraps around the end.
+        assert_eq!(third.feasible[0], "n0840");
+        assert!(third.feasible.contains(&"n0000".to_owned()));
+    }
+
+    #[test]
+    fn sampling_still_finds_the_one_feasible_node() {
+        let mut cache = cluster(1_000, 110);
+        // Only n0777 carries the label the pod selects.
+        cache.upsert_node(&node("n0777", json!({ "disk": "ssd" }), 110));
+        let p = pod("p", json!({}), json!({ "nodeSelector": { "disk": "ssd" } }));
+        for start in [None, Some("n0778"), Some("n0500")] {
+            let search = find_feasible(&mut cache, start, &p);
+            assert_eq!(search.feasible, ["n0777"]);
+            assert_eq!(search.reasons.values().sum::<usize>(), 999);
+        }
+        let nowhere = pod(
+            "q",
+            json!({}),
+            json!({ "nodeSelector": { "disk": "nvme" } }),
+        );
+        let search = find_feasible(&mut cache, None, &nowhere);
+        assert!(search.feasible.is_empty());
+        assert_eq!(
+            search.reasons,
+            BTreeMap::from([(super::filters::NODE_AFFINITY.to_owned(), 1_000)])
+        );
+    }
+
+    #[test]
+    fn assumed_pods_never_overfill_a_node() {
+        // 3 nodes × 4 pods: binds still in flight count like bound pods.
+        let mut cache = cluster(3, 4);
+        let mut start = None;
+        let mut placed = BTreeMap::<String, usize>::new();
+        for i in 0..20 {
+            if let Some(node) = place(
+                &mut cache,
+                &mut start,
+                pod(&format!("p{i}"), json!({}), json!({})),
+            ) {
+                *placed.entry(node).or_default() += 1;
+            }
+        }
+        assert_eq!(placed.values().sum::<usize>(), 12, "{placed:?}");
+        assert!(placed.values().all(|n| *n == 4), "{placed:?}");
+        // A failed binding gives its room back.
+        cache.forget_assumed("default/p0");
+        assert!(place(&mut cache, &mut start, pod("again", json!({}), json!({}))).is_some());
+        assert!(place(&mut cache, &mut start, pod("more", json!({}), json!({}))).is_none());
+    }
+
+    #[test]
+    fn a_confirmed_binding_is_not_forgotten() {
+        let mut cache = cluster(1, 4);
+        let mut start = None;
+        let node = place(&mut cache, &mut start, pod("p", json!({}), json!({}))).unwrap();
+        assert!(cache.is_assumed("default/p"));
+        let mut bound = pod("p", json!({}), json!({}));
+        bound.node = node.clone();
+        cache.upsert_pod(bound);
+        assert!(!cache.is_assumed("default/p"));
+        cache.forget_assumed("default/p");
+        assert_eq!(cache.nodes[&node].requested.pods, 1);
+    }
+
+    #[test]
+    fn anti_affinity_counts_follow_pods_nodes_and_labels() {
+        let mut cache = cluster(3, 110);
+        let mut start = None;
+        // One pod of group a per hostname: three fit, the fourth doesn't.
+        let mut nodes = Vec::new();
+        for i in 0..4 {
+            let p = pod(
+                &format!("a{i}"),
+                json!({ "group": "a" }),
+                anti("a", "kubernetes.io/hostname"),
+            );
+            nodes.push(place(&mut cache, &mut start, p));
+        }
+        assert!(
+            nodes[..3].iter().all(Option::is_some) && nodes[3].is_none(),
+            "{nodes:?}"
+        );
+        let search = find_feasible(
+            &mut cache,
+            None,
+            &pod(
+                "a9",
+                json!({ "group": "a" }),
+                anti("a", "kubernetes.io/hostname"),
+            ),
+        );
+        assert_eq!(
+            search.reasons,
+            BTreeMap::from([(super::filters::POD_ANTI_AFFINITY.to_owned(), 3)])
+        );
+        // A pod without terms but selected by the placed pods' terms is kept off too.
+        let plain = pod("b", json!({ "group": "a" }), json!({}));
+        let search = find_feasible(&mut cache, None, &plain);
+        assert_eq!(
+            search.reasons,
+            BTreeMap::from([(super::filters::EXISTING_ANTI_AFFINITY.to_owned(), 3)])
+        );
+        // Another group is not affected.
+        let other = pod(
+            "c0",
+            json!({ "group": "c" }),
+            anti("c", "kubernetes.io/hostname"),
+        );
+        assert_eq!(find_feasible(&mut cache, None, &other).feasible.len(), 3);
+        // A pod going away frees its domain.
+        cache.remove_pod("default/a1");
+        let search = find_feasible(
+            &mut cache,
+            None,
+            &pod(
+                "a9",
+                json!({ "group": "a" }),
+                anti("a", "kubernetes.io/hostname"),
+            ),
+        );
+        assert_eq!(search.feasible.len(), 1);
+        // Zones: a node moving to another zone moves its pods' domain.
+        let mut cache = cluster(3, 110);
+        let z = |name: &str| pod(name, json!({ "group": "z" }), anti("z", "zone"));
+        let mut start = None;
+        let first = place(&mut cache, &mut start, z("z0")).unwrap();
+        // n0000..n0002 are in z0, z1, z2: two more fit, one per zone.
+        assert!(place(&mut cache, &mut start, z("z1")).is_some());
+        assert!(place(&mut cache, &mut start, z("z2")).is_some());
+        assert!(place(&mut cache, &mut start, z("z3")).is_none());
+        cache.upsert_node(&node(
+            &first,
+            json!({ "kubernetes.io/hostname": first, "zone": "z9" }),
+            110,
+        ));
+        // The zone the first node left is free now, and z9 holds the first pod.
+        let search = find_feasible(&mut cache, None, &z("z4"));
+        assert!(search.feasible.is_empty(), "{:?}", search.feasible);
+        cache.upsert_node(&node(
+            "n0100",
+            json!({ "kubernetes.io/hostname": "n0100", "zone": "z0" }),
+            110,
+        ));
+        assert_eq!(
+            find_feasible(&mut cache, None, &z("z4")).feasible,
+            ["n0100"]
+        );
+    }
+
+    #[test]
+    fn affinity_follows_the_first_of_a_group() {
+        let mut cache = cluster(6, 110);
+        let aff = |name: &str| {
+            pod(
+                name,
+                json!({ "app": "db" }),
+                json!({ "affinity": { "podAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [{
+                    "labelSelector": { "matchLabels": { "app": "db" } }, "topologyKey": "zone" }]}}}),
+            )
+        };
+        let mut start = None;
+        let first = place(&mut cache, &mut start, aff("d0")).unwrap();
+        let zone = cache.nodes[&first].labels["zone"].clone();
+        for i in 1..5 {
+            let node = place(&mut cache, &mut start, aff(&format!("d{i}"))).unwrap();
+            assert_eq!(cache.nodes[&node].labels["zone"], zone);
+        }
+    }
+
+    #[test]
+    fn unused_terms_are_forgotten_and_held_ones_kept() {
+        let mut cache = cluster(2, 110);
+        let probe = pod("x", json!({}), anti("x", "zone"));
+        find_feasible(&mut cache, None, &probe);
+        assert_eq!(cache.terms.len(), 1);
+        cache.forget_unused_terms();
+        assert_eq!(cache.terms.len(), 1, "used since the last sweep");
+        cache.forget_unused_terms();
+        assert!(cache.terms.is_empty());
+        let mut start = None;
+        place(
+            &mut cache,
+            &mut start,
+            pod("h", json!({ "group": "h" }), anti("h", "zone")),
+        )
+        .unwrap();
+        cache.forget_unused_terms();
+        cache.forget_unused_terms();
+        assert_eq!(cache.terms.len(), 1, "held by a placed pod");
+        cache.remove_pod("default/h");
+        cache.forget_unused_terms();
+        assert!(cache.terms.is_empty());
     }
 }

@@ -1,7 +1,7 @@
 //! How well a feasible node suits a pod, 0–100 per plugin: least allocated, balanced
 //! allocation, and spreading the pods of one controller across nodes.
 
-use super::cache::{Cache, NodeInfo, PodInfo};
+use super::cache::{NodeInfo, PodInfo};
 
 /// Weight of spreading against the resource scores (Kubernetes weighs topology spreading 2).
 const SPREAD_WEIGHT: i64 = 2;
@@ -39,25 +39,19 @@ pub fn balanced_allocation(pod: &PodInfo, node: &NodeInfo) -> i64 {
 }
 
 /// Pods of the pod's controller on each node, for spreading.
-pub fn owner_counts(pod: &PodInfo, cache: &Cache, nodes: &[&NodeInfo]) -> Vec<i64> {
+pub fn owner_counts(pod: &PodInfo, nodes: &[&NodeInfo]) -> Vec<i64> {
     let Some(owner) = &pod.owner else {
         return vec![0; nodes.len()];
     };
     nodes
         .iter()
-        .map(|n| {
-            n.pods
-                .iter()
-                .filter_map(|k| cache.pods.get(k))
-                .filter(|p| p.owner.as_ref() == Some(owner))
-                .count() as i64
-        })
+        .map(|n| n.owners.get(owner).copied().map_or(0, i64::from))
         .collect()
 }
 
 /// The total score of each node in `nodes`.
-pub fn score(pod: &PodInfo, cache: &Cache, nodes: &[&NodeInfo]) -> Vec<i64> {
-    let counts = owner_counts(pod, cache, nodes);
+pub fn score(pod: &PodInfo, nodes: &[&NodeInfo]) -> Vec<i64> {
+    let counts = owner_counts(pod, nodes);
     let max = counts.iter().copied().max().unwrap_or(0);
     nodes
         .iter()
