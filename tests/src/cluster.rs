@@ -25,13 +25,16 @@ pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(10, 123, 0, 254);
 /// Pod CIDRs of lab clusters: node *k* gets `10.123.(127+k).0/24`, inside the lab's range.
 pub const CLUSTER_CIDR: &str = "10.123.128.0/17";
 
-/// Where `cargo build` put the workspace's binaries: next to the test's `deps` directory.
+/// Where `cargo build` put the workspace's binaries: `target/<profile>/`, which holds the
+/// running executable's `deps` directory (tests) or the executable itself (`apiary-lab`).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
+    let dir = exe.parent().expect("target/<profile>[/deps]");
+    let dir = if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target/<profile>/deps")
+    } else {
+        dir
+    };
     dir.join(name)
 }
 
@@ -46,7 +49,7 @@ pub struct ClusterNode {
     pub run_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub cgroup_parent: String,
-    log: PathBuf,
+    pub log: PathBuf,
 }
 
 /// A control plane and node agents in a lab.
@@ -67,7 +70,10 @@ impl ClusterLab {
     pub fn start(nodes: usize) -> anyhow::Result<Self> {
         for bin in ["apiary-control-plane", "apiary-node-agent", "apiary-shim"] {
             if !binary(bin).exists() {
-                bail!("{} is missing: run `cargo build --workspace` first", binary(bin).display());
+                bail!(
+                    "{} is missing: run `cargo build --workspace` first",
+                    binary(bin).display()
+                );
             }
         }
         let mut lab = Lab::new()?;
@@ -81,7 +87,9 @@ impl ClusterLab {
             "dev",
             "ul0",
         ])?;
-        let dir = tempfile::Builder::new().prefix("apiary-cluster-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("apiary-cluster-")
+            .tempdir()?;
         let images = dir.path().join("images");
         let archive = dir.path().join("busybox.tar");
         apiary_images::build::busybox_archive(&archive).context("building the busybox image")?;
@@ -112,9 +120,11 @@ impl ClusterLab {
             dir,
             lab,
         };
-        wait("the control plane's kubeconfig", Duration::from_secs(30), || {
-            kubeconfig.exists().then_some(())
-        })?;
+        wait(
+            "the control plane's kubeconfig",
+            Duration::from_secs(30),
+            || kubeconfig.exists().then_some(()),
+        )?;
         for _ in 0..nodes {
             cluster.add_node()?;
         }
@@ -125,9 +135,10 @@ impl ClusterLab {
                 .as_array()?
                 .iter()
                 .filter(|n| {
-                    n["status"]["conditions"]
-                        .as_array()
-                        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                    n["status"]["conditions"].as_array().is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
                 })
                 .count();
             (ready == want).then_some(())
@@ -186,6 +197,12 @@ impl ClusterLab {
         &self.nodes
     }
 
+    /// The process id of node `i`'s agent (`nsenter` execs it, so it is the child's), while it
+    /// runs.
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].agent.as_ref().map(Child::id)
+    }
+
     /// Kills node `i`'s agent with SIGKILL: its pods keep running.
     pub fn kill_agent(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].agent.take() {
@@ -198,7 +215,12 @@ impl ClusterLab {
     pub fn restart_agent(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill_agent(i);
         let n = &mut self.nodes[i];
-        n.agent = Some(spawn_in(&n.node.netns, &binary("apiary-node-agent"), &n.args, &n.log)?);
+        n.agent = Some(spawn_in(
+            &n.node.netns,
+            &binary("apiary-node-agent"),
+            &n.args,
+            &n.log,
+        )?);
         Ok(())
     }
 
@@ -207,15 +229,27 @@ impl ClusterLab {
         self.kubectl_with_stdin(args, None)
     }
 
-    pub fn kubectl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
-        use std::io::Write as _;
-        let mut child = Command::new("nsenter")
+    /// kubectl against the cluster, to spawn as the caller needs (e.g. a watch to read from).
+    pub fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("nsenter");
+        command
             .arg(format!("--net=/run/netns/{}", self.underlay))
             .arg("kubectl")
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .args(args);
+        command
+    }
+
+    pub fn kubectl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+        use std::io::Write as _;
+        let mut child = self
+            .kubectl_command(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -251,7 +285,10 @@ impl ClusterLab {
     pub fn apply(&self, manifest: &str) -> anyhow::Result<()> {
         let out = self.kubectl_with_stdin(&["apply", "-f", "-"], Some(manifest))?;
         if !out.status.success() {
-            bail!("kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "kubectl apply failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(())
     }
@@ -285,7 +322,12 @@ impl ClusterLab {
         })
     }
 
-    pub fn wait_ready(&self, namespace: &str, name: &str, timeout: Duration) -> anyhow::Result<Value> {
+    pub fn wait_ready(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
         self.wait_pod(namespace, name, "pod Ready", timeout, is_ready)
     }
 
@@ -311,7 +353,11 @@ impl ClusterLab {
     pub fn leftovers(&self, i: usize) -> anyhow::Result<Leftovers> {
         let n = &self.nodes[i];
         let links = ip(&["-n", &n.node.netns, "-j", "link", "show", "type", "veth"])?;
-        let links: Value = serde_json::from_str(if links.trim().is_empty() { "[]" } else { &links })?;
+        let links: Value = serde_json::from_str(if links.trim().is_empty() {
+            "[]"
+        } else {
+            &links
+        })?;
         let veths = links
             .as_array()
             .map_or(0, |l| l.iter().filter(|l| l["ifname"] != "eth0").count());
@@ -355,9 +401,10 @@ fn cgroup_dirs(parent: &str) -> usize {
 }
 
 pub fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    pod["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 impl Drop for ClusterLab {
@@ -408,7 +455,11 @@ fn spawn_in(netns: &str, program: &Path, args: &[String], log: &Path) -> anyhow:
 }
 
 /// Polls `check` every 200 ms until it returns `Some`, for at most `timeout`.
-pub fn wait<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+pub fn wait<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
     let started = Instant::now();
     loop {
         if let Some(v) = check() {

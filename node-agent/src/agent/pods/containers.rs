@@ -92,7 +92,7 @@ pub fn ensure_sandbox(
 /// Whether `path` is a bind-mounted namespace (on nsfs).
 fn is_namespace(path: &Path) -> bool {
     const NSFS_MAGIC: i64 = 0x6e73_6673;
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
 }
 
 /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` of the pod, in `<pod dir>/etc`.

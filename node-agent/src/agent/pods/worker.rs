@@ -155,7 +155,7 @@ impl Worker {
         }
         // Newest attempt of each container becomes current, the one before it `previous`.
         let mut adopted = adopted;
-        adopted.sort_by_key(|s| Labels::attempt_of(s));
+        adopted.sort_by_key(Labels::attempt_of);
         for state in adopted {
             let Some(name) = Labels::container_of(&state) else {
                 continue;
@@ -623,10 +623,10 @@ impl Worker {
             let _ = std::fs::remove_file(&old.log_path);
         }
         let track = self.tracks.get_mut(&c.name).expect("tracked");
-        if let Some(state) = track.state.take() {
-            if let RuntimeStatus::Exited(info) = state.status.clone() {
-                track.previous = Some((state, info));
-            }
+        if let Some(state) = track.state.take()
+            && let RuntimeStatus::Exited(info) = state.status.clone()
+        {
+            track.previous = Some((state, info));
         }
         track.attempts = track_attempt + 1;
         track.current = Some(spec.id.clone());
