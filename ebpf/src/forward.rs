@@ -1,5 +1,9 @@
 //! Forwarding decisions shared by the programs: deliver to a local pod, send to another node, or
 //! leave the packet to the host stack.
+//!
+//! Helper calls are what a forwarded packet pays for here, so the frame's head is read with one
+//! `bpf_skb_load_bytes`, rewritten on the stack (MACs, TTL, header checksum computed in the
+//! program) and written back with one `bpf_skb_store_bytes`.
 
 use apiary_ebpf_common::Endpoint;
 use aya_ebpf::{
@@ -11,7 +15,7 @@ use aya_ebpf::{
 
 use crate::maps::{Direction, ENDPOINTS, NODE_CONFIG, REMOTE_NODES, count_for};
 
-const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+const ETH_P_IP: u16 = 0x0800;
 const ETH_ALEN: usize = 6;
 const ETH_PROTO_OFFSET: usize = 12;
 const ETH_HLEN: usize = 14;
@@ -19,37 +23,61 @@ const IPV4_DST_OFFSET: usize = ETH_HLEN + 16;
 /// TTL and protocol: the 16-bit header word the TTL lives in.
 const IPV4_TTL_OFFSET: usize = ETH_HLEN + 8;
 const IPV4_CSUM_OFFSET: usize = ETH_HLEN + 10;
+/// The Ethernet header and an IPv4 header without options.
+const HEAD_LEN: usize = ETH_HLEN + 20;
+/// What forwarding rewrites: the Ethernet header up to the IPv4 header checksum included.
+const REWRITE_LEN: usize = IPV4_CSUM_OFFSET + 2;
 const AF_INET: u32 = 2;
 
-/// The IPv4 destination of the frame in `ctx`, or `None` for anything else (ARP, IPv6 …).
-#[inline(always)]
-pub fn ipv4_destination(ctx: &TcContext) -> Option<[u8; 4]> {
-    let proto: u16 = ctx.load(ETH_PROTO_OFFSET).ok()?;
-    if proto != ETH_P_IP_BE {
-        return None;
-    }
-    ctx.load(IPV4_DST_OFFSET).ok()
-}
+/// The head of an IPv4 frame, copied out of the packet.
+pub struct Ipv4Head([u8; HEAD_LEN]);
 
-/// Decrements the IPv4 TTL as a routing hop does and fixes the header checksum; `None` when the
-/// TTL is spent (or the header unreadable): the caller then leaves the packet to the host stack,
-/// which drops it.
-#[inline(always)]
-pub fn decrement_ttl(ctx: &TcContext) -> Option<()> {
-    let old: [u8; 2] = ctx.load(IPV4_TTL_OFFSET).ok()?;
-    if old[0] <= 1 {
-        return None;
+impl Ipv4Head {
+    /// The head of the IPv4 frame in `ctx`, or `None` for anything else (ARP, IPv6 …).
+    #[inline(always)]
+    pub fn load(ctx: &TcContext) -> Option<Self> {
+        let head: [u8; HEAD_LEN] = ctx.load(0).ok()?;
+        let proto = u16::from_be_bytes([head[ETH_PROTO_OFFSET], head[ETH_PROTO_OFFSET + 1]]);
+        (proto == ETH_P_IP).then_some(Self(head))
     }
-    let new = [old[0] - 1, old[1]];
-    ctx.store(IPV4_TTL_OFFSET, &new, 0).ok()?;
-    // Both words in wire order, as the helper's incremental update expects.
-    ctx.l3_csum_replace(
-        IPV4_CSUM_OFFSET,
-        u64::from(u16::from_ne_bytes(old)),
-        u64::from(u16::from_ne_bytes(new)),
-        2,
-    )
-    .ok()
+
+    #[inline(always)]
+    pub fn destination(&self) -> [u8; 4] {
+        let h = &self.0;
+        let d = IPV4_DST_OFFSET;
+        [h[d], h[d + 1], h[d + 2], h[d + 3]]
+    }
+
+    /// Decrements the TTL as a routing hop does and fixes the header checksum incrementally
+    /// (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')); `None` when the TTL is spent: the caller then
+    /// leaves the packet to the host stack, which drops it.
+    #[inline(always)]
+    fn decrement_ttl(&mut self) -> Option<()> {
+        let h = &mut self.0;
+        let ttl = h[IPV4_TTL_OFFSET];
+        if ttl <= 1 {
+            return None;
+        }
+        let old = u16::from_be_bytes([ttl, h[IPV4_TTL_OFFSET + 1]]);
+        let new = old - 0x0100;
+        let csum = u16::from_be_bytes([h[IPV4_CSUM_OFFSET], h[IPV4_CSUM_OFFSET + 1]]);
+        let mut sum = u32::from(!csum) + u32::from(!old) + u32::from(new);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        let [hi, lo] = (!(sum as u16)).to_be_bytes();
+        h[IPV4_TTL_OFFSET] = ttl - 1;
+        h[IPV4_CSUM_OFFSET] = hi;
+        h[IPV4_CSUM_OFFSET + 1] = lo;
+        Some(())
+    }
+
+    /// Writes the rewritten part of the head back into the packet, in one helper call.
+    #[inline(always)]
+    fn store(&self, ctx: &TcContext) -> Option<()> {
+        let mut out = [0u8; REWRITE_LEN];
+        out.copy_from_slice(&self.0[..REWRITE_LEN]);
+        ctx.store(0, &out, 0).ok()
+    }
 }
 
 /// Whether forwarding the frame counts as a routing hop (TTL - 1).
@@ -65,17 +93,15 @@ pub enum Hop {
 /// what the pod expects from its gateway, and `bpf_redirect_peer` (5.10) hands the frame to the
 /// pod's `eth0` ingress without a trip through the host stack or a backlog queue.
 #[inline(always)]
-pub fn to_local_pod(ctx: &TcContext, dst: &[u8; 4], hop: Hop) -> Option<i32> {
+pub fn to_local_pod(ctx: &TcContext, head: &mut Ipv4Head, hop: Hop) -> Option<i32> {
     // SAFETY: the value is copied out before anything else touches the map.
-    let endpoint: Endpoint = *unsafe { ENDPOINTS.get(dst) }?;
-    if hop == Hop::Routed && decrement_ttl(ctx).is_none() {
+    let endpoint: Endpoint = *unsafe { ENDPOINTS.get(&head.destination()) }?;
+    if hop == Hop::Routed && head.decrement_ttl().is_none() {
         return Some(PASS);
     }
-    if ctx.store(0, &endpoint.pod_mac, 0).is_err()
-        || ctx.store(ETH_ALEN, &endpoint.host_mac, 0).is_err()
-    {
-        return None;
-    }
+    head.0[..ETH_ALEN].copy_from_slice(&endpoint.pod_mac);
+    head.0[ETH_ALEN..2 * ETH_ALEN].copy_from_slice(&endpoint.host_mac);
+    head.store(ctx)?;
     count_for(ctx, endpoint.host_ifindex, Direction::ToPod);
     // SAFETY: a plain helper call; it only records the target and returns TC_ACT_REDIRECT.
     Some(unsafe { bpf_redirect_peer(endpoint.host_ifindex, 0) } as i32)
@@ -86,16 +112,17 @@ pub fn to_local_pod(ctx: &TcContext, dst: &[u8; 4], hop: Hop) -> Option<i32> {
 /// from its neighbour table for the node as next hop, resolving it if needed. No encapsulation:
 /// the underlay routes pod addresses natively.
 #[inline(always)]
-pub fn to_remote_node(ctx: &TcContext, dst: &[u8; 4]) -> Option<i32> {
+pub fn to_remote_node(ctx: &TcContext, head: &mut Ipv4Head) -> Option<i32> {
     let underlay = NODE_CONFIG.get(0)?.underlay_ifindex;
     if underlay == 0 {
         return None;
     }
-    let node = REMOTE_NODES.get(Key::new(32, *dst))?;
+    let node = REMOTE_NODES.get(Key::new(32, head.destination()))?;
     let node_ip_be = node.node_ip_be;
-    if decrement_ttl(ctx).is_none() {
+    if head.decrement_ttl().is_none() {
         return Some(PASS);
     }
+    head.store(ctx)?;
     let mut params = bpf_redir_neigh {
         nh_family: AF_INET,
         __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
-use crate::forward::{Hop, PASS, ipv4_destination, to_local_pod};
+use crate::forward::{Hop, Ipv4Head, PASS, to_local_pod};
 
 #[classifier]
 pub fn from_netdev(ctx: TcContext) -> i32 {
@@ -14,9 +14,9 @@ pub fn from_netdev(ctx: TcContext) -> i32 {
 }
 
 fn try_from_netdev(ctx: &TcContext) -> Result<i32, i32> {
-    let Some(dst) = ipv4_destination(ctx) else {
+    let Some(mut head) = Ipv4Head::load(ctx) else {
         return Ok(PASS);
     };
     // The sending node's `from_pod` counted the hop already.
-    Ok(to_local_pod(ctx, &dst, Hop::Delivery).unwrap_or(PASS))
+    Ok(to_local_pod(ctx, &mut head, Hop::Delivery).unwrap_or(PASS))
 }

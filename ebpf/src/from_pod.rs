@@ -8,7 +8,7 @@
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
 use crate::{
-    forward::{Hop, PASS, ipv4_destination, to_local_pod, to_remote_node},
+    forward::{Hop, Ipv4Head, PASS, to_local_pod, to_remote_node},
     maps::{Direction, count_pod_traffic},
 };
 
@@ -21,12 +21,12 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 
 fn try_from_pod(ctx: &TcContext) -> Result<i32, i32> {
     count_pod_traffic(ctx, Direction::FromPod);
-    let Some(dst) = ipv4_destination(ctx) else {
+    let Some(mut head) = Ipv4Head::load(ctx) else {
         return Ok(PASS);
     };
     // The pod sent to its gateway: what the programs forward is a routed hop (TTL - 1).
-    if let Some(verdict) = to_local_pod(ctx, &dst, Hop::Routed) {
+    if let Some(verdict) = to_local_pod(ctx, &mut head, Hop::Routed) {
         return Ok(verdict);
     }
-    Ok(to_remote_node(ctx, &dst).unwrap_or(PASS))
+    Ok(to_remote_node(ctx, &mut head).unwrap_or(PASS))
 }

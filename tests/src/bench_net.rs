@@ -1,6 +1,7 @@
 //! `apiary-lab bench-pods`: TCP request/response rate (one connection, one byte each way, like
 //! netperf's TCP_RR) between pods on one node and on two nodes wired by `PodNetwork`, against a
-//! baseline of two namespaces joined by a plain veth pair without BPF, in the same run.
+//! baseline of two namespaces joined by a plain veth pair without BPF, in the same run; and node
+//! to node over the lab's underlay, the wire under cross-node pod traffic, for comparison.
 //!
 //! Rounds are interleaved (baseline, same node, cross node, baseline, …) and the median per path
 //! is reported, so that load from other processes on the machine hits every path alike.
@@ -25,7 +26,20 @@ struct Path2 {
     server: (String, Ipv4Addr),
 }
 
-pub fn run(seconds_per_round: f64, rounds: usize) -> anyhow::Result<()> {
+/// Request/response rates, transactions per second (median of the rounds).
+#[derive(Debug, Clone, Copy)]
+pub struct NetFigures {
+    pub rounds: usize,
+    pub seconds_per_round: f64,
+    pub baseline: f64,
+    pub same_node: f64,
+    pub cross_node: f64,
+    /// Node to node over the lab's underlay (two veths and a bridge), through the host stacks:
+    /// the wire that cross-node pod traffic crosses too, which a plain veth pair lacks.
+    pub underlay: f64,
+}
+
+pub fn run(seconds_per_round: f64, rounds: usize) -> anyhow::Result<NetFigures> {
     if let Some(reason) = crate::privileges::missing() {
         anyhow::bail!("the benchmark {reason}");
     }
@@ -43,20 +57,16 @@ pub fn run(seconds_per_round: f64, rounds: usize) -> anyhow::Result<()> {
         }
     }
     let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
-    println!(
-        "TCP request/response, 1 byte each way, {rounds} interleaved rounds of {seconds_per_round}s, median:"
-    );
-    for (path, rate) in paths.iter().zip(&medians) {
-        println!(
-            "  {:<34} {:>9.0} transactions/s   {:>5.2} x baseline",
-            path.name,
-            rate,
-            rate / medians[0]
-        );
-    }
     drop(runtime);
     drop(lab);
-    Ok(())
+    Ok(NetFigures {
+        rounds,
+        seconds_per_round,
+        baseline: medians[0],
+        same_node: medians[1],
+        cross_node: medians[2],
+        underlay: medians[3],
+    })
 }
 
 async fn build(lab: &mut Lab) -> anyhow::Result<Vec<Path2>> {
@@ -121,6 +131,11 @@ async fn build(lab: &mut Lab) -> anyhow::Result<Vec<Path2>> {
             name: "pod -> pod, cross node (BPF)",
             client: pods[0].clone(),
             server: pods[2].clone(),
+        },
+        Path2 {
+            name: "node -> node over the underlay",
+            client: (nodes[0].netns.clone(), nodes[0].underlay_ip),
+            server: (nodes[1].netns.clone(), nodes[1].underlay_ip),
         },
     ])
 }

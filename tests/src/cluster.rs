@@ -27,14 +27,16 @@ pub const REGISTRY: &str = "10.123.0.254:5000";
 /// Pod CIDRs of lab clusters: node *k* gets `10.123.(127+k).0/24`, inside the lab's range.
 pub const CLUSTER_CIDR: &str = "10.123.128.0/17";
 
-/// Where `cargo build` put the workspace's binaries: `target/<profile>/`, next to this test's
-/// `deps` directory or to this binary.
+/// Where `cargo build` put the workspace's binaries: `target/<profile>/`, which holds the
+/// running executable's `deps` directory (tests) or the executable itself (`apiary-lab`).
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("executable path");
-    let mut dir = exe.parent().expect("target/<profile>").to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().expect("target/<profile>[/deps]");
+    let dir = if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target/<profile>/deps")
+    } else {
+        dir
+    };
     dir.join(name)
 }
 
@@ -51,7 +53,7 @@ pub struct ClusterNode {
     pub cgroup_parent: String,
     /// The agent's static pod manifests (`--manifests`).
     pub manifests: PathBuf,
-    log: PathBuf,
+    pub log: PathBuf,
 }
 
 /// A control plane and node agents in a lab.
@@ -253,6 +255,12 @@ impl ClusterLab {
         &self.nodes
     }
 
+    /// The process id of node `i`'s agent (`nsenter` execs it, so it is the child's), while it
+    /// runs.
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].agent.as_ref().map(Child::id)
+    }
+
     /// Kills node `i`'s agent with SIGKILL: its pods keep running.
     pub fn kill_agent(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].agent.take() {
@@ -279,14 +287,22 @@ impl ClusterLab {
         self.kubectl_with_stdin(args, None)
     }
 
-    pub fn kubectl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
-        use std::io::Write as _;
-        let mut child = Command::new("nsenter")
+    /// kubectl against the cluster, to spawn as the caller needs (e.g. a watch to read from).
+    pub fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("nsenter");
+        command
             .arg(format!("--net=/run/netns/{}", self.underlay))
             .arg("kubectl")
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
-            .args(args)
+            .args(args);
+        command
+    }
+
+    pub fn kubectl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+        use std::io::Write as _;
+        let mut child = self
+            .kubectl_command(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {

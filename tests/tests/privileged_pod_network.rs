@@ -511,3 +511,47 @@ async fn teardown_after_the_runtime_deleted_the_pod_namespace_cleans_up_too() {
     cluster.nets[0].teardown(&a1.uid).await.unwrap();
     assert_eq!(footprint(&cluster, 0), [0; 5]);
 }
+
+/// Pods are wired up side by side (a few at a time), so concurrent setups must still hand out
+/// distinct addresses and leave every pod reachable; concurrent teardowns leave nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_setups_and_teardowns_do_not_interfere() {
+    require_privileges!();
+    let mut cluster = cluster().await;
+    let before = footprint(&cluster, 0);
+    let mut requests = Vec::new();
+    for i in 0..8 {
+        let name = format!("c{i}");
+        let netns = cluster.lab.add_pod_netns(&name).unwrap();
+        requests.push(PodRequest {
+            uid: format!("uid-{}-{name}", cluster.lab.prefix()),
+            namespace: "default".into(),
+            name,
+            netns: Path::new("/run/netns").join(&netns),
+        });
+    }
+    let net = &cluster.nets[0];
+    let ifaces = futures::future::join_all(requests.iter().map(|r| net.setup(r))).await;
+    let ifaces: Vec<PodInterface> = ifaces.into_iter().map(Result::unwrap).collect();
+    let mut ips: Vec<Ipv4Addr> = ifaces.iter().map(|i| i.ip).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(
+        ips.len(),
+        requests.len(),
+        "addresses handed out twice: {ifaces:?}"
+    );
+    let netns_of = |r: &PodRequest| r.netns.file_name().unwrap().to_string_lossy().into_owned();
+    for (r, iface) in requests.iter().zip(&ifaces).skip(1) {
+        udp_round_trip(
+            &netns_of(&requests[0]),
+            ifaces[0].ip,
+            &netns_of(r),
+            iface.ip,
+        )
+        .unwrap_or_else(|e| panic!("UDP {} <-> {}: {e:#}", ifaces[0].ip, iface.ip));
+    }
+    let torn = futures::future::join_all(requests.iter().map(|r| net.teardown(&r.uid))).await;
+    torn.into_iter().for_each(Result::unwrap);
+    assert_eq!(footprint(&cluster, 0), before);
+}

@@ -46,7 +46,8 @@ enum BenchSuite {
     Api,
     /// The scheduler on 1,000 and 5,000 hollow nodes, and a 1,000-replica rollout.
     Scheduler,
-    /// Pod-to-pod TCP request/response rates (same node, cross node) against a plain veth pair.
+    /// Startup latency of 50 pods on one node, pod-to-pod TCP request/response rates (same
+    /// node, cross node) against a plain veth pair, and the agent's memory.
     Pods,
 }
 
@@ -82,17 +83,32 @@ fn main() -> anyhow::Result<()> {
                 BenchSuite::Api => {
                     shell::cargo(&["bench", "-p", "apiary-control-plane", "--bench", "api"])
                 }
-                BenchSuite::Pods => shell::cargo(&[
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "apiary-tests",
-                    "--bin",
-                    "apiary-lab",
-                    "--",
-                    "bench-pods",
-                ]),
+                BenchSuite::Pods => {
+                    // The cluster half runs the release control plane, agent and shim that
+                    // sit next to the release apiary-lab.
+                    shell::cargo(&[
+                        "build",
+                        "--release",
+                        "-p",
+                        "apiary-control-plane",
+                        "-p",
+                        "apiary-node-agent",
+                        "-p",
+                        "apiary-runtime",
+                        "-p",
+                        "apiary-tests",
+                        "--bins",
+                    ])?;
+                    let json = shell::workspace_root().join("target/bench/pods.json");
+                    shell::run(
+                        std::process::Command::new(
+                            shell::workspace_root().join("target/release/apiary-lab"),
+                        )
+                        .arg("bench-pods")
+                        .arg("--json")
+                        .arg(json),
+                    )
+                }
                 BenchSuite::Scheduler => {
                     // The hollow nodes run from the release node agent, built first.
                     shell::cargo(&["build", "--release", "-p", "apiary-node-agent"])?;

@@ -16,7 +16,7 @@ pub mod ipam;
 pub mod netlink;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fs::File,
     net::Ipv4Addr,
     os::fd::AsRawFd as _,
@@ -127,7 +127,8 @@ pub struct RemoteNode {
     pub node_ip: Ipv4Addr,
 }
 
-/// The pod network of one node. Cheap to share (`Arc` inside); calls on it are serialised.
+/// The pod network of one node. Cheap to share (`Arc` inside); changes to one pod, and
+/// node-wide changes, are serialised.
 #[derive(Debug, Clone)]
 pub struct PodNetwork {
     inner: Arc<Inner>,
@@ -140,9 +141,63 @@ struct Inner {
     ipam: Ipam,
     dataplane: Mutex<Dataplane>,
     node: Netlink,
-    /// One change at a time: setup, teardown and remote node updates read-modify-write shared
-    /// state (leases, maps, routes).
-    changes: tokio::sync::Mutex<()>,
+    /// Node-wide changes (remote nodes, resync) hold it for writing; pod setups and teardowns
+    /// for reading, plus their own pod's lock in `pod_changes`. So pods are wired up side by side
+    /// (each touches only its own veth, routes, lease and map entries; leases and maps have locks
+    /// of their own) while one pod's steps, and anything node-wide, stay one at a time.
+    changes: tokio::sync::RwLock<()>,
+    /// A lock per pod uid with a setup or teardown under way or waiting.
+    pod_changes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Bounds the pod changes under way at once: a few overlap one pod's waits (the lease's
+    /// fsync, netlink round trips) with another's work; many at once only contend for the
+    /// kernel's RTNL lock and the CPUs.
+    pod_slots: tokio::sync::Semaphore,
+}
+
+/// Pod changes under way at once (see [`Inner::pod_slots`]).
+const POD_CHANGES_AT_ONCE: usize = 4;
+
+/// Holds the right to change one pod's network (see [`Inner::changes`]).
+struct PodChange<'a> {
+    inner: &'a Inner,
+    uid: String,
+    _slot: tokio::sync::SemaphorePermit<'a>,
+    _pod: tokio::sync::OwnedMutexGuard<()>,
+    _node: tokio::sync::RwLockReadGuard<'a, ()>,
+}
+
+impl Inner {
+    async fn change_pod(&self, uid: &str) -> PodChange<'_> {
+        let node = self.changes.read().await;
+        let lock = Arc::clone(
+            self.pod_changes
+                .lock()
+                .expect("pod locks")
+                .entry(uid.to_owned())
+                .or_default(),
+        );
+        let pod = lock.lock_owned().await;
+        PodChange {
+            inner: self,
+            uid: uid.to_owned(),
+            _slot: self.pod_slots.acquire().await.expect("never closed"),
+            _pod: pod,
+            _node: node,
+        }
+    }
+}
+
+impl Drop for PodChange<'_> {
+    fn drop(&mut self) {
+        let mut locks = self.inner.pod_changes.lock().expect("pod locks");
+        // Held by the map and this guard only: nobody waits for it, so it can go.
+        if locks
+            .get(&self.uid)
+            .is_some_and(|l| Arc::strong_count(l) == 2)
+        {
+            locks.remove(&self.uid);
+        }
+    }
 }
 
 /// The host-side veth of pod `uid`: `lxc` and 12 hex digits of the uid's SHA-256 (15 bytes,
@@ -211,7 +266,9 @@ impl PodNetwork {
                 ipam,
                 dataplane: Mutex::new(dataplane),
                 node,
-                changes: tokio::sync::Mutex::new(()),
+                changes: tokio::sync::RwLock::new(()),
+                pod_changes: Mutex::new(HashMap::new()),
+                pod_slots: tokio::sync::Semaphore::new(POD_CHANGES_AT_ONCE),
             }),
         };
         network.resync().await?;
@@ -237,7 +294,7 @@ impl PodNetwork {
                 format!("{} does not exist", pod.netns.display()),
             ));
         }
-        let _change = self.inner.changes.lock().await;
+        let _change = self.inner.change_pod(&pod.uid).await;
         let ip = self
             .blocking({
                 let uid = pod.uid.clone();
@@ -253,17 +310,18 @@ impl PodNetwork {
             what,
         };
 
-        // The veth pair, its pod end moved into the pod's namespace. A previous attempt may have
-        // stopped before the move: then the temporary end is still here.
+        // The veth pair, its pod end created as eth0 right in the pod's namespace. An older
+        // agent created it here and moved it: if it stopped before the move, the temporary end
+        // is still here.
+        let netns = File::open(&pod.netns)
+            .map_err(|e| invalid("netns", format!("cannot open {}: {e}", pod.netns.display())))?;
         if node.link(&host_name).await?.is_none() {
-            node.add_veth(&host_name, &temp_name, mtu).await?;
-        }
-        if node.link(&temp_name).await?.is_some() {
-            let netns = File::open(&pod.netns).map_err(|e| {
-                invalid("netns", format!("cannot open {}: {e}", pod.netns.display()))
-            })?;
+            node.add_veth_into(&host_name, POD_IFACE, netns.as_raw_fd(), mtu)
+                .await?;
+        } else if node.link(&temp_name).await?.is_some() {
             node.move_to_netns(&temp_name, netns.as_raw_fd()).await?;
         }
+        drop(netns);
         let host = node
             .link(&host_name)
             .await?
@@ -337,7 +395,7 @@ impl PodNetwork {
         if pod_uid.is_empty() {
             return Err(invalid("pod_uid", "must not be empty"));
         }
-        let _change = self.inner.changes.lock().await;
+        let _change = self.inner.change_pod(pod_uid).await;
         let host_name = host_veth_name(pod_uid);
         let node = &self.inner.node;
         let host = node.link(&host_name).await?;
@@ -388,7 +446,7 @@ impl PodNetwork {
     /// node's own traffic to remote pods. Adds and removes only what changed.
     pub async fn set_remote_nodes(&self, nodes: &[RemoteNode]) -> Result<()> {
         let (desired, node_routes) = remote_routes(&self.inner.config, nodes)?;
-        let _change = self.inner.changes.lock().await;
+        let _change = self.inner.changes.write().await;
         self.blocking(move |inner| {
             let dataplane = inner.dataplane.lock().expect("dataplane lock");
             let mut map = dataplane.remote_nodes()?;
@@ -504,7 +562,7 @@ impl PodNetwork {
     /// previous agent's programs in place) and fixes its endpoint entry; removes endpoint entries
     /// of pods that no longer exist. Pinned entries that are right stay untouched.
     async fn resync(&self) -> Result<()> {
-        let _change = self.inner.changes.lock().await;
+        let _change = self.inner.changes.write().await;
         let node = &self.inner.node;
         let mut live = Vec::new();
         for (uid, ip) in self.inner.ipam.leases()? {
