@@ -95,7 +95,7 @@ pub enum Hop {
 #[inline(always)]
 pub fn to_local_pod(ctx: &TcContext, head: &mut Ipv4Head, hop: Hop) -> Option<i32> {
     // SAFETY: the value is copied out before anything else touches the map.
-    let endpoint: Endpoint = *unsafe { ENDPOINTS.get(&head.destination()) }?;
+    let endpoint: Endpoint = *unsafe { ENDPOINTS.get(head.destination()) }?;
     if hop == Hop::Routed && head.decrement_ttl().is_none() {
         return Some(PASS);
     }
