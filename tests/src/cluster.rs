@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::lab::{Lab, Node, ip};
+use crate::lab::{Lab, Node, ip, nsenter};
 
 /// The control plane's address on the underlay.
 pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(10, 123, 0, 254);
@@ -231,9 +231,7 @@ impl ClusterLab {
             "the registry to take the image",
             Duration::from_secs(20),
             || {
-                let out = Command::new("nsenter")
-                    .arg(format!("--net=/run/netns/{}", self.underlay))
-                    .arg(binary("apiary"))
+                let out = nsenter(&self.underlay, binary("apiary"))
                     .args([
                         "image",
                         "push",
@@ -289,13 +287,8 @@ impl ClusterLab {
 
     /// kubectl against the cluster, to spawn as the caller needs (e.g. a watch to read from).
     pub fn kubectl_command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net=/run/netns/{}", self.underlay))
-            .arg("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args);
+        let mut command = nsenter(&self.underlay, "kubectl");
+        command.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
         command
     }
 
@@ -495,9 +488,7 @@ impl Drop for ClusterLab {
             let _ = child.wait();
         }
         for n in &self.nodes {
-            let status = Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", n.node.netns))
-                .arg(binary("apiary-node-agent"))
+            let status = nsenter(&n.node.netns, binary("apiary-node-agent"))
                 .args(["reset", "--data-dir"])
                 .arg(&n.data_dir)
                 .arg("--run-dir")
@@ -517,9 +508,7 @@ impl Drop for ClusterLab {
 /// Starts `program` inside network namespace `netns` (and nothing else), logging to `log`.
 fn spawn_in(netns: &str, program: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
     let out = std::fs::File::create(log)?;
-    Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{netns}"))
-        .arg(program)
+    nsenter(netns, program)
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

@@ -348,6 +348,16 @@ pub fn udp_socket(netns: &str, addr: SocketAddrV4) -> anyhow::Result<UdpSocket> 
     run_in(netns, || UdpSocket::bind(addr))?.with_context(|| format!("binding {addr} in {netns}"))
 }
 
+/// `program` to run inside network namespace `netns` only (`nsenter --net`): the machine's
+/// mounts, cgroups and bpffs stay the host's, unlike `ip netns exec`, which remounts `/sys`.
+pub fn nsenter(netns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net={NETNS_DIR}/{netns}"))
+        .arg(program);
+    command
+}
+
 /// Runs a command inside `netns` and returns its stdout.
 pub fn exec(netns: &str, argv: &[&str]) -> anyhow::Result<String> {
     let mut args = vec!["netns", "exec", netns];

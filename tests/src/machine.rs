@@ -4,12 +4,15 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Output,
 };
 
 use anyhow::{Context as _, bail};
 
-use crate::{cluster::binary, lab::Lab};
+use crate::{
+    cluster::binary,
+    lab::{Lab, nsenter},
+};
 
 /// One lab "machine" and a data directory for the cluster on it.
 #[derive(Debug)]
@@ -38,9 +41,7 @@ impl LabMachine {
 
     /// Runs `program args` inside the machine `netns` of this lab.
     pub fn run_on(&self, netns: &str, program: &Path, args: &[&str]) -> anyhow::Result<Output> {
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{netns}"))
-            .arg(program)
+        nsenter(netns, program)
             .args(args)
             .output()
             .with_context(|| format!("running {} in {netns}", program.display()))
