@@ -125,40 +125,24 @@ fn prepare_one(
     let kind;
     if let Some(cm) = &volume.config_map {
         kind = "configmap";
-        files = match sources.config_map_data(&cm.name) {
-            Some(data) => project(name, &data, &cm.items, cm.default_mode, cm.optional)?,
-            None if cm.optional == Some(true) => BTreeMap::new(),
-            None => {
-                return Err(VolumeError::Config {
-                    volume: name.clone(),
-                    source: ConfigError::ConfigMapNotFound(cm.name.clone()),
-                });
-            }
-        };
+        files = project(
+            name,
+            sources.config_map_data(&cm.name).map(Ok),
+            ConfigError::ConfigMapNotFound(cm.name.clone()),
+            &cm.items,
+            cm.default_mode,
+            cm.optional,
+        )?;
     } else if let Some(secret) = &volume.secret {
         kind = "secret";
-        files = match sources.secret_data(&secret.secret_name) {
-            Some(data) => {
-                let data = data.map_err(|source| VolumeError::Config {
-                    volume: name.clone(),
-                    source,
-                })?;
-                project(
-                    name,
-                    &data,
-                    &secret.items,
-                    secret.default_mode,
-                    secret.optional,
-                )?
-            }
-            None if secret.optional == Some(true) => BTreeMap::new(),
-            None => {
-                return Err(VolumeError::Config {
-                    volume: name.clone(),
-                    source: ConfigError::SecretNotFound(secret.secret_name.clone()),
-                });
-            }
-        };
+        files = project(
+            name,
+            sources.secret_data(&secret.secret_name),
+            ConfigError::SecretNotFound(secret.secret_name.clone()),
+            &secret.items,
+            secret.default_mode,
+            secret.optional,
+        )?;
     } else if let Some(downward) = &volume.downward_api {
         kind = "downward-api";
         let mut out = BTreeMap::new();
@@ -205,20 +189,31 @@ fn prepare_one(
     })
 }
 
-/// The files of a ConfigMap or Secret volume: every key, or only `items` (each must exist
-/// unless the volume is optional).
+/// The files of a ConfigMap or Secret volume from its `data` (`None`: the object does not
+/// exist, which is `missing` unless the volume is optional): every key, or only `items` (each
+/// must exist unless the volume is optional).
 fn project(
     volume: &str,
-    data: &BTreeMap<String, Vec<u8>>,
+    data: Option<Result<BTreeMap<String, Vec<u8>>, ConfigError>>,
+    missing: ConfigError,
     items: &[KeyToPath],
     default_mode: Option<i32>,
     optional: Option<bool>,
 ) -> Result<BTreeMap<PathBuf, (Vec<u8>, u32)>, VolumeError> {
+    let config = |source| VolumeError::Config {
+        volume: volume.to_owned(),
+        source,
+    };
+    let data = match data {
+        Some(data) => data.map_err(config)?,
+        None if optional == Some(true) => return Ok(BTreeMap::new()),
+        None => return Err(config(missing)),
+    };
     let default_mode = default_mode.unwrap_or(0o644) as u32;
     let mut files = BTreeMap::new();
     if items.is_empty() {
         for (key, value) in data {
-            files.insert(item_path(volume, key)?, (value.clone(), default_mode));
+            files.insert(item_path(volume, &key)?, (value, default_mode));
         }
         return Ok(files);
     }
@@ -230,13 +225,10 @@ fn project(
             }
             None if optional == Some(true) => {}
             None => {
-                return Err(VolumeError::Config {
-                    volume: volume.to_owned(),
-                    source: ConfigError::FieldPath(format!(
-                        "configmap/secret has no key {:?}",
-                        item.key
-                    )),
-                });
+                return Err(config(ConfigError::FieldPath(format!(
+                    "configmap/secret has no key {:?}",
+                    item.key
+                ))));
             }
         }
     }

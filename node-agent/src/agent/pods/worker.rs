@@ -776,19 +776,7 @@ impl Worker {
                 .containers
                 .iter()
                 .find(|c| c.name == *name)
-                .and_then(|c| c.lifecycle.as_ref()?.pre_stop.clone())
-                .map(|hook| {
-                    (
-                        hook,
-                        self.pod
-                            .spec
-                            .containers
-                            .iter()
-                            .find(|c| c.name == *name)
-                            .cloned()
-                            .unwrap_or_default(),
-                    )
-                });
+                .and_then(|c| Some((c.lifecycle.as_ref()?.pre_stop.clone()?, c.clone())));
             let ctx = Arc::clone(&self.ctx);
             let ip = self.ip;
             stops.push(async move {
