@@ -43,7 +43,18 @@ pub fn run() -> anyhow::Result<()> {
         })
     })();
     phases.print();
+    if result.is_err() {
+        report_disk();
+    }
     result
+}
+
+/// A compiler that dies mid-build on a fresh machine is most often out of disk: say how full it was.
+fn report_disk() {
+    let target = shell::workspace_root().join("target");
+    if let Some(df) = shell::output(Command::new("df").arg("-h").arg(&target)) {
+        eprintln!("disk at failure:\n{df}");
+    }
 }
 
 pub fn clippy() -> anyhow::Result<()> {
