@@ -27,8 +27,201 @@ pub const REMOTE_NODES: &str = "REMOTE_NODES";
 /// Name of the node configuration map (`ARRAY` of one [`NodeConfig`] at index 0).
 pub const NODE_CONFIG: &str = "NODE_CONFIG";
 
+/// Name of the service frontends map (`HASH`, key: [`ServiceKey`], value: [`ServiceValue`]):
+/// every address, port and protocol that load-balances, for sockets and for packets.
+pub const SERVICES: &str = "SERVICES";
+
+/// Name of the backends map (`HASH`, key: backend id as `u32`, value: [`Backend`]). One entry per
+/// distinct address, port and protocol, shared by every frontend that uses it.
+pub const BACKENDS: &str = "BACKENDS";
+
+/// Name of the Maglev lookup tables (`HASH` without preallocation, key: [`ServiceValue::id`] as
+/// `u32`, value: [`MaglevTable`]): a frontend's backends by consistent hash.
+pub const MAGLEV: &str = "MAGLEV";
+
+/// Name of the session affinity map (`LRU_HASH`, key: [`AffinityKey`], value:
+/// [`AffinityValue`]): the backend a client last used, for `sessionAffinity: ClientIP`.
+pub const AFFINITY: &str = "AFFINITY";
+
+/// Name of the socket reverse-translation map (`LRU_HASH`, key: [`SockRevNatKey`], value:
+/// [`SockRevNatValue`]): for a socket the connect/sendmsg hooks translated, the backend back to the
+/// frontend it asked for, so that `getpeername` and `recvmsg` show the service address.
+pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
+
+/// Name of the network namespaces this node's socket programs serve (`HASH`, key: netns cookie as
+/// `u64`, value: `u32` reserved flags): the node's own and its pods'. The cgroup programs see every
+/// socket of the machine; they leave alone those of namespaces that are not this node's (other
+/// container engines, or other nodes of a lab sharing one kernel).
+pub const LOCAL_NETNS: &str = "LOCAL_NETNS";
+
+/// Name of this node's own addresses (`HASH`, key: IPv4 address as `[u8; 4]`, value: `u32`
+/// reserved flags): where NodePorts answer.
+pub const NODE_ADDRS: &str = "NODE_ADDRS";
+
 /// Every map the programs pin by name: what `unpin` removes.
-pub const PINNED_MAPS: &[&str] = &[POD_TRAFFIC, ENDPOINTS, REMOTE_NODES, NODE_CONFIG];
+pub const PINNED_MAPS: &[&str] = &[
+    POD_TRAFFIC,
+    ENDPOINTS,
+    REMOTE_NODES,
+    NODE_CONFIG,
+    SERVICES,
+    BACKENDS,
+    MAGLEV,
+    AFFINITY,
+    SOCK_REVNAT,
+    LOCAL_NETNS,
+    NODE_ADDRS,
+];
+
+/// Capacity of [`SERVICES`]: frontends (a Service has one per port, and per NodePort and
+/// load-balancer address).
+pub const SERVICES_MAX_ENTRIES: u32 = 65536;
+/// Capacity of [`BACKENDS`].
+pub const BACKENDS_MAX_ENTRIES: u32 = 65536;
+/// Capacity of [`MAGLEV`]: one table per frontend with backends.
+pub const MAGLEV_MAX_ENTRIES: u32 = SERVICES_MAX_ENTRIES;
+/// Capacity of [`AFFINITY`].
+pub const AFFINITY_MAX_ENTRIES: u32 = 65536;
+/// Capacity of [`SOCK_REVNAT`]: one entry per translated socket still in use (least recently used
+/// ones go first).
+pub const SOCK_REVNAT_MAX_ENTRIES: u32 = 262144;
+/// Capacity of [`LOCAL_NETNS`].
+pub const LOCAL_NETNS_MAX_ENTRIES: u32 = 4096;
+/// Capacity of [`NODE_ADDRS`].
+pub const NODE_ADDRS_MAX_ENTRIES: u32 = 64;
+
+/// Slots of a Maglev table: a prime well above the backends of one frontend (Maglev keeps each
+/// backend's share within a slot of `M / N`, and a removed backend moves only its own slots).
+pub const MAGLEV_TABLE_SIZE: usize = 1021;
+
+/// `IPPROTO_TCP`, as [`ServiceKey::protocol`] holds it.
+pub const PROTO_TCP: u8 = 6;
+/// `IPPROTO_UDP`.
+pub const PROTO_UDP: u8 = 17;
+/// `IPPROTO_SCTP`.
+pub const PROTO_SCTP: u8 = 132;
+
+/// [`ServiceKey::scope`] of frontends that sockets on this node connect to (ClusterIPs, and
+/// NodePorts and load-balancer addresses reached from the node or its pods).
+pub const SCOPE_SOCKET: u8 = 0;
+/// [`ServiceKey::scope`] of frontends that packets arriving from outside the node are translated
+/// for (NodePorts and load-balancer addresses, by the TC programs).
+pub const SCOPE_EXTERNAL: u8 = 1;
+
+/// A frontend: what a client addresses. NodePorts have the unspecified address `0.0.0.0` (they
+/// answer on every node address). Key of [`SERVICES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// IPv4 address, octets in wire order.
+    pub addr: [u8; 4],
+    /// Port in network byte order, as the kernel's socket address holds it.
+    pub port_be: u16,
+    /// IP protocol number ([`PROTO_TCP`], [`PROTO_UDP`], [`PROTO_SCTP`]).
+    pub protocol: u8,
+    /// [`SCOPE_SOCKET`] or [`SCOPE_EXTERNAL`].
+    pub scope: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+
+/// [`ServiceValue::flags`]: `sessionAffinity: ClientIP`.
+pub const SERVICE_AFFINITY: u32 = 1;
+/// [`ServiceValue::flags`]: only node-local backends are in the table (`externalTrafficPolicy` or
+/// `internalTrafficPolicy: Local`); packets keep their client address.
+pub const SERVICE_LOCAL: u32 = 1 << 1;
+
+/// Value of [`SERVICES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// The frontend's id: key of its [`MAGLEV`] table and of its [`AFFINITY`] entries. Never 0.
+    pub id: u32,
+    /// Backends in the table; 0 means the service has no ready endpoint here: connections are
+    /// refused, as Kubernetes rejects them.
+    pub backend_count: u32,
+    /// `SERVICE_*` bits.
+    pub flags: u32,
+    /// `sessionAffinityConfig.clientIP.timeoutSeconds` (for [`SERVICE_AFFINITY`]).
+    pub affinity_timeout_secs: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+
+/// Value of [`BACKENDS`]: where a translated connection goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    /// IPv4 address, octets in wire order.
+    pub addr: [u8; 4],
+    /// Port in network byte order.
+    pub port_be: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Reserved, zero.
+    pub flags: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+
+/// Value of [`MAGLEV`]: backend ids by slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevTable {
+    pub backend_ids: [u32; MAGLEV_TABLE_SIZE],
+}
+
+/// Key of [`AFFINITY`]: one client of one frontend. Clients are network namespaces (by cookie) for
+/// sockets, and IPv4 addresses (zero-extended) for packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    /// Reserved, zero.
+    pub pad: u32,
+    pub client: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
+
+/// Value of [`AFFINITY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    /// Reserved, zero.
+    pub pad: u32,
+    /// `bpf_ktime_get_ns` when the client last connected through it.
+    pub last_used_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+
+/// Key of [`SOCK_REVNAT`]: a socket (by cookie) and the backend it was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevNatKey {
+    pub cookie: u64,
+    pub backend_addr: [u8; 4],
+    pub backend_port_be: u16,
+    /// Reserved, zero.
+    pub pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<SockRevNatKey>() == 16);
+
+/// Value of [`SOCK_REVNAT`]: the frontend the socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevNatValue {
+    pub addr: [u8; 4],
+    pub port_be: u16,
+    /// Reserved, zero.
+    pub pad: u16,
+    pub service_id: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<SockRevNatValue>() == 12);
 
 /// Capacity of [`ENDPOINTS`], like [`POD_TRAFFIC_MAX_ENTRIES`].
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 4096;
@@ -126,6 +319,30 @@ unsafe impl aya::Pod for RemoteNode {}
 // SAFETY: as for `Endpoint`.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for NodeConfig {}
+// SAFETY: as for `Endpoint`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ServiceKey {}
+// SAFETY: as for `Endpoint`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ServiceValue {}
+// SAFETY: as for `Endpoint`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Backend {}
+// SAFETY: an array of `u32`s.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for MaglevTable {}
+// SAFETY: as for `Endpoint`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for AffinityKey {}
+// SAFETY: as for `Endpoint`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for AffinityValue {}
+// SAFETY: as for `Endpoint`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SockRevNatKey {}
+// SAFETY: as for `Endpoint`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SockRevNatValue {}
 
 #[cfg(test)]
 mod tests {
