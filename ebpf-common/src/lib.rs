@@ -49,7 +49,9 @@ pub const AFFINITY: &str = "AFFINITY";
 pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
 
 /// Name of the network namespaces this node's socket programs serve (`HASH`, key: netns cookie as
-/// `u64`, value: `u32` reserved flags): the node's own and its pods'. The cgroup programs see every
+/// `u64`, value: the pod's IPv4 address as `[u8; 4]`, `0.0.0.0` for the node's own namespace):
+/// the node's own and its pods'. The address lets the agent remove a pod's entry after its
+/// namespace is gone. The cgroup programs see every
 /// socket of the machine; they leave alone those of namespaces that are not this node's (other
 /// container engines, or other nodes of a lab sharing one kernel).
 pub const LOCAL_NETNS: &str = "LOCAL_NETNS";

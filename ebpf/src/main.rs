@@ -9,6 +9,7 @@ mod forward;
 mod from_netdev;
 mod from_pod;
 mod maps;
+mod socket_lb;
 mod to_pod;
 
 #[cfg(not(test))]

@@ -1,12 +1,16 @@
 //! Map definitions shared by the programs. Names and layouts come from `apiary-ebpf-common`.
 
 use apiary_ebpf_common::{
-    ENDPOINTS_MAX_ENTRIES, Endpoint, NodeConfig, POD_TRAFFIC_MAX_ENTRIES, PodTraffic,
-    REMOTE_NODES_MAX_ENTRIES, RemoteNode,
+    AFFINITY_MAX_ENTRIES, AffinityKey, AffinityValue, BACKENDS_MAX_ENTRIES, Backend,
+    ENDPOINTS_MAX_ENTRIES, Endpoint, LOCAL_NETNS_MAX_ENTRIES, MAGLEV_MAX_ENTRIES, MaglevTable,
+    NODE_ADDRS_MAX_ENTRIES, NodeConfig, POD_TRAFFIC_MAX_ENTRIES, PodTraffic,
+    REMOTE_NODES_MAX_ENTRIES, RemoteNode, SERVICES_MAX_ENTRIES, SOCK_REVNAT_MAX_ENTRIES,
+    ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
 };
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap},
     programs::TcContext,
 };
 
@@ -29,6 +33,38 @@ pub static REMOTE_NODES: LpmTrie<[u8; 4], RemoteNode> =
 /// This node's settings, at index 0.
 #[map(name = "NODE_CONFIG")]
 pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+
+/// Service frontends (ClusterIPs, NodePorts, load-balancer addresses).
+#[map(name = "SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(SERVICES_MAX_ENTRIES, 0);
+
+/// Backends by id.
+#[map(name = "BACKENDS")]
+pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(BACKENDS_MAX_ENTRIES, 0);
+
+/// Each frontend's Maglev table. Not preallocated: a table is 4 KiB and most of the capacity is
+/// never used.
+#[map(name = "MAGLEV")]
+pub static MAGLEV: HashMap<u32, MaglevTable> =
+    HashMap::pinned(MAGLEV_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// `sessionAffinity: ClientIP`: the backend each client last used, per frontend.
+#[map(name = "AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(AFFINITY_MAX_ENTRIES, 0);
+
+/// Translated sockets: backend back to frontend.
+#[map(name = "SOCK_REVNAT")]
+pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
+    LruHashMap::pinned(SOCK_REVNAT_MAX_ENTRIES, 0);
+
+/// The network namespaces (by cookie) whose sockets this node load-balances.
+#[map(name = "LOCAL_NETNS")]
+pub static LOCAL_NETNS: HashMap<u64, [u8; 4]> = HashMap::pinned(LOCAL_NETNS_MAX_ENTRIES, 0);
+
+/// This node's own addresses.
+#[map(name = "NODE_ADDRS")]
+pub static NODE_ADDRS: HashMap<[u8; 4], u32> = HashMap::pinned(NODE_ADDRS_MAX_ENTRIES, 0);
 
 /// Which side of the pod's veth a packet crosses.
 #[derive(Clone, Copy)]

@@ -148,6 +148,7 @@ fn config(lab: &Lab, node: &Node) -> anyhow::Result<NetworkConfig> {
         state_dir: lab.state_dir(&node.netns),
         pin_dir: lab.pin_dir(&node.netns),
         node_netns: Some(node.netns_path()),
+        socket_lb_cgroup: None,
     })
 }
 

@@ -45,6 +45,10 @@ pub struct AgentConfig {
     /// Runtime state that dies with the machine: container and sandbox state.
     #[arg(long, default_value = "/run/apiary/agent")]
     pub run_dir: PathBuf,
+    /// The cgroup v2 directory the socket load-balancing programs attach to [default: the
+    /// cgroup v2 mount point, whose programs see every socket of the machine].
+    #[arg(long)]
+    pub socket_lb_cgroup: Option<PathBuf>,
     /// Where the BPF maps are pinned.
     #[arg(long, default_value = crate::dataplane::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
@@ -117,6 +121,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         pin_dir: config.pin_dir.clone(),
         // The agent runs inside its node's network namespace.
         node_netns: None,
+        socket_lb_cgroup: Some(socket_lb_cgroup(&config)?),
     })
     .await
     .context("setting up the pod network")?;
@@ -300,4 +305,16 @@ fn remote_node(node: &apiary_api::core_v1::Node) -> Option<RemoteNode> {
         pod_cidr: parse_cidr(&node.spec.pod_cidr).ok()?,
         node_ip: ip,
     })
+}
+
+/// Where the socket load-balancing programs attach: as configured, else the cgroup v2 root.
+fn socket_lb_cgroup(config: &AgentConfig) -> anyhow::Result<PathBuf> {
+    config
+        .socket_lb_cgroup
+        .clone()
+        .or_else(crate::dataplane::cgroup2_root)
+        .context(
+            "no cgroup v2 hierarchy is mounted: Services need one \
+             (mount -t cgroup2 none /sys/fs/cgroup/unified, or pass --socket-lb-cgroup)",
+        )
 }

@@ -11,6 +11,7 @@ pub mod endpoints;
 pub mod node_config;
 pub mod pod_traffic;
 pub mod remote_nodes;
+pub mod services;
 
 use std::{
     ffi::CString,
@@ -21,7 +22,8 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        ProgramError, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType,
+        links::{FdLink, LinkError, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
     },
 };
@@ -30,10 +32,23 @@ pub use endpoints::EndpointMap;
 pub use node_config::NodeConfigMap;
 pub use pod_traffic::PodTrafficMap;
 pub use remote_nodes::RemoteNodeMap;
+pub use services::{LocalNetnsMap, NodeAddrsMap, ServiceMaps};
 
 /// The program on the node's underlay device (TC ingress): delivers packets from other nodes
 /// straight into local pods.
 pub const FROM_NETDEV: &str = "from_netdev";
+
+/// The socket load-balancing programs (cgroup v2 `sock_addr` hooks), in the order they attach.
+pub const SOCKET_LB_PROGRAMS: [&str; 4] = [
+    "lb_connect4",
+    "lb_sendmsg4",
+    "lb_recvmsg4",
+    "lb_getpeername4",
+];
+
+/// Where, below the pin directory, the socket programs' links are pinned: a link outlives the
+/// agent only while pinned.
+const LINKS_DIR: &str = "links";
 
 /// Every filter the agent installs sits at this priority and handle, so that a restarted agent
 /// replaces its predecessor's program in one netlink request (no window without a filter).
@@ -77,6 +92,26 @@ pub enum Error {
         iface: String,
         #[source]
         source: TcError,
+    },
+    #[error("reading the network namespace's cookie (SO_NETNS_COOKIE)")]
+    NetnsCookie(#[source] io::Error),
+    #[error("cgroup {path}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("link {path}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    #[error("pinning link {path}")]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
     },
     #[error("map {name}")]
     Map {
@@ -148,6 +183,11 @@ impl Dataplane {
                 .load()
                 .map_err(|source| Error::Program { name, source })?;
         }
+        for name in SOCKET_LB_PROGRAMS {
+            sock_addr_by_name(&mut ebpf, name)?
+                .load()
+                .map_err(|source| Error::Program { name, source })?;
+        }
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_owned(),
@@ -192,6 +232,61 @@ impl Dataplane {
     pub fn attach_underlay(&mut self, iface: &str) -> Result<u32> {
         ensure_clsact(iface)?;
         attach_filter(&mut self.ebpf, FROM_NETDEV, iface, TcAttachType::Ingress)
+    }
+
+    /// The service frontends, backends and Maglev tables.
+    pub fn services(&self) -> Result<ServiceMaps> {
+        ServiceMaps::open(&self.pin_dir)
+    }
+
+    /// The network namespaces whose sockets this node load-balances.
+    pub fn local_netns(&self) -> Result<LocalNetnsMap> {
+        LocalNetnsMap::open(&self.pin_dir)
+    }
+
+    /// This node's own addresses.
+    pub fn node_addrs(&self) -> Result<NodeAddrsMap> {
+        NodeAddrsMap::open(&self.pin_dir)
+    }
+
+    /// Attaches the socket load-balancing programs to the cgroup v2 directory `cgroup` (the
+    /// hierarchy's root serves every socket of the machine) and pins their links in the pin
+    /// directory. A previous agent's links are detached only once the new ones are attached: both
+    /// run for a moment, which is harmless (the second sees a backend address, no service).
+    /// Returns the program ids.
+    pub fn attach_socket_lb(&mut self, cgroup: &Path) -> Result<Vec<u32>> {
+        let cgroup_err = |source| Error::Cgroup {
+            path: cgroup.to_owned(),
+            source,
+        };
+        let cgroup_dir = std::fs::File::open(cgroup).map_err(cgroup_err)?;
+        let links = self.pin_dir.join(LINKS_DIR);
+        std::fs::create_dir_all(&links).map_err(|source| Error::Bpffs {
+            path: links.clone(),
+            source,
+        })?;
+        let mut ids = Vec::with_capacity(SOCKET_LB_PROGRAMS.len());
+        for name in SOCKET_LB_PROGRAMS {
+            let program = sock_addr_by_name(&mut self.ebpf, name)?;
+            let program_err = |source| Error::Program { name, source };
+            let link_id = program
+                .attach(&cgroup_dir, CgroupAttachMode::Single)
+                .map_err(program_err)?;
+            let link: FdLink = program
+                .take_link(link_id)
+                .map_err(program_err)?
+                .try_into()
+                .map_err(|source| Error::Link {
+                    path: cgroup.to_owned(),
+                    source,
+                })?;
+            let pin = links.join(name);
+            detach_pinned_link(&pin)?;
+            link.pin(&pin)
+                .map_err(|source| Error::PinLink { path: pin, source })?;
+            ids.push(program.info().map_err(program_err)?.id());
+        }
+        Ok(ids)
     }
 
     /// The per-pod traffic counters.
@@ -240,15 +335,104 @@ pub fn detach_pod(pin_dir: &Path, iface: &str) -> Result<Vec<PodProgram>> {
     Ok(detached)
 }
 
-/// Removes the maps pinned in `pin_dir`, and the directory once empty; returns what it removed.
+/// Detaches the link pinned at `pin` (if any) by removing its pin; returns whether there was one.
+fn detach_pinned_link(pin: &Path) -> Result<bool> {
+    if !pin.exists() {
+        return Ok(false);
+    }
+    let link = PinnedLink::from_pin(pin).map_err(|source| Error::Link {
+        path: pin.to_owned(),
+        source,
+    })?;
+    let link = link.unpin().map_err(|source| Error::Bpffs {
+        path: pin.to_owned(),
+        source,
+    })?;
+    // The last reference: dropping it detaches the program.
+    drop(link);
+    Ok(true)
+}
+
+/// Detaches the socket load-balancing programs whose links are pinned in `pin_dir`; returns the
+/// pins it removed.
+pub fn detach_socket_lb(pin_dir: &Path) -> Result<Vec<PathBuf>> {
+    let links = pin_dir.join(LINKS_DIR);
+    let mut removed = Vec::new();
+    for name in SOCKET_LB_PROGRAMS {
+        let pin = links.join(name);
+        if detach_pinned_link(&pin)? {
+            removed.push(pin);
+        }
+    }
+    match std::fs::remove_dir(&links) {
+        Ok(()) => removed.push(links),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+            ) => {}
+        Err(source) => {
+            return Err(Error::Bpffs {
+                path: links,
+                source,
+            });
+        }
+    }
+    Ok(removed)
+}
+
+/// The cgroup v2 hierarchy's mount point (`/sys/fs/cgroup` on pure v2 hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones), from `/proc/self/mountinfo`.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        // `ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS`
+        let (mount, rest) = line.split_once(" - ")?;
+        let fstype = rest.split(' ').next()?;
+        let mut fields = mount.split(' ');
+        let root = fields.nth(3)?;
+        let mount_point = fields.next()?;
+        (fstype == "cgroup2" && root == "/").then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, 5.14): what the
+/// socket programs' `bpf_get_netns_cookie` returns for sockets made there.
+pub fn netns_cookie() -> Result<u64> {
+    // SAFETY: plain syscalls on a socket this function owns and closes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(Error::NetnsCookie(io::Error::last_os_error()));
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        );
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(Error::NetnsCookie(err));
+        }
+        Ok(cookie)
+    }
+}
+
+/// Detaches the socket programs and removes the maps pinned in `pin_dir`, and the directory once
+/// empty; returns what it removed.
 ///
-/// Programs still attached keep their maps alive, so call this after detaching.
+/// TC programs still attached keep their maps alive, so call this after detaching them.
 pub fn unpin(pin_dir: &Path) -> Result<Vec<PathBuf>> {
     let bpffs_err = |source| Error::Bpffs {
         path: pin_dir.to_owned(),
         source,
     };
-    let mut removed = Vec::new();
+    let mut removed = detach_socket_lb(pin_dir)?;
     for map in apiary_ebpf_common::PINNED_MAPS {
         let pin = pin_dir.join(map);
         match std::fs::remove_file(&pin) {
@@ -296,6 +480,13 @@ impl fmt::Display for PodAttachment {
             programs.join(", ")
         )
     }
+}
+
+fn sock_addr_by_name<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr> {
+    ebpf.program_mut(name)
+        .ok_or(Error::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
 }
 
 fn classifier_by_name<'a>(

@@ -96,6 +96,9 @@ pub struct NetworkConfig {
     /// The node's network namespace; `None`: the agent's own. Labs run several nodes in one
     /// process.
     pub node_netns: Option<PathBuf>,
+    /// The cgroup v2 directory the socket load-balancing programs attach to (the hierarchy's root
+    /// serves every socket); `None`: no socket load balancing (pod plumbing only).
+    pub socket_lb_cgroup: Option<PathBuf>,
 }
 
 /// A pod to wire up.
@@ -253,6 +256,13 @@ impl PodNetwork {
                             flags: 0,
                         })?;
                     dataplane.attach_underlay(&underlay.name)?;
+                    // The node's own sockets load-balance too (kube-proxy serves the host).
+                    let cookie = dataplane::netns_cookie()?;
+                    dataplane.local_netns()?.register(cookie, None)?;
+                    dataplane.node_addrs()?.set(&[config.node_ip])?;
+                    if let Some(cgroup) = &config.socket_lb_cgroup {
+                        dataplane.attach_socket_lb(cgroup)?;
+                    }
                     Ok::<_, dataplane::Error>(dataplane)
                 })??;
                 Ok((ipam, dataplane))
@@ -378,7 +388,11 @@ impl PodNetwork {
                 pod_mac: eth0.mac,
                 host_mac: host.mac,
             };
-            move |inner| inner.program_endpoint(&host_name, ip, endpoint)
+            let netns = pod.netns.clone();
+            move |inner| {
+                inner.program_endpoint(&host_name, ip, endpoint)?;
+                inner.serve_sockets_of(&netns, ip)
+            }
         })
         .await?;
         Ok(PodInterface {
@@ -423,6 +437,9 @@ impl PodNetwork {
                 }
                 if let Some(ifindex) = counted {
                     dataplane.pod_traffic()?.unregister(ifindex)?;
+                }
+                if let Some(ip) = ip {
+                    dataplane.local_netns()?.unregister_pod(ip)?;
                 }
                 Ok(())
             }
@@ -611,6 +628,10 @@ impl PodNetwork {
                     endpoints.remove(ip)?;
                 }
             }
+            // Namespaces of pods that are gone; the node's own entry stays.
+            dataplane
+                .local_netns()?
+                .unregister_where(|owner| owner.is_some_and(|ip| !keep.contains(&ip)))?;
             // Counters of veths that are gone (their pods vanished while the agent was down).
             let mut counters = dataplane.pod_traffic()?;
             for (ifindex, _) in counters.all()? {
@@ -634,6 +655,18 @@ impl PodNetwork {
 }
 
 impl Inner {
+    /// Lets the socket programs load-balance for the pod at `ip`, whose namespace is `netns`.
+    fn serve_sockets_of(&self, netns: &Path, ip: Ipv4Addr) -> Result<()> {
+        let cookie = netns::run_in(netns, dataplane::netns_cookie)??;
+        let dataplane = self.dataplane.lock().expect("dataplane lock");
+        let mut served = dataplane.local_netns()?;
+        // A namespace re-created for the same address (the pod's sandbox was replaced) leaves
+        // its predecessor's cookie behind.
+        served.unregister_where(|owner| owner == Some(ip))?;
+        served.register(cookie, Some(ip))?;
+        Ok(())
+    }
+
     /// Attaches the pod programs to `host_name` and points the endpoint of `ip` at it.
     fn program_endpoint(&self, host_name: &str, ip: Ipv4Addr, endpoint: Endpoint) -> Result<()> {
         let mut guard = self.dataplane.lock().expect("dataplane lock");
@@ -751,6 +784,7 @@ mod tests {
             state_dir: "/tmp/x".into(),
             pin_dir: "/sys/fs/bpf/x".into(),
             node_netns: None,
+            socket_lb_cgroup: None,
         };
         let err = validate(&config).unwrap_err();
         assert_eq!(err.to_string(), "node_ip: must not be inside pod_cidr");
@@ -771,6 +805,7 @@ mod tests {
             state_dir: "/tmp/x".into(),
             pin_dir: "/sys/fs/bpf/x".into(),
             node_netns: None,
+            socket_lb_cgroup: None,
         };
         let node = |name: &str, cidr: &str, ip: [u8; 4]| RemoteNode {
             name: name.into(),
