@@ -391,3 +391,6 @@ async fn exchange(request: &Request, upstream: SocketAddr, tcp: bool) -> io::Res
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
