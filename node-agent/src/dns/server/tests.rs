@@ -401,3 +401,56 @@ async fn a_slow_upstream_does_not_hold_up_cluster_answers() {
         ResponseCode::ServFail
     );
 }
+
+/// Sends `message` over plain UDP and decodes the reply: for questions hickory's client won't ask.
+async fn raw_exchange(server: SocketAddr, message: &Message) -> Message {
+    let socket = UdpSocket::bind(local()).await.unwrap();
+    socket
+        .send_to(&message.to_vec().unwrap(), server)
+        .await
+        .unwrap();
+    let mut buf = vec![0; 4096];
+    let len = timeout(CLIENT_TIMEOUT, socket.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    Message::from_vec(&buf[..len]).unwrap()
+}
+
+#[tokio::test]
+async fn unsupported_requests_get_the_matching_error() {
+    let server = start(records(), Vec::new()).await;
+    let question = || {
+        let mut message = Message::query();
+        message.metadata.id = 4321;
+        message.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii("web.default.svc.cluster.local.").unwrap(),
+            RecordType::A,
+        ));
+        message
+    };
+
+    let mut edns1 = question();
+    let mut edns = Edns::new();
+    edns.set_version(1);
+    edns1.set_edns(edns);
+    let response = raw_exchange(server, &edns1).await;
+    assert_eq!(response.metadata.id, 4321);
+    // 16 decodes as BADSIG, its TSIG twin.
+    assert_eq!(
+        u16::from(response.metadata.response_code),
+        u16::from(ResponseCode::BADVERS)
+    );
+    assert!(response.answers.is_empty());
+
+    let mut update = question();
+    update.metadata.op_code = OpCode::Update;
+    let response = raw_exchange(server, &update).await;
+    assert_eq!(response.metadata.response_code, ResponseCode::NotImp);
+
+    // Without EDNS: no OPT record in the answer either.
+    let plain = raw_exchange(server, &question()).await;
+    assert_eq!(plain.metadata.response_code, ResponseCode::NoError);
+    assert!(plain.edns.is_none());
+    assert_eq!(plain.answers.len(), 1);
+}
