@@ -69,8 +69,10 @@ pub struct PodSpec {
     /// `ClusterFirst`, `ClusterFirstWithHostNet`, `Default` or `None`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub dns_policy: String,
+    /// Nameservers, search domains and resolver options added to (or, with `dnsPolicy: None`,
+    /// making up) the pod's `/etc/resolv.conf`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns_config: Option<Value>,
+    pub dns_config: Option<PodDnsConfig>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -494,6 +496,30 @@ pub struct HostAlias {
     pub ip: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
+}
+
+/// DNS settings of a pod beyond its `dnsPolicy`, merged into its `/etc/resolv.conf`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PodDnsConfig {
+    /// At most 3 IP addresses (with the policy's own), duplicates removed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    /// Search domains appended to the policy's, duplicates removed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub searches: Vec<String>,
+    /// Resolver options; one with the name of a policy option replaces it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<PodDnsConfigOption>,
+}
+
+/// One `options` entry of a pod's `/etc/resolv.conf`, e.g. `ndots` with value `2`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PodDnsConfigOption {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// A volume of the pod: a name and exactly one source.
@@ -1418,6 +1444,25 @@ pub struct Binding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_dns_config_round_trips() {
+        let spec: PodSpec = serde_json::from_str(
+            r#"{"containers":[],"dnsPolicy":"None","dnsConfig":{"nameservers":["1.2.3.4"],
+                "searches":["ns1.svc.cluster-domain.example"],
+                "options":[{"name":"ndots","value":"2"},{"name":"edns0"}]}}"#,
+        )
+        .unwrap();
+        let config = spec.dns_config.as_ref().unwrap();
+        assert_eq!(config.nameservers, ["1.2.3.4"]);
+        assert_eq!(config.options[0].value.as_deref(), Some("2"));
+        assert_eq!(config.options[1].value, None);
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            v["dnsConfig"]["options"][1],
+            serde_json::json!({"name": "edns0"})
+        );
+    }
 
     #[test]
     fn base64_round_trips() {

@@ -3,6 +3,7 @@
 //!
 //! - [`dataplane`]: loads the BPF programs from `ebpf/`, attaches them to pod veths and wraps each
 //!   map in a typed struct.
+//! - [`dns`]: the cluster DNS server (`<svc>.<ns>.svc.cluster.local`) and pods' resolv.conf.
 //! - [`netns`]: runs work inside another network namespace.
 //! - [`network`]: pod networking — IPAM, veth plumbing over rtnetlink, routes to other nodes.
 //! - [`server`]: the kubelet-style HTTPS server behind `kubectl logs` and `kubectl exec`.
@@ -10,6 +11,7 @@
 pub mod agent;
 pub mod api_client;
 pub mod dataplane;
+pub mod dns;
 pub mod kubeconfig;
 pub mod netns;
 pub mod network;
