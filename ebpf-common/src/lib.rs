@@ -60,6 +60,12 @@ pub const LOCAL_NETNS: &str = "LOCAL_NETNS";
 /// reserved flags): where NodePorts answer.
 pub const NODE_ADDRS: &str = "NODE_ADDRS";
 
+/// Name of the connection-tracking map of translated packets (`LRU_HASH`, key: [`CtKey`], value:
+/// [`CtValue`]): NodePort and load-balancer traffic from outside the node, which the TC programs
+/// NAT per packet (sockets of the node and its pods are translated once, at connect time, and
+/// need none).
+pub const CT: &str = "CT";
+
 /// Every map the programs pin by name: what `unpin` removes.
 pub const PINNED_MAPS: &[&str] = &[
     POD_TRAFFIC,
@@ -73,6 +79,7 @@ pub const PINNED_MAPS: &[&str] = &[
     SOCK_REVNAT,
     LOCAL_NETNS,
     NODE_ADDRS,
+    CT,
 ];
 
 /// Capacity of [`SERVICES`]: frontends (a Service has one per port, and per NodePort and
@@ -87,6 +94,8 @@ pub const AFFINITY_MAX_ENTRIES: u32 = 65536;
 /// Capacity of [`SOCK_REVNAT`]: one entry per translated socket still in use (least recently used
 /// ones go first).
 pub const SOCK_REVNAT_MAX_ENTRIES: u32 = 262144;
+/// Capacity of [`CT`]: two entries (original and reply direction) per tracked flow.
+pub const CT_MAX_ENTRIES: u32 = 262144;
 /// Capacity of [`LOCAL_NETNS`].
 pub const LOCAL_NETNS_MAX_ENTRIES: u32 = 4096;
 /// Capacity of [`NODE_ADDRS`].
@@ -225,6 +234,52 @@ pub struct SockRevNatValue {
 
 const _: () = assert!(core::mem::size_of::<SockRevNatValue>() == 12);
 
+/// [`CtKey::direction`] of packets from the client, as they arrive.
+pub const CT_ORIGINAL: u8 = 0;
+/// [`CtKey::direction`] of the backend's replies, as the backend sends them.
+pub const CT_REPLY: u8 = 1;
+
+/// A tracked flow as one direction's packets carry it. Key of [`CT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub protocol: u8,
+    /// [`CT_ORIGINAL`] or [`CT_REPLY`].
+    pub direction: u8,
+    /// Reserved, zero.
+    pub pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+
+/// [`CtValue::flags`]: the client's address was replaced by this node's (the backend is on
+/// another node and the policy is Cluster), so replies come back here.
+pub const CT_SNAT: u32 = 1;
+
+/// What to do with a tracked flow's packets. Value of [`CT`].
+///
+/// Original direction: the destination becomes `rewrite` (the backend) and, with [`CT_SNAT`], the
+/// source becomes `snat` (this node). Reply direction: the source becomes `rewrite` (the frontend)
+/// and, with [`CT_SNAT`], the destination becomes `snat` (the client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    pub rewrite_addr: [u8; 4],
+    pub rewrite_port_be: u16,
+    pub snat_port_be: u16,
+    pub snat_addr: [u8; 4],
+    /// The backend the flow went to: UDP flows of removed backends are flushed by it.
+    pub backend_id: u32,
+    /// `CT_*` bits.
+    pub flags: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<CtValue>() == 20);
+
 /// Capacity of [`ENDPOINTS`], like [`POD_TRAFFIC_MAX_ENTRIES`].
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 4096;
 
@@ -269,8 +324,10 @@ const _: () = assert!(core::mem::size_of::<RemoteNode>() == 8);
 pub struct NodeConfig {
     /// The underlay device's ifindex: where `bpf_redirect_neigh` sends packets for other nodes.
     pub underlay_ifindex: u32,
-    /// Reserved, zero.
-    pub flags: u32,
+    /// This node's underlay address, octets in wire order: the source NodePort traffic gets when
+    /// it is sent on to a backend on another node. Zero (as agents before it wrote this once
+    /// reserved field) means unknown: such traffic then only reaches local backends.
+    pub node_ip: [u8; 4],
 }
 
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 8);
@@ -345,6 +402,12 @@ unsafe impl aya::Pod for SockRevNatKey {}
 // SAFETY: as for `Endpoint`.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SockRevNatValue {}
+// SAFETY: as for `Endpoint`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CtKey {}
+// SAFETY: as for `Endpoint`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CtValue {}
 
 #[cfg(test)]
 mod tests {

@@ -19,12 +19,13 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_ALEN: usize = 6;
 const ETH_PROTO_OFFSET: usize = 12;
 const ETH_HLEN: usize = 14;
-const IPV4_DST_OFFSET: usize = ETH_HLEN + 16;
+pub const IPV4_SRC_OFFSET: usize = ETH_HLEN + 12;
+pub const IPV4_DST_OFFSET: usize = ETH_HLEN + 16;
 /// TTL and protocol: the 16-bit header word the TTL lives in.
 const IPV4_TTL_OFFSET: usize = ETH_HLEN + 8;
-const IPV4_CSUM_OFFSET: usize = ETH_HLEN + 10;
-/// The Ethernet header and an IPv4 header without options.
-const HEAD_LEN: usize = ETH_HLEN + 20;
+pub const IPV4_CSUM_OFFSET: usize = ETH_HLEN + 10;
+/// The Ethernet header and an IPv4 header without options: where the transport header starts.
+pub const HEAD_LEN: usize = ETH_HLEN + 20;
 /// What forwarding rewrites: the Ethernet header up to the IPv4 header checksum included.
 const REWRITE_LEN: usize = IPV4_CSUM_OFFSET + 2;
 const AF_INET: u32 = 2;
@@ -46,6 +47,23 @@ impl Ipv4Head {
         let h = &self.0;
         let d = IPV4_DST_OFFSET;
         [h[d], h[d + 1], h[d + 2], h[d + 3]]
+    }
+
+    #[inline(always)]
+    pub fn source(&self) -> [u8; 4] {
+        let h = &self.0;
+        let s = IPV4_SRC_OFFSET;
+        [h[s], h[s + 1], h[s + 2], h[s + 3]]
+    }
+
+    /// The IP protocol number of a packet whose transport header follows a 20-byte IP header
+    /// and that is not a fragment; `None` otherwise (options, fragments: left to the stack).
+    #[inline(always)]
+    pub fn plain_protocol(&self) -> Option<u8> {
+        let h = &self.0;
+        let version_ihl = h[ETH_HLEN];
+        let fragment = u16::from_be_bytes([h[ETH_HLEN + 6], h[ETH_HLEN + 7]]) & 0x3fff;
+        (version_ihl == 0x45 && fragment == 0).then_some(h[ETH_HLEN + 9])
     }
 
     /// Decrements the TTL as a routing hop does and fixes the header checksum incrementally
@@ -139,6 +157,23 @@ pub fn to_remote_node(ctx: &TcContext, head: &mut Ipv4Head) -> Option<i32> {
         )
     };
     Some(verdict as i32)
+}
+
+/// Sends the frame out of the underlay toward its destination outside the cluster, as the
+/// node's routing table says (`bpf_redirect_neigh` without a next hop does the FIB lookup and
+/// fills in the Ethernet header): one routed hop.
+#[inline(always)]
+pub fn to_underlay(ctx: &TcContext, head: &mut Ipv4Head) -> Option<i32> {
+    let underlay = NODE_CONFIG.get(0)?.underlay_ifindex;
+    if underlay == 0 {
+        return None;
+    }
+    if head.decrement_ttl().is_none() {
+        return Some(PASS);
+    }
+    head.store(ctx)?;
+    // SAFETY: a plain helper call; no parameters means "look the next hop up".
+    Some(unsafe { bpf_redirect_neigh(underlay, core::ptr::null_mut(), 0, 0) } as i32)
 }
 
 /// `TC_ACT_OK` as the programs return it.

@@ -1,10 +1,14 @@
-//! TC ingress on the node's underlay device: packets from other nodes for a pod of this node go
-//! straight into the pod's namespace (`bpf_redirect_peer`); everything else, the node's own
-//! traffic included, goes up the host stack untouched.
+//! TC ingress on the node's underlay device: NodePort and load-balancer traffic is translated to
+//! its backend (`nodeport`); packets from other nodes for a pod of this node go straight into the
+//! pod's namespace (`bpf_redirect_peer`); everything else, the node's own traffic included, goes
+//! up the host stack untouched.
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
-use crate::forward::{Hop, Ipv4Head, PASS, to_local_pod};
+use crate::{
+    forward::{Hop, Ipv4Head, PASS, to_local_pod},
+    nodeport,
+};
 
 #[classifier]
 pub fn from_netdev(ctx: TcContext) -> i32 {
@@ -17,6 +21,9 @@ fn try_from_netdev(ctx: &TcContext) -> Result<i32, i32> {
     let Some(mut head) = Ipv4Head::load(ctx) else {
         return Ok(PASS);
     };
+    if let Some(verdict) = nodeport::from_outside(ctx, &head) {
+        return Ok(verdict);
+    }
     // The sending node's `from_pod` counted the hop already.
     Ok(to_local_pod(ctx, &mut head, Hop::Delivery).unwrap_or(PASS))
 }

@@ -2,7 +2,8 @@
 //!
 //! To a pod on this node: straight into its namespace (`bpf_redirect_peer`). To another node's pod
 //! CIDR or to another node: out of the underlay with that node as next hop (`bpf_redirect_neigh`).
-//! Anything else (this node's own addresses) goes up the host stack. Neither path needs
+//! A backend's reply to a NodePort client outside goes back out translated (`nodeport`).
+//! Anything else (this node's own addresses) goes up the host stack. None of these paths needs
 //! `ip_forward` on the node.
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
@@ -10,6 +11,7 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 use crate::{
     forward::{Hop, Ipv4Head, PASS, to_local_pod, to_remote_node},
     maps::{Direction, count_pod_traffic},
+    nodeport,
 };
 
 #[classifier]
@@ -24,6 +26,10 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, i32> {
     let Some(mut head) = Ipv4Head::load(ctx) else {
         return Ok(PASS);
     };
+    // A backend answering a NodePort client outside the cluster.
+    if let Some(verdict) = nodeport::reply_from_pod(ctx, &head) {
+        return Ok(verdict);
+    }
     // The pod sent to its gateway: what the programs forward is a routed hop (TTL - 1).
     if let Some(verdict) = to_local_pod(ctx, &mut head, Hop::Routed) {
         return Ok(verdict);

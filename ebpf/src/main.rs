@@ -8,7 +8,9 @@
 mod forward;
 mod from_netdev;
 mod from_pod;
+mod lb;
 mod maps;
+mod nodeport;
 mod socket_lb;
 mod to_pod;
 

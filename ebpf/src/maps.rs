@@ -2,10 +2,10 @@
 
 use apiary_ebpf_common::{
     AFFINITY_MAX_ENTRIES, AffinityKey, AffinityValue, BACKENDS_MAX_ENTRIES, Backend,
-    ENDPOINTS_MAX_ENTRIES, Endpoint, LOCAL_NETNS_MAX_ENTRIES, MAGLEV_MAX_ENTRIES, MaglevTable,
-    NODE_ADDRS_MAX_ENTRIES, NodeConfig, POD_TRAFFIC_MAX_ENTRIES, PodTraffic,
-    REMOTE_NODES_MAX_ENTRIES, RemoteNode, SERVICES_MAX_ENTRIES, SOCK_REVNAT_MAX_ENTRIES,
-    ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
+    CT_MAX_ENTRIES, CtKey, CtValue, ENDPOINTS_MAX_ENTRIES, Endpoint, LOCAL_NETNS_MAX_ENTRIES,
+    MAGLEV_MAX_ENTRIES, MaglevTable, NODE_ADDRS_MAX_ENTRIES, NodeConfig, POD_TRAFFIC_MAX_ENTRIES,
+    PodTraffic, REMOTE_NODES_MAX_ENTRIES, RemoteNode, SERVICES_MAX_ENTRIES,
+    SOCK_REVNAT_MAX_ENTRIES, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -65,6 +65,10 @@ pub static LOCAL_NETNS: HashMap<u64, [u8; 4]> = HashMap::pinned(LOCAL_NETNS_MAX_
 /// This node's own addresses.
 #[map(name = "NODE_ADDRS")]
 pub static NODE_ADDRS: HashMap<[u8; 4], u32> = HashMap::pinned(NODE_ADDRS_MAX_ENTRIES, 0);
+
+/// Connection tracking of NodePort and load-balancer flows from outside the node.
+#[map(name = "CT")]
+pub static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CT_MAX_ENTRIES, 0);
 
 /// Which side of the pod's veth a packet crosses.
 #[derive(Clone, Copy)]

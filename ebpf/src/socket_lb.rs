@@ -7,20 +7,18 @@
 //! they serve only the network namespaces this node registered in `LOCAL_NETNS` (its own and its
 //! pods').
 
-use apiary_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, MAGLEV_TABLE_SIZE, SCOPE_SOCKET, SERVICE_AFFINITY,
-    ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
-};
+use apiary_ebpf_common::{SCOPE_SOCKET, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue};
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::{
-        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
-    },
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 
-use crate::maps::{AFFINITY, BACKENDS, LOCAL_NETNS, MAGLEV, NODE_ADDRS, SERVICES, SOCK_REVNAT};
+use crate::{
+    lb,
+    maps::{LOCAL_NETNS, NODE_ADDRS, SERVICES, SOCK_REVNAT},
+};
 
 /// What the hooks return to let the call go on (possibly with a rewritten address).
 const ALLOW: i32 = 1;
@@ -28,7 +26,6 @@ const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 /// A service without ready endpoints refuses connections, as Kubernetes' REJECT rule does.
 const ECONNREFUSED: i32 = 111;
-const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 #[cgroup_sock_addr(connect4)]
 pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
@@ -107,7 +104,7 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     }
     // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(backend) = choose(&service, cookie, netns) else {
+    let Some((_, backend)) = lb::choose(&service, cookie, netns) else {
         // Tables are written before the frontend points at them; a miss is a torn update: leave
         // the socket alone rather than fail it.
         return ALLOW;
@@ -151,64 +148,6 @@ fn frontend(dst: &Destination) -> Option<ServiceValue> {
     key.addr = [0; 4];
     // SAFETY: as above.
     unsafe { SERVICES.get(key) }.copied()
-}
-
-/// The backend for a new connection (or datagram) of socket `cookie` in namespace `netns`: the
-/// client's previous one under session affinity, else the Maglev slot of the socket's hash.
-#[inline(always)]
-fn choose(service: &ServiceValue, cookie: u64, netns: u64) -> Option<Backend> {
-    let affinity = service.flags & SERVICE_AFFINITY != 0;
-    let key = AffinityKey {
-        service_id: service.id,
-        pad: 0,
-        client: netns,
-    };
-    // SAFETY: a plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if affinity && let Some(previous) = AFFINITY.get_ptr_mut(key) {
-        // SAFETY: the pointer comes from a successful lookup; a concurrent update of the same
-        // client at worst loses one timestamp.
-        let previous = unsafe { &mut *previous };
-        let timeout = u64::from(service.affinity_timeout_secs) * NANOS_PER_SEC;
-        if now.wrapping_sub(previous.last_used_ns) < timeout {
-            // SAFETY: copied out at once.
-            if let Some(backend) = unsafe { BACKENDS.get(previous.backend_id) } {
-                previous.last_used_ns = now;
-                return Some(*backend);
-            }
-        }
-    }
-    let table = MAGLEV.get_ptr(service.id)?;
-    // SAFETY: the pointer comes from a successful lookup; the table is only read.
-    let backend_id = *unsafe { &*table }.backend_ids.get(slot(cookie))?;
-    // SAFETY: copied out at once.
-    let backend = *unsafe { BACKENDS.get(backend_id) }?;
-    if affinity {
-        let chosen = AffinityValue {
-            backend_id,
-            pad: 0,
-            last_used_ns: now,
-        };
-        let _ = AFFINITY.insert(key, chosen, 0);
-    }
-    Some(backend)
-}
-
-/// The Maglev slot of a socket: its cookie (unique, but sequential) mixed (SplitMix64's
-/// finalizer), then scaled to the table by multiply-shift.
-#[inline(always)]
-fn slot(cookie: u64) -> usize {
-    let mut x = cookie;
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^= x >> 31;
-    let hash = x >> 32;
-    let slot = ((hash * MAGLEV_TABLE_SIZE as u64) >> 32) as usize;
-    // Opaque to LLVM, which would otherwise fold the shift into the caller's indexing
-    // (`>> 30 & !3`) and drop the bounds check: the verifier then sees an offset range that
-    // reaches past the table.
-    // SAFETY: reads a local.
-    unsafe { core::ptr::read_volatile(&slot) }
 }
 
 /// Gives back the frontend's address where the socket sees its backend's.

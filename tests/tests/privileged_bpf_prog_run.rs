@@ -159,7 +159,7 @@ fn forwarding_dataplane(lab: &Lab) -> Dataplane {
         .unwrap()
         .set(NodeConfig {
             underlay_ifindex: 7,
-            flags: 0,
+            node_ip: [0; 4],
         })
         .unwrap();
     dp

@@ -253,7 +253,7 @@ impl PodNetwork {
                         .node_config()?
                         .set(apiary_ebpf_common::NodeConfig {
                             underlay_ifindex: underlay.index,
-                            flags: 0,
+                            node_ip: config.node_ip.octets(),
                         })?;
                     dataplane.attach_underlay(&underlay.name)?;
                     // The node's own sockets load-balance too (kube-proxy serves the host).
