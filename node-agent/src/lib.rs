@@ -5,6 +5,7 @@
 //!   map in a typed struct.
 //! - [`netns`]: runs work inside another network namespace.
 //! - [`network`]: pod networking — IPAM, veth plumbing over rtnetlink, routes to other nodes.
+//! - [`services`]: the Service load-balancing state (frontends, Maglev tables, map writes).
 //! - [`server`]: the kubelet-style HTTPS server behind `kubectl logs` and `kubectl exec`.
 
 pub mod agent;
@@ -14,3 +15,4 @@ pub mod kubeconfig;
 pub mod netns;
 pub mod network;
 pub mod server;
+pub mod services;
