@@ -169,14 +169,20 @@ fn desired_slices(endpoints: &Value) -> BTreeMap<String, Value> {
                     _ => continue,
                 };
                 // The first subset's port order is the slice's.
-                groups
+                let group = groups
                     .entry((port_key.clone(), family))
                     .or_insert_with(|| Group {
                         ports: ports.clone(),
                         endpoints: Vec::new(),
-                    })
+                    });
+                // An address listed twice for the same ports is one endpoint (the first).
+                if group
                     .endpoints
-                    .push(endpoint(address, ready));
+                    .iter()
+                    .all(|e| e["addresses"][0] != address["ip"])
+                {
+                    group.endpoints.push(endpoint(address, ready));
+                }
             }
         }
     }
@@ -332,8 +338,8 @@ mod tests {
                 "ports": [{ "name": "sql", "port": 5432 }, { "name": "metrics", "port": 9187, "protocol": "TCP" }],
             },
             {
-                // The same ports in another order: the same slice.
-                "addresses": [{ "ip": "192.0.2.3" }, { "ip": "2001:db8::3" }, { "ip": "bogus" }],
+                // The same ports in another order: the same slice (192.0.2.1 only once).
+                "addresses": [{ "ip": "192.0.2.3" }, { "ip": "2001:db8::3" }, { "ip": "bogus" }, { "ip": "192.0.2.1" }],
                 "ports": [{ "name": "metrics", "port": 9187 }, { "name": "sql", "port": 5432 }],
             },
             {

@@ -5,7 +5,7 @@
 //! - ClusterIPs (`spec.clusterIPs`, IPv4) × ports → [`SCOPE_SOCKET`] frontends. Headless and
 //!   `ExternalName` services have none.
 //! - NodePorts (`NodePort` and `LoadBalancer` services): `0.0.0.0:nodePort` in both scopes.
-//! - Load-balancer ingress IPs (`LoadBalancer` services) and `spec.externalIPs` (any type with a
+//! - Load-balancer ingress IPs (`LoadBalancer` services, unless `ipMode: Proxy`) and `spec.externalIPs` (any type with a
 //!   ClusterIP, as in Kubernetes) × ports → frontends in both scopes.
 //!
 //! Backends: the ready endpoints of the service's slices (`ready` unset counts as ready); when
@@ -248,7 +248,13 @@ fn service_frontends(
         .filter_map(|ip| Some((FrontendKind::ExternalIp, ipv4(ip)?)))
         .collect();
     if spec.type_ == "LoadBalancer" {
-        let ingress = service.status.iter().flat_map(|s| &s.load_balancer.ingress);
+        // `ipMode: Proxy`: the load balancer proxies to the NodePorts itself, and packets
+        // arrive addressed to the node, so kube-proxy leaves the address alone.
+        let ingress = service
+            .status
+            .iter()
+            .flat_map(|s| &s.load_balancer.ingress)
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"));
         external_ips
             .extend(ingress.filter_map(|i| Some((FrontendKind::LoadBalancer, ipv4(&i.ip)?))));
     }
@@ -764,6 +770,24 @@ mod tests {
         assert_eq!(external.backends, [tcp([10, 244, 2, 2], 8080)]);
         let socket = find(&desired, key(lb, 80, PROTO_TCP, SCOPE_SOCKET));
         assert_eq!(socket.backends.len(), 2);
+    }
+
+    #[test]
+    fn proxy_mode_load_balancer_ips_are_left_to_the_load_balancer() {
+        let mut svc = node_port_web("LoadBalancer", "Cluster");
+        svc.status = apiary_api::meta::from_json(json!({ "loadBalancer": { "ingress": [
+            { "ip": "203.0.113.7", "ipMode": "Proxy" },
+            { "ip": "203.0.113.8", "ipMode": "VIP" },
+        ] } }))
+        .unwrap();
+        let desired = desired_of(svc);
+        let lb: BTreeSet<[u8; 4]> = desired
+            .frontends
+            .iter()
+            .filter(|f| f.kind == FrontendKind::LoadBalancer)
+            .map(|f| f.key.addr)
+            .collect();
+        assert_eq!(lb, [[203, 0, 113, 8]].into());
     }
 
     #[test]
