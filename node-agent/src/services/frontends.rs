@@ -38,12 +38,14 @@ pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10800;
 /// Every frontend this node serves, sorted by key, one per key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
+    /// Sorted by [`Frontend::key`], keys unique.
     pub frontends: Vec<Frontend>,
 }
 
 /// One frontend: a [`ServiceKey`] and what its `SERVICES` value and Maglev table must say.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frontend {
+    /// The `SERVICES` key: address, port (network byte order), protocol and scope.
     pub key: ServiceKey,
     /// `SERVICE_*` bits.
     pub flags: u32,
@@ -51,6 +53,7 @@ pub struct Frontend {
     pub affinity_timeout_secs: u32,
     /// Where it comes from, for display and logs.
     pub service: ServicePortName,
+    /// Which of the service's addresses it is, for display.
     pub kind: FrontendKind,
     /// Sorted, without duplicates; empty when the service has no usable endpoint here
     /// (connections are then refused).
@@ -60,7 +63,9 @@ pub struct Frontend {
 /// A port of a Service, as kube-proxy names it (`namespace/name:port`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServicePortName {
+    /// The Service's namespace.
     pub namespace: String,
+    /// The Service's name.
     pub name: String,
     /// The service port's name; empty for a single unnamed port.
     pub port: String,
@@ -79,9 +84,13 @@ impl std::fmt::Display for ServicePortName {
 /// Which address of a Service a frontend is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FrontendKind {
+    /// One of `spec.clusterIPs`.
     ClusterIp,
+    /// `0.0.0.0:nodePort`.
     NodePort,
+    /// One of `status.loadBalancer.ingress[].ip`.
     LoadBalancer,
+    /// One of `spec.externalIPs`.
     ExternalIp,
 }
 

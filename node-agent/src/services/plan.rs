@@ -35,7 +35,9 @@ pub struct Plan {
     pub insert_backends: Vec<(u32, Backend)>,
     /// 2. Frontends new or changed: each one's table (when it changed) before its value.
     pub upsert_frontends: Vec<FrontendWrite>,
-    /// 3. Frontends no longer wanted, removed from `SERVICES`.
+    /// 3. Frontends no longer wanted, removed from `SERVICES`. Their ids are free for the next
+    ///    new frontend: their `AFFINITY` entries should go too, or a client could be sent to a
+    ///    backend of the old service.
     pub delete_frontends: Vec<ServiceKey>,
     /// 4. Tables no frontend uses any more (of removed frontends, of frontends left without
     ///    backends, and strays), removed from `MAGLEV`.
@@ -47,7 +49,9 @@ pub struct Plan {
 /// A frontend to insert or update.
 #[derive(Debug)]
 pub struct FrontendWrite {
+    /// The `SERVICES` key.
     pub key: ServiceKey,
+    /// The `SERVICES` value; its `id` is the table's key.
     pub value: ServiceValue,
     /// The table to write under `value.id` before `value`; `None` when it is unchanged or the
     /// frontend has no backend (its old table, if any, is in [`Plan::delete_tables`]). Shared
@@ -60,11 +64,17 @@ pub struct FrontendWrite {
 /// One map write, in the order [`Plan::steps`] gives them.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step<'a> {
+    /// `BACKENDS[id] = backend`.
     InsertBackend(u32, Backend),
+    /// `MAGLEV[frontend id] = table`.
     WriteTable(u32, &'a MaglevTable),
+    /// `SERVICES[key] = value`.
     UpsertFrontend(ServiceKey, ServiceValue),
+    /// Remove `SERVICES[key]`.
     DeleteFrontend(ServiceKey),
+    /// Remove `MAGLEV[frontend id]`.
     DeleteTable(u32),
+    /// Remove `BACKENDS[id]`.
     DeleteBackend(u32),
 }
 
