@@ -282,7 +282,8 @@ fn endpoints_and_slices_follow_pods() {
             .then_some(())
     });
 
-    // The hand-written Endpoints of the selector-less Service are untouched.
+    // The hand-written Endpoints of the selector-less Service are untouched (only mirrored,
+    // see `selectorless_endpoints_are_mirrored_into_slices`).
     let manual = cp.kubectl_json(&["get", "endpoints", "manual", "-o", "json"]);
     assert_eq!(manual["subsets"][0]["addresses"][0]["ip"], "192.0.2.10");
     assert!(
@@ -290,7 +291,7 @@ fn endpoints_and_slices_follow_pods() {
             "get",
             "endpointslices",
             "-l",
-            "kubernetes.io/service-name=manual",
+            "kubernetes.io/service-name=manual,endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io",
             "-o",
             "json"
         ]))
@@ -307,6 +308,202 @@ fn endpoints_and_slices_follow_pods() {
         ])
         .success();
     }
+}
+
+const DB: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: db
+spec:
+  ports:
+  - {name: sql, port: 5432}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: db-by-hand
+  labels:
+    kubernetes.io/service-name: db
+    endpointslice.kubernetes.io/managed-by: by-hand.example.com
+addressType: IPv4
+endpoints:
+- addresses: [198.51.100.9]
+ports:
+- {name: sql, port: 5432}
+"#;
+
+/// Hand-written Endpoints of `db` with these ready and not-ready addresses.
+fn db_endpoints(ready: &[&str], not_ready: &[&str], labels: &str) -> String {
+    let list = |ips: &[&str]| {
+        ips.iter()
+            .map(|ip| format!("{{ip: {ip}, nodeName: node-1}}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        r#"
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: db
+  labels: {{{labels}}}
+subsets:
+- addresses: [{}]
+  notReadyAddresses: [{}]
+  ports: [{{name: sql, port: 5432, protocol: TCP}}]
+"#,
+        list(ready),
+        list(not_ready)
+    )
+}
+
+const MIRRORED: &str = "kubernetes.io/service-name=db,endpointslice.kubernetes.io/managed-by=endpointslicemirroring-controller.k8s.io";
+
+/// The mirrored slices of `db`: (address, ready) of every endpoint, sorted.
+fn mirrored(cp: &ControlPlane) -> Vec<(String, bool)> {
+    let slices = items(&cp.kubectl_json(&["get", "endpointslices", "-l", MIRRORED, "-o", "json"]));
+    let mut endpoints: Vec<(String, bool)> = slices
+        .iter()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            let ip = e["addresses"][0].as_str().unwrap().to_owned();
+            (ip, e["conditions"]["ready"].as_bool().unwrap())
+        })
+        .collect();
+    endpoints.sort();
+    endpoints
+}
+
+fn wait_mirrored(cp: &ControlPlane, what: &str, want: &[(&str, bool)]) {
+    let want: Vec<(String, bool)> = want.iter().map(|(ip, r)| ((*ip).to_owned(), *r)).collect();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        seen = mirrored(cp);
+        if seen == want {
+            return;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out waiting for {what}: mirrored {seen:?}, want {want:?}");
+}
+
+#[test]
+fn selectorless_endpoints_are_mirrored_into_slices() {
+    let cp = ControlPlane::start();
+    cp.kubectl_stdin(&["apply", "-f", "-"], DB).success();
+    let by_hand_version = |cp: &ControlPlane| {
+        let slice = cp.kubectl_json(&["get", "endpointslice", "db-by-hand", "-o", "json"]);
+        slice["metadata"]["resourceVersion"].clone()
+    };
+    let by_hand = by_hand_version(&cp);
+    let apply_endpoints = |ready: &[&str], not_ready: &[&str], labels: &str| {
+        cp.kubectl_stdin(
+            &["apply", "-f", "-"],
+            &db_endpoints(ready, not_ready, labels),
+        )
+        .success();
+    };
+
+    // Create: ready and not-ready addresses, the ports, the labels and the owner.
+    apply_endpoints(&["192.0.2.1"], &["192.0.2.2"], "team: data");
+    wait_mirrored(
+        &cp,
+        "the first mirror",
+        &[("192.0.2.1", true), ("192.0.2.2", false)],
+    );
+    let slice =
+        &items(&cp.kubectl_json(&["get", "endpointslices", "-l", MIRRORED, "-o", "json"]))[0];
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(
+        slice["ports"],
+        json!([{ "name": "sql", "port": 5432, "protocol": "TCP" }])
+    );
+    assert_eq!(slice["metadata"]["labels"]["team"], "data");
+    assert_eq!(slice["endpoints"][0]["nodeName"], "node-1");
+    let owner = &slice["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["kind"].as_str(), owner["name"].as_str()),
+        (Some("Endpoints"), Some("db"))
+    );
+
+    // Update: an address added, one gone, one turned ready.
+    apply_endpoints(&["192.0.2.1", "192.0.2.2", "192.0.2.3"], &[], "team: data");
+    wait_mirrored(
+        &cp,
+        "the updated mirror",
+        &[
+            ("192.0.2.1", true),
+            ("192.0.2.2", true),
+            ("192.0.2.3", true),
+        ],
+    );
+    apply_endpoints(&["192.0.2.3"], &[], "team: data");
+    wait_mirrored(&cp, "192.0.2.1 and .2 gone", &[("192.0.2.3", true)]);
+
+    // A mirrored slice deleted by hand comes back.
+    cp.kubectl(&["delete", "endpointslices", "-l", MIRRORED])
+        .success();
+    wait_mirrored(&cp, "the mirror put back", &[("192.0.2.3", true)]);
+
+    // skip-mirror: the mirror goes; without it, it comes back.
+    apply_endpoints(
+        &["192.0.2.3"],
+        &[],
+        r#"team: data, endpointslice.kubernetes.io/skip-mirror: "true""#,
+    );
+    wait_mirrored(&cp, "the skipped mirror gone", &[]);
+    apply_endpoints(&["192.0.2.3"], &[], "team: data");
+    wait_mirrored(&cp, "the mirror back", &[("192.0.2.3", true)]);
+
+    // The Service gains a selector: the Endpoints controller takes over (with the pod it now
+    // selects), and what it writes is not mirrored.
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: db-0, labels: {app: db}}\n\
+         spec: {nodeName: node-1, containers: [{name: db, image: localhost/busybox:1}]}\n",
+    )
+    .success();
+    patch_status(&cp, "db-0", &running("10.1.0.9", true));
+    cp.kubectl(&[
+        "patch",
+        "service",
+        "db",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"selector":{"app":"db"}}}"#,
+    ])
+    .success();
+    wait_for(60, "the endpoints controller to take over", || {
+        let ep = cp.kubectl_json(&["get", "endpoints", "db", "-o", "json"]);
+        (ep["subsets"][0]["addresses"][0]["ip"] == "10.1.0.9").then_some(())
+    });
+    wait_mirrored(&cp, "no mirror of a selecting service", &[]);
+    cp.kubectl(&["delete", "pod", "db-0", "--wait=false"])
+        .success();
+    cp.kubectl(&[
+        "patch",
+        "service",
+        "db",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/selector"}]"#,
+    ])
+    .success();
+    apply_endpoints(&["192.0.2.4"], &[], "team: data");
+    wait_mirrored(&cp, "the mirror without selector", &[("192.0.2.4", true)]);
+
+    // Delete: the Endpoints, then (re-created) the Service.
+    cp.kubectl(&["delete", "endpoints", "db"]).success();
+    wait_mirrored(&cp, "no mirror without endpoints", &[]);
+    apply_endpoints(&["192.0.2.5"], &[], "team: data");
+    wait_mirrored(&cp, "the mirror of new endpoints", &[("192.0.2.5", true)]);
+    cp.kubectl(&["delete", "service", "db"]).success();
+    wait_mirrored(&cp, "no mirror without service", &[]);
+
+    // The slice managed by someone else was never touched.
+    assert_eq!(by_hand_version(&cp), by_hand);
 }
 
 fn job_pods(cp: &ControlPlane, job: &str) -> Vec<Value> {

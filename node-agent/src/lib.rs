@@ -6,6 +6,7 @@
 //! - [`dns`]: the cluster DNS server (`<svc>.<ns>.svc.cluster.local`) and pods' resolv.conf.
 //! - [`netns`]: runs work inside another network namespace.
 //! - [`network`]: pod networking — IPAM, veth plumbing over rtnetlink, routes to other nodes.
+//! - [`services`]: the Service load-balancing state (frontends, Maglev tables, map writes).
 //! - [`server`]: the kubelet-style HTTPS server behind `kubectl logs` and `kubectl exec`.
 
 pub mod agent;
@@ -16,3 +17,4 @@ pub mod kubeconfig;
 pub mod netns;
 pub mod network;
 pub mod server;
+pub mod services;

@@ -1,7 +1,8 @@
 //! The Endpoints and EndpointSlice controllers: for every Service with a selector, the pods of
 //! its namespace that match it and have an IP become its endpoints, with each service port
 //! resolved against the pod (a named `targetPort` through the pod's container ports). Services
-//! without a selector are left alone, so hand-written Endpoints stay as written.
+//! without a selector are left alone, so hand-written Endpoints stay as written (and are mirrored
+//! into slices by [`super::endpoints_mirror`]).
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -77,7 +78,7 @@ impl std::fmt::Debug for Endpoints {
 }
 
 /// The Service's selector, when it has a non-empty one.
-fn selector_of_service(svc: &Value) -> Option<BTreeMap<String, String>> {
+pub(super) fn selector_of_service(svc: &Value) -> Option<BTreeMap<String, String>> {
     let selector: BTreeMap<String, String> = svc["spec"]["selector"]
         .as_object()?
         .iter()
@@ -248,7 +249,7 @@ fn desired_subsets(members: &[Member]) -> Value {
 }
 
 /// FNV-1a: a stable, short suffix for slice names.
-fn fnv(text: &str) -> u32 {
+pub(super) fn fnv(text: &str) -> u32 {
     text.bytes().fold(0x811c_9dc5, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })
@@ -303,7 +304,7 @@ fn desired_slices(svc: &Value, members: &[Member]) -> BTreeMap<String, Value> {
 }
 
 /// `value`, with `null` read as an empty array.
-fn array(value: &Value) -> &[Value] {
+pub(super) fn array(value: &Value) -> &[Value] {
     value.as_array().map(Vec::as_slice).unwrap_or_default()
 }
 

@@ -6,6 +6,8 @@
 //! - [`statefulset`]: ordered pods with stable identities.
 //! - [`daemonset`]: one pod per eligible node.
 //! - [`endpoints`]: Endpoints and EndpointSlices of Services with a selector.
+//! - [`endpoints_mirror`]: EndpointSlices mirroring the hand-written Endpoints of Services
+//!   without one.
 //! - [`job`]: runs Jobs' pods to completion.
 //! - [`cronjob`]: creates Jobs on a cron schedule.
 
@@ -13,6 +15,7 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod endpoints_mirror;
 pub mod job;
 pub mod replicaset;
 pub mod runtime;
@@ -37,6 +40,7 @@ pub async fn run(api: Arc<Api>, shutdown: impl Future<Output = ()> + Send + 'sta
         replicaset::run(Arc::clone(&api), rx.clone()),
         deployment::run(Arc::clone(&api), rx.clone()),
         endpoints::run(Arc::clone(&api), rx.clone()),
+        endpoints_mirror::run(Arc::clone(&api), rx.clone()),
         job::run(Arc::clone(&api), rx.clone()),
         cronjob::run(Arc::clone(&api), rx.clone()),
         statefulset::run(Arc::clone(&api), rx.clone()),
