@@ -88,6 +88,18 @@ impl ApiClient {
         Ok(response.json().await.unwrap_or(Value::Null))
     }
 
+    /// PUTs `body` to `path` (a replacement carrying the resourceVersion it replaces).
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let response = self
+            .request(reqwest::Method::PUT, path)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("PUT {path}"))?;
+        let response = check(response, "PUT", path).await?;
+        Ok(response.json().await.unwrap_or(Value::Null))
+    }
+
     /// DELETEs `path` with `options` (a DeleteOptions body); a 404 counts as done.
     pub async fn delete(&self, path: &str, options: &Value) -> anyhow::Result<()> {
         let response = self

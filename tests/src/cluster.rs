@@ -186,8 +186,16 @@ impl ClusterLab {
         ];
         let manifests = base.join("manifests");
         std::fs::create_dir_all(&manifests)?;
+        // The node's resolver: the lab's own address, never the machine's (lab traffic stays
+        // in the lab).
+        let resolv_conf = base.join("resolv.conf");
+        std::fs::write(
+            &resolv_conf,
+            format!("nameserver {CONTROL_PLANE_IP}\nsearch lab.test\n"),
+        )?;
         let mut args = args;
         args.extend(["--manifests".into(), manifests.display().to_string()]);
+        args.extend(["--resolv-conf".into(), resolv_conf.display().to_string()]);
         let log = base.join("agent.log");
         let agent = spawn_in(&node.netns, &binary("apiary-node-agent"), &args, &log)?;
         self.nodes.push(ClusterNode {

@@ -186,6 +186,12 @@ impl Lab {
             .join(name)
     }
 
+    /// Adds a machine on the underlay that is not a node (a client outside the cluster): `eth0`
+    /// with the next underlay address, nothing else.
+    pub fn add_client(&mut self) -> anyhow::Result<Node> {
+        self.add_underlay_node()
+    }
+
     fn add_underlay_node(&mut self) -> anyhow::Result<Node> {
         let ul = self.underlay()?;
         if self.nodes == 250 {

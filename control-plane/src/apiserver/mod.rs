@@ -73,7 +73,34 @@ impl Api {
 /// The namespaces every cluster has.
 const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// Creates the system namespaces that do not exist yet.
+/// The cluster DNS Service's address (kubeadm's choice: the tenth of the service CIDR); node
+/// agents give it to pods as their nameserver (`--cluster-dns`).
+pub const CLUSTER_DNS_IP: &str = "10.96.0.10";
+
+/// `kube-system/kube-dns`: cluster DNS, answered by every node's agent for the pods of its node
+/// (`internalTrafficPolicy: Local`; each agent publishes its own EndpointSlice, so the Service
+/// has no selector).
+fn kube_dns_service() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "kube-dns",
+            "namespace": "kube-system",
+            "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"},
+        },
+        "spec": {
+            "clusterIP": CLUSTER_DNS_IP,
+            "internalTrafficPolicy": "Local",
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+            ],
+        },
+    })
+}
+
+/// Creates the system namespaces and the cluster DNS Service where they do not exist yet.
 pub async fn bootstrap(api: &Api) -> Result<(), ApiError> {
     let namespaces = api
         .resources
@@ -92,6 +119,21 @@ pub async fn bootstrap(api: &Api) -> Result<(), ApiError> {
             Err(e) if e.reason == "AlreadyExists" => {}
             Err(e) => return Err(e),
         }
+    }
+    let services = api
+        .resources
+        .get("", "v1", "services")
+        .expect("services are served");
+    let target = path::Target {
+        resource: services,
+        namespace: Some("kube-system".to_owned()),
+        name: None,
+        subresource: None,
+    };
+    match objects::create(api, &target, kube_dns_service()).await {
+        Ok(_) => tracing::info!(service = "kube-system/kube-dns", "created"),
+        Err(e) if e.reason == "AlreadyExists" => {}
+        Err(e) => return Err(e),
     }
     Ok(())
 }

@@ -31,6 +31,19 @@ pub struct Context {
     pub sandboxes_dir: PathBuf,
     /// Which pods run here, for logs and exec.
     pub registry: Registry,
+    /// What pods' `/etc/resolv.conf` is made of.
+    pub dns: DnsSettings,
+}
+
+/// The kubelet's DNS settings: the cluster DNS address and domain, and the node's own resolver
+/// configuration.
+#[derive(Clone, Debug)]
+pub struct DnsSettings {
+    /// `None`: no cluster DNS; pods resolve as the node does.
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
+    pub domain: String,
+    /// The node's `/etc/resolv.conf` (or what `--resolv-conf` names), read at start.
+    pub node_resolv_conf: String,
 }
 
 impl Context {

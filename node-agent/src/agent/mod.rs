@@ -2,12 +2,14 @@
 //! pods bound to it ([`pods`]) and keeps the pod network's routes to other nodes current.
 
 pub mod context;
+pub mod dns_endpoint;
 pub mod env;
 pub mod node;
 pub mod pods;
 pub mod probes;
 pub mod reset;
 pub mod run;
+pub mod services;
 pub mod static_pods;
 pub mod streams;
 pub mod volumes;

@@ -10,7 +10,7 @@ use apiary_agent_api::{
 use futures::StreamExt as _;
 
 use super::{
-    context::{Context, Registry},
+    context::{Context, DnsSettings, Registry},
     node::NodeFacts,
     pods::PodManager,
 };
@@ -73,6 +73,17 @@ pub struct AgentConfig {
     /// How often the node's Lease is renewed, in seconds.
     #[arg(long, default_value_t = 10)]
     pub heartbeat_seconds: u64,
+    /// The cluster DNS Service's address, given to pods as their nameserver (the kubelet's
+    /// `clusterDNS`); the agent answers it on the node's address, port 53.
+    #[arg(long, default_value = "10.96.0.10")]
+    pub cluster_dns: Ipv4Addr,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = crate::dns::DEFAULT_DOMAIN)]
+    pub cluster_domain: String,
+    /// The node's resolver configuration: upstream servers for names outside the cluster, and
+    /// what pods with `dnsPolicy: Default` get.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
 }
 
 /// Runs the agent until the process is stopped. Pods keep running when it stops: their
@@ -125,6 +136,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     })
     .await
     .context("setting up the pod network")?;
+    let node_resolv_conf = std::fs::read_to_string(&config.resolv_conf)
+        .with_context(|| format!("reading {}", config.resolv_conf.display()))?;
+    let dns_settings = DnsSettings {
+        cluster_dns: Some(config.cluster_dns),
+        domain: config.cluster_domain.clone(),
+        node_resolv_conf,
+    };
     let ctx = Arc::new(Context {
         node: node.clone(),
         runtime,
@@ -139,7 +157,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         pods_dir: config.data_dir.join("pods"),
         sandboxes_dir: config.run_dir.join("pods"),
         registry: Registry::default(),
+        dns: dns_settings,
     });
+    let records: crate::dns::SharedRecords = Arc::new(std::sync::RwLock::new(
+        crate::dns::ClusterRecords::new(&config.cluster_domain),
+    ));
+    let service_names = super::services::ServiceNames::default();
+    tokio::spawn(super::services::follow(
+        Arc::clone(&ctx),
+        config.pin_dir.clone(),
+        Arc::clone(&records),
+        Arc::clone(&service_names),
+    ));
+    serve_dns(&ctx, records).await?;
     tokio::spawn(heartbeats(
         client.clone(),
         node.clone(),
@@ -317,4 +347,21 @@ fn socket_lb_cgroup(config: &AgentConfig) -> anyhow::Result<PathBuf> {
             "no cgroup v2 hierarchy is mounted: Services need one \
              (mount -t cgroup2 none /sys/fs/cgroup/unified, or pass --socket-lb-cgroup)",
         )
+}
+
+/// Answers cluster DNS on the node's address (the `kube-dns` Service's endpoint for this node's
+/// pods: it has `internalTrafficPolicy: Local`), and publishes that endpoint.
+async fn serve_dns(ctx: &Arc<Context>, records: crate::dns::SharedRecords) -> anyhow::Result<()> {
+    let listen = std::net::SocketAddr::from((ctx.node.ip, crate::dns::PORT));
+    let upstreams = crate::dns::upstreams_from_resolv_conf(&ctx.dns.node_resolv_conf);
+    let server = crate::dns::DnsServer::bind(records, &[listen], upstreams)
+        .await
+        .with_context(|| format!("serving cluster DNS on {listen}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = server.run().await {
+            tracing::error!(error = %format!("{e:#}"), "the DNS server stopped");
+        }
+    });
+    tokio::spawn(super::dns_endpoint::publish(Arc::clone(ctx)));
+    Ok(())
 }

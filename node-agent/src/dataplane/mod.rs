@@ -32,7 +32,7 @@ pub use endpoints::EndpointMap;
 pub use node_config::NodeConfigMap;
 pub use pod_traffic::PodTrafficMap;
 pub use remote_nodes::RemoteNodeMap;
-pub use services::{LocalNetnsMap, NodeAddrsMap, ServiceMaps};
+pub use services::{CtMap, LocalNetnsMap, NodeAddrsMap, ServiceMaps};
 
 /// The program on the node's underlay device (TC ingress): delivers packets from other nodes
 /// straight into local pods.

@@ -8,8 +8,8 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use apiary_ebpf_common::{
-    AFFINITY, AffinityKey, AffinityValue, BACKENDS, Backend, LOCAL_NETNS, MAGLEV, MaglevTable,
-    NODE_ADDRS, SERVICES, ServiceKey, ServiceValue,
+    AFFINITY, AffinityKey, AffinityValue, BACKENDS, Backend, CT, CtKey, CtValue, LOCAL_NETNS,
+    MAGLEV, MaglevTable, NODE_ADDRS, SERVICES, ServiceKey, ServiceValue,
 };
 use aya::maps::{HashMap, Map, MapData};
 
@@ -113,6 +113,36 @@ impl ServiceMaps {
     /// Removes backend `id`: only once no table names it any more.
     pub fn remove_backend(&mut self, id: u32) -> Result<bool> {
         remove(&mut self.backends, BACKENDS, &id)
+    }
+
+    /// Writes frontend `id`'s table (before its frontend points at it).
+    pub fn write_table(&mut self, id: u32, table: &MaglevTable) -> Result<()> {
+        self.maglev
+            .insert(id, table, 0)
+            .map_err(|source| Error::Map {
+                name: MAGLEV,
+                source,
+            })
+    }
+
+    /// Removes frontend `id`'s table; returns whether there was one.
+    pub fn remove_table(&mut self, id: u32) -> Result<bool> {
+        remove(&mut self.maglev, MAGLEV, &id)
+    }
+
+    /// Writes frontend `key` (its table, if it has backends, must be written first).
+    pub fn write_frontend(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(|source| Error::Map {
+                name: SERVICES,
+                source,
+            })
+    }
+
+    /// Removes frontend `key` only (not its table); returns whether there was one.
+    pub fn remove_frontend_only(&mut self, key: &ServiceKey) -> Result<bool> {
+        remove(&mut self.services, SERVICES, key)
     }
 
     /// Points frontend `key` at its backends: the table first (a hash map swaps a whole value
@@ -289,5 +319,41 @@ impl NodeAddrsMap {
             .into_keys()
             .map(Ipv4Addr::from)
             .collect())
+    }
+}
+
+/// The connection-tracking map of NodePort flows (`CT`).
+pub struct CtMap {
+    map: HashMap<MapData, CtKey, CtValue>,
+}
+
+impl std::fmt::Debug for CtMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CtMap").finish_non_exhaustive()
+    }
+}
+
+impl CtMap {
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        Ok(Self {
+            map: open(pin_dir, CT, true)?,
+        })
+    }
+
+    /// Removes every entry for which `stale(key, value)` holds; returns how many went.
+    pub fn flush(&mut self, stale: impl Fn(&CtKey, &CtValue) -> bool) -> Result<usize> {
+        let gone: Vec<CtKey> = entries_unordered(&self.map, CT)?
+            .into_iter()
+            .filter(|(key, value)| stale(key, value))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &gone {
+            remove(&mut self.map, CT, key)?;
+        }
+        Ok(gone.len())
+    }
+
+    pub fn all(&self) -> Result<Vec<(CtKey, CtValue)>> {
+        entries_unordered(&self.map, CT)
     }
 }

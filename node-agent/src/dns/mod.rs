@@ -12,6 +12,9 @@ pub mod records;
 pub mod resolv_conf;
 pub mod server;
 
+/// The port cluster DNS is served on.
+pub const PORT: u16 = 53;
+
 pub use records::{Answer, ClusterRecords, DEFAULT_DOMAIN, TTL};
 pub use resolv_conf::{pod_resolv_conf, upstreams_from_resolv_conf};
 pub use server::{DnsServer, Error, Result, SharedRecords, serve};

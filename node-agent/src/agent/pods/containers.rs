@@ -96,7 +96,12 @@ fn is_namespace(path: &Path) -> bool {
 }
 
 /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` of the pod, in `<pod dir>/etc`.
-pub fn write_etc_files(pod_dir: &Path, pod: &Pod, ip: Ipv4Addr) -> io::Result<()> {
+pub fn write_etc_files(
+    pod_dir: &Path,
+    pod: &Pod,
+    ip: Ipv4Addr,
+    dns: &crate::agent::context::DnsSettings,
+) -> io::Result<()> {
     let dir = pod_dir.join("etc");
     fs::create_dir_all(&dir)?;
     let name = hostname(pod);
@@ -107,8 +112,8 @@ pub fn write_etc_files(pod_dir: &Path, pod: &Pod, ip: Ipv4Addr) -> io::Result<()
         hosts.push_str(&format!("{ip}\t{name}\n"));
     } else {
         hosts.push_str(&format!(
-            "{ip}\t{name}.{}.{}.svc.cluster.local\t{name}\n",
-            pod.spec.subdomain, pod.metadata.namespace
+            "{ip}\t{name}.{}.{}.svc.{}\t{name}\n",
+            pod.spec.subdomain, pod.metadata.namespace, dns.domain
         ));
     }
     if !pod.spec.host_aliases.is_empty() {
@@ -119,8 +124,8 @@ pub fn write_etc_files(pod_dir: &Path, pod: &Pod, ip: Ipv4Addr) -> io::Result<()
     }
     fs::write(dir.join("hosts"), hosts)?;
     fs::write(dir.join("hostname"), format!("{name}\n"))?;
-    // Cluster DNS is not served yet: pods resolve as the node does.
-    let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolv =
+        crate::dns::pod_resolv_conf(pod, &dns.node_resolv_conf, dns.cluster_dns, &dns.domain);
     fs::write(dir.join("resolv.conf"), resolv)?;
     Ok(())
 }

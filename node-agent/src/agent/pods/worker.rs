@@ -429,6 +429,7 @@ impl Worker {
             &self.ctx.pod_dir(&self.uid),
             &self.pod,
             self.ip.expect("set above"),
+            &self.ctx.dns,
         )
         .map_err(|e| failed(format!("writing /etc files: {e}")))?;
         self.namespaces = Some(created);

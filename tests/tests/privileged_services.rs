@@ -1,0 +1,411 @@
+//! Services end to end on a two-node lab cluster: ClusterIPs from pods on both nodes and from a
+//! node, NodePorts from a client outside the nodes (Cluster and Local policies), session
+//! affinity, cluster DNS, a Deployment scaled down under an open connection, and requests through
+//! a ClusterIP while a node agent is killed and restarted.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use apiary_tests::{
+    cluster::{ClusterLab, wait},
+    lab, require_privileges,
+};
+use serde_json::Value;
+
+const IMAGE: &str = "localhost/busybox:latest";
+
+/// A Deployment of busybox httpd answering `GET /` with the pod's name, on port 8080 (`http`).
+fn web(name: &str, replicas: u32) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: web
+        image: {IMAGE}
+        imagePullPolicy: IfNotPresent
+        command: [sh, -c, "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe: {{tcpSocket: {{port: http}}, periodSeconds: 1}}
+"#
+    )
+}
+
+fn client_pod(name: &str, node: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {IMAGE}
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+"#
+    )
+}
+
+fn service(name: &str, app: &str, extra_spec: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  selector: {{app: {app}}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+{extra_spec}
+"#
+    )
+}
+
+fn exec(cluster: &ClusterLab, pod: &str, script: &str) -> String {
+    cluster
+        .kubectl_ok(&["exec", pod, "--", "sh", "-c", script])
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()))
+}
+
+/// Who answered each of `n` fresh connections from `pod` to `url`.
+fn answers_from_pod(cluster: &ClusterLab, pod: &str, url: &str, n: u32) -> BTreeMap<String, u32> {
+    let out = exec(
+        cluster,
+        pod,
+        &format!("for i in $(seq {n}); do timeout 5 wget -qO- {url} || echo FAILED; done"),
+    );
+    let mut counts = BTreeMap::new();
+    for line in out.lines() {
+        *counts.entry(line.trim().to_owned()).or_default() += 1;
+    }
+    counts
+}
+
+/// One HTTP GET over a fresh connection from namespace `netns`; the body (a pod name).
+fn http_get(netns: &str, addr: SocketAddr) -> std::io::Result<String> {
+    let mut conn = lab::run_in(netns, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    })
+    .expect("entering the namespace")?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim().to_owned())
+        .unwrap_or_default();
+    if body.is_empty() {
+        return Err(std::io::Error::other(format!("no body in {response:?}")));
+    }
+    Ok(body)
+}
+
+fn cluster_ip(cluster: &ClusterLab, name: &str) -> Ipv4Addr {
+    let svc = cluster
+        .kubectl_json(&["get", "svc", name, "-o", "json"])
+        .unwrap();
+    svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap()
+}
+
+/// The pods of Deployment `app` by node name.
+fn pods_by_node(cluster: &ClusterLab, app: &str) -> BTreeMap<String, Vec<String>> {
+    let pods = cluster
+        .kubectl_json(&["get", "pods", "-l", &format!("app={app}"), "-o", "json"])
+        .unwrap();
+    let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for pod in pods["items"].as_array().unwrap() {
+        by_node
+            .entry(pod["spec"]["nodeName"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(pod["metadata"]["name"].as_str().unwrap().to_owned());
+    }
+    by_node
+}
+
+fn wait_available(cluster: &ClusterLab, deployment: &str, replicas: u64) {
+    wait(
+        &format!("{deployment} available"),
+        Duration::from_secs(120),
+        || {
+            let d: Value = cluster
+                .kubectl_json(&["get", "deployment", deployment, "-o", "json"])
+                .ok()?;
+            (d["status"]["availableReplicas"].as_u64() == Some(replicas)).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+}
+
+#[test]
+fn cluster_ips_node_ports_affinity_and_dns() {
+    require_privileges!();
+    let mut cluster = ClusterLab::start(2).unwrap();
+    let nodes: Vec<(String, Ipv4Addr)> = cluster
+        .nodes()
+        .iter()
+        .map(|n| (n.name.clone(), n.node.underlay_ip))
+        .collect();
+    cluster.apply(&web("web", 4)).unwrap();
+    cluster.apply(&service("web", "web", "")).unwrap();
+    cluster
+        .apply(&service(
+            "web-np",
+            "web",
+            "  type: NodePort\n  ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}]",
+        ))
+        .unwrap();
+    cluster
+        .apply(&service("web-sticky", "web", "  sessionAffinity: ClientIP"))
+        .unwrap();
+    cluster.apply(&client_pod("c1", &nodes[0].0)).unwrap();
+    cluster.apply(&client_pod("c2", &nodes[1].0)).unwrap();
+    wait_available(&cluster, "web", 4);
+    for pod in ["c1", "c2"] {
+        cluster
+            .wait_ready("default", pod, Duration::from_secs(60))
+            .unwrap();
+    }
+    let backends = pods_by_node(&cluster, "web");
+    let all: Vec<&String> = backends.values().flatten().collect();
+    assert_eq!(all.len(), 4);
+
+    // ClusterIP by DNS name (the pod's search path), from pods on both nodes: 150 connections
+    // each, every backend within ±50 % of its fair share.
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    for pod in ["c1", "c2"] {
+        for (answer, n) in answers_from_pod(&cluster, pod, "http://web/", 150) {
+            *counts.entry(answer).or_default() += n;
+        }
+    }
+    assert!(!counts.contains_key("FAILED"), "{counts:?}");
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        {
+            let mut names = all.clone();
+            names.sort();
+            names
+        },
+        "every backend answered, nothing else did"
+    );
+    for (backend, n) in &counts {
+        assert!(
+            (38..=112).contains(n),
+            "{backend}: {n} of 300 (fair share 75 ± 50 %): {counts:?}"
+        );
+    }
+
+    // Cluster DNS: the service's FQDN resolves to its ClusterIP.
+    let ip = cluster_ip(&cluster, "web");
+    let lookup = exec(&cluster, "c1", "nslookup web.default.svc.cluster.local");
+    assert!(lookup.contains(&ip.to_string()), "{lookup}");
+
+    // The node's own sockets: ClusterIP from node 2.
+    let answer = http_get(&cluster.nodes()[1].node.netns, SocketAddr::from((ip, 80))).unwrap();
+    assert!(all.contains(&&answer), "{answer}");
+
+    // Session affinity: one client, one backend.
+    let sticky = answers_from_pod(&cluster, "c2", "http://web-sticky/", 20);
+    assert_eq!(sticky.len(), 1, "{sticky:?}");
+
+    // NodePort from a machine outside the nodes, on both node addresses (policy Cluster: both
+    // nodes reach every backend, remote ones through SNAT).
+    let client = cluster.lab.add_client().unwrap();
+    for (name, node_ip) in &nodes {
+        let mut seen = BTreeMap::<String, u32>::new();
+        for _ in 0..40 {
+            let answer = http_get(&client.netns, SocketAddr::from((*node_ip, 30080)))
+                .unwrap_or_else(|e| panic!("NodePort on {name}: {e}\n{}", cluster.logs()));
+            *seen.entry(answer).or_default() += 1;
+        }
+        assert!(
+            seen.keys().all(|b| all.contains(&b)),
+            "{name}: {seen:?} vs {all:?}"
+        );
+        assert!(
+            seen.len() >= 3,
+            "{name}: 40 connections reached only {seen:?}"
+        );
+    }
+
+    // externalTrafficPolicy: Local: a node answers with its own backends only, and a node
+    // without any does not answer.
+    cluster
+        .apply(&service(
+            "web-local",
+            "web",
+            "  type: NodePort\n  externalTrafficPolicy: Local\n  ports: [{name: http, port: 80, targetPort: http, nodePort: 30081}]",
+        ))
+        .unwrap();
+    cluster
+        .kubectl_ok(&["scale", "deployment", "web", "--replicas", "1"])
+        .unwrap();
+    wait_available(&cluster, "web", 1);
+    let remaining = wait("one backend left", Duration::from_secs(60), || {
+        let by_node = pods_by_node(&cluster, "web");
+        (by_node.values().flatten().count() == 1).then_some(by_node)
+    })
+    .unwrap();
+    let (with, pod) = remaining.iter().next().unwrap();
+    for (name, node_ip) in &nodes {
+        let addr = SocketAddr::from((*node_ip, 30081));
+        if name == with {
+            let answer = wait("the Local NodePort", Duration::from_secs(20), || {
+                http_get(&client.netns, addr).ok()
+            })
+            .unwrap();
+            assert_eq!(&answer, &pod[0]);
+        } else {
+            // Give the maps a moment to lose the scaled-down backends, then expect silence.
+            std::thread::sleep(Duration::from_secs(2));
+            assert!(
+                http_get(&client.netns, addr).is_err(),
+                "{name} has no backend of web-local but answered"
+            );
+        }
+    }
+}
+
+/// `nc` echo servers that ignore SIGTERM, so a scaled-down pod keeps serving its connections for
+/// its grace period.
+const ECHO: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      terminationGracePeriodSeconds: 30
+      containers:
+      - name: echo
+        image: localhost/busybox:latest
+        imagePullPolicy: IfNotPresent
+        command: [sh, -c, "trap '' TERM; while true; do nc -l -p 9000 -e cat; done"]
+        ports: [{name: echo, containerPort: 9000}]
+        readinessProbe: {exec: {command: ["true"]}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports: [{port: 9000, targetPort: echo}]
+"#;
+
+#[test]
+fn connections_survive_scale_down_and_agent_restarts() {
+    require_privileges!();
+    let mut cluster = ClusterLab::start(2).unwrap();
+    cluster.apply(&web("web", 2)).unwrap();
+    cluster.apply(&service("web", "web", "")).unwrap();
+    cluster.apply(ECHO).unwrap();
+    wait_available(&cluster, "web", 2);
+    wait_available(&cluster, "echo", 1);
+    let node0 = cluster.nodes()[0].node.netns.clone();
+    let web_ip = cluster_ip(&cluster, "web");
+    let echo_ip = cluster_ip(&cluster, "echo");
+    let web = SocketAddr::from((web_ip, 80));
+    wait("the ClusterIP served", Duration::from_secs(20), || {
+        http_get(&node0, web).ok()
+    })
+    .unwrap();
+
+    // A connection to the echo service stays up while its Deployment is scaled to zero: the
+    // backend leaves the maps (new connections are refused) but finishes what it has.
+    let echo = SocketAddr::from((echo_ip, 9000));
+    let mut open = wait("an echo connection", Duration::from_secs(20), || {
+        lab::run_in(&node0, || {
+            TcpStream::connect_timeout(&echo, Duration::from_secs(2))
+        })
+        .ok()?
+        .ok()
+    })
+    .unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut round_trip = |text: &[u8]| {
+        open.write_all(text).unwrap();
+        let mut buf = vec![0u8; text.len()];
+        open.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, text);
+    };
+    round_trip(b"before\n");
+    cluster
+        .kubectl_ok(&["scale", "deployment", "echo", "--replicas", "0"])
+        .unwrap();
+    wait(
+        "new echo connections refused",
+        Duration::from_secs(20),
+        || {
+            let refused = lab::run_in(&node0, || {
+                TcpStream::connect_timeout(&echo, Duration::from_secs(2))
+            })
+            .ok()?
+            .err()?;
+            (refused.kind() == std::io::ErrorKind::ConnectionRefused).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    round_trip(b"after scale-down\n");
+
+    // Requests through the ClusterIP from node 0 while its agent is killed and restarted: none
+    // may fail (the programs and maps are pinned; the new agent reconciles without flushing).
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let looper = std::thread::spawn({
+        let (stop, done, failures, node0) = (
+            Arc::clone(&stop),
+            Arc::clone(&done),
+            Arc::clone(&failures),
+            node0.clone(),
+        );
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = http_get(&node0, web) {
+                    failures.lock().unwrap().push(e.to_string());
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.kill_agent(0);
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.restart_agent(0).unwrap();
+    // Until the restarted agent has reconciled (it logs when it writes nothing, too: wait for
+    // its node to be Ready again), then a little longer.
+    std::thread::sleep(Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    looper.join().unwrap();
+    let failures = failures.lock().unwrap();
+    let done = done.load(Ordering::Relaxed);
+    assert!(done > 100, "only {done} requests made");
+    assert!(
+        failures.is_empty(),
+        "{} of {done} requests failed: {failures:?}\n{}",
+        failures.len(),
+        cluster.logs()
+    );
+}
