@@ -187,7 +187,21 @@ async fn the_data_plane_stream_carries_services() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(next(&mut objects).await.r#type, Type::Synced as i32);
+    // The list first: the Services every cluster has (cluster DNS), then the end of the list.
+    let mut listed = Vec::new();
+    loop {
+        let event = next(&mut objects).await;
+        if event.r#type == Type::Synced as i32 {
+            break;
+        }
+        let svc: Value = serde_json::from_slice(&event.object_json).unwrap();
+        listed.push(format!(
+            "{}/{}",
+            svc["metadata"]["namespace"].as_str().unwrap(),
+            svc["metadata"]["name"].as_str().unwrap()
+        ));
+    }
+    assert_eq!(listed, ["kube-system/kube-dns"]);
     cp.kubectl_stdin(
         &["apply", "-f", "-"],
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports:\n  - port: 80\n",

@@ -218,9 +218,125 @@ fn cluster_ips_node_ports_affinity_and_dns() {
     let lookup = exec(&cluster, "c1", "nslookup web.default.svc.cluster.local");
     assert!(lookup.contains(&ip.to_string()), "{lookup}");
 
+    // Headless: the name resolves to the ready pods themselves.
+    cluster
+        .apply(&service("web-headless", "web", "  clusterIP: None"))
+        .unwrap();
+    let pod_ips: Vec<String> = cluster
+        .kubectl_json(&["get", "pods", "-l", "app=web", "-o", "json"])
+        .unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["status"]["podIP"].as_str().unwrap().to_owned())
+        .collect();
+    let headless = wait("headless records", Duration::from_secs(20), || {
+        let out = cluster
+            .kubectl_ok(&["exec", "c1", "--", "nslookup", "web-headless"])
+            .ok()?;
+        pod_ips.iter().all(|ip| out.contains(ip)).then_some(out)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}
+{}", cluster.logs()));
+    assert!(!headless.contains(&ip.to_string()), "{headless}");
+
+    // ExternalName: a CNAME to another name, which the pod's resolver follows.
+    cluster
+        .apply(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: alias}\nspec: {type: ExternalName, externalName: web.default.svc.cluster.local}\n",
+        )
+        .unwrap();
+    let alias = wait("the ExternalName alias", Duration::from_secs(20), || {
+        let out = cluster
+            .kubectl_ok(&["exec", "c1", "--", "nslookup", "alias.default.svc.cluster.local"])
+            .ok()?;
+        out.contains(&ip.to_string()).then_some(out)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}
+{}", cluster.logs()));
+    assert!(alias.contains("web.default.svc.cluster.local"), "{alias}");
+
+    // Several ports, by name and by number, and a Service without a selector backed by
+    // hand-written Endpoints (mirrored into an EndpointSlice).
+    cluster
+        .apply(&service(
+            "web-ports",
+            "web",
+            "  ports: [{name: http, port: 80, targetPort: http}, {name: alt, port: 8000, targetPort: 8080}]",
+        ))
+        .unwrap();
+    let first_ip = &pod_ips[0];
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: manual}}
+spec:
+  ports: [{{port: 81, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: manual}}
+subsets:
+- addresses: [{{ip: "{first_ip}"}}]
+  ports: [{{port: 8080}}]
+"#
+        ))
+        .unwrap();
+    let first_pod = cluster
+        .kubectl_json(&["get", "pods", "-l", "app=web", "-o", "json"])
+        .unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["status"]["podIP"] == first_ip.as_str())
+        .unwrap()["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for url in [
+        "http://web-ports/",
+        "http://web-ports:8000/",
+        "http://manual:81/",
+    ] {
+        let answer = wait(url, Duration::from_secs(20), || {
+            let out = cluster
+                .kubectl_ok(&["exec", "c2", "--", "timeout", "5", "wget", "-qO-", url])
+                .ok()?;
+            Some(out.trim().to_owned())
+        })
+        .unwrap_or_else(|e| panic!("{url}: {e:#}
+{}", cluster.logs()));
+        assert!(all.contains(&&answer), "{url}: {answer}");
+        if url.contains("manual") {
+            assert_eq!(answer, first_pod, "the hand-written endpoint");
+        }
+    }
+
     // The node's own sockets: ClusterIP from node 2.
     let answer = http_get(&cluster.nodes()[1].node.netns, SocketAddr::from((ip, 80))).unwrap();
     assert!(all.contains(&&answer), "{answer}");
+
+    // internalTrafficPolicy: Local: pods reach only the backends of their own node (and are
+    // refused when it has none).
+    cluster
+        .apply(&service("web-itp", "web", "  internalTrafficPolicy: Local"))
+        .unwrap();
+    for (pod, (node, _)) in ["c1", "c2"].iter().zip(&nodes) {
+        let local = backends.get(node).cloned().unwrap_or_default();
+        let answers = wait("internalTrafficPolicy: Local", Duration::from_secs(20), || {
+            let answers = answers_from_pod(&cluster, pod, "http://web-itp/", 20);
+            let settled = if local.is_empty() {
+                answers.keys().all(|a| a == "FAILED")
+            } else {
+                answers.keys().all(|a| local.contains(a))
+            };
+            settled.then_some(answers)
+        })
+        .unwrap_or_else(|e| panic!("{pod} on {node}: {e:#}; local backends {local:?}"));
+        assert_eq!(answers.values().sum::<u32>(), 20, "{answers:?}");
+    }
 
     // Session affinity: one client, one backend.
     let sticky = answers_from_pod(&cluster, "c2", "http://web-sticky/", 20);

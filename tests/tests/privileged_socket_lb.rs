@@ -273,6 +273,30 @@ async fn client_ip_affinity_keeps_a_client_on_one_backend() {
     for _ in 0..30 {
         assert_eq!(ask_tcp(&setup.client.netns, vip).unwrap().0, first);
     }
+    // The affinity lapses after its timeout of idleness: fresh choices then spread again.
+    setup.program(key(VIP, 82, PROTO_TCP), 3, SERVICE_AFFINITY, &backends);
+    let mut maps = setup.dataplane().services().unwrap();
+    let mut value = maps.frontends().unwrap()[&key(VIP, 82, PROTO_TCP)];
+    value.affinity_timeout_secs = 1;
+    maps.write_frontend(key(VIP, 82, PROTO_TCP), value).unwrap();
+    let mut chosen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let answer = ask_tcp(&setup.client.netns, SocketAddr::from((VIP, 82)))
+            .unwrap()
+            .0;
+        // Within the timeout: the same backend again.
+        assert_eq!(
+            ask_tcp(&setup.client.netns, SocketAddr::from((VIP, 82)))
+                .unwrap()
+                .0,
+            answer
+        );
+        chosen.insert(answer);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    // Ten independent choices among three backends all alike: (1/3)^9.
+    assert!(chosen.len() > 1, "{chosen:?}");
+
     // Another client (the node) is balanced on its own: over many connections of fresh
     // clients, not every one lands on `first`.
     setup.program(key(VIP, 81, PROTO_TCP), 2, 0, &backends);

@@ -100,11 +100,17 @@ async fn watch(
 }
 
 /// The Services and EndpointSlices seen, with each Service's frontends computed when it or one
-/// of its slices changes.
+/// of its slices changes (a change to one Service of 10,000 recomputes one).
 #[derive(Default)]
 struct View {
     services: BTreeMap<(String, String), Service>,
     slices: BTreeMap<(String, String), EndpointSlice>,
+    /// Slice names by (namespace, service name).
+    slices_of: BTreeMap<(String, String), BTreeSet<String>>,
+    /// Each Service's frontends, as of its last change.
+    frontends: BTreeMap<(String, String), Vec<frontends::Frontend>>,
+    /// Services whose frontends must be computed again.
+    stale: BTreeSet<(String, String)>,
     /// Kinds listed so far.
     synced: usize,
     dirty: bool,
@@ -112,6 +118,11 @@ struct View {
 
 /// The label naming an EndpointSlice's Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+fn service_of(slice: &EndpointSlice) -> Option<(String, String)> {
+    let name = slice.metadata.labels.get(SERVICE_NAME_LABEL)?;
+    Some((slice.metadata.namespace.clone(), name.clone()))
+}
 
 impl View {
     fn apply(
@@ -136,19 +147,34 @@ impl View {
                     self.services.remove(&key);
                 } else {
                     records.apply_service(&service);
-                    self.services.insert(key, service);
+                    self.services.insert(key.clone(), service);
                 }
+                self.stale.insert(key);
                 self.dirty = true;
             }
             "EndpointSlice" => {
                 let slice: EndpointSlice = serde_json::from_slice(&event.object_json)?;
                 let key = key_of(&slice.metadata);
                 let mut records = dns.write().expect("dns lock");
+                // The service it belonged to, and the one it belongs to now.
+                if let Some(old) = self.slices.get(&key).and_then(service_of) {
+                    if let Some(names) = self.slices_of.get_mut(&old) {
+                        names.remove(&key.1);
+                    }
+                    self.stale.insert(old);
+                }
                 if deleted {
                     records.delete_endpoint_slice(&key.0, &key.1);
                     self.slices.remove(&key);
                 } else {
                     records.apply_endpoint_slice(&slice);
+                    if let Some(owner) = service_of(&slice) {
+                        self.slices_of
+                            .entry(owner.clone())
+                            .or_default()
+                            .insert(key.1.clone());
+                        self.stale.insert(owner);
+                    }
                     self.slices.insert(key, slice);
                 }
                 self.dirty = true;
@@ -167,15 +193,36 @@ impl View {
         Ok(())
     }
 
-    fn desired(&self, node_name: &str) -> Desired {
-        let services: Vec<Service> = self.services.values().cloned().collect();
-        let slices: Vec<EndpointSlice> = self
-            .slices
-            .values()
-            .filter(|s| s.metadata.labels.contains_key(SERVICE_NAME_LABEL))
-            .cloned()
-            .collect();
-        frontends::desired(&services, &slices, node_name)
+    /// Every frontend of this node: the stale Services' computed again, the others' as cached.
+    fn desired(&mut self, node_name: &str) -> Desired {
+        for key in std::mem::take(&mut self.stale) {
+            let Some(service) = self.services.get(&key) else {
+                self.frontends.remove(&key);
+                continue;
+            };
+            let slices: Vec<EndpointSlice> = self
+                .slices_of
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .filter_map(|name| self.slices.get(&(key.0.clone(), name.clone())).cloned())
+                .collect();
+            let computed = frontends::desired(std::slice::from_ref(service), &slices, node_name);
+            self.frontends.insert(key, computed.frontends);
+        }
+        // Services claiming one frontend: the first by namespace/name keeps it, as
+        // `frontends::desired` decides among the Services it is given.
+        let mut all: Vec<frontends::Frontend> = Vec::new();
+        let mut claimed = std::collections::HashSet::new();
+        for frontends in self.frontends.values() {
+            for frontend in frontends {
+                if claimed.insert(frontend.key) {
+                    all.push(frontend.clone());
+                }
+            }
+        }
+        all.sort_unstable_by_key(|f| f.key);
+        Desired { frontends: all }
     }
 }
 
