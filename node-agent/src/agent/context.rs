@@ -31,6 +31,9 @@ pub struct Context {
     pub sandboxes_dir: PathBuf,
     /// Which pods run here, for logs and exec.
     pub registry: Registry,
+    /// The Service behind each frontend of the service maps, for `GET /apiary/v1/services`:
+    /// whatever programs the frontends records their names here.
+    pub service_names: crate::server::ServiceNames,
 }
 
 impl Context {

@@ -139,6 +139,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         pods_dir: config.data_dir.join("pods"),
         sandboxes_dir: config.run_dir.join("pods"),
         registry: Registry::default(),
+        service_names: crate::server::ServiceNames::default(),
     });
     tokio::spawn(heartbeats(
         client.clone(),
@@ -160,9 +161,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}:{}", node.ip, config.port))?;
     tokio::spawn({
         let backend = Arc::new(super::streams::AgentStreams(Arc::clone(&ctx)));
+        let services = Arc::new(crate::server::PinnedServices {
+            pin_dir: config.pin_dir.clone(),
+            names: Arc::clone(&ctx.service_names),
+        });
         let token = endpoint.token.clone();
         async move {
-            if let Err(e) = crate::server::serve(listener, tls, token, backend).await {
+            if let Err(e) = crate::server::serve(listener, tls, token, backend, services).await {
                 tracing::error!(error = %format!("{e:#}"), "the streaming server stopped");
             }
         }
