@@ -15,6 +15,7 @@ mod kubeconfig;
 mod logs;
 mod manifest;
 mod metadata;
+mod net;
 mod patch;
 mod report;
 mod scale;
@@ -76,6 +77,8 @@ enum Command {
     Exec(exec::Args),
     /// Manage the node's local image store (no cluster needed).
     Image(image::Args),
+    /// Inspect what the nodes' eBPF data plane holds (`net services`).
+    Net(net::Args),
 }
 
 /// What every command that talks to the cluster needs.
@@ -182,6 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Scale(args) => scale::run(&session, &args, &mut out).await,
         Command::Logs(args) => logs::run(&session, &args, &mut out).await,
         Command::Exec(args) => exec::run(&session, &args).await,
+        Command::Net(args) => net::run(&session, &args, &mut out).await,
     }
 }
 
@@ -198,7 +202,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 /// clap's usage and tips, which `--help` has.
 fn usage_error(e: &clap::Error) -> String {
     if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        return "a command is required: apply, get, describe, delete, create, label, annotate, scale, logs, exec, image, up, down, node or version".to_owned();
+        return "a command is required: apply, get, describe, delete, create, label, annotate, scale, logs, exec, net, image, up, down, node or version".to_owned();
     }
     let rendered = e.render().to_string();
     let message = rendered.split("\n\n").next().unwrap_or_default();

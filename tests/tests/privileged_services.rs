@@ -236,8 +236,13 @@ fn cluster_ips_node_ports_affinity_and_dns() {
             .ok()?;
         pod_ips.iter().all(|ip| out.contains(ip)).then_some(out)
     })
-    .unwrap_or_else(|e| panic!("{e:#}
-{}", cluster.logs()));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}
+{}",
+            cluster.logs()
+        )
+    });
     assert!(!headless.contains(&ip.to_string()), "{headless}");
 
     // ExternalName: a CNAME to another name, which the pod's resolver follows.
@@ -248,12 +253,23 @@ fn cluster_ips_node_ports_affinity_and_dns() {
         .unwrap();
     let alias = wait("the ExternalName alias", Duration::from_secs(20), || {
         let out = cluster
-            .kubectl_ok(&["exec", "c1", "--", "nslookup", "alias.default.svc.cluster.local"])
+            .kubectl_ok(&[
+                "exec",
+                "c1",
+                "--",
+                "nslookup",
+                "alias.default.svc.cluster.local",
+            ])
             .ok()?;
         out.contains(&ip.to_string()).then_some(out)
     })
-    .unwrap_or_else(|e| panic!("{e:#}
-{}", cluster.logs()));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}
+{}",
+            cluster.logs()
+        )
+    });
     assert!(alias.contains("web.default.svc.cluster.local"), "{alias}");
 
     // Several ports, by name and by number, and a Service without a selector backed by
@@ -306,8 +322,13 @@ subsets:
                 .ok()?;
             Some(out.trim().to_owned())
         })
-        .unwrap_or_else(|e| panic!("{url}: {e:#}
-{}", cluster.logs()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{url}: {e:#}
+{}",
+                cluster.logs()
+            )
+        });
         assert!(all.contains(&&answer), "{url}: {answer}");
         if url.contains("manual") {
             assert_eq!(answer, first_pod, "the hand-written endpoint");
@@ -325,15 +346,19 @@ subsets:
         .unwrap();
     for (pod, (node, _)) in ["c1", "c2"].iter().zip(&nodes) {
         let local = backends.get(node).cloned().unwrap_or_default();
-        let answers = wait("internalTrafficPolicy: Local", Duration::from_secs(20), || {
-            let answers = answers_from_pod(&cluster, pod, "http://web-itp/", 20);
-            let settled = if local.is_empty() {
-                answers.keys().all(|a| a == "FAILED")
-            } else {
-                answers.keys().all(|a| local.contains(a))
-            };
-            settled.then_some(answers)
-        })
+        let answers = wait(
+            "internalTrafficPolicy: Local",
+            Duration::from_secs(20),
+            || {
+                let answers = answers_from_pod(&cluster, pod, "http://web-itp/", 20);
+                let settled = if local.is_empty() {
+                    answers.keys().all(|a| a == "FAILED")
+                } else {
+                    answers.keys().all(|a| local.contains(a))
+                };
+                settled.then_some(answers)
+            },
+        )
         .unwrap_or_else(|e| panic!("{pod} on {node}: {e:#}; local backends {local:?}"));
         assert_eq!(answers.values().sum::<u32>(), 20, "{answers:?}");
     }

@@ -59,6 +59,16 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
     }
 
+    /// The server cannot serve the request now, e.g. a node agent it proxies to cannot be
+    /// reached; retryable.
+    pub fn service_unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            message,
+        )
+    }
+
     /// A node agent's refusal, passed on with its code (as kube-apiserver does for the kubelet).
     pub fn from_agent(code: StatusCode, message: String) -> Self {
         let reason = match code {

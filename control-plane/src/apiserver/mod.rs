@@ -7,6 +7,7 @@ pub mod decoded;
 pub mod defaults;
 pub mod discovery;
 pub mod error;
+pub mod node_proxy;
 pub mod objects;
 pub mod path;
 pub mod pki;
@@ -42,8 +43,8 @@ pub struct Api {
     pub strategy: Strategy,
     /// What node pod CIDRs are cut from.
     pub pod_network: crate::agents::PodNetwork,
-    /// The bearer token node agents accept (the cluster token), for proxying `pods/log` and
-    /// `pods/exec`; without it those fail with a 500.
+    /// The bearer token node agents accept (the cluster token), for proxying `pods/log`,
+    /// `pods/exec` (without it those fail with a 500) and `nodes/proxy` (a 503).
     pub agent_token: Option<String>,
     /// Watch events decoded once for all their watchers.
     pub decoded: Arc<decoded::Decoded>,
@@ -161,6 +162,9 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
             "/api/v1/namespaces/{namespace}/pods/{name}/exec",
             get(streams::exec).post(streams::exec),
         )
+        .route("/api/v1/nodes/{name}/proxy", get(node_proxy::proxy))
+        .route("/api/v1/nodes/{name}/proxy/", get(node_proxy::proxy))
+        .route("/api/v1/nodes/{name}/proxy/{*path}", get(node_proxy::proxy))
         .route("/openapi/v2", get(discovery::openapi_v2))
         .route("/openapi/v3", get(discovery::openapi_v3))
         .route("/openapi/v3/{*path}", get(discovery::openapi_v3_group))

@@ -5,6 +5,8 @@
 //! upgrade-aware proxy: the client's upgrade request (WebSocket, remotecommand v5/v4) goes to the
 //! agent with the same subprotocol, the agent's `101` comes back, and from then on bytes are
 //! copied both ways until either side closes; frames are the two ends' business.
+//!
+//! `AgentEndpoint` (where a node's agent is, and one request to it) serves `nodes/proxy` too.
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
@@ -64,7 +66,7 @@ pub async fn logs(
         let request = http::Request::get(target.uri(&path, &query))
             .body(Body::empty())
             .map_err(internal)?;
-        let response = target.send(&api, request).await?;
+        let response = target.agent.send(&api, request).await?;
         if !response.status().is_success() {
             return Err(agent_error(response).await);
         }
@@ -102,7 +104,7 @@ pub async fn exec(
             }
         }
         let upstream = upstream.body(Body::empty()).map_err(internal)?;
-        let mut response = target.send(&api, upstream).await?;
+        let mut response = target.agent.send(&api, upstream).await?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             return Err(agent_error(response).await);
         }
@@ -136,8 +138,7 @@ pub async fn exec(
 #[derive(Debug)]
 struct AgentTarget {
     container: String,
-    address: IpAddr,
-    port: u16,
+    agent: AgentEndpoint,
 }
 
 impl AgentTarget {
@@ -149,24 +150,67 @@ impl AgentTarget {
                 forwarded.append_pair(&key, &value);
             }
         }
-        let forwarded = forwarded.finish();
+        self.agent.uri(path, &forwarded.finish())
+    }
+}
+
+/// A node agent's HTTPS server (the kubelet's port): the node's `InternalIP` and
+/// `status.daemonEndpoints.kubeletEndpoint.Port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct AgentEndpoint {
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+/// Why a request could not be put to a node agent (not connected, TLS failed, no credentials):
+/// the message names the request and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Unreachable(pub String);
+
+impl From<Unreachable> for ApiError {
+    /// A 500, as kube-apiserver answers `pods/log` when it cannot reach the kubelet.
+    fn from(e: Unreachable) -> Self {
+        ApiError::internal(e.0)
+    }
+}
+
+impl AgentEndpoint {
+    /// Where `node`'s agent listens; `None` without an `InternalIP`.
+    pub(super) fn of(node: &Value) -> Option<Self> {
+        let address = node["status"]["addresses"]
+            .as_array()?
+            .iter()
+            .find(|a| a["type"] == "InternalIP")?["address"]
+            .as_str()?
+            .parse()
+            .ok()?;
+        let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+            .unwrap_or(DEFAULT_AGENT_PORT);
+        Some(Self { address, port })
+    }
+
+    /// `https://agent/path?query` (no `?` for an empty query); `query` as given.
+    pub(super) fn uri(&self, path: &str, query: &str) -> String {
         let host = match self.address {
             IpAddr::V4(ip) => ip.to_string(),
             IpAddr::V6(ip) => format!("[{ip}]"),
         };
-        let separator = if forwarded.is_empty() { "" } else { "?" };
-        format!("https://{host}:{}{path}{separator}{forwarded}", self.port)
+        let separator = if query.is_empty() { "" } else { "?" };
+        format!("https://{host}:{}{path}{separator}{query}", self.port)
     }
 
     /// Sends `request` to the agent over a connection of its own (upgrades keep it), with the
-    /// cluster token. A failure to reach the agent is a 500 naming the agent and the reason.
-    async fn send(
+    /// cluster token.
+    pub(super) async fn send(
         &self,
         api: &Api,
         mut request: http::Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
+    ) -> Result<http::Response<hyper::body::Incoming>, Unreachable> {
         let what = format!("{} \"{}\"", request.method(), request.uri());
-        let fail = |reason: String| ApiError::internal(format!("{what}: {reason}"));
+        let fail = |reason: String| Unreachable(format!("{what}: {reason}"));
         let token = api
             .agent_token
             .as_deref()
@@ -174,12 +218,16 @@ impl AgentTarget {
         let headers = request.headers_mut();
         headers.insert(
             header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {token}")).map_err(internal)?,
+            HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| fail("the agent token is not a valid header value".into()))?,
         );
-        let host = format!("{}:{}", self.address, self.port);
+        let host = match self.address {
+            IpAddr::V4(ip) => format!("{ip}:{}", self.port),
+            IpAddr::V6(ip) => format!("[{ip}]:{}", self.port),
+        };
         headers.insert(
             header::HOST,
-            HeaderValue::from_str(&host).map_err(internal)?,
+            HeaderValue::from_str(&host).map_err(|e| fail(e.to_string()))?,
         );
         let tcp = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -235,16 +283,12 @@ async fn locate(
         .get("", "v1", "nodes")
         .expect("nodes are served");
     let node = objects::get(api, nodes, None, node_name).await?;
-    let (address, port) = agent_endpoint(&node).ok_or_else(|| {
+    let agent = AgentEndpoint::of(&node).ok_or_else(|| {
         ApiError::internal(format!(
             "node {node_name} has no InternalIP address to reach its agent at"
         ))
     })?;
-    Ok(AgentTarget {
-        container,
-        address,
-        port,
-    })
+    Ok(AgentTarget { container, agent })
 }
 
 /// The container a request is for: the named one (which must exist), or the only one.
@@ -278,23 +322,6 @@ fn container(pod: &Value, pod_name: &str, requested: Option<String>) -> Result<S
             Err(ApiError::bad_request(message))
         }
     }
-}
-
-/// The node's `InternalIP` and kubelet port.
-fn agent_endpoint(node: &Value) -> Option<(IpAddr, u16)> {
-    let address = node["status"]["addresses"]
-        .as_array()?
-        .iter()
-        .find(|a| a["type"] == "InternalIP")?["address"]
-        .as_str()?
-        .parse()
-        .ok()?;
-    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .filter(|p| *p != 0)
-        .unwrap_or(DEFAULT_AGENT_PORT);
-    Some((address, port))
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -420,21 +447,26 @@ mod tests {
             "daemonEndpoints": { "kubeletEndpoint": { "Port": 12345 } },
         }});
         assert_eq!(
-            agent_endpoint(&node),
-            Some(("10.0.0.7".parse().unwrap(), 12345))
+            AgentEndpoint::of(&node),
+            Some(AgentEndpoint {
+                address: "10.0.0.7".parse().unwrap(),
+                port: 12345
+            })
         );
         let default_port =
             json!({ "status": { "addresses": [{ "type": "InternalIP", "address": "10.0.0.7" }] } });
-        assert_eq!(agent_endpoint(&default_port).unwrap().1, 10250);
-        assert_eq!(agent_endpoint(&json!({ "status": {} })), None);
+        assert_eq!(AgentEndpoint::of(&default_port).unwrap().port, 10250);
+        assert_eq!(AgentEndpoint::of(&json!({ "status": {} })), None);
     }
 
     #[test]
     fn only_the_api_servers_parameters_stay_behind() {
         let target = AgentTarget {
             container: "app".into(),
-            address: "127.0.0.1".parse().unwrap(),
-            port: 10250,
+            agent: AgentEndpoint {
+                address: "127.0.0.1".parse().unwrap(),
+                port: 10250,
+            },
         };
         assert_eq!(
             target.uri(

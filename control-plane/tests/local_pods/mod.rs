@@ -1,6 +1,7 @@
 //! A real [`PodStreams`] on this machine, for tests: a container's log is a file the test appends
-//! to, and exec runs the command as a local process (on a pseudo-terminal for `tty`). The agent's
-//! server runs on a runtime of its own so that tests can block on kubectl.
+//! to, and exec runs the command as a local process (on a pseudo-terminal for `tty`). The service
+//! frontends the agent shows are what the test sets ([`FixedServices`]). The agent's server runs
+//! on a runtime of its own so that tests can block on kubectl.
 //!
 //! Shared by `control-plane/tests/streams.rs` and `cli/tests/streams.rs`.
 
@@ -21,7 +22,8 @@ use std::{
 };
 
 use apiary_node_agent::server::{
-    self, ExecRequest, ExecSession, LogRequest, PodStreams, StreamError,
+    self, ExecRequest, ExecSession, LogRequest, PodStreams, ServiceSource, StreamError,
+    services::FrontendView,
 };
 use bytes::Bytes;
 use futures::{StreamExt as _, stream::BoxStream};
@@ -314,10 +316,38 @@ impl tokio::io::AsyncRead for StreamReader {
     }
 }
 
+/// Service frontends as a node's maps would hold them, set by the test; with an error set, reading
+/// them fails with it.
+#[derive(Debug)]
+pub struct FixedServices(Mutex<Result<Vec<FrontendView>, String>>);
+
+impl Default for FixedServices {
+    fn default() -> Self {
+        Self(Mutex::new(Ok(Vec::new())))
+    }
+}
+
+impl FixedServices {
+    pub fn set(&self, frontends: Vec<FrontendView>) {
+        *self.0.lock().unwrap() = Ok(frontends);
+    }
+
+    pub fn fail(&self, message: &str) {
+        *self.0.lock().unwrap() = Err(message.to_owned());
+    }
+}
+
+impl ServiceSource for FixedServices {
+    fn frontends(&self) -> anyhow::Result<Vec<FrontendView>> {
+        self.0.lock().unwrap().clone().map_err(anyhow::Error::msg)
+    }
+}
+
 /// The agent's server on a loopback port, on a runtime of its own; stopped on drop.
 pub struct Agent {
     pub addr: SocketAddr,
     pub pods: Arc<LocalPods>,
+    pub services: Arc<FixedServices>,
     _dir: tempfile::TempDir,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -342,10 +372,19 @@ impl Agent {
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let backend: Arc<dyn PodStreams> = Arc::clone(&pods) as _;
-        runtime.spawn(server::serve(listener, tls, token.to_owned(), backend));
+        let services = Arc::new(FixedServices::default());
+        let source: Arc<dyn ServiceSource> = Arc::clone(&services) as _;
+        runtime.spawn(server::serve(
+            listener,
+            tls,
+            token.to_owned(),
+            backend,
+            source,
+        ));
         Self {
             addr,
             pods,
+            services,
             _dir: dir,
             runtime: Some(runtime),
         }

@@ -33,6 +33,9 @@ pub struct Context {
     pub registry: Registry,
     /// What pods' `/etc/resolv.conf` is made of.
     pub dns: DnsSettings,
+    /// The Service behind each frontend of the service maps, for `GET /apiary/v1/services`:
+    /// the service reconciler records their names here.
+    pub service_names: crate::server::ServiceNames,
 }
 
 /// The kubelet's DNS settings: the cluster DNS address and domain, and the node's own resolver

@@ -158,16 +158,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         sandboxes_dir: config.run_dir.join("pods"),
         registry: Registry::default(),
         dns: dns_settings,
+        service_names: crate::server::ServiceNames::default(),
     });
     let records: crate::dns::SharedRecords = Arc::new(std::sync::RwLock::new(
         crate::dns::ClusterRecords::new(&config.cluster_domain),
     ));
-    let service_names = super::services::ServiceNames::default();
     tokio::spawn(super::services::follow(
         Arc::clone(&ctx),
         config.pin_dir.clone(),
         Arc::clone(&records),
-        Arc::clone(&service_names),
+        Arc::clone(&ctx.service_names),
     ));
     serve_dns(&ctx, records).await?;
     tokio::spawn(heartbeats(
@@ -190,9 +190,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}:{}", node.ip, config.port))?;
     tokio::spawn({
         let backend = Arc::new(super::streams::AgentStreams(Arc::clone(&ctx)));
+        let services = Arc::new(crate::server::PinnedServices {
+            pin_dir: config.pin_dir.clone(),
+            names: Arc::clone(&ctx.service_names),
+        });
         let token = endpoint.token.clone();
         async move {
-            if let Err(e) = crate::server::serve(listener, tls, token, backend).await {
+            if let Err(e) = crate::server::serve(listener, tls, token, backend, services).await {
                 tracing::error!(error = %format!("{e:#}"), "the streaming server stopped");
             }
         }

@@ -9,7 +9,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::PathBuf,
-    sync::{Arc, RwLock},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -28,8 +28,7 @@ use crate::{
     },
 };
 
-/// What each frontend serves, by key, for `apiary net services` (the maps hold numbers only).
-pub type ServiceNames = Arc<RwLock<BTreeMap<ServiceKey, String>>>;
+pub use crate::server::ServiceNames;
 
 /// The kinds followed, each listed once before the first reconcile.
 const KINDS: [&str; 3] = ["Service", "EndpointSlice", "Pod"];

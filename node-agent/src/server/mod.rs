@@ -4,11 +4,15 @@
 //! - `GET /containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=…`: the log, streamed.
 //! - `GET|POST /exec/{namespace}/{pod}/{container}?command=…&stdin=…`: a WebSocket speaking the
 //!   remotecommand protocol ([`apiary_api::remotecommand`]).
+//! - `GET /apiary/v1/services`: the node's service frontends and backends as its BPF maps hold
+//!   them ([`services`]; `apiary net services`, through the API server's `nodes/proxy`).
 //!
-//! What a pod's containers are is the agent's business: it plugs them in through [`PodStreams`].
+//! What a pod's containers are is the agent's business: it plugs them in through [`PodStreams`];
+//! where the frontends come from, through [`ServiceSource`].
 
 mod exec;
 mod logs;
+pub mod services;
 pub mod tls;
 
 use std::{io, pin::Pin, sync::Arc};
@@ -36,6 +40,8 @@ use tokio::{
     sync::mpsc,
 };
 use tokio_rustls::TlsAcceptor;
+
+pub use services::{PinnedServices, ServiceNames, ServiceSource};
 
 /// The kubelet's port, which the API server dials unless the Node says otherwise.
 pub const DEFAULT_PORT: u16 = 10250;
@@ -184,8 +190,16 @@ fn status_response(code: StatusCode, reason: &str, message: &str) -> Response {
 }
 
 /// The routes, behind the token check.
-pub fn router(token: String, backend: Arc<dyn PodStreams>) -> Router {
+pub fn router(
+    token: String,
+    backend: Arc<dyn PodStreams>,
+    service_source: Arc<dyn ServiceSource>,
+) -> Router {
     Router::new()
+        .route(
+            "/apiary/v1/services",
+            get(services::handle).with_state(service_source),
+        )
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(logs::handle),
@@ -228,9 +242,10 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     token: String,
     backend: Arc<dyn PodStreams>,
+    service_source: Arc<dyn ServiceSource>,
 ) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
-    let app = router(token, backend);
+    let app = router(token, backend, service_source);
     loop {
         let (tcp, peer) = listener.accept().await?;
         let acceptor = acceptor.clone();
@@ -263,6 +278,7 @@ pub async fn run(
     hostname: &str,
     token: String,
     backend: Arc<dyn PodStreams>,
+    service_source: Arc<dyn ServiceSource>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mut addresses = vec![std::net::IpAddr::from([127, 0, 0, 1]), listen.ip()];
@@ -273,7 +289,7 @@ pub async fn run(
         .await
         .with_context(|| format!("listening on {listen}"))?;
     tracing::info!(%listen, "serving logs and exec");
-    serve(listener, tls, token, backend).await
+    serve(listener, tls, token, backend, service_source).await
 }
 
 /// `true`/`1` as Kubernetes reads booleans in queries; anything else but absence is an error

@@ -1,0 +1,320 @@
+//! `apiary net`: what the nodes' eBPF data plane holds, read from its maps by each node's agent
+//! (`GET /apiary/v1/services` on the agent, through the API server's `nodes/proxy`) — what
+//! forwarding actually uses, which may differ from what the API says.
+
+use std::io::Write;
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::{Outcome, Session, client::Client, report::Failures, table::Table};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// The service frontends each node load-balances and their backends, from its BPF maps.
+    Services(ServicesArgs),
+}
+
+/// The output formats of `-o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// The entries as the agents report them, each with its `node`.
+    Json,
+    /// The table with frontend ids, flags and each backend's Maglev slots.
+    Wide,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServicesArgs {
+    /// Only this node [default: every node].
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<Output>,
+}
+
+pub async fn run(session: &Session, args: &Args, out: &mut impl Write) -> anyhow::Result<Outcome> {
+    match &args.command {
+        Command::Services(args) => services(&session.client, args, out).await,
+    }
+}
+
+async fn services(
+    client: &Client,
+    args: &ServicesArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<Outcome> {
+    let mut failures = Failures::default();
+    let mut entries: Vec<(String, Value)> = Vec::new();
+    match &args.node {
+        Some(node) => {
+            for entry in node_services(client, node).await? {
+                entries.push((node.clone(), entry));
+            }
+        }
+        None => {
+            for node in node_names(client).await? {
+                match node_services(client, &node).await {
+                    Ok(found) => entries.extend(found.into_iter().map(|e| (node.clone(), e))),
+                    Err(e) => failures.report(e),
+                }
+            }
+        }
+    }
+    match args.output {
+        Some(Output::Json) => {
+            let list: Vec<Value> = entries
+                .into_iter()
+                .map(|(node, mut entry)| {
+                    if let Some(object) = entry.as_object_mut() {
+                        object.insert("node".to_owned(), Value::String(node));
+                    }
+                    entry
+                })
+                .collect();
+            let text = serde_json::to_string_pretty(&list).context("rendering JSON")?;
+            writeln!(out, "{text}")?;
+        }
+        _ if entries.is_empty() => {
+            if !failures.any() {
+                eprintln!("No service frontends found");
+            }
+        }
+        format => {
+            table(&entries, format == Some(Output::Wide)).write(out, false)?;
+        }
+    }
+    Ok(Outcome::from(&failures))
+}
+
+/// Every node's name, sorted.
+async fn node_names(client: &Client) -> anyhow::Result<Vec<String>> {
+    let list = client
+        .get("/api/v1/nodes", &[])
+        .await
+        .context("listing the nodes")?;
+    let mut names: Vec<String> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|node| node["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// What `node`'s agent reports, one entry per frontend.
+async fn node_services(client: &Client, node: &str) -> anyhow::Result<Vec<Value>> {
+    if node.is_empty() || node.contains('/') {
+        bail!("{node:?} is not a valid node name");
+    }
+    let path = format!("/api/v1/nodes/{node}/proxy/apiary/v1/services");
+    match client.get(&path, &[]).await {
+        Ok(Value::Array(entries)) => Ok(entries),
+        Ok(_) => bail!("node {node:?}: its agent's answer is not a list of frontends"),
+        Err(e) if is_node_not_found(&e, node) => bail!("node {node:?} not found"),
+        Err(e) if e.is_not_found() => Err(anyhow::Error::new(e).context(format!(
+            "node {node:?}: its agent does not serve /apiary/v1/services (an older agent?)"
+        ))),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("node {node:?}"))),
+    }
+}
+
+/// Whether the API server (not the node's agent) said that `node` does not exist.
+fn is_node_not_found(error: &crate::client::Error, node: &str) -> bool {
+    error.status().is_some_and(|status| {
+        status.code == 404
+            && (status
+                .details
+                .as_ref()
+                .is_some_and(|d| d.kind == "nodes" && d.name == node)
+                || status.message == format!("nodes {node:?} not found"))
+    })
+}
+
+/// The table of `entries` (node, frontend): `wide` adds the frontend's id and flags and the
+/// backends' Maglev slots.
+pub fn table(entries: &[(String, Value)], wide: bool) -> Table {
+    let mut headers = vec!["NODE", "FRONTEND", "SCOPE", "SERVICE"];
+    if wide {
+        headers.extend(["ID", "FLAGS"]);
+    }
+    headers.push("BACKENDS");
+    if wide {
+        headers.push("SLOTS");
+    }
+    let rows = entries
+        .iter()
+        .map(|(node, entry)| {
+            let text = |v: &Value| v.as_str().map_or_else(|| none(v), str::to_owned);
+            let mut row = vec![
+                node.clone(),
+                frontend(&entry["frontend"]),
+                text(&entry["frontend"]["scope"]),
+                text(&entry["service"]),
+            ];
+            if wide {
+                row.push(none(&entry["id"]));
+                row.push(flags(entry));
+            }
+            let backends = entry["backends"].as_array().map(Vec::as_slice);
+            let backends = backends.unwrap_or_default();
+            row.push(joined(backends.iter().map(backend)));
+            if wide {
+                row.push(joined(backends.iter().map(|b| none(&b["slots"]))));
+            }
+            row
+        })
+        .collect();
+    Table {
+        headers: headers.into_iter().map(str::to_owned).collect(),
+        rows,
+    }
+}
+
+/// `10.96.0.1:443/TCP`; NodePorts, on every node address, as `*:30080/TCP`.
+fn frontend(frontend: &Value) -> String {
+    let address = match frontend["address"].as_str() {
+        Some("0.0.0.0") => "*".to_owned(),
+        _ => none(&frontend["address"]),
+    };
+    format!(
+        "{address}:{}/{}",
+        none(&frontend["port"]),
+        frontend["protocol"].as_str().unwrap_or("?")
+    )
+}
+
+/// `10.244.1.5:6443`; `#7?` for a backend id the agent's maps do not hold.
+fn backend(backend: &Value) -> String {
+    match backend["address"].as_str() {
+        Some(address) => format!("{address}:{}", none(&backend["port"])),
+        None => format!("#{}?", none(&backend["id"])),
+    }
+}
+
+/// `affinity=10800s,local`, `<none>`.
+fn flags(entry: &Value) -> String {
+    let flags: Vec<String> = entry["flags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|flag| match flag.as_str() {
+            Some("affinity") => format!("affinity={}s", none(&entry["affinityTimeoutSeconds"])),
+            Some(other) => other.to_owned(),
+            None => flag.to_string(),
+        })
+        .collect();
+    if flags.is_empty() {
+        "<none>".to_owned()
+    } else {
+        flags.join(",")
+    }
+}
+
+fn joined(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    if items.is_empty() {
+        "<none>".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// A scalar as text; `<none>` for null or missing.
+fn none(value: &Value) -> String {
+    match value {
+        Value::Null => "<none>".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn entries() -> Vec<(String, Value)> {
+        vec![
+            (
+                "n1".to_owned(),
+                json!({
+                    "frontend": { "address": "10.96.0.1", "port": 443, "protocol": "TCP", "scope": "socket" },
+                    "id": 7, "flags": ["affinity", "local"], "affinityTimeoutSeconds": 10800,
+                    "backendCount": 2, "service": "default/kubernetes:https",
+                    "backends": [
+                        { "id": 3, "address": "10.244.1.5", "port": 6443, "protocol": "TCP", "slots": 511 },
+                        { "id": 4, "address": "10.244.2.7", "port": 6443, "protocol": "TCP", "slots": 510 },
+                    ],
+                }),
+            ),
+            (
+                "node-2".to_owned(),
+                json!({
+                    "frontend": { "address": "0.0.0.0", "port": 30080, "protocol": "UDP", "scope": "external" },
+                    "id": 12, "flags": [], "affinityTimeoutSeconds": 0, "backendCount": 0,
+                    "service": null, "backends": [],
+                }),
+            ),
+            (
+                "node-2".to_owned(),
+                json!({
+                    "frontend": { "address": "10.96.0.10", "port": 53, "protocol": "UDP", "scope": "socket" },
+                    "id": 13, "flags": ["0x20"], "affinityTimeoutSeconds": 0, "backendCount": 1,
+                    "service": "kube-system/dns:dns",
+                    "backends": [{ "id": 9, "address": null, "port": null, "protocol": null, "slots": 1021 }],
+                }),
+            ),
+        ]
+    }
+
+    fn render(table: &Table) -> String {
+        let mut out = Vec::new();
+        table.write(&mut out, false).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_table_shows_frontends_and_their_backends() {
+        assert_eq!(
+            render(&table(&entries(), false)),
+            "\
+NODE     FRONTEND            SCOPE      SERVICE                    BACKENDS
+n1       10.96.0.1:443/TCP   socket     default/kubernetes:https   10.244.1.5:6443, 10.244.2.7:6443
+node-2   *:30080/UDP         external   <none>                     <none>
+node-2   10.96.0.10:53/UDP   socket     kube-system/dns:dns        #9?
+"
+        );
+    }
+
+    #[test]
+    fn wide_adds_ids_flags_and_slots() {
+        let wide = table(&entries(), true);
+        assert_eq!(
+            wide.headers,
+            [
+                "NODE", "FRONTEND", "SCOPE", "SERVICE", "ID", "FLAGS", "BACKENDS", "SLOTS"
+            ]
+        );
+        assert_eq!(
+            wide.rows[0][4..],
+            [
+                "7",
+                "affinity=10800s,local",
+                "10.244.1.5:6443, 10.244.2.7:6443",
+                "511, 510"
+            ]
+        );
+        assert_eq!(wide.rows[1][4..], ["12", "<none>", "<none>", "<none>"]);
+        assert_eq!(wide.rows[2][5..], ["0x20", "#9?", "1021"]);
+    }
+}
