@@ -69,9 +69,20 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    apiary_control_plane::controllers::loadbalancer::check_disjoint(&cli.loadbalancer_pools)
-        .map_err(anyhow::Error::msg)
-        .context("--loadbalancer-pool")?;
+    {
+        use apiary_control_plane::{apiserver::allocator::SERVICE_CIDR, controllers::loadbalancer};
+        let network = |(base, len)| loadbalancer::Pool::new(base, len).map_err(anyhow::Error::msg);
+        let reserved = [
+            ("service network", network(SERVICE_CIDR)?),
+            (
+                "pod network (--cluster-cidr)",
+                network((cli.cluster_cidr.base, cli.cluster_cidr.prefix_len))?,
+            ),
+        ];
+        loadbalancer::check_pools(&cli.loadbalancer_pools, &reserved)
+            .map_err(anyhow::Error::msg)
+            .context("--loadbalancer-pool")?;
+    }
     std::fs::create_dir_all(&cli.data_dir)
         .with_context(|| format!("creating {}", cli.data_dir.display()))?;
 

@@ -378,6 +378,10 @@ fn bad_pools_are_refused_at_start() {
             "10.0.0.0/16,10.0.3.0/24",
             "the pools 10.0.0.0/16 and 10.0.3.0/24 overlap",
         ),
+        (
+            "10.244.7.0/24",
+            "the pool 10.244.7.0/24 overlaps the pod network (--cluster-cidr) 10.244.0.0/16",
+        ),
     ] {
         let data = tempfile::tempdir().unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_apiary-control-plane"))

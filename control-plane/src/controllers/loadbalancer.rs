@@ -70,14 +70,8 @@ impl FromStr for Pool {
             .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
         let prefix_len: u8 = len
             .parse()
-            .ok()
-            .filter(|l| *l <= 32)
-            .ok_or_else(|| format!("{len:?} is not a prefix length (0 to 32)"))?;
-        let pool = Self { base, prefix_len };
-        if u32::from(base) & !pool.mask() != 0 {
-            return Err(format!("{s} has host bits set"));
-        }
-        Ok(pool)
+            .map_err(|_| format!("{len:?} is not a prefix length (0 to 32)"))?;
+        Self::new(base, prefix_len)
     }
 }
 
@@ -88,6 +82,19 @@ impl fmt::Display for Pool {
 }
 
 impl Pool {
+    /// The CIDR `base/prefix_len`; an error if the prefix is longer than 32 bits or `base` has
+    /// host bits set.
+    pub fn new(base: Ipv4Addr, prefix_len: u8) -> Result<Self, String> {
+        if prefix_len > 32 {
+            return Err(format!("{prefix_len} is not a prefix length (0 to 32)"));
+        }
+        let pool = Self { base, prefix_len };
+        if u32::from(base) & !pool.mask() != 0 {
+            return Err(format!("{pool} has host bits set"));
+        }
+        Ok(pool)
+    }
+
     fn mask(self) -> u32 {
         u32::MAX
             .checked_shl(32 - u32::from(self.prefix_len))
@@ -117,14 +124,22 @@ impl Pool {
     }
 }
 
-/// Checks that no two pools overlap (an address would be in two pools).
-pub fn check_disjoint(pools: &[Pool]) -> Result<(), String> {
+fn overlap(a: Pool, b: Pool) -> bool {
+    let ((a0, a1), (b0, b1)) = (a.bounds(), b.bounds());
+    a0 <= b1 && b0 <= a1
+}
+
+/// Checks that no two pools overlap (an address would be in two pools), nor a pool one of the
+/// `reserved` networks (by name: the service network, the pod network).
+pub fn check_pools(pools: &[Pool], reserved: &[(&str, Pool)]) -> Result<(), String> {
     for (i, a) in pools.iter().enumerate() {
         for b in &pools[i + 1..] {
-            let ((a0, a1), (b0, b1)) = (a.bounds(), b.bounds());
-            if a0 <= b1 && b0 <= a1 {
+            if overlap(*a, *b) {
                 return Err(format!("the pools {a} and {b} overlap"));
             }
+        }
+        if let Some((name, network)) = reserved.iter().find(|(_, r)| overlap(*a, *r)) {
+            return Err(format!("the pool {a} overlaps the {name} {network}"));
         }
     }
     Ok(())
@@ -653,9 +668,15 @@ mod tests {
         for bad in ["10.0.0.1/24", "10.0.0.0", "10.0.0.0/33", "fd00::/64", "x/8"] {
             assert!(bad.parse::<Pool>().is_err(), "{bad} parsed");
         }
-        assert!(check_disjoint(&pools(&["10.0.0.0/24", "10.0.1.0/24"])).is_ok());
-        let overlap = check_disjoint(&pools(&["10.0.0.0/16", "10.0.3.0/24"])).unwrap_err();
+        let services = [("service network", "10.96.0.0/12".parse().unwrap())];
+        assert!(check_pools(&pools(&["10.0.0.0/24", "10.0.1.0/24"]), &services).is_ok());
+        let overlap = check_pools(&pools(&["10.0.0.0/16", "10.0.3.0/24"]), &[]).unwrap_err();
         assert_eq!(overlap, "the pools 10.0.0.0/16 and 10.0.3.0/24 overlap");
+        let reserved = check_pools(&pools(&["10.100.0.0/24"]), &services).unwrap_err();
+        assert_eq!(
+            reserved,
+            "the pool 10.100.0.0/24 overlaps the service network 10.96.0.0/12"
+        );
     }
 
     #[test]
