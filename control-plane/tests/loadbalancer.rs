@@ -371,6 +371,24 @@ fn addresses_survive_restarts_and_move_when_their_pool_goes() {
 }
 
 #[test]
+fn services_with_one_sharing_key_and_no_common_port_share_an_address() {
+    let cp = ControlPlane::start_with(&["--loadbalancer-pool", "10.123.64.0/24"]);
+    let key = "lbipam.apiary.dev/sharing-key: web";
+    apply(&cp, &service("http", "LoadBalancer", "", key));
+    wait_ips(&cp, "http", &["10.123.64.1"]);
+    let https = service("https", "LoadBalancer", "", key).replace("port: 80", "port: 443");
+    apply(&cp, &https);
+    wait_ips(&cp, "https", &["10.123.64.1"]);
+    // Port 80 again: not on that address.
+    apply(&cp, &service("http-too", "LoadBalancer", "", key));
+    wait_ips(&cp, "http-too", &["10.123.64.2"]);
+    // Without the key: not shared either.
+    let plain = service("plain", "LoadBalancer", "", "").replace("port: 80", "port: 8080");
+    apply(&cp, &plain);
+    wait_ips(&cp, "plain", &["10.123.64.3"]);
+}
+
+#[test]
 fn bad_pools_are_refused_at_start() {
     for (pool, error) in [
         ("10.123.64.1/24", "has host bits set"),

@@ -8,7 +8,9 @@
 //!   when they are in a pool and no other Service holds them; otherwise it gets nothing and a
 //!   Warning Event `AllocationFailed`.
 //! - Any other gets the lowest free address of the pools, in the order they were given,
-//!   without each CIDR's network and broadcast addresses.
+//!   without each CIDR's network and broadcast addresses. An address is one Service's, except
+//!   that Services with the same [`SHARING_KEY_ANNOTATION`] and no port in common may share
+//!   one (such a Service takes the lowest address it may share before a free one).
 //! - The status is the allocation: it survives restarts, and the in-use set is rebuilt from
 //!   every Service's status before anything new is handed out. Allocation is serialised (one
 //!   lock around every reconcile), so two Services created at once never share an address.
@@ -20,7 +22,7 @@
 //! bare-metal Kubernetes, and a status written by someone else is left alone. IPv4 only.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     net::Ipv4Addr,
     str::FromStr,
@@ -42,6 +44,9 @@ use crate::apiserver::{Api, objects, path::Target, resources::ResourceType};
 const COMPONENT: &str = "lbipam-controller";
 /// Addresses a Service asks for, comma-separated (like Cilium's `lbipam.cilium.io/ips`).
 pub const IPS_ANNOTATION: &str = "lbipam.apiary.dev/ips";
+/// Services with the same value and no port (number and protocol) in common may share an
+/// address (like Cilium's `lbipam.cilium.io/sharing-key`).
+pub const SHARING_KEY_ANNOTATION: &str = "lbipam.apiary.dev/sharing-key";
 const RESYNC: Duration = Duration::from_secs(30);
 /// How long to wait before listing again when the start-up listing fails.
 const RELIST: Duration = Duration::from_secs(1);
@@ -188,46 +193,122 @@ impl fmt::Display for Owner {
     }
 }
 
+/// A Service holding an address, with what decides whether another may share it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Holder {
+    owner: Owner,
+    /// The [`SHARING_KEY_ANNOTATION`], if any.
+    sharing_key: Option<String>,
+    /// (port, protocol) of each service port.
+    ports: BTreeSet<(i64, String)>,
+}
+
+impl Holder {
+    fn of(svc: &Value) -> Self {
+        let sharing_key = str_of(
+            svc,
+            &format!("/metadata/annotations/{}", pointer(SHARING_KEY_ANNOTATION)),
+        );
+        Self {
+            owner: Owner::of(svc),
+            sharing_key: (!sharing_key.is_empty()).then(|| sharing_key.to_owned()),
+            ports: svc["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let protocol = p["protocol"].as_str().unwrap_or("TCP");
+                    (p["port"].as_i64().unwrap_or(0), protocol.to_owned())
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether `self` and `other` may hold one address: the same Service, or the same
+    /// sharing key and no port in common.
+    fn compatible(&self, other: &Self) -> bool {
+        self.owner == other.owner
+            || (self.sharing_key.is_some()
+                && self.sharing_key == other.sharing_key
+                && self.ports.is_disjoint(&other.ports))
+    }
+}
+
 /// The addresses in use, and what was last reported about each Service that got none.
 #[derive(Debug, Default)]
 struct Allocations {
-    by_ip: BTreeMap<Ipv4Addr, Owner>,
+    /// The holders of each address in use: one, or several sharing it.
+    by_ip: BTreeMap<Ipv4Addr, Vec<Holder>>,
     /// The last `AllocationFailed` message per (namespace, name), so that a failure is
     /// reported when it first happens (or changes), not on every resync.
     reported: HashMap<(String, String), String>,
 }
 
 impl Allocations {
-    /// Whether `ip` is free or already `owner`'s (the same object: same uid).
-    fn available_to(&self, ip: Ipv4Addr, owner: &Owner) -> bool {
-        self.by_ip.get(&ip).is_none_or(|o| o == owner)
+    /// A holder of `ip` that `me` may not share it with.
+    fn conflict(&self, ip: Ipv4Addr, me: &Holder) -> Option<&Owner> {
+        self.by_ip
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .find(|h| !h.compatible(me))
+            .map(|h| &h.owner)
+    }
+
+    fn available_to(&self, ip: Ipv4Addr, me: &Holder) -> bool {
+        self.conflict(ip, me).is_none()
     }
 
     /// The addresses held under the Service's name (by this or an earlier object of the name).
     fn held_by(&self, namespace: &str, name: &str) -> Vec<Ipv4Addr> {
         self.by_ip
             .iter()
-            .filter(|(_, o)| o.is(namespace, name))
+            .filter(|(_, holders)| holders.iter().any(|h| h.owner.is(namespace, name)))
             .map(|(ip, _)| *ip)
             .collect()
     }
 
     /// Frees what the Service's name holds except `keep`; whether anything was freed.
     fn release(&mut self, namespace: &str, name: &str, keep: &[Ipv4Addr]) -> bool {
-        let before = self.by_ip.len();
-        self.by_ip
-            .retain(|ip, o| !o.is(namespace, name) || keep.contains(ip));
-        self.by_ip.len() != before
+        let mut freed = false;
+        self.by_ip.retain(|ip, holders| {
+            if !keep.contains(ip) {
+                let before = holders.len();
+                holders.retain(|h| !h.owner.is(namespace, name));
+                freed |= holders.len() != before;
+            }
+            !holders.is_empty()
+        });
+        freed
     }
 
-    /// The lowest free address of the pools, in pool order.
-    fn lowest_free(&self, pools: &[Pool]) -> Option<Ipv4Addr> {
-        pools.iter().find_map(|pool| {
-            let (first, last) = pool.usable();
-            // Each step past `first` skips one address in use: at most `by_ip.len()` steps.
-            (first..=last)
-                .map(Ipv4Addr::from)
-                .find(|ip| !self.by_ip.contains_key(ip))
+    /// Records `holder` on `ip`, replacing what it recorded before (its ports may have changed).
+    fn claim(&mut self, ip: Ipv4Addr, holder: Holder) {
+        let holders = self.by_ip.entry(ip).or_default();
+        holders.retain(|h| !h.owner.is(&holder.owner.namespace, &holder.owner.name));
+        holders.push(holder);
+    }
+
+    /// The address for `me`: with a sharing key, the lowest one it may share; otherwise (or
+    /// when there is none) the lowest free one. Pools in order.
+    fn lowest_available(&self, pools: &[Pool], me: &Holder) -> Option<Ipv4Addr> {
+        let shared = me.sharing_key.as_ref().and_then(|_| {
+            pools.iter().find_map(|pool| {
+                let (first, last) = pool.usable();
+                self.by_ip
+                    .range(Ipv4Addr::from(first)..=Ipv4Addr::from(last))
+                    .find(|(_, holders)| holders.iter().all(|h| h.compatible(me)))
+                    .map(|(ip, _)| *ip)
+            })
+        });
+        shared.or_else(|| {
+            pools.iter().find_map(|pool| {
+                let (first, last) = pool.usable();
+                // Each step past `first` skips one address in use: at most `by_ip.len()` steps.
+                (first..=last)
+                    .map(Ipv4Addr::from)
+                    .find(|ip| !self.by_ip.contains_key(ip))
+            })
         })
     }
 }
@@ -302,7 +383,7 @@ enum Decision {
 }
 
 fn decide(svc: &Value, pools: &[Pool], allocations: &Allocations) -> Decision {
-    let owner = Owner::of(svc);
+    let me = Holder::of(svc);
     let requested = match requested(svc) {
         Ok(ips) => ips,
         Err(reason) => return Decision::Fail(reason),
@@ -315,7 +396,7 @@ fn decide(svc: &Value, pools: &[Pool], allocations: &Allocations) -> Decision {
                     describe(pools)
                 ));
             }
-            if let Some(holder) = allocations.by_ip.get(ip).filter(|o| **o != owner) {
+            if let Some(holder) = allocations.conflict(*ip, &me) {
                 return Decision::Fail(format!("{ip} is already allocated to \"{holder}\""));
             }
         }
@@ -330,7 +411,7 @@ fn decide(svc: &Value, pools: &[Pool], allocations: &Allocations) -> Decision {
     let mut replaced = Vec::new();
     for text in &current {
         match text.parse::<Ipv4Addr>() {
-            Ok(ip) if in_pools(pools, ip) && allocations.available_to(ip, &owner) => {
+            Ok(ip) if in_pools(pools, ip) && allocations.available_to(ip, &me) => {
                 if !keep.contains(&ip) {
                     keep.push(ip);
                 }
@@ -340,13 +421,13 @@ fn decide(svc: &Value, pools: &[Pool], allocations: &Allocations) -> Decision {
     }
     if keep.is_empty() {
         keep = allocations
-            .held_by(&owner.namespace, &owner.name)
+            .held_by(&me.owner.namespace, &me.owner.name)
             .into_iter()
-            .filter(|ip| in_pools(pools, *ip) && allocations.available_to(*ip, &owner))
+            .filter(|ip| in_pools(pools, *ip) && allocations.available_to(*ip, &me))
             .collect();
     }
     if keep.is_empty() {
-        match allocations.lowest_free(pools) {
+        match allocations.lowest_available(pools, &me) {
             Some(ip) => keep.push(ip),
             None => {
                 return Decision::Fail(format!(
@@ -385,7 +466,7 @@ fn status_with(svc: &Value, ingress: Value) -> Value {
 }
 
 /// Builds the in-use set from the Services' statuses, oldest Service first (so that if two
-/// statuses name one address, the older Service keeps it).
+/// statuses name one address they may not share, the older Service keeps it).
 fn rebuild(services: &[Value], pools: &[Pool]) -> Allocations {
     let mut managed: Vec<&Value> = services.iter().filter(|s| managed(s)).collect();
     managed.sort_by_key(|s| {
@@ -397,12 +478,10 @@ fn rebuild(services: &[Value], pools: &[Pool]) -> Allocations {
     });
     let mut allocations = Allocations::default();
     for svc in managed {
+        let holder = Holder::of(svc);
         for ip in status_ips(svc).iter().filter_map(|t| t.parse().ok()) {
-            if in_pools(pools, ip) {
-                allocations
-                    .by_ip
-                    .entry(ip)
-                    .or_insert_with(|| Owner::of(svc));
+            if in_pools(pools, ip) && allocations.available_to(ip, &holder) {
+                allocations.claim(ip, holder.clone());
             }
         }
     }
@@ -545,10 +624,10 @@ impl Reconciler for LoadBalancer {
         }
         match decide(&svc, &self.pools, &allocations) {
             Decision::Assign { ips, replaced } => {
-                let owner = Owner::of(&svc);
+                let holder = Holder::of(&svc);
                 let freed = allocations.release(namespace, name, &ips);
                 for ip in &ips {
-                    allocations.by_ip.insert(*ip, owner.clone());
+                    allocations.claim(*ip, holder.clone());
                 }
                 allocations
                     .reported
@@ -687,15 +766,12 @@ mod tests {
             assigned(decide(&svc("a", "1"), &pools, &allocations)),
             [ip("10.0.0.1")]
         );
-        let owner = Owner::of(&svc("a", "1"));
-        allocations.by_ip.insert(ip("10.0.0.1"), owner.clone());
+        allocations.claim(ip("10.0.0.1"), Holder::of(&svc("a", "1")));
         assert_eq!(
             assigned(decide(&svc("b", "2"), &pools, &allocations)),
             [ip("10.0.0.2")]
         );
-        allocations
-            .by_ip
-            .insert(ip("10.0.0.2"), Owner::of(&svc("b", "2")));
+        allocations.claim(ip("10.0.0.2"), Holder::of(&svc("b", "2")));
         // The first pool is full: the second one's first host address.
         assert_eq!(
             assigned(decide(&svc("c", "3"), &pools, &allocations)),
@@ -710,12 +786,8 @@ mod tests {
     fn exhaustion_fails_with_the_pools_named() {
         let pools = pools(&["10.0.0.0/30"]);
         let mut allocations = Allocations::default();
-        allocations
-            .by_ip
-            .insert(ip("10.0.0.1"), Owner::of(&svc("a", "1")));
-        allocations
-            .by_ip
-            .insert(ip("10.0.0.2"), Owner::of(&svc("b", "2")));
+        allocations.claim(ip("10.0.0.1"), Holder::of(&svc("a", "1")));
+        allocations.claim(ip("10.0.0.2"), Holder::of(&svc("b", "2")));
         assert_eq!(
             failed(decide(&svc("c", "3"), &pools, &allocations)),
             "no available IPs in the address pools (10.0.0.0/30)"
@@ -726,9 +798,7 @@ mod tests {
     fn requested_addresses_must_be_in_a_pool_and_free() {
         let pools = pools(&["10.0.0.0/24"]);
         let mut allocations = Allocations::default();
-        allocations
-            .by_ip
-            .insert(ip("10.0.0.1"), Owner::of(&svc("a", "1")));
+        allocations.claim(ip("10.0.0.1"), Holder::of(&svc("a", "1")));
         let mut b = svc("b", "2");
         b["spec"]["loadBalancerIP"] = json!("10.0.0.9");
         assert_eq!(assigned(decide(&b, &pools, &allocations)), [ip("10.0.0.9")]);
@@ -789,7 +859,7 @@ mod tests {
         classy["spec"]["loadBalancerClass"] = json!("example.com/other");
         let allocations = rebuild(&[young.clone(), old.clone(), classy], &pools);
         assert_eq!(allocations.by_ip.len(), 1, "{allocations:?}");
-        assert_eq!(allocations.by_ip[&ip("10.0.0.5")].name, "z-old");
+        assert_eq!(allocations.by_ip[&ip("10.0.0.5")][0].owner.name, "z-old");
         assert_eq!(
             assigned(decide(&old, &pools, &allocations)),
             [ip("10.0.0.5")]
@@ -802,6 +872,64 @@ mod tests {
                 replaced: vec!["10.0.0.5".into()],
             }
         );
+    }
+
+    #[test]
+    fn services_with_one_sharing_key_and_no_common_port_share_an_address() {
+        let pools = pools(&["10.0.0.0/24"]);
+        let shared = |name: &str, port: i64, protocol: &str, key: &str| {
+            let mut s = svc(name, name);
+            s["spec"]["ports"] = json!([{ "port": port, "protocol": protocol }]);
+            s["metadata"]["annotations"] = json!({ SHARING_KEY_ANNOTATION: key });
+            s
+        };
+        let mut allocations = Allocations::default();
+        // Without a key an address is never shared.
+        allocations.claim(ip("10.0.0.1"), Holder::of(&svc("plain", "0")));
+        let http = shared("http", 80, "TCP", "web");
+        assert_eq!(
+            assigned(decide(&http, &pools, &allocations)),
+            [ip("10.0.0.2")]
+        );
+        allocations.claim(ip("10.0.0.2"), Holder::of(&http));
+        let https = shared("https", 443, "TCP", "web");
+        assert_eq!(
+            assigned(decide(&https, &pools, &allocations)),
+            [ip("10.0.0.2")]
+        );
+        allocations.claim(ip("10.0.0.2"), Holder::of(&https));
+        // The same port number with another protocol is another port.
+        let quic = shared("quic", 443, "UDP", "web");
+        assert_eq!(
+            assigned(decide(&quic, &pools, &allocations)),
+            [ip("10.0.0.2")]
+        );
+        // A port in common, or another key: the next free address.
+        let again = shared("again", 80, "TCP", "web");
+        assert_eq!(
+            assigned(decide(&again, &pools, &allocations)),
+            [ip("10.0.0.3")]
+        );
+        let other = shared("other", 8080, "TCP", "mail");
+        assert_eq!(
+            assigned(decide(&other, &pools, &allocations)),
+            [ip("10.0.0.3")]
+        );
+        let mut asks = again.clone();
+        asks["spec"]["loadBalancerIP"] = json!("10.0.0.2");
+        assert_eq!(
+            failed(decide(&asks, &pools, &allocations)),
+            "10.0.0.2 is already allocated to \"default/http\""
+        );
+        // One sharer going leaves the address to the other.
+        assert!(allocations.release("default", "http", &[]));
+        assert_eq!(allocations.by_ip[&ip("10.0.0.2")].len(), 1);
+        assert_eq!(
+            assigned(decide(&asks, &pools, &allocations)),
+            [ip("10.0.0.2")]
+        );
+        assert!(allocations.release("default", "https", &[]));
+        assert!(!allocations.by_ip.contains_key(&ip("10.0.0.2")));
     }
 
     #[test]
