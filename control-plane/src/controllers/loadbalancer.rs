@@ -632,7 +632,6 @@ impl Reconciler for LoadBalancer {
                 allocations
                     .reported
                     .remove(&(namespace.into(), name.into()));
-                drop(allocations);
                 if freed {
                     self.wake_waiting();
                 }
@@ -669,7 +668,6 @@ impl Reconciler for LoadBalancer {
                     .reported
                     .insert((namespace.into(), name.into()), message.clone())
                     .is_none_or(|last| last != message);
-                drop(allocations);
                 if freed {
                     self.wake_waiting();
                 }
