@@ -4,7 +4,7 @@
 //! - [`apiserver`]: HTTPS, authentication, discovery and the verbs on every resource.
 //! - [`agents`]: the node agents' gRPC channel, served on the API port.
 //! - [`leader`]: Lease-based leader election; only the leader runs the controllers.
-//! - [`controllers`]: ReplicaSet and Deployment reconcilers.
+//! - [`controllers`]: workload, Endpoints and LoadBalancer-address reconcilers.
 //! - [`scheduler`]: assigns pods to nodes; its `lifecycle` marks silent nodes and evicts.
 
 pub mod agents;

@@ -42,6 +42,12 @@ struct Cli {
     /// The pod network; each node gets a /24 of it.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: apiary_control_plane::agents::PodNetwork,
+    /// An address pool of LoadBalancer Services (IPv4 CIDR, e.g. 10.123.64.0/24; repeatable or
+    /// comma-separated). Each Service of type LoadBalancer without a loadBalancerClass gets
+    /// the lowest free address (or the one `spec.loadBalancerIP` or the annotation
+    /// `lbipam.apiary.dev/ips` asks for) in its status. Without a pool they stay pending.
+    #[arg(long = "loadbalancer-pool", value_name = "CIDR", value_delimiter = ',')]
+    loadbalancer_pools: Vec<apiary_control_plane::controllers::loadbalancer::Pool>,
     /// This control plane's name in leader election [default: <hostname>-<pid>].
     #[arg(long)]
     identity: Option<String>,
@@ -63,6 +69,20 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    {
+        use apiary_control_plane::{apiserver::allocator::SERVICE_CIDR, controllers::loadbalancer};
+        let network = |(base, len)| loadbalancer::Pool::new(base, len).map_err(anyhow::Error::msg);
+        let reserved = [
+            ("service network", network(SERVICE_CIDR)?),
+            (
+                "pod network (--cluster-cidr)",
+                network((cli.cluster_cidr.base, cli.cluster_cidr.prefix_len))?,
+            ),
+        ];
+        loadbalancer::check_pools(&cli.loadbalancer_pools, &reserved)
+            .map_err(anyhow::Error::msg)
+            .context("--loadbalancer-pool")?;
+    }
     std::fs::create_dir_all(&cli.data_dir)
         .with_context(|| format!("creating {}", cli.data_dir.display()))?;
 
@@ -111,7 +131,15 @@ async fn main() -> anyhow::Result<()> {
         leader::Timing::default(),
         leading_tx,
     ));
-    tokio::spawn(run_while_leading(Arc::clone(&api), lifecycle, leading));
+    let controllers = apiary_control_plane::controllers::Config {
+        load_balancer_pools: cli.loadbalancer_pools.clone(),
+    };
+    tokio::spawn(run_while_leading(
+        Arc::clone(&api),
+        lifecycle,
+        controllers,
+        leading,
+    ));
     let app = apiserver::router(api, Arc::new(Tokens::new(pki.admin_token.clone())));
     let listener = TcpListener::bind(cli.listen)
         .await
@@ -162,6 +190,7 @@ fn default_identity() -> String {
 async fn run_while_leading(
     api: Arc<Api>,
     lifecycle: apiary_control_plane::scheduler::lifecycle::Config,
+    controllers: apiary_control_plane::controllers::Config,
     mut leading: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -175,6 +204,7 @@ async fn run_while_leading(
         let tasks = [
             tokio::spawn(apiary_control_plane::controllers::run(
                 Arc::clone(&api),
+                controllers.clone(),
                 stepped_down,
             )),
             tokio::spawn(apiary_control_plane::scheduler::run(Arc::clone(&api))),

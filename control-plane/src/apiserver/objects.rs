@@ -722,6 +722,7 @@ async fn write_update(
     defaults::apply(resource.kind, &mut merged);
     let released = if resource.plural == "services" && target.subresource.is_none() {
         keep_cluster_ip(old, &mut merged);
+        drop_type_dependent_fields(old, &mut merged);
         allocator::reconcile_update(api, old, &mut merged).await?
     } else {
         allocator::Claims::default()
@@ -761,6 +762,33 @@ fn keep_cluster_ip(old: &Value, new: &mut Value) {
         let empty = new["spec"][field].is_null() || new["spec"][field] == "";
         if empty && !old["spec"][field].is_null() {
             new["spec"][field] = old["spec"][field].clone();
+        }
+    }
+}
+
+/// A Service changed to a type that has no use for a field the old type had (and defaulted)
+/// loses it, unless the update changed it, as Kubernetes' `dropTypeDependentFields` does: so
+/// that `type: ClusterIP` applied over a LoadBalancer is valid. (NodePorts are the allocator's.)
+fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
+    let external = |svc: &Value| {
+        matches!(
+            svc["spec"]["type"].as_str(),
+            Some("NodePort" | "LoadBalancer")
+        )
+    };
+    let load_balancer = |svc: &Value| svc["spec"]["type"] == "LoadBalancer";
+    let mut drop = Vec::new();
+    if external(old) && !external(new) {
+        drop.extend(["externalTrafficPolicy", "healthCheckNodePort"]);
+    }
+    if load_balancer(old) && !load_balancer(new) {
+        drop.extend(["allocateLoadBalancerNodePorts", "loadBalancerClass"]);
+    }
+    for field in drop {
+        if new["spec"][field] == old["spec"][field]
+            && let Some(spec) = new["spec"].as_object_mut()
+        {
+            spec.remove(field);
         }
     }
 }

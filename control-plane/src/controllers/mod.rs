@@ -10,6 +10,7 @@
 //!   without one.
 //! - [`job`]: runs Jobs' pods to completion.
 //! - [`cronjob`]: creates Jobs on a cron schedule.
+//! - [`loadbalancer`]: addresses of LoadBalancer Services, from the configured pools.
 
 pub mod cronjob;
 pub mod daemonset;
@@ -17,6 +18,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod endpoints_mirror;
 pub mod job;
+pub mod loadbalancer;
 pub mod replicaset;
 pub mod runtime;
 pub mod statefulset;
@@ -29,8 +31,19 @@ use tokio::sync::watch;
 use crate::apiserver::{Api, objects, path::Target, resources::ResourceType};
 use runtime::Error;
 
+/// What the controllers are configured with (the control plane's flags).
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Where LoadBalancer Services get their addresses; none: they stay pending.
+    pub load_balancer_pools: Vec<loadbalancer::Pool>,
+}
+
 /// Runs every controller until `shutdown` resolves, then drains them.
-pub async fn run(api: Arc<Api>, shutdown: impl Future<Output = ()> + Send + 'static) {
+pub async fn run(
+    api: Arc<Api>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -44,7 +57,8 @@ pub async fn run(api: Arc<Api>, shutdown: impl Future<Output = ()> + Send + 'sta
         job::run(Arc::clone(&api), rx.clone()),
         cronjob::run(Arc::clone(&api), rx.clone()),
         statefulset::run(Arc::clone(&api), rx.clone()),
-        daemonset::run(Arc::clone(&api), rx),
+        daemonset::run(Arc::clone(&api), rx.clone()),
+        loadbalancer::run(Arc::clone(&api), config.load_balancer_pools, rx),
     );
     tracing::debug!("controllers stopped");
 }
@@ -170,8 +184,31 @@ async fn record_event(
     api: &Api,
     component: &str,
     involved: &Value,
-    (api_version, kind): (&str, &str),
+    kind: (&str, &str),
     reason: &str,
+    message: &str,
+) {
+    record(api, component, involved, kind, ("Normal", reason), message).await;
+}
+
+/// Records a `Warning` Event, like [`record_event`].
+async fn record_warning(
+    api: &Api,
+    component: &str,
+    involved: &Value,
+    kind: (&str, &str),
+    reason: &str,
+    message: &str,
+) {
+    record(api, component, involved, kind, ("Warning", reason), message).await;
+}
+
+async fn record(
+    api: &Api,
+    component: &str,
+    involved: &Value,
+    (api_version, kind): (&str, &str),
+    (type_, reason): (&str, &str),
     message: &str,
 ) {
     let events = resource(api, "", "v1", "events");
@@ -196,7 +233,7 @@ async fn record_event(
         },
         "reason": reason,
         "message": message,
-        "type": "Normal",
+        "type": type_,
         "source": { "component": component },
         "reportingComponent": component,
         "count": 1,

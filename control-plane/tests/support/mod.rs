@@ -102,13 +102,7 @@ impl ControlPlane {
 
     pub fn start_with(extra_args: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_apiary-control-plane"))
-            .args(["--data-dir", data_dir.path().to_str().unwrap()])
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra_args)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .unwrap();
+        let child = Self::spawn(data_dir.path(), extra_args);
         let mut cp = Self {
             child,
             data_dir,
@@ -116,6 +110,28 @@ impl ControlPlane {
         };
         cp.wait_ready();
         cp
+    }
+
+    fn spawn(data_dir: &Path, extra_args: &[&str]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_apiary-control-plane"))
+            .args(["--data-dir", data_dir.to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra_args)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap()
+    }
+
+    /// Kills the control plane (as a crash would) and starts it again on the same data
+    /// directory with `extra_args`. Pass the same `--identity` both times, or the new process
+    /// waits for the dead one's leader lease to expire before it runs the controllers.
+    pub fn restart_with(&mut self, extra_args: &[&str]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The new process listens on another port and writes a new kubeconfig.
+        let _ = std::fs::remove_file(self.kubeconfig());
+        self.child = Self::spawn(self.data_dir.path(), extra_args);
+        self.wait_ready();
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
