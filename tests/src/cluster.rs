@@ -24,6 +24,8 @@ use crate::lab::{Lab, Node, ip, nsenter};
 pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(10, 123, 0, 254);
 /// Where [`ClusterLab::start_registry`] serves images: the control plane's address, port 5000.
 pub const REGISTRY: &str = "10.123.0.254:5000";
+/// Addresses for LoadBalancer Services of lab clusters (clients route them to a node).
+pub const LOADBALANCER_POOL: &str = "10.123.64.0/24";
 /// Pod CIDRs of lab clusters: node *k* gets `10.123.(127+k).0/24`, inside the lab's range.
 pub const CLUSTER_CIDR: &str = "10.123.128.0/17";
 
@@ -113,6 +115,8 @@ impl ClusterLab {
                 format!("{CONTROL_PLANE_IP}:6443"),
                 "--cluster-cidr".into(),
                 CLUSTER_CIDR.into(),
+                "--loadbalancer-pool".into(),
+                LOADBALANCER_POOL.into(),
             ],
             &cp_log,
         )?;

@@ -230,19 +230,20 @@ fn cluster_ips_node_ports_affinity_and_dns() {
         .iter()
         .map(|p| p["status"]["podIP"].as_str().unwrap().to_owned())
         .collect();
+    let mut last = String::new();
     let headless = wait("headless records", Duration::from_secs(20), || {
-        let out = cluster
-            .kubectl_ok(&["exec", "c1", "--", "nslookup", "web-headless"])
-            .ok()?;
+        let out = cluster.kubectl(&[
+            "exec",
+            "c1",
+            "--",
+            "nslookup",
+            "web-headless.default.svc.cluster.local",
+        ]);
+        last = format!("{out:?}");
+        let out = String::from_utf8(out.ok()?.stdout).ok()?;
         pod_ips.iter().all(|ip| out.contains(ip)).then_some(out)
     })
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e:#}
-{}",
-            cluster.logs()
-        )
-    });
+    .unwrap_or_else(|e| panic!("{e:#}: {last}\n{}", cluster.logs()));
     assert!(!headless.contains(&ip.to_string()), "{headless}");
 
     // ExternalName: a CNAME to another name, which the pod's resolver follows.
@@ -386,6 +387,40 @@ subsets:
             "{name}: 40 connections reached only {seen:?}"
         );
     }
+
+    // LoadBalancer: an address from the pool, served like a NodePort by the node the client
+    // routes it to, and from pods like a ClusterIP.
+    cluster
+        .apply(&service("web-lb", "web", "  type: LoadBalancer"))
+        .unwrap();
+    let lb_ip: Ipv4Addr = wait("a load-balancer address", Duration::from_secs(20), || {
+        let svc = cluster
+            .kubectl_json(&["get", "svc", "web-lb", "-o", "json"])
+            .ok()?;
+        svc["status"]["loadBalancer"]["ingress"][0]["ip"]
+            .as_str()?
+            .parse()
+            .ok()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    assert!(lb_ip.to_string().starts_with("10.123.64."), "{lb_ip}");
+    lab::ip(&[
+        "-n",
+        &client.netns,
+        "route",
+        "add",
+        &format!("{lb_ip}/32"),
+        "via",
+        &nodes[1].1.to_string(),
+    ])
+    .unwrap();
+    let answer = wait("the load-balancer address", Duration::from_secs(20), || {
+        http_get(&client.netns, SocketAddr::from((lb_ip, 80))).ok()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    assert!(all.contains(&&answer), "{answer}");
+    let from_pod = answers_from_pod(&cluster, "c1", &format!("http://{lb_ip}/"), 5);
+    assert!(from_pod.keys().all(|a| all.contains(&a)), "{from_pod:?}");
 
     // externalTrafficPolicy: Local: a node answers with its own backends only, and a node
     // without any does not answer.

@@ -281,8 +281,37 @@ impl ClusterRecords {
     }
 
     /// Answers the question `name`/`rtype` (case-insensitive), as CoreDNS's `kubernetes` plugin
-    /// would.
+    /// would. A CNAME (ExternalName) whose target is in the cluster domain comes with the
+    /// target's records too, as an authoritative server follows a chain within its zone
+    /// (RFC 1034 §4.3.2): simple stub resolvers (busybox's `nslookup`) do not follow it.
     pub fn resolve(&self, name: &Name, rtype: RecordType) -> Answer {
+        let mut answer = self.resolve_name(name, rtype);
+        if rtype == RecordType::CNAME {
+            return answer;
+        }
+        // Bounded: ExternalNames may point at each other in a loop.
+        for _ in 0..8 {
+            let Answer::Records { answers, .. } = &mut answer else {
+                break;
+            };
+            let Some(target) = answers.last().and_then(|r| match &r.data {
+                RData::CNAME(CNAME(target)) => Some(target.clone()),
+                _ => None,
+            }) else {
+                break;
+            };
+            if !self.in_domain(&target) {
+                break;
+            }
+            match self.resolve_name(&target, rtype) {
+                Answer::Records { answers: more, .. } => answers.extend(more),
+                _ => break,
+            }
+        }
+        answer
+    }
+
+    fn resolve_name(&self, name: &Name, rtype: RecordType) -> Answer {
         let labels: Vec<String> = name
             .iter()
             .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())

@@ -650,3 +650,47 @@ fn applying_again_replaces_the_object() {
         Answer::NxDomain
     );
 }
+
+#[test]
+fn an_external_name_inside_the_cluster_domain_comes_with_its_target_s_records() {
+    let mut records = cluster();
+    records.apply_service(&service(
+        "default",
+        "alias",
+        json!({"type": "ExternalName", "externalName": "web.default.svc.cluster.local"}),
+    ));
+    // Two aliases pointing at each other: the chain is cut, not followed forever.
+    records.apply_service(&service(
+        "default",
+        "loop-a",
+        json!({"type": "ExternalName", "externalName": "loop-b.default.svc.cluster.local"}),
+    ));
+    records.apply_service(&service(
+        "default",
+        "loop-b",
+        json!({"type": "ExternalName", "externalName": "loop-a.default.svc.cluster.local"}),
+    ));
+    assert_eq!(
+        data(&ask(
+            &records,
+            "alias.default.svc.cluster.local.",
+            RecordType::A
+        )),
+        ["10.96.0.10", "web.default.svc.cluster.local."]
+    );
+    // Asked for the CNAME itself: just the CNAME.
+    assert_eq!(
+        data(&ask(
+            &records,
+            "alias.default.svc.cluster.local.",
+            RecordType::CNAME
+        )),
+        ["web.default.svc.cluster.local."]
+    );
+    let looped = data(&ask(
+        &records,
+        "loop-a.default.svc.cluster.local.",
+        RecordType::A,
+    ));
+    assert!(looped.len() <= 9, "{looped:?}");
+}
