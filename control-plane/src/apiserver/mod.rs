@@ -131,9 +131,17 @@ pub async fn bootstrap(api: &Api) -> Result<(), ApiError> {
         name: None,
         subresource: None,
     };
+    let exists = || objects::get(api, services, Some("kube-system"), "kube-dns");
+    // Look first: creating it again would fail on its address (taken by itself) before its
+    // name, and control planes sharing a store may race here.
+    if exists().await.is_ok() {
+        return Ok(());
+    }
     match objects::create(api, &target, kube_dns_service()).await {
         Ok(_) => tracing::info!(service = "kube-system/kube-dns", "created"),
-        Err(e) if e.reason == "AlreadyExists" => {}
+        Err(e) if exists().await.is_ok() => {
+            tracing::debug!(error = %e.message, "kube-dns was created by another control plane");
+        }
         Err(e) => return Err(e),
     }
     Ok(())
