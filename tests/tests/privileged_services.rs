@@ -364,6 +364,41 @@ subsets:
         assert_eq!(answers.values().sum::<u32>(), 20, "{answers:?}");
     }
 
+    // `apiary net services` shows what node 1's maps hold: the frontend of web:http with the
+    // four pods, read from the maps (through the API server's node proxy and the agent).
+    let out = apiary_tests::lab::nsenter(&cluster.underlay, apiary_tests::cluster::binary("apiary"))
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args(["net", "services", "--node", &nodes[0].0, "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let web_frontend = view
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["service"] == "default/web:http" && f["frontend"]["scope"] == "socket")
+        .unwrap_or_else(|| panic!("no default/web:http in {view:#}"));
+    assert_eq!(web_frontend["frontend"]["address"], ip.to_string());
+    let mut seen: Vec<String> = web_frontend["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["address"].as_str().unwrap().to_owned())
+        .collect();
+    seen.sort();
+    let mut expected = pod_ips.clone();
+    expected.sort();
+    assert_eq!(seen, expected);
+    let slots: u64 = web_frontend["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["slots"].as_u64().unwrap())
+        .sum();
+    assert_eq!(slots, apiary_ebpf_common::MAGLEV_TABLE_SIZE as u64);
+
     // Session affinity: one client, one backend.
     let sticky = answers_from_pod(&cluster, "c2", "http://web-sticky/", 20);
     assert_eq!(sticky.len(), 1, "{sticky:?}");
