@@ -366,13 +366,18 @@ subsets:
 
     // `apiary net services` shows what node 1's maps hold: the frontend of web:http with the
     // four pods, read from the maps (through the API server's node proxy and the agent).
-    let out = apiary_tests::lab::nsenter(&cluster.underlay, apiary_tests::cluster::binary("apiary"))
-        .arg("--kubeconfig")
-        .arg(&cluster.kubeconfig)
-        .args(["net", "services", "--node", &nodes[0].0, "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        apiary_tests::lab::nsenter(&cluster.underlay, apiary_tests::cluster::binary("apiary"))
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .args(["net", "services", "--node", &nodes[0].0, "-o", "json"])
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let view: Value = serde_json::from_slice(&out.stdout).unwrap();
     let web_frontend = view
         .as_array()
@@ -619,4 +624,131 @@ fn connections_survive_scale_down_and_agent_restarts() {
         failures.len(),
         cluster.logs()
     );
+}
+
+fn udp_pod(name: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: udp}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {IMAGE}
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    ports: [{{containerPort: 9001, protocol: UDP}}]
+"#
+    )
+}
+
+/// A UDP server inside pod `name`'s network namespace (the agent's sandbox), answering every
+/// datagram with the pod's name. The test plays the container's part: busybox has no UDP
+/// server.
+fn udp_server_in_pod(cluster: &ClusterLab, name: &str) {
+    let pod = cluster.pod("default", name).unwrap();
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    let netns = cluster.nodes()[0]
+        .run_dir
+        .join("pods")
+        .join(uid)
+        .join("net");
+    let socket = apiary_node_agent::netns::run_in(&netns, || {
+        std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 9001))
+    })
+    .unwrap()
+    .unwrap();
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((_, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(name.as_bytes(), from);
+        }
+    });
+}
+
+#[test]
+fn udp_node_ports_forget_flows_of_deleted_backends() {
+    require_privileges!();
+    let mut cluster = ClusterLab::start(1).unwrap();
+    let node_ip = cluster.nodes()[0].node.underlay_ip;
+    cluster.apply(&udp_pod("u1")).unwrap();
+    cluster
+        .apply(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: udp}
+spec:
+  type: NodePort
+  selector: {app: udp}
+  ports: [{port: 9001, protocol: UDP, targetPort: 9001, nodePort: 30090}]
+"#,
+        )
+        .unwrap();
+    cluster
+        .wait_ready("default", "u1", Duration::from_secs(60))
+        .unwrap();
+    udp_server_in_pod(&cluster, "u1");
+
+    // One client flow (fixed source port) through the NodePort: replies come from the NodePort.
+    let client = cluster.lab.add_client().unwrap();
+    let socket = lab::udp_socket(
+        &client.netns,
+        std::net::SocketAddrV4::new(client.underlay_ip, 40000),
+    )
+    .unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let frontend = SocketAddr::from((node_ip, 30090));
+    let ask = || -> Option<String> {
+        socket.send_to(b"q", frontend).ok()?;
+        let mut buf = [0u8; 64];
+        let (n, from) = socket.recv_from(&mut buf).ok()?;
+        assert_eq!(from, frontend, "the reply's source is the NodePort");
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let first = wait("the UDP NodePort", Duration::from_secs(20), &ask)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    assert_eq!(first, "u1");
+
+    // A second backend: the tracked flow stays on the first.
+    cluster.apply(&udp_pod("u2")).unwrap();
+    cluster
+        .wait_ready("default", "u2", Duration::from_secs(60))
+        .unwrap();
+    udp_server_in_pod(&cluster, "u2");
+    wait("two endpoints", Duration::from_secs(20), || {
+        let slices = cluster
+            .kubectl_json(&[
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=udp",
+                "-o",
+                "json",
+            ])
+            .ok()?;
+        let endpoints = slices["items"][0]["endpoints"].as_array()?.len();
+        (endpoints == 2).then_some(())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(ask().as_deref(), Some("u1"));
+
+    // The first backend goes: its UDP flows are flushed, so the same client flow moves to the
+    // live backend instead of vanishing into the deleted one.
+    cluster
+        .kubectl_ok(&["delete", "pod", "u1", "--wait=false"])
+        .unwrap();
+    // (Without the flush the flow would stay pinned to the deleted pod's address: silence.)
+    wait(
+        "the flow on the live backend",
+        Duration::from_secs(30),
+        || ask().filter(|answer| answer == "u2"),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
 }
