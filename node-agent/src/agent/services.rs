@@ -334,3 +334,126 @@ impl Reconciler {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apiary_agent_api::v1::ObjectEvent;
+
+    fn event(kind: &str, object: serde_json::Value, r#type: Type) -> ObjectEvent {
+        ObjectEvent {
+            r#type: r#type as i32,
+            kind: kind.to_owned(),
+            object_json: serde_json::to_vec(&object).unwrap(),
+            resource_version: 0,
+        }
+    }
+
+    fn service(i: usize) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": "default", "name": format!("s{i}")},
+            "spec": {
+                "clusterIP": format!("10.96.{}.{}", i / 250, i % 250 + 1),
+                "clusterIPs": [format!("10.96.{}.{}", i / 250, i % 250 + 1)],
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
+            },
+        })
+    }
+
+    fn slice(i: usize) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"namespace": "default", "name": format!("s{i}-abc"),
+                         "labels": {"kubernetes.io/service-name": format!("s{i}")}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [format!("10.244.0.{}", i % 200 + 2)], "conditions": {"ready": true}}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        })
+    }
+
+    #[test]
+    fn a_slice_moves_its_service_s_frontends_and_only_those_are_recomputed() {
+        let dns: SharedRecords = Default::default();
+        let mut view = View::default();
+        for i in 0..3 {
+            view.apply(&event("Service", service(i), Type::Added), &dns)
+                .unwrap();
+            view.apply(&event("EndpointSlice", slice(i), Type::Added), &dns)
+                .unwrap();
+        }
+        let desired = view.desired("n1");
+        assert_eq!(desired.frontends.len(), 3);
+        assert!(desired.frontends.iter().all(|f| f.backends.len() == 1));
+        // Deleting s1's slice leaves s1 without backends; the others keep theirs.
+        view.apply(&event("EndpointSlice", slice(1), Type::Deleted), &dns)
+            .unwrap();
+        assert_eq!(view.stale.len(), 1);
+        let desired = view.desired("n1");
+        let empty: Vec<String> = desired
+            .frontends
+            .iter()
+            .filter(|f| f.backends.is_empty())
+            .map(|f| f.service.to_string())
+            .collect();
+        assert_eq!(empty, ["default/s1:http"]);
+        // Deleting a Service drops its frontends.
+        view.apply(&event("Service", service(0), Type::Deleted), &dns)
+            .unwrap();
+        assert_eq!(view.desired("n1").frontends.len(), 2);
+    }
+
+    /// How long one more Service costs with 10,000 present (run with `--release --ignored`).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn reconcile_cost_with_ten_thousand_services() {
+        let dns: SharedRecords = Default::default();
+        let mut view = View::default();
+        for i in 0..10_000 {
+            view.apply(&event("Service", service(i), Type::Added), &dns)
+                .unwrap();
+            view.apply(&event("EndpointSlice", slice(i), Type::Added), &dns)
+                .unwrap();
+        }
+        let started = Instant::now();
+        let desired = view.desired("n1");
+        let first = plan::plan(
+            &desired,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
+        eprintln!(
+            "10,000 services: desired + plan {:?} ({} writes)",
+            started.elapsed(),
+            first.steps().count()
+        );
+        // The maps as that plan leaves them.
+        let services: BTreeMap<_, _> = first
+            .upsert_frontends
+            .iter()
+            .map(|w| (w.key, w.value))
+            .collect();
+        let backends: BTreeMap<_, _> = first.insert_backends.iter().copied().collect();
+        let tables: BTreeMap<u32, BTreeSet<u32>> = first
+            .upsert_frontends
+            .iter()
+            .filter_map(|w| {
+                w.table
+                    .as_ref()
+                    .map(|t| (w.value.id, t.backend_ids.iter().copied().collect()))
+            })
+            .collect();
+        view.apply(&event("Service", service(10_000), Type::Added), &dns)
+            .unwrap();
+        let started = Instant::now();
+        let desired = view.desired("n1");
+        let desired_took = started.elapsed();
+        let one = plan::plan(&desired, &services, &backends, &tables);
+        eprintln!(
+            "one more: desired {desired_took:?}, desired + plan {:?} ({} writes)",
+            started.elapsed(),
+            one.steps().count()
+        );
+    }
+}
