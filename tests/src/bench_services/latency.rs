@@ -10,9 +10,9 @@
 //!   address to a server namespace, with the measured service last in `KUBE-SERVICES`.
 //!
 //! A request is a new TCP connection: connect, send 32 bytes, read 32 bytes back (the server
-//! then closes, so TIME_WAIT stays on its side). For each size, rounds interleave the paths
-//! (starting with a different one each round) so that load from other processes hits every
-//! path alike; every request's time is kept.
+//! then closes, so TIME_WAIT stays on its side). For each size, many short rounds interleave
+//! the paths (starting with a different one each round) so that bursts of load from other
+//! processes hit every path alike; every request's time is kept.
 
 use std::{
     io::{Read as _, Write as _},
@@ -118,9 +118,9 @@ pub fn run(sizes: &[usize], rounds: usize, requests: usize) -> anyhow::Result<La
         load_chain(&paths.ipt_node_netns, size)?;
         let iptables_restore = started.elapsed();
         let mut all = [Vec::new(), Vec::new(), Vec::new()];
-        // One short untimed round first: ARP, caches, the first conntrack entries.
+        // An untimed round first: ARP, caches, the first conntrack entries.
         for path in 0..3 {
-            measure(&paths, path, 20)?;
+            measure(&paths, path, 200)?;
         }
         for round in 0..rounds {
             for i in 0..3 {

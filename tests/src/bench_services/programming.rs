@@ -45,6 +45,10 @@ pub struct ProgrammingFigures {
     pub one_more: Vec<Duration>,
     /// The agent's "service maps updated" lines while the `services` were programmed.
     pub reconciles: Vec<Reconcile>,
+    /// The agent's "service maps updated" lines while the one more Services were programmed.
+    pub reconciles_one_more: Vec<Reconcile>,
+    /// Where in the agent's log the one-more part began.
+    pub(crate) log_split: u64,
 }
 
 /// One "service maps updated" line of the agent's log.
@@ -109,7 +113,9 @@ pub fn run(
             Frontends::open(&node.pin_dir).ok()
         })?;
     let client = ApiClient::new(&Endpoint::from_kubeconfig(&cluster.kubeconfig)?)?;
-    let log_before = std::fs::read_to_string(&node.log).unwrap_or_default().len();
+    let log_len = |log: &Path| std::fs::metadata(log).map_or(0, |m| m.len());
+    let log_before = log_len(&node.log);
+    let log = node.log.clone();
     // The client's sockets must be made in the underlay namespace, where the API server is:
     // a current-thread runtime on a thread inside it.
     let result = lab::run_in(
@@ -124,12 +130,19 @@ pub fn run(
                 services,
                 concurrency,
                 one_more,
+                || log_len(&log),
             ))
         },
     )?;
     let mut figures = result.map_err(|e| e.context(cluster.logs()))?;
-    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
-    figures.reconciles = reconciles(log.get(log_before..).unwrap_or_default());
+    let log = std::fs::read(&node.log).unwrap_or_default();
+    let part = |from: u64, to: u64| {
+        let to = usize::try_from(to).unwrap_or(usize::MAX).min(log.len());
+        let from = usize::try_from(from).unwrap_or(usize::MAX).min(to);
+        reconciles(&String::from_utf8_lossy(&log[from..to]))
+    };
+    figures.reconciles = part(log_before, figures.log_split);
+    figures.reconciles_one_more = part(figures.log_split, u64::MAX);
     if let Some(dir) = std::env::var_os(crate::bench_pods::KEEP_LOGS_ENV) {
         let to = Path::new(&dir).join(format!("agent-services-{}.log", node.name));
         if let Err(e) = std::fs::copy(&node.log, &to) {
@@ -145,6 +158,7 @@ async fn measure(
     services: usize,
     concurrency: usize,
     one_more: usize,
+    log_len: impl Fn() -> u64,
 ) -> anyhow::Result<ProgrammingFigures> {
     eprintln!("  creating {services} Services, {concurrency} at a time …");
     let started = Instant::now();
@@ -185,6 +199,9 @@ async fn measure(
         }
     }
     let done = Instant::now();
+    // The agent logs its reconcile after writing: give the last line a moment to land.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log_split = log_len();
     eprintln!(
         "  programmed {:.3} s after the last create; {one_more} more, one at a time …",
         done.duration_since(last_created).as_secs_f64()
@@ -216,6 +233,8 @@ async fn measure(
         after_first_create: done.duration_since(started),
         one_more: latencies,
         reconciles: Vec::new(),
+        reconciles_one_more: Vec::new(),
+        log_split,
     })
 }
 

@@ -106,6 +106,11 @@ impl Report {
                     "took_ms_max": took.iter().max().copied().unwrap_or(0),
                     "writes_total": prog.reconciles.iter().map(|r| r.writes).sum::<u64>(),
                 },
+                "agent_reconciles_one_more": {
+                    "count": prog.reconciles_one_more.len(),
+                    "took_ms": prog.reconciles_one_more.iter().map(|r| r.took_ms).collect::<Vec<_>>(),
+                    "writes": prog.reconciles_one_more.iter().map(|r| r.writes).collect::<Vec<_>>(),
+                },
             },
         })
     }
@@ -141,6 +146,14 @@ impl Report {
                 fmt_us(s.iptables.median()),
                 fmt_us(s.iptables.p99()),
                 format!("{:.2}x", ratio(s.iptables.median(), direct)),
+                blank(),
+                blank(),
+            ]);
+            rows.push([
+                format!("  to {n} svc: map writes | restore"),
+                fmt_ms(s.maps_write),
+                fmt_ms(s.iptables_restore),
+                blank(),
                 blank(),
                 blank(),
             ]);
@@ -193,10 +206,30 @@ impl Report {
         ]);
         let took: Vec<u64> = prog.reconciles.iter().map(|r| r.took_ms).collect();
         rows.push([
-            "agent reconciles (count, max)".into(),
+            format!("agent reconciles for {n} (count, max)"),
             format!("{}", took.len()),
             format!("{} ms", took.iter().max().copied().unwrap_or(0)),
             format!("{} ms total", took.iter().sum::<u64>()),
+            blank(),
+            blank(),
+        ]);
+        let mut took: Vec<Duration> = prog
+            .reconciles_one_more
+            .iter()
+            .map(|r| Duration::from_millis(r.took_ms))
+            .collect();
+        took.sort();
+        rows.push([
+            format!("agent reconcile per one more (x{})", took.len()),
+            format!(
+                "{} ms",
+                crate::bench_pods::percentile(&took, 0.5).as_millis()
+            ),
+            format!(
+                "{} ms",
+                crate::bench_pods::percentile(&took, 0.99).as_millis()
+            ),
+            blank(),
             blank(),
             blank(),
         ]);
@@ -264,6 +297,8 @@ mod tests {
                     frontends: 2,
                     took_ms: 7,
                 }],
+                reconciles_one_more: Vec::new(),
+                log_split: 0,
             },
         };
         let json = report.json();

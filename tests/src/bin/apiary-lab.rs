@@ -86,10 +86,10 @@ const SERVICES_USAGE: &str = "[--sizes 1,1000,10000] [--rounds R] [--requests N]
 /// Latency on a lab of namespaces, then programming time through a real agent.
 fn bench_services(args: &[String]) -> anyhow::Result<()> {
     let mut sizes = vec![1, 1000, 10_000];
-    let mut rounds = 10;
-    let mut requests = 300;
+    let mut rounds = 100;
+    let mut requests = 50;
     let mut services = 10_000;
-    let mut concurrency = 16;
+    let mut concurrency = 256;
     let mut one_more = 20;
     let mut json: Option<PathBuf> = None;
     let mut args = args.iter();
