@@ -49,6 +49,16 @@ enum BenchSuite {
     /// Startup latency of 50 pods on one node, pod-to-pod TCP request/response rates (same
     /// node, cross node) against a plain veth pair, and the agent's memory.
     Pods,
+    /// Request latency to a pod directly, through a ClusterIP (socket LB) and through a
+    /// kube-proxy-shaped iptables chain with 1, 1,000 and 10,000 services; how fast the real
+    /// agent programs 10,000 Services, and one more.
+    Services,
+}
+
+/// Where cargo builds: `CARGO_TARGET_DIR` (relative to the workspace) or `target/`.
+fn target_dir() -> std::path::PathBuf {
+    let root = shell::workspace_root();
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -107,6 +117,42 @@ fn main() -> anyhow::Result<()> {
                         .arg("bench-pods")
                         .arg("--json")
                         .arg(json),
+                    )
+                }
+                BenchSuite::Services => {
+                    // The comparison needs iptables; only this bench installs it: the product
+                    // never uses it.
+                    if shell::output(
+                        std::process::Command::new("sh")
+                            .args(["-c", "command -v iptables-restore"]),
+                    )
+                    .is_none()
+                    {
+                        shell::run(
+                            std::process::Command::new("apt-get")
+                                .args(["install", "-y", "-qq", "iptables"])
+                                .env("DEBIAN_FRONTEND", "noninteractive"),
+                        )?;
+                    }
+                    shell::cargo(&[
+                        "build",
+                        "--release",
+                        "-p",
+                        "apiary-control-plane",
+                        "-p",
+                        "apiary-node-agent",
+                        "-p",
+                        "apiary-runtime",
+                        "-p",
+                        "apiary-tests",
+                        "--bins",
+                    ])?;
+                    let target = target_dir();
+                    shell::run(
+                        std::process::Command::new(target.join("release/apiary-lab"))
+                            .arg("bench-services")
+                            .arg("--json")
+                            .arg(target.join("bench/services.json")),
                     )
                 }
                 BenchSuite::Scheduler => {

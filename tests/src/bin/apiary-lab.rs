@@ -4,6 +4,11 @@
 //! `apiary-lab bench-pods [--seconds S] [--pods N] [--json PATH]`: pod-to-pod TCP
 //! request/response rates (`bench_net`), then startup latency of N pods on one node and the
 //! agents' memory (`bench_pods`); one table, and the figures as JSON (`bench_report`).
+//!
+//! `apiary-lab bench-services [--sizes 1,1000,10000] [--rounds R] [--requests N] [--services N]
+//! [--concurrency C] [--one-more N] [--json PATH]`: request latency direct, through a ClusterIP
+//! and through a kube-proxy-shaped iptables chain at each size, then the real agent programming
+//! N Services and one more at a time (`bench_services`).
 
 use std::path::PathBuf;
 
@@ -15,7 +20,11 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("demo") => demo(),
         Some("bench-pods") => bench_pods(&args[1..]),
-        _ => bail!("usage: apiary-lab demo | apiary-lab bench-pods {BENCH_USAGE}"),
+        Some("bench-services") => bench_services(&args[1..]),
+        _ => bail!(
+            "usage: apiary-lab demo | apiary-lab bench-pods {BENCH_USAGE} | \
+             apiary-lab bench-services {SERVICES_USAGE}"
+        ),
     }
 }
 
@@ -56,12 +65,84 @@ fn bench_pods(args: &[String]) -> anyhow::Result<()> {
     let report = Report { net, pods };
     print!("{}", report.table());
     if let Some(path) = json {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+        write_json(&path, &report.json())?;
+    }
+    Ok(())
+}
+
+fn write_json(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+const SERVICES_USAGE: &str = "[--sizes 1,1000,10000] [--rounds R] [--requests N] [--services N] \
+                              [--concurrency C] [--one-more N] [--json PATH]";
+
+/// Latency on a lab of namespaces, then programming time through a real agent.
+fn bench_services(args: &[String]) -> anyhow::Result<()> {
+    let mut sizes = vec![1, 1000, 10_000];
+    let mut rounds = 100;
+    let mut requests = 50;
+    let mut services = 10_000;
+    let mut concurrency = 256;
+    let mut one_more = 20;
+    let mut json: Option<PathBuf> = None;
+    let mut args = args.iter();
+    let number = |flag: &str, value: &str| -> anyhow::Result<usize> {
+        value
+            .parse()
+            .with_context(|| format!("{flag}: expected a whole number ({SERVICES_USAGE})"))
+    };
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag}: missing value ({SERVICES_USAGE})"))?;
+        match flag.as_str() {
+            "--sizes" => {
+                sizes = value
+                    .split(',')
+                    .map(|s| number(flag, s))
+                    .collect::<anyhow::Result<_>>()?;
+            }
+            "--rounds" => rounds = number(flag, value)?,
+            "--requests" => requests = number(flag, value)?,
+            "--services" => services = number(flag, value)?,
+            "--concurrency" => concurrency = number(flag, value)?,
+            "--one-more" => one_more = number(flag, value)?,
+            "--json" => json = Some(value.into()),
+            other => bail!("unknown argument {other:?} ({SERVICES_USAGE})"),
         }
-        std::fs::write(&path, serde_json::to_string_pretty(&report.json())? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+    }
+    anyhow::ensure!(
+        !sizes.is_empty() && sizes.iter().all(|&s| (1..=60_000).contains(&s)),
+        "--sizes: between 1 and 60000 services each"
+    );
+    sizes.sort_unstable();
+    anyhow::ensure!(
+        rounds > 0 && requests > 0,
+        "--rounds, --requests: at least 1"
+    );
+    anyhow::ensure!(
+        services > 0 && concurrency > 0,
+        "--services, --concurrency: at least 1"
+    );
+    eprintln!("measuring request latency: direct, ClusterIP, iptables at {sizes:?} services …");
+    let latency = apiary_tests::bench_services::latency::run(&sizes, rounds, requests)?;
+    eprintln!("measuring how fast the agent programs {services} Services …");
+    let programming =
+        apiary_tests::bench_services::programming::run(services, concurrency, one_more)?;
+    let report = apiary_tests::bench_services::report::Report {
+        latency,
+        programming,
+    };
+    print!("{}", report.table());
+    if let Some(path) = json {
+        write_json(&path, &report.json())?;
     }
     Ok(())
 }
