@@ -7,7 +7,7 @@
 //! differences (ids, and so Maglev tables and affinity, stay as they were).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -78,23 +78,44 @@ async fn watch(
         if view.synced >= KINDS.len() && view.dirty {
             view.dirty = false;
             let started = Instant::now();
-            let desired = view.desired(&ctx.node.name);
-            let written = tokio::task::block_in_place(|| reconciler.reconcile(&desired))?;
+            // The first plan after a (re)watch covers everything (what changed while nobody
+            // watched is unknown); later ones only what changed.
+            let change = view.change(&ctx.node.name, !reconciler.in_step);
+            let (written, frontends) =
+                tokio::task::block_in_place(|| reconciler.reconcile(&change))?;
+            reconciler.in_step = true;
             if written > 0 {
                 tracing::info!(
                     writes = written,
-                    frontends = desired.frontends.len(),
-                    took_ms = started.elapsed().as_millis() as u64,
+                    frontends,
+                    took_us = started.elapsed().as_micros() as u64,
                     "service maps updated"
                 );
             }
-            *names.write().expect("names lock") = desired
-                .frontends
-                .iter()
-                .map(|f| (f.key, f.service.to_string()))
-                .collect();
+            let mut names = names.write().expect("names lock");
+            match &change {
+                Change::All(desired) => {
+                    *names = desired
+                        .frontends
+                        .iter()
+                        .map(|f| (f.key, f.service.to_string()))
+                        .collect();
+                }
+                Change::Part { desired, keys } => {
+                    for key in keys {
+                        names.remove(key);
+                    }
+                    names.extend(
+                        desired
+                            .frontends
+                            .iter()
+                            .map(|f| (f.key, f.service.to_string())),
+                    );
+                }
+            }
         }
     }
+    reconciler.in_step = false;
     Ok(())
 }
 
@@ -110,6 +131,8 @@ struct View {
     frontends: BTreeMap<(String, String), Vec<frontends::Frontend>>,
     /// Services whose frontends must be computed again.
     stale: BTreeSet<(String, String)>,
+    /// Which Service each frontend key is served for.
+    owners: std::collections::HashMap<ServiceKey, (String, String)>,
     /// Kinds listed so far.
     synced: usize,
     dirty: bool,
@@ -192,30 +215,64 @@ impl View {
         Ok(())
     }
 
-    /// Every frontend of this node: the stale Services' computed again, the others' as cached.
-    fn desired(&mut self, node_name: &str) -> Desired {
-        for key in std::mem::take(&mut self.stale) {
-            let Some(service) = self.services.get(&key) else {
-                self.frontends.remove(&key);
+    /// What the maps must now hold: every frontend (`all`, or when Services claim each other's
+    /// frontends), else only the frontends of the Services that changed since the last call.
+    fn change(&mut self, node_name: &str, all: bool) -> Change {
+        let mut keys = BTreeSet::new();
+        let mut part = Vec::new();
+        let mut contested = false;
+        for service in std::mem::take(&mut self.stale) {
+            for old in self.frontends.remove(&service).unwrap_or_default() {
+                keys.insert(old.key);
+                self.owners.remove(&old.key);
+            }
+            let Some(object) = self.services.get(&service) else {
                 continue;
             };
             let slices: Vec<EndpointSlice> = self
                 .slices_of
-                .get(&key)
+                .get(&service)
                 .into_iter()
                 .flatten()
-                .filter_map(|name| self.slices.get(&(key.0.clone(), name.clone())).cloned())
+                .filter_map(|name| self.slices.get(&(service.0.clone(), name.clone())).cloned())
                 .collect();
-            let computed = frontends::desired(std::slice::from_ref(service), &slices, node_name);
-            self.frontends.insert(key, computed.frontends);
+            let computed = frontends::desired(std::slice::from_ref(object), &slices, node_name);
+            for frontend in &computed.frontends {
+                keys.insert(frontend.key);
+                // Another Service's frontend already: the rule for who wins is decided over
+                // all of them.
+                match self.owners.get(&frontend.key) {
+                    Some(owner) if owner != &service => contested = true,
+                    _ => {
+                        self.owners.insert(frontend.key, service.clone());
+                    }
+                }
+            }
+            part.extend(computed.frontends.iter().cloned());
+            self.frontends.insert(service, computed.frontends);
         }
-        // Services claiming one frontend: the first by namespace/name keeps it, as
-        // `frontends::desired` decides among the Services it is given.
+        if all || contested {
+            return Change::All(self.all());
+        }
+        part.sort_unstable_by_key(|f| f.key);
+        part.dedup_by_key(|f| f.key);
+        Change::Part {
+            desired: Desired { frontends: part },
+            keys,
+        }
+    }
+
+    /// Every frontend of every Service; of Services claiming one frontend, the first by
+    /// namespace/name keeps it, as `frontends::desired` decides among the Services it is given.
+    fn all(&mut self) -> Desired {
         let mut all: Vec<frontends::Frontend> = Vec::new();
-        let mut claimed = std::collections::HashSet::new();
-        for frontends in self.frontends.values() {
+        self.owners.clear();
+        for (service, frontends) in &self.frontends {
             for frontend in frontends {
-                if claimed.insert(frontend.key) {
+                if let std::collections::hash_map::Entry::Vacant(owner) =
+                    self.owners.entry(frontend.key)
+                {
+                    owner.insert(service.clone());
                     all.push(frontend.clone());
                 }
             }
@@ -223,6 +280,18 @@ impl View {
         all.sort_unstable_by_key(|f| f.key);
         Desired { frontends: all }
     }
+}
+
+/// What a reconcile covers.
+enum Change {
+    /// Every frontend.
+    All(Desired),
+    /// The frontends of some Services (`desired`), and every key those Services had or have
+    /// (`keys`): anything else stays as it is.
+    Part {
+        desired: Desired,
+        keys: BTreeSet<ServiceKey>,
+    },
 }
 
 fn key_of(meta: &apiary_api::meta::ObjectMeta) -> (String, String) {
@@ -237,6 +306,14 @@ struct Reconciler {
     backends: BTreeMap<u32, Backend>,
     /// Each frontend's table, as the set of backend ids it names.
     tables: BTreeMap<u32, BTreeSet<u32>>,
+    /// The ids of every frontend in `SERVICES`: new frontends take none of them.
+    frontend_ids: HashSet<u32>,
+    /// How many tables name each backend: a backend goes only when none does.
+    backend_users: HashMap<u32, usize>,
+    /// Whether the maps hold what the watch has seen so far (else the next plan covers all).
+    in_step: bool,
+    /// Whether a table lost a backend or a frontend went since affinity was last pruned.
+    prune_affinity: bool,
 }
 
 impl Reconciler {
@@ -251,31 +328,78 @@ impl Reconciler {
                 tables.insert(value.id, table.backend_ids.iter().copied().collect());
             }
         }
-        Ok(Self {
+        let mut reconciler = Self {
             maps,
             ct,
             services,
             backends,
             tables,
-        })
+            frontend_ids: HashSet::new(),
+            backend_users: HashMap::new(),
+            in_step: false,
+            prune_affinity: false,
+        };
+        reconciler.index();
+        Ok(reconciler)
     }
 
-    /// Makes the maps hold `desired`; returns how many writes it took.
-    fn reconcile(&mut self, desired: &Desired) -> anyhow::Result<usize> {
-        let plan = plan::plan(desired, &self.services, &self.backends, &self.tables);
+    /// Rebuilds the id indexes from the maps' contents.
+    fn index(&mut self) {
+        self.frontend_ids = self.services.values().map(|v| v.id).collect();
+        self.backend_users.clear();
+        for ids in self.tables.values() {
+            for id in ids {
+                *self.backend_users.entry(*id).or_default() += 1;
+            }
+        }
+    }
+
+    /// Makes the maps hold what `change` asks; returns how many writes it took and how many
+    /// frontends it covered.
+    fn reconcile(&mut self, change: &Change) -> anyhow::Result<(usize, usize)> {
+        let (plan, covered) = match change {
+            Change::All(desired) => (
+                plan::plan(desired, &self.services, &self.backends, &self.tables),
+                desired.frontends.len(),
+            ),
+            Change::Part { desired, keys } => {
+                let services: BTreeMap<ServiceKey, ServiceValue> = keys
+                    .iter()
+                    .filter_map(|k| self.services.get(k).map(|v| (*k, *v)))
+                    .collect();
+                let tables: BTreeMap<u32, BTreeSet<u32>> = services
+                    .values()
+                    .filter_map(|v| self.tables.get(&v.id).map(|t| (v.id, t.clone())))
+                    .collect();
+                let plan = plan::plan_within(
+                    desired,
+                    &services,
+                    &self.backends,
+                    &tables,
+                    &self.frontend_ids,
+                );
+                (plan, desired.frontends.len())
+            }
+        };
         if plan.is_empty() {
-            return Ok(0);
+            return Ok((0, covered));
         }
         let mut writes = 0;
         for step in plan.steps() {
-            self.write(&step)?;
-            writes += 1;
+            if self.write(&step)? {
+                writes += 1;
+            }
+        }
+        if matches!(change, Change::All(_)) {
+            self.index();
         }
         self.forget_stale_clients(&plan)?;
-        Ok(writes)
+        Ok((writes, covered))
     }
 
-    fn write(&mut self, step: &Step<'_>) -> anyhow::Result<()> {
+    /// Writes one step, keeping the indexes in step; returns whether it wrote (a backend another
+    /// part of the maps still uses is kept).
+    fn write(&mut self, step: &Step<'_>) -> anyhow::Result<bool> {
         match *step {
             Step::InsertBackend(id, backend) => {
                 self.maps.insert_backend(id, backend)?;
@@ -283,27 +407,59 @@ impl Reconciler {
             }
             Step::WriteTable(id, table) => {
                 self.maps.write_table(id, table)?;
-                self.tables
-                    .insert(id, table.backend_ids.iter().copied().collect());
+                let ids: BTreeSet<u32> = table.backend_ids.iter().copied().collect();
+                for backend in &ids {
+                    *self.backend_users.entry(*backend).or_default() += 1;
+                }
+                if let Some(old) = self.tables.insert(id, ids) {
+                    self.release_backends(&old);
+                    self.prune_affinity = true;
+                }
             }
             Step::UpsertFrontend(key, value) => {
                 self.maps.write_frontend(key, value)?;
-                self.services.insert(key, value);
+                if let Some(old) = self.services.insert(key, value)
+                    && old.id != value.id
+                {
+                    self.frontend_ids.remove(&old.id);
+                    self.prune_affinity = true;
+                }
+                self.frontend_ids.insert(value.id);
             }
             Step::DeleteFrontend(key) => {
                 self.maps.remove_frontend_only(&key)?;
-                self.services.remove(&key);
+                if let Some(old) = self.services.remove(&key) {
+                    self.frontend_ids.remove(&old.id);
+                }
+                self.prune_affinity = true;
             }
             Step::DeleteTable(id) => {
                 self.maps.remove_table(id)?;
-                self.tables.remove(&id);
+                if let Some(old) = self.tables.remove(&id) {
+                    self.release_backends(&old);
+                }
+                self.prune_affinity = true;
             }
             Step::DeleteBackend(id) => {
+                if self.backend_users.get(&id).is_some_and(|n| *n > 0) {
+                    return Ok(false);
+                }
                 self.maps.remove_backend(id)?;
                 self.backends.remove(&id);
             }
         }
-        Ok(())
+        Ok(true)
+    }
+
+    fn release_backends(&mut self, ids: &BTreeSet<u32>) {
+        for id in ids {
+            if let Some(users) = self.backend_users.get_mut(id) {
+                *users = users.saturating_sub(1);
+                if *users == 0 {
+                    self.backend_users.remove(id);
+                }
+            }
+        }
     }
 
     /// After a plan: affinity entries that name a backend their frontend no longer has (or a
@@ -311,10 +467,7 @@ impl Reconciler {
     /// backends are flushed, so that a client's next datagram picks a live backend instead of
     /// vanishing (TCP flows keep going: a terminating backend finishes what it has).
     fn forget_stale_clients(&mut self, plan: &Plan) -> anyhow::Result<()> {
-        let tables_changed = plan.upsert_frontends.iter().any(|w| w.table.is_some())
-            || !plan.delete_frontends.is_empty()
-            || !plan.delete_tables.is_empty();
-        if tables_changed {
+        if std::mem::take(&mut self.prune_affinity) {
             let tables = &self.tables;
             self.maps.prune_affinity(|service_id, backend_id| {
                 tables
@@ -322,8 +475,13 @@ impl Reconciler {
                     .is_some_and(|ids| ids.contains(&backend_id))
             })?;
         }
-        if !plan.delete_backends.is_empty() {
-            let removed: BTreeSet<u32> = plan.delete_backends.iter().copied().collect();
+        let removed: BTreeSet<u32> = plan
+            .delete_backends
+            .iter()
+            .copied()
+            .filter(|id| !self.backends.contains_key(id))
+            .collect();
+        if !removed.is_empty() {
             let flushed = self.ct.flush(|key, value| {
                 key.protocol == PROTO_UDP && removed.contains(&value.backend_id)
             })?;
@@ -382,25 +540,36 @@ mod tests {
             view.apply(&event("EndpointSlice", slice(i), Type::Added), &dns)
                 .unwrap();
         }
-        let desired = view.desired("n1");
+        let Change::All(desired) = view.change("n1", true) else {
+            panic!("asked for all");
+        };
         assert_eq!(desired.frontends.len(), 3);
         assert!(desired.frontends.iter().all(|f| f.backends.len() == 1));
         // Deleting s1's slice leaves s1 without backends; the others keep theirs.
         view.apply(&event("EndpointSlice", slice(1), Type::Deleted), &dns)
             .unwrap();
         assert_eq!(view.stale.len(), 1);
-        let desired = view.desired("n1");
-        let empty: Vec<String> = desired
+        let Change::Part { desired, keys } = view.change("n1", false) else {
+            panic!("one Service changed");
+        };
+        assert_eq!(keys.len(), 1);
+        let part: Vec<(String, usize)> = desired
             .frontends
             .iter()
-            .filter(|f| f.backends.is_empty())
-            .map(|f| f.service.to_string())
+            .map(|f| (f.service.to_string(), f.backends.len()))
             .collect();
-        assert_eq!(empty, ["default/s1:http"]);
-        // Deleting a Service drops its frontends.
+        assert_eq!(part, [("default/s1:http".to_owned(), 0)]);
+        // Deleting a Service: its key is covered, and it has no frontend any more.
         view.apply(&event("Service", service(0), Type::Deleted), &dns)
             .unwrap();
-        assert_eq!(view.desired("n1").frontends.len(), 2);
+        let Change::Part { desired, keys } = view.change("n1", false) else {
+            panic!("one Service changed");
+        };
+        assert_eq!((desired.frontends.len(), keys.len()), (0, 1));
+        let Change::All(all) = view.change("n1", true) else {
+            panic!("asked for all");
+        };
+        assert_eq!(all.frontends.len(), 2);
     }
 
     /// How long one more Service costs with 10,000 present (run with `--release --ignored`).
@@ -416,7 +585,9 @@ mod tests {
                 .unwrap();
         }
         let started = Instant::now();
-        let desired = view.desired("n1");
+        let Change::All(desired) = view.change("n1", true) else {
+            unreachable!()
+        };
         let first = plan::plan(
             &desired,
             &BTreeMap::new(),
@@ -447,9 +618,20 @@ mod tests {
         view.apply(&event("Service", service(10_000), Type::Added), &dns)
             .unwrap();
         let started = Instant::now();
-        let desired = view.desired("n1");
+        let Change::Part { desired, keys } = view.change("n1", false) else {
+            unreachable!()
+        };
         let desired_took = started.elapsed();
-        let one = plan::plan(&desired, &services, &backends, &tables);
+        let in_use: HashSet<u32> = services.values().map(|v| v.id).collect();
+        let part: BTreeMap<_, _> = keys
+            .iter()
+            .filter_map(|k| services.get(k).map(|v| (*k, *v)))
+            .collect();
+        let part_tables: BTreeMap<u32, BTreeSet<u32>> = part
+            .values()
+            .filter_map(|v| tables.get(&v.id).map(|t| (v.id, t.clone())))
+            .collect();
+        let one = plan::plan_within(&desired, &part, &backends, &part_tables, &in_use);
         eprintln!(
             "one more: desired {desired_took:?}, desired + plan {:?} ({} writes)",
             started.elapsed(),

@@ -148,6 +148,28 @@ pub fn plan(
     backends: &BTreeMap<u32, Backend>,
     tables: &BTreeMap<u32, BTreeSet<u32>>,
 ) -> Plan {
+    plan_within(desired, services, backends, tables, &HashSet::new())
+}
+
+/// [`plan`] for part of the frontends (those of the Services that changed), so that one change
+/// among 10,000 Services costs in proportion to that change:
+///
+/// - `desired`: the part's desired frontends;
+/// - `services`, `tables`: the entries of `SERVICES` and `MAGLEV` for the part (every key the
+///   changed Services had or now have);
+/// - `backends`: every entry of `BACKENDS` (ids are shared across the part's boundary);
+/// - `frontend_ids_in_use`: every frontend and table id of the maps, so that new frontends
+///   never take one in use outside the part.
+///
+/// Its `delete_backends` are only those that no table *of the part* uses: the caller keeps
+/// those some other table still names.
+pub fn plan_within(
+    desired: &Desired,
+    services: &BTreeMap<ServiceKey, ServiceValue>,
+    backends: &BTreeMap<u32, Backend>,
+    tables: &BTreeMap<u32, BTreeSet<u32>>,
+    frontend_ids_in_use: &HashSet<u32>,
+) -> Plan {
     let mut plan = Plan::default();
 
     // Backend ids: an existing backend keeps its id (the lowest, should one be in the map
@@ -177,6 +199,7 @@ pub fn plan(
             .values()
             .map(|v| v.id)
             .chain(tables.keys().copied())
+            .chain(frontend_ids_in_use.iter().copied())
             .collect(),
     );
 
