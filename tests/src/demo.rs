@@ -99,11 +99,45 @@ pub fn run() -> anyhow::Result<()> {
             println!("\n$ kubectl exec client -- wget -qO- http://{ip}:8080/");
             print!("{}", fetch(&machine, ip)?);
         }
+        // The Service, by name: cluster DNS, then the socket load balancer. The first try may
+        // come before the agent has programmed it.
+        println!("\n$ kubectl exec client -- wget -qO- http://web/");
+        let by_name = crate::cluster::wait("the web Service", Duration::from_secs(30), || {
+            machine
+                .kubectl_ok(&[
+                    "exec",
+                    "client",
+                    "--",
+                    "timeout",
+                    "5",
+                    "wget",
+                    "-qO-",
+                    "http://web/",
+                ])
+                .ok()
+        })?;
+        print!("{by_name}");
+        println!("\n$ apiary net services");
+        print!(
+            "{}",
+            machine.apiary(&["--kubeconfig", &kubeconfig, "net", "services"])?
+        );
         println!("\n$ bpftool net show   # on the machine");
         print!(
             "{}",
             lab::exec(&machine.netns, &["bpftool", "net", "show"])?
         );
+        // The socket load balancer sits on the cgroup v2 root: it sees every socket.
+        if let Some(root) = apiary_node_agent::dataplane::cgroup2_root() {
+            let root = root.display().to_string();
+            println!("\n$ bpftool cgroup show {root}");
+            // Not `ip netns exec`: it remounts /sys, hiding the cgroup mounts.
+            let out = std::process::Command::new("bpftool")
+                .args(["cgroup", "show", &root])
+                .output()
+                .context("running bpftool")?;
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+        }
         Ok(())
     })();
     println!("\n$ apiary down --data-dir {data}");
