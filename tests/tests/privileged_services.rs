@@ -692,6 +692,41 @@ spec:
         .wait_ready("default", "u1", Duration::from_secs(60))
         .unwrap();
     udp_server_in_pod(&cluster, "u1");
+    // A pod with a connected UDP socket to the ClusterIP: translated once, to u1.
+    cluster
+        .apply(&client_pod("uc", &cluster.nodes()[0].name))
+        .unwrap();
+    cluster
+        .wait_ready("default", "uc", Duration::from_secs(60))
+        .unwrap();
+    let uc = cluster.pod("default", "uc").unwrap();
+    let uc_netns = cluster.nodes()[0]
+        .run_dir
+        .join("pods")
+        .join(uc["metadata"]["uid"].as_str().unwrap())
+        .join("net");
+    let cluster_ip = SocketAddr::from((cluster_ip(&cluster, "udp"), 9001));
+    let connected = apiary_node_agent::netns::run_in(&uc_netns, || {
+        let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        socket.connect(cluster_ip)?;
+        Ok::<_, std::io::Error>(socket)
+    })
+    .unwrap()
+    .unwrap();
+    connected
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    wait(
+        "the connected UDP socket answered",
+        Duration::from_secs(20),
+        || {
+            connected.send(b"q").ok()?;
+            let n = connected.recv(&mut buf).ok()?;
+            (&buf[..n] == b"u1").then_some(())
+        },
+    )
+    .unwrap();
 
     // One client flow (fixed source port) through the NodePort: replies come from the NodePort.
     let client = cluster.lab.add_client().unwrap();
@@ -751,4 +786,13 @@ spec:
         || ask().filter(|answer| answer == "u2"),
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    // The pod's connected socket to u1 was closed by the agent: the application sees it and
+    // opens a new one.
+    let pending = connected.take_error().unwrap();
+    assert_eq!(
+        pending.and_then(|e| e.raw_os_error()),
+        Some(libc::ECONNABORTED),
+        "{}",
+        cluster.logs()
+    );
 }

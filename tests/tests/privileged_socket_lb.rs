@@ -254,6 +254,57 @@ async fn udp_replies_come_from_the_service_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_udp_sockets_to_a_removed_backend_are_closed() {
+    require_privileges!();
+    let setup = setup(1).await;
+    udp_server(&setup.backends[0], "b0");
+    let backend = setup.backend_of(&setup.backends[0], PROTO_UDP);
+    setup.program(key(VIP, 53, PROTO_UDP), 1, 0, &[backend]);
+    let connected = lab::udp_socket(
+        &setup.client.netns,
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+    )
+    .unwrap();
+    connected.set_read_timeout(Some(TIMEOUT)).unwrap();
+    connected.connect(SocketAddr::from((VIP, 53))).unwrap();
+    connected.send(b"q").unwrap();
+    let mut buf = [0u8; 64];
+    assert!(connected.recv(&mut buf).is_ok());
+    // An unconnected socket is no flow: it stays.
+    let unconnected = lab::udp_socket(
+        &setup.client.netns,
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+    )
+    .unwrap();
+
+    let ip = setup.backends[0].ip;
+    let closed = lab::run_in(&setup.client.netns, || {
+        dataplane::destroy_udp_sockets_to(ip, BACKEND_PORT)
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(closed, 1);
+    // Aborted and disconnected, as a destroyed socket is: the application learns it on its next
+    // call and opens a new one.
+    let pending = connected.take_error().unwrap().expect("a pending error");
+    assert_eq!(
+        pending.raw_os_error(),
+        Some(libc::ECONNABORTED),
+        "{pending}"
+    );
+    assert!(connected.peer_addr().is_err(), "still connected");
+    assert!(connected.send(b"q").is_err());
+    assert!(unconnected.local_addr().is_ok());
+    // Nothing else to close in a namespace without such sockets.
+    let none = lab::run_in(&setup.node.netns, || {
+        dataplane::destroy_udp_sockets_to(ip, BACKEND_PORT)
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(none, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_without_ready_backends_refuses_connections() {
     require_privileges!();
     let setup = setup(1).await;

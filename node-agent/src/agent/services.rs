@@ -20,7 +20,7 @@ use futures::{FutureExt as _, StreamExt as _};
 
 use super::context::Context;
 use crate::{
-    dataplane::{CtMap, ServiceMaps},
+    dataplane::{self, CtMap, ServiceMaps},
     dns::SharedRecords,
     services::{
         frontends::{self, Desired},
@@ -38,7 +38,7 @@ pub async fn follow(ctx: Arc<Context>, pin_dir: PathBuf, dns: SharedRecords, nam
     let mut reconciler = None;
     loop {
         if reconciler.is_none() {
-            match Reconciler::load(&pin_dir) {
+            match Reconciler::load(&pin_dir, ctx.sandboxes_dir.clone()) {
                 Ok(loaded) => reconciler = Some(loaded),
                 Err(e) => tracing::error!(error = %format!("{e:#}"), "reading the service maps"),
             }
@@ -314,10 +314,14 @@ struct Reconciler {
     in_step: bool,
     /// Whether a table lost a backend or a frontend went since affinity was last pruned.
     prune_affinity: bool,
+    /// UDP backends removed by the current plan: sockets connected to them get closed.
+    removed_udp: Vec<Backend>,
+    /// Where the pods' network namespaces are (`<dir>/<uid>/net`).
+    sandboxes_dir: PathBuf,
 }
 
 impl Reconciler {
-    fn load(pin_dir: &std::path::Path) -> anyhow::Result<Self> {
+    fn load(pin_dir: &std::path::Path, sandboxes_dir: PathBuf) -> anyhow::Result<Self> {
         let maps = ServiceMaps::open(pin_dir)?;
         let ct = CtMap::open(pin_dir)?;
         let services = maps.frontends()?;
@@ -338,6 +342,8 @@ impl Reconciler {
             backend_users: HashMap::new(),
             in_step: false,
             prune_affinity: false,
+            removed_udp: Vec::new(),
+            sandboxes_dir,
         };
         reconciler.index();
         Ok(reconciler)
@@ -445,7 +451,11 @@ impl Reconciler {
                     return Ok(false);
                 }
                 self.maps.remove_backend(id)?;
-                self.backends.remove(&id);
+                if let Some(backend) = self.backends.remove(&id)
+                    && backend.protocol == PROTO_UDP
+                {
+                    self.removed_udp.push(backend);
+                }
             }
         }
         Ok(true)
@@ -489,7 +499,43 @@ impl Reconciler {
                 tracing::info!(entries = flushed, "flushed UDP flows of removed backends");
             }
         }
+        let removed = std::mem::take(&mut self.removed_udp);
+        if !removed.is_empty() {
+            let closed = self.close_udp_sockets_to(&removed);
+            if closed > 0 {
+                tracing::info!(sockets = closed, "closed UDP sockets of removed backends");
+            }
+        }
         Ok(())
+    }
+
+    /// Closes the UDP sockets connected to `backends` in the node's namespace and every pod's;
+    /// returns how many. Failures are logged: a namespace may vanish meanwhile.
+    fn close_udp_sockets_to(&self, backends: &[Backend]) -> usize {
+        let close_here = || {
+            backends
+                .iter()
+                .map(|b| {
+                    let addr = std::net::Ipv4Addr::from(b.addr);
+                    dataplane::destroy_udp_sockets_to(addr, u16::from_be(b.port_be)).unwrap_or_else(
+                        |e| {
+                            tracing::debug!(error = %e, %addr, "closing UDP sockets");
+                            0
+                        },
+                    )
+                })
+                .sum::<usize>()
+        };
+        let mut closed = close_here();
+        let pods = std::fs::read_dir(&self.sandboxes_dir).into_iter().flatten();
+        for pod in pods.flatten() {
+            let netns = pod.path().join("net");
+            match crate::netns::run_in(&netns, close_here) {
+                Ok(n) => closed += n,
+                Err(e) => tracing::debug!(error = %e, netns = %netns.display(), "entering"),
+            }
+        }
+        closed
     }
 }
 

@@ -12,6 +12,7 @@ pub mod node_config;
 pub mod pod_traffic;
 pub mod remote_nodes;
 pub mod services;
+pub mod sock_destroy;
 
 use std::{
     ffi::CString,
@@ -33,6 +34,7 @@ pub use node_config::NodeConfigMap;
 pub use pod_traffic::PodTrafficMap;
 pub use remote_nodes::RemoteNodeMap;
 pub use services::{CtMap, LocalNetnsMap, NodeAddrsMap, ServiceMaps};
+pub use sock_destroy::destroy_udp_sockets_to;
 
 /// The program on the node's underlay device (TC ingress): delivers packets from other nodes
 /// straight into local pods.
