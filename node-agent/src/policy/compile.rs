@@ -142,17 +142,11 @@ impl Builder<'_> {
             .or_insert_with(|| Allow::Rule(by.clone()));
     }
 
-    /// The container ports a port of this rule is resolved against: the local pod's for
-    /// ingress, the peer pod's (if the peer is one) for egress.
-    fn destination<'p>(
-        &'p self,
-        by: &RuleRef,
-        peer: Option<&'p PodInfo>,
-    ) -> Option<&'p [NamedPort]> {
-        match by.direction {
-            Direction::Ingress => Some(&self.local.ports),
-            Direction::Egress => peer.map(|p| p.ports.as_slice()),
-        }
+    /// The container ports a non-egress-named port resolves against: the local pod's for
+    /// ingress (it is the destination); none for egress, where only named ports need the
+    /// destination's, and those are resolved per peer pod.
+    fn ingress_ports(&self, by: &RuleRef) -> Option<&[NamedPort]> {
+        (by.direction == Direction::Ingress).then_some(self.local.ports.as_slice())
     }
 
     /// Every pod of the cluster, with its info.
@@ -188,7 +182,7 @@ impl Builder<'_> {
                         }
                     }
                 } else {
-                    for m in spec.resolve(b.destination(by, None)) {
+                    for m in spec.resolve(b.ingress_ports(by)) {
                         for &id in &ids {
                             b.allow(id, dir, m, by);
                         }
@@ -254,7 +248,7 @@ impl Builder<'_> {
                     }
                     self.grants.extend(grants);
                 } else {
-                    for port in spec.resolve(self.destination(by, None)) {
+                    for port in spec.resolve(self.ingress_ports(by)) {
                         for &range in &ranges {
                             self.grants.push(Grant {
                                 direction: dir,
