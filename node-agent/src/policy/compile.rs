@@ -283,20 +283,37 @@ fn cidr_classes(policy: &mut EndpointPolicy, grants: &[Grant]) {
                 .iter()
                 .filter(|g| g.direction == direction && g.range.family == family)
                 .collect();
-            let mut cuts = BTreeSet::new();
-            for g in &ours {
-                cuts.insert(g.range.lo);
+            // A sweep over the grants' edges: which grants are active between two cuts. Grant
+            // indices follow policy and rule order, so iterating the active set in order keeps
+            // the first rule for each port. Cost: the edges sorted, plus the active grants of
+            // each piece (one or two when a named port adds thousands of pod /32s), where
+            // testing every grant against every piece would grow with their product.
+            let mut starts: BTreeMap<u128, Vec<usize>> = BTreeMap::new();
+            let mut ends: BTreeMap<u128, Vec<usize>> = BTreeMap::new();
+            for (i, g) in ours.iter().enumerate() {
+                starts.entry(g.range.lo).or_default().push(i);
                 if g.range.hi < family.max() {
-                    cuts.insert(g.range.hi + 1);
+                    ends.entry(g.range.hi + 1).or_default().push(i);
                 }
             }
-            let cuts: Vec<u128> = cuts.into_iter().collect();
+            let cuts: Vec<u128> = starts
+                .keys()
+                .chain(ends.keys())
+                .copied()
+                .collect::<BTreeSet<u128>>()
+                .into_iter()
+                .collect();
+            let mut active: BTreeSet<usize> = BTreeSet::new();
             // Pieces with their port sets, adjacent equal ones merged.
             let mut pieces: Vec<(Range, PortSet)> = Vec::new();
             for (i, &lo) in cuts.iter().enumerate() {
+                for g in ends.get(&lo).into_iter().flatten() {
+                    active.remove(g);
+                }
+                active.extend(starts.get(&lo).into_iter().flatten());
                 let hi = cuts.get(i + 1).map_or(family.max(), |next| next - 1);
                 let mut set = PortSet::new();
-                for g in ours.iter().filter(|g| g.range.lo <= lo && hi <= g.range.hi) {
+                for g in active.iter().map(|&i| ours[i]) {
                     set.entry(g.port).or_insert_with(|| g.by.clone());
                 }
                 if set.is_empty() {

@@ -1197,3 +1197,68 @@ fn compiled_policies_agree_with_a_direct_reading_of_the_spec() {
         "{allowed} of {checked}"
     );
 }
+
+#[test]
+fn egress_named_ports_towards_thousands_of_pods_become_one_prefix_each() {
+    // 6,000 pods in 10.200.0.0/16, `http` = 8080 on even-numbered ones and 9090 on odd ones,
+    // 60 identities; one local pod may reach `http` of every pod of the block.
+    let mut cluster = Cluster::default();
+    cluster.namespaces.insert("big".into(), Labels::new());
+    for i in 0..6000u32 {
+        let port = if i % 2 == 0 { 8080 } else { 9090 };
+        cluster.pods.insert(
+            PodRef::new("big", format!("p{i}")),
+            PodInfo {
+                identity: Identity(1000 + i % 60),
+                labels: labels(&[("group", &(i % 60).to_string())]),
+                ips: vec![IpAddr::V4(Ipv4Addr::from(0x0ac8_0000 + i))],
+                ports: vec![NamedPort {
+                    name: "http".into(),
+                    protocol: PROTO_TCP,
+                    port,
+                }],
+            },
+        );
+    }
+    let client = PodRef::new("big", "client");
+    cluster.pods.insert(
+        client.clone(),
+        PodInfo {
+            identity: Identity(999),
+            labels: labels(&[("app", "client")]),
+            ips: vec!["10.201.0.1".parse().unwrap()],
+            ports: Vec::new(),
+        },
+    );
+    let p = policy(
+        "big",
+        "to-http",
+        json!({"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+               "egress": [{"to": [{"ipBlock": {"cidr": "10.200.0.0/16"}}],
+                           "ports": [{"port": "http"}]}]}),
+    );
+    let identities = IdentityIndex::new(&cluster).unwrap();
+    let compiled = compile(&[p], &cluster, &identities, std::slice::from_ref(&client));
+    let ep = &compiled[&client];
+    // Alternating ports: no two neighbours merge, one /32 each, two classes.
+    assert_eq!(ep.cidrs.len(), 6000);
+    assert_eq!(ep.entries.len(), 2);
+    let to = |i: u32, port| {
+        let ip = IpAddr::V4(Ipv4Addr::from(0x0ac8_0000 + i));
+        decide(
+            ep,
+            Direction::Egress,
+            Identity(1000 + i % 60),
+            ip,
+            PROTO_TCP,
+            port,
+        )
+        .allowed
+    };
+    assert!(to(0, 8080) && !to(0, 9090));
+    assert!(to(4321, 9090) && !to(4321, 8080));
+    assert!(
+        !to(6001, 8080),
+        "an address of the block with no pod has no named port"
+    );
+}
