@@ -17,6 +17,8 @@
 //! - [`cidr`]: address-range arithmetic for `ipBlock`s.
 //! - [`compile`](mod@compile): policies → one [`EndpointPolicy`] per local pod.
 //! - [`plan`]: old and new endpoint policies → the map writes between them.
+//! - [`affected`]: which endpoints a policy, pod or namespace change can affect, so that only
+//!   those are recompiled.
 //!
 //! # Semantics chosen where Kubernetes leaves room
 //!
@@ -56,6 +58,7 @@
 //! - **hostNetwork pods** share the node's address; they are not endpoints (no policy applies
 //!   to them) and, as peers, are the node ([`Identity::HOST`]).
 
+pub mod affected;
 pub mod cidr;
 pub mod compile;
 pub mod identity;
