@@ -132,7 +132,7 @@ fn endpoint_plan(old: Option<&EndpointPolicy>, new: Option<&EndpointPolicy>) -> 
     }
 }
 
-/// The writes from `old` to `new` (both as [`compile`](super::compile) returns them).
+/// The writes from `old` to `new` (both as [`compile`](super::compile()) returns them).
 pub fn plan(
     old: &BTreeMap<PodRef, EndpointPolicy>,
     new: &BTreeMap<PodRef, EndpointPolicy>,
