@@ -5,6 +5,7 @@
 //!   map in a typed struct.
 //! - [`dns`]: the cluster DNS server (`<svc>.<ns>.svc.cluster.local`) and pods' resolv.conf.
 //! - [`netns`]: runs work inside another network namespace.
+//! - [`policy`]: NetworkPolicy compiled to per-pod allow entries over security identities.
 //! - [`network`]: pod networking — IPAM, veth plumbing over rtnetlink, routes to other nodes.
 //! - [`services`]: the Service load-balancing state (frontends, Maglev tables, map writes).
 //! - [`server`]: the kubelet-style HTTPS server behind `kubectl logs` and `kubectl exec`.
@@ -16,5 +17,6 @@ pub mod dns;
 pub mod kubeconfig;
 pub mod netns;
 pub mod network;
+pub mod policy;
 pub mod server;
 pub mod services;
