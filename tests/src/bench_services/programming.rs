@@ -56,7 +56,7 @@ pub struct ProgrammingFigures {
 pub struct Reconcile {
     pub writes: u64,
     pub frontends: u64,
-    pub took_ms: u64,
+    pub took_us: u64,
 }
 
 /// The `SERVICES` map, for lookups of one key (`ServiceMaps` lists the whole map only).
@@ -256,7 +256,7 @@ pub fn reconciles(log: &str) -> Vec<Reconcile> {
             Some(Reconcile {
                 writes: field(l, "writes")?,
                 frontends: field(l, "frontends")?,
-                took_ms: field(l, "took_ms")?,
+                took_us: field(l, "took_us")?,
             })
         })
         .collect()
@@ -288,22 +288,22 @@ mod tests {
     #[test]
     fn reads_the_agents_reconcile_lines() {
         let log = "2026-11-24T01:00:00Z  INFO apiary_node_agent::agent::services: service maps \
-                   updated writes=2 frontends=3 took_ms=1\n\
-                   2026-11-24T01:00:01Z  INFO something else took_ms=9\n\
+                   updated writes=2 frontends=3 took_us=1\n\
+                   2026-11-24T01:00:01Z  INFO something else took_us=9\n\
                    \x1b[2m2026\x1b[0m INFO service maps updated \x1b[3mwrites\x1b[0m\x1b[2m=\x1b[0m9000 \
-                   frontends=9001 took_ms=120\n";
+                   frontends=9001 took_us=120\n";
         assert_eq!(
             reconciles(log),
             vec![
                 Reconcile {
                     writes: 2,
                     frontends: 3,
-                    took_ms: 1
+                    took_us: 1
                 },
                 Reconcile {
                     writes: 9000,
                     frontends: 9001,
-                    took_ms: 120
+                    took_us: 120
                 },
             ]
         );

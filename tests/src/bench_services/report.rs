@@ -72,7 +72,7 @@ impl Report {
                 })
             })
             .collect();
-        let took: Vec<u64> = prog.reconciles.iter().map(|r| r.took_ms).collect();
+        let took: Vec<u64> = prog.reconciles.iter().map(|r| r.took_us).collect();
         json!({
             "latency": {
                 "request": "new TCP connection, 32 bytes each way, client pod to server pod on one node",
@@ -102,13 +102,13 @@ impl Report {
                 },
                 "agent_reconciles": {
                     "count": prog.reconciles.len(),
-                    "took_ms_total": took.iter().sum::<u64>(),
-                    "took_ms_max": took.iter().max().copied().unwrap_or(0),
+                    "took_us_total": took.iter().sum::<u64>(),
+                    "took_us_max": took.iter().max().copied().unwrap_or(0),
                     "writes_total": prog.reconciles.iter().map(|r| r.writes).sum::<u64>(),
                 },
                 "agent_reconciles_one_more": {
                     "count": prog.reconciles_one_more.len(),
-                    "took_ms": prog.reconciles_one_more.iter().map(|r| r.took_ms).collect::<Vec<_>>(),
+                    "took_us": prog.reconciles_one_more.iter().map(|r| r.took_us).collect::<Vec<_>>(),
                     "writes": prog.reconciles_one_more.iter().map(|r| r.writes).collect::<Vec<_>>(),
                 },
             },
@@ -204,30 +204,30 @@ impl Report {
             format!("<= {} ms", PROGRAM_ONE_TARGET * 1e3),
             verdict(p99.as_secs_f64() <= PROGRAM_ONE_TARGET).into(),
         ]);
-        let took: Vec<u64> = prog.reconciles.iter().map(|r| r.took_ms).collect();
+        let took: Vec<u64> = prog.reconciles.iter().map(|r| r.took_us).collect();
         rows.push([
             format!("agent reconciles for {n} (count, max)"),
             format!("{}", took.len()),
-            format!("{} ms", took.iter().max().copied().unwrap_or(0)),
-            format!("{} ms total", took.iter().sum::<u64>()),
+            format!("{} us", took.iter().max().copied().unwrap_or(0)),
+            format!("{} us total", took.iter().sum::<u64>()),
             blank(),
             blank(),
         ]);
         let mut took: Vec<Duration> = prog
             .reconciles_one_more
             .iter()
-            .map(|r| Duration::from_millis(r.took_ms))
+            .map(|r| Duration::from_micros(r.took_us))
             .collect();
         took.sort();
         rows.push([
             format!("agent reconcile per one more (x{})", took.len()),
             format!(
-                "{} ms",
-                crate::bench_pods::percentile(&took, 0.5).as_millis()
+                "{} us",
+                crate::bench_pods::percentile(&took, 0.5).as_micros()
             ),
             format!(
-                "{} ms",
-                crate::bench_pods::percentile(&took, 0.99).as_millis()
+                "{} us",
+                crate::bench_pods::percentile(&took, 0.99).as_micros()
             ),
             blank(),
             blank(),
@@ -295,7 +295,7 @@ mod tests {
                 reconciles: vec![Reconcile {
                     writes: 1,
                     frontends: 2,
-                    took_ms: 7,
+                    took_us: 7,
                 }],
                 reconciles_one_more: Vec::new(),
                 log_split: 0,
@@ -312,7 +312,7 @@ mod tests {
             0.275
         ));
         assert_eq!(json["programming"]["creates_per_second"], 2000.0);
-        assert_eq!(json["programming"]["agent_reconciles"]["took_ms_total"], 7);
+        assert_eq!(json["programming"]["agent_reconciles"]["took_us_total"], 7);
         let table = report.table();
         let line = |name: &str| {
             table
