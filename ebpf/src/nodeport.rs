@@ -132,6 +132,20 @@ impl Flow {
         ctx.store(offset, &new, 0).ok()
     }
 
+    /// Makes the packet's source `addr`:`port_be`.
+    #[inline(always)]
+    fn rewrite_source(&self, ctx: &TcContext, addr: [u8; 4], port_be: u16) -> Option<()> {
+        self.rewrite_addr(ctx, IPV4_SRC_OFFSET, self.saddr, addr)?;
+        self.rewrite_port(ctx, SPORT_OFFSET, self.sport_be, port_be)
+    }
+
+    /// Makes the packet's destination `addr`:`port_be`.
+    #[inline(always)]
+    fn rewrite_destination(&self, ctx: &TcContext, addr: [u8; 4], port_be: u16) -> Option<()> {
+        self.rewrite_addr(ctx, IPV4_DST_OFFSET, self.daddr, addr)?;
+        self.rewrite_port(ctx, DPORT_OFFSET, self.dport_be, port_be)
+    }
+
     /// Replaces the port at `offset` (source or destination), fixing the transport checksum.
     #[inline(always)]
     fn rewrite_port(&self, ctx: &TcContext, offset: usize, old: u16, new: u16) -> Option<()> {
@@ -191,11 +205,9 @@ pub fn reply_from_pod(ctx: &TcContext, head: &Ipv4Head) -> Option<i32> {
 #[inline(always)]
 fn reply_to_client(ctx: &TcContext, flow: &Flow, reply: &CtValue) -> i32 {
     let translated = (|| {
-        flow.rewrite_addr(ctx, IPV4_SRC_OFFSET, flow.saddr, reply.rewrite_addr)?;
-        flow.rewrite_port(ctx, SPORT_OFFSET, flow.sport_be, reply.rewrite_port_be)?;
+        flow.rewrite_source(ctx, reply.rewrite_addr, reply.rewrite_port_be)?;
         if reply.flags & CT_SNAT != 0 {
-            flow.rewrite_addr(ctx, IPV4_DST_OFFSET, flow.daddr, reply.snat_addr)?;
-            flow.rewrite_port(ctx, DPORT_OFFSET, flow.dport_be, reply.snat_port_be)?;
+            flow.rewrite_destination(ctx, reply.snat_addr, reply.snat_port_be)?;
         }
         let mut head = Ipv4Head::load(ctx)?;
         to_underlay(ctx, &mut head)
@@ -205,11 +217,9 @@ fn reply_to_client(ctx: &TcContext, flow: &Flow, reply: &CtValue) -> i32 {
 
 #[inline(always)]
 fn to_backend(ctx: &TcContext, flow: &Flow, tracked: &CtValue) -> Option<i32> {
-    flow.rewrite_addr(ctx, IPV4_DST_OFFSET, flow.daddr, tracked.rewrite_addr)?;
-    flow.rewrite_port(ctx, DPORT_OFFSET, flow.dport_be, tracked.rewrite_port_be)?;
+    flow.rewrite_destination(ctx, tracked.rewrite_addr, tracked.rewrite_port_be)?;
     if tracked.flags & CT_SNAT != 0 {
-        flow.rewrite_addr(ctx, IPV4_SRC_OFFSET, flow.saddr, tracked.snat_addr)?;
-        flow.rewrite_port(ctx, SPORT_OFFSET, flow.sport_be, tracked.snat_port_be)?;
+        flow.rewrite_source(ctx, tracked.snat_addr, tracked.snat_port_be)?;
     }
     let mut head = Ipv4Head::load(ctx)?;
     // This node is the client's first router toward the backend.

@@ -61,6 +61,24 @@ fn target_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir))
 }
 
+/// The release `apiary-lab` and what its cluster benchmarks run next to it: the control plane,
+/// the node agent and the shim.
+fn build_lab_release() -> anyhow::Result<()> {
+    shell::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "apiary-control-plane",
+        "-p",
+        "apiary-node-agent",
+        "-p",
+        "apiary-runtime",
+        "-p",
+        "apiary-tests",
+        "--bins",
+    ])
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
@@ -94,29 +112,13 @@ fn main() -> anyhow::Result<()> {
                     shell::cargo(&["bench", "-p", "apiary-control-plane", "--bench", "api"])
                 }
                 BenchSuite::Pods => {
-                    // The cluster half runs the release control plane, agent and shim that
-                    // sit next to the release apiary-lab.
-                    shell::cargo(&[
-                        "build",
-                        "--release",
-                        "-p",
-                        "apiary-control-plane",
-                        "-p",
-                        "apiary-node-agent",
-                        "-p",
-                        "apiary-runtime",
-                        "-p",
-                        "apiary-tests",
-                        "--bins",
-                    ])?;
-                    let json = shell::workspace_root().join("target/bench/pods.json");
+                    build_lab_release()?;
+                    let target = target_dir();
                     shell::run(
-                        std::process::Command::new(
-                            shell::workspace_root().join("target/release/apiary-lab"),
-                        )
-                        .arg("bench-pods")
-                        .arg("--json")
-                        .arg(json),
+                        std::process::Command::new(target.join("release/apiary-lab"))
+                            .arg("bench-pods")
+                            .arg("--json")
+                            .arg(target.join("bench/pods.json")),
                     )
                 }
                 BenchSuite::Services => {
@@ -134,19 +136,7 @@ fn main() -> anyhow::Result<()> {
                                 .env("DEBIAN_FRONTEND", "noninteractive"),
                         )?;
                     }
-                    shell::cargo(&[
-                        "build",
-                        "--release",
-                        "-p",
-                        "apiary-control-plane",
-                        "-p",
-                        "apiary-node-agent",
-                        "-p",
-                        "apiary-runtime",
-                        "-p",
-                        "apiary-tests",
-                        "--bins",
-                    ])?;
+                    build_lab_release()?;
                     let target = target_dir();
                     shell::run(
                         std::process::Command::new(target.join("release/apiary-lab"))
