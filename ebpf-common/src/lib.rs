@@ -66,6 +66,36 @@ pub const NODE_ADDRS: &str = "NODE_ADDRS";
 /// need none).
 pub const CT: &str = "CT";
 
+/// Name of the policy allow entries (`LPM_TRIE`, key: `{ prefix_len: u32, data: `[`PolicyData`]` }`
+/// — aya's `lpm_trie::Key<PolicyData>` —, value: [`PolicyValue`]). The prefix covers endpoint,
+/// peer identity and direction (72 bits) for rules of any protocol, plus protocol and the port's
+/// first bits (`80 + port prefix`) for rules with ports: a port range costs one lookup.
+pub const POLICY: &str = "POLICY";
+
+/// Name of the `ipBlock` classes (`LPM_TRIE`, key: `{ prefix_len: u32, data: `[`PolicyCidrData`]`
+/// }` with prefix `64 + address prefix`, value: the class's identity as `u32`, looked up in
+/// [`POLICY`] like a peer identity).
+pub const POLICY_CIDR: &str = "POLICY_CIDR";
+
+/// Name of the per-endpoint enforcement flags (`HASH`, key: endpoint id `u32` (the pod's host-side
+/// veth ifindex), value: `POLICY_*_ENFORCED` bits). An endpoint without an entry, or without a
+/// direction's bit, is open that way.
+pub const POLICY_ENFORCED: &str = "POLICY_ENFORCED";
+
+/// Name of the address → identity map (`HASH`, key: IPv4 address `[u8; 4]`, value: identity
+/// `u32`): every pod of the cluster, and this node's addresses as [`IDENTITY_HOST`]. Anything
+/// else is [`IDENTITY_WORLD`].
+pub const IPCACHE: &str = "IPCACHE";
+
+/// Name of the policy connection tracking (`LRU_HASH`, key: [`PolicyFlowKey`], value: `u32`
+/// reserved): flows an endpoint let through, so that only a flow's first packet is judged and
+/// replies always pass.
+pub const POLICY_CT: &str = "POLICY_CT";
+
+/// Name of the verdict ring buffer (`RINGBUF` of [`PolicyVerdict`] records): one per new flow at
+/// an enforcing endpoint.
+pub const POLICY_EVENTS: &str = "POLICY_EVENTS";
+
 /// Every map the programs pin by name: what `unpin` removes.
 pub const PINNED_MAPS: &[&str] = &[
     POD_TRAFFIC,
@@ -80,6 +110,12 @@ pub const PINNED_MAPS: &[&str] = &[
     LOCAL_NETNS,
     NODE_ADDRS,
     CT,
+    POLICY,
+    POLICY_CIDR,
+    POLICY_ENFORCED,
+    IPCACHE,
+    POLICY_CT,
+    POLICY_EVENTS,
 ];
 
 /// Capacity of [`SERVICES`]: frontends (a Service has one per port, and per NodePort and
@@ -96,6 +132,18 @@ pub const AFFINITY_MAX_ENTRIES: u32 = 65536;
 pub const SOCK_REVNAT_MAX_ENTRIES: u32 = 262144;
 /// Capacity of [`CT`]: two entries (original and reply direction) per tracked flow.
 pub const CT_MAX_ENTRIES: u32 = 262144;
+/// Capacity of [`POLICY`].
+pub const POLICY_MAX_ENTRIES: u32 = 262144;
+/// Capacity of [`POLICY_CIDR`].
+pub const POLICY_CIDR_MAX_ENTRIES: u32 = 65536;
+/// Capacity of [`POLICY_ENFORCED`].
+pub const POLICY_ENFORCED_MAX_ENTRIES: u32 = 4096;
+/// Capacity of [`IPCACHE`]: the cluster's pods and nodes.
+pub const IPCACHE_MAX_ENTRIES: u32 = 262144;
+/// Capacity of [`POLICY_CT`].
+pub const POLICY_CT_MAX_ENTRIES: u32 = 262144;
+/// Size of [`POLICY_EVENTS`] in bytes (a power of two, a multiple of the page size).
+pub const POLICY_EVENTS_BYTES: u32 = 1 << 20;
 /// Capacity of [`LOCAL_NETNS`].
 pub const LOCAL_NETNS_MAX_ENTRIES: u32 = 4096;
 /// Capacity of [`NODE_ADDRS`].
@@ -280,6 +328,113 @@ pub struct CtValue {
 
 const _: () = assert!(core::mem::size_of::<CtValue>() == 20);
 
+/// [`PolicyData::direction`] (and [`PolicyVerdict::direction`]): toward the endpoint.
+pub const POLICY_INGRESS: u8 = 0;
+/// Away from the endpoint.
+pub const POLICY_EGRESS: u8 = 1;
+/// [`POLICY_ENFORCED`] bit: ingress is enforced.
+pub const POLICY_INGRESS_ENFORCED: u32 = 1;
+/// [`POLICY_ENFORCED`] bit: egress is enforced.
+pub const POLICY_EGRESS_ENFORCED: u32 = 1 << 1;
+/// Identity of every peer: entries for it match whoever the peer is.
+pub const IDENTITY_ANY: u32 = 0;
+/// Identity of this node (its own addresses).
+pub const IDENTITY_HOST: u32 = 1;
+/// Identity of addresses outside the cluster.
+pub const IDENTITY_WORLD: u32 = 2;
+/// Prefix length of a [`POLICY`] key up to the direction: an entry for every protocol and port.
+pub const POLICY_PREFIX_ANY_PROTOCOL: u32 = 72;
+/// Prefix length of a [`POLICY`] key up to the protocol: add the port prefix (0..=16).
+pub const POLICY_PREFIX_PROTOCOL: u32 = 80;
+/// Prefix length of a [`POLICY_CIDR`] key before the address: add the address prefix.
+pub const POLICY_CIDR_PREFIX_BASE: u32 = 64;
+
+/// The data of a [`POLICY`] key: multi-byte fields big-endian, so that a prefix covers a
+/// port's high bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyData {
+    pub endpoint_be: [u8; 4],
+    pub identity_be: [u8; 4],
+    pub direction: u8,
+    /// IP protocol number (0 in entries for every protocol).
+    pub protocol: u8,
+    pub port_be: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<PolicyData>() == 12);
+
+/// Value of [`POLICY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyValue {
+    /// Which rule allowed it, for verdict events: 0 is "the node may always reach its pods",
+    /// others index the agent's table of policy rules.
+    pub rule_id: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
+
+/// The data of a [`POLICY_CIDR`] key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyCidrData {
+    pub endpoint_be: [u8; 4],
+    pub direction: u8,
+    /// Reserved, zero.
+    pub pad: [u8; 3],
+    pub addr: [u8; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<PolicyCidrData>() == 12);
+
+/// Key of [`POLICY_CT`]: a flow as one endpoint saw it pass.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyFlowKey {
+    pub endpoint: u32,
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub protocol: u8,
+    /// Reserved, zero.
+    pub pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<PolicyFlowKey>() == 20);
+
+/// [`PolicyVerdict::verdict`]: let through.
+pub const VERDICT_ALLOWED: u8 = 1;
+/// [`PolicyVerdict::verdict`]: dropped.
+pub const VERDICT_DENIED: u8 = 0;
+
+/// A record of [`POLICY_EVENTS`]: the first packet of a flow at an enforcing endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyVerdict {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub protocol: u8,
+    /// [`POLICY_INGRESS`] or [`POLICY_EGRESS`], at `endpoint`.
+    pub direction: u8,
+    /// [`VERDICT_ALLOWED`] or [`VERDICT_DENIED`].
+    pub verdict: u8,
+    /// Reserved, zero.
+    pub pad: u8,
+    pub endpoint: u32,
+    /// The peer's identity (or `ipBlock` class) as judged.
+    pub peer_identity: u32,
+    /// The allowing rule ([`PolicyValue::rule_id`]); 0 when denied or not enforced.
+    pub rule_id: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<PolicyVerdict>() == 28);
+
 /// Capacity of [`ENDPOINTS`], like [`POD_TRAFFIC_MAX_ENTRIES`].
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 4096;
 
@@ -408,6 +563,21 @@ unsafe impl aya::Pod for CtKey {}
 // SAFETY: as for `Endpoint`.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for CtValue {}
+// SAFETY: as for `Endpoint`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PolicyData {}
+// SAFETY: as for `Endpoint`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PolicyValue {}
+// SAFETY: as for `Endpoint`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PolicyCidrData {}
+// SAFETY: as for `Endpoint`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PolicyFlowKey {}
+// SAFETY: as for `Endpoint`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PolicyVerdict {}
 
 #[cfg(test)]
 mod tests {

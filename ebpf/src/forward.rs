@@ -5,9 +5,9 @@
 //! `bpf_skb_load_bytes`, rewritten on the stack (MACs, TTL, header checksum computed in the
 //! program) and written back with one `bpf_skb_store_bytes`.
 
-use apiary_ebpf_common::Endpoint;
+use apiary_ebpf_common::{Endpoint, POLICY_INGRESS};
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
     helpers::generated::{bpf_redirect_neigh, bpf_redirect_peer},
     maps::lpm_trie::Key,
     programs::TcContext,
@@ -116,6 +116,10 @@ pub fn to_local_pod(ctx: &TcContext, head: &mut Ipv4Head, hop: Hop) -> Option<i3
     let endpoint: Endpoint = *unsafe { ENDPOINTS.get(head.destination()) }?;
     if hop == Hop::Routed && head.decrement_ttl().is_none() {
         return Some(PASS);
+    }
+    // The pod's ingress policy judges the packet as it arrives (after any NAT).
+    if !crate::policy::allows(ctx, head, endpoint.host_ifindex, POLICY_INGRESS) {
+        return Some(TC_ACT_SHOT);
     }
     head.0[..ETH_ALEN].copy_from_slice(&endpoint.pod_mac);
     head.0[ETH_ALEN..2 * ETH_ALEN].copy_from_slice(&endpoint.host_mac);

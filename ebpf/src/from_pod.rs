@@ -11,8 +11,10 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 use crate::{
     forward::{Hop, Ipv4Head, PASS, to_local_pod, to_remote_node},
     maps::{Direction, count_pod_traffic},
-    nodeport,
+    nodeport::{self, DROP},
+    policy,
 };
+use apiary_ebpf_common::POLICY_EGRESS;
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
@@ -26,6 +28,12 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, i32> {
     let Some(mut head) = Ipv4Head::load(ctx) else {
         return Ok(PASS);
     };
+    // The pod's egress policy judges what it sent, as it sent it.
+    // SAFETY: `ctx.skb.skb` is the `__sk_buff` the kernel passed to this program.
+    let endpoint = unsafe { (*ctx.skb.skb).ifindex };
+    if !policy::allows(ctx, &head, endpoint, POLICY_EGRESS) {
+        return Ok(DROP);
+    }
     // A backend answering a NodePort client outside the cluster.
     if let Some(verdict) = nodeport::reply_from_pod(ctx, &head) {
         return Ok(verdict);

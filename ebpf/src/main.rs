@@ -11,6 +11,7 @@ mod from_pod;
 mod lb;
 mod maps;
 mod nodeport;
+mod policy;
 mod socket_lb;
 mod to_pod;
 

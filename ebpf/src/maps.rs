@@ -2,15 +2,18 @@
 
 use apiary_ebpf_common::{
     AFFINITY_MAX_ENTRIES, AffinityKey, AffinityValue, BACKENDS_MAX_ENTRIES, Backend,
-    CT_MAX_ENTRIES, CtKey, CtValue, ENDPOINTS_MAX_ENTRIES, Endpoint, LOCAL_NETNS_MAX_ENTRIES,
-    MAGLEV_MAX_ENTRIES, MaglevTable, NODE_ADDRS_MAX_ENTRIES, NodeConfig, POD_TRAFFIC_MAX_ENTRIES,
-    PodTraffic, REMOTE_NODES_MAX_ENTRIES, RemoteNode, SERVICES_MAX_ENTRIES,
-    SOCK_REVNAT_MAX_ENTRIES, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
+    CT_MAX_ENTRIES, CtKey, CtValue, ENDPOINTS_MAX_ENTRIES, Endpoint, IPCACHE_MAX_ENTRIES,
+    LOCAL_NETNS_MAX_ENTRIES, MAGLEV_MAX_ENTRIES, MaglevTable, NODE_ADDRS_MAX_ENTRIES, NodeConfig,
+    POD_TRAFFIC_MAX_ENTRIES, POLICY_CIDR_MAX_ENTRIES, POLICY_CT_MAX_ENTRIES,
+    POLICY_ENFORCED_MAX_ENTRIES, POLICY_EVENTS_BYTES, POLICY_MAX_ENTRIES, PodTraffic,
+    PolicyCidrData, PolicyData, PolicyFlowKey, PolicyValue, REMOTE_NODES_MAX_ENTRIES, RemoteNode,
+    SERVICES_MAX_ENTRIES, SOCK_REVNAT_MAX_ENTRIES, ServiceKey, ServiceValue, SockRevNatKey,
+    SockRevNatValue,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf},
     programs::TcContext,
 };
 
@@ -69,6 +72,32 @@ pub static NODE_ADDRS: HashMap<[u8; 4], u32> = HashMap::pinned(NODE_ADDRS_MAX_EN
 /// Connection tracking of NodePort and load-balancer flows from outside the node.
 #[map(name = "CT")]
 pub static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CT_MAX_ENTRIES, 0);
+
+/// NetworkPolicy allow entries, by endpoint, peer identity, direction, protocol and port prefix.
+#[map(name = "POLICY")]
+pub static POLICY: LpmTrie<PolicyData, PolicyValue> =
+    LpmTrie::pinned(POLICY_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// `ipBlock` classes by endpoint, direction and address prefix.
+#[map(name = "POLICY_CIDR")]
+pub static POLICY_CIDR: LpmTrie<PolicyCidrData, u32> =
+    LpmTrie::pinned(POLICY_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Which directions each endpoint enforces.
+#[map(name = "POLICY_ENFORCED")]
+pub static POLICY_ENFORCED: HashMap<u32, u32> = HashMap::pinned(POLICY_ENFORCED_MAX_ENTRIES, 0);
+
+/// The identity of every known address.
+#[map(name = "IPCACHE")]
+pub static IPCACHE: HashMap<[u8; 4], u32> = HashMap::pinned(IPCACHE_MAX_ENTRIES, 0);
+
+/// Flows the enforcing endpoints let through.
+#[map(name = "POLICY_CT")]
+pub static POLICY_CT: LruHashMap<PolicyFlowKey, u32> = LruHashMap::pinned(POLICY_CT_MAX_ENTRIES, 0);
+
+/// Verdicts of new flows, for `apiary net observe`.
+#[map(name = "POLICY_EVENTS")]
+pub static POLICY_EVENTS: RingBuf = RingBuf::pinned(POLICY_EVENTS_BYTES, 0);
 
 /// Which side of the pod's veth a packet crosses.
 #[derive(Clone, Copy)]

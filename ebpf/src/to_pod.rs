@@ -1,8 +1,19 @@
-//! TC egress on a pod's host-side veth: everything delivered to the pod passes here last.
+//! TC egress on a pod's host-side veth: what the node's own stack delivers to the pod passes
+//! here last (packets redirected into the pod skip it; `to_local_pod` judges those), so the
+//! pod's ingress policy judges it here.
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use apiary_ebpf_common::POLICY_INGRESS;
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
 
-use crate::maps::{Direction, count_pod_traffic};
+use crate::{
+    forward::Ipv4Head,
+    maps::{Direction, count_pod_traffic},
+    policy,
+};
 
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
@@ -13,5 +24,12 @@ pub fn to_pod(ctx: TcContext) -> i32 {
 
 fn try_to_pod(ctx: &TcContext) -> Result<i32, i32> {
     count_pod_traffic(ctx, Direction::ToPod);
+    if let Some(head) = Ipv4Head::load(ctx) {
+        // SAFETY: `ctx.skb.skb` is the `__sk_buff` the kernel passed to this program.
+        let endpoint = unsafe { (*ctx.skb.skb).ifindex };
+        if !policy::allows(ctx, &head, endpoint, POLICY_INGRESS) {
+            return Ok(TC_ACT_SHOT);
+        }
+    }
     Ok(TC_ACT_OK)
 }

@@ -10,6 +10,7 @@ pub mod bpffs;
 pub mod endpoints;
 pub mod node_config;
 pub mod pod_traffic;
+pub mod policy;
 pub mod remote_nodes;
 pub mod services;
 pub mod sock_destroy;
@@ -32,6 +33,7 @@ use aya::{
 pub use endpoints::EndpointMap;
 pub use node_config::NodeConfigMap;
 pub use pod_traffic::PodTrafficMap;
+pub use policy::{AllowEntry, PolicyEvents, PolicyMaps};
 pub use remote_nodes::RemoteNodeMap;
 pub use services::{CtMap, LocalNetnsMap, NodeAddrsMap, ServiceMaps};
 pub use sock_destroy::destroy_udp_sockets_to;

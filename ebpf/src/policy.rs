@@ -1,0 +1,187 @@
+//! NetworkPolicy at a pod's veth, Cilium-style: the peer's address gives its security identity
+//! (`IPCACHE`), and one longest-prefix lookup in `POLICY` says whether (endpoint, identity,
+//! direction, protocol, port) is allowed — for the peer's identity, then for any peer, then for
+//! the peer address's `ipBlock` class. Only a flow's first packet is judged: flows let through are
+//! remembered in `POLICY_CT`, which also lets every reply pass. Each judged flow's verdict goes
+//! out through the `POLICY_EVENTS` ring buffer.
+//!
+//! Packets reach the checks after Service translation (sockets were translated at `connect`,
+//! NodePorts before delivery), so policies apply to backend pods, as in Kubernetes.
+
+use apiary_ebpf_common::{
+    IDENTITY_ANY, IDENTITY_WORLD, POLICY_CIDR_PREFIX_BASE, POLICY_EGRESS_ENFORCED, POLICY_INGRESS,
+    POLICY_INGRESS_ENFORCED, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyCidrData, PolicyData,
+    PolicyFlowKey, PolicyVerdict, VERDICT_ALLOWED, VERDICT_DENIED,
+};
+use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+
+use crate::{
+    forward::{HEAD_LEN, Ipv4Head},
+    maps::{IPCACHE, POLICY, POLICY_CIDR, POLICY_CT, POLICY_ENFORCED, POLICY_EVENTS},
+};
+
+/// Bits of a full `POLICY` key's data: endpoint, identity, direction, protocol, port.
+const POLICY_KEY_BITS: u32 = 96;
+
+/// A packet's addresses, ports (zero for protocols without) and protocol.
+#[derive(Clone, Copy)]
+struct Tuple {
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+    sport_be: u16,
+    dport_be: u16,
+    protocol: u8,
+}
+
+impl Tuple {
+    #[inline(always)]
+    fn of(ctx: &TcContext, head: &Ipv4Head) -> Option<Self> {
+        let protocol = head.plain_protocol()?;
+        let (sport_be, dport_be) =
+            if protocol == PROTO_TCP || protocol == PROTO_UDP || protocol == PROTO_SCTP {
+                let ports: [u8; 4] = ctx.load(HEAD_LEN).ok()?;
+                (
+                    u16::from_ne_bytes([ports[0], ports[1]]),
+                    u16::from_ne_bytes([ports[2], ports[3]]),
+                )
+            } else {
+                (0, 0)
+            };
+        Some(Self {
+            saddr: head.source(),
+            daddr: head.destination(),
+            sport_be,
+            dport_be,
+            protocol,
+        })
+    }
+
+    #[inline(always)]
+    fn flow(&self, endpoint: u32) -> PolicyFlowKey {
+        PolicyFlowKey {
+            endpoint,
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport_be: self.sport_be,
+            dport_be: self.dport_be,
+            protocol: self.protocol,
+            pad: [0; 3],
+        }
+    }
+
+    /// The flow of the packets answering this one.
+    #[inline(always)]
+    fn reply_flow(&self, endpoint: u32) -> PolicyFlowKey {
+        PolicyFlowKey {
+            endpoint,
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport_be: self.dport_be,
+            dport_be: self.sport_be,
+            protocol: self.protocol,
+            pad: [0; 3],
+        }
+    }
+}
+
+/// Whether the packet in `ctx` may pass `endpoint` (a pod's host-side veth ifindex) in
+/// `direction`. Endpoints that enforce nothing pass everything without a lookup beyond their
+/// flags; packets an enforcing endpoint cannot parse (IP options, fragments) are dropped.
+#[inline(always)]
+pub fn allows(ctx: &TcContext, head: &Ipv4Head, endpoint: u32, direction: u8) -> bool {
+    // SAFETY: copied out at once.
+    let flags = match unsafe { POLICY_ENFORCED.get(endpoint) } {
+        Some(flags) if *flags != 0 => *flags,
+        _ => return true,
+    };
+    let Some(tuple) = Tuple::of(ctx, head) else {
+        return false;
+    };
+    let flow = tuple.flow(endpoint);
+    if POLICY_CT.get_ptr(flow).is_some() || POLICY_CT.get_ptr(tuple.reply_flow(endpoint)).is_some()
+    {
+        return true;
+    }
+    let bit = if direction == POLICY_INGRESS {
+        POLICY_INGRESS_ENFORCED
+    } else {
+        POLICY_EGRESS_ENFORCED
+    };
+    if flags & bit == 0 {
+        // Open this way, but enforcing the other: remember the flow so that its replies pass.
+        let _ = POLICY_CT.insert(flow, 0, 0);
+        return true;
+    }
+    let (peer_identity, rule) = decide(endpoint, direction, &tuple);
+    if rule.is_some() {
+        let _ = POLICY_CT.insert(flow, 0, 0);
+    }
+    let verdict = PolicyVerdict {
+        saddr: tuple.saddr,
+        daddr: tuple.daddr,
+        sport_be: tuple.sport_be,
+        dport_be: tuple.dport_be,
+        protocol: tuple.protocol,
+        direction,
+        verdict: if rule.is_some() {
+            VERDICT_ALLOWED
+        } else {
+            VERDICT_DENIED
+        },
+        pad: 0,
+        endpoint,
+        peer_identity,
+        rule_id: rule.unwrap_or(0),
+    };
+    // A full ring drops the record, never the packet.
+    let _ = POLICY_EVENTS.output::<PolicyVerdict>(&verdict, 0);
+    rule.is_some()
+}
+
+/// The peer's identity as judged, and the allowing rule (`None`: denied).
+#[inline(always)]
+fn decide(endpoint: u32, direction: u8, tuple: &Tuple) -> (u32, Option<u32>) {
+    let peer = if direction == POLICY_INGRESS {
+        tuple.saddr
+    } else {
+        tuple.daddr
+    };
+    // SAFETY: copied out at once.
+    let identity = unsafe { IPCACHE.get(peer) }
+        .copied()
+        .unwrap_or(IDENTITY_WORLD);
+    for candidate in [identity, IDENTITY_ANY] {
+        if let Some(rule) = lookup(endpoint, candidate, direction, tuple) {
+            return (candidate, Some(rule));
+        }
+    }
+    let cidr = PolicyCidrData {
+        endpoint_be: endpoint.to_be_bytes(),
+        direction,
+        pad: [0; 3],
+        addr: peer,
+    };
+    if let Some(class) = POLICY_CIDR
+        .get(Key::new(POLICY_CIDR_PREFIX_BASE + 32, cidr))
+        .copied()
+    {
+        return (class, lookup(endpoint, class, direction, tuple));
+    }
+    (identity, None)
+}
+
+/// The rule allowing `identity` to `endpoint` in `direction` for the tuple's protocol and
+/// destination port (the endpoint's for ingress, the peer's for egress).
+#[inline(always)]
+fn lookup(endpoint: u32, identity: u32, direction: u8, tuple: &Tuple) -> Option<u32> {
+    let data = PolicyData {
+        endpoint_be: endpoint.to_be_bytes(),
+        identity_be: identity.to_be_bytes(),
+        direction,
+        protocol: tuple.protocol,
+        port_be: tuple.dport_be.to_ne_bytes(),
+    };
+    POLICY
+        .get(Key::new(POLICY_KEY_BITS, data))
+        .map(|value| value.rule_id)
+}

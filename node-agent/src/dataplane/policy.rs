@@ -1,0 +1,213 @@
+//! Typed access to the NetworkPolicy maps: allow entries (`POLICY`), `ipBlock` classes
+//! (`POLICY_CIDR`), per-endpoint enforcement (`POLICY_ENFORCED`), the address → identity map
+//! (`IPCACHE`) and the verdict ring buffer (`POLICY_EVENTS`).
+//!
+//! Writers follow the policy plan's order (allow entries before enforcement, enforcement before
+//! removals), so that nothing both the old and the new policy allow is ever dropped mid-update.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use apiary_ebpf_common::{
+    IPCACHE, POLICY, POLICY_CIDR, POLICY_CIDR_PREFIX_BASE, POLICY_ENFORCED, POLICY_EVENTS,
+    POLICY_PREFIX_ANY_PROTOCOL, POLICY_PREFIX_PROTOCOL, PolicyCidrData, PolicyData, PolicyValue,
+    PolicyVerdict,
+};
+use aya::maps::{HashMap, LpmTrie, Map, MapData, RingBuf, lpm_trie::Key};
+
+use super::{Error, Result, endpoints::is_not_found};
+
+/// One allow entry: which peers (`identity`, 0 = any) may reach or be reached by `endpoint` in
+/// `direction`, for `protocol` (0 = any; then no port) and the ports sharing the first
+/// `port_prefix_len` bits of `port` (0 = every port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllowEntry {
+    pub endpoint: u32,
+    pub identity: u32,
+    pub direction: u8,
+    pub protocol: u8,
+    pub port: u16,
+    pub port_prefix_len: u8,
+}
+
+impl AllowEntry {
+    fn key(&self) -> Key<PolicyData> {
+        let (prefix, port) = if self.protocol == 0 {
+            (POLICY_PREFIX_ANY_PROTOCOL, 0)
+        } else {
+            let len = u32::from(self.port_prefix_len.min(16));
+            // Bits below the prefix are zero in a stored key.
+            let mask = if len == 0 { 0 } else { u16::MAX << (16 - len) };
+            (POLICY_PREFIX_PROTOCOL + len, self.port & mask)
+        };
+        Key::new(
+            prefix,
+            PolicyData {
+                endpoint_be: self.endpoint.to_be_bytes(),
+                identity_be: self.identity.to_be_bytes(),
+                direction: self.direction,
+                protocol: self.protocol,
+                port_be: port.to_be_bytes(),
+            },
+        )
+    }
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
+    move |source| Error::Map { name, source }
+}
+
+/// The policy maps of a node, opened through their pins.
+pub struct PolicyMaps {
+    entries: LpmTrie<MapData, PolicyData, PolicyValue>,
+    cidrs: LpmTrie<MapData, PolicyCidrData, u32>,
+    enforced: HashMap<MapData, u32, u32>,
+    ipcache: HashMap<MapData, [u8; 4], u32>,
+}
+
+impl std::fmt::Debug for PolicyMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyMaps").finish_non_exhaustive()
+    }
+}
+
+impl PolicyMaps {
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        let lpm = |name: &'static str| -> Result<MapData> {
+            MapData::from_pin(pin_dir.join(name)).map_err(map_err(name))
+        };
+        Ok(Self {
+            entries: LpmTrie::try_from(Map::LpmTrie(lpm(POLICY)?)).map_err(map_err(POLICY))?,
+            cidrs: LpmTrie::try_from(Map::LpmTrie(lpm(POLICY_CIDR)?))
+                .map_err(map_err(POLICY_CIDR))?,
+            enforced: HashMap::try_from(Map::HashMap(lpm(POLICY_ENFORCED)?))
+                .map_err(map_err(POLICY_ENFORCED))?,
+            ipcache: HashMap::try_from(Map::HashMap(lpm(IPCACHE)?)).map_err(map_err(IPCACHE))?,
+        })
+    }
+
+    /// Allows what `entry` says, recording `rule_id` as the reason.
+    pub fn allow(&mut self, entry: &AllowEntry, rule_id: u32) -> Result<()> {
+        let value = PolicyValue { rule_id, flags: 0 };
+        self.entries
+            .insert(&entry.key(), value, 0)
+            .map_err(map_err(POLICY))
+    }
+
+    /// Removes an allow entry; returns whether it was there.
+    pub fn revoke(&mut self, entry: &AllowEntry) -> Result<bool> {
+        match self.entries.remove(&entry.key()) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_err(POLICY)(e)),
+        }
+    }
+
+    /// Maps the addresses `addr/prefix_len` seen by `endpoint` in `direction` to `class` (an
+    /// `ipBlock` class identity).
+    pub fn set_cidr_class(
+        &mut self,
+        endpoint: u32,
+        direction: u8,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+        class: u32,
+    ) -> Result<()> {
+        self.cidrs
+            .insert(&cidr_key(endpoint, direction, addr, prefix_len), class, 0)
+            .map_err(map_err(POLICY_CIDR))
+    }
+
+    pub fn remove_cidr_class(
+        &mut self,
+        endpoint: u32,
+        direction: u8,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<bool> {
+        match self
+            .cidrs
+            .remove(&cidr_key(endpoint, direction, addr, prefix_len))
+        {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_err(POLICY_CIDR)(e)),
+        }
+    }
+
+    /// Which directions `endpoint` enforces (`POLICY_*_ENFORCED` bits; 0: none).
+    pub fn set_enforcement(&mut self, endpoint: u32, flags: u32) -> Result<()> {
+        self.enforced
+            .insert(endpoint, flags, 0)
+            .map_err(map_err(POLICY_ENFORCED))
+    }
+
+    /// Forgets `endpoint`'s enforcement (its pod is gone).
+    pub fn remove_endpoint(&mut self, endpoint: u32) -> Result<bool> {
+        match self.enforced.remove(&endpoint) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_err(POLICY_ENFORCED)(e)),
+        }
+    }
+
+    /// The security identity of address `ip`.
+    pub fn set_identity(&mut self, ip: Ipv4Addr, identity: u32) -> Result<()> {
+        self.ipcache
+            .insert(ip.octets(), identity, 0)
+            .map_err(map_err(IPCACHE))
+    }
+
+    pub fn remove_identity(&mut self, ip: Ipv4Addr) -> Result<bool> {
+        match self.ipcache.remove(&ip.octets()) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_err(IPCACHE)(e)),
+        }
+    }
+}
+
+fn cidr_key(endpoint: u32, direction: u8, addr: Ipv4Addr, prefix_len: u8) -> Key<PolicyCidrData> {
+    Key::new(
+        POLICY_CIDR_PREFIX_BASE + u32::from(prefix_len.min(32)),
+        PolicyCidrData {
+            endpoint_be: endpoint.to_be_bytes(),
+            direction,
+            pad: [0; 3],
+            addr: addr.octets(),
+        },
+    )
+}
+
+/// The verdicts the programs report, in order.
+pub struct PolicyEvents {
+    ring: RingBuf<MapData>,
+}
+
+impl std::fmt::Debug for PolicyEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEvents").finish_non_exhaustive()
+    }
+}
+
+impl PolicyEvents {
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        let data =
+            MapData::from_pin(pin_dir.join(POLICY_EVENTS)).map_err(map_err(POLICY_EVENTS))?;
+        Ok(Self {
+            ring: RingBuf::try_from(Map::RingBuf(data)).map_err(map_err(POLICY_EVENTS))?,
+        })
+    }
+
+    /// Every verdict waiting in the ring (none: empty).
+    pub fn drain(&mut self) -> Vec<PolicyVerdict> {
+        let mut verdicts = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() >= std::mem::size_of::<PolicyVerdict>() {
+                // SAFETY: the programs write whole `PolicyVerdict`s (`repr(C)`, valid for any bit
+                // pattern); the length is checked and the read is unaligned-safe.
+                verdicts.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+            }
+        }
+        verdicts
+    }
+}
