@@ -276,3 +276,93 @@ fn the_destination_pod_s_ingress_is_judged_before_the_redirect() {
         (DEST_ENDPOINT, POLICY_INGRESS, VERDICT_ALLOWED, 5)
     );
 }
+
+/// The compiler, the map writer and the programs agree: a NetworkPolicy compiled for a local
+/// pod and written to the maps decides every probe as `policy::decide` does.
+#[test]
+fn compiled_policies_decide_in_the_programs_as_the_compiler_does() {
+    use apiary_node_agent::{
+        agent::policy_maps::{self, RuleTable},
+        policy::{self, Cluster, Direction, Identity, IdentityIndex, PodRef},
+    };
+    require_privileges!();
+    let mut s = setup();
+    let pod = |ns: &str, name: &str, ip: Ipv4Addr| -> apiary_api::core_v1::Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": ns, "name": name, "labels": {"pod": name}},
+            "spec": {"containers": [{"name": "c", "image": "i",
+                     "ports": [{"name": "http", "containerPort": 80, "protocol": "UDP"}]}]},
+            "status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]},
+        }))
+        .unwrap()
+    };
+    let namespace = |name: &str| -> apiary_api::core_v1::Namespace {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name, "ns": name}},
+        }))
+        .unwrap()
+    };
+    let mut cluster = Cluster::default();
+    cluster.add_namespace(&namespace("x"));
+    cluster.add_namespace(&namespace("y"));
+    cluster.add_pod(&pod("x", "a", POD), Identity(300));
+    cluster.add_pod(&pod("y", "b", PEER), Identity(301));
+    // x/a may send to pods labelled pod=b in namespaces labelled ns=y, on their `http` port.
+    let policies: Vec<apiary_api::networking_v1::NetworkPolicy> = vec![
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "x", "name": "to-b"},
+            "spec": {
+                "podSelector": {"matchLabels": {"pod": "a"}},
+                "policyTypes": ["Egress"],
+                "egress": [{"to": [{"podSelector": {"matchLabels": {"pod": "b"}},
+                                    "namespaceSelector": {"matchLabels": {"ns": "y"}}}],
+                            "ports": [{"protocol": "UDP", "port": "http"}]}],
+            },
+        }))
+        .unwrap(),
+    ];
+    let identities = IdentityIndex::new(&cluster).unwrap();
+    let a = PodRef::new("x", "a");
+    let compiled = policy::compile(&policies, &cluster, &identities, &[a.clone()]);
+    let plan = policy::plan::plan(&Default::default(), &compiled);
+    s.maps.set_identity(PEER, 301).unwrap();
+    let mut rules = RuleTable::default();
+    let skipped = policy_maps::apply(&mut s.maps, &plan, &mut rules, |p| {
+        (p == &a).then_some(ENDPOINT)
+    })
+    .unwrap();
+    assert!(skipped.is_empty());
+
+    let endpoint_policy = &compiled[&a];
+    for (sport, dst, identity, port) in [
+        (41000, PEER, 301, 80),
+        (41001, PEER, 301, 81),
+        (41002, Ipv4Addr::new(192, 0, 2, 1), IDENTITY_WORLD, 80),
+    ] {
+        let expected = policy::decide(
+            endpoint_policy,
+            Direction::Egress,
+            Identity(identity),
+            dst.into(),
+            PROTO_UDP,
+            port,
+        );
+        let got = egress(&s.dp, dst, sport, port);
+        assert_eq!(
+            got == TC_ACT_OK,
+            expected.allowed,
+            "to {dst}:{port}: the program said {got}, the compiler {expected:?}"
+        );
+    }
+    // And the rule the program reports is the compiler's.
+    let allowed = s
+        .events
+        .drain()
+        .into_iter()
+        .find(|v| v.verdict == VERDICT_ALLOWED)
+        .unwrap();
+    assert_eq!(
+        rules.rule(allowed.rule_id).map(|r| r.policy.as_str()),
+        Some("to-b")
+    );
+}

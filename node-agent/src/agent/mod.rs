@@ -6,6 +6,7 @@ pub mod dns_endpoint;
 pub mod env;
 pub mod node;
 pub mod pods;
+pub mod policy_maps;
 pub mod probes;
 pub mod reset;
 pub mod run;
