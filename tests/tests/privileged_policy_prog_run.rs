@@ -323,7 +323,7 @@ fn compiled_policies_decide_in_the_programs_as_the_compiler_does() {
     ];
     let identities = IdentityIndex::new(&cluster).unwrap();
     let a = PodRef::new("x", "a");
-    let compiled = policy::compile(&policies, &cluster, &identities, &[a.clone()]);
+    let compiled = policy::compile(&policies, &cluster, &identities, std::slice::from_ref(&a));
     let plan = policy::plan::plan(&Default::default(), &compiled);
     s.maps.set_identity(PEER, 301).unwrap();
     let mut rules = RuleTable::default();
