@@ -213,6 +213,54 @@ fn identities_survive_a_restart_and_new_sets_do_not_collide() {
 }
 
 #[test]
+fn a_burst_of_pods_gets_one_identity_per_set_and_duplicates_are_collected() {
+    let cp = start();
+    namespace(&cp, "a", "x");
+    // 20 pods of 5 sets at once.
+    let pods: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("p{i}"), "namespace": "a",
+                    "labels": {"app": format!("app{}", i % 5)}},
+                "spec": {"containers": [{"name": "c", "image": "localhost/busybox:latest"}]}})
+        })
+        .collect();
+    let stream: Vec<String> = pods.iter().map(Value::to_string).collect();
+    cp.kubectl_stdin(&["apply", "-f", "-"], &stream.join("\n"))
+        .success();
+    for i in 0..5 {
+        wait_identity(
+            &cp,
+            &set("a", &[("app", &format!("app{i}"))], &[("team", "x")]),
+        );
+    }
+    let all = identities(&cp);
+    assert_eq!(
+        all.keys().copied().collect::<Vec<_>>(),
+        [256, 257, 258, 259, 260],
+        "{all:#?}"
+    );
+
+    // A second identity for a set in use (made by hand): the lowest stays the one, the other
+    // is collected after the grace period.
+    let app0 = set("a", &[("app", "app0")], &[("team", "x")]);
+    let kept = all
+        .iter()
+        .find(|(_, l)| **l == app0)
+        .map(|(id, _)| *id)
+        .unwrap();
+    let duplicate = json!({"apiVersion": "apiary.dev/v1", "kind": "SecurityIdentity",
+        "metadata": {"name": "4000"}, "labels": app0});
+    cp.kubectl_stdin(&["create", "-f", "-"], &duplicate.to_string())
+        .success();
+    wait_for(20, "the duplicate to be collected", || {
+        (!identities(&cp).contains_key(&4000)).then_some(())
+    });
+    assert_eq!(identities(&cp).get(&kept), Some(&app0));
+    assert_eq!(identities(&cp).len(), 5);
+}
+
+#[test]
 fn kubectl_shows_identities_and_the_server_rejects_invalid_ones() {
     let cp = start();
     namespace(&cp, "shop", "x");
