@@ -9,7 +9,8 @@
 //! and a label set never gets a second number. Should two exist anyway (a store edited by
 //! hand), the lowest is the one in use, on nodes as here, and the other is collected.
 //!
-//! The grace period keeps a number across a pod's restart (a Deployment rolling its pods over,
+//! Nothing is allocated or collected before pods and namespaces are listed (a new leader's
+//! caches start empty). The grace period keeps a number across a pod's restart (a Deployment rolling its pods over,
 //! a Job's next pod): the nodes' maps and compiled policies stay as they are.
 
 use std::{
@@ -235,6 +236,10 @@ impl Reconciler for Identities {
     }
 
     async fn reconcile(&self, _: &ObjectRef) -> Result<Action> {
+        // Until pods and namespaces are listed, every identity would look unused.
+        if !self.pods.is_synced() || !self.namespaces.is_synced() {
+            return Ok(Action::RequeueAfter(Duration::from_millis(100)));
+        }
         let desired = desired(&self.pods.all(), &self.namespaces);
         let stored = self.stored().await?;
         let mut used: BTreeSet<u32> = stored.iter().map(|s| s.id).collect();
