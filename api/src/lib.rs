@@ -5,12 +5,14 @@
 //! - [`meta`]: `TypeMeta`, `ObjectMeta`, the generic [`Object`] and [`List`], conditions,
 //!   watch events.
 //! - One module per API group version: [`core_v1`], [`apps_v1`], [`batch_v1`],
-//!   [`networking_v1`], [`discovery_v1`], [`coordination_v1`], [`autoscaling_v1`].
+//!   [`networking_v1`], [`discovery_v1`], [`coordination_v1`], [`autoscaling_v1`], and Apiary's
+//!   own [`apiary_v1`] (SecurityIdentity).
 //! - Shared value types: [`selector`] (label and field selectors), [`intstr`], [`quantity`].
 //! - [`resource`]: the registry of served resources and the discovery documents.
 //! - [`remotecommand`]: the channels and exit statuses of `kubectl exec` over WebSocket.
 //! - [`validation`]: per-kind checks with Kubernetes' messages; [`status`]: error bodies.
 
+pub mod apiary_v1;
 pub mod apps_v1;
 pub mod autoscaling_v1;
 pub mod batch_v1;

@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::{
-    apps_v1, batch_v1, coordination_v1, core_v1, discovery_v1,
+    apiary_v1, apps_v1, batch_v1, coordination_v1, core_v1, discovery_v1,
     meta::{ObjectMeta, TypeMeta},
     networking_v1,
 };
@@ -286,6 +286,16 @@ pub const ENDPOINT_SLICES: ResourceInfo = resource(
 pub const LEASES: ResourceInfo =
     resource("coordination.k8s.io", "Lease", "leases", "lease", &[], true);
 
+/// `apiary.dev/v1` `SecurityIdentity`: cluster-scoped, named after its number.
+pub const SECURITY_IDENTITIES: ResourceInfo = resource(
+    "apiary.dev",
+    "SecurityIdentity",
+    "securityidentities",
+    "securityidentity",
+    &["secid"],
+    false,
+);
+
 /// Every served resource, core group first, then groups in discovery order.
 pub static RESOURCES: &[ResourceInfo] = &[
     NAMESPACES,
@@ -306,6 +316,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
     NETWORK_POLICIES,
     ENDPOINT_SLICES,
     LEASES,
+    SECURITY_IDENTITIES,
 ];
 
 /// The non-core groups, in the order `/apis` lists them (Kubernetes' order).
@@ -315,6 +326,7 @@ pub const GROUPS: &[&str] = &[
     "networking.k8s.io",
     "coordination.k8s.io",
     "discovery.k8s.io",
+    "apiary.dev",
 ];
 
 impl ResourceInfo {
@@ -469,6 +481,7 @@ impl_resource!(
     networking_v1::NetworkPolicy => NETWORK_POLICIES,
     discovery_v1::EndpointSlice => ENDPOINT_SLICES,
     coordination_v1::Lease => LEASES,
+    apiary_v1::SecurityIdentity => SECURITY_IDENTITIES,
 );
 
 impl crate::ObjectRef {
@@ -705,6 +718,8 @@ mod tests {
             ("ep", "endpoints"),
             ("endpointslices.discovery.k8s.io", "endpointslices"),
             ("lease", "leases"),
+            ("secid", "securityidentities"),
+            ("securityidentities.apiary.dev", "securityidentities"),
         ] {
             assert_eq!(resolve(name).map(|r| r.plural), Some(plural), "{name}");
         }

@@ -326,6 +326,9 @@ fn others() -> Vec<Value> {
             "metadata": {"name": "node-1", "namespace": "kube-node-lease"},
             "spec": {"holderIdentity": "node-1", "leaseDurationSeconds": 40,
               "acquireTime": "2024-05-01T09:00:00.000000Z", "renewTime": "2024-05-01T10:00:00.123456Z", "leaseTransitions": 0}}),
+        json!({"apiVersion": "apiary.dev/v1", "kind": "SecurityIdentity",
+            "metadata": {"name": "256"},
+            "labels": {"apiary:namespace": "shop", "k8s-ns:team": "a", "k8s:app": "web"}}),
     ]
 }
 
@@ -346,7 +349,9 @@ fn round_trip(manifest: &Value) {
             }
         };
     }
-    use apiary_api::{apps_v1::*, batch_v1::*, coordination_v1::*, core_v1::*, discovery_v1::*};
+    use apiary_api::{
+        apiary_v1::*, apps_v1::*, batch_v1::*, coordination_v1::*, core_v1::*, discovery_v1::*,
+    };
     let back = via!(
         "namespaces" => Namespace, "pods" => Pod, "services" => Service, "endpoints" => Endpoints,
         "configmaps" => ConfigMap, "secrets" => Secret, "nodes" => Node, "events" => Event,
@@ -354,6 +359,7 @@ fn round_trip(manifest: &Value) {
         "replicasets" => ReplicaSet, "statefulsets" => StatefulSet, "daemonsets" => DaemonSet,
         "jobs" => Job, "cronjobs" => CronJob, "networkpolicies" => NetworkPolicy,
         "endpointslices" => EndpointSlice, "leases" => Lease,
+        "securityidentities" => SecurityIdentity,
     );
     assert_eq!(&back, manifest, "{kind} did not round-trip");
     let errs = validate_object(info, manifest).unwrap();

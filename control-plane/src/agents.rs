@@ -38,6 +38,8 @@ const DATAPLANE_KINDS: &[(&str, &str, &str)] = &[
     ("", "v1", "services"),
     ("discovery.k8s.io", "v1", "endpointslices"),
     ("networking.k8s.io", "v1", "networkpolicies"),
+    // Pod addresses map to these numbers in the policy maps.
+    ("apiary.dev", "v1", "securityidentities"),
 ];
 
 /// The gRPC service.
@@ -432,7 +434,7 @@ impl node_agent_server::NodeAgent for AgentService {
         }
         if streams.is_empty() {
             return Err(Status::invalid_argument(format!(
-                "kinds: none of {wanted:?} is streamed (Namespace, Node, Pod, Service, EndpointSlice, NetworkPolicy)"
+                "kinds: none of {wanted:?} is streamed (Namespace, Node, Pod, Service, EndpointSlice, NetworkPolicy, SecurityIdentity)"
             )));
         }
         Ok(Response::new(futures::stream::select_all(streams).boxed()))

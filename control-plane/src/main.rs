@@ -59,6 +59,10 @@ struct Cli {
     /// evicted, in seconds (Kubernetes' DefaultTolerationSeconds).
     #[arg(long, default_value_t = 300)]
     default_eviction_seconds: u64,
+    /// How long a SecurityIdentity no live pod uses is kept before it is deleted, in seconds
+    /// (so that a restarting pod keeps its identity).
+    #[arg(long, default_value_t = 60)]
+    security_identity_gc_seconds: u64,
 }
 
 #[tokio::main]
@@ -133,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     let controllers = apiary_control_plane::controllers::Config {
         load_balancer_pools: cli.loadbalancer_pools.clone(),
+        identity_gc_grace: std::time::Duration::from_secs(cli.security_identity_gc_seconds),
     };
     tokio::spawn(run_while_leading(
         Arc::clone(&api),

@@ -7,6 +7,7 @@
 //! fields (read as their defaults). [`validate_object`] and [`validate_object_update`] dispatch
 //! on the registry for JSON bodies.
 
+mod apiary;
 mod apps;
 mod batch;
 mod core;
@@ -15,6 +16,7 @@ mod networking;
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 pub use self::{
+    apiary::{validate_security_identity, validate_update_security_identity},
     apps::{
         validate_daemon_set, validate_deployment, validate_replica_set, validate_stateful_set,
         validate_update_daemon_set, validate_update_deployment, validate_update_replica_set,
@@ -947,6 +949,7 @@ pub fn validate_object(
         "networkpolicies" => validate_network_policy,
         "endpointslices" => validate_endpoint_slice,
         "leases" => validate_lease,
+        "securityidentities" => validate_security_identity,
     ))
 }
 
@@ -978,6 +981,7 @@ pub fn validate_object_update(
         "statefulsets" => validate_update_stateful_set,
         "daemonsets" => validate_update_daemon_set,
         "jobs" => validate_update_job,
+        "securityidentities" => validate_update_security_identity,
     );
     let meta = |v: &serde_json::Value| match v.get("metadata") {
         Some(m) => crate::meta::from_json::<ObjectMeta>(m.clone()),

@@ -274,6 +274,18 @@ fn columns(kind: &str) -> Vec<Column> {
             }),
             age_col,
         ]),
+        "SecurityIdentity" => cols.extend([
+            col("Namespace", "string", 0, |o| {
+                json!(o["labels"]["apiary:namespace"].as_str().unwrap_or("<none>"))
+            }),
+            col("Labels", "string", 0, |o| {
+                json!(security_labels(&o["labels"], "k8s:"))
+            }),
+            age_col,
+            col("Namespace Labels", "string", 1, |o| {
+                json!(security_labels(&o["labels"], "k8s-ns:"))
+            }),
+        ]),
         "Lease" => cols.extend([
             col("Holder", "string", 0, |o| {
                 json!(o["spec"]["holderIdentity"].as_str().unwrap_or(""))
@@ -373,6 +385,22 @@ fn map_or_none(v: &Value) -> String {
 }
 
 /// A label selector as kubectl prints it: `app=web,tier in (a,b)`.
+/// The entries of a SecurityIdentity's `labels` from one source (`k8s:`, `k8s-ns:`), without
+/// the prefix: `app=web,tier=front`, or `<none>`.
+fn security_labels(labels: &Value, prefix: &str) -> String {
+    let pairs: Vec<String> = labels
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.strip_prefix(prefix)?, v.as_str()?)))
+        .collect();
+    if pairs.is_empty() {
+        "<none>".to_owned()
+    } else {
+        pairs.join(",")
+    }
+}
+
 fn selector(v: &Value) -> String {
     let mut parts: Vec<String> = v["matchLabels"]
         .as_object()
@@ -722,6 +750,31 @@ mod tests {
         assert_eq!(cells[2], "CrashLoopBackOff");
         assert_eq!(cells[3], "3");
         assert_eq!(cells[5], "10.0.0.5");
+    }
+
+    #[test]
+    fn security_identity_rows_show_namespace_and_labels() {
+        let ids = [json!({
+            "metadata": {"name": "256", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "labels": {"apiary:namespace": "shop", "k8s:app": "web", "k8s:tier": "front",
+                "k8s-ns:team": "a"}
+        })];
+        let t = table(&apiary_api::resource::SECURITY_IDENTITIES, &ids, json!({}));
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["Name", "Namespace", "Labels", "Age", "Namespace Labels"]
+        );
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[0], "256");
+        assert_eq!(cells[1], "shop");
+        assert_eq!(cells[2], "app=web,tier=front");
+        assert_eq!(cells[4], "team=a");
     }
 
     #[test]

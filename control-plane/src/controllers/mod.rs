@@ -11,12 +11,14 @@
 //! - [`job`]: runs Jobs' pods to completion.
 //! - [`cronjob`]: creates Jobs on a cron schedule.
 //! - [`loadbalancer`]: addresses of LoadBalancer Services, from the configured pools.
+//! - [`identity`]: a SecurityIdentity per distinct set of security labels among live pods.
 
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpoints_mirror;
+pub mod identity;
 pub mod job;
 pub mod loadbalancer;
 pub mod replicaset;
@@ -32,10 +34,21 @@ use crate::apiserver::{Api, objects, path::Target, resources::ResourceType};
 use runtime::Error;
 
 /// What the controllers are configured with (the control plane's flags).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Config {
     /// Where LoadBalancer Services get their addresses; none: they stay pending.
     pub load_balancer_pools: Vec<loadbalancer::Pool>,
+    /// How long a SecurityIdentity no pod uses is kept before it is deleted.
+    pub identity_gc_grace: std::time::Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            load_balancer_pools: Vec::new(),
+            identity_gc_grace: identity::DEFAULT_GC_GRACE,
+        }
+    }
 }
 
 /// Runs every controller until `shutdown` resolves, then drains them.
@@ -58,6 +71,7 @@ pub async fn run(
         cronjob::run(Arc::clone(&api), rx.clone()),
         statefulset::run(Arc::clone(&api), rx.clone()),
         daemonset::run(Arc::clone(&api), rx.clone()),
+        identity::run(Arc::clone(&api), config.identity_gc_grace, rx.clone()),
         loadbalancer::run(Arc::clone(&api), config.load_balancer_pools, rx),
     );
     tracing::debug!("controllers stopped");

@@ -5,7 +5,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -80,6 +83,8 @@ type Objects = BTreeMap<(String, String), Arc<Value>>;
 pub struct Cache {
     resource: &'static ResourceType,
     objects: Arc<RwLock<Objects>>,
+    /// Whether a listing has filled it (see [`Cache::is_synced`]).
+    synced: Arc<AtomicBool>,
 }
 
 fn ns_name(object: &Value) -> (String, String) {
@@ -95,7 +100,14 @@ impl Cache {
         Self {
             resource,
             objects: Arc::default(),
+            synced: Arc::default(),
         }
+    }
+
+    /// Whether [`reflect`] has filled the cache from a listing at least once: before that, an
+    /// object missing from it may just not be listed yet.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
     }
 
     /// The resource type cached.
@@ -204,6 +216,7 @@ pub async fn reflect(
         for gone in cache.replace(&watch.initial) {
             changed(&gone);
         }
+        cache.synced.store(true, Ordering::Release);
         for object in &watch.initial {
             changed(object);
         }

@@ -4,6 +4,7 @@
 pub mod context;
 pub mod dns_endpoint;
 pub mod env;
+pub mod identities;
 pub mod node;
 pub mod pods;
 pub mod policy_maps;
