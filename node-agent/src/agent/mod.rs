@@ -7,6 +7,7 @@ pub mod env;
 pub mod identities;
 pub mod node;
 pub mod pods;
+pub mod policies;
 pub mod policy_maps;
 pub mod probes;
 pub mod reset;

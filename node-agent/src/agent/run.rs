@@ -169,6 +169,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Arc::clone(&records),
         Arc::clone(&ctx.service_names),
     ));
+    tokio::spawn(super::policies::follow(
+        Arc::clone(&ctx),
+        config.pin_dir.clone(),
+    ));
     serve_dns(&ctx, records).await?;
     tokio::spawn(heartbeats(
         client.clone(),

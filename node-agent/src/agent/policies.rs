@@ -1,0 +1,292 @@
+//! The node's NetworkPolicy: follows NetworkPolicies, Pods, Namespaces and the control plane's
+//! SecurityIdentities; keeps the address → identity map (`IPCACHE`) equal to the cluster's pods
+//! and the policy maps equal to what the policies compile to for this node's pods.
+//!
+//! Like the service maps, the policy maps are pinned: a restarted agent reads nothing back but
+//! recompiles from the API once everything is listed, and writes the whole plan again (entries
+//! are idempotent; the programs keep enforcing the previous state meanwhile).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use apiary_agent_api::v1::{ObjectEvent, WatchDataplaneRequest, object_event::Type};
+use apiary_api::{
+    core_v1::{Namespace, Pod},
+    networking_v1::NetworkPolicy,
+};
+use apiary_ebpf_common::IDENTITY_HOST;
+use futures::{FutureExt as _, StreamExt as _};
+
+use super::{
+    context::Context,
+    identities::IdentityCache,
+    policy_maps::{self, RuleTable},
+};
+use crate::{
+    dataplane::PolicyMaps,
+    policy::{self, Cluster, EndpointPolicy, Identity, IdentityIndex, PodRef},
+};
+
+/// The kinds followed, each listed once before the first compile.
+const KINDS: [&str; 4] = ["NetworkPolicy", "Pod", "Namespace", "SecurityIdentity"];
+/// How soon pods whose veth was not there yet are tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Follows the cluster until the agent stops, re-watching after errors.
+pub async fn follow(ctx: Arc<Context>, pin_dir: PathBuf) {
+    let mut state = None;
+    loop {
+        if state.is_none() {
+            match PolicyMaps::open(&pin_dir) {
+                Ok(maps) => state = Some(Enforcer::new(maps, ctx.node.ip)),
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "opening the policy maps"),
+            }
+        }
+        if let Some(state) = state.as_mut()
+            && let Err(e) = watch(&ctx, state).await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "policy watch ended; re-watching");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn watch(ctx: &Context, enforcer: &mut Enforcer) -> anyhow::Result<()> {
+    let mut stream = ctx
+        .agent
+        .clone()
+        .watch_dataplane(WatchDataplaneRequest {
+            kinds: KINDS.map(str::to_owned).to_vec(),
+        })
+        .await?
+        .into_inner();
+    enforcer.restart();
+    loop {
+        let event = if enforcer.pending.is_empty() {
+            stream.next().await
+        } else {
+            // Some pods' veths were not there yet: try again soon even if nothing happens.
+            match tokio::time::timeout(RETRY, stream.next()).await {
+                Ok(event) => event,
+                // A tick: an event of no kind, which only marks the state for another pass.
+                Err(_) => {
+                    enforcer.dirty = true;
+                    Some(Ok(ObjectEvent::default()))
+                }
+            }
+        };
+        let Some(event) = event else {
+            return Ok(());
+        };
+        enforcer.apply(&event?)?;
+        while let Some(Some(event)) = stream.next().now_or_never() {
+            enforcer.apply(&event?)?;
+        }
+        if enforcer.synced >= KINDS.len() && enforcer.dirty {
+            enforcer.dirty = false;
+            let node = ctx.node.name.clone();
+            let endpoints = ctx.network.endpoints().unwrap_or_default();
+            tokio::task::block_in_place(|| enforcer.enforce(&node, &endpoints))?;
+        }
+    }
+}
+
+/// What the agent knows of the cluster's policies, and what it wrote.
+struct Enforcer {
+    maps: PolicyMaps,
+    node_ip: Ipv4Addr,
+    identities: IdentityCache,
+    policies: BTreeMap<(String, String), NetworkPolicy>,
+    pods: BTreeMap<(String, String), Pod>,
+    namespaces: BTreeMap<String, Namespace>,
+    /// What the maps hold, per local pod.
+    written: BTreeMap<PodRef, EndpointPolicy>,
+    /// Each written pod's endpoint id (its host veth's ifindex), kept for its removal.
+    endpoint_ids: BTreeMap<PodRef, u32>,
+    /// Pods compiled but not written (no veth yet).
+    pending: BTreeSet<PodRef>,
+    rules: RuleTable,
+    synced: usize,
+    dirty: bool,
+}
+
+impl Enforcer {
+    fn new(maps: PolicyMaps, node_ip: Ipv4Addr) -> Self {
+        Self {
+            maps,
+            node_ip,
+            identities: IdentityCache::new(),
+            policies: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
+            written: BTreeMap::new(),
+            endpoint_ids: BTreeMap::new(),
+            pending: BTreeSet::new(),
+            rules: RuleTable::default(),
+            synced: 0,
+            dirty: false,
+        }
+    }
+
+    /// Before a (re)watch: everything is listed again.
+    fn restart(&mut self) {
+        self.identities.restart();
+        self.policies.clear();
+        self.pods.clear();
+        self.namespaces.clear();
+        self.synced = 0;
+    }
+
+    fn apply(&mut self, event: &ObjectEvent) -> anyhow::Result<()> {
+        let kind = Type::try_from(event.r#type).unwrap_or(Type::Unspecified);
+        if kind == Type::Unspecified {
+            return Ok(());
+        }
+        if kind == Type::Synced {
+            self.synced += 1;
+            self.dirty = true;
+            return Ok(());
+        }
+        self.identities.apply(event)?;
+        let deleted = kind == Type::Deleted;
+        match event.kind.as_str() {
+            "NetworkPolicy" => {
+                let policy: NetworkPolicy = serde_json::from_slice(&event.object_json)?;
+                let key = (
+                    policy.metadata.namespace.clone(),
+                    policy.metadata.name.clone(),
+                );
+                if deleted {
+                    self.policies.remove(&key);
+                } else {
+                    self.policies.insert(key, policy);
+                }
+            }
+            "Pod" => {
+                let pod: Pod = serde_json::from_slice(&event.object_json)?;
+                let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
+                if deleted {
+                    self.pods.remove(&key);
+                } else {
+                    self.pods.insert(key, pod);
+                }
+            }
+            "Namespace" => {
+                let namespace: Namespace = serde_json::from_slice(&event.object_json)?;
+                if deleted {
+                    self.namespaces.remove(&namespace.metadata.name);
+                } else {
+                    self.namespaces
+                        .insert(namespace.metadata.name.clone(), namespace);
+                }
+            }
+            _ => {}
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Writes the address → identity changes, then compiles the local pods' policies and
+    /// writes the difference.
+    fn enforce(
+        &mut self,
+        node: &str,
+        endpoints: &[(Ipv4Addr, apiary_ebpf_common::Endpoint)],
+    ) -> anyhow::Result<()> {
+        self.maps
+            .set_identity(self.node_ip, IDENTITY_HOST)
+            .map_err(anyhow::Error::from)?;
+        let changes = self.identities.take_changes();
+        for (ip, identity) in changes.upserts {
+            if let IpAddr::V4(ip) = ip {
+                self.maps.set_identity(ip, identity)?;
+            }
+        }
+        for ip in changes.deletes {
+            if let IpAddr::V4(ip) = ip
+                && ip != self.node_ip
+            {
+                self.maps.remove_identity(ip)?;
+            }
+        }
+
+        let mut cluster = Cluster::default();
+        for namespace in self.namespaces.values() {
+            cluster.add_namespace(namespace);
+        }
+        let mut local = Vec::new();
+        let mut ip_of = BTreeMap::new();
+        for ((namespace, name), pod) in &self.pods {
+            let Some(identity) = self.identities.identity_of_pod(namespace, name) else {
+                continue;
+            };
+            cluster.add_pod(pod, Identity(identity));
+            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.parse().ok());
+            if let Some(ip) = ip
+                && pod.spec.node_name == node
+                && !pod.spec.host_network
+            {
+                let pod_ref = PodRef::new(namespace.clone(), name.clone());
+                ip_of.insert(pod_ref.clone(), ip);
+                local.push(pod_ref);
+            }
+        }
+        let index = match IdentityIndex::new(&cluster) {
+            Ok(index) => index,
+            // Identities being reassigned (a relabel in flight): the next event settles it.
+            Err(e) => {
+                tracing::debug!(error = %e, "identities not settled; policy unchanged");
+                return Ok(());
+            }
+        };
+        let policies: Vec<NetworkPolicy> = self.policies.values().cloned().collect();
+        let compiled = policy::compile(&policies, &cluster, &index, &local);
+        let plan = policy::plan::plan(&self.written, &compiled);
+        let by_ip: BTreeMap<Ipv4Addr, u32> = endpoints
+            .iter()
+            .map(|(ip, e)| (*ip, e.host_ifindex))
+            .collect();
+        let remembered = self.endpoint_ids.clone();
+        let endpoint_of = |pod: &PodRef| {
+            ip_of
+                .get(pod)
+                .and_then(|ip: &Ipv4Addr| by_ip.get(ip).copied())
+                .or_else(|| remembered.get(pod).copied())
+        };
+        let skipped = policy_maps::apply(&mut self.maps, &plan, &mut self.rules, endpoint_of)?;
+        self.pending = skipped.iter().cloned().collect();
+        // What was written is now the state; skipped pods keep what they had.
+        for (pod, endpoint_policy) in &compiled {
+            if self.pending.contains(pod) {
+                continue;
+            }
+            if let Some(id) = ip_of.get(pod).and_then(|ip| by_ip.get(ip)) {
+                self.endpoint_ids.insert(pod.clone(), *id);
+            }
+            self.written.insert(pod.clone(), endpoint_policy.clone());
+        }
+        let gone: Vec<PodRef> = self
+            .written
+            .keys()
+            .filter(|pod| !compiled.contains_key(*pod))
+            .cloned()
+            .collect();
+        for pod in gone {
+            self.written.remove(&pod);
+            self.endpoint_ids.remove(&pod);
+        }
+        if !plan.is_empty() {
+            tracing::info!(
+                endpoints = plan.endpoints.len(),
+                pending = self.pending.len(),
+                "policy maps updated"
+            );
+        }
+        Ok(())
+    }
+}
