@@ -19,6 +19,34 @@ pub struct Args {
 pub enum Command {
     /// The service frontends each node load-balances and their backends, from its BPF maps.
     Services(ServicesArgs),
+    /// NetworkPolicy verdicts of new flows, as the nodes' programs report them.
+    Observe(ObserveArgs),
+}
+
+/// Which verdicts `observe` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerdictFilter {
+    Allowed,
+    Denied,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ObserveArgs {
+    /// Only flows of pods in this namespace (at either end).
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Only flows with this verdict.
+    #[arg(long, value_enum)]
+    pub verdict: Option<VerdictFilter>,
+    /// Keep following new flows.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only this node [default: every node].
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// Print the records as JSON, one per line.
+    #[arg(short = 'o', long, value_parser = ["json"])]
+    pub output: Option<String>,
 }
 
 /// The output formats of `-o`.
@@ -43,7 +71,146 @@ pub struct ServicesArgs {
 pub async fn run(session: &Session, args: &Args, out: &mut impl Write) -> anyhow::Result<Outcome> {
     match &args.command {
         Command::Services(args) => services(&session.client, args, out).await,
+        Command::Observe(args) => observe(&session.client, args, out).await,
     }
+}
+
+/// Streams every chosen node's verdicts; with several nodes and `--follow`, lines interleave as
+/// they come.
+async fn observe(
+    client: &Client,
+    args: &ObserveArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<Outcome> {
+    let nodes = match &args.node {
+        Some(node) => vec![node.clone()],
+        None => node_names(client).await?,
+    };
+    let (lines, mut received) = tokio::sync::mpsc::channel::<anyhow::Result<Value>>(1024);
+    for node in nodes {
+        if node.is_empty() || node.contains('/') {
+            bail!("{node:?} is not a valid node name");
+        }
+        let client = client.clone();
+        let lines = lines.clone();
+        let follow = args.follow;
+        tokio::spawn(async move {
+            let path = format!("/api/v1/nodes/{node}/proxy/apiary/v1/flows");
+            let query: &[(&str, &str)] = if follow { &[("follow", "true")] } else { &[] };
+            let mut response = match client.stream(&path, query).await {
+                Ok(response) => response,
+                Err(e) if is_node_not_found(&e, &node) => {
+                    let _ = lines
+                        .send(Err(anyhow::anyhow!("node {node:?} not found")))
+                        .await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = lines
+                        .send(Err(anyhow::Error::new(e).context(format!("node {node:?}"))))
+                        .await;
+                    return;
+                }
+            };
+            let mut pending = Vec::new();
+            loop {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => pending.extend_from_slice(&chunk),
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = lines
+                            .send(Err(anyhow::Error::new(e).context(format!("node {node:?}"))))
+                            .await;
+                        return;
+                    }
+                }
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    if let Ok(record) = serde_json::from_slice::<Value>(&line)
+                        && lines.send(Ok(record)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    drop(lines);
+    let mut failures = Failures::default();
+    while let Some(record) = received.recv().await {
+        let record = match record {
+            Ok(record) => record,
+            Err(e) => {
+                failures.report(e);
+                continue;
+            }
+        };
+        if !matches(&record, args) {
+            continue;
+        }
+        if args.output.is_some() {
+            writeln!(out, "{record}")?;
+        } else {
+            writeln!(out, "{}", flow_line(&record))?;
+        }
+        out.flush()?;
+    }
+    Ok(Outcome::from(&failures))
+}
+
+/// Whether `record` passes `observe`'s filters.
+fn matches(record: &Value, args: &ObserveArgs) -> bool {
+    if let Some(verdict) = args.verdict {
+        let wanted = match verdict {
+            VerdictFilter::Allowed => "allowed",
+            VerdictFilter::Denied => "denied",
+        };
+        if record["verdict"] != wanted {
+            return false;
+        }
+    }
+    if let Some(namespace) = &args.namespace {
+        let prefix = format!("{namespace}/");
+        let in_namespace = |side: &str| {
+            record[side]["pod"]
+                .as_str()
+                .is_some_and(|pod| pod.starts_with(&prefix))
+        };
+        if !in_namespace("source") && !in_namespace("destination") {
+            return false;
+        }
+    }
+    true
+}
+
+/// One verdict as a line, Hubble-style:
+/// `TIME NODE  x/a:40000 -> x/b:80 TCP ingress DENIED`.
+pub fn flow_line(record: &Value) -> String {
+    let end = |side: &str| {
+        let peer = &record[side];
+        let who = peer["pod"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| peer["address"].as_str().unwrap_or("?").to_owned());
+        format!("{who}:{}", peer["port"])
+    };
+    let verdict = record["verdict"]
+        .as_str()
+        .unwrap_or("?")
+        .to_ascii_uppercase();
+    let by = record["policy"]
+        .as_str()
+        .map(|p| format!(" by {p}"))
+        .unwrap_or_default();
+    format!(
+        "{} {}  {} -> {} {} {} {verdict}{by}",
+        record["time"].as_str().unwrap_or("?"),
+        record["node"].as_str().unwrap_or("?"),
+        end("source"),
+        end("destination"),
+        record["protocol"].as_str().unwrap_or("?"),
+        record["direction"].as_str().unwrap_or("?"),
+    )
 }
 
 async fn services(
@@ -275,6 +442,33 @@ mod tests {
                 }),
             ),
         ]
+    }
+
+    #[test]
+    fn a_verdict_reads_as_one_line_and_filters_apply() {
+        let record = serde_json::json!({
+            "time": "T", "node": "n1", "verdict": "denied", "direction": "ingress",
+            "protocol": "TCP", "policy": null,
+            "source": {"address": "10.0.0.1", "port": 40000, "pod": "x/c"},
+            "destination": {"address": "10.0.0.2", "port": 8080, "pod": "y/b"},
+        });
+        assert_eq!(
+            flow_line(&record),
+            "T n1  x/c:40000 -> y/b:8080 TCP ingress DENIED"
+        );
+        let args = |namespace: Option<&str>, verdict| ObserveArgs {
+            namespace: namespace.map(str::to_owned),
+            verdict,
+            follow: false,
+            node: None,
+            output: None,
+        };
+        assert!(matches(
+            &record,
+            &args(Some("y"), Some(VerdictFilter::Denied))
+        ));
+        assert!(!matches(&record, &args(Some("z"), None)));
+        assert!(!matches(&record, &args(None, Some(VerdictFilter::Allowed))));
     }
 
     fn render(table: &Table) -> String {

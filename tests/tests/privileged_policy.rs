@@ -55,6 +55,27 @@ fn settles(cluster: &ClusterLab, what: &str, from: &str, ip: &str, reachable: bo
     .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
 }
 
+/// `apiary net observe -n x ARGS -o json`: the records, as JSON values.
+fn observe(cluster: &ClusterLab, args: &[&str]) -> Vec<serde_json::Value> {
+    let out =
+        apiary_tests::lab::nsenter(&cluster.underlay, apiary_tests::cluster::binary("apiary"))
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .args(["net", "observe", "-n", "x", "-o", "json"])
+            .args(args)
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn policies_allow_and_deny_across_nodes_and_go_away() {
     require_privileges!();
@@ -107,6 +128,24 @@ spec:
         .unwrap();
     settles(&cluster, "c denied by b's ingress policy", "c", &ip, false);
     assert!(reaches(&cluster, "a", &ip), "a is a client: allowed");
+
+    // The verdicts, as b's node reported them: c denied at b's ingress, a allowed by the rule.
+    let denied = observe(&cluster, &["--verdict", "denied"]);
+    assert!(
+        denied.iter().any(|r| r["source"]["pod"] == "x/c"
+            && r["destination"]["pod"] == "x/b"
+            && r["direction"] == "ingress"
+            && r["endpoint"] == "x/b"
+            && r["destination"]["port"] == 8080),
+        "{denied:#?}"
+    );
+    let allowed = observe(&cluster, &["--verdict", "allowed"]);
+    assert!(
+        allowed
+            .iter()
+            .any(|r| r["source"]["pod"] == "x/a" && r["policy"] == "x/b-from-clients ingress[0]"),
+        "{allowed:#?}"
+    );
 
     // Relabel c as a client: its new identity is allowed.
     cluster

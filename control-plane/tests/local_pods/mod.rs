@@ -380,6 +380,7 @@ impl Agent {
             token.to_owned(),
             backend,
             source,
+            server::FlowLog::default(),
         ));
         Self {
             addr,

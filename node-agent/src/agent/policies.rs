@@ -24,6 +24,7 @@ use futures::{FutureExt as _, StreamExt as _};
 
 use super::{
     context::Context,
+    flows::SharedFlowNames,
     identities::IdentityCache,
     policy_maps::{self, RuleTable},
 };
@@ -38,12 +39,12 @@ const KINDS: [&str; 4] = ["NetworkPolicy", "Pod", "Namespace", "SecurityIdentity
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Follows the cluster until the agent stops, re-watching after errors.
-pub async fn follow(ctx: Arc<Context>, pin_dir: PathBuf) {
+pub async fn follow(ctx: Arc<Context>, pin_dir: PathBuf, names: SharedFlowNames) {
     let mut state = None;
     loop {
         if state.is_none() {
             match PolicyMaps::open(&pin_dir) {
-                Ok(maps) => state = Some(Enforcer::new(maps, ctx.node.ip)),
+                Ok(maps) => state = Some(Enforcer::new(maps, ctx.node.ip, names.clone())),
                 Err(e) => tracing::error!(error = %format!("{e:#}"), "opening the policy maps"),
             }
         }
@@ -111,12 +112,14 @@ struct Enforcer {
     /// Pods compiled but not written (no veth yet).
     pending: BTreeSet<PodRef>,
     rules: RuleTable,
+    /// What verdict events' numbers stand for, for `apiary net observe`.
+    names: SharedFlowNames,
     synced: usize,
     dirty: bool,
 }
 
 impl Enforcer {
-    fn new(maps: PolicyMaps, node_ip: Ipv4Addr) -> Self {
+    fn new(maps: PolicyMaps, node_ip: Ipv4Addr, names: SharedFlowNames) -> Self {
         Self {
             maps,
             node_ip,
@@ -128,6 +131,7 @@ impl Enforcer {
             endpoint_ids: BTreeMap::new(),
             pending: BTreeSet::new(),
             rules: RuleTable::default(),
+            names,
             synced: 0,
             dirty: false,
         }
@@ -280,6 +284,7 @@ impl Enforcer {
             self.written.remove(&pod);
             self.endpoint_ids.remove(&pod);
         }
+        self.publish_names(&ip_of);
         if !plan.is_empty() {
             tracing::info!(
                 endpoints = plan.endpoints.len(),
@@ -288,5 +293,31 @@ impl Enforcer {
             );
         }
         Ok(())
+    }
+}
+
+impl Enforcer {
+    /// Tells the verdict reader who is who now.
+    fn publish_names(&self, local_ips: &BTreeMap<PodRef, Ipv4Addr>) {
+        let mut names = self.names.write().expect("flow names lock");
+        names.pods = self
+            .pods
+            .iter()
+            .filter_map(|((namespace, name), pod)| {
+                let ip = pod.status.as_ref()?.pod_ip.parse().ok()?;
+                Some((ip, format!("{namespace}/{name}")))
+            })
+            .collect();
+        names.endpoints = self
+            .endpoint_ids
+            .iter()
+            .filter(|(pod, _)| local_ips.contains_key(*pod))
+            .map(|(pod, id)| (*id, pod.to_string()))
+            .collect();
+        names.rules = self
+            .rules
+            .iter()
+            .map(|(id, rule)| (id, rule.to_string()))
+            .collect();
     }
 }

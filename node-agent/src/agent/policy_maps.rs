@@ -33,6 +33,14 @@ impl RuleTable {
         id
     }
 
+    /// Every rule with its number.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &RuleRef)> {
+        self.rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| (u32::try_from(i + 1).unwrap_or(u32::MAX), rule))
+    }
+
     /// The rule behind a number of a verdict event.
     pub fn rule(&self, id: u32) -> Option<&RuleRef> {
         let index = usize::try_from(id).ok()?.checked_sub(1)?;

@@ -169,9 +169,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Arc::clone(&records),
         Arc::clone(&ctx.service_names),
     ));
+    let flow_names = super::flows::SharedFlowNames::default();
+    let flow_log = crate::server::FlowLog::default();
     tokio::spawn(super::policies::follow(
         Arc::clone(&ctx),
         config.pin_dir.clone(),
+        Arc::clone(&flow_names),
+    ));
+    tokio::spawn(super::flows::follow(
+        ctx.node.name.clone(),
+        config.pin_dir.clone(),
+        flow_names,
+        flow_log.clone(),
     ));
     serve_dns(&ctx, records).await?;
     tokio::spawn(heartbeats(
@@ -200,7 +209,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         });
         let token = endpoint.token.clone();
         async move {
-            if let Err(e) = crate::server::serve(listener, tls, token, backend, services).await {
+            if let Err(e) =
+                crate::server::serve(listener, tls, token, backend, services, flow_log).await
+            {
                 tracing::error!(error = %format!("{e:#}"), "the streaming server stopped");
             }
         }

@@ -11,6 +11,7 @@
 //! where the frontends come from, through [`ServiceSource`].
 
 mod exec;
+pub mod flows;
 mod logs;
 pub mod services;
 pub mod tls;
@@ -41,6 +42,7 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
+pub use flows::{FlowLog, FlowPeer, FlowRecord};
 pub use services::{PinnedServices, ServiceNames, ServiceSource};
 
 /// The kubelet's port, which the API server dials unless the Node says otherwise.
@@ -194,12 +196,14 @@ pub fn router(
     token: String,
     backend: Arc<dyn PodStreams>,
     service_source: Arc<dyn ServiceSource>,
+    flows: FlowLog,
 ) -> Router {
     Router::new()
         .route(
             "/apiary/v1/services",
             get(services::handle).with_state(service_source),
         )
+        .route("/apiary/v1/flows", get(flows::handle).with_state(flows))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(logs::handle),
@@ -243,9 +247,10 @@ pub async fn serve(
     token: String,
     backend: Arc<dyn PodStreams>,
     service_source: Arc<dyn ServiceSource>,
+    flows: FlowLog,
 ) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
-    let app = router(token, backend, service_source);
+    let app = router(token, backend, service_source, flows);
     loop {
         let (tcp, peer) = listener.accept().await?;
         let acceptor = acceptor.clone();
@@ -279,6 +284,7 @@ pub async fn run(
     token: String,
     backend: Arc<dyn PodStreams>,
     service_source: Arc<dyn ServiceSource>,
+    flows: FlowLog,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mut addresses = vec![std::net::IpAddr::from([127, 0, 0, 1]), listen.ip()];
@@ -289,7 +295,7 @@ pub async fn run(
         .await
         .with_context(|| format!("listening on {listen}"))?;
     tracing::info!(%listen, "serving logs and exec");
-    serve(listener, tls, token, backend, service_source).await
+    serve(listener, tls, token, backend, service_source, flows).await
 }
 
 /// `true`/`1` as Kubernetes reads booleans in queries; anything else but absence is an error
