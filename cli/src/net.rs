@@ -21,6 +21,40 @@ pub enum Command {
     Services(ServicesArgs),
     /// NetworkPolicy verdicts of new flows, as the nodes' programs report them.
     Observe(ObserveArgs),
+    /// NetworkPolicy as the nodes compiled it.
+    Policy(PolicyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PolicyCommand {
+    /// How a new connection between two pods would be judged — at the source's egress and the
+    /// destination's ingress — read from the nodes' compiled policy maps, with the allowing rule.
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
+    /// The client pod, `NAMESPACE/NAME`.
+    #[arg(long, value_name = "NS/POD")]
+    pub from: String,
+    /// The server pod, `NAMESPACE/NAME`.
+    #[arg(long, value_name = "NS/POD")]
+    pub to: String,
+    /// The server's port.
+    #[arg(long)]
+    pub port: u16,
+    /// TCP, UDP or SCTP.
+    #[arg(long, default_value = "TCP")]
+    pub protocol: String,
+    /// Print both sides' verdicts as JSON.
+    #[arg(short = 'o', long, value_parser = ["json"])]
+    pub output: Option<String>,
 }
 
 /// Which verdicts `observe` shows.
@@ -72,6 +106,106 @@ pub async fn run(session: &Session, args: &Args, out: &mut impl Write) -> anyhow
     match &args.command {
         Command::Services(args) => services(&session.client, args, out).await,
         Command::Observe(args) => observe(&session.client, args, out).await,
+        Command::Policy(PolicyArgs {
+            command: PolicyCommand::Trace(args),
+        }) => trace(&session.client, args, out).await,
+    }
+}
+
+/// A pod's address and node, for `trace`.
+async fn locate(client: &Client, flag: &str, pod: &str) -> anyhow::Result<(String, String)> {
+    let Some((namespace, name)) = pod
+        .split_once('/')
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+    else {
+        bail!("--{flag}: {pod:?} is not NAMESPACE/NAME");
+    };
+    let object = match client
+        .get(&format!("/api/v1/namespaces/{namespace}/pods/{name}"), &[])
+        .await
+    {
+        Ok(object) => object,
+        Err(e) if e.is_not_found() => bail!("--{flag}: pod {pod} not found"),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("--{flag}: pod {pod}"))),
+    };
+    let ip = object["status"]["podIP"].as_str().unwrap_or_default();
+    let node = object["spec"]["nodeName"].as_str().unwrap_or_default();
+    if ip.is_empty() || node.is_empty() {
+        bail!("--{flag}: pod {pod} has no address yet");
+    }
+    Ok((ip.to_owned(), node.to_owned()))
+}
+
+async fn trace(client: &Client, args: &TraceArgs, out: &mut impl Write) -> anyhow::Result<Outcome> {
+    let (from_ip, from_node) = locate(client, "from", &args.from).await?;
+    let (to_ip, to_node) = locate(client, "to", &args.to).await?;
+    let port = args.port.to_string();
+    let side = |node: String, pod: &str, direction: &'static str, peer: String| {
+        let port = port.clone();
+        let pod = pod.to_owned();
+        async move {
+            let path = format!("/api/v1/nodes/{node}/proxy/apiary/v1/policy/trace");
+            let query = [
+                ("pod", pod.as_str()),
+                ("direction", direction),
+                ("peer", peer.as_str()),
+                ("protocol", args.protocol.as_str()),
+                ("port", port.as_str()),
+            ];
+            let mut result = client
+                .get(&path, &query)
+                .await
+                .with_context(|| format!("{direction} of {pod} on node {node:?}"))?;
+            result["node"] = Value::String(node);
+            anyhow::Ok(result)
+        }
+    };
+    let egress = side(from_node, &args.from, "egress", to_ip).await?;
+    let ingress = side(to_node, &args.to, "ingress", from_ip).await?;
+    let allowed = egress["allowed"] == true && ingress["allowed"] == true;
+    if args.output.is_some() {
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "egress": egress, "ingress": ingress, "allowed": allowed,
+        }))?;
+        writeln!(out, "{text}")?;
+    } else {
+        for result in [&egress, &ingress] {
+            writeln!(out, "{}", trace_line(result, &args.protocol, args.port))?;
+        }
+        writeln!(
+            out,
+            "verdict: {}",
+            if allowed { "ALLOWED" } else { "DENIED" }
+        )?;
+    }
+    Ok(Outcome::Success)
+}
+
+/// One side of a trace: `egress  x/a on node0: allowed by x/p egress[0] (identity 257)`.
+pub fn trace_line(result: &Value, protocol: &str, port: u16) -> String {
+    let head = format!(
+        "{:<7} {} on {}:",
+        result["direction"].as_str().unwrap_or("?"),
+        result["pod"].as_str().unwrap_or("?"),
+        result["node"].as_str().unwrap_or("?"),
+    );
+    let identity = &result["peerIdentity"];
+    if result["enforced"] != true {
+        return format!("{head} allowed (no policy selects it this way)");
+    }
+    match result["rule"].as_str() {
+        Some(rule) if result["allowed"] == true => {
+            let matched = match result["matchedIdentity"].as_u64() {
+                Some(0) => " for any peer".to_owned(),
+                Some(id) if id >= 1 << 24 => format!(" for the peer's ipBlock (class {id})"),
+                _ => String::new(),
+            };
+            format!("{head} allowed by {rule}{matched} (peer identity {identity})")
+        }
+        _ => format!(
+            "{head} DENIED: no rule allows peer identity {identity} on {}/{port}",
+            protocol.to_ascii_uppercase()
+        ),
     }
 }
 
@@ -469,6 +603,26 @@ mod tests {
         ));
         assert!(!matches(&record, &args(Some("z"), None)));
         assert!(!matches(&record, &args(None, Some(VerdictFilter::Allowed))));
+    }
+
+    #[test]
+    fn trace_lines_say_who_allowed_or_why_not() {
+        let denied = serde_json::json!({"pod": "x/b", "node": "n1", "direction": "ingress",
+            "enforced": true, "allowed": false, "peerIdentity": 258, "rule": null});
+        assert_eq!(
+            trace_line(&denied, "tcp", 8080),
+            "ingress x/b on n1: DENIED: no rule allows peer identity 258 on TCP/8080"
+        );
+        let allowed = serde_json::json!({"pod": "x/a", "node": "n0", "direction": "egress",
+            "enforced": true, "allowed": true, "peerIdentity": 2, "matchedIdentity": 0,
+            "rule": "x/p egress[0]"});
+        assert_eq!(
+            trace_line(&allowed, "TCP", 80),
+            "egress  x/a on n0: allowed by x/p egress[0] for any peer (peer identity 2)"
+        );
+        let open = serde_json::json!({"pod": "x/a", "node": "n0", "direction": "egress",
+            "enforced": false, "allowed": true, "peerIdentity": 2});
+        assert!(trace_line(&open, "TCP", 80).ends_with("allowed (no policy selects it this way)"));
     }
 
     fn render(table: &Table) -> String {

@@ -76,6 +76,26 @@ fn observe(cluster: &ClusterLab, args: &[&str]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `apiary net policy trace --from FROM --to x/b --port 8080 -o json`.
+fn trace(cluster: &ClusterLab, from: &str) -> serde_json::Value {
+    let out =
+        apiary_tests::lab::nsenter(&cluster.underlay, apiary_tests::cluster::binary("apiary"))
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .args([
+                "net", "policy", "trace", "--from", from, "--to", "x/b", "--port", "8080",
+            ])
+            .args(["-o", "json"])
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn policies_allow_and_deny_across_nodes_and_go_away() {
     require_privileges!();
@@ -146,6 +166,17 @@ spec:
             .any(|r| r["source"]["pod"] == "x/a" && r["policy"] == "x/b-from-clients ingress[0]"),
         "{allowed:#?}"
     );
+
+    // `policy trace` explains both from the compiled maps, naming the rule.
+    let c_to_b = trace(&cluster, "x/c");
+    assert_eq!(c_to_b["allowed"], false, "{c_to_b:#}");
+    assert_eq!(c_to_b["egress"]["enforced"], false);
+    assert_eq!(c_to_b["ingress"]["enforced"], true);
+    assert_eq!(c_to_b["ingress"]["rule"], serde_json::Value::Null);
+    let a_to_b = trace(&cluster, "x/a");
+    assert_eq!(a_to_b["allowed"], true, "{a_to_b:#}");
+    assert_eq!(a_to_b["ingress"]["rule"], "x/b-from-clients ingress[0]");
+    assert_eq!(a_to_b["ingress"]["node"], n1.as_str());
 
     // Relabel c as a client: its new identity is allowed.
     cluster

@@ -379,8 +379,11 @@ impl Agent {
             tls,
             token.to_owned(),
             backend,
-            source,
-            server::FlowLog::default(),
+            server::DataplaneViews {
+                services: source,
+                flows: server::FlowLog::default(),
+                tracer: None,
+            },
         ));
         Self {
             addr,

@@ -1,13 +1,7 @@
 //! Reads the programs' policy verdicts (`POLICY_EVENTS`) into the agent's [`FlowLog`], naming
 //! pods and rules as the policy enforcer knows them, for `apiary net observe`.
 
-use std::{
-    collections::HashMap,
-    net::Ipv4Addr,
-    path::PathBuf,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use apiary_ebpf_common::{
     POLICY_INGRESS, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyVerdict, VERDICT_ALLOWED,
@@ -21,18 +15,7 @@ use crate::{
 /// How often the ring buffer is read.
 const POLL: Duration = Duration::from_millis(100);
 
-/// What the numbers of a verdict stand for, kept current by the policy enforcer.
-#[derive(Debug, Default)]
-pub struct FlowNames {
-    /// Pod addresses (every node's) to `namespace/name`.
-    pub pods: HashMap<Ipv4Addr, String>,
-    /// Endpoint ids (host veth ifindexes) to `namespace/name`.
-    pub endpoints: HashMap<u32, String>,
-    /// Rule numbers to `namespace/policy direction[i]`.
-    pub rules: HashMap<u32, String>,
-}
-
-pub type SharedFlowNames = Arc<RwLock<FlowNames>>;
+pub use crate::server::flows::{FlowNames, SharedFlowNames};
 
 /// Reads verdicts until the agent stops.
 pub async fn follow(node: String, pin_dir: PathBuf, names: SharedFlowNames, log: FlowLog) {

@@ -179,9 +179,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tokio::spawn(super::flows::follow(
         ctx.node.name.clone(),
         config.pin_dir.clone(),
-        flow_names,
+        Arc::clone(&flow_names),
         flow_log.clone(),
     ));
+    let tracer = Arc::new(crate::server::PolicyTracer {
+        pin_dir: config.pin_dir.clone(),
+        names: flow_names,
+    });
     serve_dns(&ctx, records).await?;
     tokio::spawn(heartbeats(
         client.clone(),
@@ -209,9 +213,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         });
         let token = endpoint.token.clone();
         async move {
-            if let Err(e) =
-                crate::server::serve(listener, tls, token, backend, services, flow_log).await
-            {
+            let dataplane = crate::server::DataplaneViews {
+                services,
+                flows: flow_log,
+                tracer: Some(tracer),
+            };
+            if let Err(e) = crate::server::serve(listener, tls, token, backend, dataplane).await {
                 tracing::error!(error = %format!("{e:#}"), "the streaming server stopped");
             }
         }

@@ -166,6 +166,100 @@ impl PolicyMaps {
     }
 }
 
+/// What the maps say of one packet, looked up in the programs' order (see `ebpf/src/policy.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapVerdict {
+    /// The endpoint enforces this direction.
+    pub enforced: bool,
+    /// The peer's identity (`IPCACHE`, else world).
+    pub peer_identity: u32,
+    /// The identity the allowing entry was found for: the peer's, any (0), or an `ipBlock` class.
+    pub matched_identity: Option<u32>,
+    /// The allowing entry's rule number (0: the node's own allowance).
+    pub rule_id: Option<u32>,
+}
+
+impl MapVerdict {
+    pub fn allowed(&self) -> bool {
+        !self.enforced || self.rule_id.is_some()
+    }
+}
+
+impl PolicyMaps {
+    /// Judges a new flow's first packet as the programs would, from the maps alone (flows
+    /// already tracked pass whatever this says).
+    pub fn trace(
+        &self,
+        endpoint: u32,
+        direction: u8,
+        peer: Ipv4Addr,
+        protocol: u8,
+        port: u16,
+    ) -> Result<MapVerdict> {
+        let flags = match self.enforced.get(&endpoint, 0) {
+            Ok(flags) => flags,
+            Err(e) if is_not_found(&e) => 0,
+            Err(e) => return Err(map_err(POLICY_ENFORCED)(e)),
+        };
+        let bit = if direction == apiary_ebpf_common::POLICY_INGRESS {
+            apiary_ebpf_common::POLICY_INGRESS_ENFORCED
+        } else {
+            apiary_ebpf_common::POLICY_EGRESS_ENFORCED
+        };
+        let peer_identity = match self.ipcache.get(&peer.octets(), 0) {
+            Ok(identity) => identity,
+            Err(e) if is_not_found(&e) => apiary_ebpf_common::IDENTITY_WORLD,
+            Err(e) => return Err(map_err(IPCACHE)(e)),
+        };
+        let mut verdict = MapVerdict {
+            enforced: flags & bit != 0,
+            peer_identity,
+            matched_identity: None,
+            rule_id: None,
+        };
+        if !verdict.enforced {
+            return Ok(verdict);
+        }
+        let lookup = |identity: u32| -> Result<Option<u32>> {
+            let entry = AllowEntry {
+                endpoint,
+                identity,
+                direction,
+                protocol,
+                port,
+                port_prefix_len: 16,
+            };
+            // A full-length key (a packet has a protocol): the trie answers with the longest
+            // stored prefix of it.
+            match self.entries.get(&entry.key(), 0) {
+                Ok(value) => Ok(Some(value.rule_id)),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(map_err(POLICY)(e)),
+            }
+        };
+        let class = match self.cidrs.get(&cidr_key(endpoint, direction, peer, 32), 0) {
+            Ok(class) => Some(class),
+            Err(e) if is_not_found(&e) => None,
+            Err(e) => return Err(map_err(POLICY_CIDR)(e)),
+        };
+        for identity in [
+            Some(peer_identity),
+            Some(apiary_ebpf_common::IDENTITY_ANY),
+            class,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Some(rule) = lookup(identity)? {
+                verdict.matched_identity = Some(identity);
+                verdict.rule_id = Some(rule);
+                break;
+            }
+        }
+        Ok(verdict)
+    }
+}
+
 fn cidr_key(endpoint: u32, direction: u8, addr: Ipv4Addr, prefix_len: u8) -> Key<PolicyCidrData> {
     Key::new(
         POLICY_CIDR_PREFIX_BASE + u32::from(prefix_len.min(32)),

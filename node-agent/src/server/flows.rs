@@ -19,6 +19,19 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+/// What the numbers of a verdict stand for, kept current by the policy enforcer.
+#[derive(Debug, Default)]
+pub struct FlowNames {
+    /// Pod addresses (every node's) to `namespace/name`.
+    pub pods: std::collections::HashMap<Ipv4Addr, String>,
+    /// Endpoint ids (host veth ifindexes) to `namespace/name`.
+    pub endpoints: std::collections::HashMap<u32, String>,
+    /// Rule numbers to `namespace/policy direction[i]`.
+    pub rules: std::collections::HashMap<u32, String>,
+}
+
+pub type SharedFlowNames = Arc<std::sync::RwLock<FlowNames>>;
+
 /// One judged flow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -15,6 +15,7 @@ pub mod flows;
 mod logs;
 pub mod services;
 pub mod tls;
+pub mod trace;
 
 use std::{io, pin::Pin, sync::Arc};
 
@@ -42,8 +43,9 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
-pub use flows::{FlowLog, FlowPeer, FlowRecord};
+pub use flows::{FlowLog, FlowNames, FlowPeer, FlowRecord, SharedFlowNames};
 pub use services::{PinnedServices, ServiceNames, ServiceSource};
+pub use trace::{PolicyTracer, TraceResult};
 
 /// The kubelet's port, which the API server dials unless the Node says otherwise.
 pub const DEFAULT_PORT: u16 = 10250;
@@ -191,19 +193,36 @@ fn status_response(code: StatusCode, reason: &str, message: &str) -> Response {
     (code, Json(status(code, reason, message))).into_response()
 }
 
+/// What the agent shows of its data plane: the service maps, the policy verdicts, and the
+/// policy tracer (`None`: an agent without policy maps).
+#[derive(Clone)]
+pub struct DataplaneViews {
+    pub services: Arc<dyn ServiceSource>,
+    pub flows: FlowLog,
+    pub tracer: Option<Arc<PolicyTracer>>,
+}
+
+impl std::fmt::Debug for DataplaneViews {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataplaneViews").finish_non_exhaustive()
+    }
+}
+
 /// The routes, behind the token check.
-pub fn router(
-    token: String,
-    backend: Arc<dyn PodStreams>,
-    service_source: Arc<dyn ServiceSource>,
-    flows: FlowLog,
-) -> Router {
+pub fn router(token: String, backend: Arc<dyn PodStreams>, dataplane: DataplaneViews) -> Router {
     Router::new()
         .route(
             "/apiary/v1/services",
-            get(services::handle).with_state(service_source),
+            get(services::handle).with_state(dataplane.services),
         )
-        .route("/apiary/v1/flows", get(flows::handle).with_state(flows))
+        .route(
+            "/apiary/v1/flows",
+            get(flows::handle).with_state(dataplane.flows),
+        )
+        .route(
+            "/apiary/v1/policy/trace",
+            get(trace::handle).with_state(dataplane.tracer),
+        )
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(logs::handle),
@@ -246,11 +265,10 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     token: String,
     backend: Arc<dyn PodStreams>,
-    service_source: Arc<dyn ServiceSource>,
-    flows: FlowLog,
+    dataplane: DataplaneViews,
 ) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
-    let app = router(token, backend, service_source, flows);
+    let app = router(token, backend, dataplane);
     loop {
         let (tcp, peer) = listener.accept().await?;
         let acceptor = acceptor.clone();
@@ -283,8 +301,7 @@ pub async fn run(
     hostname: &str,
     token: String,
     backend: Arc<dyn PodStreams>,
-    service_source: Arc<dyn ServiceSource>,
-    flows: FlowLog,
+    dataplane: DataplaneViews,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mut addresses = vec![std::net::IpAddr::from([127, 0, 0, 1]), listen.ip()];
@@ -295,7 +312,7 @@ pub async fn run(
         .await
         .with_context(|| format!("listening on {listen}"))?;
     tracing::info!(%listen, "serving logs and exec");
-    serve(listener, tls, token, backend, service_source, flows).await
+    serve(listener, tls, token, backend, dataplane).await
 }
 
 /// `true`/`1` as Kubernetes reads booleans in queries; anything else but absence is an error
