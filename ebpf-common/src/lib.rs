@@ -96,6 +96,10 @@ pub const POLICY_CT: &str = "POLICY_CT";
 /// an enforcing endpoint.
 pub const POLICY_EVENTS: &str = "POLICY_EVENTS";
 
+/// Name of the policy drop counters (`PERCPU_HASH`, key: [`PolicyDropKey`], value: `u64`
+/// packets, per CPU): what NetworkPolicy dropped, by endpoint, direction and reason.
+pub const POLICY_DROPS: &str = "POLICY_DROPS";
+
 /// Every map the programs pin by name: what `unpin` removes.
 pub const PINNED_MAPS: &[&str] = &[
     POD_TRAFFIC,
@@ -116,6 +120,7 @@ pub const PINNED_MAPS: &[&str] = &[
     IPCACHE,
     POLICY_CT,
     POLICY_EVENTS,
+    POLICY_DROPS,
 ];
 
 /// Capacity of [`SERVICES`]: frontends (a Service has one per port, and per NodePort and
@@ -142,6 +147,8 @@ pub const POLICY_ENFORCED_MAX_ENTRIES: u32 = 4096;
 pub const IPCACHE_MAX_ENTRIES: u32 = 262144;
 /// Capacity of [`POLICY_CT`].
 pub const POLICY_CT_MAX_ENTRIES: u32 = 262144;
+/// Capacity of [`POLICY_DROPS`].
+pub const POLICY_DROPS_MAX_ENTRIES: u32 = 16384;
 /// Size of [`POLICY_EVENTS`] in bytes (a power of two, a multiple of the page size).
 pub const POLICY_EVENTS_BYTES: u32 = 1 << 20;
 /// Capacity of [`LOCAL_NETNS`].
@@ -435,6 +442,27 @@ pub struct PolicyVerdict {
 
 const _: () = assert!(core::mem::size_of::<PolicyVerdict>() == 28);
 
+/// [`PolicyDropKey::reason`]: no policy rule allows the flow.
+pub const DROP_POLICY_DENIED: u8 = 1;
+/// [`PolicyDropKey::reason`]: an enforcing endpoint got a packet it cannot judge (IP options,
+/// fragments).
+pub const DROP_UNPARSABLE: u8 = 2;
+
+/// Key of [`POLICY_DROPS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyDropKey {
+    pub endpoint: u32,
+    /// [`POLICY_INGRESS`] or [`POLICY_EGRESS`].
+    pub direction: u8,
+    /// `DROP_*`.
+    pub reason: u8,
+    /// Reserved, zero.
+    pub pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<PolicyDropKey>() == 8);
+
 /// Capacity of [`ENDPOINTS`], like [`POD_TRAFFIC_MAX_ENTRIES`].
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 4096;
 
@@ -578,6 +606,9 @@ unsafe impl aya::Pod for PolicyFlowKey {}
 // SAFETY: as for `Endpoint`.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PolicyVerdict {}
+// SAFETY: as for `Endpoint`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PolicyDropKey {}
 
 #[cfg(test)]
 mod tests {

@@ -5,10 +5,10 @@ use apiary_ebpf_common::{
     CT_MAX_ENTRIES, CtKey, CtValue, ENDPOINTS_MAX_ENTRIES, Endpoint, IPCACHE_MAX_ENTRIES,
     LOCAL_NETNS_MAX_ENTRIES, MAGLEV_MAX_ENTRIES, MaglevTable, NODE_ADDRS_MAX_ENTRIES, NodeConfig,
     POD_TRAFFIC_MAX_ENTRIES, POLICY_CIDR_MAX_ENTRIES, POLICY_CT_MAX_ENTRIES,
-    POLICY_ENFORCED_MAX_ENTRIES, POLICY_EVENTS_BYTES, POLICY_MAX_ENTRIES, PodTraffic,
-    PolicyCidrData, PolicyData, PolicyFlowKey, PolicyValue, REMOTE_NODES_MAX_ENTRIES, RemoteNode,
-    SERVICES_MAX_ENTRIES, SOCK_REVNAT_MAX_ENTRIES, ServiceKey, ServiceValue, SockRevNatKey,
-    SockRevNatValue,
+    POLICY_DROPS_MAX_ENTRIES, POLICY_ENFORCED_MAX_ENTRIES, POLICY_EVENTS_BYTES, POLICY_MAX_ENTRIES,
+    PodTraffic, PolicyCidrData, PolicyData, PolicyDropKey, PolicyFlowKey, PolicyValue,
+    REMOTE_NODES_MAX_ENTRIES, RemoteNode, SERVICES_MAX_ENTRIES, SOCK_REVNAT_MAX_ENTRIES,
+    ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -94,6 +94,11 @@ pub static IPCACHE: HashMap<[u8; 4], u32> = HashMap::pinned(IPCACHE_MAX_ENTRIES,
 /// Flows the enforcing endpoints let through.
 #[map(name = "POLICY_CT")]
 pub static POLICY_CT: LruHashMap<PolicyFlowKey, u32> = LruHashMap::pinned(POLICY_CT_MAX_ENTRIES, 0);
+
+/// Packets NetworkPolicy dropped, by endpoint, direction and reason.
+#[map(name = "POLICY_DROPS")]
+pub static POLICY_DROPS: PerCpuHashMap<PolicyDropKey, u64> =
+    PerCpuHashMap::pinned(POLICY_DROPS_MAX_ENTRIES, 0);
 
 /// Verdicts of new flows, for `apiary net observe`.
 #[map(name = "POLICY_EVENTS")]

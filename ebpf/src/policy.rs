@@ -9,15 +9,16 @@
 //! NodePorts before delivery), so policies apply to backend pods, as in Kubernetes.
 
 use apiary_ebpf_common::{
-    IDENTITY_ANY, IDENTITY_WORLD, POLICY_CIDR_PREFIX_BASE, POLICY_EGRESS_ENFORCED, POLICY_INGRESS,
-    POLICY_INGRESS_ENFORCED, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyCidrData, PolicyData,
-    PolicyFlowKey, PolicyVerdict, VERDICT_ALLOWED, VERDICT_DENIED,
+    DROP_POLICY_DENIED, DROP_UNPARSABLE, IDENTITY_ANY, IDENTITY_WORLD, POLICY_CIDR_PREFIX_BASE,
+    POLICY_EGRESS_ENFORCED, POLICY_INGRESS, POLICY_INGRESS_ENFORCED, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP, PolicyCidrData, PolicyData, PolicyDropKey, PolicyFlowKey, PolicyVerdict,
+    VERDICT_ALLOWED, VERDICT_DENIED,
 };
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 
 use crate::{
     forward::{HEAD_LEN, Ipv4Head},
-    maps::{IPCACHE, POLICY, POLICY_CIDR, POLICY_CT, POLICY_ENFORCED, POLICY_EVENTS},
+    maps::{IPCACHE, POLICY, POLICY_CIDR, POLICY_CT, POLICY_DROPS, POLICY_ENFORCED, POLICY_EVENTS},
 };
 
 /// Bits of a full `POLICY` key's data: endpoint, identity, direction, protocol, port.
@@ -95,6 +96,7 @@ pub fn allows(ctx: &TcContext, head: &Ipv4Head, endpoint: u32, direction: u8) ->
         _ => return true,
     };
     let Some(tuple) = Tuple::of(ctx, head) else {
+        count_drop(endpoint, direction, DROP_UNPARSABLE);
         return false;
     };
     let flow = tuple.flow(endpoint);
@@ -116,7 +118,21 @@ pub fn allows(ctx: &TcContext, head: &Ipv4Head, endpoint: u32, direction: u8) ->
     if rule.is_some() {
         let _ = POLICY_CT.insert(flow, 0, 0);
     }
-    let verdict = PolicyVerdict {
+    report(endpoint, direction, &tuple, peer_identity, rule);
+    if rule.is_none() {
+        count_drop(endpoint, direction, DROP_POLICY_DENIED);
+    }
+    rule.is_some()
+}
+
+/// Writes the verdict straight into the ring buffer (no copy on the stack, which the verifier
+/// limits to 512 bytes for the whole program). A full ring drops the record, never the packet.
+#[inline(always)]
+fn report(endpoint: u32, direction: u8, tuple: &Tuple, peer_identity: u32, rule: Option<u32>) {
+    let Some(mut entry) = POLICY_EVENTS.reserve::<PolicyVerdict>(0) else {
+        return;
+    };
+    entry.write(PolicyVerdict {
         saddr: tuple.saddr,
         daddr: tuple.daddr,
         sport_be: tuple.sport_be,
@@ -132,10 +148,27 @@ pub fn allows(ctx: &TcContext, head: &Ipv4Head, endpoint: u32, direction: u8) ->
         endpoint,
         peer_identity,
         rule_id: rule.unwrap_or(0),
+    });
+    entry.submit(0);
+}
+
+/// Counts a dropped packet for the metrics.
+#[inline(always)]
+fn count_drop(endpoint: u32, direction: u8, reason: u8) {
+    let key = PolicyDropKey {
+        endpoint,
+        direction,
+        reason,
+        pad: [0; 2],
     };
-    // A full ring drops the record, never the packet.
-    let _ = POLICY_EVENTS.output::<PolicyVerdict>(&verdict, 0);
-    rule.is_some()
+    match POLICY_DROPS.get_ptr_mut(key) {
+        // SAFETY: this CPU's slot of a per-CPU map, written by nothing else while this program
+        // runs.
+        Some(count) => unsafe { *count += 1 },
+        None => {
+            let _ = POLICY_DROPS.insert(key, 1, 0);
+        }
+    }
 }
 
 /// The peer's identity as judged, and the allowing rule (`None`: denied).

@@ -167,6 +167,21 @@ spec:
         "{allowed:#?}"
     );
 
+    // b's node counts the dropped packets, for Prometheus (through the API server's node proxy).
+    let metrics = cluster
+        .kubectl_ok(&["get", "--raw", &format!("/api/v1/nodes/{n1}/proxy/metrics")])
+        .unwrap();
+    let denied_packets: u64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "apiary_policy_drops_total{pod=\"x/b\",direction=\"ingress\",reason=\"policy_denied\"}",
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no drop counter for x/b in:\n{metrics}"));
+    assert!(denied_packets >= 1, "{metrics}");
+
     // `policy trace` explains both from the compiled maps, naming the rule.
     let c_to_b = trace(&cluster, "x/c");
     assert_eq!(c_to_b["allowed"], false, "{c_to_b:#}");

@@ -33,7 +33,7 @@ use aya::{
 pub use endpoints::EndpointMap;
 pub use node_config::NodeConfigMap;
 pub use pod_traffic::PodTrafficMap;
-pub use policy::{AllowEntry, PolicyEvents, PolicyMaps};
+pub use policy::{AllowEntry, PolicyEvents, PolicyMaps, policy_drops};
 pub use remote_nodes::RemoteNodeMap;
 pub use services::{CtMap, LocalNetnsMap, NodeAddrsMap, ServiceMaps};
 pub use sock_destroy::destroy_udp_sockets_to;

@@ -8,11 +8,11 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use apiary_ebpf_common::{
-    IPCACHE, POLICY, POLICY_CIDR, POLICY_CIDR_PREFIX_BASE, POLICY_ENFORCED, POLICY_EVENTS,
-    POLICY_PREFIX_ANY_PROTOCOL, POLICY_PREFIX_PROTOCOL, PolicyCidrData, PolicyData, PolicyValue,
-    PolicyVerdict,
+    IPCACHE, POLICY, POLICY_CIDR, POLICY_CIDR_PREFIX_BASE, POLICY_DROPS, POLICY_ENFORCED,
+    POLICY_EVENTS, POLICY_PREFIX_ANY_PROTOCOL, POLICY_PREFIX_PROTOCOL, PolicyCidrData, PolicyData,
+    PolicyDropKey, PolicyValue, PolicyVerdict,
 };
-use aya::maps::{HashMap, LpmTrie, Map, MapData, RingBuf, lpm_trie::Key};
+use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuHashMap, RingBuf, lpm_trie::Key};
 
 use super::{Error, Result, endpoints::is_not_found};
 
@@ -304,4 +304,18 @@ impl PolicyEvents {
         }
         verdicts
     }
+}
+
+/// Every drop counter (`POLICY_DROPS`), summed over the CPUs.
+pub fn policy_drops(pin_dir: &Path) -> Result<Vec<(PolicyDropKey, u64)>> {
+    let data = MapData::from_pin(pin_dir.join(POLICY_DROPS)).map_err(map_err(POLICY_DROPS))?;
+    let map: PerCpuHashMap<MapData, PolicyDropKey, u64> =
+        PerCpuHashMap::try_from(Map::PerCpuHashMap(data)).map_err(map_err(POLICY_DROPS))?;
+    let mut drops = map
+        .iter()
+        .map(|entry| entry.map(|(key, per_cpu)| (key, per_cpu.iter().sum::<u64>())))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_err(POLICY_DROPS))?;
+    drops.sort_unstable_by_key(|(key, _)| *key);
+    Ok(drops)
 }

@@ -13,6 +13,7 @@
 mod exec;
 pub mod flows;
 mod logs;
+pub mod metrics;
 pub mod services;
 pub mod tls;
 pub mod trace;
@@ -221,7 +222,11 @@ pub fn router(token: String, backend: Arc<dyn PodStreams>, dataplane: DataplaneV
         )
         .route(
             "/apiary/v1/policy/trace",
-            get(trace::handle).with_state(dataplane.tracer),
+            get(trace::handle).with_state(dataplane.tracer.clone()),
+        )
+        .route(
+            "/metrics",
+            get(metrics::handle).with_state(dataplane.tracer),
         )
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
