@@ -292,6 +292,24 @@ impl ClusterLab {
         Ok(())
     }
 
+    /// Runs the `apiary` CLI against the cluster (from the underlay namespace) and returns its
+    /// stdout; the error carries its stderr.
+    pub fn apiary(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = nsenter(&self.underlay, binary("apiary"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "apiary {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     /// Runs kubectl against the cluster (from the underlay namespace).
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
         self.kubectl_with_stdin(args, None)

@@ -57,20 +57,11 @@ fn settles(cluster: &ClusterLab, what: &str, from: &str, ip: &str, reachable: bo
 
 /// `apiary net observe -n x ARGS -o json`: the records, as JSON values.
 fn observe(cluster: &ClusterLab, args: &[&str]) -> Vec<serde_json::Value> {
-    let out =
-        apiary_tests::lab::nsenter(&cluster.underlay, apiary_tests::cluster::binary("apiary"))
-            .arg("--kubeconfig")
-            .arg(&cluster.kubeconfig)
-            .args(["net", "observe", "-n", "x", "-o", "json"])
-            .args(args)
-            .output()
-            .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    let mut all = vec!["net", "observe", "-n", "x", "-o", "json"];
+    all.extend_from_slice(args);
+    cluster
+        .apiary(&all)
+        .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
@@ -78,22 +69,12 @@ fn observe(cluster: &ClusterLab, args: &[&str]) -> Vec<serde_json::Value> {
 
 /// `apiary net policy trace --from FROM --to x/b --port 8080 -o json`.
 fn trace(cluster: &ClusterLab, from: &str) -> serde_json::Value {
-    let out =
-        apiary_tests::lab::nsenter(&cluster.underlay, apiary_tests::cluster::binary("apiary"))
-            .arg("--kubeconfig")
-            .arg(&cluster.kubeconfig)
-            .args([
-                "net", "policy", "trace", "--from", from, "--to", "x/b", "--port", "8080",
-            ])
-            .args(["-o", "json"])
-            .output()
-            .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let out = cluster
+        .apiary(&[
+            "net", "policy", "trace", "--from", from, "--to", "x/b", "--port", "8080", "-o", "json",
+        ])
+        .unwrap();
+    serde_json::from_str(&out).unwrap()
 }
 
 #[test]

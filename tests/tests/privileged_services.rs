@@ -366,19 +366,10 @@ subsets:
 
     // `apiary net services` shows what node 1's maps hold: the frontend of web:http with the
     // four pods, read from the maps (through the API server's node proxy and the agent).
-    let out =
-        apiary_tests::lab::nsenter(&cluster.underlay, apiary_tests::cluster::binary("apiary"))
-            .arg("--kubeconfig")
-            .arg(&cluster.kubeconfig)
-            .args(["net", "services", "--node", &nodes[0].0, "-o", "json"])
-            .output()
-            .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = cluster
+        .apiary(&["net", "services", "--node", &nodes[0].0, "-o", "json"])
+        .unwrap();
+    let view: Value = serde_json::from_str(&out).unwrap();
     let web_frontend = view
         .as_array()
         .unwrap()
