@@ -23,7 +23,8 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-fn verdict(ok: bool) -> &'static str {
+/// A target's verdict as the bench tables print it.
+pub(crate) fn verdict(ok: bool) -> &'static str {
     if ok { "ok" } else { "MISSED" }
 }
 

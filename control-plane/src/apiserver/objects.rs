@@ -845,6 +845,18 @@ async fn bind(api: &Arc<Api>, target: &Target, name: &str, binding: &Value) -> R
 
 /// Sets the `PodScheduled=True` condition of a pod being bound.
 fn set_scheduled(pod: &mut Value) {
+    put_pod_scheduled(
+        pod,
+        json!({
+            "type": "PodScheduled", "status": "True",
+            "lastProbeTime": null, "lastTransitionTime": now(),
+        }),
+    );
+}
+
+/// Makes `condition` the pod's one `PodScheduled` condition (a pod without a phase is
+/// `Pending`): the binding sets it True, the scheduler False when no node fits.
+pub(crate) fn put_pod_scheduled(pod: &mut Value, condition: Value) {
     let status = &mut pod["status"];
     if !status.is_object() {
         *status = json!({});
@@ -859,10 +871,7 @@ fn set_scheduled(pod: &mut Value) {
         .into_iter()
         .filter(|c| c["type"] != "PodScheduled")
         .collect();
-    conditions.push(json!({
-        "type": "PodScheduled", "status": "True",
-        "lastProbeTime": null, "lastTransitionTime": now(),
-    }));
+    conditions.push(condition);
     status["conditions"] = json!(conditions);
 }
 

@@ -352,72 +352,81 @@ impl Endpoints {
 
     async fn sync_slices(&self, svc: &Value, desired: BTreeMap<String, Value>) -> Result<()> {
         let namespace = str_of(svc, "/metadata/namespace");
-        let name = str_of(svc, "/metadata/name");
         let existing: Vec<Value> = list_fresh(&self.api, self.slices, namespace)
             .await?
             .into_iter()
             .filter(|s| controlled_by(s, svc))
             .collect();
-        for slice in &existing {
-            let slice_name = str_of(slice, "/metadata/name");
-            if desired.contains_key(slice_name) {
-                continue;
-            }
-            let options = json!({ "preconditions": { "uid": slice["metadata"]["uid"] } });
-            match objects::delete(
-                &self.api,
-                &target(self.slices, namespace, Some(slice_name)),
-                slice_name,
-                &options,
-            )
-            .await
-            {
-                Ok(_) => {}
-                Err(e) if e.reason == "NotFound" => {}
-                Err(e) => {
-                    return Err(Error::api(
-                        format!("deleting endpointslice {slice_name}"),
-                        &e,
-                    ));
-                }
-            }
-        }
-        for (slice_name, want) in desired {
-            let target = target(self.slices, namespace, Some(&slice_name));
-            match existing
-                .iter()
-                .find(|s| str_of(s, "/metadata/name") == slice_name)
-            {
-                Some(current) => {
-                    let same = array(&current["endpoints"]) == array(&want["endpoints"])
-                        && array(&current["ports"]) == array(&want["ports"])
-                        && current["addressType"] == want["addressType"]
-                        && labels_of(current) == labels_of(&want);
-                    if same {
-                        continue;
-                    }
-                    let mut updated = current.clone();
-                    for field in ["endpoints", "ports", "addressType"] {
-                        updated[field] = want[field].clone();
-                    }
-                    updated["metadata"]["labels"] = want["metadata"]["labels"].clone();
-                    objects::update(&self.api, &target, &slice_name, updated)
-                        .await
-                        .map_err(|e| {
-                            Error::api(format!("updating endpointslice {slice_name}"), &e)
-                        })?;
-                }
-                None => {
-                    objects::create(&self.api, &target, want)
-                        .await
-                        .map_err(|e| {
-                            Error::api(format!("creating endpointslice {slice_name} of {name}"), &e)
-                        })?;
-                }
-            }
-        }
-        Ok(())
+        write_slices(&self.api, self.slices, namespace, &existing, desired, &[]).await
     }
+}
+
+/// Makes a controller's EndpointSlices of one Service (`existing`, read fresh) exactly
+/// `desired`: removes the extra ones (preconditioned on their uid), creates the missing ones and
+/// rewrites those whose endpoints, ports, address type, labels or `metadata` fields
+/// `also_metadata` differ. Shared by the EndpointSlice and the mirroring controllers.
+pub(super) async fn write_slices(
+    api: &Arc<Api>,
+    slices: &'static ResourceType,
+    namespace: &str,
+    existing: &[Value],
+    desired: BTreeMap<String, Value>,
+    also_metadata: &[&str],
+) -> Result<()> {
+    for slice in existing {
+        let slice_name = str_of(slice, "/metadata/name");
+        if desired.contains_key(slice_name) {
+            continue;
+        }
+        let options = json!({ "preconditions": { "uid": slice["metadata"]["uid"] } });
+        let target = target(slices, namespace, Some(slice_name));
+        match objects::delete(api, &target, slice_name, &options).await {
+            Ok(_) => {}
+            Err(e) if e.reason == "NotFound" => {}
+            Err(e) => {
+                return Err(Error::api(
+                    format!("deleting endpointslice {slice_name}"),
+                    &e,
+                ));
+            }
+        }
+    }
+    for (slice_name, want) in desired {
+        let target = target(slices, namespace, Some(&slice_name));
+        let current = existing
+            .iter()
+            .find(|s| str_of(s, "/metadata/name") == slice_name);
+        let Some(current) = current else {
+            // A slice of that name managed by someone else makes this fail (AlreadyExists)
+            // and retry with back-off, rather than take it over.
+            objects::create(api, &target, want)
+                .await
+                .map_err(|e| Error::api(format!("creating endpointslice {slice_name}"), &e))?;
+            continue;
+        };
+        let same = array(&current["endpoints"]) == array(&want["endpoints"])
+            && array(&current["ports"]) == array(&want["ports"])
+            && current["addressType"] == want["addressType"]
+            && labels_of(current) == labels_of(&want)
+            && also_metadata
+                .iter()
+                .all(|field| current["metadata"][*field] == want["metadata"][*field]);
+        if same {
+            continue;
+        }
+        let mut updated = current.clone();
+        for field in ["endpoints", "ports", "addressType"] {
+            updated[field] = want[field].clone();
+        }
+        for field in std::iter::once(&"labels").chain(also_metadata) {
+            updated["metadata"][*field] = want["metadata"][*field].clone();
+        }
+        // Pinned to the version read: a concurrent change makes the controller look again.
+        objects::update(api, &target, &slice_name, updated)
+            .await
+            .map_err(|e| Error::api(format!("updating endpointslice {slice_name}"), &e))?;
+    }
+    Ok(())
 }
 
 #[async_trait::async_trait]

@@ -18,12 +18,12 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{
-    endpoints::{SERVICE_NAME_LABEL, array, fnv, selector_of_service},
+    endpoints::{SERVICE_NAME_LABEL, array, fnv, selector_of_service, write_slices},
     labels_of, list_fresh, owner_reference, resource,
-    runtime::{self, Action, Cache, Error, Queue, Reconciler, Result},
-    str_of, target,
+    runtime::{self, Action, Cache, Queue, Reconciler, Result},
+    str_of,
 };
-use crate::apiserver::{Api, objects, resources::ResourceType};
+use crate::apiserver::{Api, resources::ResourceType};
 
 const COMPONENT: &str = "endpointslicemirroring-controller";
 const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -236,58 +236,15 @@ impl Mirror {
                     && labels.get(SERVICE_NAME_LABEL) == Some(&key.name)
             })
             .collect();
-        for slice in &existing {
-            let slice_name = str_of(slice, "/metadata/name");
-            if desired.contains_key(slice_name) {
-                continue;
-            }
-            let options = json!({ "preconditions": { "uid": slice["metadata"]["uid"] } });
-            let target = target(self.slices, namespace, Some(slice_name));
-            match objects::delete(&self.api, &target, slice_name, &options).await {
-                Ok(_) => {}
-                Err(e) if e.reason == "NotFound" => {}
-                Err(e) => {
-                    return Err(Error::api(
-                        format!("deleting endpointslice {slice_name}"),
-                        &e,
-                    ));
-                }
-            }
-        }
-        for (slice_name, want) in desired {
-            let target = target(self.slices, namespace, Some(&slice_name));
-            let current = existing
-                .iter()
-                .find(|s| str_of(s, "/metadata/name") == slice_name);
-            let Some(current) = current else {
-                // A slice of that name managed by someone else makes this fail (AlreadyExists)
-                // and retry with back-off, rather than take it over.
-                objects::create(&self.api, &target, want)
-                    .await
-                    .map_err(|e| Error::api(format!("creating endpointslice {slice_name}"), &e))?;
-                continue;
-            };
-            let same = array(&current["endpoints"]) == array(&want["endpoints"])
-                && array(&current["ports"]) == array(&want["ports"])
-                && current["addressType"] == want["addressType"]
-                && labels_of(current) == labels_of(&want)
-                && current["metadata"]["ownerReferences"] == want["metadata"]["ownerReferences"];
-            if same {
-                continue;
-            }
-            let mut updated = current.clone();
-            for field in ["endpoints", "ports", "addressType"] {
-                updated[field] = want[field].clone();
-            }
-            for field in ["labels", "ownerReferences"] {
-                updated["metadata"][field] = want["metadata"][field].clone();
-            }
-            // Pinned to the version read: a concurrent change makes us look again.
-            objects::update(&self.api, &target, &slice_name, updated)
-                .await
-                .map_err(|e| Error::api(format!("updating endpointslice {slice_name}"), &e))?;
-        }
-        Ok(())
+        write_slices(
+            &self.api,
+            self.slices,
+            namespace,
+            &existing,
+            desired,
+            &["ownerReferences"],
+        )
+        .await
     }
 }
 

@@ -28,7 +28,7 @@ use std::{
 use apiary_api::core_v1::{Node, Pod};
 use axum::http::{HeaderMap, Method};
 use futures::StreamExt as _;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::apiserver::{
@@ -434,22 +434,7 @@ async fn record_unschedulable(api: &Arc<Api>, pod: &Pod, message: &str) {
             "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
             "message": message, "lastProbeTime": null, "lastTransitionTime": now(),
         });
-        let status = &mut current["status"];
-        if !status.is_object() {
-            *status = json!({});
-        }
-        if status["phase"].is_null() {
-            status["phase"] = json!("Pending");
-        }
-        let mut conditions: Vec<Value> = status["conditions"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|c| c["type"] != "PodScheduled")
-            .collect();
-        conditions.push(condition);
-        status["conditions"] = json!(conditions);
+        objects::put_pod_scheduled(&mut current, condition);
         match objects::update(api, &target, name, current).await {
             Ok(_) => break,
             Err(e) if e.reason == "Conflict" => continue,

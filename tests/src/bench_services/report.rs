@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::bench_report::verdict;
+
 use super::{
     latency::{LatencyFigures, Samples},
     programming::ProgrammingFigures,
@@ -25,10 +27,6 @@ pub const PROGRAM_ONE_TARGET: f64 = 0.005;
 pub struct Report {
     pub latency: LatencyFigures,
     pub programming: ProgrammingFigures,
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "ok" } else { "MISSED" }
 }
 
 fn us(d: Duration) -> f64 {
