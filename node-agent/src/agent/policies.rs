@@ -44,7 +44,11 @@ pub async fn follow(ctx: Arc<Context>, pin_dir: PathBuf, names: SharedFlowNames)
     loop {
         if state.is_none() {
             match PolicyMaps::open(&pin_dir) {
-                Ok(maps) => state = Some(Enforcer::new(maps, ctx.node.ip, names.clone())),
+                Ok(mut maps) => match maps.set_identity(ctx.node.ip, IDENTITY_HOST) {
+                    // The node's own address is the host identity for as long as it runs.
+                    Ok(()) => state = Some(Enforcer::new(maps, ctx.node.ip, names.clone())),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "writing IPCACHE"),
+                },
                 Err(e) => tracing::error!(error = %format!("{e:#}"), "opening the policy maps"),
             }
         }
@@ -202,9 +206,6 @@ impl Enforcer {
         node: &str,
         endpoints: &[(Ipv4Addr, apiary_ebpf_common::Endpoint)],
     ) -> anyhow::Result<()> {
-        self.maps
-            .set_identity(self.node_ip, IDENTITY_HOST)
-            .map_err(anyhow::Error::from)?;
         let changes = self.identities.take_changes();
         for (ip, identity) in changes.upserts {
             if let IpAddr::V4(ip) = ip {
