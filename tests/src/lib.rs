@@ -12,5 +12,6 @@ pub mod cluster;
 pub mod demo;
 pub mod lab;
 pub mod machine;
+pub mod netpol;
 pub mod packets;
 pub mod privileges;

@@ -6,6 +6,9 @@ pub const ETH_HLEN: usize = 14;
 pub const IPV4_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
 
+pub const TCP_HLEN: usize = 20;
+pub const SCTP_HLEN: usize = 12;
+
 /// An Ethernet frame carrying IPv4/UDP with `payload_len` zero bytes: `42 + payload_len` bytes.
 pub fn udp_frame(
     src: Ipv4Addr,
@@ -14,7 +17,27 @@ pub fn udp_frame(
     dport: u16,
     payload_len: usize,
 ) -> Vec<u8> {
-    let ip_len = u16::try_from(IPV4_HLEN + UDP_HLEN + payload_len).expect("fits in one IP packet");
+    l4_frame(17, src, dst, sport, dport, payload_len)
+}
+
+/// An Ethernet frame carrying IPv4 and a transport header of `protocol` (TCP: a SYN; UDP; SCTP:
+/// the common header), then `payload_len` zero bytes. Checksums of the transport are left zero:
+/// the programs under test read ports, not checksums.
+pub fn l4_frame(
+    protocol: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload_len: usize,
+) -> Vec<u8> {
+    let l4_len = match protocol {
+        6 => TCP_HLEN,
+        17 => UDP_HLEN,
+        132 => SCTP_HLEN,
+        other => panic!("no frame for IP protocol {other}"),
+    };
+    let ip_len = u16::try_from(IPV4_HLEN + l4_len + payload_len).expect("fits in one IP packet");
     let mut frame = Vec::with_capacity(ETH_HLEN + usize::from(ip_len));
     // Ethernet: locally administered MACs, EtherType IPv4.
     frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
@@ -25,17 +48,27 @@ pub fn udp_frame(
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
     ip[8] = 64; // TTL
-    ip[9] = 17; // UDP
+    ip[9] = protocol;
     ip[12..16].copy_from_slice(&src.octets());
     ip[16..20].copy_from_slice(&dst.octets());
     let checksum = ipv4_checksum(&ip);
     ip[10..12].copy_from_slice(&checksum.to_be_bytes());
     frame.extend_from_slice(&ip);
-    // UDP header; checksum 0 means "none" for IPv4.
-    frame.extend_from_slice(&sport.to_be_bytes());
-    frame.extend_from_slice(&dport.to_be_bytes());
-    frame.extend_from_slice(&(ip_len - IPV4_HLEN as u16).to_be_bytes());
-    frame.extend_from_slice(&[0, 0]);
+    // Every one of the three starts with the source and destination ports.
+    let mut l4 = vec![0u8; l4_len];
+    l4[0..2].copy_from_slice(&sport.to_be_bytes());
+    l4[2..4].copy_from_slice(&dport.to_be_bytes());
+    match protocol {
+        6 => {
+            l4[12] = 5 << 4; // data offset: 5 words
+            l4[13] = 0x02; // SYN
+            l4[14..16].copy_from_slice(&64240u16.to_be_bytes()); // window
+        }
+        // UDP: length; checksum 0 means "none" for IPv4.
+        17 => l4[4..6].copy_from_slice(&(ip_len - IPV4_HLEN as u16).to_be_bytes()),
+        _ => {}
+    }
+    frame.extend_from_slice(&l4);
     frame.resize(ETH_HLEN + usize::from(ip_len), 0);
     frame
 }
@@ -69,5 +102,18 @@ mod tests {
         // A header with its checksum filled in sums to zero.
         assert_eq!(ipv4_checksum(&frame[ETH_HLEN..ETH_HLEN + IPV4_HLEN]), 0);
         assert_eq!(&frame[ETH_HLEN + 12..ETH_HLEN + 16], &[10, 123, 1, 2]);
+    }
+
+    #[test]
+    fn transport_headers_carry_the_ports_and_protocol() {
+        let src = Ipv4Addr::new(10, 0, 0, 1);
+        let dst = Ipv4Addr::new(10, 0, 0, 2);
+        for (protocol, header) in [(6, TCP_HLEN), (17, UDP_HLEN), (132, SCTP_HLEN)] {
+            let frame = l4_frame(protocol, src, dst, 1234, 80, 4);
+            assert_eq!(frame.len(), ETH_HLEN + IPV4_HLEN + header + 4);
+            assert_eq!(frame[ETH_HLEN + 9], protocol);
+            let l4 = &frame[ETH_HLEN + IPV4_HLEN..];
+            assert_eq!(&l4[..4], &[0x04, 0xd2, 0, 80]);
+        }
     }
 }

@@ -6,10 +6,15 @@ use std::net::Ipv4Addr;
 
 use apiary_ebpf_common::{
     IDENTITY_ANY, IDENTITY_WORLD, POLICY_EGRESS, POLICY_EGRESS_ENFORCED, POLICY_INGRESS,
-    POLICY_INGRESS_ENFORCED, PROTO_UDP, PolicyVerdict, VERDICT_ALLOWED, VERDICT_DENIED,
+    POLICY_INGRESS_ENFORCED, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyVerdict, VERDICT_ALLOWED,
+    VERDICT_DENIED,
 };
 use apiary_node_agent::dataplane::{AllowEntry, Dataplane, PodProgram, PolicyEvents, PolicyMaps};
-use apiary_tests::{lab::Lab, packets::udp_frame, require_privileges};
+use apiary_tests::{
+    lab::Lab,
+    packets::{l4_frame, udp_frame},
+    require_privileges,
+};
 use aya::programs::{TestRun as _, TestRunOptions};
 
 const ENDPOINT: u32 = 1;
@@ -141,6 +146,66 @@ fn egress_is_open_until_enforced_then_only_allowed_peers_and_ports_pass() {
             (40006, VERDICT_DENIED, IDENTITY_WORLD, 0),
             (40007, VERDICT_ALLOWED, IDENTITY_ANY, 8),
             (40008, VERDICT_DENIED, IDENTITY_WORLD, 0),
+        ]
+    );
+}
+
+/// Protocols are told apart: an SCTP rule does not open TCP (upstream's "should not mistakenly
+/// treat 'protocol: SCTP' as 'protocol: TCP'"), a UDP rule does not open TCP, and SCTP ports
+/// are read like the others'.
+#[test]
+fn each_protocol_opens_only_itself() {
+    require_privileges!();
+    let mut s = setup();
+    s.maps
+        .set_enforcement(ENDPOINT, POLICY_EGRESS_ENFORCED)
+        .unwrap();
+    s.maps
+        .allow(&entry(PEER_IDENTITY, POLICY_EGRESS, PROTO_SCTP, 80, 16), 1)
+        .unwrap();
+    s.maps
+        .allow(&entry(PEER_IDENTITY, POLICY_EGRESS, PROTO_UDP, 81, 16), 2)
+        .unwrap();
+    let send = |protocol: u8, sport: u16, port: u16| {
+        run(
+            &s.dp,
+            PodProgram::FromPod,
+            &l4_frame(protocol, POD, PEER, sport, port, 0),
+        )
+    };
+    assert_eq!(send(PROTO_SCTP, 41000, 80), TC_ACT_OK, "SCTP 80 allowed");
+    assert_eq!(
+        send(PROTO_TCP, 41001, 80),
+        TC_ACT_SHOT,
+        "TCP 80 is not SCTP"
+    );
+    assert_eq!(
+        send(PROTO_UDP, 41002, 80),
+        TC_ACT_SHOT,
+        "UDP 80 is not SCTP"
+    );
+    assert_eq!(
+        send(PROTO_SCTP, 41003, 81),
+        TC_ACT_SHOT,
+        "SCTP 81 not allowed"
+    );
+    assert_eq!(send(PROTO_UDP, 41004, 81), TC_ACT_OK, "UDP 81 allowed");
+    assert_eq!(send(PROTO_TCP, 41005, 81), TC_ACT_SHOT, "TCP 81 is not UDP");
+    let decided: Vec<(u8, u8, u32)> = s
+        .events
+        .drain()
+        .iter()
+        .map(|v: &PolicyVerdict| (v.protocol, v.verdict, v.rule_id))
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            (PROTO_SCTP, VERDICT_ALLOWED, 1),
+            (PROTO_TCP, VERDICT_DENIED, 0),
+            (PROTO_UDP, VERDICT_DENIED, 0),
+            (PROTO_SCTP, VERDICT_DENIED, 0),
+            (PROTO_UDP, VERDICT_ALLOWED, 2),
+            (PROTO_TCP, VERDICT_DENIED, 0),
         ]
     );
 }

@@ -75,10 +75,27 @@ pub fn apply(kind: &str, object: &mut Value) {
         }
         "Service" => service(object),
         "Secret" => default(object, "type", json!("Opaque")),
-        "Namespace" => default(&mut object["spec"], "finalizers", json!(["kubernetes"])),
+        "Namespace" => {
+            default(&mut object["spec"], "finalizers", json!(["kubernetes"]));
+            name_label(object);
+        }
         "NetworkPolicy" => network_policy(&mut object["spec"]),
         _ => {}
     }
+}
+
+/// Every namespace carries its name as the label `kubernetes.io/metadata.name` (Kubernetes
+/// 1.21+), always its own name whatever the client sent, so that a NetworkPolicy's
+/// `namespaceSelector` can name a namespace.
+fn name_label(namespace: &mut Value) {
+    let Some(name) = namespace["metadata"]["name"].as_str().map(str::to_owned) else {
+        return;
+    };
+    let metadata = &mut namespace["metadata"];
+    if !metadata["labels"].is_object() {
+        metadata["labels"] = json!({});
+    }
+    metadata["labels"]["kubernetes.io/metadata.name"] = Value::String(name);
 }
 
 fn template(spec: &mut Value, restart_policy: &str) {
@@ -255,6 +272,20 @@ mod tests {
         assert_eq!(s["spec"]["ports"][0]["targetPort"], "http");
         assert_eq!(s["spec"]["ports"][0]["protocol"], "UDP");
         assert_eq!(s["spec"]["externalTrafficPolicy"], "Cluster");
+    }
+
+    #[test]
+    fn namespaces_carry_their_name_as_a_label() {
+        let mut ns = json!({"metadata": {"name": "x", "labels": {"team": "a", "kubernetes.io/metadata.name": "forged"}}});
+        apply("Namespace", &mut ns);
+        assert_eq!(ns["metadata"]["labels"]["kubernetes.io/metadata.name"], "x");
+        assert_eq!(ns["metadata"]["labels"]["team"], "a");
+        let mut bare = json!({"metadata": {"name": "y"}});
+        apply("Namespace", &mut bare);
+        assert_eq!(
+            bare["metadata"]["labels"],
+            json!({"kubernetes.io/metadata.name": "y"})
+        );
     }
 
     #[test]
