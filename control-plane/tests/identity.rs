@@ -52,9 +52,12 @@ fn labels(entries: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-/// The label set of a pod with `pod` labels in namespace `ns` labelled `ns_labels`.
+/// The label set of a pod with `pod` labels in namespace `ns` labelled `ns_labels` (besides
+/// the name label every namespace has).
 fn set(ns: &str, pod: &[(&str, &str)], ns_labels: &[(&str, &str)]) -> Labels {
-    apiary_api::apiary_v1::security_labels(ns, &labels(pod), &labels(ns_labels))
+    let mut ns_labels = labels(ns_labels);
+    ns_labels.insert("kubernetes.io/metadata.name".to_owned(), ns.to_owned());
+    apiary_api::apiary_v1::security_labels(ns, &labels(pod), &ns_labels)
 }
 
 /// Every SecurityIdentity: number → labels.

@@ -201,3 +201,111 @@ spec:
         .unwrap();
     settles(&cluster, "a reaches b again", "a", &ip, true);
 }
+
+/// Bytes the client has received back on its long-lived echo connection.
+fn echoed(cluster: &ClusterLab) -> u64 {
+    cluster
+        .kubectl_ok(&["exec", "-n", "x", "a", "--", "wc", "-c", "/tmp/echo"])
+        .ok()
+        .and_then(|out| out.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether the echo connection carries data now: the count grows within 1.5 s.
+fn flowing(cluster: &ClusterLab) -> bool {
+    let before = echoed(cluster);
+    std::thread::sleep(Duration::from_millis(1500));
+    echoed(cluster) > before
+}
+
+/// A connection established before a policy stays up across changes that still allow it, and
+/// stops when a change revokes it (the node forgets its tracked flow), then resumes (TCP
+/// retransmits) once the policy goes.
+#[test]
+fn established_connections_outlive_allowed_changes_and_stop_when_revoked() {
+    require_privileges!();
+    let cluster = ClusterLab::start(2).unwrap();
+    let (n0, n1) = (
+        cluster.nodes()[0].name.clone(),
+        cluster.nodes()[1].name.clone(),
+    );
+    cluster
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
+        .unwrap();
+    cluster
+        .apply(&pod("b", &n1, "app: b", "exec nc -ll -p 9000 -e cat"))
+        .unwrap();
+    let b = cluster
+        .wait_ready("x", "b", Duration::from_secs(60))
+        .unwrap();
+    let ip = b["status"]["podIP"].as_str().unwrap().to_owned();
+    // One TCP connection for the pod's life, the client sending a line every 100 ms.
+    cluster
+        .apply(&pod(
+            "a",
+            &n0,
+            "role: client",
+            &format!("(while sleep 0.1; do echo ping; done) | nc {ip} 9000 > /tmp/echo"),
+        ))
+        .unwrap();
+    cluster
+        .wait_ready("x", "a", Duration::from_secs(60))
+        .unwrap();
+    let wait_flowing = |what: &str, expected: bool| {
+        wait(what, Duration::from_secs(20), || {
+            (flowing(&cluster) == expected).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    };
+    wait_flowing("the echo connection up", true);
+
+    let allow = |ports: &str| {
+        format!(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: b-from-clients, namespace: x}}
+spec:
+  podSelector: {{matchLabels: {{app: b}}}}
+  ingress:
+  - from: [{{podSelector: {{matchLabels: {{role: client}}}}}}]
+    ports: [{ports}]
+"#
+        )
+    };
+    // Enforcement starts and allows it: the established connection goes on.
+    cluster.apply(&allow("{port: 9000}")).unwrap();
+    let enforced = || {
+        let trace = cluster
+            .apiary(&[
+                "net", "policy", "trace", "--from", "x/a", "--to", "x/b", "--port", "9000", "-o",
+                "json",
+            ])
+            .unwrap();
+        let trace: serde_json::Value = serde_json::from_str(&trace).unwrap();
+        trace["ingress"]["enforced"] == true
+    };
+    wait("b's ingress enforced", Duration::from_secs(20), || {
+        enforced().then_some(())
+    })
+    .unwrap();
+    assert!(
+        flowing(&cluster),
+        "allowed connection stopped under the new policy"
+    );
+    // Another change that still allows it (a second port): it goes on.
+    cluster.apply(&allow("{port: 9000}, {port: 8080}")).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        flowing(&cluster),
+        "allowed connection stopped by an unrelated change"
+    );
+    // Revoked: its tracked flow is forgotten and its next packets are dropped.
+    cluster.apply(&allow("{port: 8080}")).unwrap();
+    wait_flowing("the revoked connection stopped", false);
+    // Policy gone: TCP's retransmissions get through again.
+    cluster
+        .kubectl_ok(&["delete", "networkpolicy", "-n", "x", "b-from-clients"])
+        .unwrap();
+    wait_flowing("the connection back", true);
+}

@@ -2,6 +2,11 @@
 //! SecurityIdentities; keeps the address → identity map (`IPCACHE`) equal to the cluster's pods
 //! and the policy maps equal to what the policies compile to for this node's pods.
 //!
+//! A change recompiles only the local pods it can affect ([`policy::affected`]) and writes only
+//! their differences. When a pod's policy changed, or a peer's identity did, the flows the
+//! programs remembered are judged again and those no longer allowed are forgotten: revoked
+//! connections stop, allowed ones go on.
+//!
 //! Like the service maps, the policy maps are pinned: a restarted agent reads nothing back but
 //! recompiles from the API once everything is listed, and writes the whole plan again (entries
 //! are idempotent; the programs keep enforcing the previous state meanwhile).
@@ -30,7 +35,10 @@ use super::{
 };
 use crate::{
     dataplane::PolicyMaps,
-    policy::{self, Cluster, EndpointPolicy, Identity, IdentityIndex, PodRef},
+    policy::{
+        self, Cluster, EndpointPolicy, Identity, IdentityIndex, PodRef,
+        affected::{self, Inputs, PolicyChange},
+    },
 };
 
 /// The kinds followed, each listed once before the first compile.
@@ -109,6 +117,14 @@ struct Enforcer {
     policies: BTreeMap<(String, String), NetworkPolicy>,
     pods: BTreeMap<(String, String), Pod>,
     namespaces: BTreeMap<String, Namespace>,
+    /// Policies changed since the last compile, with what they were before (`None`: new).
+    policy_changes: BTreeMap<(String, String), Option<NetworkPolicy>>,
+    /// What the last compile saw, to tell what changed since.
+    previous: Option<(Cluster, BTreeSet<PodRef>)>,
+    /// Recompile every local pod next time (after a re-list, which loses the changes).
+    recompile_all: bool,
+    /// The compiled policy of every local pod.
+    compiled: BTreeMap<PodRef, EndpointPolicy>,
     /// What the maps hold, per local pod.
     written: BTreeMap<PodRef, EndpointPolicy>,
     /// Each written pod's endpoint id (its host veth's ifindex), kept for its removal.
@@ -131,6 +147,10 @@ impl Enforcer {
             policies: BTreeMap::new(),
             pods: BTreeMap::new(),
             namespaces: BTreeMap::new(),
+            policy_changes: BTreeMap::new(),
+            previous: None,
+            recompile_all: true,
+            compiled: BTreeMap::new(),
             written: BTreeMap::new(),
             endpoint_ids: BTreeMap::new(),
             pending: BTreeSet::new(),
@@ -147,6 +167,8 @@ impl Enforcer {
         self.policies.clear();
         self.pods.clear();
         self.namespaces.clear();
+        self.policy_changes.clear();
+        self.recompile_all = true;
         self.synced = 0;
     }
 
@@ -169,11 +191,12 @@ impl Enforcer {
                     policy.metadata.namespace.clone(),
                     policy.metadata.name.clone(),
                 );
-                if deleted {
-                    self.policies.remove(&key);
+                let before = if deleted {
+                    self.policies.remove(&key)
                 } else {
-                    self.policies.insert(key, policy);
-                }
+                    self.policies.insert(key.clone(), policy)
+                };
+                self.policy_changes.entry(key).or_insert(before);
             }
             "Pod" => {
                 let pod: Pod = serde_json::from_slice(&event.object_json)?;
@@ -199,17 +222,19 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Writes the address → identity changes, then compiles the local pods' policies and
-    /// writes the difference.
+    /// Writes the address → identity changes, then recompiles the local pods the changes
+    /// affect, writes their differences and forgets the flows no longer allowed.
     fn enforce(
         &mut self,
         node: &str,
         endpoints: &[(Ipv4Addr, apiary_ebpf_common::Endpoint)],
     ) -> anyhow::Result<()> {
         let changes = self.identities.take_changes();
+        let mut changed_peers = BTreeSet::new();
         for (ip, identity) in changes.upserts {
             if let IpAddr::V4(ip) = ip {
                 self.maps.set_identity(ip, identity)?;
+                changed_peers.insert(ip);
             }
         }
         for ip in changes.deletes {
@@ -217,6 +242,7 @@ impl Enforcer {
                 && ip != self.node_ip
             {
                 self.maps.remove_identity(ip)?;
+                changed_peers.insert(ip);
             }
         }
 
@@ -224,7 +250,7 @@ impl Enforcer {
         for namespace in self.namespaces.values() {
             cluster.add_namespace(namespace);
         }
-        let mut local = Vec::new();
+        let mut local = BTreeSet::new();
         let mut ip_of = BTreeMap::new();
         for ((namespace, name), pod) in &self.pods {
             let Some(identity) = self.identities.identity_of_pod(namespace, name) else {
@@ -238,7 +264,7 @@ impl Enforcer {
             {
                 let pod_ref = PodRef::new(namespace.clone(), name.clone());
                 ip_of.insert(pod_ref.clone(), ip);
-                local.push(pod_ref);
+                local.insert(pod_ref);
             }
         }
         let index = match IdentityIndex::new(&cluster) {
@@ -249,9 +275,49 @@ impl Enforcer {
                 return Ok(());
             }
         };
-        let policies: Vec<NetworkPolicy> = self.policies.values().cloned().collect();
-        let compiled = policy::compile(&policies, &cluster, &index, &local);
-        let plan = policy::plan::plan(&self.written, &compiled);
+
+        let affected = match &self.previous {
+            Some((old_cluster, old_local)) if !self.recompile_all => {
+                let changed: Vec<PolicyChange<'_>> = self
+                    .policy_changes
+                    .iter()
+                    .map(|(key, before)| (before.as_ref(), self.policies.get(key)))
+                    .collect();
+                let policies: Vec<&NetworkPolicy> = self.policies.values().collect();
+                affected::between(
+                    Inputs {
+                        cluster: old_cluster,
+                        local: old_local,
+                    },
+                    Inputs {
+                        cluster: &cluster,
+                        local: &local,
+                    },
+                    &changed,
+                    &policies,
+                )
+            }
+            _ => local.clone(),
+        };
+        for pod in &affected {
+            if let Some(info) = cluster.pods.get(pod) {
+                let compiled =
+                    policy::compile_endpoint(self.policies.values(), &cluster, &index, pod, info);
+                self.compiled.insert(pod.clone(), compiled);
+            }
+        }
+        self.compiled.retain(|pod, _| local.contains(pod));
+        // The recompiled, the not yet written, and the gone.
+        let mut scope: BTreeSet<PodRef> = affected;
+        scope.extend(self.pending.iter().cloned());
+        scope.extend(
+            self.written
+                .keys()
+                .filter(|pod| !self.compiled.contains_key(*pod))
+                .cloned(),
+        );
+        let plan = policy::plan::plan_for(&self.written, &self.compiled, &scope);
+
         let by_ip: BTreeMap<Ipv4Addr, u32> = endpoints
             .iter()
             .map(|(ip, e)| (*ip, e.host_ifindex))
@@ -265,27 +331,51 @@ impl Enforcer {
         };
         let skipped = policy_maps::apply(&mut self.maps, &plan, &mut self.rules, endpoint_of)?;
         self.pending = skipped.iter().cloned().collect();
+        // Flows to judge again: at endpoints whose policy may deny more than before, and with
+        // peers whose identity changed.
+        let rechecked: BTreeSet<u32> = plan
+            .endpoints
+            .iter()
+            .filter(|(pod, p)| p.may_revoke() && !self.pending.contains(*pod))
+            .filter_map(|(pod, _)| endpoint_of(pod))
+            .collect();
         // What was written is now the state; skipped pods keep what they had.
-        for (pod, endpoint_policy) in &compiled {
+        for pod in &scope {
             if self.pending.contains(pod) {
                 continue;
             }
-            if let Some(id) = ip_of.get(pod).and_then(|ip| by_ip.get(ip)) {
-                self.endpoint_ids.insert(pod.clone(), *id);
+            match self.compiled.get(pod) {
+                Some(endpoint_policy) => {
+                    if let Some(id) = ip_of.get(pod).and_then(|ip| by_ip.get(ip)) {
+                        self.endpoint_ids.insert(pod.clone(), *id);
+                    }
+                    self.written.insert(pod.clone(), endpoint_policy.clone());
+                }
+                None => {
+                    self.written.remove(pod);
+                    self.endpoint_ids.remove(pod);
+                }
             }
-            self.written.insert(pod.clone(), endpoint_policy.clone());
-        }
-        let gone: Vec<PodRef> = self
-            .written
-            .keys()
-            .filter(|pod| !compiled.contains_key(*pod))
-            .cloned()
-            .collect();
-        for pod in gone {
-            self.written.remove(&pod);
-            self.endpoint_ids.remove(&pod);
         }
         self.publish_names(&ip_of);
+        self.previous = Some((cluster, local));
+        self.policy_changes.clear();
+        self.recompile_all = false;
+
+        if !rechecked.is_empty() || !changed_peers.is_empty() {
+            let pod_ips: BTreeMap<u32, Ipv4Addr> = self
+                .endpoint_ids
+                .iter()
+                .filter_map(|(pod, id)| Some((*id, *ip_of.get(pod)?)))
+                .collect();
+            let forgotten =
+                policy_maps::expire_flows(&mut self.maps, &pod_ips, |endpoint, peer| {
+                    rechecked.contains(&endpoint) || changed_peers.contains(&peer)
+                })?;
+            if forgotten > 0 {
+                tracing::info!(forgotten, "flows no longer allowed forgotten");
+            }
+        }
         if !plan.is_empty() {
             tracing::info!(
                 endpoints = plan.endpoints.len(),

@@ -2,9 +2,14 @@
 //! local pod is an endpoint, named in the maps by its host-side veth's ifindex, and each policy
 //! rule gets a small number for the verdict events.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
-use apiary_ebpf_common::{POLICY_EGRESS_ENFORCED, POLICY_INGRESS_ENFORCED};
+use apiary_ebpf_common::{
+    POLICY_EGRESS, POLICY_EGRESS_ENFORCED, POLICY_INGRESS, POLICY_INGRESS_ENFORCED,
+};
 
 use crate::{
     dataplane::{AllowEntry, PolicyMaps},
@@ -131,6 +136,39 @@ fn ipv4_prefix(key: &CidrKey) -> Option<(std::net::Ipv4Addr, u8)> {
         IpAddr::V4(addr) => Some((addr, key.prefix.prefix_len())),
         IpAddr::V6(_) => None,
     }
+}
+
+/// Forgets the tracked flows the maps no longer allow, so that a connection a policy change
+/// revoked is judged again at its next packet (and dropped), while allowed ones go on
+/// untouched. Only flows for which `recheck(endpoint, peer)` says so are judged; `pod_ips`
+/// gives each local endpoint's pod address, which tells a flow's direction (the pod sent its
+/// first packet: egress). Returns how many were forgotten.
+pub fn expire_flows(
+    maps: &mut PolicyMaps,
+    pod_ips: &BTreeMap<u32, Ipv4Addr>,
+    recheck: impl Fn(u32, Ipv4Addr) -> bool,
+) -> anyhow::Result<usize> {
+    let mut forgotten = 0;
+    for flow in maps.tracked_flows()? {
+        let Some(&pod_ip) = pod_ips.get(&flow.endpoint) else {
+            continue;
+        };
+        let (source, destination) = (Ipv4Addr::from(flow.saddr), Ipv4Addr::from(flow.daddr));
+        let (direction, peer) = if source == pod_ip {
+            (POLICY_EGRESS, destination)
+        } else {
+            (POLICY_INGRESS, source)
+        };
+        if !recheck(flow.endpoint, peer) {
+            continue;
+        }
+        let port = u16::from_be(flow.dport_be);
+        let verdict = maps.trace(flow.endpoint, direction, peer, flow.protocol, port)?;
+        if !verdict.allowed() && maps.forget_flow(&flow)? {
+            forgotten += 1;
+        }
+    }
+    Ok(forgotten)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Typed access to the NetworkPolicy maps: allow entries (`POLICY`), `ipBlock` classes
 //! (`POLICY_CIDR`), per-endpoint enforcement (`POLICY_ENFORCED`), the address → identity map
-//! (`IPCACHE`) and the verdict ring buffer (`POLICY_EVENTS`).
+//! (`IPCACHE`), the flows let through (`POLICY_CT`) and the verdict ring buffer
+//! (`POLICY_EVENTS`).
 //!
 //! Writers follow the policy plan's order (allow entries before enforcement, enforcement before
 //! removals), so that nothing both the old and the new policy allow is ever dropped mid-update.
@@ -8,9 +9,10 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use apiary_ebpf_common::{
-    IPCACHE, POLICY, POLICY_CIDR, POLICY_CIDR_PREFIX_BASE, POLICY_DROPS, POLICY_ENFORCED,
-    POLICY_EVENTS, POLICY_PREFIX_ANY_PROTOCOL, POLICY_PREFIX_PROTOCOL, PolicyCidrData, PolicyData,
-    PolicyDropKey, PolicyValue, PolicyVerdict,
+    IPCACHE, POLICY, POLICY_CIDR, POLICY_CIDR_PREFIX_BASE, POLICY_CT, POLICY_CT_MAX_ENTRIES,
+    POLICY_DROPS, POLICY_ENFORCED, POLICY_EVENTS, POLICY_PREFIX_ANY_PROTOCOL,
+    POLICY_PREFIX_PROTOCOL, PolicyCidrData, PolicyData, PolicyDropKey, PolicyFlowKey, PolicyValue,
+    PolicyVerdict,
 };
 use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuHashMap, RingBuf, lpm_trie::Key};
 
@@ -62,6 +64,7 @@ pub struct PolicyMaps {
     cidrs: LpmTrie<MapData, PolicyCidrData, u32>,
     enforced: HashMap<MapData, u32, u32>,
     ipcache: HashMap<MapData, [u8; 4], u32>,
+    flows: HashMap<MapData, PolicyFlowKey, u32>,
 }
 
 impl std::fmt::Debug for PolicyMaps {
@@ -82,6 +85,8 @@ impl PolicyMaps {
             enforced: HashMap::try_from(Map::HashMap(lpm(POLICY_ENFORCED)?))
                 .map_err(map_err(POLICY_ENFORCED))?,
             ipcache: HashMap::try_from(Map::HashMap(lpm(IPCACHE)?)).map_err(map_err(IPCACHE))?,
+            flows: HashMap::try_from(Map::LruHashMap(lpm(POLICY_CT)?))
+                .map_err(map_err(POLICY_CT))?,
         })
     }
 
@@ -162,6 +167,30 @@ impl PolicyMaps {
             Ok(()) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(map_err(IPCACHE)(e)),
+        }
+    }
+
+    /// The flows the endpoints let through (a snapshot: the programs add and the LRU evicts
+    /// meanwhile; a walk disturbed by an eviction may see a flow twice, never more than the
+    /// map can hold).
+    pub fn tracked_flows(&self) -> Result<Vec<PolicyFlowKey>> {
+        let mut flows = Vec::new();
+        for key in self.flows.keys().take(POLICY_CT_MAX_ENTRIES as usize) {
+            match key {
+                Ok(key) => flows.push(key),
+                Err(e) if is_not_found(&e) => break,
+                Err(e) => return Err(map_err(POLICY_CT)(e)),
+            }
+        }
+        Ok(flows)
+    }
+
+    /// Forgets a flow: its next packet is judged again. Returns whether it was tracked.
+    pub fn forget_flow(&mut self, flow: &PolicyFlowKey) -> Result<bool> {
+        match self.flows.remove(flow) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_err(POLICY_CT)(e)),
         }
     }
 }

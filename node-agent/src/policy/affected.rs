@@ -15,15 +15,100 @@
 //! The answers are conservative (a superset of the endpoints whose policy changes) and exact
 //! in the sense checked by the tests: recompiling only them gives what a full compile gives.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use apiary_api::networking_v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 
 use super::{
     PodRef,
-    identity::{Cluster, Labels, NamedPort},
+    identity::{Cluster, Labels, NamedPort, PodInfo},
     ports::PortSpec,
 };
+
+/// What one compile saw: the cluster and the node's pods.
+#[derive(Clone, Copy, Debug)]
+pub struct Inputs<'a> {
+    pub cluster: &'a Cluster,
+    pub local: &'a BTreeSet<PodRef>,
+}
+
+/// A policy before and after a change (`None`: absent).
+pub type PolicyChange<'a> = (Option<&'a NetworkPolicy>, Option<&'a NetworkPolicy>);
+
+/// The local endpoints to recompile between two compiles: those `changed_policies` select
+/// before or after, those affected by every pod and namespace that differs between `old` and
+/// `new` (found with `policies`, the policies after the change), and the pods new on the node.
+/// Endpoints that left the node are not named: they are simply gone.
+pub fn between(
+    old: Inputs<'_>,
+    new: Inputs<'_>,
+    changed_policies: &[PolicyChange<'_>],
+    policies: &[&NetworkPolicy],
+) -> BTreeSet<PodRef> {
+    let local: Vec<PodRef> = new.local.iter().cloned().collect();
+    let mut affected: BTreeSet<PodRef> = new.local.difference(old.local).cloned().collect();
+    for (before, after) in changed_policies {
+        affected.extend(by_policy(*before, *after, new.cluster, &local));
+    }
+    let namespaces: BTreeSet<&String> = old
+        .cluster
+        .namespaces
+        .keys()
+        .chain(new.cluster.namespaces.keys())
+        .collect();
+    for namespace in namespaces {
+        let (o, n) = (
+            old.cluster.namespace_labels(namespace),
+            new.cluster.namespace_labels(namespace),
+        );
+        if o != n {
+            affected.extend(by_namespace(
+                namespace,
+                &o,
+                &n,
+                policies,
+                new.cluster,
+                &local,
+            ));
+        }
+    }
+    let changed = changed_pods(old.cluster, new.cluster);
+    let namespace_labels: BTreeMap<&str, (Labels, Labels)> = changed
+        .iter()
+        .map(|pod| {
+            let ns = pod.namespace.as_str();
+            let labels = (
+                old.cluster.namespace_labels(ns),
+                new.cluster.namespace_labels(ns),
+            );
+            (ns, labels)
+        })
+        .collect();
+    for pod in changed {
+        let (o_ns, n_ns) = &namespace_labels[pod.namespace.as_str()];
+        affected.extend(by_pod(
+            pod,
+            old.cluster.pods.get(pod).map(|i| PodView::of(i, o_ns)),
+            new.cluster.pods.get(pod).map(|i| PodView::of(i, n_ns)),
+            policies,
+            new.cluster,
+            &local,
+        ));
+    }
+    affected.retain(|pod| new.local.contains(pod));
+    affected
+}
+
+/// The pods added, removed or changed (labels, identity, addresses, ports) between two states.
+fn changed_pods<'a>(old: &'a Cluster, new: &'a Cluster) -> Vec<&'a PodRef> {
+    let removed = old.pods.keys().filter(|p| !new.pods.contains_key(*p));
+    let added_or_changed = new
+        .pods
+        .iter()
+        .filter(|(p, info)| old.pods.get(*p) != Some(*info))
+        .map(|(p, _)| p);
+    removed.chain(added_or_changed).collect()
+}
 
 /// A pod as policies see it, before or after a change.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +119,17 @@ pub struct PodView<'a> {
     pub ips: &'a [std::net::IpAddr],
     /// Its named container ports.
     pub ports: &'a [NamedPort],
+}
+
+impl<'a> PodView<'a> {
+    pub fn of(info: &'a PodInfo, namespace_labels: &'a Labels) -> Self {
+        Self {
+            labels: &info.labels,
+            namespace_labels,
+            ips: &info.ips,
+            ports: &info.ports,
+        }
+    }
 }
 
 /// The local endpoints selected by the old or the new version of a policy (`None`: it did not
@@ -68,12 +164,13 @@ pub fn by_pod(
     pod: &PodRef,
     old: Option<PodView<'_>>,
     new: Option<PodView<'_>>,
-    policies: &[NetworkPolicy],
+    policies: &[&NetworkPolicy],
     cluster: &Cluster,
     local_pods: &[PodRef],
 ) -> BTreeSet<PodRef> {
     let dependent: Vec<&NetworkPolicy> = policies
         .iter()
+        .copied()
         .filter(|p| {
             [old, new]
                 .into_iter()
@@ -102,7 +199,7 @@ pub fn by_namespace(
     name: &str,
     old: &Labels,
     new: &Labels,
-    policies: &[NetworkPolicy],
+    policies: &[&NetworkPolicy],
     cluster: &Cluster,
     local_pods: &[PodRef],
 ) -> BTreeSet<PodRef> {

@@ -27,8 +27,8 @@ use super::{
 
 /// The policy of every pod of `local_pods` that `cluster` knows (others are skipped: without
 /// labels no policy can select them, and they have no address to attach to yet).
-pub fn compile(
-    policies: &[NetworkPolicy],
+pub fn compile<'p>(
+    policies: impl IntoIterator<Item = &'p NetworkPolicy>,
     cluster: &Cluster,
     identities: &IdentityIndex,
     local_pods: &[PodRef],
@@ -45,8 +45,8 @@ pub fn compile(
 }
 
 /// The policy of one local pod, `pod` with `info`; what [`compile`] computes for each.
-pub fn compile_endpoint(
-    policies: &[NetworkPolicy],
+pub fn compile_endpoint<'p>(
+    policies: impl IntoIterator<Item = &'p NetworkPolicy>,
     cluster: &Cluster,
     identities: &IdentityIndex,
     pod: &PodRef,
@@ -55,8 +55,8 @@ pub fn compile_endpoint(
     endpoint(&sorted(policies), cluster, identities, pod, info)
 }
 
-fn sorted(policies: &[NetworkPolicy]) -> Vec<&NetworkPolicy> {
-    let mut sorted: Vec<&NetworkPolicy> = policies.iter().collect();
+fn sorted<'p>(policies: impl IntoIterator<Item = &'p NetworkPolicy>) -> Vec<&'p NetworkPolicy> {
+    let mut sorted: Vec<&NetworkPolicy> = policies.into_iter().collect();
     sorted.sort_by(|a, b| {
         (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
     });

@@ -55,6 +55,15 @@ impl EndpointPlan {
         *self == Self::default()
     }
 
+    /// Whether the new policy may deny something the old one allowed: entries or prefixes
+    /// removed, prefixes moved to another class, or a direction enforced.
+    pub fn may_revoke(&self) -> bool {
+        !self.delete_entries.is_empty()
+            || !self.delete_cidrs.is_empty()
+            || !self.upsert_cidrs.is_empty()
+            || self.enforcement.is_some_and(|e| e.ingress || e.egress)
+    }
+
     /// Every write, in an order that never denies what both policies allow.
     pub fn steps(&self) -> Vec<Step<'_>> {
         let mut steps: Vec<Step<'_>> = Vec::new();
@@ -137,7 +146,15 @@ pub fn plan(
     old: &BTreeMap<PodRef, EndpointPolicy>,
     new: &BTreeMap<PodRef, EndpointPolicy>,
 ) -> Plan {
-    let pods = old.keys().chain(new.keys());
+    plan_for(old, new, old.keys().chain(new.keys()))
+}
+
+/// [`plan`] for the endpoints `pods` only, when the others are known to be unchanged.
+pub fn plan_for<'a>(
+    old: &BTreeMap<PodRef, EndpointPolicy>,
+    new: &BTreeMap<PodRef, EndpointPolicy>,
+    pods: impl IntoIterator<Item = &'a PodRef>,
+) -> Plan {
     let mut endpoints = BTreeMap::new();
     for pod in pods {
         if endpoints.contains_key(pod) {
@@ -198,6 +215,8 @@ mod tests {
                 egress: false
             })]
         );
+        assert!(pa.may_revoke(), "301 is gone");
+        assert!(!pb.may_revoke(), "x/b enforces nothing");
         let steps = pa.steps();
         assert!(matches!(steps[0], Step::UpsertEntry(..)));
         assert!(matches!(steps.last(), Some(Step::DeleteEntry(_))));

@@ -1266,58 +1266,57 @@ fn egress_named_ports_towards_thousands_of_pods_become_one_prefix_each() {
 // Incremental recompiles: only the endpoints `affected` names, merged into the old result,
 // give what a full compile gives.
 
-/// Applies `mutate` to a fresh lab, recompiles only what [`affected`] names, checks the merge
-/// against a full compile, and returns the affected endpoints.
+/// Applies `mutate` to a fresh lab, recompiles only what [`affected::between`] names, checks
+/// the merge against a full compile, and returns the affected endpoints.
 fn recompile_affected(
     policies: &[NetworkPolicy],
     mutate: &Mutation,
 ) -> std::collections::BTreeSet<String> {
-    use super::affected::{PodView, by_namespace, by_pod};
+    recompile_between(policies, policies, mutate)
+}
+
+/// The same across a change of policies (`before` → `after`, matched by name) and of the lab.
+fn recompile_between(
+    before: &[NetworkPolicy],
+    after: &[NetworkPolicy],
+    mutate: &Mutation,
+) -> std::collections::BTreeSet<String> {
+    use super::affected::{Inputs, between};
     let mut lab = Lab::new();
-    let (old_cluster, old) = lab.compile(policies);
+    let (old_cluster, old) = lab.compile(before);
     mutate(&mut lab);
-    let (new_cluster, full) = lab.compile(policies);
-    let local: Vec<PodRef> = (0..9).map(pod_ref).collect();
-    let mut affected = std::collections::BTreeSet::new();
-    for ns in NAMESPACES {
-        let (o, n) = (
-            old_cluster.namespace_labels(ns),
-            new_cluster.namespace_labels(ns),
-        );
-        if o != n {
-            affected.extend(by_namespace(ns, &o, &n, policies, &new_cluster, &local));
-        }
-    }
-    for pod in &local {
-        let (o, n) = (&old_cluster.pods[pod], &new_cluster.pods[pod]);
-        if o != n {
-            let (old_ns, new_ns) = (
-                old_cluster.namespace_labels(&pod.namespace),
-                new_cluster.namespace_labels(&pod.namespace),
-            );
-            fn view<'a>(info: &'a PodInfo, namespace_labels: &'a Labels) -> PodView<'a> {
-                PodView {
-                    labels: &info.labels,
-                    namespace_labels,
-                    ips: &info.ips,
-                    ports: &info.ports,
-                }
-            }
-            affected.extend(by_pod(
-                pod,
-                Some(view(o, &old_ns)),
-                Some(view(n, &new_ns)),
-                policies,
-                &new_cluster,
-                &local,
-            ));
-        }
-    }
+    let (new_cluster, full) = lab.compile(after);
+    let local: std::collections::BTreeSet<PodRef> = (0..9).map(pod_ref).collect();
+    let key = |p: &NetworkPolicy| (p.metadata.namespace.clone(), p.metadata.name.clone());
+    let names: std::collections::BTreeSet<_> = before.iter().chain(after).map(key).collect();
+    let changed: Vec<_> = names
+        .iter()
+        .map(|name| {
+            (
+                before.iter().find(|p| key(p) == *name),
+                after.iter().find(|p| key(p) == *name),
+            )
+        })
+        .filter(|(b, a)| b != a)
+        .collect();
+    let refs: Vec<&NetworkPolicy> = after.iter().collect();
+    let affected = between(
+        Inputs {
+            cluster: &old_cluster,
+            local: &local,
+        },
+        Inputs {
+            cluster: &new_cluster,
+            local: &local,
+        },
+        &changed,
+        &refs,
+    );
     let identities = IdentityIndex::new(&new_cluster).unwrap();
     let mut merged = old;
     for pod in &affected {
         let info = &new_cluster.pods[pod];
-        let compiled = compile_endpoint(policies, &new_cluster, &identities, pod, info);
+        let compiled = compile_endpoint(after, &new_cluster, &identities, pod, info);
         merged.insert(pod.clone(), compiled);
     }
     assert_eq!(merged, full, "affected: {affected:?}");
@@ -1364,6 +1363,37 @@ fn recompiling_only_affected_endpoints_equals_a_full_compile() {
     assert!(
         sizes.iter().filter(|&&n| n < 9).count() > sizes.len() / 2,
         "{sizes:?}"
+    );
+}
+
+#[test]
+fn recompiling_only_affected_endpoints_follows_policy_changes() {
+    let catalogue = catalogue();
+    let nothing: &Mutation = &|_: &mut Lab| {};
+    let relabel_yb = relabel("y/b", &[("pod", "b2")]);
+    for (i, before) in catalogue.iter().enumerate() {
+        let after = &catalogue[(i + 1) % catalogue.len()];
+        recompile_between(before, after, nothing);
+        recompile_between(before, after, &relabel_yb);
+        recompile_between(before, &[], nothing);
+        recompile_between(&[], before, &relabel_yb);
+    }
+    // Changing x/a's policy recompiles x/a alone.
+    let before = allow_xa_from(
+        json!([{"podSelector": {"matchLabels": {"pod": "b"}}}]),
+        json!([]),
+    );
+    let after = allow_xa_from(
+        json!([{"podSelector": {"matchLabels": {"pod": "c"}}}]),
+        json!([]),
+    );
+    assert_eq!(
+        recompile_between(
+            &[deny_all_ingress("y"), before],
+            &[deny_all_ingress("y"), after],
+            nothing
+        ),
+        ["x/a"].map(String::from).into()
     );
 }
 
