@@ -2,10 +2,11 @@
 //! [`cluster`] of real agents in such a lab, a lab [`machine`] for `apiary up` and the [`demo`],
 //! the [`privileges`] gate, [`packets`] to feed `BPF_PROG_RUN`, the `bench-pods` benchmark
 //! ([`bench_net`], [`bench_pods`], [`bench_report`]) and the `bench-services` one
-//! ([`bench_services`]).
+//! ([`bench_services`]) and the `bench-policy` one ([`bench_policy`]).
 
 pub mod bench_net;
 pub mod bench_pods;
+pub mod bench_policy;
 pub mod bench_report;
 pub mod bench_services;
 pub mod cluster;

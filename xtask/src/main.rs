@@ -53,6 +53,9 @@ enum BenchSuite {
     /// kube-proxy-shaped iptables chain with 1, 1,000 and 10,000 services; how fast the real
     /// agent programs 10,000 Services, and one more.
     Services,
+    /// Request rate to a pod selected by 1,000 NetworkPolicies against one selected by none,
+    /// and create → enforced on both nodes of one more policy with 250 present.
+    Policy,
 }
 
 /// Where cargo builds: `CARGO_TARGET_DIR` (relative to the workspace) or `target/`.
@@ -119,6 +122,16 @@ fn main() -> anyhow::Result<()> {
                             .arg("bench-pods")
                             .arg("--json")
                             .arg(target.join("bench/pods.json")),
+                    )
+                }
+                BenchSuite::Policy => {
+                    build_lab_release()?;
+                    let target = target_dir();
+                    shell::run(
+                        std::process::Command::new(target.join("release/apiary-lab"))
+                            .arg("bench-policy")
+                            .arg("--json")
+                            .arg(target.join("bench/policy.json")),
                     )
                 }
                 BenchSuite::Services => {

@@ -9,6 +9,10 @@
 //! [--concurrency C] [--one-more N] [--json PATH]`: request latency direct, through a ClusterIP
 //! and through a kube-proxy-shaped iptables chain at each size, then the real agent programming
 //! N Services and one more at a time (`bench_services`).
+//!
+//! `apiary-lab bench-policy [--rounds R] [--seconds S] [--samples N] [--json PATH]`: request
+//! rate to a pod selected by 1,000 NetworkPolicies against one selected by none, and create →
+//! enforced on both nodes with 250 policies present (`bench_policy`).
 
 use std::path::PathBuf;
 
@@ -21,9 +25,10 @@ fn main() -> anyhow::Result<()> {
         Some("demo") => demo(),
         Some("bench-pods") => bench_pods(&args[1..]),
         Some("bench-services") => bench_services(&args[1..]),
+        Some("bench-policy") => bench_policy(&args[1..]),
         _ => bail!(
             "usage: apiary-lab demo | apiary-lab bench-pods {BENCH_USAGE} | \
-             apiary-lab bench-services {SERVICES_USAGE}"
+             apiary-lab bench-services {SERVICES_USAGE} | apiary-lab bench-policy {POLICY_USAGE}"
         ),
     }
 }
@@ -143,6 +148,51 @@ fn bench_services(args: &[String]) -> anyhow::Result<()> {
     print!("{}", report.table());
     if let Some(path) = json {
         write_json(&path, &report.json())?;
+    }
+    Ok(())
+}
+
+const POLICY_USAGE: &str = "[--rounds R] [--seconds SECONDS_PER_ROUND] [--samples N] [--json PATH]";
+
+/// NetworkPolicy's cost per connection and its convergence, on one two-node cluster.
+fn bench_policy(args: &[String]) -> anyhow::Result<()> {
+    let mut rounds = 20;
+    let mut seconds = 0.5;
+    let mut samples = 100;
+    let mut json: Option<PathBuf> = None;
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag}: missing value ({POLICY_USAGE})"))?;
+        let whole = || -> anyhow::Result<usize> {
+            value
+                .parse()
+                .with_context(|| format!("{flag}: expected a whole number ({POLICY_USAGE})"))
+        };
+        match flag.as_str() {
+            "--rounds" => rounds = whole()?,
+            "--samples" => samples = whole()?,
+            "--seconds" => {
+                seconds = value
+                    .parse()
+                    .context("--seconds: expected a number of seconds per round")?;
+            }
+            "--json" => json = Some(value.into()),
+            other => bail!("unknown argument {other:?} ({POLICY_USAGE})"),
+        }
+    }
+    anyhow::ensure!(rounds > 0 && samples > 0, "--rounds, --samples: at least 1");
+    anyhow::ensure!(
+        samples <= 10_000,
+        "--samples: at most 10000 (each takes a port)"
+    );
+    anyhow::ensure!(seconds > 0.0, "--seconds: must be positive");
+    eprintln!("measuring NetworkPolicy: convergence, then request rates …");
+    let figures = apiary_tests::bench_policy::run(rounds, seconds, samples)?;
+    print!("{}", figures.table());
+    if let Some(path) = json {
+        write_json(&path, &figures.json())?;
     }
     Ok(())
 }
