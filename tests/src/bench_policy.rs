@@ -388,7 +388,7 @@ fn target_policy(name: &str, port: u16) -> Value {
 /// match: the client on another port (even `i`), or an address block on one (odd `i`).
 fn unrelated_policy(i: usize) -> Value {
     let port = UNRELATED_PORT + i as u16;
-    let peer = if i % 2 == 0 {
+    let peer = if i.is_multiple_of(2) {
         json!({"podSelector": {"matchLabels": {"role": "client"}}})
     } else {
         json!({"ipBlock": {"cidr": format!("172.16.{}.{}/32", i / 256, i % 256)}})
