@@ -273,8 +273,14 @@ spec:
 "#
         )
     };
-    // Enforcement starts and allows it: the established connection goes on.
-    cluster.apply(&allow("{port: 9000}")).unwrap();
+    // Enforcement starts and allows it: the established connection goes on. (This one is
+    // applied with our own CLI, the others with kubectl.)
+    let manifest = cluster.dir.path().join("b-from-clients.yaml");
+    std::fs::write(&manifest, allow("{port: 9000}")).unwrap();
+    let applied = cluster
+        .apiary(&["apply", "-f", manifest.to_str().unwrap()])
+        .unwrap();
+    assert!(applied.contains("b-from-clients"), "{applied}");
     let enforced = || {
         let trace = cluster
             .apiary(&[

@@ -26,6 +26,11 @@ pub async fn serve_tls(
             accepted = listener.accept() => accepted?,
             () = &mut shutdown => return Ok(()),
         };
+        // A response leaves as several TLS records; with Nagle the later ones wait for the
+        // client's delayed ACK (40 ms per request).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
