@@ -29,6 +29,12 @@ struct Cli {
     /// on every address, every non-loopback IPv4 address of the machine is named.
     #[arg(long = "tls-san", value_delimiter = ',')]
     tls_sans: Vec<std::net::IpAddr>,
+    /// The address pods and other machines reach this API server at: the endpoint of
+    /// `default/kubernetes` (10.96.0.1:443) while this control plane leads. Default: the
+    /// `--listen` address, or when listening on every address, the machine's first
+    /// non-loopback IPv4 address.
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
     /// etcd endpoints (comma-separated); without them the embedded store is used.
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
@@ -127,6 +133,12 @@ async fn main() -> anyhow::Result<()> {
         grace: std::time::Duration::from_secs(cli.node_monitor_grace_seconds),
         default_eviction: std::time::Duration::from_secs(cli.default_eviction_seconds),
     };
+    let listener = TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("listening on {}", cli.listen))?;
+    // Written once the port is known (`--listen 127.0.0.1:0` picks a free one).
+    let local = listener.local_addr()?;
+    let advertised = advertised_address(cli.advertise_address, local);
     let identity = cli.identity.clone().unwrap_or_else(default_identity);
     let (leading_tx, leading) = tokio::sync::watch::channel(false);
     tokio::spawn(leader::campaign(
@@ -138,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
     let controllers = apiary_control_plane::controllers::Config {
         load_balancer_pools: cli.loadbalancer_pools.clone(),
         identity_gc_grace: std::time::Duration::from_secs(cli.security_identity_gc_seconds),
+        advertised,
     };
     tokio::spawn(run_while_leading(
         Arc::clone(&api),
@@ -146,11 +159,6 @@ async fn main() -> anyhow::Result<()> {
         leading,
     ));
     let app = apiserver::router(api, Arc::new(Tokens::new(pki.admin_token.clone())));
-    let listener = TcpListener::bind(cli.listen)
-        .await
-        .with_context(|| format!("listening on {}", cli.listen))?;
-    // Written once the port is known (`--listen 127.0.0.1:0` picks a free one).
-    let local = listener.local_addr()?;
     let server_host = if local.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {
@@ -182,6 +190,22 @@ fn machine_addresses() -> Vec<std::net::IpAddr> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Where pods reach the API server listening at `local`: `flag`, else the listen address
+/// unless it is loopback, else (listening everywhere) the machine's first non-loopback IPv4
+/// address; `None` when pods could not reach it.
+fn advertised_address(
+    flag: Option<std::net::IpAddr>,
+    local: std::net::SocketAddr,
+) -> Option<std::net::SocketAddr> {
+    let ip = match flag {
+        Some(ip) => ip,
+        None if local.ip().is_unspecified() => *machine_addresses().first()?,
+        None if local.ip().is_loopback() => return None,
+        None => local.ip(),
+    };
+    Some(std::net::SocketAddr::new(ip, local.port()))
 }
 
 /// `<hostname>-<pid>`: unique among control planes sharing one etcd.

@@ -787,3 +787,90 @@ spec:
         cluster.logs()
     );
 }
+
+/// `default/kubernetes` points at the API server (10.96.0.1:443, with the control plane's
+/// address as its endpoint), is reached through the socket LB from a node, resolves by name in
+/// pods, and pods get the kubelet's service variables for it and their namespace's Services
+/// (unless `enableServiceLinks: false`).
+#[test]
+fn the_api_server_service_and_service_links() {
+    require_privileges!();
+    let cluster = ClusterLab::start(1).unwrap();
+    let node = cluster.nodes()[0].name.clone();
+    let kubernetes = wait(
+        "default/kubernetes endpoints",
+        Duration::from_secs(30),
+        || {
+            let e = cluster
+                .kubectl_json(&["get", "endpoints", "kubernetes", "-o", "json"])
+                .ok()?;
+            (e["subsets"][0]["addresses"][0]["ip"] == "10.123.0.254").then_some(e)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    assert_eq!(kubernetes["subsets"][0]["ports"][0]["port"], 6443);
+    assert_eq!(
+        cluster_ip(&cluster, "kubernetes"),
+        Ipv4Addr::new(10, 96, 0, 1)
+    );
+
+    // From the node, 10.96.0.1:443 is the API server (TLS: the handshake's first bytes come
+    // back from the real server).
+    let node_netns = cluster.nodes()[0].node.netns.clone();
+    wait(
+        "the API server through 10.96.0.1:443",
+        Duration::from_secs(30),
+        || {
+            let addr: SocketAddr = "10.96.0.1:443".parse().unwrap();
+            let mut conn = lab::run_in(&node_netns, || {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            })
+            .ok()?
+            .ok()?;
+            conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            // A TLS ClientHello would need a TLS stack; an HTTP request gets the server's TLS
+            // alert or an HTTP 400 from a TLS listener either way: any bytes back prove the path.
+            conn.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").ok()?;
+            let mut first = [0u8; 1];
+            (conn.read(&mut first).ok()? > 0).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+
+    cluster.apply(&service("db", "db", "")).unwrap();
+    let db_ip = cluster_ip(&cluster, "db");
+    cluster.apply(&client_pod("linked", &node)).unwrap();
+    cluster
+        .apply(&client_pod("unlinked", &node).replace(
+            "  containers:",
+            "  enableServiceLinks: false\n  containers:",
+        ))
+        .unwrap();
+    for pod in ["linked", "unlinked"] {
+        cluster
+            .wait_ready("default", pod, Duration::from_secs(60))
+            .unwrap();
+    }
+    let env = exec(&cluster, "linked", "env");
+    for expected in [
+        "KUBERNETES_SERVICE_HOST=10.96.0.1".to_owned(),
+        "KUBERNETES_SERVICE_PORT=443".to_owned(),
+        "KUBERNETES_PORT_443_TCP=tcp://10.96.0.1:443".to_owned(),
+        format!("DB_SERVICE_HOST={db_ip}"),
+        "DB_SERVICE_PORT_HTTP=80".to_owned(),
+    ] {
+        assert!(
+            env.lines().any(|l| l == expected),
+            "{expected} not in:\n{env}"
+        );
+    }
+    let env = exec(&cluster, "unlinked", "env");
+    assert!(env.contains("KUBERNETES_SERVICE_HOST=10.96.0.1"), "{env}");
+    assert!(!env.contains("DB_SERVICE_HOST"), "{env}");
+    let lookup = exec(
+        &cluster,
+        "linked",
+        "nslookup kubernetes.default.svc.cluster.local",
+    );
+    assert!(lookup.contains("10.96.0.1"), "{lookup}");
+}

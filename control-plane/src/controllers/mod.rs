@@ -12,6 +12,7 @@
 //! - [`cronjob`]: creates Jobs on a cron schedule.
 //! - [`loadbalancer`]: addresses of LoadBalancer Services, from the configured pools.
 //! - [`identity`]: a SecurityIdentity per distinct set of security labels among live pods.
+//! - [`kubernetes_service`]: `default/kubernetes`, the API server's own Service.
 
 pub mod cronjob;
 pub mod daemonset;
@@ -20,6 +21,7 @@ pub mod endpoints;
 pub mod endpoints_mirror;
 pub mod identity;
 pub mod job;
+pub mod kubernetes_service;
 pub mod loadbalancer;
 pub mod replicaset;
 pub mod runtime;
@@ -40,6 +42,9 @@ pub struct Config {
     pub load_balancer_pools: Vec<loadbalancer::Pool>,
     /// How long a SecurityIdentity no pod uses is kept before it is deleted.
     pub identity_gc_grace: std::time::Duration,
+    /// Where pods reach the API server (`default/kubernetes`'s endpoint); `None`: nowhere
+    /// they could (listening on loopback only).
+    pub advertised: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -47,6 +52,7 @@ impl Default for Config {
         Self {
             load_balancer_pools: Vec::new(),
             identity_gc_grace: identity::DEFAULT_GC_GRACE,
+            advertised: None,
         }
     }
 }
@@ -72,6 +78,7 @@ pub async fn run(
         statefulset::run(Arc::clone(&api), rx.clone()),
         daemonset::run(Arc::clone(&api), rx.clone()),
         identity::run(Arc::clone(&api), config.identity_gc_grace, rx.clone()),
+        kubernetes_service::run(Arc::clone(&api), config.advertised, rx.clone()),
         loadbalancer::run(Arc::clone(&api), config.load_balancer_pools, rx),
     );
     tracing::debug!("controllers stopped");

@@ -1,10 +1,11 @@
 //! A container's environment, resolved the way the kubelet does: the image's variables, then
-//! `envFrom` sources in order, then `env` (later names win), with `$(VAR)` references expanded
-//! against what came before.
+//! the service links (`KUBERNETES_SERVICE_HOST` and the other Services of the pod's namespace,
+//! Docker-link style), then `envFrom` sources in order, then `env` (later names win), with
+//! `$(VAR)` references expanded against what came before.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use apiary_api::core_v1::{ConfigMap, Container, Pod, Secret};
+use apiary_api::core_v1::{ConfigMap, Container, Pod, Secret, Service};
 use base64::Engine as _;
 
 /// The ConfigMaps and Secrets a pod references (in env, envFrom and volumes), fetched before
@@ -13,6 +14,79 @@ use base64::Engine as _;
 pub struct Sources {
     pub config_maps: BTreeMap<String, Option<ConfigMap>>,
     pub secrets: BTreeMap<String, Option<Secret>>,
+    /// The Services whose variables the containers get (see [`linked_services`]).
+    pub services: Vec<Service>,
+}
+
+/// Which Services a pod's containers get variables of, given the Services of its namespace
+/// and `default/kubernetes` (`master`): the kubelet's rule — the namespace's own with
+/// `enableServiceLinks` (the default), and `kubernetes` always, unless the namespace has a
+/// Service of that name itself.
+pub fn linked_services(
+    pod: &Pod,
+    namespace_services: Vec<Service>,
+    master: Option<Service>,
+) -> Vec<Service> {
+    let mut linked = if pod.spec.enable_service_links == Some(false) {
+        Vec::new()
+    } else {
+        namespace_services
+    };
+    if let Some(master) = master
+        && !linked
+            .iter()
+            .any(|s| s.metadata.name == master.metadata.name)
+    {
+        linked.push(master);
+    }
+    linked.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    linked
+}
+
+/// The variables of `services` (those with a cluster IP), as the kubelet writes them:
+/// `NAME_SERVICE_HOST`, `NAME_SERVICE_PORT`, one `NAME_SERVICE_PORT_<PORT NAME>` per named port,
+/// and Docker's link variables `NAME_PORT`, `NAME_PORT_<port>_<PROTO>{,_PROTO,_PORT,_ADDR}`.
+pub fn service_env(services: &[Service]) -> Vec<(String, String)> {
+    let upper = |name: &str| name.to_uppercase().replace('-', "_");
+    let mut vars = Vec::new();
+    for service in services {
+        let ip = &service.spec.cluster_ip;
+        if ip.is_empty() || ip == "None" || service.spec.ports.is_empty() {
+            continue;
+        }
+        let name = upper(&service.metadata.name);
+        let first = &service.spec.ports[0];
+        let proto = |p: &apiary_api::core_v1::ServicePort| {
+            if p.protocol.is_empty() {
+                "tcp".to_owned()
+            } else {
+                p.protocol.to_lowercase()
+            }
+        };
+        vars.push((format!("{name}_SERVICE_HOST"), ip.clone()));
+        vars.push((format!("{name}_SERVICE_PORT"), first.port.to_string()));
+        for port in service.spec.ports.iter().filter(|p| !p.name.is_empty()) {
+            vars.push((
+                format!("{name}_SERVICE_PORT_{}", upper(&port.name)),
+                port.port.to_string(),
+            ));
+        }
+        vars.push((
+            format!("{name}_PORT"),
+            format!("{}://{ip}:{}", proto(first), first.port),
+        ));
+        for port in &service.spec.ports {
+            let prefix = format!("{name}_PORT_{}_{}", port.port, proto(port).to_uppercase());
+            vars.push((
+                prefix.clone(),
+                format!("{}://{ip}:{}", proto(port), port.port),
+            ));
+            vars.push((format!("{prefix}_PROTO"), proto(port)));
+            vars.push((format!("{prefix}_PORT"), port.port.to_string()));
+            vars.push((format!("{prefix}_ADDR"), ip.clone()));
+        }
+    }
+    vars
 }
 
 /// Facts about the running pod that the downward API exposes.
@@ -222,6 +296,9 @@ pub fn container_env(
             vars.push((name, value));
         }
     };
+    for (name, value) in service_env(&sources.services) {
+        set(&mut vars, name, value);
+    }
     for from in &container.env_from {
         if let Some(r) = &from.config_map_ref {
             match sources.config_map_data(&r.name) {
@@ -394,6 +471,93 @@ mod tests {
         }
     }
 
+    fn service(name: &str, ip: &str, ports: &[(&str, i32, &str)]) -> Service {
+        let mut s = Service::default();
+        s.metadata.name = name.into();
+        s.spec.cluster_ip = ip.into();
+        s.spec.ports = ports
+            .iter()
+            .map(|(name, port, protocol)| apiary_api::core_v1::ServicePort {
+                name: (*name).into(),
+                port: *port,
+                protocol: (*protocol).into(),
+                ..Default::default()
+            })
+            .collect();
+        s
+    }
+
+    #[test]
+    fn services_become_kubelet_style_variables() {
+        let vars: BTreeMap<String, String> = service_env(&[
+            service("kubernetes", "10.96.0.1", &[("https", 443, "TCP")]),
+            service(
+                "redis-primary",
+                "10.96.4.2",
+                &[("", 6379, ""), ("metrics", 9121, "TCP")],
+            ),
+            service("headless", "None", &[("http", 80, "TCP")]),
+        ])
+        .into_iter()
+        .collect();
+        let expected: BTreeMap<String, String> = [
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
+            ("KUBERNETES_PORT", "tcp://10.96.0.1:443"),
+            ("KUBERNETES_PORT_443_TCP", "tcp://10.96.0.1:443"),
+            ("KUBERNETES_PORT_443_TCP_PROTO", "tcp"),
+            ("KUBERNETES_PORT_443_TCP_PORT", "443"),
+            ("KUBERNETES_PORT_443_TCP_ADDR", "10.96.0.1"),
+            ("REDIS_PRIMARY_SERVICE_HOST", "10.96.4.2"),
+            ("REDIS_PRIMARY_SERVICE_PORT", "6379"),
+            ("REDIS_PRIMARY_SERVICE_PORT_METRICS", "9121"),
+            ("REDIS_PRIMARY_PORT", "tcp://10.96.4.2:6379"),
+            ("REDIS_PRIMARY_PORT_6379_TCP", "tcp://10.96.4.2:6379"),
+            ("REDIS_PRIMARY_PORT_6379_TCP_PROTO", "tcp"),
+            ("REDIS_PRIMARY_PORT_6379_TCP_PORT", "6379"),
+            ("REDIS_PRIMARY_PORT_6379_TCP_ADDR", "10.96.4.2"),
+            ("REDIS_PRIMARY_PORT_9121_TCP", "tcp://10.96.4.2:9121"),
+            ("REDIS_PRIMARY_PORT_9121_TCP_PROTO", "tcp"),
+            ("REDIS_PRIMARY_PORT_9121_TCP_PORT", "9121"),
+            ("REDIS_PRIMARY_PORT_9121_TCP_ADDR", "10.96.4.2"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(vars, expected);
+    }
+
+    #[test]
+    fn service_links_come_before_env_and_can_be_turned_off() {
+        let master = service("kubernetes", "10.96.0.1", &[("https", 443, "TCP")]);
+        let own = vec![service("db", "10.96.0.20", &[("", 5432, "TCP")])];
+        let mut p = pod();
+        let linked = linked_services(&p, own.clone(), Some(master.clone()));
+        assert_eq!(linked.len(), 2);
+        p.spec.enable_service_links = Some(false);
+        let linked = linked_services(&p, own, Some(master));
+        assert_eq!(linked.len(), 1, "kubernetes stays");
+        // A container's own variable wins over a link.
+        let container = Container {
+            env: vec![var("KUBERNETES_SERVICE_HOST", "override")],
+            ..Default::default()
+        };
+        let sources = Sources {
+            services: linked,
+            ..Default::default()
+        };
+        let env = container_env(&p, &container, &facts(), &sources, &[], &BTreeMap::new()).unwrap();
+        assert!(
+            env.contains(&"KUBERNETES_SERVICE_HOST=override".to_owned()),
+            "{env:?}"
+        );
+        assert!(
+            env.contains(&"KUBERNETES_SERVICE_PORT=443".to_owned()),
+            "{env:?}"
+        );
+    }
+
     #[test]
     fn expansion_follows_kubernetes_rules() {
         let vars = vec![("A".to_owned(), "1".to_owned())];
@@ -414,6 +578,7 @@ mod tests {
         let sources = Sources {
             config_maps: BTreeMap::from([("cfg".into(), Some(cm))]),
             secrets: BTreeMap::from([("creds".into(), Some(secret))]),
+            ..Default::default()
         };
         let container = Container {
             env_from: vec![EnvFromSource {
@@ -481,6 +646,7 @@ mod tests {
         let sources = Sources {
             config_maps: BTreeMap::from([("cfg".into(), Some(ConfigMap::default()))]),
             secrets: BTreeMap::from([("gone".into(), None)]),
+            ..Default::default()
         };
         let key_ref = |name: &str, optional| EnvVar {
             name: "X".into(),

@@ -1003,8 +1003,44 @@ async fn fetch_sources(ctx: &Context, pod: &Pod) -> anyhow::Result<Sources> {
     Ok(Sources {
         config_maps: fetch_all(ctx, ns, "configmaps", config_maps).await?,
         secrets: fetch_all(ctx, ns, "secrets", secrets).await?,
+        services: fetch_linked_services(ctx, pod).await?,
     })
 }
+
+/// The Services whose variables the pod's containers get ([`env::linked_services`]).
+async fn fetch_linked_services(
+    ctx: &Context,
+    pod: &Pod,
+) -> anyhow::Result<Vec<apiary_api::core_v1::Service>> {
+    use crate::api_client::Found;
+    let ns = &pod.metadata.namespace;
+    let own = if pod.spec.enable_service_links == Some(false) {
+        Vec::new()
+    } else {
+        match ctx
+            .api
+            .get::<serde_json::Value>(&format!("/api/v1/namespaces/{ns}/services"))
+            .await?
+        {
+            Found::Object(list) => serde_json::from_value(list["items"].clone())?,
+            Found::Missing => Vec::new(),
+        }
+    };
+    let master = match ctx
+        .api
+        .get(&format!(
+            "/api/v1/namespaces/default/services/{MASTER_SERVICE}"
+        ))
+        .await?
+    {
+        Found::Object(service) => Some(service),
+        Found::Missing => None,
+    };
+    Ok(env::linked_services(pod, own, master))
+}
+
+/// The API server's own Service, whose variables every container gets.
+const MASTER_SERVICE: &str = "kubernetes";
 
 /// Each named object of `plural` in namespace `ns`; `None` for those that do not exist.
 async fn fetch_all<T: serde::de::DeserializeOwned>(
