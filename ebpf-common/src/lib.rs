@@ -314,6 +314,10 @@ const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
 /// [`CtValue::flags`]: the client's address was replaced by this node's (the backend is on
 /// another node and the policy is Cluster), so replies come back here.
 pub const CT_SNAT: u32 = 1;
+/// [`CtValue::flags`]: a pod's connection to an address outside the cluster, its source
+/// replaced by this node's (masquerading); replies go back to the pod. Always with [`CT_SNAT`];
+/// `backend_id` is 0 (no backend).
+pub const CT_MASQUERADE: u32 = 2;
 
 /// What to do with a tracked flow's packets. Value of [`CT`].
 ///

@@ -130,17 +130,23 @@ pub fn to_local_pod(ctx: &TcContext, head: &mut Ipv4Head, hop: Hop) -> Option<i3
 }
 
 /// Sends the frame to the node owning `dst` (another node's pod CIDR or that node's own address)
-/// through the underlay with `bpf_redirect_neigh` (5.10): the kernel fills in the Ethernet header
+/// through the underlay (an address of this node's own CIDR, listed "to itself", is passed to
+/// the host stack instead) with `bpf_redirect_neigh` (5.10): the kernel fills in the Ethernet header
 /// from its neighbour table for the node as next hop, resolving it if needed. No encapsulation:
 /// the underlay routes pod addresses natively.
 #[inline(always)]
 pub fn to_remote_node(ctx: &TcContext, head: &mut Ipv4Head) -> Option<i32> {
-    let underlay = NODE_CONFIG.get(0)?.underlay_ifindex;
+    let config = NODE_CONFIG.get(0)?;
+    let underlay = config.underlay_ifindex;
     if underlay == 0 {
         return None;
     }
     let node = REMOTE_NODES.get(Key::new(32, head.destination()))?;
     let node_ip_be = node.node_ip_be;
+    // This node's own pod CIDR (an address without a pod here): the host stack answers.
+    if node_ip_be == config.node_ip {
+        return Some(PASS);
+    }
     if head.decrement_ttl().is_none() {
         return Some(PASS);
     }

@@ -2,15 +2,17 @@
 //!
 //! To a pod on this node: straight into its namespace (`bpf_redirect_peer`). To another node's pod
 //! CIDR or to another node: out of the underlay with that node as next hop (`bpf_redirect_neigh`).
-//! A backend's reply to a NodePort client outside goes back out translated (`nodeport`).
-//! Anything else (this node's own addresses) goes up the host stack. None of these paths needs
-//! `ip_forward` on the node.
+//! A backend's reply to a NodePort client outside goes back out translated (`nodeport`). To
+//! anywhere else but this node: masqueraded behind the node's address and out of the underlay
+//! (`masquerade`). This node's own addresses (and protocols other than TCP and UDP) go up the
+//! host stack. None of these paths needs `ip_forward` on the node.
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
 use crate::{
     forward::{Hop, Ipv4Head, PASS, to_local_pod, to_remote_node},
     maps::{Direction, count_pod_traffic},
+    masquerade,
     nodeport::{self, DROP},
     policy,
 };
@@ -42,5 +44,8 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, i32> {
     if let Some(verdict) = to_local_pod(ctx, &mut head, Hop::Routed) {
         return Ok(verdict);
     }
-    Ok(to_remote_node(ctx, &mut head).unwrap_or(PASS))
+    if let Some(verdict) = to_remote_node(ctx, &mut head) {
+        return Ok(verdict);
+    }
+    Ok(masquerade::to_outside(ctx))
 }

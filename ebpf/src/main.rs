@@ -10,6 +10,8 @@ mod from_netdev;
 mod from_pod;
 mod lb;
 mod maps;
+mod masquerade;
+mod nat;
 mod nodeport;
 mod policy;
 mod socket_lb;

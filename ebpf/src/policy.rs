@@ -88,7 +88,10 @@ impl Tuple {
 /// Whether the packet in `ctx` may pass `endpoint` (a pod's host-side veth ifindex) in
 /// `direction`. Endpoints that enforce nothing pass everything without a lookup beyond their
 /// flags; packets an enforcing endpoint cannot parse (IP options, fragments) are dropped.
-#[inline(always)]
+///
+/// A function of its own (a BPF-to-BPF call), not inlined into each program: its frame then
+/// counts once per call chain, not on top of every path's, against the 512-byte stack limit.
+#[inline(never)]
 pub fn allows(ctx: &TcContext, head: &Ipv4Head, endpoint: u32, direction: u8) -> bool {
     // SAFETY: copied out at once.
     let flags = match unsafe { POLICY_ENFORCED.get(endpoint) } {

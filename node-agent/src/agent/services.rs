@@ -15,7 +15,7 @@ use std::{
 
 use apiary_agent_api::v1::{WatchDataplaneRequest, object_event::Type};
 use apiary_api::{core_v1::Pod, core_v1::Service, discovery_v1::EndpointSlice};
-use apiary_ebpf_common::{Backend, PROTO_UDP, ServiceKey, ServiceValue};
+use apiary_ebpf_common::{Backend, CT_MASQUERADE, PROTO_UDP, ServiceKey, ServiceValue};
 use futures::{FutureExt as _, StreamExt as _};
 
 use super::context::Context;
@@ -493,7 +493,9 @@ impl Reconciler {
             .collect();
         if !removed.is_empty() {
             let flushed = self.ct.flush(|key, value| {
-                key.protocol == PROTO_UDP && removed.contains(&value.backend_id)
+                key.protocol == PROTO_UDP
+                    && value.flags & CT_MASQUERADE == 0
+                    && removed.contains(&value.backend_id)
             })?;
             if flushed > 0 {
                 tracing::info!(entries = flushed, "flushed UDP flows of removed backends");

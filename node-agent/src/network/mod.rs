@@ -260,6 +260,9 @@ impl PodNetwork {
                     let cookie = dataplane::netns_cookie()?;
                     dataplane.local_netns()?.register(cookie, None)?;
                     dataplane.node_addrs()?.set(&[config.node_ip])?;
+                    dataplane
+                        .remote_nodes()?
+                        .upsert(config.pod_cidr.trunc(), config.node_ip)?;
                     if let Some(cgroup) = &config.socket_lb_cgroup {
                         dataplane.attach_socket_lb(cgroup)?;
                     }
@@ -714,6 +717,9 @@ fn remote_routes(config: &NetworkConfig, nodes: &[RemoteNode]) -> Result<(Prefix
         // The node's own address: pod → remote node traffic leaves through the same path.
         desired.insert(Ipv4Net::from(node.node_ip), node.node_ip);
     }
+    // This node's own pod CIDR, "to itself": an address of it without a pod goes up the host
+    // stack rather than being masqueraded out.
+    desired.insert(config.pod_cidr.trunc(), config.node_ip);
     Ok((desired, node_routes))
 }
 
