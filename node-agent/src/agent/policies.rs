@@ -123,6 +123,8 @@ struct Enforcer {
     previous: Option<(Cluster, BTreeSet<PodRef>)>,
     /// Recompile every local pod next time (after a re-list, which loses the changes).
     recompile_all: bool,
+    /// Addresses whose identity changed since flows were last judged again.
+    changed_peers: BTreeSet<Ipv4Addr>,
     /// The compiled policy of every local pod.
     compiled: BTreeMap<PodRef, EndpointPolicy>,
     /// What the maps hold, per local pod.
@@ -150,6 +152,7 @@ impl Enforcer {
             policy_changes: BTreeMap::new(),
             previous: None,
             recompile_all: true,
+            changed_peers: BTreeSet::new(),
             compiled: BTreeMap::new(),
             written: BTreeMap::new(),
             endpoint_ids: BTreeMap::new(),
@@ -229,44 +232,9 @@ impl Enforcer {
         node: &str,
         endpoints: &[(Ipv4Addr, apiary_ebpf_common::Endpoint)],
     ) -> anyhow::Result<()> {
-        let changes = self.identities.take_changes();
-        let mut changed_peers = BTreeSet::new();
-        for (ip, identity) in changes.upserts {
-            if let IpAddr::V4(ip) = ip {
-                self.maps.set_identity(ip, identity)?;
-                changed_peers.insert(ip);
-            }
-        }
-        for ip in changes.deletes {
-            if let IpAddr::V4(ip) = ip
-                && ip != self.node_ip
-            {
-                self.maps.remove_identity(ip)?;
-                changed_peers.insert(ip);
-            }
-        }
-
-        let mut cluster = Cluster::default();
-        for namespace in self.namespaces.values() {
-            cluster.add_namespace(namespace);
-        }
-        let mut local = BTreeSet::new();
-        let mut ip_of = BTreeMap::new();
-        for ((namespace, name), pod) in &self.pods {
-            let Some(identity) = self.identities.identity_of_pod(namespace, name) else {
-                continue;
-            };
-            cluster.add_pod(pod, Identity(identity));
-            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.parse().ok());
-            if let Some(ip) = ip
-                && pod.spec.node_name == node
-                && !pod.spec.host_network
-            {
-                let pod_ref = PodRef::new(namespace.clone(), name.clone());
-                ip_of.insert(pod_ref.clone(), ip);
-                local.insert(pod_ref);
-            }
-        }
+        let changed = self.write_identities()?;
+        self.changed_peers.extend(changed);
+        let (cluster, local, ip_of) = self.snapshot(node);
         let index = match IdentityIndex::new(&cluster) {
             Ok(index) => index,
             // Identities being reassigned (a relabel in flight): the next event settles it.
@@ -275,38 +243,7 @@ impl Enforcer {
                 return Ok(());
             }
         };
-
-        let affected = match &self.previous {
-            Some((old_cluster, old_local)) if !self.recompile_all => {
-                let changed: Vec<PolicyChange<'_>> = self
-                    .policy_changes
-                    .iter()
-                    .map(|(key, before)| (before.as_ref(), self.policies.get(key)))
-                    .collect();
-                let policies: Vec<&NetworkPolicy> = self.policies.values().collect();
-                affected::between(
-                    Inputs {
-                        cluster: old_cluster,
-                        local: old_local,
-                    },
-                    Inputs {
-                        cluster: &cluster,
-                        local: &local,
-                    },
-                    &changed,
-                    &policies,
-                )
-            }
-            _ => local.clone(),
-        };
-        for pod in &affected {
-            if let Some(info) = cluster.pods.get(pod) {
-                let compiled =
-                    policy::compile_endpoint(self.policies.values(), &cluster, &index, pod, info);
-                self.compiled.insert(pod.clone(), compiled);
-            }
-        }
-        self.compiled.retain(|pod, _| local.contains(pod));
+        let affected = self.recompile(&cluster, &index, &local);
         // The recompiled, the not yet written, and the gone.
         let mut scope: BTreeSet<PodRef> = affected;
         scope.extend(self.pending.iter().cloned());
@@ -362,6 +299,7 @@ impl Enforcer {
         self.policy_changes.clear();
         self.recompile_all = false;
 
+        let changed_peers = std::mem::take(&mut self.changed_peers);
         if !rechecked.is_empty() || !changed_peers.is_empty() {
             let pod_ips: BTreeMap<u32, Ipv4Addr> = self
                 .endpoint_ids
@@ -388,6 +326,94 @@ impl Enforcer {
 }
 
 impl Enforcer {
+    /// Writes the address → identity changes to `IPCACHE`; returns the addresses whose
+    /// identity changed.
+    fn write_identities(&mut self) -> anyhow::Result<BTreeSet<Ipv4Addr>> {
+        let changes = self.identities.take_changes();
+        let mut changed = BTreeSet::new();
+        for (ip, identity) in changes.upserts {
+            if let IpAddr::V4(ip) = ip {
+                self.maps.set_identity(ip, identity)?;
+                changed.insert(ip);
+            }
+        }
+        for ip in changes.deletes {
+            if let IpAddr::V4(ip) = ip
+                && ip != self.node_ip
+            {
+                self.maps.remove_identity(ip)?;
+                changed.insert(ip);
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The cluster as policies see it (pods with their identities), this node's pods, and
+    /// their addresses.
+    fn snapshot(&self, node: &str) -> (Cluster, BTreeSet<PodRef>, BTreeMap<PodRef, Ipv4Addr>) {
+        let mut cluster = Cluster::default();
+        for namespace in self.namespaces.values() {
+            cluster.add_namespace(namespace);
+        }
+        let mut local = BTreeSet::new();
+        let mut ip_of = BTreeMap::new();
+        for ((namespace, name), pod) in &self.pods {
+            let Some(identity) = self.identities.identity_of_pod(namespace, name) else {
+                continue;
+            };
+            cluster.add_pod(pod, Identity(identity));
+            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.parse().ok());
+            if let Some(ip) = ip
+                && pod.spec.node_name == node
+                && !pod.spec.host_network
+            {
+                let pod_ref = PodRef::new(namespace.clone(), name.clone());
+                ip_of.insert(pod_ref.clone(), ip);
+                local.insert(pod_ref);
+            }
+        }
+        (cluster, local, ip_of)
+    }
+
+    /// Recompiles the local pods the changes since the last compile affect (all of them after
+    /// a re-list) into `compiled`, drops the pods gone, and returns those recompiled.
+    fn recompile(
+        &mut self,
+        cluster: &Cluster,
+        index: &IdentityIndex,
+        local: &BTreeSet<PodRef>,
+    ) -> BTreeSet<PodRef> {
+        let affected = match &self.previous {
+            Some((old_cluster, old_local)) if !self.recompile_all => {
+                let changed: Vec<PolicyChange<'_>> = self
+                    .policy_changes
+                    .iter()
+                    .map(|(key, before)| (before.as_ref(), self.policies.get(key)))
+                    .collect();
+                let policies: Vec<&NetworkPolicy> = self.policies.values().collect();
+                affected::between(
+                    Inputs {
+                        cluster: old_cluster,
+                        local: old_local,
+                    },
+                    Inputs { cluster, local },
+                    &changed,
+                    &policies,
+                )
+            }
+            _ => local.clone(),
+        };
+        for pod in &affected {
+            if let Some(info) = cluster.pods.get(pod) {
+                let compiled =
+                    policy::compile_endpoint(self.policies.values(), cluster, index, pod, info);
+                self.compiled.insert(pod.clone(), compiled);
+            }
+        }
+        self.compiled.retain(|pod, _| local.contains(pod));
+        affected
+    }
+
     /// Tells the verdict reader who is who now.
     fn publish_names(&self, local_ips: &BTreeMap<PodRef, Ipv4Addr>) {
         let mut names = self.names.write().expect("flow names lock");
