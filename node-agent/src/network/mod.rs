@@ -824,6 +824,8 @@ mod tests {
         assert_eq!(
             entries.into_iter().collect::<Vec<_>>(),
             vec![
+                // This node's own CIDR, "to itself".
+                ("10.1.1.0/24".parse().unwrap(), config.node_ip),
                 ("10.1.2.0/24".parse().unwrap(), n2),
                 ("192.0.2.2/32".parse().unwrap(), n2)
             ]
