@@ -166,6 +166,9 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 /// `IPPROTO_SCTP`.
 pub const PROTO_SCTP: u8 = 132;
+/// `IPPROTO_ICMP`: masqueraded echo requests and replies carry their identifier where the
+/// other protocols carry ports.
+pub const PROTO_ICMP: u8 = 1;
 
 /// [`ServiceKey::scope`] of frontends that sockets on this node connect to (ClusterIPs, and
 /// NodePorts and load-balancer addresses reached from the node or its pods).

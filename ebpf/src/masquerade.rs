@@ -2,8 +2,8 @@
 //! node's own): their source becomes this node's address, as kube-proxy's MASQUERADE and
 //! Cilium's BPF masquerading do, so that the outside answers the node; the replies are turned
 //! back to the pod by [`nodeport::from_outside`](crate::nodeport::from_outside) and delivered.
-//! The flow's two `CT` entries carry [`CT_MASQUERADE`]. TCP and UDP; other protocols go up
-//! the host stack unchanged.
+//! The flow's two `CT` entries carry [`CT_MASQUERADE`]. TCP, UDP and ICMP echo (its identifier
+//! translated like a port); other protocols go up the host stack unchanged.
 
 use apiary_ebpf_common::{CT_MASQUERADE, CT_ORIGINAL, CT_REPLY, CT_SNAT, CtKey, CtValue};
 use aya_ebpf::programs::TcContext;
@@ -16,8 +16,8 @@ use crate::{
 };
 
 /// TC ingress on a pod's veth, for a packet no other path took: masquerades it out of the
-/// underlay; [`PASS`] (up the host stack) when it is not to be masqueraded (not TCP or UDP, to
-/// this node, or the node's address or underlay is unknown).
+/// underlay; [`PASS`] (up the host stack) when it is not to be masqueraded (not TCP, UDP or an
+/// echo request, to this node, or the node's address or underlay is unknown).
 ///
 /// A function of its own (a BPF-to-BPF call), not inlined: `from_pod`'s frame would otherwise
 /// pass the verifier's 512-byte stack limit. It returns a plain verdict: an `Option` would come

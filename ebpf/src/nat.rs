@@ -1,8 +1,12 @@
 //! Per-packet address and port translation shared by the NAT paths ([`nodeport`](crate::nodeport)
-//! and [`masquerade`](crate::masquerade)): a TCP or UDP packet's tuple, its rewrites with
-//! checksum fixes, and the choice of this node's source port toward a peer.
+//! and [`masquerade`](crate::masquerade)): a TCP, UDP or ICMP echo packet's tuple, its rewrites
+//! with checksum fixes, and the choice of this node's source port toward a peer.
+//!
+//! An ICMP echo's identifier stands in for ports, as in Linux's conntrack: a request's is its
+//! source port (destination 0), a reply's its destination port (source 0), so that a request
+//! and its reply are each other's reverse.
 
-use apiary_ebpf_common::{CT_REPLY, CtKey, PROTO_TCP, PROTO_UDP};
+use apiary_ebpf_common::{CT_REPLY, CtKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
@@ -18,12 +22,16 @@ const SPORT_OFFSET: usize = HEAD_LEN;
 const DPORT_OFFSET: usize = HEAD_LEN + 2;
 const TCP_CSUM_OFFSET: usize = HEAD_LEN + 16;
 const UDP_CSUM_OFFSET: usize = HEAD_LEN + 6;
+const ICMP_CSUM_OFFSET: usize = HEAD_LEN + 2;
+const ICMP_ID_OFFSET: usize = HEAD_LEN + 4;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
 /// Source ports handed out when the client's own is taken (Linux's default ephemeral range).
 const SNAT_PORT_FIRST: u32 = 32768;
 const SNAT_PORT_COUNT: u32 = 28232;
 const SNAT_ATTEMPTS: u32 = 4;
 
-/// A TCP or UDP packet's addresses and ports, as the wire carries them.
+/// A TCP, UDP or ICMP echo packet's addresses and ports (identifier), as the wire carries them.
 #[derive(Clone, Copy)]
 pub struct Flow {
     pub saddr: [u8; 4],
@@ -37,15 +45,29 @@ impl Flow {
     #[inline(always)]
     pub fn of(ctx: &TcContext, head: &Ipv4Head) -> Option<Self> {
         let protocol = head.plain_protocol()?;
-        if protocol != PROTO_TCP && protocol != PROTO_UDP {
+        let (sport_be, dport_be) = if protocol == PROTO_TCP || protocol == PROTO_UDP {
+            let ports: [u8; 4] = ctx.load(SPORT_OFFSET).ok()?;
+            (
+                u16::from_ne_bytes([ports[0], ports[1]]),
+                u16::from_ne_bytes([ports[2], ports[3]]),
+            )
+        } else if protocol == PROTO_ICMP {
+            // type, code, checksum, identifier
+            let icmp: [u8; 6] = ctx.load(HEAD_LEN).ok()?;
+            let id = u16::from_ne_bytes([icmp[4], icmp[5]]);
+            match (icmp[0], icmp[1]) {
+                (ICMP_ECHO_REQUEST, 0) => (id, 0),
+                (ICMP_ECHO_REPLY, 0) => (0, id),
+                _ => return None,
+            }
+        } else {
             return None;
-        }
-        let ports: [u8; 4] = ctx.load(SPORT_OFFSET).ok()?;
+        };
         Some(Self {
             saddr: head.source(),
             daddr: head.destination(),
-            sport_be: u16::from_ne_bytes([ports[0], ports[1]]),
-            dport_be: u16::from_ne_bytes([ports[2], ports[3]]),
+            sport_be,
+            dport_be,
             protocol,
         })
     }
@@ -78,6 +100,8 @@ impl Flow {
     fn csum_offset(&self) -> usize {
         if self.protocol == PROTO_UDP {
             UDP_CSUM_OFFSET
+        } else if self.protocol == PROTO_ICMP {
+            ICMP_CSUM_OFFSET
         } else {
             TCP_CSUM_OFFSET
         }
@@ -110,9 +134,12 @@ impl Flow {
             u64::from(u32::from_ne_bytes(old)),
             u64::from(u32::from_ne_bytes(new)),
         );
-        let l4_flags = u64::from(BPF_F_PSEUDO_HDR) | 4 | self.csum_flags();
-        ctx.l4_csum_replace(self.csum_offset(), from, to, l4_flags)
-            .ok()?;
+        // ICMP's checksum covers no pseudo-header: only TCP's and UDP's see the address.
+        if self.protocol != PROTO_ICMP {
+            let l4_flags = u64::from(BPF_F_PSEUDO_HDR) | 4 | self.csum_flags();
+            ctx.l4_csum_replace(self.csum_offset(), from, to, l4_flags)
+                .ok()?;
+        }
         ctx.l3_csum_replace(IPV4_CSUM_OFFSET, from, to, 4).ok()?;
         ctx.store(offset, &new, 0).ok()
     }
@@ -121,14 +148,25 @@ impl Flow {
     #[inline(always)]
     pub fn rewrite_source(&self, ctx: &TcContext, addr: [u8; 4], port_be: u16) -> Option<()> {
         self.rewrite_addr(ctx, IPV4_SRC_OFFSET, self.saddr, addr)?;
-        self.rewrite_port(ctx, SPORT_OFFSET, self.sport_be, port_be)
+        self.rewrite_port(ctx, self.port_offset(SPORT_OFFSET), self.sport_be, port_be)
     }
 
     /// Makes the packet's destination `addr`:`port_be`.
     #[inline(always)]
     pub fn rewrite_destination(&self, ctx: &TcContext, addr: [u8; 4], port_be: u16) -> Option<()> {
         self.rewrite_addr(ctx, IPV4_DST_OFFSET, self.daddr, addr)?;
-        self.rewrite_port(ctx, DPORT_OFFSET, self.dport_be, port_be)
+        self.rewrite_port(ctx, self.port_offset(DPORT_OFFSET), self.dport_be, port_be)
+    }
+
+    /// Where the port at `offset` of a TCP or UDP header is in this packet: an ICMP echo has
+    /// one, its identifier.
+    #[inline(always)]
+    fn port_offset(&self, offset: usize) -> usize {
+        if self.protocol == PROTO_ICMP {
+            ICMP_ID_OFFSET
+        } else {
+            offset
+        }
     }
 
     /// Replaces the port at `offset` (source or destination), fixing the transport checksum.

@@ -1,6 +1,6 @@
-//! Pods reaching addresses outside the cluster: their connections leave masqueraded behind their
-//! node's address (the outside sees the node, never a pod address), replies come back to the
-//! pod, and the API server — outside the nodes in the lab — is reachable from pods through
+//! Pods reaching addresses outside the cluster: their connections (TCP, UDP, ping) leave
+//! masqueraded behind their node's address (the outside sees the node, never a pod address),
+//! replies come back to the pod, and the API server — outside the nodes in the lab — is reachable from pods through
 //! `default/kubernetes` (10.96.0.1:443).
 
 use std::{
@@ -128,6 +128,13 @@ fn pods_reach_the_outside_behind_their_node_address() {
             seen.iter().all(|ip| *ip == IpAddr::V4(*node_ip)),
             "{pod}: {seen:?}, expected only {node_ip}"
         );
+        // ICMP echo: the outside machine's kernel answers the node, the reply reaches the pod.
+        let ping = exec(
+            &cluster,
+            &pod,
+            &format!("ping -c 2 -W 2 {} && echo PONG", outside.underlay_ip),
+        );
+        assert!(ping.contains("PONG"), "{pod}: {ping}");
     }
 
     // The API server is outside the nodes here: pods reach it through its Service.
