@@ -184,6 +184,12 @@ async fn run_once(api: &Arc<Api>) -> Result<()> {
     }
 }
 
+/// A typed copy of a watched object, read from the shared one (stored objects have no nulls
+/// for `from_json` to strip).
+fn decode<T: serde::de::DeserializeOwned>(object: &serde_json::Value) -> serde_json::Result<T> {
+    T::deserialize(object)
+}
+
 /// Whether this scheduler is the one to place `pod`.
 fn wants(pod: &Pod) -> bool {
     let name = pod.spec.scheduler_name.as_str();
@@ -202,12 +208,10 @@ fn is_terminal(pod: &Pod) -> bool {
 impl Scheduler {
     fn node_changed(&mut self, change: Change) {
         match change {
-            Change::Added(o) | Change::Modified(o) => {
-                match apiary_api::meta::from_json::<Node>(o) {
-                    Ok(node) => self.cache.upsert_node(&node),
-                    Err(e) => tracing::warn!(error = %e, "scheduler: undecodable node"),
-                }
-            }
+            Change::Added(o) | Change::Modified(o) => match decode::<Node>(&o) {
+                Ok(node) => self.cache.upsert_node(&node),
+                Err(e) => tracing::warn!(error = %e, "scheduler: undecodable node"),
+            },
             Change::Deleted(o) => {
                 if let Some(name) = o["metadata"]["name"].as_str() {
                     self.cache.remove_node(name);
@@ -224,7 +228,7 @@ impl Scheduler {
             Change::Deleted(o) => (o, true),
             Change::Error(_) => return,
         };
-        let pod: Pod = match apiary_api::meta::from_json(object) {
+        let pod: Pod = match decode(&object) {
             Ok(pod) => pod,
             Err(e) => {
                 tracing::warn!(error = %e, "scheduler: undecodable pod");
