@@ -21,7 +21,6 @@ use std::{
 
 use apiary_api::{
     apiary_v1::{self, MAX_IDENTITY, MIN_IDENTITY, SecurityIdentity, SecurityLabels},
-    core_v1::Pod,
     meta::ObjectRef,
 };
 use serde_json::{Value, json};
@@ -125,23 +124,40 @@ struct Stored {
 
 /// The label sets the live pods of `pods` need, given their namespaces' labels. Pods of a
 /// namespace not seen yet are left out (their namespace's event brings them back).
+///
+/// Runs on every pod change over every pod, so it reads the few fields it needs in place
+/// ([`apiary_v1::has_identity`]'s phase and `hostNetwork`, namespace and labels) and builds the
+/// label set of each distinct (namespace, labels) once: decoding every pod into a `Pod` made a
+/// pass over 20,000 pods cost most of a core.
 fn desired(pods: &[Arc<Value>], namespaces: &Cache) -> BTreeSet<SecurityLabels> {
-    let mut namespace_labels: BTreeMap<String, Option<BTreeMap<String, String>>> = BTreeMap::new();
-    let mut sets = BTreeSet::new();
+    let mut distinct: BTreeSet<(&str, Vec<(&str, &str)>)> = BTreeSet::new();
     for pod in pods {
-        let namespace = str_of(pod, "/metadata/namespace");
+        let finished = matches!(str_of(pod, "/status/phase"), "Succeeded" | "Failed");
+        if finished || pod["spec"]["hostNetwork"].as_bool() == Some(true) {
+            continue;
+        }
+        let labels = pod["metadata"]["labels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
+            .collect();
+        distinct.insert((str_of(pod, "/metadata/namespace"), labels));
+    }
+    let mut namespace_labels: BTreeMap<&str, Option<BTreeMap<String, String>>> = BTreeMap::new();
+    let mut sets = BTreeSet::new();
+    for (namespace, labels) in distinct {
         let ns_labels = namespace_labels
-            .entry(namespace.to_owned())
+            .entry(namespace)
             .or_insert_with(|| namespaces.get("", namespace).map(|ns| labels_of(&ns)));
         let Some(ns_labels) = ns_labels else {
             continue;
         };
-        let Ok(pod) = apiary_api::from_json::<Pod>(Value::clone(pod)) else {
-            continue;
-        };
-        if let Some(labels) = apiary_v1::pod_security_labels(&pod, ns_labels) {
-            sets.insert(labels);
-        }
+        let labels: BTreeMap<String, String> = labels
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        sets.insert(apiary_v1::security_labels(namespace, &labels, ns_labels));
     }
     sets
 }
@@ -292,6 +308,65 @@ impl Reconciler for Identities {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_pods_with_their_own_network_need_one_set_per_distinct_labels() {
+        use crate::apiserver::resources::Resources;
+        let namespaces = Cache::new(Resources.get("", "v1", "namespaces").unwrap());
+        namespaces.apply(Arc::new(json!({
+            "metadata": { "name": "shop", "labels": { "team": "a" } },
+        })));
+        let pod = |name: &str, ns: &str, labels: Value, extra: Value| {
+            let mut pod = json!({
+                "metadata": { "name": name, "namespace": ns, "labels": labels },
+                "spec": { "containers": [{ "name": "c", "image": "i" }] },
+            });
+            json_patch::merge(&mut pod, &extra);
+            Arc::new(pod)
+        };
+        let pods = [
+            pod("a", "shop", json!({ "app": "web" }), json!({})),
+            pod("b", "shop", json!({ "app": "web" }), json!({})),
+            pod(
+                "c",
+                "shop",
+                json!({ "app": "db" }),
+                json!({ "status": { "phase": "Running" } }),
+            ),
+            pod(
+                "done",
+                "shop",
+                json!({ "app": "batch" }),
+                json!({ "status": { "phase": "Succeeded" } }),
+            ),
+            pod(
+                "failed",
+                "shop",
+                json!({ "app": "batch" }),
+                json!({ "status": { "phase": "Failed" } }),
+            ),
+            pod(
+                "host",
+                "shop",
+                json!({ "app": "agent" }),
+                json!({ "spec": { "hostNetwork": true } }),
+            ),
+            // Its namespace is not known yet.
+            pod("early", "other", json!({ "app": "web" }), json!({})),
+        ];
+        let ns = BTreeMap::from([("team".to_owned(), "a".to_owned())]);
+        let set = |app: &str| {
+            apiary_v1::security_labels(
+                "shop",
+                &BTreeMap::from([("app".to_owned(), app.to_owned())]),
+                &ns,
+            )
+        };
+        assert_eq!(
+            desired(&pods, &namespaces),
+            BTreeSet::from([set("web"), set("db")])
+        );
+    }
 
     #[test]
     fn the_lowest_free_id_fills_holes_first() {

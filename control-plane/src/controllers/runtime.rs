@@ -149,7 +149,8 @@ impl Cache {
         }
     }
 
-    fn apply(&self, object: Arc<Value>) {
+    /// Keeps `object` as the latest state of its key (what [`reflect`] does on each change).
+    pub(crate) fn apply(&self, object: Arc<Value>) {
         let mut objects = self.objects.write().unwrap_or_else(|e| e.into_inner());
         objects.insert(ns_name(&object), object);
     }
