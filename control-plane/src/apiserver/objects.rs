@@ -172,14 +172,27 @@ pub(super) fn present(resource: &ResourceType, kv: &KeyValue) -> Result<Value> {
 /// The stored form: no resource version (the store's revision is it) and no nulls (Kubernetes
 /// omits unset fields, so `null` is never a stored value).
 fn to_stored(object: &Value) -> Vec<u8> {
-    let mut object = object.clone();
+    serde_json::to_vec(&stored_form(object.clone())).expect("a JSON value always serializes")
+}
+
+/// `object` as [`to_stored`] encodes it.
+fn stored_form(mut object: Value) -> Value {
     apiary_api::meta::strip_nulls(&mut object);
     if let Some(meta) = object["metadata"].as_object_mut() {
         meta.remove("resourceVersion");
         // Server-side apply's bookkeeping is not kept.
         meta.remove("managedFields");
     }
-    serde_json::to_vec(&object).expect("a JSON value always serializes")
+    object
+}
+
+/// What [`present`] makes of `kv`, when `kv` was just written from `stored` (its
+/// [`stored_form`]): the written object is not decoded back.
+fn present_written(resource: &ResourceType, mut stored: Value, kv: &KeyValue) -> Value {
+    stored["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+    stored["kind"] = json!(resource.kind);
+    stored["apiVersion"] = json!(resource.api_version());
+    stored
 }
 
 fn now() -> String {
@@ -635,8 +648,10 @@ pub async fn create(api: &Api, target: &Target, mut object: Value) -> Result<Val
         allocator::Claims::default()
     };
     let key = resource.key(target.namespace.as_deref(), &name);
-    match api.store.create(&key, to_stored(&object)).await {
-        Ok(kv) => present(resource, &kv),
+    let stored = stored_form(object);
+    let encoded = serde_json::to_vec(&stored).expect("a JSON value always serializes");
+    match api.store.create(&key, encoded).await {
+        Ok(kv) => Ok(present_written(resource, stored, &kv)),
         Err(e) => {
             claims.release(api).await;
             Err(store_err(resource, &name, e))
@@ -732,14 +747,15 @@ async fn write_update(
         super::strategy::after_delete(api, resource, &deleted, &Value::Null, Deletion::Gone);
         return Ok(deleted);
     }
-    merged["metadata"]["resourceVersion"] = Value::Null;
+    let stored = stored_form(merged);
+    let encoded = serde_json::to_vec(&stored).expect("a JSON value always serializes");
     let kv = api
         .store
-        .update(&key, to_stored(&merged), Some(expected))
+        .update(&key, encoded, Some(expected))
         .await
         .map_err(|e| store_err(resource, name, e))?;
     released.release(api).await;
-    present(resource, &kv)
+    Ok(present_written(resource, stored, &kv))
 }
 
 /// An update that leaves `clusterIP` out keeps the allocated one (it is immutable).
