@@ -676,6 +676,40 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_store_watch_moves_every_watch_out_from_what_it_has_seen() {
+        let mut state = State {
+            running: true,
+            floor: 10,
+            last: 10,
+            keep: RECENT,
+            ..State::default()
+        };
+        // Receivers kept: a watch whose consumer is gone is dropped, not moved.
+        let (resumes, _receivers): (Vec<Resume>, Vec<_>) = [5, 20]
+            .into_iter()
+            .map(|after| {
+                let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+                let resume = Arc::new(AtomicI64::new(NOT_MOVED));
+                state.insert(Slot {
+                    prefix: "/registry/pods/".into(),
+                    filter: Filter::new("", "spec.nodeName=a").unwrap(),
+                    after,
+                    tx,
+                    resume: Arc::clone(&resume),
+                });
+                (resume, rx)
+            })
+            .unzip();
+        state.publish(event(11, None, Some(pod("p", "a"))));
+        state.stop();
+        assert!(!state.running);
+        assert!(state.slots.is_empty() && state.by_field.is_empty() && state.recent.is_empty());
+        // The first saw up to 11; the second starts later and goes on from where it starts.
+        assert_eq!(resumes[0].load(Ordering::Acquire), 11);
+        assert_eq!(resumes[1].load(Ordering::Acquire), 20);
+    }
+
+    #[test]
     fn recent_changes_bound_how_far_back_a_watch_may_start() {
         let mut state = State {
             running: true,
