@@ -107,7 +107,7 @@ fn event(kind: &str, change: Change) -> Result<ObjectEvent, Status> {
     Ok(ObjectEvent {
         r#type: kind_type as i32,
         kind: kind.to_owned(),
-        object_json: serde_json::to_vec(&object).expect("a JSON value always serializes"),
+        object_json: serde_json::to_vec(&*object).expect("a JSON value always serializes"),
         resource_version,
     })
 }

@@ -7,6 +7,7 @@ pub mod decoded;
 pub mod defaults;
 pub mod discovery;
 pub mod error;
+pub mod fanout;
 pub mod node_proxy;
 pub mod objects;
 pub mod path;
@@ -48,6 +49,8 @@ pub struct Api {
     pub agent_token: Option<String>,
     /// Watch events decoded once for all their watchers.
     pub decoded: Arc<decoded::Decoded>,
+    /// One store watch per resource type, shared by its watches.
+    pub fanout: fanout::Fanout,
 }
 
 impl std::fmt::Debug for Api {
@@ -67,6 +70,7 @@ impl Api {
             pod_network: crate::agents::PodNetwork::default(),
             agent_token: None,
             decoded: Arc::default(),
+            fanout: fanout::Fanout::default(),
         }
     }
 }

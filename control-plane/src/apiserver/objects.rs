@@ -160,7 +160,7 @@ fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Value> {
 }
 
 /// A stored object as clients see it: with its resource version, kind and apiVersion.
-fn present(resource: &ResourceType, kv: &KeyValue) -> Result<Value> {
+pub(super) fn present(resource: &ResourceType, kv: &KeyValue) -> Result<Value> {
     let mut object: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::storage(&store::Error::Corrupt(format!("{}: {e}", kv.key))))?;
     object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
@@ -172,14 +172,27 @@ fn present(resource: &ResourceType, kv: &KeyValue) -> Result<Value> {
 /// The stored form: no resource version (the store's revision is it) and no nulls (Kubernetes
 /// omits unset fields, so `null` is never a stored value).
 fn to_stored(object: &Value) -> Vec<u8> {
-    let mut object = object.clone();
+    serde_json::to_vec(&stored_form(object.clone())).expect("a JSON value always serializes")
+}
+
+/// `object` as [`to_stored`] encodes it.
+fn stored_form(mut object: Value) -> Value {
     apiary_api::meta::strip_nulls(&mut object);
     if let Some(meta) = object["metadata"].as_object_mut() {
         meta.remove("resourceVersion");
         // Server-side apply's bookkeeping is not kept.
         meta.remove("managedFields");
     }
-    serde_json::to_vec(&object).expect("a JSON value always serializes")
+    object
+}
+
+/// What [`present`] makes of `kv`, when `kv` was just written from `stored` (its
+/// [`stored_form`]): the written object is not decoded back.
+fn present_written(resource: &ResourceType, mut stored: Value, kv: &KeyValue) -> Value {
+    stored["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+    stored["kind"] = json!(resource.kind);
+    stored["apiVersion"] = json!(resource.api_version());
+    stored
 }
 
 fn now() -> String {
@@ -286,6 +299,11 @@ impl Filter {
         .collect()
     }
 
+    /// The value the field selector requires of the field at `path`, if it requires one.
+    pub fn required_field(&self, path: &[&str]) -> Option<&str> {
+        self.fields.required(path)
+    }
+
     pub fn matches(&self, object: &Value) -> bool {
         self.labels.matches(object) && self.fields.matches(object)
     }
@@ -375,25 +393,31 @@ pub async fn list(api: &Api, target: &Target, query: &Query) -> Result<Value> {
 
 /// One watch event line; with `as_table`, the object is a one-row Table, as `kubectl get -w`
 /// asks for.
-fn watch_event(resource: &ResourceType, as_table: bool, kind: &str, object: Value) -> Bytes {
+fn watch_event(resource: &ResourceType, as_table: bool, kind: &str, object: &Value) -> Bytes {
+    let table;
     let object = if as_table && kind != "ERROR" {
         let metadata = json!({ "resourceVersion": object["metadata"]["resourceVersion"] });
-        tables::table(resource, &[object], metadata)
+        table = tables::table(resource, std::slice::from_ref(object), metadata);
+        &table
     } else {
         object
     };
-    let mut line = serde_json::to_vec(&json!({ "type": kind, "object": object }))
-        .expect("a JSON value always serializes");
-    line.push(b'\n');
+    // `{"type":…,"object":…}` written out: the object is shared, not copied into a wrapper.
+    let mut line = format!(r#"{{"type":"{kind}","object":"#).into_bytes();
+    serde_json::to_writer(&mut line, object).expect("a JSON value always serializes");
+    line.extend_from_slice(b"}\n");
     Bytes::from(line)
 }
 
 /// One change seen by a watch, as Kubernetes names them.
 #[derive(Debug)]
+///
+/// Objects are shared (`Arc`): every watcher of a change, and every cache keeping it, holds the
+/// same decoded copy.
 pub enum Change {
-    Added(Value),
-    Modified(Value),
-    Deleted(Value),
+    Added(Arc<Value>),
+    Modified(Arc<Value>),
+    Deleted(Arc<Value>),
     /// The watch cannot go on (e.g. the watcher fell behind compaction): relist.
     Error(ApiError),
 }
@@ -401,10 +425,10 @@ pub enum Change {
 impl Change {
     fn into_line(self, resource: &ResourceType, as_table: bool) -> Bytes {
         match self {
-            Self::Added(o) => watch_event(resource, as_table, "ADDED", o),
-            Self::Modified(o) => watch_event(resource, as_table, "MODIFIED", o),
-            Self::Deleted(o) => watch_event(resource, as_table, "DELETED", o),
-            Self::Error(e) => watch_event(resource, false, "ERROR", e.status()),
+            Self::Added(o) => watch_event(resource, as_table, "ADDED", &o),
+            Self::Modified(o) => watch_event(resource, as_table, "MODIFIED", &o),
+            Self::Deleted(o) => watch_event(resource, as_table, "DELETED", &o),
+            Self::Error(e) => watch_event(resource, false, "ERROR", &e.status()),
         }
     }
 }
@@ -412,7 +436,7 @@ impl Change {
 /// A watch: the objects that matched at `revision` (when asked to start with them) and the
 /// changes after it.
 pub struct Watch {
-    pub initial: Vec<Value>,
+    pub initial: Vec<Arc<Value>>,
     pub revision: Revision,
     pub changes: futures::stream::BoxStream<'static, Change>,
 }
@@ -449,49 +473,24 @@ pub async fn watch_changes(
                 .as_array_mut()
                 .map(std::mem::take)
                 .unwrap_or_default();
-            (items, rv)
+            (items.into_iter().map(Arc::new).collect(), rv)
         }
     };
-    let events = api
-        .store
-        .watch(&list_prefix(target), revision)
-        .await
-        .map_err(|e| ApiError::storage(&e))?;
-    let decoded = Arc::clone(&api.decoded);
-    let changes = events.filter_map(move |event| {
-        let decode = |kv: &KeyValue| decoded.get_or_decode(kv, |kv| present(resource, kv));
-        // Filtered on the shared decoded object; copied only when delivered.
-        let change = match event {
-            Ok(store::WatchEvent::Put { kv, prev }) => {
-                let new = decode(&kv).ok();
-                let old = prev.and_then(|p| decode(&p).ok());
-                let (new_in, old_in) = (
-                    new.as_ref().is_some_and(|o| filter.matches(o)),
-                    old.as_ref().is_some_and(|o| filter.matches(o)),
-                );
-                let new = || new.as_deref().cloned();
-                match (old_in, new_in) {
-                    (false, true) => new().map(Change::Added),
-                    (true, true) => new().map(Change::Modified),
-                    (true, false) => new().map(Change::Deleted),
-                    (false, false) => None,
-                }
-            }
-            Ok(store::WatchEvent::Delete { prev, revision }) => {
-                decode(&prev).ok().filter(|o| filter.matches(o)).map(|o| {
-                    let mut o = Value::clone(&o);
-                    o["metadata"]["resourceVersion"] = json!(revision.to_string());
-                    Change::Deleted(o)
-                })
-            }
-            Err(e) => Some(Change::Error(ApiError::storage(&e))),
-        };
-        std::future::ready(change)
-    });
+    let changes = api
+        .fanout
+        .watch(
+            &api.store,
+            &api.decoded,
+            resource,
+            list_prefix(target),
+            filter,
+            revision,
+        )
+        .await?;
     Ok(Watch {
         initial,
         revision,
-        changes: changes.boxed(),
+        changes,
     })
 }
 
@@ -649,8 +648,10 @@ pub async fn create(api: &Api, target: &Target, mut object: Value) -> Result<Val
         allocator::Claims::default()
     };
     let key = resource.key(target.namespace.as_deref(), &name);
-    match api.store.create(&key, to_stored(&object)).await {
-        Ok(kv) => present(resource, &kv),
+    let stored = stored_form(object);
+    let encoded = serde_json::to_vec(&stored).expect("a JSON value always serializes");
+    match api.store.create(&key, encoded).await {
+        Ok(kv) => Ok(present_written(resource, stored, &kv)),
         Err(e) => {
             claims.release(api).await;
             Err(store_err(resource, &name, e))
@@ -746,14 +747,15 @@ async fn write_update(
         super::strategy::after_delete(api, resource, &deleted, &Value::Null, Deletion::Gone);
         return Ok(deleted);
     }
-    merged["metadata"]["resourceVersion"] = Value::Null;
+    let stored = stored_form(merged);
+    let encoded = serde_json::to_vec(&stored).expect("a JSON value always serializes");
     let kv = api
         .store
-        .update(&key, to_stored(&merged), Some(expected))
+        .update(&key, encoded, Some(expected))
         .await
         .map_err(|e| store_err(resource, name, e))?;
     released.release(api).await;
-    present(resource, &kv)
+    Ok(present_written(resource, stored, &kv))
 }
 
 /// An update that leaves `clusterIP` out keeps the allocated one (it is immutable).

@@ -185,6 +185,15 @@ impl FieldSelector {
             .map(|(_, value, _)| value.as_str())
     }
 
+    /// The value an equality term requires of the field at `path` (e.g. `spec.nodeName=X`), if
+    /// there is one: lets watches be indexed by it.
+    pub fn required(&self, path: &[&str]) -> Option<&str> {
+        self.terms
+            .iter()
+            .find(|(p, _, equal)| *equal && *p == path)
+            .map(|(_, value, _)| value.as_str())
+    }
+
     pub fn matches(&self, object: &Value) -> bool {
         self.terms.iter().all(|(path, value, equal)| {
             let actual = path

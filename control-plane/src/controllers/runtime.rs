@@ -149,9 +149,10 @@ impl Cache {
         }
     }
 
-    fn apply(&self, object: Value) {
+    /// Keeps `object` as the latest state of its key (what [`reflect`] does on each change).
+    pub(crate) fn apply(&self, object: Arc<Value>) {
         let mut objects = self.objects.write().unwrap_or_else(|e| e.into_inner());
-        objects.insert(ns_name(&object), Arc::new(object));
+        objects.insert(ns_name(&object), object);
     }
 
     fn remove(&self, object: &Value) {
@@ -160,10 +161,10 @@ impl Cache {
     }
 
     /// Replaces everything with a fresh listing; returns the objects that are gone.
-    fn replace(&self, listing: &[Value]) -> Vec<Arc<Value>> {
+    fn replace(&self, listing: &[Arc<Value>]) -> Vec<Arc<Value>> {
         let fresh: BTreeMap<_, _> = listing
             .iter()
-            .map(|o| (ns_name(o), Arc::new(o.clone())))
+            .map(|o| (ns_name(o), Arc::clone(o)))
             .collect();
         let mut objects = self.objects.write().unwrap_or_else(|e| e.into_inner());
         let old = std::mem::replace(&mut *objects, fresh);
@@ -227,7 +228,7 @@ pub async fn reflect(
             };
             match change {
                 Some(Change::Added(o) | Change::Modified(o)) => {
-                    cache.apply(o.clone());
+                    cache.apply(Arc::clone(&o));
                     changed(&o);
                 }
                 Some(Change::Deleted(o)) => {

@@ -184,6 +184,12 @@ async fn run_once(api: &Arc<Api>) -> Result<()> {
     }
 }
 
+/// A typed copy of a watched object, read from the shared one (stored objects have no nulls
+/// for `from_json` to strip).
+fn decode<T: serde::de::DeserializeOwned>(object: &serde_json::Value) -> serde_json::Result<T> {
+    T::deserialize(object)
+}
+
 /// Whether this scheduler is the one to place `pod`.
 fn wants(pod: &Pod) -> bool {
     let name = pod.spec.scheduler_name.as_str();
@@ -202,12 +208,10 @@ fn is_terminal(pod: &Pod) -> bool {
 impl Scheduler {
     fn node_changed(&mut self, change: Change) {
         match change {
-            Change::Added(o) | Change::Modified(o) => {
-                match apiary_api::meta::from_json::<Node>(o) {
-                    Ok(node) => self.cache.upsert_node(&node),
-                    Err(e) => tracing::warn!(error = %e, "scheduler: undecodable node"),
-                }
-            }
+            Change::Added(o) | Change::Modified(o) => match decode::<Node>(&o) {
+                Ok(node) => self.cache.upsert_node(&node),
+                Err(e) => tracing::warn!(error = %e, "scheduler: undecodable node"),
+            },
             Change::Deleted(o) => {
                 if let Some(name) = o["metadata"]["name"].as_str() {
                     self.cache.remove_node(name);
@@ -224,7 +228,7 @@ impl Scheduler {
             Change::Deleted(o) => (o, true),
             Change::Error(_) => return,
         };
-        let pod: Pod = match apiary_api::meta::from_json(object) {
+        let pod: Pod = match decode(&object) {
             Ok(pod) => pod,
             Err(e) => {
                 tracing::warn!(error = %e, "scheduler: undecodable pod");
@@ -260,15 +264,27 @@ impl Scheduler {
             return;
         };
         let pod = pending.info.clone();
-        let Search {
-            feasible,
-            reasons,
-            last,
-        } = find_feasible(&mut self.cache, self.next_start.as_deref(), &pod);
+        AffinityDomains::prepare(&pod, &mut self.cache);
+        let found = search(&self.cache, self.next_start.as_deref(), &pod);
+        let last = found.last.map(str::to_owned);
+        // The best node, at random among equals.
+        let best = (!found.feasible.is_empty()).then(|| {
+            let scores = scores::score(&pod, &found.feasible);
+            let best = scores.iter().copied().max().unwrap_or_default();
+            let top: Vec<&str> = found
+                .feasible
+                .iter()
+                .zip(&scores)
+                .filter(|(_, s)| **s == best)
+                .map(|(n, _)| n.name.as_str())
+                .collect();
+            top[rand::random_range(0..top.len())].to_owned()
+        });
+        let reasons = found.reasons;
         if last.is_some() {
             self.next_start = last;
         }
-        if feasible.is_empty() {
+        let Some(node) = best else {
             let message = filters::failure_message(self.cache.nodes.len(), &reasons);
             let pending = self.queue.pending.get_mut(key).expect("looked up above");
             if pending.last_message.as_deref() != Some(message.as_str()) {
@@ -280,20 +296,7 @@ impl Scheduler {
             }
             self.queue.park(key.to_owned());
             return;
-        }
-        let nodes: Vec<&cache::NodeInfo> = feasible
-            .iter()
-            .filter_map(|n| self.cache.nodes.get(n))
-            .collect();
-        let scores = scores::score(&pod, &nodes);
-        let best = scores.iter().copied().max().unwrap_or_default();
-        let top: Vec<&str> = nodes
-            .iter()
-            .zip(&scores)
-            .filter(|(_, s)| **s == best)
-            .map(|(n, _)| n.name.as_str())
-            .collect();
-        let node = top[rand::random_range(0..top.len())].to_owned();
+        };
         let mut assumed = pod;
         assumed.node = node.clone();
         assumed.pod.spec.node_name = node.clone();
@@ -341,7 +344,8 @@ impl Scheduler {
     }
 }
 
-/// What a search for feasible nodes found.
+/// What a search for feasible nodes found, with owned names (tests).
+#[cfg(test)]
 #[derive(Debug, Default)]
 struct Search {
     /// Feasible node names, at most [`nodes_to_find`] of them.
@@ -352,11 +356,22 @@ struct Search {
     last: Option<String>,
 }
 
+/// What a search found, borrowed from the cache: a search looks at hundreds of nodes per pod,
+/// so it copies no names.
+#[derive(Debug, Default)]
+struct Found<'a> {
+    /// Feasible nodes, at most [`nodes_to_find`] of them.
+    feasible: Vec<&'a cache::NodeInfo>,
+    /// Why the other nodes looked at failed: reason → nodes.
+    reasons: BTreeMap<String, usize>,
+    /// The last node looked at, where the next search should start after.
+    last: Option<&'a str>,
+}
+
 /// Checks nodes from the one after `start` on, around the ring, until [`nodes_to_find`]
-/// feasible ones are found (or every node was checked).
-fn find_feasible(cache: &mut Cache, start: Option<&str>, pod: &PodInfo) -> Search {
-    AffinityDomains::prepare(pod, cache);
-    let cache = &*cache;
+/// feasible ones are found (or every node was checked). The pod's terms must have been
+/// [`AffinityDomains::prepare`]d.
+fn search<'a>(cache: &'a Cache, start: Option<&str>, pod: &PodInfo) -> Found<'a> {
     let domains = AffinityDomains::compute(pod, cache);
     let wanted = nodes_to_find(cache.nodes.len());
     // Node names are never empty: after "" is every node.
@@ -367,23 +382,33 @@ fn find_feasible(cache: &mut Cache, start: Option<&str>, pod: &PodInfo) -> Searc
     let before = cache
         .nodes
         .range::<str, _>((Bound::Unbounded, Bound::Included(start)));
-    let mut search = Search::default();
-    let mut last = None;
+    let mut found = Found::default();
     for node in after.chain(before).map(|(_, n)| n) {
-        last = Some(&node.name);
+        found.last = Some(&node.name);
         let failed = filters::check(pod, node, cache, &domains);
         if failed.is_empty() {
-            search.feasible.push(node.name.clone());
-            if search.feasible.len() >= wanted {
+            found.feasible.push(node);
+            if found.feasible.len() >= wanted {
                 break;
             }
         }
         for reason in failed {
-            *search.reasons.entry(reason).or_default() += 1;
+            *found.reasons.entry(reason).or_default() += 1;
         }
     }
-    search.last = last.cloned();
-    search
+    found
+}
+
+/// [`search`] with owned names, for tests.
+#[cfg(test)]
+fn find_feasible(cache: &mut Cache, start: Option<&str>, pod: &PodInfo) -> Search {
+    AffinityDomains::prepare(pod, cache);
+    let found = search(cache, start, pod);
+    Search {
+        feasible: found.feasible.iter().map(|n| n.name.clone()).collect(),
+        reasons: found.reasons,
+        last: found.last.map(str::to_owned),
+    }
 }
 
 /// POSTs a Binding to `pods/{name}/binding`.
