@@ -125,6 +125,8 @@ struct Enforcer {
     recompile_all: bool,
     /// Addresses whose identity changed since flows were last judged again.
     changed_peers: BTreeSet<Ipv4Addr>,
+    /// What this agent wrote to `IPCACHE` (the node's own address aside).
+    ipcache: BTreeMap<Ipv4Addr, u32>,
     /// The compiled policy of every local pod.
     compiled: BTreeMap<PodRef, EndpointPolicy>,
     /// What the maps hold, per local pod.
@@ -153,6 +155,7 @@ impl Enforcer {
             previous: None,
             recompile_all: true,
             changed_peers: BTreeSet::new(),
+            ipcache: BTreeMap::new(),
             compiled: BTreeMap::new(),
             written: BTreeMap::new(),
             endpoint_ids: BTreeMap::new(),
@@ -327,23 +330,33 @@ impl Enforcer {
 
 impl Enforcer {
     /// Writes the address → identity changes to `IPCACHE`; returns the addresses whose
-    /// identity changed.
+    /// identity changed or went (a new address had no flows under another identity).
     fn write_identities(&mut self) -> anyhow::Result<BTreeSet<Ipv4Addr>> {
         let changes = self.identities.take_changes();
-        let mut changed = BTreeSet::new();
-        for (ip, identity) in changes.upserts {
-            if let IpAddr::V4(ip) = ip {
-                self.maps.set_identity(ip, identity)?;
-                changed.insert(ip);
-            }
+        let upserts: Vec<(Ipv4Addr, u32)> = changes
+            .upserts
+            .into_iter()
+            .filter_map(|(ip, id)| match ip {
+                IpAddr::V4(ip) => Some((ip, id)),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let deletes: Vec<Ipv4Addr> = changes
+            .deletes
+            .into_iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(ip) if ip != self.node_ip => Some(ip),
+                _ => None,
+            })
+            .collect();
+        let changed = reassigned(&self.ipcache, &upserts, &deletes);
+        for &(ip, identity) in &upserts {
+            self.maps.set_identity(ip, identity)?;
+            self.ipcache.insert(ip, identity);
         }
-        for ip in changes.deletes {
-            if let IpAddr::V4(ip) = ip
-                && ip != self.node_ip
-            {
-                self.maps.remove_identity(ip)?;
-                changed.insert(ip);
-            }
+        for ip in deletes {
+            self.maps.remove_identity(ip)?;
+            self.ipcache.remove(&ip);
         }
         Ok(changed)
     }
@@ -436,5 +449,41 @@ impl Enforcer {
             .iter()
             .map(|(id, rule)| (id, rule.to_string()))
             .collect();
+    }
+}
+
+/// The addresses among `upserts` and `deletes` that had another identity in `written`: flows
+/// with them were judged under that identity and must be judged again. A new address had none
+/// (checking those would walk the flow table for every pod started anywhere in the cluster).
+fn reassigned(
+    written: &BTreeMap<Ipv4Addr, u32>,
+    upserts: &[(Ipv4Addr, u32)],
+    deletes: &[Ipv4Addr],
+) -> BTreeSet<Ipv4Addr> {
+    let moved = upserts
+        .iter()
+        .filter(|(ip, id)| written.get(ip).is_some_and(|old| old != id))
+        .map(|(ip, _)| *ip);
+    let gone = deletes
+        .iter()
+        .filter(|ip| written.contains_key(ip))
+        .copied();
+    moved.chain(gone).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_addresses_that_change_hands_are_judged_again() {
+        let a = Ipv4Addr::new(10, 0, 0, 1);
+        let b = Ipv4Addr::new(10, 0, 0, 2);
+        let c = Ipv4Addr::new(10, 0, 0, 3);
+        let d = Ipv4Addr::new(10, 0, 0, 4);
+        let written = BTreeMap::from([(a, 300), (b, 301), (c, 302)]);
+        let changed = reassigned(&written, &[(a, 300), (b, 400), (d, 500)], &[c, d]);
+        // a: same identity; b: another one; c: gone; d: new (and its delete is unknown).
+        assert_eq!(changed, BTreeSet::from([b, c]));
     }
 }
