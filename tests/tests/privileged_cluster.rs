@@ -255,6 +255,21 @@ fn pods_on_two_nodes_run_talk_and_clean_up() {
         .kubectl(&["exec", "client", "--", "sh", "-c", "exit 3"])
         .unwrap();
     assert_eq!(failed.status.code(), Some(3));
+    // kubectl cp both ways (tar through exec's stdin and stdout).
+    let local = cluster.dir.path().join("cp-in.txt");
+    std::fs::write(&local, "copied in\n").unwrap();
+    cluster
+        .kubectl_ok(&["cp", local.to_str().unwrap(), "client:/tmp/cp.txt"])
+        .unwrap();
+    assert_eq!(
+        exec(&cluster, "client", &["cat", "/tmp/cp.txt"]),
+        "copied in\n"
+    );
+    let back = cluster.dir.path().join("cp-out.txt");
+    cluster
+        .kubectl_ok(&["cp", "client:/tmp/cp.txt", back.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied in\n");
 
     // A crashing container restarts with back-off; --previous shows the last attempt's logs.
     cluster
