@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{resource, target};
-use crate::apiserver::{Api, error::ApiError, objects};
+use crate::apiserver::{Api, error::ApiError, objects, resources::ResourceType};
 
 /// The Service's address: the first of the service network.
 pub const SERVICE_IP: &str = "10.96.0.1";
@@ -76,36 +76,37 @@ pub async fn run(
 /// One pass: creates what is missing, puts back what differs.
 pub async fn reconcile(api: &Arc<Api>, advertised: SocketAddr) -> Result<(), ApiError> {
     let services = resource(api, "", "v1", "services");
-    let wanted = service(advertised.port());
-    match objects::get(api, services, Some(NAMESPACE), NAME).await {
-        Ok(mut current) => {
-            if current["spec"]["ports"] != wanted["spec"]["ports"] {
-                current["spec"]["ports"] = wanted["spec"]["ports"].clone();
-                objects::update(api, &target(services, NAMESPACE, Some(NAME)), NAME, current)
-                    .await?;
-                tracing::info!(port = advertised.port(), "default/kubernetes ports updated");
-            }
-        }
-        Err(e) if e.reason == "NotFound" => {
-            objects::create(api, &target(services, NAMESPACE, None), wanted).await?;
-            tracing::info!(ip = SERVICE_IP, "default/kubernetes created");
-        }
-        Err(e) => return Err(e),
-    }
-    let resource = resource(api, "", "v1", "endpoints");
-    let wanted = endpoints(advertised);
+    ensure(api, services, service(advertised.port()), "/spec/ports").await?;
+    let endpoints_type = resource(api, "", "v1", "endpoints");
+    ensure(api, endpoints_type, endpoints(advertised), "/subsets").await
+}
+
+/// Creates `wanted` (an object named [`NAME`] in [`NAMESPACE`]) if it is missing, or puts back
+/// the part of it at `pointer` if the stored one differs there.
+async fn ensure(
+    api: &Arc<Api>,
+    resource: &'static ResourceType,
+    wanted: Value,
+    pointer: &str,
+) -> Result<(), ApiError> {
+    let kind = resource.kind;
     match objects::get(api, resource, Some(NAMESPACE), NAME).await {
         Ok(mut current) => {
-            if current["subsets"] != wanted["subsets"] {
-                current["subsets"] = wanted["subsets"].clone();
+            let part = wanted.pointer(pointer).cloned().unwrap_or_default();
+            if current.pointer(pointer) != Some(&part) {
+                let slot = pointer
+                    .split('/')
+                    .skip(1)
+                    .fold(&mut current, |at, key| &mut at[key]);
+                *slot = part;
                 objects::update(api, &target(resource, NAMESPACE, Some(NAME)), NAME, current)
                     .await?;
-                tracing::info!(%advertised, "default/kubernetes endpoints updated");
+                tracing::info!(kind, "default/kubernetes put back: {pointer}");
             }
         }
         Err(e) if e.reason == "NotFound" => {
             objects::create(api, &target(resource, NAMESPACE, None), wanted).await?;
-            tracing::info!(%advertised, "default/kubernetes endpoints created");
+            tracing::info!(kind, "default/kubernetes created");
         }
         Err(e) => return Err(e),
     }
@@ -125,5 +126,46 @@ mod tests {
         let e = endpoints("10.0.0.5:6443".parse().unwrap());
         assert_eq!(e["subsets"][0]["addresses"][0]["ip"], "10.0.0.5");
         assert_eq!(e["subsets"][0]["ports"][0]["port"], 6443);
+    }
+
+    #[tokio::test]
+    async fn a_pass_creates_both_and_puts_back_what_was_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store =
+            tokio::task::spawn_blocking(move || crate::store::embedded::EmbeddedStore::open(&path))
+                .await
+                .unwrap()
+                .unwrap();
+        let api = Arc::new(Api::new(Arc::new(store)));
+        crate::apiserver::bootstrap(&api).await.unwrap();
+        let services = resource(&api, "", "v1", "services");
+        let endpoints_type = resource(&api, "", "v1", "endpoints");
+        let get = |r| {
+            let api = Arc::clone(&api);
+            async move { objects::get(&api, r, Some(NAMESPACE), NAME).await.unwrap() }
+        };
+
+        reconcile(&api, "10.0.0.5:6443".parse().unwrap())
+            .await
+            .unwrap();
+        let created = get(services).await;
+        assert_eq!(created["spec"]["clusterIP"], SERVICE_IP);
+        assert_eq!(created["spec"]["ports"][0]["targetPort"], 6443);
+        assert_eq!(
+            get(endpoints_type).await["subsets"][0]["addresses"][0]["ip"],
+            "10.0.0.5"
+        );
+
+        // Another leader, on another port: both are put back to it; the rest is kept.
+        reconcile(&api, "10.0.0.6:7443".parse().unwrap())
+            .await
+            .unwrap();
+        let updated = get(services).await;
+        assert_eq!(updated["spec"]["ports"][0]["targetPort"], 7443);
+        assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"]);
+        let e = get(endpoints_type).await;
+        assert_eq!(e["subsets"][0]["addresses"][0]["ip"], "10.0.0.6");
+        assert_eq!(e["subsets"][0]["ports"][0]["port"], 7443);
     }
 }

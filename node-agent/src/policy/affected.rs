@@ -212,16 +212,10 @@ pub fn by_namespace(
     let (old, new) = (with_name(old), with_name(new));
     let mut affected = BTreeSet::new();
     for (pod, info) in cluster.pods.iter().filter(|(p, _)| p.namespace == name) {
-        let view = |namespace_labels| PodView {
-            labels: &info.labels,
-            namespace_labels,
-            ips: &info.ips,
-            ports: &info.ports,
-        };
         affected.extend(by_pod(
             pod,
-            Some(view(&old)),
-            Some(view(&new)),
+            Some(PodView::of(info, &old)),
+            Some(PodView::of(info, &new)),
             policies,
             cluster,
             local_pods,
