@@ -30,6 +30,10 @@ pub const LAB_RANGE: &str = "10.123.0.0/16";
 /// Where labs pin their BPF maps.
 const LAB_BPFFS: &str = "/sys/fs/bpf/apiary-lab";
 const NETNS_DIR: &str = "/run/netns";
+/// The MAC of the underlay bridge `ul0` (locally administered, after its 10.123.0.254), set at
+/// creation so that it never follows the ports' addresses. Node *k*'s `pods0` gets
+/// `02:00:0a:7b:k:01` the same way.
+const UNDERLAY_BRIDGE_MAC: &str = "02:00:0a:7b:00:fe";
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -116,7 +120,20 @@ impl Lab {
             return Ok(ul.clone());
         }
         let ul = self.add_netns("ul")?;
-        ip(&["-n", &ul, "link", "add", "ul0", "type", "bridge"])?;
+        // A bridge without an address of its own takes its lowest port's MAC, so a machine
+        // added later (`add_client`) could change it under the neighbour caches of the nodes
+        // talking to an address on the bridge (the control plane's): tens of seconds of loss.
+        ip(&[
+            "-n",
+            &ul,
+            "link",
+            "add",
+            "ul0",
+            "address",
+            UNDERLAY_BRIDGE_MAC,
+            "type",
+            "bridge",
+        ])?;
         ip(&["-n", &ul, "link", "set", "ul0", "up"])?;
         self.underlay = Some(ul.clone());
         Ok(ul)
@@ -131,7 +148,19 @@ impl Lab {
     /// Adds a node: its `eth0` on the underlay, and an empty pod bridge.
     pub fn add_node(&mut self) -> anyhow::Result<Node> {
         let node = self.add_underlay_node()?;
-        ip(&["-n", &node.netns, "link", "add", "pods0", "type", "bridge"])?;
+        // A MAC of its own, for the reason `ul0` has one: pods added later must not change it.
+        let mac = format!("02:00:0a:7b:{:02x}:01", node.index);
+        ip(&[
+            "-n",
+            &node.netns,
+            "link",
+            "add",
+            "pods0",
+            "address",
+            &mac,
+            "type",
+            "bridge",
+        ])?;
         ip(&[
             "-n",
             &node.netns,
