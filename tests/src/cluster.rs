@@ -358,6 +358,13 @@ impl ClusterLab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `sh -c script` in `pod` (default namespace) through kubectl exec: its stdout. Panics,
+    /// with the processes' logs, when it fails.
+    pub fn sh(&self, pod: &str, script: &str) -> String {
+        self.kubectl_ok(&["exec", pod, "--", "sh", "-c", script])
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", self.logs()))
+    }
+
     pub fn kubectl_json(&self, args: &[&str]) -> anyhow::Result<Value> {
         Ok(serde_json::from_str(&self.kubectl_ok(args)?)?)
     }
@@ -546,6 +553,25 @@ fn spawn_in(netns: &str, program: &Path, args: &[String], log: &Path) -> anyhow:
         .stderr(out)
         .spawn()
         .with_context(|| format!("starting {} in {netns}", program.display()))
+}
+
+/// A pod of the busybox test image that only sleeps, bound to `node` (a client to exec in).
+pub fn sleeper_pod(name: &str, node: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: localhost/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+"#
+    )
 }
 
 /// Polls `check` every 200 ms until it returns `Some`, for at most `timeout`.

@@ -11,32 +11,9 @@ use std::{
 };
 
 use apiary_tests::{
-    cluster::{ClusterLab, wait},
+    cluster::{ClusterLab, sleeper_pod, wait},
     lab, require_privileges,
 };
-
-const IMAGE: &str = "localhost/busybox:latest";
-
-fn sleeper(name: &str, node: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}}}
-spec:
-  nodeName: {node}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - {{name: c, image: {IMAGE}, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}}
-"#
-    )
-}
-
-fn exec(cluster: &ClusterLab, pod: &str, script: &str) -> String {
-    cluster
-        .kubectl_ok(&["exec", pod, "--", "sh", "-c", script])
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()))
-}
 
 #[test]
 fn pods_reach_the_outside_behind_their_node_address() {
@@ -79,7 +56,7 @@ fn pods_reach_the_outside_behind_their_node_address() {
     });
 
     for (i, (node, _)) in nodes.iter().enumerate() {
-        cluster.apply(&sleeper(&format!("p{i}"), node)).unwrap();
+        cluster.apply(&sleeper_pod(&format!("p{i}"), node)).unwrap();
     }
     for (i, (_, node_ip)) in nodes.iter().enumerate() {
         let pod = format!("p{i}");
@@ -88,15 +65,13 @@ fn pods_reach_the_outside_behind_their_node_address() {
             .unwrap();
         let pod_ip = status["status"]["podIP"].as_str().unwrap().to_owned();
         // TCP: the outside saw the node's address, and the answer got back to the pod.
-        let seen = exec(
-            &cluster,
+        let seen = cluster.sh(
             &pod,
             &format!("timeout 5 nc {} 7000 </dev/null", outside.underlay_ip),
         );
         assert_eq!(seen.trim(), node_ip.to_string(), "{pod} (pod IP {pod_ip})");
         // Several connections at once, each with its own translation.
-        let many = exec(
-            &cluster,
+        let many = cluster.sh(
             &pod,
             &format!(
                 "for i in 1 2 3 4 5 6 7 8; do timeout 5 nc {} 7000 </dev/null & done; wait",
@@ -129,8 +104,7 @@ fn pods_reach_the_outside_behind_their_node_address() {
             "{pod}: {seen:?}, expected only {node_ip}"
         );
         // ICMP echo: the outside machine's kernel answers the node, the reply reaches the pod.
-        let ping = exec(
-            &cluster,
+        let ping = cluster.sh(
             &pod,
             &format!("ping -c 2 -W 2 {} && echo PONG", outside.underlay_ip),
         );

@@ -30,6 +30,19 @@ spec:
     )
 }
 
+/// A two-node cluster with namespace x; the nodes' names.
+fn two_nodes_and_namespace_x() -> (ClusterLab, String, String) {
+    let cluster = ClusterLab::start(2).unwrap();
+    let (n0, n1) = (
+        cluster.nodes()[0].name.clone(),
+        cluster.nodes()[1].name.clone(),
+    );
+    cluster
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
+        .unwrap();
+    (cluster, n0, n1)
+}
+
 /// Whether `from` gets the page of the server at `ip` (one try, 2 s at most).
 fn reaches(cluster: &ClusterLab, from: &str, ip: &str) -> bool {
     cluster
@@ -80,14 +93,7 @@ fn trace(cluster: &ClusterLab, from: &str) -> serde_json::Value {
 #[test]
 fn policies_allow_and_deny_across_nodes_and_go_away() {
     require_privileges!();
-    let cluster = ClusterLab::start(2).unwrap();
-    let (n0, n1) = (
-        cluster.nodes()[0].name.clone(),
-        cluster.nodes()[1].name.clone(),
-    );
-    cluster
-        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
-        .unwrap();
+    let (cluster, n0, n1) = two_nodes_and_namespace_x();
     cluster
         .apply(&pod(
             "b",
@@ -225,14 +231,7 @@ fn flowing(cluster: &ClusterLab) -> bool {
 #[test]
 fn established_connections_outlive_allowed_changes_and_stop_when_revoked() {
     require_privileges!();
-    let cluster = ClusterLab::start(2).unwrap();
-    let (n0, n1) = (
-        cluster.nodes()[0].name.clone(),
-        cluster.nodes()[1].name.clone(),
-    );
-    cluster
-        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
-        .unwrap();
+    let (cluster, n0, n1) = two_nodes_and_namespace_x();
     cluster
         .apply(&pod("b", &n1, "app: b", "exec nc -ll -p 9000 -e cat"))
         .unwrap();

@@ -15,7 +15,7 @@ use std::{
 };
 
 use apiary_tests::{
-    cluster::{ClusterLab, wait},
+    cluster::{ClusterLab, sleeper_pod, wait},
     lab, require_privileges,
 };
 use serde_json::Value;
@@ -47,24 +47,6 @@ spec:
     )
 }
 
-fn client_pod(name: &str, node: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}}}
-spec:
-  nodeName: {node}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: c
-    image: {IMAGE}
-    imagePullPolicy: IfNotPresent
-    command: [sleep, "3600"]
-"#
-    )
-}
-
 fn service(name: &str, app: &str, extra_spec: &str) -> String {
     format!(
         r#"
@@ -79,16 +61,9 @@ spec:
     )
 }
 
-fn exec(cluster: &ClusterLab, pod: &str, script: &str) -> String {
-    cluster
-        .kubectl_ok(&["exec", pod, "--", "sh", "-c", script])
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()))
-}
-
 /// Who answered each of `n` fresh connections from `pod` to `url`.
 fn answers_from_pod(cluster: &ClusterLab, pod: &str, url: &str, n: u32) -> BTreeMap<String, u32> {
-    let out = exec(
-        cluster,
+    let out = cluster.sh(
         pod,
         &format!("for i in $(seq {n}); do timeout 5 wget -qO- {url} || echo FAILED; done"),
     );
@@ -176,8 +151,8 @@ fn cluster_ips_node_ports_affinity_and_dns() {
     cluster
         .apply(&service("web-sticky", "web", "  sessionAffinity: ClientIP"))
         .unwrap();
-    cluster.apply(&client_pod("c1", &nodes[0].0)).unwrap();
-    cluster.apply(&client_pod("c2", &nodes[1].0)).unwrap();
+    cluster.apply(&sleeper_pod("c1", &nodes[0].0)).unwrap();
+    cluster.apply(&sleeper_pod("c2", &nodes[1].0)).unwrap();
     wait_available(&cluster, "web", 4);
     for pod in ["c1", "c2"] {
         cluster
@@ -215,7 +190,7 @@ fn cluster_ips_node_ports_affinity_and_dns() {
 
     // Cluster DNS: the service's FQDN resolves to its ClusterIP.
     let ip = cluster_ip(&cluster, "web");
-    let lookup = exec(&cluster, "c1", "nslookup web.default.svc.cluster.local");
+    let lookup = cluster.sh("c1", "nslookup web.default.svc.cluster.local");
     assert!(lookup.contains(&ip.to_string()), "{lookup}");
 
     // Headless: the name resolves to the ready pods themselves.
@@ -685,7 +660,7 @@ spec:
     udp_server_in_pod(&cluster, "u1");
     // A pod with a connected UDP socket to the ClusterIP: translated once, to u1.
     cluster
-        .apply(&client_pod("uc", &cluster.nodes()[0].name))
+        .apply(&sleeper_pod("uc", &cluster.nodes()[0].name))
         .unwrap();
     cluster
         .wait_ready("default", "uc", Duration::from_secs(60))
@@ -839,9 +814,9 @@ fn the_api_server_service_and_service_links() {
 
     cluster.apply(&service("db", "db", "")).unwrap();
     let db_ip = cluster_ip(&cluster, "db");
-    cluster.apply(&client_pod("linked", &node)).unwrap();
+    cluster.apply(&sleeper_pod("linked", &node)).unwrap();
     cluster
-        .apply(&client_pod("unlinked", &node).replace(
+        .apply(&sleeper_pod("unlinked", &node).replace(
             "  containers:",
             "  enableServiceLinks: false\n  containers:",
         ))
@@ -851,7 +826,7 @@ fn the_api_server_service_and_service_links() {
             .wait_ready("default", pod, Duration::from_secs(60))
             .unwrap();
     }
-    let env = exec(&cluster, "linked", "env");
+    let env = cluster.sh("linked", "env");
     for expected in [
         "KUBERNETES_SERVICE_HOST=10.96.0.1".to_owned(),
         "KUBERNETES_SERVICE_PORT=443".to_owned(),
@@ -864,13 +839,9 @@ fn the_api_server_service_and_service_links() {
             "{expected} not in:\n{env}"
         );
     }
-    let env = exec(&cluster, "unlinked", "env");
+    let env = cluster.sh("unlinked", "env");
     assert!(env.contains("KUBERNETES_SERVICE_HOST=10.96.0.1"), "{env}");
     assert!(!env.contains("DB_SERVICE_HOST"), "{env}");
-    let lookup = exec(
-        &cluster,
-        "linked",
-        "nslookup kubernetes.default.svc.cluster.local",
-    );
+    let lookup = cluster.sh("linked", "nslookup kubernetes.default.svc.cluster.local");
     assert!(lookup.contains("10.96.0.1"), "{lookup}");
 }
