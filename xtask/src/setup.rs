@@ -22,8 +22,11 @@ const PACKAGES: &[&str] = &[
     "docker-registry", // the image store's pull test pushes to and pulls from one on loopback
     // The etcd backend's tests run a real etcd.
     "etcd-server",
-    // etcd-client and the agent protocol compile .proto files.
+    // etcd-client and the agent protocol compile .proto files; etcd-client's import
+    // google/protobuf's well-known types, which are in libprotobuf-dev (only a Recommends of
+    // protobuf-compiler, so `--no-install-recommends` leaves them out).
     "protobuf-compiler",
+    "libprotobuf-dev",
     // Labs and debugging.
     "bpftool",
     "iproute2",
