@@ -1166,7 +1166,7 @@ pub struct ConfigMap {
 }
 
 /// Secret data. `data` values are base64; `stringData` is write-only plain text that the API
-/// server folds into `data` ([`Secret::fold_string_data`]).
+/// server folds into `data` ([`Secret::fold_string_data`]) before validation and storage.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Secret {
@@ -1186,11 +1186,30 @@ pub struct Secret {
 }
 
 impl Secret {
-    /// Moves `stringData` into `data` (base64-encoded, overriding), as the API server does on
-    /// write.
-    pub fn fold_string_data(&mut self) {
-        for (k, v) in std::mem::take(&mut self.string_data) {
-            self.data.insert(k, base64::encode(v.as_bytes()));
+    /// Moves `stringData` into `data` (base64-encoded, overriding what `data` has under the
+    /// same key), as the API server does on every write: `stringData` is never stored or
+    /// served. Works on the wire form, so that fields this type does not model are kept.
+    pub fn fold_string_data(secret: &mut Value) {
+        let Some(object) = secret.as_object_mut() else {
+            return;
+        };
+        let Some(Value::Object(string_data)) = object.remove("stringData") else {
+            return;
+        };
+        if string_data.is_empty() {
+            return;
+        }
+        if !object.get("data").is_some_and(Value::is_object) {
+            object.insert("data".into(), Value::Object(Default::default()));
+        }
+        let data = object["data"].as_object_mut().expect("just made an object");
+        for (key, value) in string_data {
+            // A non-string value is left as it was sent, for validation to name.
+            let encoded = match value.as_str() {
+                Some(text) => Value::String(base64::encode(text.as_bytes())),
+                None => value,
+            };
+            data.insert(key, encoded);
         }
     }
 
@@ -1488,18 +1507,28 @@ mod tests {
 
     #[test]
     fn secrets_fold_string_data() {
-        let mut s: Secret = serde_json::from_str(
-            r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"db"},
-                "type":"Opaque","data":{"user":"YWRtaW4="},"stringData":{"password":"s3cr3t"}}"#,
+        let mut v: Value = serde_json::from_str(
+            r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"db"},"type":"Opaque",
+                "data":{"user":"YWRtaW4=","password":"b2xk"},
+                "stringData":{"password":"s3cr3t","host":"db.local"}}"#,
         )
         .unwrap();
-        s.fold_string_data();
-        assert!(s.string_data.is_empty());
+        Secret::fold_string_data(&mut v);
+        assert!(v.get("stringData").is_none(), "{v}");
+        assert_eq!(v["type"], "Opaque");
+        let s: Secret = serde_json::from_value(v).unwrap();
+        // stringData overrides data under the same key.
         assert_eq!(s.decoded("password").unwrap(), b"s3cr3t");
         assert_eq!(s.decoded("user").unwrap(), b"admin");
-        let v = serde_json::to_value(&s).unwrap();
-        assert_eq!(v["type"], "Opaque");
-        assert!(v.get("stringData").is_none());
+        assert_eq!(s.decoded("host").unwrap(), b"db.local");
+
+        // Only stringData: data is made.
+        let mut v = serde_json::json!({"metadata": {"name": "x"}, "stringData": {"k": "v"}});
+        Secret::fold_string_data(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"metadata": {"name": "x"}, "data": {"k": "dg=="}})
+        );
     }
 
     #[test]

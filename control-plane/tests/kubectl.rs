@@ -581,3 +581,154 @@ fn finalizers_hold_a_deleted_object_until_removed() {
     .success();
     cp.kubectl(&["get", "cm", "held"]).failure();
 }
+
+#[test]
+fn secret_string_data_is_folded_into_data_and_never_served() {
+    let cp = ControlPlane::start();
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ndata:\n  user: YWRtaW4=\n  password: b2xk\nstringData:\n  password: hunter2\n";
+    let created = cp.kubectl_stdin(&["create", "-f", "-", "-o", "json"], secret);
+    let created: Value = serde_json::from_str(&created.success()).unwrap();
+    let stored = cp.kubectl_json(&["get", "secret", "db", "-o", "json"]);
+    for object in [&created, &stored] {
+        assert!(object.get("stringData").is_none(), "{object}");
+        // base64 of hunter2: stringData overrides data under the same key.
+        assert_eq!(object["data"]["password"], "aHVudGVyMg==", "{object}");
+        assert_eq!(object["data"]["user"], "YWRtaW4=", "{object}");
+    }
+
+    // Updates fold too: apply (a patch of the live object) and a merge patch.
+    let applied =
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: api\nstringData:\n  token: t1\n";
+    cp.kubectl_stdin(&["apply", "-f", "-"], applied).success();
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &applied.replace("token: t1", "token: t2"),
+    )
+    .success();
+    cp.kubectl(&[
+        "patch",
+        "secret",
+        "api",
+        "--type=merge",
+        "-p",
+        r#"{"stringData":{"extra":"x"}}"#,
+    ])
+    .success();
+    let api = cp.kubectl_json(&["get", "secret", "api", "-o", "json"]);
+    assert!(api.get("stringData").is_none(), "{api}");
+    assert_eq!(api["data"]["token"], "dDI=", "{api}");
+    assert_eq!(api["data"]["extra"], "eA==", "{api}");
+
+    // A bad key in stringData is named as Kubernetes names it, and nothing is stored.
+    let out = cp
+        .kubectl_stdin(
+            &["create", "-f", "-"],
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bad\nstringData:\n  bad/key: x\n",
+        )
+        .failure();
+    assert!(out.contains("data[bad/key]"), "{out}");
+    cp.kubectl(&["get", "secret", "bad"]).failure();
+}
+
+#[test]
+fn new_objects_have_the_status_kubernetes_serializes() {
+    let cp = ControlPlane::start();
+    let created = cp
+        .kubectl_stdin(&["create", "-f", "-", "-o", "json"], APP)
+        .success();
+    // `kubectl create -o json` prints each object it created, one document after another.
+    let objects: Vec<Value> = serde_json::Deserializer::from_str(&created)
+        .into_iter::<Value>()
+        .map(Result::unwrap)
+        .flat_map(|o| match o["items"].as_array() {
+            Some(items) => items.clone(),
+            None => vec![o],
+        })
+        .collect();
+    let by_kind = |kind: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {created}"))
+            .clone()
+    };
+    assert_eq!(by_kind("Deployment")["status"], serde_json::json!({}));
+    assert_eq!(
+        by_kind("Service")["status"],
+        serde_json::json!({"loadBalancer": {}})
+    );
+    // A client's status on create is replaced, as controllers own it.
+    let job = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: j\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: c\n        image: localhost/busybox:latest\nstatus:\n  succeeded: 5\n";
+    let job: Value = serde_json::from_str(
+        &cp.kubectl_stdin(&["create", "-f", "-", "-o", "json"], job)
+            .success(),
+    )
+    .unwrap();
+    assert!(job["status"].is_object(), "{job}");
+    assert!(job["status"].get("succeeded").is_none(), "{job}");
+    // Reads have it too (a ConfigMap has no status at all).
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n";
+    cp.kubectl_stdin(&["create", "-f", "-"], cm).success();
+    assert!(
+        cp.kubectl_json(&["get", "cm", "c", "-o", "json"])
+            .get("status")
+            .is_none()
+    );
+    let cronjob = "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: cj\nspec:\n  schedule: \"0 0 1 1 *\"\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers:\n          - name: c\n            image: localhost/busybox:latest\n";
+    cp.kubectl_stdin(&["create", "-f", "-"], cronjob).success();
+    assert_eq!(
+        cp.kubectl_json(&["get", "cronjob", "cj", "-o", "json"])["status"],
+        serde_json::json!({})
+    );
+}
+
+#[test]
+fn discovery_and_version_answer_with_a_trailing_slash() {
+    let cp = ControlPlane::start();
+    for path in ["/version", "/version/"] {
+        let version: Value = serde_json::from_str(&cp.kubectl(&["get", "--raw", path]).success())
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(version["major"], "1", "{path}: {version}");
+    }
+    for (path, kind) in [
+        ("/api/", "APIVersions"),
+        ("/api/v1/", "APIResourceList"),
+        ("/apis/", "APIGroupList"),
+        ("/apis/apps/", "APIGroup"),
+        ("/apis/apps/v1/", "APIResourceList"),
+    ] {
+        let body: Value = serde_json::from_str(&cp.kubectl(&["get", "--raw", path]).success())
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(body["kind"], kind, "{path}: {body}");
+    }
+}
+
+#[test]
+fn every_namespace_gets_a_default_service_account() {
+    let cp = ControlPlane::start();
+    let has_default = |ns: &str| {
+        cp.kubectl(&["-n", ns, "get", "serviceaccount", "default", "-o", "name"])
+            .ok()
+    };
+    wait_until("default/default", || has_default("default"));
+    wait_until("kube-system/default", || has_default("kube-system"));
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-b\n",
+    )
+    .success();
+    wait_until("team-b/default", || has_default("team-b"));
+    let out = cp.kubectl(&["-n", "team-b", "get", "sa"]).success();
+    assert!(out.contains("default"), "{out}");
+    // Deleted, it comes back.
+    let uid = |cp: &ControlPlane| {
+        cp.kubectl_json(&["-n", "team-b", "get", "sa", "default", "-o", "json"])["metadata"]["uid"]
+            .clone()
+    };
+    let first = uid(&cp);
+    cp.kubectl(&["-n", "team-b", "delete", "sa", "default"])
+        .success();
+    wait_until("team-b/default to come back", || {
+        has_default("team-b") && uid(&cp) != first
+    });
+}

@@ -133,6 +133,10 @@ impl Lab {
             UNDERLAY_BRIDGE_MAC,
             "type",
             "bridge",
+            // No multicast snooping: the bridge would join 224.0.0.106 and send IGMP reports
+            // (see `add_node`).
+            "mcast_snooping",
+            "0",
         ])?;
         ip(&["-n", &ul, "link", "set", "ul0", "up"])?;
         self.underlay = Some(ul.clone());
@@ -160,6 +164,11 @@ impl Lab {
             &mac,
             "type",
             "bridge",
+            // Without it the bridge joins 224.0.0.106 and its IGMPv3 reports (54-byte frames,
+            // sent at once and again within a second) reach every pod: a stray packet in the
+            // pod counters of a test that runs while the machine is busy.
+            "mcast_snooping",
+            "0",
         ])?;
         ip(&[
             "-n",
@@ -427,6 +436,32 @@ pub fn read_sysctl(netns: &str, key: &str) -> anyhow::Result<String> {
 fn sysctl(netns: &str, key: &str, value: &str) -> anyhow::Result<()> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
     exec(netns, &["sh", "-c", &format!("echo {value} > {path}")]).map(drop)
+}
+
+/// The frames `dev` in `netns` has sent and received so far: `(tx_packets, rx_packets)`.
+pub fn link_packets(netns: &str, dev: &str) -> anyhow::Result<(u64, u64)> {
+    let json = ip(&["-n", netns, "-j", "-s", "link", "show", "dev", dev])?;
+    let links: serde_json::Value = serde_json::from_str(&json).context("ip -j -s link show")?;
+    let stats = &links[0]["stats64"];
+    let count = |dir: &str| {
+        stats[dir]["packets"]
+            .as_u64()
+            .with_context(|| format!("no {dir} packet count for {dev} in {netns}: {json}"))
+    };
+    Ok((count("tx")?, count("rx")?))
+}
+
+/// The IPv4 multicast groups `dev` in `netns` has joined (`ip maddr`).
+pub fn ipv4_groups(netns: &str, dev: &str) -> anyhow::Result<Vec<String>> {
+    let json = ip(&["-n", netns, "-j", "maddr", "show", "dev", dev])?;
+    let links: serde_json::Value = serde_json::from_str(&json).context("ip -j maddr show")?;
+    Ok(links[0]["maddr"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["family"] == "inet")
+        .filter_map(|m| Some(m["address"].as_str()?.to_owned()))
+        .collect())
 }
 
 fn link_mac(netns: &str, dev: &str) -> anyhow::Result<String> {

@@ -38,6 +38,40 @@ fn nodes_reach_each_other_over_the_underlay() {
     assert_eq!(from.ip(), std::net::IpAddr::V4(n1.underlay_ip));
 }
 
+/// Regression: the pod bridge snooped multicast, so it joined 224.0.0.106 and its IGMPv3
+/// report (one 54-byte frame, sent again within a second) reached every pod: an exact packet
+/// count run while the machine was busy counted one `to_pod` packet more than it sent.
+#[test]
+fn pods_receive_no_frame_the_test_did_not_send() {
+    require_privileges!();
+    let mut lab = Lab::new().unwrap();
+    let mut node = lab.add_node().unwrap();
+    let a = lab.add_pod(&mut node, "a").unwrap();
+    let b = lab.add_pod(&mut node, "b").unwrap();
+    lab.pin_neighbors(&a, &b).unwrap();
+    // Whether a report lands after the pods are wired depends on timing; which groups the
+    // bridges joined does not. 224.0.0.1 (all hosts) is joined by every interface and never
+    // reported.
+    let underlay = lab.underlay_netns().unwrap();
+    for (netns, bridge) in [(&node.netns, "pods0"), (&underlay, "ul0")] {
+        assert_eq!(
+            lab::ipv4_groups(netns, bridge).unwrap(),
+            ["224.0.0.1"],
+            "{bridge} joined a group it sends IGMP reports for"
+        );
+    }
+    // IGMPv3's unsolicited reports go out within `unsolicited_report_interval` (1 s) of a join.
+    std::thread::sleep(Duration::from_millis(2500));
+    for pod in [&a, &b] {
+        assert_eq!(
+            lab::link_packets(&node.netns, &pod.host_veth).unwrap(),
+            (0, 0),
+            "frames on {}'s veth (tx toward the pod, rx from it) that no test sent",
+            pod.name
+        );
+    }
+}
+
 #[test]
 fn no_lab_namespace_has_a_route_beyond_the_lab() {
     require_privileges!();

@@ -32,6 +32,10 @@ const PACKAGES: &[&str] = &[
     "iproute2",
 ];
 
+/// The official Kubernetes Python client, pinned: the API tests' second real client (beside
+/// kubectl), from PyPI.
+const PYTHON_CLIENT: &str = "kubernetes==37.0.3";
+
 /// bpf-linker, pinned: a new release can change the objects it produces.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -42,6 +46,7 @@ pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     bpffs()?;
+    python_client()?;
     println!("setup: ready in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -125,6 +130,29 @@ fn bpf_linker() -> anyhow::Result<()> {
             .args(["--no-default-features", "--features", "llvm-22"]),
     )
     .context("installing bpf-linker")
+}
+
+fn python_client() -> anyhow::Result<()> {
+    let (_, version) = PYTHON_CLIENT.split_once("==").expect("pinned with ==");
+    let installed = shell::output(
+        Command::new("python3").args(["-c", "import kubernetes; print(kubernetes.__version__)"]),
+    );
+    if installed.as_deref().map(str::trim) == Some(version) {
+        println!("setup: python {PYTHON_CLIENT} present");
+        return Ok(());
+    }
+    shell::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(PYTHON_CLIENT),
+    )
+    .context("installing the Kubernetes Python client")
 }
 
 fn bpffs() -> anyhow::Result<()> {

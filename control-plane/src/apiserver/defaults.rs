@@ -10,6 +10,36 @@ fn default(object: &mut Value, key: &str, value: Value) {
     }
 }
 
+/// The status a new object of `kind` starts with: what kube-apiserver serializes for the
+/// kind's zero status (Go's JSON encoding never omits a struct, nor a number without
+/// `omitempty`), so clients that read `.status` (the official Python client's
+/// `status.available_replicas`) find an object. `None`: the kind has no status.
+pub fn initial_status(kind: &str) -> Option<Value> {
+    Some(match kind {
+        "Namespace" => json!({ "phase": "Active" }),
+        "Pod" => json!({ "phase": "Pending" }),
+        "Service" => json!({ "loadBalancer": {} }),
+        "Node" => json!({
+            "daemonEndpoints": { "kubeletEndpoint": { "Port": 0 } },
+            "nodeInfo": {
+                "machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "",
+                "osImage": "", "containerRuntimeVersion": "", "kubeletVersion": "",
+                "kubeProxyVersion": "", "operatingSystem": "", "architecture": "",
+            },
+        }),
+        "ReplicaSet" => json!({ "replicas": 0 }),
+        "StatefulSet" => json!({ "replicas": 0, "availableReplicas": 0 }),
+        "DaemonSet" => json!({
+            "currentNumberScheduled": 0,
+            "numberMisscheduled": 0,
+            "desiredNumberScheduled": 0,
+            "numberReady": 0,
+        }),
+        "Deployment" | "Job" | "CronJob" => json!({}),
+        _ => return None,
+    })
+}
+
 /// Fills the defaults of an object of `kind`.
 pub fn apply(kind: &str, object: &mut Value) {
     match kind {

@@ -160,12 +160,20 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
+        // Discovery answers with and without a trailing slash, as kube-apiserver's go-restful
+        // routes do: the official Python client asks for `/version/`, `/api/v1/`, `/apis/`.
         .route("/version", get(discovery::version))
+        .route("/version/", get(discovery::version))
         .route("/api", get(discovery::core_versions))
+        .route("/api/", get(discovery::core_versions))
         .route("/apis", get(discovery::groups))
+        .route("/apis/", get(discovery::groups))
         .route("/api/v1", get(discovery::core_resources))
+        .route("/api/v1/", get(discovery::core_resources))
         .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/apis/{group}/{version}/", get(discovery::group_resources))
         .route("/apis/{group}", get(discovery::group))
+        .route("/apis/{group}/", get(discovery::group))
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/log",
             get(streams::logs),

@@ -166,7 +166,18 @@ pub(super) fn present(resource: &ResourceType, kv: &KeyValue) -> Result<Value> {
     object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
     object["kind"] = json!(resource.kind);
     object["apiVersion"] = json!(resource.api_version());
+    fill_status(resource, &mut object);
     Ok(object)
+}
+
+/// An object stored without a status (before it had one on create, or after a status write
+/// that cleared it) is served with its kind's empty status, as Kubernetes serves every object.
+fn fill_status(resource: &ResourceType, object: &mut Value) {
+    if object.get("status").is_none()
+        && let Some(status) = super::defaults::initial_status(resource.kind)
+    {
+        object["status"] = status;
+    }
 }
 
 /// The stored form: no resource version (the store's revision is it) and no nulls (Kubernetes
@@ -192,6 +203,7 @@ fn present_written(resource: &ResourceType, mut stored: Value, kv: &KeyValue) ->
     stored["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
     stored["kind"] = json!(resource.kind);
     stored["apiVersion"] = json!(resource.api_version());
+    fill_status(resource, &mut stored);
     stored
 }
 
@@ -637,6 +649,7 @@ pub async fn create(api: &Api, target: &Target, mut object: Value) -> Result<Val
         obj.remove("deletionTimestamp");
         obj.remove("deletionGracePeriodSeconds");
     }
+    api.strategy.prepare_write(resource, &mut object);
     api.strategy.prepare_create(resource, &mut object)?;
     api.strategy.validate(resource, &object, None)?;
     if let Some(ns) = target.namespace.as_deref() {
@@ -720,6 +733,7 @@ async fn write_update(
 ) -> Result<Value> {
     let resource = target.resource;
     let mut merged = merge_for_update(resource, target.subresource.as_deref(), old, new);
+    api.strategy.prepare_write(resource, &mut merged);
     defaults::apply(resource.kind, &mut merged);
     let released = if resource.plural == "services" && target.subresource.is_none() {
         keep_cluster_ip(old, &mut merged);

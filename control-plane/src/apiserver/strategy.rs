@@ -20,6 +20,14 @@ use super::{
 pub struct Strategy;
 
 impl Strategy {
+    /// What every write (create, update, patch) does to the object as sent before it is
+    /// defaulted and validated: the conversion of write-only wire fields.
+    pub fn prepare_write(&self, resource: &ResourceType, object: &mut Value) {
+        if resource.kind == "Secret" && resource.group.is_empty() {
+            apiary_api::core_v1::Secret::fold_string_data(object);
+        }
+    }
+
     /// Defaults and initial status of a new object.
     pub fn prepare_create(&self, resource: &ResourceType, object: &mut Value) -> Result<()> {
         super::defaults::apply(resource.kind, object);
@@ -31,10 +39,16 @@ impl Strategy {
                     *status = json!({ "phase": "Pending" });
                 }
             }
-            // Controllers own status; what a client sends on create is dropped.
+            // Controllers own status: what a client sends on create is replaced by the
+            // kind's empty status, which Kubernetes always serializes.
             _ if resource.has_subresource("status") => {
-                if let Some(obj) = object.as_object_mut() {
-                    obj.remove("status");
+                match super::defaults::initial_status(resource.kind) {
+                    Some(status) => object["status"] = status,
+                    None => {
+                        if let Some(obj) = object.as_object_mut() {
+                            obj.remove("status");
+                        }
+                    }
                 }
             }
             _ => {}

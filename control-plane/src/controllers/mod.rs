@@ -13,6 +13,7 @@
 //! - [`loadbalancer`]: addresses of LoadBalancer Services, from the configured pools.
 //! - [`identity`]: a SecurityIdentity per distinct set of security labels among live pods.
 //! - [`kubernetes_service`]: `default/kubernetes`, the API server's own Service.
+//! - [`serviceaccount`]: the `default` ServiceAccount of every namespace.
 
 pub mod cronjob;
 pub mod daemonset;
@@ -25,6 +26,7 @@ pub mod kubernetes_service;
 pub mod loadbalancer;
 pub mod replicaset;
 pub mod runtime;
+pub mod serviceaccount;
 pub mod statefulset;
 
 use std::{collections::BTreeMap, future::Future, sync::Arc};
@@ -79,6 +81,7 @@ pub async fn run(
         daemonset::run(Arc::clone(&api), rx.clone()),
         identity::run(Arc::clone(&api), config.identity_gc_grace, rx.clone()),
         kubernetes_service::run(Arc::clone(&api), config.advertised, rx.clone()),
+        serviceaccount::run(Arc::clone(&api), rx.clone()),
         loadbalancer::run(Arc::clone(&api), config.load_balancer_pools, rx),
     );
     tracing::debug!("controllers stopped");

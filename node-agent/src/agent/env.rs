@@ -197,9 +197,6 @@ impl Sources {
                 Err(e) => return Some(Err(e)),
             };
         }
-        for (k, v) in &secret.string_data {
-            data.insert(k.clone(), v.clone().into_bytes());
-        }
         Some(Ok(data))
     }
 }

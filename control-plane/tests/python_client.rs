@@ -1,0 +1,105 @@
+//! End-to-end with the official Kubernetes Python client (`pip install kubernetes`, installed
+//! by `cargo xtask setup`): a second real client beside kubectl, which reads what kubectl
+//! does not (`/version/`, the status of a new object) and fails differently on what it misses.
+
+mod support;
+
+use std::process::Command;
+
+use support::ControlPlane;
+
+/// Runs `script` with the Python client configured from the test control plane's kubeconfig
+/// (as `sys.argv[1]`); panics with its output unless it exits 0.
+fn run_python(cp: &ControlPlane, script: &str) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(cp.kubeconfig())
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the Python client failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
+const PRELUDE: &str = r#"
+import sys, time
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+config.load_kube_config(sys.argv[1])
+core, apps = client.CoreV1Api(), client.AppsV1Api()
+
+def eventually(what, check, seconds=20):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+"#;
+
+#[test]
+fn the_official_python_client_works_against_the_api() {
+    let cp = ControlPlane::start();
+    let script = format!(
+        "{PRELUDE}{}",
+        r#"
+# /version/ (with its slash) and discovery.
+assert client.VersionApi().get_code().major == "1"
+assert any(r.name == "pods" for r in core.get_api_resources().resources)
+assert "apps" in [g.name for g in client.ApisApi().get_api_versions().groups]
+
+core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="py")))
+eventually("the default service account", lambda: [
+    sa.metadata.name for sa in core.list_namespaced_service_account("py").items] == ["default"])
+
+# A new object has a status, so reading a field of it works.
+dep = client.V1Deployment(
+    metadata=client.V1ObjectMeta(name="web"),
+    spec=client.V1DeploymentSpec(
+        replicas=2,
+        selector=client.V1LabelSelector(match_labels={"app": "web"}),
+        template=client.V1PodTemplateSpec(
+            metadata=client.V1ObjectMeta(labels={"app": "web"}),
+            spec=client.V1PodSpec(containers=[
+                client.V1Container(name="web", image="localhost/busybox:latest")]))))
+created = apps.create_namespaced_deployment("py", dep)
+assert created.status is not None and created.status.available_replicas is None, created.status
+
+# stringData is folded into data and not returned.
+secret = core.create_namespaced_secret("py", client.V1Secret(
+    metadata=client.V1ObjectMeta(name="s"), string_data={"password": "hunter2"}))
+assert secret.data == {"password": "aHVudGVyMg=="} and secret.string_data is None, secret
+assert core.read_namespaced_secret("s", "py").data == {"password": "aHVudGVyMg=="}
+
+# Errors come back with Kubernetes' codes.
+try:
+    core.read_namespaced_config_map("nope", "py")
+    raise AssertionError("no 404")
+except ApiException as e:
+    assert e.status == 404, e
+try:
+    core.create_namespaced_config_map("py", client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="Bad_Name")))
+    raise AssertionError("no 422")
+except ApiException as e:
+    assert e.status == 422 and "metadata.name" in e.body, e
+
+# Patch, scale and watch.
+core.create_namespaced_config_map("py", client.V1ConfigMap(
+    metadata=client.V1ObjectMeta(name="c"), data={"a": "1"}))
+core.patch_namespaced_config_map("c", "py", {"data": {"b": "2"}})
+assert core.read_namespaced_config_map("c", "py").data == {"a": "1", "b": "2"}
+assert apps.patch_namespaced_deployment_scale("web", "py", {"spec": {"replicas": 3}}).spec.replicas == 3
+seen = [(e["type"], e["object"].metadata.name)
+        for e in watch.Watch().stream(core.list_namespaced_config_map, "py", timeout_seconds=1)]
+assert ("ADDED", "c") in seen, seen
+print("ok")
+"#
+    );
+    assert!(run_python(&cp, &script).contains("ok"));
+}
