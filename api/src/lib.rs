@@ -8,6 +8,8 @@
 //!   [`networking_v1`], [`discovery_v1`], [`coordination_v1`], [`autoscaling_v1`], and Apiary's
 //!   own [`apiary_v1`] (SecurityIdentity).
 //! - Shared value types: [`selector`] (label and field selectors), [`intstr`], [`quantity`].
+//! - [`cron`]: CronJob schedules (robfig/cron's syntax, as Kubernetes reads it) and their run
+//!   times.
 //! - [`resource`]: the registry of served resources and the discovery documents.
 //! - [`remotecommand`]: the channels and exit statuses of `kubectl exec` over WebSocket.
 //! - [`validation`]: per-kind checks with Kubernetes' messages; [`status`]: error bodies.
@@ -18,6 +20,7 @@ pub mod autoscaling_v1;
 pub mod batch_v1;
 pub mod coordination_v1;
 pub mod core_v1;
+pub mod cron;
 pub mod discovery_v1;
 pub mod intstr;
 pub mod meta;

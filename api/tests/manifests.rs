@@ -515,6 +515,22 @@ fn updates_dispatch_on_the_registry() {
     let errs = validate_object_update(&resource::LEASES, lease, lease).unwrap();
     assert!(errs.is_empty());
 
+    // CronJobs: a legacy `TZ=` prefix may stay on update, though a new object may not have one.
+    let cj = json!({"apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": "legacy", "namespace": "default"},
+        "spec": {"schedule": "TZ=Europe/Paris 0 3 * * *",
+          "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox"}]}}}}}});
+    let cron_jobs = resource::resolve("cronjobs").unwrap();
+    assert_eq!(validate_object(cron_jobs, &cj).unwrap().len(), 1);
+    let mut new = cj.clone();
+    new["spec"]["schedule"] = json!("TZ=Europe/Paris @daily");
+    assert!(
+        validate_object_update(cron_jobs, &cj, &new)
+            .unwrap()
+            .is_empty()
+    );
+
     let svc = service();
     assert!(validate_object(&resource::SERVICES, &json!({"spec": "nonsense"})).is_err());
     assert!(

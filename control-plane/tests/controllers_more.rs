@@ -730,3 +730,89 @@ fn suspended_job_runs_no_pods_until_resumed() {
     ])
     .success();
 }
+
+fn cron_job_manifest(name: &str, schedule: &str) -> String {
+    format!(
+        r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: {name}
+spec:
+  schedule: "{schedule}"
+  jobTemplate:
+    metadata:
+      labels: {{cron: {name}}}
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: work
+            image: localhost/busybox:1
+"#
+    )
+}
+
+fn cron_jobs(cp: &ControlPlane, cron: &str) -> Vec<Value> {
+    items(&cp.kubectl_json(&["get", "jobs", "-l", &format!("cron={cron}"), "-o", "json"]))
+}
+
+/// Issue 12, item 7: validation took `@hourly` and `@every`, but the controller's own parser
+/// refused them (an `UnparseableSchedule` event), so their jobs never ran.
+#[test]
+fn cronjobs_with_macro_schedules_start_jobs() {
+    let cp = ControlPlane::start();
+    // `@every 2s`: the first run is two seconds after creation.
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &cron_job_manifest("every", "@every 2s"),
+    )
+    .success();
+    // `@hourly`: the first run may be an hour away, but a last run two hours back makes the
+    // latest whole hour a missed run, due at once.
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &cron_job_manifest("hourly", "@hourly"),
+    )
+    .success();
+    let two_hours_ago = (chrono::Utc::now() - chrono::Duration::hours(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    cp.kubectl(&[
+        "patch",
+        "cronjob",
+        "hourly",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &json!({ "status": { "lastScheduleTime": two_hours_ago } }).to_string(),
+    ])
+    .success();
+
+    let every = wait_for(60, "a job of the @every CronJob", || {
+        cron_jobs(&cp, "every").into_iter().next()
+    });
+    assert_eq!(every["metadata"]["ownerReferences"][0]["name"], "every");
+    let hourly = wait_for(60, "a job of the @hourly CronJob", || {
+        cron_jobs(&cp, "hourly").into_iter().next()
+    });
+    let at = hourly["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(at.ends_with(":00:00Z"), "@hourly ran at {at}");
+    let minutes: i64 = name(&hourly)
+        .strip_prefix("hourly-")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(minutes % 60, 0, "{}", name(&hourly));
+    let status = cp.kubectl_json(&["get", "cronjob", "hourly", "-o", "json"])["status"].clone();
+    assert_eq!(status["lastScheduleTime"], at.as_str(), "{status}");
+
+    let events = items(&cp.kubectl_json(&["get", "events", "-o", "json"]));
+    assert!(
+        !events.iter().any(|e| e["reason"] == "UnparseableSchedule"),
+        "{events:#?}"
+    );
+}

@@ -6,7 +6,8 @@ use super::{
     validate_object_meta_update,
 };
 use crate::{
-    batch_v1::{CronJob, Job, JobSpec},
+    batch_v1::{CronJob, CronJobSpec, Job, JobSpec},
+    cron::{self, Schedule},
     validation::core::validate_pod_spec,
 };
 
@@ -136,26 +137,35 @@ pub fn validate_cron_job(cj: &CronJob) -> ErrorList {
             format!("must be no more than {CRON_JOB_NAME_MAX} characters"),
         ));
     }
-    let spec = &cj.spec;
+    validate_cron_job_spec(&cj.spec, None, &mut errs);
+    errs
+}
+
+/// A CronJob update. As in Kubernetes, the name may be longer than a new CronJob's (older
+/// objects must stay updatable), a `TZ=`/`CRON_TZ=` prefix may stay if the old schedule had
+/// one, and `spec.timeZone` is checked only when it changes.
+pub fn validate_update_cron_job(old: &CronJob, new: &CronJob) -> ErrorList {
+    let mut errs = validate_object_meta_update(&old.metadata, &new.metadata);
+    errs.extend(validate_object_meta(
+        &new.metadata,
+        true,
+        NameRule::Subdomain,
+    ));
+    validate_cron_job_spec(&new.spec, Some(&old.spec), &mut errs);
+    errs
+}
+
+fn validate_cron_job_spec(spec: &CronJobSpec, old: Option<&CronJobSpec>, errs: &mut ErrorList) {
     if spec.schedule.is_empty() {
         errs.push(FieldError::required("spec.schedule"));
-    } else if let Err(msg) = check_schedule(&spec.schedule) {
-        errs.push(FieldError::invalid("spec.schedule", &spec.schedule, msg));
+    } else {
+        let allow_tz = old.is_some_and(|o| o.schedule.contains("TZ"));
+        validate_schedule(&spec.schedule, allow_tz, spec.time_zone.as_deref(), errs);
     }
-    if let Some(tz) = &spec.time_zone {
-        let valid = !tz.is_empty()
-            && !tz.starts_with('/')
-            && !tz.split('/').any(|p| p.is_empty() || p == "." || p == "..")
-            && tz
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'+'));
-        if !valid {
-            errs.push(FieldError::invalid(
-                "spec.timeZone",
-                tz,
-                "unknown time zone",
-            ));
-        }
+    if old.is_none_or(|o| o.time_zone != spec.time_zone)
+        && let Some(tz) = &spec.time_zone
+    {
+        validate_time_zone(tz, errs);
     }
     match spec.concurrency_policy.as_str() {
         "" | "Allow" | "Forbid" | "Replace" => {}
@@ -166,7 +176,7 @@ pub fn validate_cron_job(cj: &CronJob) -> ErrorList {
         )),
     }
     if let Some(s) = spec.starting_deadline_seconds {
-        non_negative(&mut errs, "spec.startingDeadlineSeconds", s);
+        non_negative(errs, "spec.startingDeadlineSeconds", s);
     }
     for (field, value) in [
         (
@@ -176,7 +186,7 @@ pub fn validate_cron_job(cj: &CronJob) -> ErrorList {
         ("failedJobsHistoryLimit", spec.failed_jobs_history_limit),
     ] {
         if let Some(v) = value {
-            non_negative(&mut errs, &format!("spec.{field}"), v.into());
+            non_negative(errs, &format!("spec.{field}"), v.into());
         }
     }
     let meta = &spec.job_template.metadata;
@@ -188,132 +198,106 @@ pub fn validate_cron_job(cj: &CronJob) -> ErrorList {
         &meta.annotations,
         "spec.jobTemplate.metadata.annotations",
     ));
-    validate_job_spec(&spec.job_template.spec, "spec.jobTemplate.spec", &mut errs);
-    errs
+    validate_job_spec(&spec.job_template.spec, "spec.jobTemplate.spec", errs);
 }
 
-/// Checks a cron schedule: five fields (minute hour day-of-month month day-of-week) or a
-/// descriptor (`@hourly`, `@every 1h30m`). Messages follow the parser Kubernetes uses.
-pub fn check_schedule(schedule: &str) -> Result<(), String> {
-    let s = schedule.trim();
-    if s.starts_with("TZ=") || s.starts_with("CRON_TZ=") {
-        return Err("cannot use TZ or CRON_TZ in schedule, use timeZone field instead".into());
+/// Kubernetes' `validateScheduleFormat`: the schedule must parse (with the parser the
+/// controller runs), and a `TZ=`/`CRON_TZ=` prefix (anything containing `TZ`, as Kubernetes
+/// checks) is allowed only when the old schedule had one, and never with `spec.timeZone`.
+fn validate_schedule(
+    schedule: &str,
+    allow_tz: bool,
+    time_zone: Option<&str>,
+    errs: &mut ErrorList,
+) {
+    const PATH: &str = "spec.schedule";
+    if let Err(e) = schedule.parse::<Schedule>() {
+        errs.push(FieldError::invalid(PATH, schedule, e.to_string()));
     }
-    if let Some(descriptor) = s.strip_prefix('@') {
-        return match descriptor {
-            "yearly" | "annually" | "monthly" | "weekly" | "daily" | "midnight" | "hourly" => {
-                Ok(())
-            }
-            d if d.starts_with("every ") && is_go_duration(d["every ".len()..].trim()) => Ok(()),
-            _ => Err(format!("unrecognized descriptor: {s}")),
-        };
-    }
-    let fields: Vec<&str> = s.split_whitespace().collect();
-    if fields.len() != 5 {
-        return Err(format!(
-            "expected exactly 5 fields, found {}: [{}]",
-            fields.len(),
-            fields.join(" ")
-        ));
-    }
-    const MONTHS: &[&str] = &[
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ];
-    const DAYS: &[&str] = &["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
-    let bounds: [(u32, u32, &[&str], bool); 5] = [
-        (0, 59, &[], false),
-        (0, 23, &[], false),
-        (1, 31, &[], true),
-        (1, 12, MONTHS, false),
-        (0, 6, DAYS, true),
-    ];
-    for (field, (min, max, names, question)) in fields.iter().zip(bounds) {
-        for expr in field.split(',') {
-            check_cron_range(expr, min, max, names, question)?;
+    if schedule.contains("TZ") {
+        if !allow_tz {
+            errs.push(FieldError::invalid(
+                PATH,
+                schedule,
+                "cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+            ));
+        } else if time_zone.is_some() {
+            errs.push(FieldError::invalid(
+                PATH,
+                schedule,
+                "cannot use both timeZone field and TZ or CRON_TZ in schedule",
+            ));
         }
     }
-    Ok(())
 }
 
-fn check_cron_range(
-    expr: &str,
-    min: u32,
-    max: u32,
-    names: &[&str],
-    question: bool,
-) -> Result<(), String> {
-    let (range, step) = match expr.split_once('/') {
-        Some((r, s)) => (r, Some(s)),
-        None => (expr, None),
+/// Kubernetes' `validateTimeZone`: IANA-style name parts, not `Local`, and a zone we know.
+fn validate_time_zone(tz: &str, errs: &mut ErrorList) {
+    const PATH: &str = "spec.timeZone";
+    if tz.is_empty() {
+        errs.push(FieldError::invalid(
+            PATH,
+            tz,
+            "timeZone must be nil or non-empty string",
+        ));
+        return;
+    }
+    // `^[A-Za-z\.\-_0-9+]{1,14}$` per part; not `.`, `..`, nor starting with `-`.
+    let bad_part = |p: &str| {
+        p == "."
+            || p == ".."
+            || p.starts_with('-')
+            || !(1..=14).contains(&p.len())
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'+'))
     };
-    let value = |v: &str| -> Result<u32, String> {
-        let lower = v.to_ascii_lowercase();
-        if let Some(i) = names.iter().position(|n| *n == lower) {
-            return Ok(i as u32 + min);
-        }
-        v.parse::<u32>().map_err(|_| {
-            format!("failed to parse int from {v}: strconv.Atoi: parsing {v:?}: invalid syntax")
-        })
-    };
-    let (start, end) = if range == "*" || (question && range == "?") {
-        (min, max)
-    } else if let Some((a, b)) = range.split_once('-') {
-        (value(a)?, value(b)?)
-    } else {
-        let v = value(range)?;
-        (v, if step.is_some() { max } else { v })
-    };
-    if start < min {
-        return Err(format!(
-            "beginning of range ({start}) below minimum ({min}): {expr}"
+    if tz.split('/').any(bad_part) {
+        errs.push(FieldError::invalid(
+            PATH,
+            tz,
+            format!("unknown time zone {tz}"),
+        ));
+        return;
+    }
+    if tz.eq_ignore_ascii_case("Local") {
+        errs.push(FieldError::invalid(
+            PATH,
+            tz,
+            "timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones",
         ));
     }
-    if end > max {
-        return Err(format!(
-            "end of range ({end}) above maximum ({max}): {expr}"
-        ));
+    if let Err(message) = cron::load_location(tz) {
+        errs.push(FieldError::invalid(PATH, tz, message));
     }
-    if start > end {
-        return Err(format!(
-            "beginning of range ({start}) beyond end of range ({end}): {expr}"
-        ));
-    }
-    if let Some(step) = step
-        && step.parse::<u32>().map_or(true, |s| s == 0)
-    {
-        return Err(format!("step of range should be a positive number: {expr}"));
-    }
-    Ok(())
-}
-
-/// A Go duration such as `1h30m`, `90s`, `1.5h`.
-fn is_go_duration(s: &str) -> bool {
-    let mut rest = s;
-    if rest.is_empty() {
-        return false;
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_end == 0 {
-            return false;
-        }
-        rest = &rest[num_end..];
-        let unit = ["ns", "us", "µs", "ms", "s", "m", "h"]
-            .iter()
-            .find(|u| rest.starts_with(*u));
-        match unit {
-            Some(u) => rest = &rest[u.len()..],
-            None => return false,
-        }
-    }
-    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The messages of a new CronJob's schedule.
+    fn schedule_errors(schedule: &str) -> Vec<String> {
+        let mut errs = ErrorList::new();
+        validate_schedule(schedule, false, None, &mut errs);
+        errs.iter().map(|e| e.detail.clone()).collect()
+    }
+
+    fn cron_job(schedule: &str, time_zone: Option<&str>) -> CronJob {
+        let mut cj: CronJob = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "backup", "namespace": "default"},
+            "spec": {"schedule": schedule, "jobTemplate": {"spec": {"template": {"spec": {
+                "restartPolicy": "OnFailure",
+                "containers": [{"name": "c", "image": "busybox"}]}}}}}
+        }))
+        .unwrap();
+        cj.spec.time_zone = time_zone.map(str::to_owned);
+        cj
+    }
+
+    fn messages(errs: &ErrorList) -> Vec<String> {
+        errs.iter().map(ToString::to_string).collect()
+    }
 
     #[test]
     fn cron_schedules() {
@@ -325,13 +309,19 @@ mod tests {
             "@hourly",
             "@every 1h30m",
             "5 4 * * sun",
+            "5/15 * * * *",
+            "0 0 * * ?",
+            // robfig takes `?` in any field.
+            "? 0 * * *",
         ] {
-            assert_eq!(check_schedule(ok), Ok(()), "{ok}");
+            assert!(schedule_errors(ok).is_empty(), "{ok}");
         }
         for (bad, msg) in [
             ("* * * *", "expected exactly 5 fields, found 4: [* * * *]"),
             ("60 * * * *", "end of range (60) above maximum (59): 60"),
+            ("0-70 * * * *", "end of range (70) above maximum (59): 0-70"),
             ("0 0 0 * *", "beginning of range (0) below minimum (1): 0"),
+            ("0 0 * * 7", "end of range (7) above maximum (6): 7"),
             (
                 "5-1 * * * *",
                 "beginning of range (5) beyond end of range (1): 5-1",
@@ -342,18 +332,146 @@ mod tests {
             ),
             ("@fortnightly", "unrecognized descriptor: @fortnightly"),
             (
+                "x * * * *",
+                "failed to parse int from x: strconv.Atoi: parsing \"x\": invalid syntax",
+            ),
+            (
                 "TZ=UTC 0 * * * *",
                 "cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
             ),
         ] {
-            assert_eq!(check_schedule(bad), Err(msg.to_owned()), "{bad}");
+            assert_eq!(schedule_errors(bad), [msg], "{bad}");
         }
-        assert!(
-            check_schedule("x * * * *")
-                .unwrap_err()
-                .starts_with("failed to parse int from x")
+    }
+
+    #[test]
+    fn every_macro_and_every_duration_is_a_valid_schedule() {
+        for ok in [
+            "@yearly",
+            "@annually",
+            "@monthly",
+            "@weekly",
+            "@daily",
+            "@midnight",
+            "@hourly",
+            "@every 90s",
+            "@every 1h30m",
+            "@every 1.5h",
+        ] {
+            assert!(validate_cron_job(&cron_job(ok, None)).is_empty(), "{ok}");
+        }
+        assert_eq!(
+            messages(&validate_cron_job(&cron_job("@every 1d", None))),
+            [
+                "spec.schedule: Invalid value: \"@every 1d\": failed to parse duration @every 1d: time: unknown unit \"d\" in duration \"1d\""
+            ]
         );
-        assert!(check_schedule("0 0 * * ?").is_ok());
-        assert!(check_schedule("? 0 * * *").is_err());
+    }
+
+    #[test]
+    fn tz_in_schedule_only_on_objects_that_had_it() {
+        const NO_TZ: &str = "cannot use TZ or CRON_TZ in schedule, use timeZone field instead";
+        // New objects: never, and a bad zone is reported as well.
+        assert_eq!(
+            messages(&validate_cron_job(&cron_job("CRON_TZ=UTC 0 * * * *", None))),
+            [format!(
+                "spec.schedule: Invalid value: \"CRON_TZ=UTC 0 * * * *\": {NO_TZ}"
+            )]
+        );
+        assert_eq!(
+            messages(&validate_cron_job(&cron_job("TZ=Nowhere 0 * * * *", None))),
+            [
+                "spec.schedule: Invalid value: \"TZ=Nowhere 0 * * * *\": provided bad location Nowhere: unknown time zone Nowhere".to_owned(),
+                format!("spec.schedule: Invalid value: \"TZ=Nowhere 0 * * * *\": {NO_TZ}"),
+            ]
+        );
+        // Updates of an object that had one: allowed, even a different zone…
+        let legacy = cron_job("TZ=Europe/Paris 0 * * * *", None);
+        let mut new = legacy.clone();
+        new.spec.schedule = "CRON_TZ=Asia/Tokyo @daily".into();
+        assert!(validate_update_cron_job(&legacy, &new).is_empty());
+        // … but not together with spec.timeZone.
+        new.spec.time_zone = Some("Asia/Tokyo".into());
+        assert_eq!(
+            messages(&validate_update_cron_job(&legacy, &new)),
+            [
+                "spec.schedule: Invalid value: \"CRON_TZ=Asia/Tokyo @daily\": cannot use both timeZone field and TZ or CRON_TZ in schedule"
+            ]
+        );
+        // An object that had none cannot gain one.
+        let plain = cron_job("0 * * * *", None);
+        let mut new = plain.clone();
+        new.spec.schedule = "TZ=UTC 0 * * * *".into();
+        assert_eq!(
+            messages(&validate_update_cron_job(&plain, &new)),
+            [format!(
+                "spec.schedule: Invalid value: \"TZ=UTC 0 * * * *\": {NO_TZ}"
+            )]
+        );
+        // Updates check the schedule with the same parser.
+        new.spec.schedule = "@hourly".into();
+        assert!(validate_update_cron_job(&plain, &new).is_empty());
+        new.spec.schedule = "@hourlyish".into();
+        assert_eq!(
+            messages(&validate_update_cron_job(&plain, &new)),
+            ["spec.schedule: Invalid value: \"@hourlyish\": unrecognized descriptor: @hourlyish"]
+        );
+    }
+
+    #[test]
+    fn time_zones() {
+        for ok in [
+            "Europe/Paris",
+            "America/Argentina/Buenos_Aires",
+            "UTC",
+            "Etc/GMT+5",
+        ] {
+            assert!(
+                validate_cron_job(&cron_job("0 9 * * *", Some(ok))).is_empty(),
+                "{ok}"
+            );
+        }
+        for (tz, msg) in [
+            ("X", "unknown time zone X"),
+            ("Europe/Atlantis", "unknown time zone Europe/Atlantis"),
+            ("europe/paris", "unknown time zone europe/paris"),
+            ("../etc/passwd", "unknown time zone ../etc/passwd"),
+            ("Europe/Paris Bis", "unknown time zone Europe/Paris Bis"),
+            (
+                "America/VeryLongCityName",
+                "unknown time zone America/VeryLongCityName",
+            ),
+            ("", "timeZone must be nil or non-empty string"),
+            (
+                "Local",
+                "timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones",
+            ),
+        ] {
+            assert_eq!(
+                messages(&validate_cron_job(&cron_job("0 9 * * *", Some(tz)))),
+                [format!("spec.timeZone: Invalid value: \"{tz}\": {msg}")],
+                "{tz}"
+            );
+        }
+        // Updates check the zone only when it changes (an old object keeps working).
+        let old = cron_job("0 9 * * *", Some("Europe/Atlantis"));
+        let mut new = old.clone();
+        new.spec.schedule = "0 10 * * *".into();
+        assert!(validate_update_cron_job(&old, &new).is_empty());
+        new.spec.time_zone = Some("Mars/Olympus".into());
+        assert_eq!(
+            messages(&validate_update_cron_job(&old, &new)),
+            ["spec.timeZone: Invalid value: \"Mars/Olympus\": unknown time zone Mars/Olympus"]
+        );
+    }
+
+    #[test]
+    fn long_names_can_still_be_updated() {
+        let mut old = cron_job("@daily", None);
+        old.metadata.name = "x".repeat(60);
+        assert_eq!(validate_cron_job(&old).len(), 1);
+        let mut new = old.clone();
+        new.spec.schedule = "@hourly".into();
+        assert!(validate_update_cron_job(&old, &new).is_empty());
     }
 }

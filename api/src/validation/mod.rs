@@ -22,7 +22,7 @@ pub use self::{
         validate_update_daemon_set, validate_update_deployment, validate_update_replica_set,
         validate_update_stateful_set,
     },
-    batch::{validate_cron_job, validate_job, validate_update_job},
+    batch::{validate_cron_job, validate_job, validate_update_cron_job, validate_update_job},
     core::{
         validate_config_map, validate_endpoints, validate_event, validate_namespace, validate_node,
         validate_pod, validate_pod_spec, validate_pod_template, validate_secret, validate_service,
@@ -981,6 +981,7 @@ pub fn validate_object_update(
         "statefulsets" => validate_update_stateful_set,
         "daemonsets" => validate_update_daemon_set,
         "jobs" => validate_update_job,
+        "cronjobs" => validate_update_cron_job,
         "securityidentities" => validate_update_security_identity,
     );
     let meta = |v: &serde_json::Value| match v.get("metadata") {

@@ -1,22 +1,28 @@
-//! The CronJob controller: creates a Job for every time the schedule (five cron fields,
-//! evaluated in `spec.timeZone`) comes round, named `<cronjob>-<minutes since the epoch>`;
-//! honours `concurrencyPolicy`, `startingDeadlineSeconds` and `suspend`, prunes finished Jobs
-//! beyond the history limits and reports `active`, `lastScheduleTime` and `lastSuccessfulTime`.
+//! The CronJob controller: creates a Job for every time the schedule comes round, named
+//! `<cronjob>-<minutes since the epoch>`. The schedule is parsed by [`apiary_api::cron`], the
+//! parser the API server validates with (five fields or a macro such as `@hourly` or
+//! `@every 1h30m`), and read in `spec.timeZone`, or in the zone of a legacy `CRON_TZ=` prefix
+//! (which wins, as in Kubernetes), or else in UTC. It honours `concurrencyPolicy`,
+//! `startingDeadlineSeconds` and `suspend`, prunes finished Jobs beyond the history limits and
+//! reports `active`, `lastScheduleTime` and `lastSuccessfulTime`.
 //!
 //! "Now" comes from a [`Clock`]. For tests only, `APIARY_CRONJOB_CLOCK_SPEEDUP=<factor>` makes
 //! the controller's clock run that many times faster than real time (from the moment it
 //! starts), so that minutes pass in seconds.
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use apiary_api::meta::ObjectRef;
-use chrono::{DateTime, Datelike as _, NaiveDate, TimeZone as _, Timelike as _, Utc};
+use apiary_api::{
+    cron::{self, Schedule},
+    meta::ObjectRef,
+};
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{
     Pin, controlled_by, get_fresh, job, list_fresh, owner_reference, put_status, record_event,
-    resource,
+    record_warning, resource,
     runtime::{self, Action, Cache, Error, Reconciler, Result},
     str_of, target,
 };
@@ -25,177 +31,6 @@ use crate::apiserver::{Api, objects, path::Target, resources::ResourceType};
 const COMPONENT: &str = "cronjob-controller";
 /// The environment variable that speeds the controller's clock up (tests only).
 pub const SPEEDUP_ENV: &str = "APIARY_CRONJOB_CLOCK_SPEEDUP";
-
-// ---------------------------------------------------------------------------------------------
-// Schedules
-
-/// A parsed five-field cron schedule.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Schedule {
-    minutes: u64,
-    hours: u64,
-    days_of_month: u64,
-    months: u64,
-    days_of_week: u64,
-    /// Whether day-of-month or day-of-week was `*` (then both must match; otherwise either).
-    day_star: bool,
-}
-
-const MONTHS: [&str; 12] = [
-    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-];
-const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
-
-fn parse_value(text: &str, names: &[&str], offset: u32) -> Result<u32, String> {
-    let lower = text.to_ascii_lowercase();
-    if let Some(i) = names.iter().position(|n| *n == lower) {
-        return Ok(u32::try_from(i).unwrap_or(0) + offset);
-    }
-    text.parse()
-        .map_err(|_| format!("failed to parse int from {text}"))
-}
-
-/// Parses one field into a bit set of the values in `min..=max`; also whether it was a star.
-fn parse_field(
-    field: &str,
-    (min, max): (u32, u32),
-    names: &[&str],
-    offset: u32,
-) -> Result<(u64, bool), String> {
-    let mut bits = 0u64;
-    let mut star = false;
-    for item in field.split(',') {
-        let (range, step) = match item.split_once('/') {
-            Some((r, s)) => (
-                r,
-                Some(
-                    s.parse::<u32>()
-                        .map_err(|_| format!("failed to parse int from {s}"))?,
-                ),
-            ),
-            None => (item, None),
-        };
-        let (start, end) = if range == "*" || range == "?" {
-            star = star || step.is_none_or(|s| s == 1);
-            (min, max)
-        } else if let Some((a, b)) = range.split_once('-') {
-            (
-                parse_value(a, names, offset)?,
-                parse_value(b, names, offset)?,
-            )
-        } else {
-            let v = parse_value(range, names, offset)?;
-            (v, if step.is_some() { max } else { v })
-        };
-        let step = step.unwrap_or(1);
-        if step == 0 {
-            return Err(format!("step of range should be a positive number: {item}"));
-        }
-        if start < min || end > max || start > end {
-            return Err(format!("beyond range ({min}-{max}) or inverted: {item}"));
-        }
-        let mut v = start;
-        while v <= end {
-            bits |= 1 << v;
-            v += step;
-        }
-    }
-    Ok((bits, star))
-}
-
-impl FromStr for Schedule {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let fields: Vec<&str> = text.split_whitespace().collect();
-        let [minute, hour, dom, month, dow] = fields[..] else {
-            return Err(format!("expected exactly 5 fields, found {}", fields.len()));
-        };
-        let (minutes, _) = parse_field(minute, (0, 59), &[], 0)?;
-        let (hours, _) = parse_field(hour, (0, 23), &[], 0)?;
-        let (days_of_month, dom_star) = parse_field(dom, (1, 31), &[], 0)?;
-        let (months, _) = parse_field(month, (1, 12), &MONTHS, 1)?;
-        let (mut days_of_week, dow_star) = parse_field(dow, (0, 7), &DAYS, 0)?;
-        // 7 is Sunday too.
-        if days_of_week & (1 << 7) != 0 {
-            days_of_week = (days_of_week & !(1 << 7)) | 1;
-        }
-        Ok(Self {
-            minutes,
-            hours,
-            days_of_month,
-            months,
-            days_of_week,
-            day_star: dom_star || dow_star,
-        })
-    }
-}
-
-impl Schedule {
-    fn day_matches(&self, date: NaiveDate) -> bool {
-        let dom = self.days_of_month & (1 << date.day()) != 0;
-        let dow = self.days_of_week & (1 << date.weekday().num_days_from_sunday()) != 0;
-        if self.day_star {
-            dom && dow
-        } else {
-            dom || dow
-        }
-    }
-
-    /// The first scheduled time strictly after `after`, evaluated in `tz`.
-    pub fn next_after(&self, after: DateTime<Utc>, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
-        let local = after.with_timezone(&tz).naive_local();
-        let start_date = local.date();
-        // Five years cover every satisfiable schedule (e.g. 29 February on a Monday is
-        // rarer, but Kubernetes gives up too).
-        for day in 0..366 * 5 {
-            let date = start_date + chrono::Duration::days(day);
-            if self.months & (1 << date.month()) == 0 || !self.day_matches(date) {
-                continue;
-            }
-            for hour in (0..24).filter(|h| self.hours & (1 << h) != 0) {
-                if day == 0 && hour < local.hour() {
-                    continue;
-                }
-                for minute in (0..60).filter(|m| self.minutes & (1 << m) != 0) {
-                    let Some(naive) = date.and_hms_opt(hour, minute, 0) else {
-                        continue;
-                    };
-                    // A time in a DST gap does not exist; an ambiguous one runs the first time.
-                    let Some(at) = tz.from_local_datetime(&naive).earliest() else {
-                        continue;
-                    };
-                    let at = at.with_timezone(&Utc);
-                    if at > after {
-                        return Some(at);
-                    }
-                }
-            }
-        }
-        None
-    }
-
-    /// The latest scheduled time in `(earliest, now]`, if any.
-    pub fn most_recent(
-        &self,
-        earliest: DateTime<Utc>,
-        now: DateTime<Utc>,
-        tz: chrono_tz::Tz,
-    ) -> Option<DateTime<Utc>> {
-        // Far in the past (a CronJob suspended for years): only the last day can matter.
-        let earliest = earliest.max(now - chrono::Duration::days(400));
-        let mut last = None;
-        let mut t = earliest;
-        while let Some(next) = self.next_after(t, tz) {
-            if next > now {
-                break;
-            }
-            last = Some(next);
-            t = next;
-        }
-        last
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Clock
@@ -339,6 +174,18 @@ impl CronJobs {
 
     async fn event(&self, cj: &Value, reason: &str, message: &str) {
         record_event(
+            &self.api,
+            COMPONENT,
+            cj,
+            ("batch/v1", "CronJob"),
+            reason,
+            message,
+        )
+        .await;
+    }
+
+    async fn warning(&self, cj: &Value, reason: &str, message: &str) {
+        record_warning(
             &self.api,
             COMPONENT,
             cj,
@@ -511,29 +358,33 @@ impl Reconciler for CronJobs {
         self.prune(&cj, failed, history("failedJobsHistoryLimit", 1))
             .await?;
 
-        let schedule: Schedule = match str_of(&cj, "/spec/schedule").parse() {
-            Ok(s) => s,
-            Err(message) => {
-                self.event(&cj, "UnparseableSchedule", &message).await;
-                return Ok(Action::Done);
-            }
-        };
+        // As in kube-controller-manager, a zone or schedule that does not parse (an object from
+        // before validation was this strict) waits for the spec to change.
         let tz = match spec["timeZone"].as_str() {
             None => chrono_tz::UTC,
-            Some(name) => match name.parse::<chrono_tz::Tz>() {
-                Ok(tz) => tz,
-                Err(_) => {
-                    self.event(&cj, "UnknownTimeZone", &format!("invalid timeZone: {name}"))
-                        .await;
+            Some(name) => match cron::load_location(name) {
+                Ok(tz) => tz.unwrap_or(chrono_tz::UTC),
+                Err(e) => {
+                    let message = format!("invalid timeZone: {name:?}: {e}");
+                    self.warning(&cj, "UnknownTimeZone", &message).await;
                     return Ok(Action::Done);
                 }
             },
         };
+        let text = str_of(&cj, "/spec/schedule");
+        let schedule: Schedule = match text.parse() {
+            Ok(s) => s,
+            Err(e) => {
+                let message = format!("unparseable schedule: {text:?} : {e}");
+                self.warning(&cj, "UnparseableSchedule", &message).await;
+                return Ok(Action::Done);
+            }
+        };
+        let created = parse_time(&cj["metadata"]["creationTimestamp"]).unwrap_or(now);
 
         let mut active_refs: Vec<Value> = active.iter().map(|j| object_ref(j)).collect();
         if spec["suspend"].as_bool() != Some(true) {
             let last = status.get("lastScheduleTime").and_then(parse_time);
-            let created = parse_time(&cj["metadata"]["creationTimestamp"]).unwrap_or(now);
             if let Due::Run(at) = due(
                 &schedule,
                 tz,
@@ -568,24 +419,20 @@ impl Reconciler for CronJobs {
         } else {
             status.insert("active".into(), Value::Array(active_refs));
         }
+        // The next run counts from the last one: `@every` runs keep their spacing.
+        let last = status.get("lastScheduleTime").and_then(parse_time);
         self.write_status(&cj, Value::Object(status)).await?;
 
         if spec["suspend"].as_bool() == Some(true) {
             return Ok(Action::Done);
         }
-        Ok(match schedule.next_after(now, tz) {
+        Ok(match schedule.next_run(last.unwrap_or(created), now, tz) {
             Some(next) => Action::RequeueAfter(
                 self.clock.real_duration(next - now) + Duration::from_millis(100),
             ),
             None => Action::Done,
         })
     }
-}
-
-/// The distinct values of a bit set, for tests and messages.
-#[cfg(test)]
-fn values(bits: u64) -> std::collections::BTreeSet<u32> {
-    (0..64).filter(|b| bits & (1 << b) != 0).collect()
 }
 
 #[cfg(test)]
@@ -598,105 +445,13 @@ mod tests {
             .with_timezone(&Utc)
     }
 
-    fn next(schedule: &str, after: &str, tz: &str) -> String {
-        let s: Schedule = schedule.parse().unwrap();
-        let tz: chrono_tz::Tz = tz.parse().unwrap();
-        format_time(s.next_after(utc(after), tz).unwrap())
-    }
-
-    #[test]
-    fn fields_parse_lists_ranges_steps_and_names() {
-        let s: Schedule = "*/15 9-17/4 1,15 JAN-mar mon-FRI".parse().unwrap();
-        assert_eq!(values(s.minutes), [0, 15, 30, 45].into());
-        assert_eq!(values(s.hours), [9, 13, 17].into());
-        assert_eq!(values(s.days_of_month), [1, 15].into());
-        assert_eq!(values(s.months), [1, 2, 3].into());
-        assert_eq!(values(s.days_of_week), [1, 2, 3, 4, 5].into());
-        assert!(!s.day_star);
-        let s: Schedule = "0 0 * * 7".parse().unwrap();
-        assert_eq!(values(s.days_of_week), [0].into());
-        assert!(s.day_star);
-        let s: Schedule = "5/20 * * * *".parse().unwrap();
-        assert_eq!(values(s.minutes), [5, 25, 45].into());
-        for bad in [
-            "* * * *",
-            "60 * * * *",
-            "* * 0 * *",
-            "*/0 * * * *",
-            "x * * * *",
-            "5-1 * * * *",
-        ] {
-            assert!(bad.parse::<Schedule>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn next_times_in_utc() {
-        assert_eq!(
-            next("* * * * *", "2024-03-01T10:00:30Z", "UTC"),
-            "2024-03-01T10:01:00Z"
-        );
-        assert_eq!(
-            next("* * * * *", "2024-03-01T10:01:00Z", "UTC"),
-            "2024-03-01T10:02:00Z"
-        );
-        assert_eq!(
-            next("30 2 * * *", "2024-03-01T10:00:00Z", "UTC"),
-            "2024-03-02T02:30:00Z"
-        );
-        // 29 February, the next leap year.
-        assert_eq!(
-            next("0 0 29 2 *", "2024-03-01T00:00:00Z", "UTC"),
-            "2028-02-29T00:00:00Z"
-        );
-        // 2024-03-01 is a Friday: next Monday.
-        assert_eq!(
-            next("0 9 * * MON", "2024-03-01T00:00:00Z", "UTC"),
-            "2024-03-04T09:00:00Z"
-        );
-        // Day of month OR day of week when both are restricted: the 10th, or a Monday.
-        assert_eq!(
-            next("0 0 10 * 1", "2024-03-01T00:00:00Z", "UTC"),
-            "2024-03-04T00:00:00Z"
-        );
-        assert_eq!(
-            next("0 0 1 JAN *", "2024-03-01T00:00:00Z", "UTC"),
-            "2025-01-01T00:00:00Z"
-        );
-    }
-
-    #[test]
-    fn next_times_in_time_zones() {
-        // 09:00 in Tokyo (UTC+9, no DST) is 00:00 UTC.
-        assert_eq!(
-            next("0 9 * * *", "2024-06-01T12:00:00Z", "Asia/Tokyo"),
-            "2024-06-02T00:00:00Z"
-        );
-        // 09:00 in New York in June (EDT, UTC-4) is 13:00 UTC.
-        assert_eq!(
-            next("0 9 * * *", "2024-06-01T12:00:00Z", "America/New_York"),
-            "2024-06-01T13:00:00Z"
-        );
-        // ... and in January (EST, UTC-5) 14:00 UTC.
-        assert_eq!(
-            next("0 9 * * *", "2024-01-10T15:00:00Z", "America/New_York"),
-            "2024-01-11T14:00:00Z"
-        );
-        // Kolkata is UTC+5:30: 00:00 local is 18:30 UTC the day before.
-        assert_eq!(
-            next("0 0 * * *", "2024-06-01T12:00:00Z", "Asia/Kolkata"),
-            "2024-06-01T18:30:00Z"
-        );
-        // Monday in Tokyo starts Sunday 15:00 UTC.
-        assert_eq!(
-            next("0 0 * * 1", "2024-06-01T00:00:00Z", "Asia/Tokyo"),
-            "2024-06-02T15:00:00Z"
-        );
+    fn schedule(text: &str) -> Schedule {
+        text.parse().unwrap()
     }
 
     #[test]
     fn due_runs_the_latest_missed_time_within_the_deadline() {
-        let s: Schedule = "*/5 * * * *".parse().unwrap();
+        let s = schedule("*/5 * * * *");
         let tz = chrono_tz::UTC;
         let created = utc("2024-03-01T10:00:00Z");
         let now = utc("2024-03-01T10:17:30Z");
@@ -721,6 +476,76 @@ mod tests {
         assert_eq!(
             job_name("backup", utc("2024-03-01T10:15:00Z")),
             "backup-28488135"
+        );
+    }
+
+    /// Issue 12, item 7: validation took `@hourly` and the controller's own parser refused it
+    /// (`UnparseableSchedule`), so the job never ran.
+    #[test]
+    fn macro_schedules_come_due() {
+        let tz = chrono_tz::UTC;
+        let created = utc("2024-03-01T10:20:00Z");
+        let hourly = schedule("@hourly");
+        assert_eq!(
+            due(
+                &hourly,
+                tz,
+                None,
+                created,
+                None,
+                utc("2024-03-01T10:59:59Z")
+            ),
+            Due::Wait
+        );
+        assert_eq!(
+            due(
+                &hourly,
+                tz,
+                None,
+                created,
+                None,
+                utc("2024-03-01T11:00:01Z")
+            ),
+            Due::Run(utc("2024-03-01T11:00:00Z"))
+        );
+        assert_eq!(
+            due(
+                &schedule("@daily"),
+                tz,
+                None,
+                created,
+                None,
+                utc("2024-03-03T08:00:00Z")
+            ),
+            Due::Run(utc("2024-03-03T00:00:00Z"))
+        );
+        // `@every` counts from creation, then from the last run.
+        let every = schedule("@every 1h30m");
+        assert_eq!(
+            due(&every, tz, None, created, None, utc("2024-03-01T11:49:00Z")),
+            Due::Wait
+        );
+        assert_eq!(
+            due(&every, tz, None, created, None, utc("2024-03-01T11:50:10Z")),
+            Due::Run(utc("2024-03-01T11:50:00Z"))
+        );
+        let last = Some(utc("2024-03-01T11:50:00Z"));
+        assert_eq!(
+            due(&every, tz, last, created, None, utc("2024-03-01T14:00:00Z")),
+            Due::Run(utc("2024-03-01T13:20:00Z"))
+        );
+        // A legacy CRON_TZ prefix wins over the zone passed in.
+        let tokyo = schedule("CRON_TZ=Asia/Tokyo @daily");
+        assert_eq!(
+            due(
+                &tokyo,
+                chrono_tz::Europe::Paris,
+                None,
+                created,
+                None,
+                utc("2024-03-02T00:00:00Z")
+            ),
+            Due::Run(utc("2024-03-01T15:00:00Z"))
         );
     }
 
