@@ -9,6 +9,7 @@
 //!   own [`apiary_v1`] (SecurityIdentity).
 //! - Shared value types: [`selector`] (label and field selectors), [`intstr`], [`quantity`].
 //! - [`resource`]: the registry of served resources and the discovery documents.
+//! - [`events`]: correlating repeated Events into one with a count, as client-go's recorder.
 //! - [`remotecommand`]: the channels and exit statuses of `kubectl exec` over WebSocket.
 //! - [`validation`]: per-kind checks with Kubernetes' messages; [`status`]: error bodies.
 
@@ -19,6 +20,7 @@ pub mod batch_v1;
 pub mod coordination_v1;
 pub mod core_v1;
 pub mod discovery_v1;
+pub mod events;
 pub mod intstr;
 pub mod meta;
 pub mod networking_v1;
