@@ -11,6 +11,7 @@
 //! - [`cron`]: CronJob schedules (robfig/cron's syntax, as Kubernetes reads it) and their run
 //!   times.
 //! - [`resource`]: the registry of served resources and the discovery documents.
+//! - [`events`]: correlating repeated Events into one with a count, as client-go's recorder.
 //! - [`remotecommand`]: the channels and exit statuses of `kubectl exec` over WebSocket.
 //! - [`validation`]: per-kind checks with Kubernetes' messages; [`status`]: error bodies.
 
@@ -22,6 +23,7 @@ pub mod coordination_v1;
 pub mod core_v1;
 pub mod cron;
 pub mod discovery_v1;
+pub mod events;
 pub mod intstr;
 pub mod meta;
 pub mod networking_v1;

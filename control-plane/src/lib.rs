@@ -5,11 +5,13 @@
 //! - [`agents`]: the node agents' gRPC channel, served on the API port.
 //! - [`leader`]: Lease-based leader election; only the leader runs the controllers.
 //! - [`controllers`]: workload, Endpoints and LoadBalancer-address reconcilers.
+//! - [`events`]: the Event recorder of the controllers and the scheduler (repeats counted).
 //! - [`scheduler`]: assigns pods to nodes; its `lifecycle` marks silent nodes and evicts.
 
 pub mod agents;
 pub mod apiserver;
 pub mod controllers;
+pub mod events;
 pub mod leader;
 pub mod scheduler;
 pub mod store;

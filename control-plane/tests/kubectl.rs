@@ -732,3 +732,204 @@ fn every_namespace_gets_a_default_service_account() {
         has_default("team-b") && uid(&cp) != first
     });
 }
+
+/// The Events about `default/<kind>/<name>` with `reason`, as JSON.
+fn events_about(cp: &ControlPlane, kind: &str, name: &str, reason: &str) -> Vec<Value> {
+    let selector = format!("involvedObject.kind={kind},involvedObject.name={name},reason={reason}");
+    let list = cp.kubectl_json(&["get", "events", "--field-selector", &selector, "-o", "json"]);
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Scales Deployment `web` and waits until its ReplicaSet has been scaled, so that every step
+/// is reconciled (and records its Event) on its own.
+fn scale_web(cp: &ControlPlane, replicas: u32) {
+    cp.kubectl(&[
+        "scale",
+        "deployment",
+        "web",
+        &format!("--replicas={replicas}"),
+    ])
+    .success();
+    wait_until(&format!("web's ReplicaSet at {replicas}"), || {
+        let sets = cp.kubectl_json(&["get", "rs", "-l", "app=web", "-o", "json"]);
+        sets["items"][0]["spec"]["replicas"] == replicas
+    });
+}
+
+#[test]
+fn repeated_events_are_one_event_with_a_count() {
+    let cp = ControlPlane::start();
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &APP.split("---")
+            .next()
+            .unwrap()
+            .replace("replicas: 2", "replicas: 1"),
+    )
+    .success();
+    wait_until("web's ReplicaSet", || {
+        cp.kubectl(&["get", "rs", "-l", "app=web", "-o", "name"])
+            .success()
+            .contains("replicaset")
+    });
+    let mut watch = cp.kubectl_spawn(&[
+        "get",
+        "events",
+        "--watch-only",
+        "--output-watch-events",
+        "-o",
+        "json",
+    ]);
+    // 1 → 2 → 1 → 2 → 1 → 2: "Scaled up replica set web-… to 2" three times.
+    for replicas in [2, 1, 2, 1, 2] {
+        scale_web(&cp, replicas);
+    }
+    let up = events_about(&cp, "Deployment", "web", "ScalingReplicaSet");
+    let up: Vec<&Value> = up
+        .iter()
+        .filter(|e| e["message"].as_str().unwrap().ends_with(" to 2"))
+        .collect();
+    assert_eq!(up.len(), 1, "{up:#?}");
+    let event = up[0];
+    assert_eq!(event["count"], 3, "{event:#}");
+    assert!(
+        event["firstTimestamp"].as_str() <= event["lastTimestamp"].as_str(),
+        "{event:#}"
+    );
+    // The bumps are writes watchers see.
+    watch.read_until(|s| s.contains("\"MODIFIED\""), 10);
+
+    // kube-apiserver's columns: the count in the wide ones, by the name.
+    let name = event["metadata"]["name"].as_str().unwrap();
+    let wide = cp
+        .kubectl(&[
+            "get",
+            "events",
+            "-o",
+            "wide",
+            "--field-selector",
+            &format!("metadata.name={name}"),
+        ])
+        .success();
+    let mut lines = wide.lines();
+    let header = lines.next().unwrap();
+    for column in [
+        "LAST SEEN",
+        "TYPE",
+        "REASON",
+        "OBJECT",
+        "SUBOBJECT",
+        "SOURCE",
+        "MESSAGE",
+        "FIRST SEEN",
+        "COUNT",
+        "NAME",
+    ] {
+        assert!(header.contains(column), "{wide}");
+    }
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[row.len() - 2..], ["3", name], "{wide}");
+    let narrow = cp.kubectl(&["get", "events"]).success();
+    let header: Vec<&str> = narrow.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "{narrow}"
+    );
+    assert!(narrow.contains("deployment/web"), "{narrow}");
+    // kubectl describe counts from count, firstTimestamp and lastTimestamp.
+    let described = cp.kubectl(&["describe", "deployment", "web"]).success();
+    assert!(described.contains("(x3 over "), "{described}");
+
+    // The ReplicaSet's "Created pod: …" Events differ in their message: from the tenth in ten
+    // minutes on, they are one combined Event (client-go's aggregation). 4 pods were created
+    // so far; 10 more make 14: 9 Events of their own, 5 combined.
+    scale_web(&cp, 12);
+    let rs = cp
+        .kubectl(&[
+            "get",
+            "rs",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])
+        .success();
+    let mut created = Vec::new();
+    wait_until("14 SuccessfulCreate events counted", || {
+        created = events_about(&cp, "ReplicaSet", &rs, "SuccessfulCreate");
+        created
+            .iter()
+            .map(|e| e["count"].as_i64().unwrap())
+            .sum::<i64>()
+            == 14
+    });
+    let (combined, single): (Vec<&Value>, Vec<&Value>) = created.iter().partition(|e| {
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("(combined from similar events): Created pod: ")
+    });
+    assert_eq!(single.len(), 9, "{created:#?}");
+    assert_eq!(combined.len(), 1, "{created:#?}");
+    assert_eq!(combined[0]["count"], 5, "{created:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_agents_repeated_events_are_one_event_with_a_count() {
+    use apiary_node_agent::{
+        api_client::{ApiClient, PodRef},
+        kubeconfig::Endpoint,
+    };
+    let cp = tokio::task::spawn_blocking(ControlPlane::start)
+        .await
+        .unwrap();
+    let api = ApiClient::new(&Endpoint::from_kubeconfig(&cp.kubeconfig()).unwrap()).unwrap();
+    let pod = PodRef {
+        namespace: "default".into(),
+        name: "web-1".into(),
+        uid: "uid-1".into(),
+        field_path: "spec.containers{web}".into(),
+    };
+    for _ in 0..4 {
+        api.pod_event(
+            "node-1",
+            &pod,
+            "Warning",
+            "BackOff",
+            "Back-off restarting failed container web".into(),
+        );
+    }
+    api.pod_event(
+        "node-1",
+        &pod,
+        "Normal",
+        "Pulled",
+        "Container image \"busybox\" already present".into(),
+    );
+    let cp = std::sync::Arc::new(cp);
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        let cp = std::sync::Arc::clone(&cp);
+        events = tokio::task::spawn_blocking(move || events_about(&cp, "Pod", "web-1", "BackOff"))
+            .await
+            .unwrap();
+        if events.first().is_some_and(|e| e["count"] == 4) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = &events[0];
+    assert_eq!(event["count"], 4, "{event:#}");
+    assert_eq!(
+        event["source"],
+        serde_json::json!({"component": "kubelet", "host": "node-1"})
+    );
+    assert_eq!(event["involvedObject"]["fieldPath"], "spec.containers{web}");
+    let pulled = tokio::task::spawn_blocking(move || events_about(&cp, "Pod", "web-1", "Pulled"))
+        .await
+        .unwrap();
+    assert_eq!(pulled.len(), 1, "{pulled:#?}");
+    assert_eq!(pulled[0]["count"], 1);
+}

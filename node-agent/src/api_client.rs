@@ -2,11 +2,20 @@
 //! and Secrets that pods reference, Events, mirror pods of static pods, finishing a graceful pod
 //! deletion).
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, OnceLock},
+    time::{Duration, SystemTime},
+};
 
 use anyhow::Context as _;
+use apiary_api::{
+    ObjectMeta, TypeMeta,
+    core_v1::{Event, EventSource, ObjectReference},
+    events::{Decision, EventCorrelator, event_name},
+};
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
+use tokio::sync::mpsc;
 
 use crate::kubeconfig::Endpoint;
 
@@ -16,6 +25,9 @@ pub struct ApiClient {
     http: reqwest::Client,
     server: String,
     token: String,
+    /// The queue of Events to record, with their time; the writer task is started with the
+    /// first. Shared by the clones of this client: one Event correlator per agent.
+    events: Arc<OnceLock<mpsc::Sender<(Event, SystemTime)>>>,
 }
 
 /// What a GET of a namespaced object found.
@@ -49,6 +61,7 @@ impl ApiClient {
             http,
             server: endpoint.server.trim_end_matches('/').to_owned(),
             token: endpoint.token.clone(),
+            events: Arc::default(),
         })
     }
 
@@ -114,40 +127,110 @@ impl ApiClient {
         check(response, "DELETE", path).await.map(drop)
     }
 
-    /// Records an Event about a pod, as the kubelet does; failures are only logged; an Event is
-    /// never worth holding up a pod.
+    /// Merge-PATCHes `path` with `patch`; a 404 is [`Found::Missing`], not an error.
+    pub async fn merge_patch(&self, path: &str, patch: &Value) -> anyhow::Result<Found<Value>> {
+        let response = self
+            .request(reqwest::Method::PATCH, path)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/merge-patch+json",
+            )
+            .body(serde_json::to_vec(patch).context("encoding a patch")?)
+            .send()
+            .await
+            .with_context(|| format!("PATCH {path}"))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Found::Missing);
+        }
+        let response = check(response, "PATCH", path).await?;
+        Ok(Found::Object(response.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Records an Event about a pod, as the kubelet does: a repeat within the agent's memory
+    /// bumps the count of the Event it repeats ([`apiary_api::events`]). Queued and written in
+    /// order by one task; failures are only logged, and a full queue drops the Event (as
+    /// client-go's broadcaster does): an Event is never worth holding up a pod.
     pub fn pod_event(&self, node: &str, pod: &PodRef, type_: &str, reason: &str, message: String) {
-        let client = self.clone();
-        let now = chrono::Utc::now();
-        let event = json!({
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "name": format!("{}.{:x}", pod.name, now.timestamp_nanos_opt().unwrap_or_default()),
-                "namespace": pod.namespace,
+        let now = SystemTime::now();
+        let stamp = chrono::DateTime::<chrono::Utc>::from(now)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let event = Event {
+            type_meta: TypeMeta::new("v1", "Event"),
+            metadata: ObjectMeta {
+                name: event_name(&pod.name, now),
+                namespace: pod.namespace.clone(),
+                ..ObjectMeta::default()
             },
-            "involvedObject": {
-                "apiVersion": "v1", "kind": "Pod", "name": pod.name, "namespace": pod.namespace,
-                "uid": pod.uid, "fieldPath": pod.field_path,
+            involved_object: ObjectReference {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                name: pod.name.clone(),
+                namespace: pod.namespace.clone(),
+                uid: pod.uid.clone(),
+                field_path: pod.field_path.clone(),
+                ..ObjectReference::default()
             },
-            "reason": reason,
-            "message": message,
-            "type": type_,
-            "source": { "component": "kubelet", "host": node },
-            "reportingComponent": "kubelet",
-            "reportingInstance": node,
-            "firstTimestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "lastTimestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "count": 1,
+            reason: reason.to_owned(),
+            message,
+            source: EventSource {
+                component: "kubelet".into(),
+                host: node.to_owned(),
+            },
+            first_timestamp: Some(stamp.clone()),
+            last_timestamp: Some(stamp),
+            count: 1,
+            type_: type_.to_owned(),
+            reporting_component: "kubelet".into(),
+            reporting_instance: node.to_owned(),
+            ..Event::default()
+        };
+        let queue = self.events.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+            // The writer's client has no queue of its own, so that it does not keep this one
+            // open: the task ends when the last client recording Events is dropped.
+            let writer = Self {
+                events: Arc::default(),
+                ..self.clone()
+            };
+            tokio::spawn(writer.write_events(rx));
+            tx
         });
-        let path = format!("/api/v1/namespaces/{}/events", pod.namespace);
-        tokio::spawn(async move {
-            if let Err(e) = client.post(&path, &event).await {
+        if queue.try_send((event, now)).is_err() {
+            tracing::debug!(reason, "the event queue is full; dropping an event");
+        }
+    }
+
+    /// Correlates and writes queued Events one at a time, so that a repeat never overtakes the
+    /// creation of the Event it bumps.
+    async fn write_events(self, mut queue: mpsc::Receiver<(Event, SystemTime)>) {
+        let mut correlator = EventCorrelator::default();
+        while let Some((event, at)) = queue.recv().await {
+            let decision = correlator.correlate(event, at);
+            if let Err(e) = self.write_event(&decision).await {
                 tracing::debug!(error = %format!("{e:#}"), "recording an event");
             }
-        });
+        }
+    }
+
+    /// A merge patch of the stored Event for a repeat, a create for a new one or for a repeat
+    /// whose Event is gone (client-go's `recordEvent`).
+    async fn write_event(&self, decision: &Decision) -> anyhow::Result<()> {
+        let event = decision.event();
+        let events = format!("/api/v1/namespaces/{}/events", event.metadata.namespace);
+        if let Some(patch) = decision.patch() {
+            let path = format!("{events}/{}", event.metadata.name);
+            if let Found::Object(_) = self.merge_patch(&path, &patch).await? {
+                return Ok(());
+            }
+        }
+        let body = serde_json::to_value(event).context("encoding an event")?;
+        self.post(&events, &body).await.map(drop)
     }
 }
+
+/// How many Events wait to be written before more are dropped (client-go's
+/// `maxQueuedEvents`).
+const EVENT_QUEUE: usize = 1000;
 
 /// Which pod (and which of its containers) an Event is about.
 #[derive(Clone, Debug, Default)]

@@ -51,6 +51,8 @@ pub struct Api {
     pub decoded: Arc<decoded::Decoded>,
     /// One store watch per resource type, shared by its watches.
     pub fanout: fanout::Fanout,
+    /// The Event correlator of this process's controllers and scheduler.
+    pub events: crate::events::Recorder,
 }
 
 impl std::fmt::Debug for Api {
@@ -71,6 +73,7 @@ impl Api {
             agent_token: None,
             decoded: Arc::default(),
             fanout: fanout::Fanout::default(),
+            events: crate::events::Recorder::default(),
         }
     }
 }

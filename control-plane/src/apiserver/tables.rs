@@ -292,28 +292,23 @@ fn columns(kind: &str) -> Vec<Column> {
             }),
             age_col,
         ]),
+        // kube-apiserver's printEvent (pkg/printers/internalversion), wide as served.
         "Event" => {
             return vec![
-                col("Last Seen", "string", 0, |o| {
-                    json!(age(if o["lastTimestamp"].is_string() {
-                        &o["lastTimestamp"]
-                    } else {
-                        &o["metadata"]["creationTimestamp"]
-                    }))
-                }),
+                col("Last Seen", "string", 0, |o| json!(event_last_seen(o))),
                 col("Type", "string", 0, |o| json!(o["type"])),
                 col("Reason", "string", 0, |o| json!(o["reason"])),
-                col("Object", "string", 0, |o| {
-                    json!(format!(
-                        "{}/{}",
-                        o["involvedObject"]["kind"]
-                            .as_str()
-                            .unwrap_or("")
-                            .to_lowercase(),
-                        o["involvedObject"]["name"].as_str().unwrap_or("")
-                    ))
+                col("Object", "string", 0, event_object),
+                col("Subobject", "string", 1, |o| {
+                    json!(o["involvedObject"]["fieldPath"].as_str().unwrap_or(""))
                 }),
-                col("Message", "string", 0, |o| json!(o["message"])),
+                col("Source", "string", 1, event_source),
+                col("Message", "string", 0, |o| {
+                    json!(o["message"].as_str().unwrap_or("").trim())
+                }),
+                col("First Seen", "string", 1, |o| json!(event_first_seen(o))),
+                col("Count", "string", 1, |o| json!(event_count(o))),
+                col("Name", "string", 1, |o| json!(o["metadata"]["name"])),
             ];
         }
         _ => cols.push(age_col),
@@ -641,6 +636,71 @@ fn node_address(o: &Value, kind: &str) -> String {
         .to_owned()
 }
 
+/// When an Event was first seen: `firstTimestamp`, else `eventTime` (events.k8s.io's).
+fn event_first_seen(o: &Value) -> String {
+    if o["firstTimestamp"].is_string() {
+        age(&o["firstTimestamp"])
+    } else {
+        age(&o["eventTime"])
+    }
+}
+
+/// When an Event was last seen: its series' last observation, else `lastTimestamp`, else when
+/// first seen. Only the age: the count has its own (wide) column, as kube-apiserver prints it;
+/// the `(x3 over 5m)` form is kubectl's own, in `describe` and `kubectl events`.
+fn event_last_seen(o: &Value) -> String {
+    if o["series"].is_object() {
+        age(&o["series"]["lastObservedTime"])
+    } else if o["lastTimestamp"].is_string() {
+        age(&o["lastTimestamp"])
+    } else {
+        event_first_seen(o)
+    }
+}
+
+/// How often an Event happened: its series' count, else `count`, else once.
+fn event_count(o: &Value) -> i64 {
+    if o["series"].is_object() {
+        return int(&o["series"]["count"]);
+    }
+    match int(&o["count"]) {
+        0 => 1,
+        n => n,
+    }
+}
+
+/// `pod/web-1`, or only the kind when the Event names no object.
+fn event_object(o: &Value) -> Value {
+    let kind = o["involvedObject"]["kind"]
+        .as_str()
+        .unwrap_or("")
+        .to_lowercase();
+    match o["involvedObject"]["name"].as_str().unwrap_or("") {
+        "" => json!(kind),
+        name => json!(format!("{kind}/{name}")),
+    }
+}
+
+/// `kubelet, node-1`: the component and host, falling back to the reporting controller and
+/// instance (kube-apiserver's formatEventSource).
+fn event_source(o: &Value) -> Value {
+    let first_non_empty = |a: &Value, b: &Value| {
+        [a, b]
+            .into_iter()
+            .filter_map(Value::as_str)
+            .find(|s| !s.is_empty())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let component = first_non_empty(&o["source"]["component"], &o["reportingComponent"]);
+    let instance = first_non_empty(&o["source"]["host"], &o["reportingInstance"]);
+    if instance.is_empty() {
+        json!(component)
+    } else {
+        json!(format!("{component}, {instance}"))
+    }
+}
+
 fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::parse_from_rfc3339(s)
         .ok()
@@ -783,5 +843,107 @@ mod tests {
             "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}});
         assert_eq!(service_ports(&svc), "80:30080/TCP,53/UDP");
         assert_eq!(service_external_ip(&svc), "<none>");
+    }
+
+    fn ago(minutes: i64, seconds: i64) -> String {
+        (chrono::Utc::now() - chrono::Duration::seconds(minutes * 60 + seconds))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    }
+
+    #[test]
+    fn event_rows_are_kube_apiservers() {
+        let events = [
+            json!({
+                "metadata": {"name": "web-1.17a2b3c4d5e6f708", "creationTimestamp": ago(40, 0)},
+                "involvedObject": {"kind": "Pod", "name": "web-1", "fieldPath": "spec.containers{web}"},
+                "reason": "BackOff", "message": " Back-off restarting failed container\n", "type": "Warning",
+                "source": {"component": "kubelet", "host": "node-1"},
+                "firstTimestamp": ago(30, 5), "lastTimestamp": ago(12, 0), "count": 7,
+            }),
+            // events.k8s.io-style: a series, no first/last timestamps or count.
+            json!({
+                "metadata": {"name": "e2"},
+                "involvedObject": {"kind": "Node"},
+                "reason": "Ready", "type": "Normal",
+                "reportingComponent": "node-controller", "reportingInstance": "cp-1",
+                "eventTime": ago(50, 0),
+                "series": {"count": 3, "lastObservedTime": ago(20, 0)},
+            }),
+            json!({
+                "metadata": {"name": "e3"},
+                "involvedObject": {"kind": "Pod", "name": "p"},
+                "reason": "Scheduled", "type": "Normal", "source": {"component": "default-scheduler"},
+                "firstTimestamp": ago(15, 0),
+            }),
+        ];
+        let t = table(&apiary_api::resource::EVENTS, &events, json!({}));
+        let columns: Vec<(&str, i64)> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap(), c["priority"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(
+            columns,
+            [
+                ("Last Seen", 0),
+                ("Type", 0),
+                ("Reason", 0),
+                ("Object", 0),
+                ("Subobject", 1),
+                ("Source", 1),
+                ("Message", 0),
+                ("First Seen", 1),
+                ("Count", 1),
+                ("Name", 1),
+            ]
+        );
+        let cells = |i: usize| t["rows"][i]["cells"].clone();
+        assert_eq!(
+            cells(0),
+            json!([
+                "12m",
+                "Warning",
+                "BackOff",
+                "pod/web-1",
+                "spec.containers{web}",
+                "kubelet, node-1",
+                "Back-off restarting failed container",
+                "30m",
+                7,
+                "web-1.17a2b3c4d5e6f708"
+            ])
+        );
+        assert_eq!(
+            cells(1),
+            json!([
+                "20m",
+                "Normal",
+                "Ready",
+                "node",
+                "",
+                "node-controller, cp-1",
+                "",
+                "50m",
+                3,
+                "e2"
+            ])
+        );
+        // No lastTimestamp: last seen is first seen; no count: once.
+        assert_eq!(
+            cells(2),
+            json!([
+                "15m",
+                "Normal",
+                "Scheduled",
+                "pod/p",
+                "",
+                "default-scheduler",
+                "",
+                "15m",
+                1,
+                "e3"
+            ])
+        );
     }
 }

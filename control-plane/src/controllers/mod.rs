@@ -34,7 +34,12 @@ use std::{collections::BTreeMap, future::Future, sync::Arc};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::apiserver::{Api, objects, path::Target, resources::ResourceType};
+use apiary_api::core_v1::ObjectReference;
+
+use crate::{
+    apiserver::{Api, objects, path::Target, resources::ResourceType},
+    events,
+};
 use runtime::Error;
 
 /// What the controllers are configured with (the control plane's flags).
@@ -202,10 +207,10 @@ fn selector_of(object: &Value) -> Option<apiary_api::selector::LabelSelector> {
     apiary_api::meta::from_json(object["spec"]["selector"].clone()).ok()
 }
 
-/// Records a core/v1 Event about `involved` (of `api_version`/`kind`). Best effort: a failure
-/// is logged, never fails the reconcile.
+/// Records a core/v1 Event about `involved` (of `api_version`/`kind`); a repeat is counted on
+/// the Event it repeats. Best effort: a failure is logged, never fails the reconcile.
 async fn record_event(
-    api: &Api,
+    api: &Arc<Api>,
     component: &str,
     involved: &Value,
     kind: (&str, &str),
@@ -217,7 +222,7 @@ async fn record_event(
 
 /// Records a `Warning` Event, like [`record_event`].
 async fn record_warning(
-    api: &Api,
+    api: &Arc<Api>,
     component: &str,
     involved: &Value,
     kind: (&str, &str),
@@ -228,45 +233,27 @@ async fn record_warning(
 }
 
 async fn record(
-    api: &Api,
+    api: &Arc<Api>,
     component: &str,
     involved: &Value,
     (api_version, kind): (&str, &str),
-    (type_, reason): (&str, &str),
+    type_reason: (&str, &str),
     message: &str,
 ) {
-    let events = resource(api, "", "v1", "events");
-    let namespace = str_of(involved, "/metadata/namespace");
-    let name = str_of(involved, "/metadata/name");
-    let nanos = chrono::Utc::now()
-        .timestamp_nanos_opt()
-        .unwrap_or_default()
-        .unsigned_abs();
-    let now = now();
-    let event = json!({
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": { "name": format!("{name}.{nanos:x}"), "namespace": namespace },
-        "involvedObject": {
-            "apiVersion": api_version,
-            "kind": kind,
-            "name": name,
-            "namespace": namespace,
-            "uid": involved["metadata"]["uid"],
-            "resourceVersion": involved["metadata"]["resourceVersion"],
-        },
-        "reason": reason,
-        "message": message,
-        "type": type_,
-        "source": { "component": component },
-        "reportingComponent": component,
-        "count": 1,
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-    });
-    if let Err(e) = objects::create(api, &target(events, namespace, None), event).await {
-        tracing::debug!(reason, error = %e.message, "recording an event failed");
-    }
+    let involved = ObjectReference {
+        api_version: api_version.to_owned(),
+        kind: kind.to_owned(),
+        name: str_of(involved, "/metadata/name").to_owned(),
+        namespace: str_of(involved, "/metadata/namespace").to_owned(),
+        uid: str_of(involved, "/metadata/uid").to_owned(),
+        resource_version: str_of(involved, "/metadata/resourceVersion").to_owned(),
+        field_path: String::new(),
+    };
+    let reporter = events::Reporter {
+        component,
+        instance: "",
+    };
+    events::record(api, reporter, involved, type_reason, message).await;
 }
 
 /// Which resource version a status write is checked against.

@@ -25,18 +25,21 @@ use std::{
     time::Duration,
 };
 
-use apiary_api::core_v1::{Node, Pod};
+use apiary_api::core_v1::{Node, ObjectReference, Pod};
 use axum::http::{HeaderMap, Method};
 use futures::StreamExt as _;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::apiserver::{
-    Api,
-    error::ApiError,
-    objects::{self, Change, Filter},
-    path::Target,
-    resources::ResourceType,
+use crate::{
+    apiserver::{
+        Api,
+        error::ApiError,
+        objects::{self, Change, Filter},
+        path::Target,
+        resources::ResourceType,
+    },
+    events,
 };
 use cache::{Cache, PodInfo};
 use filters::AffinityDomains;
@@ -483,7 +486,8 @@ pub(crate) async fn record_event(
     record_event_from(api, pod, kind, reason, message, SCHEDULER_NAME).await;
 }
 
-/// Creates a core/v1 Event about `pod` from `component`.
+/// Records a core/v1 Event about `pod` from `component`; a repeat is counted on the Event it
+/// repeats.
 pub(crate) async fn record_event_from(
     api: &Arc<Api>,
     pod: &Pod,
@@ -492,34 +496,19 @@ pub(crate) async fn record_event_from(
     message: &str,
     component: &str,
 ) {
-    let events = resource(api, "", "events");
-    let ns = pod.metadata.namespace.clone();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let now = now();
-    let event = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": { "name": format!("{}.{nanos:x}", pod.metadata.name), "namespace": ns },
-        "involvedObject": {
-            "apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": pod.metadata.name,
-            "uid": pod.metadata.uid,
-        },
-        "reason": reason, "message": message, "type": kind,
-        "source": { "component": component },
-        "reportingComponent": component, "reportingInstance": component,
-        "count": 1, "firstTimestamp": now, "lastTimestamp": now,
-    });
-    let target = Target {
-        resource: events,
-        namespace: Some(ns),
-        name: None,
-        subresource: None,
+    let involved = ObjectReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        namespace: pod.metadata.namespace.clone(),
+        name: pod.metadata.name.clone(),
+        uid: pod.metadata.uid.clone(),
+        ..ObjectReference::default()
     };
-    if let Err(e) = objects::create(api, &target, event).await {
-        tracing::debug!(error = %e.message, "recording an event");
-    }
+    let reporter = events::Reporter {
+        component,
+        instance: component,
+    };
+    events::record(api, reporter, involved, (kind, reason), message).await;
 }
 
 #[cfg(test)]
