@@ -1,7 +1,8 @@
 //! Bearer-token authentication: every request but the unauthenticated health checks must carry
-//! `Authorization: Bearer <admin token>`.
+//! `Authorization: Bearer <admin token>`. An authenticated request carries its [`UserInfo`] as a
+//! request extension, for authorization and auditing.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     extract::{Request, State},
@@ -13,6 +14,31 @@ use super::error::ApiError;
 
 /// Paths anyone may read, as on Kubernetes (`system:public-info-viewer`).
 const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version"];
+
+/// Who made a request, as Kubernetes' `user.Info`: what authentication established and what
+/// authorization decides on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+impl UserInfo {
+    /// The cluster administrator (the admin token's user): `system:masters`, which Kubernetes'
+    /// authorizer lets do anything.
+    pub fn admin() -> Self {
+        Self {
+            name: "admin".to_owned(),
+            groups: vec![
+                "system:masters".to_owned(),
+                "system:authenticated".to_owned(),
+            ],
+            ..Self::default()
+        }
+    }
+}
 
 /// The tokens the server accepts.
 #[derive(Debug)]
@@ -47,7 +73,11 @@ pub async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(token) if tokens.accepts(token.trim()) => next.run(request).await,
+        Some(token) if tokens.accepts(token.trim()) => {
+            let mut request = request;
+            request.extensions_mut().insert(UserInfo::admin());
+            next.run(request).await
+        }
         _ if is_grpc(&request) => grpc_unauthenticated(),
         _ => ApiError::unauthorized().into_response(),
     }
