@@ -94,10 +94,10 @@ fn registered_ready(node: &Value) -> Value {
         .and_then(|c| c.iter().find(|c| c["type"] == "Ready"));
     let (status, reason, message) = match given {
         Some(c) => (
-            match c["status"].as_str() {
-                Some(s @ ("True" | "False")) => s,
-                _ => "Unknown",
-            },
+            c["status"]
+                .as_str()
+                .filter(|s| matches!(*s, "True" | "False"))
+                .unwrap_or("Unknown"),
             c["reason"].as_str().unwrap_or_default(),
             c["message"].as_str().unwrap_or_default(),
         ),
