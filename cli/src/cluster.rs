@@ -1,8 +1,14 @@
-//! `apiary up`, `apiary down` and `apiary node join`: a cluster on this machine (the control
-//! plane with its embedded store and a node agent, as background processes), and more nodes.
+//! `apiary up`, `apiary down`, `apiary status` and `apiary node join`: a cluster on this machine
+//! (the control plane with its embedded store and a node agent, as background processes), and
+//! more nodes.
 //!
 //! What `up` started is written to `<data-dir>/cluster.json`, so `down` stops exactly that and
-//! then has the node agent remove everything the node made (`apiary-node-agent reset`).
+//! then has the node agent remove everything the node made (`apiary-node-agent reset`), and
+//! `status` shows it.
+//!
+//! `up` and `join` return once the agent is healthy (its `/healthz` on localhost, as the
+//! kubelet's: the data plane attached and the first sync done) and its node Ready; when a
+//! process they started exits first, they fail with the last error line of its log.
 
 use std::{
     fs,
@@ -20,6 +26,8 @@ use serde_json::Value;
 use crate::{client, kubeconfig};
 
 const DEFAULT_DATA_DIR: &str = "/var/lib/apiary";
+/// Where the agent `up` and `join` start serves its health (the kubelet's healthz port).
+const AGENT_HEALTHZ: &str = "127.0.0.1:10248";
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -50,6 +58,13 @@ pub struct DownArgs {
     purge: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The data directory given to `apiary up` or `apiary node join`.
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum NodeCommand {
     /// Start a node agent on this machine that joins an existing cluster.
@@ -78,11 +93,16 @@ pub struct JoinArgs {
     timeout: u64,
 }
 
-/// What `up` or `join` started, for `down`.
+/// What `up` or `join` started, for `down` and `status`.
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 struct Started {
     control_plane_pid: Option<u32>,
     agent_pid: Option<u32>,
+    /// The agent's health endpoint (`host:port`).
+    agent_healthz: Option<String>,
+    /// The node's name, once known (`--node-name`, or once it was Ready).
+    node_name: Option<String>,
     kubeconfig: PathBuf,
     agent_data_dir: PathBuf,
     run_dir: PathBuf,
@@ -156,10 +176,43 @@ fn progress(message: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// A process `up` or `join` started, watched while they wait: if it exits, waiting is over.
+#[derive(Debug, Clone)]
+struct Watched {
+    what: &'static str,
+    pid: u32,
+    log: PathBuf,
+}
+
+impl Watched {
+    /// An error if the process exited: its last error line, else where its log is.
+    fn check(&self) -> anyhow::Result<()> {
+        if alive(self.pid) {
+            return Ok(());
+        }
+        match last_error_line(&self.log) {
+            Some(line) => bail!(
+                "the {} exited: {} (log: {})",
+                self.what,
+                line.strip_prefix("error: ").unwrap_or(&line),
+                self.log.display()
+            ),
+            None => bail!(
+                "the {} exited; see its log {}",
+                self.what,
+                self.log.display()
+            ),
+        }
+    }
+}
+
+/// Polls `check` until it gives a value, `timeout` passes (an error pointing at `log`), or one
+/// of `watched` exits (an error with its last error line).
 async fn wait_for<T>(
     what: &str,
     timeout: Duration,
     log: &Path,
+    watched: &[Watched],
     mut check: impl AsyncFnMut() -> Option<T>,
 ) -> anyhow::Result<T> {
     let bar = progress(what);
@@ -171,6 +224,10 @@ async fn wait_for<T>(
                 started.elapsed().as_secs_f64()
             ));
             return Ok(value);
+        }
+        if let Some(exited) = watched.iter().find_map(|w| w.check().err()) {
+            bar.abandon_with_message(format!("{what}: failed"));
+            return Err(exited);
         }
         if started.elapsed() > timeout {
             bar.abandon_with_message(format!("{what}: timed out"));
@@ -206,6 +263,12 @@ fn agent_args(
         data_dir.join("images").display().to_string(),
         "--cgroup-parent".to_owned(),
         cgroup_parent.clone(),
+        "--healthz-port".to_owned(),
+        AGENT_HEALTHZ
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
     ];
     if let Some(name) = node_name {
         args.extend(["--node-name".to_owned(), name.to_owned()]);
@@ -219,30 +282,67 @@ fn agent_args(
         run_dir,
         pin_dir,
         cgroup_parent,
+        agent_healthz: Some(AGENT_HEALTHZ.to_owned()),
+        node_name: node_name.map(str::to_owned),
         ..Default::default()
     };
     (args, started)
 }
 
-/// Waits until the API answers with the kubeconfig's credentials, then until `node` (or any
-/// node) is Ready.
+/// Waits until the API answers with the kubeconfig's credentials, the agent is healthy, and
+/// `node` (or any node) is Ready; fails as soon as one of `watched` exits.
 async fn wait_ready(
     kubeconfig: &Path,
     node: Option<&str>,
     timeout: Duration,
     log: &Path,
+    watched: &[Watched],
 ) -> anyhow::Result<String> {
-    let client = wait_for("waiting for the API server", timeout, log, async || {
-        let conn = kubeconfig::load(kubeconfig, None).ok()?;
-        let client = client::Client::new(&conn).ok()?;
-        client.get("/version", &[]).await.ok()?;
-        Some(client)
-    })
+    let client = wait_for(
+        "waiting for the API server",
+        timeout,
+        log,
+        watched,
+        async || {
+            let conn = kubeconfig::load(kubeconfig, None).ok()?;
+            let client = client::Client::new(&conn).ok()?;
+            client.get("/version", &[]).await.ok()?;
+            Some(client)
+        },
+    )
     .await?;
+    let mut said = String::new();
+    wait_for(
+        "waiting for the node agent to be healthy",
+        timeout,
+        log,
+        watched,
+        async || match healthz(AGENT_HEALTHZ).await {
+            Ok((true, _)) => Some(()),
+            Ok((false, body)) => {
+                said = body;
+                None
+            }
+            Err(e) => {
+                said = e.to_string();
+                None
+            }
+        },
+    )
+    .await
+    .map_err(|e| {
+        // Timed out (nothing exited): what the agent still waits for.
+        if said.is_empty() || watched.iter().any(|w| w.check().is_err()) {
+            e
+        } else {
+            anyhow::anyhow!("{e}; its /healthz says: {}", one_line(&said))
+        }
+    })?;
     wait_for(
         "waiting for the node to be Ready",
         timeout,
         log,
+        watched,
         async || {
             let nodes = client.get("/api/v1/nodes", &[]).await.ok()?;
             nodes["items"].as_array()?.iter().find_map(|n: &Value| {
@@ -259,6 +359,79 @@ async fn wait_ready(
         },
     )
     .await
+}
+
+/// `GET /healthz` of a node agent at `addr`: whether it said ok, and what it said.
+async fn healthz(addr: &str) -> std::io::Result<(bool, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = Vec::new();
+        stream.take(64 * 1024).read_to_end(&mut response).await?;
+        std::io::Result::Ok(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 2s"))??;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let ok = head
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|code| code == "200");
+    Ok((ok, body.trim().to_owned()))
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The last line of the log at `path` that reports an error: a fatal one (`error: …`, how our
+/// binaries end), a logged `ERROR`, or a panic; without colour codes.
+fn last_error_line(path: &Path) -> Option<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    // The tail is enough: the error that ended a process is near the end of its log.
+    const TAIL: u64 = 256 * 1024;
+    let mut file = fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    error_line_in(&String::from_utf8_lossy(&bytes))
+}
+
+fn error_line_in(log: &str) -> Option<String> {
+    log.lines().rev().find_map(|line| {
+        let line = strip_ansi(line);
+        let line = line.trim();
+        let is_error = line.starts_with("error:")
+            || line.split_whitespace().nth(1) == Some("ERROR")
+            || line.contains("panicked at");
+        is_error.then(|| line.to_owned())
+    })
+}
+
+/// `text` without ANSI escape sequences (`ESC [ … letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub async fn up(args: &UpArgs, out: &mut impl Write) -> anyhow::Result<()> {
@@ -296,10 +469,16 @@ pub async fn up(args: &UpArgs, out: &mut impl Write) -> anyhow::Result<()> {
         ..Default::default()
     };
     write_started(&state_path, &started)?;
+    let control_plane = Watched {
+        what: "control plane",
+        pid: cp_pid,
+        log: cp_log.clone(),
+    };
     wait_for(
         "starting the control plane",
         Duration::from_secs(args.timeout),
         &cp_log,
+        std::slice::from_ref(&control_plane),
         async || kubeconfig.exists().then_some(()),
     )
     .await?;
@@ -310,20 +489,26 @@ pub async fn up(args: &UpArgs, out: &mut impl Write) -> anyhow::Result<()> {
         args.node_ip.as_deref(),
     );
     node.control_plane_pid = Some(cp_pid);
-    node.agent_pid = Some(spawn_logged(
-        &sibling("apiary-node-agent")?,
-        &agent,
-        &agent_log,
-    )?);
+    let agent_pid = spawn_logged(&sibling("apiary-node-agent")?, &agent, &agent_log)?;
+    node.agent_pid = Some(agent_pid);
     started = node;
     write_started(&state_path, &started)?;
+    let agent = Watched {
+        what: "node agent",
+        pid: agent_pid,
+        log: agent_log.clone(),
+    };
     let name = wait_ready(
         &kubeconfig,
         args.node_name.as_deref(),
         Duration::from_secs(args.timeout),
         &agent_log,
+        &[agent, control_plane],
     )
-    .await?;
+    .await
+    .map_err(|e| stop_hint(e, data_dir))?;
+    started.node_name = Some(name.clone());
+    write_started(&state_path, &started)?;
     writeln!(out, "\nApiary is up: node {name} is Ready.")?;
     writeln!(out, "  kubeconfig: {}", kubeconfig.display())?;
     writeln!(out, "  logs:       {}", logs.display())?;
@@ -336,15 +521,8 @@ pub async fn up(args: &UpArgs, out: &mut impl Write) -> anyhow::Result<()> {
     )?;
     writeln!(out, "  apiary apply -f examples/demo.yaml")?;
     writeln!(out, "  kubectl get pods -o wide")?;
-    writeln!(
-        out,
-        "  apiary down{}",
-        if data_dir == Path::new(DEFAULT_DATA_DIR) {
-            String::new()
-        } else {
-            format!(" --data-dir {}", data_dir.display())
-        }
-    )?;
+    writeln!(out, "  apiary status{}", data_dir_flag(data_dir))?;
+    writeln!(out, "  apiary down{}", data_dir_flag(data_dir))?;
     Ok(())
 }
 
@@ -374,21 +552,45 @@ pub async fn join(args: &JoinArgs, out: &mut impl Write) -> anyhow::Result<()> {
         args.node_name.as_deref(),
         args.node_ip.as_deref(),
     );
-    started.agent_pid = Some(spawn_logged(
-        &sibling("apiary-node-agent")?,
-        &agent,
-        &agent_log,
-    )?);
-    write_started(&data_dir.join("cluster.json"), &started)?;
+    let agent_pid = spawn_logged(&sibling("apiary-node-agent")?, &agent, &agent_log)?;
+    started.agent_pid = Some(agent_pid);
+    let state_path = data_dir.join("cluster.json");
+    write_started(&state_path, &started)?;
+    let agent = Watched {
+        what: "node agent",
+        pid: agent_pid,
+        log: agent_log.clone(),
+    };
     let name = wait_ready(
         &kubeconfig,
         args.node_name.as_deref(),
         Duration::from_secs(args.timeout),
         &agent_log,
+        &[agent],
     )
-    .await?;
+    .await
+    .map_err(|e| stop_hint(e, data_dir))?;
+    started.node_name = Some(name.clone());
+    write_started(&state_path, &started)?;
     writeln!(out, "node {name} joined {} and is Ready", args.server)?;
     Ok(())
+}
+
+/// `error`, saying how to stop what was started (`down` also cleans up after the agent).
+fn stop_hint(error: anyhow::Error, data_dir: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{error:#}; stop the rest with `apiary down{}`",
+        data_dir_flag(data_dir)
+    )
+}
+
+/// ` --data-dir DIR`, unless `data_dir` is the default.
+fn data_dir_flag(data_dir: &Path) -> String {
+    if data_dir == Path::new(DEFAULT_DATA_DIR) {
+        String::new()
+    } else {
+        format!(" --data-dir {}", data_dir.display())
+    }
 }
 
 pub async fn down(args: &DownArgs, out: &mut impl Write) -> anyhow::Result<()> {
@@ -434,6 +636,176 @@ pub async fn down(args: &DownArgs, out: &mut impl Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `apiary status`: the processes `up` or `join` started (alive or not, their versions, their
+/// logs' last error lines), the agent's health and the node's Ready condition. Fails (exit 1)
+/// unless both run and the node is Ready.
+pub async fn status(args: &StatusArgs, out: &mut impl Write) -> anyhow::Result<crate::Outcome> {
+    let state_path = args.data_dir.join("cluster.json");
+    let started = read_started(&state_path).with_context(|| {
+        format!(
+            "no cluster started from {} (no {})",
+            args.data_dir.display(),
+            state_path.display()
+        )
+    })?;
+    let logs = args.data_dir.join("logs");
+    let mut healthy = true;
+    let mut table = crate::table::Table {
+        headers: ["PROCESS", "PID", "STATE", "VERSION", "HEALTH"]
+            .map(str::to_owned)
+            .to_vec(),
+        rows: Vec::new(),
+    };
+    let mut errors = Vec::new();
+    for (what, pid, log, health_addr) in [
+        (
+            "control plane",
+            started.control_plane_pid,
+            logs.join("control-plane.log"),
+            None,
+        ),
+        (
+            "node agent",
+            started.agent_pid,
+            logs.join("node-agent.log"),
+            started.agent_healthz.as_deref(),
+        ),
+    ] {
+        let Some(pid) = pid else { continue };
+        let running = alive(pid);
+        healthy &= running;
+        let health = match (running, health_addr) {
+            (false, _) | (_, None) => "-".to_owned(),
+            (true, Some(addr)) => match healthz(addr).await {
+                Ok((true, _)) => "ok".to_owned(),
+                Ok((false, body)) => {
+                    healthy = false;
+                    let failing: Vec<&str> = body
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("[-]"))
+                        .filter_map(|l| l.split_whitespace().next())
+                        .collect();
+                    format!("waiting: {}", failing.join(","))
+                }
+                Err(e) => {
+                    healthy = false;
+                    format!("no answer: {e}")
+                }
+            },
+        };
+        table.rows.push(vec![
+            what.to_owned(),
+            pid.to_string(),
+            if running { "running" } else { "exited" }.to_owned(),
+            if running {
+                version_of(pid).unwrap_or_else(|| "unknown".to_owned())
+            } else {
+                "-".to_owned()
+            },
+            health,
+        ]);
+        let line = last_error_line(&log).map_or_else(
+            || "none".to_owned(),
+            |l| l.strip_prefix("error: ").unwrap_or(&l).to_owned(),
+        );
+        errors.push((what, line, log));
+    }
+    table.write(out, false)?;
+    writeln!(out)?;
+    healthy &= write_nodes(&started, out).await?;
+    writeln!(out)?;
+    for (what, line, log) in errors {
+        writeln!(out, "{what} log {}", log.display())?;
+        writeln!(out, "  last error: {line}")?;
+    }
+    Ok(if healthy {
+        crate::Outcome::Success
+    } else {
+        crate::Outcome::SomeFailed
+    })
+}
+
+/// Prints the Ready condition of the node `started` runs (of every node, when its name is not
+/// known yet); whether it is Ready.
+async fn write_nodes(started: &Started, out: &mut impl Write) -> anyhow::Result<bool> {
+    let conn = match kubeconfig::load(&started.kubeconfig, None) {
+        Ok(conn) => conn,
+        Err(e) => {
+            writeln!(out, "nodes: {}", one_line(&format!("{e:#}")))?;
+            return Ok(false);
+        }
+    };
+    let client = client::Client::new(&conn)?;
+    let nodes = match &started.node_name {
+        Some(name) => client
+            .get(&format!("/api/v1/nodes/{name}"), &[])
+            .await
+            .map(|node| vec![node]),
+        None => client
+            .get("/api/v1/nodes", &[])
+            .await
+            .map(|list| list["items"].as_array().cloned().unwrap_or_default()),
+    };
+    let nodes = match nodes {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            writeln!(out, "nodes: the API server did not answer: {e}")?;
+            return Ok(false);
+        }
+    };
+    let mut table = crate::table::Table {
+        headers: ["NODE", "READY", "REASON", "MESSAGE"]
+            .map(str::to_owned)
+            .to_vec(),
+        rows: Vec::new(),
+    };
+    let mut ready = !nodes.is_empty();
+    for node in &nodes {
+        let condition = node["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"));
+        let field = |key: &str| {
+            condition
+                .and_then(|c| c[key].as_str())
+                .unwrap_or("-")
+                .to_owned()
+        };
+        ready &= field("status") == "True";
+        table.rows.push(vec![
+            node["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            field("status"),
+            field("reason"),
+            field("message"),
+        ]);
+    }
+    if nodes.is_empty() {
+        writeln!(out, "nodes: none registered")?;
+    } else {
+        table.write(out, false)?;
+    }
+    Ok(ready)
+}
+
+/// The version of the running process `pid`: its executable's `--version` (`/proc/PID/exe`
+/// is the file it runs, even if replaced since).
+fn version_of(pid: u32) -> Option<String> {
+    let output = Command::new(format!("/proc/{pid}/exe"))
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    output
+        .status
+        .success()
+        .then(|| text.split_whitespace().last().map(str::to_owned))
+        .flatten()
+}
+
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
@@ -477,4 +849,27 @@ fn write_started(path: &Path, started: &Started) -> anyhow::Result<()> {
 fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_error_line_is_the_fatal_one_without_colours() {
+        let log = "2025-01-01T00:00:00Z  INFO apiary_node_agent::agent::run: registered\n\
+                   2025-01-01T00:00:01Z \u{1b}[31mERROR\u{1b}[0m apiary_node_agent: the DNS server stopped\n\
+                   error: no cgroup v2 hierarchy is mounted: Services need one\n";
+        assert_eq!(
+            error_line_in(log).as_deref(),
+            Some("error: no cgroup v2 hierarchy is mounted: Services need one")
+        );
+        let logged = "2025-01-01T00:00:01Z \u{1b}[31mERROR\u{1b}[0m x: the DNS server stopped\n\
+                      2025-01-01T00:00:02Z  INFO x: still going\n";
+        assert_eq!(
+            error_line_in(logged).as_deref(),
+            Some("2025-01-01T00:00:01Z ERROR x: the DNS server stopped")
+        );
+        assert_eq!(error_line_in("2025-01-01T00:00:00Z  INFO x: fine\n"), None);
+    }
 }

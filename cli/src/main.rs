@@ -65,6 +65,9 @@ enum Command {
     /// Start a one-node cluster on this machine (control plane and node agent, in the
     /// background) and wait until the node is Ready.
     Up(cluster::UpArgs),
+    /// Show what `apiary up` or `apiary node join` started: the processes, their versions and
+    /// last logged errors, the agent's health and the node's Ready condition.
+    Status(cluster::StatusArgs),
     /// Stop what `apiary up` or `apiary node join` started, and remove every pod, network
     /// namespace, veth, cgroup and BPF program of the node.
     Down(cluster::DownArgs),
@@ -153,6 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 .await
                 .map(|()| Outcome::Success);
         }
+        Command::Status(args) => return cluster::status(args, &mut out).await,
         Command::Image(args) => return image::run(args, &mut out).await,
         Command::Node(cluster::NodeCommand::Join(args)) => {
             return cluster::join(args, &mut out)
@@ -169,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Version
         | Command::Up(_)
         | Command::Down(_)
+        | Command::Status(_)
         | Command::Node(_)
         | Command::Image(_) => unreachable!("handled above"),
         Command::Apply(args) => apply::run(&session, &args, &mut out).await,
@@ -202,7 +207,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 /// clap's usage and tips, which `--help` has.
 fn usage_error(e: &clap::Error) -> String {
     if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        return "a command is required: apply, get, describe, delete, create, label, annotate, scale, logs, exec, net, image, up, down, node or version".to_owned();
+        return "a command is required: apply, get, describe, delete, create, label, annotate, scale, logs, exec, net, image, up, down, status, node or version".to_owned();
     }
     let rendered = e.render().to_string();
     let message = rendered.split("\n\n").next().unwrap_or_default();

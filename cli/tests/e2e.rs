@@ -426,12 +426,33 @@ fn bad_input_is_one_line_naming_the_field_and_changes_nothing() {
 fn a_missing_kubeconfig_is_one_line() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_apiary"))
         .args(["--kubeconfig", "/nonexistent/kubeconfig", "get", "ns"])
+        // One line even where backtraces are asked for.
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         "error: reading kubeconfig /nonexistent/kubeconfig: No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn status_without_a_cluster_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(["status", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "error: no cluster started from {0} (no {0}/cluster.json)\n",
+            dir.path().display()
+        )
     );
 }
 

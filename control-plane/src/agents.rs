@@ -21,6 +21,7 @@ use crate::{
         path::Target,
         resources::ResourceType,
     },
+    scheduler::lifecycle::{self, ReadyCondition},
     store,
 };
 
@@ -83,6 +84,33 @@ fn to_status(e: ApiError) -> Status {
         _ => tonic::Code::Internal,
     };
     Status::new(code, e.message)
+}
+
+/// The Ready condition a node registers with: the one its agent put in `node` (an agent that
+/// judges its own readiness registers NotReady and says Ready once it is), else Ready.
+fn registered_ready(node: &Value) -> Value {
+    let given = node["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"));
+    let (status, reason, message) = match given {
+        Some(c) => (
+            c["status"]
+                .as_str()
+                .filter(|s| matches!(*s, "True" | "False"))
+                .unwrap_or("Unknown"),
+            c["reason"].as_str().unwrap_or_default(),
+            c["message"].as_str().unwrap_or_default(),
+        ),
+        None => (
+            "True",
+            "KubeletReady",
+            "apiary node agent is posting ready status",
+        ),
+    };
+    json!({
+        "type": "Ready", "status": status, "reason": reason, "message": message,
+        "lastHeartbeatTime": now(), "lastTransitionTime": now(),
+    })
 }
 
 fn parse_json(bytes: &[u8], what: &str) -> Result<Value, Status> {
@@ -243,11 +271,7 @@ impl node_agent_server::NodeAgent for AgentService {
             .ok_or_else(|| Status::invalid_argument("node_json: metadata.name: Required value"))?
             .to_owned();
         let nodes = self.resource("", "nodes");
-        let ready = json!({
-            "type": "Ready", "status": "True", "reason": "KubeletReady",
-            "message": "apiary node agent is posting ready status",
-            "lastHeartbeatTime": now(), "lastTransitionTime": now(),
-        });
+        let ready = registered_ready(&node);
         let stored = match objects::get(&self.api, nodes, None, &name).await {
             Ok(existing) => {
                 // Keep what the cluster decided (pod CIDR, taints, cordon); take what the node
@@ -326,7 +350,22 @@ impl node_agent_server::NodeAgent for AgentService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let node = request.into_inner().node_name;
+        let HeartbeatRequest {
+            node_name: node,
+            ready,
+        } = request.into_inner();
+        // The condition first: the lifecycle controller, seeing the renewal, must find what the
+        // agent said rather than the Unknown it wrote while the node was silent.
+        if let Some(ready) = ready {
+            let condition = ReadyCondition {
+                status: if ready.ready { "True" } else { "False" },
+                reason: &ready.reason,
+                message: &ready.message,
+            };
+            lifecycle::set_ready(&self.api, &node, condition, None)
+                .await
+                .map_err(to_status)?;
+        }
         let leases = self.resource("coordination.k8s.io", "leases");
         let renew = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let target = Target {

@@ -1,6 +1,6 @@
 //! `apiary-control-plane`: the API server and the controllers behind it.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use apiary_control_plane::{
@@ -71,14 +71,33 @@ struct Cli {
     security_identity_gc_seconds: u64,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// A fatal error is one line on stderr (which is the log under `apiary up`), `error:` and its
+/// causes, and exit code 1; never the backtrace `anyhow` adds to the `Debug` of an error
+/// returned from `main` when `RUST_BACKTRACE` is set. Usage errors are clap's.
+fn main() -> ExitCode {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        // No colour codes in a log file (`apiary up` writes ours to `<data-dir>/logs`).
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
-    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     {
         use apiary_control_plane::{apiserver::allocator::SERVICE_CIDR, controllers::loadbalancer};
         let network = |(base, len)| loadbalancer::Pool::new(base, len).map_err(anyhow::Error::msg);

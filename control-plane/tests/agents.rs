@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use apiary_agent_api::v1::{
-    HeartbeatRequest, ObjectEvent, PodStatusReport, RegisterRequest, WatchDataplaneRequest,
-    WatchPodsRequest, object_event::Type,
+    HeartbeatRequest, NodeReady, ObjectEvent, PodStatusReport, RegisterRequest,
+    WatchDataplaneRequest, WatchPodsRequest, object_event::Type,
 };
 use futures::StreamExt as _;
 use serde_json::{Value, json};
@@ -81,6 +81,84 @@ async fn registration_assigns_each_node_its_own_pod_cidr_and_keeps_it() {
     assert_eq!(n1["metadata"]["labels"]["kubernetes.io/hostname"], "n1");
 }
 
+fn ready_condition(cp: &ControlPlane, node: &str) -> (String, String, String) {
+    let node: Value = cp.kubectl_json(&["get", "node", node, "-o", "json"]);
+    let conditions = node["status"]["conditions"].as_array().unwrap();
+    let ready = conditions.iter().find(|c| c["type"] == "Ready").unwrap();
+    let field = |k: &str| ready[k].as_str().unwrap_or_default().to_owned();
+    (field("status"), field("reason"), field("message"))
+}
+
+/// An agent registers NotReady and says when it is Ready (data plane attached, first sync done)
+/// or stopped; heartbeats that say nothing (hollow nodes) leave the condition alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_are_ready_when_their_agent_says_so() {
+    let cp = ControlPlane::start();
+    let mut agent = client(&cp).await;
+    let mut object: Value = serde_json::from_slice(&node("n1")).unwrap();
+    object["status"]["conditions"] = json!([{
+        "type": "Ready", "status": "False", "reason": "KubeletNotReady",
+        "message": "the node agent is starting: the data plane is not attached yet",
+    }]);
+    agent
+        .register(RegisterRequest {
+            node_json: serde_json::to_vec(&object).unwrap(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ready_condition(&cp, "n1"),
+        (
+            "False".into(),
+            "KubeletNotReady".into(),
+            "the node agent is starting: the data plane is not attached yet".into()
+        )
+    );
+    let heartbeat = |ready: Option<(bool, &str, &str)>| HeartbeatRequest {
+        node_name: "n1".into(),
+        ready: ready.map(|(ready, reason, message)| NodeReady {
+            ready,
+            reason: reason.into(),
+            message: message.into(),
+        }),
+    };
+    agent.heartbeat(heartbeat(None)).await.unwrap();
+    assert_eq!(ready_condition(&cp, "n1").0, "False", "a silent heartbeat");
+    agent
+        .heartbeat(heartbeat(Some((true, "KubeletReady", "ready"))))
+        .await
+        .unwrap();
+    assert_eq!(
+        ready_condition(&cp, "n1"),
+        ("True".into(), "KubeletReady".into(), "ready".into())
+    );
+    agent
+        .heartbeat(heartbeat(Some((
+            false,
+            "KubeletNotReady",
+            "the node agent stopped: no cgroup v2 hierarchy is mounted",
+        ))))
+        .await
+        .unwrap();
+    assert_eq!(
+        ready_condition(&cp, "n1"),
+        (
+            "False".into(),
+            "KubeletNotReady".into(),
+            "the node agent stopped: no cgroup v2 hierarchy is mounted".into()
+        )
+    );
+    // A node that was deleted: the agent registers it again.
+    let err = agent
+        .heartbeat(HeartbeatRequest {
+            node_name: "gone".into(),
+            ready: Some(NodeReady::default()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn heartbeats_renew_the_node_lease() {
     let cp = ControlPlane::start();
@@ -88,6 +166,7 @@ async fn heartbeats_renew_the_node_lease() {
     let reply = agent
         .heartbeat(HeartbeatRequest {
             node_name: "n1".into(),
+            ready: None,
         })
         .await
         .unwrap()
@@ -99,6 +178,7 @@ async fn heartbeats_renew_the_node_lease() {
     agent
         .heartbeat(HeartbeatRequest {
             node_name: "n1".into(),
+            ready: None,
         })
         .await
         .unwrap();
@@ -231,6 +311,7 @@ async fn calls_without_the_token_are_refused() {
     let err = agent
         .heartbeat(HeartbeatRequest {
             node_name: "n1".into(),
+            ready: None,
         })
         .await
         .unwrap_err();

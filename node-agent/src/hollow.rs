@@ -251,6 +251,7 @@ async fn heartbeats(mut client: Client, node_name: String, every: Duration) {
         if let Err(e) = client
             .heartbeat(HeartbeatRequest {
                 node_name: node_name.clone(),
+                ready: None,
             })
             .await
         {

@@ -2,7 +2,11 @@
 
 mod hollow;
 
-use std::path::{Path, PathBuf};
+use std::{
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
 use apiary_node_agent::{
@@ -88,8 +92,22 @@ impl Location {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let command = match Cli::parse().command {
+/// A fatal error is one line on stderr (which is the agent's log under `apiary up`), `error:`
+/// and its causes, and exit code 1; never the backtrace `anyhow` adds to the `Debug` of an
+/// error returned from `main` when `RUST_BACKTRACE` is set. Usage errors are clap's.
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = match cli.command {
         Command::Dataplane(command) => command,
         Command::Run(config) => return block_on(apiary_node_agent::agent::run(*config)),
         Command::Hollow(args) => return block_on(hollow::run(args)),
@@ -160,6 +178,8 @@ fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyh
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        // No colour codes in a log file (`apiary up` writes ours to `<data-dir>/logs`).
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

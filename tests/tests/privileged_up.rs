@@ -1,9 +1,13 @@
 //! `apiary up`, the README's demo, and `apiary down`, on a lab namespace standing in for a
 //! machine.
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use apiary_tests::{
+    cluster::binary,
     demo::{fetch, manifest, wait_for_demo},
     lab::{ip, tc_programs},
     machine::LabMachine,
@@ -39,6 +43,32 @@ fn up_runs_the_demo_and_down_removes_everything() {
         said.contains(&machine.kubeconfig().display().to_string()),
         "{said}"
     );
+    // `apiary status`: both processes run, the agent is healthy, the node Ready.
+    let status = machine.apiary(&["status", "--data-dir", &data]).unwrap();
+    eprintln!("{said}\napiary status:\n{status}");
+    let row = |what: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(what))
+            .unwrap_or_else(|| panic!("a row for the {what}: {status}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    let control_plane = row("control plane");
+    assert_eq!(control_plane[3..], ["running", version, "-"], "{status}");
+    let agent = row("node agent");
+    assert_eq!(agent[3..], ["running", version, "ok"], "{status}");
+    let node = status
+        .lines()
+        .skip_while(|l| !l.starts_with("NODE"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        node.contains(" True ") && node.contains("KubeletReady"),
+        "{status}"
+    );
+    assert_eq!(status.matches("\n  last error: ").count(), 2, "{status}");
 
     // The README's demo: import the test image, apply the manifest, reach every web pod.
     let archive = machine.dir.path().join("busybox.tar");
@@ -104,6 +134,83 @@ fn up_runs_the_demo_and_down_removes_everything() {
     );
     let procs = Command::new("pgrep").args(["-f", &data]).output().unwrap();
     assert!(procs.stdout.is_empty(), "no process of the cluster is left");
+}
+
+/// Issue 12: an agent that registered and then died (no cgroup v2 hierarchy here) left `apiary up`
+/// saying "node vm is Ready" and the node Ready for 40 s.
+#[test]
+fn up_fails_with_the_agents_error_when_the_agent_cannot_start() {
+    require_privileges!();
+    let machine = LabMachine::new().unwrap();
+    let data = machine.data_dir().display().to_string();
+    // A machine without cgroup v2: `apiary up` in a mount namespace of its own where every
+    // cgroup2 mount is gone and /sys/fs/cgroup is an empty tmpfs (the host keeps its own).
+    let script = r#"set -e
+for m in $(grep ' - cgroup2 ' /proc/self/mountinfo | cut -d' ' -f5); do
+    umount -l "$m" 2>/dev/null || true
+done
+mount -t tmpfs none /sys/fs/cgroup
+exec nsenter --net="/run/netns/$1" "$2" up --data-dir "$3" --timeout 90"#;
+    let started = Instant::now();
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(&machine.netns)
+        .arg(binary("apiary"))
+        .arg(&data)
+        .output()
+        .unwrap();
+    let _down = Down(&machine, None, None);
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("apiary up failed after {took:?}:\n{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("is Ready"), "{stdout}");
+    let error = stderr.lines().last().unwrap_or_default();
+    assert!(
+        error.starts_with("error: the node agent exited: no cgroup v2 hierarchy is mounted"),
+        "the agent's error line: {stderr}"
+    );
+    assert!(error.contains("apiary down --data-dir"), "{error}");
+
+    // Before exiting, the agent said why: the node is NotReady at once, not after 40 s.
+    let ready = machine
+        .kubectl_ok(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={.items[0].status.conditions[?(@.type=='Ready')].status} {.items[0].status.conditions[?(@.type=='Ready')].message}",
+        ])
+        .unwrap();
+    assert!(
+        ready.starts_with("False the node agent stopped: no cgroup v2 hierarchy is mounted"),
+        "{ready}"
+    );
+    // `apiary status` shows the same, and fails.
+    let status = machine
+        .run(&binary("apiary"), &["status", "--data-dir", &data])
+        .unwrap();
+    let said = String::from_utf8_lossy(&status.stdout);
+    eprintln!("apiary status:\n{said}");
+    assert_eq!(status.status.code(), Some(1), "{said}");
+    let agent = said
+        .lines()
+        .find(|l| l.starts_with("node agent "))
+        .unwrap_or_default();
+    assert!(agent.contains(" exited "), "{said}");
+    assert!(
+        said.contains("last error: no cgroup v2 hierarchy is mounted"),
+        "{said}"
+    );
+    assert!(said.contains("False"), "{said}");
 }
 
 #[test]

@@ -159,9 +159,12 @@ async fn reconcile(
                 set_ready(
                     api,
                     name,
-                    "Unknown",
-                    "NodeStatusUnknown",
-                    "Kubelet stopped posting node status.",
+                    ReadyCondition {
+                        status: "Unknown",
+                        reason: "NodeStatusUnknown",
+                        message: "Kubelet stopped posting node status.",
+                    },
+                    None,
                 )
                 .await?;
             }
@@ -179,12 +182,17 @@ async fn reconcile(
                 set_unreachable_taint(api, node, false).await?;
             }
             if ready == "Unknown" {
+                // Only if it is still Unknown: an agent that posts its own condition may have
+                // said NotReady with the heartbeat that resumed (and this cache lag behind).
                 set_ready(
                     api,
                     name,
-                    "True",
-                    "KubeletReady",
-                    "apiary node agent is posting ready status",
+                    ReadyCondition {
+                        status: "True",
+                        reason: "KubeletReady",
+                        message: "apiary node agent is posting ready status",
+                    },
+                    Some("Unknown"),
                 )
                 .await?;
             }
@@ -208,12 +216,23 @@ fn ready_status(node: &Value) -> String {
         .to_owned()
 }
 
-async fn set_ready(
+/// A node's Ready condition, as written by [`set_ready`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ReadyCondition<'a> {
+    /// `True`, `False` or `Unknown`.
+    pub status: &'a str,
+    pub reason: &'a str,
+    pub message: &'a str,
+}
+
+/// Writes `node`'s Ready condition unless it already says `ready`, and only while its status
+/// is `only_from` when that is given. The transition time moves only when the status changes,
+/// as Kubernetes' does.
+pub(crate) async fn set_ready(
     api: &Arc<Api>,
     name: &str,
-    status: &str,
-    reason: &str,
-    message: &str,
+    ready: ReadyCondition<'_>,
+    only_from: Option<&str>,
 ) -> Result<(), ApiError> {
     let nodes = resource(api, "", "nodes");
     let current = objects::get(api, nodes, None, name).await?;
@@ -222,21 +241,34 @@ async fn set_ready(
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let mut found = false;
-    for c in &mut conditions {
-        if c["type"] == "Ready" {
-            found = true;
-            c["status"] = json!(status);
-            c["reason"] = json!(reason);
-            c["message"] = json!(message);
-            c["lastTransitionTime"] = json!(now);
-        }
+    let existing = conditions.iter_mut().find(|c| c["type"] == "Ready");
+    let status_now = existing
+        .as_ref()
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("Unknown");
+    if only_from.is_some_and(|from| from != status_now) {
+        return Ok(());
     }
-    if !found {
-        conditions.push(json!({
-            "type": "Ready", "status": status, "reason": reason, "message": message,
-            "lastHeartbeatTime": now, "lastTransitionTime": now,
-        }));
+    match existing {
+        Some(c) => {
+            if c["status"] == ready.status
+                && c["reason"] == ready.reason
+                && c["message"] == ready.message
+            {
+                return Ok(());
+            }
+            if c["status"] != ready.status {
+                c["lastTransitionTime"] = json!(now);
+            }
+            c["status"] = json!(ready.status);
+            c["reason"] = json!(ready.reason);
+            c["message"] = json!(ready.message);
+            c["lastHeartbeatTime"] = json!(now);
+        }
+        None => conditions.push(json!({
+            "type": "Ready", "status": ready.status, "reason": ready.reason,
+            "message": ready.message, "lastHeartbeatTime": now, "lastTransitionTime": now,
+        })),
     }
     let patch = json!({ "status": { "conditions": conditions } });
     let target = Target {

@@ -36,6 +36,8 @@ pub struct Context {
     /// The Service behind each frontend of the service maps, for `GET /apiary/v1/services`:
     /// the service reconciler records their names here.
     pub service_names: crate::server::ServiceNames,
+    /// What `/healthz` and the node's Ready condition say: each first sync passes its check.
+    pub health: super::health::Health,
 }
 
 /// The kubelet's DNS settings: the cluster DNS address and domain, and the node's own resolver

@@ -5,6 +5,7 @@ pub mod context;
 pub mod dns_endpoint;
 pub mod env;
 pub mod flows;
+pub mod health;
 pub mod identities;
 pub mod node;
 pub mod pods;

@@ -30,6 +30,7 @@ use futures::{FutureExt as _, StreamExt as _};
 use super::{
     context::Context,
     flows::SharedFlowNames,
+    health::Check,
     identities::IdentityCache,
     policy_maps::{self, RuleTable},
 };
@@ -105,6 +106,7 @@ async fn watch(ctx: &Context, enforcer: &mut Enforcer) -> anyhow::Result<()> {
             let node = ctx.node.name.clone();
             let endpoints = ctx.network.endpoints().unwrap_or_default();
             tokio::task::block_in_place(|| enforcer.enforce(&node, &endpoints))?;
+            ctx.health.pass(Check::Policies);
         }
     }
 }

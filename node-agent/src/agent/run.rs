@@ -5,12 +5,13 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Arc, time::
 use anyhow::Context as _;
 use apiary_agent_api::{
     Client,
-    v1::{HeartbeatRequest, RegisterRequest, WatchDataplaneRequest, object_event::Type},
+    v1::{HeartbeatRequest, NodeReady, RegisterRequest, WatchDataplaneRequest, object_event::Type},
 };
 use futures::StreamExt as _;
 
 use super::{
     context::{Context, DnsSettings, Registry},
+    health::{Check, Health},
     node::NodeFacts,
     pods::PodManager,
 };
@@ -61,6 +62,13 @@ pub struct AgentConfig {
     /// Port of the agent's HTTPS endpoint for logs and exec (the kubelet's 10250).
     #[arg(long, default_value_t = 10250)]
     pub port: u16,
+    /// Port of the health endpoint, `GET /healthz` over plain HTTP (the kubelet's 10248): `ok`
+    /// once the data plane is attached and the first sync is done; 0 turns it off.
+    #[arg(long, default_value_t = super::health::DEFAULT_PORT)]
+    pub healthz_port: u16,
+    /// Address of the health endpoint.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub healthz_bind_address: std::net::IpAddr,
     /// The cgroup under which pods' containers get theirs.
     #[arg(long, default_value = "apiary")]
     pub cgroup_parent: String,
@@ -88,6 +96,9 @@ pub struct AgentConfig {
 
 /// Runs the agent until the process is stopped. Pods keep running when it stops: their
 /// containers live in shims of their own, and the pinned BPF programs keep forwarding.
+///
+/// An error after registration is posted as the node's Ready condition (False, with the error)
+/// before it is returned, so that the node does not look Ready for the lease's 40 s.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let endpoint = Endpoint::from_kubeconfig(&config.kubeconfig)?;
     let labels: Vec<(String, String)> = config
@@ -105,10 +116,59 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config.port,
         &labels,
     )?;
+    let health = Health::default();
+    if config.healthz_port != 0 {
+        let addr = std::net::SocketAddr::new(config.healthz_bind_address, config.healthz_port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} (--healthz-port)"))?;
+        tokio::spawn({
+            let health = health.clone();
+            async move {
+                if let Err(e) = super::health::serve(listener, health).await {
+                    tracing::error!(error = %e, "the healthz server stopped");
+                }
+            }
+        });
+    }
     let client = connect(&endpoint).await;
-    let pod_cidr = register(&client, &node).await;
+    let pod_cidr = register(&client, &node, &health).await;
     tracing::info!(node = %node.name, ip = %node.ip, %pod_cidr, "registered");
+    let result = run_registered(&config, &endpoint, &client, &node, &pod_cidr, health).await;
+    if let Err(e) = &result {
+        post_stopped(&client, &node, e).await;
+    }
+    result
+}
 
+/// Tells the control plane that this node's agent stopped on `error`: Ready=False at once,
+/// instead of Unknown when its Lease runs out. Best effort, briefly: the error is what matters.
+async fn post_stopped(client: &Client, node: &NodeFacts, error: &anyhow::Error) {
+    let request = HeartbeatRequest {
+        node_name: node.name.clone(),
+        ready: Some(NodeReady {
+            ready: false,
+            reason: "KubeletNotReady".to_owned(),
+            message: format!("the node agent stopped: {error:#}"),
+        }),
+    };
+    match tokio::time::timeout(Duration::from_secs(3), client.clone().heartbeat(request)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "posting NotReady"),
+        Err(_) => tracing::warn!("posting NotReady: no answer within 3 s"),
+    }
+}
+
+/// What the agent does once its node is registered: set up the runtime and the pod network,
+/// then follow the cluster for ever.
+async fn run_registered(
+    config: &AgentConfig,
+    endpoint: &Endpoint,
+    client: &Client,
+    node: &NodeFacts,
+    pod_cidr: &str,
+    health: Health,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let shim = shim_path(config.shim.as_deref())?;
@@ -125,14 +185,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let images = apiary_images::ImageStore::open(&image_root)
         .with_context(|| format!("opening the image store {}", image_root.display()))?;
     let network = PodNetwork::new(NetworkConfig {
-        pod_cidr: parse_cidr(&pod_cidr)?,
+        pod_cidr: parse_cidr(pod_cidr)?,
         node_ip: node.ip,
         underlay_iface: None,
         state_dir: config.data_dir.join("network"),
         pin_dir: config.pin_dir.clone(),
         // The agent runs inside its node's network namespace.
         node_netns: None,
-        socket_lb_cgroup: Some(socket_lb_cgroup(&config)?),
+        socket_lb_cgroup: Some(socket_lb_cgroup(config)?),
     })
     .await
     .context("setting up the pod network")?;
@@ -152,13 +212,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             extra_ca_pem: None,
         },
         network,
-        api: ApiClient::new(&endpoint)?,
+        api: ApiClient::new(endpoint)?,
         agent: client.clone(),
         pods_dir: config.data_dir.join("pods"),
         sandboxes_dir: config.run_dir.join("pods"),
         registry: Registry::default(),
         dns: dns_settings,
         service_names: crate::server::ServiceNames::default(),
+        health,
     });
     let records: crate::dns::SharedRecords = Arc::new(std::sync::RwLock::new(
         crate::dns::ClusterRecords::new(&config.cluster_domain),
@@ -187,9 +248,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         names: flow_names,
     });
     serve_dns(&ctx, records).await?;
+    ctx.health.pass(Check::Dataplane);
     tokio::spawn(heartbeats(
         client.clone(),
         node.clone(),
+        ctx.health.clone(),
         Duration::from_secs(config.heartbeat_seconds.max(1)),
     ));
     tokio::spawn(follow_nodes(Arc::clone(&ctx)));
@@ -256,9 +319,18 @@ pub async fn connect(endpoint: &Endpoint) -> Client {
     }
 }
 
-/// Registers the node (retrying) and returns its pod CIDR.
-async fn register(client: &Client, node: &NodeFacts) -> String {
-    let node_json = serde_json::to_vec(&node.object()).expect("a JSON value always serializes");
+/// Registers the node (retrying) with the Ready condition `health` gives, and returns its pod
+/// CIDR.
+async fn register(client: &Client, node: &NodeFacts, health: &Health) -> String {
+    let mut object = node.object();
+    let (ready, reason, message) = health.ready_condition();
+    object["status"]["conditions"] = serde_json::json!([{
+        "type": "Ready",
+        "status": if ready { "True" } else { "False" },
+        "reason": reason,
+        "message": message,
+    }]);
+    let node_json = serde_json::to_vec(&object).expect("a JSON value always serializes");
     loop {
         match client
             .clone()
@@ -276,21 +348,33 @@ async fn register(client: &Client, node: &NodeFacts) -> String {
     }
 }
 
-async fn heartbeats(client: Client, node: NodeFacts, every: Duration) {
+/// Renews the node's Lease and posts its Ready condition every `every`, and at once when a
+/// health check passes (the node turns Ready as soon as it is).
+async fn heartbeats(client: Client, node: NodeFacts, health: Health, every: Duration) {
     let mut tick = tokio::time::interval(every);
+    let mut changed = health.subscribe();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            Ok(()) = changed.changed() => {}
+        }
+        let (ready, reason, message) = health.ready_condition();
         match client
             .clone()
             .heartbeat(HeartbeatRequest {
                 node_name: node.name.clone(),
+                ready: Some(NodeReady {
+                    ready,
+                    reason: reason.to_owned(),
+                    message,
+                }),
             })
             .await
         {
             Ok(_) => {}
             // The Node was deleted: register it again, as the kubelet does.
             Err(e) if e.code() == tonic::Code::NotFound => {
-                register(&client, &node).await;
+                register(&client, &node, &health).await;
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
@@ -339,8 +423,9 @@ async fn watch_nodes(ctx: &Context) -> anyhow::Result<()> {
         }
         if synced {
             let all: Vec<RemoteNode> = nodes.values().cloned().collect();
-            if let Err(e) = ctx.network.set_remote_nodes(&all).await {
-                tracing::warn!(error = %e, "routing to other nodes");
+            match ctx.network.set_remote_nodes(&all).await {
+                Ok(()) => ctx.health.pass(Check::Nodes),
+                Err(e) => tracing::warn!(error = %e, "routing to other nodes"),
             }
         }
     }

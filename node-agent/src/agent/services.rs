@@ -18,7 +18,7 @@ use apiary_api::{core_v1::Pod, core_v1::Service, discovery_v1::EndpointSlice};
 use apiary_ebpf_common::{Backend, CT_MASQUERADE, PROTO_UDP, ServiceKey, ServiceValue};
 use futures::{FutureExt as _, StreamExt as _};
 
-use super::context::Context;
+use super::{context::Context, health::Check};
 use crate::{
     dataplane::{self, CtMap, ServiceMaps},
     dns::SharedRecords,
@@ -84,6 +84,7 @@ async fn watch(
             let (written, frontends) =
                 tokio::task::block_in_place(|| reconciler.reconcile(&change))?;
             reconciler.in_step = true;
+            ctx.health.pass(Check::Services);
             if written > 0 {
                 tracing::info!(
                     writes = written,

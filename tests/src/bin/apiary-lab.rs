@@ -14,62 +14,145 @@
 //! rate to a pod selected by 1,000 NetworkPolicies against one selected by none, and create →
 //! enforced on both nodes with 250 policies present (`bench_policy`).
 
-use std::path::PathBuf;
+use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use apiary_tests::bench_report::Report;
+use clap::{Parser, Subcommand};
 
-fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("demo") => demo(),
-        Some("bench-pods") => bench_pods(&args[1..]),
-        Some("bench-services") => bench_services(&args[1..]),
-        Some("bench-policy") => bench_policy(&args[1..]),
-        _ => bail!(
-            "usage: apiary-lab demo | apiary-lab bench-pods {BENCH_USAGE} | \
-             apiary-lab bench-services {SERVICES_USAGE} | apiary-lab bench-policy {POLICY_USAGE}"
-        ),
+#[derive(Debug, Parser)]
+#[command(
+    name = "apiary-lab",
+    about = "The README's demo and the benchmarks, in a lab of network namespaces"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// `apiary up`, the demo app and `apiary down` in a lab namespace standing in for the machine.
+    Demo,
+    /// Pod-to-pod TCP request/response rates, then the startup of N pods on one node and the
+    /// agents' memory.
+    BenchPods(BenchPods),
+    /// Request latency direct, through a ClusterIP and through iptables at each size, then the
+    /// real agent programming N Services.
+    BenchServices(BenchServices),
+    /// Request rate to a pod selected by 1,000 NetworkPolicies against one selected by none, and
+    /// create → enforced on both nodes.
+    BenchPolicy(BenchPolicy),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchPods {
+    /// Seconds per measuring round.
+    #[arg(long, default_value_t = 2.0, value_parser = positive_seconds)]
+    seconds: f64,
+    /// Pods started on one node.
+    #[arg(long, default_value_t = 50, value_parser = at_least_one)]
+    pods: usize,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchServices {
+    /// Numbers of Services to measure latency at (1 to 60000 each).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,1000,10000",
+        value_parser = |v: &str| whole_number(v, 1..=60_000)
+    )]
+    sizes: Vec<usize>,
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
+    rounds: usize,
+    /// Requests per round.
+    #[arg(long, default_value_t = 50, value_parser = at_least_one)]
+    requests: usize,
+    /// Services the agent programs.
+    #[arg(long, default_value_t = 10_000, value_parser = at_least_one)]
+    services: usize,
+    /// Services created at once.
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
+    concurrency: usize,
+    /// Services added one at a time after the others, each timed.
+    #[arg(long, default_value_t = 20)]
+    one_more: usize,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchPolicy {
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
+    rounds: usize,
+    /// Seconds per measuring round.
+    #[arg(long, default_value_t = 0.5, value_parser = positive_seconds)]
+    seconds: f64,
+    /// Convergence samples (each takes a port).
+    #[arg(long, default_value_t = 100, value_parser = |v: &str| whole_number(v, 1..=10_000))]
+    samples: usize,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
+fn positive_seconds(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() => Ok(s),
+        Ok(_) => Err("must be positive".to_owned()),
+        Err(_) => Err(format!("{value:?} is not a number of seconds")),
     }
 }
 
-const BENCH_USAGE: &str = "[--seconds SECONDS_PER_ROUND] [--pods N] [--json PATH]";
+fn at_least_one(value: &str) -> Result<usize, String> {
+    whole_number(value, 1..=usize::MAX)
+}
 
-/// Both halves of the benchmark in one run: the pod network, then the cluster.
-fn bench_pods(args: &[String]) -> anyhow::Result<()> {
-    let mut seconds = 2.0;
-    let mut pods = 50;
-    let mut json: Option<PathBuf> = None;
-    let mut args = args.iter();
-    while let Some(flag) = args.next() {
-        let mut value = || {
-            args.next()
-                .with_context(|| format!("{flag}: missing value ({BENCH_USAGE})"))
-        };
-        match flag.as_str() {
-            "--seconds" => {
-                seconds = value()?
-                    .parse()
-                    .context("--seconds: expected a number of seconds per round")?;
-            }
-            "--pods" => {
-                pods = value()?
-                    .parse()
-                    .context("--pods: expected a number of pods")?;
-            }
-            "--json" => json = Some(value()?.into()),
-            other => bail!("unknown argument {other:?} ({BENCH_USAGE})"),
+fn whole_number(value: &str, range: std::ops::RangeInclusive<usize>) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        Ok(_) if *range.end() == usize::MAX => Err(format!("must be at least {}", range.start())),
+        Ok(_) => Err(format!("must be {} to {}", range.start(), range.end())),
+        Err(_) => Err(format!("{value:?} is not a whole number")),
+    }
+}
+
+/// Usage errors are clap's (one line, the usage, a pointer to `--help`); a failure is one line,
+/// `error:` and its causes, exit code 1, never `anyhow`'s backtrace.
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Demo => apiary_tests::demo::run(),
+        Command::BenchPods(args) => bench_pods(args),
+        Command::BenchServices(args) => bench_services(args),
+        Command::BenchPolicy(args) => bench_policy(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
-    anyhow::ensure!(pods > 0, "--pods: must be at least 1");
-    anyhow::ensure!(seconds > 0.0, "--seconds: must be positive");
+}
+
+/// Both halves of the benchmark in one run: the pod network, then the cluster.
+fn bench_pods(args: BenchPods) -> anyhow::Result<()> {
     eprintln!("measuring pod-to-pod TCP request/response rates …");
-    let net = apiary_tests::bench_net::run(seconds, 3)?;
-    eprintln!("measuring the startup of {pods} pods on one node and the agents' memory …");
-    let pods = apiary_tests::bench_pods::run(pods)?;
+    let net = apiary_tests::bench_net::run(args.seconds, 3)?;
+    eprintln!(
+        "measuring the startup of {} pods on one node and the agents' memory …",
+        args.pods
+    );
+    let pods = apiary_tests::bench_pods::run(args.pods)?;
     let report = Report { net, pods };
     print!("{}", report.table());
-    if let Some(path) = json {
+    if let Some(path) = args.json {
         write_json(&path, &report.json())?;
     }
     Ok(())
@@ -85,118 +168,39 @@ fn write_json(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Resu
     Ok(())
 }
 
-const SERVICES_USAGE: &str = "[--sizes 1,1000,10000] [--rounds R] [--requests N] [--services N] \
-                              [--concurrency C] [--one-more N] [--json PATH]";
-
 /// Latency on a lab of namespaces, then programming time through a real agent.
-fn bench_services(args: &[String]) -> anyhow::Result<()> {
-    let mut sizes = vec![1, 1000, 10_000];
-    let mut rounds = 100;
-    let mut requests = 50;
-    let mut services = 10_000;
-    let mut concurrency = 256;
-    let mut one_more = 20;
-    let mut json: Option<PathBuf> = None;
-    let mut args = args.iter();
-    let number = |flag: &str, value: &str| -> anyhow::Result<usize> {
-        value
-            .parse()
-            .with_context(|| format!("{flag}: expected a whole number ({SERVICES_USAGE})"))
-    };
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{flag}: missing value ({SERVICES_USAGE})"))?;
-        match flag.as_str() {
-            "--sizes" => {
-                sizes = value
-                    .split(',')
-                    .map(|s| number(flag, s))
-                    .collect::<anyhow::Result<_>>()?;
-            }
-            "--rounds" => rounds = number(flag, value)?,
-            "--requests" => requests = number(flag, value)?,
-            "--services" => services = number(flag, value)?,
-            "--concurrency" => concurrency = number(flag, value)?,
-            "--one-more" => one_more = number(flag, value)?,
-            "--json" => json = Some(value.into()),
-            other => bail!("unknown argument {other:?} ({SERVICES_USAGE})"),
-        }
-    }
-    anyhow::ensure!(
-        !sizes.is_empty() && sizes.iter().all(|&s| (1..=60_000).contains(&s)),
-        "--sizes: between 1 and 60000 services each"
-    );
+fn bench_services(args: BenchServices) -> anyhow::Result<()> {
+    let mut sizes = args.sizes;
     sizes.sort_unstable();
-    anyhow::ensure!(
-        rounds > 0 && requests > 0,
-        "--rounds, --requests: at least 1"
-    );
-    anyhow::ensure!(
-        services > 0 && concurrency > 0,
-        "--services, --concurrency: at least 1"
-    );
     eprintln!("measuring request latency: direct, ClusterIP, iptables at {sizes:?} services …");
-    let latency = apiary_tests::bench_services::latency::run(&sizes, rounds, requests)?;
-    eprintln!("measuring how fast the agent programs {services} Services …");
-    let programming =
-        apiary_tests::bench_services::programming::run(services, concurrency, one_more)?;
+    let latency = apiary_tests::bench_services::latency::run(&sizes, args.rounds, args.requests)?;
+    eprintln!(
+        "measuring how fast the agent programs {} Services …",
+        args.services
+    );
+    let programming = apiary_tests::bench_services::programming::run(
+        args.services,
+        args.concurrency,
+        args.one_more,
+    )?;
     let report = apiary_tests::bench_services::report::Report {
         latency,
         programming,
     };
     print!("{}", report.table());
-    if let Some(path) = json {
+    if let Some(path) = args.json {
         write_json(&path, &report.json())?;
     }
     Ok(())
 }
 
-const POLICY_USAGE: &str = "[--rounds R] [--seconds SECONDS_PER_ROUND] [--samples N] [--json PATH]";
-
 /// NetworkPolicy's cost per connection and its convergence, on one two-node cluster.
-fn bench_policy(args: &[String]) -> anyhow::Result<()> {
-    let mut rounds = 20;
-    let mut seconds = 0.5;
-    let mut samples = 100;
-    let mut json: Option<PathBuf> = None;
-    let mut args = args.iter();
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{flag}: missing value ({POLICY_USAGE})"))?;
-        let whole = || -> anyhow::Result<usize> {
-            value
-                .parse()
-                .with_context(|| format!("{flag}: expected a whole number ({POLICY_USAGE})"))
-        };
-        match flag.as_str() {
-            "--rounds" => rounds = whole()?,
-            "--samples" => samples = whole()?,
-            "--seconds" => {
-                seconds = value
-                    .parse()
-                    .context("--seconds: expected a number of seconds per round")?;
-            }
-            "--json" => json = Some(value.into()),
-            other => bail!("unknown argument {other:?} ({POLICY_USAGE})"),
-        }
-    }
-    anyhow::ensure!(rounds > 0 && samples > 0, "--rounds, --samples: at least 1");
-    anyhow::ensure!(
-        samples <= 10_000,
-        "--samples: at most 10000 (each takes a port)"
-    );
-    anyhow::ensure!(seconds > 0.0, "--seconds: must be positive");
+fn bench_policy(args: BenchPolicy) -> anyhow::Result<()> {
     eprintln!("measuring NetworkPolicy: convergence, then request rates …");
-    let figures = apiary_tests::bench_policy::run(rounds, seconds, samples)?;
+    let figures = apiary_tests::bench_policy::run(args.rounds, args.seconds, args.samples)?;
     print!("{}", figures.table());
-    if let Some(path) = json {
+    if let Some(path) = args.json {
         write_json(&path, &figures.json())?;
     }
     Ok(())
-}
-
-fn demo() -> anyhow::Result<()> {
-    apiary_tests::demo::run()
 }

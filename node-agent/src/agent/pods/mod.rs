@@ -20,7 +20,7 @@ use futures::StreamExt as _;
 use tokio::{sync::watch, task::JoinHandle};
 
 use self::containers::Labels;
-use super::{context::Context, volumes};
+use super::{context::Context, health::Check, volumes};
 
 struct Handle {
     desired: watch::Sender<Option<Pod>>,
@@ -79,6 +79,8 @@ impl PodManager {
                 if let Some(seen) = listed.take() {
                     self.collect_garbage(&seen).await;
                     adopted.clear();
+                    // Every listed pod has its worker (starting it is theirs to report).
+                    self.ctx.health.pass(Check::Pods);
                 }
                 continue;
             }
