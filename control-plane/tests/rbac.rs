@@ -131,7 +131,13 @@ fn can_i_answers_yes_and_no_and_lists_rules() {
             .args(&full)
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .trim()
+        .to_owned()
     };
     assert_eq!(
         can_i(&["list", "pods", "-n", "dev", "--as", "alice"]),

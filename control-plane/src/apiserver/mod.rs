@@ -244,7 +244,18 @@ async fn resource_request_as(
                 target.resource.plural,
             ));
         }
-        let review = objects::decode(headers, &body)?;
+        let protobuf = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/vnd.kubernetes.protobuf"));
+        // kubectl auth can-i sends its reviews as protobuf.
+        let review =
+            match protobuf {
+                true => authz::reviews::from_protobuf(target.resource.plural, &body).ok_or_else(
+                    || ApiError::unsupported_media_type("application/vnd.kubernetes.protobuf"),
+                )?,
+                false => objects::decode(headers, &body)?,
+            };
         let answer = authz::reviews::answer(&api.authz, user, &target, review)?;
         return Ok((axum::http::StatusCode::CREATED, axum::Json(answer)).into_response());
     }

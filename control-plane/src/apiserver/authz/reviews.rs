@@ -173,3 +173,96 @@ fn rules_status(authz: &Authz, user: &UserInfo, namespace: &str) -> Value {
     }
     status
 }
+
+/// Fields of one protobuf message: `(field number, wire type, bytes or varint value)`.
+fn proto_fields(mut buf: &[u8]) -> Option<Vec<(u64, &[u8])>> {
+    fn varint(buf: &mut &[u8]) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = buf.split_first()?;
+            *buf = rest;
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    let mut fields = Vec::new();
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        match key & 7 {
+            0 => {
+                varint(&mut buf)?;
+            }
+            2 => {
+                let len = usize::try_from(varint(&mut buf)?).ok()?;
+                if len > buf.len() {
+                    return None;
+                }
+                let (value, rest) = buf.split_at(len);
+                fields.push((key >> 3, value));
+                buf = rest;
+            }
+            1 => buf = buf.get(8..)?,
+            5 => buf = buf.get(4..)?,
+            _ => return None,
+        }
+    }
+    Some(fields)
+}
+
+fn proto_strings(buf: &[u8], names: &[&str]) -> Option<Value> {
+    let mut out = json!({});
+    for (number, value) in proto_fields(buf)? {
+        if let Some(name) = usize::try_from(number)
+            .ok()
+            .and_then(|n| names.get(n.checked_sub(1)?))
+        {
+            out[*name] = json!(String::from_utf8_lossy(value));
+        }
+    }
+    Some(out)
+}
+
+/// The JSON form of a `SelfSubjectAccessReview` or `SelfSubjectRulesReview` kubectl sends as
+/// protobuf (`k8s\0` + `runtime.Unknown`), reading only the spec.
+pub fn from_protobuf(plural: &str, body: &[u8]) -> Option<Value> {
+    let envelope = body.strip_prefix(b"k8s\0")?;
+    let raw = proto_fields(envelope)?
+        .into_iter()
+        .find(|(n, _)| *n == 2)?
+        .1;
+    let spec_bytes = proto_fields(raw)?
+        .into_iter()
+        .find(|(n, _)| *n == 2)
+        .map_or(&[][..], |f| f.1);
+    let mut spec = json!({});
+    match plural {
+        "selfsubjectrulesreviews" => spec = proto_strings(spec_bytes, &["namespace"])?,
+        "selfsubjectaccessreviews" => {
+            for (number, value) in proto_fields(spec_bytes)? {
+                match number {
+                    1 => {
+                        spec["resourceAttributes"] = proto_strings(
+                            value,
+                            &[
+                                "namespace",
+                                "verb",
+                                "group",
+                                "version",
+                                "resource",
+                                "subresource",
+                                "name",
+                            ],
+                        )?;
+                    }
+                    2 => spec["nonResourceAttributes"] = proto_strings(value, &["path", "verb"])?,
+                    _ => {}
+                }
+            }
+        }
+        _ => return None,
+    }
+    Some(json!({"spec": spec}))
+}
