@@ -31,8 +31,7 @@ pub fn rule_allows(info: &RequestInfo, rule: &PolicyRule) -> bool {
         has(&rule.verbs, &info.verb)
             && has(&rule.api_groups, &info.api_group)
             && resource_matches(rule, &combined, &info.subresource)
-            && (rule.resource_names.is_empty()
-                || rule.resource_names.iter().any(|n| *n == info.name))
+            && (rule.resource_names.is_empty() || rule.resource_names.contains(&info.name))
     } else {
         has(&rule.verbs, &info.verb) && non_resource_url_matches(rule, &info.path)
     }
