@@ -234,9 +234,14 @@ pub fn check_escalation(
     };
     let rules: Vec<PolicyRule> = match resource.plural {
         "roles" | "clusterroles" => {
-            if old.is_some_and(|o| o["rules"] == object["rules"])
-                || may("escalate", resource.plural, &name)
-            {
+            // Kubernetes skips the check only when no more than GC fields change; labels
+            // count (they feed aggregation).
+            let same = |o: &Value| {
+                o["rules"] == object["rules"]
+                    && o["aggregationRule"] == object["aggregationRule"]
+                    && o["metadata"]["labels"] == object["metadata"]["labels"]
+            };
+            if old.is_some_and(same) || may("escalate", resource.plural, &name) {
                 return Ok(());
             }
             serde_json::from_value(object["rules"].clone()).unwrap_or_default()
@@ -244,7 +249,10 @@ pub fn check_escalation(
         "rolebindings" | "clusterrolebindings" => {
             let role_ref: RoleRef =
                 serde_json::from_value(object["roleRef"].clone()).unwrap_or_default();
-            if old.is_some_and(|o| o["roleRef"] == object["roleRef"]) {
+            // Adding subjects grants the role too: only an unchanged grant skips the check.
+            if old.is_some_and(|o| {
+                o["roleRef"] == object["roleRef"] && o["subjects"] == object["subjects"]
+            }) {
                 return Ok(());
             }
             let role_resource = if role_ref.kind == "ClusterRole" {
