@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::{
     apiary_v1, apps_v1, batch_v1, coordination_v1, core_v1, discovery_v1,
     meta::{ObjectMeta, TypeMeta},
-    networking_v1,
+    networking_v1, rbac_v1,
 };
 
 /// Everything the API server and kubectl need to know about one resource.
@@ -296,6 +296,93 @@ pub const SECURITY_IDENTITIES: ResourceInfo = resource(
     false,
 );
 
+/// `rbac.authorization.k8s.io/v1` `Role`.
+pub const ROLES: ResourceInfo = resource(
+    "rbac.authorization.k8s.io",
+    "Role",
+    "roles",
+    "role",
+    &[],
+    true,
+);
+/// `rbac.authorization.k8s.io/v1` `ClusterRole`.
+pub const CLUSTER_ROLES: ResourceInfo = resource(
+    "rbac.authorization.k8s.io",
+    "ClusterRole",
+    "clusterroles",
+    "clusterrole",
+    &[],
+    false,
+);
+/// `rbac.authorization.k8s.io/v1` `RoleBinding`.
+pub const ROLE_BINDINGS: ResourceInfo = resource(
+    "rbac.authorization.k8s.io",
+    "RoleBinding",
+    "rolebindings",
+    "rolebinding",
+    &[],
+    true,
+);
+/// `rbac.authorization.k8s.io/v1` `ClusterRoleBinding`.
+pub const CLUSTER_ROLE_BINDINGS: ResourceInfo = resource(
+    "rbac.authorization.k8s.io",
+    "ClusterRoleBinding",
+    "clusterrolebindings",
+    "clusterrolebinding",
+    &[],
+    false,
+);
+
+const CREATE: &[&str] = &["create"];
+
+/// An `authorization.k8s.io/v1` review: create-only, answered and never stored.
+const fn review(
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    namespaced: bool,
+) -> ResourceInfo {
+    ResourceInfo {
+        verbs: CREATE,
+        ..resource(
+            "authorization.k8s.io",
+            kind,
+            plural,
+            singular,
+            &[],
+            namespaced,
+        )
+    }
+}
+/// `authorization.k8s.io/v1` `LocalSubjectAccessReview`.
+pub const LOCAL_SUBJECT_ACCESS_REVIEWS: ResourceInfo = review(
+    "LocalSubjectAccessReview",
+    "localsubjectaccessreviews",
+    "localsubjectaccessreview",
+    true,
+);
+/// `authorization.k8s.io/v1` `SelfSubjectAccessReview`.
+pub const SELF_SUBJECT_ACCESS_REVIEWS: ResourceInfo = review(
+    "SelfSubjectAccessReview",
+    "selfsubjectaccessreviews",
+    "selfsubjectaccessreview",
+    false,
+);
+/// `authorization.k8s.io/v1` `SelfSubjectRulesReview`.
+pub const SELF_SUBJECT_RULES_REVIEWS: ResourceInfo = review(
+    "SelfSubjectRulesReview",
+    "selfsubjectrulesreviews",
+    "selfsubjectrulesreview",
+    false,
+);
+/// `authorization.k8s.io/v1` `SubjectAccessReview`.
+pub const SUBJECT_ACCESS_REVIEWS: ResourceInfo = review(
+    "SubjectAccessReview",
+    "subjectaccessreviews",
+    "subjectaccessreview",
+    false,
+);
+
 /// Every served resource, core group first, then groups in discovery order.
 pub static RESOURCES: &[ResourceInfo] = &[
     NAMESPACES,
@@ -311,9 +398,17 @@ pub static RESOURCES: &[ResourceInfo] = &[
     REPLICA_SETS,
     STATEFUL_SETS,
     DAEMON_SETS,
+    LOCAL_SUBJECT_ACCESS_REVIEWS,
+    SELF_SUBJECT_ACCESS_REVIEWS,
+    SELF_SUBJECT_RULES_REVIEWS,
+    SUBJECT_ACCESS_REVIEWS,
     JOBS,
     CRON_JOBS,
     NETWORK_POLICIES,
+    ROLES,
+    CLUSTER_ROLES,
+    ROLE_BINDINGS,
+    CLUSTER_ROLE_BINDINGS,
     ENDPOINT_SLICES,
     LEASES,
     SECURITY_IDENTITIES,
@@ -322,8 +417,10 @@ pub static RESOURCES: &[ResourceInfo] = &[
 /// The non-core groups, in the order `/apis` lists them (Kubernetes' order).
 pub const GROUPS: &[&str] = &[
     "apps",
+    "authorization.k8s.io",
     "batch",
     "networking.k8s.io",
+    "rbac.authorization.k8s.io",
     "coordination.k8s.io",
     "discovery.k8s.io",
     "apiary.dev",
@@ -482,6 +579,10 @@ impl_resource!(
     discovery_v1::EndpointSlice => ENDPOINT_SLICES,
     coordination_v1::Lease => LEASES,
     apiary_v1::SecurityIdentity => SECURITY_IDENTITIES,
+    rbac_v1::Role => ROLES,
+    rbac_v1::ClusterRole => CLUSTER_ROLES,
+    rbac_v1::RoleBinding => ROLE_BINDINGS,
+    rbac_v1::ClusterRoleBinding => CLUSTER_ROLE_BINDINGS,
 );
 
 impl crate::ObjectRef {

@@ -148,6 +148,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     apiserver::bootstrap(&api)
         .await
         .map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
+    apiserver::authz::bootstrap::reconcile(&api)
+        .await
+        .map_err(|e| anyhow::anyhow!("reconciling the bootstrap RBAC policy: {}", e.message))?;
+    // The authorizer's index follows roles and bindings for the life of the process; serve
+    // once it holds them (the bootstrap bindings let anyone read /healthz).
+    let (_authz_running, authz_shutdown) = tokio::sync::watch::channel(false);
+    apiserver::authz::start(
+        Arc::clone(&api),
+        authz_shutdown,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
     let lifecycle = apiary_control_plane::scheduler::lifecycle::Config {
         grace: std::time::Duration::from_secs(cli.node_monitor_grace_seconds),
         default_eviction: std::time::Duration::from_secs(cli.default_eviction_seconds),

@@ -145,9 +145,14 @@ fn kubectl_reads_a_nodes_services_and_logs_through_the_proxy() {
         "the agent's 404, not the API server's: {body}"
     );
 
-    // Like every other path, only for the token's holder.
-    let (code, _) = get(&cp, "/api/v1/nodes/n1/proxy/apiary/v1/services", false);
-    assert_eq!(code, 401);
+    // Like every other path, only for those RBAC lets: without credentials the request is
+    // anonymous, and kube-apiserver's answer to that is a 403.
+    let (code, body) = get(&cp, "/api/v1/nodes/n1/proxy/apiary/v1/services", false);
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains(r#"nodes \"n1\" is forbidden: User \"system:anonymous\" cannot get resource \"nodes/proxy\""#),
+        "{body}"
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod apps;
 mod batch;
 mod core;
 mod networking;
+mod rbac;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
@@ -30,6 +31,10 @@ pub use self::{
         validate_update_secret, validate_update_service,
     },
     networking::{validate_endpoint_slice, validate_network_policy},
+    rbac::{
+        validate_cluster_role, validate_cluster_role_binding, validate_role, validate_role_binding,
+        validate_update_cluster_role_binding, validate_update_role_binding,
+    },
 };
 use crate::{
     coordination_v1::Lease, intstr::IntOrString, meta::ObjectMeta, resource::ResourceInfo,
@@ -673,6 +678,21 @@ pub enum NameRule {
     Label,
     /// Services.
     Dns1035Label,
+    /// RBAC kinds: any name that is a valid URL path segment.
+    PathSegment,
+}
+
+/// Kubernetes' `path.IsValidPathSegmentName`: a name that can be one segment of a URL path.
+pub fn is_valid_path_segment_name(name: &str) -> Vec<String> {
+    match name {
+        "." | ".." => return vec![format!("may not be '{name}'")],
+        _ => {}
+    }
+    ["/", "%"]
+        .iter()
+        .filter(|c| name.contains(*c))
+        .map(|c| format!("may not contain '{c}'"))
+        .collect()
 }
 
 impl NameRule {
@@ -681,6 +701,7 @@ impl NameRule {
             Self::Subdomain => is_dns1123_subdomain(name),
             Self::Label => is_dns1123_label(name),
             Self::Dns1035Label => is_dns1035_label(name),
+            Self::PathSegment => is_valid_path_segment_name(name),
         }
     }
 }
@@ -950,6 +971,10 @@ pub fn validate_object(
         "endpointslices" => validate_endpoint_slice,
         "leases" => validate_lease,
         "securityidentities" => validate_security_identity,
+        "roles" => validate_role,
+        "clusterroles" => validate_cluster_role,
+        "rolebindings" => validate_role_binding,
+        "clusterrolebindings" => validate_cluster_role_binding,
     ))
 }
 
@@ -983,6 +1008,8 @@ pub fn validate_object_update(
         "jobs" => validate_update_job,
         "cronjobs" => validate_update_cron_job,
         "securityidentities" => validate_update_security_identity,
+        "rolebindings" => validate_update_role_binding,
+        "clusterrolebindings" => validate_update_cluster_role_binding,
     );
     let meta = |v: &serde_json::Value| match v.get("metadata") {
         Some(m) => crate::meta::from_json::<ObjectMeta>(m.clone()),

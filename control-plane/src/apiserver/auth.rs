@@ -1,6 +1,7 @@
-//! Bearer-token authentication: every request but the unauthenticated health checks must carry
-//! `Authorization: Bearer <admin token>`. An authenticated request carries its [`UserInfo`] as a
-//! request extension, for authorization and auditing.
+//! Bearer-token authentication: a request with `Authorization: Bearer <admin token>` is the
+//! admin's; one without credentials is anonymous (`system:anonymous` in
+//! `system:unauthenticated`, left to authorization); a wrong token is a 401. Every request
+//! carries its [`UserInfo`] as a request extension, for authorization and auditing.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -11,9 +12,6 @@ use axum::{
 };
 
 use super::error::ApiError;
-
-/// Paths anyone may read, as on Kubernetes (`system:public-info-viewer`).
-const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version"];
 
 /// Who made a request, as Kubernetes' `user.Info`: what authentication established and what
 /// authorization decides on.
@@ -38,6 +36,15 @@ impl UserInfo {
             ..Self::default()
         }
     }
+
+    /// The user of a request without credentials, as Kubernetes' anonymous authenticator.
+    pub fn anonymous() -> Self {
+        Self {
+            name: "system:anonymous".to_owned(),
+            groups: vec!["system:unauthenticated".to_owned()],
+            ..Self::default()
+        }
+    }
 }
 
 /// The tokens the server accepts.
@@ -58,15 +65,13 @@ impl Tokens {
     }
 }
 
-/// Rejects requests without a valid token with a Kubernetes `401 Unauthorized` Status.
+/// Rejects requests with an invalid token with a Kubernetes `401 Unauthorized` Status; requests
+/// without credentials go on as [`UserInfo::anonymous`] (gRPC ones are refused).
 pub async fn require_token(
     State(tokens): State<Arc<Tokens>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if PUBLIC_PATHS.contains(&request.uri().path()) {
-        return next.run(request).await;
-    }
     let presented = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -79,6 +84,14 @@ pub async fn require_token(
             next.run(request).await
         }
         _ if is_grpc(&request) => grpc_unauthenticated(),
+        None if !request
+            .headers()
+            .contains_key(axum::http::header::AUTHORIZATION) =>
+        {
+            let mut request = request;
+            request.extensions_mut().insert(UserInfo::anonymous());
+            next.run(request).await
+        }
         _ => ApiError::unauthorized().into_response(),
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod allocator;
 pub mod auth;
+pub mod authz;
 pub mod decoded;
 pub mod defaults;
 pub mod discovery;
@@ -53,6 +54,8 @@ pub struct Api {
     pub fanout: fanout::Fanout,
     /// The Event correlator of this process's controllers and scheduler.
     pub events: crate::events::Recorder,
+    /// Who may do what: RBAC over a watch-fed index of roles and bindings.
+    pub authz: authz::Authz,
 }
 
 impl std::fmt::Debug for Api {
@@ -74,6 +77,7 @@ impl Api {
             decoded: Arc::default(),
             fanout: fanout::Fanout::default(),
             events: crate::events::Recorder::default(),
+            authz: authz::Authz::default(),
         }
     }
 }
@@ -154,8 +158,10 @@ pub async fn bootstrap(api: &Api) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The router: public health checks, discovery, and every resource path, behind the token check.
+/// The router: health checks, discovery, and every resource path, behind authentication and
+/// authorization.
 pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
+    let authorizer = middleware::from_fn_with_state(Arc::clone(&api), authz::authorize);
     // gRPC for node agents shares the port: its paths never collide with the REST API's.
     let agents = crate::agents::AgentService::new(Arc::clone(&api)).into_server();
     Router::new()
@@ -193,6 +199,8 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
         .route("/openapi/v3/{*path}", get(discovery::openapi_v3_group))
         .fallback(resource_request)
         .with_state(api)
+        // Layers run last-added first: authentication, then authorization.
+        .layer(authorizer)
         .layer(middleware::from_fn_with_state(tokens, auth::require_token))
 }
 
@@ -202,14 +210,82 @@ async fn resource_request(
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
+    user: Option<axum::Extension<auth::UserInfo>>,
     body: Bytes,
 ) -> Response {
+    let user = user.map(|u| u.0).unwrap_or_else(auth::UserInfo::admin);
     let result = match path::parse(&api.resources, uri.path()) {
-        Ok(target) => objects::dispatch(&api, &method, target, &query, &headers, body).await,
+        Ok(target) => {
+            resource_request_as(&api, &user, &method, target, &query, &headers, body).await
+        }
         Err(e) => Err(e),
     };
     result.unwrap_or_else(|e| {
         tracing::debug!(%method, %uri, code = e.code.as_u16(), message = %e.message, "request failed");
         e.into_response()
     })
+}
+
+/// A resource request by `user`, who is authorized for it: access reviews are answered, RBAC
+/// writes checked for escalation, everything else goes to the store.
+async fn resource_request_as(
+    api: &Arc<Api>,
+    user: &auth::UserInfo,
+    method: &Method,
+    target: path::Target,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if target.resource.group == "authorization.k8s.io" {
+        if *method != Method::POST || target.name.is_some() {
+            return Err(ApiError::method_not_allowed(
+                method.as_str(),
+                target.resource.plural,
+            ));
+        }
+        let protobuf = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/vnd.kubernetes.protobuf"));
+        // kubectl auth can-i sends its reviews as protobuf.
+        let review =
+            match protobuf {
+                true => authz::reviews::from_protobuf(target.resource.plural, &body).ok_or_else(
+                    || ApiError::unsupported_media_type("application/vnd.kubernetes.protobuf"),
+                )?,
+                false => objects::decode(headers, &body)?,
+            };
+        let answer = authz::reviews::answer(&api.authz, user, &target, review)?;
+        return Ok((axum::http::StatusCode::CREATED, axum::Json(answer)).into_response());
+    }
+    if authz::needs_escalation_check(method, &target) {
+        let (object, old) = match (method, target.name.as_deref()) {
+            (&Method::POST, _) => (objects::decode(headers, &body)?, None),
+            (_, Some(name)) => {
+                let old = objects::get(api, target.resource, target.namespace.as_deref(), name)
+                    .await
+                    .ok();
+                let object = if *method == Method::PATCH {
+                    let Some(old) = old.clone() else {
+                        return objects::dispatch(api, method, target, query, headers, body).await;
+                    };
+                    objects::apply_patch(old, &objects::content_type(headers), &body)?
+                } else {
+                    objects::decode(headers, &body)?
+                };
+                (object, old)
+            }
+            _ => return objects::dispatch(api, method, target, query, headers, body).await,
+        };
+        let mut object = object;
+        if object["metadata"]["name"].is_null()
+            && let Some(name) = target.name.as_deref()
+        {
+            object["metadata"]["name"] = serde_json::json!(name);
+        }
+        apiary_api::rbac_v1::default_binding(&mut object);
+        authz::check_escalation(&api.authz, user, &target, &object, old.as_ref())?;
+    }
+    objects::dispatch(api, method, target, query, headers, body).await
 }

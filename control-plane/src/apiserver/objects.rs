@@ -129,7 +129,7 @@ fn json_response(code: StatusCode, value: Value) -> Result<Response> {
     Ok((code, axum::Json(value)).into_response())
 }
 
-fn content_type(headers: &HeaderMap) -> String {
+pub(crate) fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -142,7 +142,7 @@ fn content_type(headers: &HeaderMap) -> String {
 }
 
 /// Decodes a request body (JSON or YAML) into an object.
-fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Value> {
+pub(crate) fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Value> {
     let content_type = content_type(headers);
     let value: Value = match content_type.as_str() {
         "application/json" | "" => serde_json::from_slice(body)
@@ -1033,7 +1033,7 @@ fn conflict(target: &Target, name: &str) -> ApiError {
 }
 
 /// Applies a patch of `content_type` to `object`.
-fn apply_patch(mut object: Value, content_type: &str, body: &[u8]) -> Result<Value> {
+pub(crate) fn apply_patch(mut object: Value, content_type: &str, body: &[u8]) -> Result<Value> {
     let patch: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     match content_type {

@@ -26,6 +26,9 @@ impl Strategy {
         if resource.kind == "Secret" && resource.group.is_empty() {
             apiary_api::core_v1::Secret::fold_string_data(object);
         }
+        if matches!(resource.plural, "rolebindings" | "clusterrolebindings") {
+            apiary_api::rbac_v1::default_binding(object);
+        }
     }
 
     /// Defaults and initial status of a new object.

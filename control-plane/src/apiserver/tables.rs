@@ -286,6 +286,26 @@ fn columns(kind: &str) -> Vec<Column> {
                 json!(security_labels(&o["labels"], "k8s-ns:"))
             }),
         ]),
+        // kube-apiserver's printRole / printClusterRole.
+        "Role" | "ClusterRole" => cols.push(col("Created At", "date", 0, |o| {
+            json!(o["metadata"]["creationTimestamp"])
+        })),
+        // printRoleBinding / printClusterRoleBinding.
+        "RoleBinding" | "ClusterRoleBinding" => cols.extend([
+            col("Role", "string", 0, |o| {
+                json!(format!(
+                    "{}/{}",
+                    o["roleRef"]["kind"].as_str().unwrap_or_default(),
+                    o["roleRef"]["name"].as_str().unwrap_or_default()
+                ))
+            }),
+            age_col,
+            col("Users", "string", 1, |o| json!(subjects(o, "User"))),
+            col("Groups", "string", 1, |o| json!(subjects(o, "Group"))),
+            col("ServiceAccounts", "string", 1, |o| {
+                json!(subjects(o, "ServiceAccount"))
+            }),
+        ]),
         "Lease" => cols.extend([
             col("Holder", "string", 0, |o| {
                 json!(o["spec"]["holderIdentity"].as_str().unwrap_or(""))
@@ -705,6 +725,25 @@ fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// A binding's subjects of `kind`, joined as kubectl shows them (`namespace:name` for service
+/// accounts).
+fn subjects(binding: &Value, kind: &str) -> String {
+    binding["subjects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["kind"] == kind)
+        .map(|s| {
+            let name = s["name"].as_str().unwrap_or_default();
+            match s["namespace"].as_str() {
+                Some(ns) if kind == "ServiceAccount" => format!("{ns}:{name}"),
+                _ => name.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn age(timestamp: &Value) -> String {

@@ -14,7 +14,10 @@
 //! - [`identity`]: a SecurityIdentity per distinct set of security labels among live pods.
 //! - [`kubernetes_service`]: `default/kubernetes`, the API server's own Service.
 //! - [`serviceaccount`]: the `default` ServiceAccount of every namespace.
+//! - [`clusterrole_aggregation`]: the rules of aggregated ClusterRoles (`admin`, `edit`,
+//!   `view`), from the ClusterRoles their selectors match.
 
+pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -77,6 +80,7 @@ pub async fn run(
     });
     tokio::join!(
         replicaset::run(Arc::clone(&api), rx.clone()),
+        clusterrole_aggregation::run(Arc::clone(&api), rx.clone()),
         deployment::run(Arc::clone(&api), rx.clone()),
         endpoints::run(Arc::clone(&api), rx.clone()),
         endpoints_mirror::run(Arc::clone(&api), rx.clone()),

@@ -1,0 +1,464 @@
+//! The bootstrap policy (`plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go`), reconciled
+//! at startup as kube-apiserver's `rbac/bootstrap-roles` post-start hook does: what is missing is
+//! created, and roles and bindings annotated `rbac.authorization.kubernetes.io/autoupdate: "true"`
+//! get the rules and subjects they lack (nothing is removed).
+
+use std::sync::Arc;
+
+use apiary_api::rbac_v1::PolicyRule;
+use serde_json::{Value, json};
+
+use crate::apiserver::{Api, error::ApiError, objects, path::Target};
+
+const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
+const READ: &[&str] = &["get", "list", "watch"];
+const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
+const READ_WRITE: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+fn r(verbs: &[&str], groups: &[&str], resources: &[&str]) -> PolicyRule {
+    PolicyRule::resources(verbs, groups, resources)
+}
+
+fn aggregate_to(role: &str) -> Value {
+    json!({"clusterRoleSelectors": [{"matchLabels": {format!("rbac.authorization.k8s.io/aggregate-to-{role}"): "true"}}]})
+}
+
+/// `(name, extra labels, rules, aggregationRule)` of every bootstrap ClusterRole.
+fn cluster_roles() -> Vec<(&'static str, Value, Vec<PolicyRule>, Option<Value>)> {
+    let label =
+        |role: &str| json!({format!("rbac.authorization.k8s.io/aggregate-to-{role}"): "true"});
+    vec![
+        (
+            "cluster-admin",
+            json!({}),
+            vec![r(&["*"], &["*"], &["*"]), PolicyRule::urls(&["*"], &["*"])],
+            None,
+        ),
+        (
+            "system:discovery",
+            json!({}),
+            vec![PolicyRule::urls(
+                &["get"],
+                &[
+                    "/api",
+                    "/api/*",
+                    "/apis",
+                    "/apis/*",
+                    "/healthz",
+                    "/livez",
+                    "/openapi",
+                    "/openapi/*",
+                    "/readyz",
+                    "/version",
+                    "/version/",
+                ],
+            )],
+            None,
+        ),
+        (
+            "system:basic-user",
+            json!({}),
+            vec![
+                r(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+                ),
+                r(
+                    &["create"],
+                    &["authentication.k8s.io"],
+                    &["selfsubjectreviews"],
+                ),
+            ],
+            None,
+        ),
+        (
+            "system:public-info-viewer",
+            json!({}),
+            vec![PolicyRule::urls(
+                &["get"],
+                &["/healthz", "/livez", "/readyz", "/version", "/version/"],
+            )],
+            None,
+        ),
+        ("admin", json!({}), vec![], Some(aggregate_to("admin"))),
+        ("edit", label("admin"), vec![], Some(aggregate_to("edit"))),
+        ("view", label("edit"), vec![], Some(aggregate_to("view"))),
+        (
+            "system:aggregate-to-admin",
+            label("admin"),
+            vec![
+                r(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["localsubjectaccessreviews"],
+                ),
+                r(
+                    READ_WRITE,
+                    &["rbac.authorization.k8s.io"],
+                    &["rolebindings", "roles"],
+                ),
+            ],
+            None,
+        ),
+        (
+            "system:aggregate-to-edit",
+            label("edit"),
+            vec![
+                r(
+                    READ,
+                    &[""],
+                    &[
+                        "pods/attach",
+                        "pods/exec",
+                        "pods/portforward",
+                        "pods/proxy",
+                        "secrets",
+                        "services/proxy",
+                    ],
+                ),
+                r(&["impersonate"], &[""], &["serviceaccounts"]),
+                r(
+                    WRITE,
+                    &[""],
+                    &[
+                        "pods",
+                        "pods/attach",
+                        "pods/exec",
+                        "pods/portforward",
+                        "pods/proxy",
+                    ],
+                ),
+                r(&["create"], &[""], &["pods/eviction"]),
+                r(
+                    WRITE,
+                    &[""],
+                    &[
+                        "configmaps",
+                        "events",
+                        "persistentvolumeclaims",
+                        "replicationcontrollers",
+                        "replicationcontrollers/scale",
+                        "secrets",
+                        "serviceaccounts",
+                        "services",
+                        "services/proxy",
+                    ],
+                ),
+                r(&["create"], &[""], &["serviceaccounts/token"]),
+                r(
+                    WRITE,
+                    &["apps"],
+                    &[
+                        "daemonsets",
+                        "deployments",
+                        "deployments/rollback",
+                        "deployments/scale",
+                        "replicasets",
+                        "replicasets/scale",
+                        "statefulsets",
+                        "statefulsets/scale",
+                    ],
+                ),
+                r(WRITE, &["autoscaling"], &["horizontalpodautoscalers"]),
+                r(WRITE, &["batch"], &["cronjobs", "jobs"]),
+                r(
+                    WRITE,
+                    &["extensions"],
+                    &[
+                        "daemonsets",
+                        "deployments",
+                        "deployments/rollback",
+                        "deployments/scale",
+                        "ingresses",
+                        "networkpolicies",
+                        "replicasets",
+                        "replicasets/scale",
+                        "replicationcontrollers/scale",
+                    ],
+                ),
+                r(WRITE, &["policy"], &["poddisruptionbudgets"]),
+                r(
+                    WRITE,
+                    &["networking.k8s.io"],
+                    &["ingresses", "networkpolicies"],
+                ),
+            ],
+            None,
+        ),
+        (
+            "system:aggregate-to-view",
+            label("view"),
+            vec![
+                r(
+                    READ,
+                    &[""],
+                    &[
+                        "configmaps",
+                        "endpoints",
+                        "persistentvolumeclaims",
+                        "persistentvolumeclaims/status",
+                        "pods",
+                        "replicationcontrollers",
+                        "replicationcontrollers/scale",
+                        "serviceaccounts",
+                        "services",
+                        "services/status",
+                    ],
+                ),
+                r(
+                    READ,
+                    &[""],
+                    &[
+                        "bindings",
+                        "events",
+                        "limitranges",
+                        "namespaces/status",
+                        "pods/log",
+                        "pods/status",
+                        "replicationcontrollers/status",
+                        "resourcequotas",
+                        "resourcequotas/status",
+                    ],
+                ),
+                r(READ, &[""], &["namespaces"]),
+                r(READ, &["discovery.k8s.io"], &["endpointslices"]),
+                r(
+                    READ,
+                    &["apps"],
+                    &[
+                        "controllerrevisions",
+                        "daemonsets",
+                        "daemonsets/status",
+                        "deployments",
+                        "deployments/scale",
+                        "deployments/status",
+                        "replicasets",
+                        "replicasets/scale",
+                        "replicasets/status",
+                        "statefulsets",
+                        "statefulsets/scale",
+                        "statefulsets/status",
+                    ],
+                ),
+                r(
+                    READ,
+                    &["autoscaling"],
+                    &[
+                        "horizontalpodautoscalers",
+                        "horizontalpodautoscalers/status",
+                    ],
+                ),
+                r(
+                    READ,
+                    &["batch"],
+                    &["cronjobs", "cronjobs/status", "jobs", "jobs/status"],
+                ),
+                r(
+                    READ,
+                    &["extensions"],
+                    &[
+                        "daemonsets",
+                        "daemonsets/status",
+                        "deployments",
+                        "deployments/scale",
+                        "deployments/status",
+                        "ingresses",
+                        "ingresses/status",
+                        "networkpolicies",
+                        "replicasets",
+                        "replicasets/scale",
+                        "replicasets/status",
+                        "replicationcontrollers/scale",
+                    ],
+                ),
+                r(
+                    READ,
+                    &["policy"],
+                    &["poddisruptionbudgets", "poddisruptionbudgets/status"],
+                ),
+                r(
+                    READ,
+                    &["networking.k8s.io"],
+                    &["ingresses", "ingresses/status", "networkpolicies"],
+                ),
+            ],
+            None,
+        ),
+    ]
+}
+
+/// `(name, role, groups)` of every bootstrap ClusterRoleBinding.
+const CLUSTER_ROLE_BINDINGS: &[(&str, &str, &[&str])] = &[
+    ("cluster-admin", "cluster-admin", &["system:masters"]),
+    (
+        "system:discovery",
+        "system:discovery",
+        &["system:authenticated"],
+    ),
+    (
+        "system:basic-user",
+        "system:basic-user",
+        &["system:authenticated"],
+    ),
+    (
+        "system:public-info-viewer",
+        "system:public-info-viewer",
+        &["system:authenticated", "system:unauthenticated"],
+    ),
+];
+
+fn meta(name: &str, labels: &Value) -> Value {
+    let mut l = json!({"kubernetes.io/bootstrapping": "rbac-defaults"});
+    if let Some(extra) = labels.as_object() {
+        for (k, v) in extra {
+            l[k] = v.clone();
+        }
+    }
+    json!({"name": name, "labels": l, "annotations": {AUTOUPDATE: "true"}})
+}
+
+/// The bootstrap ClusterRoles as objects.
+pub fn cluster_role_objects() -> Vec<Value> {
+    cluster_roles()
+        .into_iter()
+        .map(|(name, labels, rules, aggregation)| {
+            let mut o = json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": meta(name, &labels),
+                "rules": rules,
+            });
+            if let Some(a) = aggregation {
+                o["aggregationRule"] = a;
+            }
+            o
+        })
+        .collect()
+}
+
+/// The bootstrap ClusterRoleBindings as objects.
+pub fn cluster_role_binding_objects() -> Vec<Value> {
+    CLUSTER_ROLE_BINDINGS
+        .iter()
+        .map(|(name, role, groups)| {
+            let subjects: Vec<Value> = groups
+                .iter()
+                .map(|g| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g}))
+                .collect();
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": meta(name, &json!({})),
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": subjects,
+            })
+        })
+        .collect()
+}
+
+/// Adds to `existing[field]` the array items of `wanted[field]` it lacks; whether it changed.
+fn add_missing(existing: &mut Value, wanted: &Value, field: &str) -> bool {
+    let Some(want) = wanted[field].as_array() else {
+        return false;
+    };
+    if !existing[field].is_array() {
+        existing[field] = json!([]);
+    }
+    let have = existing[field].as_array_mut().expect("just made an array");
+    let mut changed = false;
+    for item in want {
+        if !have.contains(item) {
+            have.push(item.clone());
+            changed = true;
+        }
+    }
+    changed
+}
+
+async fn reconcile_one(api: &Arc<Api>, plural: &str, wanted: Value) -> Result<(), ApiError> {
+    let resource = api
+        .resources
+        .get("rbac.authorization.k8s.io", "v1", plural)
+        .expect("RBAC is served");
+    let name = wanted["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let target = Target {
+        resource,
+        namespace: None,
+        name: None,
+        subresource: None,
+    };
+    let mut existing = match objects::get(api, resource, None, &name).await {
+        Ok(o) => o,
+        Err(e) if e.reason == "NotFound" => {
+            return match objects::create(api, &target, wanted).await {
+                Ok(_) => {
+                    tracing::info!(kind = resource.kind, name, "created bootstrap policy");
+                    Ok(())
+                }
+                // Another control plane sharing the store was first.
+                Err(e) if e.reason == "AlreadyExists" => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        Err(e) => return Err(e),
+    };
+    if existing["metadata"]["annotations"][AUTOUPDATE] == "false" {
+        return Ok(());
+    }
+    let mut changed = false;
+    if existing["aggregationRule"].is_null() && wanted["aggregationRule"].is_object() {
+        existing["aggregationRule"] = wanted["aggregationRule"].clone();
+        changed = true;
+    }
+    // Aggregated roles get their rules from the aggregation controller.
+    if wanted["aggregationRule"].is_null() {
+        changed |= add_missing(&mut existing, &wanted, "rules");
+    }
+    changed |= add_missing(&mut existing, &wanted, "subjects");
+    for field in ["labels", "annotations"] {
+        if let Some(want) = wanted["metadata"][field].as_object() {
+            for (k, v) in want {
+                if existing["metadata"][field][k].is_null() {
+                    if !existing["metadata"][field].is_object() {
+                        existing["metadata"][field] = json!({});
+                    }
+                    existing["metadata"][field][k] = v.clone();
+                    changed = true;
+                }
+            }
+        }
+    }
+    if changed {
+        let target = Target {
+            name: Some(name.clone()),
+            ..target
+        };
+        objects::update(api, &target, &name, existing).await?;
+        tracing::info!(kind = resource.kind, name, "reconciled bootstrap policy");
+    }
+    Ok(())
+}
+
+/// Creates or completes the bootstrap ClusterRoles and ClusterRoleBindings.
+pub async fn reconcile(api: &Arc<Api>) -> Result<(), ApiError> {
+    for role in cluster_role_objects() {
+        reconcile_one(api, "clusterroles", role).await?;
+    }
+    for binding in cluster_role_binding_objects() {
+        reconcile_one(api, "clusterrolebindings", binding).await?;
+    }
+    Ok(())
+}
