@@ -25,7 +25,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     Router,
-    body::Bytes,
+    body::{Body, Bytes},
     extract::{Query, State},
     http::{HeaderMap, Method, Uri},
     middleware,
@@ -204,6 +204,27 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
         .layer(middleware::from_fn_with_state(tokens, auth::require_token))
 }
 
+/// kube-apiserver's `MaxRequestBodyBytes`: the largest request body (and patched object) it
+/// accepts. etcd's default request limit is 1.5 MiB; this leaves room for encoding overhead.
+pub const MAX_REQUEST_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Reads a request body of at most `limit` bytes, as kube-apiserver's `limitedReadBody`: one
+/// byte more is a 413 with Kubernetes' Status, and a larger body is never buffered whole.
+async fn limited_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt as _;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(
+            ApiError::request_entity_too_large(format_args!("limit is {limit}")),
+        ),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "error reading the request body: {e}"
+        ))),
+    }
+}
+
+// The body is taken as a raw `Body`, not `Bytes`: axum's extractor would cap it at its own 2 MB
+// default and answer a plain-text 413 no Kubernetes client understands.
 async fn resource_request(
     State(api): State<Arc<Api>>,
     method: Method,
@@ -211,13 +232,16 @@ async fn resource_request(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     user: Option<axum::Extension<auth::UserInfo>>,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let user = user.map(|u| u.0).unwrap_or_else(auth::UserInfo::admin);
     let result = match path::parse(&api.resources, uri.path()) {
-        Ok(target) => {
-            resource_request_as(&api, &user, &method, target, &query, &headers, body).await
-        }
+        Ok(target) => match limited_body(body, MAX_REQUEST_BODY_BYTES).await {
+            Ok(body) => {
+                resource_request_as(&api, &user, &method, target, &query, &headers, body).await
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     result.unwrap_or_else(|e| {
