@@ -53,3 +53,68 @@ fn a_request_body_over_3_mib_gets_413_and_the_server_still_answers() {
     assert!(out.contains("limit is 3145728"), "{out}");
     cp.kubectl(&["get", "configmap", "big"]).success();
 }
+
+fn create_target(cp: &ControlPlane) {
+    let object =
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"target"},"data":{"k":"v"}}"#;
+    cp.kubectl_stdin(&["create", "-f", "-"], object).success();
+}
+
+fn patch_file(cp: &ControlPlane, name: &str, patch: &serde_json::Value) -> support::Run {
+    let path = cp.data_path().join("patch.json");
+    std::fs::write(&path, patch.to_string()).unwrap();
+    cp.kubectl(&[
+        "patch",
+        "configmap",
+        name,
+        "--type",
+        "json",
+        "--patch-file",
+        path.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn a_json_patch_whose_copies_double_the_object_is_refused_not_applied() {
+    let cp = ControlPlane::start();
+    create_target(&cp);
+
+    // 2 KB, then each copy of the subtree into itself doubles it: 12 copies make 8 MiB (and
+    // 40 would make 2 TiB) from a patch of about 3 KB.
+    let mut ops = vec![serde_json::json!({
+        "op": "add", "path": "/metadata/annotations", "value": {"seed": "x".repeat(2048)},
+    })];
+    for i in 0..12 {
+        ops.push(serde_json::json!({
+            "op": "copy", "from": "/metadata/annotations", "path": format!("/metadata/annotations/c{i}"),
+        }));
+    }
+    let out = patch_file(&cp, "target", &serde_json::Value::Array(ops)).failure();
+    assert!(
+        out.contains("Unable to complete the copy, the accumulated size increase of copy is")
+            && out.contains("exceeding the limit 3145728"),
+        "{out}"
+    );
+    let stored = cp.kubectl_json(&["get", "configmap", "target", "-o", "json"]);
+    assert!(stored["metadata"]["annotations"].is_null(), "{stored}");
+
+    // Copies that stay under the limit still apply.
+    let ops = serde_json::json!([
+        {"op": "copy", "from": "/data/k", "path": "/data/k2"},
+    ]);
+    patch_file(&cp, "target", &ops).success();
+    let stored = cp.kubectl_json(&["get", "configmap", "target", "-o", "json"]);
+    assert_eq!(stored["data"]["k2"], "v");
+}
+
+#[test]
+fn a_json_patch_of_more_than_10000_operations_gets_413() {
+    let cp = ControlPlane::start();
+    create_target(&cp);
+    let op = serde_json::json!({"op": "test", "path": "/data/k", "value": "v"});
+    let out = patch_file(&cp, "target", &serde_json::Value::Array(vec![op; 10_001])).failure();
+    assert!(
+        out.contains("Error from server (RequestEntityTooLarge): Request entity too large: The allowed maximum operations in a JSON patch is 10000, got 10001"),
+        "{out}"
+    );
+}

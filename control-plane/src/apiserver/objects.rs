@@ -1042,13 +1042,67 @@ pub(crate) fn apply_patch(mut object: Value, content_type: &str, body: &[u8]) ->
         "application/json-patch+json" => {
             let ops: json_patch::Patch = serde_json::from_value(patch)
                 .map_err(|e| ApiError::bad_request(format!("error decoding JSON patch: {e}")))?;
-            json_patch::patch(&mut object, &ops).map_err(|e| {
-                ApiError::unprocessable(format!("the JSON patch could not be applied: {e}"))
-            })?;
+            apply_json_patch(&mut object, &ops)?;
         }
         other => return Err(ApiError::unsupported_media_type(other)),
     }
     Ok(object)
+}
+
+/// kube-apiserver's `maxJSONPatchOperations`.
+const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// Applies a JSON patch within kube-apiserver's limits: at most 10000 operations, and `copy`
+/// operations together add at most `MaxRequestBodyBytes` (its `JSONPatchMaxCopyBytes`). Without
+/// the copy limit a few KB of `copy` ops, each doubling a subtree, would exhaust memory: `add`
+/// and `replace` only grow the object by what the (already limited) body holds, `copy` by
+/// whatever the object already holds. Ops are applied one at a time so the limit is checked
+/// before each copy; `object` is the caller's copy, so a failure leaves nothing half-applied.
+fn apply_json_patch(object: &mut Value, ops: &json_patch::Patch) -> Result<()> {
+    if ops.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(ApiError::request_entity_too_large(format_args!(
+            "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+            ops.len()
+        )));
+    }
+    let limit = super::MAX_REQUEST_BODY_BYTES;
+    let mut copied = 0;
+    for (index, op) in ops.iter().enumerate() {
+        if let json_patch::PatchOperation::Copy(copy) = op
+            && let Some(value) = object.pointer(copy.from.as_str())
+        {
+            copied += serialized_len(value);
+            if copied > limit {
+                return Err(ApiError::unprocessable(format!(
+                    "Unable to complete the copy, the accumulated size increase of copy is \
+                     {copied}, exceeding the limit {limit}"
+                )));
+            }
+        }
+        json_patch::patch_unsafe(object, std::slice::from_ref(op)).map_err(|mut e| {
+            // Applied one at a time, every op is the patch's op 0 to the crate.
+            e.operation = index;
+            ApiError::unprocessable(format!("the JSON patch could not be applied: {e}"))
+        })?;
+    }
+    Ok(())
+}
+
+/// The length of `value` as JSON, counted without building the text.
+fn serialized_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).expect("counting never fails");
+    count.0
 }
 
 pub async fn patch(
