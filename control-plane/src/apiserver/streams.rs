@@ -61,6 +61,7 @@ pub async fn logs(
 ) -> Response {
     let query = query.unwrap_or_default();
     let result = async {
+        validate_log_options(&name, &query)?;
         let target = locate(&api, &namespace, &name, &query).await?;
         let path = format!("/containerLogs/{namespace}/{name}/{}", target.container);
         let request = http::Request::get(target.uri(&path, &query))
@@ -256,6 +257,57 @@ impl AgentEndpoint {
 }
 
 /// Validates the request against the pod and finds its node agent, with Kubernetes' messages.
+/// kube-apiserver's checks of `PodLogOptions` before it asks the kubelet: a value that is no
+/// integer or time is a 400 (the query does not decode), one out of range a 422
+/// (`ValidatePodLogOptions`). The node agent checks again: it may be asked directly.
+fn validate_log_options(name: &str, query: &str) -> Result<(), ApiError> {
+    let mut integers: [(&str, Option<i64>); 3] = [
+        ("tailLines", None),
+        ("limitBytes", None),
+        ("sinceSeconds", None),
+    ];
+    let mut since_time = false;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if let Some((_, slot)) = integers.iter_mut().find(|(k, _)| *k == key) {
+            *slot = Some(value.parse().map_err(|e| {
+                ApiError::bad_request(format!("{key}: Invalid value: {value:?}: {e}"))
+            })?);
+        } else if key == "sinceTime" {
+            chrono::DateTime::parse_from_rfc3339(&value).map_err(|e| {
+                ApiError::bad_request(format!("sinceTime: Invalid value: {value:?}: {e}"))
+            })?;
+            since_time = true;
+        }
+    }
+    let [(_, tail_lines), (_, limit_bytes), (_, since_seconds)] = integers;
+    let mut causes = Vec::new();
+    let mut invalid = |field: &str, value: i64, why: &str| {
+        causes.push((
+            field.to_owned(),
+            format!("{field}: Invalid value: {value}: {why}"),
+        ));
+    };
+    if let Some(n) = tail_lines.filter(|n| *n < 0) {
+        invalid("tailLines", n, "must be greater than or equal to 0");
+    }
+    if let Some(n) = limit_bytes.filter(|n| *n < 1) {
+        invalid("limitBytes", n, "must be greater than 0");
+    }
+    match since_seconds {
+        Some(_) if since_time => causes.push((
+            "sinceSeconds".to_owned(),
+            "sinceSeconds: Forbidden: at most one of `sinceTime` or `sinceSeconds` may be specified"
+                .to_owned(),
+        )),
+        Some(n) if n < 1 => invalid("sinceSeconds", n, "must be greater than 0"),
+        _ => {}
+    }
+    match causes.is_empty() {
+        true => Ok(()),
+        false => Err(ApiError::invalid("PodLogOptions", "", name, &causes)),
+    }
+}
+
 async fn locate(
     api: &Api,
     namespace: &str,
@@ -438,6 +490,45 @@ mod tests {
         let missing = container(&two, "p", Some("c".into())).unwrap_err();
         assert_eq!(missing.code, StatusCode::BAD_REQUEST);
         assert_eq!(missing.message, "container c is not valid for pod p");
+    }
+
+    #[test]
+    fn log_options_out_of_range_are_refused_before_the_agent_is_asked() {
+        assert_eq!(
+            validate_log_options("p", "container=c&sinceSeconds=1&tailLines=0&limitBytes=1"),
+            Ok(())
+        );
+        let e = validate_log_options("p", "sinceSeconds=0").unwrap_err();
+        assert_eq!(e.code, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            e.message,
+            "PodLogOptions \"p\" is invalid: sinceSeconds: Invalid value: 0: must be greater than 0"
+        );
+        let e = validate_log_options("p", "tailLines=-1&limitBytes=0").unwrap_err();
+        assert_eq!(
+            e.message,
+            "PodLogOptions \"p\" is invalid: [tailLines: Invalid value: -1: must be greater than or equal to 0, limitBytes: Invalid value: 0: must be greater than 0]"
+        );
+        let e =
+            validate_log_options("p", "sinceSeconds=5&sinceTime=2026-01-02T03:04:05Z").unwrap_err();
+        assert!(
+            e.message.contains("sinceSeconds: Forbidden"),
+            "{}",
+            e.message
+        );
+        // Beyond i64 or no number at all: the query does not decode.
+        for query in [
+            "sinceSeconds=9223372036854775808",
+            "tailLines=ten",
+            "sinceTime=yesterday",
+        ] {
+            let e = validate_log_options("p", query).unwrap_err();
+            assert_eq!(e.code, StatusCode::BAD_REQUEST, "{query}: {}", e.message);
+        }
+        assert_eq!(
+            validate_log_options("p", "sinceSeconds=9223372036854775807"),
+            Ok(())
+        );
     }
 
     #[test]

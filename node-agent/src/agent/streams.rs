@@ -71,11 +71,7 @@ impl PodStreams for AgentStreams {
             attempt
         };
         let path = self.0.log_path(&uid, container, attempt);
-        let since = request.since_time.or_else(|| {
-            request
-                .since_seconds
-                .map(|s| chrono::Utc::now() - chrono::Duration::seconds(s))
-        });
+        let since = request.since(chrono::Utc::now());
         let follow = request.follow && !request.previous;
         let options = LogOptions {
             follow,

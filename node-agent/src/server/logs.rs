@@ -156,5 +156,35 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.to_string().starts_with("sinceSeconds: Forbidden"), "{e}");
+        for (name, value) in [
+            ("sinceSeconds", "0"),
+            ("limitBytes", "0"),
+            ("tailLines", "x"),
+        ] {
+            let e = parse(&query(&[(name, value)])).unwrap_err();
+            assert!(
+                e.to_string().starts_with(&format!("{name}: Invalid value")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn since_seconds_beyond_what_a_time_holds_means_the_whole_log_not_a_panic() {
+        let now = Utc::now();
+        let since = |seconds: &str| {
+            parse(&query(&[("sinceSeconds", seconds)]))
+                .unwrap()
+                .since(now)
+        };
+        assert_eq!(since("5"), Some(now - chrono::Duration::seconds(5)));
+        // Past chrono's range of durations, then past its range of times.
+        assert_eq!(since(&i64::MAX.to_string()), Some(DateTime::<Utc>::MIN_UTC));
+        assert_eq!(since("9000000000000000"), Some(DateTime::<Utc>::MIN_UTC));
+        let huge = parse(&query(&[
+            ("tailLines", &i64::MAX.to_string()),
+            ("limitBytes", &i64::MAX.to_string()),
+        ]));
+        assert!(huge.is_ok());
     }
 }

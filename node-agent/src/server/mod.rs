@@ -91,6 +91,20 @@ pub struct LogRequest {
     pub limit_bytes: Option<i64>,
 }
 
+impl LogRequest {
+    /// Where the log starts: `sinceTime`, or `sinceSeconds` before `now`. A `sinceSeconds`
+    /// reaching before what a time can hold means the whole log (chrono panics on the overflow).
+    pub fn since(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.since_time.or_else(|| {
+            self.since_seconds.map(|s| {
+                chrono::Duration::try_seconds(s)
+                    .and_then(|d| now.checked_sub_signed(d))
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC)
+            })
+        })
+    }
+}
+
 /// The options of `kubectl exec` (Kubernetes' `PodExecOptions`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExecRequest {
