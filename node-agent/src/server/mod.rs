@@ -18,7 +18,7 @@ pub mod services;
 pub mod tls;
 pub mod trace;
 
-use std::{io, pin::Pin, sync::Arc};
+use std::{io, pin::Pin, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -288,8 +288,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     let app = router(token, backend, dataplane);
-    loop {
-        let (tcp, peer) = listener.accept().await?;
+    let accepted = futures::stream::unfold(listener, |listener| async move {
+        let result = listener.accept().await;
+        Some((result, listener))
+    });
+    accept_loop(accepted, |tcp, peer| {
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
@@ -308,6 +311,44 @@ pub async fn serve(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    })
+    .await;
+    Ok(())
+}
+
+/// The first and the longest pause after a failed `accept`: Go's `http.Server` values.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The pause after a failed `accept` that follows `previous` (none after a success): doubling
+/// from 5 ms up to 1 s.
+fn accept_backoff(previous: Option<Duration>) -> Duration {
+    previous.map_or(ACCEPT_BACKOFF_MIN, |d| (d * 2).min(ACCEPT_BACKOFF_MAX))
+}
+
+/// Hands every accepted connection to `handle` until `accepted` ends (a listener's never does).
+/// A failed `accept` — EMFILE when the process is out of file descriptors, ECONNABORTED, ENOBUFS
+/// — is logged and retried after a backoff: it ends neither the server nor the agent, and the
+/// pause lets connections close and free descriptors instead of spinning.
+async fn accept_loop<C>(
+    accepted: impl futures::Stream<Item = io::Result<(C, std::net::SocketAddr)>>,
+    mut handle: impl FnMut(C, std::net::SocketAddr),
+) {
+    let mut accepted = std::pin::pin!(accepted);
+    let mut backoff = None;
+    while let Some(result) = futures::StreamExt::next(&mut accepted).await {
+        match result {
+            Ok((connection, peer)) => {
+                backoff = None;
+                handle(connection, peer);
+            }
+            Err(e) => {
+                let pause = accept_backoff(backoff);
+                backoff = Some(pause);
+                tracing::warn!(error = %e, retry_in = ?pause, "accepting a connection failed");
+                tokio::time::sleep(pause).await;
+            }
+        }
     }
 }
 
@@ -349,6 +390,36 @@ fn parse_bool(name: &str, value: Option<&str>) -> Result<bool, StreamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_backs_off_from_5_ms_doubling_up_to_1_s() {
+        let mut pauses = vec![accept_backoff(None)];
+        for _ in 0..9 {
+            pauses.push(accept_backoff(pauses.last().copied()));
+        }
+        let ms: Vec<u128> = pauses.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_accept_does_not_end_the_server() {
+        let peer: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let emfile = || Err(io::Error::from_raw_os_error(libc::EMFILE));
+        let accepted = futures::stream::iter([
+            Ok((1, peer)),
+            emfile(),
+            emfile(),
+            Ok((2, peer)),
+            Err(io::Error::from(io::ErrorKind::ConnectionAborted)),
+            Ok((3, peer)),
+        ]);
+        let mut handled = Vec::new();
+        let started = std::time::Instant::now();
+        accept_loop(accepted, |connection, _| handled.push(connection)).await;
+        assert_eq!(handled, [1, 2, 3]);
+        // 5 + 10 ms, then 5 ms again: a success resets the backoff.
+        assert!(started.elapsed() >= Duration::from_millis(20));
+    }
 
     #[test]
     fn only_the_exact_token_matches() {
