@@ -50,6 +50,14 @@ pub enum Error {
         status: u16,
         body: String,
     },
+    /// A manifest, index or token response larger than we read (4 MiB, as containerd): refused
+    /// before it is buffered whole. Not retryable.
+    #[error("registry {registry}: {what} is larger than the limit of {limit} bytes")]
+    TooLarge {
+        registry: String,
+        what: String,
+        limit: usize,
+    },
     /// The registry asked for credentials we could not obtain anonymously.
     #[error("registry {registry}: authentication failed: {reason}")]
     Auth { registry: String, reason: String },

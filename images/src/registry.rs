@@ -46,6 +46,13 @@ pub enum PullProgress {
     Done { digest: String },
 }
 
+/// The largest manifest, index (or token response) read: containerd's limit for manifests
+/// (`remotes.MaxManifestSize`, 4 MiB). Layers and configs are streamed to disk instead.
+const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// How much of an error response is read for its message (of which 300 characters are shown).
+const ERROR_BODY_BYTES: usize = 4096;
+
 /// A session with one repository of one registry.
 struct Client {
     http: reqwest::Client,
@@ -157,7 +164,9 @@ impl Client {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let bytes = response.bytes().await.map_err(|e| self.http_error(e))?;
+        let bytes = self
+            .read_limited(response, "the token response", MAX_MANIFEST_BYTES)
+            .await?;
         let token: Token = from_json(&bytes, "token response")?;
         token
             .token
@@ -165,9 +174,16 @@ impl Client {
             .ok_or_else(|| auth("the token response has no token".to_owned()))
     }
 
-    async fn fail(&self, what: String, response: Response) -> Error {
+    async fn fail(&self, what: String, mut response: Response) -> Error {
         let status = response.status().as_u16();
-        let body = response.text().await.unwrap_or_default();
+        // Only the start of an error body is shown: no more is read.
+        let mut bytes = Vec::new();
+        while bytes.len() < ERROR_BODY_BYTES
+            && let Ok(Some(chunk)) = response.chunk().await
+        {
+            bytes.extend_from_slice(&chunk);
+        }
+        let body = String::from_utf8_lossy(&bytes);
         Error::Registry {
             registry: self.registry.clone(),
             what,
@@ -197,8 +213,40 @@ impl Client {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = response.bytes().await.map_err(|e| self.http_error(e))?;
-        Ok((bytes.to_vec(), content_type))
+        let bytes = self
+            .read_limited(
+                response,
+                &format!("manifest {reference}"),
+                MAX_MANIFEST_BYTES,
+            )
+            .await?;
+        Ok((bytes, content_type))
+    }
+
+    /// The body of `response`, read a chunk at a time and refused as soon as it passes `limit`
+    /// (or announces more), so a registry cannot make us buffer an endless body.
+    async fn read_limited(
+        &self,
+        mut response: Response,
+        what: &str,
+        limit: usize,
+    ) -> Result<Vec<u8>> {
+        let too_large = || Error::TooLarge {
+            registry: self.registry.clone(),
+            what: what.to_owned(),
+            limit,
+        };
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.http_error(e))? {
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     async fn blob_response(&mut self, digest: &str) -> Result<Response> {

@@ -284,3 +284,59 @@ async fn a_missing_tag_is_manifest_unknown_and_a_wrong_pinned_digest_is_refused(
         "{err}"
     );
 }
+
+/// A registry that answers every request with 200 and a body that never ends (no
+/// Content-Length), or with one of `announced` bytes when given; returns its address.
+async fn serve_oversized(announced: Option<usize>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let length =
+                    announced.map_or(String::new(), |n| format!("Content-Length: {n}\r\n"));
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {}\r\n{length}Connection: close\r\n\r\n",
+                    manifest::OCI_MANIFEST
+                );
+                if conn.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b' '; 64 * 1024];
+                let mut sent = 0;
+                // Until the client hangs up (or the announced length is sent).
+                while announced.is_none_or(|n| sent < n) {
+                    if conn.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    sent += chunk.len();
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_manifest_over_4_mib_is_refused_without_being_buffered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(tmp.path()).unwrap();
+    for announced in [None, Some(5 * 1024 * 1024)] {
+        let addr = serve_oversized(announced).await;
+        let (reference, options) = (format!("{addr}/org/app:v1"), options(&addr));
+        let mut progress = |_| {};
+        let pull = store.pull(&reference, &options, &mut progress);
+        let err = tokio::time::timeout(std::time::Duration::from_secs(30), pull)
+            .await
+            .expect("an endless manifest must not be read forever")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("registry {addr}: manifest v1 is larger than the limit of 4194304 bytes"),
+            "{announced:?}"
+        );
+    }
+    assert!(store.list().unwrap().is_empty());
+}
