@@ -296,6 +296,33 @@ pub const SECURITY_IDENTITIES: ResourceInfo = resource(
     false,
 );
 
+/// `authentication.k8s.io/v1` `TokenReview`: create-only, never stored.
+pub const TOKEN_REVIEWS: ResourceInfo = ResourceInfo {
+    verbs: &["create"],
+    ..resource(
+        "authentication.k8s.io",
+        "TokenReview",
+        "tokenreviews",
+        "tokenreview",
+        &[],
+        false,
+    )
+};
+
+/// `authentication.k8s.io/v1` `SelfSubjectReview` (`kubectl auth whoami`): create-only, never
+/// stored.
+pub const SELF_SUBJECT_REVIEWS: ResourceInfo = ResourceInfo {
+    verbs: &["create"],
+    ..resource(
+        "authentication.k8s.io",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        &[],
+        false,
+    )
+};
+
 /// Every served resource, core group first, then groups in discovery order.
 pub static RESOURCES: &[ResourceInfo] = &[
     NAMESPACES,
@@ -317,11 +344,14 @@ pub static RESOURCES: &[ResourceInfo] = &[
     ENDPOINT_SLICES,
     LEASES,
     SECURITY_IDENTITIES,
+    SELF_SUBJECT_REVIEWS,
+    TOKEN_REVIEWS,
 ];
 
 /// The non-core groups, in the order `/apis` lists them (Kubernetes' order).
 pub const GROUPS: &[&str] = &[
     "apps",
+    "authentication.k8s.io",
     "batch",
     "networking.k8s.io",
     "coordination.k8s.io",

@@ -1,6 +1,8 @@
-//! Bearer-token authentication: every request but the unauthenticated health checks must carry
-//! `Authorization: Bearer <admin token>`. An authenticated request carries its [`UserInfo`] as a
-//! request extension, for authorization and auditing.
+//! Authentication: every request but the unauthenticated health checks must carry a verified
+//! client certificate (see [`super::authn::x509`]) or `Authorization: Bearer <token>` with the
+//! cluster token or a token of `--token-auth-file`, tried in Kubernetes' order (certificate
+//! first). An authenticated request carries its [`UserInfo`] as a request extension, for
+//! authorization and auditing.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -10,7 +12,10 @@ use axum::{
     response::{IntoResponse as _, Response},
 };
 
-use super::error::ApiError;
+use super::{
+    authn::{token_file::TokenFile, x509::ClientCertUser},
+    error::ApiError,
+};
 
 /// Paths anyone may read, as on Kubernetes (`system:public-info-viewer`).
 const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version"];
@@ -40,15 +45,32 @@ impl UserInfo {
     }
 }
 
-/// The tokens the server accepts.
+/// The bearer tokens the server accepts: the cluster token (the admin's) and a token file's.
 #[derive(Debug)]
 pub struct Tokens {
     admin: String,
+    file: TokenFile,
 }
 
 impl Tokens {
     pub fn new(admin: String) -> Self {
-        Self { admin }
+        Self {
+            admin,
+            file: TokenFile::default(),
+        }
+    }
+
+    /// Also accepts the tokens of `file` (`--token-auth-file`).
+    pub fn with_file(self, file: TokenFile) -> Self {
+        Self { file, ..self }
+    }
+
+    /// The user `presented` belongs to, if any.
+    pub fn authenticate(&self, presented: &str) -> Option<UserInfo> {
+        if !self.admin.is_empty() && self.accepts(presented) {
+            return Some(UserInfo::admin());
+        }
+        self.file.user(presented).cloned()
     }
 
     fn accepts(&self, presented: &str) -> bool {
@@ -58,7 +80,9 @@ impl Tokens {
     }
 }
 
-/// Rejects requests without a valid token with a Kubernetes `401 Unauthorized` Status.
+/// Rejects requests without a verified client certificate or a valid token with a Kubernetes
+/// `401 Unauthorized` Status. A certificate wins over a token, as in Kubernetes' authenticator
+/// order.
 pub async fn require_token(
     State(tokens): State<Arc<Tokens>>,
     request: Request,
@@ -67,19 +91,23 @@ pub async fn require_token(
     if PUBLIC_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
-    let presented = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if tokens.accepts(token.trim()) => {
+    let user = match request.extensions().get::<ClientCertUser>() {
+        Some(ClientCertUser(user)) => Some(user.clone()),
+        None => request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|token| tokens.authenticate(token.trim())),
+    };
+    match user {
+        Some(user) => {
             let mut request = request;
-            request.extensions_mut().insert(UserInfo::admin());
+            request.extensions_mut().insert(user);
             next.run(request).await
         }
-        _ if is_grpc(&request) => grpc_unauthenticated(),
-        _ => ApiError::unauthorized().into_response(),
+        None if is_grpc(&request) => grpc_unauthenticated(),
+        None => ApiError::unauthorized().into_response(),
     }
 }
 
@@ -113,5 +141,19 @@ mod tests {
         assert!(!tokens.accepts("abc124"));
         assert!(!tokens.accepts("abc12"));
         assert!(!tokens.accepts(""));
+    }
+
+    #[test]
+    fn token_file_users_authenticate_and_an_empty_cluster_token_accepts_nothing() {
+        let file = TokenFile::parse("t1,jane,1001,dev\n").unwrap();
+        let tokens = Tokens::new(String::new()).with_file(file);
+        assert_eq!(tokens.authenticate(""), None);
+        let jane = tokens.authenticate("t1").unwrap();
+        assert_eq!(jane.name, "jane");
+        assert_eq!(jane.groups, ["dev", "system:authenticated"]);
+        assert_eq!(
+            Tokens::new("abc".into()).authenticate("abc"),
+            Some(UserInfo::admin())
+        );
     }
 }

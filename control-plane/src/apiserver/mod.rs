@@ -1,8 +1,9 @@
-//! The Kubernetes-compatible API server: HTTPS with bearer tokens, discovery, and the verbs on
+//! The Kubernetes-compatible API server: HTTPS with client certificates and bearer tokens, discovery, and the verbs on
 //! every resource type, over the [`Store`](crate::store::Store).
 
 pub mod allocator;
 pub mod auth;
+pub mod authn;
 pub mod decoded;
 pub mod defaults;
 pub mod discovery;
@@ -29,7 +30,7 @@ use axum::{
     http::{HeaderMap, Method, Uri},
     middleware,
     response::{IntoResponse as _, Response},
-    routing::get,
+    routing::{any, get},
 };
 
 use crate::store::Store;
@@ -191,8 +192,17 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
         .route("/openapi/v2", get(discovery::openapi_v2))
         .route("/openapi/v3", get(discovery::openapi_v3))
         .route("/openapi/v3/{*path}", get(discovery::openapi_v3_group))
+        .route(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            any(authn::review::self_subject_reviews),
+        )
+        .route(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            any(authn::review::token_reviews),
+        )
         .fallback(resource_request)
         .with_state(api)
+        .layer(axum::Extension(Arc::clone(&tokens)))
         .layer(middleware::from_fn_with_state(tokens, auth::require_token))
 }
 

@@ -45,6 +45,13 @@ pub async fn dispatch(
     {
         return Err(ApiError::no_route(&format!("{}/{sub}", resource.plural)));
     }
+    // Create-only kinds (the reviews) have their own routes for their one verb.
+    if sub.is_none() && !resource.verbs.contains(&"get") {
+        return Err(ApiError::method_not_allowed(
+            &method.as_str().to_lowercase(),
+            resource.plural,
+        ));
+    }
     let as_table = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -142,7 +149,7 @@ fn content_type(headers: &HeaderMap) -> String {
 }
 
 /// Decodes a request body (JSON or YAML) into an object.
-fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Value> {
+pub(crate) fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Value> {
     let content_type = content_type(headers);
     let value: Value = match content_type.as_str() {
         "application/json" | "" => serde_json::from_slice(body)

@@ -138,6 +138,15 @@ impl ControlPlane {
         self.data_dir.path().join("kubeconfig")
     }
 
+    /// The cluster token (what node agents and `apiary node join` authenticate with; the
+    /// admin kubeconfig holds a client certificate instead).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("pki/admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
