@@ -371,7 +371,12 @@ fn every_kind_round_trips_and_validates() {
     let mut all = vec![deployment(), service(), network_policy(), pod()];
     all.extend(others());
     let kinds: std::collections::BTreeSet<_> = all.iter().map(|m| m["kind"].to_string()).collect();
-    assert_eq!(kinds.len(), resource::RESOURCES.len(), "a fixture per kind");
+    // Reviews (TokenReview, SelfSubjectReview) are never stored: no type, no fixture.
+    let stored = resource::RESOURCES
+        .iter()
+        .filter(|r| r.verbs.contains(&"list"))
+        .count();
+    assert_eq!(kinds.len(), stored, "a fixture per stored kind");
     for m in &all {
         round_trip(m);
     }
