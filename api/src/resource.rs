@@ -190,14 +190,22 @@ pub const EVENTS: ResourceInfo = ResourceInfo {
     ..resource("", "Event", "events", "event", &["ev"], true)
 };
 /// `v1` `ServiceAccount`.
-pub const SERVICE_ACCOUNTS: ResourceInfo = resource(
-    "",
-    "ServiceAccount",
-    "serviceaccounts",
-    "serviceaccount",
-    &["sa"],
-    true,
-);
+pub const SERVICE_ACCOUNTS: ResourceInfo = ResourceInfo {
+    subresources: &[Subresource {
+        name: "token",
+        kind: "TokenRequest",
+        group_version: Some(("authentication.k8s.io", "v1")),
+        verbs: &["create"],
+    }],
+    ..resource(
+        "",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        &["sa"],
+        true,
+    )
+};
 /// `apps/v1` `Deployment`.
 pub const DEPLOYMENTS: ResourceInfo = ResourceInfo {
     categories: ALL,

@@ -141,6 +141,11 @@ async fn main() -> anyhow::Result<()> {
     api.pod_network = cli.cluster_cidr;
     // Node agents accept the cluster token: the one the API server gives its admin.
     api.agent_token = Some(pki.admin_token.clone());
+    let service_account_issuer = Arc::new(
+        apiserver::authn::service_account::Issuer::load_or_create(&pki.dir)
+            .context("the service account signing key")?,
+    );
+    api.service_account_issuer = Some(Arc::clone(&service_account_issuer));
     let api = Arc::new(api);
     // The leader lease lives in kube-system: create it first.
     apiserver::bootstrap(&api)
@@ -175,7 +180,12 @@ async fn main() -> anyhow::Result<()> {
         controllers,
         leading,
     ));
-    let tokens = Tokens::new(pki.admin_token.clone()).with_file(token_file);
+    let tokens = Tokens::new(pki.admin_token.clone())
+        .with_file(token_file)
+        .with_service_accounts(apiserver::auth::ServiceAccounts {
+            issuer: Arc::clone(&service_account_issuer),
+            store: Arc::clone(&api.store),
+        });
     let app = apiserver::router(api, Arc::new(tokens));
     let server_host = if local.ip().is_unspecified() {
         "127.0.0.1".to_owned()

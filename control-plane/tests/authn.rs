@@ -420,3 +420,108 @@ print(len(client.CoreV1Api().list_namespace().items))
         "{stdout}"
     );
 }
+
+#[test]
+fn service_account_tokens_from_kubectl_create_token() {
+    let cp = ControlPlane::start();
+    let dir = tempfile::tempdir().unwrap();
+    cp.kubectl_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: robot\n",
+    )
+    .success();
+    let token = cp.kubectl(&["create", "token", "robot"]).success();
+    let token = token.trim();
+    let robot = kubeconfig_with(&cp, dir.path(), json!({"token": token}));
+    let (ok, out) = kubectl_with(&robot, &["auth", "whoami", "-o", "json"]);
+    assert!(ok, "{out}");
+    let info = &serde_json::from_str::<Value>(&out).unwrap()["status"]["userInfo"];
+    assert_eq!(info["username"], "system:serviceaccount:default:robot");
+    assert_eq!(
+        info["groups"],
+        json!([
+            "system:serviceaccounts",
+            "system:serviceaccounts:default",
+            "system:authenticated"
+        ])
+    );
+    let sa = cp.kubectl_json(&["get", "serviceaccount", "robot", "-o", "json"]);
+    assert_eq!(info["uid"], sa["metadata"]["uid"]);
+
+    // Kubernetes' bounds and audiences.
+    let out = cp
+        .kubectl(&["create", "token", "robot", "--duration", "5m"])
+        .failure();
+    assert!(
+        out.contains("may not specify a duration less than 10 minutes"),
+        "{out}"
+    );
+    let vault = cp
+        .kubectl(&["create", "token", "robot", "--audience", "vault"])
+        .success();
+    let for_vault = kubeconfig_with(&cp, dir.path(), json!({"token": vault.trim()}));
+    let (ok, out) = kubectl_with(&for_vault, &["get", "pods"]);
+    assert!(
+        !ok && out.contains("Unauthorized"),
+        "not for this API server: {out}"
+    );
+    let manifest = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                          "spec": {"token": vault.trim(), "audiences": ["vault"]}});
+    let review = cp
+        .kubectl_stdin(&["create", "-f", "-", "-o", "json"], &manifest.to_string())
+        .success();
+    let review: Value = serde_json::from_str(&review).unwrap();
+    assert_eq!(review["status"]["authenticated"], true, "{review}");
+    assert_eq!(review["status"]["audiences"], json!(["vault"]), "{review}");
+
+    // The issuer's keys are published.
+    let jwks = cp.kubectl_json(&["get", "--raw", "/openid/v1/jwks"]);
+    assert_eq!(jwks["keys"][0]["kty"], "EC", "{jwks}");
+    assert_eq!(jwks["keys"][0]["alg"], "ES256", "{jwks}");
+    let oidc = cp.kubectl_json(&["get", "--raw", "/.well-known/openid-configuration"]);
+    assert_eq!(
+        oidc["issuer"],
+        "https://kubernetes.default.svc.cluster.local"
+    );
+
+    // A deleted account's tokens stop working.
+    cp.kubectl(&["delete", "serviceaccount", "robot"]).success();
+    let (ok, out) = kubectl_with(&robot, &["auth", "whoami"]);
+    assert!(!ok && out.contains("Unauthorized"), "{out}");
+}
+
+#[test]
+fn a_token_bound_to_a_pod_dies_with_the_pod() {
+    let cp = ControlPlane::start();
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "create",
+        "token",
+        "default",
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        "web",
+    ];
+    let out = cp.kubectl(&args).failure();
+    assert!(out.contains("pods \"web\" not found"), "{out}");
+    cp.kubectl_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: web\n    image: busybox\n",
+    )
+    .success();
+    let token = cp.kubectl(&args).success();
+    let bound = kubeconfig_with(&cp, dir.path(), json!({"token": token.trim()}));
+    let (ok, out) = kubectl_with(&bound, &["auth", "whoami", "-o", "json"]);
+    assert!(ok, "{out}");
+    let info = &serde_json::from_str::<Value>(&out).unwrap()["status"]["userInfo"];
+    assert_eq!(
+        info["extra"]["authentication.kubernetes.io/pod-name"],
+        json!(["web"]),
+        "{info}"
+    );
+    cp.kubectl(&["delete", "pod", "web", "--wait=false"])
+        .success();
+    let (ok, out) = kubectl_with(&bound, &["auth", "whoami"]);
+    assert!(!ok && out.contains("Unauthorized"), "{out}");
+}

@@ -13,7 +13,7 @@ use axum::{
 };
 
 use super::{
-    authn::{token_file::TokenFile, x509::ClientCertUser},
+    authn::{API_AUDIENCE, service_account, token_file::TokenFile, x509::ClientCertUser},
     error::ApiError,
 };
 
@@ -45,11 +45,26 @@ impl UserInfo {
     }
 }
 
-/// The bearer tokens the server accepts: the cluster token (the admin's) and a token file's.
+/// The bearer tokens the server accepts: the cluster token (the admin's), a token file's, and
+/// service account tokens.
 #[derive(Debug)]
 pub struct Tokens {
     admin: String,
     file: TokenFile,
+    service_accounts: Option<ServiceAccounts>,
+}
+
+/// What verifies service account tokens: the issuer's key, and the store that says whether the
+/// account (and pod) a token names still exist.
+pub struct ServiceAccounts {
+    pub issuer: Arc<service_account::Issuer>,
+    pub store: Arc<dyn crate::store::Store>,
+}
+
+impl std::fmt::Debug for ServiceAccounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.issuer.fmt(f)
+    }
 }
 
 impl Tokens {
@@ -57,6 +72,15 @@ impl Tokens {
         Self {
             admin,
             file: TokenFile::default(),
+            service_accounts: None,
+        }
+    }
+
+    /// Also accepts service account tokens `issuer` signed.
+    pub fn with_service_accounts(self, service_accounts: ServiceAccounts) -> Self {
+        Self {
+            service_accounts: Some(service_accounts),
+            ..self
         }
     }
 
@@ -65,12 +89,46 @@ impl Tokens {
         Self { file, ..self }
     }
 
-    /// The user `presented` belongs to, if any.
-    pub fn authenticate(&self, presented: &str) -> Option<UserInfo> {
-        if !self.admin.is_empty() && self.accepts(presented) {
-            return Some(UserInfo::admin());
+    /// The user `presented` belongs to, if any, when it is meant for this API server.
+    pub async fn authenticate(&self, presented: &str) -> Option<UserInfo> {
+        let audiences = [API_AUDIENCE.to_owned()];
+        self.review(presented, &audiences)
+            .await
+            .map(|(user, _)| user)
+    }
+
+    /// The user `presented` belongs to and the audiences among `audiences` it is valid for
+    /// (none: not authenticated). Static tokens are valid for this API server's audience only;
+    /// a service account token for those it was issued for.
+    pub async fn review(
+        &self,
+        presented: &str,
+        audiences: &[String],
+    ) -> Option<(UserInfo, Vec<String>)> {
+        if let Some(sa) = &self.service_accounts
+            && let Some(verified) = sa.issuer.verify(presented, chrono::Utc::now().timestamp())
+        {
+            let matching: Vec<String> = audiences
+                .iter()
+                .filter(|a| verified.audiences.contains(a))
+                .cloned()
+                .collect();
+            if matching.is_empty()
+                || !service_account::still_bound(sa.store.as_ref(), &verified).await
+            {
+                return None;
+            }
+            return Some((verified.user, matching));
         }
-        self.file.user(presented).cloned()
+        if !audiences.iter().any(|a| a == API_AUDIENCE) {
+            return None;
+        }
+        let user = if !self.admin.is_empty() && self.accepts(presented) {
+            UserInfo::admin()
+        } else {
+            self.file.user(presented)?.clone()
+        };
+        Some((user, vec![API_AUDIENCE.to_owned()]))
     }
 
     fn accepts(&self, presented: &str) -> bool {
@@ -93,12 +151,15 @@ pub async fn require_token(
     }
     let user = match request.extensions().get::<ClientCertUser>() {
         Some(ClientCertUser(user)) => Some(user.clone()),
-        None => request
+        None => match request
             .headers()
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .and_then(|token| tokens.authenticate(token.trim())),
+        {
+            Some(token) => tokens.authenticate(token.trim()).await,
+            None => None,
+        },
     };
     match user {
         Some(user) => {
@@ -143,16 +204,16 @@ mod tests {
         assert!(!tokens.accepts(""));
     }
 
-    #[test]
-    fn token_file_users_authenticate_and_an_empty_cluster_token_accepts_nothing() {
+    #[tokio::test]
+    async fn token_file_users_authenticate_and_an_empty_cluster_token_accepts_nothing() {
         let file = TokenFile::parse("t1,jane,1001,dev\n").unwrap();
         let tokens = Tokens::new(String::new()).with_file(file);
-        assert_eq!(tokens.authenticate(""), None);
-        let jane = tokens.authenticate("t1").unwrap();
+        assert_eq!(tokens.authenticate("").await, None);
+        let jane = tokens.authenticate("t1").await.unwrap();
         assert_eq!(jane.name, "jane");
         assert_eq!(jane.groups, ["dev", "system:authenticated"]);
         assert_eq!(
-            Tokens::new("abc".into()).authenticate("abc"),
+            Tokens::new("abc".into()).authenticate("abc").await,
             Some(UserInfo::admin())
         );
     }

@@ -54,6 +54,8 @@ pub struct Api {
     pub fanout: fanout::Fanout,
     /// The Event correlator of this process's controllers and scheduler.
     pub events: crate::events::Recorder,
+    /// Signs service account tokens (TokenRequest); without it they are not served.
+    pub service_account_issuer: Option<Arc<authn::service_account::Issuer>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -75,6 +77,7 @@ impl Api {
             decoded: Arc::default(),
             fanout: fanout::Fanout::default(),
             events: crate::events::Recorder::default(),
+            service_account_issuer: None,
         }
     }
 }
@@ -189,6 +192,14 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
         .route("/api/v1/nodes/{name}/proxy", get(node_proxy::proxy))
         .route("/api/v1/nodes/{name}/proxy/", get(node_proxy::proxy))
         .route("/api/v1/nodes/{name}/proxy/{*path}", get(node_proxy::proxy))
+        .route(
+            "/.well-known/openid-configuration",
+            get(|State(api): State<Arc<Api>>| async move { oidc(&api, |i| i.openid_configuration()) }),
+        )
+        .route(
+            "/openid/v1/jwks",
+            get(|State(api): State<Arc<Api>>| async move { oidc(&api, |i| i.jwks()) }),
+        )
         .route("/openapi/v2", get(discovery::openapi_v2))
         .route("/openapi/v3", get(discovery::openapi_v3))
         .route("/openapi/v3/{*path}", get(discovery::openapi_v3_group))
@@ -204,6 +215,17 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
         .with_state(api)
         .layer(axum::Extension(Arc::clone(&tokens)))
         .layer(middleware::from_fn_with_state(tokens, auth::require_token))
+}
+
+/// The service account issuer's discovery documents (kube-apiserver's OIDC discovery).
+fn oidc(
+    api: &Api,
+    document: impl Fn(&authn::service_account::Issuer) -> serde_json::Value,
+) -> Response {
+    match &api.service_account_issuer {
+        Some(issuer) => axum::Json(document(issuer)).into_response(),
+        None => ApiError::no_route("/openid/v1/jwks").into_response(),
+    }
 }
 
 async fn resource_request(

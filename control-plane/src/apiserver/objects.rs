@@ -64,6 +64,13 @@ pub async fn dispatch(
             scale(api, &target, name, method, headers, &body).await?,
         );
     }
+    if sub == Some("token")
+        && let (&Method::POST, Some(name)) = (method, target.name.as_deref())
+    {
+        let issued =
+            super::authn::token_request::create(api, &target, name, headers, &body).await?;
+        return json_response(StatusCode::CREATED, issued);
+    }
     if sub == Some("binding")
         && let (&Method::POST, Some(name)) = (method, target.name.as_deref())
     {

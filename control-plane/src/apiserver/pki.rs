@@ -253,7 +253,7 @@ fn server_config(dir: &Path) -> Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(config))
 }
 
-fn read(path: &Path) -> Result<String> {
+pub(crate) fn read(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_owned(),
         source,
@@ -261,7 +261,7 @@ fn read(path: &Path) -> Result<String> {
 }
 
 /// Writes a secret: created with mode 0600, synced before returning.
-fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     let io_err = |source| Error::Io {
         path: path.to_owned(),
         source,

@@ -4,7 +4,9 @@
 //! [`super::auth`] runs them in Kubernetes' order: client certificate first, then bearer tokens.
 
 pub mod review;
+pub mod service_account;
 pub mod token_file;
+pub mod token_request;
 pub mod x509;
 
 use super::auth::UserInfo;

@@ -51,10 +51,22 @@ pub async fn token_reviews(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let result = (|| {
-        only_create(&method, "tokenreviews")?;
-        let mut review = decode(&headers, &body)?;
-        let token = review["spec"]["token"].as_str().unwrap_or_default();
+    respond(token_review(&method, &tokens, &headers, &body).await)
+}
+
+async fn token_review(
+    method: &Method,
+    tokens: &Tokens,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    {
+        only_create(method, "tokenreviews")?;
+        let mut review = decode(headers, body)?;
+        let token = review["spec"]["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         if token.is_empty() {
             return Err(ApiError::bad_request(
                 "token is required for TokenReview in authentication",
@@ -69,22 +81,16 @@ pub async fn token_reviews(
             })
             .unwrap_or_default();
         let mut status = Map::new();
-        // Static tokens are for this API server only: they pass a review that asks for its
-        // audience (or none, meaning its audience) and fail any other, as Kubernetes'
-        // audience-agnostic token authenticators do.
-        let audiences = if requested.is_empty() {
+        // No audiences asked for means this API server's. Static tokens are for it only (as
+        // Kubernetes' audience-agnostic token authenticators); a service account token for the
+        // audiences it was issued for.
+        let requested = if requested.is_empty() {
             vec![API_AUDIENCE.to_owned()]
         } else {
             requested
-                .into_iter()
-                .filter(|a| a == API_AUDIENCE)
-                .collect()
         };
-        let user = (!audiences.is_empty())
-            .then(|| tokens.authenticate(token))
-            .flatten();
-        match user {
-            Some(user) => {
+        match tokens.review(&token, &requested).await {
+            Some((user, audiences)) => {
                 status.insert("authenticated".into(), true.into());
                 status.insert("user".into(), user_info(&user));
                 status.insert("audiences".into(), json!(audiences));
@@ -98,8 +104,7 @@ pub async fn token_reviews(
         review["metadata"] = json!({"creationTimestamp": null});
         review["status"] = Value::Object(status);
         Ok(review)
-    })();
-    respond(result)
+    }
 }
 
 fn is_protobuf(headers: &HeaderMap) -> bool {
