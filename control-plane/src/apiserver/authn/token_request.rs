@@ -7,7 +7,10 @@ use std::sync::Arc;
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
-use super::API_AUDIENCE;
+use super::{
+    API_AUDIENCE,
+    protobuf::{Field, envelope_raw, fields, is_protobuf},
+};
 use crate::apiserver::{
     Api,
     error::ApiError,
@@ -137,59 +140,6 @@ pub async fn create(
             "expirationTimestamp": expires.to_rfc3339_opts(seconds, true),
         },
     }))
-}
-
-fn is_protobuf(headers: &HeaderMap) -> bool {
-    headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/vnd.kubernetes.protobuf"))
-}
-
-/// One field of a protobuf message: its number and a varint or length-delimited value.
-enum Field<'a> {
-    Varint(u64),
-    Bytes(&'a [u8]),
-}
-
-fn varint(buf: &mut &[u8]) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = buf.split_first()?;
-        *buf = rest;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
-}
-
-fn fields(mut buf: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        let tag = varint(&mut buf)?;
-        let field = match tag & 7 {
-            0 => Field::Varint(varint(&mut buf)?),
-            2 => {
-                let len = usize::try_from(varint(&mut buf)?).ok()?;
-                let (bytes, rest) = (buf.get(..len)?, buf.get(len..)?);
-                buf = rest;
-                Field::Bytes(bytes)
-            }
-            1 => {
-                buf = buf.get(8..)?;
-                continue;
-            }
-            5 => {
-                buf = buf.get(4..)?;
-                continue;
-            }
-            _ => return None,
-        };
-        out.push((tag >> 3, field));
-    }
-    Some(out)
 }
 
 /// The spec of a protobuf TokenRequest (what kubectl, a typed client, sends), as JSON: the
