@@ -12,6 +12,7 @@ pub fn is_protobuf(headers: &HeaderMap) -> bool {
 }
 
 /// One field of a protobuf message: its number and a varint or length-delimited value.
+#[derive(Debug)]
 pub enum Field<'a> {
     Varint(u64),
     Bytes(&'a [u8]),

@@ -136,7 +136,7 @@ impl Issuer {
             &ECDSA_P256_SHA256_FIXED,
             self.key.public_key().as_ref(),
         )
-        .verify(token[..token.rfind('.')?].as_bytes(), &decode(signature)?)
+        .verify(&token.as_bytes()[..token.rfind('.')?], &decode(signature)?)
         .ok()?;
         let claims: Value = serde_json::from_slice(&decode(claims)?).ok()?;
         if claims["iss"] != API_AUDIENCE

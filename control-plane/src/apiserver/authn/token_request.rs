@@ -147,14 +147,8 @@ pub async fn create(
 /// `audiences` (1), `boundObjectRef` (3: kind 1, apiVersion 2, name 3, uid 4) and
 /// `expirationSeconds` (4).
 fn from_protobuf(body: &[u8]) -> Option<Value> {
-    let unknown = body.strip_prefix(b"k8s\0")?;
+    let raw = envelope_raw(body)?;
     let string = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
-    let raw = fields(unknown)?
-        .into_iter()
-        .find_map(|(n, f)| match (n, f) {
-            (2, Field::Bytes(b)) => Some(b),
-            _ => None,
-        })?;
     let mut spec = json!({});
     for (number, field) in fields(raw)? {
         let (2, Field::Bytes(spec_bytes)) = (number, field) else {
