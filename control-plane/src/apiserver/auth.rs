@@ -1,7 +1,7 @@
 //! Authentication: every request but the unauthenticated health checks must carry a verified
 //! client certificate (see [`super::authn::x509`]) or `Authorization: Bearer <token>` with the
-//! cluster token or a token of `--token-auth-file`, tried in Kubernetes' order (certificate
-//! first). An authenticated request carries its [`UserInfo`] as a request extension, for
+//! cluster token, a token of `--token-auth-file` or a service account token, tried in
+//! Kubernetes' order (certificate first). An authenticated request carries its [`UserInfo`] as a request extension, for
 //! authorization and auditing.
 
 use std::{collections::BTreeMap, sync::Arc};
