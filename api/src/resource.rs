@@ -190,14 +190,22 @@ pub const EVENTS: ResourceInfo = ResourceInfo {
     ..resource("", "Event", "events", "event", &["ev"], true)
 };
 /// `v1` `ServiceAccount`.
-pub const SERVICE_ACCOUNTS: ResourceInfo = resource(
-    "",
-    "ServiceAccount",
-    "serviceaccounts",
-    "serviceaccount",
-    &["sa"],
-    true,
-);
+pub const SERVICE_ACCOUNTS: ResourceInfo = ResourceInfo {
+    subresources: &[Subresource {
+        name: "token",
+        kind: "TokenRequest",
+        group_version: Some(("authentication.k8s.io", "v1")),
+        verbs: &["create"],
+    }],
+    ..resource(
+        "",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        &["sa"],
+        true,
+    )
+};
 /// `apps/v1` `Deployment`.
 pub const DEPLOYMENTS: ResourceInfo = ResourceInfo {
     categories: ALL,
@@ -382,6 +390,32 @@ pub const SUBJECT_ACCESS_REVIEWS: ResourceInfo = review(
     "subjectaccessreview",
     false,
 );
+/// `authentication.k8s.io/v1` `TokenReview`: create-only, never stored.
+pub const TOKEN_REVIEWS: ResourceInfo = ResourceInfo {
+    verbs: &["create"],
+    ..resource(
+        "authentication.k8s.io",
+        "TokenReview",
+        "tokenreviews",
+        "tokenreview",
+        &[],
+        false,
+    )
+};
+
+/// `authentication.k8s.io/v1` `SelfSubjectReview` (`kubectl auth whoami`): create-only, never
+/// stored.
+pub const SELF_SUBJECT_REVIEWS: ResourceInfo = ResourceInfo {
+    verbs: &["create"],
+    ..resource(
+        "authentication.k8s.io",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        &[],
+        false,
+    )
+};
 
 /// Every served resource, core group first, then groups in discovery order.
 pub static RESOURCES: &[ResourceInfo] = &[
@@ -412,11 +446,14 @@ pub static RESOURCES: &[ResourceInfo] = &[
     ENDPOINT_SLICES,
     LEASES,
     SECURITY_IDENTITIES,
+    SELF_SUBJECT_REVIEWS,
+    TOKEN_REVIEWS,
 ];
 
 /// The non-core groups, in the order `/apis` lists them (Kubernetes' order).
 pub const GROUPS: &[&str] = &[
     "apps",
+    "authentication.k8s.io",
     "authorization.k8s.io",
     "batch",
     "networking.k8s.io",

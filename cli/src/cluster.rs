@@ -76,7 +76,7 @@ pub struct JoinArgs {
     /// The control plane, e.g. `https://10.0.0.1:6443`.
     #[arg(long)]
     server: String,
-    /// The cluster's token (`token` in the control plane's kubeconfig).
+    /// The cluster's token (`<data-dir>/pki/admin.token` on the control plane).
     #[arg(long)]
     token: String,
     /// The cluster CA certificate (`<data-dir>/pki/ca.crt` on the control plane).
@@ -482,8 +482,20 @@ pub async fn up(args: &UpArgs, out: &mut impl Write) -> anyhow::Result<()> {
         async || kubeconfig.exists().then_some(()),
     )
     .await?;
+    // The admin kubeconfig holds the admin's client certificate; the agent runs with the
+    // cluster token, as on a node that joined.
+    let node_kubeconfig = data_dir.join("node.kubeconfig");
+    {
+        let pki = data_dir.join("pki");
+        let token = fs::read_to_string(pki.join("admin.token"))
+            .with_context(|| format!("reading {}", pki.join("admin.token").display()))?;
+        let ca = fs::read(pki.join("ca.crt"))
+            .with_context(|| format!("reading {}", pki.join("ca.crt").display()))?;
+        let server = kubeconfig::load(&kubeconfig, None)?.server;
+        write_node_kubeconfig(&node_kubeconfig, &server, &ca, token.trim())?;
+    }
     let (agent, mut node) = agent_args(
-        &kubeconfig,
+        &node_kubeconfig,
         data_dir,
         args.node_name.as_deref(),
         args.node_ip.as_deref(),
@@ -532,19 +544,7 @@ pub async fn join(args: &JoinArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let ca = fs::read(&args.ca_cert)
         .with_context(|| format!("reading --ca-cert {}", args.ca_cert.display()))?;
     let kubeconfig = data_dir.join("node.kubeconfig");
-    let config = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{ "name": "apiary", "cluster": {
-            "server": args.server,
-            "certificate-authority-data": base64_encode(&ca),
-        }}],
-        "users": [{ "name": "node", "user": { "token": args.token } }],
-        "contexts": [{ "name": "node", "context": { "cluster": "apiary", "user": "node" } }],
-        "current-context": "node",
-    });
-    fs::write(&kubeconfig, serde_yaml::to_string(&config)?)
-        .with_context(|| format!("writing {}", kubeconfig.display()))?;
+    write_node_kubeconfig(&kubeconfig, &args.server, &ca, &args.token)?;
     let agent_log = data_dir.join("logs").join("node-agent.log");
     let (agent, mut started) = agent_args(
         &kubeconfig,
@@ -843,6 +843,37 @@ fn read_started(path: &Path) -> Option<Started> {
 
 fn write_started(path: &Path, started: &Started) -> anyhow::Result<()> {
     fs::write(path, serde_json::to_vec_pretty(started)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes the kubeconfig a node agent runs with: the cluster token (agents authenticate with it
+/// on the API and accept it from the API server), readable by its owner only.
+fn write_node_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca_pem: &[u8],
+    token: &str,
+) -> anyhow::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "apiary", "cluster": {
+            "server": server,
+            "certificate-authority-data": base64_encode(ca_pem),
+        }}],
+        "users": [{ "name": "node", "user": { "token": token } }],
+        "contexts": [{ "name": "node", "context": { "cluster": "apiary", "user": "node" } }],
+        "current-context": "node",
+    });
+    let text = serde_yaml::to_string(&config)?;
+    let _ = fs::remove_file(path);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
         .with_context(|| format!("writing {}", path.display()))
 }
 

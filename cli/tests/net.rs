@@ -84,10 +84,8 @@ fn frontend(
 /// A cluster with nodes `n1` and `n2`, each served by an in-process agent.
 fn setup() -> (Cluster, Agent, Agent) {
     let cluster = Cluster::start();
-    let config: serde_json::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(cluster.kubeconfig()).unwrap()).unwrap();
-    let token = config["users"][0]["user"]["token"].as_str().unwrap();
-    let (n1, n2) = (Agent::start(token), Agent::start(token));
+    let token = cluster.token();
+    let (n1, n2) = (Agent::start(&token), Agent::start(&token));
     register(&cluster, "n1", n1.addr.port());
     register(&cluster, "n2", n2.addr.port());
     n1.services.set(vec![

@@ -33,9 +33,7 @@ fn kubectl(cluster: &Cluster, args: &[&str], stdin: &str) {
 /// `app`), `duo` (`a`, `b`) on it and `lost` on no node.
 fn setup() -> (Cluster, Agent) {
     let cluster = Cluster::start();
-    let config: serde_json::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(cluster.kubeconfig()).unwrap()).unwrap();
-    let agent = Agent::start(config["users"][0]["user"]["token"].as_str().unwrap());
+    let agent = Agent::start(&cluster.token());
     let node = node("n1", agent.addr.port());
     kubectl(&cluster, &["create", "-f", "-"], &node);
     let status: serde_json::Value = serde_json::from_str(&node).unwrap();

@@ -42,11 +42,19 @@ impl Drop for Hollow {
 fn start_hollow(server: &Server, count: usize) -> Hollow {
     let agent = std::env::var("APIARY_NODE_AGENT")
         .expect("APIARY_NODE_AGENT: the hollow-node binary (cargo xtask bench scheduler sets it)");
+    // Agents authenticate with the cluster token; the admin kubeconfig holds a certificate.
+    let mut config: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(server.data.path().join("kubeconfig")).unwrap(),
+    )
+    .unwrap();
+    config["users"][0]["user"] = serde_json::json!({ "token": server.token });
+    let kubeconfig = server.data.path().join("node.kubeconfig");
+    std::fs::write(&kubeconfig, serde_yaml::to_string(&config).unwrap()).unwrap();
     let child = Command::new(agent)
         .args(["hollow", "--count", &count.to_string()])
         .args(["--cpu", "64", "--memory", "256Gi", "--pods", "110"])
         .arg("--kubeconfig")
-        .arg(server.data.path().join("kubeconfig"))
+        .arg(&kubeconfig)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

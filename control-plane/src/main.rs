@@ -21,6 +21,10 @@ struct Cli {
     /// Where the embedded store, the PKI and the admin kubeconfig live.
     #[arg(long, default_value = "/var/lib/apiary", env = "APIARY_DATA_DIR")]
     data_dir: PathBuf,
+    /// Static bearer tokens, in kube-apiserver's CSV format: `token,user,uid,"group1,group2"`
+    /// per line (the groups are optional). A bad line stops the server at startup.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
     /// Address the API server listens on (HTTPS).
     #[arg(long, default_value = "0.0.0.0:6443")]
     listen: SocketAddr,
@@ -112,8 +116,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)
             .context("--loadbalancer-pool")?;
     }
-    std::fs::create_dir_all(&cli.data_dir)
-        .with_context(|| format!("creating {}", cli.data_dir.display()))?;
+    let token_file = match &cli.token_auth_file {
+        Some(path) => {
+            apiserver::authn::token_file::TokenFile::load(path).context("--token-auth-file")?
+        }
+        None => Default::default(),
+    };
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        // The store, keys and kubeconfigs: only for the owner, as kubeadm's /etc/kubernetes/pki.
+        std::fs::create_dir_all(&cli.data_dir)
+            .and_then(|()| {
+                std::fs::set_permissions(&cli.data_dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .with_context(|| format!("creating {}", cli.data_dir.display()))?;
+    }
 
     let store: Arc<dyn Store> = if cli.etcd_endpoints.is_empty() {
         let path = cli.data_dir.join("store.redb");
@@ -143,6 +160,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     api.pod_network = cli.cluster_cidr;
     // Node agents accept the cluster token: the one the API server gives its admin.
     api.agent_token = Some(pki.admin_token.clone());
+    let service_account_issuer = Arc::new(
+        apiserver::authn::service_account::Issuer::load_or_create(&pki.dir)
+            .context("the service account signing key")?,
+    );
+    api.service_account_issuer = Some(Arc::clone(&service_account_issuer));
     let api = Arc::new(api);
     // The leader lease lives in kube-system: create it first.
     apiserver::bootstrap(&api)
@@ -189,7 +211,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         controllers,
         leading,
     ));
-    let app = apiserver::router(api, Arc::new(Tokens::new(pki.admin_token.clone())));
+    let tokens = Tokens::new(pki.admin_token.clone())
+        .with_file(token_file)
+        .with_service_accounts(apiserver::auth::ServiceAccounts {
+            issuer: Arc::clone(&service_account_issuer),
+            store: Arc::clone(&api.store),
+        });
+    let app = apiserver::router(api, Arc::new(tokens));
     let server_host = if local.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {

@@ -347,9 +347,11 @@ async fn agent_client(cp: &ControlPlane) -> apiary_agent_api::Client {
     let config: Value =
         serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig()).unwrap()).unwrap();
     let server = config["clusters"][0]["cluster"]["server"].as_str().unwrap();
-    let token = config["users"][0]["user"]["token"].as_str().unwrap();
+    let token = cp.token();
     let ca = std::fs::read_to_string(cp.data_path().join("pki/ca.crt")).unwrap();
-    apiary_agent_api::connect(server, &ca, token).await.unwrap()
+    apiary_agent_api::connect(server, &ca, &token)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -63,16 +63,15 @@ fn kubectl_reaches_the_server_with_the_generated_kubeconfig() {
     }
 }
 
+/// Wrong tokens are refused in authn.rs; beside the admin kubeconfig's client certificate one
+/// is not even read: kube-apiserver tries the certificate first.
 #[test]
-fn requests_without_the_token_get_401() {
+fn a_wrong_token_beside_the_admin_certificate_is_not_read() {
     let cp = ControlPlane::start();
     let out = cp
-        .kubectl(&["get", "pods", "--token", "not-the-token"])
-        .failure();
-    assert!(
-        out.contains("Unauthorized") || out.contains("provide credentials"),
-        "{out}"
-    );
+        .kubectl(&["auth", "whoami", "--token", "not-the-token"])
+        .success();
+    assert!(out.contains("admin"), "{out}");
 }
 
 #[test]
@@ -884,7 +883,18 @@ async fn the_node_agents_repeated_events_are_one_event_with_a_count() {
     let cp = tokio::task::spawn_blocking(ControlPlane::start)
         .await
         .unwrap();
-    let api = ApiClient::new(&Endpoint::from_kubeconfig(&cp.kubeconfig()).unwrap()).unwrap();
+    // Agents authenticate with the cluster token, not the admin kubeconfig's certificate.
+    let admin: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig()).unwrap()).unwrap();
+    let endpoint = Endpoint {
+        server: admin["clusters"][0]["cluster"]["server"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        ca_pem: std::fs::read_to_string(cp.data_path().join("pki/ca.crt")).unwrap(),
+        token: cp.token(),
+    };
+    let api = ApiClient::new(&endpoint).unwrap();
     let pod = PodRef {
         namespace: "default".into(),
         name: "web-1".into(),

@@ -19,10 +19,7 @@ fn kubeconfig(cp: &ControlPlane) -> serde_json::Value {
 }
 
 fn token(cp: &ControlPlane) -> String {
-    kubeconfig(cp)["users"][0]["user"]["token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    cp.token()
 }
 
 /// Creates Node `name` from `object` (a Node's JSON) and writes its status.

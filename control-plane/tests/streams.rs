@@ -20,12 +20,7 @@ fn start() -> ControlPlane {
 }
 
 fn token(cp: &ControlPlane) -> String {
-    let config: serde_json::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig()).unwrap()).unwrap();
-    config["users"][0]["user"]["token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    cp.token()
 }
 
 fn register(cp: &ControlPlane, name: &str, port: u16) {

@@ -60,7 +60,11 @@ impl Endpoint {
         };
         let token = user["token"]
             .as_str()
-            .context("the kubeconfig's user has no token")?
+            .context(
+                "the kubeconfig's user has no token: node agents authenticate with the cluster \
+                 token (<data-dir>/pki/admin.token on the control plane), as in the kubeconfig \
+                 `apiary node join --token` writes",
+            )?
             .to_owned();
         Ok(Endpoint {
             server,

@@ -269,7 +269,7 @@ spec:
     for server in [&plain, &guarded] {
         serve_echo(&server.netns, server.ip)?;
     }
-    let api = ApiClient::new(&Endpoint::from_kubeconfig(&cluster.kubeconfig)?)?;
+    let api = ApiClient::new(&Endpoint::from_kubeconfig(&cluster.node_kubeconfig)?)?;
     let post_all = |policies: Vec<Value>| -> anyhow::Result<()> {
         lab::run_in(&cluster.underlay, || -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()

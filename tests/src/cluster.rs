@@ -66,6 +66,9 @@ pub struct ClusterLab {
     registry: Option<Child>,
     control_plane: Option<Child>,
     pub kubeconfig: PathBuf,
+    /// What agents run with: the cluster token (the admin kubeconfig holds a client
+    /// certificate).
+    pub node_kubeconfig: PathBuf,
     pub underlay: String,
     pub dir: tempfile::TempDir,
     pub lab: Lab,
@@ -126,6 +129,7 @@ impl ClusterLab {
             registry: None,
             control_plane: Some(control_plane),
             kubeconfig: kubeconfig.clone(),
+            node_kubeconfig: cp_dir.join("node.kubeconfig"),
             underlay,
             dir,
             lab,
@@ -135,6 +139,7 @@ impl ClusterLab {
             Duration::from_secs(30),
             || kubeconfig.exists().then_some(()),
         )?;
+        cluster.write_node_kubeconfig(&cp_dir)?;
         for _ in 0..nodes {
             cluster.add_node()?;
         }
@@ -157,6 +162,16 @@ impl ClusterLab {
         Ok(cluster)
     }
 
+    /// The admin kubeconfig with the cluster token instead of the admin's certificate.
+    fn write_node_kubeconfig(&self, cp_dir: &std::path::Path) -> anyhow::Result<()> {
+        let mut config: serde_json::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig)?)?;
+        let token = std::fs::read_to_string(cp_dir.join("pki/admin.token"))?;
+        config["users"][0]["user"] = serde_json::json!({ "token": token.trim() });
+        std::fs::write(&self.node_kubeconfig, serde_yaml::to_string(&config)?)?;
+        Ok(())
+    }
+
     fn add_node(&mut self) -> anyhow::Result<()> {
         let node = self.lab.add_bare_node(1500)?;
         let name = format!("node{}", node.index);
@@ -168,7 +183,7 @@ impl ClusterLab {
         let args: Vec<String> = vec![
             "run".into(),
             "--kubeconfig".into(),
-            self.kubeconfig.display().to_string(),
+            self.node_kubeconfig.display().to_string(),
             "--node-name".into(),
             name.clone(),
             "--node-ip".into(),

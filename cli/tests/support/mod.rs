@@ -68,6 +68,14 @@ impl Cluster {
         self.dir.path().join("data").join("kubeconfig")
     }
 
+    /// The cluster token (node agents'; the admin kubeconfig holds a client certificate).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("data/pki/admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
     fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("control-plane.log")).unwrap_or_default()
     }

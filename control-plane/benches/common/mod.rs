@@ -124,9 +124,10 @@ pub fn start_server_with(etcd: Option<&Etcd>, extra: &[&str]) -> Server {
             .as_str()
             .unwrap()
             .to_owned(),
-        token: config["users"][0]["user"]["token"]
-            .as_str()
+        // The kubeconfig holds the admin's client certificate; the cluster token is beside it.
+        token: std::fs::read_to_string(data.path().join("pki/admin.token"))
             .unwrap()
+            .trim()
             .to_owned(),
         ca_pem: pem,
         data,

@@ -1,7 +1,9 @@
-//! Bearer-token authentication: a request with `Authorization: Bearer <admin token>` is the
-//! admin's; one without credentials is anonymous (`system:anonymous` in
-//! `system:unauthenticated`, left to authorization); a wrong token is a 401. Every request
-//! carries its [`UserInfo`] as a request extension, for authorization and auditing.
+//! Authentication: a verified client certificate (see [`super::authn::x509`]) or
+//! `Authorization: Bearer <token>` with the cluster token, a token of `--token-auth-file` or a
+//! service account token, tried in Kubernetes' order (certificate first). A request without
+//! credentials is anonymous (`system:anonymous` in `system:unauthenticated`, left to
+//! authorization); a token that authenticates no one is a 401. Every request carries its
+//! [`UserInfo`] as a request extension, for authorization and auditing.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -11,7 +13,10 @@ use axum::{
     response::{IntoResponse as _, Response},
 };
 
-use super::error::ApiError;
+use super::{
+    authn::{API_AUDIENCE, service_account, token_file::TokenFile, x509::ClientCertUser},
+    error::ApiError,
+};
 
 /// Who made a request, as Kubernetes' `user.Info`: what authentication established and what
 /// authorization decides on.
@@ -47,15 +52,90 @@ impl UserInfo {
     }
 }
 
-/// The tokens the server accepts.
+/// The bearer tokens the server accepts: the cluster token (the admin's), a token file's, and
+/// service account tokens.
 #[derive(Debug)]
 pub struct Tokens {
     admin: String,
+    file: TokenFile,
+    service_accounts: Option<ServiceAccounts>,
+}
+
+/// What verifies service account tokens: the issuer's key, and the store that says whether the
+/// account (and pod) a token names still exist.
+pub struct ServiceAccounts {
+    pub issuer: Arc<service_account::Issuer>,
+    pub store: Arc<dyn crate::store::Store>,
+}
+
+impl std::fmt::Debug for ServiceAccounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.issuer.fmt(f)
+    }
 }
 
 impl Tokens {
     pub fn new(admin: String) -> Self {
-        Self { admin }
+        Self {
+            admin,
+            file: TokenFile::default(),
+            service_accounts: None,
+        }
+    }
+
+    /// Also accepts service account tokens `issuer` signed.
+    pub fn with_service_accounts(self, service_accounts: ServiceAccounts) -> Self {
+        Self {
+            service_accounts: Some(service_accounts),
+            ..self
+        }
+    }
+
+    /// Also accepts the tokens of `file` (`--token-auth-file`).
+    pub fn with_file(self, file: TokenFile) -> Self {
+        Self { file, ..self }
+    }
+
+    /// The user `presented` belongs to, if any, when it is meant for this API server.
+    pub async fn authenticate(&self, presented: &str) -> Option<UserInfo> {
+        let audiences = [API_AUDIENCE.to_owned()];
+        self.review(presented, &audiences)
+            .await
+            .map(|(user, _)| user)
+    }
+
+    /// The user `presented` belongs to and the audiences among `audiences` it is valid for
+    /// (none: not authenticated). Static tokens are valid for this API server's audience only;
+    /// a service account token for those it was issued for.
+    pub async fn review(
+        &self,
+        presented: &str,
+        audiences: &[String],
+    ) -> Option<(UserInfo, Vec<String>)> {
+        if let Some(sa) = &self.service_accounts
+            && let Some(verified) = sa.issuer.verify(presented, chrono::Utc::now().timestamp())
+        {
+            let matching: Vec<String> = audiences
+                .iter()
+                .filter(|a| verified.audiences.contains(a))
+                .cloned()
+                .collect();
+            if matching.is_empty()
+                || !service_account::still_bound(sa.store.as_ref(), &verified).await
+            {
+                return None;
+            }
+            return Some((verified.user, matching));
+        }
+        if !audiences.iter().any(|a| a == API_AUDIENCE) {
+            return None;
+        }
+        let user = if !self.admin.is_empty() && self.accepts(presented) {
+            UserInfo::admin()
+        } else {
+            self.file.user(presented)?.clone()
+        };
+        Some((user, vec![API_AUDIENCE.to_owned()]))
     }
 
     fn accepts(&self, presented: &str) -> bool {
@@ -65,34 +145,43 @@ impl Tokens {
     }
 }
 
-/// Rejects requests with an invalid token with a Kubernetes `401 Unauthorized` Status; requests
-/// without credentials go on as [`UserInfo::anonymous`] (gRPC ones are refused).
+/// Authenticates a request ([`UserInfo`] as an extension): a verified client certificate wins
+/// over a token, as in Kubernetes' authenticator order. Requests without credentials go on as
+/// [`UserInfo::anonymous`] (gRPC ones are refused); a token that authenticates no one is a
+/// Kubernetes `401 Unauthorized` Status.
 pub async fn require_token(
     State(tokens): State<Arc<Tokens>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let presented = request
+    let has_credentials = request
         .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if tokens.accepts(token.trim()) => {
+        .contains_key(axum::http::header::AUTHORIZATION);
+    let user = match request.extensions().get::<ClientCertUser>() {
+        Some(ClientCertUser(user)) => Some(user.clone()),
+        None => match request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        {
+            Some(token) => tokens.authenticate(token.trim()).await,
+            None => None,
+        },
+    };
+    match user {
+        Some(user) => {
             let mut request = request;
-            request.extensions_mut().insert(UserInfo::admin());
+            request.extensions_mut().insert(user);
             next.run(request).await
         }
-        _ if is_grpc(&request) => grpc_unauthenticated(),
-        None if !request
-            .headers()
-            .contains_key(axum::http::header::AUTHORIZATION) =>
-        {
+        None if is_grpc(&request) => grpc_unauthenticated(),
+        None if !has_credentials => {
             let mut request = request;
             request.extensions_mut().insert(UserInfo::anonymous());
             next.run(request).await
         }
-        _ => ApiError::unauthorized().into_response(),
+        None => ApiError::unauthorized().into_response(),
     }
 }
 
@@ -126,5 +215,19 @@ mod tests {
         assert!(!tokens.accepts("abc124"));
         assert!(!tokens.accepts("abc12"));
         assert!(!tokens.accepts(""));
+    }
+
+    #[tokio::test]
+    async fn token_file_users_authenticate_and_an_empty_cluster_token_accepts_nothing() {
+        let file = TokenFile::parse("t1,jane,1001,dev\n").unwrap();
+        let tokens = Tokens::new(String::new()).with_file(file);
+        assert_eq!(tokens.authenticate("").await, None);
+        let jane = tokens.authenticate("t1").await.unwrap();
+        assert_eq!(jane.name, "jane");
+        assert_eq!(jane.groups, ["dev", "system:authenticated"]);
+        assert_eq!(
+            Tokens::new("abc".into()).authenticate("abc").await,
+            Some(UserInfo::admin())
+        );
     }
 }

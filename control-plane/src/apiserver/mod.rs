@@ -1,9 +1,10 @@
-//! The Kubernetes-compatible API server: HTTPS with bearer tokens, discovery, and the verbs on
+//! The Kubernetes-compatible API server: HTTPS with client certificates and bearer tokens, discovery, and the verbs on
 //! every resource type, over the [`Store`](crate::store::Store).
 
 pub mod allocator;
 pub mod auth;
 pub mod authz;
+pub mod authn;
 pub mod decoded;
 pub mod defaults;
 pub mod discovery;
@@ -30,7 +31,7 @@ use axum::{
     http::{HeaderMap, Method, Uri},
     middleware,
     response::{IntoResponse as _, Response},
-    routing::get,
+    routing::{any, get},
 };
 
 use crate::store::Store;
@@ -56,6 +57,8 @@ pub struct Api {
     pub events: crate::events::Recorder,
     /// Who may do what: RBAC over a watch-fed index of roles and bindings.
     pub authz: authz::Authz,
+    /// Signs service account tokens (TokenRequest); without it they are not served.
+    pub service_account_issuer: Option<Arc<authn::service_account::Issuer>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -78,6 +81,7 @@ impl Api {
             fanout: fanout::Fanout::default(),
             events: crate::events::Recorder::default(),
             authz: authz::Authz::default(),
+            service_account_issuer: None,
         }
     }
 }
@@ -194,13 +198,30 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
         .route("/api/v1/nodes/{name}/proxy", get(node_proxy::proxy))
         .route("/api/v1/nodes/{name}/proxy/", get(node_proxy::proxy))
         .route("/api/v1/nodes/{name}/proxy/{*path}", get(node_proxy::proxy))
+        .route(
+            "/.well-known/openid-configuration",
+            get(|State(api): State<Arc<Api>>| async move { oidc(&api, |i| i.openid_configuration()) }),
+        )
+        .route(
+            "/openid/v1/jwks",
+            get(|State(api): State<Arc<Api>>| async move { oidc(&api, |i| i.jwks()) }),
+        )
         .route("/openapi/v2", get(discovery::openapi_v2))
         .route("/openapi/v3", get(discovery::openapi_v3))
         .route("/openapi/v3/{*path}", get(discovery::openapi_v3_group))
+        .route(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            any(authn::review::self_subject_reviews),
+        )
+        .route(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            any(authn::review::token_reviews),
+        )
         .fallback(resource_request)
         .with_state(api)
         // Layers run last-added first: authentication, then authorization.
         .layer(authorizer)
+        .layer(axum::Extension(Arc::clone(&tokens)))
         .layer(middleware::from_fn_with_state(tokens, auth::require_token))
 }
 
@@ -220,6 +241,18 @@ async fn limited_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         Err(e) => Err(ApiError::bad_request(format!(
             "error reading the request body: {e}"
         ))),
+    }
+}
+
+
+/// The service account issuer's discovery documents (kube-apiserver's OIDC discovery).
+fn oidc(
+    api: &Api,
+    document: impl Fn(&authn::service_account::Issuer) -> serde_json::Value,
+) -> Response {
+    match &api.service_account_issuer {
+        Some(issuer) => axum::Json(document(issuer)).into_response(),
+        None => ApiError::no_route("/openid/v1/jwks").into_response(),
     }
 }
 

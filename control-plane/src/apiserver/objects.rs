@@ -45,6 +45,13 @@ pub async fn dispatch(
     {
         return Err(ApiError::no_route(&format!("{}/{sub}", resource.plural)));
     }
+    // Create-only kinds (the reviews) have their own routes for their one verb.
+    if sub.is_none() && !resource.verbs.contains(&"get") {
+        return Err(ApiError::method_not_allowed(
+            &method.as_str().to_lowercase(),
+            resource.plural,
+        ));
+    }
     let as_table = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -56,6 +63,13 @@ pub async fn dispatch(
             StatusCode::OK,
             scale(api, &target, name, method, headers, &body).await?,
         );
+    }
+    if sub == Some("token")
+        && let (&Method::POST, Some(name)) = (method, target.name.as_deref())
+    {
+        let issued =
+            super::authn::token_request::create(api, &target, name, headers, &body).await?;
+        return json_response(StatusCode::CREATED, issued);
     }
     if sub == Some("binding")
         && let (&Method::POST, Some(name)) = (method, target.name.as_deref())

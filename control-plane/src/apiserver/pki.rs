@@ -1,11 +1,14 @@
-//! The API server's identity: a cluster CA, a serving certificate signed by it, an admin bearer
-//! token, and a kubeconfig that ties them together. Generated on first start, reused after.
+//! The API server's identity: a cluster CA, a serving certificate signed by it, the admin's
+//! client certificate (user `admin` in `system:masters`, as kubeadm's `admin.conf`), the cluster
+//! token (node agents and `apiary node join`), and the admin kubeconfig that ties them together.
+//! Generated on first start, reused after; keys and the token are readable by their owner only,
+//! in a directory only its owner may enter.
 
 use std::{
     fs,
     io::{self, Write as _},
     net::IpAddr,
-    os::unix::fs::OpenOptionsExt as _,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -41,7 +44,10 @@ const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
 const SERVING_CERT: &str = "apiserver.crt";
 const SERVING_KEY: &str = "apiserver.key";
-const ADMIN_TOKEN: &str = "admin.token";
+/// The cluster token (`apiary node join --token`).
+pub const ADMIN_TOKEN: &str = "admin.token";
+const ADMIN_CERT: &str = "admin.crt";
+const ADMIN_KEY: &str = "admin.key";
 
 /// The loaded identity.
 #[derive(Debug)]
@@ -49,6 +55,9 @@ pub struct Pki {
     pub dir: PathBuf,
     pub ca_pem: String,
     pub admin_token: String,
+    /// The admin's client certificate and key, PEM.
+    pub admin_cert_pem: String,
+    pub admin_key_pem: String,
     pub tls: Arc<rustls::ServerConfig>,
 }
 
@@ -57,15 +66,20 @@ impl Pki {
     /// certificate covers `localhost`, loopback, the machine's hostname and `extra_sans`.
     pub fn load_or_create(data_dir: &Path, extra_sans: &[IpAddr]) -> Result<Self> {
         let dir = data_dir.join("pki");
-        fs::create_dir_all(&dir).map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        fs::create_dir_all(&dir)
+            .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
+            .map_err(|source| Error::Io {
+                path: dir.clone(),
+                source,
+            })?;
         if !dir.join(CA_KEY).exists() {
             create_ca(&dir)?;
         }
         if !dir.join(SERVING_KEY).exists() {
             create_serving_cert(&dir, extra_sans)?;
+        }
+        if !dir.join(ADMIN_KEY).exists() {
+            create_admin_cert(&dir)?;
         }
         if !dir.join(ADMIN_TOKEN).exists() {
             let mut token = [0u8; 32];
@@ -75,21 +89,34 @@ impl Pki {
         }
         let ca_pem = read(&dir.join(CA_CERT))?;
         let admin_token = read(&dir.join(ADMIN_TOKEN))?.trim().to_owned();
+        let admin_cert_pem = read(&dir.join(ADMIN_CERT))?;
+        let admin_key_pem = read(&dir.join(ADMIN_KEY))?;
         let tls = server_config(&dir)?;
         Ok(Self {
             dir,
             ca_pem,
             admin_token,
+            admin_cert_pem,
+            admin_key_pem,
             tls,
         })
     }
 
-    /// A kubeconfig for the admin, pointing at `server` (e.g. `https://127.0.0.1:6443`).
+    /// Issues a client certificate for user `name` in `groups` (its subject's CN and O, as
+    /// Kubernetes reads them), signed by the cluster CA: `(certificate, key)`, PEM.
+    pub fn issue_client_cert(&self, name: &str, groups: &[&str]) -> Result<(String, String)> {
+        client_cert(&self.dir, name, groups)
+    }
+
+    /// A kubeconfig for the admin (its client certificate), pointing at `server` (e.g.
+    /// `https://127.0.0.1:6443`).
     pub fn kubeconfig(&self, server: &str) -> String {
-        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: apiary\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: apiary-admin\n  user:\n    token: {token}\ncontexts:\n- name: apiary\n  context:\n    cluster: apiary\n    user: apiary-admin\n    namespace: default\ncurrent-context: apiary\n",
-            token = self.admin_token
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: apiary\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: apiary-admin\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: apiary\n  context:\n    cluster: apiary\n    user: apiary-admin\n    namespace: default\ncurrent-context: apiary\n",
+            ca = b64(&self.ca_pem),
+            cert = b64(&self.admin_cert_pem),
+            key = b64(&self.admin_key_pem),
         )
     }
 
@@ -157,6 +184,35 @@ fn create_serving_cert(dir: &Path, extra_sans: &[IpAddr]) -> Result<()> {
     write_private(&dir.join(SERVING_CERT), cert.pem().as_bytes())
 }
 
+fn create_admin_cert(dir: &Path) -> Result<()> {
+    let (cert, key) = client_cert(dir, "admin", &["system:masters"])?;
+    write_private(&dir.join(ADMIN_KEY), key.as_bytes())?;
+    write_private(&dir.join(ADMIN_CERT), cert.as_bytes())
+}
+
+fn client_cert(dir: &Path, name: &str, groups: &[&str]) -> Result<(String, String)> {
+    let ca_key = KeyPair::from_pem(&read(&dir.join(CA_KEY))?)?;
+    let issuer = Issuer::from_ca_cert_pem(&read(&dir.join(CA_CERT))?, ca_key)?;
+    let mut params = CertificateParams::new(Vec::new())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    // rcgen keeps one value per attribute type: one group per certificate.
+    if let Some(group) = groups.first() {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, *group);
+    }
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 fn server_config(dir: &Path) -> Result<Arc<rustls::ServerConfig>> {
     let cert_path = dir.join(SERVING_CERT);
     let key_path = dir.join(SERVING_KEY);
@@ -173,18 +229,31 @@ fn server_config(dir: &Path) -> Result<Arc<rustls::ServerConfig>> {
             path: key_path,
             what: "private key",
         })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)?;
+    let ca_path = dir.join(CA_CERT);
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls_pemfile::certs(&mut read(&ca_path)?.as_bytes()) {
+        roots.add(ca.map_err(io_err(&ca_path))?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // A client certificate is optional (tokens authenticate too), but one that is presented
+    // must verify against the cluster CA or the handshake fails: Go's VerifyClientCertIfGiven.
+    let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(clients)
+        .with_single_cert(certs, key)?;
     // kubectl (Go) speaks HTTP/2; WebSocket upgrades (exec) need HTTP/1.1.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
-fn read(path: &Path) -> Result<String> {
+pub(crate) fn read(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_owned(),
         source,
@@ -192,7 +261,7 @@ fn read(path: &Path) -> Result<String> {
 }
 
 /// Writes a secret: created with mode 0600, synced before returning.
-fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     let io_err = |source| Error::Io {
         path: path.to_owned(),
         source,
@@ -231,12 +300,34 @@ mod tests {
     }
 
     #[test]
-    fn kubeconfig_names_server_ca_and_token() {
+    fn kubeconfig_names_server_ca_and_the_admin_certificate_not_the_token() {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
         let config = pki.kubeconfig("https://127.0.0.1:6443");
         assert!(config.contains("server: https://127.0.0.1:6443"));
-        assert!(config.contains(&format!("token: {}", pki.admin_token)));
+        assert!(!config.contains(&pki.admin_token));
         assert!(config.contains("certificate-authority-data: "));
+        assert!(config.contains("client-certificate-data: "));
+        assert!(config.contains("client-key-data: "));
+    }
+
+    #[test]
+    fn the_admin_certificate_names_admin_in_system_masters() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
+        let der = rustls_pemfile::certs(&mut pki.admin_cert_pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let user = crate::apiserver::authn::x509::user(&der).unwrap();
+        assert_eq!(user, crate::apiserver::auth::UserInfo::admin());
+        for (path, mode) in [
+            (dir.path().join("pki"), 0o700),
+            (dir.path().join("pki").join(ADMIN_KEY), 0o600),
+            (dir.path().join("pki").join(ADMIN_TOKEN), 0o600),
+        ] {
+            let found = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(found, mode, "{}", path.display());
+        }
     }
 }

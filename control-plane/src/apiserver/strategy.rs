@@ -257,7 +257,13 @@ async fn dependents(
             .to_owned()
     });
     let mut found = Vec::new();
-    for resource in api.resources.all() {
+    // Reviews are never stored: nothing to list.
+    for resource in api
+        .resources
+        .all()
+        .iter()
+        .filter(|r| r.verbs.contains(&"list"))
+    {
         if namespace.is_some() && !resource.namespaced {
             continue;
         }

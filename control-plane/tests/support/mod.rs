@@ -138,6 +138,26 @@ impl ControlPlane {
         self.data_dir.path().join("kubeconfig")
     }
 
+    /// A kubeconfig with the cluster token, as node agents run with (`apiary node join`
+    /// writes one): the admin kubeconfig holds a client certificate.
+    pub fn node_kubeconfig(&self) -> PathBuf {
+        let mut config: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(self.kubeconfig()).unwrap()).unwrap();
+        config["users"][0]["user"] = serde_json::json!({ "token": self.token() });
+        let path = self.data_dir.path().join("node.kubeconfig");
+        std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+        path
+    }
+
+    /// The cluster token (what node agents and `apiary node join` authenticate with; the
+    /// admin kubeconfig holds a client certificate instead).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("pki/admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -325,7 +345,7 @@ impl Hollow {
         let child = Command::new(agent)
             .args(["hollow", "--count", &count.to_string()])
             .arg("--kubeconfig")
-            .arg(cp.kubeconfig())
+            .arg(cp.node_kubeconfig())
             .args(["--name-prefix", prefix])
             .args(extra)
             .env("RUST_LOG", "warn")
