@@ -118,3 +118,40 @@ fn a_json_patch_of_more_than_10000_operations_gets_413() {
         "{out}"
     );
 }
+
+/// Regression: an `accept()` error (EMFILE once idle connections hold every descriptor) ended
+/// the server's accept loop and with it the control plane.
+#[test]
+fn running_out_of_file_descriptors_does_not_stop_the_server() {
+    let mut cp = ControlPlane::start();
+    let addr = cp.server_addr();
+    // A limit just above what the server holds now, so that idle connections exhaust it.
+    let open = std::fs::read_dir(format!("/proc/{}/fd", cp.pid()))
+        .unwrap()
+        .count();
+    let limit = (open + 16).to_string();
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &cp.pid().to_string()])
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(status.success());
+    // Twice the limit: the server cannot accept them all.
+    let idle: Vec<_> = (0..(open + 16) * 2)
+        .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!cp.exited(), "the control plane exited on EMFILE");
+    drop(idle);
+    // The descriptors come back once the idle connections are gone (their handshakes fail).
+    let mut answered = false;
+    for _ in 0..100 {
+        if cp.kubectl(&["get", "--raw", "/readyz"]).ok() {
+            answered = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(answered, "the server no longer answers after EMFILE");
+    assert!(!cp.exited());
+}

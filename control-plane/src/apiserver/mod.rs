@@ -3,8 +3,8 @@
 
 pub mod allocator;
 pub mod auth;
-pub mod authz;
 pub mod authn;
+pub mod authz;
 pub mod decoded;
 pub mod defaults;
 pub mod discovery;
@@ -14,6 +14,7 @@ pub mod node_proxy;
 pub mod objects;
 pub mod path;
 pub mod pki;
+pub mod protobuf;
 pub mod resources;
 pub mod selectors;
 pub mod serve;
@@ -243,7 +244,6 @@ async fn limited_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         ))),
     }
 }
-
 
 /// The service account issuer's discovery documents (kube-apiserver's OIDC discovery).
 fn oidc(

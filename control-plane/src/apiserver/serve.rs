@@ -3,7 +3,7 @@
 //! `VerifyClientCertIfGiven`), and a verified one's user goes with every request of its
 //! connection.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{Router, http::Request};
 use hyper_util::{
@@ -17,8 +17,15 @@ use tower::ServiceExt as _;
 
 use super::authn::x509::{self, ClientCertUser};
 
+/// How long a client may take to complete its TLS handshake (Go's default for `tls.Dial`): a
+/// connection that stalls it holds nothing longer.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first and the longest pause after a failed `accept`.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
+
 /// Serves `app` over TLS on `listener` until `shutdown` resolves. Each connection runs on a task
-/// of its own; a failed handshake or connection only ends that connection.
+/// of its own; a failed (or stalled) handshake or connection only ends that connection, and a
+/// failed `accept` only pauses the loop.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -27,10 +34,29 @@ pub async fn serve_tls(
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     tokio::pin!(shutdown);
+    let mut backoff: Option<Duration> = None;
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => accepted?,
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             () = &mut shutdown => return Ok(()),
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => {
+                backoff = None;
+                accepted
+            }
+            // EMFILE when idle connections hold every descriptor, ECONNABORTED, ENOBUFS: none
+            // ends the server. The pause (Go's http.Server's: 5 ms doubling to 1 s) lets
+            // connections close instead of spinning.
+            Err(e) => {
+                let pause = backoff.map_or(ACCEPT_BACKOFF.0, |b| (b * 2).min(ACCEPT_BACKOFF.1));
+                backoff = Some(pause);
+                tracing::warn!(error = %e, retry_in = ?pause, "accepting a connection failed");
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => continue,
+                    () = &mut shutdown => return Ok(()),
+                }
+            }
         };
         // A response leaves as several TLS records; with Nagle the later ones wait for the
         // client's delayed ACK (40 ms per request).
@@ -40,10 +66,14 @@ pub async fn serve_tls(
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(stream) => stream,
-                Err(e) => {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };

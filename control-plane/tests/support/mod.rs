@@ -134,6 +134,26 @@ impl ControlPlane {
         self.wait_ready();
     }
 
+    /// The control plane's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the control plane has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// The API server's address, from the kubeconfig's `server`.
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        let kubeconfig = std::fs::read_to_string(self.kubeconfig()).unwrap();
+        kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: https://"))
+            .and_then(|addr| addr.trim_matches('"').parse().ok())
+            .expect("the kubeconfig names the server as https://ADDR:PORT")
+    }
+
     pub fn kubeconfig(&self) -> PathBuf {
         self.data_dir.path().join("kubeconfig")
     }

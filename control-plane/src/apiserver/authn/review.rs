@@ -12,11 +12,8 @@ use axum::{
 };
 use serde_json::{Map, Value, json};
 
-use super::{
-    super::auth::Tokens,
-    API_AUDIENCE, UserInfo,
-    protobuf::{Field, envelope_raw, fields, is_protobuf},
-};
+use super::{super::auth::Tokens, API_AUDIENCE, UserInfo};
+use crate::apiserver::protobuf::{Field, envelope_raw, fields, is_protobuf};
 use crate::apiserver::{error::ApiError, objects::decode};
 
 const API_VERSION: &str = "authentication.k8s.io/v1";

@@ -7,10 +7,8 @@ use std::sync::Arc;
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
-use super::{
-    API_AUDIENCE,
-    protobuf::{Field, envelope_raw, fields, is_protobuf},
-};
+use super::API_AUDIENCE;
+use crate::apiserver::protobuf::{Field, envelope_raw, fields, is_protobuf};
 use crate::apiserver::{
     Api,
     error::ApiError,

@@ -174,42 +174,18 @@ fn rules_status(authz: &Authz, user: &UserInfo, namespace: &str) -> Value {
     status
 }
 
-/// Fields of one protobuf message: `(field number, wire type, bytes or varint value)`.
-fn proto_fields(mut buf: &[u8]) -> Option<Vec<(u64, &[u8])>> {
-    fn varint(buf: &mut &[u8]) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&b, rest) = buf.split_first()?;
-            *buf = rest;
-            value |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-    let mut fields = Vec::new();
-    while !buf.is_empty() {
-        let key = varint(&mut buf)?;
-        match key & 7 {
-            0 => {
-                varint(&mut buf)?;
-            }
-            2 => {
-                let len = usize::try_from(varint(&mut buf)?).ok()?;
-                if len > buf.len() {
-                    return None;
-                }
-                let (value, rest) = buf.split_at(len);
-                fields.push((key >> 3, value));
-                buf = rest;
-            }
-            1 => buf = buf.get(8..)?,
-            5 => buf = buf.get(4..)?,
-            _ => return None,
-        }
-    }
-    Some(fields)
+/// The length-delimited fields of one protobuf message (strings and messages: all a review's
+/// spec has).
+fn proto_fields(buf: &[u8]) -> Option<Vec<(u64, &[u8])>> {
+    Some(
+        crate::apiserver::protobuf::fields(buf)?
+            .into_iter()
+            .filter_map(|(number, field)| match field {
+                crate::apiserver::protobuf::Field::Bytes(bytes) => Some((number, bytes)),
+                crate::apiserver::protobuf::Field::Varint(_) => None,
+            })
+            .collect(),
+    )
 }
 
 fn proto_strings(buf: &[u8], names: &[&str]) -> Option<Value> {
@@ -228,11 +204,7 @@ fn proto_strings(buf: &[u8], names: &[&str]) -> Option<Value> {
 /// The JSON form of a `SelfSubjectAccessReview` or `SelfSubjectRulesReview` kubectl sends as
 /// protobuf (`k8s\0` + `runtime.Unknown`), reading only the spec.
 pub fn from_protobuf(plural: &str, body: &[u8]) -> Option<Value> {
-    let envelope = body.strip_prefix(b"k8s\0")?;
-    let raw = proto_fields(envelope)?
-        .into_iter()
-        .find(|(n, _)| *n == 2)?
-        .1;
+    let raw = crate::apiserver::protobuf::envelope_raw(body)?;
     let spec_bytes = proto_fields(raw)?
         .into_iter()
         .find(|(n, _)| *n == 2)

@@ -1,5 +1,6 @@
-//! Just enough protobuf to read what typed Go clients (kubectl's `create token`, webhooks'
-//! TokenReviews) send: Kubernetes' `k8s\0` envelope and the few fields of a review or request.
+//! Just enough protobuf to read what typed Go clients send for the create-only reviews and
+//! requests (kubectl's `auth whoami`, `auth can-i`, `create token`, webhooks' TokenReviews):
+//! Kubernetes' `k8s\0` envelope and a message's fields. One reader for all of them.
 
 use axum::http::HeaderMap;
 
@@ -31,6 +32,7 @@ fn varint(buf: &mut &[u8]) -> Option<u64> {
     None
 }
 
+/// The fields of one message, in order; `None` if it is not well-formed.
 pub fn fields(mut buf: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
     let mut out = Vec::new();
     while !buf.is_empty() {
