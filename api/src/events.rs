@@ -15,7 +15,10 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::core_v1::Event;
+use crate::{
+    core_v1::{Event, EventSource, ObjectReference},
+    meta::{ObjectMeta, TypeMeta},
+};
 
 /// How many Events (and groups of similar Events) a correlator remembers, least recently seen
 /// forgotten first (client-go's `maxLruCacheEntries`).
@@ -29,6 +32,51 @@ pub const AGGREGATE_WINDOW: Duration = Duration::from_secs(600);
 /// What a combined Event's message starts with (client-go's
 /// `EventAggregatorByReasonMessageFunc`).
 pub const COMBINED_PREFIX: &str = "(combined from similar events): ";
+
+/// Who records an Event: `source.component` and `reportingComponent` (`kubelet`, a
+/// controller's name), `source.host` (the node, for the kubelet; empty for controllers) and
+/// `reportingInstance`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reporter<'a> {
+    pub component: &'a str,
+    pub host: &'a str,
+    pub instance: &'a str,
+}
+
+/// A new Event (count 1, first and last seen `now`) about `involved`, as client-go's
+/// `makeEvent` builds it; hand it to [`EventCorrelator::correlate`].
+pub fn new_event(
+    reporter: Reporter<'_>,
+    involved: ObjectReference,
+    (type_, reason): (&str, &str),
+    message: String,
+    now: SystemTime,
+) -> Event {
+    let stamp = chrono::DateTime::<chrono::Utc>::from(now)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Event {
+        type_meta: TypeMeta::new("v1", "Event"),
+        metadata: ObjectMeta {
+            name: event_name(&involved.name, now),
+            namespace: involved.namespace.clone(),
+            ..ObjectMeta::default()
+        },
+        involved_object: involved,
+        reason: reason.to_owned(),
+        message,
+        source: EventSource {
+            component: reporter.component.to_owned(),
+            host: reporter.host.to_owned(),
+        },
+        first_timestamp: Some(stamp.clone()),
+        last_timestamp: Some(stamp),
+        count: 1,
+        type_: type_.to_owned(),
+        reporting_component: reporter.component.to_owned(),
+        reporting_instance: reporter.instance.to_owned(),
+        ..Event::default()
+    }
+}
 
 /// A Kubernetes-like name for a new Event about `object`: `<object>.<nanoseconds since the
 /// epoch, in hex>`, as client-go's `makeEvent` names them.

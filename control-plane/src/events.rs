@@ -10,9 +10,8 @@ use std::{
 };
 
 use apiary_api::{
-    ObjectMeta, TypeMeta,
-    core_v1::{Event, EventSource, ObjectReference},
-    events::{Decision, EventCorrelator, event_name},
+    core_v1::{Event, ObjectReference},
+    events::{self, Decision, EventCorrelator},
 };
 
 use crate::apiserver::{Api, error::ApiError, objects, path::Target};
@@ -55,30 +54,17 @@ pub async fn record(
     message: &str,
 ) {
     let now = SystemTime::now();
-    let stamp = chrono::DateTime::<chrono::Utc>::from(now)
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let event = Event {
-        type_meta: TypeMeta::new("v1", "Event"),
-        metadata: ObjectMeta {
-            name: event_name(&involved.name, now),
-            namespace: involved.namespace.clone(),
-            ..ObjectMeta::default()
+    let event = events::new_event(
+        events::Reporter {
+            component: reporter.component,
+            host: "",
+            instance: reporter.instance,
         },
-        involved_object: involved,
-        reason: reason.to_owned(),
-        message: message.to_owned(),
-        source: EventSource {
-            component: reporter.component.to_owned(),
-            host: String::new(),
-        },
-        first_timestamp: Some(stamp.clone()),
-        last_timestamp: Some(stamp),
-        count: 1,
-        type_: type_.to_owned(),
-        reporting_component: reporter.component.to_owned(),
-        reporting_instance: reporter.instance.to_owned(),
-        ..Event::default()
-    };
+        involved,
+        (type_, reason),
+        message.to_owned(),
+        now,
+    );
     let decision = api.events.correlate(event, now);
     if let Err(e) = write(api, &decision).await {
         tracing::debug!(reason, error = %e.message, "recording an event failed");

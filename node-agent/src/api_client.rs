@@ -9,9 +9,8 @@ use std::{
 
 use anyhow::Context as _;
 use apiary_api::{
-    ObjectMeta, TypeMeta,
-    core_v1::{Event, EventSource, ObjectReference},
-    events::{Decision, EventCorrelator, event_name},
+    core_v1::{Event, ObjectReference},
+    events::{self, Decision, EventCorrelator},
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -152,38 +151,21 @@ impl ApiClient {
     /// client-go's broadcaster does): an Event is never worth holding up a pod.
     pub fn pod_event(&self, node: &str, pod: &PodRef, type_: &str, reason: &str, message: String) {
         let now = SystemTime::now();
-        let stamp = chrono::DateTime::<chrono::Utc>::from(now)
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let event = Event {
-            type_meta: TypeMeta::new("v1", "Event"),
-            metadata: ObjectMeta {
-                name: event_name(&pod.name, now),
-                namespace: pod.namespace.clone(),
-                ..ObjectMeta::default()
-            },
-            involved_object: ObjectReference {
-                api_version: "v1".into(),
-                kind: "Pod".into(),
-                name: pod.name.clone(),
-                namespace: pod.namespace.clone(),
-                uid: pod.uid.clone(),
-                field_path: pod.field_path.clone(),
-                ..ObjectReference::default()
-            },
-            reason: reason.to_owned(),
-            message,
-            source: EventSource {
-                component: "kubelet".into(),
-                host: node.to_owned(),
-            },
-            first_timestamp: Some(stamp.clone()),
-            last_timestamp: Some(stamp),
-            count: 1,
-            type_: type_.to_owned(),
-            reporting_component: "kubelet".into(),
-            reporting_instance: node.to_owned(),
-            ..Event::default()
+        let involved = ObjectReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            uid: pod.uid.clone(),
+            field_path: pod.field_path.clone(),
+            ..ObjectReference::default()
         };
+        let reporter = events::Reporter {
+            component: "kubelet",
+            host: node,
+            instance: node,
+        };
+        let event = events::new_event(reporter, involved, (type_, reason), message, now);
         let queue = self.events.get_or_init(|| {
             let (tx, rx) = mpsc::channel(EVENT_QUEUE);
             // The writer's client has no queue of its own, so that it does not keep this one
