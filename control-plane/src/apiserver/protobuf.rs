@@ -71,3 +71,12 @@ pub fn envelope_raw(body: &[u8]) -> Option<&[u8]> {
             _ => None,
         })
 }
+
+/// A length-delimited field (a string or a message of under 128 bytes), as tests build the
+/// bodies typed clients send.
+#[cfg(test)]
+pub fn bytes_field(number: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![(number << 3) | 2, u8::try_from(payload.len()).unwrap()];
+    out.extend_from_slice(payload);
+    out
+}

@@ -175,12 +175,7 @@ pub fn user_info(user: &UserInfo) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bytes_field(number: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![(number << 3) | 2, u8::try_from(payload.len()).unwrap()];
-        out.extend_from_slice(payload);
-        out
-    }
+    use crate::apiserver::protobuf::bytes_field;
 
     #[test]
     fn a_protobuf_token_review_is_read_as_typed_clients_send_it() {

@@ -184,12 +184,7 @@ fn from_protobuf(body: &[u8]) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bytes_field(number: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![(number << 3) | 2, u8::try_from(payload.len()).unwrap()];
-        out.extend_from_slice(payload);
-        out
-    }
+    use crate::apiserver::protobuf::bytes_field;
 
     #[test]
     fn a_protobuf_token_request_is_read_as_kubectl_sends_it() {
