@@ -13,16 +13,8 @@ use crate::apiserver::{Api, error::ApiError, objects, path::Target};
 const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
-const READ_WRITE: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
+/// policy.go's `ReadWrite`: every verb of an ordinary resource.
+const READ_WRITE: &[&str] = apiary_api::resource::ALL_VERBS;
 
 fn r(verbs: &[&str], groups: &[&str], resources: &[&str]) -> PolicyRule {
     PolicyRule::resources(verbs, groups, resources)
