@@ -25,6 +25,22 @@ struct Cli {
     /// per line (the groups are optional). A bad line stops the server at startup.
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// The audit policy (`audit.k8s.io/v1` `Policy`, as kube-apiserver's). Without it, a log
+    /// path records every request at `Metadata`, one line each.
+    #[arg(long, requires = "audit_log_path")]
+    audit_policy_file: Option<PathBuf>,
+    /// Where audit events go, one JSON line each; `-` is standard output.
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// Rotate the audit log past this many megabytes (0: 100).
+    #[arg(long = "audit-log-maxsize", default_value_t = 100)]
+    audit_log_max_size: u64,
+    /// Rotated audit logs kept (0: all).
+    #[arg(long = "audit-log-maxbackup", default_value_t = 0)]
+    audit_log_max_backup: usize,
+    /// Days rotated audit logs are kept (0: no limit).
+    #[arg(long = "audit-log-maxage", default_value_t = 0)]
+    audit_log_max_age: u64,
     /// Address the API server listens on (HTTPS).
     #[arg(long, default_value = "0.0.0.0:6443")]
     listen: SocketAddr,
@@ -101,6 +117,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// The audit policy and log the flags ask for; a bad policy stops the server at startup.
+fn audit(cli: &Cli) -> anyhow::Result<Option<apiserver::audit::Auditor>> {
+    use apiserver::audit::{Auditor, Policy, log};
+    let Some(path) = &cli.audit_log_path else {
+        return Ok(None);
+    };
+    let policy = match &cli.audit_policy_file {
+        Some(file) => std::fs::read_to_string(file)
+            .map_err(anyhow::Error::from)
+            .and_then(|text| Policy::parse(&text).map_err(anyhow::Error::msg))
+            .with_context(|| format!("--audit-policy-file {}", file.display()))?,
+        None => Policy::metadata_only(),
+    };
+    let log = log::Log::open(log::Options {
+        path: path.clone(),
+        max_size_mb: cli.audit_log_max_size,
+        max_backups: cli.audit_log_max_backup,
+        max_age_days: cli.audit_log_max_age,
+    })
+    .with_context(|| format!("--audit-log-path {}", path.display()))?;
+    Ok(Some(Auditor::new(policy, log)))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     {
         use apiary_control_plane::{apiserver::allocator::SERVICE_CIDR, controllers::loadbalancer};
@@ -122,6 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => Default::default(),
     };
+    let auditor = audit(&cli)?;
     {
         use std::os::unix::fs::PermissionsExt as _;
         // The store, keys and kubeconfigs: only for the owner, as kubeadm's /etc/kubernetes/pki.
@@ -217,7 +257,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             issuer: Arc::clone(&service_account_issuer),
             store: Arc::clone(&api.store),
         });
-    let app = apiserver::router(api, Arc::new(tokens));
+    let mut app = apiserver::router(api, Arc::new(tokens));
+    if let Some(auditor) = auditor {
+        app = apiserver::audit::layer(app, Arc::new(auditor));
+    }
     let server_host = if local.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {

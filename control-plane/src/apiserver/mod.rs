@@ -2,6 +2,7 @@
 //! every resource type, over the [`Store`](crate::store::Store).
 
 pub mod allocator;
+pub mod audit;
 pub mod auth;
 pub mod authn;
 pub mod authz;
@@ -220,8 +221,11 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
         )
         .fallback(resource_request)
         .with_state(api)
-        // Layers run last-added first: authentication, then authorization.
+        // Layers run last-added first: authentication, then authorization; the audit notes
+        // after each (the log's own layer, outermost, is `audit::layer`).
+        .layer(middleware::from_fn(audit::note_authorized))
         .layer(authorizer)
+        .layer(middleware::from_fn(audit::note_authenticated))
         .layer(axum::Extension(Arc::clone(&tokens)))
         .layer(middleware::from_fn_with_state(tokens, auth::require_token))
 }

@@ -17,6 +17,10 @@ use tower::ServiceExt as _;
 
 use super::authn::x509::{self, ClientCertUser};
 
+/// The address a request's connection comes from (for audit events' `sourceIPs`).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// How long a client may take to complete its TLS handshake (Go's default for `tls.Dial`): a
 /// connection that stalls it holds nothing longer.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,6 +89,7 @@ pub async fn serve_tls(
                 .and_then(|der| x509::user(der))
                 .map(ClientCertUser);
             let app = app.map_request(move |mut request: Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(PeerAddr(peer));
                 if let Some(client) = &client {
                     request.extensions_mut().insert(client.clone());
                 }

@@ -127,6 +127,7 @@ pub async fn authorize(State(api): State<Arc<Api>>, mut request: Request, next: 
     if impersonation::requested(request.headers()) {
         match impersonation::impersonate(&api.authz, &user, request.headers()) {
             Ok(impersonated) => {
+                super::audit::note_impersonated(&request, &impersonated);
                 user = impersonated;
                 request.extensions_mut().insert(user.clone());
             }

@@ -1,0 +1,322 @@
+//! The audit log (`--audit-log-path`, `--audit-policy-file`), read back after requests made with
+//! the real kubectl and a plain HTTPS client: one `audit.k8s.io/v1` Event per request stage the
+//! policy keeps, naming the authenticated user (and the impersonated one), the object, the
+//! response code and the authorization decision; refused and unauthenticated requests included.
+
+mod support;
+
+use std::{path::Path, process::Command, time::Duration};
+
+use serde_json::{Value, json};
+use support::{ControlPlane, wait_for};
+
+const POLICY: &str = r#"
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  nonResourceURLs: ["/healthz*", "/readyz*", "/livez*"]
+- level: RequestResponse
+  resources:
+  - group: ""
+    resources: [configmaps]
+- level: Metadata
+"#;
+
+const TOKENS: &str = "jane-token,jane,1001,dev\n";
+
+struct Audited {
+    cp: ControlPlane,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn start() -> Audited {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, TOKENS).unwrap();
+    let log = dir.path().join("audit/audit.log");
+    let cp = ControlPlane::start_with(&[
+        "--audit-policy-file",
+        policy.to_str().unwrap(),
+        "--audit-log-path",
+        log.to_str().unwrap(),
+        "--token-auth-file",
+        tokens.to_str().unwrap(),
+    ]);
+    Audited { cp, log, _dir: dir }
+}
+
+fn events(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The events whose request URI starts with `uri` and whose user is `user`, once there are
+/// `count` of them (they are written as responses complete, by a thread of their own).
+fn wait_events(log: &Path, uri: &str, user: &str, count: usize) -> Vec<Value> {
+    wait_for(
+        &format!("{count} audit events of {user} on {uri}"),
+        Duration::from_secs(10),
+        || {
+            let found: Vec<Value> = events(log)
+                .into_iter()
+                .filter(|e| {
+                    e["requestURI"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .starts_with(uri)
+                        && e["user"]["username"].as_str().unwrap_or_default() == user
+                })
+                .collect();
+            (found.len() >= count).then_some(found)
+        },
+    )
+}
+
+fn kubectl_as_token(cp: &ControlPlane, token: &str, args: &[&str]) -> std::process::Output {
+    // A kubeconfig of its own: the admin's client certificate would win over the token.
+    let mut config: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig()).unwrap()).unwrap();
+    config["users"][0]["user"] = json!({ "token": token });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_request_is_recorded_with_its_user_object_and_outcome() {
+    let a = start();
+    a.cp.kubectl(&["get", "pods", "-n", "default"]).success();
+    let list = wait_events(&a.log, "/api/v1/namespaces/default/pods", "admin", 1);
+    let event = &list[0];
+    assert_eq!(event["apiVersion"], "audit.k8s.io/v1", "{event}");
+    assert_eq!(event["kind"], "Event");
+    assert_eq!(event["level"], "Metadata");
+    assert_eq!(event["stage"], "ResponseComplete");
+    assert_eq!(event["verb"], "list");
+    assert_eq!(
+        event["user"],
+        json!({"username": "admin", "groups": ["system:masters", "system:authenticated"]})
+    );
+    assert_eq!(
+        event["objectRef"],
+        json!({"resource": "pods", "namespace": "default", "apiVersion": "v1"})
+    );
+    assert_eq!(
+        event["responseStatus"],
+        json!({"metadata": {}, "code": 200})
+    );
+    assert_eq!(event["sourceIPs"], json!(["127.0.0.1"]));
+    assert!(
+        event["userAgent"].as_str().unwrap().starts_with("kubectl"),
+        "{event}"
+    );
+    assert_eq!(
+        event["annotations"]["authorization.k8s.io/decision"],
+        "allow"
+    );
+    assert!(uuid::Uuid::parse_str(event["auditID"].as_str().unwrap()).is_ok());
+    assert!(event.get("requestObject").is_none() && event.get("responseObject").is_none());
+    // omitStages: RequestReceived is left out.
+    assert!(
+        events(&a.log)
+            .iter()
+            .all(|e| e["stage"] != "RequestReceived")
+    );
+    // The policy's None rule: health checks are not recorded.
+    assert!(a.cp.kubectl(&["get", "--raw", "/healthz"]).ok());
+    a.cp.kubectl(&["get", "namespaces"]).success();
+    wait_events(&a.log, "/api/v1/namespaces", "admin", 2);
+    assert!(events(&a.log).iter().all(|e| e["requestURI"] != "/healthz"));
+}
+
+#[test]
+fn the_request_and_response_levels_copy_the_objects() {
+    let a = start();
+    a.cp.kubectl_stdin(
+        &["apply", "-n", "default", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: audited\ndata:\n  k: v\n",
+    )
+    .success();
+    a.cp.kubectl(&["get", "configmap", "audited", "-n", "default", "-o", "json"])
+        .success();
+    // apply asks for the object first (404), then creates it.
+    let events = wait_events(&a.log, "/api/v1/namespaces/default/configmaps", "admin", 3);
+    let create = events
+        .iter()
+        .find(|e| e["verb"] == "create")
+        .expect("the create");
+    assert_eq!(create["level"], "RequestResponse");
+    assert_eq!(
+        create["requestObject"]["data"],
+        json!({"k": "v"}),
+        "{create}"
+    );
+    assert_eq!(create["responseObject"]["metadata"]["name"], "audited");
+    assert_eq!(create["responseStatus"]["code"], 201);
+    let get = events
+        .iter()
+        .find(|e| e["verb"] == "get" && e["responseStatus"]["code"] == 200)
+        .expect("the get");
+    assert_eq!(get["objectRef"]["name"], "audited");
+    assert_eq!(get["responseObject"]["data"], json!({"k": "v"}), "{get}");
+}
+
+#[test]
+fn refused_and_unauthenticated_requests_are_recorded_with_the_reason() {
+    let a = start();
+    // jane is authenticated but holds no role: 403.
+    let out = kubectl_as_token(&a.cp, "jane-token", &["get", "secrets", "-n", "default"]);
+    assert!(!out.status.success());
+    let refused = wait_events(&a.log, "/api/v1/namespaces/default/secrets", "jane", 1);
+    let event = &refused[0];
+    assert_eq!(
+        event["user"],
+        json!({"username": "jane", "uid": "1001", "groups": ["dev", "system:authenticated"]})
+    );
+    assert_eq!(event["responseStatus"]["code"], 403, "{event}");
+    assert_eq!(event["responseStatus"]["reason"], "Forbidden");
+    assert!(
+        event["responseStatus"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot list resource \"secrets\"")
+    );
+    assert_eq!(
+        event["annotations"]["authorization.k8s.io/decision"],
+        "forbid"
+    );
+
+    // A token nobody owns: 401, and the event has no user.
+    let out = kubectl_as_token(&a.cp, "no-such-token", &["get", "pods", "-n", "default"]);
+    assert!(!out.status.success());
+    let failed = wait_for("the 401's event", Duration::from_secs(10), || {
+        events(&a.log)
+            .into_iter()
+            .find(|e| e["responseStatus"]["code"] == 401)
+    });
+    assert_eq!(failed["user"], json!({}), "{failed}");
+    assert_eq!(failed["responseStatus"]["reason"], "Unauthorized");
+    assert!(failed.get("annotations").is_none(), "{failed}");
+}
+
+#[test]
+fn impersonation_records_both_users() {
+    let a = start();
+    // The admin acts as jane, who may not list pods.
+    let out = a.cp.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        "default",
+        "--as",
+        "jane",
+        "--as-group",
+        "dev",
+    ]);
+    assert!(!out.ok());
+    let events = wait_events(&a.log, "/api/v1/namespaces/default/pods", "admin", 1);
+    let event = &events[0];
+    assert_eq!(event["user"]["username"], "admin");
+    assert_eq!(event["impersonatedUser"]["username"], "jane", "{event}");
+    assert_eq!(event["responseStatus"]["code"], 403);
+}
+
+#[test]
+fn the_audit_id_is_the_response_header_and_the_log_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let a = start();
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(a.cp.kubeconfig())
+        .args(["get", "nodes", "-v=8"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    let headers: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split("Audit-Id: ").nth(1))
+        .map(str::trim)
+        .collect();
+    let events = wait_events(&a.log, "/api/v1/nodes", "admin", 1);
+    let id = events[0]["auditID"].as_str().unwrap();
+    assert!(headers.contains(&id), "{id} not among {headers:?}:\n{text}");
+    let mode = std::fs::metadata(&a.log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn a_bad_policy_stops_the_server_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Loud\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_apiary-control-plane"))
+        .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--audit-policy-file", policy.to_str().unwrap()])
+        .args([
+            "--audit-log-path",
+            dir.path().join("audit.log").to_str().unwrap(),
+        ])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("--audit-policy-file") && text.contains("Loud"),
+        "{text}"
+    );
+    assert!(
+        !dir.path().join("data/store.redb").exists(),
+        "nothing was started"
+    );
+}
+
+#[test]
+fn a_watch_is_recorded_when_it_starts_and_when_it_ends() {
+    let a = start();
+    let watch =
+        a.cp.kubectl_spawn(&["get", "configmaps", "-n", "kube-system", "-w"]);
+    let started = wait_for("ResponseStarted", Duration::from_secs(10), || {
+        events(&a.log)
+            .into_iter()
+            .find(|e| e["verb"] == "watch" && e["stage"] == "ResponseStarted")
+    });
+    assert_eq!(started["responseStatus"]["code"], 200, "{started}");
+    let id = started["auditID"].clone();
+    assert!(
+        !events(&a.log)
+            .iter()
+            .any(|e| e["auditID"] == id && e["stage"] == "ResponseComplete"),
+        "the watch is still open"
+    );
+    // The client goes away: the watch is complete.
+    drop(watch);
+    wait_for(
+        "ResponseComplete of the watch",
+        Duration::from_secs(10),
+        || {
+            events(&a.log)
+                .into_iter()
+                .find(|e| e["auditID"] == id && e["stage"] == "ResponseComplete")
+        },
+    );
+}
