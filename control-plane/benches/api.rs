@@ -1,7 +1,8 @@
 //! `cargo xtask bench api`: the API server under load, embedded store and etcd side by side.
 //!
-//! Creates/s and latency with 16 concurrent clients, list latency at 10,000 objects, watch
-//! fan-out to 1,000 watchers, and the control plane's RSS. Prints a table and writes
+//! Creates/s and latency with 16 concurrent clients (as the admin, and as a user RBAC authorizes
+//! with 10,000 RoleBindings present), list latency at 10,000 objects, watch fan-out to 1,000
+//! watchers, and the control plane's RSS. Prints a table and writes
 //! `target/bench/api.json`. Everything runs on loopback.
 
 use std::{
@@ -12,7 +13,7 @@ use std::{
 
 mod common;
 
-use common::{Server, percentile, start_etcd, start_server};
+use common::{Server, percentile, start_etcd, start_server_with};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 
@@ -22,16 +23,31 @@ const LIST_OBJECTS: usize = 10_000;
 const LIST_RUNS: usize = 10;
 const WATCHERS: usize = 1_000;
 const WATCH_EVENTS: usize = 20;
+/// RoleBindings present while the non-admin user creates (none of them its own but one).
+const BINDINGS: usize = 10_000;
+/// The non-admin user (`--token-auth-file`): its writes go through RBAC.
+const USER_TOKEN: &str = "bench-user-token";
+const USER: &str = "bench-user";
 
 fn configmap(name: &str) -> Value {
     json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": name }, "data": { "k": "v" } })
 }
 
 async fn create(client: &reqwest::Client, server: &Server, ns: &str, name: &str) -> Duration {
+    create_as(client, server, &server.token, ns, name).await
+}
+
+async fn create_as(
+    client: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    ns: &str,
+    name: &str,
+) -> Duration {
     let started = Instant::now();
     let response = client
         .post(format!("{}/api/v1/namespaces/{ns}/configmaps", server.base))
-        .bearer_auth(&server.token)
+        .bearer_auth(token)
         .json(&configmap(name))
         .send()
         .await
@@ -57,18 +73,21 @@ async fn ensure_namespace(server: &Server, ns: &str) {
     assert!(response.status() == 201 || response.status() == 409);
 }
 
-/// `CREATES` creates from `CLIENTS` concurrent clients, each on its own connection.
-async fn bench_creates(server: &Arc<Server>) -> Value {
-    ensure_namespace(server, "creates").await;
+/// `CREATES` creates into `ns` from `CLIENTS` concurrent clients, each on its own connection,
+/// with `token`.
+async fn bench_creates(server: &Arc<Server>, ns: &str, token: &str) -> Value {
+    ensure_namespace(server, ns).await;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
         let server = Arc::clone(server);
+        let (ns, token) = (ns.to_owned(), token.to_owned());
         tasks.push(tokio::spawn(async move {
             let client = server.client();
             let mut latencies = Vec::new();
             for i in 0..CREATES / CLIENTS {
-                latencies.push(create(&client, &server, "creates", &format!("c{c}-{i}")).await);
+                let name = format!("c{c}-{i}");
+                latencies.push(create_as(&client, &server, &token, &ns, &name).await);
             }
             latencies
         }));
@@ -85,6 +104,89 @@ async fn bench_creates(server: &Arc<Server>) -> Value {
         "p50_ms": percentile(&latencies, 0.50),
         "p99_ms": percentile(&latencies, 0.99),
     })
+}
+
+/// `BINDINGS` RoleBindings over 100 namespaces, each granting `edit` to another user, and one
+/// granting it to [`USER`] in `ns`.
+async fn create_bindings(server: &Arc<Server>, ns: &str) {
+    let binding = |ns: &str, name: &str, user: &str| {
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": { "name": name, "namespace": ns },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit" },
+            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
+        })
+    };
+    let post = |client: reqwest::Client, server: Arc<Server>, object: Value| async move {
+        let ns = object["metadata"]["namespace"].as_str().unwrap().to_owned();
+        let response = client
+            .post(format!(
+                "{}/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+                server.base
+            ))
+            .bearer_auth(&server.token)
+            .json(&object)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            201,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+    };
+    for n in 0..100 {
+        ensure_namespace(server, &format!("bindings-{n}")).await;
+    }
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let server = Arc::clone(server);
+        tasks.push(tokio::spawn(async move {
+            let client = server.client();
+            for i in (c..BINDINGS - 1).step_by(CLIENTS) {
+                let object = binding(
+                    &format!("bindings-{}", i % 100),
+                    &format!("b{i}"),
+                    &format!("user-{i}"),
+                );
+                post(client.clone(), Arc::clone(&server), object).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    ensure_namespace(server, ns).await;
+    post(
+        server.client(),
+        Arc::clone(server),
+        binding(ns, "bench-user-edit", USER),
+    )
+    .await;
+    // The authorizer's index follows bindings by watch: wait until the user's has arrived.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = server
+            .client()
+            .post(format!(
+                "{}/api/v1/namespaces/{ns}/configmaps?dryRun=All",
+                server.base
+            ))
+            .bearer_auth(USER_TOKEN)
+            .json(&configmap("probe"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() != 403 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the user's binding never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Fills a namespace with `LIST_OBJECTS` objects, then times full lists of it.
@@ -209,18 +311,34 @@ fn main() {
         if etcd.is_some() {
             std::thread::sleep(Duration::from_secs(2));
         }
-        let server = Arc::new(start_server(etcd.as_ref()));
+        let users = tempfile::tempdir().unwrap();
+        let token_file = users.path().join("tokens.csv");
+        std::fs::write(&token_file, format!("{USER_TOKEN},{USER},1\n")).unwrap();
+        let server = Arc::new(start_server_with(
+            etcd.as_ref(),
+            &["--token-auth-file", token_file.to_str().unwrap()],
+        ));
         std::thread::sleep(Duration::from_millis(500));
         let idle_rss = server.rss_mib();
         let result = runtime.block_on(async {
-            let creates = bench_creates(&server).await;
+            let creates = bench_creates(&server, "creates", &server.token).await;
+            create_bindings(&server, "creates-rbac").await;
+            let rbac_creates = bench_creates(&server, "creates-rbac", USER_TOKEN).await;
             let list = bench_list(&server).await;
             let watch = bench_watch(&server).await;
-            json!({ "creates": creates, "list": list, "watch": watch })
+            json!({ "creates": creates, "rbac_creates": rbac_creates, "list": list, "watch": watch })
         });
         let mut result = result;
         result["rss_idle_mib"] = json!(idle_rss);
         result["rss_end_mib"] = json!(server.rss_mib());
+        result["rbac_ratio"] = json!(
+            result["rbac_creates"]["creates_per_s"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+                / result["creates"]["creates_per_s"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN)
+        );
         results.insert(backend.to_owned(), result);
         drop(server);
         drop(etcd);
@@ -238,10 +356,17 @@ fn main() {
 }
 
 fn print_table(results: &serde_json::Map<String, Value>) {
-    let rows: [(&str, &[&str]); 10] = [
+    let rows: [(&str, &[&str]); 14] = [
         ("creates/s (16 clients)", &["creates", "creates_per_s"]),
         ("create p50 ms", &["creates", "p50_ms"]),
         ("create p99 ms", &["creates", "p99_ms"]),
+        (
+            "creates/s non-admin, 10k bindings",
+            &["rbac_creates", "creates_per_s"],
+        ),
+        ("non-admin create p50 ms", &["rbac_creates", "p50_ms"]),
+        ("non-admin create p99 ms", &["rbac_creates", "p99_ms"]),
+        ("ratio non-admin/admin creates/s", &["rbac_ratio"]),
         ("list 10k p50 ms", &["list", "p50_ms"]),
         ("list 10k p99 ms", &["list", "p99_ms"]),
         (
@@ -256,7 +381,7 @@ fn print_table(results: &serde_json::Map<String, Value>) {
         ("RSS end MiB", &["rss_end_mib"]),
         ("ratio etcd/embedded creates/s", &[]),
     ];
-    println!("{:<32} {:>12} {:>12}", "METRIC", "EMBEDDED", "ETCD");
+    println!("{:<34} {:>12} {:>12}", "METRIC", "EMBEDDED", "ETCD");
     for (label, path) in rows {
         let get = |backend: &str| {
             path.iter()
@@ -266,11 +391,12 @@ fn print_table(results: &serde_json::Map<String, Value>) {
         };
         if path.is_empty() {
             let ratio = get_path(results, "etcd") / get_path(results, "embedded");
-            println!("{label:<32} {:>12} {ratio:>12.2}", "");
+            println!("{label:<34} {:>12} {ratio:>12.2}", "");
             continue;
         }
+        let decimals = if label.starts_with("ratio") { 2 } else { 1 };
         println!(
-            "{label:<32} {:>12.1} {:>12.1}",
+            "{label:<34} {:>12.decimals$} {:>12.decimals$}",
             get("embedded"),
             get("etcd")
         );

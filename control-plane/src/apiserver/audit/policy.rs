@@ -335,7 +335,12 @@ rules:
         );
         let other = user("joe", &["ops"]);
         assert_eq!(
-            level(&policy, Some(&other), "POST", "/api/v1/namespaces/a/services"),
+            level(
+                &policy,
+                Some(&other),
+                "POST",
+                "/api/v1/namespaces/a/services"
+            ),
             Level::None
         );
         // Before authentication, group rules never match.
