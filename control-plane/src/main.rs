@@ -41,6 +41,13 @@ struct Cli {
     /// Days rotated audit logs are kept (0: no limit).
     #[arg(long = "audit-log-maxage", default_value_t = 0)]
     audit_log_max_age: u64,
+    /// Read-only requests served at once; one more is a 429 (0: no limit). Long-running
+    /// requests and `system:masters` are not counted.
+    #[arg(long, default_value_t = apiserver::inflight::DEFAULT_READ_ONLY)]
+    max_requests_inflight: usize,
+    /// Mutating requests served at once; one more is a 429 (0: no limit).
+    #[arg(long, default_value_t = apiserver::inflight::DEFAULT_MUTATING)]
+    max_mutating_requests_inflight: usize,
     /// Address the API server listens on (HTTPS).
     #[arg(long, default_value = "0.0.0.0:6443")]
     listen: SocketAddr,
@@ -198,6 +205,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     ));
     let mut api = Api::new(store);
     api.pod_network = cli.cluster_cidr;
+    api.inflight = apiserver::inflight::Limits::new(
+        cli.max_requests_inflight,
+        cli.max_mutating_requests_inflight,
+    );
     // Node agents accept the cluster token: the one the API server gives its admin.
     api.agent_token = Some(pki.admin_token.clone());
     let service_account_issuer = Arc::new(

@@ -155,3 +155,123 @@ fn running_out_of_file_descriptors_does_not_stop_the_server() {
     assert!(answered, "the server no longer answers after EMFILE");
     assert!(!cp.exited());
 }
+
+/// An HTTPS client of the test's control plane (one connection per task: HTTP/1.1).
+fn https_client(cp: &ControlPlane) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = std::fs::read(cp.data_path().join("pki/ca.crt")).unwrap();
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn requests_past_the_in_flight_limit_get_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "jane-token,jane,1001\n").unwrap();
+    let cp = ControlPlane::start_with(&[
+        "--token-auth-file",
+        tokens.to_str().unwrap(),
+        "--max-requests-inflight",
+        "1",
+        "--max-mutating-requests-inflight",
+        "1",
+    ]);
+    // jane may do anything through RBAC, but is not in system:masters: her requests count.
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: jane-admin\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: cluster-admin\nsubjects:\n- apiGroup: rbac.authorization.k8s.io\n  kind: User\n  name: jane\n",
+    )
+    .success();
+    let base = format!("https://{}", cp.server_addr());
+    let admin = cp.token();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // Lists that take a while: ten ConfigMaps of 1 MB.
+        let client = https_client(&cp);
+        for i in 0..10 {
+            let object = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("big-{i}")}, "data": {"k": "x".repeat(1_000_000)}});
+            let response = client
+                .post(format!("{base}/api/v1/namespaces/default/configmaps"))
+                .bearer_auth(&admin)
+                .json(&object)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+        }
+        // A watch of jane's holds no slot.
+        let watch = https_client(&cp)
+            .get(format!(
+                "{base}/api/v1/namespaces/default/configmaps?watch=true"
+            ))
+            .bearer_auth("jane-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(watch.status(), 200);
+        let list = |token: String| {
+            let (client, url) = (
+                https_client(&cp),
+                format!("{base}/api/v1/namespaces/default/configmaps"),
+            );
+            async move {
+                let response = client.get(url).bearer_auth(token).send().await.unwrap();
+                let code = response.status().as_u16();
+                let retry = response
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                (code, retry, response.text().await.unwrap())
+            }
+        };
+        let answers = futures::future::join_all((0..16).map(|_| list("jane-token".into()))).await;
+        let refused: Vec<_> = answers.iter().filter(|(code, ..)| *code == 429).collect();
+        assert!(
+            answers
+                .iter()
+                .all(|(code, ..)| *code == 200 || *code == 429),
+            "{:?}",
+            answers.iter().map(|a| a.0).collect::<Vec<_>>()
+        );
+        assert!(
+            !refused.is_empty(),
+            "16 lists at once past a limit of 1: none refused"
+        );
+        assert!(answers.iter().any(|(code, ..)| *code == 200));
+        for (_, retry, body) in refused {
+            assert_eq!(retry.as_deref(), Some("1"));
+            assert_eq!(body, "Too many requests, please try again later.\n");
+        }
+        // system:masters is never refused.
+        let answers = futures::future::join_all((0..16).map(|_| list(admin.clone()))).await;
+        assert!(
+            answers.iter().all(|(code, ..)| *code == 200),
+            "{:?}",
+            answers.iter().map(|a| a.0).collect::<Vec<_>>()
+        );
+        drop(watch);
+    });
+    // kubectl retries a 429 after its Retry-After: as jane, it gets through.
+    let jane = dir.path().join("jane.kubeconfig");
+    let mut config: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig()).unwrap()).unwrap();
+    config["users"][0]["user"] = serde_json::json!({"token": "jane-token"});
+    std::fs::write(&jane, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&jane)
+        .args(["get", "configmaps", "-o", "name"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

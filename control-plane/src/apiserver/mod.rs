@@ -11,6 +11,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod error;
 pub mod fanout;
+pub mod inflight;
 pub mod node_proxy;
 pub mod objects;
 pub mod path;
@@ -61,6 +62,8 @@ pub struct Api {
     pub authz: authz::Authz,
     /// Signs service account tokens (TokenRequest); without it they are not served.
     pub service_account_issuer: Option<Arc<authn::service_account::Issuer>>,
+    /// The max-in-flight limits of read-only and mutating requests.
+    pub inflight: inflight::Limits,
 }
 
 impl std::fmt::Debug for Api {
@@ -83,6 +86,7 @@ impl Api {
             fanout: fanout::Fanout::default(),
             events: crate::events::Recorder::default(),
             authz: authz::Authz::default(),
+            inflight: inflight::Limits::default(),
             service_account_issuer: None,
         }
     }
@@ -168,6 +172,7 @@ pub async fn bootstrap(api: &Api) -> Result<(), ApiError> {
 /// authorization.
 pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
     let authorizer = middleware::from_fn_with_state(Arc::clone(&api), authz::authorize);
+    let limiter = middleware::from_fn_with_state(Arc::clone(&api), inflight::limit);
     // gRPC for node agents shares the port: its paths never collide with the REST API's.
     let agents = crate::agents::AgentService::new(Arc::clone(&api)).into_server();
     Router::new()
@@ -221,10 +226,11 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
         )
         .fallback(resource_request)
         .with_state(api)
-        // Layers run last-added first: authentication, then authorization; the audit notes
-        // after each (the log's own layer, outermost, is `audit::layer`).
+        // Layers run last-added first: authentication, the in-flight limit, authorization;
+        // the audit notes after each (the log's own layer, outermost, is `audit::layer`).
         .layer(middleware::from_fn(audit::note_authorized))
         .layer(authorizer)
+        .layer(limiter)
         .layer(middleware::from_fn(audit::note_authenticated))
         .layer(axum::Extension(Arc::clone(&tokens)))
         .layer(middleware::from_fn_with_state(tokens, auth::require_token))

@@ -163,7 +163,7 @@ pub async fn record(
         return response;
     }
     let code = response.status().as_u16();
-    let long_running = is_long_running(&slot.lock().info);
+    let long_running = slot.lock().info.is_long_running();
     if long_running && decision.records(Stage::ResponseStarted) {
         slot.write(Stage::ResponseStarted, Some(code), None);
     }
@@ -485,15 +485,6 @@ fn source_ips(headers: &HeaderMap, peer: Option<SocketAddr>) -> Vec<String> {
         add(peer.ip());
     }
     ips
-}
-
-/// kube-apiserver's long-running requests: watches, proxies, and the streaming subresources.
-fn is_long_running(info: &request_info::RequestInfo) -> bool {
-    matches!(info.verb.as_str(), "watch" | "proxy")
-        || matches!(
-            info.subresource.as_str(),
-            "attach" | "exec" | "proxy" | "log" | "portforward"
-        )
 }
 
 fn is_websocket(headers: &HeaderMap) -> bool {

@@ -19,6 +19,18 @@ pub struct RequestInfo {
     pub name: String,
 }
 
+impl RequestInfo {
+    /// kube-apiserver's long-running requests (`BasicLongRunningRequestCheck`): watches,
+    /// proxies, and the streaming subresources. Timeouts and in-flight limits leave them out.
+    pub fn is_long_running(&self) -> bool {
+        matches!(self.verb.as_str(), "watch" | "proxy")
+            || matches!(
+                self.subresource.as_str(),
+                "attach" | "exec" | "proxy" | "log" | "portforward"
+            )
+    }
+}
+
 /// Subresources of a namespace that are not namespaced resources (`namespaces/{name}/status`).
 const NAMESPACE_SUBRESOURCES: &[&str] = &["status", "finalize"];
 
