@@ -34,6 +34,7 @@ pub mod resource;
 pub mod selector;
 pub mod status;
 pub mod validation;
+pub mod yaml;
 
 pub use intstr::IntOrString;
 pub use meta::{

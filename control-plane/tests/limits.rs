@@ -275,3 +275,43 @@ fn requests_past_the_in_flight_limit_get_429_with_retry_after() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_yaml_body_whose_aliases_expand_past_the_limit_gets_413() {
+    let cp = ControlPlane::start();
+    // 200 KB of scalar, aliased 100 times: 20 MB from a body of 200 KB.
+    let body = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: laughs\ndata:\n  big: &big \"{}\"\nbinaryData: {{}}\nimmutable: false\nx: [{}]\n",
+        "x".repeat(200_000),
+        vec!["*big"; 100].join(",")
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let base = format!("https://{}", cp.server_addr());
+    let (code, text) = runtime.block_on(async {
+        let response = https_client(&cp)
+            .post(format!("{base}/api/v1/namespaces/default/configmaps"))
+            .bearer_auth(cp.token())
+            .header("content-type", "application/yaml")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    });
+    assert_eq!(code, 413, "{text}");
+    assert!(text.contains("aliases expand past it"), "{text}");
+    assert!(!cp.kubectl(&["get", "configmap", "laughs"]).ok());
+    // Modest aliases are YAML as usual.
+    let (code, text) = runtime.block_on(async {
+        let response = https_client(&cp)
+            .post(format!("{base}/api/v1/namespaces/default/configmaps"))
+            .bearer_auth(cp.token())
+            .header("content-type", "application/yaml")
+            .body("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: aliased\n  labels: &l {app: web}\n  annotations: *l\n")
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    });
+    assert_eq!(code, 201, "{text}");
+}

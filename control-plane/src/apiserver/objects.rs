@@ -161,8 +161,21 @@ pub(crate) fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Value> {
     let value: Value = match content_type.as_str() {
         "application/json" | "" => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding JSON request body: {e}")))?,
-        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML request body: {e}")))?,
+        // Aliases may not expand a body past the limit its bytes are held to.
+        "application/yaml" | "application/x-yaml" | "text/yaml" => {
+            apiary_api::yaml::from_slice_bounded(body, super::MAX_REQUEST_BODY_BYTES).map_err(
+                |e| match e {
+                    apiary_api::yaml::Error::ExcessiveAliasing { limit } => {
+                        ApiError::request_entity_too_large(format_args!(
+                            "limit is {limit}: the YAML body's aliases expand past it"
+                        ))
+                    }
+                    apiary_api::yaml::Error::Syntax(e) => {
+                        ApiError::bad_request(format!("error decoding YAML request body: {e}"))
+                    }
+                },
+            )?
+        }
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     if !value.is_object() {
