@@ -439,6 +439,9 @@ pub struct SecurityContext {
     pub allow_privilege_escalation: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seccomp_profile: Option<SeccompProfile>,
+    /// `Default` (containerd's masked `/proc` paths) or `Unmasked`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proc_mount: Option<String>,
 }
 
 /// Capabilities to add to and drop from the default set.

@@ -2,25 +2,10 @@
 
 use serde_json::{Value, json};
 
-use crate::spec::ContainerSpec;
-
-/// The capabilities containerd gives a Kubernetes container by default.
-pub const DEFAULT_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+use crate::{
+    security::{self, ALL_CAPABILITIES, Seccomp},
+    spec::ContainerSpec,
+};
 
 /// Paths hidden from containers (as containerd does).
 const MASKED: &[&str] = &[
@@ -46,7 +31,18 @@ const READONLY: &[&str] = &[
 /// The runtime spec for `spec`, its cgroup at `cgroups_path` (absolute, cgroupfs style).
 /// `swap_limit` says whether the host can limit swap (v1 needs `swapaccount`).
 pub fn config(spec: &ContainerSpec, cgroups_path: &str, swap_limit: bool) -> Value {
-    let caps = DEFAULT_CAPABILITIES;
+    let security = &spec.security;
+    let caps: Vec<String> = if security.privileged {
+        ALL_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()
+    } else {
+        security.capabilities.clone()
+    };
+    // A privileged container may write /sys (as containerd's).
+    let sys_options: &[&str] = if security.privileged {
+        &["nosuid", "noexec", "nodev", "rw"]
+    } else {
+        &["nosuid", "noexec", "nodev", "ro"]
+    };
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc",
                "options": ["nosuid", "noexec", "nodev"]}),
@@ -59,7 +55,7 @@ pub fn config(spec: &ContainerSpec, cgroups_path: &str, swap_limit: bool) -> Val
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
                "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
-               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+               "options": sys_options}),
     ];
     for m in &spec.mounts {
         let mut options = vec!["rbind", "rprivate"];
@@ -73,8 +69,9 @@ pub fn config(spec: &ContainerSpec, cgroups_path: &str, swap_limit: bool) -> Val
 
     let r = &spec.resources;
     let mut resources = json!({
-        // Containers may only create the usual character devices (as runc's defaults).
-        "devices": [{"allow": false, "access": "rwm"}],
+        // Containers may only create the usual character devices (as runc's defaults); a
+        // privileged one any device.
+        "devices": [{"allow": security.privileged, "access": "rwm"}],
     });
     let mut cpu = serde_json::Map::new();
     if let Some(shares) = r.cpu_shares {
@@ -131,16 +128,15 @@ pub fn config(spec: &ContainerSpec, cgroups_path: &str, swap_limit: bool) -> Val
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": {"uid": spec.uid, "gid": spec.gid},
+            "user": {"uid": spec.uid, "gid": spec.gid, "additionalGids": security.supplementary_groups},
             "args": spec.args,
             "env": spec.effective_env(),
             "cwd": cwd,
             "capabilities": {
                 "bounding": caps, "effective": caps, "permitted": caps,
             },
-            "noNewPrivileges": false,
         },
-        "root": {"path": "rootfs", "readonly": false},
+        "root": {"path": "rootfs", "readonly": security.read_only_root},
         "mounts": mounts,
         "linux": {
             "namespaces": [
@@ -152,10 +148,27 @@ pub fn config(spec: &ContainerSpec, cgroups_path: &str, swap_limit: bool) -> Val
             ],
             "cgroupsPath": cgroups_path,
             "resources": resources,
-            "maskedPaths": MASKED,
-            "readonlyPaths": READONLY,
         },
     });
+    // Only when set: youki loads a seccomp filter before dropping capabilities only when the
+    // field is absent, and an explicit `false` would leave it unable to load one.
+    if security.no_new_privileges {
+        config["process"]["noNewPrivileges"] = json!(true);
+    }
+    if security.mask_proc && !security.privileged {
+        config["linux"]["maskedPaths"] = json!(MASKED);
+        config["linux"]["readonlyPaths"] = json!(READONLY);
+    }
+    if !security.sysctls.is_empty() {
+        config["linux"]["sysctl"] = json!(security.sysctls);
+    }
+    // Privileged containers run unconfined, as the kubelet asks containerd.
+    match &security.seccomp {
+        _ if security.privileged => {}
+        Seccomp::Unconfined => {}
+        Seccomp::RuntimeDefault => config["linux"]["seccomp"] = security::runtime_default(&caps),
+        Seccomp::Profile(profile) => config["linux"]["seccomp"] = profile.clone(),
+    }
     if !spec.hostname.is_empty() {
         config["hostname"] = json!(spec.hostname);
     }
@@ -200,6 +213,7 @@ mod tests {
             log_path: "/l.log".into(),
             log_max_bytes: 1 << 20,
             log_max_files: 1,
+            security: crate::Security::default(),
         };
         let json = config(&spec, "/apiary/c", true);
         let parsed: oci_spec::runtime::Spec = serde_json::from_value(json).unwrap();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::security::Security;
 
 /// The PATH a container gets when its env has none (containerd's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -35,6 +36,9 @@ pub struct ContainerSpec {
     pub log_path: PathBuf,
     pub log_max_bytes: u64,
     pub log_max_files: u32,
+    /// Capabilities, seccomp and the rest of the container's confinement.
+    #[serde(default)]
+    pub security: Security,
 }
 
 /// Paths of the pod's bind-mounted namespaces (see [`crate::Sandbox`]).
@@ -170,6 +174,18 @@ impl ContainerSpec {
         if self.log_max_files < 1 {
             return Err(Error::invalid("log_max_files", "must be at least 1"));
         }
+        for name in self.security.sysctls.keys() {
+            // They are written under /proc/sys: a name must not climb out of it.
+            if name
+                .split(['.', '/'])
+                .any(|part| part.is_empty() || part == "..")
+            {
+                return Err(Error::invalid(
+                    "security.sysctls",
+                    format!("{name:?} is not a sysctl"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -208,6 +224,7 @@ pub(crate) mod tests {
             log_path: "/var/log/x.log".into(),
             log_max_bytes: 1 << 20,
             log_max_files: 2,
+            security: Security::default(),
         }
     }
 

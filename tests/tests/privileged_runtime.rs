@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use apiary_runtime::{
     ContainerSpec, ContainerState, ContainerStatus, Error, ExecRequest, ExitInfo, Mount, Resources,
-    Runtime, RuntimeConfig, Sandbox, SandboxNamespaces, cgroups,
+    Runtime, RuntimeConfig, Sandbox, SandboxNamespaces, Seccomp, Security, cgroups,
 };
 use apiary_tests::require_privileges;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const HOSTNAME: &str = "pod-host";
 const APPLETS: &[&str] = &[
     "sh", "sleep", "echo", "cat", "head", "tail", "hostname", "ls", "wget", "httpd", "nc", "id",
-    "touch", "seq", "true", "test", "ps", "grep",
+    "touch", "seq", "true", "test", "ps", "grep", "unshare", "ping",
 ];
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
@@ -123,6 +123,7 @@ impl Fixture {
             log_path: self.dir.path().join("logs").join(format!("{id}.log")),
             log_max_bytes: 1 << 20,
             log_max_files: 2,
+            security: apiary_runtime::Security::default(),
             id,
         }
     }
@@ -976,4 +977,112 @@ fn container_logs_rotate_at_the_size_limit() {
             "gap or disorder"
         );
     });
+}
+
+/// The output lines of `script` run with `security`.
+fn confined(fx: &Fixture, name: &str, security: Security, script: &str) -> (i32, Vec<String>) {
+    block_on(async {
+        let mut spec = fx.spec(name, &["sh", "-c", script]);
+        spec.security = security;
+        let exit = run_to_exit(fx, &spec).await;
+        assert!(exit.message.is_none(), "{name} did not start: {exit:?}");
+        (exit.exit_code, log_lines(&spec.log_path))
+    })
+}
+
+#[test]
+fn a_read_only_root_cannot_be_written() {
+    require_privileges!();
+    let fx = Fixture::new();
+    let script = "if touch /tmp/x 2>/dev/null; then echo writable; else echo read-only; fi";
+    let read_only = Security {
+        read_only_root: true,
+        ..Security::default()
+    };
+    assert_eq!(confined(&fx, "ro-root", read_only, script).1, ["read-only"]);
+    assert_eq!(
+        confined(&fx, "rw-root", Security::default(), script).1,
+        ["writable"]
+    );
+}
+
+#[test]
+fn without_net_raw_no_raw_socket_opens() {
+    require_privileges!();
+    let fx = Fixture::new();
+    // busybox ping opens a raw ICMP socket; without CAP_NET_RAW that is EPERM.
+    let script = "ping -c 1 -W 1 127.0.0.1 2>&1; true";
+    let dropped = Security {
+        capabilities: Security::capabilities_from(&[], &["NET_RAW".to_owned()]),
+        ..Security::default()
+    };
+    let (_, out) = confined(&fx, "no-raw", dropped, script);
+    assert!(
+        out.iter().any(|l| l.contains("permission denied")),
+        "{out:?}"
+    );
+    let (_, out) = confined(&fx, "raw", Security::default(), script);
+    assert!(
+        !out.iter().any(|l| l.contains("permission denied")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn runtime_default_seccomp_blocks_new_user_namespaces() {
+    require_privileges!();
+    let fx = Fixture::new();
+    let script = "if unshare -U true 2>/dev/null; then echo unshared; else echo refused; fi; echo still-runs";
+    let (_, out) = confined(&fx, "unconfined", Security::default(), script);
+    assert_eq!(out, ["unshared", "still-runs"]);
+    let default = Security {
+        seccomp: Seccomp::RuntimeDefault,
+        ..Security::default()
+    };
+    let (code, out) = confined(&fx, "runtime-default", default.clone(), script);
+    assert_eq!(
+        (code, out),
+        (0, vec!["refused".to_owned(), "still-runs".to_owned()])
+    );
+    // With no_new_privs the filter is loaded after the capabilities are dropped: the same.
+    let strict = Security {
+        no_new_privileges: true,
+        ..default
+    };
+    let (code, out) = confined(&fx, "runtime-default-nnp", strict, script);
+    assert_eq!(
+        (code, out),
+        (0, vec!["refused".to_owned(), "still-runs".to_owned()])
+    );
+}
+
+#[test]
+fn no_new_privileges_capabilities_groups_and_sysctls_are_applied() {
+    require_privileges!();
+    let fx = Fixture::new();
+    let security = Security {
+        no_new_privileges: true,
+        capabilities: Security::capabilities_from(
+            &["NET_BIND_SERVICE".to_owned()],
+            &["ALL".to_owned()],
+        ),
+        supplementary_groups: vec![1234, 5678],
+        sysctls: BTreeMap::from([("net.ipv4.tcp_syncookies".to_owned(), "2".to_owned())]),
+        ..Security::default()
+    };
+    let script = "grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; id -G; cat /proc/sys/net/ipv4/tcp_syncookies";
+    let (code, out) = confined(&fx, "confined", security, script);
+    assert_eq!(code, 0, "{out:?}");
+    assert_eq!(
+        out[0].split_whitespace().collect::<Vec<_>>(),
+        ["CapEff:", "0000000000000400"],
+        "{out:?}"
+    );
+    assert_eq!(
+        out[1].split_whitespace().collect::<Vec<_>>(),
+        ["NoNewPrivs:", "1"],
+        "{out:?}"
+    );
+    assert_eq!(out[2], "0 1234 5678");
+    assert_eq!(out[3], "2");
 }

@@ -38,6 +38,8 @@ pub struct Context {
     pub service_names: crate::server::ServiceNames,
     /// What `/healthz` and the node's Ready condition say: each first sync passes its check.
     pub health: super::health::Health,
+    /// The node's seccomp default and profile directory.
+    pub seccomp: super::pods::security::SeccompSettings,
 }
 
 /// The kubelet's DNS settings: the cluster DNS address and domain, and the node's own resolver

@@ -92,6 +92,10 @@ pub struct AgentConfig {
     /// what pods with `dnsPolicy: Default` get.
     #[arg(long, default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
+    /// Run containers whose pod names no seccomp profile under `RuntimeDefault` (the kubelet's
+    /// `--seccomp-default`). `Localhost` profiles are read from `<data-dir>/seccomp`.
+    #[arg(long)]
+    pub seccomp_default: bool,
 }
 
 /// Runs the agent until the process is stopped. Pods keep running when it stops: their
@@ -220,6 +224,10 @@ async fn run_registered(
         dns: dns_settings,
         service_names: crate::server::ServiceNames::default(),
         health,
+        seccomp: super::pods::security::SeccompSettings {
+            default_runtime_default: config.seccomp_default,
+            profile_root: config.data_dir.join("seccomp"),
+        },
     });
     let records: crate::dns::SharedRecords = Arc::new(std::sync::RwLock::new(
         crate::dns::ClusterRecords::new(&config.cluster_domain),

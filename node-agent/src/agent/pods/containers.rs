@@ -359,6 +359,7 @@ pub fn spec(input: SpecInput<'_>) -> Result<ContainerSpec, String> {
         log_path: ctx.log_path(uid, &c.name, attempt),
         log_max_bytes: LOG_MAX_BYTES,
         log_max_files: LOG_MAX_FILES,
+        security: super::security::security(pod, c, &ctx.seccomp)?,
     })
 }
 

@@ -4,6 +4,7 @@
 //! deleted.
 
 pub mod containers;
+pub mod security;
 pub mod status;
 pub mod worker;
 
