@@ -154,6 +154,7 @@ pub fn validate_pod_spec(spec: &PodSpec, path: &str) -> ErrorList {
             }
         }
     }
+    super::security_context::validate(spec, path, &mut errs);
 
     match spec.restart_policy.as_str() {
         "" | "Always" | "OnFailure" | "Never" => {}

@@ -13,6 +13,7 @@ mod batch;
 mod core;
 mod networking;
 mod rbac;
+mod security_context;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
