@@ -1086,3 +1086,49 @@ fn no_new_privileges_capabilities_groups_and_sysctls_are_applied() {
     assert_eq!(out[2], "0 1234 5678");
     assert_eq!(out[3], "2");
 }
+
+#[test]
+fn a_sub_path_symlink_planted_in_a_volume_does_not_reach_the_host() {
+    require_privileges!();
+    use apiary_node_agent::agent::pods::subpath;
+    let fx = Fixture::new();
+    // What an earlier container could leave in an emptyDir: links to the host's root.
+    let volume = fx.dir.path().join("empty-dir");
+    std::fs::create_dir_all(volume.join("logs")).unwrap();
+    std::fs::write(volume.join("inside.txt"), "in the volume\n").unwrap();
+    std::os::unix::fs::symlink("/", volume.join("escape")).unwrap();
+    std::os::unix::fs::symlink("../../../../../..", volume.join("logs/up")).unwrap();
+    let pod_dir = fx.dir.path().join("pod");
+    let mut mounts = Vec::new();
+    for (index, sub_path) in ["escape", "logs/up"].iter().enumerate() {
+        let target = subpath::target(&pod_dir, "data", "c", index);
+        subpath::bind(&volume, sub_path, &target).unwrap();
+        mounts.push(Mount {
+            source: target,
+            destination: format!("/data{index}").into(),
+            read_only: true,
+        });
+    }
+    block_on(async {
+        let mut spec = fx.spec("subpath", &["sh", "-c", "ls /data0; ls /data1"]);
+        spec.mounts = mounts;
+        let exit = run_to_exit(&fx, &spec).await;
+        assert_eq!(exit.exit_code, 0, "{exit:?}");
+        // Both resolve to the volume's own root, never the host's.
+        assert_eq!(
+            log_lines(&spec.log_path),
+            [
+                "escape",
+                "inside.txt",
+                "logs",
+                "escape",
+                "inside.txt",
+                "logs"
+            ]
+        );
+    });
+    subpath::unmount_all(&pod_dir).unwrap();
+    // Removing the pod's files after the unmount leaves the volume (and the host) alone.
+    std::fs::remove_dir_all(&pod_dir).unwrap();
+    assert!(volume.join("inside.txt").exists());
+}

@@ -298,7 +298,7 @@ pub fn spec(input: SpecInput<'_>) -> Result<ContainerSpec, String> {
     let pod_dir = ctx.pod_dir(uid);
     let mut mounts = Vec::new();
     let mut targets = Vec::new();
-    for vm in &c.volume_mounts {
+    for (index, vm) in c.volume_mounts.iter().enumerate() {
         let volume = volumes.get(&vm.name).ok_or_else(|| {
             format!(
                 "container {}: volumeMount {:?} names no volume of the pod",
@@ -307,10 +307,11 @@ pub fn spec(input: SpecInput<'_>) -> Result<ContainerSpec, String> {
         })?;
         let mut source = volume.host_path.clone();
         if !vm.sub_path.is_empty() {
-            source = source.join(&vm.sub_path);
-            if !source.exists() {
-                fs::create_dir_all(&source).map_err(|e| format!("subPath {}: {e}", vm.sub_path))?;
-            }
+            // Resolved inside the volume and bind-mounted by the agent: the runtime never
+            // follows a path a container could have changed.
+            let target = super::subpath::target(&pod_dir, &vm.name, &c.name, index);
+            super::subpath::bind(&source, &vm.sub_path, &target)?;
+            source = target;
         }
         targets.push(vm.mount_path.clone());
         mounts.push(Mount {
@@ -395,7 +396,10 @@ fn image_user(image: &Image) -> Result<(u32, u32), String> {
         .map_or((user, None), |(u, g)| (u, Some(g)));
     let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
         image.layers.iter().rev().find_map(|layer| {
-            let text = fs::read_to_string(layer.join("etc").join(file)).ok()?;
+            // Inside the layer, a regular file, at most 1 MiB: an image's /etc/passwd may be
+            // a link to /dev/zero.
+            let path = Path::new("etc").join(file);
+            let text = super::subpath::read_in_root(layer, &path, 1 << 20).ok()?;
             text.lines().find_map(|l| {
                 let cols: Vec<&str> = l.split(':').collect();
                 (cols.first() == Some(&name)).then(|| {
