@@ -16,6 +16,7 @@ pub mod node_proxy;
 pub mod objects;
 pub mod path;
 pub mod pki;
+pub mod pod_security;
 pub mod protobuf;
 pub mod resources;
 pub mod selectors;
