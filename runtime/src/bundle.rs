@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::{
-    security::{self, ALL_CAPABILITIES, Seccomp},
+    security::{self, Seccomp},
     spec::ContainerSpec,
 };
 
@@ -33,7 +33,7 @@ const READONLY: &[&str] = &[
 pub fn config(spec: &ContainerSpec, cgroups_path: &str, swap_limit: bool) -> Value {
     let security = &spec.security;
     let caps: Vec<String> = if security.privileged {
-        ALL_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()
+        security::available_capabilities()
     } else {
         security.capabilities.clone()
     };
@@ -59,6 +59,11 @@ pub fn config(spec: &ContainerSpec, cgroups_path: &str, swap_limit: bool) -> Val
     ];
     for m in &spec.mounts {
         let mut options = vec!["rbind", "rprivate"];
+        // A volume's setuid files and device nodes grant nothing (a ConfigMap or an emptyDir
+        // another container wrote); a privileged container may use a host's devices.
+        if !security.privileged {
+            options.extend(["nosuid", "nodev"]);
+        }
         if m.read_only {
             options.push("ro");
         }

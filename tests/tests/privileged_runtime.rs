@@ -1132,3 +1132,43 @@ fn a_sub_path_symlink_planted_in_a_volume_does_not_reach_the_host() {
     std::fs::remove_dir_all(&pod_dir).unwrap();
     assert!(volume.join("inside.txt").exists());
 }
+
+#[test]
+fn volumes_are_mounted_nosuid_and_nodev() {
+    require_privileges!();
+    let fx = Fixture::new();
+    let volume = fx.dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    let options = |security: Security, name: &str| {
+        block_on(async {
+            let mut spec = fx.spec(name, &["sh", "-c", "grep ' /data ' /proc/self/mountinfo"]);
+            spec.mounts = vec![Mount {
+                source: volume.clone(),
+                destination: "/data".into(),
+                read_only: false,
+            }];
+            spec.security = security;
+            let exit = run_to_exit(&fx, &spec).await;
+            assert_eq!(exit.exit_code, 0, "{name}: {exit:?}");
+            let line = log_lines(&spec.log_path).join("");
+            // The mount's own options: the sixth field.
+            line.split_whitespace()
+                .nth(5)
+                .unwrap_or_default()
+                .to_owned()
+        })
+    };
+    let plain = options(Security::default(), "plain");
+    assert!(
+        plain.contains("nosuid") && plain.contains("nodev"),
+        "{plain}"
+    );
+    let privileged = options(
+        Security {
+            privileged: true,
+            ..Security::default()
+        },
+        "privileged",
+    );
+    assert!(!privileged.contains("nodev"), "{privileged}");
+}
