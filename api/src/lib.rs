@@ -33,6 +33,7 @@ pub mod remotecommand;
 pub mod resource;
 pub mod selector;
 pub mod status;
+pub mod strategic;
 pub mod validation;
 pub mod yaml;
 

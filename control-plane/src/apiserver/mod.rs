@@ -21,7 +21,6 @@ pub mod protobuf;
 pub mod resources;
 pub mod selectors;
 pub mod serve;
-pub mod strategic;
 pub mod strategy;
 pub mod streams;
 pub mod tables;

@@ -1065,7 +1065,9 @@ pub(crate) fn apply_patch(mut object: Value, content_type: &str, body: &[u8]) ->
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     match content_type {
         "application/merge-patch+json" => json_patch::merge(&mut object, &patch),
-        "application/strategic-merge-patch+json" => super::strategic::merge(&mut object, &patch),
+        "application/strategic-merge-patch+json" => {
+            apiary_api::strategic::merge(&mut object, &patch)
+        }
         "application/json-patch+json" => {
             let ops: json_patch::Patch = serde_json::from_value(patch)
                 .map_err(|e| ApiError::bad_request(format!("error decoding JSON patch: {e}")))?;
