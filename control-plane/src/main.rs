@@ -165,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .context("the service account signing key")?,
     );
     api.service_account_issuer = Some(Arc::clone(&service_account_issuer));
+    api.admission = apiserver::admission::Plugins::all();
     let api = Arc::new(api);
     // The leader lease lives in kube-system: create it first.
     apiserver::bootstrap(&api)
@@ -204,6 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         load_balancer_pools: cli.loadbalancer_pools.clone(),
         identity_gc_grace: std::time::Duration::from_secs(cli.security_identity_gc_seconds),
         advertised,
+        root_ca: Some(pki.ca_pem.clone()),
     };
     tokio::spawn(run_while_leading(
         Arc::clone(&api),

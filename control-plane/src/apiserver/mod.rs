@@ -1,6 +1,7 @@
 //! The Kubernetes-compatible API server: HTTPS with client certificates and bearer tokens, discovery, and the verbs on
 //! every resource type, over the [`Store`](crate::store::Store).
 
+pub mod admission;
 pub mod allocator;
 pub mod auth;
 pub mod authn;
@@ -60,6 +61,8 @@ pub struct Api {
     pub authz: authz::Authz,
     /// Signs service account tokens (TokenRequest); without it they are not served.
     pub service_account_issuer: Option<Arc<authn::service_account::Issuer>>,
+    /// Which admission plugins run on writes.
+    pub admission: admission::Plugins,
 }
 
 impl std::fmt::Debug for Api {
@@ -83,6 +86,7 @@ impl Api {
             events: crate::events::Recorder::default(),
             authz: authz::Authz::default(),
             service_account_issuer: None,
+            admission: admission::Plugins::default(),
         }
     }
 }
