@@ -244,6 +244,10 @@ impl ResourceMatch {
     /// Whether it covers the object at storage key `/registry/<group>/<plural>/…` (`core` is
     /// the core group).
     fn covers(&self, storage_key: &str) -> bool {
+        // `*.*` is every value the store holds, resource or not (address claims, leases …).
+        if self.resource.is_none() && self.group.is_none() {
+            return true;
+        }
         let mut parts = storage_key.trim_start_matches('/').split('/');
         let (Some("registry"), Some(group), Some(plural)) =
             (parts.next(), parts.next(), parts.next())
@@ -733,6 +737,7 @@ mod tests {
         assert!(m("*.", "/registry/core/pods/ns/a"));
         assert!(!m("*.", "/registry/apps/deployments/ns/a"));
         assert!(m("*.*", "/registry/rbac.authorization.k8s.io/roles/ns/a"));
+        assert!(m("*.*", "/claims/ip/10.96.0.1"));
         assert!(ResourceMatch::parse("*").is_err());
     }
 
