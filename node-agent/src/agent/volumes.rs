@@ -164,7 +164,7 @@ fn prepare_one(
         )?;
     } else if let Some(projected) = &volume.projected {
         kind = "projected";
-        files = projected_files(pod, volume, projected, facts, sources, node_allocatable)?;
+        files = projected_files(pod, name, projected, facts, sources, node_allocatable)?;
     } else {
         let kind = volume.sources().first().copied().unwrap_or("unknown");
         return Err(VolumeError::Unsupported {
@@ -225,13 +225,12 @@ fn downward_files(
 /// `defaultMode` where an item has no `mode`.
 fn projected_files(
     pod: &Pod,
-    volume: &Volume,
+    name: &str,
     projected: &ProjectedVolumeSource,
     facts: &PodFacts,
     sources: &Sources,
     node_allocatable: &BTreeMap<String, i64>,
 ) -> Result<Files, VolumeError> {
-    let name = &volume.name;
     let mode = projected.default_mode;
     let mut files = BTreeMap::new();
     for source in &projected.sources {
@@ -264,14 +263,14 @@ fn projected_files(
                 .tokens
                 .get(&key)
                 .ok_or_else(|| VolumeError::MissingToken {
-                    volume: name.clone(),
+                    volume: name.to_owned(),
                 })?;
             let path = item_path(name, &projection.path)?;
             let mode = mode.unwrap_or(0o644) as u32;
             BTreeMap::from([(path, (token.token.clone().into_bytes(), mode))])
         } else {
             return Err(VolumeError::Unsupported {
-                volume: name.clone(),
+                volume: name.to_owned(),
                 kind: "projected clusterTrustBundle".to_owned(),
             });
         };
