@@ -542,9 +542,9 @@ pub struct Volume {
     pub downward_api: Option<DownwardApiVolumeSource>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persistent_volume_claim: Option<PersistentVolumeClaimVolumeSource>,
-    /// Kept as JSON so that manifests using them round-trip; not implemented by the node agent.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub projected: Option<Value>,
+    pub projected: Option<ProjectedVolumeSource>,
+    /// Kept as JSON so that manifests using them round-trip; not implemented by the node agent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nfs: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -657,6 +657,82 @@ pub struct DownwardApiVolumeFile {
     pub resource_field_ref: Option<ResourceFieldSelector>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<i32>,
+}
+
+/// Several sources (Secrets, ConfigMaps, downward API, service account tokens) as the files of
+/// one directory: what the `kube-api-access-*` volume of every pod is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ProjectedVolumeSource {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<VolumeProjection>,
+    /// Defaulted to 0644 (420) by the API server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_mode: Option<i32>,
+}
+
+/// One source of a projected volume (valid ones have exactly one field set).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct VolumeProjection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretProjection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapProjection>,
+    #[serde(rename = "downwardAPI", skip_serializing_if = "Option::is_none")]
+    pub downward_api: Option<DownwardApiProjection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account_token: Option<ServiceAccountTokenProjection>,
+    /// Kept as JSON so that manifests using it round-trip; ClusterTrustBundles (beta in
+    /// Kubernetes) are not served, so the node agent refuses to mount it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_trust_bundle: Option<Value>,
+}
+
+/// A Secret's keys as files of a projected volume.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SecretProjection {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// A ConfigMap's keys as files of a projected volume.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ConfigMapProjection {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// Pod fields as files of a projected volume.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DownwardApiProjection {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<DownwardApiVolumeFile>,
+}
+
+/// A token of the pod's ServiceAccount, bound to the pod, that the node refreshes before it
+/// expires.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ServiceAccountTokenProjection {
+    /// Who the token is for; empty: the API server.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub audience: String,
+    /// Defaulted to 3600 by the API server; at least 600.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_seconds: Option<i64>,
+    pub path: String,
 }
 
 /// A PersistentVolumeClaim in the pod's namespace.

@@ -244,6 +244,12 @@ impl Client {
         self.json(path, with_json(request, body, JSON)).await
     }
 
+    /// `PUT path` with `body`: a replacement carrying the resourceVersion it replaces.
+    pub async fn replace(&self, path: &str, body: &Value) -> Result<Value> {
+        let request = self.request(Method::PUT, path, &[], JSON);
+        self.json(path, with_json(request, body, JSON)).await
+    }
+
     /// `PATCH path` with `patch` of type `kind`.
     pub async fn patch(&self, path: &str, kind: PatchType, patch: &Value) -> Result<Value> {
         let request = self.request(Method::PATCH, path, &[], JSON);

@@ -19,6 +19,7 @@ mod net;
 mod patch;
 mod report;
 mod scale;
+mod secrets;
 mod table;
 
 use std::{io::Write as _, path::PathBuf, process::ExitCode};
@@ -82,6 +83,8 @@ enum Command {
     Image(image::Args),
     /// Inspect what the nodes' eBPF data plane holds (`net services`).
     Net(net::Args),
+    /// Secrets at rest (`secrets rotate`: rewrite every Secret under the first encryption key).
+    Secrets(secrets::Args),
 }
 
 /// What every command that talks to the cluster needs.
@@ -191,6 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Logs(args) => logs::run(&session, &args, &mut out).await,
         Command::Exec(args) => exec::run(&session, &args).await,
         Command::Net(args) => net::run(&session, &args, &mut out).await,
+        Command::Secrets(args) => secrets::run(&session, &args, &mut out).await,
     }
 }
 

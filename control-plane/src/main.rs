@@ -6,7 +6,12 @@ use anyhow::Context as _;
 use apiary_control_plane::{
     apiserver::{self, Api, auth::Tokens, pki::Pki},
     leader,
-    store::{Store, embedded::EmbeddedStore, etcd::EtcdStore},
+    store::{
+        Store,
+        embedded::EmbeddedStore,
+        encryption::{EncryptedStore, EncryptionConfig},
+        etcd::{EtcdStore, EtcdTls},
+    },
 };
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -68,6 +73,20 @@ struct Cli {
     /// Key prefix in etcd, so that several clusters can share one etcd.
     #[arg(long, default_value = "/apiary")]
     etcd_prefix: String,
+    /// The CA (PEM) that etcd's serving certificate must chain to (https:// endpoints).
+    #[arg(long, value_name = "FILE")]
+    etcd_cafile: Option<PathBuf>,
+    /// The client certificate (PEM) presented to etcd (its `--client-cert-auth`).
+    #[arg(long, value_name = "FILE", requires = "etcd_keyfile")]
+    etcd_certfile: Option<PathBuf>,
+    /// The key (PEM) of `--etcd-certfile`.
+    #[arg(long, value_name = "FILE", requires = "etcd_certfile")]
+    etcd_keyfile: Option<PathBuf>,
+    /// Encrypts the resources it names at rest: a Kubernetes `EncryptionConfiguration`
+    /// (apiserver.config.k8s.io/v1) with aesgcm, aescbc, secretbox and identity providers; the
+    /// first key writes, every key reads.
+    #[arg(long, value_name = "FILE")]
+    encryption_provider_config: Option<PathBuf>,
     /// How often history older than one interval is compacted (watchers further behind must
     /// relist), in seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
@@ -211,11 +230,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("opening the embedded store {}", path.display()))?,
         )
     } else {
+        let tls = etcd_tls(&cli)?;
         Arc::new(
-            EtcdStore::connect(&cli.etcd_endpoints, &cli.etcd_prefix)
+            EtcdStore::connect_with(&cli.etcd_endpoints, &cli.etcd_prefix, tls.as_ref())
                 .await
                 .context("connecting to etcd")?,
         )
+    };
+    // One layer above both backends: what reaches the redb file or etcd is already encrypted.
+    let store: Arc<dyn Store> = match &cli.encryption_provider_config {
+        Some(path) => {
+            let config = EncryptionConfig::load(path).context("--encryption-provider-config")?;
+            tracing::info!(?config, "encrypting at rest");
+            Arc::new(EncryptedStore::new(store, config))
+        }
+        None => store,
     };
 
     let mut sans = cli.tls_sans.clone();
@@ -241,6 +270,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .context("the service account signing key")?,
     );
     api.service_account_issuer = Some(Arc::clone(&service_account_issuer));
+    api.admission = apiserver::admission::Plugins::all();
     let api = Arc::new(api);
     // The leader lease lives in kube-system: create it first.
     apiserver::bootstrap(&api)
@@ -280,6 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         load_balancer_pools: cli.loadbalancer_pools.clone(),
         identity_gc_grace: std::time::Duration::from_secs(cli.security_identity_gc_seconds),
         advertised,
+        root_ca: Some(pki.ca_pem.clone()),
     };
     tokio::spawn(run_while_leading(
         Arc::clone(&api),
@@ -319,6 +350,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The machine's non-loopback IPv4 addresses.
+/// The TLS files of `--etcd-cafile`/`--etcd-certfile`/`--etcd-keyfile`, if any is given.
+fn etcd_tls(cli: &Cli) -> anyhow::Result<Option<EtcdTls>> {
+    let read = |path: &PathBuf, flag: &str| {
+        std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))
+    };
+    let ca_pem = cli
+        .etcd_cafile
+        .as_ref()
+        .map(|p| read(p, "--etcd-cafile"))
+        .transpose()?;
+    let client = match (&cli.etcd_certfile, &cli.etcd_keyfile) {
+        (Some(cert), Some(key)) => {
+            Some((read(cert, "--etcd-certfile")?, read(key, "--etcd-keyfile")?))
+        }
+        _ => None,
+    };
+    Ok((ca_pem.is_some() || client.is_some()).then_some(EtcdTls { ca_pem, client }))
+}
+
 fn machine_addresses() -> Vec<std::net::IpAddr> {
     nix::ifaddrs::getifaddrs()
         .map(|addrs| {

@@ -530,6 +530,21 @@ fn a_token_bound_to_a_pod_dies_with_the_pod() {
     )
     .success();
     let token = cp.kubectl(&args).success();
+    // Only the pod's own account's token binds to it.
+    cp.kubectl_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: other\n",
+    )
+    .success();
+    let mut other = args;
+    other[2] = "other";
+    let out = cp.kubectl(&other).failure();
+    assert!(
+        out.contains(
+            "cannot bind token for serviceaccount \"other\" to pod running with different serviceaccount name."
+        ),
+        "{out}"
+    );
     let bound = kubeconfig_with(&cp, dir.path(), json!({"token": token.trim()}));
     let (ok, out) = kubectl_with(&bound, &["auth", "whoami", "-o", "json"]);
     assert!(ok, "{out}");

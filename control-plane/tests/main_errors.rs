@@ -78,3 +78,45 @@ fn a_fatal_error_is_one_line_without_a_backtrace() {
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.starts_with("error: --loadbalancer-pool: "), "{text}");
 }
+
+#[test]
+fn an_unreadable_or_invalid_encryption_configuration_stops_the_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let missing = dir.path().join("missing.yaml");
+    let out = control_plane(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--encryption-provider-config",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out);
+    assert!(
+        text.starts_with("error: --encryption-provider-config: reading ")
+            && text.contains("missing.yaml"),
+        "{text}"
+    );
+    let kms = dir.path().join("kms.yaml");
+    std::fs::write(
+        &kms,
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - kms: {name: vault, endpoint: unix:///kms.sock}\n",
+    )
+    .unwrap();
+    let out = control_plane(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--encryption-provider-config",
+        kms.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out);
+    assert!(
+        text.contains("resources[0].providers[0]: the kms provider is not supported"),
+        "{text}"
+    );
+}

@@ -1,5 +1,6 @@
 //! The `Store` contract, checked against both backends: every test in [`conformance!`] runs once
-//! as `embedded::<name>` and once as `etcd::<name>` (on an etcd of its own). Backend-specific
+//! as `embedded::<name>`, once as `encrypted::<name>` (the embedded store behind the encryption
+//! layer) and once as `etcd::<name>` (on an etcd of its own). Backend-specific
 //! crash and outage tests follow in `embedded_crash` and `etcd_outage`.
 
 mod store_support;
@@ -23,6 +24,17 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let fixture = crate::store_support::Fixture::embedded().await;
+                    tokio::time::timeout(crate::TEST_TIMEOUT, crate::$name(fixture.store.clone()))
+                        .await
+                        .expect("test timed out");
+                }
+            )*
+        }
+        mod encrypted {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let fixture = crate::store_support::Fixture::encrypted().await;
                     tokio::time::timeout(crate::TEST_TIMEOUT, crate::$name(fixture.store.clone()))
                         .await
                         .expect("test timed out");

@@ -455,13 +455,204 @@ fn validate_volumes<'a>(
         if let Some(c) = &v.persistent_volume_claim {
             required(true, "persistentVolumeClaim.claimName", &c.claim_name);
         }
-        if let Some(d) = &v.downward_api {
-            for (j, item) in d.items.iter().enumerate() {
-                required(true, &format!("downwardAPI.items[{j}].path"), &item.path);
+        if let Some(c) = &v.config_map {
+            check_file_mode(errs, &format!("{p}.configMap.defaultMode"), c.default_mode);
+            for (j, item) in c.items.iter().enumerate() {
+                validate_key_to_path(item, &format!("{p}.configMap.items[{j}]"), errs);
             }
+        }
+        if let Some(s) = &v.secret {
+            check_file_mode(errs, &format!("{p}.secret.defaultMode"), s.default_mode);
+            for (j, item) in s.items.iter().enumerate() {
+                validate_key_to_path(item, &format!("{p}.secret.items[{j}]"), errs);
+            }
+        }
+        if let Some(d) = &v.downward_api {
+            let dp = format!("{p}.downwardAPI");
+            check_file_mode(errs, &format!("{dp}.defaultMode"), d.default_mode);
+            for item in &d.items {
+                // Kubernetes names the source, not the item, in these paths.
+                validate_downward_api_file(item, &dp, errs);
+            }
+        }
+        if let Some(projected) = &v.projected {
+            validate_projected(projected, &format!("{p}.projected"), errs);
         }
     }
     names
+}
+
+/// kube-apiserver's message for a file mode out of range.
+const FILE_MODE_MSG: &str = "must be a number between 0 and 0777 (octal), both inclusive";
+
+fn check_file_mode(errs: &mut ErrorList, path: &str, mode: Option<i32>) {
+    if let Some(mode) = mode
+        && !(0..=0o777).contains(&mode)
+    {
+        errs.push(FieldError::invalid(path, mode, FILE_MODE_MSG));
+    }
+}
+
+/// A path inside a volume: relative, without `..` elements and not starting with `..` (the
+/// names the atomic writer keeps for itself: `..data`, `..<timestamp>`).
+fn validate_local_non_reserved_path(target: &str, path: &str, errs: &mut ErrorList) {
+    let before = errs.len();
+    if target.starts_with('/') {
+        errs.push(FieldError::invalid(path, target, "must be a relative path"));
+    }
+    if target.split('/').any(|part| part == "..") {
+        errs.push(FieldError::invalid(path, target, "must not contain '..'"));
+    }
+    // Not said twice: a `..` element already was.
+    if target.starts_with("..") && errs.len() == before {
+        errs.push(FieldError::invalid(
+            path,
+            target,
+            "must not start with '..'",
+        ));
+    }
+}
+
+fn validate_key_to_path(item: &crate::core_v1::KeyToPath, p: &str, errs: &mut ErrorList) {
+    if item.key.is_empty() {
+        errs.push(FieldError::required(format!("{p}.key")));
+    }
+    if item.path.is_empty() {
+        errs.push(FieldError::required(format!("{p}.path")));
+    }
+    validate_local_non_reserved_path(&item.path, &format!("{p}.path"), errs);
+    check_file_mode(errs, &format!("{p}.mode"), item.mode);
+}
+
+/// The pod fields a downward API file may hold (the env's `spec.*`/`status.*` are env-only).
+const VOLUME_FIELD_PATHS: &[&str] = &[
+    "metadata.annotations",
+    "metadata.labels",
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+];
+
+fn validate_downward_api_file(
+    file: &crate::core_v1::DownwardApiVolumeFile,
+    p: &str,
+    errs: &mut ErrorList,
+) {
+    if file.path.is_empty() {
+        errs.push(FieldError::required(format!("{p}.path")));
+    }
+    validate_local_non_reserved_path(&file.path, &format!("{p}.path"), errs);
+    match (&file.field_ref, &file.resource_field_ref) {
+        (Some(f), resource) => {
+            let fp = format!("{p}.fieldRef.fieldPath");
+            let bracketed = ["metadata.labels['", "metadata.annotations['"]
+                .iter()
+                .any(|prefix| f.field_path.starts_with(prefix) && f.field_path.ends_with("']"));
+            if f.field_path.is_empty() {
+                errs.push(FieldError::required(fp));
+            } else if !bracketed && !VOLUME_FIELD_PATHS.contains(&f.field_path.as_str()) {
+                errs.push(FieldError::not_supported(
+                    fp,
+                    &f.field_path,
+                    VOLUME_FIELD_PATHS,
+                ));
+            }
+            if resource.is_some() {
+                errs.push(FieldError::invalid(
+                    p,
+                    "resource",
+                    "fieldRef and resourceFieldRef can not be specified simultaneously",
+                ));
+            }
+        }
+        (None, Some(_)) => {}
+        (None, None) => errs.push(
+            FieldError::required(p).with_detail("one of fieldRef and resourceFieldRef is required"),
+        ),
+    }
+    check_file_mode(errs, &format!("{p}.mode"), file.mode);
+}
+
+/// A projected volume, as kube-apiserver's `validateProjectedVolumeSource`: each source sets
+/// one kind, no two files share a path, tokens live 10 minutes to 2^32 seconds.
+fn validate_projected(
+    projected: &crate::core_v1::ProjectedVolumeSource,
+    p: &str,
+    errs: &mut ErrorList,
+) {
+    check_file_mode(errs, &format!("{p}.defaultMode"), projected.default_mode);
+    let mut paths = BTreeSet::new();
+    // A second file at a path: Kubernetes reports it on the volume, with the source's name.
+    let mut claim = |errs: &mut ErrorList, path: &str, value: &str| {
+        if !path.is_empty() && !paths.insert(path.to_owned()) {
+            errs.push(FieldError::invalid(p, value, "conflicting duplicate paths"));
+        }
+    };
+    for (i, source) in projected.sources.iter().enumerate() {
+        let sp = format!("{p}.sources[{i}]");
+        let mut kinds = 0;
+        let named_items = [
+            source
+                .secret
+                .as_ref()
+                .map(|s| ("secret", &s.name, &s.items)),
+            source
+                .config_map
+                .as_ref()
+                .map(|c| ("configMap", &c.name, &c.items)),
+        ];
+        for (kind, name, items) in named_items.into_iter().flatten() {
+            kinds += 1;
+            if name.is_empty() {
+                errs.push(FieldError::required(format!("{sp}.{kind}.name")));
+            }
+            for (j, item) in items.iter().enumerate() {
+                validate_key_to_path(item, &format!("{sp}.{kind}.items[{j}]"), errs);
+                claim(errs, &item.path, name);
+            }
+        }
+        if let Some(d) = &source.downward_api {
+            kinds += 1;
+            for item in &d.items {
+                validate_downward_api_file(item, &format!("{sp}.downwardAPI"), errs);
+                claim(errs, &item.path, &item.path);
+            }
+        }
+        if let Some(t) = &source.service_account_token {
+            kinds += 1;
+            let ep = format!("{sp}.serviceAccountToken.expirationSeconds");
+            let seconds = t.expiration_seconds.unwrap_or(3600);
+            if seconds < 600 {
+                errs.push(FieldError::invalid(
+                    &ep,
+                    seconds,
+                    "may not specify a duration less than 10 minutes",
+                ));
+            }
+            if seconds > 1 << 32 {
+                errs.push(FieldError::invalid(
+                    &ep,
+                    seconds,
+                    "may not specify a duration larger than 2^32 seconds",
+                ));
+            }
+            // Kubernetes reports the token's path on the volume, not on the source.
+            if t.path.is_empty() {
+                errs.push(FieldError::required(format!("{p}.path")));
+            } else {
+                validate_local_non_reserved_path(&t.path, &format!("{p}.path"), errs);
+            }
+        }
+        if source.cluster_trust_bundle.is_some() {
+            kinds += 1;
+        }
+        if kinds > 1 {
+            errs.push(FieldError::forbidden(
+                sp,
+                "may not specify more than 1 volume type",
+            ));
+        }
+    }
 }
 
 fn validate_container(

@@ -267,6 +267,69 @@ fn pod_volumes_env_probes_and_resources() {
 }
 
 #[test]
+fn projected_volumes_are_validated_as_kubernetes_does() {
+    let p = pod(json!({
+        "volumes": [{"name": "v", "projected": {"defaultMode": 1000, "sources": [
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": 599}},
+            {"serviceAccountToken": {"path": "", "expirationSeconds": 5_000_000_000_i64}},
+            {"configMap": {"name": "", "items": [{"key": "", "path": "../up", "mode": -1}]}},
+            {"secret": {"name": "s", "items": [{"key": "k", "path": "a"}, {"key": "k2", "path": "a"}]}},
+            {"downwardAPI": {"items": [{"path": "..data", "fieldRef": {"fieldPath": "spec.nodeName"}}, {"path": "/abs"}]}},
+            {"configMap": {"name": "c"}, "secret": {"name": "s"}},
+        ]}}],
+        "containers": [{"name": "c", "image": "i", "volumeMounts": [{"name": "v", "mountPath": "/v"}]}]
+    }));
+    let got = messages(&validate_pod(&p));
+    let v = "spec.volumes[0].projected";
+    let expected = [
+        format!(
+            "{v}.defaultMode: Invalid value: 1000: must be a number between 0 and 0777 (octal), both inclusive"
+        ),
+        format!(
+            "{v}.sources[0].serviceAccountToken.expirationSeconds: Invalid value: 599: may not specify a duration less than 10 minutes"
+        ),
+        format!(
+            "{v}.sources[1].serviceAccountToken.expirationSeconds: Invalid value: 5000000000: may not specify a duration larger than 2^32 seconds"
+        ),
+        format!("{v}.path: Required value"),
+        format!("{v}.sources[2].configMap.name: Required value"),
+        format!("{v}.sources[2].configMap.items[0].key: Required value"),
+        format!(
+            "{v}.sources[2].configMap.items[0].path: Invalid value: \"../up\": must not contain '..'"
+        ),
+        format!(
+            "{v}.sources[2].configMap.items[0].mode: Invalid value: -1: must be a number between 0 and 0777 (octal), both inclusive"
+        ),
+        format!("{v}: Invalid value: \"s\": conflicting duplicate paths"),
+        format!(
+            "{v}.sources[4].downwardAPI.path: Invalid value: \"..data\": must not start with '..'"
+        ),
+        format!(
+            "{v}.sources[4].downwardAPI.fieldRef.fieldPath: Unsupported value: \"spec.nodeName\": supported values: \"metadata.annotations\", \"metadata.labels\", \"metadata.name\", \"metadata.namespace\", \"metadata.uid\""
+        ),
+        format!(
+            "{v}.sources[4].downwardAPI.path: Invalid value: \"/abs\": must be a relative path"
+        ),
+        format!(
+            "{v}.sources[4].downwardAPI: Required value: one of fieldRef and resourceFieldRef is required"
+        ),
+        format!("{v}.sources[5]: Forbidden: may not specify more than 1 volume type"),
+    ];
+    assert_eq!(got, expected);
+    // The kube-api-access volume every pod gets is valid.
+    let p = pod(json!({
+        "volumes": [{"name": "kube-api-access-x1y2z", "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace",
+                "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+        ]}}],
+        "containers": [{"name": "c", "image": "i"}]
+    }));
+    assert_eq!(messages(&validate_pod(&p)), Vec::<String>::new());
+}
+
+#[test]
 fn pod_scheduling_fields() {
     let p = pod(json!({
         "containers": [{"name": "c", "image": "i"}],

@@ -46,22 +46,47 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A control plane started with `extra_args`.
+    pub fn start_with(extra_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        fs::create_dir(&data).unwrap();
-        let log = fs::File::create(dir.path().join("control-plane.log")).unwrap();
-        let child = Command::new(control_plane_binary())
+        fs::create_dir(dir.path().join("data")).unwrap();
+        let child = Self::spawn_control_plane(dir.path(), extra_args);
+        let mut cluster = Self { child, dir };
+        cluster.wait_ready();
+        cluster
+    }
+
+    /// Stops the control plane and starts it again on the same data with `extra_args`.
+    pub fn restart_with(&mut self, extra_args: &[&str]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(self.kubeconfig());
+        self.child = Self::spawn_control_plane(self.dir.path(), extra_args);
+        self.wait_ready();
+    }
+
+    fn spawn_control_plane(dir: &Path, extra_args: &[&str]) -> Child {
+        let log = fs::File::create(dir.join("control-plane.log")).unwrap();
+        Command::new(control_plane_binary())
             .arg("--data-dir")
-            .arg(&data)
+            .arg(dir.join("data"))
             .args(["--listen", "127.0.0.1:0"])
+            // The same name every start: a restarted control plane leads at once.
+            .args(["--identity", "test"])
+            .args(extra_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("starting the control plane");
-        let mut cluster = Self { child, dir };
-        cluster.wait_ready();
-        cluster
+            .expect("starting the control plane")
+    }
+
+    /// The control plane's data directory (its store, `store.redb`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     pub fn kubeconfig(&self) -> PathBuf {

@@ -163,7 +163,7 @@ pub async fn require_token(
             .headers()
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
         {
             Some(token) => tokens.authenticate(token.trim()).await,
             None => None,
@@ -183,6 +183,16 @@ pub async fn require_token(
         }
         None => ApiError::unauthorized().into_response(),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme is case-insensitive, as
+/// kube-apiserver reads it: the official Python client's in-cluster configuration sends
+/// `bearer <token>`.
+fn bearer_token(header: &str) -> Option<&str> {
+    let mut parts = header.trim().splitn(3, ' ');
+    let scheme = parts.next()?;
+    let token = parts.next()?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 fn is_grpc(request: &Request) -> bool {
@@ -207,6 +217,15 @@ fn grpc_unauthenticated() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_as_the_python_client_sends_it() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc extra"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
 
     #[test]
     fn only_the_exact_token_is_accepted() {

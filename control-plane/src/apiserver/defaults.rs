@@ -192,6 +192,48 @@ fn pod_spec(spec: &mut Value, restart_policy: &str) {
             container_defaults(container);
         }
     }
+    for volume in spec["volumes"].as_array_mut().into_iter().flatten() {
+        volume_defaults(volume);
+    }
+}
+
+/// File modes 0644 (420) for the volumes made of files, tokens of an hour, and `v1` field
+/// references, as kube-apiserver's `SetDefaults_*VolumeSource`.
+fn volume_defaults(volume: &mut Value) {
+    const MODE: i64 = 0o644;
+    for kind in ["configMap", "secret", "downwardAPI", "projected"] {
+        if volume[kind].is_object() {
+            default(&mut volume[kind], "defaultMode", json!(MODE));
+        }
+    }
+    let field_refs = |items: &mut Value| {
+        for item in items.as_array_mut().into_iter().flatten() {
+            if item["fieldRef"].is_object() {
+                default(&mut item["fieldRef"], "apiVersion", json!("v1"));
+            }
+        }
+    };
+    if volume["downwardAPI"].is_object() {
+        field_refs(&mut volume["downwardAPI"]["items"]);
+    }
+    if volume["projected"].is_object() {
+        for source in volume["projected"]["sources"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            if source["serviceAccountToken"].is_object() {
+                default(
+                    &mut source["serviceAccountToken"],
+                    "expirationSeconds",
+                    json!(3600),
+                );
+            }
+            if source["downwardAPI"].is_object() {
+                field_refs(&mut source["downwardAPI"]["items"]);
+            }
+        }
+    }
 }
 
 fn container_defaults(container: &mut Value) {

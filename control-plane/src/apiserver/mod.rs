@@ -1,6 +1,7 @@
 //! The Kubernetes-compatible API server: HTTPS with client certificates and bearer tokens, discovery, and the verbs on
 //! every resource type, over the [`Store`](crate::store::Store).
 
+pub mod admission;
 pub mod allocator;
 pub mod audit;
 pub mod auth;
@@ -64,6 +65,8 @@ pub struct Api {
     pub service_account_issuer: Option<Arc<authn::service_account::Issuer>>,
     /// The max-in-flight limits of read-only and mutating requests.
     pub inflight: inflight::Limits,
+    /// Which admission plugins run on writes.
+    pub admission: admission::Plugins,
 }
 
 impl std::fmt::Debug for Api {
@@ -88,6 +91,7 @@ impl Api {
             authz: authz::Authz::default(),
             inflight: inflight::Limits::default(),
             service_account_issuer: None,
+            admission: admission::Plugins::default(),
         }
     }
 }

@@ -587,7 +587,7 @@ fn streaming(body: Body) -> Response {
 /// Characters Kubernetes uses for `generateName` suffixes (no vowels, no look-alikes).
 const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
-fn generate_suffix() -> String {
+pub(crate) fn generate_suffix() -> String {
     use rand::Rng as _;
     let mut rng = rand::rng();
     (0..5)
@@ -677,11 +677,15 @@ pub async fn create(api: &Api, target: &Target, mut object: Value) -> Result<Val
         obj.remove("deletionGracePeriodSeconds");
     }
     api.strategy.prepare_write(resource, &mut object);
-    api.strategy.prepare_create(resource, &mut object)?;
-    api.strategy.validate(resource, &object, None)?;
+    // Mutating admission comes before defaults and validation, as in kube-apiserver: what
+    // it adds is defaulted and validated like the rest. Its first plugin is the namespace's
+    // lifecycle: nothing is created in a namespace that is missing or terminating.
     if let Some(ns) = target.namespace.as_deref() {
         require_namespace(api, ns).await?;
     }
+    super::admission::admit_create(api, resource, &mut object).await?;
+    api.strategy.prepare_create(resource, &mut object)?;
+    api.strategy.validate(resource, &object, None)?;
     let claims = if resource.plural == "services" {
         allocator::allocate(api, &mut object).await?
     } else {

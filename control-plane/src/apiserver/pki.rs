@@ -63,7 +63,8 @@ pub struct Pki {
 
 impl Pki {
     /// Loads the identity from `<data_dir>/pki`, creating what is missing. The serving
-    /// certificate covers `localhost`, loopback, the machine's hostname and `extra_sans`.
+    /// certificate covers `localhost`, `kubernetes.default.svc`, loopback, `default/kubernetes`'s
+    /// address (10.96.0.1), the machine's hostname and `extra_sans`.
     pub fn load_or_create(data_dir: &Path, extra_sans: &[IpAddr]) -> Result<Self> {
         let dir = data_dir.join("pki");
         fs::create_dir_all(&dir)
@@ -167,7 +168,16 @@ fn create_serving_cert(dir: &Path, extra_sans: &[IpAddr]) -> Result<()> {
     params
         .distinguished_name
         .push(DnType::CommonName, "apiary-apiserver");
-    let mut ips: Vec<IpAddr> = vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
+    // Pods reach the API server at `default/kubernetes`'s address (their in-cluster
+    // configuration's KUBERNETES_SERVICE_HOST), which the certificate must name too.
+    let service_ip: IpAddr = crate::controllers::kubernetes_service::SERVICE_IP
+        .parse()
+        .expect("a valid address");
+    let mut ips: Vec<IpAddr> = vec![
+        [127, 0, 0, 1].into(),
+        std::net::Ipv6Addr::LOCALHOST.into(),
+        service_ip,
+    ];
     ips.extend(extra_sans.iter().copied().filter(|ip| !ip.is_unspecified()));
     for ip in ips {
         params.subject_alt_names.push(SanType::IpAddress(ip));

@@ -14,6 +14,7 @@
 //! - [`identity`]: a SecurityIdentity per distinct set of security labels among live pods.
 //! - [`kubernetes_service`]: `default/kubernetes`, the API server's own Service.
 //! - [`serviceaccount`]: the `default` ServiceAccount of every namespace.
+//! - [`root_ca`]: the `kube-root-ca.crt` ConfigMap (the cluster CA) of every namespace.
 //! - [`clusterrole_aggregation`]: the rules of aggregated ClusterRoles (`admin`, `edit`,
 //!   `view`), from the ClusterRoles their selectors match.
 
@@ -28,6 +29,7 @@ pub mod job;
 pub mod kubernetes_service;
 pub mod loadbalancer;
 pub mod replicaset;
+pub mod root_ca;
 pub mod runtime;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -55,6 +57,9 @@ pub struct Config {
     /// Where pods reach the API server (`default/kubernetes`'s endpoint); `None`: nowhere
     /// they could (listening on loopback only).
     pub advertised: Option<std::net::SocketAddr>,
+    /// The cluster CA (PEM) published in every namespace as `kube-root-ca.crt`; `None`: not
+    /// published.
+    pub root_ca: Option<String>,
 }
 
 impl Default for Config {
@@ -63,6 +68,7 @@ impl Default for Config {
             load_balancer_pools: Vec::new(),
             identity_gc_grace: identity::DEFAULT_GC_GRACE,
             advertised: None,
+            root_ca: None,
         }
     }
 }
@@ -91,6 +97,7 @@ pub async fn run(
         identity::run(Arc::clone(&api), config.identity_gc_grace, rx.clone()),
         kubernetes_service::run(Arc::clone(&api), config.advertised, rx.clone()),
         serviceaccount::run(Arc::clone(&api), rx.clone()),
+        root_ca::run(Arc::clone(&api), config.root_ca, rx.clone()),
         loadbalancer::run(Arc::clone(&api), config.load_balancer_pools, rx),
     );
     tracing::debug!("controllers stopped");

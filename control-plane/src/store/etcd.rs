@@ -4,6 +4,7 @@
 //! clusters can share one etcd. Preconditions are etcd transactions, so each write is one round
 //! trip. Every request has a timeout: an unreachable etcd gives [`Error::Unavailable`], never a
 //! hang. Watch streams survive etcd restarts by resuming from the last revision they delivered.
+//! With [`EtcdTls`] it speaks TLS and authenticates with a client certificate.
 //!
 //! Two differences from the embedded store come from etcd itself: an empty etcd is at revision 1,
 //! so the first write gets revision 2; and a watch event's `prev` is missing if etcd compacted it
@@ -38,6 +39,25 @@ const WATCHER_QUEUE: usize = 256;
 /// How long to wait for etcd to report its compacted revision.
 const COMPACTED_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What the etcd client presents and trusts over TLS (kube-apiserver's `--etcd-cafile`,
+/// `--etcd-certfile`, `--etcd-keyfile`), PEM.
+#[derive(Clone, Default)]
+pub struct EtcdTls {
+    /// The CA etcd's serving certificate must chain to.
+    pub ca_pem: Option<String>,
+    /// This client's certificate and key.
+    pub client: Option<(String, String)>,
+}
+
+impl fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
+}
+
 /// A store in etcd.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -63,10 +83,36 @@ impl EtcdStore {
     /// empty prefix see every key under `key_prefix`, so give clusters prefixes where neither is
     /// a prefix of the other (`/apiary-a` and `/apiary-b`, not `/apiary` and `/apiary2`).
     pub async fn connect(endpoints: &[String], key_prefix: &str) -> Result<Self> {
-        let options = ConnectOptions::new()
+        Self::connect_with(endpoints, key_prefix, None).await
+    }
+
+    /// [`EtcdStore::connect`], over TLS when `tls` is given (`https://host:port` endpoints):
+    /// the server verified against `tls`'s CA, this client authenticated by its certificate,
+    /// as etcd's `--client-cert-auth` requires.
+    pub async fn connect_with(
+        endpoints: &[String],
+        key_prefix: &str,
+        tls: Option<&EtcdTls>,
+    ) -> Result<Self> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(DEFAULT_REQUEST_TIMEOUT)
             .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT);
+        if let Some(tls) = tls {
+            if let Some(plain) = endpoints.iter().find(|e| !e.starts_with("https://")) {
+                return Err(Error::Unavailable(format!(
+                    "etcd endpoint {plain} is not https://, but TLS files were given"
+                )));
+            }
+            let mut config = etcd_client::TlsOptions::new();
+            if let Some(ca) = &tls.ca_pem {
+                config = config.ca_certificate(etcd_client::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &tls.client {
+                config = config.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(config);
+        }
         let connect = Client::connect(endpoints, Some(options));
         let client = tokio::time::timeout(DEFAULT_REQUEST_TIMEOUT, connect)
             .await

@@ -4,12 +4,16 @@
 //!   acknowledged write is fsynced and survives `kill -9`.
 //! - [`etcd`]: etcd v3 through `etcd-client`, for HA control planes.
 //!
+//! [`encryption`] wraps either: values of the resources an `EncryptionConfiguration` names are
+//! encrypted before they reach the backend.
+//!
 //! The model is etcd's: one cluster-wide, monotonically increasing revision; every write gets the
 //! next revision; each key remembers the revision that created it and the one that last modified
 //! it. Kubernetes' `resourceVersion` is the object's `mod_revision`, and a list's
 //! `resourceVersion` is the store revision it was read at.
 
 pub mod embedded;
+pub mod encryption;
 pub mod etcd;
 
 use std::pin::Pin;
@@ -110,6 +114,10 @@ pub enum Error {
     /// The store's files are damaged or from an incompatible version; not retryable.
     #[error("storage corrupt: {0}")]
     Corrupt(String),
+    /// A stored value the encryption configuration cannot read (its key is not configured, or
+    /// it does not authenticate); not retryable, and the value is left as it is.
+    #[error("unable to transform key {key:?}: {reason}")]
+    Transform { key: String, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -44,6 +44,22 @@ impl Fixture {
         }
     }
 
+    /// An embedded store behind encryption of every value (`*.*`, AES-GCM), so that the
+    /// contract is checked through the encryption layer too.
+    pub async fn encrypted() -> Self {
+        let Self { store, _guard } = Self::embedded().await;
+        let config = apiary_control_plane::store::encryption::EncryptionConfig::parse(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: ['*.*']\n  providers:\n  - aesgcm:\n      keys: [{name: k, secret: MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTI=}]\n",
+        )
+        .expect("a valid configuration");
+        Self {
+            store: Arc::new(
+                apiary_control_plane::store::encryption::EncryptedStore::new(store, config),
+            ),
+            _guard,
+        }
+    }
+
     /// An etcd store on an etcd of its own.
     pub async fn etcd() -> Self {
         let server = EtcdServer::start().await;

@@ -16,6 +16,8 @@ pub struct Sources {
     pub secrets: BTreeMap<String, Option<Secret>>,
     /// The Services whose variables the containers get (see [`linked_services`]).
     pub services: Vec<Service>,
+    /// The ServiceAccount tokens of the pod's projected volumes.
+    pub tokens: BTreeMap<super::tokens::TokenKey, super::tokens::IssuedToken>,
 }
 
 /// Which Services a pod's containers get variables of, given the Services of its namespace
@@ -156,6 +158,14 @@ pub fn referenced(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
         }
         if let Some(s) = &volume.secret {
             secrets.insert(s.secret_name.clone());
+        }
+        for source in volume.projected.iter().flat_map(|p| &p.sources) {
+            if let Some(cm) = &source.config_map {
+                config_maps.insert(cm.name.clone());
+            }
+            if let Some(s) = &source.secret {
+                secrets.insert(s.name.clone());
+            }
         }
     }
     (config_maps, secrets)

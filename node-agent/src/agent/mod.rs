@@ -17,6 +17,7 @@ pub mod run;
 pub mod services;
 pub mod static_pods;
 pub mod streams;
+pub mod tokens;
 pub mod volumes;
 
 pub use run::{AgentConfig, run};

@@ -1,8 +1,9 @@
 //! A pod's volumes on the node, under `<pod dir>/volumes/<kind>/<name>`: emptyDir (a directory,
-//! or tmpfs for `medium: Memory`), hostPath (checked against its `type`), and ConfigMap, Secret
-//! and downward API volumes written the way the kubelet writes them — files in a timestamped
-//! directory behind a `..data` symlink that is swapped atomically, so a container never sees a
-//! half-written update.
+//! or tmpfs for `medium: Memory`), hostPath (checked against its `type`), and ConfigMap, Secret,
+//! downward API and projected volumes (those three and ServiceAccount tokens in one directory)
+//! written the way the kubelet writes them — files in a timestamped directory behind a `..data`
+//! symlink that is swapped atomically, so a container never sees a half-written update (nor a
+//! token cut in two when it is refreshed).
 
 use std::{
     collections::BTreeMap,
@@ -12,15 +13,21 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
-use apiary_api::core_v1::{KeyToPath, Pod, Volume};
+use apiary_api::core_v1::{DownwardApiVolumeFile, KeyToPath, Pod, ProjectedVolumeSource, Volume};
 
-use super::env::{self, ConfigError, PodFacts, Sources};
+use super::{
+    env::{self, ConfigError, PodFacts, Sources},
+    tokens::TokenKey,
+};
+
+/// A volume's files by path: content and mode.
+type Files = BTreeMap<PathBuf, (Vec<u8>, u32)>;
 
 /// A volume ready to be bind-mounted into containers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PreparedVolume {
     pub host_path: PathBuf,
-    /// ConfigMap, Secret and downward API volumes are always read-only.
+    /// ConfigMap, Secret, downward API and projected volumes are always read-only.
     pub read_only: bool,
 }
 
@@ -41,6 +48,8 @@ pub enum VolumeError {
     },
     #[error("volume {volume}: {kind} volumes are not supported by this node")]
     Unsupported { volume: String, kind: String },
+    #[error("volume {volume}: no service account token was issued for it yet")]
+    MissingToken { volume: String },
     #[error("volume {volume}: item path {path:?} must be relative and must not contain '..'")]
     ItemPath { volume: String, path: String },
     #[error("volume {volume}: {context}")]
@@ -121,7 +130,7 @@ fn prepare_one(
             read_only: false,
         });
     }
-    let files: BTreeMap<PathBuf, (Vec<u8>, u32)>;
+    let files: Files;
     let kind;
     if let Some(cm) = &volume.config_map {
         kind = "configmap";
@@ -145,35 +154,17 @@ fn prepare_one(
         )?;
     } else if let Some(downward) = &volume.downward_api {
         kind = "downward-api";
-        let mut out = BTreeMap::new();
-        for item in &downward.items {
-            let value = if let Some(f) = &item.field_ref {
-                env::field(pod, facts, &f.field_path)
-            } else if let Some(r) = &item.resource_field_ref {
-                let container = pod
-                    .spec
-                    .containers
-                    .iter()
-                    .find(|c| c.name == r.container_name)
-                    .cloned()
-                    .unwrap_or_default();
-                env::resource(
-                    &container,
-                    &r.resource,
-                    r.divisor.as_ref(),
-                    node_allocatable,
-                )
-            } else {
-                continue;
-            }
-            .map_err(|source| VolumeError::Config {
-                volume: name.clone(),
-                source,
-            })?;
-            let mode = item.mode.or(downward.default_mode).unwrap_or(0o644) as u32;
-            out.insert(item_path(name, &item.path)?, (value.into_bytes(), mode));
-        }
-        files = out;
+        files = downward_files(
+            pod,
+            name,
+            &downward.items,
+            downward.default_mode,
+            facts,
+            node_allocatable,
+        )?;
+    } else if let Some(projected) = &volume.projected {
+        kind = "projected";
+        files = projected_files(pod, name, projected, facts, sources, node_allocatable)?;
     } else {
         let kind = volume.sources().first().copied().unwrap_or("unknown");
         return Err(VolumeError::Unsupported {
@@ -187,6 +178,105 @@ fn prepare_one(
         host_path: path,
         read_only: true,
     })
+}
+
+/// The files of a downward API volume (or projection): each item's pod field or container
+/// resource.
+fn downward_files(
+    pod: &Pod,
+    volume: &str,
+    items: &[DownwardApiVolumeFile],
+    default_mode: Option<i32>,
+    facts: &PodFacts,
+    node_allocatable: &BTreeMap<String, i64>,
+) -> Result<Files, VolumeError> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let value = if let Some(f) = &item.field_ref {
+            env::field(pod, facts, &f.field_path)
+        } else if let Some(r) = &item.resource_field_ref {
+            let container = pod
+                .spec
+                .containers
+                .iter()
+                .find(|c| c.name == r.container_name)
+                .cloned()
+                .unwrap_or_default();
+            env::resource(
+                &container,
+                &r.resource,
+                r.divisor.as_ref(),
+                node_allocatable,
+            )
+        } else {
+            continue;
+        }
+        .map_err(|source| VolumeError::Config {
+            volume: volume.to_owned(),
+            source,
+        })?;
+        let mode = item.mode.or(default_mode).unwrap_or(0o644) as u32;
+        out.insert(item_path(volume, &item.path)?, (value.into_bytes(), mode));
+    }
+    Ok(out)
+}
+
+/// The files of a projected volume: every source's, in one directory, with the volume's
+/// `defaultMode` where an item has no `mode`.
+fn projected_files(
+    pod: &Pod,
+    name: &str,
+    projected: &ProjectedVolumeSource,
+    facts: &PodFacts,
+    sources: &Sources,
+    node_allocatable: &BTreeMap<String, i64>,
+) -> Result<Files, VolumeError> {
+    let mode = projected.default_mode;
+    let mut files = BTreeMap::new();
+    for source in &projected.sources {
+        let more = if let Some(secret) = &source.secret {
+            project(
+                name,
+                sources.secret_data(&secret.name),
+                ConfigError::SecretNotFound(secret.name.clone()),
+                &secret.items,
+                mode,
+                secret.optional,
+            )?
+        } else if let Some(cm) = &source.config_map {
+            project(
+                name,
+                sources.config_map_data(&cm.name).map(Ok),
+                ConfigError::ConfigMapNotFound(cm.name.clone()),
+                &cm.items,
+                mode,
+                cm.optional,
+            )?
+        } else if let Some(downward) = &source.downward_api {
+            downward_files(pod, name, &downward.items, mode, facts, node_allocatable)?
+        } else if let Some(projection) = &source.service_account_token {
+            let key = TokenKey {
+                audience: projection.audience.clone(),
+                expiration_seconds: projection.expiration_seconds.unwrap_or(3600),
+            };
+            let token = sources
+                .tokens
+                .get(&key)
+                .ok_or_else(|| VolumeError::MissingToken {
+                    volume: name.to_owned(),
+                })?;
+            let path = item_path(name, &projection.path)?;
+            let mode = mode.unwrap_or(0o644) as u32;
+            BTreeMap::from([(path, (token.token.clone().into_bytes(), mode))])
+        } else {
+            return Err(VolumeError::Unsupported {
+                volume: name.to_owned(),
+                kind: "projected clusterTrustBundle".to_owned(),
+            });
+        };
+        files.extend(more);
+    }
+    Ok(files)
 }
 
 /// The files of a ConfigMap or Secret volume from its `data` (`None`: the object does not
@@ -526,6 +616,116 @@ mod tests {
         run(host(&created, "DirectoryOrCreate")).unwrap();
         assert!(created.is_dir());
         assert!(run(host(&tmp.path().join("nope"), "File")).is_err());
+    }
+
+    #[test]
+    fn projected_volumes_hold_token_ca_and_namespace_and_swap_a_renewed_token_atomically() {
+        use crate::agent::tokens::IssuedToken;
+        use apiary_api::core_v1::{
+            ConfigMapProjection, DownwardApiProjection, DownwardApiVolumeFile, ObjectFieldSelector,
+            ProjectedVolumeSource, ServiceAccountTokenProjection, VolumeProjection,
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let volume = Volume {
+            name: "kube-api-access-abcde".into(),
+            projected: Some(ProjectedVolumeSource {
+                default_mode: Some(0o640),
+                sources: vec![
+                    VolumeProjection {
+                        service_account_token: Some(ServiceAccountTokenProjection {
+                            audience: String::new(),
+                            expiration_seconds: Some(3607),
+                            path: "token".into(),
+                        }),
+                        ..Default::default()
+                    },
+                    VolumeProjection {
+                        config_map: Some(ConfigMapProjection {
+                            name: "kube-root-ca.crt".into(),
+                            items: vec![KeyToPath {
+                                key: "ca.crt".into(),
+                                path: "ca.crt".into(),
+                                mode: Some(0o444),
+                            }],
+                            optional: None,
+                        }),
+                        ..Default::default()
+                    },
+                    VolumeProjection {
+                        downward_api: Some(DownwardApiProjection {
+                            items: vec![DownwardApiVolumeFile {
+                                path: "namespace".into(),
+                                field_ref: Some(ObjectFieldSelector {
+                                    field_path: "metadata.namespace".into(),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }],
+                        }),
+                        ..Default::default()
+                    },
+                ],
+            }),
+            ..Default::default()
+        };
+        let pod = pod_with(vec![volume]);
+        let mut cm = ConfigMap::default();
+        cm.data.insert("ca.crt".into(), "PEM".into());
+        cm.data.insert("other".into(), "not projected".into());
+        let mut sources = Sources::default();
+        sources
+            .config_maps
+            .insert("kube-root-ca.crt".into(), Some(cm));
+        let key = TokenKey {
+            audience: String::new(),
+            expiration_seconds: 3607,
+        };
+        let token = |t: &str| IssuedToken {
+            token: t.into(),
+            issued_at: std::time::SystemTime::UNIX_EPOCH,
+            expires_at: std::time::SystemTime::UNIX_EPOCH,
+        };
+        let run = |sources: &Sources| {
+            prepare(
+                &pod,
+                tmp.path(),
+                &PodFacts::default(),
+                sources,
+                &BTreeMap::new(),
+            )
+        };
+        // No token issued yet: nothing is mounted half-made.
+        assert_eq!(
+            run(&sources).unwrap_err().to_string(),
+            "volume kube-api-access-abcde: no service account token was issued for it yet"
+        );
+        sources.tokens.insert(key.clone(), token("first"));
+        let prepared = run(&sources).unwrap();
+        let dir = &prepared["kube-api-access-abcde"].host_path;
+        assert!(dir.ends_with("volumes/projected/kube-api-access-abcde"));
+        assert!(prepared["kube-api-access-abcde"].read_only);
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
+        let mode = |f: &str| fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            (read("token"), read("ca.crt"), read("namespace")),
+            ("first".into(), "PEM".into(), "ns".into())
+        );
+        assert_eq!(
+            (mode("token"), mode("ca.crt"), mode("namespace")),
+            (0o640, 0o444, 0o640)
+        );
+        assert!(!dir.join("other").exists());
+        // Each name is a link through `..data`, so one rename swaps them all.
+        assert_eq!(
+            fs::read_link(dir.join("token")).unwrap(),
+            Path::new("..data/token")
+        );
+        let before = fs::read_link(dir.join("..data")).unwrap();
+        sources.tokens.insert(key, token("second"));
+        run(&sources).unwrap();
+        assert_eq!(read("token"), "second");
+        assert_ne!(fs::read_link(dir.join("..data")).unwrap(), before);
+        assert!(!dir.join(before).exists(), "the old generation is removed");
     }
 
     #[test]

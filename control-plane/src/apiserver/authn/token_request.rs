@@ -93,6 +93,17 @@ pub async fn create(
         }
         let pod_name = bound["name"].as_str().unwrap_or_default();
         let pod = objects::get(api, &apiary_api::resource::PODS, Some(namespace), pod_name).await?;
+        // A pod's token is its own account's: binding another account's token to it would
+        // let whoever may read the pod's tokens (its node) act as that account.
+        let pod_account = pod["spec"]["serviceAccountName"]
+            .as_str()
+            .filter(|a| !a.is_empty())
+            .unwrap_or("default");
+        if pod_account != name {
+            return Err(ApiError::bad_request(format!(
+                "cannot bind token for serviceaccount {name:?} to pod running with different serviceaccount name."
+            )));
+        }
         let pod_uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
         if let Some(uid) = bound["uid"].as_str().filter(|u| !u.is_empty())
             && uid != pod_uid

@@ -82,7 +82,7 @@ pub fn forbidden(user: &UserInfo, info: &RequestInfo, reason: &str) -> ApiError 
 }
 
 /// `apierrors.NewForbidden(group resource, name, err)`.
-fn forbidden_on(resource: &str, group: &str, name: &str, why: &str) -> ApiError {
+pub(crate) fn forbidden_on(resource: &str, group: &str, name: &str, why: &str) -> ApiError {
     let qualified = super::error::qualified(resource, group);
     let message = match (resource.is_empty(), name.is_empty()) {
         (true, _) => format!("forbidden: {why}"),

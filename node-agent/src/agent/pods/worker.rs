@@ -25,6 +25,7 @@ use crate::{
         context::{Context, PodEntry},
         env::{self, PodFacts, Sources},
         probes::{self, Kind, Verdict},
+        tokens,
         volumes::{self, PreparedVolume},
     },
     api_client::PodRef,
@@ -32,7 +33,8 @@ use crate::{
 
 /// How often a worker looks at its containers when nothing else wakes it.
 const POLL: Duration = Duration::from_secs(1);
-/// ConfigMap, Secret and downward API volumes are refreshed this often.
+/// ConfigMap, Secret, downward API and projected volumes are refreshed this often (their
+/// tokens are asked for again only when due, see [`tokens`]).
 const REFRESH: Duration = Duration::from_secs(30);
 /// The kubelet's crash-loop back-off: 10 s doubling to 5 min, forgotten after 10 min of running.
 const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
@@ -452,7 +454,12 @@ impl Worker {
         if !stale {
             return Ok(());
         }
-        let sources = fetch_sources(&self.ctx, &self.pod)
+        let previous_tokens = self
+            .sources
+            .as_ref()
+            .map(|(_, s)| s.tokens.clone())
+            .unwrap_or_default();
+        let sources = fetch_sources(&self.ctx, &self.pod, &previous_tokens)
             .await
             .map_err(|e| ("FailedMount".to_owned(), format!("{e:#}")))?;
         let pod = self.pod.clone();
@@ -996,14 +1003,25 @@ pub fn grace_of(pod: &Pod) -> Duration {
     secs(pod.spec.termination_grace_period_seconds.unwrap_or(30))
 }
 
-/// The ConfigMaps and Secrets the pod references, as they are now.
-async fn fetch_sources(ctx: &Context, pod: &Pod) -> anyhow::Result<Sources> {
+/// The ConfigMaps and Secrets the pod references, as they are now, and the ServiceAccount
+/// tokens of its projected volumes (`previous` ones kept until they are due for renewal).
+async fn fetch_sources(
+    ctx: &Context,
+    pod: &Pod,
+    previous: &BTreeMap<tokens::TokenKey, tokens::IssuedToken>,
+) -> anyhow::Result<Sources> {
     let (config_maps, secrets) = env::referenced(pod);
     let ns = &pod.metadata.namespace;
+    let tokens = tokens::refresh(pod, previous, std::time::SystemTime::now(), |path, body| {
+        let api = ctx.api.clone();
+        async move { api.post(&path, &body).await }
+    })
+    .await?;
     Ok(Sources {
         config_maps: fetch_all(ctx, ns, "configmaps", config_maps).await?,
         secrets: fetch_all(ctx, ns, "secrets", secrets).await?,
         services: fetch_linked_services(ctx, pod).await?,
+        tokens,
     })
 }
 

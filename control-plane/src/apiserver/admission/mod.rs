@@ -1,0 +1,36 @@
+//! Admission: what kube-apiserver's admission plugins do to an object between decoding and
+//! validation. Only the mutating plugins Kubernetes enables by default that change what
+//! clients see live here, one file each.
+//!
+//! - [`service_account`]: a pod's ServiceAccount (`default` unless named), which must exist,
+//!   and its `kube-api-access-*` projected volume.
+
+pub mod service_account;
+
+use serde_json::Value;
+
+use super::{Api, objects::Result, resources::ResourceType};
+
+/// The plugins that run. The control plane enables all of them, as kube-apiserver enables
+/// these by default; an [`Api`] made for a unit test starts with none, so that a test of
+/// something else need not create ServiceAccounts for its pods.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Plugins {
+    pub service_account: bool,
+}
+
+impl Plugins {
+    pub fn all() -> Self {
+        Self {
+            service_account: true,
+        }
+    }
+}
+
+/// Runs the admission plugins on a new object of `resource` (its namespace and name are set).
+pub async fn admit_create(api: &Api, resource: &ResourceType, object: &mut Value) -> Result<()> {
+    if api.admission.service_account && resource.group.is_empty() && resource.plural == "pods" {
+        service_account::admit(api, object).await?;
+    }
+    Ok(())
+}
