@@ -320,3 +320,39 @@ fn a_watch_is_recorded_when_it_starts_and_when_it_ends() {
         },
     );
 }
+
+#[test]
+fn pod_security_audit_mode_annotates_the_event() {
+    let a = start();
+    a.cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: watched\n  labels:\n    pod-security.kubernetes.io/audit: baseline\n",
+    )
+    .success();
+    wait_for(
+        "the default ServiceAccount",
+        Duration::from_secs(30),
+        || {
+            a.cp.kubectl(&["get", "serviceaccount", "default", "-n", "watched"])
+                .ok()
+                .then_some(())
+        },
+    );
+    a.cp.kubectl_stdin(
+        &["apply", "-n", "watched", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  hostNetwork: true\n  containers:\n  - name: c\n    image: busybox\n",
+    )
+    .success();
+    let created = wait_for("the pod's create event", Duration::from_secs(10), || {
+        events(&a.log).into_iter().find(|e| {
+            e["verb"] == "create"
+                && e["objectRef"]["resource"] == "pods"
+                && e["objectRef"]["namespace"] == "watched"
+        })
+    });
+    assert_eq!(
+        created["annotations"]["pod-security.kubernetes.io/audit-violations"],
+        "would violate PodSecurity \"baseline:latest\": host namespaces (hostNetwork=true)",
+        "{created}"
+    );
+}

@@ -17,7 +17,6 @@ pub mod node_proxy;
 pub mod objects;
 pub mod path;
 pub mod pki;
-pub mod pod_security;
 pub mod protobuf;
 pub mod resources;
 pub mod selectors;
@@ -25,6 +24,7 @@ pub mod serve;
 pub mod strategy;
 pub mod streams;
 pub mod tables;
+pub mod warnings;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -282,6 +282,7 @@ async fn resource_request(
     body: Body,
 ) -> Response {
     let user = user.map(|u| u.0).unwrap_or_else(auth::UserInfo::admin);
+    warnings::collect(async move {
     let result = match path::parse(&api.resources, uri.path()) {
         Ok(target) => match limited_body(body, MAX_REQUEST_BODY_BYTES).await {
             Ok(body) => {
@@ -295,6 +296,8 @@ async fn resource_request(
         tracing::debug!(%method, %uri, code = e.code.as_u16(), message = %e.message, "request failed");
         e.into_response()
     })
+    })
+    .await
 }
 
 /// A resource request by `user`, who is authorized for it: access reviews are answered, RBAC

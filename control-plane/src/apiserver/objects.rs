@@ -686,6 +686,7 @@ pub async fn create(api: &Api, target: &Target, mut object: Value) -> Result<Val
     super::admission::admit_create(api, resource, &mut object).await?;
     api.strategy.prepare_create(resource, &mut object)?;
     api.strategy.validate(resource, &object, None)?;
+    super::admission::validate(api, resource, &object).await?;
     let claims = if resource.plural == "services" {
         allocator::allocate(api, &mut object).await?
     } else {
@@ -777,6 +778,14 @@ async fn write_update(
     // object, not as an update.
     let before = (target.subresource.as_deref() != Some("binding")).then_some(old);
     api.strategy.validate(resource, &merged, before)?;
+    // Admission judges what a client changed, not what the system writes to subresources;
+    // a pod whose spec is unchanged (a label added) is not judged again (as Pod Security's).
+    let pod_spec_unchanged = resource.group.is_empty()
+        && resource.plural == "pods"
+        && old.get("spec") == merged.get("spec");
+    if target.subresource.is_none() && !pod_spec_unchanged {
+        super::admission::validate(api, resource, &merged).await?;
+    }
     // An object whose finalizers are gone while it is being deleted goes away now.
     let finalizers_empty = merged["metadata"]["finalizers"]
         .as_array()

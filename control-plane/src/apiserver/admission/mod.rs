@@ -4,7 +4,11 @@
 //!
 //! - [`service_account`]: a pod's ServiceAccount (`default` unless named), which must exist,
 //!   and its `kube-api-access-*` projected volume.
+//!
+//! Validating plugins run after validation, on what will be stored:
+//! - [`pod_security`]: the Pod Security Standards a namespace's labels ask for.
 
+pub mod pod_security;
 pub mod service_account;
 
 use serde_json::Value;
@@ -17,12 +21,14 @@ use super::{Api, objects::Result, resources::ResourceType};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Plugins {
     pub service_account: bool,
+    pub pod_security: bool,
 }
 
 impl Plugins {
     pub fn all() -> Self {
         Self {
             service_account: true,
+            pod_security: true,
         }
     }
 }
@@ -31,6 +37,14 @@ impl Plugins {
 pub async fn admit_create(api: &Api, resource: &ResourceType, object: &mut Value) -> Result<()> {
     if api.admission.service_account && resource.group.is_empty() && resource.plural == "pods" {
         service_account::admit(api, object).await?;
+    }
+    Ok(())
+}
+
+/// Runs the validating plugins on an object about to be created or updated (as validated).
+pub async fn validate(api: &Api, resource: &ResourceType, object: &Value) -> Result<()> {
+    if api.admission.pod_security {
+        pod_security::admit(api, resource, object).await?;
     }
     Ok(())
 }

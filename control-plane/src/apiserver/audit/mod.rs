@@ -36,6 +36,20 @@ use serde_json::{Map, Value, json};
 use super::{MAX_REQUEST_BODY_BYTES, auth::UserInfo, authz::request_info, serve::PeerAddr};
 pub use policy::{Level, Policy, Stage};
 
+tokio::task_local! {
+    /// Annotations the request's handlers add to its events ([`annotate`]).
+    static ANNOTATIONS: std::cell::RefCell<Map<String, Value>>;
+}
+
+/// Adds an annotation to the audit events of the request being handled (as Kubernetes'
+/// `audit.AddAuditAnnotation`; admission plugins say what they decided). Nothing without an
+/// audit log.
+pub fn annotate(key: &str, value: impl Into<String>) {
+    let _ = ANNOTATIONS.try_with(|a| {
+        a.borrow_mut().insert(key.to_owned(), json!(value.into()));
+    });
+}
+
 /// The response header that carries a request's audit ID (and the request header a client
 /// may set it with).
 const AUDIT_ID_HEADER: &str = "audit-id";
@@ -74,6 +88,8 @@ struct Record {
     decision: Option<policy::Decision>,
     authorized: bool,
     request_object: Option<Value>,
+    /// What admission added ([`annotate`]).
+    annotations: Map<String, Value>,
 }
 
 #[derive(Clone)]
@@ -140,13 +156,20 @@ pub async fn record(
         decision: None,
         authorized: false,
         request_object: None,
+        annotations: Map::new(),
     };
     let slot = Slot {
         auditor: Arc::clone(&auditor),
         record: Arc::new(Mutex::new(record)),
     };
     request.extensions_mut().insert(slot.clone());
-    let mut response = next.run(request).await;
+    let (mut response, annotations) = ANNOTATIONS
+        .scope(std::cell::RefCell::new(Map::new()), async {
+            let response = next.run(request).await;
+            (response, ANNOTATIONS.with(|a| a.take()))
+        })
+        .await;
+    slot.lock().annotations = annotations;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(AUDIT_ID_HEADER, value);
     }
@@ -430,7 +453,7 @@ fn event(record: &Record, stage: Stage, code: Option<u16>, response: Option<&[u8
     }
     event["requestReceivedTimestamp"] = json!(micro_time(record.received));
     event["stageTimestamp"] = json!(micro_time(Utc::now()));
-    let mut annotations = Map::new();
+    let mut annotations = record.annotations.clone();
     if record.authorized {
         annotations.insert("authorization.k8s.io/decision".into(), json!("allow"));
     } else if code == Some(403) && record.user.is_some() {
@@ -544,6 +567,7 @@ mod tests {
             }),
             authorized: false,
             request_object: None,
+            annotations: Map::new(),
         };
         let status = br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"secrets \"s\" is forbidden","reason":"Forbidden","code":403}"#;
         let event = event(&record, Stage::ResponseComplete, Some(403), Some(status));

@@ -12,6 +12,93 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use crate::apiserver::{
+    Api, audit, authz::forbidden_on, error::ApiError, objects::Result, resources::ResourceType,
+    warnings,
+};
+
+/// Where the pod template of a workload kind is, for warnings (workloads are never refused).
+fn template_path(resource: &ResourceType) -> Option<&'static [&'static str]> {
+    match (resource.group, resource.plural) {
+        ("", "podtemplates") => Some(&["template"]),
+        ("", "replicationcontrollers")
+        | ("apps", "deployments" | "replicasets" | "statefulsets" | "daemonsets")
+        | ("batch", "jobs") => Some(&["spec", "template"]),
+        ("batch", "cronjobs") => Some(&["spec", "jobTemplate", "spec", "template"]),
+        _ => None,
+    }
+}
+
+/// Pod Security admission of a created or updated `object` of `resource`: namespaces' labels
+/// are checked; pods are judged by their namespace's policies (refused under `enforce`);
+/// workloads' pod templates are warned and audited only.
+pub async fn admit(api: &Api, resource: &ResourceType, object: &Value) -> Result<()> {
+    if resource.group.is_empty() && resource.plural == "namespaces" {
+        let errors = check_labels(&object["metadata"]["labels"]);
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let causes: Vec<(String, String)> = errors
+            .into_iter()
+            .map(|(field, message)| (field.clone(), format!("{field}: {message}")))
+            .collect();
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        return Err(ApiError::invalid("Namespace", "", name, &causes));
+    }
+    let is_pod = resource.group.is_empty() && resource.plural == "pods";
+    let template = template_path(resource);
+    if !is_pod && template.is_none() {
+        return Ok(());
+    }
+    let Some(namespace) = object["metadata"]["namespace"].as_str() else {
+        return Ok(());
+    };
+    let namespaces = api
+        .resources
+        .get("", "v1", "namespaces")
+        .expect("namespaces are served");
+    let labels = match crate::apiserver::objects::get(api, namespaces, None, namespace).await {
+        Ok(ns) => ns["metadata"]["labels"].clone(),
+        Err(_) => return Ok(()),
+    };
+    let pod = match template {
+        Some(path) => path.iter().fold(object, |v, key| &v[*key]),
+        None => object,
+    };
+    let judge = |policy: &Policy| violations(policy.level, &pod["metadata"], &pod["spec"]);
+    if is_pod && let Some(policy) = policy(&labels, "enforce") {
+        audit::annotate(
+            "pod-security.kubernetes.io/enforce-policy",
+            policy.describe(),
+        );
+        let found = judge(&policy);
+        if !found.is_empty() {
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            return Err(forbidden_on("pods", "", name, &message(&policy, &found)));
+        }
+    }
+    if let Some(policy) = policy(&labels, "warn") {
+        let found = judge(&policy);
+        if !found.is_empty() {
+            let text = message(&policy, &found);
+            warnings::add(format!("would {}", text.replacen("violates", "violate", 1)));
+        }
+    }
+    if let Some(policy) = policy(&labels, "audit") {
+        let found = judge(&policy);
+        if !found.is_empty() {
+            audit::annotate(
+                "pod-security.kubernetes.io/audit-violations",
+                format!(
+                    "would {}",
+                    message(&policy, &found).replacen("violates", "violate", 1)
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The label prefix; `<prefix><mode>` and `<prefix><mode>-version`.
 pub const LABEL_PREFIX: &str = "pod-security.kubernetes.io/";
 pub const MODES: [&str; 3] = ["enforce", "audit", "warn"];
@@ -110,6 +197,8 @@ pub fn violations(level: Level, meta: &Value, spec: &Value) -> Vec<String> {
         return Vec::new();
     }
     let pod = PodView::new(meta, spec);
+    // Kubernetes' order: the baseline checks by ID, then the restricted ones by ID; a
+    // restricted check replaces the baseline check of the same concern.
     let mut checks: Vec<(&str, Option<(String, String)>)> = vec![
         ("appArmorProfile", pod.app_armor()),
         ("hostNamespaces", pod.host_namespaces()),
@@ -123,12 +212,15 @@ pub fn violations(level: Level, meta: &Value, spec: &Value) -> Vec<String> {
     ];
     if level == Level::Restricted {
         checks.extend([
-            ("allowPrivilegeEscalation", pod.allow_privilege_escalation()),
-            ("capabilities_restricted", pod.capabilities_restricted()),
-            ("restrictedVolumes", pod.restricted_volumes()),
-            ("runAsNonRoot", pod.run_as_non_root()),
-            ("runAsUser", pod.run_as_user()),
-            ("seccompProfile_restricted", pod.seccomp_restricted()),
+            (
+                "~allowPrivilegeEscalation",
+                pod.allow_privilege_escalation(),
+            ),
+            ("~capabilities_restricted", pod.capabilities_restricted()),
+            ("~restrictedVolumes", pod.restricted_volumes()),
+            ("~runAsNonRoot", pod.run_as_non_root()),
+            ("~runAsUser", pod.run_as_user()),
+            ("~seccompProfile_restricted", pod.seccomp_restricted()),
         ]);
     } else {
         checks.extend([
@@ -136,6 +228,7 @@ pub fn violations(level: Level, meta: &Value, spec: &Value) -> Vec<String> {
             ("seccompProfile_baseline", pod.seccomp_baseline()),
         ]);
     }
+    // `~` sorts the restricted checks after every baseline one.
     checks.sort_by_key(|(id, _)| *id);
     checks
         .into_iter()
