@@ -420,6 +420,49 @@ fn parse_bool(name: &str, value: Option<&str>) -> Result<bool, StreamError> {
 mod tests {
     use super::*;
 
+    /// The status of `GET /` with `authorization` behind the caller check of `callers`.
+    async fn status_with(callers: Callers, authorization: Option<&str>) -> StatusCode {
+        use tower::ServiceExt as _;
+        let app =
+            Router::new()
+                .route("/", get(|| async { "ok" }))
+                .layer(middleware::from_fn_with_state(
+                    Arc::new(callers),
+                    require_token,
+                ));
+        let mut request = axum::http::Request::builder().uri("/");
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let request = request.body(axum::body::Body::empty()).unwrap();
+        app.oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn only_the_exact_token_passes_and_an_empty_one_never_does() {
+        let token = || Callers::Token("abc".to_owned());
+        assert_eq!(
+            status_with(token(), Some("Bearer abc")).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status_with(token(), Some("Bearer abd")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(status_with(token(), None).await, StatusCode::UNAUTHORIZED);
+        // An agent without a token of its own (it runs as its node) lets no empty one in.
+        let none = || Callers::Token(String::new());
+        assert_eq!(
+            status_with(none(), Some("Bearer ")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status_with(none(), Some("Bearer")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(status_with(none(), None).await, StatusCode::UNAUTHORIZED);
+    }
+
     #[test]
     fn accept_backs_off_from_5_ms_doubling_up_to_1_s() {
         let mut pauses = vec![accept_backoff(None)];
