@@ -75,6 +75,7 @@ fn bootstrap_node(cp: &ControlPlane, node: &str, token: &str) -> std::path::Path
     let node_kubeconfig = cp.data_path().join(format!("{node}.kubeconfig"));
     let pki = cp.data_path().join(format!("{node}-pki"));
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    let started = std::time::Instant::now();
     runtime
         .block_on(apiary_node_agent::agent::client_certificate::ensure(
             &node_kubeconfig,
@@ -83,6 +84,10 @@ fn bootstrap_node(cp: &ControlPlane, node: &str, token: &str) -> std::path::Path
             node,
         ))
         .unwrap();
+    eprintln!(
+        "TLS bootstrap of {node} (CSR created, approved, signed, written): {:?}",
+        started.elapsed()
+    );
     node_kubeconfig
 }
 
