@@ -271,7 +271,10 @@ fn a_node_gets_a_serving_certificate_for_its_own_names_only() {
 
 #[test]
 fn the_agent_channel_is_for_nodes_each_for_itself() {
-    use apiary_agent_api::{Credential, v1::WatchPodsRequest};
+    use apiary_agent_api::{
+        Credential,
+        v1::{RegisterRequest, WatchPodsRequest},
+    };
     let cp = ControlPlane::start();
     let token = create_token(&cp, "qwerty", "0123456789abcdef", &in_an_hour());
     let n1 = bootstrap_node(&cp, "n1", &token);
@@ -301,6 +304,26 @@ fn the_agent_channel_is_for_nodes_each_for_itself() {
             .await
             .unwrap_err();
         assert_eq!(other.code(), tonic::Code::PermissionDenied, "{other:?}");
+        let register = |name: &str, labels: Value| RegisterRequest {
+            node_json: serde_json::to_vec(&json!({"metadata": {"name": name, "labels": labels}}))
+                .unwrap(),
+        };
+        let plain = json!({"kubernetes.io/hostname": "n1"});
+        client
+            .register(register("n1", plain.clone()))
+            .await
+            .unwrap();
+        let refused = client.register(register("n2", plain)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        let steering = json!({"node-restriction.kubernetes.io/trusted": "yes"});
+        let refused = client.register(register("n1", steering)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused
+                .message()
+                .contains("not allowed to modify the following labels"),
+            "{refused:?}"
+        );
         // A bootstrap token is no node.
         let mut bootstrapper =
             apiary_agent_api::connect(&endpoint.server, &endpoint.ca_pem, &token)
