@@ -169,26 +169,22 @@ pub fn admit_node(node: &str, new: &Value, old: Option<&Value>) -> Result<(), Ap
                 .filter(|k| !after.contains_key(*k))
                 .map(String::as_str),
         );
-    let forbidden = forbidden_labels(changed);
-    if !forbidden.is_empty() {
-        return Err(forbidden_error(format!(
+    let refused = forbidden_labels(changed);
+    if !refused.is_empty() {
+        return Err(forbidden(format!(
             "node {node:?} is not allowed to {} the following labels: {}",
             if old.is_some() { "modify" } else { "set" },
-            forbidden.join(", ")
+            refused.join(", ")
         )));
     }
     if let Some(old) = old
         && old["spec"]["taints"] != new["spec"]["taints"]
     {
-        return Err(forbidden_error(format!(
+        return Err(forbidden(format!(
             "node {node:?} is not allowed to modify taints"
         )));
     }
     Ok(())
-}
-
-fn forbidden_error(why: String) -> ApiError {
-    forbidden(why)
 }
 
 /// A pod a node creates: a mirror pod, bound to itself, referencing nothing it could not read
