@@ -2,6 +2,7 @@
 
 mod age;
 mod apply;
+mod bootstrap;
 mod client;
 mod cluster;
 mod create;
@@ -21,6 +22,7 @@ mod report;
 mod scale;
 mod secrets;
 mod table;
+mod token;
 
 use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
@@ -75,6 +77,9 @@ enum Command {
     /// Manage this machine as a node of a cluster.
     #[command(subcommand)]
     Node(cluster::NodeCommand),
+    /// Manage bootstrap tokens, with which nodes join (`token create` prints the join command).
+    #[command(subcommand)]
+    Token(token::Command),
     /// Print a container's log (`-f` follows it).
     Logs(logs::Args),
     /// Run a command in a container; its exit code becomes ours.
@@ -195,6 +200,9 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Exec(args) => exec::run(&session, &args).await,
         Command::Net(args) => net::run(&session, &args, &mut out).await,
         Command::Secrets(args) => secrets::run(&session, &args, &mut out).await,
+        Command::Token(command) => token::run(&session, &command, &mut out)
+            .await
+            .map(|()| Outcome::Success),
     }
 }
 
@@ -211,7 +219,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 /// clap's usage and tips, which `--help` has.
 fn usage_error(e: &clap::Error) -> String {
     if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        return "a command is required: apply, get, describe, delete, create, label, annotate, scale, logs, exec, net, image, up, down, status, node or version".to_owned();
+        return "a command is required: apply, get, describe, delete, create, label, annotate, scale, logs, exec, net, image, up, down, status, node, token or version".to_owned();
     }
     let rendered = e.render().to_string();
     let message = rendered.split("\n\n").next().unwrap_or_default();

@@ -311,6 +311,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         identity_gc_grace: std::time::Duration::from_secs(cli.security_identity_gc_seconds),
         advertised,
         root_ca: Some(pki.ca_pem.clone()),
+        certificate_authority: Some(Arc::new(
+            pki.certificate_authority()
+                .context("loading the cluster CA's key")?,
+        )),
     };
     tokio::spawn(run_while_leading(
         Arc::clone(&api),
@@ -320,19 +324,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     ));
     let tokens = Tokens::new(pki.admin_token.clone())
         .with_file(token_file)
+        .with_bootstrap_tokens(Arc::clone(&api.store))
         .with_service_accounts(apiserver::auth::ServiceAccounts {
             issuer: Arc::clone(&service_account_issuer),
             store: Arc::clone(&api.store),
         });
-    let mut app = apiserver::router(api, Arc::new(tokens));
-    if let Some(auditor) = auditor {
-        app = apiserver::audit::layer(app, Arc::new(auditor));
-    }
     let server_host = if local.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {
         local.ip().to_string()
     };
+    // What joining nodes read (anonymously) to find and pin the CA.
+    let public_server = advertised.map_or_else(
+        || format!("https://{server_host}:{}", local.port()),
+        |a| format!("https://{a}"),
+    );
+    apiserver::cluster_info::publish(&api, &public_server, &pki.ca_pem)
+        .await
+        .map_err(|e| anyhow::anyhow!("publishing kube-public/cluster-info: {}", e.message))?;
+    let mut app = apiserver::router(api, Arc::new(tokens));
+    if let Some(auditor) = auditor {
+        app = apiserver::audit::layer(app, Arc::new(auditor));
+    }
     let kubeconfig = cli.data_dir.join("kubeconfig");
     pki.write_kubeconfig(
         &kubeconfig,

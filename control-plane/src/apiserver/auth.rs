@@ -59,6 +59,17 @@ pub struct Tokens {
     admin: String,
     file: TokenFile,
     service_accounts: Option<ServiceAccounts>,
+    /// Where bootstrap token Secrets are read from; none: bootstrap tokens are not accepted.
+    bootstrap_tokens: Option<BootstrapTokens>,
+}
+
+/// The store bootstrap token Secrets are read from.
+struct BootstrapTokens(Arc<dyn crate::store::Store>);
+
+impl std::fmt::Debug for BootstrapTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BootstrapTokens")
+    }
 }
 
 /// What verifies service account tokens: the issuer's key, and the store that says whether the
@@ -80,6 +91,15 @@ impl Tokens {
             admin,
             file: TokenFile::default(),
             service_accounts: None,
+            bootstrap_tokens: None,
+        }
+    }
+
+    /// Also accepts bootstrap tokens whose Secrets `store` holds.
+    pub fn with_bootstrap_tokens(self, store: Arc<dyn crate::store::Store>) -> Self {
+        Self {
+            bootstrap_tokens: Some(BootstrapTokens(store)),
+            ..self
         }
     }
 
@@ -132,8 +152,11 @@ impl Tokens {
         }
         let user = if !self.admin.is_empty() && self.accepts(presented) {
             UserInfo::admin()
+        } else if let Some(user) = self.file.user(presented) {
+            user.clone()
         } else {
-            self.file.user(presented)?.clone()
+            let store = self.bootstrap_tokens.as_ref()?;
+            super::authn::bootstrap_token::authenticate(store.0.as_ref(), presented).await?
         };
         Some((user, vec![API_AUDIENCE.to_owned()]))
     }

@@ -15,11 +15,19 @@
 //! - [`kubernetes_service`]: `default/kubernetes`, the API server's own Service.
 //! - [`serviceaccount`]: the `default` ServiceAccount of every namespace.
 //! - [`root_ca`]: the `kube-root-ca.crt` ConfigMap (the cluster CA) of every namespace.
+//! - [`csr_approving`]: approves kubelet client certificates (nodeclient, selfnodeclient) and a
+//!   node's serving certificate for its own names.
+//! - [`csr_signing`]: signs approved CertificateSigningRequests with the cluster CA.
+//! - [`token_cleaner`]: deletes expired bootstrap tokens.
+//! - [`bootstrap_signer`]: signs `kube-public/cluster-info` for every bootstrap token.
 //! - [`clusterrole_aggregation`]: the rules of aggregated ClusterRoles (`admin`, `edit`,
 //!   `view`), from the ClusterRoles their selectors match.
 
+pub mod bootstrap_signer;
 pub mod clusterrole_aggregation;
 pub mod cronjob;
+pub mod csr_approving;
+pub mod csr_signing;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -33,6 +41,7 @@ pub mod root_ca;
 pub mod runtime;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod token_cleaner;
 
 use std::{collections::BTreeMap, future::Future, sync::Arc};
 
@@ -60,6 +69,8 @@ pub struct Config {
     /// The cluster CA (PEM) published in every namespace as `kube-root-ca.crt`; `None`: not
     /// published.
     pub root_ca: Option<String>,
+    /// What signs approved CertificateSigningRequests; none: nothing is signed.
+    pub certificate_authority: Option<Arc<crate::apiserver::pki::CertificateAuthority>>,
 }
 
 impl Default for Config {
@@ -69,6 +80,7 @@ impl Default for Config {
             identity_gc_grace: identity::DEFAULT_GC_GRACE,
             advertised: None,
             root_ca: None,
+            certificate_authority: None,
         }
     }
 }
@@ -98,6 +110,17 @@ pub async fn run(
         kubernetes_service::run(Arc::clone(&api), config.advertised, rx.clone()),
         serviceaccount::run(Arc::clone(&api), rx.clone()),
         root_ca::run(Arc::clone(&api), config.root_ca, rx.clone()),
+        csr_approving::run(Arc::clone(&api), rx.clone()),
+        token_cleaner::run(Arc::clone(&api), rx.clone()),
+        bootstrap_signer::run(Arc::clone(&api), rx.clone()),
+        {
+            let (api, rx) = (Arc::clone(&api), rx.clone());
+            async move {
+                if let Some(ca) = config.certificate_authority {
+                    csr_signing::run(api, ca, rx).await;
+                }
+            }
+        },
         loadbalancer::run(Arc::clone(&api), config.load_balancer_pools, rx),
     );
     tracing::debug!("controllers stopped");

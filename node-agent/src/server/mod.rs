@@ -16,6 +16,7 @@ mod logs;
 pub mod metrics;
 pub mod services;
 pub mod tls;
+pub mod token_review;
 pub mod trace;
 
 use std::{io, pin::Pin, sync::Arc, time::Duration};
@@ -223,8 +224,26 @@ impl std::fmt::Debug for DataplaneViews {
     }
 }
 
-/// The routes, behind the token check.
-pub fn router(token: String, backend: Arc<dyn PodStreams>, dataplane: DataplaneViews) -> Router {
+/// Who may call: the holder of one token (tests, hollow nodes), or whoever the API server says
+/// a token belongs to, if that is `system:masters` ([`token_review`]).
+#[derive(Clone, Debug)]
+pub enum Callers {
+    Token(String),
+    Reviewed(Arc<token_review::TokenReviewer>),
+}
+
+impl From<String> for Callers {
+    fn from(token: String) -> Self {
+        Self::Token(token)
+    }
+}
+
+/// The routes, behind the caller check.
+pub fn router(
+    callers: impl Into<Callers>,
+    backend: Arc<dyn PodStreams>,
+    dataplane: DataplaneViews,
+) -> Router {
     Router::new()
         .route(
             "/apiary/v1/services",
@@ -252,23 +271,33 @@ pub fn router(token: String, backend: Arc<dyn PodStreams>, dataplane: DataplaneV
         )
         .with_state(backend)
         .layer(middleware::from_fn_with_state(
-            Arc::new(token),
+            Arc::new(callers.into()),
             require_token,
         ))
 }
 
-async fn require_token(State(token): State<Arc<String>>, request: Request, next: Next) -> Response {
+async fn require_token(
+    State(callers): State<Arc<Callers>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match presented {
-        Some(presented) if constant_time_eq(presented.as_bytes(), token.as_bytes()) => {
-            next.run(request).await
+    let allowed = match (presented, callers.as_ref()) {
+        (None, _) | (Some(""), _) => false,
+        (Some(presented), Callers::Token(token)) => {
+            !token.is_empty() && constant_time_eq(presented.as_bytes(), token.as_bytes())
         }
-        _ => status_response(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"),
+        (Some(presented), Callers::Reviewed(reviewer)) => reviewer.allows(presented).await,
+    };
+    if allowed {
+        next.run(request).await
+    } else {
+        status_response(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
     }
 }
 
@@ -282,12 +311,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    token: String,
+    callers: impl Into<Callers>,
     backend: Arc<dyn PodStreams>,
     dataplane: DataplaneViews,
 ) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
-    let app = router(token, backend, dataplane);
+    let app = router(callers, backend, dataplane);
     let accepted = futures::stream::unfold(listener, |listener| async move {
         let result = listener.accept().await;
         Some((result, listener))
@@ -359,7 +388,7 @@ pub async fn run(
     listen: std::net::SocketAddr,
     data_dir: &std::path::Path,
     hostname: &str,
-    token: String,
+    callers: impl Into<Callers>,
     backend: Arc<dyn PodStreams>,
     dataplane: DataplaneViews,
 ) -> anyhow::Result<()> {
@@ -372,7 +401,7 @@ pub async fn run(
         .await
         .with_context(|| format!("listening on {listen}"))?;
     tracing::info!(%listen, "serving logs and exec");
-    serve(listener, tls, token, backend, dataplane).await
+    serve(listener, tls, callers, backend, dataplane).await
 }
 
 /// `true`/`1` as Kubernetes reads booleans in queries; anything else but absence is an error
@@ -390,6 +419,49 @@ fn parse_bool(name: &str, value: Option<&str>) -> Result<bool, StreamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The status of `GET /` with `authorization` behind the caller check of `callers`.
+    async fn status_with(callers: Callers, authorization: Option<&str>) -> StatusCode {
+        use tower::ServiceExt as _;
+        let app =
+            Router::new()
+                .route("/", get(|| async { "ok" }))
+                .layer(middleware::from_fn_with_state(
+                    Arc::new(callers),
+                    require_token,
+                ));
+        let mut request = axum::http::Request::builder().uri("/");
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let request = request.body(axum::body::Body::empty()).unwrap();
+        app.oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn only_the_exact_token_passes_and_an_empty_one_never_does() {
+        let token = || Callers::Token("abc".to_owned());
+        assert_eq!(
+            status_with(token(), Some("Bearer abc")).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status_with(token(), Some("Bearer abd")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(status_with(token(), None).await, StatusCode::UNAUTHORIZED);
+        // An agent without a token of its own (it runs as its node) lets no empty one in.
+        let none = || Callers::Token(String::new());
+        assert_eq!(
+            status_with(none(), Some("Bearer ")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status_with(none(), Some("Bearer")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(status_with(none(), None).await, StatusCode::UNAUTHORIZED);
+    }
 
     #[test]
     fn accept_backs_off_from_5_ms_doubling_up_to_1_s() {
