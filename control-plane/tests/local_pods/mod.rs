@@ -21,9 +21,14 @@ use std::{
     time::Duration,
 };
 
-use apiary_node_agent::server::{
-    self, ExecRequest, ExecSession, LogRequest, PodStreams, ServiceSource, StreamError,
-    services::FrontendView,
+use apiary_node_agent::{
+    api_client::ApiClient,
+    kubeconfig::Endpoint,
+    server::{
+        self, ExecRequest, ExecSession, LogRequest, PodStreams, ServiceSource, StreamError,
+        auth::{Auth, Reviews},
+        services::FrontendView,
+    },
 };
 use bytes::Bytes;
 use futures::{StreamExt as _, stream::BoxStream};
@@ -353,8 +358,28 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn start(token: &str) -> Self {
+    /// The agent of node `node`: it accepts the cluster CA's client certificates and asks the
+    /// API server of `kubeconfig` (authenticated by `token`, as node agents) to review the
+    /// requests it gets.
+    pub fn start(node: &str, kubeconfig: &Path, token: &str) -> Self {
+        Self::start_trusting(node, kubeconfig, token, None)
+    }
+
+    /// Like [`Agent::start`], but accepting client certificates of `client_ca_pem` (another CA
+    /// than the cluster's) instead.
+    pub fn start_trusting(
+        node: &str,
+        kubeconfig: &Path,
+        token: &str,
+        client_ca_pem: Option<&str>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let mut config: serde_json::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
+        config["users"][0]["user"] = serde_json::json!({ "token": token });
+        let node_kubeconfig = dir.path().join("node.kubeconfig");
+        std::fs::write(&node_kubeconfig, serde_yaml::to_string(&config).unwrap()).unwrap();
+        let endpoint = Endpoint::from_kubeconfig(&node_kubeconfig).unwrap();
         let pods = Arc::new(LocalPods::new(dir.path()));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -365,8 +390,11 @@ impl Agent {
             &dir.path().join("pki"),
             "localhost",
             &[[127, 0, 0, 1].into()],
+            client_ca_pem.unwrap_or(&endpoint.ca_pem),
         )
         .unwrap();
+        let reviews: Arc<dyn Reviews> = Arc::new(ApiClient::new(&endpoint).unwrap());
+        let auth = Arc::new(Auth::new(node, reviews));
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
@@ -377,7 +405,7 @@ impl Agent {
         runtime.spawn(server::serve(
             listener,
             tls,
-            token.to_owned(),
+            auth,
             backend,
             server::DataplaneViews {
                 services: source,

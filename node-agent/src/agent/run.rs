@@ -263,6 +263,7 @@ async fn run_registered(
         &config.data_dir.join("pki"),
         &node.name,
         &[std::net::IpAddr::V4(node.ip)],
+        &endpoint.ca_pem,
     )
     .context("the streaming server's certificate")?;
     let listener = tokio::net::TcpListener::bind((node.ip, config.port))
@@ -274,14 +275,18 @@ async fn run_registered(
             pin_dir: config.pin_dir.clone(),
             names: Arc::clone(&ctx.service_names),
         });
-        let token = endpoint.token.clone();
+        // Requests are reviewed by the API server with the agent's own credentials.
+        let auth = Arc::new(crate::server::auth::Auth::new(
+            node.name.clone(),
+            Arc::new(ctx.api.clone()),
+        ));
         async move {
             let dataplane = crate::server::DataplaneViews {
                 services,
                 flows: flow_log,
                 tracer: Some(tracer),
             };
-            if let Err(e) = crate::server::serve(listener, tls, token, backend, dataplane).await {
+            if let Err(e) = crate::server::serve(listener, tls, auth, backend, dataplane).await {
                 tracing::error!(error = %format!("{e:#}"), "the streaming server stopped");
             }
         }

@@ -1,6 +1,9 @@
-//! The server's certificate: self-signed, generated on first start into the agent's data dir and
-//! reused after. The API server does not verify it (as kube-apiserver without
-//! `--kubelet-certificate-authority`); the bearer token authenticates the API server here.
+//! The server's TLS: its certificate, self-signed, generated on first start into the agent's data
+//! dir and reused after (the API server does not verify it, as kube-apiserver without
+//! `--kubelet-certificate-authority`), and the client certificates it accepts: those the cluster
+//! CA signed (the kubelet's `--client-ca-file`), which authenticate their user (see
+//! [`super::auth`]). A certificate from another CA fails the handshake; none at all is allowed
+//! (a bearer token may authenticate the request instead).
 
 use std::{
     fs,
@@ -32,16 +35,21 @@ pub enum Error {
     Tls(#[from] rustls::Error),
     #[error("{path} holds no private key")]
     NoKey { path: PathBuf },
+    #[error("the cluster CA")]
+    ClientCa(#[source] io::Error),
+    #[error("the cluster CA: {0}")]
+    ClientVerifier(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The TLS configuration of the server, from `dir` (creating the certificate for `hostname` and
-/// `addresses` if there is none yet).
+/// `addresses` if there is none yet), accepting client certificates of `client_ca_pem`.
 pub fn load_or_create(
     dir: &Path,
     hostname: &str,
     addresses: &[IpAddr],
+    client_ca_pem: &str,
 ) -> Result<Arc<rustls::ServerConfig>> {
     let io_err = |path: &Path| {
         let path = path.to_owned();
@@ -72,15 +80,29 @@ pub fn load_or_create(
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(io_err(&key_path))?
         .ok_or(Error::NoKey { path: key_path })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(client_verifier(client_ca_pem, provider)?)
+        .with_single_cert(certs, key)?;
     // The exec WebSocket is an HTTP/1.1 upgrade.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Client certificates must chain to `ca_pem`; none is fine too (Go's VerifyClientCertIfGiven).
+fn client_verifier(
+    ca_pem: &str,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.map_err(Error::ClientCa)?)?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| Error::ClientVerifier(e.to_string()))
 }
 
 /// Writes a secret with mode 0600.
@@ -108,9 +130,14 @@ mod tests {
     fn the_certificate_is_created_once_and_reused() {
         let dir = std::env::temp_dir().join(format!("apiary-agent-tls-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        load_or_create(&dir, "node-1", &[[127, 0, 0, 1].into()]).unwrap();
+        let ca = rcgen::CertificateParams::new(Vec::new())
+            .unwrap()
+            .self_signed(&KeyPair::generate().unwrap())
+            .unwrap()
+            .pem();
+        load_or_create(&dir, "node-1", &[[127, 0, 0, 1].into()], &ca).unwrap();
         let first = fs::read(dir.join(CERT_FILE)).unwrap();
-        load_or_create(&dir, "node-1", &[]).unwrap();
+        load_or_create(&dir, "node-1", &[], &ca).unwrap();
         assert_eq!(first, fs::read(dir.join(CERT_FILE)).unwrap());
         fs::remove_dir_all(&dir).unwrap();
     }
