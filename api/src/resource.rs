@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::{
-    apiary_v1, apps_v1, batch_v1, coordination_v1, core_v1, discovery_v1,
+    apiary_v1, apps_v1, batch_v1, certificates_v1, coordination_v1, core_v1, discovery_v1,
     meta::{ObjectMeta, TypeMeta},
     networking_v1, rbac_v1,
 };
@@ -341,6 +341,29 @@ pub const CLUSTER_ROLE_BINDINGS: ResourceInfo = resource(
     false,
 );
 
+/// `certificates.k8s.io/v1` `CertificateSigningRequest`: cluster-scoped; `approval` carries the
+/// Approved/Denied conditions (approvers), `status` the issued certificate (signers).
+pub const CERTIFICATE_SIGNING_REQUESTS: ResourceInfo = ResourceInfo {
+    subresources: &[
+        Subresource {
+            name: "approval",
+            kind: "CertificateSigningRequest",
+            group_version: None,
+            verbs: GET_PATCH_UPDATE,
+        },
+        status("CertificateSigningRequest"),
+    ],
+    field_selectors: &["spec.signerName"],
+    ..resource(
+        "certificates.k8s.io",
+        "CertificateSigningRequest",
+        "certificatesigningrequests",
+        "certificatesigningrequest",
+        &["csr"],
+        false,
+    )
+};
+
 const CREATE: &[&str] = &["create"];
 
 /// An `authorization.k8s.io/v1` review: create-only, answered and never stored.
@@ -438,6 +461,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
     SUBJECT_ACCESS_REVIEWS,
     JOBS,
     CRON_JOBS,
+    CERTIFICATE_SIGNING_REQUESTS,
     NETWORK_POLICIES,
     ROLES,
     CLUSTER_ROLES,
@@ -456,6 +480,7 @@ pub const GROUPS: &[&str] = &[
     "authentication.k8s.io",
     "authorization.k8s.io",
     "batch",
+    "certificates.k8s.io",
     "networking.k8s.io",
     "rbac.authorization.k8s.io",
     "coordination.k8s.io",
@@ -612,6 +637,7 @@ impl_resource!(
     apps_v1::DaemonSet => DAEMON_SETS,
     batch_v1::Job => JOBS,
     batch_v1::CronJob => CRON_JOBS,
+    certificates_v1::CertificateSigningRequest => CERTIFICATE_SIGNING_REQUESTS,
     networking_v1::NetworkPolicy => NETWORK_POLICIES,
     discovery_v1::EndpointSlice => ENDPOINT_SLICES,
     coordination_v1::Lease => LEASES,

@@ -346,6 +346,15 @@ fn others() -> Vec<Value> {
             "metadata": {"name": "read-secrets-global"},
             "subjects": [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "manager"}],
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "secret-reader"}}),
+        json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+            "metadata": {"name": "node-csr-abcde"},
+            "spec": {"request": "LS0tLS1CRUdJTi4uLg==", "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+              "expirationSeconds": 86400, "usages": ["digital signature", "client auth"],
+              "username": "system:bootstrap:abcdef", "groups": ["system:bootstrappers", "system:authenticated"]},
+            "status": {"conditions": [{"type": "Approved", "status": "True", "reason": "AutoApproved",
+              "message": "Auto approving kubelet client certificate after SubjectAccessReview.",
+              "lastUpdateTime": "2024-05-01T10:00:00Z", "lastTransitionTime": "2024-05-01T10:00:00Z"}],
+              "certificate": "LS0tLS1CRUdJTi4uLg=="}}),
     ]
 }
 
@@ -367,8 +376,8 @@ fn round_trip(manifest: &Value) {
         };
     }
     use apiary_api::{
-        apiary_v1::*, apps_v1::*, batch_v1::*, coordination_v1::*, core_v1::*, discovery_v1::*,
-        rbac_v1::*,
+        apiary_v1::*, apps_v1::*, batch_v1::*, certificates_v1::*, coordination_v1::*, core_v1::*,
+        discovery_v1::*, rbac_v1::*,
     };
     let back = via!(
         "namespaces" => Namespace, "pods" => Pod, "services" => Service, "endpoints" => Endpoints,
@@ -379,6 +388,7 @@ fn round_trip(manifest: &Value) {
         "endpointslices" => EndpointSlice, "leases" => Lease,
         "securityidentities" => SecurityIdentity, "roles" => Role, "clusterroles" => ClusterRole,
         "rolebindings" => RoleBinding, "clusterrolebindings" => ClusterRoleBinding,
+        "certificatesigningrequests" => CertificateSigningRequest,
     );
     assert_eq!(&back, manifest, "{kind} did not round-trip");
     let errs = validate_object(info, manifest).unwrap();

@@ -204,6 +204,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         load_balancer_pools: cli.loadbalancer_pools.clone(),
         identity_gc_grace: std::time::Duration::from_secs(cli.security_identity_gc_seconds),
         advertised,
+        certificate_authority: Some(Arc::new(
+            pki.certificate_authority()
+                .context("loading the cluster CA's key")?,
+        )),
     };
     tokio::spawn(run_while_leading(
         Arc::clone(&api),

@@ -1,6 +1,8 @@
 //! The node agent: keeps a machine's pods and its eBPF data plane equal to what the control plane
 //! wants.
 //!
+//! - [`certificates`]: certificates from the cluster CA through CertificateSigningRequests
+//!   (the agent's client and serving certificates).
 //! - [`dataplane`]: loads the BPF programs from `ebpf/`, attaches them to pod veths and wraps each
 //!   map in a typed struct.
 //! - [`dns`]: the cluster DNS server (`<svc>.<ns>.svc.cluster.local`) and pods' resolv.conf.
@@ -12,6 +14,7 @@
 
 pub mod agent;
 pub mod api_client;
+pub mod certificates;
 pub mod dataplane;
 pub mod dns;
 pub mod kubeconfig;

@@ -5,6 +5,7 @@ pub mod allocator;
 pub mod auth;
 pub mod authn;
 pub mod authz;
+pub mod certificates;
 pub mod decoded;
 pub mod defaults;
 pub mod discovery;
@@ -246,6 +247,56 @@ async fn limited_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     }
 }
 
+/// A CertificateSigningRequest write: the requester is recorded on create, and the admission
+/// plugins of [`certificates::admit`] run on what the write would store.
+async fn certificate_request(
+    api: &Arc<Api>,
+    user: &auth::UserInfo,
+    method: &Method,
+    target: path::Target,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let sub = target.subresource.as_deref();
+    // The typed client kubectl approves with writes protobuf: read it as the JSON it means.
+    let (headers, body) = if protobuf::is_protobuf(headers) {
+        let csr = certificates::from_protobuf(&body).ok_or_else(|| {
+            ApiError::unsupported_media_type("application/vnd.kubernetes.protobuf")
+        })?;
+        let mut json_headers = headers.clone();
+        json_headers.insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        );
+        (json_headers, Bytes::from(csr.to_string()))
+    } else {
+        (headers.clone(), body)
+    };
+    let headers = &headers;
+    match (method, target.name.as_deref()) {
+        (&Method::POST, None) => {
+            let mut csr = objects::decode(headers, &body)?;
+            certificates::prepare_create(&mut csr, user);
+            certificates::admit(&api.authz, user, None, &csr, None)?;
+            let created = objects::create(api, &target, csr).await?;
+            Ok((axum::http::StatusCode::CREATED, axum::Json(created)).into_response())
+        }
+        (&Method::PUT | &Method::PATCH, Some(name)) => {
+            let old = objects::get(api, target.resource, None, name).await?;
+            let sent = if *method == Method::PATCH {
+                objects::apply_patch(old.clone(), &objects::content_type(headers), &body)?
+            } else {
+                objects::decode(headers, &body)?
+            };
+            let merged = certificates::merge_update(sub, &old, sent);
+            certificates::admit(&api.authz, user, sub, &merged, Some(&old))?;
+            objects::dispatch(api, method, target, query, headers, body).await
+        }
+        _ => objects::dispatch(api, method, target, query, headers, body).await,
+    }
+}
+
 /// The service account issuer's discovery documents (kube-apiserver's OIDC discovery).
 fn oidc(
     api: &Api,
@@ -316,6 +367,9 @@ async fn resource_request_as(
             };
         let answer = authz::reviews::answer(&api.authz, user, &target, review)?;
         return Ok((axum::http::StatusCode::CREATED, axum::Json(answer)).into_response());
+    }
+    if target.resource.plural == "certificatesigningrequests" {
+        return certificate_request(api, user, method, target, query, headers, body).await;
     }
     if authz::needs_escalation_check(method, &target) {
         let (object, old) = match (method, target.name.as_deref()) {

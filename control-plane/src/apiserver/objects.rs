@@ -690,6 +690,9 @@ pub async fn create(api: &Api, target: &Target, mut object: Value) -> Result<Val
 /// a main-resource write leaves `status` alone while a `status` write changes only `status`.
 fn merge_for_update(resource: &ResourceType, sub: Option<&str>, old: &Value, new: Value) -> Value {
     let mut merged = match sub {
+        _ if resource.plural == "certificatesigningrequests" => {
+            super::certificates::merge_update(sub, old, new)
+        }
         // The server builds a binding's object from the stored one, status included.
         Some("binding") => new,
         Some("status") => {
@@ -759,7 +762,8 @@ async fn write_update(
     // A binding sets `spec.nodeName`, which no client update may change: it is checked as an
     // object, not as an update.
     let before = (target.subresource.as_deref() != Some("binding")).then_some(old);
-    api.strategy.validate(resource, &merged, before)?;
+    api.strategy
+        .validate_through(resource, target.subresource.as_deref(), &merged, before)?;
     // An object whose finalizers are gone while it is being deleted goes away now.
     let finalizers_empty = merged["metadata"]["finalizers"]
         .as_array()

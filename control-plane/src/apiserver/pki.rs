@@ -130,6 +130,14 @@ impl Pki {
         client_cert(&self.dir, name, groups)
     }
 
+    /// The cluster CA as a signer of CertificateSigningRequests.
+    pub fn certificate_authority(&self) -> Result<CertificateAuthority> {
+        Ok(CertificateAuthority {
+            cert_pem: self.ca_pem.clone(),
+            key_pem: read(&self.dir.join(CA_KEY))?,
+        })
+    }
+
     /// A kubeconfig for the admin (its client certificate), pointing at `server` (e.g.
     /// `https://127.0.0.1:6443`).
     pub fn kubeconfig(&self, server: &str) -> String {
@@ -151,6 +159,105 @@ impl Pki {
             path: path.to_owned(),
             source,
         })
+    }
+}
+
+/// The cluster CA's certificate and key: what signs approved CertificateSigningRequests (as
+/// kube-controller-manager's `--cluster-signing-cert-file`/`--cluster-signing-key-file`).
+#[derive(Clone)]
+pub struct CertificateAuthority {
+    pub cert_pem: String,
+    key_pem: String,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .finish_non_exhaustive()
+    }
+}
+
+/// How far back a signed certificate's validity starts, for clocks a little behind ours
+/// (Kubernetes' signer backdates by five minutes).
+const BACKDATE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+impl CertificateAuthority {
+    /// Signs the PEM request `request` for `lifetime` (cut at the CA's own expiry): its subject
+    /// and SANs, the key usages and extended key usages `usages` names (`spec.usages`), not a
+    /// CA. The request's signature is verified first. Returns the certificate, PEM.
+    pub fn sign(
+        &self,
+        request: &str,
+        usages: &[String],
+        lifetime: std::time::Duration,
+    ) -> Result<String> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(request)?;
+        let key = KeyPair::from_pem(&self.key_pem)?;
+        let ca_not_after = x509_parser::pem::parse_x509_pem(self.cert_pem.as_bytes())
+            .ok()
+            .and_then(|(_, pem)| {
+                pem.parse_x509()
+                    .ok()
+                    .map(|c| c.validity().not_after.to_datetime())
+            });
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, key)?;
+        let now = time::OffsetDateTime::now_utc();
+        let params = &mut csr.params;
+        params.not_before = now - BACKDATE;
+        params.not_after = now + lifetime;
+        if let Some(limit) = ca_not_after
+            && params.not_after > limit
+        {
+            params.not_after = limit;
+        }
+        let mut serial = [0u8; 16];
+        rand::rng().fill_bytes(&mut serial);
+        serial[0] &= 0x7f;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = Vec::new();
+        params.extended_key_usages = Vec::new();
+        for usage in usages {
+            match usage.as_str() {
+                "signing" | "digital signature" => {
+                    params.key_usages.push(KeyUsagePurpose::DigitalSignature)
+                }
+                "content commitment" => params.key_usages.push(KeyUsagePurpose::ContentCommitment),
+                "key encipherment" => params.key_usages.push(KeyUsagePurpose::KeyEncipherment),
+                "key agreement" => params.key_usages.push(KeyUsagePurpose::KeyAgreement),
+                "data encipherment" => params.key_usages.push(KeyUsagePurpose::DataEncipherment),
+                "encipher only" => params.key_usages.push(KeyUsagePurpose::EncipherOnly),
+                "decipher only" => params.key_usages.push(KeyUsagePurpose::DecipherOnly),
+                "any" => params
+                    .extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::Any),
+                "server auth" => params
+                    .extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::ServerAuth),
+                "client auth" => params
+                    .extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::ClientAuth),
+                "code signing" => params
+                    .extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::CodeSigning),
+                "email protection" | "s/mime" => params
+                    .extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::EmailProtection),
+                "timestamping" => params
+                    .extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::TimeStamping),
+                "ocsp signing" => params
+                    .extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::OcspSigning),
+                // A CA certificate is never issued: `cert sign` and `crl sign` are dropped,
+                // as are usages without a meaning in a modern certificate.
+                _ => {}
+            }
+        }
+        params.key_usages.dedup();
+        params.extended_key_usages.dedup();
+        Ok(csr.signed_by(&issuer)?.pem())
     }
 }
 
@@ -337,6 +444,45 @@ mod tests {
         assert!(config.contains("certificate-authority-data: "));
         assert!(config.contains("client-certificate-data: "));
         assert!(config.contains("client-key-data: "));
+    }
+
+    #[test]
+    fn the_ca_signs_a_request_for_its_subject_usages_and_lifetime_but_never_a_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
+        let ca = pki.certificate_authority().unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:nodes");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "system:node:n1");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let request = params.serialize_request(&key).unwrap().pem().unwrap();
+        let usages = ["digital signature".to_owned(), "client auth".to_owned()];
+        let hour = std::time::Duration::from_secs(3600);
+        let pem = ca.sign(&request, &usages, hour).unwrap();
+        let der = rustls_pemfile::certs(&mut pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let user = crate::apiserver::authn::x509::user(&der).unwrap();
+        assert_eq!(user.name, "system:node:n1");
+        assert_eq!(user.groups, ["system:nodes", "system:authenticated"]);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let validity = cert.validity();
+        let seconds = (validity.not_after.timestamp() - validity.not_before.timestamp()) as u64;
+        assert_eq!(seconds, 3600 + BACKDATE.as_secs());
+        assert!(!cert.is_ca());
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        // Chains to the cluster CA.
+        let (_, issuer) = x509_parser::pem::parse_x509_pem(pki.ca_pem.as_bytes()).unwrap();
+        let issuer = issuer.parse_x509().unwrap();
+        cert.verify_signature(Some(issuer.public_key())).unwrap();
     }
 
     #[test]

@@ -119,6 +119,7 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("metadata.namespace", &["metadata", "namespace"]),
     ("spec.nodeName", &["spec", "nodeName"]),
     ("spec.schedulerName", &["spec", "schedulerName"]),
+    ("spec.signerName", &["spec", "signerName"]),
     ("status.phase", &["status", "phase"]),
     // Events, as `kubectl describe` selects them.
     ("involvedObject.kind", &["involvedObject", "kind"]),

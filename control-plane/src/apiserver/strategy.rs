@@ -67,7 +67,28 @@ impl Strategy {
         object: &Value,
         old: Option<&Value>,
     ) -> Result<()> {
+        self.validate_through(resource, None, object, old)
+    }
+
+    /// [`Strategy::validate`] of a write through subresource `sub` (`status`, `approval`),
+    /// for the kinds whose rules depend on it.
+    pub fn validate_through(
+        &self,
+        resource: &ResourceType,
+        sub: Option<&str>,
+        object: &Value,
+        old: Option<&Value>,
+    ) -> Result<()> {
         let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        if resource.plural == "certificatesigningrequests" {
+            let mut errors = match old {
+                None => validation::validate_object(resource, object),
+                Some(old) => validation::validate_object_update(resource, old, object),
+            }
+            .unwrap_or_default();
+            errors.extend(super::certificates::validate(object, old, sub));
+            return invalid(resource, name, &errors);
+        }
         let errors = match old {
             None => validation::validate_object(resource, object),
             Some(old) => validation::validate_object_update(resource, old, object),
@@ -79,19 +100,7 @@ impl Strategy {
                 version = resource.version,
             ))
         })?;
-        if errors.is_empty() {
-            return Ok(());
-        }
-        let causes: Vec<(String, String)> = errors
-            .iter()
-            .map(|e| (e.path.clone(), e.to_string()))
-            .collect();
-        Err(ApiError::invalid(
-            resource.kind,
-            resource.group,
-            name,
-            &causes,
-        ))
+        invalid(resource, name, &errors)
     }
 
     /// Whether a delete only marks the object, leaving its removal to a controller.
@@ -130,6 +139,23 @@ impl Strategy {
             _ => {}
         }
     }
+}
+
+/// Kubernetes' 422 `Invalid` Status for `errors`, if there are any.
+fn invalid(resource: &ResourceType, name: &str, errors: &validation::ErrorList) -> Result<()> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let causes: Vec<(String, String)> = errors
+        .iter()
+        .map(|e| (e.path.clone(), e.to_string()))
+        .collect();
+    Err(ApiError::invalid(
+        resource.kind,
+        resource.group,
+        name,
+        &causes,
+    ))
 }
 
 /// A pod's grace period for this delete: the request's `gracePeriodSeconds`, else the pod's

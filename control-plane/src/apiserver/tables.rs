@@ -242,6 +242,23 @@ fn columns(kind: &str) -> Vec<Column> {
             }),
             age_col,
         ]),
+        "CertificateSigningRequest" => cols.extend([
+            age_col,
+            col("SignerName", "string", 0, |o| {
+                json!(o["spec"]["signerName"])
+            }),
+            col("Requestor", "string", 0, |o| json!(o["spec"]["username"])),
+            col("RequestedDuration", "string", 0, |o| {
+                json!(
+                    o["spec"]["expirationSeconds"]
+                        .as_i64()
+                        .map_or_else(|| "<none>".to_owned(), human_duration)
+                )
+            }),
+            col("Condition", "string", 0, |o| {
+                json!(super::certificates::condition_summary(o))
+            }),
+        ]),
         "NetworkPolicy" => cols.extend([
             col("Pod-Selector", "string", 0, |o| {
                 json!(selector(&o["spec"]["podSelector"]))

@@ -14,11 +14,16 @@
 //! - [`identity`]: a SecurityIdentity per distinct set of security labels among live pods.
 //! - [`kubernetes_service`]: `default/kubernetes`, the API server's own Service.
 //! - [`serviceaccount`]: the `default` ServiceAccount of every namespace.
+//! - [`csr_approving`]: approves kubelet client certificates (nodeclient, selfnodeclient) and a
+//!   node's serving certificate for its own names.
+//! - [`csr_signing`]: signs approved CertificateSigningRequests with the cluster CA.
 //! - [`clusterrole_aggregation`]: the rules of aggregated ClusterRoles (`admin`, `edit`,
 //!   `view`), from the ClusterRoles their selectors match.
 
 pub mod clusterrole_aggregation;
 pub mod cronjob;
+pub mod csr_approving;
+pub mod csr_signing;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -55,6 +60,8 @@ pub struct Config {
     /// Where pods reach the API server (`default/kubernetes`'s endpoint); `None`: nowhere
     /// they could (listening on loopback only).
     pub advertised: Option<std::net::SocketAddr>,
+    /// What signs approved CertificateSigningRequests; none: nothing is signed.
+    pub certificate_authority: Option<Arc<crate::apiserver::pki::CertificateAuthority>>,
 }
 
 impl Default for Config {
@@ -63,6 +70,7 @@ impl Default for Config {
             load_balancer_pools: Vec::new(),
             identity_gc_grace: identity::DEFAULT_GC_GRACE,
             advertised: None,
+            certificate_authority: None,
         }
     }
 }
@@ -91,6 +99,15 @@ pub async fn run(
         identity::run(Arc::clone(&api), config.identity_gc_grace, rx.clone()),
         kubernetes_service::run(Arc::clone(&api), config.advertised, rx.clone()),
         serviceaccount::run(Arc::clone(&api), rx.clone()),
+        csr_approving::run(Arc::clone(&api), rx.clone()),
+        {
+            let (api, rx) = (Arc::clone(&api), rx.clone());
+            async move {
+                if let Some(ca) = config.certificate_authority {
+                    csr_signing::run(api, ca, rx).await;
+                }
+            }
+        },
         loadbalancer::run(Arc::clone(&api), config.load_balancer_pools, rx),
     );
     tracing::debug!("controllers stopped");

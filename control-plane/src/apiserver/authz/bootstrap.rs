@@ -104,6 +104,37 @@ fn cluster_roles() -> Vec<(&'static str, Value, Vec<PolicyRule>, Option<Value>)>
             ],
             None,
         ),
+        (
+            "system:node-bootstrapper",
+            json!({}),
+            vec![r(
+                &["create", "get", "list", "watch"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests"],
+            )],
+            None,
+        ),
+        (
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            json!({}),
+            vec![r(
+                &["create"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/nodeclient"],
+            )],
+            None,
+        ),
+        (
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            json!({}),
+            vec![r(
+                &["create"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/selfnodeclient"],
+            )],
+            None,
+        ),
+        ("system:node", json!({}), super::node::node_rules(), None),
         ("admin", json!({}), vec![], Some(aggregate_to("admin"))),
         ("edit", label("admin"), vec![], Some(aggregate_to("edit"))),
         ("view", label("edit"), vec![], Some(aggregate_to("view"))),
@@ -328,6 +359,25 @@ const CLUSTER_ROLE_BINDINGS: &[(&str, &str, &[&str])] = &[
         "system:public-info-viewer",
         "system:public-info-viewer",
         &["system:authenticated", "system:unauthenticated"],
+    ),
+    // What kubeadm binds at `init` for TLS bootstrapping (`kubeadm:kubelet-bootstrap`,
+    // `kubeadm:node-autoapprove-bootstrap`, `kubeadm:node-autoapprove-certificate-rotation`):
+    // a bootstrap token may ask for a node's client certificate and have it approved, a node
+    // may renew its own. `system:node` stays unbound: the Node authorizer grants it.
+    (
+        "apiary:kubelet-bootstrap",
+        "system:node-bootstrapper",
+        &["system:bootstrappers"],
+    ),
+    (
+        "apiary:node-autoapprove-bootstrap",
+        "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+        &["system:bootstrappers"],
+    ),
+    (
+        "apiary:node-autoapprove-certificate-rotation",
+        "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+        &["system:nodes"],
     ),
 ];
 

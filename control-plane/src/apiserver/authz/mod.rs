@@ -6,6 +6,7 @@
 
 pub mod bootstrap;
 pub mod impersonation;
+pub mod node;
 pub mod rbac;
 pub mod request_info;
 pub mod reviews;
