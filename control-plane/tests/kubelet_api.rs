@@ -2,8 +2,10 @@
 //! its client: every endpoint refuses requests without a credential, with a token nobody owns,
 //! with a certificate of another CA and from users RBAC grants nothing on the node — 401 or 403
 //! with the kubelet's messages, never 200, never 5xx — while the API server, authenticated by
-//! its own client certificate (and no token), is let through. The agent runs in this process
-//! (see `local_pods`) and asks the real API server to review every request.
+//! its own client certificate (and no token), is let through; and the API server sends nothing
+//! to an agent whose serving certificate the cluster CA did not sign for its address. The agent
+//! runs in this process (see `local_pods`), gets its serving certificate through a CSR, and asks
+//! the real API server to review every request.
 
 mod local_pods;
 mod support;
@@ -18,7 +20,7 @@ use std::{
 use local_pods::{Agent, node};
 use support::{
     ControlPlane,
-    certs::{client_cert, cluster_ca, serving_cert, stranger_ca},
+    certs::{client_cert, cluster_ca, self_signed_cert, serving_cert, stranger_ca},
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -411,4 +413,60 @@ fn the_api_server_shows_agents_its_certificate_and_no_token() {
     assert!(request.contains("/anything http/1.1\r\n"), "{request}");
     assert!(!request.contains("authorization"), "{request}");
     assert!(!request.contains(&cp.token()), "{request}");
+}
+
+#[test]
+fn an_agent_whose_certificate_does_not_verify_never_receives_a_request() {
+    let cp = ControlPlane::start_with(&["--node-monitor-grace-seconds", "3600"]);
+    let (ca_cert, ca_key) = cluster_ca(&cp);
+    let (stranger_cert, stranger_key) = stranger_ca();
+    let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let forged = [
+        (
+            "self-signed",
+            self_signed_cert(&["self-signed"], &[loopback]),
+        ),
+        (
+            "other-ca",
+            serving_cert(&stranger_cert, &stranger_key, &["other-ca"], &[loopback]),
+        ),
+        // The cluster CA's, but for another address than the node's.
+        (
+            "elsewhere",
+            serving_cert(
+                &ca_cert,
+                &ca_key,
+                &["elsewhere"],
+                &["10.9.9.9".parse().unwrap()],
+            ),
+        ),
+        // The cluster CA's, but a client certificate (no server auth, no address).
+        (
+            "client",
+            client_cert(&ca_cert, &ca_key, "system:node:client", "system:nodes"),
+        ),
+    ];
+    for (name, serving) in forged {
+        let (addr, seen, _runtime) = fake_agent((&serving.0, &serving.1), &ca_cert);
+        register(&cp, &node(name, addr.port()));
+        let pod = format!("on-{name}");
+        cp.kubectl_stdin(
+            &["create", "-f", "-"],
+            &local_pods::pod(&pod, Some(name), &["app"]),
+        )
+        .success();
+        let proxied = cp
+            .kubectl(&[
+                "get",
+                "--raw",
+                &format!("/api/v1/nodes/{name}/proxy/anything"),
+            ])
+            .failure();
+        assert!(proxied.contains("ServiceUnavailable"), "{name}: {proxied}");
+        assert!(proxied.contains("certificate"), "{name}: {proxied}");
+        let logs = cp.kubectl(&["logs", &pod]).failure();
+        assert!(logs.contains("InternalError"), "{name}: {logs}");
+        assert!(!cp.kubectl(&["exec", &pod, "--", "true"]).ok(), "{name}");
+        assert_eq!(seen.lock().unwrap().request, None, "{name}");
+    }
 }

@@ -1,17 +1,15 @@
-//! How the API server connects to node agents (kube-apiserver's `--kubelet-client-certificate`
-//! and `--kubelet-client-key`): TLS with its own client certificate, user
+//! How the API server connects to node agents, as kube-apiserver with
+//! `--kubelet-client-certificate`/`--kubelet-client-key` and `--kubelet-certificate-authority`:
+//! TLS with its own client certificate, user
 //! [`KUBELET_CLIENT_USER`](super::pki::KUBELET_CLIENT_USER), which agents verify against the
-//! cluster CA and authorize like any user (RBAC grants it `system:kubelet-api-admin`). No
-//! token goes to an agent: a node's agent never holds a credential it could replay to the API
-//! server.
+//! cluster CA and authorize like any user (RBAC grants it `system:kubelet-api-admin`); and the
+//! agent's serving certificate verified against the cluster CA for the address the API server
+//! dials (the node's `InternalIP`), so that nothing is sent to an agent whose certificate does
+//! not verify (a forged or self-signed one, another cluster's): agents get theirs through a
+//! `kubernetes.io/kubelet-serving` CertificateSigningRequest. No token goes to an agent: a node's
+//! agent never holds a credential it could replay to the API server.
 
 use std::sync::Arc;
-
-use rustls::{
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, ServerName, UnixTime},
-};
 
 use super::pki::{self, Pki};
 
@@ -32,64 +30,19 @@ pub fn tls_config(pki: &Pki) -> pki::Result<Arc<rustls::ClientConfig>> {
             path: pki.dir.clone(),
             what: "kubelet client key",
         })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls_pemfile::certs(&mut pki.ca_pem.as_bytes()) {
+        roots.add(ca.map_err(|source| pki::Error::Io {
+            path: pki.dir.clone(),
+            source,
+        })?)?;
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(UnverifiedAgent(provider)))
+        .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)?;
     // The exec WebSocket is an HTTP/1.1 upgrade.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// Agents present self-signed certificates: like kube-apiserver without
-/// `--kubelet-certificate-authority`, the API server does not verify them (handshake signatures
-/// are still checked; the channel is encrypted).
-#[derive(Debug)]
-struct UnverifiedAgent(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for UnverifiedAgent {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

@@ -22,6 +22,7 @@ use std::{
 };
 
 use apiary_node_agent::{
+    agent::serving_certificate,
     api_client::ApiClient,
     kubeconfig::Endpoint,
     server::{
@@ -386,14 +387,23 @@ impl Agent {
             .enable_all()
             .build()
             .unwrap();
-        let tls = server::tls::load_or_create(
-            &dir.path().join("pki"),
-            "localhost",
-            &[[127, 0, 0, 1].into()],
-            client_ca_pem.unwrap_or(&endpoint.ca_pem),
-        )
-        .unwrap();
-        let reviews: Arc<dyn Reviews> = Arc::new(ApiClient::new(&endpoint).unwrap());
+        let api = ApiClient::new(&endpoint).unwrap();
+        // A serving certificate of the cluster CA, through a CSR as the agent asks for it.
+        let serving = Arc::new(server::tls::ServingCertificate::default());
+        runtime.spawn(serving_certificate::keep_current(
+            api.clone(),
+            serving_certificate::Config {
+                node: node.to_owned(),
+                addresses: vec![[127, 0, 0, 1].into()],
+                ca_pem: endpoint.ca_pem.clone(),
+                dir: dir.path().join("pki"),
+            },
+            Arc::clone(&serving),
+        ));
+        approve_serving_requests(kubeconfig, &serving);
+        let tls =
+            server::tls::server_config(serving, client_ca_pem.unwrap_or(&endpoint.ca_pem)).unwrap();
+        let reviews: Arc<dyn Reviews> = Arc::new(api);
         let auth = Arc::new(Auth::new(node, reviews));
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -420,6 +430,38 @@ impl Agent {
             _dir: dir,
             runtime: Some(runtime),
         }
+    }
+}
+
+/// Approves the pending serving certificate requests as the admin of `kubeconfig` until
+/// `serving` has a certificate: the agent asks with the cluster token, whose user is not the node
+/// the approver approves serving certificates for.
+fn approve_serving_requests(kubeconfig: &Path, serving: &server::tls::ServingCertificate) {
+    let kubectl = |args: &[&str]| {
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while serving.current().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no serving certificate within 30 s"
+        );
+        let listed = kubectl(&["get", "csr", "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap_or_default();
+        for csr in list["items"].as_array().into_iter().flatten() {
+            if csr["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
+                && csr["status"]["conditions"].is_null()
+            {
+                let name = csr["metadata"]["name"].as_str().unwrap();
+                kubectl(&["certificate", "approve", name]);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -47,6 +47,21 @@ pub fn serving_cert(
     sign(params, ca_cert, ca_key)
 }
 
+/// A self-signed serving certificate for `names` and `addresses`.
+pub fn self_signed_cert(names: &[&str], addresses: &[IpAddr]) -> (String, String) {
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .unwrap();
+    for ip in addresses {
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress(*ip));
+    }
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
 fn sign(params: rcgen::CertificateParams, ca_cert: &str, ca_key: &str) -> (String, String) {
     let issuer =
         rcgen::Issuer::from_ca_cert_pem(ca_cert, rcgen::KeyPair::from_pem(ca_key).unwrap())

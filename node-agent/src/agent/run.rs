@@ -259,13 +259,21 @@ async fn run_registered(
     if let Some(dir) = config.manifests.clone() {
         tokio::spawn(super::static_pods::run(Arc::clone(&ctx), dir));
     }
-    let tls = crate::server::tls::load_or_create(
-        &config.data_dir.join("pki"),
-        &node.name,
-        &[std::net::IpAddr::V4(node.ip)],
-        &endpoint.ca_pem,
-    )
-    .context("the streaming server's certificate")?;
+    // The streaming server presents a certificate of the cluster CA, asked for now that the
+    // Node (whose addresses its approval checks) exists; until it is issued, handshakes fail.
+    let serving = Arc::new(crate::server::tls::ServingCertificate::default());
+    tokio::spawn(super::serving_certificate::keep_current(
+        ctx.api.clone(),
+        super::serving_certificate::Config {
+            node: node.name.clone(),
+            addresses: vec![std::net::IpAddr::V4(node.ip)],
+            ca_pem: endpoint.ca_pem.clone(),
+            dir: config.data_dir.join("pki"),
+        },
+        Arc::clone(&serving),
+    ));
+    let tls = crate::server::tls::server_config(serving, &endpoint.ca_pem)
+        .context("the streaming server's TLS")?;
     let listener = tokio::net::TcpListener::bind((node.ip, config.port))
         .await
         .with_context(|| format!("listening on {}:{}", node.ip, config.port))?;

@@ -341,23 +341,19 @@ async fn accept_loop<C>(
     }
 }
 
-/// What the agent starts with: binds `listen` (the node's address and [`DEFAULT_PORT`]), loads or
-/// creates the certificate under `data_dir/pki` for `hostname` and the listen address, and
-/// [`serve`]s to clients with certificates of `client_ca_pem` or tokens `auth` accepts.
+/// What the agent starts with: binds `listen` (the node's address and [`DEFAULT_PORT`]) and
+/// [`serve`]s with `serving`'s certificate to clients with certificates of `client_ca_pem` or
+/// tokens `auth` accepts.
 pub async fn run(
     listen: std::net::SocketAddr,
-    data_dir: &std::path::Path,
-    hostname: &str,
+    serving: Arc<tls::ServingCertificate>,
     client_ca_pem: &str,
     auth: Arc<auth::Auth>,
     backend: Arc<dyn PodStreams>,
     dataplane: DataplaneViews,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let mut addresses = vec![std::net::IpAddr::from([127, 0, 0, 1]), listen.ip()];
-    addresses.dedup();
-    let tls = tls::load_or_create(&data_dir.join("pki"), hostname, &addresses, client_ca_pem)
-        .context("setting up the server certificate")?;
+    let tls = tls::server_config(serving, client_ca_pem).context("the server's TLS")?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
