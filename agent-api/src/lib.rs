@@ -1,5 +1,6 @@
 //! The gRPC protocol between node agents and the control plane (`proto/apiary/agent/v1`), and a
-//! client that connects the way agents do: TLS against the cluster CA, bearer token.
+//! client that connects the way agents do: TLS against the cluster CA, and a client
+//! certificate (the node's identity) or a bearer token.
 
 use tonic::{
     metadata::AsciiMetadataValue,
@@ -13,18 +14,20 @@ pub mod v1 {
     tonic::include_proto!("apiary.agent.v1");
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
+/// Adds `authorization: Bearer <token>` to every call (nothing for a client certificate).
 #[derive(Clone, Debug)]
-pub struct BearerToken(AsciiMetadataValue);
+pub struct BearerToken(Option<AsciiMetadataValue>);
 
 impl Interceptor for BearerToken {
     fn call(
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
         Ok(request)
     }
 }
@@ -48,8 +51,29 @@ pub enum Error {
     },
 }
 
-/// Connects to the control plane at `server` (`https://host:port`), trusting `ca_pem`.
+/// How an agent authenticates.
+#[derive(Clone, Copy, Debug)]
+pub enum Credential<'a> {
+    Token(&'a str),
+    /// A client certificate and its key, PEM.
+    Certificate {
+        cert_pem: &'a str,
+        key_pem: &'a str,
+    },
+}
+
+/// Connects to the control plane at `server` (`https://host:port`), trusting `ca_pem`, with a
+/// bearer token.
 pub async fn connect(server: &str, ca_pem: &str, token: &str) -> Result<Client, Error> {
+    connect_as(server, ca_pem, Credential::Token(token)).await
+}
+
+/// Connects to the control plane at `server`, trusting `ca_pem`, as `credential`.
+pub async fn connect_as(
+    server: &str,
+    ca_pem: &str,
+    credential: Credential<'_>,
+) -> Result<Client, Error> {
     let connect_err = |source| Error::Connect {
         server: server.to_owned(),
         source,
@@ -65,9 +89,20 @@ pub async fn connect(server: &str, ca_pem: &str, token: &str) -> Result<Client, 
     } else {
         host
     };
-    let tls = ClientTlsConfig::new()
+    let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .domain_name(domain);
+    let token = match credential {
+        Credential::Token(token) => Some(
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Error::Token)?,
+        ),
+        Credential::Certificate { cert_pem, key_pem } => {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+            None
+        }
+    };
     let channel = Channel::from_shared(server.to_owned())
         .map_err(|_| Error::Url(server.to_owned()))?
         .tls_config(tls)
@@ -75,9 +110,6 @@ pub async fn connect(server: &str, ca_pem: &str, token: &str) -> Result<Client, 
         .connect()
         .await
         .map_err(connect_err)?;
-    let token = format!("Bearer {token}")
-        .parse()
-        .map_err(|_| Error::Token)?;
     Ok(v1::node_agent_client::NodeAgentClient::with_interceptor(
         channel,
         BearerToken(token),

@@ -76,12 +76,14 @@ pub struct JoinArgs {
     /// The control plane, e.g. `https://10.0.0.1:6443`.
     #[arg(long)]
     server: String,
-    /// The cluster's token (`<data-dir>/pki/admin.token` on the control plane).
+    /// A file holding a bootstrap token (`apiary token create`), or `-` for stdin: never the
+    /// command line, where other users of the machine could read it.
     #[arg(long)]
-    token: String,
-    /// The cluster CA certificate (`<data-dir>/pki/ca.crt` on the control plane).
+    token_file: PathBuf,
+    /// The cluster CA's public key hash, `sha256:<hex>` (`apiary token create` prints it): the
+    /// CA is read from the server's `kube-public/cluster-info` and must match it.
     #[arg(long)]
-    ca_cert: PathBuf,
+    ca_cert_hash: String,
     /// Where this node keeps its data.
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
@@ -482,24 +484,41 @@ pub async fn up(args: &UpArgs, out: &mut impl Write) -> anyhow::Result<()> {
         async || kubeconfig.exists().then_some(()),
     )
     .await?;
-    // The admin kubeconfig holds the admin's client certificate; the agent runs with the
-    // cluster token, as on a node that joined.
+    // The local agent is a node like any other: it gets its own client certificate through a
+    // short-lived bootstrap token, as on a node that joined (never the admin's credentials).
     let node_kubeconfig = data_dir.join("node.kubeconfig");
+    let bootstrap_kubeconfig = data_dir.join("bootstrap.kubeconfig");
     {
-        let pki = data_dir.join("pki");
-        let token = fs::read_to_string(pki.join("admin.token"))
-            .with_context(|| format!("reading {}", pki.join("admin.token").display()))?;
-        let ca = fs::read(pki.join("ca.crt"))
-            .with_context(|| format!("reading {}", pki.join("ca.crt").display()))?;
-        let server = kubeconfig::load(&kubeconfig, None)?.server;
-        write_node_kubeconfig(&node_kubeconfig, &server, &ca, token.trim())?;
+        let ca = fs::read(data_dir.join("pki").join("ca.crt"))
+            .with_context(|| format!("reading {}", data_dir.join("pki/ca.crt").display()))?;
+        let admin = kubeconfig::load(&kubeconfig, None)?;
+        let client = wait_for(
+            "waiting for the API server",
+            Duration::from_secs(args.timeout),
+            &cp_log,
+            std::slice::from_ref(&control_plane),
+            async || {
+                let client = client::Client::new(&admin).ok()?;
+                client.get("/version", &[]).await.ok()?;
+                Some(client)
+            },
+        )
+        .await?;
+        let token =
+            crate::token::create_token(&client, Duration::from_secs(3600), "apiary up: local node")
+                .await?;
+        write_node_kubeconfig(&bootstrap_kubeconfig, &admin.server, &ca, &token)?;
     }
-    let (agent, mut node) = agent_args(
+    let (mut agent, mut node) = agent_args(
         &node_kubeconfig,
         data_dir,
         args.node_name.as_deref(),
         args.node_ip.as_deref(),
     );
+    agent.extend([
+        "--bootstrap-kubeconfig".to_owned(),
+        bootstrap_kubeconfig.display().to_string(),
+    ]);
     node.control_plane_pid = Some(cp_pid);
     let agent_pid = spawn_logged(&sibling("apiary-node-agent")?, &agent, &agent_log)?;
     node.agent_pid = Some(agent_pid);
@@ -541,17 +560,26 @@ pub async fn up(args: &UpArgs, out: &mut impl Write) -> anyhow::Result<()> {
 pub async fn join(args: &JoinArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let data_dir = &args.data_dir;
     fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let ca = fs::read(&args.ca_cert)
-        .with_context(|| format!("reading --ca-cert {}", args.ca_cert.display()))?;
+    let pin = crate::bootstrap::parse_pin(&args.ca_cert_hash)?;
+    let token = crate::bootstrap::read_token(&args.token_file)?;
+    // Fails closed, before the token is sent anywhere, unless the CA matches the pin.
+    let ca = crate::bootstrap::discover(&args.server, &token, &pin).await?;
+    restrict_data_dir(data_dir)?;
+    let bootstrap_kubeconfig = data_dir.join("bootstrap.kubeconfig");
+    write_node_kubeconfig(&bootstrap_kubeconfig, &args.server, &ca, &token)?;
+    // The agent writes this one once its client certificate is issued.
     let kubeconfig = data_dir.join("node.kubeconfig");
-    write_node_kubeconfig(&kubeconfig, &args.server, &ca, &args.token)?;
     let agent_log = data_dir.join("logs").join("node-agent.log");
-    let (agent, mut started) = agent_args(
+    let (mut agent, mut started) = agent_args(
         &kubeconfig,
         data_dir,
         args.node_name.as_deref(),
         args.node_ip.as_deref(),
     );
+    agent.extend([
+        "--bootstrap-kubeconfig".to_owned(),
+        bootstrap_kubeconfig.display().to_string(),
+    ]);
     let agent_pid = spawn_logged(&sibling("apiary-node-agent")?, &agent, &agent_log)?;
     started.agent_pid = Some(agent_pid);
     let state_path = data_dir.join("cluster.json");
@@ -846,8 +874,15 @@ fn write_started(path: &Path, started: &Started) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Writes the kubeconfig a node agent runs with: the cluster token (agents authenticate with it
-/// on the API and accept it from the API server), readable by its owner only.
+/// The data directory holds keys and kubeconfigs: its owner's only.
+fn restrict_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {} to its owner", data_dir.display()))
+}
+
+/// Writes a kubeconfig with a bearer token (the bootstrap kubeconfig a joining agent starts
+/// from), readable by its owner only.
 fn write_node_kubeconfig(
     path: &Path,
     server: &str,

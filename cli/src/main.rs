@@ -2,6 +2,7 @@
 
 mod age;
 mod apply;
+mod bootstrap;
 mod client;
 mod cluster;
 mod create;
@@ -20,6 +21,7 @@ mod patch;
 mod report;
 mod scale;
 mod table;
+mod token;
 
 use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
@@ -74,6 +76,9 @@ enum Command {
     /// Manage this machine as a node of a cluster.
     #[command(subcommand)]
     Node(cluster::NodeCommand),
+    /// Manage bootstrap tokens, with which nodes join (`token create` prints the join command).
+    #[command(subcommand)]
+    Token(token::Command),
     /// Print a container's log (`-f` follows it).
     Logs(logs::Args),
     /// Run a command in a container; its exit code becomes ours.
@@ -191,6 +196,9 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Logs(args) => logs::run(&session, &args, &mut out).await,
         Command::Exec(args) => exec::run(&session, &args).await,
         Command::Net(args) => net::run(&session, &args, &mut out).await,
+        Command::Token(command) => token::run(&session, &command, &mut out)
+            .await
+            .map(|()| Outcome::Success),
     }
 }
 
@@ -207,7 +215,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 /// clap's usage and tips, which `--help` has.
 fn usage_error(e: &clap::Error) -> String {
     if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        return "a command is required: apply, get, describe, delete, create, label, annotate, scale, logs, exec, net, image, up, down, status, node or version".to_owned();
+        return "a command is required: apply, get, describe, delete, create, label, annotate, scale, logs, exec, net, image, up, down, status, node, token or version".to_owned();
     }
     let rendered = e.render().to_string();
     let message = rendered.split("\n\n").next().unwrap_or_default();

@@ -16,6 +16,8 @@ use tonic::{Request, Response, Status};
 use crate::{
     apiserver::{
         Api,
+        auth::UserInfo,
+        authz::{node::node_identity, rbac::PRIVILEGED_GROUP},
         error::ApiError,
         objects::{self, Change, Filter},
         path::Target,
@@ -111,6 +113,45 @@ fn registered_ready(node: &Value) -> Value {
         "type": "Ready", "status": status, "reason": reason, "message": message,
         "lastHeartbeatTime": now(), "lastTransitionTime": now(),
     })
+}
+
+/// Who calls the channel: the cluster admin (`system:masters`: hollow nodes, tools) acts for any
+/// node; a node identity (`system:node:<name>`) only for itself, as NodeRestriction keeps it on
+/// the API; anyone else (a bootstrap token, a ServiceAccount, a user) is refused.
+#[derive(Debug, PartialEq, Eq)]
+enum Caller {
+    Admin,
+    Node(String),
+}
+
+impl Caller {
+    fn of<T>(request: &Request<T>) -> Result<Self, Status> {
+        let user = request
+            .extensions()
+            .get::<UserInfo>()
+            .ok_or_else(|| Status::unauthenticated("Unauthorized"))?;
+        if user.groups.iter().any(|g| g == PRIVILEGED_GROUP) {
+            return Ok(Self::Admin);
+        }
+        match node_identity(user) {
+            Some(node) if !node.is_empty() => Ok(Self::Node(node.to_owned())),
+            _ => Err(Status::permission_denied(format!(
+                "User {:?} cannot use the node agent channel: only nodes (system:node:<name> in system:nodes) may",
+                user.name
+            ))),
+        }
+    }
+
+    /// Whether the caller may act for `node`.
+    fn may_act_for(&self, node: &str) -> Result<(), Status> {
+        match self {
+            Self::Admin => Ok(()),
+            Self::Node(own) if own == node => Ok(()),
+            Self::Node(own) => Err(Status::permission_denied(format!(
+                "node {own:?} is not allowed to act for node {node:?}"
+            ))),
+        }
+    }
 }
 
 fn parse_json(bytes: &[u8], what: &str) -> Result<Value, Status> {
@@ -264,12 +305,14 @@ impl node_agent_server::NodeAgent for AgentService {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let mut node = parse_json(&request.into_inner().node_json, "node_json")?;
         let name = node["metadata"]["name"]
             .as_str()
             .filter(|n| !n.is_empty())
             .ok_or_else(|| Status::invalid_argument("node_json: metadata.name: Required value"))?
             .to_owned();
+        caller.may_act_for(&name)?;
         let nodes = self.resource("", "nodes");
         let ready = registered_ready(&node);
         let stored = match objects::get(&self.api, nodes, None, &name).await {
@@ -350,10 +393,12 @@ impl node_agent_server::NodeAgent for AgentService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let HeartbeatRequest {
             node_name: node,
             ready,
         } = request.into_inner();
+        caller.may_act_for(&node)?;
         // The condition first: the lifecycle controller, seeing the renewal, must find what the
         // agent said rather than the Unknown it wrote while the node was silent.
         if let Some(ready) = ready {
@@ -411,10 +456,12 @@ impl node_agent_server::NodeAgent for AgentService {
         &self,
         request: Request<WatchPodsRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        let caller = Caller::of(&request)?;
         let node = request.into_inner().node_name;
         if node.is_empty() || node.contains(',') {
             return Err(Status::invalid_argument("node_name: Required value"));
         }
+        caller.may_act_for(&node)?;
         let filter = Filter::new("", &format!("spec.nodeName={node}")).map_err(to_status)?;
         let stream = list_then_watch(&self.api, self.resource("", "pods"), filter).await?;
         Ok(Response::new(stream))
@@ -424,12 +471,14 @@ impl node_agent_server::NodeAgent for AgentService {
         &self,
         request: Request<PodStatusReport>,
     ) -> Result<Response<PodStatusAck>, Status> {
+        let caller = Caller::of(&request)?;
         let report = request.into_inner();
         let status = parse_json(&report.status_json, "status_json")?;
         let pods = self.resource("", "pods");
         let mut pod = objects::get(&self.api, pods, Some(&report.namespace), &report.name)
             .await
             .map_err(to_status)?;
+        caller.may_act_for(pod["spec"]["nodeName"].as_str().unwrap_or_default())?;
         if pod["metadata"]["uid"].as_str() != Some(report.uid.as_str()) {
             return Err(Status::failed_precondition(format!(
                 "pod {}/{} is not the pod with UID {}",
@@ -459,6 +508,8 @@ impl node_agent_server::NodeAgent for AgentService {
         &self,
         request: Request<WatchDataplaneRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        // Every node reads these (the kube-proxy and CNI part of the agent).
+        Caller::of(&request)?;
         let wanted = request.into_inner().kinds;
         let mut streams = Vec::new();
         for (group, version, plural) in DATAPLANE_KINDS {

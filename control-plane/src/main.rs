@@ -217,16 +217,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     ));
     let tokens = Tokens::new(pki.admin_token.clone())
         .with_file(token_file)
+        .with_bootstrap_tokens(Arc::clone(&api.store))
         .with_service_accounts(apiserver::auth::ServiceAccounts {
             issuer: Arc::clone(&service_account_issuer),
             store: Arc::clone(&api.store),
         });
-    let app = apiserver::router(api, Arc::new(tokens));
     let server_host = if local.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {
         local.ip().to_string()
     };
+    // What joining nodes read (anonymously) to find and pin the CA.
+    let public_server = advertised.map_or_else(
+        || format!("https://{server_host}:{}", local.port()),
+        |a| format!("https://{a}"),
+    );
+    apiserver::cluster_info::publish(&api, &public_server, &pki.ca_pem)
+        .await
+        .map_err(|e| anyhow::anyhow!("publishing kube-public/cluster-info: {}", e.message))?;
+    let app = apiserver::router(api, Arc::new(tokens));
     let kubeconfig = cli.data_dir.join("kubeconfig");
     pki.write_kubeconfig(
         &kubeconfig,

@@ -893,6 +893,7 @@ async fn the_node_agents_repeated_events_are_one_event_with_a_count() {
             .to_owned(),
         ca_pem: std::fs::read_to_string(cp.data_path().join("pki/ca.crt")).unwrap(),
         token: cp.token(),
+        client_certificate: None,
     };
     let api = ApiClient::new(&endpoint).unwrap();
     let pod = PodRef {

@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 
 use crate::kubeconfig::Endpoint;
 
-/// A client authenticated with the node's token, trusting only the cluster CA.
+/// A client authenticated with the node's client certificate (or a token), trusting only the
+/// cluster CA.
 #[derive(Clone, Debug)]
 pub struct ApiClient {
     http: reqwest::Client,
@@ -49,8 +50,13 @@ impl ApiClient {
         ))
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+        let tls = match &endpoint.client_certificate {
+            Some(files) => tls.with_client_cert_resolver(Arc::new(
+                crate::certificates::FileClientCert::new(files.clone()),
+            )),
+            None => tls.with_no_client_auth(),
+        };
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(Duration::from_secs(30))
@@ -65,9 +71,12 @@ impl ApiClient {
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.server))
-            .bearer_auth(&self.token)
+        let request = self.http.request(method, format!("{}{path}", self.server));
+        if self.token.is_empty() {
+            request
+        } else {
+            request.bearer_auth(&self.token)
+        }
     }
 
     /// GETs `path`; a 404 is [`Found::Missing`], not an error.

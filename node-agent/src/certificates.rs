@@ -186,6 +186,85 @@ pub async fn request_certificate(
     }
 }
 
+/// The client certificate of TLS handshakes, read from its files when they changed since the
+/// last handshake: a renewed certificate is used from the next connection on, without a
+/// restart (the kubelet's certificate manager does the same through its store).
+#[derive(Debug)]
+pub struct FileClientCert {
+    files: crate::kubeconfig::ClientCertificateFiles,
+    /// The loaded key and the modification time of the certificate file it was loaded at.
+    loaded: std::sync::Mutex<Option<(std::time::SystemTime, Arc<CertifiedKey>)>>,
+}
+
+use std::sync::Arc;
+
+use rustls::sign::CertifiedKey;
+
+impl FileClientCert {
+    pub fn new(files: crate::kubeconfig::ClientCertificateFiles) -> Self {
+        Self {
+            files,
+            loaded: std::sync::Mutex::default(),
+        }
+    }
+
+    fn load(&self) -> anyhow::Result<Arc<CertifiedKey>> {
+        let modified = std::fs::metadata(&self.files.cert)
+            .and_then(|m| m.modified())
+            .with_context(|| format!("{}", self.files.cert.display()))?;
+        let mut loaded = self.loaded.lock().expect("not poisoned");
+        if let Some((at, key)) = loaded.as_ref()
+            && *at == modified
+        {
+            return Ok(Arc::clone(key));
+        }
+        let key = certified_key(
+            &std::fs::read(&self.files.cert)
+                .with_context(|| format!("{}", self.files.cert.display()))?,
+            &std::fs::read(&self.files.key)
+                .with_context(|| format!("{}", self.files.key.display()))?,
+        )?;
+        *loaded = Some((modified, Arc::clone(&key)));
+        Ok(key)
+    }
+}
+
+/// A certificate chain and key (PEM) as rustls signs with them.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Arc<CertifiedKey>> {
+    let certs = rustls_pemfile::certs(&mut &*cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .context("the client certificate is not PEM")?;
+    if certs.is_empty() {
+        bail!("no certificate in the client certificate file");
+    }
+    let key = rustls_pemfile::private_key(&mut &*key_pem)
+        .context("the client key is not PEM")?
+        .context("no private key in the client key file")?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .context("the client key's type is not supported")?;
+    Ok(Arc::new(CertifiedKey::new(certs, signing)))
+}
+
+impl rustls::client::ResolvesClientCert for FileClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        match self.load() {
+            Ok(key) => Some(key),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "loading the client certificate");
+                None
+            }
+        }
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
-//! Where the control plane is and how to reach it, from a kubeconfig (the admin one that
-//! `apiary-control-plane` writes, or one made by `apiary node join`).
+//! Where the control plane is and how to reach it, from a kubeconfig: the node's own (a client
+//! certificate and key in files, rewritten when the certificate is renewed), a bootstrap one
+//! (a bootstrap token, `apiary node join` writes it), or one with any other token.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
@@ -13,7 +14,18 @@ pub struct Endpoint {
     /// `https://host:port`.
     pub server: String,
     pub ca_pem: String,
+    /// A bearer token; empty when [`Endpoint::client_certificate`] authenticates.
     pub token: String,
+    /// The files of a client certificate and its key (`client-certificate`, `client-key`).
+    pub client_certificate: Option<ClientCertificateFiles>,
+}
+
+/// Where a client certificate and its key are; read at each TLS handshake, so that a renewed
+/// certificate is used without a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Endpoint {
@@ -58,18 +70,26 @@ impl Endpoint {
         } else {
             bail!("the kubeconfig has no certificate-authority(-data)");
         };
-        let token = user["token"]
-            .as_str()
-            .context(
-                "the kubeconfig's user has no token: node agents authenticate with the cluster \
-                 token (<data-dir>/pki/admin.token on the control plane), as in the kubeconfig \
-                 `apiary node join --token` writes",
-            )?
-            .to_owned();
+        let base = path.parent().unwrap_or(Path::new("."));
+        let file = |field: &str| user[field].as_str().map(|f| base.join(f));
+        let client_certificate = match (file("client-certificate"), file("client-key")) {
+            (Some(cert), Some(key)) => Some(ClientCertificateFiles { cert, key }),
+            _ => None,
+        };
+        let token = user["token"].as_str().unwrap_or_default().to_owned();
+        if token.is_empty() && client_certificate.is_none() {
+            bail!(
+                "{}: the kubeconfig's user has neither a token nor client-certificate and \
+                 client-key files (the node's kubeconfig names its certificate's files; a \
+                 bootstrap kubeconfig holds a bootstrap token)",
+                path.display()
+            );
+        }
         Ok(Endpoint {
             server,
             ca_pem,
             token,
+            client_certificate,
         })
     }
 }

@@ -66,9 +66,12 @@ pub struct ClusterLab {
     registry: Option<Child>,
     control_plane: Option<Child>,
     pub kubeconfig: PathBuf,
-    /// What agents run with: the cluster token (the admin kubeconfig holds a client
-    /// certificate).
+    /// The admin kubeconfig with the cluster token (for tools that want a token; the admin
+    /// kubeconfig holds a client certificate).
     pub node_kubeconfig: PathBuf,
+    /// What agents start from: a bootstrap token, with which each gets its own client
+    /// certificate (`system:node:<name>`), as on a node that joined.
+    pub bootstrap_kubeconfig: PathBuf,
     pub underlay: String,
     pub dir: tempfile::TempDir,
     pub lab: Lab,
@@ -130,6 +133,7 @@ impl ClusterLab {
             control_plane: Some(control_plane),
             kubeconfig: kubeconfig.clone(),
             node_kubeconfig: cp_dir.join("node.kubeconfig"),
+            bootstrap_kubeconfig: cp_dir.join("bootstrap.kubeconfig"),
             underlay,
             dir,
             lab,
@@ -169,6 +173,28 @@ impl ClusterLab {
         let token = std::fs::read_to_string(cp_dir.join("pki/admin.token"))?;
         config["users"][0]["user"] = serde_json::json!({ "token": token.trim() });
         std::fs::write(&self.node_kubeconfig, serde_yaml::to_string(&config)?)?;
+        // A bootstrap token for the agents, without expiry: it goes with the lab.
+        let b64 = |s: &str| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(s)
+        };
+        let (id, secret) = ("labtok", "0123456789abcdef");
+        let token_secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
+            "type": "bootstrap.kubernetes.io/token",
+            "data": {"token-id": b64(id), "token-secret": b64(secret),
+                "usage-bootstrap-authentication": b64("true")},
+        });
+        // The kubeconfig is written just before the server answers.
+        wait("the bootstrap token", Duration::from_secs(30), || {
+            let created = self
+                .kubectl_with_stdin(&["apply", "-f", "-"], Some(&token_secret.to_string()))
+                .ok()?;
+            created.status.success().then_some(())
+        })?;
+        config["users"][0]["user"] = serde_json::json!({ "token": format!("{id}.{secret}") });
+        std::fs::write(&self.bootstrap_kubeconfig, serde_yaml::to_string(&config)?)?;
         Ok(())
     }
 
@@ -183,7 +209,9 @@ impl ClusterLab {
         let args: Vec<String> = vec![
             "run".into(),
             "--kubeconfig".into(),
-            self.node_kubeconfig.display().to_string(),
+            base.join("node.kubeconfig").display().to_string(),
+            "--bootstrap-kubeconfig".into(),
+            self.bootstrap_kubeconfig.display().to_string(),
             "--node-name".into(),
             name.clone(),
             "--node-ip".into(),

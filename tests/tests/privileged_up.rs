@@ -223,31 +223,87 @@ fn node_join_adds_a_second_machine() {
     let _down = Down(&machine, None, None);
     up.unwrap();
     let second_data = machine.dir.path().join("second").display().to_string();
-    // The cluster token (the admin kubeconfig holds a client certificate instead).
-    let token = std::fs::read_to_string(machine.data_dir().join("pki/admin.token"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let ca = machine.data_dir().join("pki/ca.crt").display().to_string();
-    let joined = machine.apiary_on(
-        &second,
-        &[
-            "node",
-            "join",
-            "--server",
-            "https://10.123.0.1:6443",
-            "--token",
-            &token,
-            "--ca-cert",
-            &ca,
-            "--data-dir",
-            &second_data,
-            "--node-name",
-            "second",
-            "--timeout",
-            "90",
-        ],
+    // The local agent is its own node, not the admin.
+    let local_node = machine.data_dir().join("node.kubeconfig");
+    let whoami = machine
+        .run(
+            std::path::Path::new("/usr/bin/kubectl"),
+            &[
+                "--kubeconfig",
+                &local_node.display().to_string(),
+                "auth",
+                "whoami",
+                "-o",
+                "json",
+            ],
+        )
+        .unwrap();
+    let whoami: serde_json::Value = serde_json::from_slice(&whoami.stdout).unwrap();
+    let user = whoami["status"]["userInfo"]["username"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(user.starts_with("system:node:"), "{whoami}");
+    assert_eq!(
+        whoami["status"]["userInfo"]["groups"],
+        serde_json::json!(["system:nodes", "system:authenticated"])
     );
+    // `token create` prints the join command: the token on stdin, the CA pinned by hash.
+    let admin = machine.kubeconfig().display().to_string();
+    let command = machine
+        .apiary(&["--kubeconfig", &admin, "token", "create", "--ttl", "1h"])
+        .unwrap();
+    let words: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(words[0], "echo", "{command}");
+    let token = words[1];
+    let after = |flag: &str| words[words.iter().position(|w| *w == flag).unwrap() + 1];
+    assert_eq!(after("--token-file"), "-", "{command}");
+    let hash = after("--ca-cert-hash");
+    let token_file = machine.dir.path().join("join.token");
+    std::fs::write(&token_file, token).unwrap();
+    let token_file = token_file.display().to_string();
+    let join = |hash: &str, token_file: &str| {
+        machine.apiary_on(
+            &second,
+            &[
+                "node",
+                "join",
+                "--server",
+                "https://10.123.0.1:6443",
+                "--token-file",
+                token_file,
+                "--ca-cert-hash",
+                hash,
+                "--data-dir",
+                &second_data,
+                "--node-name",
+                "second",
+                "--timeout",
+                "90",
+            ],
+        )
+    };
+    // A wrong CA hash fails closed, before the token is used: no CSR is made.
+    let csrs_before = machine.kubectl_ok(&["get", "csr", "-o", "name"]).unwrap();
+    let wrong = join(&format!("sha256:{}", "0".repeat(64)), &token_file).unwrap_err();
+    assert!(
+        format!("{wrong:#}").contains("refusing to join"),
+        "{wrong:#}"
+    );
+    assert_eq!(
+        machine.kubectl_ok(&["get", "csr", "-o", "name"]).unwrap(),
+        csrs_before
+    );
+    // An expired token joins nothing.
+    let short = machine
+        .apiary(&["--kubeconfig", &admin, "token", "create", "--ttl", "1s"])
+        .unwrap();
+    let expired_file = machine.dir.path().join("expired.token");
+    std::fs::write(&expired_file, short.split_whitespace().nth(1).unwrap()).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let refused = join(hash, &expired_file.display().to_string()).unwrap_err();
+    eprintln!("join with an expired token: {refused:#}");
+    let _ = machine.apiary_on(&second, &["down", "--data-dir", &second_data]);
+    let joined = join(hash, &token_file);
     let leave = Down(&machine, Some(&second), Some(&second_data));
     let said = joined.unwrap();
     assert!(said.contains("node second joined"), "{said}");

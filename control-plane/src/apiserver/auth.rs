@@ -59,6 +59,8 @@ pub struct Tokens {
     admin: String,
     file: TokenFile,
     service_accounts: Option<ServiceAccounts>,
+    /// Where bootstrap token Secrets are read from; none: bootstrap tokens are not accepted.
+    bootstrap_tokens: Option<Arc<dyn crate::store::Store>>,
 }
 
 /// What verifies service account tokens: the issuer's key, and the store that says whether the
@@ -66,6 +68,12 @@ pub struct Tokens {
 pub struct ServiceAccounts {
     pub issuer: Arc<service_account::Issuer>,
     pub store: Arc<dyn crate::store::Store>,
+}
+
+impl std::fmt::Debug for dyn crate::store::Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
 }
 
 impl std::fmt::Debug for ServiceAccounts {
@@ -80,6 +88,15 @@ impl Tokens {
             admin,
             file: TokenFile::default(),
             service_accounts: None,
+            bootstrap_tokens: None,
+        }
+    }
+
+    /// Also accepts bootstrap tokens whose Secrets `store` holds.
+    pub fn with_bootstrap_tokens(self, store: Arc<dyn crate::store::Store>) -> Self {
+        Self {
+            bootstrap_tokens: Some(store),
+            ..self
         }
     }
 
@@ -132,8 +149,11 @@ impl Tokens {
         }
         let user = if !self.admin.is_empty() && self.accepts(presented) {
             UserInfo::admin()
+        } else if let Some(user) = self.file.user(presented) {
+            user.clone()
         } else {
-            self.file.user(presented)?.clone()
+            let store = self.bootstrap_tokens.as_deref()?;
+            super::authn::bootstrap_token::authenticate(store, presented).await?
         };
         Some((user, vec![API_AUDIENCE.to_owned()]))
     }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod authn;
 pub mod authz;
 pub mod certificates;
+pub mod cluster_info;
 pub mod decoded;
 pub mod defaults;
 pub mod discovery;
@@ -367,6 +368,9 @@ async fn resource_request_as(
             };
         let answer = authz::reviews::answer(&api.authz, user, &target, review)?;
         return Ok((axum::http::StatusCode::CREATED, axum::Json(answer)).into_response());
+    }
+    if let Some(node) = authz::node::node_identity(user) {
+        authz::node_restriction::admit(api, node, method, &target, headers, &body).await?;
     }
     if target.resource.plural == "certificatesigningrequests" {
         return certificate_request(api, user, method, target, query, headers, body).await;

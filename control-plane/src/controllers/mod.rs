@@ -17,9 +17,12 @@
 //! - [`csr_approving`]: approves kubelet client certificates (nodeclient, selfnodeclient) and a
 //!   node's serving certificate for its own names.
 //! - [`csr_signing`]: signs approved CertificateSigningRequests with the cluster CA.
+//! - [`token_cleaner`]: deletes expired bootstrap tokens.
+//! - [`bootstrap_signer`]: signs `kube-public/cluster-info` for every bootstrap token.
 //! - [`clusterrole_aggregation`]: the rules of aggregated ClusterRoles (`admin`, `edit`,
 //!   `view`), from the ClusterRoles their selectors match.
 
+pub mod bootstrap_signer;
 pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod csr_approving;
@@ -36,6 +39,7 @@ pub mod replicaset;
 pub mod runtime;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod token_cleaner;
 
 use std::{collections::BTreeMap, future::Future, sync::Arc};
 
@@ -100,6 +104,8 @@ pub async fn run(
         kubernetes_service::run(Arc::clone(&api), config.advertised, rx.clone()),
         serviceaccount::run(Arc::clone(&api), rx.clone()),
         csr_approving::run(Arc::clone(&api), rx.clone()),
+        token_cleaner::run(Arc::clone(&api), rx.clone()),
+        bootstrap_signer::run(Arc::clone(&api), rx.clone()),
         {
             let (api, rx) = (Arc::clone(&api), rx.clone());
             async move {

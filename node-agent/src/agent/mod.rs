@@ -1,6 +1,7 @@
 //! The node agent proper: registers the machine as a Node, keeps its Lease renewed, runs the
 //! pods bound to it ([`pods`]) and keeps the pod network's routes to other nodes current.
 
+pub mod client_certificate;
 pub mod context;
 pub mod dns_endpoint;
 pub mod env;

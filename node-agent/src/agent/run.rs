@@ -24,13 +24,18 @@ use crate::{
 /// How the agent is set up (`apiary-node-agent run`).
 #[derive(Clone, Debug, clap::Args)]
 pub struct AgentConfig {
-    /// Kubeconfig naming the control plane, its CA and the node's token.
+    /// Kubeconfig naming the control plane, its CA and the node's credentials: its client
+    /// certificate (written here after TLS bootstrap), or a token.
     #[arg(
         long,
         env = "KUBECONFIG",
         default_value = "/etc/apiary/node.kubeconfig"
     )]
     pub kubeconfig: PathBuf,
+    /// Kubeconfig with a bootstrap token, used to get the node's client certificate when
+    /// `--kubeconfig` names none that is valid (the kubelet's `--bootstrap-kubeconfig`).
+    #[arg(long)]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
     /// The Node's name [default: the hostname].
     #[arg(long)]
     pub node_name: Option<String>,
@@ -100,7 +105,6 @@ pub struct AgentConfig {
 /// An error after registration is posted as the node's Ready condition (False, with the error)
 /// before it is returned, so that the node does not look Ready for the lease's 40 s.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    let endpoint = Endpoint::from_kubeconfig(&config.kubeconfig)?;
     let labels: Vec<(String, String)> = config
         .node_labels
         .iter()
@@ -116,6 +120,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config.port,
         &labels,
     )?;
+    let pki_dir = config.data_dir.join("pki");
+    let endpoint = super::client_certificate::ensure(
+        &config.kubeconfig,
+        config.bootstrap_kubeconfig.as_deref(),
+        &pki_dir,
+        &node.name,
+    )
+    .await?;
+    tokio::spawn(super::client_certificate::rotate(
+        endpoint.clone(),
+        pki_dir,
+        node.name.clone(),
+    ));
     let health = Health::default();
     if config.healthz_port != 0 {
         let addr = std::net::SocketAddr::new(config.healthz_bind_address, config.healthz_port);
@@ -322,7 +339,7 @@ fn parse_cidr(cidr: &str) -> anyhow::Result<ipnet::Ipv4Net> {
 /// Connects, retrying until the control plane answers.
 pub async fn connect(endpoint: &Endpoint) -> Client {
     loop {
-        match apiary_agent_api::connect(&endpoint.server, &endpoint.ca_pem, &endpoint.token).await {
+        match connect_once(endpoint).await {
             Ok(client) => return client,
             Err(e) => {
                 tracing::warn!(error = %e, server = %endpoint.server, "connecting; retrying");
@@ -330,6 +347,26 @@ pub async fn connect(endpoint: &Endpoint) -> Client {
             }
         }
     }
+}
+
+/// One connection as `endpoint`'s credentials: its client certificate as the files hold it now
+/// (renewed ones are used from the next connection on), or its token.
+async fn connect_once(endpoint: &Endpoint) -> anyhow::Result<Client> {
+    use apiary_agent_api::Credential;
+    let client = match &endpoint.client_certificate {
+        Some(files) => {
+            let (cert_pem, key_pem) = super::client_certificate::read_pem(files)?;
+            let credential = Credential::Certificate {
+                cert_pem: &cert_pem,
+                key_pem: &key_pem,
+            };
+            apiary_agent_api::connect_as(&endpoint.server, &endpoint.ca_pem, credential).await?
+        }
+        None => {
+            apiary_agent_api::connect(&endpoint.server, &endpoint.ca_pem, &endpoint.token).await?
+        }
+    };
+    Ok(client)
 }
 
 /// Registers the node (retrying) with the Ready condition `health` gives, and returns its pod

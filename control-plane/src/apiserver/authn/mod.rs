@@ -3,6 +3,7 @@
 //! the reviews that expose what they decide ([`review`]: `kubectl auth whoami`, TokenReview).
 //! [`super::auth`] runs them in Kubernetes' order: client certificate first, then bearer tokens.
 
+pub mod bootstrap_token;
 pub mod review;
 pub mod service_account;
 pub mod token_file;

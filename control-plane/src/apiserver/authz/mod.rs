@@ -1,12 +1,15 @@
 //! Authorization, after authentication: every request's attributes (`request_info`) are decided
-//! by the privileged group (`system:masters` may do anything) and then RBAC (`rbac`), over a
-//! watch-fed index of roles and bindings; denials are kube-apiserver's 403s. Also here:
+//! by the privileged group (`system:masters` may do anything), the Node authorizer for node
+//! identities (`node`, over a graph of what their pods reference) and then RBAC (`rbac`), over
+//! a watch-fed index of roles and bindings; denials are kube-apiserver's 403s. NodeRestriction
+//! (`node_restriction`) narrows what nodes may write. Also here:
 //! impersonation, the bootstrap policy, escalation prevention on RBAC writes, and access
 //! reviews.
 
 pub mod bootstrap;
 pub mod impersonation;
 pub mod node;
+pub mod node_restriction;
 pub mod rbac;
 pub mod request_info;
 pub mod reviews;
@@ -28,10 +31,12 @@ use crate::controllers::runtime::{self, Cache};
 use rbac::{Decision, Kind, PRIVILEGED_GROUP, Rbac};
 use request_info::RequestInfo;
 
-/// The authorizer: the privileged group, then RBAC.
+/// The authorizer: the privileged group, the Node authorizer, then RBAC.
 #[derive(Debug, Default)]
 pub struct Authz {
     pub rbac: Rbac,
+    /// What the pods bound to each node reference.
+    pub nodes: node::Graph,
 }
 
 impl Authz {
@@ -40,9 +45,22 @@ impl Authz {
         if is_privileged(user) {
             return Ok(String::new());
         }
+        // Kubernetes' union authorizer: the first to allow wins; the others' reasons explain
+        // a denial.
+        let mut reasons = Vec::new();
+        if let Some(node) = node::node_identity(user) {
+            match node::authorize(&self.nodes, node, info) {
+                Ok(()) => return Ok(String::new()),
+                Err(reason) => reasons.push(reason),
+            }
+        }
         match self.rbac.authorize(user, info) {
             Decision::Allow(reason) => Ok(reason),
-            Decision::NoOpinion(reason) => Err(reason),
+            Decision::NoOpinion(reason) => {
+                reasons.push(reason);
+                reasons.retain(|r| !r.is_empty());
+                Err(reasons.join("\n"))
+            }
         }
     }
 }
@@ -191,6 +209,31 @@ pub async fn start(api: Arc<Api>, shutdown: watch::Receiver<bool>, timeout: Dura
             shutdown.clone(),
         ));
     }
+    // The Node authorizer's graph follows the pods.
+    let pods = Cache::new(
+        api.resources
+            .get("", "v1", "pods")
+            .expect("pods are served"),
+    );
+    caches.push(pods.clone());
+    let pod_changed = {
+        let (api, cache) = (Arc::clone(&api), pods.clone());
+        move |object: &Value| {
+            let meta = &object["metadata"];
+            let ns = meta["namespace"].as_str().unwrap_or_default();
+            let name = meta["name"].as_str().unwrap_or_default();
+            match cache.get(ns, name) {
+                Some(current) => api.authz.nodes.apply(&current),
+                None => api.authz.nodes.remove(object),
+            }
+        }
+    };
+    tokio::spawn(runtime::reflect(
+        Arc::clone(&api),
+        pods,
+        pod_changed,
+        shutdown.clone(),
+    ));
     let deadline = tokio::time::Instant::now() + timeout;
     while !caches.iter().all(Cache::is_synced) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
