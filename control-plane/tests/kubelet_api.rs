@@ -20,7 +20,9 @@ use std::{
 use local_pods::{Agent, node};
 use support::{
     ControlPlane,
-    certs::{client_cert, cluster_ca, self_signed_cert, serving_cert, stranger_ca},
+    certs::{
+        client_cert, cluster_ca, self_signed_cert, serving_cert, serving_cert_between, stranger_ca,
+    },
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -469,4 +471,80 @@ fn an_agent_whose_certificate_does_not_verify_never_receives_a_request() {
         assert!(!cp.kubectl(&["exec", &pod, "--", "true"]).ok(), "{name}");
         assert_eq!(seen.lock().unwrap().request, None, "{name}");
     }
+}
+
+#[test]
+fn a_certificate_near_its_end_is_renewed_through_a_csr_while_the_agent_serves() {
+    use apiary_node_agent::{
+        agent::serving_certificate::{self, Config, FILE},
+        api_client::ApiClient,
+        kubeconfig::Endpoint,
+        server::tls::{ServingCertificate, server_config},
+    };
+    let cp = ControlPlane::start_with(&["--node-monitor-grace-seconds", "3600"]);
+    let (ca_cert, ca_key) = cluster_ca(&cp);
+    let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    // A certificate of the cluster CA at 90 % of its ten days: past its renewal time.
+    let (old_cert, old_key) = serving_cert_between(&ca_cert, &ca_key, &["n1"], &[loopback], (9, 1));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(FILE), format!("{old_cert}{old_key}")).unwrap();
+    let old_der = rustls_pemfile::certs(&mut old_cert.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec();
+
+    let endpoint = Endpoint::from_kubeconfig(&cp.node_kubeconfig()).unwrap();
+    let serving = Arc::new(ServingCertificate::default());
+    let config = server_config(Arc::clone(&serving), &ca_cert).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.spawn(serving_certificate::keep_current(
+        ApiClient::new(&endpoint).unwrap(),
+        Config {
+            node: "n1".into(),
+            addresses: vec![loopback],
+            ca_pem: ca_cert.clone(),
+            dir: dir.path().to_owned(),
+        },
+        Arc::clone(&serving),
+    ));
+    // The stored certificate is presented at once, then replaced by the CSR's, in the same
+    // server configuration (no restart).
+    support::wait_for("the stored certificate", Duration::from_secs(10), || {
+        (serving.current() == Some(old_der.clone())).then_some(())
+    });
+    local_pods::approve_serving_requests(&cp.kubeconfig(), || {
+        serving.current().is_some_and(|der| der != old_der)
+    });
+    let presented = runtime.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(
+                rustls_pemfile::certs(&mut ca_cert.as_bytes())
+                    .next()
+                    .unwrap()
+                    .unwrap(),
+            )
+            .unwrap();
+        let client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (a, b) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let _ = tokio_rustls::TlsAcceptor::from(config).accept(a).await;
+        });
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(rustls::pki_types::ServerName::from(loopback), b)
+            .await
+            .unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    });
+    assert_ne!(presented, old_der);
+    assert_eq!(Some(presented), serving.current());
+    // And kept for the next start.
+    let stored = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+    assert!(
+        !stored.contains(&old_cert),
+        "the renewed certificate is stored"
+    );
 }

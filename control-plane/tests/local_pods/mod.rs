@@ -400,7 +400,7 @@ impl Agent {
             },
             Arc::clone(&serving),
         ));
-        approve_serving_requests(kubeconfig, &serving);
+        approve_serving_requests(kubeconfig, || serving.current().is_some());
         let tls =
             server::tls::server_config(serving, client_ca_pem.unwrap_or(&endpoint.ca_pem)).unwrap();
         let reviews: Arc<dyn Reviews> = Arc::new(api);
@@ -433,10 +433,10 @@ impl Agent {
     }
 }
 
-/// Approves the pending serving certificate requests as the admin of `kubeconfig` until
-/// `serving` has a certificate: the agent asks with the cluster token, whose user is not the node
-/// the approver approves serving certificates for.
-fn approve_serving_requests(kubeconfig: &Path, serving: &server::tls::ServingCertificate) {
+/// Approves the pending serving certificate requests as the admin of `kubeconfig` until `done`:
+/// the agent asks with the cluster token, whose user is not the node the approver approves
+/// serving certificates for.
+pub fn approve_serving_requests(kubeconfig: &Path, done: impl Fn() -> bool) {
     let kubectl = |args: &[&str]| {
         std::process::Command::new("kubectl")
             .arg("--kubeconfig")
@@ -446,7 +446,7 @@ fn approve_serving_requests(kubeconfig: &Path, serving: &server::tls::ServingCer
             .unwrap()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while serving.current().is_none() {
+    while !done() {
         assert!(
             std::time::Instant::now() < deadline,
             "no serving certificate within 30 s"

@@ -35,6 +35,29 @@ pub fn serving_cert(
     names: &[&str],
     addresses: &[IpAddr],
 ) -> (String, String) {
+    sign(serving_params(names, addresses), ca_cert, ca_key)
+}
+
+/// [`serving_cert`] valid from `days_ago` days before today to `days_left` days after it.
+pub fn serving_cert_between(
+    ca_cert: &str,
+    ca_key: &str,
+    names: &[&str],
+    addresses: &[IpAddr],
+    (days_ago, days_left): (i64, i64),
+) -> (String, String) {
+    use chrono::Datelike as _;
+    let day = |offset: i64| {
+        let date = chrono::Utc::now().date_naive() + chrono::Duration::days(offset);
+        rcgen::date_time_ymd(date.year(), date.month() as u8, date.day() as u8)
+    };
+    let mut params = serving_params(names, addresses);
+    params.not_before = day(-days_ago);
+    params.not_after = day(days_left);
+    sign(params, ca_cert, ca_key)
+}
+
+fn serving_params(names: &[&str], addresses: &[IpAddr]) -> rcgen::CertificateParams {
     let mut params =
         rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
             .unwrap();
@@ -44,7 +67,7 @@ pub fn serving_cert(
             .push(rcgen::SanType::IpAddress(*ip));
     }
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    sign(params, ca_cert, ca_key)
+    params
 }
 
 /// A self-signed serving certificate for `names` and `addresses`.
