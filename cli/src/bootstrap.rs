@@ -61,6 +61,18 @@ pub fn read_token(source: &std::path::Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// Whether cluster-info carries a signature for `token` yet (the bootstrap signer adds it
+/// shortly after the token is created).
+fn is_signed_for(cluster_info: &Value, token: &str) -> bool {
+    apiary_api::bootstrap_token::parse(token).is_some_and(|(id, _)| {
+        cluster_info["data"][apiary_api::bootstrap_token::jws_key(id)].is_string()
+    })
+}
+
+/// How long discovery waits for cluster-info to be signed for the token (kubeadm retries
+/// discovery the same way).
+const SIGNATURE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What cluster-info says, once verified: the CA (PEM).
 pub fn verify_cluster_info(
     cluster_info: &Value,
@@ -104,10 +116,17 @@ pub async fn discover(server: &str, token: &str, pin: &str) -> anyhow::Result<Ve
         ..Connection::default()
     };
     let client = client::Client::new(&anonymous_untrusted)?;
-    let cluster_info = client
-        .get(PATH, &[])
-        .await
-        .with_context(|| format!("reading cluster-info from {server}"))?;
+    let deadline = tokio::time::Instant::now() + SIGNATURE_WAIT;
+    let cluster_info = loop {
+        let cluster_info = client
+            .get(PATH, &[])
+            .await
+            .with_context(|| format!("reading cluster-info from {server}"))?;
+        if is_signed_for(&cluster_info, token) || tokio::time::Instant::now() >= deadline {
+            break cluster_info;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
     let ca_pem = verify_cluster_info(&cluster_info, token, pin)?;
     // The server must hold that CA's serving key: read it again, trusting only the CA.
     let pinned = Connection {

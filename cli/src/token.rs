@@ -180,7 +180,7 @@ async fn list(session: &Session, out: &mut impl Write) -> anyhow::Result<()> {
                 if left <= chrono::Duration::zero() {
                     "<expired>".to_owned()
                 } else {
-                    crate::age::human(left.num_seconds())
+                    short_duration(left.num_seconds())
                 }
             }
             Err(_) => "<forever>".to_owned(),
@@ -217,6 +217,18 @@ async fn list(session: &Session, out: &mut impl Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Kubernetes' `duration.ShortHumanDuration`, as `kubeadm token list` prints TTLs: one unit,
+/// rounded down.
+fn short_duration(seconds: i64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h", s / 3600),
+        s if s < 365 * 86400 => format!("{}d", s / 86400),
+        s => format!("{}y", s / (365 * 86400)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +239,14 @@ mod tests {
         assert_eq!(parse_ttl("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_ttl("0").unwrap(), Duration::ZERO);
         assert!(parse_ttl("h").is_err() && parse_ttl("5y").is_err());
+    }
+
+    #[test]
+    fn ttls_print_in_one_unit() {
+        assert_eq!(short_duration(59), "59s");
+        assert_eq!(short_duration(7199), "1h");
+        assert_eq!(short_duration(23 * 3600 + 3599), "23h");
+        assert_eq!(short_duration(3 * 86400), "3d");
     }
 
     #[test]

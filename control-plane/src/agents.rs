@@ -17,7 +17,7 @@ use crate::{
     apiserver::{
         Api,
         auth::UserInfo,
-        authz::{node::node_identity, rbac::PRIVILEGED_GROUP},
+        authz::{node::node_identity, node_restriction, rbac::PRIVILEGED_GROUP},
         error::ApiError,
         objects::{self, Change, Filter},
         path::Target,
@@ -313,6 +313,19 @@ impl node_agent_server::NodeAgent for AgentService {
             .ok_or_else(|| Status::invalid_argument("node_json: metadata.name: Required value"))?
             .to_owned();
         caller.may_act_for(&name)?;
+        // NodeRestriction on this path too: no workload-steering labels of its own choosing.
+        if let Caller::Node(own) = &caller {
+            let existing = objects::get(&self.api, self.resource("", "nodes"), None, &name)
+                .await
+                .ok();
+            let mut merged = existing.clone().unwrap_or_else(|| node.clone());
+            if let Some(labels) = node["metadata"]["labels"].as_object() {
+                for (k, v) in labels {
+                    merged["metadata"]["labels"][k] = v.clone();
+                }
+            }
+            node_restriction::admit_node(own, &merged, existing.as_ref()).map_err(to_status)?;
+        }
         let nodes = self.resource("", "nodes");
         let ready = registered_ready(&node);
         let stored = match objects::get(&self.api, nodes, None, &name).await {

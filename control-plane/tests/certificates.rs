@@ -197,3 +197,81 @@ fn denied_requests_are_never_signed_and_bad_requests_are_refused() {
     assert!(invalid.contains("spec.request: Invalid value"), "{invalid}");
     assert!(invalid.contains("spec.usages: Required value"), "{invalid}");
 }
+
+#[test]
+fn approving_takes_the_approve_verb_on_the_signer_not_only_the_approval_subresource() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.csv");
+    std::fs::write(&file, "approver-token,approver,1001\n").unwrap();
+    let cp = ControlPlane::start_with(&["--token-auth-file", file.to_str().unwrap()]);
+    let (pem, _) = request("joe", &[]);
+    let csr = csr_object(
+        "joe",
+        &pem,
+        "kubernetes.io/kube-apiserver-client",
+        json!({}),
+    );
+    cp.kubectl_stdin(&["create", "-f", "-"], &csr.to_string())
+        .success();
+    // May read and update the approval subresource, but not approve for the signer.
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "csr-approver"},
+        "rules": [{"apiGroups": ["certificates.k8s.io"],
+            "resources": ["certificatesigningrequests", "certificatesigningrequests/approval"],
+            "verbs": ["get", "list", "update"]}]});
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "csr-approver"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "csr-approver"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "approver"}]});
+    for object in [&role, &binding] {
+        cp.kubectl_stdin(&["apply", "-f", "-"], &object.to_string())
+            .success();
+    }
+    // A kubeconfig with only the token: kubectl would present the admin's certificate too.
+    let mut config: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig()).unwrap()).unwrap();
+    config["users"][0]["user"] = json!({"token": "approver-token"});
+    let approver = dir.path().join("approver.kubeconfig");
+    std::fs::write(&approver, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let as_approver = |args: &[&str]| {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&approver)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let refused = wait_for("the binding to apply", Duration::from_secs(10), || {
+        let (ok, out) = as_approver(&["certificate", "approve", "joe"]);
+        (!ok && out.contains("user not permitted to approve")).then_some(out)
+    });
+    assert!(
+        refused.contains(
+            "user not permitted to approve requests with signerName \"kubernetes.io/kube-apiserver-client\""
+        ),
+        "{refused}"
+    );
+    assert!(
+        cp.kubectl_json(&["get", "csr", "joe", "-o", "json"])["status"]["conditions"].is_null()
+    );
+    // With `approve` on the signer (by its domain wildcard) it goes through.
+    let mut role = role;
+    role["rules"].as_array_mut().unwrap().push(json!({
+        "apiGroups": ["certificates.k8s.io"], "resources": ["signers"],
+        "resourceNames": ["kubernetes.io/*"], "verbs": ["approve"]}));
+    cp.kubectl_stdin(&["apply", "-f", "-"], &role.to_string())
+        .success();
+    wait_for("the approval", Duration::from_secs(10), || {
+        as_approver(&["certificate", "approve", "joe"])
+            .0
+            .then_some(())
+    });
+    let approved = cp.kubectl_json(&["get", "csr", "joe", "-o", "json"]);
+    assert_eq!(approved["status"]["conditions"][0]["type"], "Approved");
+}

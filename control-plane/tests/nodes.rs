@@ -75,6 +75,7 @@ fn bootstrap_node(cp: &ControlPlane, node: &str, token: &str) -> std::path::Path
     let node_kubeconfig = cp.data_path().join(format!("{node}.kubeconfig"));
     let pki = cp.data_path().join(format!("{node}-pki"));
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    let started = std::time::Instant::now();
     runtime
         .block_on(apiary_node_agent::agent::client_certificate::ensure(
             &node_kubeconfig,
@@ -83,6 +84,10 @@ fn bootstrap_node(cp: &ControlPlane, node: &str, token: &str) -> std::path::Path
             node,
         ))
         .unwrap();
+    eprintln!(
+        "TLS bootstrap of {node} (CSR created, approved, signed, written): {:?}",
+        started.elapsed()
+    );
     node_kubeconfig
 }
 
@@ -208,8 +213,68 @@ fn a_bootstrap_token_gets_a_node_its_own_identity_which_reads_only_its_pods_obje
 }
 
 #[test]
+fn a_node_gets_a_serving_certificate_for_its_own_names_only() {
+    use apiary_node_agent::certificates::{Wanted, request_certificate};
+    let cp = ControlPlane::start();
+    let token = create_token(&cp, "srvtok", "0123456789abcdef", &in_an_hour());
+    let n1 = bootstrap_node(&cp, "n1", &token);
+    cp.kubectl_stdin(
+        &["create", "-f", "-"],
+        &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}).to_string(),
+    )
+    .success();
+    cp.kubectl(&[
+        "patch",
+        "node",
+        "n1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"addresses":[{"type":"InternalIP","address":"10.0.0.5"},{"type":"Hostname","address":"n1"}]}}"#,
+    ])
+    .success();
+    let endpoint = apiary_node_agent::kubeconfig::Endpoint::from_kubeconfig(&n1).unwrap();
+    let api = apiary_node_agent::api_client::ApiClient::new(&endpoint).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let own = Wanted::node_serving("n1", vec!["n1".into()], vec!["10.0.0.5".parse().unwrap()]);
+    let issued = runtime
+        .block_on(request_certificate(
+            &api,
+            "serving",
+            &own,
+            Duration::from_secs(20),
+        ))
+        .unwrap();
+    assert!(issued.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    // A name that is not the node's is left for an operator: no automatic approval.
+    let foreign = Wanted::node_serving(
+        "n1",
+        vec!["n1".into(), "kubernetes.default.svc".into()],
+        vec!["10.0.0.5".parse().unwrap()],
+    );
+    let pending = runtime.block_on(request_certificate(
+        &api,
+        "serving",
+        &foreign,
+        Duration::from_secs(3),
+    ));
+    assert!(pending.unwrap_err().to_string().contains("was not signed"));
+    let table = cp.kubectl(&["get", "csr"]).success();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("kubernetes.io/kubelet-serving")
+                && l.trim_end().ends_with("Pending")),
+        "{table}"
+    );
+}
+
+#[test]
 fn the_agent_channel_is_for_nodes_each_for_itself() {
-    use apiary_agent_api::{Credential, v1::WatchPodsRequest};
+    use apiary_agent_api::{
+        Credential,
+        v1::{RegisterRequest, WatchPodsRequest},
+    };
     let cp = ControlPlane::start();
     let token = create_token(&cp, "qwerty", "0123456789abcdef", &in_an_hour());
     let n1 = bootstrap_node(&cp, "n1", &token);
@@ -239,6 +304,26 @@ fn the_agent_channel_is_for_nodes_each_for_itself() {
             .await
             .unwrap_err();
         assert_eq!(other.code(), tonic::Code::PermissionDenied, "{other:?}");
+        let register = |name: &str, labels: Value| RegisterRequest {
+            node_json: serde_json::to_vec(&json!({"metadata": {"name": name, "labels": labels}}))
+                .unwrap(),
+        };
+        let plain = json!({"kubernetes.io/hostname": "n1"});
+        client
+            .register(register("n1", plain.clone()))
+            .await
+            .unwrap();
+        let refused = client.register(register("n2", plain)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        let steering = json!({"node-restriction.kubernetes.io/trusted": "yes"});
+        let refused = client.register(register("n1", steering)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused
+                .message()
+                .contains("not allowed to modify the following labels"),
+            "{refused:?}"
+        );
         // A bootstrap token is no node.
         let mut bootstrapper =
             apiary_agent_api::connect(&endpoint.server, &endpoint.ca_pem, &token)

@@ -60,7 +60,16 @@ pub struct Tokens {
     file: TokenFile,
     service_accounts: Option<ServiceAccounts>,
     /// Where bootstrap token Secrets are read from; none: bootstrap tokens are not accepted.
-    bootstrap_tokens: Option<Arc<dyn crate::store::Store>>,
+    bootstrap_tokens: Option<BootstrapTokens>,
+}
+
+/// The store bootstrap token Secrets are read from.
+struct BootstrapTokens(Arc<dyn crate::store::Store>);
+
+impl std::fmt::Debug for BootstrapTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BootstrapTokens")
+    }
 }
 
 /// What verifies service account tokens: the issuer's key, and the store that says whether the
@@ -68,12 +77,6 @@ pub struct Tokens {
 pub struct ServiceAccounts {
     pub issuer: Arc<service_account::Issuer>,
     pub store: Arc<dyn crate::store::Store>,
-}
-
-impl std::fmt::Debug for dyn crate::store::Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Store")
-    }
 }
 
 impl std::fmt::Debug for ServiceAccounts {
@@ -95,7 +98,7 @@ impl Tokens {
     /// Also accepts bootstrap tokens whose Secrets `store` holds.
     pub fn with_bootstrap_tokens(self, store: Arc<dyn crate::store::Store>) -> Self {
         Self {
-            bootstrap_tokens: Some(store),
+            bootstrap_tokens: Some(BootstrapTokens(store)),
             ..self
         }
     }
@@ -152,8 +155,8 @@ impl Tokens {
         } else if let Some(user) = self.file.user(presented) {
             user.clone()
         } else {
-            let store = self.bootstrap_tokens.as_deref()?;
-            super::authn::bootstrap_token::authenticate(store, presented).await?
+            let store = self.bootstrap_tokens.as_ref()?;
+            super::authn::bootstrap_token::authenticate(store.0.as_ref(), presented).await?
         };
         Some((user, vec![API_AUDIENCE.to_owned()]))
     }

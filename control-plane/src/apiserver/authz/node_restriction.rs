@@ -53,18 +53,28 @@ pub async fn admit(
             )
         }
         ("", "nodes", _) => {
-            let named = if *method == Method::POST {
-                objects::decode(headers, body)?["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned()
-            } else {
-                name.to_owned()
+            let (new, old) = match *method {
+                Method::POST => (objects::decode(headers, body)?, None),
+                Method::PUT => (objects::decode(headers, body)?, Some(stored().await?)),
+                Method::PATCH => {
+                    let old = stored().await?;
+                    let new =
+                        objects::apply_patch(old.clone(), &objects::content_type(headers), body)?;
+                    (new, Some(old))
+                }
+                _ => (Value::Null, None),
+            };
+            let named = match *method {
+                Method::POST => new["metadata"]["name"].as_str().unwrap_or_default(),
+                _ => name,
             };
             if named != node {
                 return Err(forbidden(format!(
                     "node {node:?} is not allowed to modify node {named:?}"
                 )));
+            }
+            if sub.is_none() && !new.is_null() {
+                admit_node(node, &new, old.as_ref())?;
             }
             Ok(())
         }
@@ -99,6 +109,82 @@ pub async fn admit(
         }
         _ => Ok(()),
     }
+}
+
+/// Label prefixes (and labels) a node may set on itself: Kubernetes' allowed kubelet labels.
+/// Anything else under `kubernetes.io`/`k8s.io` is the cluster's to set (it steers workloads).
+const ALLOWED_LABELS: &[&str] = &[
+    "kubernetes.io/hostname",
+    "kubernetes.io/arch",
+    "kubernetes.io/os",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "failure-domain.beta.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+];
+const ALLOWED_LABEL_NAMESPACES: &[&str] = &["kubelet.kubernetes.io", "node.kubernetes.io"];
+
+/// The labels of `labels` a node may not set on itself (`getForbiddenLabels`).
+pub fn forbidden_labels<'a>(labels: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut forbidden: Vec<String> = labels
+        .filter(|key| {
+            let Some((prefix, _)) = key.split_once('/') else {
+                return false;
+            };
+            let namespace = |ns: &str| prefix == ns || prefix.ends_with(&format!(".{ns}"));
+            if namespace("node-restriction.kubernetes.io") {
+                return true;
+            }
+            if !(namespace("kubernetes.io") || namespace("k8s.io")) {
+                return false;
+            }
+            !(ALLOWED_LABELS.contains(key)
+                || prefix.starts_with("beta.kubernetes.io")
+                || ALLOWED_LABEL_NAMESPACES.iter().any(|ns| namespace(ns)))
+        })
+        .map(str::to_owned)
+        .collect();
+    forbidden.sort();
+    forbidden
+}
+
+/// `admitNode`: a node may not give itself labels that steer workloads, nor change its taints.
+pub fn admit_node(node: &str, new: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+    let labels = |o: &Value| {
+        o["metadata"]["labels"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (after, before) = (labels(new), old.map(labels).unwrap_or_default());
+    let changed = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .map(|(k, _)| k.as_str())
+        .chain(
+            before
+                .keys()
+                .filter(|k| !after.contains_key(*k))
+                .map(String::as_str),
+        );
+    let refused = forbidden_labels(changed);
+    if !refused.is_empty() {
+        return Err(forbidden(format!(
+            "node {node:?} is not allowed to {} the following labels: {}",
+            if old.is_some() { "modify" } else { "set" },
+            refused.join(", ")
+        )));
+    }
+    if let Some(old) = old
+        && old["spec"]["taints"] != new["spec"]["taints"]
+    {
+        return Err(forbidden(format!(
+            "node {node:?} is not allowed to modify taints"
+        )));
+    }
+    Ok(())
 }
 
 /// A pod a node creates: a mirror pod, bound to itself, referencing nothing it could not read
@@ -180,6 +266,64 @@ fn forbidden(why: impl std::fmt::Display) -> ApiError {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_node_may_not_label_itself_to_attract_workloads_nor_drop_its_taints() {
+        assert!(
+            forbidden_labels(
+                [
+                    "kubernetes.io/hostname",
+                    "topology.kubernetes.io/zone",
+                    "kubelet.kubernetes.io/x",
+                    "team"
+                ]
+                .into_iter()
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            forbidden_labels(
+                [
+                    "node-restriction.kubernetes.io/trusted",
+                    "node-role.kubernetes.io/control-plane"
+                ]
+                .into_iter()
+            ),
+            [
+                "node-restriction.kubernetes.io/trusted",
+                "node-role.kubernetes.io/control-plane"
+            ]
+        );
+        let node = |labels: Value, taints: Value| json!({"metadata": {"name": "n1", "labels": labels}, "spec": {"taints": taints}});
+        let old = node(
+            json!({"kubernetes.io/hostname": "n1"}),
+            json!([{"key": "k", "effect": "NoSchedule"}]),
+        );
+        assert!(admit_node("n1", &old, Some(&old)).is_ok());
+        let e = admit_node(
+            "n1",
+            &node(json!({"kubernetes.io/hostname": "n1"}), json!([])),
+            Some(&old),
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("is not allowed to modify taints"),
+            "{}",
+            e.message
+        );
+        let labelled = node(
+            json!({"kubernetes.io/hostname": "n1", "node-restriction.kubernetes.io/secure": "true"}),
+            json!([{"key": "k", "effect": "NoSchedule"}]),
+        );
+        let e = admit_node("n1", &labelled, Some(&old)).unwrap_err();
+        assert!(
+            e.message.contains("node-restriction.kubernetes.io/secure"),
+            "{}",
+            e.message
+        );
+        // A label the cluster set long ago is not the node's change.
+        assert!(admit_node("n1", &labelled, Some(&labelled)).is_ok());
+    }
 
     #[test]
     fn a_node_creates_only_plain_mirror_pods_of_its_own() {
