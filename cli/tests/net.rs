@@ -85,7 +85,11 @@ fn frontend(
 fn setup() -> (Cluster, Agent, Agent) {
     let cluster = Cluster::start();
     let token = cluster.token();
-    let (n1, n2) = (Agent::start(&token), Agent::start(&token));
+    let kubeconfig = cluster.kubeconfig();
+    let (n1, n2) = (
+        Agent::start("n1", &kubeconfig, &token),
+        Agent::start("n2", &kubeconfig, &token),
+    );
     register(&cluster, "n1", n1.addr.port());
     register(&cluster, "n2", n2.addr.port());
     n1.services.set(vec![

@@ -33,7 +33,7 @@ fn kubectl(cluster: &Cluster, args: &[&str], stdin: &str) {
 /// `app`), `duo` (`a`, `b`) on it and `lost` on no node.
 fn setup() -> (Cluster, Agent) {
     let cluster = Cluster::start();
-    let agent = Agent::start(&cluster.token());
+    let agent = Agent::start("n1", &cluster.kubeconfig(), &cluster.token());
     let node = node("n1", agent.addr.port());
     kubectl(&cluster, &["create", "-f", "-"], &node);
     let status: serde_json::Value = serde_json::from_str(&node).unwrap();

@@ -263,8 +263,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.max_requests_inflight,
         cli.max_mutating_requests_inflight,
     );
-    // Node agents accept the cluster token: the one the API server gives its admin.
-    api.agent_token = Some(pki.admin_token.clone());
+    api.kubelet_client =
+        Some(apiserver::kubelet_client::tls_config(&pki).context("the kubelet client")?);
     let service_account_issuer = Arc::new(
         apiserver::authn::service_account::Issuer::load_or_create(&pki.dir)
             .context("the service account signing key")?,

@@ -13,7 +13,10 @@ use std::{
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use support::ControlPlane;
+use support::{
+    ControlPlane,
+    certs::{client_cert, stranger_ca},
+};
 
 const TOKEN_FILE: &str = "jane-token,jane,1001,\"dev,ops\"\njoe-token,joe,1002\n";
 
@@ -60,41 +63,6 @@ fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
 
 fn b64(pem: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(pem)
-}
-
-/// A client certificate for `name` in `group`, signed by the CA at `ca_cert`/`ca_key` (PEM).
-fn client_cert(ca_cert: &str, ca_key: &str, name: &str, group: &str) -> (String, String) {
-    let issuer =
-        rcgen::Issuer::from_ca_cert_pem(ca_cert, rcgen::KeyPair::from_pem(ca_key).unwrap())
-            .unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, group);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-/// A CA the cluster does not know: `(certificate, key)`, PEM.
-fn stranger_ca() -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "apiary-ca");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = params.self_signed(&key).unwrap();
-    (cert.pem(), key.serialize_pem())
 }
 
 /// Status and body of `method path` with `body`, optionally a bearer token and a client

@@ -7,7 +7,7 @@ mod support;
 
 use apiary_node_agent::server::services::{BackendView, FrontendAddress, FrontendView};
 use local_pods::{Agent, node};
-use support::ControlPlane;
+use support::{ControlPlane, certs::stranger_ca};
 
 fn start() -> ControlPlane {
     // No heartbeats come from the test's node: keep the lifecycle controller from evicting.
@@ -98,7 +98,7 @@ fn kubernetes_frontend() -> FrontendView {
 #[test]
 fn kubectl_reads_a_nodes_services_and_logs_through_the_proxy() {
     let cp = start();
-    let agent = Agent::start(&token(&cp));
+    let agent = Agent::start("n1", &cp.kubeconfig(), &token(&cp));
     register(&cp, "n1", agent.addr.port());
     agent.services.set(vec![kubernetes_frontend()]);
 
@@ -205,9 +205,12 @@ fn unknown_unaddressed_and_unreachable_nodes_are_errors() {
         "{body}"
     );
 
-    // An agent that was given another token refuses the API server, and that is what comes back.
-    let stranger = Agent::start("not-the-cluster-token");
+    // An agent that trusts another CA refuses the API server's client certificate: the
+    // handshake fails, and the agent is unavailable.
+    let (other_ca, _) = stranger_ca();
+    let stranger =
+        Agent::start_trusting("stranger", &cp.kubeconfig(), &token(&cp), Some(&other_ca));
     register(&cp, "stranger", stranger.addr.port());
     let (code, body) = get(&cp, "/api/v1/nodes/stranger/proxy/apiary/v1/services", true);
-    assert_eq!(code, 401, "{body}");
+    assert_eq!(code, 503, "{body}");
 }

@@ -2,6 +2,7 @@
 //! machine.
 
 use std::{
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -109,6 +110,7 @@ fn up_runs_the_demo_and_down_removes_everything() {
     // (readiness probes from the node, the client's requests from its pod IP).
     let logs = machine.kubectl_ok(&["logs", "-l", "app=web"]).unwrap();
     assert!(logs.contains("response:200"), "httpd's request log: {logs}");
+    agent_api_is_the_api_servers_only(&machine);
 
     // Down: nothing of the cluster is left on the machine.
     drop(down);
@@ -134,6 +136,107 @@ fn up_runs_the_demo_and_down_removes_everything() {
     );
     let procs = Command::new("pgrep").args(["-f", &data]).output().unwrap();
     assert!(procs.stdout.is_empty(), "no process of the cluster is left");
+}
+
+/// The node agent's API on a real agent: `kubectl exec` and `logs` go through the API server
+/// (which the agent lets in by its client certificate, after verifying the agent's serving
+/// certificate, issued through an automatically approved CSR); straight to the agent's port,
+/// no credential and a viewer's token are refused.
+fn agent_api_is_the_api_servers_only(machine: &LabMachine) {
+    let said = machine
+        .kubectl_ok(&["exec", "client", "--", "echo", "through the API server"])
+        .unwrap();
+    assert_eq!(said, "through the API server\n");
+    let csrs: serde_json::Value =
+        serde_json::from_str(&machine.kubectl_ok(&["get", "csr", "-o", "json"]).unwrap()).unwrap();
+    let serving = csrs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|csr| csr["spec"]["signerName"] == "kubernetes.io/kubelet-serving")
+        .unwrap_or_else(|| panic!("the agent asked for its serving certificate: {csrs}"));
+    assert!(
+        serving["spec"]["username"]
+            .as_str()
+            .unwrap()
+            .starts_with("system:node:"),
+        "{serving}"
+    );
+    assert_eq!(
+        serving["status"]["conditions"][0]["type"], "Approved",
+        "{serving}"
+    );
+    assert!(serving["status"]["certificate"].is_string(), "{serving}");
+
+    let node_ip = machine
+        .kubectl_ok(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={.items[0].status.addresses[?(@.type==\"InternalIP\")].address}",
+        ])
+        .unwrap();
+    let web = machine
+        .kubectl_ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])
+        .unwrap();
+    let url = format!("https://{node_ip}:10250/containerLogs/default/{web}/httpd");
+    let curl = |extra: &[&str]| {
+        let mut args = vec!["-sk", "-w", "\n%{http_code}", url.as_str()];
+        args.extend_from_slice(extra);
+        let out = machine.run(Path::new("curl"), &args).unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl(&[]), "Unauthorized\n401");
+    assert_eq!(
+        curl(&["-H", "Authorization: Bearer not-a-token"]),
+        "Unauthorized\n401"
+    );
+    // (From a manifest: `kubectl create serviceaccount` sends protobuf, which is not served.)
+    let viewer = machine.dir.path().join("viewer.yaml");
+    std::fs::write(
+        &viewer,
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: viewer, namespace: default}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: viewer-view}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\n\
+         subjects: [{kind: ServiceAccount, name: viewer, namespace: default}]\n",
+    )
+    .unwrap();
+    machine
+        .kubectl_ok(&["apply", "-f", &viewer.display().to_string()])
+        .unwrap();
+    let token = machine.kubectl_ok(&["create", "token", "viewer"]).unwrap();
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    assert_eq!(
+        curl(&["-H", &bearer]),
+        "Forbidden (user=system:serviceaccount:default:viewer, verb=get, resource=nodes, subresource=proxy)\n403"
+    );
+    // The same viewer reads the same log through the API server (pods/log is in view).
+    let kubeconfig = machine.kubeconfig().display().to_string();
+    let out = machine
+        .run(
+            Path::new("kubectl"),
+            &[
+                "--kubeconfig",
+                &kubeconfig,
+                "--token",
+                token.trim(),
+                "logs",
+                &web,
+            ],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Issue 12: an agent that registered and then died (no cgroup v2 hierarchy here) left `apiary up`

@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod error;
 pub mod fanout;
 pub mod inflight;
+pub mod kubelet_client;
 pub mod node_proxy;
 pub mod objects;
 pub mod path;
@@ -52,9 +53,9 @@ pub struct Api {
     pub strategy: Strategy,
     /// What node pod CIDRs are cut from.
     pub pod_network: crate::agents::PodNetwork,
-    /// The bearer token node agents accept (the cluster token), for proxying `pods/log`,
-    /// `pods/exec` (without it those fail with a 500) and `nodes/proxy` (a 503).
-    pub agent_token: Option<String>,
+    /// How node agents are reached ([`kubelet_client`]), for proxying `pods/log`, `pods/exec`
+    /// (without it those fail with a 500) and `nodes/proxy` (a 503).
+    pub kubelet_client: Option<Arc<rustls::ClientConfig>>,
     /// Watch events decoded once for all their watchers.
     pub decoded: Arc<decoded::Decoded>,
     /// One store watch per resource type, shared by its watches.
@@ -86,7 +87,7 @@ impl Api {
             resources: Resources,
             strategy: Strategy,
             pod_network: crate::agents::PodNetwork::default(),
-            agent_token: None,
+            kubelet_client: None,
             decoded: Arc::default(),
             fanout: fanout::Fanout::default(),
             events: crate::events::Recorder::default(),

@@ -1,6 +1,7 @@
 //! The API server's identity: a cluster CA, a serving certificate signed by it, the admin's
-//! client certificate (user `admin` in `system:masters`, as kubeadm's `admin.conf`), the cluster
-//! token (node agents and `apiary node join`), and the admin kubeconfig that ties them together.
+//! client certificate (user `admin` in `system:masters`, as kubeadm's `admin.conf`), the client
+//! certificate it shows node agents (kubeadm's `apiserver-kubelet-client`), the cluster token
+//! (node agents and `apiary node join`), and the admin kubeconfig that ties them together.
 //! Generated on first start, reused after; keys and the token are readable by their owner only,
 //! in a directory only its owner may enter.
 
@@ -48,6 +49,12 @@ const SERVING_KEY: &str = "apiserver.key";
 pub const ADMIN_TOKEN: &str = "admin.token";
 const ADMIN_CERT: &str = "admin.crt";
 const ADMIN_KEY: &str = "admin.key";
+const KUBELET_CLIENT_CERT: &str = "apiserver-kubelet-client.crt";
+const KUBELET_CLIENT_KEY: &str = "apiserver-kubelet-client.key";
+
+/// The user the API server is to node agents (kubeadm's `apiserver-kubelet-client`
+/// certificate): in no group, it may do what RBAC grants it, `system:kubelet-api-admin`.
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 /// The loaded identity.
 #[derive(Debug)]
@@ -58,6 +65,9 @@ pub struct Pki {
     /// The admin's client certificate and key, PEM.
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
+    /// The API server's client certificate and key for node agents, PEM.
+    pub kubelet_client_cert_pem: String,
+    pub kubelet_client_key_pem: String,
     pub tls: Arc<rustls::ServerConfig>,
 }
 
@@ -80,7 +90,15 @@ impl Pki {
             create_serving_cert(&dir, extra_sans)?;
         }
         if !dir.join(ADMIN_KEY).exists() {
-            create_admin_cert(&dir)?;
+            create_client_cert(&dir, (ADMIN_CERT, ADMIN_KEY), "admin", &["system:masters"])?;
+        }
+        if !dir.join(KUBELET_CLIENT_KEY).exists() {
+            create_client_cert(
+                &dir,
+                (KUBELET_CLIENT_CERT, KUBELET_CLIENT_KEY),
+                KUBELET_CLIENT_USER,
+                &[],
+            )?;
         }
         if !dir.join(ADMIN_TOKEN).exists() {
             let mut token = [0u8; 32];
@@ -92,6 +110,8 @@ impl Pki {
         let admin_token = read(&dir.join(ADMIN_TOKEN))?.trim().to_owned();
         let admin_cert_pem = read(&dir.join(ADMIN_CERT))?;
         let admin_key_pem = read(&dir.join(ADMIN_KEY))?;
+        let kubelet_client_cert_pem = read(&dir.join(KUBELET_CLIENT_CERT))?;
+        let kubelet_client_key_pem = read(&dir.join(KUBELET_CLIENT_KEY))?;
         let tls = server_config(&dir)?;
         Ok(Self {
             dir,
@@ -99,6 +119,8 @@ impl Pki {
             admin_token,
             admin_cert_pem,
             admin_key_pem,
+            kubelet_client_cert_pem,
+            kubelet_client_key_pem,
             tls,
         })
     }
@@ -301,10 +323,16 @@ fn create_serving_cert(dir: &Path, extra_sans: &[IpAddr]) -> Result<()> {
     write_private(&dir.join(SERVING_CERT), cert.pem().as_bytes())
 }
 
-fn create_admin_cert(dir: &Path) -> Result<()> {
-    let (cert, key) = client_cert(dir, "admin", &["system:masters"])?;
-    write_private(&dir.join(ADMIN_KEY), key.as_bytes())?;
-    write_private(&dir.join(ADMIN_CERT), cert.as_bytes())
+/// Issues a client certificate for `name` in `groups` into the files `(cert, key)`.
+fn create_client_cert(
+    dir: &Path,
+    (cert_file, key_file): (&str, &str),
+    name: &str,
+    groups: &[&str],
+) -> Result<()> {
+    let (cert, key) = client_cert(dir, name, groups)?;
+    write_private(&dir.join(key_file), key.as_bytes())?;
+    write_private(&dir.join(cert_file), cert.as_bytes())
 }
 
 fn client_cert(dir: &Path, name: &str, groups: &[&str]) -> Result<(String, String)> {
@@ -465,6 +493,27 @@ mod tests {
         let (_, issuer) = x509_parser::pem::parse_x509_pem(pki.ca_pem.as_bytes()).unwrap();
         let issuer = issuer.parse_x509().unwrap();
         cert.verify_signature(Some(issuer.public_key())).unwrap();
+    }
+
+    #[test]
+    fn the_kubelet_client_certificate_names_its_user_in_no_group_but_authenticated() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
+        let der = rustls_pemfile::certs(&mut pki.kubelet_client_cert_pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let user = crate::apiserver::authn::x509::user(&der).unwrap();
+        assert_eq!(user.name, KUBELET_CLIENT_USER);
+        assert_eq!(user.groups, ["system:authenticated"]);
+        let mode = fs::metadata(dir.path().join("pki").join(KUBELET_CLIENT_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Reused on the next start.
+        let again = Pki::load_or_create(dir.path(), &[]).unwrap();
+        assert_eq!(again.kubelet_client_cert_pem, pki.kubelet_client_cert_pem);
     }
 
     #[test]

@@ -18,11 +18,7 @@ use axum::{
 };
 use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
-use rustls::{
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, ServerName, UnixTime},
-};
+use rustls::pki_types::ServerName;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
@@ -203,8 +199,8 @@ impl AgentEndpoint {
         format!("https://{host}:{}{path}{separator}{query}", self.port)
     }
 
-    /// Sends `request` to the agent over a connection of its own (upgrades keep it), with the
-    /// cluster token.
+    /// Sends `request` to the agent over a connection of its own (upgrades keep it),
+    /// authenticated by the API server's client certificate ([`super::kubelet_client`]).
     pub(super) async fn send(
         &self,
         api: &Api,
@@ -212,16 +208,11 @@ impl AgentEndpoint {
     ) -> Result<http::Response<hyper::body::Incoming>, Unreachable> {
         let what = format!("{} \"{}\"", request.method(), request.uri());
         let fail = |reason: String| Unreachable(format!("{what}: {reason}"));
-        let token = api
-            .agent_token
-            .as_deref()
+        let tls = api
+            .kubelet_client
+            .clone()
             .ok_or_else(|| fail("the API server has no credentials for node agents".into()))?;
         let headers = request.headers_mut();
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| fail("the agent token is not a valid header value".into()))?,
-        );
         let host = match self.address {
             IpAddr::V4(ip) => format!("{ip}:{}", self.port),
             IpAddr::V6(ip) => format!("[{ip}]:{}", self.port),
@@ -237,7 +228,7 @@ impl AgentEndpoint {
         .await
         .map_err(|_| fail(format!("dial tcp {host}: i/o timeout")))?
         .map_err(|e| fail(format!("dial tcp {host}: connect: {e}")))?;
-        let tls = tokio_rustls::TlsConnector::from(agent_tls())
+        let tls = tokio_rustls::TlsConnector::from(tls)
             .connect(ServerName::IpAddress(self.address.into()), tcp)
             .await
             .map_err(|e| fail(format!("TLS handshake with {host}: {e}")))?;
@@ -403,73 +394,6 @@ async fn agent_error(response: http::Response<hyper::body::Incoming>) -> ApiErro
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(e.to_string())
-}
-
-/// Agents present self-signed certificates: like kube-apiserver without
-/// `--kubelet-certificate-authority`, the API server does not verify them. The agent
-/// authenticates the API server by the cluster token; the channel is still encrypted.
-fn agent_tls() -> Arc<rustls::ClientConfig> {
-    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
-    Arc::clone(CONFIG.get_or_init(|| {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(UnverifiedAgent(provider)))
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
-    }))
-}
-
-/// Accepts any agent certificate; handshake signatures are still checked.
-#[derive(Debug)]
-struct UnverifiedAgent(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for UnverifiedAgent {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

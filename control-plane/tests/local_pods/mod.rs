@@ -21,9 +21,15 @@ use std::{
     time::Duration,
 };
 
-use apiary_node_agent::server::{
-    self, ExecRequest, ExecSession, LogRequest, PodStreams, ServiceSource, StreamError,
-    services::FrontendView,
+use apiary_node_agent::{
+    agent::serving_certificate,
+    api_client::ApiClient,
+    kubeconfig::Endpoint,
+    server::{
+        self, ExecRequest, ExecSession, LogRequest, PodStreams, ServiceSource, StreamError,
+        auth::{Auth, Reviews},
+        services::FrontendView,
+    },
 };
 use bytes::Bytes;
 use futures::{StreamExt as _, stream::BoxStream};
@@ -353,20 +359,52 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn start(token: &str) -> Self {
+    /// The agent of node `node`: it accepts the cluster CA's client certificates and asks the
+    /// API server of `kubeconfig` (authenticated by `token`, as node agents) to review the
+    /// requests it gets.
+    pub fn start(node: &str, kubeconfig: &Path, token: &str) -> Self {
+        Self::start_trusting(node, kubeconfig, token, None)
+    }
+
+    /// Like [`Agent::start`], but accepting client certificates of `client_ca_pem` (another CA
+    /// than the cluster's) instead.
+    pub fn start_trusting(
+        node: &str,
+        kubeconfig: &Path,
+        token: &str,
+        client_ca_pem: Option<&str>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let mut config: serde_json::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
+        config["users"][0]["user"] = serde_json::json!({ "token": token });
+        let node_kubeconfig = dir.path().join("node.kubeconfig");
+        std::fs::write(&node_kubeconfig, serde_yaml::to_string(&config).unwrap()).unwrap();
+        let endpoint = Endpoint::from_kubeconfig(&node_kubeconfig).unwrap();
         let pods = Arc::new(LocalPods::new(dir.path()));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let tls = server::tls::load_or_create(
-            &dir.path().join("pki"),
-            "localhost",
-            &[[127, 0, 0, 1].into()],
-        )
-        .unwrap();
+        let api = ApiClient::new(&endpoint).unwrap();
+        // A serving certificate of the cluster CA, through a CSR as the agent asks for it.
+        let serving = Arc::new(server::tls::ServingCertificate::default());
+        runtime.spawn(serving_certificate::keep_current(
+            api.clone(),
+            serving_certificate::Config {
+                node: node.to_owned(),
+                addresses: vec![[127, 0, 0, 1].into()],
+                ca_pem: endpoint.ca_pem.clone(),
+                dir: dir.path().join("pki"),
+            },
+            Arc::clone(&serving),
+        ));
+        approve_serving_requests(kubeconfig, || serving.current().is_some());
+        let tls =
+            server::tls::server_config(serving, client_ca_pem.unwrap_or(&endpoint.ca_pem)).unwrap();
+        let reviews: Arc<dyn Reviews> = Arc::new(api);
+        let auth = Arc::new(Auth::new(node, reviews));
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
@@ -377,7 +415,7 @@ impl Agent {
         runtime.spawn(server::serve(
             listener,
             tls,
-            token.to_owned(),
+            auth,
             backend,
             server::DataplaneViews {
                 services: source,
@@ -392,6 +430,38 @@ impl Agent {
             _dir: dir,
             runtime: Some(runtime),
         }
+    }
+}
+
+/// Approves the pending serving certificate requests as the admin of `kubeconfig` until `done`:
+/// the agent asks with the cluster token, whose user is not the node the approver approves
+/// serving certificates for.
+pub fn approve_serving_requests(kubeconfig: &Path, done: impl Fn() -> bool) {
+    let kubectl = |args: &[&str]| {
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no serving certificate within 30 s"
+        );
+        let listed = kubectl(&["get", "csr", "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap_or_default();
+        for csr in list["items"].as_array().into_iter().flatten() {
+            if csr["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
+                && csr["status"]["conditions"].is_null()
+            {
+                let name = csr["metadata"]["name"].as_str().unwrap();
+                kubectl(&["certificate", "approve", name]);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

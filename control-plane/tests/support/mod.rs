@@ -5,6 +5,8 @@
     reason = "each test binary uses a different part of the support module"
 )]
 
+pub mod certs;
+
 use serde_json::Value;
 use std::{
     io::{Read as _, Write as _},

@@ -16,6 +16,7 @@ pub mod probes;
 pub mod reset;
 pub mod run;
 pub mod services;
+pub mod serving_certificate;
 pub mod static_pods;
 pub mod streams;
 pub mod tokens;

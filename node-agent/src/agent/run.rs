@@ -284,12 +284,21 @@ async fn run_registered(
     if let Some(dir) = config.manifests.clone() {
         tokio::spawn(super::static_pods::run(Arc::clone(&ctx), dir));
     }
-    let tls = crate::server::tls::load_or_create(
-        &config.data_dir.join("pki"),
-        &node.name,
-        &[std::net::IpAddr::V4(node.ip)],
-    )
-    .context("the streaming server's certificate")?;
+    // The streaming server presents a certificate of the cluster CA, asked for now that the
+    // Node (whose addresses its approval checks) exists; until it is issued, handshakes fail.
+    let serving = Arc::new(crate::server::tls::ServingCertificate::default());
+    tokio::spawn(super::serving_certificate::keep_current(
+        ctx.api.clone(),
+        super::serving_certificate::Config {
+            node: node.name.clone(),
+            addresses: vec![std::net::IpAddr::V4(node.ip)],
+            ca_pem: endpoint.ca_pem.clone(),
+            dir: config.data_dir.join("pki"),
+        },
+        Arc::clone(&serving),
+    ));
+    let tls = crate::server::tls::server_config(serving, &endpoint.ca_pem)
+        .context("the streaming server's TLS")?;
     let listener = tokio::net::TcpListener::bind((node.ip, config.port))
         .await
         .with_context(|| format!("listening on {}:{}", node.ip, config.port))?;
@@ -299,21 +308,18 @@ async fn run_registered(
             pin_dir: config.pin_dir.clone(),
             names: Arc::clone(&ctx.service_names),
         });
-        // A node identity holds no token the API server presents: it asks the API who calls.
-        let callers = if endpoint.client_certificate.is_some() {
-            crate::server::Callers::Reviewed(Arc::new(
-                crate::server::token_review::TokenReviewer::new(ctx.api.clone()),
-            ))
-        } else {
-            crate::server::Callers::Token(endpoint.token.clone())
-        };
+        // Requests are reviewed by the API server with the agent's own credentials.
+        let auth = Arc::new(crate::server::auth::Auth::new(
+            node.name.clone(),
+            Arc::new(ctx.api.clone()),
+        ));
         async move {
             let dataplane = crate::server::DataplaneViews {
                 services,
                 flows: flow_log,
                 tracer: Some(tracer),
             };
-            if let Err(e) = crate::server::serve(listener, tls, callers, backend, dataplane).await {
+            if let Err(e) = crate::server::serve(listener, tls, auth, backend, dataplane).await {
                 tracing::error!(error = %format!("{e:#}"), "the streaming server stopped");
             }
         }

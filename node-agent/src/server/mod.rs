@@ -1,5 +1,6 @@
 //! The agent's kubelet-style HTTPS server: the API server proxies `kubectl logs` and `kubectl exec`
-//! here, on the kubelet's paths, with the cluster token as bearer.
+//! here, on the kubelet's paths, authenticated by its client certificate. Every request is
+//! authenticated and authorized as the kubelet's webhook mode does ([`auth`]).
 //!
 //! - `GET /containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=…`: the log, streamed.
 //! - `GET|POST /exec/{namespace}/{pod}/{container}?command=…&stdin=…`: a WebSocket speaking the
@@ -10,22 +11,21 @@
 //! What a pod's containers are is the agent's business: it plugs them in through [`PodStreams`];
 //! where the frontends come from, through [`ServiceSource`].
 
+pub mod auth;
 mod exec;
 pub mod flows;
 mod logs;
 pub mod metrics;
 pub mod services;
 pub mod tls;
-pub mod token_review;
 pub mod trace;
 
 use std::{io, pin::Pin, sync::Arc, time::Duration};
 
 use axum::{
-    Json, Router,
-    extract::{Request, State},
-    http::{StatusCode, header},
-    middleware::{self, Next},
+    Extension, Json, Router,
+    http::StatusCode,
+    middleware,
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -204,11 +204,6 @@ fn status(code: StatusCode, reason: &str, message: &str) -> serde_json::Value {
     })
 }
 
-/// A Kubernetes `Status` body: the API server passes it on as is.
-fn status_response(code: StatusCode, reason: &str, message: &str) -> Response {
-    (code, Json(status(code, reason, message))).into_response()
-}
-
 /// What the agent shows of its data plane: the service maps, the policy verdicts, and the
 /// policy tracer (`None`: an agent without policy maps).
 #[derive(Clone)]
@@ -224,23 +219,9 @@ impl std::fmt::Debug for DataplaneViews {
     }
 }
 
-/// Who may call: the holder of one token (tests, hollow nodes), or whoever the API server says
-/// a token belongs to, if that is `system:masters` ([`token_review`]).
-#[derive(Clone, Debug)]
-pub enum Callers {
-    Token(String),
-    Reviewed(Arc<token_review::TokenReviewer>),
-}
-
-impl From<String> for Callers {
-    fn from(token: String) -> Self {
-        Self::Token(token)
-    }
-}
-
-/// The routes, behind the caller check.
+/// The routes, behind authentication and authorization.
 pub fn router(
-    callers: impl Into<Callers>,
+    auth: Arc<auth::Auth>,
     backend: Arc<dyn PodStreams>,
     dataplane: DataplaneViews,
 ) -> Router {
@@ -270,40 +251,18 @@ pub fn router(
             get(exec::handle).post(exec::handle),
         )
         .with_state(backend)
-        .layer(middleware::from_fn_with_state(
-            Arc::new(callers.into()),
-            require_token,
-        ))
+        .layer(middleware::from_fn_with_state(auth, auth::middleware))
 }
 
-async fn require_token(
-    State(callers): State<Arc<Callers>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let allowed = match (presented, callers.as_ref()) {
-        (None, _) | (Some(""), _) => false,
-        (Some(presented), Callers::Token(token)) => {
-            !token.is_empty() && constant_time_eq(presented.as_bytes(), token.as_bytes())
-        }
-        (Some(presented), Callers::Reviewed(reviewer)) => reviewer.allows(presented).await,
-    };
-    if allowed {
-        next.run(request).await
-    } else {
-        status_response(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
-    }
-}
-
-/// Timing says nothing about how much of the token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The user of the connection's client certificate (the handshake verified it against the
+/// cluster CA).
+fn client_cert_user(connection: &rustls::ServerConnection) -> auth::ClientCertUser {
+    auth::ClientCertUser(
+        connection
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| auth::User::of_certificate(leaf)),
+    )
 }
 
 /// Serves the routes over TLS on `listener` until the task is dropped. Each connection runs on a
@@ -311,12 +270,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    callers: impl Into<Callers>,
+    auth: Arc<auth::Auth>,
     backend: Arc<dyn PodStreams>,
     dataplane: DataplaneViews,
 ) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
-    let app = router(callers, backend, dataplane);
+    let app = router(auth, backend, dataplane);
     let accepted = futures::stream::unfold(listener, |listener| async move {
         let result = listener.accept().await;
         Some((result, listener))
@@ -332,7 +291,8 @@ pub async fn serve(
                     return;
                 }
             };
-            let service = TowerToHyperService::new(app);
+            let user = client_cert_user(stream.get_ref().1);
+            let service = TowerToHyperService::new(app.layer(Extension(user)));
             if let Err(e) = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
@@ -381,27 +341,24 @@ async fn accept_loop<C>(
     }
 }
 
-/// What the agent starts with: binds `listen` (the node's address and [`DEFAULT_PORT`]), loads or
-/// creates the certificate under `data_dir/pki` for `hostname` and the listen address, and
-/// [`serve`]s.
+/// What the agent starts with: binds `listen` (the node's address and [`DEFAULT_PORT`]) and
+/// [`serve`]s with `serving`'s certificate to clients with certificates of `client_ca_pem` or
+/// tokens `auth` accepts.
 pub async fn run(
     listen: std::net::SocketAddr,
-    data_dir: &std::path::Path,
-    hostname: &str,
-    callers: impl Into<Callers>,
+    serving: Arc<tls::ServingCertificate>,
+    client_ca_pem: &str,
+    auth: Arc<auth::Auth>,
     backend: Arc<dyn PodStreams>,
     dataplane: DataplaneViews,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let mut addresses = vec![std::net::IpAddr::from([127, 0, 0, 1]), listen.ip()];
-    addresses.dedup();
-    let tls = tls::load_or_create(&data_dir.join("pki"), hostname, &addresses)
-        .context("setting up the server certificate")?;
+    let tls = tls::server_config(serving, client_ca_pem).context("the server's TLS")?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
     tracing::info!(%listen, "serving logs and exec");
-    serve(listener, tls, callers, backend, dataplane).await
+    serve(listener, tls, auth, backend, dataplane).await
 }
 
 /// `true`/`1` as Kubernetes reads booleans in queries; anything else but absence is an error
@@ -419,49 +376,6 @@ fn parse_bool(name: &str, value: Option<&str>) -> Result<bool, StreamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The status of `GET /` with `authorization` behind the caller check of `callers`.
-    async fn status_with(callers: Callers, authorization: Option<&str>) -> StatusCode {
-        use tower::ServiceExt as _;
-        let app =
-            Router::new()
-                .route("/", get(|| async { "ok" }))
-                .layer(middleware::from_fn_with_state(
-                    Arc::new(callers),
-                    require_token,
-                ));
-        let mut request = axum::http::Request::builder().uri("/");
-        if let Some(value) = authorization {
-            request = request.header(header::AUTHORIZATION, value);
-        }
-        let request = request.body(axum::body::Body::empty()).unwrap();
-        app.oneshot(request).await.unwrap().status()
-    }
-
-    #[tokio::test]
-    async fn only_the_exact_token_passes_and_an_empty_one_never_does() {
-        let token = || Callers::Token("abc".to_owned());
-        assert_eq!(
-            status_with(token(), Some("Bearer abc")).await,
-            StatusCode::OK
-        );
-        assert_eq!(
-            status_with(token(), Some("Bearer abd")).await,
-            StatusCode::UNAUTHORIZED
-        );
-        assert_eq!(status_with(token(), None).await, StatusCode::UNAUTHORIZED);
-        // An agent without a token of its own (it runs as its node) lets no empty one in.
-        let none = || Callers::Token(String::new());
-        assert_eq!(
-            status_with(none(), Some("Bearer ")).await,
-            StatusCode::UNAUTHORIZED
-        );
-        assert_eq!(
-            status_with(none(), Some("Bearer")).await,
-            StatusCode::UNAUTHORIZED
-        );
-        assert_eq!(status_with(none(), None).await, StatusCode::UNAUTHORIZED);
-    }
 
     #[test]
     fn accept_backs_off_from_5_ms_doubling_up_to_1_s() {
@@ -491,13 +405,6 @@ mod tests {
         assert_eq!(handled, [1, 2, 3]);
         // 5 + 10 ms, then 5 ms again: a success resets the backoff.
         assert!(started.elapsed() >= Duration::from_millis(20));
-    }
-
-    #[test]
-    fn only_the_exact_token_matches() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 
     #[test]

@@ -83,6 +83,28 @@ fn cluster_roles() -> Vec<(&'static str, Value, Vec<PolicyRule>, Option<Value>)>
             None,
         ),
         (
+            // Full use of the node agents' API (kubelet's): what the API server needs to
+            // proxy logs, exec and `nodes/proxy` to them.
+            "system:kubelet-api-admin",
+            json!({}),
+            vec![
+                r(READ, &[""], &["nodes"]),
+                r(&["proxy"], &[""], &["nodes"]),
+                r(
+                    &["*"],
+                    &[""],
+                    &[
+                        "nodes/proxy",
+                        "nodes/metrics",
+                        "nodes/spec",
+                        "nodes/stats",
+                        "nodes/log",
+                    ],
+                ),
+            ],
+            None,
+        ),
+        (
             "system:node-bootstrapper",
             json!({}),
             vec![r(
@@ -359,6 +381,15 @@ const CLUSTER_ROLE_BINDINGS: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
+/// `(name, role, users)` of the ClusterRoleBindings to users: Kubernetes ships
+/// `system:kubelet-api-admin` unbound, kubeadm-style clusters bind it to the API server's
+/// client certificate user, which is how the API server is authorized by node agents.
+const USER_BINDINGS: &[(&str, &str, &[&str])] = &[(
+    "kube-apiserver-kubelet-client",
+    "system:kubelet-api-admin",
+    &[crate::apiserver::pki::KUBELET_CLIENT_USER],
+)];
+
 fn meta(name: &str, labels: &Value) -> Value {
     let mut l = json!({"kubernetes.io/bootstrapping": "rbac-defaults"});
     if let Some(extra) = labels.as_object() {
@@ -390,12 +421,14 @@ pub fn cluster_role_objects() -> Vec<Value> {
 
 /// The bootstrap ClusterRoleBindings as objects.
 pub fn cluster_role_binding_objects() -> Vec<Value> {
-    CLUSTER_ROLE_BINDINGS
-        .iter()
-        .map(|(name, role, groups)| {
-            let subjects: Vec<Value> = groups
+    let groups = CLUSTER_ROLE_BINDINGS.iter().map(|b| (b, "Group"));
+    let users = USER_BINDINGS.iter().map(|b| (b, "User"));
+    groups
+        .chain(users)
+        .map(|((name, role, subjects), kind)| {
+            let subjects: Vec<Value> = subjects
                 .iter()
-                .map(|g| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g}))
+                .map(|s| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": s}))
                 .collect();
             json!({
                 "apiVersion": "rbac.authorization.k8s.io/v1",
