@@ -1,6 +1,7 @@
 //! `cargo xtask`: set up a machine, build and load the BPF programs, lint, and run the test tiers.
 
 mod ebpf;
+mod fuzz;
 mod images;
 mod setup;
 mod shell;
@@ -36,8 +37,11 @@ enum Command {
     },
     /// Build the test images: target/images/busybox.tar (localhost/busybox:latest).
     Images,
-    /// The whole suite, as CI runs it: setup, fmt, clippy, unit and privileged tests.
+    /// The whole suite, as CI runs it: setup, fmt, clippy, unit and privileged tests, and a
+    /// short run of every fuzz target.
     Test,
+    /// Run the fuzz targets (cargo-fuzz, nightly) for a bounded time each.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -108,6 +112,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Images => images::build(),
         Command::Test => test::run(),
+        Command::Fuzz(args) => {
+            setup::run()?;
+            fuzz::run(&args)
+        }
         Command::Bench { suite } => {
             setup::run()?;
             match suite {

@@ -45,6 +45,7 @@ pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     bpffs()?;
     python_client()?;
     println!("setup: ready in {:.1}s", started.elapsed().as_secs_f64());
@@ -130,6 +131,30 @@ fn bpf_linker() -> anyhow::Result<()> {
             .args(["--no-default-features", "--features", "llvm-22"]),
     )
     .context("installing bpf-linker")
+}
+
+/// cargo-fuzz, pinned: `cargo xtask fuzz` and the test suite run the fuzz targets with it.
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let want = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
+    if shell::output(Command::new("cargo-fuzz").arg("--version")).is_some_and(|v| v.trim() == want)
+    {
+        println!("setup: {want} present");
+        return Ok(());
+    }
+    shell::run(
+        Command::new("cargo")
+            .env("RUSTUP_TOOLCHAIN", "stable")
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--locked",
+                "--version",
+                CARGO_FUZZ_VERSION,
+            ]),
+    )
+    .context("installing cargo-fuzz")
 }
 
 fn python_client() -> anyhow::Result<()> {

@@ -32,6 +32,12 @@ pub fn run() -> anyhow::Result<()> {
                 "apiary-tests",
             ])
         })?;
+        phases.time("fuzz (15 s per target)", || {
+            crate::fuzz::run(&crate::fuzz::FuzzArgs {
+                seconds: 15,
+                targets: Vec::new(),
+            })
+        })?;
         phases.time("privileged tests", || {
             let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
             cmd.args(["test", "--package", "apiary-tests"]);
