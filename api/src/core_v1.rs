@@ -492,6 +492,31 @@ pub struct Sysctl {
     pub value: String,
 }
 
+impl Sysctl {
+    /// The sysctls Kubernetes deems safe (the kubelet allows them without
+    /// `--allowed-unsafe-sysctls`, Pod Security's baseline accepts them): namespaced, and unable
+    /// to affect other pods or the node.
+    pub const SAFE: &[&str] = &[
+        "kernel.shm_rmid_forced",
+        "net.ipv4.ip_local_port_range",
+        "net.ipv4.ip_unprivileged_port_start",
+        "net.ipv4.tcp_syncookies",
+        "net.ipv4.ping_group_range",
+        "net.ipv4.ip_local_reserved_ports",
+        "net.ipv4.tcp_keepalive_time",
+        "net.ipv4.tcp_fin_timeout",
+        "net.ipv4.tcp_keepalive_intvl",
+        "net.ipv4.tcp_keepalive_probes",
+        "net.ipv4.tcp_rmem",
+        "net.ipv4.tcp_wmem",
+    ];
+
+    /// Whether `name` (with `.` or `/` separators) is one of [`Self::SAFE`].
+    pub fn is_safe(name: &str) -> bool {
+        Self::SAFE.contains(&name.replace('/', ".").as_str())
+    }
+}
+
 /// An `/etc/hosts` entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

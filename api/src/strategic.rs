@@ -6,8 +6,10 @@
 
 use serde_json::{Map, Value};
 
-/// The merge key of a list field, given the field and the field that holds it.
-fn merge_key(field: &str, parent: &str) -> Option<&'static str> {
+/// The merge key of a list field, given the field and the field that holds it: lists with one
+/// merge item by item, the others are replaced whole (the server's patching and `apply`'s
+/// three-way diff share this table).
+pub fn merge_key(field: &str, parent: &str) -> Option<&'static str> {
     Some(match field {
         "containers"
         | "initContainers"
@@ -35,7 +37,7 @@ fn merge_key(field: &str, parent: &str) -> Option<&'static str> {
 }
 
 /// Lists of scalars that merge as sets instead of being replaced.
-fn merges_as_set(field: &str) -> bool {
+pub fn merges_as_set(field: &str) -> bool {
     field == "finalizers"
 }
 

@@ -3,41 +3,8 @@
 //! (`current`), a patch that sets what the manifest sets, removes what the manifest no longer
 //! has, and leaves alone what others (controllers, defaulting, other writers) added.
 
+use apiary_api::strategic::{merge_key, merges_as_set};
 use serde_json::{Map, Value};
-
-/// The merge key of a list field, given the field and the field that holds it: lists with one
-/// are merged item by item, the others replaced whole. The same table as the server's.
-fn merge_key(field: &str, parent: &str) -> Option<&'static str> {
-    Some(match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "env"
-        | "volumes"
-        | "imagePullSecrets" => "name",
-        "ports"
-            if matches!(
-                parent,
-                "containers" | "initContainers" | "ephemeralContainers"
-            ) =>
-        {
-            "containerPort"
-        }
-        "ports" => "port",
-        "volumeMounts" => "mountPath",
-        "volumeDevices" => "devicePath",
-        "conditions" => "type",
-        "hostAliases" => "ip",
-        "ownerReferences" => "uid",
-        "topologySpreadConstraints" => "topologyKey",
-        _ => return None,
-    })
-}
-
-/// Lists of scalars that the server merges as sets.
-fn merges_as_set(field: &str) -> bool {
-    field == "finalizers"
-}
 
 /// The patch taking `current` to what `modified` asks for; an empty object if nothing changes.
 /// `original` is the last applied configuration, if the object has one.

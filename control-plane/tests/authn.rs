@@ -527,3 +527,70 @@ fn a_token_bound_to_a_pod_dies_with_the_pod() {
     let (ok, out) = kubectl_with(&bound, &["auth", "whoami"]);
     assert!(!ok && out.contains("Unauthorized"), "{out}");
 }
+
+#[test]
+fn a_service_account_token_secret_gets_a_legacy_token_valid_while_it_holds_it() {
+    let cp = ControlPlane::start();
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: builder\n  namespace: default\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: builder-token\n  namespace: default\n  annotations:\n    kubernetes.io/service-account.name: builder\ntype: kubernetes.io/service-account-token\n",
+    )
+    .success();
+    // The tokens controller fills it in: token, ca.crt, namespace, the account's uid.
+    let secret = support::wait_for("the token", std::time::Duration::from_secs(20), || {
+        let secret = cp.kubectl_json(&["get", "secret", "builder-token", "-o", "json"]);
+        secret["data"]["token"].is_string().then_some(secret)
+    });
+    let decode = |v: &Value| {
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let account = cp.kubectl_json(&["get", "serviceaccount", "builder", "-o", "json"]);
+    assert_eq!(
+        secret["metadata"]["annotations"]["kubernetes.io/service-account.uid"],
+        account["metadata"]["uid"]
+    );
+    assert_eq!(decode(&secret["data"]["namespace"]), "default");
+    assert_eq!(
+        decode(&secret["data"]["ca.crt"]),
+        std::fs::read_to_string(cp.data_path().join("pki/ca.crt")).unwrap()
+    );
+    let token = decode(&secret["data"]["token"]);
+    let whoami = |token: &str| {
+        request(
+            &cp,
+            reqwest::Method::POST,
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            Some(token),
+            None,
+            Some(json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})),
+        )
+        .unwrap()
+    };
+    let (code, body) = whoami(&token);
+    assert_eq!(code, 201, "{body}");
+    let review: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        review["status"]["userInfo"]["username"],
+        "system:serviceaccount:default:builder"
+    );
+    // The Secret goes: so does the token (401), although it never expires.
+    cp.kubectl(&["delete", "secret", "builder-token"]).success();
+    let (code, body) = whoami(&token);
+    assert_eq!(code, 401, "{body}");
+    // A Secret naming an account that does not exist is deleted.
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: orphan-token\n  namespace: default\n  annotations:\n    kubernetes.io/service-account.name: nobody\ntype: kubernetes.io/service-account-token\n",
+    )
+    .success();
+    support::wait_for(
+        "the orphan's deletion",
+        std::time::Duration::from_secs(20),
+        || (!cp.kubectl(&["get", "secret", "orphan-token"]).ok()).then_some(()),
+    );
+}

@@ -141,7 +141,7 @@ impl Tokens {
                 .cloned()
                 .collect();
             if matching.is_empty()
-                || !service_account::still_bound(sa.store.as_ref(), &verified).await
+                || !service_account::still_bound(sa.store.as_ref(), &verified, presented).await
             {
                 return None;
             }

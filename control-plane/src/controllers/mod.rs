@@ -15,6 +15,7 @@
 //! - [`kubernetes_service`]: `default/kubernetes`, the API server's own Service.
 //! - [`serviceaccount`]: the `default` ServiceAccount of every namespace.
 //! - [`root_ca`]: the `kube-root-ca.crt` ConfigMap (the cluster CA) of every namespace.
+//! - [`service_account_tokens`]: legacy tokens in `kubernetes.io/service-account-token` Secrets.
 //! - [`csr_approving`]: approves kubelet client certificates (nodeclient, selfnodeclient) and a
 //!   node's serving certificate for its own names.
 //! - [`csr_signing`]: signs approved CertificateSigningRequests with the cluster CA.
@@ -39,6 +40,7 @@ pub mod loadbalancer;
 pub mod replicaset;
 pub mod root_ca;
 pub mod runtime;
+pub mod service_account_tokens;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod token_cleaner;
@@ -109,6 +111,7 @@ pub async fn run(
         identity::run(Arc::clone(&api), config.identity_gc_grace, rx.clone()),
         kubernetes_service::run(Arc::clone(&api), config.advertised, rx.clone()),
         serviceaccount::run(Arc::clone(&api), rx.clone()),
+        service_account_tokens::run(Arc::clone(&api), config.root_ca.clone(), rx.clone()),
         root_ca::run(Arc::clone(&api), config.root_ca, rx.clone()),
         csr_approving::run(Arc::clone(&api), rx.clone()),
         token_cleaner::run(Arc::clone(&api), rx.clone()),

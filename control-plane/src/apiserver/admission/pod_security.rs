@@ -269,22 +269,6 @@ const BASELINE_CAPABILITIES: &[&str] = &[
     "SYS_CHROOT",
 ];
 
-/// The sysctls baseline allows (Kubernetes' safe set).
-const SAFE_SYSCTLS: &[&str] = &[
-    "kernel.shm_rmid_forced",
-    "net.ipv4.ip_local_port_range",
-    "net.ipv4.ip_unprivileged_port_start",
-    "net.ipv4.tcp_syncookies",
-    "net.ipv4.ping_group_range",
-    "net.ipv4.ip_local_reserved_ports",
-    "net.ipv4.tcp_keepalive_time",
-    "net.ipv4.tcp_fin_timeout",
-    "net.ipv4.tcp_keepalive_intvl",
-    "net.ipv4.tcp_keepalive_probes",
-    "net.ipv4.tcp_rmem",
-    "net.ipv4.tcp_wmem",
-];
-
 /// The volume types restricted allows.
 const RESTRICTED_VOLUMES: &[&str] = &[
     "configMap",
@@ -573,7 +557,7 @@ impl<'a> PodView<'a> {
             .into_iter()
             .flatten()
             .filter_map(|s| s["name"].as_str())
-            .filter(|n| !SAFE_SYSCTLS.contains(&n.replace('/', ".").as_str()))
+            .filter(|n| !apiary_api::core_v1::Sysctl::is_safe(n))
             .collect();
         (!forbidden.is_empty()).then(|| ("forbidden sysctls".to_owned(), forbidden.join(", ")))
     }

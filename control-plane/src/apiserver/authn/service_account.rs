@@ -43,7 +43,13 @@ pub struct Verified {
     pub service_account_uid: String,
     /// `(name, uid)` of the pod the token is bound to.
     pub pod: Option<(String, String)>,
+    /// For a legacy token, the `kubernetes.io/service-account-token` Secret holding it: it is
+    /// valid while that Secret holds it.
+    pub secret: Option<String>,
 }
+
+/// The issuer of legacy (Secret-held, non-expiring) tokens, as Kubernetes' tokens controller.
+pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -103,6 +109,25 @@ impl Issuer {
     /// A signed token with `claims` (the issuer is set here).
     pub fn sign(&self, mut claims: Value) -> String {
         claims["iss"] = API_AUDIENCE.into();
+        self.sign_as_is(&claims)
+    }
+
+    /// A legacy token of service account `name` (uid `uid`) in `namespace`, for the Secret
+    /// `secret`: Kubernetes' flat claims, no audience and no expiry (it lives as long as the
+    /// Secret holds it).
+    pub fn sign_legacy(&self, namespace: &str, secret: &str, name: &str, uid: &str) -> String {
+        let claims = json!({
+            "iss": LEGACY_ISSUER,
+            "kubernetes.io/serviceaccount/namespace": namespace,
+            "kubernetes.io/serviceaccount/secret.name": secret,
+            "kubernetes.io/serviceaccount/service-account.name": name,
+            "kubernetes.io/serviceaccount/service-account.uid": uid,
+            "sub": format!("system:serviceaccount:{namespace}:{name}"),
+        });
+        self.sign_as_is(&claims)
+    }
+
+    fn sign_as_is(&self, claims: &Value) -> String {
         let header = json!({"alg": "ES256", "kid": self.kid});
         let input = format!(
             "{}.{}",
@@ -139,6 +164,9 @@ impl Issuer {
         .verify(&token.as_bytes()[..token.rfind('.')?], &decode(signature)?)
         .ok()?;
         let claims: Value = serde_json::from_slice(&decode(claims)?).ok()?;
+        if claims["iss"] == LEGACY_ISSUER {
+            return legacy(&claims);
+        }
         if claims["iss"] != API_AUDIENCE
             || claims["exp"].as_i64()? <= now
             || claims["nbf"].as_i64().is_some_and(|nbf| nbf > now)
@@ -194,13 +222,50 @@ impl Issuer {
             service_account: name,
             service_account_uid: uid,
             pod,
+            secret: None,
         })
     }
 }
 
-/// Whether what `verified` was issued for still exists: its service account (same uid) and the
-/// pod it is bound to (same uid, not being deleted), as Kubernetes checks on every request.
-pub async fn still_bound(store: &dyn crate::store::Store, verified: &Verified) -> bool {
+/// What a legacy token says (Kubernetes' flat claims); valid for the API server only.
+fn legacy(claims: &Value) -> Option<Verified> {
+    let claim = |name: &str| {
+        claims[format!("kubernetes.io/serviceaccount/{name}")]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let namespace = claim("namespace")?;
+    let name = claim("service-account.name")?;
+    let uid = claim("service-account.uid")?;
+    let secret = claim("secret.name")?;
+    let user = with_authenticated_group(UserInfo {
+        name: format!("system:serviceaccount:{namespace}:{name}"),
+        uid: uid.clone(),
+        groups: vec![
+            "system:serviceaccounts".to_owned(),
+            format!("system:serviceaccounts:{namespace}"),
+        ],
+        extra: std::collections::BTreeMap::new(),
+    });
+    Some(Verified {
+        user,
+        audiences: vec![API_AUDIENCE.to_owned()],
+        namespace,
+        service_account: name,
+        service_account_uid: uid,
+        pod: None,
+        secret: Some(secret),
+    })
+}
+
+/// Whether what `verified` (the claims of `token`) was issued for still exists: its service
+/// account (same uid), the pod it is bound to (same uid, not being deleted), and for a legacy
+/// token the Secret still holding it, as Kubernetes checks on every request.
+pub async fn still_bound(
+    store: &dyn crate::store::Store,
+    verified: &Verified,
+    token: &str,
+) -> bool {
     use crate::apiserver::resources::StorageKeys as _;
     let object = async |resource: &apiary_api::resource::ResourceInfo, name: &str| {
         let kv = store
@@ -222,6 +287,16 @@ pub async fn still_bound(store: &dyn crate::store::Store, verified: &Verified) -
     {
         return false;
     }
+    if let Some(secret) = &verified.secret {
+        use base64::Engine as _;
+        let held = object(&apiary_api::resource::SECRETS, secret)
+            .await
+            .and_then(|s| s["data"]["token"].as_str().map(str::to_owned))
+            .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok());
+        if held.as_deref() != Some(token.as_bytes()) {
+            return false;
+        }
+    }
     match &verified.pod {
         None => true,
         Some((name, uid)) => object(&apiary_api::resource::PODS, name)
@@ -241,6 +316,21 @@ mod tests {
         json!({"aud": [API_AUDIENCE], "exp": exp, "iat": 0, "nbf": 0, "jti": "j1",
                "sub": "system:serviceaccount:ns:sa",
                "kubernetes.io": {"namespace": "ns", "serviceaccount": {"name": "sa", "uid": "u1"}}})
+    }
+
+    #[test]
+    fn legacy_tokens_name_their_secret_and_never_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = Issuer::load_or_create(dir.path()).unwrap();
+        let token = issuer.sign_legacy("ns", "sa-token", "sa", "u1");
+        let verified = issuer.verify(&token, i64::MAX).unwrap();
+        assert_eq!(verified.user.name, "system:serviceaccount:ns:sa");
+        assert_eq!(verified.service_account_uid, "u1");
+        assert_eq!(verified.secret.as_deref(), Some("sa-token"));
+        assert_eq!(verified.audiences, [API_AUDIENCE]);
+        // Another issuer's legacy token is not ours.
+        let other = Issuer::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        assert_eq!(other.verify(&token, 0), None);
     }
 
     #[test]

@@ -10,23 +10,6 @@ use std::path::{Component, Path};
 use apiary_api::core_v1::{Container, Pod, SeccompProfile};
 use apiary_runtime::{Seccomp, Security};
 
-/// The sysctls the kubelet allows without `--allowed-unsafe-sysctls`: namespaced, and unable
-/// to affect other pods or the node.
-pub const SAFE_SYSCTLS: &[&str] = &[
-    "kernel.shm_rmid_forced",
-    "net.ipv4.ip_local_port_range",
-    "net.ipv4.tcp_syncookies",
-    "net.ipv4.ping_group_range",
-    "net.ipv4.ip_unprivileged_port_start",
-    "net.ipv4.ip_local_reserved_ports",
-    "net.ipv4.tcp_keepalive_time",
-    "net.ipv4.tcp_fin_timeout",
-    "net.ipv4.tcp_keepalive_intvl",
-    "net.ipv4.tcp_keepalive_probes",
-    "net.ipv4.tcp_rmem",
-    "net.ipv4.tcp_wmem",
-];
-
 /// The node's seccomp settings (the kubelet's `--seccomp-default` and its seccomp directory).
 #[derive(Clone, Debug, Default)]
 pub struct SeccompSettings {
@@ -58,7 +41,7 @@ pub fn security(pod: &Pod, c: &Container, seccomp: &SeccompSettings) -> Result<S
     for sysctl in &pod_context.sysctls {
         // The kubelet accepts both separators; it checks the dotted form.
         let name = sysctl.name.replace('/', ".");
-        if !SAFE_SYSCTLS.contains(&name.as_str()) {
+        if !apiary_api::core_v1::Sysctl::is_safe(&name) {
             return Err(format!(
                 "SysctlForbidden: forbidden sysctl: \"{}\" not allowlisted",
                 sysctl.name
