@@ -403,3 +403,49 @@ rules:
             .ok()
     );
 }
+
+#[test]
+fn service_accounts_may_read_the_issuer_discovery_documents_and_delegators_review() {
+    let cp = ControlPlane::start();
+    support::wait_for(
+        "the default ServiceAccount",
+        std::time::Duration::from_secs(30),
+        || {
+            cp.kubectl(&["get", "serviceaccount", "default"])
+                .ok()
+                .then_some(())
+        },
+    );
+    let token = cp.kubectl(&["create", "token", "default"]).success();
+    let server = server(&cp);
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    // As Kubernetes: system:serviceaccounts may read the OIDC discovery documents.
+    let (body, code) = curl(&format!("{server}/openid/v1/jwks"), &[&bearer]);
+    assert_eq!(code, "200", "{body}");
+    let (body, code) = curl(&format!("{server}/openid/v1/jwks"), &[]);
+    assert_eq!(code, "403", "{body}");
+    // system:auth-delegator is what metrics-server and aggregated API servers get bound to.
+    let roles = cp.kubectl(&["get", "clusterroles", "-o", "name"]).success();
+    for role in [
+        "system:auth-delegator",
+        "system:monitoring",
+        "system:certificates.k8s.io:kubelet-serving-approver",
+    ] {
+        assert!(
+            roles.contains(&format!("clusterrole.rbac.authorization.k8s.io/{role}")),
+            "{roles}"
+        );
+    }
+    // ...and nothing binds it by default.
+    let answer = cp
+        .kubectl(&[
+            "auth",
+            "can-i",
+            "create",
+            "tokenreviews.authentication.k8s.io",
+            "--as",
+            "system:serviceaccount:default:default",
+        ])
+        .failure();
+    assert!(answer.starts_with("no"), "{answer}");
+}

@@ -24,6 +24,19 @@ fn aggregate_to(role: &str) -> Value {
     json!({"clusterRoleSelectors": [{"matchLabels": {format!("rbac.authorization.k8s.io/aggregate-to-{role}"): "true"}}]})
 }
 
+/// A role that may approve CertificateSigningRequests for `signer` (policy.go's
+/// `system:certificates.k8s.io:*-approver`).
+fn signer_approver(
+    name: &'static str,
+    signer: &str,
+) -> (&'static str, Value, Vec<PolicyRule>, Option<Value>) {
+    let rule = PolicyRule {
+        resource_names: vec![signer.to_owned()],
+        ..r(&["approve"], &["certificates.k8s.io"], &["signers"])
+    };
+    (name, json!({}), vec![rule], None)
+}
+
 /// `(name, extra labels, rules, aggregationRule)` of every bootstrap ClusterRole.
 fn cluster_roles() -> Vec<(&'static str, Value, Vec<PolicyRule>, Option<Value>)> {
     let label =
@@ -133,6 +146,69 @@ fn cluster_roles() -> Vec<(&'static str, Value, Vec<PolicyRule>, Option<Value>)>
                 &["certificatesigningrequests/selfnodeclient"],
             )],
             None,
+        ),
+        (
+            // What a component that delegates authentication and authorization to the API
+            // server needs (metrics-server, aggregated API servers).
+            "system:auth-delegator",
+            json!({}),
+            vec![
+                r(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
+                r(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                ),
+            ],
+            None,
+        ),
+        (
+            "system:monitoring",
+            json!({}),
+            vec![PolicyRule::urls(
+                &["get"],
+                &[
+                    "/metrics",
+                    "/metrics/slis",
+                    "/livez",
+                    "/readyz",
+                    "/healthz",
+                    "/livez/*",
+                    "/readyz/*",
+                    "/healthz/*",
+                ],
+            )],
+            None,
+        ),
+        (
+            "system:service-account-issuer-discovery",
+            json!({}),
+            vec![PolicyRule::urls(
+                &["get"],
+                &[
+                    "/.well-known/openid-configuration",
+                    "/.well-known/openid-configuration/",
+                    "/openid/v1/jwks",
+                    "/openid/v1/jwks/",
+                ],
+            )],
+            None,
+        ),
+        signer_approver(
+            "system:certificates.k8s.io:kube-apiserver-client-approver",
+            "kubernetes.io/kube-apiserver-client",
+        ),
+        signer_approver(
+            "system:certificates.k8s.io:kube-apiserver-client-kubelet-approver",
+            "kubernetes.io/kube-apiserver-client-kubelet",
+        ),
+        signer_approver(
+            "system:certificates.k8s.io:kubelet-serving-approver",
+            "kubernetes.io/kubelet-serving",
+        ),
+        signer_approver(
+            "system:certificates.k8s.io:legacy-unknown-approver",
+            "kubernetes.io/legacy-unknown",
         ),
         ("system:node", json!({}), super::node::node_rules(), None),
         ("admin", json!({}), vec![], Some(aggregate_to("admin"))),
@@ -359,6 +435,16 @@ const CLUSTER_ROLE_BINDINGS: &[(&str, &str, &[&str])] = &[
         "system:public-info-viewer",
         "system:public-info-viewer",
         &["system:authenticated", "system:unauthenticated"],
+    ),
+    (
+        "system:monitoring",
+        "system:monitoring",
+        &["system:monitoring"],
+    ),
+    (
+        "system:service-account-issuer-discovery",
+        "system:service-account-issuer-discovery",
+        &["system:serviceaccounts"],
     ),
     // What kubeadm binds at `init` for TLS bootstrapping (`kubeadm:kubelet-bootstrap`,
     // `kubeadm:node-autoapprove-bootstrap`, `kubeadm:node-autoapprove-certificate-rotation`):
