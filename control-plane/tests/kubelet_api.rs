@@ -548,3 +548,26 @@ fn a_certificate_near_its_end_is_renewed_through_a_csr_while_the_agent_serves() 
         "the renewed certificate is stored"
     );
 }
+
+#[test]
+fn a_stalled_handshake_to_the_agent_is_cut_off() {
+    use std::io::Read as _;
+    let c = setup();
+    // A client that connects and never says a word: the agent hangs up after its timeout.
+    let mut stalled = std::net::TcpStream::connect(c.agent.addr).unwrap();
+    stalled
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let read = stalled.read(&mut buf);
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "the agent answered a client that sent nothing: {read:?}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(9) && waited < std::time::Duration::from_secs(20),
+        "{waited:?}"
+    );
+}

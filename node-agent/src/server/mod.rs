@@ -284,16 +284,26 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(stream) => stream,
-                Err(e) => {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };
             let user = client_cert_user(stream.get_ref().1);
             let service = TowerToHyperService::new(app.layer(Extension(user)));
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            builder.http2().timer(hyper_util::rt::TokioTimer::new());
+            if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
             {
@@ -304,6 +314,11 @@ pub async fn serve(
     .await;
     Ok(())
 }
+
+/// How long a client may take for its TLS handshake and for a request's headers (the API
+/// server's values): a stalled connection holds a task and a descriptor no longer.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(32);
 
 /// The first and the longest pause after a failed `accept`: Go's `http.Server` values.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
