@@ -46,17 +46,6 @@ const CALLERS: [Caller; 4] = [
     },
 ];
 
-fn client(cp: &ControlPlane) -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let ca = std::fs::read(cp.data_path().join("pki/ca.crt")).unwrap();
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap()
-}
-
 fn server(cp: &ControlPlane) -> String {
     format!("https://{}", cp.server_addr())
 }
@@ -210,7 +199,7 @@ fn no_endpoint_lets_an_unauthorized_caller_through() {
     std::fs::write(&tokens, TOKENS).unwrap();
     let cp = ControlPlane::start_with(&["--token-auth-file", tokens.to_str().unwrap()]);
     let base = server(&cp);
-    let client = client(&cp);
+    let client = cp.https_client();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -156,18 +156,6 @@ fn running_out_of_file_descriptors_does_not_stop_the_server() {
     assert!(!cp.exited());
 }
 
-/// An HTTPS client of the test's control plane (one connection per task: HTTP/1.1).
-fn https_client(cp: &ControlPlane) -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let ca = std::fs::read(cp.data_path().join("pki/ca.crt")).unwrap();
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn requests_past_the_in_flight_limit_get_429_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
@@ -192,7 +180,7 @@ fn requests_past_the_in_flight_limit_get_429_with_retry_after() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         // Lists that take a while: ten ConfigMaps of 1 MB.
-        let client = https_client(&cp);
+        let client = cp.https_client();
         for i in 0..10 {
             let object = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": format!("big-{i}")}, "data": {"k": "x".repeat(1_000_000)}});
@@ -206,7 +194,8 @@ fn requests_past_the_in_flight_limit_get_429_with_retry_after() {
             assert_eq!(response.status(), 201);
         }
         // A watch of jane's holds no slot.
-        let watch = https_client(&cp)
+        let watch = cp
+            .https_client()
             .get(format!(
                 "{base}/api/v1/namespaces/default/configmaps?watch=true"
             ))
@@ -217,7 +206,7 @@ fn requests_past_the_in_flight_limit_get_429_with_retry_after() {
         assert_eq!(watch.status(), 200);
         let list = |token: String| {
             let (client, url) = (
-                https_client(&cp),
+                cp.https_client(),
                 format!("{base}/api/v1/namespaces/default/configmaps"),
             );
             async move {
@@ -288,7 +277,8 @@ fn a_yaml_body_whose_aliases_expand_past_the_limit_gets_413() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let base = format!("https://{}", cp.server_addr());
     let (code, text) = runtime.block_on(async {
-        let response = https_client(&cp)
+        let response = cp
+            .https_client()
             .post(format!("{base}/api/v1/namespaces/default/configmaps"))
             .bearer_auth(cp.token())
             .header("content-type", "application/yaml")
@@ -303,7 +293,7 @@ fn a_yaml_body_whose_aliases_expand_past_the_limit_gets_413() {
     assert!(!cp.kubectl(&["get", "configmap", "laughs"]).ok());
     // Modest aliases are YAML as usual.
     let (code, text) = runtime.block_on(async {
-        let response = https_client(&cp)
+        let response = cp.https_client()
             .post(format!("{base}/api/v1/namespaces/default/configmaps"))
             .bearer_auth(cp.token())
             .header("content-type", "application/yaml")

@@ -238,6 +238,18 @@ impl ControlPlane {
         }
     }
 
+    /// An HTTPS client that trusts only the cluster CA (no credentials of its own).
+    pub fn https_client(&self) -> reqwest::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = std::fs::read(self.data_path().join("pki/ca.crt")).unwrap();
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .build()
+            .unwrap()
+    }
+
     pub fn data_path(&self) -> &Path {
         self.data_dir.path()
     }
