@@ -15,3 +15,5 @@ pub mod events;
 pub mod leader;
 pub mod scheduler;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;

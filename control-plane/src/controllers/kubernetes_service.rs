@@ -130,14 +130,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_pass_creates_both_and_puts_back_what_was_changed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.redb");
-        let store =
-            tokio::task::spawn_blocking(move || crate::store::embedded::EmbeddedStore::open(&path))
-                .await
-                .unwrap()
-                .unwrap();
-        let api = Arc::new(Api::new(Arc::new(store)));
+        let (_dir, api) = crate::testing::api().await;
+        let api = Arc::new(api);
         crate::apiserver::bootstrap(&api).await.unwrap();
         let services = resource(&api, "", "v1", "services");
         let endpoints_type = resource(&api, "", "v1", "endpoints");

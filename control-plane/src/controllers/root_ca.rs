@@ -164,19 +164,9 @@ impl Reconciler for Publisher {
 mod tests {
     use super::*;
     use crate::apiserver::path::Target;
+    use crate::testing::eventually;
 
     const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
-
-    async fn api() -> (tempfile::TempDir, Arc<Api>) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.redb");
-        let store =
-            tokio::task::spawn_blocking(move || crate::store::embedded::EmbeddedStore::open(&path))
-                .await
-                .unwrap()
-                .unwrap();
-        (dir, Arc::new(Api::new(Arc::new(store))))
-    }
 
     async fn published(api: &Api, namespace: &str) -> Option<Value> {
         let config_maps = resource(api, "", "v1", "configmaps");
@@ -185,23 +175,10 @@ mod tests {
             .ok()
     }
 
-    async fn eventually<F, Fut>(what: &str, mut check: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        for _ in 0..100 {
-            if check().await {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        panic!("timed out waiting for {what}");
-    }
-
     #[tokio::test]
     async fn every_namespace_gets_the_ca_which_comes_back_when_deleted_or_edited() {
-        let (_dir, api) = api().await;
+        let (_dir, api) = crate::testing::api().await;
+        let api = Arc::new(api);
         let namespaces = resource(&api, "", "v1", "namespaces");
         let create_namespace = |name: &'static str| {
             let api = Arc::clone(&api);

@@ -149,17 +149,7 @@ impl Reconciler for ServiceAccounts {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    async fn api() -> (tempfile::TempDir, Arc<Api>) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.redb");
-        let store =
-            tokio::task::spawn_blocking(move || crate::store::embedded::EmbeddedStore::open(&path))
-                .await
-                .unwrap()
-                .unwrap();
-        (dir, Arc::new(Api::new(Arc::new(store))))
-    }
+    use crate::testing::eventually;
 
     async fn account(api: &Api, namespace: &str) -> Option<Value> {
         let accounts = resource(api, "", "v1", "serviceaccounts");
@@ -180,23 +170,10 @@ mod tests {
         objects::create(api, &target, object).await.unwrap();
     }
 
-    async fn eventually<F, Fut>(what: &str, mut check: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        for _ in 0..100 {
-            if check().await {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        panic!("timed out waiting for {what}");
-    }
-
     #[tokio::test]
     async fn every_namespace_gets_a_default_service_account_which_comes_back_when_deleted() {
-        let (_dir, api) = api().await;
+        let (_dir, api) = crate::testing::api().await;
+        let api = Arc::new(api);
         create_namespace(&api, "before").await;
         let (tx, rx) = watch::channel(false);
         let controller = tokio::spawn(run(Arc::clone(&api), rx));

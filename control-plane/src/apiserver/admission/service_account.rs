@@ -254,14 +254,7 @@ mod tests {
     use crate::apiserver::path::Target;
 
     async fn api() -> (tempfile::TempDir, std::sync::Arc<Api>) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.redb");
-        let store =
-            tokio::task::spawn_blocking(move || crate::store::embedded::EmbeddedStore::open(&path))
-                .await
-                .unwrap()
-                .unwrap();
-        let mut api = Api::new(std::sync::Arc::new(store));
+        let (dir, mut api) = crate::testing::api().await;
         api.admission = crate::apiserver::admission::Plugins::all();
         let api = std::sync::Arc::new(api);
         crate::apiserver::bootstrap(&api).await.unwrap();
