@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::{
     resource,
-    runtime::{self, Action, Cache, Error, Queue, Reconciler},
+    runtime::{self, Action, Cache, Error, Reconciler},
 };
 use crate::apiserver::{
     Api,
@@ -36,25 +36,20 @@ pub async fn run(api: Arc<Api>, shutdown: watch::Receiver<bool>) {
         "v1",
         "certificatesigningrequests",
     ));
-    let queue = Queue::new();
-    let changed = {
-        let (cache, queue) = (requests.clone(), Arc::clone(&queue));
-        move |object: &Value| queue.add(cache.key_of(object))
-    };
     let reconciler = Arc::new(Approver {
         api: Arc::clone(&api),
         requests: requests.clone(),
     });
-    tokio::join!(
-        runtime::reflect(
-            Arc::clone(&api),
-            requests.clone(),
-            changed,
-            shutdown.clone()
-        ),
-        runtime::resync(requests, Arc::clone(&queue), RESYNC, shutdown.clone()),
-        runtime::process(reconciler, queue, CONCURRENCY, shutdown),
-    );
+    runtime::run_single(
+        api,
+        requests,
+        |_| true,
+        reconciler,
+        CONCURRENCY,
+        RESYNC,
+        shutdown,
+    )
+    .await;
 }
 
 /// What a recognized request is, and what approving it takes.

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::{
     resource,
-    runtime::{self, Action, Cache, Error, Queue, Reconciler},
+    runtime::{self, Action, Cache, Error, Reconciler},
 };
 use crate::apiserver::{
     Api, certificates as csr, objects, path::Target, pki::CertificateAuthority,
@@ -33,26 +33,21 @@ pub async fn run(api: Arc<Api>, ca: Arc<CertificateAuthority>, shutdown: watch::
         "v1",
         "certificatesigningrequests",
     ));
-    let queue = Queue::new();
-    let changed = {
-        let (cache, queue) = (requests.clone(), Arc::clone(&queue));
-        move |object: &Value| queue.add(cache.key_of(object))
-    };
     let reconciler = Arc::new(Signer {
         api: Arc::clone(&api),
         requests: requests.clone(),
         ca,
     });
-    tokio::join!(
-        runtime::reflect(
-            Arc::clone(&api),
-            requests.clone(),
-            changed,
-            shutdown.clone()
-        ),
-        runtime::resync(requests, Arc::clone(&queue), RESYNC, shutdown.clone()),
-        runtime::process(reconciler, queue, CONCURRENCY, shutdown),
-    );
+    runtime::run_single(
+        api,
+        requests,
+        |_| true,
+        reconciler,
+        CONCURRENCY,
+        RESYNC,
+        shutdown,
+    )
+    .await;
 }
 
 /// Whether this signer handles `signer`, and the signer's rules on the request:

@@ -434,6 +434,34 @@ const OWNER_RESYNC: Duration = Duration::from_secs(30);
 /// Owners reconciled at once.
 const OWNER_CONCURRENCY: usize = 4;
 
+/// Runs a controller of the objects in `cache` alone: one is reconciled when it changes (if
+/// `wanted` says it is one of the controller's) and on a resync every `resync`, with
+/// `concurrency` workers, until `shutdown` turns true.
+pub async fn run_single<R: Reconciler>(
+    api: Arc<Api>,
+    cache: Cache,
+    wanted: impl Fn(&Value) -> bool + Send + Sync + 'static,
+    reconciler: Arc<R>,
+    concurrency: usize,
+    resync_every: Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    let queue = Queue::new();
+    let changed = {
+        let (cache, queue) = (cache.clone(), Arc::clone(&queue));
+        move |object: &Value| {
+            if wanted(object) {
+                queue.add(cache.key_of(object));
+            }
+        }
+    };
+    tokio::join!(
+        reflect(api, cache.clone(), changed, shutdown.clone()),
+        resync(cache, Arc::clone(&queue), resync_every, shutdown.clone()),
+        process(reconciler, queue, concurrency, shutdown),
+    );
+}
+
 /// Runs a controller of objects in `cache` that own objects of `owned` (pods, jobs): an owner
 /// is reconciled when it changes, when one of the objects it controls changes, and on a
 /// periodic resync, until `shutdown` turns true.

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::{
     resource,
-    runtime::{self, Action, Cache, Error, Queue, Reconciler},
+    runtime::{self, Action, Cache, Error, Reconciler},
     target,
 };
 use crate::apiserver::{Api, authn::bootstrap_token, objects};
@@ -20,24 +20,20 @@ const RESYNC: Duration = Duration::from_secs(60);
 /// Cleans until `shutdown` turns true.
 pub async fn run(api: Arc<Api>, shutdown: watch::Receiver<bool>) {
     let secrets = Cache::new(resource(&api, "", "v1", "secrets"));
-    let queue = Queue::new();
-    let changed = {
-        let (cache, queue) = (secrets.clone(), Arc::clone(&queue));
-        move |object: &Value| {
-            if is_bootstrap_token(object) {
-                queue.add(cache.key_of(object));
-            }
-        }
-    };
     let reconciler = Arc::new(TokenCleaner {
         api: Arc::clone(&api),
         secrets: secrets.clone(),
     });
-    tokio::join!(
-        runtime::reflect(Arc::clone(&api), secrets.clone(), changed, shutdown.clone()),
-        runtime::resync(secrets, Arc::clone(&queue), RESYNC, shutdown.clone()),
-        runtime::process(reconciler, queue, 1, shutdown),
-    );
+    runtime::run_single(
+        api,
+        secrets,
+        is_bootstrap_token,
+        reconciler,
+        1,
+        RESYNC,
+        shutdown,
+    )
+    .await;
 }
 
 /// A bootstrap token's Secret (its namespace and type).
