@@ -58,13 +58,8 @@ impl Limits {
 }
 
 /// The filter, after authentication (it needs the user) and before authorization.
-pub async fn limit(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
-    let info = request_info::parse(
-        request.method().as_str(),
-        request.uri().path(),
-        request.uri().query(),
-        false,
-    );
+pub async fn limit(State(api): State<Arc<Api>>, mut request: Request, next: Next) -> Response {
+    let info = request_info::of(&mut request);
     let privileged = request
         .extensions()
         .get::<UserInfo>()

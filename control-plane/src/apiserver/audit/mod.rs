@@ -80,7 +80,7 @@ struct Record {
     id: String,
     received: DateTime<Utc>,
     request_uri: String,
-    info: request_info::RequestInfo,
+    info: Arc<request_info::RequestInfo>,
     source_ips: Vec<String>,
     user_agent: Option<String>,
     user: Option<UserInfo>,
@@ -130,12 +130,7 @@ pub async fn record(
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let info = request_info::parse(
-        request.method().as_str(),
-        request.uri().path(),
-        request.uri().query(),
-        is_websocket(request.headers()),
-    );
+    let info = request_info::of(&mut request);
     let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
     let record = Record {
         id: id.clone(),
@@ -510,13 +505,6 @@ fn source_ips(headers: &HeaderMap, peer: Option<SocketAddr>) -> Vec<String> {
     ips
 }
 
-fn is_websocket(headers: &HeaderMap) -> bool {
-    headers
-        .get(axum::http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-}
-
 /// Drops `metadata.managedFields` from an object and from a list's items.
 fn omit_managed_fields(object: &mut Value) {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -555,7 +543,12 @@ mod tests {
             id: "id-1".into(),
             received: Utc::now(),
             request_uri: "/api/v1/namespaces/a/secrets/s".into(),
-            info: request_info::parse("GET", "/api/v1/namespaces/a/secrets/s", None, false),
+            info: Arc::new(request_info::parse(
+                "GET",
+                "/api/v1/namespaces/a/secrets/s",
+                None,
+                false,
+            )),
             source_ips: vec!["127.0.0.1".into()],
             user_agent: Some("kubectl/v1.32.0".into()),
             user: Some(user),

@@ -19,7 +19,7 @@ use std::{sync::Arc, time::Duration};
 use apiary_api::rbac_v1::{PolicyRule, RoleRef};
 use axum::{
     extract::{Request, State},
-    http::{HeaderMap, Method},
+    http::Method,
     middleware::Next,
     response::{IntoResponse as _, Response},
 };
@@ -123,13 +123,6 @@ pub(crate) fn forbidden_on(resource: &str, group: &str, name: &str, why: &str) -
     error
 }
 
-fn is_websocket(headers: &HeaderMap) -> bool {
-    headers
-        .get(axum::http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-}
-
 /// The middleware: impersonation, then the decision on the (possibly impersonated) user. The
 /// node agents' gRPC service is token-authenticated only.
 pub async fn authorize(State(api): State<Arc<Api>>, mut request: Request, next: Next) -> Response {
@@ -153,12 +146,7 @@ pub async fn authorize(State(api): State<Arc<Api>>, mut request: Request, next: 
             Err(e) => return e.into_response(),
         }
     }
-    let info = request_info::parse(
-        request.method().as_str(),
-        request.uri().path(),
-        request.uri().query(),
-        is_websocket(request.headers()),
-    );
+    let info = request_info::of(&mut request);
     match api.authz.decide(&user, &info) {
         Ok(_) => next.run(request).await,
         Err(reason) => {

@@ -31,6 +31,32 @@ impl RequestInfo {
     }
 }
 
+/// The attributes of `request`, parsed once: the first layer that asks (the audit log, the
+/// in-flight limit, authorization) keeps them in the request's extensions for the others.
+pub fn of(request: &mut axum::extract::Request) -> std::sync::Arc<RequestInfo> {
+    if let Some(info) = request.extensions().get::<std::sync::Arc<RequestInfo>>() {
+        return std::sync::Arc::clone(info);
+    }
+    let info = std::sync::Arc::new(parse(
+        request.method().as_str(),
+        request.uri().path(),
+        request.uri().query(),
+        is_websocket(request.headers()),
+    ));
+    request
+        .extensions_mut()
+        .insert(std::sync::Arc::clone(&info));
+    info
+}
+
+/// Whether a request asks to upgrade to a WebSocket.
+pub fn is_websocket(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
 /// Subresources of a namespace that are not namespaced resources (`namespaces/{name}/status`).
 const NAMESPACE_SUBRESOURCES: &[&str] = &["status", "finalize"];
 
