@@ -616,7 +616,8 @@ fn check_type(resource: &ResourceType, object: &Value) -> Result<()> {
     Ok(())
 }
 
-async fn require_namespace(api: &Api, namespace: &str) -> Result<()> {
+/// The namespace a new object goes into, which must exist and not be terminating.
+async fn require_namespace(api: &Api, namespace: &str) -> Result<Value> {
     let namespaces = api
         .resources
         .get("", "v1", "namespaces")
@@ -627,7 +628,7 @@ async fn require_namespace(api: &Api, namespace: &str) -> Result<()> {
             "unable to create new content in namespace {namespace} because it is being terminated"
         )));
     }
-    Ok(())
+    Ok(ns)
 }
 
 pub async fn create(api: &Api, target: &Target, mut object: Value) -> Result<Value> {
@@ -680,13 +681,14 @@ pub async fn create(api: &Api, target: &Target, mut object: Value) -> Result<Val
     // Mutating admission comes before defaults and validation, as in kube-apiserver: what
     // it adds is defaulted and validated like the rest. Its first plugin is the namespace's
     // lifecycle: nothing is created in a namespace that is missing or terminating.
-    if let Some(ns) = target.namespace.as_deref() {
-        require_namespace(api, ns).await?;
-    }
+    let namespace = match target.namespace.as_deref() {
+        Some(ns) => Some(require_namespace(api, ns).await?),
+        None => None,
+    };
     super::admission::admit_create(api, resource, &mut object).await?;
     api.strategy.prepare_create(resource, &mut object)?;
     api.strategy.validate(resource, &object, None)?;
-    super::admission::validate(api, resource, &object).await?;
+    super::admission::validate(api, resource, &object, namespace.as_ref()).await?;
     let claims = if resource.plural == "services" {
         allocator::allocate(api, &mut object).await?
     } else {
@@ -788,7 +790,7 @@ async fn write_update(
         && resource.plural == "pods"
         && old.get("spec") == merged.get("spec");
     if target.subresource.is_none() && !pod_spec_unchanged {
-        super::admission::validate(api, resource, &merged).await?;
+        super::admission::validate(api, resource, &merged, None).await?;
     }
     // An object whose finalizers are gone while it is being deleted goes away now.
     let finalizers_empty = merged["metadata"]["finalizers"]

@@ -41,10 +41,16 @@ pub async fn admit_create(api: &Api, resource: &ResourceType, object: &mut Value
     Ok(())
 }
 
-/// Runs the validating plugins on an object about to be created or updated (as validated).
-pub async fn validate(api: &Api, resource: &ResourceType, object: &Value) -> Result<()> {
+/// Runs the validating plugins on an object about to be created or updated (as validated);
+/// `namespace` is its namespace's object when the caller has read it already.
+pub async fn validate(
+    api: &Api,
+    resource: &ResourceType,
+    object: &Value,
+    namespace: Option<&Value>,
+) -> Result<()> {
     if api.admission.pod_security {
-        pod_security::admit(api, resource, object).await?;
+        pod_security::admit(api, resource, object, namespace).await?;
     }
     Ok(())
 }

@@ -31,8 +31,14 @@ fn template_path(resource: &ResourceType) -> Option<&'static [&'static str]> {
 
 /// Pod Security admission of a created or updated `object` of `resource`: namespaces' labels
 /// are checked; pods are judged by their namespace's policies (refused under `enforce`);
-/// workloads' pod templates are warned and audited only.
-pub async fn admit(api: &Api, resource: &ResourceType, object: &Value) -> Result<()> {
+/// workloads' pod templates are warned and audited only. `namespace` is the object's namespace
+/// if the caller has it (it is read otherwise).
+pub async fn admit(
+    api: &Api,
+    resource: &ResourceType,
+    object: &Value,
+    namespace: Option<&Value>,
+) -> Result<()> {
     if resource.group.is_empty() && resource.plural == "namespaces" {
         let errors = check_labels(&object["metadata"]["labels"]);
         if errors.is_empty() {
@@ -50,16 +56,21 @@ pub async fn admit(api: &Api, resource: &ResourceType, object: &Value) -> Result
     if !is_pod && template.is_none() {
         return Ok(());
     }
-    let Some(namespace) = object["metadata"]["namespace"].as_str() else {
-        return Ok(());
-    };
-    let namespaces = api
-        .resources
-        .get("", "v1", "namespaces")
-        .expect("namespaces are served");
-    let labels = match crate::apiserver::objects::get(api, namespaces, None, namespace).await {
-        Ok(ns) => ns["metadata"]["labels"].clone(),
-        Err(_) => return Ok(()),
+    let labels = match namespace {
+        Some(ns) => ns["metadata"]["labels"].clone(),
+        None => {
+            let Some(name) = object["metadata"]["namespace"].as_str() else {
+                return Ok(());
+            };
+            let namespaces = api
+                .resources
+                .get("", "v1", "namespaces")
+                .expect("namespaces are served");
+            match crate::apiserver::objects::get(api, namespaces, None, name).await {
+                Ok(ns) => ns["metadata"]["labels"].clone(),
+                Err(_) => return Ok(()),
+            }
+        }
     };
     let pod = match template {
         Some(path) => path.iter().fold(object, |v, key| &v[*key]),
