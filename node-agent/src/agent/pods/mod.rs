@@ -205,7 +205,7 @@ pub async fn remove_pod_leftovers(ctx: &Context, uid: &str) {
         let _ = apiary_runtime::Sandbox::remove(&sandbox);
         let _ = std::fs::remove_dir_all(&sandbox);
         // Subpath binds first: removing the files below must not reach into the volumes.
-        subpath::unmount_all(&pod_dir)?;
+        subpath::unmount_all(&pod_dir);
         volumes::remove_all(&pod_dir)?;
         match std::fs::remove_dir_all(&pod_dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),

@@ -15,7 +15,7 @@ use std::{
     io::{self, Read as _},
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::{ffi::OsStrExt as _, fs::FileTypeExt as _},
+        unix::ffi::OsStrExt as _,
     },
     path::{Component, Path, PathBuf},
 };
@@ -161,7 +161,7 @@ fn unmount(target: &Path) {
 
 /// Unmounts every subpath bind of the pod at `pod_dir`, so that removing the pod's files never
 /// reaches into a volume through them.
-pub fn unmount_all(pod_dir: &Path) -> io::Result<()> {
+pub fn unmount_all(pod_dir: &Path) {
     let dir = pod_dir.join(DIR);
     let mut stack = vec![dir.clone()];
     let mut targets = Vec::new();
@@ -178,10 +178,7 @@ pub fn unmount_all(pod_dir: &Path) -> io::Result<()> {
                 >= 3
             {
                 targets.push(path);
-            } else if entry
-                .file_type()
-                .is_ok_and(|t| t.is_dir() && !t.is_symlink() && !t.is_fifo())
-            {
+            } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(path);
             }
         }
@@ -189,7 +186,6 @@ pub fn unmount_all(pod_dir: &Path) -> io::Result<()> {
     for target in &targets {
         unmount(target);
     }
-    Ok(())
 }
 
 /// Where the bind for `volume`'s mount number `index` of `container` goes.
