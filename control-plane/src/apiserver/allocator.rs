@@ -61,6 +61,12 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// These claims less those `other` holds.
+    pub fn without(mut self, other: &Self) -> Self {
+        self.keys.retain(|k| !other.keys.contains(k));
+        self
+    }
+
     pub async fn release(self, api: &Api) {
         for key in self.keys {
             release_key(api, &key).await;

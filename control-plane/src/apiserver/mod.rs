@@ -28,6 +28,7 @@ pub mod strategy;
 pub mod streams;
 pub mod tables;
 pub mod warnings;
+pub mod write_options;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -294,7 +295,8 @@ async fn certificate_request(
             let mut csr = objects::decode(headers, &body)?;
             certificates::prepare_create(&mut csr, user);
             certificates::admit(&api.authz, user, None, &csr, None)?;
-            let created = objects::create(api, &target, csr).await?;
+            let options = write_options::WriteOptions::from_query(query, "CreateOptions")?;
+            let created = objects::create_with(api, &target, csr, &options).await?;
             Ok((axum::http::StatusCode::CREATED, axum::Json(created)).into_response())
         }
         (&Method::PUT | &Method::PATCH, Some(name)) => {

@@ -23,6 +23,7 @@ use super::{
     selectors::{FieldSelector, LabelSelector},
     strategy::{Deletion, FOREGROUND_FINALIZER},
     tables,
+    write_options::WriteOptions,
 };
 use crate::store::{self, KeyValue, ListOptions, Revision};
 
@@ -56,12 +57,17 @@ pub async fn dispatch(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(tables::wanted);
+    let options = |kind| WriteOptions::from_query(query, kind);
     if sub == Some("scale")
         && let Some(name) = target.name.as_deref()
     {
+        let options = match *method {
+            Method::PATCH => options("PatchOptions")?,
+            _ => options("UpdateOptions")?,
+        };
         return json_response(
             StatusCode::OK,
-            scale(api, &target, name, method, headers, &body).await?,
+            scale(api, &target, name, method, headers, &body, &options).await?,
         );
     }
     if sub == Some("token")
@@ -74,8 +80,9 @@ pub async fn dispatch(
     if sub == Some("binding")
         && let (&Method::POST, Some(name)) = (method, target.name.as_deref())
     {
+        let options = options("CreateOptions")?;
         let binding = decode(headers, &body)?;
-        bind(api, &target, name, &binding).await?;
+        bind(api, &target, name, &binding, &options).await?;
         return json_response(
             StatusCode::CREATED,
             json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201 }),
@@ -102,37 +109,53 @@ pub async fn dispatch(
             json_response(StatusCode::OK, object)
         }
         (&Method::POST, None) => {
+            let options = options("CreateOptions")?;
             let object = decode(headers, &body)?;
-            json_response(StatusCode::CREATED, create(api, &target, object).await?)
+            let created = create_with(api, &target, object, &options).await?;
+            json_response(StatusCode::CREATED, created)
         }
         (&Method::PUT, Some(name)) => {
+            let options = options("UpdateOptions")?;
             let object = decode(headers, &body)?;
-            json_response(StatusCode::OK, update(api, &target, name, object).await?)
+            let updated = update_with(api, &target, name, object, &options).await?;
+            json_response(StatusCode::OK, updated)
         }
         (&Method::PATCH, Some(name)) => {
+            let options = options("PatchOptions")?;
             let content_type = content_type(headers);
-            json_response(
-                StatusCode::OK,
-                patch(api, &target, name, &content_type, &body).await?,
-            )
+            let patched = patch_with(api, &target, name, &content_type, &body, &options).await?;
+            json_response(StatusCode::OK, patched)
         }
         (&Method::DELETE, Some(name)) => {
-            let options = if body.is_empty() {
-                Value::Null
-            } else {
-                decode(headers, &body)?
-            };
+            let options = delete_options(query, headers, &body)?;
             json_response(StatusCode::OK, delete(api, &target, name, &options).await?)
         }
-        (&Method::DELETE, None) => json_response(
-            StatusCode::OK,
-            delete_collection(api, &target, query).await?,
-        ),
+        (&Method::DELETE, None) => {
+            let options = delete_options(query, headers, &body)?;
+            json_response(
+                StatusCode::OK,
+                delete_collection(api, &target, query, &options).await?,
+            )
+        }
         _ => Err(ApiError::method_not_allowed(
             method.as_str(),
             resource.plural,
         )),
     }
+}
+
+/// A delete's `DeleteOptions` (its body, if it has one), with a `dryRun` of the query folded
+/// in: [`delete`] reads them all from the body's form.
+fn delete_options(query: &Query, headers: &HeaderMap, body: &[u8]) -> Result<Value> {
+    let mut options = if body.is_empty() {
+        Value::Null
+    } else {
+        decode(headers, body)?
+    };
+    if WriteOptions::for_delete(query, &options)?.dry_run {
+        options["dryRun"] = json!(["All"]);
+    }
+    Ok(options)
 }
 
 fn is_true(value: Option<&String>) -> bool {
@@ -228,6 +251,18 @@ fn stored_form(mut object: Value) -> Value {
 /// [`stored_form`]): the written object is not decoded back.
 fn present_written(resource: &ResourceType, mut stored: Value, kv: &KeyValue) -> Value {
     stored["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+    stored["kind"] = json!(resource.kind);
+    stored["apiVersion"] = json!(resource.api_version());
+    fill_status(resource, &mut stored);
+    stored
+}
+
+/// What a dry-run write answers: the object as it would have been stored, with the resource
+/// version it had (`None` for a create: it has none yet).
+fn present_dry_run(resource: &ResourceType, mut stored: Value, revision: Option<&Value>) -> Value {
+    if let Some(revision) = revision.filter(|r| r.is_string()) {
+        stored["metadata"]["resourceVersion"] = revision.clone();
+    }
     stored["kind"] = json!(resource.kind);
     stored["apiVersion"] = json!(resource.api_version());
     fill_status(resource, &mut stored);
@@ -631,7 +666,17 @@ async fn require_namespace(api: &Api, namespace: &str) -> Result<Value> {
     Ok(ns)
 }
 
-pub async fn create(api: &Api, target: &Target, mut object: Value) -> Result<Value> {
+pub async fn create(api: &Api, target: &Target, object: Value) -> Result<Value> {
+    create_with(api, target, object, &WriteOptions::default()).await
+}
+
+/// [`create`] with a request's options.
+pub async fn create_with(
+    api: &Api,
+    target: &Target,
+    mut object: Value,
+    options: &WriteOptions,
+) -> Result<Value> {
     let resource = target.resource;
     check_type(resource, &object)?;
     let meta = &mut object["metadata"];
@@ -696,6 +741,25 @@ pub async fn create(api: &Api, target: &Target, mut object: Value) -> Result<Val
     };
     let key = resource.key(target.namespace.as_deref(), &name);
     let stored = stored_form(object);
+    if options.dry_run {
+        // What was allocated only to be shown goes back (kube-apiserver's dry-run allocator
+        // reserves nothing either); a name taken is still reported, as a real create would.
+        claims.release(api).await;
+        if api
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| ApiError::storage(&e))?
+            .is_some()
+        {
+            return Err(ApiError::already_exists(
+                resource.plural,
+                resource.group,
+                &name,
+            ));
+        }
+        return Ok(present_dry_run(resource, stored, None));
+    }
     let encoded = serde_json::to_vec(&stored).expect("a JSON value always serializes");
     match api.store.create(&key, encoded).await {
         Ok(kv) => Ok(present_written(resource, stored, &kv)),
@@ -767,6 +831,7 @@ async fn write_update(
     old: &Value,
     new: Value,
     expected: Revision,
+    options: &WriteOptions,
 ) -> Result<Value> {
     let resource = target.resource;
     let mut merged = merge_for_update(resource, target.subresource.as_deref(), old, new);
@@ -797,6 +862,20 @@ async fn write_update(
         .as_array()
         .is_none_or(Vec::is_empty);
     let key = resource.key(target.namespace.as_deref(), name);
+    if options.dry_run {
+        // Ports claimed for this update alone go back; those the Service held stay held.
+        let held = allocator::claims_of(old);
+        allocator::claims_of(&merged)
+            .without(&held)
+            .release(api)
+            .await;
+        let revision = &old["metadata"]["resourceVersion"];
+        return Ok(present_dry_run(
+            resource,
+            stored_form(merged),
+            Some(revision),
+        ));
+    }
     if merged["metadata"]["deletionTimestamp"].is_string() && finalizers_empty {
         let kv = api
             .store
@@ -856,7 +935,13 @@ fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
 }
 
 /// `pods/binding`: assigns a pending pod to a node, once. What the scheduler calls.
-async fn bind(api: &Arc<Api>, target: &Target, name: &str, binding: &Value) -> Result<()> {
+async fn bind(
+    api: &Arc<Api>,
+    target: &Target,
+    name: &str,
+    binding: &Value,
+    options: &WriteOptions,
+) -> Result<()> {
     let node = binding["target"]["name"]
         .as_str()
         .filter(|n| !n.is_empty())
@@ -896,7 +981,7 @@ async fn bind(api: &Arc<Api>, target: &Target, name: &str, binding: &Value) -> R
         // per bound pod.
         set_scheduled(&mut new);
         let expected = object_revision(&old)?.unwrap_or_default();
-        match write_update(api, &parent, name, &old, new, expected).await {
+        match write_update(api, &parent, name, &old, new, expected, options).await {
             Ok(_) => return Ok(()),
             Err(e) if e.reason == "Conflict" => continue,
             Err(e) => return Err(e),
@@ -973,6 +1058,7 @@ async fn scale(
     method: &Method,
     headers: &HeaderMap,
     body: &[u8],
+    options: &WriteOptions,
 ) -> Result<Value> {
     let parent = Target {
         subresource: None,
@@ -1021,7 +1107,7 @@ async fn scale(
         let mut new = old.clone();
         new["spec"]["replicas"] = json!(replicas);
         let expected = pinned.unwrap_or(object_revision(&old)?.unwrap_or_default());
-        match write_update(api, &parent, name, &old, new, expected).await {
+        match write_update(api, &parent, name, &old, new, expected, options).await {
             Ok(updated) => return Ok(to_scale(&updated)),
             Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
             Err(e) => return Err(e),
@@ -1054,6 +1140,17 @@ fn check_name(object: &Value, name: &str) -> Result<()> {
 const MAX_ATTEMPTS: usize = 8;
 
 pub async fn update(api: &Arc<Api>, target: &Target, name: &str, object: Value) -> Result<Value> {
+    update_with(api, target, name, object, &WriteOptions::default()).await
+}
+
+/// [`update`] with a request's options.
+pub async fn update_with(
+    api: &Arc<Api>,
+    target: &Target,
+    name: &str,
+    object: Value,
+    options: &WriteOptions,
+) -> Result<Value> {
     check_type(target.resource, &object)?;
     check_name(&object, name)?;
     let pinned = object_revision(&object)?;
@@ -1061,7 +1158,7 @@ pub async fn update(api: &Arc<Api>, target: &Target, name: &str, object: Value) 
         let old = get(api, target.resource, target.namespace.as_deref(), name).await?;
         let current = object_revision(&old)?.unwrap_or_default();
         let expected = pinned.unwrap_or(current);
-        match write_update(api, target, name, &old, object.clone(), expected).await {
+        match write_update(api, target, name, &old, object.clone(), expected, options).await {
             Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
             other => return other,
         }
@@ -1160,6 +1257,26 @@ pub async fn patch(
     content_type: &str,
     body: &[u8],
 ) -> Result<Value> {
+    patch_with(
+        api,
+        target,
+        name,
+        content_type,
+        body,
+        &WriteOptions::default(),
+    )
+    .await
+}
+
+/// [`patch`] with a request's options.
+pub async fn patch_with(
+    api: &Arc<Api>,
+    target: &Target,
+    name: &str,
+    content_type: &str,
+    body: &[u8],
+    options: &WriteOptions,
+) -> Result<Value> {
     // A resourceVersion the patch itself sets is a precondition; otherwise the patch applies to
     // whatever is current.
     let patch: Value = serde_json::from_slice(body)
@@ -1173,7 +1290,8 @@ pub async fn patch(
         let patched = apply_patch(old.clone(), content_type, body)?;
         check_name(&patched, name)?;
         let current = object_revision(&old)?.unwrap_or_default();
-        match write_update(api, target, name, &old, patched, pinned.unwrap_or(current)).await {
+        let expected = pinned.unwrap_or(current);
+        match write_update(api, target, name, &old, patched, expected, options).await {
             Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
             other => return other,
         }
@@ -1181,8 +1299,13 @@ pub async fn patch(
     Err(conflict(target, name))
 }
 
+/// Deletes an object as `options` (a `DeleteOptions`) say; with `dryRun: ["All"]` it answers
+/// what the delete would leave and changes nothing.
 pub async fn delete(api: &Arc<Api>, target: &Target, name: &str, options: &Value) -> Result<Value> {
     let resource = target.resource;
+    let dry_run = options["dryRun"]
+        .as_array()
+        .is_some_and(|v| v.iter().any(|v| v == "All"));
     for _ in 0..MAX_ATTEMPTS {
         let old = get(api, resource, target.namespace.as_deref(), name).await?;
         let preconditions = &options["preconditions"];
@@ -1256,10 +1379,19 @@ pub async fn delete(api: &Arc<Api>, target: &Target, name: &str, options: &Value
                     list.push(json!(FOREGROUND_FINALIZER));
                 }
             }
+            if dry_run {
+                return Ok(present_dry_run(
+                    resource,
+                    stored_form(marked),
+                    Some(&old["metadata"]["resourceVersion"]),
+                ));
+            }
             marked["metadata"]["resourceVersion"] = Value::Null;
             api.store
                 .update(&key, to_stored(&marked), Some(current))
                 .await
+        } else if dry_run {
+            return Ok(old);
         } else {
             api.store.delete(&key, Some(current)).await
         };
@@ -1281,7 +1413,12 @@ pub async fn delete(api: &Arc<Api>, target: &Target, name: &str, options: &Value
     Err(conflict(target, name))
 }
 
-pub async fn delete_collection(api: &Arc<Api>, target: &Target, query: &Query) -> Result<Value> {
+pub async fn delete_collection(
+    api: &Arc<Api>,
+    target: &Target,
+    query: &Query,
+    options: &Value,
+) -> Result<Value> {
     let listing = list(api, target, &filter_only(query)).await?;
     let mut deleted = Vec::new();
     for object in listing["items"].as_array().into_iter().flatten() {
@@ -1291,7 +1428,7 @@ pub async fn delete_collection(api: &Arc<Api>, target: &Target, query: &Query) -
             name: Some(name.to_owned()),
             ..target.clone()
         };
-        match delete(api, &target, name, &Value::Null).await {
+        match delete(api, &target, name, options).await {
             Ok(object) => deleted.push(object),
             // Someone else deleted it first: the collection is still gone.
             Err(e) if e.reason == "NotFound" => {}

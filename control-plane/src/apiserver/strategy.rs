@@ -340,7 +340,8 @@ async fn empty_namespace(api: &Arc<Api>, namespace: &Value) -> Result<()> {
                 name: None,
                 subresource: None,
             };
-            let remaining = objects::delete_collection(api, &target, &Default::default()).await?;
+            let remaining =
+                objects::delete_collection(api, &target, &Default::default(), &Value::Null).await?;
             left += remaining["items"].as_array().map_or(0, |items| {
                 items
                     .iter()

@@ -1,0 +1,117 @@
+//! The options every write verb reads from its query string (and a delete also from its body):
+//! kube-apiserver's `CreateOptions`, `UpdateOptions`, `PatchOptions` and `DeleteOptions`.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::error::ApiError;
+
+/// The one value `dryRun` takes.
+const DRY_RUN_ALL: &str = "All";
+
+/// What a write request asked for besides its object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// `dryRun=All`: the write runs through defaulting, admission and validation, and its
+    /// answer is what would have been stored, but nothing is stored and nothing it would set
+    /// off (allocations, garbage collection) happens.
+    pub dry_run: bool,
+}
+
+impl WriteOptions {
+    /// The options of a write from its query. `kind` names the options type in errors
+    /// (`CreateOptions`, `UpdateOptions`, `PatchOptions`, `DeleteOptions`), as Kubernetes'
+    /// 422 for a bad `dryRun` does.
+    pub fn from_query(query: &HashMap<String, String>, kind: &str) -> Result<Self, ApiError> {
+        let values: Vec<&str> = query
+            .get("dryRun")
+            .map(|v| v.split(',').filter(|v| !v.is_empty()).collect())
+            .unwrap_or_default();
+        Self::from_dry_run(&values, kind)
+    }
+
+    /// The options of a delete: its query, and a `DeleteOptions` body's `dryRun` list (what
+    /// typed clients send).
+    pub fn for_delete(query: &HashMap<String, String>, body: &Value) -> Result<Self, ApiError> {
+        let mut options = Self::from_query(query, "DeleteOptions")?;
+        if let Some(values) = body["dryRun"].as_array() {
+            let values: Vec<&str> = values.iter().filter_map(Value::as_str).collect();
+            let from_body = Self::from_dry_run(&values, "DeleteOptions")?;
+            options.dry_run |= from_body.dry_run;
+        }
+        Ok(options)
+    }
+
+    fn from_dry_run(values: &[&str], kind: &str) -> Result<Self, ApiError> {
+        match values {
+            [] => Ok(Self::default()),
+            [DRY_RUN_ALL] => Ok(Self { dry_run: true }),
+            _ => {
+                let sent: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+                let message = format!(
+                    "dryRun: Unsupported value: []string{{{}}}: supported values: \"{DRY_RUN_ALL}\"",
+                    sent.join(", ")
+                );
+                Err(ApiError::invalid(
+                    kind,
+                    "meta.k8s.io",
+                    "",
+                    &[("dryRun".to_owned(), message)],
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn dry_run_all_is_the_only_value() {
+        assert!(
+            WriteOptions::from_query(&query(&[("dryRun", "All")]), "CreateOptions")
+                .unwrap()
+                .dry_run
+        );
+        assert!(
+            !WriteOptions::from_query(&query(&[]), "CreateOptions")
+                .unwrap()
+                .dry_run
+        );
+        let e =
+            WriteOptions::from_query(&query(&[("dryRun", "Some")]), "CreateOptions").unwrap_err();
+        assert_eq!(e.code.as_u16(), 422);
+        assert!(e.message.contains("CreateOptions"), "{}", e.message);
+        assert!(
+            e.message.contains(r#"Unsupported value: []string{"Some"}"#),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn a_delete_takes_dry_run_from_its_body_too() {
+        let body = serde_json::json!({ "kind": "DeleteOptions", "dryRun": ["All"] });
+        assert!(
+            WriteOptions::for_delete(&query(&[]), &body)
+                .unwrap()
+                .dry_run
+        );
+        let bad = serde_json::json!({ "dryRun": ["All", "All"] });
+        assert!(WriteOptions::for_delete(&query(&[]), &bad).is_err());
+        assert!(
+            !WriteOptions::for_delete(&query(&[]), &Value::Null)
+                .unwrap()
+                .dry_run
+        );
+    }
+}
