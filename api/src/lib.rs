@@ -36,6 +36,7 @@ pub mod resource;
 pub mod selector;
 pub mod status;
 pub mod strategic;
+pub mod structural;
 pub mod validation;
 pub mod yaml;
 
