@@ -16,6 +16,7 @@
 //! - [`validation`]: per-kind checks with Kubernetes' messages; [`status`]: error bodies.
 
 pub mod apiary_v1;
+pub mod apiextensions_v1;
 pub mod apps_v1;
 pub mod autoscaling_v1;
 pub mod batch_v1;

@@ -294,6 +294,28 @@ pub const ENDPOINT_SLICES: ResourceInfo = resource(
 pub const LEASES: ResourceInfo =
     resource("coordination.k8s.io", "Lease", "leases", "lease", &[], true);
 
+/// `apiextensions.k8s.io/v1` `CustomResourceDefinition`.
+pub const CUSTOM_RESOURCE_DEFINITIONS: ResourceInfo = ResourceInfo {
+    categories: &["api-extensions"],
+    subresources: &[status("CustomResourceDefinition")],
+    ..resource(
+        "apiextensions.k8s.io",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        &["crd", "crds"],
+        false,
+    )
+};
+
+/// The `status` subresource of a custom kind.
+pub const fn status_of(kind: &'static str) -> Subresource {
+    status(kind)
+}
+
+/// The `scale` subresource (an `autoscaling/v1` Scale), as custom kinds serve it too.
+pub const SCALE_SUBRESOURCE: Subresource = SCALE;
+
 /// `apiary.dev/v1` `SecurityIdentity`: cluster-scoped, named after its number.
 pub const SECURITY_IDENTITIES: ResourceInfo = resource(
     "apiary.dev",
@@ -472,6 +494,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
     SECURITY_IDENTITIES,
     SELF_SUBJECT_REVIEWS,
     TOKEN_REVIEWS,
+    CUSTOM_RESOURCE_DEFINITIONS,
 ];
 
 /// The non-core groups, in the order `/apis` lists them (Kubernetes' order).
@@ -483,6 +506,7 @@ pub const GROUPS: &[&str] = &[
     "certificates.k8s.io",
     "networking.k8s.io",
     "rbac.authorization.k8s.io",
+    "apiextensions.k8s.io",
     "coordination.k8s.io",
     "discovery.k8s.io",
     "apiary.dev",
@@ -686,27 +710,77 @@ where
 pub const AGGREGATED_DISCOVERY_CONTENT_TYPE: &str =
     "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
-fn versions_of(group: &str) -> Vec<&'static str> {
-    let mut versions: Vec<&str> = Vec::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group) {
+/// The built-in resources, as the discovery renderers take what is served (the API server adds
+/// its custom resources).
+pub fn built_in() -> Vec<&'static ResourceInfo> {
+    RESOURCES.iter().collect()
+}
+
+/// Kubernetes' version priority (`version.CompareKubeAwareVersionStrings`): GA before beta
+/// before alpha, higher numbers first, anything else last in lexical order.
+pub fn version_priority(
+    version: &str,
+) -> (u8, std::cmp::Reverse<u64>, std::cmp::Reverse<u64>, String) {
+    use std::cmp::Reverse;
+    let parsed = version.strip_prefix('v').and_then(|rest| {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let major: u64 = rest[..digits].parse().ok()?;
+        match &rest[digits..] {
+            "" => Some((0, major, 0)),
+            tail => {
+                let (stage, minor) = if let Some(n) = tail.strip_prefix("beta") {
+                    (1, n)
+                } else {
+                    (2, tail.strip_prefix("alpha")?)
+                };
+                Some((stage, major, minor.parse().ok()?))
+            }
+        }
+    });
+    match parsed {
+        Some((stage, major, minor)) => (stage, Reverse(major), Reverse(minor), String::new()),
+        None => (3, Reverse(0), Reverse(0), version.to_owned()),
+    }
+}
+
+fn versions_of(served: &[&'static ResourceInfo], group: &str) -> Vec<&'static str> {
+    let mut versions: Vec<&'static str> = Vec::new();
+    for r in served.iter().filter(|r| r.group == group) {
         if !versions.contains(&r.version) {
             versions.push(r.version);
         }
     }
+    versions.sort_by_key(|v| version_priority(v));
     versions
+}
+
+/// The named groups in `/apis` order: Kubernetes' for the built-ins, then the others by name.
+fn groups_of(served: &[&'static ResourceInfo]) -> Vec<&'static str> {
+    let mut groups: Vec<&'static str> = GROUPS.to_vec();
+    let mut added: Vec<&'static str> = served
+        .iter()
+        .map(|r| r.group)
+        .filter(|g| !g.is_empty() && !GROUPS.contains(g))
+        .collect();
+    added.sort_unstable();
+    added.dedup();
+    groups.extend(added);
+    groups
 }
 
 /// `GET /api`: the core group's versions.
 pub fn api_versions(server_address: &str) -> Value {
     json!({
         "kind": "APIVersions",
-        "versions": versions_of(""),
+        "versions": versions_of(&built_in(), ""),
         "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
     })
 }
 
-fn group_json(group: &str) -> Value {
-    let versions: Vec<Value> = versions_of(group)
+fn group_json(served: &[&'static ResourceInfo], group: &str) -> Value {
+    let versions: Vec<Value> = versions_of(served, group)
         .into_iter()
         .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
         .collect();
@@ -714,17 +788,20 @@ fn group_json(group: &str) -> Value {
 }
 
 /// `GET /apis`: the named groups.
-pub fn api_group_list() -> Value {
-    let groups: Vec<Value> = GROUPS.iter().map(|g| group_json(g)).collect();
+pub fn api_group_list(served: &[&'static ResourceInfo]) -> Value {
+    let groups: Vec<Value> = groups_of(served)
+        .into_iter()
+        .map(|g| group_json(served, g))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `GET /apis/{group}`, or `None` for an unknown group.
-pub fn api_group(group: &str) -> Option<Value> {
-    if group.is_empty() || !GROUPS.contains(&group) {
+pub fn api_group(served: &[&'static ResourceInfo], group: &str) -> Option<Value> {
+    if group.is_empty() || !served.iter().any(|r| r.group == group) {
         return None;
     }
-    let mut g = group_json(group);
+    let mut g = group_json(served, group);
     g["kind"] = json!("APIGroup");
     g["apiVersion"] = json!("v1");
     Some(g)
@@ -732,9 +809,13 @@ pub fn api_group(group: &str) -> Option<Value> {
 
 /// `GET /api/v1` (`group` empty) or `/apis/{group}/{version}`: the `APIResourceList`, or `None`
 /// for an unknown group version.
-pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
+pub fn api_resource_list(
+    served: &[&'static ResourceInfo],
+    group: &str,
+    version: &str,
+) -> Option<Value> {
     let mut resources = Vec::new();
-    for r in RESOURCES
+    for r in served
         .iter()
         .filter(|r| r.group == group && r.version == version)
     {
@@ -789,18 +870,18 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
 /// (`legacy`: the core group) or `/apis` (the named groups) when the client's `Accept` asks for
 /// it; answer with [`AGGREGATED_DISCOVERY_CONTENT_TYPE`]. kubectl then needs no per-group
 /// requests.
-pub fn aggregated_discovery(legacy: bool) -> Value {
-    let groups: Vec<&str> = if legacy { vec![""] } else { GROUPS.to_vec() };
+pub fn aggregated_discovery(served: &[&'static ResourceInfo], legacy: bool) -> Value {
+    let groups: Vec<&str> = if legacy { vec![""] } else { groups_of(served) };
     let items: Vec<Value> = groups
         .into_iter()
         .map(|group| {
-            let versions: Vec<Value> = versions_of(group)
+            let versions: Vec<Value> = versions_of(served, group)
                 .into_iter()
                 .map(|version| {
-                    let resources: Vec<Value> = RESOURCES
+                    let resources: Vec<Value> = served
                         .iter()
                         .filter(|r| r.group == group && r.version == version)
-                        .map(resource_discovery)
+                        .map(|r| resource_discovery(r))
                         .collect();
                     json!({"version": version, "resources": resources, "freshness": "Current"})
                 })
@@ -950,7 +1031,7 @@ mod tests {
 
     #[test]
     fn core_resource_list_is_shaped_like_kubernetes() {
-        let list = api_resource_list("", "v1").unwrap();
+        let list = api_resource_list(&built_in(), "", "v1").unwrap();
         assert_eq!(list["kind"], "APIResourceList");
         assert_eq!(list["groupVersion"], "v1");
         assert!(list.get("apiVersion").is_none());
@@ -991,7 +1072,7 @@ mod tests {
 
     #[test]
     fn group_documents() {
-        let apps = api_resource_list("apps", "v1").unwrap();
+        let apps = api_resource_list(&built_in(), "apps", "v1").unwrap();
         assert_eq!(apps["apiVersion"], "v1");
         assert_eq!(apps["groupVersion"], "apps/v1");
         let scale = apps["resources"]
@@ -1002,9 +1083,9 @@ mod tests {
             .unwrap();
         assert_eq!(scale["group"], "autoscaling");
         assert_eq!(scale["kind"], "Scale");
-        assert!(api_resource_list("apps", "v2").is_none());
+        assert!(api_resource_list(&built_in(), "apps", "v2").is_none());
 
-        let groups = api_group_list();
+        let groups = api_group_list(&built_in());
         assert_eq!(groups["kind"], "APIGroupList");
         assert_eq!(
             groups["groups"][0],
@@ -1012,8 +1093,8 @@ mod tests {
                 "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}})
         );
         assert_eq!(groups["groups"].as_array().unwrap().len(), GROUPS.len());
-        assert_eq!(api_group("batch").unwrap()["kind"], "APIGroup");
-        assert!(api_group("extensions").is_none());
+        assert_eq!(api_group(&built_in(), "batch").unwrap()["kind"], "APIGroup");
+        assert!(api_group(&built_in(), "extensions").is_none());
         assert_eq!(
             api_versions("10.0.0.1:6443"),
             json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs":
@@ -1023,7 +1104,7 @@ mod tests {
 
     #[test]
     fn aggregated_discovery_lists_every_resource() {
-        let core = aggregated_discovery(true);
+        let core = aggregated_discovery(&built_in(), true);
         assert_eq!(core["apiVersion"], "apidiscovery.k8s.io/v2");
         assert!(core["items"][0]["metadata"].get("name").is_none());
         let v1 = &core["items"][0]["versions"][0];
@@ -1039,7 +1120,7 @@ mod tests {
             pods["responseKind"],
             json!({"group": "", "version": "v1", "kind": "Pod"})
         );
-        let apis = aggregated_discovery(false);
+        let apis = aggregated_discovery(&built_in(), false);
         let apps = &apis["items"][0];
         assert_eq!(apps["metadata"]["name"], "apps");
         let deploy = &apps["versions"][0]["resources"][0];

@@ -59,7 +59,7 @@ fn prune_at(schema: &Value, value: &mut Value, path: &str, root: bool, unknown: 
                     return true;
                 }
                 match property_schema(schema, name) {
-                    Some(sub) => !(field_value.is_null() && !flag(sub, "nullable")),
+                    Some(sub) => !field_value.is_null() || flag(sub, "nullable"),
                     // `additionalProperties: true` keeps anything, as preserving does.
                     None if preserve || additional == Some(&Value::Bool(true)) => true,
                     None => {
@@ -226,7 +226,11 @@ fn validate_object(
     let embedded = flag(schema, EMBEDDED_RESOURCE);
     if embedded {
         for field in ["apiVersion", "kind"] {
-            if fields.get(field).and_then(Value::as_str).is_none_or(str::is_empty) {
+            if fields
+                .get(field)
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
                 errs.push(FieldError::required(child(path, field)));
             }
         }
@@ -367,7 +371,10 @@ fn validate_number(
             errs.push(FieldError::invalid(
                 path,
                 shown(value),
-                format!("{shown_path} in body should be {words} {}", schema["maximum"]),
+                format!(
+                    "{shown_path} in body should be {words} {}",
+                    schema["maximum"]
+                ),
             ));
         }
     }
@@ -381,7 +388,10 @@ fn validate_number(
             errs.push(FieldError::invalid(
                 path,
                 shown(value),
-                format!("{shown_path} in body should be {words} {}", schema["minimum"]),
+                format!(
+                    "{shown_path} in body should be {words} {}",
+                    schema["minimum"]
+                ),
             ));
         }
     }
@@ -392,7 +402,10 @@ fn validate_number(
         errs.push(FieldError::invalid(
             path,
             shown(value),
-            format!("{shown_path} in body should be a multiple of {}", schema["multipleOf"]),
+            format!(
+                "{shown_path} in body should be a multiple of {}",
+                schema["multipleOf"]
+            ),
         ));
     }
 }
@@ -423,9 +436,10 @@ fn check_schema_at(schema: &Value, path: &str, errs: &mut ErrorList) {
     }
     let typed = fields.get("type").and_then(Value::as_str);
     if typed.is_none() && !flag(schema, INT_OR_STRING) && !flag(schema, PRESERVE_UNKNOWN) {
-        errs.push(FieldError::required(child(path, "type")).with_detail(
-            "must not be empty for specified object fields",
-        ));
+        errs.push(
+            FieldError::required(child(path, "type"))
+                .with_detail("must not be empty for specified object fields"),
+        );
     }
     if let Some(t) = typed
         && !["object", "array", "string", "integer", "number", "boolean"].contains(&t)
@@ -512,13 +526,17 @@ mod tests {
         assert_eq!(object["spec"]["extra"]["anything"]["goes"], 1);
         assert_eq!(object["spec"]["labels"]["a"], "b");
         assert!(object["spec"]["note"].is_null() && object["spec"].get("note").is_some());
-        assert!(object["spec"].get("mode").is_none(), "null of a non-nullable field pruned");
+        assert!(
+            object["spec"].get("mode").is_none(),
+            "null of a non-nullable field pruned"
+        );
         assert_eq!(object["metadata"]["name"], "w");
     }
 
     #[test]
     fn defaults_fill_missing_fields_at_every_depth() {
-        let mut object = json!({"spec": {"size": 2, "ports": [{"name": "a"}, {"name": "b", "number": 8080}]}});
+        let mut object =
+            json!({"spec": {"size": 2, "ports": [{"name": "a"}, {"name": "b", "number": 8080}]}});
         default(&schema(), &mut object);
         assert_eq!(object["spec"]["mode"], "safe");
         assert_eq!(object["spec"]["ports"][0]["number"], 80);
@@ -547,7 +565,10 @@ mod tests {
             "spec.template.kind: Required value",
             r#"status.ready: Invalid value: "string": status.ready in body must be of type boolean: "string""#,
         ] {
-            assert!(got.iter().any(|g| g == want), "missing {want:?} in {got:#?}");
+            assert!(
+                got.iter().any(|g| g == want),
+                "missing {want:?} in {got:#?}"
+            );
         }
         let missing = messages(&validate(&schema(), &json!({"spec": {}})));
         assert_eq!(missing, ["spec.size: Required value"]);
@@ -568,10 +589,26 @@ mod tests {
             "schema",
         );
         let got = messages(&errs);
-        assert!(got.iter().any(|m| m.starts_with("schema.properties[a].type: Required value")), "{got:#?}");
-        assert!(got.iter().any(|m| m.starts_with("schema.properties[b].$ref: Forbidden")), "{got:#?}");
-        assert!(got.iter().any(|m| m.starts_with("schema.properties[c].pattern: Invalid value")), "{got:#?}");
-        assert!(got.iter().any(|m| m.starts_with("schema.properties[d].type: Unsupported value")), "{got:#?}");
+        assert!(
+            got.iter()
+                .any(|m| m.starts_with("schema.properties[a].type: Required value")),
+            "{got:#?}"
+        );
+        assert!(
+            got.iter()
+                .any(|m| m.starts_with("schema.properties[b].$ref: Forbidden")),
+            "{got:#?}"
+        );
+        assert!(
+            got.iter()
+                .any(|m| m.starts_with("schema.properties[c].pattern: Invalid value")),
+            "{got:#?}"
+        );
+        assert!(
+            got.iter()
+                .any(|m| m.starts_with("schema.properties[d].type: Unsupported value")),
+            "{got:#?}"
+        );
         assert!(check_schema(&schema(), "schema").is_empty());
     }
 }

@@ -284,6 +284,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let (_authz_running, authz_shutdown) = tokio::sync::watch::channel(false);
     apiserver::authz::start(
         Arc::clone(&api),
+        authz_shutdown.clone(),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    // Custom resources are served from their CRDs as stored before the first request.
+    apiserver::custom_resources::start(
+        Arc::clone(&api),
         authz_shutdown,
         std::time::Duration::from_secs(10),
     )

@@ -944,6 +944,11 @@ pub fn validate_object(
     info: &ResourceInfo,
     object: &serde_json::Value,
 ) -> Result<ErrorList, serde_json::Error> {
+    // Custom resources are validated against their schemas by the API server; a custom
+    // plural shared with a built-in one is not the built-in.
+    if !crate::resource::RESOURCES.contains(info) {
+        return Ok(Vec::new());
+    }
     macro_rules! check {
         ($($plural:literal => $f:path),* $(,)?) => {
             match info.plural {
@@ -976,6 +981,7 @@ pub fn validate_object(
         "clusterroles" => validate_cluster_role,
         "rolebindings" => validate_role_binding,
         "clusterrolebindings" => validate_cluster_role_binding,
+        "customresourcedefinitions" => crate::apiextensions_v1::validate_crd,
     ))
 }
 
@@ -997,7 +1003,10 @@ pub fn validate_object_update(
             }
         };
     }
-    check!(
+    let built_in = crate::resource::RESOURCES.contains(info);
+    if built_in {
+        check!(
+        "customresourcedefinitions" => crate::apiextensions_v1::validate_crd_update,
         "pods" => validate_update_pod,
         "services" => validate_update_service,
         "configmaps" => validate_update_config_map,
@@ -1011,7 +1020,8 @@ pub fn validate_object_update(
         "securityidentities" => validate_update_security_identity,
         "rolebindings" => validate_update_role_binding,
         "clusterrolebindings" => validate_update_cluster_role_binding,
-    );
+        );
+    }
     let meta = |v: &serde_json::Value| match v.get("metadata") {
         Some(m) => crate::meta::from_json::<ObjectMeta>(m.clone()),
         None => Ok(ObjectMeta::default()),

@@ -30,18 +30,19 @@ pub async fn version() -> Json<Value> {
     }))
 }
 
-pub async fn core_versions(headers: HeaderMap) -> Response {
+pub async fn core_versions(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
     if wants_aggregated(&headers) {
-        return aggregated(resource::aggregated_discovery(true));
+        return aggregated(resource::aggregated_discovery(&api.resources.all(), true));
     }
     Json(resource::api_versions("")).into_response()
 }
 
-pub async fn groups(headers: HeaderMap) -> Response {
+pub async fn groups(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    let served = api.resources.all();
     if wants_aggregated(&headers) {
-        return aggregated(resource::aggregated_discovery(false));
+        return aggregated(resource::aggregated_discovery(&served, false));
     }
-    Json(resource::api_group_list()).into_response()
+    Json(resource::api_group_list(&served)).into_response()
 }
 
 /// kubectl asks for aggregated discovery first, which saves it a request per group version.
@@ -64,19 +65,23 @@ fn aggregated(body: Value) -> Response {
         .into_response()
 }
 
-pub async fn group(Path(group): Path<String>) -> Response {
-    match resource::api_group(&group) {
+pub async fn group(State(api): State<Arc<Api>>, Path(group): Path<String>) -> Response {
+    match resource::api_group(&api.resources.all(), &group) {
         Some(body) => Json(body).into_response(),
         None => ApiError::no_route(&format!("/apis/{group}")).into_response(),
     }
 }
 
 pub async fn core_resources() -> Response {
-    Json(resource::api_resource_list("", "v1").expect("core is served")).into_response()
+    let core = resource::api_resource_list(&resource::built_in(), "", "v1");
+    Json(core.expect("core is served")).into_response()
 }
 
-pub async fn group_resources(Path((group, version)): Path<(String, String)>) -> Response {
-    match resource::api_resource_list(&group, &version) {
+pub async fn group_resources(
+    State(api): State<Arc<Api>>,
+    Path((group, version)): Path<(String, String)>,
+) -> Response {
+    match resource::api_resource_list(&api.resources.all(), &group, &version) {
         Some(list) => Json(list).into_response(),
         None => ApiError::no_route(&format!("/apis/{group}/{version}")).into_response(),
     }
@@ -113,7 +118,7 @@ pub async fn openapi_v3_group(State(api): State<Arc<Api>>, Path(path): Path<Stri
     let types: Vec<&ResourceType> = api
         .resources
         .all()
-        .iter()
+        .into_iter()
         .filter(|r| r.group == group && r.version == version)
         .collect();
     if types.is_empty() {

@@ -264,7 +264,9 @@ impl Hub {
 /// The hubs of one API server, created by the first watch of each resource type.
 #[derive(Debug)]
 pub struct Fanout {
-    hubs: Mutex<HashMap<&'static str, Arc<Hub>>>,
+    /// By key prefix and version: the versions of a custom resource share their keys, but
+    /// each presents the objects as its own `apiVersion`.
+    hubs: Mutex<HashMap<(&'static str, &'static str), Arc<Hub>>>,
     /// Changes each hub keeps ([`RECENT`]).
     recent: usize,
     /// Each watch's queue ([`WATCH_QUEUE`]).
@@ -326,13 +328,13 @@ impl Fanout {
         store: &Arc<dyn Store>,
         resource: &'static ResourceType,
     ) -> Option<Arc<Hub>> {
-        let prefix = resource_prefix(resource);
-        if let Some(hub) = self.lock().get(prefix) {
+        let prefix = (resource_prefix(resource), resource.version);
+        if let Some(hub) = self.lock().get(&prefix) {
             return Some(Arc::clone(hub));
         }
         let (floor, events) = start(store, resource).await?;
         let mut hubs = self.lock();
-        if let Some(hub) = hubs.get(prefix) {
+        if let Some(hub) = hubs.get(&prefix) {
             // Another watch started it meanwhile.
             return Some(Arc::clone(hub));
         }
@@ -356,14 +358,15 @@ impl Fanout {
         Some(hub)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, Arc<Hub>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(&'static str, &'static str), Arc<Hub>>> {
         self.hubs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// The prefix of every key of `resource`, leaked once per type (there are a few dozen).
+/// The prefix of every key of `resource`, leaked once per type (a few dozen built-in, and one
+/// per custom resource version served since the process started).
 fn resource_prefix(resource: &'static ResourceType) -> &'static str {
     use super::resources::StorageKeys as _;
     static PREFIXES: Mutex<Vec<(usize, &'static str)>> = Mutex::new(Vec::new());

@@ -9,6 +9,7 @@ pub mod authn;
 pub mod authz;
 pub mod certificates;
 pub mod cluster_info;
+pub mod custom_resources;
 pub mod decoded;
 pub mod defaults;
 pub mod discovery;
@@ -83,10 +84,14 @@ impl std::fmt::Debug for Api {
 
 impl Api {
     pub fn new(store: Arc<dyn Store>) -> Self {
+        let resources = Resources::default();
+        let strategy = Strategy {
+            custom: Arc::clone(&resources.custom),
+        };
         Self {
             store,
-            resources: Resources,
-            strategy: Strategy,
+            resources,
+            strategy,
             pod_network: crate::agents::PodNetwork::default(),
             kubelet_client: None,
             decoded: Arc::default(),

@@ -19,7 +19,7 @@ use super::{
     Api, allocator, defaults,
     error::ApiError,
     path::Target,
-    resources::{ResourceType, StorageKeys as _},
+    resources::{ResourceType, StorageKeys as _, is_built_in},
     selectors::{FieldSelector, LabelSelector},
     strategy::{Deletion, FOREGROUND_FINALIZER},
     tables,
@@ -96,7 +96,7 @@ pub async fn dispatch(
             let mut listing = list(api, &target, query).await?;
             if as_table {
                 let items = listing["items"].as_array().cloned().unwrap_or_default();
-                listing = tables::table(resource, &items, listing["metadata"].take());
+                listing = table(api, resource, &items, listing["metadata"].take());
             }
             json_response(StatusCode::OK, listing)
         }
@@ -104,7 +104,7 @@ pub async fn dispatch(
             let object = get(api, resource, target.namespace.as_deref(), name).await?;
             if as_table {
                 let metadata = json!({ "resourceVersion": object["metadata"]["resourceVersion"] });
-                return json_response(StatusCode::OK, tables::table(resource, &[object], metadata));
+                return json_response(StatusCode::OK, table(api, resource, &[object], metadata));
             }
             json_response(StatusCode::OK, object)
         }
@@ -156,6 +156,14 @@ fn delete_options(query: &Query, headers: &HeaderMap, body: &[u8]) -> Result<Val
         options["dryRun"] = json!(["All"]);
     }
     Ok(options)
+}
+
+/// The server-side table of `objects`: a custom kind's printer columns, or a built-in's.
+fn table(api: &Api, resource: &ResourceType, objects: &[Value], metadata: Value) -> Value {
+    match api.resources.custom.of(resource) {
+        Some(custom) => tables::custom_table(&custom.columns, objects, metadata),
+        None => tables::table(resource, objects, metadata),
+    }
 }
 
 fn is_true(value: Option<&String>) -> bool {
@@ -723,6 +731,7 @@ pub async fn create_with(
         obj.remove("deletionGracePeriodSeconds");
     }
     api.strategy.prepare_write(resource, &mut object);
+    options.unknown_fields(&api.strategy.prune_and_default(resource, &mut object))?;
     // Mutating admission comes before defaults and validation, as in kube-apiserver: what
     // it adds is defaulted and validated like the rest. Its first plugin is the namespace's
     // lifecycle: nothing is created in a namespace that is missing or terminating.
@@ -809,7 +818,23 @@ fn merge_for_update(resource: &ResourceType, sub: Option<&str>, old: &Value, new
         }
     }
     let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
-    let spec_changed = old.get("spec") != merged.get("spec");
+    let spec_changed = if is_built_in(resource) {
+        old.get("spec") != merged.get("spec")
+    } else {
+        // A custom object's generation counts changes to anything but its metadata (and its
+        // status, when that is a subresource).
+        let content = |o: &Value| {
+            let mut o = o.clone();
+            if let Some(fields) = o.as_object_mut() {
+                fields.remove("metadata");
+                if resource.has_subresource("status") {
+                    fields.remove("status");
+                }
+            }
+            o
+        };
+        content(old) != content(&merged)
+    };
     merged["metadata"]["generation"] = json!(if spec_changed {
         generation + 1
     } else {
@@ -836,7 +861,10 @@ async fn write_update(
     let resource = target.resource;
     let mut merged = merge_for_update(resource, target.subresource.as_deref(), old, new);
     api.strategy.prepare_write(resource, &mut merged);
-    defaults::apply(resource.kind, &mut merged);
+    if is_built_in(resource) {
+        defaults::apply(resource.kind, &mut merged);
+    }
+    options.unknown_fields(&api.strategy.prune_and_default(resource, &mut merged))?;
     let released = if resource.plural == "services" && target.subresource.is_none() {
         keep_cluster_ip(old, &mut merged);
         drop_type_dependent_fields(old, &mut merged);

@@ -1,7 +1,11 @@
 //! The resource types the server serves (`apiary_api::resource`), and where each stores its
 //! objects.
 
+use std::sync::Arc;
+
 pub use apiary_api::resource::ResourceInfo as ResourceType;
+
+use super::custom_resources::CustomResources;
 
 /// Storage keys of a resource type's objects.
 pub trait StorageKeys {
@@ -35,18 +39,29 @@ impl StorageKeys for ResourceType {
     }
 }
 
-/// Every served type.
+/// Every served type: the built-ins and the custom resources of CustomResourceDefinitions.
 #[derive(Debug, Default)]
-pub struct Resources;
+pub struct Resources {
+    pub custom: Arc<CustomResources>,
+}
 
 impl Resources {
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
         apiary_api::resource::lookup(group, version, plural)
+            .or_else(|| Some(self.custom.get(group, version, plural)?.info))
     }
 
-    pub fn all(&self) -> &'static [ResourceType] {
-        apiary_api::resource::RESOURCES
+    /// Every served type, built-ins first.
+    pub fn all(&self) -> Vec<&'static ResourceType> {
+        let mut all = apiary_api::resource::built_in();
+        all.extend(self.custom.all());
+        all
     }
+}
+
+/// Whether `resource` is one of the server's own kinds (not a custom resource).
+pub fn is_built_in(resource: &ResourceType) -> bool {
+    apiary_api::resource::RESOURCES.contains(resource)
 }
 
 #[cfg(test)]
@@ -55,7 +70,7 @@ mod tests {
 
     #[test]
     fn keys_separate_groups_types_and_namespaces() {
-        let r = Resources;
+        let r = Resources::default();
         let pods = r.get("", "v1", "pods").unwrap();
         assert_eq!(
             pods.key(Some("default"), "web"),

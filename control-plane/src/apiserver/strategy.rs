@@ -9,17 +9,33 @@ use serde_json::{Value, json};
 
 use super::{
     Api,
+    custom_resources::{CLEANUP_FINALIZER, CustomResources, CustomVersion},
     error::ApiError,
     objects::{self, Result},
     path::Target,
+    resources::is_built_in,
     resources::{ResourceType, StorageKeys as _},
 };
 
-/// Per-type write behaviour. Stateless: everything it needs is in the objects.
+/// Per-type write behaviour: built-in kinds by their rules, custom kinds by their schemas.
 #[derive(Debug, Default)]
-pub struct Strategy;
+pub struct Strategy {
+    /// The custom resources served (shared with [`super::resources::Resources`]).
+    pub custom: Arc<CustomResources>,
+}
 
 impl Strategy {
+    /// What every write of a custom object does to it first: unknown fields and nulls pruned,
+    /// defaults filled in. Returns the unknown fields' paths (empty for built-in kinds).
+    pub fn prune_and_default(&self, resource: &ResourceType, object: &mut Value) -> Vec<String> {
+        let Some(custom) = self.custom.of(resource) else {
+            return Vec::new();
+        };
+        let unknown = apiary_api::structural::prune(&custom.schema, object);
+        apiary_api::structural::default(&custom.schema, object);
+        unknown
+    }
+
     /// What every write (create, update, patch) does to the object as sent before it is
     /// defaulted and validated: the conversion of write-only wire fields.
     pub fn prepare_write(&self, resource: &ResourceType, object: &mut Value) {
@@ -29,11 +45,28 @@ impl Strategy {
         if matches!(resource.plural, "rolebindings" | "clusterrolebindings") {
             apiary_api::rbac_v1::default_binding(object);
         }
+        if *resource == apiary_api::resource::CUSTOM_RESOURCE_DEFINITIONS {
+            default_crd(object);
+        }
     }
 
     /// Defaults and initial status of a new object.
     pub fn prepare_create(&self, resource: &ResourceType, object: &mut Value) -> Result<()> {
-        super::defaults::apply(resource.kind, object);
+        if is_built_in(resource) {
+            super::defaults::apply(resource.kind, object);
+        }
+        if *resource == apiary_api::resource::CUSTOM_RESOURCE_DEFINITIONS {
+            // Its objects go before it does.
+            let finalizers = &mut object["metadata"]["finalizers"];
+            if !finalizers.is_array() {
+                *finalizers = json!([]);
+            }
+            if let Some(list) = finalizers.as_array_mut()
+                && !list.iter().any(|f| f == CLEANUP_FINALIZER)
+            {
+                list.push(json!(CLEANUP_FINALIZER));
+            }
+        }
         match resource.plural {
             "namespaces" => object["status"] = json!({ "phase": "Active" }),
             "pods" => {
@@ -80,6 +113,20 @@ impl Strategy {
         old: Option<&Value>,
     ) -> Result<()> {
         let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        if let Some(custom) = self.custom.of(resource) {
+            return invalid(resource, name, &validate_custom(&custom, object, old)?);
+        }
+        if *resource == apiary_api::resource::CUSTOM_RESOURCE_DEFINITIONS
+            && let Ok(crd) = apiary_api::meta::from_json(object.clone())
+            && let Some(why) = super::custom_resources::conflict_with_built_ins(&crd)
+        {
+            let field = "spec.names.plural";
+            return invalid(
+                resource,
+                name,
+                &vec![validation::FieldError::invalid(field, name, why)],
+            );
+        }
         if resource.plural == "certificatesigningrequests" {
             let mut errors = match old {
                 None => validation::validate_object(resource, object),
@@ -138,6 +185,53 @@ impl Strategy {
             }
             _ => {}
         }
+    }
+}
+
+/// A custom object against its version's schema, and its metadata as every object's.
+fn validate_custom(
+    custom: &CustomVersion,
+    object: &Value,
+    old: Option<&Value>,
+) -> Result<validation::ErrorList> {
+    let meta = |v: &Value| {
+        apiary_api::meta::from_json::<apiary_api::meta::ObjectMeta>(v["metadata"].clone())
+            .map_err(|e| ApiError::bad_request(format!("invalid metadata: {e}")))
+    };
+    let new_meta = meta(object)?;
+    let mut errors = validation::validate_object_meta(
+        &new_meta,
+        custom.info.namespaced,
+        validation::NameRule::Subdomain,
+    );
+    if let Some(old) = old {
+        errors.extend(validation::validate_object_meta_update(
+            &meta(old)?,
+            &new_meta,
+        ));
+    }
+    errors.extend(apiary_api::structural::validate(&custom.schema, object));
+    Ok(errors)
+}
+
+/// A CRD's defaults: `singular` is the kind lowercased, `listKind` the kind + `List`, and
+/// conversion `None`.
+fn default_crd(crd: &mut Value) {
+    let kind = crd["spec"]["names"]["kind"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let names = &mut crd["spec"]["names"];
+    if names.is_object() && !kind.is_empty() {
+        if names["singular"].as_str().is_none_or(str::is_empty) {
+            names["singular"] = json!(kind.to_ascii_lowercase());
+        }
+        if names["listKind"].as_str().is_none_or(str::is_empty) {
+            names["listKind"] = json!(format!("{kind}List"));
+        }
+    }
+    if crd["spec"].is_object() && crd["spec"]["conversion"].is_null() {
+        crd["spec"]["conversion"] = json!({ "strategy": "None" });
     }
 }
 
@@ -287,7 +381,7 @@ async fn dependents(
     for resource in api
         .resources
         .all()
-        .iter()
+        .into_iter()
         .filter(|r| r.verbs.contains(&"list"))
     {
         if namespace.is_some() && !resource.namespaced {
@@ -333,7 +427,7 @@ async fn empty_namespace(api: &Arc<Api>, namespace: &Value) -> Result<()> {
     // Objects with finalizers leave when their finalizers are done; give them a while.
     for attempt in 0..600 {
         let mut left = 0;
-        for resource in api.resources.all().iter().filter(|r| r.namespaced) {
+        for resource in api.resources.all().into_iter().filter(|r| r.namespaced) {
             let target = Target {
                 resource,
                 namespace: Some(ns.clone()),

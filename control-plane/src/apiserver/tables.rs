@@ -763,6 +763,68 @@ fn subjects(binding: &Value, kind: &str) -> String {
         .join(", ")
 }
 
+/// The table of custom objects: `Name`, then the version's `additionalPrinterColumns` (or
+/// `Age` when it has none), as apiextensions-apiserver's table convertor renders them.
+pub fn custom_table(
+    columns: &[apiary_api::apiextensions_v1::PrinterColumn],
+    objects: &[Value],
+    list_metadata: Value,
+) -> Value {
+    use apiary_api::apiextensions_v1::PrinterColumn;
+    let age_column = [PrinterColumn {
+        name: "Age".into(),
+        type_: "date".into(),
+        json_path: ".metadata.creationTimestamp".into(),
+        ..PrinterColumn::default()
+    }];
+    let columns = if columns.is_empty() {
+        &age_column[..]
+    } else {
+        columns
+    };
+    let mut definitions = vec![json!({
+        "name": "Name", "type": "string", "format": "name", "priority": 0,
+        "description": "Name must be unique within a namespace.",
+    })];
+    definitions.extend(columns.iter().map(|c| {
+        json!({
+            "name": c.name, "type": c.type_, "format": c.format,
+            "description": c.description, "priority": c.priority,
+        })
+    }));
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let mut cells = vec![o["metadata"]["name"].clone()];
+            cells.extend(columns.iter().map(|c| {
+                match super::custom_resources::json_path(o, &c.json_path) {
+                    None | Some(Value::Null) => Value::Null,
+                    Some(v) if c.type_ == "date" => json!(age(v)),
+                    Some(v) if matches!(v, Value::Array(_) | Value::Object(_)) => {
+                        json!(v.to_string())
+                    }
+                    Some(v) => v.clone(),
+                }
+            }));
+            json!({
+                "cells": cells,
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": o["metadata"],
+                },
+            })
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_metadata,
+        "columnDefinitions": definitions,
+        "rows": rows,
+    })
+}
+
 fn age(timestamp: &Value) -> String {
     match timestamp.as_str().and_then(parse_time) {
         Some(t) => human_duration((chrono::Utc::now() - t).num_seconds()),

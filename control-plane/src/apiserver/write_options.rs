@@ -17,6 +17,54 @@ pub struct WriteOptions {
     /// answer is what would have been stored, but nothing is stored and nothing it would set
     /// off (allocations, garbage collection) happens.
     pub dry_run: bool,
+    /// What to do about fields the kind does not know (`fieldValidation`).
+    pub field_validation: FieldValidation,
+}
+
+/// `fieldValidation`: what a write does about unknown fields, which are dropped either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FieldValidation {
+    Ignore,
+    /// A `Warning` header per field: Kubernetes' default.
+    #[default]
+    Warn,
+    /// The write fails with a 400 naming them.
+    Strict,
+}
+
+impl FieldValidation {
+    fn parse(value: Option<&String>) -> Result<Self, ApiError> {
+        match value.map(String::as_str) {
+            None | Some("") => Ok(Self::default()),
+            Some("Ignore") => Ok(Self::Ignore),
+            Some("Warn") => Ok(Self::Warn),
+            Some("Strict") => Ok(Self::Strict),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of Ignore, Warn, or Strict, got {other:?}"
+            ))),
+        }
+    }
+}
+
+impl WriteOptions {
+    /// Reports the unknown fields a write dropped, as `fieldValidation` says.
+    pub fn unknown_fields(&self, paths: &[String]) -> Result<(), ApiError> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let each = || paths.iter().map(|p| format!("unknown field {p:?}"));
+        match self.field_validation {
+            FieldValidation::Ignore => Ok(()),
+            FieldValidation::Warn => {
+                each().for_each(super::warnings::add);
+                Ok(())
+            }
+            FieldValidation::Strict => Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                each().collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
 }
 
 impl WriteOptions {
@@ -28,7 +76,10 @@ impl WriteOptions {
             .get("dryRun")
             .map(|v| v.split(',').filter(|v| !v.is_empty()).collect())
             .unwrap_or_default();
-        Self::from_dry_run(&values, kind)
+        Ok(Self {
+            field_validation: FieldValidation::parse(query.get("fieldValidation"))?,
+            ..Self::from_dry_run(&values, kind)?
+        })
     }
 
     /// The options of a delete: its query, and a `DeleteOptions` body's `dryRun` list (what
@@ -46,7 +97,10 @@ impl WriteOptions {
     fn from_dry_run(values: &[&str], kind: &str) -> Result<Self, ApiError> {
         match values {
             [] => Ok(Self::default()),
-            [DRY_RUN_ALL] => Ok(Self { dry_run: true }),
+            [DRY_RUN_ALL] => Ok(Self {
+                dry_run: true,
+                ..Self::default()
+            }),
             _ => {
                 let sent: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
                 let message = format!(

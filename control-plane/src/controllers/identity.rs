@@ -365,7 +365,7 @@ mod tests {
     #[test]
     fn live_pods_with_their_own_network_need_their_label_sets_counted_pod_by_pod() {
         use crate::apiserver::resources::Resources;
-        let namespaces = Cache::new(Resources.get("", "v1", "namespaces").unwrap());
+        let namespaces = Cache::new(Resources::default().get("", "v1", "namespaces").unwrap());
         namespaces.apply(Arc::new(json!({
             "metadata": { "name": "shop", "labels": { "team": "a" } },
         })));

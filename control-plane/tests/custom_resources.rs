@@ -1,0 +1,275 @@
+//! CustomResourceDefinitions through the real kubectl: a CRD's kind is served once it is
+//! written (discovery, short names, categories), its objects are pruned, defaulted and
+//! validated by its schema, shown with its printer columns, and removed with it.
+
+mod support;
+
+use serde_json::Value;
+use support::ControlPlane;
+
+const CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names:
+    plural: widgets
+    singular: widget
+    kind: Widget
+    shortNames: [wd]
+    categories: [all]
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    - {name: Mode, type: string, jsonPath: .spec.mode}
+    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: {type: integer, minimum: 1, maximum: 10}
+              mode: {type: string, enum: [fast, safe], default: safe}
+              labels:
+                type: object
+                additionalProperties: {type: string}
+          status:
+            type: object
+            properties:
+              ready: {type: boolean}
+  - name: v1beta1
+    served: true
+    storage: false
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+"#;
+
+fn widget(name: &str, spec: &str) -> String {
+    format!("apiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+}
+
+fn install(cp: &ControlPlane) {
+    cp.kubectl_stdin(&["apply", "-f", "-"], CRD).success();
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/widgets.example.com",
+        "--timeout=20s",
+    ])
+    .success();
+}
+
+#[test]
+fn a_crd_is_established_and_its_kind_served_with_discovery_names() {
+    let cp = ControlPlane::start();
+    install(&cp);
+    let crd = cp.kubectl_json(&["get", "crd", "widgets.example.com", "-o", "json"]);
+    assert_eq!(crd["status"]["acceptedNames"]["kind"], "Widget", "{crd}");
+    assert_eq!(crd["status"]["storedVersions"], serde_json::json!(["v1"]));
+    assert!(
+        crd["metadata"]["finalizers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "customresourcecleanup.apiextensions.k8s.io")
+    );
+
+    cp.kubectl_stdin(&["apply", "-f", "-"], &widget("w1", "{size: 3}"))
+        .success();
+    // Plural, singular, short name and category all reach it.
+    for name in ["widgets", "widget", "wd", "widgets.example.com"] {
+        let out = cp.kubectl(&["get", name, "-o", "name"]).success();
+        assert_eq!(out.trim(), "widget.example.com/w1", "kubectl get {name}");
+    }
+    let all = cp.kubectl(&["get", "all", "-o", "name"]).success();
+    assert!(all.contains("widget.example.com/w1"), "{all}");
+    // Printer columns in the server's table; `date` columns become ages.
+    let table = cp.kubectl(&["get", "widgets"]).success();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "SIZE", "MODE", "AGE"], "{table}");
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..3], ["w1", "3", "safe"], "{table}");
+    // Every served version presents the same object as its own apiVersion.
+    let beta = cp.kubectl_json(&["get", "widgets.v1beta1.example.com", "w1", "-o", "json"]);
+    assert_eq!(beta["apiVersion"], "example.com/v1beta1");
+    assert_eq!(beta["spec"]["size"], 3);
+    // Label selectors work as for built-ins.
+    cp.kubectl(&["label", "widget", "w1", "tier=front"])
+        .success();
+    let selected = cp
+        .kubectl(&["get", "wd", "-l", "tier=front", "-o", "name"])
+        .success();
+    assert_eq!(selected.trim(), "widget.example.com/w1");
+    assert!(
+        cp.kubectl(&["get", "wd", "-l", "tier=back", "-o", "name"])
+            .success()
+            .trim()
+            .is_empty()
+    );
+}
+
+#[test]
+fn the_schema_prunes_defaults_and_refuses_with_field_paths() {
+    let cp = ControlPlane::start();
+    install(&cp);
+    // kubectl validates strictly by default (fieldValidation=Strict): the unknown field fails.
+    let out = cp
+        .kubectl_stdin(&["apply", "-f", "-"], &widget("w1", "{size: 2, bogus: 1}"))
+        .failure();
+    assert!(out.contains(r#"unknown field "spec.bogus""#), "{out}");
+    // Without validation it is pruned, and the default is filled in.
+    cp.kubectl_stdin(
+        &["apply", "--validate=false", "-f", "-"],
+        &widget("w1", "{size: 2, bogus: 1}"),
+    )
+    .success();
+    let stored = cp.kubectl_json(&["get", "widget", "w1", "-o", "json"]);
+    assert!(stored["spec"].get("bogus").is_none(), "{stored}");
+    assert_eq!(stored["spec"]["mode"], "safe");
+
+    let out = cp
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &widget("w2", "{size: 11, mode: turbo}"),
+        )
+        .failure();
+    assert!(
+        out.contains(
+            "spec.size: Invalid value: 11: spec.size in body should be less than or equal to 10"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"spec.mode: Unsupported value: "turbo""#),
+        "{out}"
+    );
+    let out = cp
+        .kubectl_stdin(&["apply", "-f", "-"], &widget("w3", "{mode: fast}"))
+        .failure();
+    assert!(out.contains("spec.size: Required value"), "{out}");
+    assert!(!cp.kubectl(&["get", "widget", "w2"]).ok());
+}
+
+#[test]
+fn status_is_a_subresource_and_generation_counts_spec_changes() {
+    let cp = ControlPlane::start();
+    install(&cp);
+    // Status sent on create is dropped: it is the status subresource's.
+    cp.kubectl_stdin(
+        &["create", "-f", "-"],
+        &format!("{}status: {{ready: true}}\n", widget("w1", "{size: 1}")),
+    )
+    .success();
+    let created = cp.kubectl_json(&["get", "widget", "w1", "-o", "json"]);
+    assert!(created.get("status").is_none(), "{created}");
+    assert_eq!(created["metadata"]["generation"], 1);
+
+    cp.kubectl(&[
+        "patch",
+        "widget",
+        "w1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"ready":true}}"#,
+    ])
+    .success();
+    let patched = cp.kubectl_json(&["get", "widget", "w1", "-o", "json"]);
+    assert_eq!(patched["status"]["ready"], true);
+    assert_eq!(
+        patched["metadata"]["generation"], 1,
+        "a status write is no new generation"
+    );
+
+    // A main-resource write keeps status and bumps the generation.
+    cp.kubectl(&[
+        "patch",
+        "widget",
+        "w1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"size":5},"status":{"ready":false}}"#,
+    ])
+    .success();
+    let updated = cp.kubectl_json(&["get", "widget", "w1", "-o", "json"]);
+    assert_eq!(updated["spec"]["size"], 5);
+    assert_eq!(updated["status"]["ready"], true);
+    assert_eq!(updated["metadata"]["generation"], 2);
+    // A label is metadata: no new generation.
+    cp.kubectl(&["label", "widget", "w1", "a=b"]).success();
+    let labelled = cp.kubectl_json(&["get", "widget", "w1", "-o", "json"]);
+    assert_eq!(labelled["metadata"]["generation"], 2);
+}
+
+#[test]
+fn deleting_a_crd_removes_its_objects_and_its_kind() {
+    let cp = ControlPlane::start();
+    install(&cp);
+    cp.kubectl(&["create", "namespace", "other"]).ok();
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n",
+    )
+    .success();
+    cp.kubectl_stdin(&["apply", "-f", "-"], &widget("w1", "{size: 1}"))
+        .success();
+    cp.kubectl_stdin(
+        &["apply", "-n", "other", "-f", "-"],
+        &widget("w2", "{size: 2}"),
+    )
+    .success();
+    cp.kubectl(&["delete", "crd", "widgets.example.com", "--timeout=30s"])
+        .success();
+    // kubectl names the resource from its discovery cache or finds it gone from discovery;
+    // either way the server serves it no more.
+    let out = cp.kubectl(&["get", "widgets"]).failure();
+    assert!(
+        out.contains("the server could not find the requested resource")
+            || out.contains("the server doesn't have a resource type"),
+        "{out}"
+    );
+    // Created again, it starts empty: the objects went with it, in every namespace.
+    install(&cp);
+    let listed: Value = cp.kubectl_json(&["get", "widgets", "-A", "-o", "json"]);
+    assert_eq!(listed["items"].as_array().unwrap().len(), 0, "{listed}");
+}
+
+#[test]
+fn bad_crds_are_refused() {
+    let cp = ControlPlane::start();
+    let wrong_name = CRD.replace("name: widgets.example.com", "name: gadgets.example.com");
+    let out = cp
+        .kubectl_stdin(&["apply", "-f", "-"], &wrong_name)
+        .failure();
+    assert!(out.contains("metadata.name: Invalid value"), "{out}");
+    let untyped = CRD.replace(
+        "              size: {type: integer,",
+        "              size: {",
+    );
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &untyped).failure();
+    assert!(
+        out.contains("openAPIV3Schema.properties[spec].properties[size].type: Required value"),
+        "{out}"
+    );
+    let shadowing = CRD
+        .replace("widgets.example.com", "pods.example.com")
+        .replace("plural: widgets", "plural: pods");
+    let out = cp
+        .kubectl_stdin(&["apply", "-f", "-"], &shadowing)
+        .failure();
+    assert!(out.contains("built-in resource"), "{out}");
+    assert!(!cp.kubectl(&["get", "crd", "gadgets.example.com"]).ok());
+}
