@@ -17,6 +17,7 @@
 
 pub mod apiary_v1;
 pub mod apiextensions_v1;
+pub mod apply;
 pub mod apps_v1;
 pub mod autoscaling_v1;
 pub mod batch_v1;

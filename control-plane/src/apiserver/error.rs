@@ -124,6 +124,27 @@ impl ApiError {
         .with_object(resource, group, name)
     }
 
+    /// Server-side apply's 409: the fields other managers own with other values.
+    pub fn apply_conflicts(conflicts: &[apiary_api::apply::Conflict]) -> Self {
+        let mut error = Self::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            apiary_api::apply::conflict_message(conflicts),
+        );
+        let causes: Vec<Value> = conflicts
+            .iter()
+            .map(|c| {
+                json!({
+                    "reason": "FieldManagerConflict",
+                    "message": format!("conflict with {:?} using {}", c.manager, c.api_version),
+                    "field": c.field,
+                })
+            })
+            .collect();
+        error.details = Some(json!({ "causes": causes }));
+        error
+    }
+
     /// 422 with one cause per invalid field, as `Deployment.apps "web" is invalid: …`.
     pub fn invalid(kind: &str, group: &str, name: &str, causes: &[(String, String)]) -> Self {
         let messages: Vec<&str> = causes.iter().map(|(_, m)| m.as_str()).collect();

@@ -57,7 +57,10 @@ pub async fn dispatch(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(tables::wanted);
-    let options = |kind| WriteOptions::from_query(query, kind);
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let options = |kind| WriteOptions::from_request(query, user_agent, kind);
     if sub == Some("scale")
         && let Some(name) = target.name.as_deref()
     {
@@ -166,6 +169,46 @@ fn table(api: &Api, resource: &ResourceType, objects: &[Value], metadata: Value)
     }
 }
 
+/// The list types of `resource`'s objects, for server-side apply: a custom kind's schema, or
+/// the built-in table.
+fn with_shape<T>(
+    api: &Api,
+    resource: &ResourceType,
+    f: impl FnOnce(apiary_api::apply::Shape<'_>) -> T,
+) -> T {
+    match api.resources.custom.of(resource) {
+        Some(custom) => f(apiary_api::apply::Shape::Schema(Some(&custom.schema))),
+        None => f(apiary_api::apply::Shape::BUILT_IN),
+    }
+}
+
+/// Records a client's write of `new` (over `old`) in its `managedFields`: the writer owns what
+/// it changed. The server's own writes (no manager) are not tracked.
+fn track(
+    api: &Api,
+    resource: &ResourceType,
+    old: &Value,
+    new: &mut Value,
+    options: &WriteOptions,
+    subresource: Option<&str>,
+) {
+    let Some(manager) = options.manager() else {
+        return;
+    };
+    let api_version = resource.api_version();
+    with_shape(api, resource, |shape| {
+        apiary_api::apply::record_update(
+            old,
+            new,
+            manager,
+            &api_version,
+            &now(),
+            subresource,
+            shape,
+        );
+    });
+}
+
 fn is_true(value: Option<&String>) -> bool {
     value.is_some_and(|v| v == "true" || v == "1")
 }
@@ -192,21 +235,7 @@ pub(crate) fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Value> {
     let value: Value = match content_type.as_str() {
         "application/json" | "" => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding JSON request body: {e}")))?,
-        // Aliases may not expand a body past the limit its bytes are held to.
-        "application/yaml" | "application/x-yaml" | "text/yaml" => {
-            apiary_api::yaml::from_slice_bounded(body, super::MAX_REQUEST_BODY_BYTES).map_err(
-                |e| match e {
-                    apiary_api::yaml::Error::ExcessiveAliasing { limit } => {
-                        ApiError::request_entity_too_large(format_args!(
-                            "limit is {limit}: the YAML body's aliases expand past it"
-                        ))
-                    }
-                    apiary_api::yaml::Error::Syntax(e) => {
-                        ApiError::bad_request(format!("error decoding YAML request body: {e}"))
-                    }
-                },
-            )?
-        }
+        "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(body)?,
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     if !value.is_object() {
@@ -215,6 +244,18 @@ pub(crate) fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Value> {
         ));
     }
     Ok(value)
+}
+
+/// A YAML (or JSON) body, whose aliases may not expand it past the limit its bytes are held to.
+fn decode_yaml(body: &[u8]) -> Result<Value> {
+    apiary_api::yaml::from_slice_bounded(body, super::MAX_REQUEST_BODY_BYTES).map_err(|e| match e {
+        apiary_api::yaml::Error::ExcessiveAliasing { limit } => ApiError::request_entity_too_large(
+            format_args!("limit is {limit}: the YAML body's aliases expand past it"),
+        ),
+        apiary_api::yaml::Error::Syntax(e) => {
+            ApiError::bad_request(format!("error decoding YAML request body: {e}"))
+        }
+    })
 }
 
 /// A stored object as clients see it: with its resource version, kind and apiVersion.
@@ -249,8 +290,6 @@ fn stored_form(mut object: Value) -> Value {
     apiary_api::meta::strip_nulls(&mut object);
     if let Some(meta) = object["metadata"].as_object_mut() {
         meta.remove("resourceVersion");
-        // Server-side apply's bookkeeping is not kept.
-        meta.remove("managedFields");
     }
     object
 }
@@ -743,6 +782,7 @@ pub async fn create_with(
     api.strategy.prepare_create(resource, &mut object)?;
     api.strategy.validate(resource, &object, None)?;
     super::admission::validate(api, resource, &object, namespace.as_ref()).await?;
+    track(api, resource, &json!({}), &mut object, options, None);
     let claims = if resource.plural == "services" {
         allocator::allocate(api, &mut object).await?
     } else {
@@ -801,6 +841,13 @@ fn merge_for_update(resource: &ResourceType, sub: Option<&str>, old: &Value, new
             merged
         }
     };
+    // An update that does not send managed fields keeps them (an empty list clears them).
+    if merged["metadata"].get("managedFields").is_none()
+        && let Some(managed) = old["metadata"].get("managedFields")
+        && merged["metadata"].is_object()
+    {
+        merged["metadata"]["managedFields"] = managed.clone();
+    }
     for field in [
         "uid",
         "creationTimestamp",
@@ -865,6 +912,14 @@ async fn write_update(
         defaults::apply(resource.kind, &mut merged);
     }
     options.unknown_fields(&api.strategy.prune_and_default(resource, &mut merged))?;
+    track(
+        api,
+        resource,
+        old,
+        &mut merged,
+        options,
+        target.subresource.as_deref(),
+    );
     let released = if resource.plural == "services" && target.subresource.is_none() {
         keep_cluster_ip(old, &mut merged);
         drop_type_dependent_fields(old, &mut merged);
@@ -1205,6 +1260,14 @@ fn conflict(target: &Target, name: &str) -> ApiError {
 
 /// Applies a patch of `content_type` to `object`.
 pub(crate) fn apply_patch(mut object: Value, content_type: &str, body: &[u8]) -> Result<Value> {
+    if content_type == APPLY_PATCH {
+        // What an apply sets, for the checks that judge a write before it is made (escalation,
+        // NodeRestriction): the configuration merged in. The apply itself also removes what
+        // its manager no longer sets, which grants nothing.
+        let config = decode_yaml(body)?;
+        apiary_api::apply::merge(&mut object, &config, apiary_api::apply::Shape::BUILT_IN);
+        return Ok(object);
+    }
     let patch: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     match content_type {
@@ -1220,6 +1283,100 @@ pub(crate) fn apply_patch(mut object: Value, content_type: &str, body: &[u8]) ->
         other => return Err(ApiError::unsupported_media_type(other)),
     }
     Ok(object)
+}
+
+/// Server-side apply's content type.
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
+
+/// `PATCH` with `application/apply-patch+yaml`: the body is the manager's whole intent for the
+/// object; it is merged into the live object (created if missing), fields the manager applied
+/// before and no longer does are removed, and fields another manager owns with another value
+/// are a 409 unless `force=true`.
+async fn server_side_apply(
+    api: &Arc<Api>,
+    target: &Target,
+    name: &str,
+    body: &[u8],
+    options: &WriteOptions,
+) -> Result<Value> {
+    let resource = target.resource;
+    let manager = options
+        .field_manager
+        .clone()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "PatchOptions",
+                "meta.k8s.io",
+                "",
+                &[(
+                    "fieldManager".into(),
+                    "fieldManager: Required value: is required for apply patch".into(),
+                )],
+            )
+        })?;
+    // JSON is YAML too: clients send either.
+    let config = decode_yaml(body)?;
+    if !config.is_object() {
+        return Err(ApiError::bad_request(
+            "the apply configuration must be an object",
+        ));
+    }
+    for field in ["apiVersion", "kind"] {
+        if config[field].as_str().is_none_or(str::is_empty) {
+            return Err(ApiError::bad_request(format!(
+                "invalid object type: {field} not set in the apply configuration"
+            )));
+        }
+    }
+    check_type(resource, &config)?;
+    check_name(&config, name)?;
+    let api_version = resource.api_version();
+    // The apply's managed fields are the whole record of this write: not tracked again.
+    let write = WriteOptions {
+        field_manager: None,
+        default_manager: None,
+        ..options.clone()
+    };
+    for _ in 0..MAX_ATTEMPTS {
+        let live = match get(api, resource, target.namespace.as_deref(), name).await {
+            Ok(live) => Some(live),
+            Err(e) if e.code == StatusCode::NOT_FOUND => None,
+            Err(e) => return Err(e),
+        };
+        let base = live.clone().unwrap_or_else(|| json!({}));
+        let applied = with_shape(api, resource, |shape| {
+            apiary_api::apply::apply(
+                &base,
+                &config,
+                &manager,
+                &api_version,
+                &now(),
+                options.force,
+                shape,
+            )
+        })
+        .map_err(|conflicts| ApiError::apply_conflicts(&conflicts))?;
+        let mut object = applied;
+        let Some(live) = live else {
+            object["apiVersion"] = json!(api_version);
+            object["kind"] = json!(resource.kind);
+            object["metadata"]["name"] = json!(name);
+            let created = create_with(api, target, object, &write).await;
+            match created {
+                // Created by someone else meanwhile: apply to that.
+                Err(e) if e.reason == "AlreadyExists" => continue,
+                other => return other,
+            }
+        };
+        let pinned = object_revision(&config)?;
+        let expected = pinned.unwrap_or(object_revision(&live)?.unwrap_or_default());
+        match write_update(api, target, name, &live, object, expected, &write).await {
+            Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
+            other => return other,
+        }
+    }
+    Err(conflict(target, name))
 }
 
 /// kube-apiserver's `maxJSONPatchOperations`.
@@ -1305,6 +1462,9 @@ pub async fn patch_with(
     body: &[u8],
     options: &WriteOptions,
 ) -> Result<Value> {
+    if content_type == APPLY_PATCH {
+        return server_side_apply(api, target, name, body, options).await;
+    }
     // A resourceVersion the patch itself sets is a precondition; otherwise the patch applies to
     // whatever is current.
     let patch: Value = serde_json::from_slice(body)

@@ -19,7 +19,18 @@ pub struct WriteOptions {
     pub dry_run: bool,
     /// What to do about fields the kind does not know (`fieldValidation`).
     pub field_validation: FieldValidation,
+    /// Who is writing, for `managedFields`: `fieldManager` as the client named it.
+    pub field_manager: Option<String>,
+    /// The manager of a client that names none: its `User-Agent` up to the first `/`
+    /// (kube-apiserver's default). Both are `None` for the server's own writes, which are not
+    /// tracked.
+    pub default_manager: Option<String>,
+    /// `force=true`: an apply takes the fields other managers own.
+    pub force: bool,
 }
+
+/// kube-apiserver's limit on `fieldManager`.
+const MAX_FIELD_MANAGER_LENGTH: usize = 128;
 
 /// `fieldValidation`: what a write does about unknown fields, which are dropped either way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -76,8 +87,31 @@ impl WriteOptions {
             .get("dryRun")
             .map(|v| v.split(',').filter(|v| !v.is_empty()).collect())
             .unwrap_or_default();
+        let field_manager = query.get("fieldManager").filter(|m| !m.is_empty());
+        if let Some(manager) = field_manager {
+            let bad = if manager.len() > MAX_FIELD_MANAGER_LENGTH {
+                Some(format!(
+                    "must be at most {MAX_FIELD_MANAGER_LENGTH} characters"
+                ))
+            } else if manager.chars().any(|c| c.is_control() || !c.is_ascii()) {
+                Some("must only contain printable characters".to_owned())
+            } else {
+                None
+            };
+            if let Some(why) = bad {
+                let message = format!("fieldManager: Invalid value: {manager:?}: {why}");
+                return Err(ApiError::invalid(
+                    kind,
+                    "meta.k8s.io",
+                    "",
+                    &[("fieldManager".to_owned(), message)],
+                ));
+            }
+        }
         Ok(Self {
             field_validation: FieldValidation::parse(query.get("fieldValidation"))?,
+            field_manager: field_manager.cloned(),
+            force: query.get("force").is_some_and(|f| f == "true"),
             ..Self::from_dry_run(&values, kind)?
         })
     }
@@ -92,6 +126,30 @@ impl WriteOptions {
             options.dry_run |= from_body.dry_run;
         }
         Ok(options)
+    }
+
+    /// The options of a request from a client: the manager defaults to its `User-Agent`'s
+    /// product (`kubectl/v1.32.0 (linux/amd64) …` writes as `kubectl`).
+    pub fn from_request(
+        query: &HashMap<String, String>,
+        user_agent: Option<&str>,
+        kind: &str,
+    ) -> Result<Self, ApiError> {
+        let mut options = Self::from_query(query, kind)?;
+        let product = user_agent
+            .and_then(|ua| ua.split('/').next())
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .unwrap_or("unknown");
+        options.default_manager = Some(product.chars().take(MAX_FIELD_MANAGER_LENGTH).collect());
+        Ok(options)
+    }
+
+    /// Who the write's `managedFields` name, if it is tracked.
+    pub fn manager(&self) -> Option<&str> {
+        self.field_manager
+            .as_deref()
+            .or(self.default_manager.as_deref())
     }
 
     fn from_dry_run(values: &[&str], kind: &str) -> Result<Self, ApiError> {

@@ -1,0 +1,260 @@
+//! Server-side apply through the real kubectl: `managedFields` on every write, two managers
+//! sharing and fighting over fields, `--force-conflicts`, fields an applier drops, map lists
+//! merged per item, and the dry-run and diff forms.
+
+mod support;
+
+use serde_json::Value;
+use support::ControlPlane;
+
+fn config_map(data: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings}}\ndata: {data}\n")
+}
+
+fn managers(object: &Value) -> Vec<(String, String)> {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["manager"].as_str().unwrap().to_owned(),
+                e["operation"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn get(cp: &ControlPlane) -> Value {
+    cp.kubectl_json(&[
+        "get",
+        "configmap",
+        "settings",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ])
+}
+
+#[test]
+fn two_managers_share_fields_conflict_and_force() {
+    let cp = ControlPlane::start();
+    cp.kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        &config_map("{mode: fast, extra: x}"),
+    )
+    .success();
+    let created = get(&cp);
+    assert_eq!(created["data"]["mode"], "fast");
+    assert_eq!(managers(&created), [("kubectl".into(), "Apply".into())]);
+    let fields = &created["metadata"]["managedFields"][0]["fieldsV1"];
+    assert_eq!(
+        fields["f:data"]["f:mode"],
+        serde_json::json!({}),
+        "{fields}"
+    );
+
+    // A second manager setting the same value shares it; another value is a conflict.
+    cp.kubectl_stdin(
+        &["apply", "--server-side", "--field-manager=ops", "-f", "-"],
+        &config_map("{mode: fast}"),
+    )
+    .success();
+    let out = cp
+        .kubectl_stdin(
+            &["apply", "--server-side", "--field-manager=ops", "-f", "-"],
+            &config_map("{mode: slow}"),
+        )
+        .failure();
+    assert!(
+        out.contains(
+            r#"Apply failed with 1 conflict: conflict with "kubectl" using v1: .data.mode"#
+        ),
+        "{out}"
+    );
+    assert_eq!(
+        get(&cp)["data"]["mode"],
+        "fast",
+        "a conflict changes nothing"
+    );
+
+    cp.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=ops",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        &config_map("{mode: slow}"),
+    )
+    .success();
+    let forced = get(&cp);
+    assert_eq!(forced["data"]["mode"], "slow");
+    // kubectl lost `mode` to ops, and may now apply a config without it without conflict.
+    cp.kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        &config_map("{extra: x}"),
+    )
+    .success();
+    assert_eq!(get(&cp)["data"]["mode"], "slow");
+}
+
+#[test]
+fn fields_an_applier_stops_setting_are_removed() {
+    let cp = ControlPlane::start();
+    cp.kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        &config_map("{a: '1', b: '2'}"),
+    )
+    .success();
+    cp.kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        &config_map("{a: '1'}"),
+    )
+    .success();
+    let now = get(&cp);
+    assert_eq!(now["data"], serde_json::json!({"a": "1"}), "{now}");
+
+    // An ordinary write by another client is tracked as an Update, and that field stays
+    // when the applier's config never names it.
+    cp.kubectl(&[
+        "patch",
+        "configmap",
+        "settings",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"c":"3"}}"#,
+    ])
+    .success();
+    let patched = get(&cp);
+    assert!(
+        managers(&patched).contains(&("kubectl-patch".into(), "Update".into())),
+        "{:?}",
+        managers(&patched)
+    );
+    cp.kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        &config_map("{a: '2'}"),
+    )
+    .success();
+    assert_eq!(get(&cp)["data"], serde_json::json!({"a": "2", "c": "3"}));
+}
+
+#[test]
+fn apply_dry_run_and_diff_change_nothing() {
+    let cp = ControlPlane::start();
+    cp.kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        &config_map("{mode: fast}"),
+    )
+    .success();
+    let answer: Value = serde_json::from_str(
+        &cp.kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "-o",
+                "json",
+                "-f",
+                "-",
+            ],
+            &config_map("{mode: slow}"),
+        )
+        .success(),
+    )
+    .unwrap();
+    assert_eq!(answer["data"]["mode"], "slow");
+    let out = cp
+        .kubectl_stdin(
+            &["diff", "--server-side", "-f", "-"],
+            &config_map("{mode: slow}"),
+        )
+        .failure();
+    assert!(
+        out.contains("-  mode: fast") && out.contains("+  mode: slow"),
+        "{out}"
+    );
+    assert_eq!(get(&cp)["data"]["mode"], "fast");
+}
+
+#[test]
+fn map_lists_merge_per_item_between_managers() {
+    let cp = ControlPlane::start();
+    let deployment = |container: &str| {
+        format!(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - {{name: {container}, image: localhost/busybox:latest}}
+"#
+        )
+    };
+    cp.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=team-a",
+            "-f",
+            "-",
+        ],
+        &deployment("web"),
+    )
+    .success();
+    cp.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=team-b",
+            "-f",
+            "-",
+        ],
+        &deployment("sidecar"),
+    )
+    .success();
+    let live = cp.kubectl_json(&["get", "deployment", "web", "-o", "json"]);
+    let names: Vec<&str> = live["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["web", "sidecar"],
+        "both managers' containers are kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_apply_without_a_field_manager_is_refused() {
+    let cp = ControlPlane::start();
+    let url = format!(
+        "https://{}/api/v1/namespaces/default/configmaps/x",
+        cp.server_addr()
+    );
+    let response = cp
+        .https_client()
+        .patch(url)
+        .bearer_auth(cp.token())
+        .header("Content-Type", "application/apply-patch+yaml")
+        .body("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 422);
+    let status: Value = response.json().await.unwrap();
+    assert_eq!(
+        status["details"]["causes"][0]["field"], "fieldManager",
+        "{status}"
+    );
+}
