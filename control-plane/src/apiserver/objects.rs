@@ -1105,16 +1105,45 @@ pub(crate) fn put_pod_scheduled(pod: &mut Value, condition: Value) {
     status["conditions"] = json!(conditions);
 }
 
+/// Where a scalable kind keeps its replica counts and selector: a custom kind's `scale`
+/// subresource paths, or `spec.replicas`, `status.replicas` and `spec.selector` of the built-ins.
+type ScalePaths = Option<apiary_api::apiextensions_v1::ScaleSubresource>;
+
 /// The `Scale` (autoscaling/v1) view of a scalable object.
-fn to_scale(object: &Value) -> Value {
-    let selector = &object["spec"]["selector"];
-    let mut terms: Vec<String> = selector["matchLabels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-        .collect();
-    terms.sort();
+fn to_scale(object: &Value, paths: &ScalePaths) -> Value {
+    let count = |path: &str| {
+        super::custom_resources::json_path(object, path)
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    };
+    let (spec_replicas, status_replicas, selector) = match paths {
+        Some(paths) => (
+            count(&paths.spec_replicas_path),
+            count(&paths.status_replicas_path),
+            // A custom kind's selector path holds the selector in its string form.
+            paths
+                .label_selector_path
+                .as_deref()
+                .and_then(|p| super::custom_resources::json_path(object, p))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        None => {
+            let mut terms: Vec<String> = object["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            terms.sort();
+            (
+                count(".spec.replicas"),
+                count(".status.replicas"),
+                terms.join(","),
+            )
+        }
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -1125,11 +1154,8 @@ fn to_scale(object: &Value) -> Value {
             "resourceVersion": object["metadata"]["resourceVersion"],
             "creationTimestamp": object["metadata"]["creationTimestamp"],
         },
-        "spec": { "replicas": object["spec"]["replicas"].as_i64().unwrap_or(0) },
-        "status": {
-            "replicas": object["status"]["replicas"].as_i64().unwrap_or(0),
-            "selector": terms.join(","),
-        },
+        "spec": { "replicas": spec_replicas },
+        "status": { "replicas": status_replicas, "selector": selector },
     })
 }
 
@@ -1147,9 +1173,14 @@ async fn scale(
         subresource: None,
         ..target.clone()
     };
+    let paths: ScalePaths = api
+        .resources
+        .custom
+        .of(target.resource)
+        .and_then(|custom| custom.scale.clone());
     for _ in 0..MAX_ATTEMPTS {
         let old = get(api, target.resource, target.namespace.as_deref(), name).await?;
-        let current = to_scale(&old);
+        let current = to_scale(&old, &paths);
         let (desired, pinned) = match *method {
             Method::GET => return Ok(current),
             Method::PUT => {
@@ -1188,10 +1219,17 @@ async fn scale(
             ));
         }
         let mut new = old.clone();
-        new["spec"]["replicas"] = json!(replicas);
+        match &paths {
+            Some(paths) => super::custom_resources::set_json_path(
+                &mut new,
+                &paths.spec_replicas_path,
+                json!(replicas),
+            ),
+            None => new["spec"]["replicas"] = json!(replicas),
+        }
         let expected = pinned.unwrap_or(object_revision(&old)?.unwrap_or_default());
         match write_update(api, &parent, name, &old, new, expected, options).await {
-            Ok(updated) => return Ok(to_scale(&updated)),
+            Ok(updated) => return Ok(to_scale(&updated, &paths)),
             Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
             Err(e) => return Err(e),
         }
