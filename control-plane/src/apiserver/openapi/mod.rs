@@ -31,7 +31,8 @@ use schemas::Catalog;
 const JSON: &str = "application/json";
 /// The protobuf form of v2 (gnostic's `openapi.v2.Document`), what kubectl asks v2 in.
 const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
-/// Its other spelling, which kube-apiserver also serves.
+/// Its other spelling, which kube-apiserver also accepts and answers both with: Go's
+/// `mime.ParseMediaType` rejects the `@`, so client-go fails on a response labelled with it.
 const V2_PROTOBUF_DOTTED: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
 
 /// The definitions every document draws from.
@@ -173,9 +174,9 @@ pub async fn v2(headers: HeaderMap) -> Response {
     let documents = documents().await;
     match negotiate(&headers, &[JSON, V2_PROTOBUF, V2_PROTOBUF_DOTTED]) {
         Some(JSON) => serve(&documents.v2_json, JSON, &headers, Caching::Revalidate),
-        Some(protobuf) => serve(
+        Some(_) => serve(
             &documents.v2_protobuf,
-            protobuf,
+            V2_PROTOBUF_DOTTED,
             &headers,
             Caching::Revalidate,
         ),
@@ -436,7 +437,7 @@ mod tests {
         assert_eq!(swagger["swagger"], "2.0");
 
         let protobuf = v2(headers(&[(header::ACCEPT, V2_PROTOBUF)])).await;
-        assert_eq!(protobuf.headers()[header::CONTENT_TYPE], V2_PROTOBUF);
+        assert_eq!(protobuf.headers()[header::CONTENT_TYPE], V2_PROTOBUF_DOTTED);
         let bytes = body(protobuf).await;
         // Field 1 of the Document, `swagger`: "2.0".
         assert_eq!(&bytes[..5], b"\x0a\x032.0");

@@ -83,6 +83,9 @@ impl Catalog {
                 json!([gvk.to_json()]),
             );
         }
+        for schema in definitions.values_mut() {
+            drop_required_metadata(schema);
+        }
         add_patch_extensions(&mut definitions);
         Self { definitions, kinds }
     }
@@ -237,6 +240,20 @@ impl JsonSchema for SecurityIdentity {
     }
 }
 
+/// k8s-openapi lists `metadata` as required in every kind (its Rust field is not optional);
+/// Kubernetes' schemas never do, and `kubectl explain` would show it as `-required-`.
+fn drop_required_metadata(schema: &mut Value) {
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    if let Some(Value::Array(required)) = object.get_mut("required") {
+        required.retain(|field| field != "metadata");
+        if required.is_empty() {
+            object.remove("required");
+        }
+    }
+}
+
 /// Calls `f` with the target of every `$ref` in `schema`.
 pub fn for_each_ref(schema: &Value, f: &mut impl FnMut(&str)) {
     match schema {
@@ -375,6 +392,12 @@ mod tests {
             assert!(
                 schema["properties"]["metadata"].is_object(),
                 "{} has metadata",
+                published.name
+            );
+            let mut required = schema["required"].as_array().into_iter().flatten();
+            assert!(
+                !required.any(|field| field == "metadata"),
+                "{}: Kubernetes never requires metadata",
                 published.name
             );
         }
