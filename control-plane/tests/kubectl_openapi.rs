@@ -91,6 +91,21 @@ fn apply_of_a_list_validates_its_items_against_openapi_v2() {
         .success();
     assert_eq!(replicas, "2");
 
+    // What `kubectl get -o yaml` writes (a List, with status and server-set metadata) passes
+    // the same validation.
+    let listed = cp
+        .kubectl(&[
+            "get",
+            "namespaces,serviceaccounts,configmaps,services,deployments,replicasets,pods,roles,clusterroles",
+            "-A",
+            "-o",
+            "yaml",
+        ])
+        .success();
+    assert!(listed.starts_with("apiVersion: v1\nitems:"), "{listed}");
+    cp.kubectl_stdin(&["apply", "--dry-run=client", "-f", "-"], &listed)
+        .success();
+
     // An unknown field fails validation on the client, before anything is written.
     let typo = LIST
         .replace("replicas: 1", "replicasx: 1")
