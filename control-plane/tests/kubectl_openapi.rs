@@ -60,6 +60,17 @@ fn explain_reads_the_schemas_of_built_in_kinds() {
         "{recursive}"
     );
 
+    // The explain of kubectl before 1.27 reads v2.
+    let v2 = cp
+        .kubectl(&[
+            "explain",
+            "deployment.spec.strategy",
+            "--output=plaintext-openapiv2",
+        ])
+        .success();
+    assert!(v2.contains("RESOURCE: strategy <Object>"), "{v2}");
+    assert!(v2.contains("rollingUpdate\t<Object>"), "{v2}");
+
     let identity = cp
         .kubectl(&["explain", "securityidentity.labels"])
         .success();
