@@ -8,7 +8,7 @@
 //! immutable (`Cache-Control: public, immutable`), so clients' disk caches never ask again.
 
 mod gnostic;
-pub mod schemas;
+mod schemas;
 mod v2;
 mod v3;
 
@@ -18,7 +18,7 @@ use std::{
 };
 
 use axum::{
-    body::Body,
+    body::{Body, Bytes},
     extract::{Path, RawQuery},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -94,7 +94,8 @@ const PATCH_CONTENT_TYPES: &[&str] = &[
 /// One document's bytes and ETag.
 #[derive(Debug)]
 struct Served {
-    body: Vec<u8>,
+    /// Shared by every response (cloning it does not copy).
+    body: Bytes,
     /// Unquoted, as in the index's `?hash=`.
     etag: String,
 }
@@ -111,7 +112,10 @@ impl Served {
     /// kube-openapi's does.
     fn with_etag(body: Vec<u8>, etag: Option<&str>) -> Self {
         let etag = etag.map_or_else(|| etag_of(&body), str::to_owned);
-        Self { body, etag }
+        Self {
+            body: body.into(),
+            etag,
+        }
     }
 }
 
