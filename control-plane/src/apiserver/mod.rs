@@ -19,6 +19,7 @@ pub mod inflight;
 pub mod kubelet_client;
 pub mod node_proxy;
 pub mod objects;
+pub mod openapi;
 pub mod path;
 pub mod pki;
 pub mod protobuf;
@@ -226,9 +227,9 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
             "/openid/v1/jwks",
             get(|State(api): State<Arc<Api>>| async move { oidc(&api, |i| i.jwks()) }),
         )
-        .route("/openapi/v2", get(discovery::openapi_v2))
-        .route("/openapi/v3", get(discovery::openapi_v3))
-        .route("/openapi/v3/{*path}", get(discovery::openapi_v3_group))
+        .route("/openapi/v2", get(openapi::v2))
+        .route("/openapi/v3", get(openapi::v3_index))
+        .route("/openapi/v3/{*path}", get(openapi::v3_group_version))
         .route(
             "/apis/authentication.k8s.io/v1/selfsubjectreviews",
             any(authn::review::self_subject_reviews),
