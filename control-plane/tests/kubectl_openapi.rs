@@ -183,7 +183,6 @@ fn strict_apply_of_one_object_leaves_validation_to_the_server() {
 }
 
 #[test]
-#[ignore = "the server does not yet reject unknown fields under fieldValidation=Strict (objects.rs)"]
 fn strict_apply_of_an_unknown_field_fails_naming_it() {
     let cp = ControlPlane::start();
     let typo = r#"

@@ -169,6 +169,23 @@ fn table(api: &Api, resource: &ResourceType, objects: &[Value], metadata: Value)
     }
 }
 
+/// A custom object is pruned and defaulted by its schema; the unknown fields it had, or those
+/// a client's built-in object has (found by its OpenAPI schema, and kept), are reported as the
+/// request's `fieldValidation` says.
+fn prune_and_check_fields(
+    api: &Api,
+    resource: &ResourceType,
+    object: &mut Value,
+    options: &WriteOptions,
+) -> Result<()> {
+    let unknown = api.strategy.prune_and_default(resource, object);
+    options.unknown_fields(&unknown)?;
+    if options.validates_fields() && is_built_in(resource) {
+        options.unknown_fields(&super::openapi::unknown_fields(resource, object))?;
+    }
+    Ok(())
+}
+
 /// The list types of `resource`'s objects, for server-side apply: a custom kind's schema, or
 /// the built-in table.
 fn with_shape<T>(
@@ -770,7 +787,7 @@ pub async fn create_with(
         obj.remove("deletionGracePeriodSeconds");
     }
     api.strategy.prepare_write(resource, &mut object);
-    options.unknown_fields(&api.strategy.prune_and_default(resource, &mut object))?;
+    prune_and_check_fields(api, resource, &mut object, options)?;
     // Mutating admission comes before defaults and validation, as in kube-apiserver: what
     // it adds is defaulted and validated like the rest. Its first plugin is the namespace's
     // lifecycle: nothing is created in a namespace that is missing or terminating.
@@ -911,7 +928,7 @@ async fn write_update(
     if is_built_in(resource) {
         defaults::apply(resource.kind, &mut merged);
     }
-    options.unknown_fields(&api.strategy.prune_and_default(resource, &mut merged))?;
+    prune_and_check_fields(api, resource, &mut merged, options)?;
     track(
         api,
         resource,

@@ -26,7 +26,7 @@ pub struct Strategy {
 
 impl Strategy {
     /// What every write of a custom object does to it first: unknown fields and nulls pruned,
-    /// defaults filled in. Returns the unknown fields' paths (empty for built-in kinds).
+    /// defaults filled in. Returns the unknown fields' paths (none for built-in kinds).
     pub fn prune_and_default(&self, resource: &ResourceType, object: &mut Value) -> Vec<String> {
         let Some(custom) = self.custom.of(resource) else {
             return Vec::new();

@@ -145,6 +145,11 @@ impl WriteOptions {
         Ok(options)
     }
 
+    /// Whether a client's write is checked for fields its kind does not know.
+    pub fn validates_fields(&self) -> bool {
+        self.manager().is_some() && self.field_validation != FieldValidation::Ignore
+    }
+
     /// Who the write's `managedFields` name, if it is tracked.
     pub fn manager(&self) -> Option<&str> {
         self.field_manager

@@ -7,6 +7,7 @@
 //! `If-None-Match` gets a 304, and a v3 document fetched by its `?hash=` URL from the index is
 //! immutable (`Cache-Control: public, immutable`), so clients' disk caches never ask again.
 
+mod fields;
 mod gnostic;
 mod schemas;
 mod v2;
@@ -40,6 +41,11 @@ static CATALOG: LazyLock<Catalog> = LazyLock::new(Catalog::generate);
 
 fn catalog() -> &'static Catalog {
     &CATALOG
+}
+
+/// The fields of a built-in object its kind's schema has no place for (see [`fields`]).
+pub fn unknown_fields(resource: &ResourceType, object: &serde_json::Value) -> Vec<String> {
+    fields::unknown(catalog(), resource, object)
 }
 
 /// The path of one object of `r`, as the documents list it.

@@ -196,6 +196,9 @@ fn add_kind(generator: &mut SchemaGenerator, group: &str, kind: &str) -> Option<
         ("rbac.authorization.k8s.io", "ClusterRoleBinding") => add::<rbac::ClusterRoleBinding>(g),
         ("rbac.authorization.k8s.io", "Role") => add::<rbac::Role>(g),
         ("rbac.authorization.k8s.io", "RoleBinding") => add::<rbac::RoleBinding>(g),
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => add::<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        >(g),
         ("apiary.dev", "SecurityIdentity") => add::<SecurityIdentity>(g),
         _ => None,
     }
