@@ -273,3 +273,17 @@ fn bad_crds_are_refused() {
     assert!(out.contains("built-in resource"), "{out}");
     assert!(!cp.kubectl(&["get", "crd", "gadgets.example.com"]).ok());
 }
+
+#[test]
+fn kubectl_explain_reads_a_custom_kinds_schema() {
+    let cp = ControlPlane::start();
+    install(&cp);
+    let out = cp.kubectl(&["explain", "widget.spec"]).success();
+    assert!(out.contains("GROUP:      example.com"), "{out}");
+    assert!(out.contains("size") && out.contains("mode"), "{out}");
+    let out = cp.kubectl(&["explain", "widgets.spec.mode"]).success();
+    assert!(
+        out.contains("enum: fast, safe") || out.contains("<string>"),
+        "{out}"
+    );
+}

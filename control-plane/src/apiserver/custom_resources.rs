@@ -55,6 +55,13 @@ impl CustomResources {
             .filter(|v| std::ptr::eq(v.info, info) || *v.info == *info)
     }
 
+    /// Every served custom version with its schema, by group, version and plural.
+    pub fn versions(&self) -> Vec<Arc<CustomVersion>> {
+        let mut versions: Vec<Arc<CustomVersion>> = self.read().values().cloned().collect();
+        versions.sort_by_key(|v| (v.info.group, v.info.version, v.info.plural));
+        versions
+    }
+
     /// Every served custom version.
     pub fn all(&self) -> Vec<&'static ResourceInfo> {
         let mut all: Vec<&'static ResourceInfo> = self.read().values().map(|v| v.info).collect();

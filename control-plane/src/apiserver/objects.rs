@@ -227,7 +227,7 @@ fn track(
 }
 
 fn is_true(value: Option<&String>) -> bool {
-    value.is_some_and(|v| v == "true" || v == "1")
+    value.is_some_and(|v| super::write_options::parse_bool(v))
 }
 
 fn json_response(code: StatusCode, value: Value) -> Result<Response> {

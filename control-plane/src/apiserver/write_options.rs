@@ -29,6 +29,12 @@ pub struct WriteOptions {
     pub force: bool,
 }
 
+/// A boolean query parameter as Go's `strconv.ParseBool` reads it (the Python client sends
+/// `True`).
+pub fn parse_bool(value: &str) -> bool {
+    matches!(value, "1" | "t" | "T" | "true" | "TRUE" | "True")
+}
+
 /// kube-apiserver's limit on `fieldManager`.
 const MAX_FIELD_MANAGER_LENGTH: usize = 128;
 
@@ -111,7 +117,7 @@ impl WriteOptions {
         Ok(Self {
             field_validation: FieldValidation::parse(query.get("fieldValidation"))?,
             field_manager: field_manager.cloned(),
-            force: query.get("force").is_some_and(|f| f == "true"),
+            force: query.get("force").is_some_and(|f| parse_bool(f)),
             ..Self::from_dry_run(&values, kind)?
         })
     }

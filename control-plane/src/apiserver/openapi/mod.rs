@@ -2,7 +2,8 @@
 //! the schema of every served kind, which `kubectl explain` reads (v3), and which `kubectl apply`
 //! and `create` validate a `kind: List` against on the client (v2, in gnostic's protobuf form).
 //!
-//! Every document is built once, on first use (the kinds are fixed at compile time), with an
+//! The built-in kinds' documents are built once, on first use; a custom group version's is
+//! built from its CRDs when asked for. Each has an
 //! ETag that is the SHA-512 of its bytes in upper-case hex, kube-openapi's: a matching
 //! `If-None-Match` gets a 304, and a v3 document fetched by its `?hash=` URL from the index is
 //! immutable (`Cache-Control: public, immutable`), so clients' disk caches never ask again.
@@ -15,17 +16,17 @@ mod v3;
 
 use std::{
     collections::BTreeMap,
-    sync::{LazyLock, OnceLock},
+    sync::{Arc, LazyLock, OnceLock},
 };
 
 use axum::{
     body::{Body, Bytes},
-    extract::{Path, RawQuery},
+    extract::{Path, RawQuery, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 
-use super::{error::ApiError, resources::ResourceType};
+use super::{Api, error::ApiError, resources::ResourceType};
 use schemas::Catalog;
 
 /// JSON, what kubectl asks v3 documents and the v3 index in.
@@ -95,6 +96,7 @@ const PATCH_CONTENT_TYPES: &[&str] = &[
     "application/json-patch+json",
     "application/merge-patch+json",
     "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",
 ];
 
 /// One document's bytes and ETag.
@@ -195,22 +197,58 @@ pub async fn v2(headers: HeaderMap) -> Response {
 }
 
 /// `GET /openapi/v3`: where each group version's document is, by a URL carrying its hash.
-pub async fn v3_index(headers: HeaderMap) -> Response {
+pub async fn v3_index(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
     let documents = documents().await;
-    serve(&documents.v3_index, JSON, &headers, Caching::Revalidate)
+    let custom = custom_documents(&api);
+    if custom.is_empty() {
+        return serve(&documents.v3_index, JSON, &headers, Caching::Revalidate);
+    }
+    let index = v3::index(
+        documents
+            .v3
+            .iter()
+            .chain(custom.iter())
+            .map(|(path, doc)| (path.as_str(), doc.etag.as_str())),
+    );
+    serve(&Served::json(&index), JSON, &headers, Caching::Revalidate)
+}
+
+/// The documents of the custom group versions served now, built from their CRDs' schemas.
+fn custom_documents(api: &Api) -> BTreeMap<String, Served> {
+    let mut by_group_version: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for version in api.resources.custom.versions() {
+        let path = v3::path_of(version.info.group, version.info.version);
+        by_group_version.entry(path).or_default().push(version);
+    }
+    by_group_version
+        .into_iter()
+        .map(|(path, kinds)| {
+            let document = v3::custom_document(catalog(), &kinds);
+            (path, Served::json(&document))
+        })
+        .collect()
 }
 
 /// `GET /openapi/v3/api/v1`, `/openapi/v3/apis/{group}/{version}`: one group version's
 /// document. With the `?hash=` of the index it is immutable; with a stale hash it redirects
 /// to the current one (301), as kube-openapi does.
 pub async fn v3_group_version(
+    State(api): State<Arc<Api>>,
     Path(path): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let documents = documents().await;
-    let Some(document) = documents.v3.get(&path) else {
-        return ApiError::no_route(&format!("/openapi/v3/{path}")).into_response();
+    let custom;
+    let document = match documents.v3.get(&path) {
+        Some(document) => document,
+        None => {
+            custom = custom_documents(&api);
+            let Some(document) = custom.get(&path) else {
+                return ApiError::no_route(&format!("/openapi/v3/{path}")).into_response();
+            };
+            document
+        }
     };
     if negotiate(&headers, &[JSON]).is_none() {
         return not_acceptable();

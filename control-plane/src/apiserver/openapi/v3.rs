@@ -79,44 +79,95 @@ pub fn document(catalog: &Catalog, group: &str, version: &str) -> Value {
             kind: r.kind,
         }]
             .name;
-        let gvk = json!({ "group": r.group, "kind": r.kind, "version": r.version });
-        let body = json!({ "schema": { "$ref": format!("{COMPONENTS_PREFIX}{kind}") } });
-        let parameters: Vec<Value> = WRITE_QUERY_PARAMETERS
-            .iter()
-            .map(|name| json!({ "name": name, "in": "query", "schema": { "type": "string", "uniqueItems": true } }))
-            .collect();
-        let operation = |verb: &str, action: &str, content: Value| {
-            json!({
-                "operationId": operation_id(verb, r),
-                "parameters": parameters,
-                "requestBody": { "content": content, "required": true },
-                "responses": { "200": { "description": "OK", "content": { "application/json": body } } },
-                "x-kubernetes-action": action,
-                "x-kubernetes-group-version-kind": gvk,
-            })
-        };
-        let patch_content: Map<String, Value> = PATCH_CONTENT_TYPES
-            .iter()
-            .map(|ct| ((*ct).to_owned(), json!({ "schema": { "type": "object" } })))
-            .collect();
-        let mut path_parameters = vec![
-            json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string", "uniqueItems": true } }),
-        ];
-        if r.namespaced {
-            path_parameters.push(json!({ "name": "namespace", "in": "path", "required": true, "schema": { "type": "string", "uniqueItems": true } }));
-        }
-        paths.insert(
-            item_path(r),
-            json!({
-                "parameters": path_parameters,
-                "patch": operation("patch", "patch", Value::Object(patch_content)),
-                "put": operation("replace", "put", json!({ "application/json": body })),
-            }),
-        );
+        paths.insert(item_path(r), path_item(r, kind));
     }
     json!({
         "openapi": "3.0.0",
         "info": { "title": "Kubernetes", "version": "v1.32.0" },
+        "paths": paths,
+        "components": { "schemas": schemas },
+    })
+}
+
+/// The operations of one object's path: PATCH (with every patch type and `fieldValidation`,
+/// which tells kubectl the server validates fields) and PUT, with their kind's schema.
+fn path_item(r: &apiary_api::resource::ResourceInfo, kind: &str) -> Value {
+    let gvk = json!({ "group": r.group, "kind": r.kind, "version": r.version });
+    let body = json!({ "schema": { "$ref": format!("{COMPONENTS_PREFIX}{kind}") } });
+    let parameters: Vec<Value> = WRITE_QUERY_PARAMETERS
+        .iter()
+        .map(|name| json!({ "name": name, "in": "query", "schema": { "type": "string", "uniqueItems": true } }))
+        .collect();
+    let operation = |verb: &str, action: &str, content: Value| {
+        json!({
+            "operationId": operation_id(verb, r),
+            "parameters": parameters,
+            "requestBody": { "content": content, "required": true },
+            "responses": { "200": { "description": "OK", "content": { "application/json": body } } },
+            "x-kubernetes-action": action,
+            "x-kubernetes-group-version-kind": gvk,
+        })
+    };
+    let patch_content: Map<String, Value> = PATCH_CONTENT_TYPES
+        .iter()
+        .map(|ct| ((*ct).to_owned(), json!({ "schema": { "type": "object" } })))
+        .collect();
+    let mut path_parameters = vec![
+        json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string", "uniqueItems": true } }),
+    ];
+    if r.namespaced {
+        path_parameters.push(json!({ "name": "namespace", "in": "path", "required": true, "schema": { "type": "string", "uniqueItems": true } }));
+    }
+    json!({
+        "parameters": path_parameters,
+        "patch": operation("patch", "patch", Value::Object(patch_content)),
+        "put": operation("replace", "put", json!({ "application/json": body })),
+    })
+}
+
+/// The name kube-apiserver gives a custom kind's schema: the group reversed, the version and
+/// the kind (`com.example.v1.Widget`).
+pub fn custom_schema_name(group: &str, version: &str, kind: &str) -> String {
+    let reversed: Vec<&str> = group.split('.').rev().collect();
+    format!("{}.{version}.{kind}", reversed.join("."))
+}
+
+/// The document of a custom group version: each kind's schema from its CRD, with `apiVersion`,
+/// `kind` and `metadata` (ObjectMeta and what it references) as kube-apiserver adds them.
+pub fn custom_document(
+    catalog: &Catalog,
+    kinds: &[std::sync::Arc<crate::apiserver::custom_resources::CustomVersion>],
+) -> Value {
+    const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
+    let mut schemas: Map<String, Value> = catalog
+        .closure([OBJECT_META])
+        .into_iter()
+        .map(|name| {
+            let schema =
+                special_format(&name).unwrap_or_else(|| converted(&catalog.definitions[&name]));
+            (name, schema)
+        })
+        .collect();
+    let mut paths = Map::new();
+    for custom in kinds {
+        let r = custom.info;
+        let name = custom_schema_name(r.group, r.version, r.kind);
+        let mut schema = custom.schema.clone();
+        if !schema["properties"].is_object() {
+            schema["properties"] = json!({});
+        }
+        let properties = &mut schema["properties"];
+        properties["apiVersion"] = json!({ "type": "string", "description": "APIVersion defines the versioned schema of this representation of an object." });
+        properties["kind"] = json!({ "type": "string", "description": "Kind is a string value representing the REST resource this object represents." });
+        properties["metadata"] = json!({ "allOf": [{ "$ref": format!("{COMPONENTS_PREFIX}{OBJECT_META}") }], "description": "Standard object's metadata." });
+        schema["x-kubernetes-group-version-kind"] =
+            json!([{ "group": r.group, "kind": r.kind, "version": r.version }]);
+        paths.insert(item_path(r), path_item(r, &name));
+        schemas.insert(name, schema);
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": { "title": "Kubernetes CRD Swagger", "version": "v0.1.0" },
         "paths": paths,
         "components": { "schemas": schemas },
     })
