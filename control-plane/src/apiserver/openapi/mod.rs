@@ -374,6 +374,12 @@ mod tests {
         map
     }
 
+    /// The handlers' state: an API server over a temporary store (no custom resources).
+    async fn state() -> (tempfile::TempDir, State<Arc<Api>>) {
+        let (dir, api) = crate::testing::api().await;
+        (dir, State(Arc::new(api)))
+    }
+
     async fn body(response: Response) -> Vec<u8> {
         axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
@@ -383,7 +389,8 @@ mod tests {
 
     #[tokio::test]
     async fn index_urls_carry_each_documents_hash() {
-        let response = v3_index(HeaderMap::new()).await;
+        let (_dir, state) = state().await;
+        let response = v3_index(state.clone(), HeaderMap::new()).await;
         assert_eq!(response.status(), StatusCode::OK);
         let index: serde_json::Value = serde_json::from_slice(&body(response).await).unwrap();
         let url = index["paths"]["apis/apps/v1"]["serverRelativeURL"]
@@ -413,8 +420,10 @@ mod tests {
 
     #[tokio::test]
     async fn hashed_urls_are_immutable_and_stale_hashes_redirect() {
+        let (_dir, state) = state().await;
         let etag = documents().await.v3["api/v1"].etag.clone();
         let response = v3_group_version(
+            state.clone(),
             Path("api/v1".to_owned()),
             RawQuery(Some(format!("hash={etag}"))),
             HeaderMap::new(),
@@ -429,12 +438,18 @@ mod tests {
         assert_eq!(response.headers()[header::ETAG], format!("\"{etag}\""));
         assert_eq!(response.headers()[header::CONTENT_TYPE], JSON);
 
-        let plain =
-            v3_group_version(Path("api/v1".to_owned()), RawQuery(None), HeaderMap::new()).await;
+        let plain = v3_group_version(
+            state.clone(),
+            Path("api/v1".to_owned()),
+            RawQuery(None),
+            HeaderMap::new(),
+        )
+        .await;
         assert_eq!(plain.status(), StatusCode::OK);
         assert!(!plain.headers().contains_key(header::CACHE_CONTROL));
 
         let stale = v3_group_version(
+            state.clone(),
             Path("api/v1".to_owned()),
             RawQuery(Some("hash=0123".to_owned())),
             HeaderMap::new(),
@@ -449,8 +464,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_matching_if_none_match_gets_304() {
+        let (_dir, state) = state().await;
         let etag = format!("\"{}\"", documents().await.v3["apis/apps/v1"].etag);
         let response = v3_group_version(
+            state.clone(),
             Path("apis/apps/v1".to_owned()),
             RawQuery(None),
             headers(&[(header::IF_NONE_MATCH, &format!("\"other\", {etag}"))]),
@@ -461,6 +478,7 @@ mod tests {
         assert!(body(response).await.is_empty());
 
         let changed = v3_group_version(
+            state.clone(),
             Path("apis/apps/v1".to_owned()),
             RawQuery(None),
             headers(&[(header::IF_NONE_MATCH, "\"other\"")]),
@@ -496,7 +514,9 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_group_versions_are_404() {
+        let (_dir, state) = state().await;
         let response = v3_group_version(
+            state.clone(),
             Path("apis/apps/v2".to_owned()),
             RawQuery(None),
             HeaderMap::new(),
