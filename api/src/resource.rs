@@ -134,6 +134,12 @@ pub const PODS: ResourceInfo = ResourceInfo {
             group_version: None,
             verbs: &["get"],
         },
+        Subresource {
+            name: "portforward",
+            kind: "PodPortForwardOptions",
+            group_version: None,
+            verbs: &["create", "get"],
+        },
         status("Pod"),
     ],
     field_selectors: &[

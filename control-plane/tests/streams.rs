@@ -512,3 +512,268 @@ fn kubectl_exec_it_runs_on_a_remote_terminal_of_the_local_size() {
     assert!(seen.contains("size 41 99"), "{seen:?}");
     assert!(seen.contains("on-a-tty"), "{seen:?}");
 }
+
+/// A pod of the local agent, reported running (kubectl port-forward checks the phase first).
+fn running_pod(cp: &ControlPlane, agent: &Agent, name: &str) {
+    create_pod(cp, name, Some("n1"), &["app"]);
+    agent.pods.add_pod("default", name, &["app"]);
+    cp.kubectl(&[
+        "patch",
+        "pod",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Running"}}"#,
+    ])
+    .success();
+}
+
+/// A loopback port nothing listens on (the kernel's pick, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The "pod's" HTTP server: a listener on this machine's loopback that answers every request
+/// with `body`, a thread per connection.
+fn http_server(body: &'static str) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for connection in listener.incoming() {
+            let Ok(mut connection) = connection else {
+                return;
+            };
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut byte = [0u8; 1];
+                while !request.ends_with(b"\r\n\r\n") {
+                    match std::io::Read::read(&mut connection, &mut byte) {
+                        Ok(1) => request.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = connection.write_all(answer.as_bytes());
+            });
+        }
+    });
+    port
+}
+
+/// A `GET /` on `port` of this machine, and the whole answer.
+fn http_get(stream: &mut std::net::TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: pod\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(stream, &mut answer).unwrap();
+    answer
+}
+
+/// How kubectl carries SPDY to the API server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Carrier {
+    /// Tunnelled in a WebSocket (`SPDY/3.1+portforward.k8s.io`): kubectl 1.32's default.
+    WebSocket,
+    /// After an `Upgrade: SPDY/3.1`: kubectl's fallback, forced by
+    /// `KUBECTL_PORT_FORWARD_WEBSOCKETS=false`.
+    SpdyUpgrade,
+}
+
+/// `kubectl port-forward` in the background, until dropped; its stderr goes to a file.
+struct PortForward {
+    child: std::process::Child,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl PortForward {
+    /// Starts it and waits until it listens on `local`.
+    fn start(cp: &ControlPlane, pod: &str, local: u16, remote: u16, carrier: Carrier) -> Self {
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args(["port-forward", "-v=4", pod, &format!("{local}:{remote}")])
+            .env(
+                "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+                (carrier == Carrier::WebSocket).to_string(),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", local)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "kubectl port-forward exited ({status}): {}",
+                    std::fs::read_to_string(stderr.path()).unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kubectl never listened on {local}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap()
+    }
+
+    /// Waits up to `seconds` for its stderr to hold `text`.
+    fn wait_stderr(&self, text: &str, seconds: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            let stderr = self.stderr();
+            if stderr.contains(text) {
+                return stderr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} from kubectl port-forward; stderr: {stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn kubectl_port_forward_splices_connections_to_the_pods_port() {
+    let cp = start();
+    let agent = Agent::start("n1", &cp.kubeconfig(), &token(&cp));
+    register(&cp, "n1", agent.addr.port());
+    running_pod(&cp, &agent, "web");
+    let discovery = cp.kubectl(&["get", "--raw", "/api/v1"]).success();
+    assert!(
+        discovery.contains(r#"{"kind":"PodPortForwardOptions","name":"pods/portforward","namespaced":true,"singularName":"","verbs":["create","get"]}"#),
+        "{discovery}"
+    );
+
+    let pod_port = http_server("hello from web\n");
+    for carrier in [Carrier::WebSocket, Carrier::SpdyUpgrade] {
+        let local = free_port();
+        let forward = PortForward::start(&cp, "pod/web", local, pod_port, carrier);
+        let mut connection = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+        let answer = http_get(&mut connection);
+        assert!(
+            answer.starts_with("HTTP/1.0 200 OK\r\n")
+                && answer.ends_with("\r\n\r\nhello from web\n"),
+            "{carrier:?}: {answer:?}; kubectl: {}",
+            forward.stderr()
+        );
+
+        // Two connections at once: the first waits, open, while the second is served.
+        let mut first = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+        let mut second = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+        assert!(http_get(&mut second).ends_with("hello from web\n"));
+        assert!(http_get(&mut first).ends_with("hello from web\n"));
+        let stderr = forward.stderr();
+        assert!(!stderr.contains("error"), "{carrier:?}: kubectl: {stderr}");
+        // kubectl says (at -v=4) when it tunnels through a WebSocket.
+        assert_eq!(
+            stderr.contains("Before WebSocket Upgrade Connection"),
+            carrier == Carrier::WebSocket,
+            "{carrier:?}: kubectl: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn kubectl_port_forward_reports_a_refused_port_as_the_kubelet_does() {
+    let cp = start();
+    let agent = Agent::start("n1", &cp.kubeconfig(), &token(&cp));
+    register(&cp, "n1", agent.addr.port());
+    running_pod(&cp, &agent, "web");
+
+    let closed = free_port();
+    let local = free_port();
+    let forward = PortForward::start(&cp, "pod/web", local, closed, Carrier::WebSocket);
+    let mut connection = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+    let answer = http_get(&mut connection);
+    assert_eq!(answer, "", "nothing comes back from a refused port");
+    forward.wait_stderr(
+        // klog quotes the message: its quotes come escaped.
+        &format!(
+            r#"an error occurred forwarding {local} -> {closed}: error forwarding port {closed} to pod default_web, uid : failed to connect to localhost:{closed} inside namespace \"default_web\", IPv4: dial tcp4 127.0.0.1:{closed}: connect: connection refused IPv6 dial tcp6 [::1]:{closed}: connect: "#
+        ),
+        20,
+    );
+    // kubectl 1.32 itself ends the whole session after an error on any connection (the agent's
+    // session would go on: see the agent's port-forward tests).
+    forward.wait_stderr("error: lost connection to pod", 20);
+}
+
+#[test]
+fn port_forward_needs_create_on_pods_portforward() {
+    let cp = start();
+    let agent = Agent::start("n1", &cp.kubeconfig(), &token(&cp));
+    register(&cp, "n1", agent.addr.port());
+    running_pod(&cp, &agent, "web");
+    cp.kubectl_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
+         metadata: {name: viewer}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\n\
+         subjects: [{kind: User, name: viewer}]\n",
+    )
+    .success();
+    // `view` may read the pod, as kubectl does first, but not forward its ports.
+    let (code, _, stderr) = kubectl_full(
+        &cp,
+        &[
+            "port-forward",
+            "pod/web",
+            &format!("{}:{}", free_port(), free_port()),
+            "--as",
+            "viewer",
+        ],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(r#"pods "web" is forbidden: User "viewer" cannot create resource "pods/portforward" in API group "" in the namespace "default""#),
+        "{stderr}"
+    );
+
+    let ghost_port = free_port();
+    create_pod(&cp, "ghost", Some("n1"), &["app"]);
+    cp.kubectl(&[
+        "patch",
+        "pod",
+        "ghost",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Running"}}"#,
+    ])
+    .success();
+    let (code, _, stderr) = kubectl_full(
+        &cp,
+        &["port-forward", "pod/ghost", &format!("{ghost_port}:80")],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains(r#"pods "ghost" not found"#), "{stderr}");
+}

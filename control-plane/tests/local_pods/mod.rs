@@ -1,5 +1,6 @@
 //! A real [`PodStreams`] on this machine, for tests: a container's log is a file the test appends
-//! to, and exec runs the command as a local process (on a pseudo-terminal for `tty`). The service
+//! to, exec runs the command as a local process (on a pseudo-terminal for `tty`), and a pod's
+//! ports are this machine's loopback. The service
 //! frontends the agent shows are what the test sets ([`FixedServices`]). The agent's server runs
 //! on a runtime of its own so that tests can block on kubectl.
 //!
@@ -26,7 +27,8 @@ use apiary_node_agent::{
     api_client::ApiClient,
     kubeconfig::Endpoint,
     server::{
-        self, ExecRequest, ExecSession, LogRequest, PodStreams, ServiceSource, StreamError,
+        self, ExecRequest, ExecSession, LogRequest, PodStreams, PortDialer, ServiceSource,
+        StreamError,
         auth::{Auth, Reviews},
         services::FrontendView,
     },
@@ -204,6 +206,47 @@ impl PodStreams for LocalPods {
             resize: None,
             exit: Box::pin(async move { child.wait().await.map(|s| exit_code(&s)) }),
         })
+    }
+
+    async fn port_forward(
+        &self,
+        namespace: &str,
+        pod: &str,
+    ) -> Result<Arc<dyn PortDialer>, StreamError> {
+        if !self
+            .pods
+            .lock()
+            .unwrap()
+            .contains_key(&(namespace.to_owned(), pod.to_owned()))
+        {
+            return Err(StreamError::PodNotFound {
+                namespace: namespace.into(),
+                pod: pod.into(),
+            });
+        }
+        Ok(Arc::new(LoopbackPorts(format!("{namespace}_{pod}"))))
+    }
+}
+
+/// A pod's ports are this machine's loopback; the string names the pod in errors.
+#[derive(Debug)]
+struct LoopbackPorts(String);
+
+#[async_trait::async_trait]
+impl PortDialer for LoopbackPorts {
+    fn pod_id(&self) -> &str {
+        &self.0
+    }
+
+    async fn dial(&self, port: u16) -> Result<tokio::net::TcpStream, String> {
+        let sandbox = self.0.clone();
+        let socket = tokio::task::spawn_blocking(move || {
+            server::portforward::connect_loopback(port, &sandbox)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+        tokio::net::TcpStream::from_std(socket).map_err(|e| e.to_string())
     }
 }
 

@@ -1,15 +1,18 @@
-//! Logs and exec of this node's containers, for the streaming server (`kubectl logs`,
-//! `kubectl exec`): names are resolved through the pod registry the workers keep, logs read
-//! from the files the shims write, exec run through the runtime.
+//! Logs, exec and port-forwarding of this node's pods, for the streaming server (`kubectl logs`,
+//! `kubectl exec`, `kubectl port-forward`): names are resolved through the pod registry the
+//! workers keep, logs read from the files the shims write, exec run through the runtime, and
+//! forwarded connections opened inside the pod's network namespace.
 
-use std::{io, sync::Arc, time::Duration};
+use std::{io, path::PathBuf, sync::Arc, time::Duration};
 
 use apiary_runtime::{ContainerStatus, logs::LogOptions};
 use bytes::Bytes;
 use futures::{StreamExt as _, stream::BoxStream};
 
 use super::context::Context;
-use crate::server::{ExecRequest, ExecSession, LogRequest, PodStreams, StreamError};
+use crate::server::{
+    ExecRequest, ExecSession, LogRequest, PodStreams, PortDialer, StreamError, portforward,
+};
 
 /// [`PodStreams`] over the agent's pods.
 #[derive(Debug)]
@@ -180,5 +183,62 @@ impl PodStreams for AgentStreams {
                     .map_err(|_| io::Error::other("the exec ended without a status"))?
             }),
         })
+    }
+
+    async fn port_forward(
+        &self,
+        namespace: &str,
+        pod: &str,
+    ) -> Result<Arc<dyn PortDialer>, StreamError> {
+        let entry =
+            self.0
+                .registry
+                .get(namespace, pod)
+                .ok_or_else(|| StreamError::PodNotFound {
+                    namespace: namespace.to_owned(),
+                    pod: pod.to_owned(),
+                })?;
+        Ok(Arc::new(PodPorts {
+            netns: self.0.sandbox_dir(&entry.uid).join("net"),
+            sandbox: entry.uid,
+        }))
+    }
+}
+
+/// A pod's ports, reached from inside its network namespace.
+#[derive(Debug)]
+struct PodPorts {
+    /// The pod's sandbox (its uid).
+    sandbox: String,
+    /// The sandbox's bind-mounted network namespace.
+    netns: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl PortDialer for PodPorts {
+    fn pod_id(&self) -> &str {
+        &self.sandbox
+    }
+
+    async fn dial(&self, port: u16) -> Result<tokio::net::TcpStream, String> {
+        let (netns, sandbox) = (self.netns.clone(), self.sandbox.clone());
+        let in_namespace = move || {
+            // A socket stays in the namespace it was made in; only a short-lived thread of
+            // `run_in` enters it, never a runtime worker.
+            crate::netns::run_in(&netns, || portforward::connect_loopback(port, &sandbox))
+                .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+                .and_then(|connected| connected)
+                .map_err(|reason| {
+                    format!(
+                        "failed to execute portforward in network namespace \"{}\": {reason}",
+                        netns.display()
+                    )
+                })
+        };
+        let socket = tokio::task::spawn_blocking(in_namespace)
+            .await
+            .map_err(|e| e.to_string())??;
+        socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+        tokio::net::TcpStream::from_std(socket).map_err(|e| e.to_string())
     }
 }

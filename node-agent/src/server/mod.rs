@@ -5,6 +5,8 @@
 //! - `GET /containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=…`: the log, streamed.
 //! - `GET|POST /exec/{namespace}/{pod}/{container}?command=…&stdin=…`: a WebSocket speaking the
 //!   remotecommand protocol ([`apiary_api::remotecommand`]).
+//! - `GET|POST /portForward/{namespace}/{pod}`: `kubectl port-forward`, SPDY/3.1 in a WebSocket
+//!   or after an SPDY upgrade ([`portforward`]).
 //! - `GET /apiary/v1/services`: the node's service frontends and backends as its BPF maps hold
 //!   them ([`services`]; `apiary net services`, through the API server's `nodes/proxy`).
 //!
@@ -16,6 +18,7 @@ mod exec;
 pub mod flows;
 mod logs;
 pub mod metrics;
+pub mod portforward;
 pub mod services;
 pub mod tls;
 pub mod trace;
@@ -74,6 +77,25 @@ pub trait PodStreams: Send + Sync + 'static {
         container: &str,
         request: ExecRequest,
     ) -> Result<ExecSession, StreamError>;
+
+    /// Where `pod`'s ports are dialled for port-forwarding; fails (before any upgrade) for a
+    /// pod this node does not run.
+    async fn port_forward(
+        &self,
+        namespace: &str,
+        pod: &str,
+    ) -> Result<Arc<dyn PortDialer>, StreamError>;
+}
+
+/// Connections to one pod's ports, opened inside its network namespace.
+#[async_trait::async_trait]
+pub trait PortDialer: Send + Sync + 'static {
+    /// The pod as the kubelet names it in port-forward errors (its sandbox).
+    fn pod_id(&self) -> &str;
+
+    /// A connection to `port` on the pod's loopback; the error says why not, in the runtime's
+    /// words (what kubectl shows after "error forwarding port …").
+    async fn dial(&self, port: u16) -> Result<tokio::net::TcpStream, String>;
 }
 
 /// The options of `kubectl logs` (Kubernetes' `PodLogOptions`).
@@ -249,6 +271,10 @@ pub fn router(
         .route(
             "/exec/{namespace}/{pod}/{container}",
             get(exec::handle).post(exec::handle),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(portforward::handle).post(portforward::handle),
         )
         .with_state(backend)
         .layer(middleware::from_fn_with_state(auth, auth::middleware))
