@@ -117,6 +117,12 @@ pub const PODS: ResourceInfo = ResourceInfo {
     categories: ALL,
     subresources: &[
         Subresource {
+            name: "attach",
+            kind: "PodAttachOptions",
+            group_version: None,
+            verbs: &["create", "get"],
+        },
+        Subresource {
             name: "binding",
             kind: "Binding",
             group_version: None,

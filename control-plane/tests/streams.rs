@@ -777,3 +777,51 @@ fn port_forward_needs_create_on_pods_portforward() {
     assert_ne!(code, 0);
     assert!(stderr.contains(r#"pods "ghost" not found"#), "{stderr}");
 }
+
+#[test]
+fn kubectl_attach_shows_output_from_now_on_and_forwards_stdin() {
+    let cp = start();
+    let agent = Agent::start("n1", &cp.kubeconfig(), &token(&cp));
+    register(&cp, "n1", agent.addr.port());
+    running_pod(&cp, &agent, "web");
+    let discovery = cp.kubectl(&["get", "--raw", "/api/v1"]).success();
+    assert!(
+        discovery.contains(r#"{"kind":"PodAttachOptions","name":"pods/attach","namespaced":true,"singularName":"","verbs":["create","get"]}"#),
+        "{discovery}"
+    );
+    agent
+        .pods
+        .append("default", "web", "app", "before attaching\n");
+
+    // The container keeps writing; the attached client sees what comes after it attached.
+    let mut attached = cp.kubectl_spawn(&["attach", "web"]);
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (writing, pods) = (writing.clone(), agent.pods.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while writing.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                pods.append("default", "web", "app", "tick\n");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let seen = attached.read_until(|s| s.contains("tick\ntick\n"), 30);
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(!seen.contains("before attaching"), "{seen}");
+    drop(attached);
+
+    // With -i, stdin goes to the container (here `cat`: it comes back), whose end it is.
+    let (code, stdout, stderr) =
+        kubectl_full(&cp, &["attach", "-i", "web"], Some("hello\nworld\n"));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "hello\nworld\n", "{stderr}");
+
+    let (code, _, stderr) = kubectl_full(&cp, &["attach", "web", "-c", "nope"], None);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("container nope not found in pod web"),
+        "{stderr}"
+    );
+}

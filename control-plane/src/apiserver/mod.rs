@@ -54,7 +54,7 @@ pub struct Api {
     /// What node pod CIDRs are cut from.
     pub pod_network: crate::agents::PodNetwork,
     /// How node agents are reached ([`kubelet_client`]), for proxying `pods/log`, `pods/exec`,
-    /// `pods/portforward` (without it those fail with a 500) and `nodes/proxy` (a 503).
+    /// `pods/attach`, `pods/portforward` (without it those fail with a 500) and `nodes/proxy` (a 503).
     pub kubelet_client: Option<Arc<rustls::ClientConfig>>,
     /// Watch events decoded once for all their watchers.
     pub decoded: Arc<decoded::Decoded>,
@@ -208,6 +208,10 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/exec",
             get(streams::exec).post(streams::exec),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/attach",
+            get(streams::attach).post(streams::attach),
         )
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/portforward",

@@ -1,8 +1,8 @@
-//! `pods/log`, `pods/exec` and `pods/portforward`: validated here, then proxied to the node agent
+//! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward`: validated here, then proxied to the node agent
 //! of the pod's node, the way kube-apiserver proxies to the kubelet.
 //!
-//! Logs stream through as a chunked body (so `kubectl logs -f` follows). Exec and port-forward
-//! go through an upgrade-aware proxy: the client's upgrade request (a WebSocket with
+//! Logs stream through as a chunked body (so `kubectl logs -f` follows). Exec, attach and
+//! port-forward go through an upgrade-aware proxy: the client's upgrade request (a WebSocket with
 //! remotecommand v5/v4 or SPDY-tunnelling subprotocol, or an SPDY upgrade) goes to the agent with
 //! the same protocol headers, the agent's `101` comes back, and from then on bytes are copied
 //! both ways until either side closes; frames are the two ends' business. (kube-apiserver
@@ -91,6 +91,23 @@ pub async fn exec(
     let result = async {
         let target = locate(&api, &namespace, &name, &query).await?;
         let path = format!("/exec/{namespace}/{name}/{}", target.container);
+        proxy_upgrade(&api, &target.agent, target.uri(&path, &query), request).await
+    }
+    .await;
+    result.unwrap_or_else(|e| e.into_response())
+}
+
+/// `GET|POST /api/v1/namespaces/{namespace}/pods/{name}/attach`
+pub async fn attach(
+    State(api): State<Arc<Api>>,
+    Path((namespace, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    request: Request,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let result = async {
+        let target = locate(&api, &namespace, &name, &query).await?;
+        let path = format!("/attach/{namespace}/{name}/{}", target.container);
         proxy_upgrade(&api, &target.agent, target.uri(&path, &query), request).await
     }
     .await;

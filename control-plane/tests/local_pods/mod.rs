@@ -208,6 +208,78 @@ impl PodStreams for LocalPods {
         })
     }
 
+    /// The container is `cat` writing its log: what an attached client sends comes back as
+    /// output (followed from the log's end), and the end of its stdin ends the container.
+    async fn attach(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        request: ExecRequest,
+    ) -> Result<ExecSession, StreamError> {
+        let log = self
+            .logs(
+                namespace,
+                pod,
+                container,
+                LogRequest {
+                    follow: true,
+                    tail_lines: Some(0),
+                    ..LogRequest::default()
+                },
+            )
+            .await?;
+        let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
+        let exited = move || {
+            let mut exited = exited_rx.clone();
+            async move {
+                let _ = exited.wait_for(|done| *done).await;
+            }
+        };
+        let stdout = request.stdout.then(|| {
+            // What was written last is read before the output ends.
+            let after_exit = exited();
+            let until = async move {
+                after_exit.await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            };
+            pump_into_reader(log.take_until(Box::pin(until)).boxed())
+        });
+        // Without stdin the container runs on: the exit holds the sender, never sending.
+        let mut running = None;
+        let stdin = if request.stdin {
+            let (writer, mut reader) = tokio::io::duplex(64 * 1024);
+            let path = self.log_path(namespace, pod, container);
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 4096];
+                while let Ok(n @ 1..) = reader.read(&mut buffer).await {
+                    let mut file = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&path)
+                        .unwrap();
+                    file.write_all(&buffer[..n]).unwrap();
+                }
+                let _ = exited_tx.send(true);
+            });
+            Some(Box::pin(writer) as std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>)
+        } else {
+            running = Some(exited_tx);
+            None
+        };
+        let exit = exited();
+        Ok(ExecSession {
+            stdin,
+            stdout,
+            stderr: None,
+            resize: None,
+            exit: Box::pin(async move {
+                let _running = running;
+                exit.await;
+                Ok(0)
+            }),
+        })
+    }
+
     async fn port_forward(
         &self,
         namespace: &str,
@@ -226,6 +298,23 @@ impl PodStreams for LocalPods {
         }
         Ok(Arc::new(LoopbackPorts(format!("{namespace}_{pod}"))))
     }
+}
+
+/// `chunks` as a reader, pumped by a task that ends when the reader goes.
+fn pump_into_reader(
+    chunks: BoxStream<'static, io::Result<Bytes>>,
+) -> std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> {
+    let (reader, mut writer) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        let mut chunks = chunks;
+        while let Some(Ok(chunk)) = chunks.next().await {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(reader)
 }
 
 /// A pod's ports are this machine's loopback; the string names the pod in errors.

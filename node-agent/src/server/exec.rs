@@ -37,9 +37,24 @@ pub(super) async fn handle(
         Ok(request) => request,
         Err(e) => return e.into_response(),
     };
+    let command = request.command.clone();
+    serve(upgrade, "exec", command, async move {
+        backend.exec(&namespace, &pod, &container, request).await
+    })
+    .await
+}
+
+/// Negotiates the remotecommand WebSocket, starts the session and runs it: what exec and
+/// attach share. `command` words the exit status (none for attach, whose end is a success).
+pub(super) async fn serve(
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    what: &str,
+    command: Vec<String>,
+    start: impl Future<Output = Result<ExecSession, StreamError>>,
+) -> Response {
     let Ok(upgrade) = upgrade else {
         return StreamError::BadRequest(format!(
-            "exec needs a WebSocket upgrade with subprotocol {}",
+            "{what} needs a WebSocket upgrade with subprotocol {}",
             remotecommand::PROTOCOLS.join(" or ")
         ))
         .into_response();
@@ -57,12 +72,9 @@ pub(super) async fn handle(
         .into_response();
     };
     let framing = Framing::of(&protocol);
-    match backend
-        .exec(&namespace, &pod, &container, request.clone())
-        .await
-    {
+    match start.await {
         Ok(session) => upgrade.on_upgrade(move |socket| async move {
-            run(socket, session, &request.command, framing).await;
+            run(socket, session, &command, framing).await;
         }),
         // On the error channel, as the kubelet does: a refused upgrade would send kubectl to
         // its SPDY fallback, whose error would hide this one.
@@ -72,6 +84,18 @@ pub(super) async fn handle(
 
 /// The query: `command` repeats, one argument each.
 pub(super) fn parse(query: &str) -> Result<ExecRequest, StreamError> {
+    let request = options(query)?;
+    if request.command.is_empty() {
+        return Err(StreamError::BadRequest(
+            "command: Required value: you must specify at least one command for the container"
+                .into(),
+        ));
+    }
+    checked_streams(request)
+}
+
+/// The query's streams, terminal and command, unchecked.
+pub(super) fn options(query: &str) -> Result<ExecRequest, StreamError> {
     let mut request = ExecRequest::default();
     let (mut stdin, mut stdout, mut stderr, mut tty) = (None, None, None, None);
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -88,18 +112,16 @@ pub(super) fn parse(query: &str) -> Result<ExecRequest, StreamError> {
     request.stdout = parse_bool("stdout", stdout.as_deref())?;
     request.stderr = parse_bool("stderr", stderr.as_deref())?;
     request.tty = parse_bool("tty", tty.as_deref())?;
-    if request.command.is_empty() {
-        return Err(StreamError::BadRequest(
-            "command: Required value: you must specify at least one command for the container"
-                .into(),
-        ));
-    }
+    Ok(request)
+}
+
+/// At least one stream; a terminal has one output stream.
+pub(super) fn checked_streams(mut request: ExecRequest) -> Result<ExecRequest, StreamError> {
     if !(request.stdin || request.stdout || request.stderr) {
         return Err(StreamError::BadRequest(
             "you must specify at least one of stdin, stdout, stderr".into(),
         ));
     }
-    // A terminal has one output stream.
     if request.tty {
         request.stderr = false;
     }

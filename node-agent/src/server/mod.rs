@@ -5,6 +5,8 @@
 //! - `GET /containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=…`: the log, streamed.
 //! - `GET|POST /exec/{namespace}/{pod}/{container}?command=…&stdin=…`: a WebSocket speaking the
 //!   remotecommand protocol ([`apiary_api::remotecommand`]).
+//! - `GET|POST /attach/{namespace}/{pod}/{container}?stdin=…`: `kubectl attach`, on the same
+//!   WebSocket protocol as exec ([`attach`]).
 //! - `GET|POST /portForward/{namespace}/{pod}`: `kubectl port-forward`, SPDY/3.1 in a WebSocket
 //!   or after an SPDY upgrade ([`portforward`]).
 //! - `GET /apiary/v1/services`: the node's service frontends and backends as its BPF maps hold
@@ -13,6 +15,7 @@
 //! What a pod's containers are is the agent's business: it plugs them in through [`PodStreams`];
 //! where the frontends come from, through [`ServiceSource`].
 
+mod attach;
 pub mod auth;
 mod exec;
 pub mod flows;
@@ -71,6 +74,17 @@ pub trait PodStreams: Send + Sync + 'static {
     /// Starts `request.command` in `container`. Dropping the session before `exit` resolves must
     /// end the process (the client went away).
     async fn exec(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        request: ExecRequest,
+    ) -> Result<ExecSession, StreamError>;
+
+    /// Attaches to the running `container`'s stdio: its output from now on, and its stdin when
+    /// it has one (`stdin: true`). `exit` resolves, with 0, once the container has exited;
+    /// dropping the session detaches.
+    async fn attach(
         &self,
         namespace: &str,
         pod: &str,
@@ -271,6 +285,10 @@ pub fn router(
         .route(
             "/exec/{namespace}/{pod}/{container}",
             get(exec::handle).post(exec::handle),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(attach::handle).post(attach::handle),
         )
         .route(
             "/portForward/{namespace}/{pod}",

@@ -374,6 +374,19 @@ impl crate::server::PodStreams for NoPods {
         })
     }
 
+    async fn attach(
+        &self,
+        namespace: &str,
+        pod: &str,
+        _: &str,
+        _: crate::server::ExecRequest,
+    ) -> Result<crate::server::ExecSession, crate::server::StreamError> {
+        Err(crate::server::StreamError::PodNotFound {
+            namespace: namespace.into(),
+            pod: pod.into(),
+        })
+    }
+
     async fn port_forward(
         &self,
         namespace: &str,
