@@ -825,3 +825,52 @@ fn kubectl_attach_shows_output_from_now_on_and_forwards_stdin() {
         "{stderr}"
     );
 }
+
+#[test]
+fn websocket_port_forward_channels_start_with_the_port() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let cp = start();
+    let agent = Agent::start("n1", &cp.kubeconfig(), &token(&cp));
+    register(&cp, "n1", agent.addr.port());
+    running_pod(&cp, &agent, "web");
+    let pod_port = http_server("hello over channels\n");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut socket = websocket(
+            &cp,
+            &format!("/api/v1/namespaces/default/pods/web/portforward?ports={pod_port}"),
+            "v4.channel.k8s.io",
+        )
+        .await;
+        let [low, high] = pod_port.to_le_bytes();
+        for channel in [0, 1] {
+            let first = socket.next().await.unwrap().unwrap();
+            assert_eq!(first, Message::Binary(vec![channel, low, high].into()));
+        }
+        socket
+            .send(Message::Binary(
+                [&[0u8][..], b"GET / HTTP/1.0\r\n\r\n"].concat().into(),
+            ))
+            .await
+            .unwrap();
+        // The pod's answer on the data channel, until the pod closes and so does the socket.
+        let mut answer = Vec::new();
+        while let Some(Ok(message)) = socket.next().await {
+            match message {
+                Message::Binary(frame) => {
+                    assert_eq!(frame[0], 0, "only the data channel speaks");
+                    answer.extend_from_slice(&frame[1..]);
+                }
+                Message::Close(_) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.0 200 OK") && answer.ends_with("hello over channels\n"),
+            "{answer:?}"
+        );
+    });
+}

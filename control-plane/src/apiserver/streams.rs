@@ -128,10 +128,30 @@ pub async fn port_forward(
         let pod = get_pod(&api, &namespace, &name).await?;
         let agent = node_agent(&api, &pod, &name).await?;
         let path = format!("/portForward/{namespace}/{name}");
-        proxy_upgrade(&api, &agent, agent.uri(&path, &query), request).await
+        proxy_upgrade(
+            &api,
+            &agent,
+            agent.uri(&path, &kubelet_ports(&query)),
+            request,
+        )
+        .await
     }
     .await;
     result.unwrap_or_else(|e| e.into_response())
+}
+
+/// `PodPortForwardOptions`' `ports` as the kubelet's `port` parameters (what WebSocket clients
+/// of the channel protocol name; SPDY clients name ports in their streams).
+fn kubelet_ports(query: &str) -> String {
+    let mut ports = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if key == "ports" {
+            for port in value.split(',') {
+                ports.append_pair("port", port);
+            }
+        }
+    }
+    ports.finish()
 }
 
 /// Puts the client's upgrade request to the agent and, once the agent has switched protocols,
@@ -511,6 +531,15 @@ mod tests {
             validate_log_options("p", "sinceSeconds=9223372036854775807"),
             Ok(())
         );
+    }
+
+    #[test]
+    fn forwarded_ports_are_the_kubelets_port_parameters() {
+        assert_eq!(
+            kubelet_ports("ports=8080&ports=9090,9091&pretty=true"),
+            "port=8080&port=9090&port=9091"
+        );
+        assert_eq!(kubelet_ports(""), "");
     }
 
     #[test]

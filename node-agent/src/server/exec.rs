@@ -146,7 +146,7 @@ fn normal_close() -> CloseFrame {
 
 /// How channels and data are put in messages, by subprotocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
+pub(super) enum Framing {
     /// `[channel, data…]` binary messages, with v5's close signal.
     V5,
     /// `[channel, data…]` binary messages.
@@ -156,7 +156,7 @@ enum Framing {
 }
 
 impl Framing {
-    fn of(protocol: &str) -> Self {
+    pub(super) fn of(protocol: &str) -> Self {
         match protocol {
             remotecommand::V5 => Self::V5,
             remotecommand::V4_BASE64 => Self::Base64,
@@ -164,7 +164,7 @@ impl Framing {
         }
     }
 
-    fn encode(self, channel: u8, data: &[u8]) -> Message {
+    pub(super) fn encode(self, channel: u8, data: &[u8]) -> Message {
         match self {
             Self::V5 | Self::V4 => {
                 let mut frame = Vec::with_capacity(data.len() + 1);
@@ -179,7 +179,7 @@ impl Framing {
     }
 
     /// The channel and data of a client message; `None` for what carries neither.
-    fn decode(self, message: Message) -> Option<(u8, Vec<u8>)> {
+    pub(super) fn decode(self, message: Message) -> Option<(u8, Vec<u8>)> {
         match (self, message) {
             (Self::V5 | Self::V4, Message::Binary(data)) => {
                 let (&channel, payload) = data.split_first()?;

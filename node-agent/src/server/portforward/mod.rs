@@ -1,19 +1,24 @@
 //! `GET|POST /portForward/{namespace}/{pod}`: `kubectl port-forward`, as the kubelet serves it.
 //!
-//! The connection speaks SPDY/3.1 ([`spdy`], [`session`]) in one of two carriers:
+//! kubectl's connection speaks SPDY/3.1 ([`spdy`], [`session`]) in one of two carriers:
 //! - a WebSocket with subprotocol `SPDY/3.1+portforward.k8s.io`, whose binary messages carry
 //!   the SPDY byte stream: what kubectl 1.31+ asks for first (`PortForwardWebsockets`);
 //! - an `Upgrade: SPDY/3.1` with `X-Stream-Protocol-Version: portforward.k8s.io`: kubectl's
 //!   fallback, and what older clients send.
 //!
+//! Other WebSocket clients get the kubelet's channel protocol ([`channels`]): `v4.channel.k8s.io`,
+//! `v4.base64.channel.k8s.io`, or no subprotocol at all, with the ports in the query.
+//!
 //! Connections to the pod are opened by the backend's [`PortDialer`], inside the pod's network
 //! namespace; [`connect_loopback`] words a refusal as containerd does, which kubectl shows.
 
+pub mod channels;
 mod session;
 pub mod spdy;
 
 use std::{io, net::Ipv4Addr, sync::Arc, time::Duration};
 
+use apiary_api::remotecommand;
 use axum::{
     extract::{
         FromRequestParts as _, Path, Request, State,
@@ -22,12 +27,12 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse as _, Response},
 };
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::{SinkExt as _, StreamExt as _};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 
-use super::{PodStreams, PortDialer, StreamError};
+use super::{PodStreams, PortDialer, StreamError, exec::Framing};
 
 /// The port-forward protocol inside SPDY (`X-Stream-Protocol-Version`).
 pub const PROTOCOL_V1: &str = "portforward.k8s.io";
@@ -50,18 +55,44 @@ pub(super) async fn handle(
         Err(e) => return e.into_response(),
     };
     if is_websocket(request.headers()) {
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let asked_for_subprotocols = request
+            .headers()
+            .contains_key(header::SEC_WEBSOCKET_PROTOCOL);
         let (mut parts, _) = request.into_parts();
         let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-            Ok(upgrade) => upgrade.protocols([WEBSOCKET_SPDY_TUNNEL]),
+            Ok(upgrade) => upgrade.protocols([
+                WEBSOCKET_SPDY_TUNNEL,
+                remotecommand::V4,
+                remotecommand::V4_BASE64,
+            ]),
             Err(rejection) => return rejection.into_response(),
         };
-        if upgrade.selected_protocol().is_none() {
-            return StreamError::BadRequest(format!(
-                "port-forward needs the WebSocket subprotocol {WEBSOCKET_SPDY_TUNNEL}"
-            ))
-            .into_response();
-        }
-        return upgrade.on_upgrade(move |socket| tunnel(socket, dialer));
+        let protocol = upgrade
+            .selected_protocol()
+            .and_then(|p| p.to_str().ok())
+            .map(str::to_owned);
+        let framing = match protocol.as_deref() {
+            Some(WEBSOCKET_SPDY_TUNNEL) => {
+                return upgrade.on_upgrade(move |socket| tunnel(socket, dialer));
+            }
+            Some(other) => Framing::of(other),
+            // The kubelet serves binary channels to a client that names no subprotocol.
+            None if !asked_for_subprotocols => Framing::V4,
+            None => {
+                return StreamError::BadRequest(format!(
+                    "none of the requested WebSocket subprotocols is supported: use {WEBSOCKET_SPDY_TUNNEL}, {} or {}",
+                    remotecommand::V4,
+                    remotecommand::V4_BASE64
+                ))
+                .into_response();
+            }
+        };
+        let ports = match channels::ports(&query) {
+            Ok(ports) => ports,
+            Err(e) => return e.into_response(),
+        };
+        return upgrade.on_upgrade(move |socket| over_channels(socket, framing, ports, dialer));
     }
     if let Err(refusal) = spdy_handshake(request.headers()) {
         return refusal;
@@ -189,6 +220,46 @@ async fn carry(socket: WebSocket, stream: DuplexStream) {
             .await;
     };
     tokio::join!(inbound, outbound);
+}
+
+/// Serves the channel protocol on `socket`, framed as `framing` says.
+async fn over_channels(
+    socket: WebSocket,
+    framing: Framing,
+    ports: Vec<u16>,
+    dialer: Arc<dyn PortDialer>,
+) {
+    let (mut sink, messages) = socket.split();
+    let incoming = messages
+        .take_while(|message| {
+            std::future::ready(matches!(message, Ok(m) if !matches!(m, Message::Close(_))))
+        })
+        .filter_map(move |message| {
+            std::future::ready(
+                message
+                    .ok()
+                    .and_then(|m| framing.decode(m))
+                    .map(|(channel, payload)| (channel, Bytes::from(payload))),
+            )
+        });
+    let (outgoing, mut to_client) = tokio::sync::mpsc::channel::<(u8, Bytes)>(64);
+    let writer = async move {
+        while let Some((channel, data)) = to_client.recv().await {
+            if sink.send(framing.encode(channel, &data)).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: close_code::NORMAL,
+                reason: "".into(),
+            })))
+            .await;
+    };
+    tokio::join!(
+        channels::serve(ports, dialer, Box::pin(incoming), outgoing),
+        writer
+    );
 }
 
 /// Connects to `port` on the loopback of the calling thread's network namespace: IPv4 first,

@@ -265,3 +265,83 @@ async fn unknown_streams_are_refused_and_bad_ports_reported() {
         "error forwarding port 0 to pod sandbox-1, uid : invalid port \"0\""
     );
 }
+
+/// A server that echoes what each connection sends, as it comes.
+async fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = socket.into_split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn each_port_has_a_data_and_an_error_channel_that_start_with_the_port() {
+    let (echo, refused) = (echo_server().await, closed_port());
+    let (to_server, from_client) = tokio::sync::mpsc::channel::<(u8, Bytes)>(16);
+    let (to_client, mut from_server) = tokio::sync::mpsc::channel(16);
+    let incoming = futures::stream::unfold(from_client, |mut from_client| async move {
+        from_client.recv().await.map(|m| (m, from_client))
+    });
+    let session = tokio::spawn(super::channels::serve(
+        vec![echo, refused],
+        Arc::new(Loopback),
+        Box::pin(incoming),
+        to_client,
+    ));
+    let mut next = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(10), from_server.recv())
+            .await
+            .expect("the server sends")
+            .expect("the session is up")
+    };
+    for (channel, port) in [(0, echo), (1, echo), (2, refused), (3, refused)] {
+        assert_eq!(
+            next().await,
+            (channel, Bytes::copy_from_slice(&port.to_le_bytes()))
+        );
+    }
+    let (channel, error) = next().await;
+    assert_eq!(channel, 3, "the second port's error channel");
+    assert!(
+        String::from_utf8_lossy(&error).starts_with(&format!(
+            "error forwarding port {refused} to pod sandbox-1, uid : failed to connect to localhost:{refused}"
+        )),
+        "{error:?}"
+    );
+    to_server.send((0, Bytes::from("ping"))).await.unwrap();
+    assert_eq!(next().await, (0, Bytes::from("ping")));
+    // The client going away ends the session.
+    drop(to_server);
+    tokio::time::timeout(std::time::Duration::from_secs(10), session)
+        .await
+        .expect("the session ends")
+        .unwrap();
+}
+
+#[test]
+fn ports_come_from_the_query_as_the_kubelet_reads_them() {
+    use super::channels::ports;
+    assert_eq!(ports("port=8080,9090&port=1").unwrap(), [8080, 9090, 1]);
+    for (query, error) in [
+        ("", "query parameter \"port\" is required"),
+        ("port=", "query parameter \"port\" cannot be empty"),
+        ("port=0", "port \"0\" must be > 0"),
+        (
+            "port=http",
+            "unable to parse \"http\" as a port: invalid digit found in string",
+        ),
+        (
+            "port=70000",
+            "unable to parse \"70000\" as a port: number too large to fit in target type",
+        ),
+    ] {
+        assert_eq!(ports(query).unwrap_err().to_string(), error, "{query}");
+    }
+}
