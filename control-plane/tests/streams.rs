@@ -726,7 +726,7 @@ fn kubectl_port_forward_reports_a_refused_port_as_the_kubelet_does() {
 }
 
 #[test]
-fn port_forward_needs_create_on_pods_portforward() {
+fn port_forward_and_attach_need_create_on_their_subresources() {
     let cp = start();
     let agent = Agent::start("n1", &cp.kubeconfig(), &token(&cp));
     register(&cp, "n1", agent.addr.port());
@@ -754,6 +754,13 @@ fn port_forward_needs_create_on_pods_portforward() {
     assert_ne!(code, 0);
     assert!(
         stderr.contains(r#"pods "web" is forbidden: User "viewer" cannot create resource "pods/portforward" in API group "" in the namespace "default""#),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = kubectl_full(&cp, &["attach", "web", "--as", "viewer"], None);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(r#"pods "web" is forbidden: User "viewer" cannot create resource "pods/attach" in API group "" in the namespace "default""#),
         "{stderr}"
     );
 
