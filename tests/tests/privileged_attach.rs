@@ -30,6 +30,31 @@ spec:
     )
 }
 
+/// A pseudo-terminal: (master, slave).
+fn pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd as _;
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two descriptors into the integers it is given; the null name,
+    // termios and window size are optional.
+    let done = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(done, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty succeeded: both are open descriptors that nothing else owns.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    }
+}
+
 /// kubectl's exit code, stdout and stderr, with `stdin` written and closed.
 fn kubectl(cluster: &ClusterLab, args: &[&str], stdin: &str) -> (i32, String, String) {
     let mut child = cluster
@@ -72,7 +97,14 @@ fn privileged_kubectl_attach_follows_output_and_feeds_stdin() {
             "    stdin: true\n    stdinOnce: true\n    command: [sh, -c, \"read line; echo got $line\"]",
         ))
         .unwrap();
-    for name in ["ticker", "reader"] {
+    cluster
+        .apply(&pod(
+            "terminal",
+            &node,
+            "    stdin: true\n    tty: true\n    command: [sh, -c, \"while true; do echo out; echo err >&2; sleep 0.3; done\"]",
+        ))
+        .unwrap();
+    for name in ["ticker", "reader", "terminal"] {
         cluster
             .wait_ready("default", name, Duration::from_secs(60))
             .unwrap();
@@ -117,6 +149,41 @@ fn privileged_kubectl_attach_follows_output_and_feeds_stdin() {
             |p| p["status"]["phase"] == "Succeeded",
         )
         .unwrap();
+
+    // A terminal session has one output: `attach -it` on a terminal of kubectl's own sees
+    // both of the container's streams there.
+    let (master, slave) = pty();
+    let mut attached = cluster
+        .kubectl_command(&["attach", "-it", "terminal"])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut master = std::fs::File::from(master);
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        // EIO once kubectl, the last holder of the terminal, has exited.
+        while let Ok(n @ 1..) = master.read(&mut buffer) {
+            seen.extend_from_slice(&buffer[..n]);
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    attached.kill().unwrap();
+    let out = attached.wait_with_output().unwrap();
+    let seen = reader.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        seen.contains("out") && seen.contains("err"),
+        "{seen:?}: {stderr}"
+    );
+    assert!(
+        !stderr.contains("err\n"),
+        "nothing on kubectl's stderr: {stderr}"
+    );
 
     // `kubectl run -i --rm` creates a pod with stdin and stdinOnce, attaches, then deletes it.
     let started = Instant::now();

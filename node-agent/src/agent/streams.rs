@@ -205,14 +205,18 @@ impl PodStreams for AgentStreams {
                 LogOptions {
                     follow: true,
                     tail_lines: Some(0),
-                    stream: Some(stream),
+                    stream,
                     ..LogOptions::default()
                 },
             );
             readable(records.take_until(Box::pin(exited_and_drained(runtime.clone(), id.clone()))))
         };
-        let stdout = request.stdout.then(|| output(LogStream::Stdout));
-        let stderr = request.stderr.then(|| output(LogStream::Stderr));
+        // A terminal session has one output: both of the container's, as a terminal would.
+        let stdout = request.stdout.then(|| match request.tty {
+            true => output(None),
+            false => output(Some(LogStream::Stdout)),
+        });
+        let stderr = request.stderr.then(|| output(Some(LogStream::Stderr)));
         let stdin: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>> = if request.stdin {
             match runtime.attach_stdin(&id).await {
                 Ok(stdin) => stdin.map(|s| Box::pin(s) as _),
