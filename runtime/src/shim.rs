@@ -278,7 +278,7 @@ fn supervise(layout: &Layout, cgroup: &str, mut running: Running) -> Result<()> 
         fds.extend(
             relay_fds
                 .into_iter()
-                .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+                .map(|(fd, flags)| PollFd::new(fd, flags)),
         );
         let timeout = if exited_at.is_some() {
             PollTimeout::from(100u16)

@@ -4,7 +4,9 @@
 //! container reads EOF) when the first client to attach goes away, as the CRI does.
 //!
 //! The socket is reached through `/proc/self/fd/<dir>/attach.sock`: state directories can be
-//! deeper than the 108 bytes a socket address holds.
+//! deeper than the 108 bytes a socket address holds. The pipe is written without blocking: a
+//! container that does not read its stdin must not stall the shim (and with it the container's
+//! output); what does not fit waits, and clients are not read until it has gone in.
 
 use std::{
     fs::File,
@@ -16,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use nix::{fcntl::OFlag, unistd::pipe2};
+use nix::{fcntl::OFlag, poll::PollFlags, unistd::pipe2};
 
 /// The socket's name in the container's state directory.
 pub const SOCKET: &str = "attach.sock";
@@ -29,7 +31,11 @@ pub struct StdinRelay {
     /// The pipe's write end; `None` once closed.
     pipe: Option<File>,
     clients: Vec<UnixStream>,
+    /// Read from a client, not yet taken by the pipe.
+    pending: Vec<u8>,
     once: bool,
+    /// `once` and the first client has left: the pipe closes once `pending` is in.
+    closing: bool,
     socket: PathBuf,
 }
 
@@ -38,6 +44,12 @@ impl StdinRelay {
     /// the container's stdin.
     pub fn open(dir: &Path, once: bool) -> io::Result<(Self, OwnedFd)> {
         let (read, write) = pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        // Only the shim's end: the container's read end stays blocking.
+        nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&write),
+            nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+        )
+        .map_err(io::Error::from)?;
         let socket = dir.join(SOCKET);
         let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(short_path(dir)?.join(SOCKET))?;
@@ -47,23 +59,31 @@ impl StdinRelay {
                 listener: Some(listener),
                 pipe: Some(File::from(write)),
                 clients: Vec::new(),
+                pending: Vec::new(),
                 once,
+                closing: false,
                 socket,
             },
             read,
         ))
     }
 
-    /// What the shim's poll loop must watch for this relay.
-    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        self.listener
+    /// What the shim's poll loop must watch for this relay, and for what.
+    pub fn fds(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
+        let mut fds: Vec<_> = self
+            .listener
             .iter()
-            .map(|l| l.as_fd())
-            .chain(self.clients.iter().map(|c| c.as_fd()))
-            .collect()
+            .map(|l| (l.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match (&self.pipe, self.pending.is_empty()) {
+            (Some(pipe), false) => fds.push((pipe.as_fd(), PollFlags::POLLOUT)),
+            _ => fds.extend(self.clients.iter().map(|c| (c.as_fd(), PollFlags::POLLIN))),
+        }
+        fds
     }
 
-    /// Takes new clients and copies what they sent into the pipe; never blocks on a client.
+    /// Takes new clients, moves what waits into the pipe, and then what clients sent; never
+    /// blocks.
     pub fn service(&mut self, buffer: &mut [u8]) {
         if let Some(listener) = &self.listener {
             while let Ok((client, _)) = listener.accept() {
@@ -72,40 +92,61 @@ impl StdinRelay {
                 }
             }
         }
+        self.flush();
         let mut detached = false;
-        let pipe = &mut self.pipe;
-        self.clients.retain_mut(|client| {
-            loop {
-                match client.read(buffer) {
-                    Ok(0) => {
-                        detached = true;
-                        return false;
-                    }
-                    Ok(n) => {
-                        // A container that stopped reading its stdin loses what it was sent.
-                        if let Some(p) = pipe.as_mut()
-                            && p.write_all(&buffer[..n]).is_err()
-                        {
-                            *pipe = None;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        detached = true;
-                        return false;
-                    }
+        let mut index = 0;
+        while self.pending.is_empty() && index < self.clients.len() {
+            match self.clients[index].read(buffer) {
+                Ok(0) => {
+                    self.clients.remove(index);
+                    detached = true;
+                }
+                Ok(n) => {
+                    self.pending.extend_from_slice(&buffer[..n]);
+                    self.flush();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => index += 1,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.clients.remove(index);
+                    detached = true;
                 }
             }
-        });
+        }
         if detached && self.once {
+            self.closing = true;
+            self.listener = None;
+            self.clients.clear();
+            let _ = std::fs::remove_file(&self.socket);
+        }
+        if self.closing && self.pending.is_empty() {
             self.close();
+        }
+    }
+
+    /// Writes what waits, as much as the pipe takes now.
+    fn flush(&mut self) {
+        while !self.pending.is_empty() {
+            let Some(pipe) = self.pipe.as_mut() else {
+                self.pending.clear();
+                return;
+            };
+            match pipe.write(&self.pending) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The container closed its stdin: nothing more goes in.
+                Err(_) => self.pipe = None,
+            }
         }
     }
 
     /// Closes the container's stdin and stops taking clients.
     fn close(&mut self) {
         self.pipe = None;
+        self.pending.clear();
         self.listener = None;
         self.clients.clear();
         let _ = std::fs::remove_file(&self.socket);
@@ -174,6 +215,42 @@ mod tests {
         stdin.read_to_string(&mut got).unwrap();
         assert_eq!(got, "hello\n", "read to EOF: the pipe closed");
         assert!(connect(&dir).is_err(), "no more clients");
+    }
+
+    #[test]
+    fn a_container_that_does_not_read_stalls_no_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut relay, read) = StdinRelay::open(dir.path(), true).unwrap();
+        let mut client = connect(dir.path()).unwrap();
+        // More than a pipe holds (64 KiB), sent while nothing reads the pipe.
+        let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = std::thread::spawn(move || {
+            client.write_all(&sent).unwrap();
+            sent
+        });
+        let started = std::time::Instant::now();
+        drain(&mut relay);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "service blocked"
+        );
+        assert!(
+            relay
+                .fds()
+                .iter()
+                .any(|(_, flags)| *flags == PollFlags::POLLOUT),
+            "waits for the pipe, not for clients"
+        );
+        // The container reads now: everything arrives, then EOF (the client left, stdinOnce).
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            File::from(read).read_to_end(&mut got).unwrap();
+            got
+        });
+        while !reader.is_finished() {
+            drain(&mut relay);
+        }
+        assert_eq!(reader.join().unwrap(), writer.join().unwrap());
     }
 
     #[test]
