@@ -175,8 +175,12 @@ pub struct Container {
     /// Only on init containers: `Always` makes it a sidecar.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<String>,
+    /// The container's stdin is a pipe kept open for `kubectl attach -i`.
     #[serde(skip_serializing_if = "is_false")]
     pub stdin: bool,
+    /// With `stdin`: it is closed once the first attached client detaches.
+    #[serde(skip_serializing_if = "is_false")]
+    pub stdin_once: bool,
     #[serde(skip_serializing_if = "is_false")]
     pub tty: bool,
 }

@@ -117,6 +117,12 @@ pub const PODS: ResourceInfo = ResourceInfo {
     categories: ALL,
     subresources: &[
         Subresource {
+            name: "attach",
+            kind: "PodAttachOptions",
+            group_version: None,
+            verbs: &["create", "get"],
+        },
+        Subresource {
             name: "binding",
             kind: "Binding",
             group_version: None,
@@ -133,6 +139,12 @@ pub const PODS: ResourceInfo = ResourceInfo {
             kind: "Pod",
             group_version: None,
             verbs: &["get"],
+        },
+        Subresource {
+            name: "portforward",
+            kind: "PodPortForwardOptions",
+            group_version: None,
+            verbs: &["create", "get"],
         },
         status("Pod"),
     ],

@@ -512,3 +512,372 @@ fn kubectl_exec_it_runs_on_a_remote_terminal_of_the_local_size() {
     assert!(seen.contains("size 41 99"), "{seen:?}");
     assert!(seen.contains("on-a-tty"), "{seen:?}");
 }
+
+/// A pod of the local agent, reported running (kubectl port-forward checks the phase first).
+fn running_pod(cp: &ControlPlane, agent: &Agent, name: &str) {
+    create_pod(cp, name, Some("n1"), &["app"]);
+    agent.pods.add_pod("default", name, &["app"]);
+    cp.kubectl(&[
+        "patch",
+        "pod",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Running"}}"#,
+    ])
+    .success();
+}
+
+/// A loopback port nothing listens on (the kernel's pick, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The "pod's" HTTP server: a listener on this machine's loopback that answers every request
+/// with `body`, a thread per connection.
+fn http_server(body: &'static str) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for connection in listener.incoming() {
+            let Ok(mut connection) = connection else {
+                return;
+            };
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut byte = [0u8; 1];
+                while !request.ends_with(b"\r\n\r\n") {
+                    match std::io::Read::read(&mut connection, &mut byte) {
+                        Ok(1) => request.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = connection.write_all(answer.as_bytes());
+            });
+        }
+    });
+    port
+}
+
+/// A `GET /` on `port` of this machine, and the whole answer.
+fn http_get(stream: &mut std::net::TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: pod\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(stream, &mut answer).unwrap();
+    answer
+}
+
+/// How kubectl carries SPDY to the API server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Carrier {
+    /// Tunnelled in a WebSocket (`SPDY/3.1+portforward.k8s.io`): kubectl 1.32's default.
+    WebSocket,
+    /// After an `Upgrade: SPDY/3.1`: kubectl's fallback, forced by
+    /// `KUBECTL_PORT_FORWARD_WEBSOCKETS=false`.
+    SpdyUpgrade,
+}
+
+/// `kubectl port-forward` in the background, until dropped; its stderr goes to a file.
+struct PortForward {
+    child: std::process::Child,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl PortForward {
+    /// Starts it and waits until it listens on `local`.
+    fn start(cp: &ControlPlane, pod: &str, local: u16, remote: u16, carrier: Carrier) -> Self {
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args(["port-forward", "-v=4", pod, &format!("{local}:{remote}")])
+            .env(
+                "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+                (carrier == Carrier::WebSocket).to_string(),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", local)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "kubectl port-forward exited ({status}): {}",
+                    std::fs::read_to_string(stderr.path()).unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kubectl never listened on {local}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap()
+    }
+
+    /// Waits up to `seconds` for its stderr to hold `text`.
+    fn wait_stderr(&self, text: &str, seconds: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            let stderr = self.stderr();
+            if stderr.contains(text) {
+                return stderr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} from kubectl port-forward; stderr: {stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn kubectl_port_forward_splices_connections_to_the_pods_port() {
+    let cp = start();
+    let agent = Agent::start("n1", &cp.kubeconfig(), &token(&cp));
+    register(&cp, "n1", agent.addr.port());
+    running_pod(&cp, &agent, "web");
+    let discovery = cp.kubectl(&["get", "--raw", "/api/v1"]).success();
+    assert!(
+        discovery.contains(r#"{"kind":"PodPortForwardOptions","name":"pods/portforward","namespaced":true,"singularName":"","verbs":["create","get"]}"#),
+        "{discovery}"
+    );
+
+    let pod_port = http_server("hello from web\n");
+    for carrier in [Carrier::WebSocket, Carrier::SpdyUpgrade] {
+        let local = free_port();
+        let forward = PortForward::start(&cp, "pod/web", local, pod_port, carrier);
+        let mut connection = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+        let answer = http_get(&mut connection);
+        assert!(
+            answer.starts_with("HTTP/1.0 200 OK\r\n")
+                && answer.ends_with("\r\n\r\nhello from web\n"),
+            "{carrier:?}: {answer:?}; kubectl: {}",
+            forward.stderr()
+        );
+
+        // Two connections at once: the first waits, open, while the second is served.
+        let mut first = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+        let mut second = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+        assert!(http_get(&mut second).ends_with("hello from web\n"));
+        assert!(http_get(&mut first).ends_with("hello from web\n"));
+        let stderr = forward.stderr();
+        assert!(!stderr.contains("error"), "{carrier:?}: kubectl: {stderr}");
+        // kubectl says (at -v=4) when it tunnels through a WebSocket.
+        assert_eq!(
+            stderr.contains("Before WebSocket Upgrade Connection"),
+            carrier == Carrier::WebSocket,
+            "{carrier:?}: kubectl: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn kubectl_port_forward_reports_a_refused_port_as_the_kubelet_does() {
+    let cp = start();
+    let agent = Agent::start("n1", &cp.kubeconfig(), &token(&cp));
+    register(&cp, "n1", agent.addr.port());
+    running_pod(&cp, &agent, "web");
+
+    let closed = free_port();
+    let local = free_port();
+    let forward = PortForward::start(&cp, "pod/web", local, closed, Carrier::WebSocket);
+    let mut connection = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+    let answer = http_get(&mut connection);
+    assert_eq!(answer, "", "nothing comes back from a refused port");
+    forward.wait_stderr(
+        // klog quotes the message: its quotes come escaped.
+        &format!(
+            r#"an error occurred forwarding {local} -> {closed}: error forwarding port {closed} to pod default_web, uid : failed to connect to localhost:{closed} inside namespace \"default_web\", IPv4: dial tcp4 127.0.0.1:{closed}: connect: connection refused IPv6 dial tcp6 [::1]:{closed}: connect: "#
+        ),
+        20,
+    );
+    // kubectl 1.32 itself ends the whole session after an error on any connection (the agent's
+    // session would go on: see the agent's port-forward tests).
+    forward.wait_stderr("error: lost connection to pod", 20);
+}
+
+#[test]
+fn port_forward_and_attach_need_create_on_their_subresources() {
+    let cp = start();
+    let agent = Agent::start("n1", &cp.kubeconfig(), &token(&cp));
+    register(&cp, "n1", agent.addr.port());
+    running_pod(&cp, &agent, "web");
+    cp.kubectl_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
+         metadata: {name: viewer}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\n\
+         subjects: [{kind: User, name: viewer}]\n",
+    )
+    .success();
+    // `view` may read the pod, as kubectl does first, but not forward its ports.
+    let (code, _, stderr) = kubectl_full(
+        &cp,
+        &[
+            "port-forward",
+            "pod/web",
+            &format!("{}:{}", free_port(), free_port()),
+            "--as",
+            "viewer",
+        ],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(r#"pods "web" is forbidden: User "viewer" cannot create resource "pods/portforward" in API group "" in the namespace "default""#),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = kubectl_full(&cp, &["attach", "web", "--as", "viewer"], None);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(r#"pods "web" is forbidden: User "viewer" cannot create resource "pods/attach" in API group "" in the namespace "default""#),
+        "{stderr}"
+    );
+
+    let ghost_port = free_port();
+    create_pod(&cp, "ghost", Some("n1"), &["app"]);
+    cp.kubectl(&[
+        "patch",
+        "pod",
+        "ghost",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Running"}}"#,
+    ])
+    .success();
+    let (code, _, stderr) = kubectl_full(
+        &cp,
+        &["port-forward", "pod/ghost", &format!("{ghost_port}:80")],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains(r#"pods "ghost" not found"#), "{stderr}");
+}
+
+#[test]
+fn kubectl_attach_shows_output_from_now_on_and_forwards_stdin() {
+    let cp = start();
+    let agent = Agent::start("n1", &cp.kubeconfig(), &token(&cp));
+    register(&cp, "n1", agent.addr.port());
+    running_pod(&cp, &agent, "web");
+    let discovery = cp.kubectl(&["get", "--raw", "/api/v1"]).success();
+    assert!(
+        discovery.contains(r#"{"kind":"PodAttachOptions","name":"pods/attach","namespaced":true,"singularName":"","verbs":["create","get"]}"#),
+        "{discovery}"
+    );
+    agent
+        .pods
+        .append("default", "web", "app", "before attaching\n");
+
+    // The container keeps writing; the attached client sees what comes after it attached.
+    let mut attached = cp.kubectl_spawn(&["attach", "web"]);
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (writing, pods) = (writing.clone(), agent.pods.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while writing.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                pods.append("default", "web", "app", "tick\n");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let seen = attached.read_until(|s| s.contains("tick\ntick\n"), 30);
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(!seen.contains("before attaching"), "{seen}");
+    drop(attached);
+
+    // With -i, stdin goes to the container (here `cat`: it comes back), whose end it is.
+    let (code, stdout, stderr) =
+        kubectl_full(&cp, &["attach", "-i", "web"], Some("hello\nworld\n"));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "hello\nworld\n", "{stderr}");
+
+    let (code, _, stderr) = kubectl_full(&cp, &["attach", "web", "-c", "nope"], None);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("container nope not found in pod web"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn websocket_port_forward_channels_start_with_the_port() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let cp = start();
+    let agent = Agent::start("n1", &cp.kubeconfig(), &token(&cp));
+    register(&cp, "n1", agent.addr.port());
+    running_pod(&cp, &agent, "web");
+    let pod_port = http_server("hello over channels\n");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut socket = websocket(
+            &cp,
+            &format!("/api/v1/namespaces/default/pods/web/portforward?ports={pod_port}"),
+            "v4.channel.k8s.io",
+        )
+        .await;
+        let [low, high] = pod_port.to_le_bytes();
+        for channel in [0, 1] {
+            let first = socket.next().await.unwrap().unwrap();
+            assert_eq!(first, Message::Binary(vec![channel, low, high].into()));
+        }
+        socket
+            .send(Message::Binary(
+                [&[0u8][..], b"GET / HTTP/1.0\r\n\r\n"].concat().into(),
+            ))
+            .await
+            .unwrap();
+        // The pod's answer on the data channel, until the pod closes and so does the socket.
+        let mut answer = Vec::new();
+        while let Some(Ok(message)) = socket.next().await {
+            match message {
+                Message::Binary(frame) => {
+                    assert_eq!(frame[0], 0, "only the data channel speaks");
+                    answer.extend_from_slice(&frame[1..]);
+                }
+                Message::Close(_) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.0 200 OK") && answer.ends_with("hello over channels\n"),
+            "{answer:?}"
+        );
+    });
+}

@@ -219,6 +219,8 @@ mod tests {
             log_max_bytes: 1 << 20,
             log_max_files: 1,
             security: crate::Security::default(),
+            stdin: false,
+            stdin_once: false,
         };
         let json = config(&spec, "/apiary/c", true);
         let parsed: oci_spec::runtime::Spec = serde_json::from_value(json).unwrap();

@@ -14,6 +14,7 @@ pub mod security;
 pub mod shim;
 mod spec;
 pub mod state;
+pub mod stdin;
 
 pub use error::{Error, Result};
 pub use runtime::{ExecProcess, ExecRequest, Runtime, RuntimeConfig};

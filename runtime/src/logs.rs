@@ -146,12 +146,15 @@ pub struct LogOptions {
     pub timestamps: bool,
     /// Stop after this many bytes.
     pub limit_bytes: Option<u64>,
+    /// Only the records of one output (`kubectl attach` keeps stdout and stderr apart).
+    pub stream: Option<LogStream>,
 }
 
 /// One parsed CRI record.
 #[derive(Debug, PartialEq, Eq)]
 struct Record<'a> {
     time: &'a str,
+    stream: &'a [u8],
     partial: bool,
     content: &'a [u8],
 }
@@ -159,11 +162,12 @@ struct Record<'a> {
 fn parse(line: &[u8]) -> Option<Record<'_>> {
     let mut parts = line.splitn(4, |&b| b == b' ');
     let time = std::str::from_utf8(parts.next()?).ok()?;
-    let _stream = parts.next()?;
+    let stream = parts.next()?;
     let tag = parts.next()?;
     let content = parts.next().unwrap_or_default();
     Some(Record {
         time,
+        stream,
         partial: tag.first() == Some(&b'P'),
         content,
     })
@@ -184,6 +188,11 @@ impl Formatter {
 
     fn format(&mut self, line: &[u8], out: &mut Vec<u8>) {
         let Some(record) = parse(line) else { return };
+        if let Some(wanted) = self.options.stream
+            && record.stream != wanted.as_str().as_bytes()
+        {
+            return;
+        }
         if let Some(since) = self.options.since {
             match DateTime::parse_from_rfc3339(record.time) {
                 Ok(t) if t < since => return,
@@ -548,6 +557,31 @@ mod tests {
             },
         );
         assert_eq!(out, "old\nn");
+    }
+
+    #[test]
+    fn one_stream_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.log");
+        let mut w = LogWriter::open(&path, 1 << 20, 1).unwrap();
+        w.write(LogStream::Stdout, b"out 1\n").unwrap();
+        w.write(LogStream::Stderr, b"err 1\n").unwrap();
+        w.write(LogStream::Stdout, b"out 2\n").unwrap();
+        let only = |stream| {
+            collect(
+                &path,
+                LogOptions {
+                    stream: Some(stream),
+                    ..Default::default()
+                },
+            )
+        };
+        assert_eq!(only(LogStream::Stdout), "out 1\nout 2\n");
+        assert_eq!(only(LogStream::Stderr), "err 1\n");
+        assert_eq!(
+            collect(&path, LogOptions::default()),
+            "out 1\nerr 1\nout 2\n"
+        );
     }
 
     #[test]

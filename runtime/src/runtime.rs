@@ -432,6 +432,46 @@ impl Runtime {
             })?
     }
 
+    /// A connection to the stdin of a running container that has one (`stdin: true`): what is
+    /// written goes to the container; with `stdin_once`, closing it closes the container's
+    /// stdin. `Ok(None)` for a container without stdin.
+    pub async fn attach_stdin(&self, id: &str) -> Result<Option<tokio::net::UnixStream>> {
+        let state = self.existing(id)?;
+        if state.status != ContainerStatus::Running {
+            return Err(Error::NotRunning { id: id.to_owned() });
+        }
+        let layout = Layout::new(&self.config.state_dir, id);
+        let spec: Option<ContainerSpec> = read_json(&layout.spec())?;
+        if !spec.is_some_and(|s| s.stdin) {
+            return Ok(None);
+        }
+        let connected = tokio::task::spawn_blocking(move || crate::stdin::connect(&layout.dir))
+            .await
+            .map_err(|e| Error::Io {
+                context: "attach stdin".into(),
+                source: io::Error::other(e),
+            })?;
+        let stream = match connected {
+            Ok(stream) => stream,
+            // `stdinOnce` closed it: the first client came and went.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::io("attach stdin")(e)),
+        };
+        stream
+            .set_nonblocking(true)
+            .map_err(Error::io("attach stdin"))?;
+        tokio::net::UnixStream::from_std(stream)
+            .map(Some)
+            .map_err(Error::io("attach stdin"))
+    }
+
     /// Runs a process in a running container.
     pub async fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecProcess> {
         if request.args.is_empty() || request.args[0].is_empty() {

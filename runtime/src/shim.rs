@@ -36,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::logs::{LogStream, LogWriter};
 use crate::spec::ContainerSpec;
 use crate::state::{ExitInfo, Layout, ProcessId, ShimRecord, StartedRecord, read_json, write_json};
+use crate::stdin::StdinRelay;
 
 /// Exit code recorded for a container that never started (Kubernetes' `StartError` uses 128).
 pub const START_ERROR_EXIT_CODE: i32 = 128;
@@ -124,6 +125,8 @@ struct Running {
     record: StartedRecord,
     stdout: OwnedFd,
     stderr: OwnedFd,
+    /// The container's stdin, when it has one to attach to.
+    stdin: Option<StdinRelay>,
     log: LogWriter,
 }
 
@@ -170,7 +173,14 @@ fn start(layout: &Layout, spec: &ContainerSpec, cgroup: &str) -> Result<Running,
 
     let (stdout, stdout_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (stderr, stderr_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let stdin = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    let (relay, stdin) = if spec.stdin {
+        let (relay, read) = StdinRelay::open(&layout.dir, spec.stdin_once)
+            .map_err(|e| format!("creating the stdin of the container: {e}"))?;
+        (Some(relay), read)
+    } else {
+        let null = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+        (None, OwnedFd::from(null))
+    };
     let mut container = ContainerBuilder::new(spec.id.clone(), SyscallType::default())
         .with_root_path(layout.youki_root())
         .map_err(|e| describe(spec, &e))?
@@ -198,6 +208,7 @@ fn start(layout: &Layout, spec: &ContainerSpec, cgroup: &str) -> Result<Running,
         },
         stdout,
         stderr,
+        stdin: relay,
         log,
     })
 }
@@ -259,6 +270,16 @@ fn supervise(layout: &Layout, cgroup: &str, mut running: Running) -> Result<()> 
             let fd = pipes[i].1.as_ref().expect("open pipe");
             fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
         }
+        let relay_fds = running
+            .stdin
+            .as_ref()
+            .map_or_else(Vec::new, StdinRelay::fds);
+        let relay_first = fds.len();
+        fds.extend(
+            relay_fds
+                .into_iter()
+                .map(|(fd, flags)| PollFd::new(fd, flags)),
+        );
         let timeout = if exited_at.is_some() {
             PollTimeout::from(100u16)
         } else {
@@ -275,6 +296,11 @@ fn supervise(layout: &Layout, cgroup: &str, mut running: Running) -> Result<()> 
         drop(fds);
         if ready[0] {
             while let Ok(Some(_)) = sigchld.read_signal() {}
+        }
+        if ready[relay_first..].iter().any(|r| *r)
+            && let Some(relay) = running.stdin.as_mut()
+        {
+            relay.service(&mut buf);
         }
         for (k, &i) in open.iter().enumerate() {
             if !ready[k + 1] {

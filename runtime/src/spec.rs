@@ -39,6 +39,12 @@ pub struct ContainerSpec {
     /// Capabilities, seccomp and the rest of the container's confinement.
     #[serde(default)]
     pub security: Security,
+    /// Whether stdin is a pipe that attached clients feed ([`crate::stdin`]), not `/dev/null`.
+    #[serde(default)]
+    pub stdin: bool,
+    /// With `stdin`: close it when the first attached client leaves.
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// Paths of the pod's bind-mounted namespaces (see [`crate::Sandbox`]).
@@ -225,6 +231,8 @@ pub(crate) mod tests {
             log_max_bytes: 1 << 20,
             log_max_files: 2,
             security: Security::default(),
+            stdin: false,
+            stdin_once: false,
         }
     }
 

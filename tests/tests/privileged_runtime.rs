@@ -124,6 +124,8 @@ impl Fixture {
             log_max_bytes: 1 << 20,
             log_max_files: 2,
             security: apiary_runtime::Security::default(),
+            stdin: false,
+            stdin_once: false,
             id,
         }
     }

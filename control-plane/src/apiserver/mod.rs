@@ -56,8 +56,8 @@ pub struct Api {
     pub strategy: Strategy,
     /// What node pod CIDRs are cut from.
     pub pod_network: crate::agents::PodNetwork,
-    /// How node agents are reached ([`kubelet_client`]), for proxying `pods/log`, `pods/exec`
-    /// (without it those fail with a 500) and `nodes/proxy` (a 503).
+    /// How node agents are reached ([`kubelet_client`]), for proxying `pods/log`, `pods/exec`,
+    /// `pods/attach`, `pods/portforward` (without it those fail with a 500) and `nodes/proxy` (a 503).
     pub kubelet_client: Option<Arc<rustls::ClientConfig>>,
     /// Watch events decoded once for all their watchers.
     pub decoded: Arc<decoded::Decoded>,
@@ -215,6 +215,14 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/exec",
             get(streams::exec).post(streams::exec),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/attach",
+            get(streams::attach).post(streams::attach),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/portforward",
+            get(streams::port_forward).post(streams::port_forward),
         )
         .route("/api/v1/nodes/{name}/proxy", get(node_proxy::proxy))
         .route("/api/v1/nodes/{name}/proxy/", get(node_proxy::proxy))

@@ -1,10 +1,13 @@
-//! `pods/log` and `pods/exec`: validated here, then proxied to the node agent of the pod's node,
-//! the way kube-apiserver proxies to the kubelet.
+//! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward`: validated here, then proxied to the node agent
+//! of the pod's node, the way kube-apiserver proxies to the kubelet.
 //!
-//! Logs stream through as a chunked body (so `kubectl logs -f` follows). Exec is an
-//! upgrade-aware proxy: the client's upgrade request (WebSocket, remotecommand v5/v4) goes to the
-//! agent with the same subprotocol, the agent's `101` comes back, and from then on bytes are
-//! copied both ways until either side closes; frames are the two ends' business.
+//! Logs stream through as a chunked body (so `kubectl logs -f` follows). Exec, attach and
+//! port-forward go through an upgrade-aware proxy: the client's upgrade request (a WebSocket with
+//! remotecommand v5/v4 or SPDY-tunnelling subprotocol, or an SPDY upgrade) goes to the agent with
+//! the same protocol headers, the agent's `101` comes back, and from then on bytes are copied
+//! both ways until either side closes; frames are the two ends' business. (kube-apiserver
+//! translates a tunnelled port-forward into SPDY to the kubelet; the agent speaks the tunnel
+//! itself, so the bytes pass through.)
 //!
 //! `AgentEndpoint` (where a node's agent is, and one request to it) serves `nodes/proxy` too.
 
@@ -82,53 +85,119 @@ pub async fn exec(
     State(api): State<Arc<Api>>,
     Path((namespace, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
-    mut request: Request,
+    request: Request,
 ) -> Response {
     let query = query.unwrap_or_default();
     let result = async {
         let target = locate(&api, &namespace, &name, &query).await?;
-        if !is_upgrade(request.headers()) {
-            return Err(ApiError::bad_request("Upgrade request required"));
-        }
-        let client_upgrade = hyper::upgrade::on(&mut request);
         let path = format!("/exec/{namespace}/{name}/{}", target.container);
-        let mut upstream = http::Request::builder()
-            .method(request.method())
-            .uri(target.uri(&path, &query));
-        for name in UPGRADE_REQUEST_HEADERS {
-            for value in request.headers().get_all(*name) {
-                upstream = upstream.header(*name, value);
-            }
-        }
-        let upstream = upstream.body(Body::empty()).map_err(internal)?;
-        let mut response = target.agent.send(&api, upstream).await?;
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return Err(agent_error(response).await);
-        }
-        let agent_upgrade = hyper::upgrade::on(&mut response);
-        let mut reply = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
-        for name in UPGRADE_RESPONSE_HEADERS {
-            for value in response.headers().get_all(*name) {
-                reply = reply.header(*name, value);
-            }
-        }
-        tokio::spawn(async move {
-            let (client, agent) = match tokio::try_join!(client_upgrade, agent_upgrade) {
-                Ok(both) => both,
-                Err(e) => {
-                    tracing::debug!(error = %e, "exec upgrade failed");
-                    return;
-                }
-            };
-            let (mut client, mut agent) = (TokioIo::new(client), TokioIo::new(agent));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut agent).await {
-                tracing::debug!(error = %e, "exec stream ended with an error");
-            }
-        });
-        reply.body(Body::empty()).map_err(internal)
+        proxy_upgrade(&api, &target.agent, target.uri(&path, &query), request).await
     }
     .await;
     result.unwrap_or_else(|e| e.into_response())
+}
+
+/// `GET|POST /api/v1/namespaces/{namespace}/pods/{name}/attach`
+pub async fn attach(
+    State(api): State<Arc<Api>>,
+    Path((namespace, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    request: Request,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let result = async {
+        let target = locate(&api, &namespace, &name, &query).await?;
+        let path = format!("/attach/{namespace}/{name}/{}", target.container);
+        proxy_upgrade(&api, &target.agent, target.uri(&path, &query), request).await
+    }
+    .await;
+    result.unwrap_or_else(|e| e.into_response())
+}
+
+/// `GET|POST /api/v1/namespaces/{namespace}/pods/{name}/portforward`: to the kubelet's
+/// `/portForward/{namespace}/{name}`, whatever the client speaks (SPDY tunnelled in a
+/// WebSocket, or after an SPDY upgrade): the agent answers both.
+pub async fn port_forward(
+    State(api): State<Arc<Api>>,
+    Path((namespace, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    request: Request,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let result = async {
+        let pod = get_pod(&api, &namespace, &name).await?;
+        let agent = node_agent(&api, &pod, &name).await?;
+        let path = format!("/portForward/{namespace}/{name}");
+        proxy_upgrade(
+            &api,
+            &agent,
+            agent.uri(&path, &kubelet_ports(&query)),
+            request,
+        )
+        .await
+    }
+    .await;
+    result.unwrap_or_else(|e| e.into_response())
+}
+
+/// `PodPortForwardOptions`' `ports` as the kubelet's `port` parameters (what WebSocket clients
+/// of the channel protocol name; SPDY clients name ports in their streams).
+fn kubelet_ports(query: &str) -> String {
+    let mut ports = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if key == "ports" {
+            for port in value.split(',') {
+                ports.append_pair("port", port);
+            }
+        }
+    }
+    ports.finish()
+}
+
+/// Puts the client's upgrade request to the agent and, once the agent has switched protocols,
+/// copies bytes both ways until either side closes.
+async fn proxy_upgrade(
+    api: &Api,
+    agent: &AgentEndpoint,
+    uri: String,
+    mut request: Request,
+) -> Result<Response, ApiError> {
+    if !is_upgrade(request.headers()) {
+        return Err(ApiError::bad_request("Upgrade request required"));
+    }
+    let client_upgrade = hyper::upgrade::on(&mut request);
+    let mut upstream = http::Request::builder().method(request.method()).uri(uri);
+    for name in UPGRADE_REQUEST_HEADERS {
+        for value in request.headers().get_all(*name) {
+            upstream = upstream.header(*name, value);
+        }
+    }
+    let upstream = upstream.body(Body::empty()).map_err(internal)?;
+    let mut response = agent.send(api, upstream).await?;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(agent_error(response).await);
+    }
+    let agent_upgrade = hyper::upgrade::on(&mut response);
+    let mut reply = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+    for name in UPGRADE_RESPONSE_HEADERS {
+        for value in response.headers().get_all(*name) {
+            reply = reply.header(*name, value);
+        }
+    }
+    tokio::spawn(async move {
+        let (client, agent) = match tokio::try_join!(client_upgrade, agent_upgrade) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(error = %e, "stream upgrade failed");
+                return;
+            }
+        };
+        let (mut client, mut agent) = (TokioIo::new(client), TokioIo::new(agent));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut agent).await {
+            tracing::debug!(error = %e, "upgraded stream ended with an error");
+        }
+    });
+    reply.body(Body::empty()).map_err(internal)
 }
 
 /// Where a pod's stream is served: the container and its node agent.
@@ -305,16 +374,26 @@ async fn locate(
     name: &str,
     query: &str,
 ) -> Result<AgentTarget, ApiError> {
-    let pods = api
-        .resources
-        .get("", "v1", "pods")
-        .expect("pods are served");
-    let pod = objects::get(api, pods, Some(namespace), name).await?;
+    let pod = get_pod(api, namespace, name).await?;
     let requested = form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "container")
         .map(|(_, v)| v.into_owned())
         .filter(|v| !v.is_empty());
     let container = container(&pod, name, requested)?;
+    let agent = node_agent(api, &pod, name).await?;
+    Ok(AgentTarget { container, agent })
+}
+
+async fn get_pod(api: &Api, namespace: &str, name: &str) -> Result<Value, ApiError> {
+    let pods = api
+        .resources
+        .get("", "v1", "pods")
+        .expect("pods are served");
+    objects::get(api, pods, Some(namespace), name).await
+}
+
+/// The agent of the node `pod` is bound to.
+async fn node_agent(api: &Api, pod: &Value, name: &str) -> Result<AgentEndpoint, ApiError> {
     let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
     if node_name.is_empty() {
         return Err(ApiError::bad_request(format!(
@@ -326,12 +405,11 @@ async fn locate(
         .get("", "v1", "nodes")
         .expect("nodes are served");
     let node = objects::get(api, nodes, None, node_name).await?;
-    let agent = AgentEndpoint::of(&node).ok_or_else(|| {
+    AgentEndpoint::of(&node).ok_or_else(|| {
         ApiError::internal(format!(
             "node {node_name} has no InternalIP address to reach its agent at"
         ))
-    })?;
-    Ok(AgentTarget { container, agent })
+    })
 }
 
 /// The container a request is for: the named one (which must exist), or the only one.
@@ -453,6 +531,15 @@ mod tests {
             validate_log_options("p", "sinceSeconds=9223372036854775807"),
             Ok(())
         );
+    }
+
+    #[test]
+    fn forwarded_ports_are_the_kubelets_port_parameters() {
+        assert_eq!(
+            kubelet_ports("ports=8080&ports=9090,9091&pretty=true"),
+            "port=8080&port=9090&port=9091"
+        );
+        assert_eq!(kubelet_ports(""), "");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A real [`PodStreams`] on this machine, for tests: a container's log is a file the test appends
-//! to, and exec runs the command as a local process (on a pseudo-terminal for `tty`). The service
+//! to, exec runs the command as a local process (on a pseudo-terminal for `tty`), and a pod's
+//! ports are this machine's loopback. The service
 //! frontends the agent shows are what the test sets ([`FixedServices`]). The agent's server runs
 //! on a runtime of its own so that tests can block on kubectl.
 //!
@@ -26,7 +27,8 @@ use apiary_node_agent::{
     api_client::ApiClient,
     kubeconfig::Endpoint,
     server::{
-        self, ExecRequest, ExecSession, LogRequest, PodStreams, ServiceSource, StreamError,
+        self, ExecRequest, ExecSession, LogRequest, PodStreams, PortDialer, ServiceSource,
+        StreamError,
         auth::{Auth, Reviews},
         services::FrontendView,
     },
@@ -204,6 +206,136 @@ impl PodStreams for LocalPods {
             resize: None,
             exit: Box::pin(async move { child.wait().await.map(|s| exit_code(&s)) }),
         })
+    }
+
+    /// The container is `cat` writing its log: what an attached client sends comes back as
+    /// output (followed from the log's end), and the end of its stdin ends the container.
+    async fn attach(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        request: ExecRequest,
+    ) -> Result<ExecSession, StreamError> {
+        let log = self
+            .logs(
+                namespace,
+                pod,
+                container,
+                LogRequest {
+                    follow: true,
+                    tail_lines: Some(0),
+                    ..LogRequest::default()
+                },
+            )
+            .await?;
+        let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
+        let exited = move || {
+            let mut exited = exited_rx.clone();
+            async move {
+                let _ = exited.wait_for(|done| *done).await;
+            }
+        };
+        let stdout = request.stdout.then(|| {
+            // What was written last is read before the output ends.
+            let after_exit = exited();
+            let until = async move {
+                after_exit.await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            };
+            pump_into_reader(log.take_until(Box::pin(until)).boxed())
+        });
+        // Without stdin the container runs on: the exit holds the sender, never sending.
+        let mut running = None;
+        let stdin = if request.stdin {
+            let (writer, mut reader) = tokio::io::duplex(64 * 1024);
+            let path = self.log_path(namespace, pod, container);
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 4096];
+                while let Ok(n @ 1..) = reader.read(&mut buffer).await {
+                    let mut file = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&path)
+                        .unwrap();
+                    file.write_all(&buffer[..n]).unwrap();
+                }
+                let _ = exited_tx.send(true);
+            });
+            Some(Box::pin(writer) as std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>)
+        } else {
+            running = Some(exited_tx);
+            None
+        };
+        let exit = exited();
+        Ok(ExecSession {
+            stdin,
+            stdout,
+            stderr: None,
+            resize: None,
+            exit: Box::pin(async move {
+                let _running = running;
+                exit.await;
+                Ok(0)
+            }),
+        })
+    }
+
+    async fn port_forward(
+        &self,
+        namespace: &str,
+        pod: &str,
+    ) -> Result<Arc<dyn PortDialer>, StreamError> {
+        if !self
+            .pods
+            .lock()
+            .unwrap()
+            .contains_key(&(namespace.to_owned(), pod.to_owned()))
+        {
+            return Err(StreamError::PodNotFound {
+                namespace: namespace.into(),
+                pod: pod.into(),
+            });
+        }
+        Ok(Arc::new(LoopbackPorts(format!("{namespace}_{pod}"))))
+    }
+}
+
+/// `chunks` as a reader, pumped by a task that ends when the reader goes.
+fn pump_into_reader(
+    chunks: BoxStream<'static, io::Result<Bytes>>,
+) -> std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> {
+    let (reader, mut writer) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        let mut chunks = chunks;
+        while let Some(Ok(chunk)) = chunks.next().await {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(reader)
+}
+
+/// A pod's ports are this machine's loopback; the string names the pod in errors.
+#[derive(Debug)]
+struct LoopbackPorts(String);
+
+#[async_trait::async_trait]
+impl PortDialer for LoopbackPorts {
+    fn pod_id(&self) -> &str {
+        &self.0
+    }
+
+    async fn dial(&self, port: u16) -> Result<tokio::net::TcpStream, String> {
+        let sandbox = self.0.clone();
+        let socket = tokio::task::spawn_blocking(move || {
+            server::portforward::connect_loopback(port, &sandbox)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+        tokio::net::TcpStream::from_std(socket).map_err(|e| e.to_string())
     }
 }
 

@@ -37,9 +37,24 @@ pub(super) async fn handle(
         Ok(request) => request,
         Err(e) => return e.into_response(),
     };
+    let command = request.command.clone();
+    serve(upgrade, "exec", command, async move {
+        backend.exec(&namespace, &pod, &container, request).await
+    })
+    .await
+}
+
+/// Negotiates the remotecommand WebSocket, starts the session and runs it: what exec and
+/// attach share. `command` words the exit status (none for attach, whose end is a success).
+pub(super) async fn serve(
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    what: &str,
+    command: Vec<String>,
+    start: impl Future<Output = Result<ExecSession, StreamError>>,
+) -> Response {
     let Ok(upgrade) = upgrade else {
         return StreamError::BadRequest(format!(
-            "exec needs a WebSocket upgrade with subprotocol {}",
+            "{what} needs a WebSocket upgrade with subprotocol {}",
             remotecommand::PROTOCOLS.join(" or ")
         ))
         .into_response();
@@ -57,12 +72,9 @@ pub(super) async fn handle(
         .into_response();
     };
     let framing = Framing::of(&protocol);
-    match backend
-        .exec(&namespace, &pod, &container, request.clone())
-        .await
-    {
+    match start.await {
         Ok(session) => upgrade.on_upgrade(move |socket| async move {
-            run(socket, session, &request.command, framing).await;
+            run(socket, session, &command, framing).await;
         }),
         // On the error channel, as the kubelet does: a refused upgrade would send kubectl to
         // its SPDY fallback, whose error would hide this one.
@@ -72,6 +84,18 @@ pub(super) async fn handle(
 
 /// The query: `command` repeats, one argument each.
 pub(super) fn parse(query: &str) -> Result<ExecRequest, StreamError> {
+    let request = options(query)?;
+    if request.command.is_empty() {
+        return Err(StreamError::BadRequest(
+            "command: Required value: you must specify at least one command for the container"
+                .into(),
+        ));
+    }
+    checked_streams(request)
+}
+
+/// The query's streams, terminal and command, unchecked.
+pub(super) fn options(query: &str) -> Result<ExecRequest, StreamError> {
     let mut request = ExecRequest::default();
     let (mut stdin, mut stdout, mut stderr, mut tty) = (None, None, None, None);
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -88,18 +112,16 @@ pub(super) fn parse(query: &str) -> Result<ExecRequest, StreamError> {
     request.stdout = parse_bool("stdout", stdout.as_deref())?;
     request.stderr = parse_bool("stderr", stderr.as_deref())?;
     request.tty = parse_bool("tty", tty.as_deref())?;
-    if request.command.is_empty() {
-        return Err(StreamError::BadRequest(
-            "command: Required value: you must specify at least one command for the container"
-                .into(),
-        ));
-    }
+    Ok(request)
+}
+
+/// At least one stream; a terminal has one output stream.
+pub(super) fn checked_streams(mut request: ExecRequest) -> Result<ExecRequest, StreamError> {
     if !(request.stdin || request.stdout || request.stderr) {
         return Err(StreamError::BadRequest(
             "you must specify at least one of stdin, stdout, stderr".into(),
         ));
     }
-    // A terminal has one output stream.
     if request.tty {
         request.stderr = false;
     }
@@ -124,7 +146,7 @@ fn normal_close() -> CloseFrame {
 
 /// How channels and data are put in messages, by subprotocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
+pub(super) enum Framing {
     /// `[channel, data…]` binary messages, with v5's close signal.
     V5,
     /// `[channel, data…]` binary messages.
@@ -134,7 +156,7 @@ enum Framing {
 }
 
 impl Framing {
-    fn of(protocol: &str) -> Self {
+    pub(super) fn of(protocol: &str) -> Self {
         match protocol {
             remotecommand::V5 => Self::V5,
             remotecommand::V4_BASE64 => Self::Base64,
@@ -142,7 +164,7 @@ impl Framing {
         }
     }
 
-    fn encode(self, channel: u8, data: &[u8]) -> Message {
+    pub(super) fn encode(self, channel: u8, data: &[u8]) -> Message {
         match self {
             Self::V5 | Self::V4 => {
                 let mut frame = Vec::with_capacity(data.len() + 1);
@@ -157,7 +179,7 @@ impl Framing {
     }
 
     /// The channel and data of a client message; `None` for what carries neither.
-    fn decode(self, message: Message) -> Option<(u8, Vec<u8>)> {
+    pub(super) fn decode(self, message: Message) -> Option<(u8, Vec<u8>)> {
         match (self, message) {
             (Self::V5 | Self::V4, Message::Binary(data)) => {
                 let (&channel, payload) = data.split_first()?;

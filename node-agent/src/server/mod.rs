@@ -5,17 +5,23 @@
 //! - `GET /containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=…`: the log, streamed.
 //! - `GET|POST /exec/{namespace}/{pod}/{container}?command=…&stdin=…`: a WebSocket speaking the
 //!   remotecommand protocol ([`apiary_api::remotecommand`]).
+//! - `GET|POST /attach/{namespace}/{pod}/{container}?stdin=…`: `kubectl attach`, on the same
+//!   WebSocket protocol as exec ([`attach`]).
+//! - `GET|POST /portForward/{namespace}/{pod}`: `kubectl port-forward`, SPDY/3.1 in a WebSocket
+//!   or after an SPDY upgrade ([`portforward`]).
 //! - `GET /apiary/v1/services`: the node's service frontends and backends as its BPF maps hold
 //!   them ([`services`]; `apiary net services`, through the API server's `nodes/proxy`).
 //!
 //! What a pod's containers are is the agent's business: it plugs them in through [`PodStreams`];
 //! where the frontends come from, through [`ServiceSource`].
 
+mod attach;
 pub mod auth;
 mod exec;
 pub mod flows;
 mod logs;
 pub mod metrics;
+pub mod portforward;
 pub mod services;
 pub mod tls;
 pub mod trace;
@@ -74,6 +80,36 @@ pub trait PodStreams: Send + Sync + 'static {
         container: &str,
         request: ExecRequest,
     ) -> Result<ExecSession, StreamError>;
+
+    /// Attaches to the running `container`'s stdio: its output from now on, and its stdin when
+    /// it has one (`stdin: true`). `exit` resolves, with 0, once the container has exited;
+    /// dropping the session detaches.
+    async fn attach(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        request: ExecRequest,
+    ) -> Result<ExecSession, StreamError>;
+
+    /// Where `pod`'s ports are dialled for port-forwarding; fails (before any upgrade) for a
+    /// pod this node does not run.
+    async fn port_forward(
+        &self,
+        namespace: &str,
+        pod: &str,
+    ) -> Result<Arc<dyn PortDialer>, StreamError>;
+}
+
+/// Connections to one pod's ports, opened inside its network namespace.
+#[async_trait::async_trait]
+pub trait PortDialer: Send + Sync + 'static {
+    /// The pod as the kubelet names it in port-forward errors (its sandbox).
+    fn pod_id(&self) -> &str;
+
+    /// A connection to `port` on the pod's loopback; the error says why not, in the runtime's
+    /// words (what kubectl shows after "error forwarding port …").
+    async fn dial(&self, port: u16) -> Result<tokio::net::TcpStream, String>;
 }
 
 /// The options of `kubectl logs` (Kubernetes' `PodLogOptions`).
@@ -249,6 +285,14 @@ pub fn router(
         .route(
             "/exec/{namespace}/{pod}/{container}",
             get(exec::handle).post(exec::handle),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(attach::handle).post(attach::handle),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(portforward::handle).post(portforward::handle),
         )
         .with_state(backend)
         .layer(middleware::from_fn_with_state(auth, auth::middleware))

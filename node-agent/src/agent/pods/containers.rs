@@ -361,6 +361,8 @@ pub fn spec(input: SpecInput<'_>) -> Result<ContainerSpec, String> {
         log_max_bytes: LOG_MAX_BYTES,
         log_max_files: LOG_MAX_FILES,
         security: super::security::security(pod, c, &ctx.seccomp)?,
+        stdin: c.stdin,
+        stdin_once: c.stdin && c.stdin_once,
     })
 }
 

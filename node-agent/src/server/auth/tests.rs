@@ -373,6 +373,30 @@ impl crate::server::PodStreams for NoPods {
             pod: pod.into(),
         })
     }
+
+    async fn attach(
+        &self,
+        namespace: &str,
+        pod: &str,
+        _: &str,
+        _: crate::server::ExecRequest,
+    ) -> Result<crate::server::ExecSession, crate::server::StreamError> {
+        Err(crate::server::StreamError::PodNotFound {
+            namespace: namespace.into(),
+            pod: pod.into(),
+        })
+    }
+
+    async fn port_forward(
+        &self,
+        namespace: &str,
+        pod: &str,
+    ) -> Result<std::sync::Arc<dyn crate::server::PortDialer>, crate::server::StreamError> {
+        Err(crate::server::StreamError::PodNotFound {
+            namespace: namespace.into(),
+            pod: pod.into(),
+        })
+    }
 }
 
 #[tokio::test]
