@@ -29,6 +29,7 @@ pub mod events;
 pub mod intstr;
 pub mod meta;
 pub mod networking_v1;
+pub mod protobuf;
 pub mod quantity;
 pub mod rbac_v1;
 pub mod remotecommand;
