@@ -339,12 +339,15 @@ fn normalized(name: &str) -> String {
         .collect()
 }
 
-/// The JSON name of `field` of the message at `path`.
-fn json_name(json_names: &[JsonNames], path: &str, field: &str) -> anyhow::Result<String> {
+/// The JSON name of `field` of the message at `path`; `None` if the message has a JSON type
+/// without that field (an inlined struct).
+fn json_name(json_names: &[JsonNames], path: &str, field: &str) -> anyhow::Result<Option<String>> {
+    let mut has_type = false;
     for names in json_names {
         let Some(keys) = names.get(&path.to_ascii_lowercase()) else {
             continue;
         };
+        has_type = true;
         let found = keys
             .iter()
             .find(|(_, key)| key.trim_end_matches('_') == field)
@@ -353,8 +356,11 @@ fn json_name(json_names: &[JsonNames], path: &str, field: &str) -> anyhow::Resul
                     .find(|(json, _)| normalized(json) == normalized(field))
             });
         if let Some((json, _)) = found {
-            return Ok(json.clone());
+            return Ok(Some(json.clone()));
         }
+    }
+    if has_type {
+        return Ok(None);
     }
     // A message with no JSON type of its own (EphemeralContainerCommon, inlined into
     // EphemeralContainer): the one JSON spelling its module gives that field name elsewhere.
@@ -368,7 +374,9 @@ fn json_name(json_names: &[JsonNames], path: &str, field: &str) -> anyhow::Resul
         .map(|(json, _)| json.as_str())
         .collect();
     match spellings.into_iter().collect::<Vec<_>>().as_slice() {
-        [json] => Ok((*json).to_owned()),
+        [json] => Ok(Some((*json).to_owned())),
+        // A one-word name (a list's `items`, a watch event's `object`) is spelled the same.
+        [] if field.bytes().all(|b| b.is_ascii_lowercase()) => Ok(Some(field.to_owned())),
         _ => bail!("no JSON name for {path}.{field} in k8s-openapi"),
     }
 }
@@ -393,11 +401,13 @@ fn render(modules: &BTreeMap<String, Module>, json_names: &[JsonNames]) -> anyho
                 .flat_map(move |m| m.messages.keys().map(move |n| format!("{gv}::{n}")))
         })
         // Messages without a JSON type (protobuf-only internals such as meta/v1 `Fields`) are
-        // never a body.
+        // never a body; lists and watch events are, though k8s-openapi has only generic ones.
         .filter(|path| {
-            json_names
-                .iter()
-                .any(|names| names.contains_key(&path.to_ascii_lowercase()))
+            path.ends_with("List")
+                || path.ends_with("::WatchEvent")
+                || json_names
+                    .iter()
+                    .any(|names| names.contains_key(&path.to_ascii_lowercase()))
         })
         .collect();
     while let Some(path) = pending.pop() {
@@ -461,14 +471,14 @@ fn render(modules: &BTreeMap<String, Module>, json_names: &[JsonNames]) -> anyho
             "    // {i}\n    Message {{\n        name: {name:?},\n        fields: &["
         )?;
         for field in fields {
-            let json = match json_name(json_names, path, &field.rust_name) {
-                Ok(json) => json,
+            let json = match json_name(json_names, path, &field.rust_name)? {
+                Some(json) => json,
                 // Go's `json:",inline"` embedding (ConfigMapEnvSource's LocalObjectReference):
                 // a message field in protobuf, its fields in the parent's JSON.
-                Err(_) if field.kind.starts_with("message:") && field.label == "Optional" => {
+                None if field.kind.starts_with("message:") && field.label == "Optional" => {
                     String::new()
                 }
-                Err(e) => return Err(e),
+                None => bail!("no JSON name for {path}.{} in k8s-openapi", field.rust_name),
             };
             let label = if json.is_empty() {
                 "Inline"
