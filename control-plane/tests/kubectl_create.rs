@@ -17,7 +17,22 @@ fn get(cp: &ControlPlane, args: &[&str]) -> Value {
 #[test]
 fn create_namespace_configmap_secret_and_serviceaccount() {
     let cp = ControlPlane::start();
-    cp.kubectl(&["create", "namespace", "shop"]).success();
+    // Protobuf both ways, as with kube-apiserver.
+    let log = cp
+        .kubectl(&["create", "namespace", "shop", "-v=8"])
+        .success_log();
+    let content_types: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split("Content-Type: ").nth(1))
+        .collect();
+    assert_eq!(
+        content_types,
+        [
+            "application/vnd.kubernetes.protobuf",
+            "application/vnd.kubernetes.protobuf"
+        ],
+        "the request's and the response's: {log}"
+    );
     assert_eq!(
         get(&cp, &["namespace", "shop"])["status"]["phase"],
         "Active"

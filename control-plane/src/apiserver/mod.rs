@@ -16,6 +16,7 @@ pub mod error;
 pub mod fanout;
 pub mod inflight;
 pub mod kubelet_client;
+pub mod negotiation;
 pub mod node_proxy;
 pub mod objects;
 pub mod path;
@@ -241,6 +242,8 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
         .layer(middleware::from_fn(audit::note_authenticated))
         .layer(axum::Extension(Arc::clone(&tokens)))
         .layer(middleware::from_fn_with_state(tokens, auth::require_token))
+        // Outermost, so that authentication's errors are negotiated too.
+        .layer(middleware::from_fn(negotiation::negotiate))
 }
 
 /// kube-apiserver's `MaxRequestBodyBytes`: the largest request body (and patched object) it
