@@ -48,10 +48,13 @@ pub fn decode(message: &Message, bytes: &[u8], depth: usize) -> Result<Map<Strin
                 let items = object
                     .entry(field.json)
                     .or_insert_with(|| Value::Array(Vec::new()));
-                let Value::Array(items) = items else {
-                    unreachable!("repeated fields are arrays")
-                };
-                repeated(field, &value, depth, items)?;
+                if !items.is_array() {
+                    // Only an inlined message's key could be here; the repeated field wins.
+                    *items = Value::Array(Vec::new());
+                }
+                if let Value::Array(items) = items {
+                    repeated(field, &value, depth, items)?;
+                }
             }
             Label::Map => {
                 let WireValue::Bytes(entry) = value else {

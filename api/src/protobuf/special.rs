@@ -2,7 +2,7 @@
 //! and embedded JSON.
 
 use base64::Engine as _;
-use chrono::{DateTime, SecondsFormat};
+use chrono::{DateTime, Datelike as _, SecondsFormat};
 use serde_json::{Value, json};
 
 use super::{
@@ -71,7 +71,9 @@ pub fn decode(kind: Kind, bytes: &[u8], field: &str, depth: usize) -> Result<Val
                 .ok()
                 .filter(|n| *n < 1_000_000_000)
                 .ok_or_else(|| invalid(field, "nanos out of range"))?;
+            // Go's JSON refuses years outside 0000–9999, and RFC 3339 cannot write them.
             let time = DateTime::from_timestamp(seconds, nanos)
+                .filter(|t| (0..=9999).contains(&t.year()))
                 .ok_or_else(|| invalid(field, "time out of range"))?;
             Ok(json!(if kind == Kind::Time {
                 time.to_rfc3339_opts(SecondsFormat::Secs, true)

@@ -421,6 +421,13 @@ fn malformed_bodies_are_errors_not_panics() {
         Err(Error::WrongWireType { .. })
     ));
     assert_eq!(pod(&[0x0b]), Err(Error::WireType(3)));
+    // A time past the year 9999, which RFC 3339 cannot write.
+    let far = message(|w| w.varint_field(1, 300_000_000_000));
+    let meta = message(|w| w.bytes_field(8, &far));
+    assert!(matches!(
+        pod(&message(|w| w.bytes_field(1, &meta))),
+        Err(Error::InvalidValue { .. })
+    ));
     // A name that is not UTF-8.
     let meta = message(|w| w.bytes_field(1, &[0xff, 0xfe]));
     assert!(matches!(
