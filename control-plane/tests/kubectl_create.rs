@@ -37,6 +37,13 @@ fn create_namespace_configmap_secret_and_serviceaccount() {
         get(&cp, &["namespace", "shop"])["status"]["phase"],
         "Active"
     );
+    // The error comes back as a protobuf Status, which kubectl reads as it reads
+    // kube-apiserver's.
+    let again = cp.kubectl(&["create", "namespace", "shop"]).failure();
+    assert!(
+        again.contains(r#"Error from server (AlreadyExists): namespaces "shop" already exists"#),
+        "{again}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("app.conf");

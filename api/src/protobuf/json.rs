@@ -85,7 +85,8 @@ fn optional(field: &Field, value: &WireValue<'_>, depth: usize) -> Result<Option
     // Go's non-pointer strings are always on the wire and `omitempty` in JSON: an empty one is
     // an absent one. Zero numbers and `false` stay, as pointer fields (`replicas: 0`,
     // `automountServiceAccountToken: false`) mean them.
-    Ok((v != json!("") || field.kind != Kind::String).then_some(v))
+    let empty_string = field.kind == Kind::String && v.as_str() == Some("");
+    Ok((!empty_string).then_some(v))
 }
 
 fn repeated(
