@@ -14,6 +14,7 @@
 //! - [`events`]: correlating repeated Events into one with a count, as client-go's recorder.
 //! - [`remotecommand`]: the channels and exit statuses of `kubectl exec` over WebSocket.
 //! - [`validation`]: per-kind checks with Kubernetes' messages; [`status`]: error bodies.
+//! - [`protobuf`]: Kubernetes' protobuf bodies, read into and written from the same JSON.
 
 pub mod apiary_v1;
 pub mod apps_v1;
