@@ -431,7 +431,7 @@ fn event(record: &Record, stage: Stage, code: Option<u16>, response: Option<&[u8
     if let Some(code) = code {
         let status = response
             .filter(|_| code >= 400)
-            .and_then(|bytes| body_object(bytes))
+            .and_then(body_object)
             .filter(|v| v["kind"] == "Status");
         let mut response_status = json!({ "metadata": {}, "code": code });
         if let Some(status) = status {
@@ -450,7 +450,7 @@ fn event(record: &Record, stage: Stage, code: Option<u16>, response: Option<&[u8
     }
     if level >= Level::RequestResponse
         && stage == Stage::ResponseComplete
-        && let Some(mut object) = response.and_then(|b| body_object(b))
+        && let Some(mut object) = response.and_then(body_object)
     {
         if decision.is_some_and(|d| d.omit_managed_fields) {
             omit_managed_fields(&mut object);
