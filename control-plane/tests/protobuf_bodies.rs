@@ -190,6 +190,30 @@ fn json_clients_and_tables_still_get_json() {
         None,
     );
     assert_eq!(table.json()["kind"], "Table");
+    // A watch streams JSON lines even to a protobuf client, which picks its decoder from the
+    // response's Content-Type.
+    let watch = request(
+        &cp,
+        reqwest::Method::GET,
+        "/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=1",
+        TYPED_CLIENT_ACCEPT,
+        None,
+    );
+    assert!(
+        watch.content_type.starts_with("application/json"),
+        "{}",
+        watch.content_type
+    );
+    let names: Vec<Value> = watch
+        .body
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let event: Value = serde_json::from_slice(line).unwrap();
+            event["object"]["metadata"]["name"].clone()
+        })
+        .collect();
+    assert!(names.contains(&json!("settings")), "{names:?}");
 }
 
 #[test]
