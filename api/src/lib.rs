@@ -14,6 +14,7 @@
 //! - [`events`]: correlating repeated Events into one with a count, as client-go's recorder.
 //! - [`remotecommand`]: the channels and exit statuses of `kubectl exec` over WebSocket.
 //! - [`validation`]: per-kind checks with Kubernetes' messages; [`status`]: error bodies.
+//! - [`protobuf`]: Kubernetes' protobuf bodies, read into and written from the same JSON.
 
 pub mod apiary_v1;
 pub mod apiextensions_v1;
@@ -31,6 +32,7 @@ pub mod events;
 pub mod intstr;
 pub mod meta;
 pub mod networking_v1;
+pub mod protobuf;
 pub mod quantity;
 pub mod rbac_v1;
 pub mod remotecommand;

@@ -1,5 +1,6 @@
 //! What the unit tests of controllers and admission share: an [`Api`] over an embedded store in a
-//! temporary directory, and waiting for a condition a background task brings about.
+//! temporary directory, and waiting for a condition a background task brings about; and the
+//! protobuf bodies typed clients send, built by hand.
 
 use std::{future::Future, time::Duration};
 
@@ -31,4 +32,31 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// A length-delimited protobuf field (a string or a message of under 128 bytes).
+pub fn bytes_field(number: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![(number << 3) | 2, u8::try_from(payload.len()).unwrap()];
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A Kubernetes protobuf body: `k8s\0`, then a `runtime.Unknown` naming the kind around `raw`.
+pub fn protobuf_body(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
+    let mut type_meta = bytes_field(1, api_version.as_bytes());
+    type_meta.extend(bytes_field(2, kind.as_bytes()));
+    let mut body = b"k8s\0".to_vec();
+    body.extend(bytes_field(1, &type_meta));
+    body.extend(bytes_field(2, raw));
+    body
+}
+
+/// The headers of a protobuf request body.
+pub fn protobuf_headers() -> axum::http::HeaderMap {
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(apiary_api::protobuf::MEDIA_TYPE),
+    );
+    headers
 }

@@ -175,6 +175,36 @@ fn the_request_and_response_levels_copy_the_objects() {
     assert_eq!(get["responseObject"]["data"], json!({"k": "v"}), "{get}");
 }
 
+/// kubectl's typed clients write and read protobuf: the log still holds the objects, as JSON.
+#[test]
+fn protobuf_requests_and_responses_are_recorded_as_objects() {
+    let a = start();
+    a.cp.kubectl(&["create", "configmap", "typed", "--from-literal=k=v"])
+        .success();
+    a.cp.kubectl(&["create", "configmap", "typed", "--from-literal=k=v"])
+        .failure();
+    let events = wait_events(&a.log, "/api/v1/namespaces/default/configmaps", "admin", 2);
+    let created = events
+        .iter()
+        .find(|e| e["responseStatus"]["code"] == 201)
+        .expect("the create");
+    assert_eq!(
+        created["requestObject"]["data"],
+        json!({"k": "v"}),
+        "{created}"
+    );
+    assert_eq!(created["responseObject"]["metadata"]["name"], "typed");
+    let conflict = events
+        .iter()
+        .find(|e| e["responseStatus"]["code"] == 409)
+        .expect("the second create");
+    assert_eq!(
+        conflict["responseStatus"]["reason"], "AlreadyExists",
+        "{conflict}"
+    );
+    assert_eq!(conflict["responseObject"]["kind"], "Status");
+}
+
 #[test]
 fn refused_and_unauthenticated_requests_are_recorded_with_the_reason() {
     let a = start();

@@ -17,6 +17,7 @@ pub const TARGETS: &[&str] = &[
     "strategic_merge",
     "decode_body",
     "image_reference",
+    "protobuf_body",
 ];
 
 #[derive(Debug, clap::Args)]

@@ -3,6 +3,7 @@
 mod ebpf;
 mod fuzz;
 mod images;
+mod protobuf;
 mod setup;
 mod shell;
 mod test;
@@ -42,6 +43,12 @@ enum Command {
     Test,
     /// Run the fuzz targets (cargo-fuzz, nightly) for a bounded time each.
     Fuzz(fuzz::FuzzArgs),
+    /// Write api/src/protobuf/table.rs, the Kubernetes protobuf schema, from the k8s-pb and
+    /// k8s-openapi sources in the lockfile (`--check`: fail if it is out of date instead).
+    GenProtobuf {
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -111,6 +118,7 @@ fn main() -> anyhow::Result<()> {
             ])
         }
         Command::Images => images::build(),
+        Command::GenProtobuf { check } => protobuf::generate(check),
         Command::Test => test::run(),
         Command::Fuzz(args) => {
             setup::run()?;

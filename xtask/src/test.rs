@@ -15,6 +15,9 @@ pub fn run() -> anyhow::Result<()> {
     let result = (|| {
         phases.time("setup", setup::run)?;
         phases.time("fmt", || shell::cargo(&["fmt", "--all", "--check"]))?;
+        phases.time("protobuf table up to date", || {
+            crate::protobuf::generate(true)
+        })?;
         phases.time("clippy (host)", clippy_host)?;
         phases.time("clippy (ebpf)", clippy_ebpf)?;
         phases.time("load/unload", crate::ebpf::load_unload_smoke)?;

@@ -17,12 +17,12 @@ pub mod error;
 pub mod fanout;
 pub mod inflight;
 pub mod kubelet_client;
+pub mod negotiation;
 pub mod node_proxy;
 pub mod objects;
 pub mod openapi;
 pub mod path;
 pub mod pki;
-pub mod protobuf;
 pub mod resources;
 pub mod selectors;
 pub mod serve;
@@ -256,6 +256,8 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
         .layer(middleware::from_fn(audit::note_authenticated))
         .layer(axum::Extension(Arc::clone(&tokens)))
         .layer(middleware::from_fn_with_state(tokens, auth::require_token))
+        // Outermost, so that authentication's errors are negotiated too.
+        .layer(middleware::from_fn(negotiation::negotiate))
 }
 
 /// kube-apiserver's `MaxRequestBodyBytes`: the largest request body (and patched object) it
@@ -289,21 +291,6 @@ async fn certificate_request(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let sub = target.subresource.as_deref();
-    // The typed client kubectl approves with writes protobuf: read it as the JSON it means.
-    let (headers, body) = if protobuf::is_protobuf(headers) {
-        let csr = certificates::from_protobuf(&body).ok_or_else(|| {
-            ApiError::unsupported_media_type("application/vnd.kubernetes.protobuf")
-        })?;
-        let mut json_headers = headers.clone();
-        json_headers.insert(
-            axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/json"),
-        );
-        (json_headers, Bytes::from(csr.to_string()))
-    } else {
-        (headers.clone(), body)
-    };
-    let headers = &headers;
     match (method, target.name.as_deref()) {
         (&Method::POST, None) => {
             let mut csr = objects::decode(headers, &body)?;
@@ -387,18 +374,8 @@ async fn resource_request_as(
                 target.resource.plural,
             ));
         }
-        let protobuf = headers
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/vnd.kubernetes.protobuf"));
-        // kubectl auth can-i sends its reviews as protobuf.
-        let review =
-            match protobuf {
-                true => authz::reviews::from_protobuf(target.resource.plural, &body).ok_or_else(
-                    || ApiError::unsupported_media_type("application/vnd.kubernetes.protobuf"),
-                )?,
-                false => objects::decode(headers, &body)?,
-            };
+        // kubectl auth can-i sends its reviews as protobuf, which `decode` reads too.
+        let review = objects::decode(headers, &body)?;
         let answer = authz::reviews::answer(&api.authz, user, &target, review)?;
         return Ok((axum::http::StatusCode::CREATED, axum::Json(answer)).into_response());
     }

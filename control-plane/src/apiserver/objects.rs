@@ -246,10 +246,13 @@ pub(crate) fn content_type(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
-/// Decodes a request body (JSON or YAML) into an object.
+/// Decodes a request body (JSON, YAML or Kubernetes protobuf) into an object.
 pub(crate) fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Value> {
     let content_type = content_type(headers);
     let value: Value = match content_type.as_str() {
+        apiary_api::protobuf::MEDIA_TYPE => apiary_api::protobuf::decode(body).map_err(|e| {
+            ApiError::bad_request(format!("error decoding protobuf request body: {e}"))
+        })?,
         "application/json" | "" => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding JSON request body: {e}")))?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(body)?,

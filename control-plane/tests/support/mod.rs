@@ -322,6 +322,14 @@ impl Run {
         stdout
     }
 
+    /// Stderr (where `-v=8` logs requests and responses); panics unless kubectl succeeded.
+    #[allow(dead_code, reason = "not every test binary logs kubectl's requests")]
+    pub fn success_log(self) -> String {
+        let (ok, stdout, stderr, args) = self.run();
+        assert!(ok, "kubectl {args:?} failed: {stdout}{stderr}");
+        stderr
+    }
+
     /// Stdout and stderr; panics unless kubectl failed.
     pub fn failure(self) -> String {
         let (ok, stdout, stderr, args) = self.run();

@@ -190,13 +190,15 @@ pub async fn record(
     }
     // The response object is copied at RequestResponse (unless it streams); a failure's
     // Status always, for `responseStatus`.
-    let json = response
+    let object = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"));
+        .is_some_and(|ct| {
+            ct.starts_with("application/json") || ct.starts_with(apiary_api::protobuf::MEDIA_TYPE)
+        });
     let capture =
-        json && ((decision.level == Level::RequestResponse && !long_running) || code >= 400);
+        object && ((decision.level == Level::RequestResponse && !long_running) || code >= 400);
     let (parts, body) = response.into_parts();
     let body = AuditedBody {
         inner: body,
@@ -303,11 +305,20 @@ async fn read_object(mut body: Body) -> (Body, Option<Value>) {
         }
     }
     let bytes: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-    let object = serde_json::from_slice::<Value>(&bytes)
-        .ok()
-        .or_else(|| serde_yaml::from_slice::<Value>(&bytes).ok())
-        .filter(|v| !v.is_null());
+    let object = body_object(&bytes);
     (Body::from(bytes), object)
+}
+
+/// A request or response body as the object it carries: Kubernetes protobuf (typed clients
+/// send it and may be answered in it), JSON or YAML.
+fn body_object(bytes: &[u8]) -> Option<Value> {
+    if bytes.starts_with(b"k8s\0") {
+        return apiary_api::protobuf::decode(bytes).ok();
+    }
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .or_else(|| serde_yaml::from_slice::<Value>(bytes).ok())
+        .filter(|v| !v.is_null())
 }
 
 /// The response body, passed through; when it ends (or the client goes away) the request's
@@ -420,7 +431,7 @@ fn event(record: &Record, stage: Stage, code: Option<u16>, response: Option<&[u8
     if let Some(code) = code {
         let status = response
             .filter(|_| code >= 400)
-            .and_then(|bytes| serde_json::from_slice::<Value>(bytes).ok())
+            .and_then(body_object)
             .filter(|v| v["kind"] == "Status");
         let mut response_status = json!({ "metadata": {}, "code": code });
         if let Some(status) = status {
@@ -439,7 +450,7 @@ fn event(record: &Record, stage: Stage, code: Option<u16>, response: Option<&[u8
     }
     if level >= Level::RequestResponse
         && stage == Stage::ResponseComplete
-        && let Some(mut object) = response.and_then(|b| serde_json::from_slice::<Value>(b).ok())
+        && let Some(mut object) = response.and_then(body_object)
     {
         if decision.is_some_and(|d| d.omit_managed_fields) {
             omit_managed_fields(&mut object);

@@ -13,7 +13,6 @@ use axum::{
 use serde_json::{Map, Value, json};
 
 use super::{super::auth::Tokens, API_AUDIENCE, UserInfo};
-use crate::apiserver::protobuf::{Field, envelope_raw, fields, is_protobuf};
 use crate::apiserver::{error::ApiError, objects::decode};
 
 const API_VERSION: &str = "authentication.k8s.io/v1";
@@ -27,12 +26,9 @@ pub async fn self_subject_reviews(
 ) -> Response {
     let result = (|| {
         only_create(&method, "selfsubjectreviews")?;
-        // kubectl sends it as protobuf (typed clients prefer it for built-in kinds): a review
-        // has nothing to read but its kind, so any body will do; the answer is JSON, which
-        // client-go decodes by the response's content type.
-        if !is_protobuf(&headers) {
-            decode(&headers, &body)?;
-        }
+        // kubectl sends it as protobuf (typed clients prefer it for built-in kinds); a review
+        // has nothing to read but its kind.
+        decode(&headers, &body)?;
         let user = user.map(|Extension(u)| u).unwrap_or_default();
         Ok(json!({
             "kind": "SelfSubjectReview",
@@ -63,13 +59,8 @@ async fn token_review(
 ) -> Result<Value, ApiError> {
     {
         only_create(method, "tokenreviews")?;
-        let mut review = if is_protobuf(headers) {
-            token_review_from_protobuf(body).ok_or_else(|| {
-                ApiError::bad_request("the TokenReview's protobuf body is malformed")
-            })?
-        } else {
-            decode(headers, body)?
-        };
+        // JSON, or protobuf from typed clients.
+        let mut review = decode(headers, body)?;
         let token = review["spec"]["token"]
             .as_str()
             .unwrap_or_default()
@@ -114,28 +105,6 @@ async fn token_review(
     }
 }
 
-/// A protobuf TokenReview (typed clients' choice) as JSON: its spec (2) holds `token` (1) and
-/// `audiences` (2).
-fn token_review_from_protobuf(body: &[u8]) -> Option<Value> {
-    let string = |b: &[u8]| String::from_utf8(b.to_vec()).ok().map(Value::String);
-    let mut spec = json!({});
-    for (number, field) in fields(envelope_raw(body)?)? {
-        let (2, Field::Bytes(bytes)) = (number, field) else {
-            continue;
-        };
-        let mut audiences = Vec::new();
-        for (number, field) in fields(bytes)? {
-            match (number, field) {
-                (1, Field::Bytes(b)) => spec["token"] = string(b)?,
-                (2, Field::Bytes(b)) => audiences.push(string(b)?),
-                _ => {}
-            }
-        }
-        spec["audiences"] = Value::Array(audiences);
-    }
-    Some(json!({ "spec": spec }))
-}
-
 fn only_create(method: &Method, resource: &str) -> Result<(), ApiError> {
     if method == Method::POST {
         Ok(())
@@ -175,18 +144,22 @@ pub fn user_info(user: &UserInfo) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::protobuf::bytes_field;
+    use crate::testing::{bytes_field, protobuf_body, protobuf_headers};
 
     #[test]
     fn a_protobuf_token_review_is_read_as_typed_clients_send_it() {
         let mut spec = bytes_field(1, b"t0k3n");
         spec.extend(bytes_field(2, b"vault"));
-        let mut body = b"k8s\0".to_vec();
-        body.extend(bytes_field(2, &bytes_field(2, &spec)));
-        assert_eq!(
-            token_review_from_protobuf(&body).unwrap(),
-            json!({"spec": {"token": "t0k3n", "audiences": ["vault"]}})
+        let body = protobuf_body(
+            "authentication.k8s.io/v1",
+            "TokenReview",
+            &bytes_field(2, &spec),
         );
-        assert_eq!(token_review_from_protobuf(b"{}"), None);
+        assert_eq!(
+            decode(&protobuf_headers(), &body).unwrap(),
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                   "spec": {"token": "t0k3n", "audiences": ["vault"]}})
+        );
+        assert!(decode(&protobuf_headers(), b"{}").is_err());
     }
 }

@@ -8,7 +8,6 @@ use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
 use super::API_AUDIENCE;
-use crate::apiserver::protobuf::{Field, envelope_raw, fields, is_protobuf};
 use crate::apiserver::{
     Api,
     error::ApiError,
@@ -33,12 +32,8 @@ pub async fn create(
         return Err(ApiError::no_route("serviceaccounts/token"));
     };
     let namespace = target.namespace.as_deref().unwrap_or_default();
-    let request = if is_protobuf(headers) {
-        from_protobuf(body)
-            .ok_or_else(|| ApiError::bad_request("the TokenRequest's protobuf body is malformed"))?
-    } else {
-        decode(headers, body)?
-    };
+    // JSON, or protobuf from kubectl's typed client.
+    let request = decode(headers, body)?;
     let spec = &request["spec"];
     let expiration = spec["expirationSeconds"]
         .as_i64()
@@ -151,51 +146,10 @@ pub async fn create(
     }))
 }
 
-/// The spec of a protobuf TokenRequest (what kubectl, a typed client, sends), as JSON: the
-/// `k8s\0` envelope's `runtime.Unknown.raw` (2) is a TokenRequest whose spec (2) holds
-/// `audiences` (1), `boundObjectRef` (3: kind 1, apiVersion 2, name 3, uid 4) and
-/// `expirationSeconds` (4).
-fn from_protobuf(body: &[u8]) -> Option<Value> {
-    let raw = envelope_raw(body)?;
-    let string = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
-    let mut spec = json!({});
-    for (number, field) in fields(raw)? {
-        let (2, Field::Bytes(spec_bytes)) = (number, field) else {
-            continue;
-        };
-        let mut audiences = Vec::new();
-        for (number, field) in fields(spec_bytes)? {
-            match (number, field) {
-                (1, Field::Bytes(b)) => audiences.push(Value::String(string(b)?)),
-                (4, Field::Varint(v)) => spec["expirationSeconds"] = json!(v as i64),
-                (3, Field::Bytes(b)) => {
-                    let mut reference = json!({});
-                    for (number, field) in fields(b)? {
-                        let key = match number {
-                            1 => "kind",
-                            2 => "apiVersion",
-                            3 => "name",
-                            4 => "uid",
-                            _ => continue,
-                        };
-                        if let Field::Bytes(b) = field {
-                            reference[key] = Value::String(string(b)?);
-                        }
-                    }
-                    spec["boundObjectRef"] = reference;
-                }
-                _ => {}
-            }
-        }
-        spec["audiences"] = Value::Array(audiences);
-    }
-    Some(json!({ "spec": spec }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::protobuf::bytes_field;
+    use crate::testing::{bytes_field, protobuf_body, protobuf_headers};
 
     #[test]
     fn a_protobuf_token_request_is_read_as_kubectl_sends_it() {
@@ -204,12 +158,15 @@ mod tests {
         let mut spec = bytes_field(1, b"vault");
         spec.extend(bytes_field(3, &reference));
         spec.extend([4 << 3, 0x90, 0x1c]); // 3600
-        let request = bytes_field(2, &spec);
-        let mut body = b"k8s\0".to_vec();
-        body.extend(bytes_field(2, &request));
+        let body = protobuf_body(
+            "authentication.k8s.io/v1",
+            "TokenRequest",
+            &bytes_field(2, &spec),
+        );
         assert_eq!(
-            from_protobuf(&body).unwrap(),
-            json!({"spec": {"audiences": ["vault"], "expirationSeconds": 3600,
+            decode(&protobuf_headers(), &body).unwrap(),
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                   "spec": {"audiences": ["vault"], "expirationSeconds": 3600,
                             "boundObjectRef": {"kind": "Pod", "name": "web"}}})
         );
     }
