@@ -80,7 +80,15 @@ fn dry_run_updates_patches_and_deletes_change_nothing() {
             .remove("resourceVersion");
         (object["metadata"].clone(), object["spec"].clone())
     };
-    let before = written(&cp);
+    // The controller marks the deployment's first revision: wait for it before comparing.
+    let mut before = written(&cp);
+    for _ in 0..100 {
+        if before.0["annotations"]["deployment.kubernetes.io/revision"].is_string() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        before = written(&cp);
+    }
 
     let scaled = DEPLOYMENT.replace("replicas: 2", "replicas: 5");
     let answer: serde_json::Value = serde_json::from_str(
