@@ -17,7 +17,7 @@ mod schema;
 mod special;
 #[rustfmt::skip]
 mod table;
-mod wire;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;

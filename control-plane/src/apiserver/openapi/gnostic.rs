@@ -392,15 +392,17 @@ fn parameters_item(value: &Value) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::protobuf::{Field, fields};
+    use apiary_api::protobuf::wire::{Reader, WireValue};
     use serde_json::json;
 
+    /// The length-delimited fields numbered `number` of a message, read back with the API
+    /// server's one protobuf reader.
     fn bytes_of(message: &[u8], number: u64) -> Vec<&[u8]> {
-        fields(message)
-            .expect("well-formed")
-            .into_iter()
-            .filter_map(|(n, f)| match f {
-                Field::Bytes(b) if n == number => Some(b),
+        let mut reader = Reader::new(message);
+        std::iter::from_fn(|| reader.field())
+            .map(|field| field.expect("well-formed"))
+            .filter_map(|(n, value)| match value {
+                WireValue::Bytes(b) if n == number => Some(b),
                 _ => None,
             })
             .collect()
