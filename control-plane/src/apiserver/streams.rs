@@ -87,14 +87,7 @@ pub async fn exec(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Response {
-    let query = query.unwrap_or_default();
-    let result = async {
-        let target = locate(&api, &namespace, &name, &query).await?;
-        let path = format!("/exec/{namespace}/{name}/{}", target.container);
-        proxy_upgrade(&api, &target.agent, target.uri(&path, &query), request).await
-    }
-    .await;
-    result.unwrap_or_else(|e| e.into_response())
+    to_container(&api, "exec", &namespace, &name, query, request).await
 }
 
 /// `GET|POST /api/v1/namespaces/{namespace}/pods/{name}/attach`
@@ -104,11 +97,24 @@ pub async fn attach(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Response {
+    to_container(&api, "attach", &namespace, &name, query, request).await
+}
+
+/// An upgraded stream to one container, proxied to the kubelet's `/{stream}/{namespace}/{name}/
+/// {container}` on the pod's node.
+async fn to_container(
+    api: &Arc<Api>,
+    stream: &str,
+    namespace: &str,
+    name: &str,
+    query: Option<String>,
+    request: Request,
+) -> Response {
     let query = query.unwrap_or_default();
     let result = async {
-        let target = locate(&api, &namespace, &name, &query).await?;
-        let path = format!("/attach/{namespace}/{name}/{}", target.container);
-        proxy_upgrade(&api, &target.agent, target.uri(&path, &query), request).await
+        let target = locate(api, namespace, name, &query).await?;
+        let path = format!("/{stream}/{namespace}/{name}/{}", target.container);
+        proxy_upgrade(api, &target.agent, target.uri(&path, &query), request).await
     }
     .await;
     result.unwrap_or_else(|e| e.into_response())

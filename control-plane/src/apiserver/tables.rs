@@ -366,11 +366,23 @@ pub fn table(resource: &ResourceType, objects: &[Value], list_metadata: Value) -
             def
         })
         .collect();
+    let cells = |o: &Value| cols.iter().map(|(_, _, _, cell)| cell(o)).collect();
+    table_of(definitions, objects, cells, list_metadata)
+}
+
+/// A `meta.k8s.io/v1` Table: the column definitions, and a row of `cells` per object with the
+/// object's metadata (kubectl's `PartialObjectMetadata`).
+fn table_of(
+    definitions: Vec<Value>,
+    objects: &[Value],
+    cells: impl Fn(&Value) -> Vec<Value>,
+    list_metadata: Value,
+) -> Value {
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
             json!({
-                "cells": cols.iter().map(|(_, _, _, cell)| cell(o)).collect::<Vec<_>>(),
+                "cells": cells(o),
                 "object": {
                     "kind": "PartialObjectMetadata",
                     "apiVersion": "meta.k8s.io/v1",
@@ -792,37 +804,21 @@ pub fn custom_table(
             "description": c.description, "priority": c.priority,
         })
     }));
-    let rows: Vec<Value> = objects
-        .iter()
-        .map(|o| {
-            let mut cells = vec![o["metadata"]["name"].clone()];
-            cells.extend(columns.iter().map(|c| {
-                match super::custom_resources::json_path(o, &c.json_path) {
-                    None | Some(Value::Null) => Value::Null,
-                    Some(v) if c.type_ == "date" => json!(age(v)),
-                    Some(v) if matches!(v, Value::Array(_) | Value::Object(_)) => {
-                        json!(v.to_string())
-                    }
-                    Some(v) => v.clone(),
+    let cells = |o: &Value| {
+        let mut cells = vec![o["metadata"]["name"].clone()];
+        cells.extend(columns.iter().map(|c| {
+            match super::custom_resources::json_path(o, &c.json_path) {
+                None | Some(Value::Null) => Value::Null,
+                Some(v) if c.type_ == "date" => json!(age(v)),
+                Some(v) if matches!(v, Value::Array(_) | Value::Object(_)) => {
+                    json!(v.to_string())
                 }
-            }));
-            json!({
-                "cells": cells,
-                "object": {
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": o["metadata"],
-                },
-            })
-        })
-        .collect();
-    json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": list_metadata,
-        "columnDefinitions": definitions,
-        "rows": rows,
-    })
+                Some(v) => v.clone(),
+            }
+        }));
+        cells
+    };
+    table_of(definitions, objects, cells, list_metadata)
 }
 
 fn age(timestamp: &Value) -> String {

@@ -59,15 +59,7 @@ pub fn document(catalog: &Catalog, group: &str, version: &str) -> Value {
         .filter(|(_, published)| published.served_in == (group, version))
         .map(|(gvk, published)| (gvk, published.name.as_str()))
         .collect();
-    let schemas: Map<String, Value> = catalog
-        .closure(kinds.iter().map(|(_, name)| *name))
-        .into_iter()
-        .map(|name| {
-            let schema =
-                special_format(&name).unwrap_or_else(|| converted(&catalog.definitions[&name]));
-            (name, schema)
-        })
-        .collect();
+    let schemas = components(catalog, kinds.iter().map(|(_, name)| *name));
     let mut paths = Map::new();
     for r in RESOURCES
         .iter()
@@ -87,6 +79,22 @@ pub fn document(catalog: &Catalog, group: &str, version: &str) -> Value {
         "paths": paths,
         "components": { "schemas": schemas },
     })
+}
+
+/// The v3 schemas of `roots` and of everything they reference.
+fn components<'a>(
+    catalog: &Catalog,
+    roots: impl IntoIterator<Item = &'a str>,
+) -> Map<String, Value> {
+    catalog
+        .closure(roots)
+        .into_iter()
+        .map(|name| {
+            let schema =
+                special_format(&name).unwrap_or_else(|| converted(&catalog.definitions[&name]));
+            (name, schema)
+        })
+        .collect()
 }
 
 /// The operations of one object's path: PATCH (with every patch type and `fieldValidation`,
@@ -139,15 +147,7 @@ pub fn custom_document(
     kinds: &[std::sync::Arc<crate::apiserver::custom_resources::CustomVersion>],
 ) -> Value {
     const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
-    let mut schemas: Map<String, Value> = catalog
-        .closure([OBJECT_META])
-        .into_iter()
-        .map(|name| {
-            let schema =
-                special_format(&name).unwrap_or_else(|| converted(&catalog.definitions[&name]));
-            (name, schema)
-        })
-        .collect();
+    let mut schemas = components(catalog, [OBJECT_META]);
     let mut paths = Map::new();
     for custom in kinds {
         let r = custom.info;
