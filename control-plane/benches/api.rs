@@ -1,8 +1,9 @@
 //! `cargo xtask bench api`: the API server under load, embedded store and etcd side by side.
 //!
 //! Creates/s and latency with 16 concurrent clients (as the admin, and as a user RBAC authorizes
-//! with 10,000 RoleBindings present), list latency at 10,000 objects, watch fan-out to 1,000
-//! watchers, and the control plane's RSS. Prints a table and writes
+//! with 10,000 RoleBindings present), list latency at 10,000 objects, the same creates and list
+//! for a custom resource (a CRD with a schema, so pruning, defaulting and validation are in the
+//! cost), watch fan-out to 1,000 watchers, and the control plane's RSS. Prints a table and writes
 //! `target/bench/api.json`. Everything runs on loopback.
 
 use std::{
@@ -33,22 +34,104 @@ fn configmap(name: &str) -> Value {
     json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": name }, "data": { "k": "v" } })
 }
 
-async fn create(client: &reqwest::Client, server: &Server, ns: &str, name: &str) -> Duration {
-    create_as(client, server, &server.token, ns, name).await
+fn widget(name: &str) -> Value {
+    json!({ "apiVersion": "bench.apiary.dev/v1", "kind": "Widget", "metadata": { "name": name }, "spec": { "size": 3 } })
+}
+
+/// What the creates and lists are timed on: a built-in kind, or a custom one.
+struct Kind {
+    /// `api/v1`, `apis/bench.apiary.dev/v1`.
+    group_version: &'static str,
+    plural: &'static str,
+    object: fn(&str) -> Value,
+}
+
+const CONFIG_MAPS: Kind = Kind {
+    group_version: "api/v1",
+    plural: "configmaps",
+    object: configmap,
+};
+const WIDGETS: Kind = Kind {
+    group_version: "apis/bench.apiary.dev/v1",
+    plural: "widgets",
+    object: widget,
+};
+
+/// The CRD of [`WIDGETS`]: a schema with a bound, a default and an enum, as real ones have.
+fn widget_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": { "name": "widgets.bench.apiary.dev" },
+        "spec": {
+            "group": "bench.apiary.dev", "scope": "Namespaced",
+            "names": { "plural": "widgets", "kind": "Widget" },
+            "versions": [{ "name": "v1", "served": true, "storage": true,
+                "schema": { "openAPIV3Schema": { "type": "object", "properties": {
+                    "spec": { "type": "object", "required": ["size"], "properties": {
+                        "size": { "type": "integer", "minimum": 1, "maximum": 100 },
+                        "mode": { "type": "string", "enum": ["fast", "safe"], "default": "safe" },
+                    }},
+                }}},
+            }],
+        },
+    })
+}
+
+/// Creates the Widget CRD and waits until its kind is served.
+async fn install_widgets(server: &Server) {
+    let client = server.client();
+    let response = client
+        .post(format!(
+            "{}/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            server.base
+        ))
+        .bearer_auth(&server.token)
+        .json(&widget_crd())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("{}/apis/bench.apiary.dev/v1", server.base))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(Instant::now() < deadline, "the Widget kind is never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn create(
+    client: &reqwest::Client,
+    server: &Server,
+    kind: &Kind,
+    ns: &str,
+    name: &str,
+) -> Duration {
+    create_as(client, server, kind, &server.token, ns, name).await
 }
 
 async fn create_as(
     client: &reqwest::Client,
     server: &Server,
+    kind: &Kind,
     token: &str,
     ns: &str,
     name: &str,
 ) -> Duration {
     let started = Instant::now();
     let response = client
-        .post(format!("{}/api/v1/namespaces/{ns}/configmaps", server.base))
+        .post(format!(
+            "{}/{}/namespaces/{ns}/{}",
+            server.base, kind.group_version, kind.plural
+        ))
         .bearer_auth(token)
-        .json(&configmap(name))
+        .json(&(kind.object)(name))
         .send()
         .await
         .unwrap();
@@ -75,7 +158,7 @@ async fn ensure_namespace(server: &Server, ns: &str) {
 
 /// `CREATES` creates into `ns` from `CLIENTS` concurrent clients, each on its own connection,
 /// with `token`.
-async fn bench_creates(server: &Arc<Server>, ns: &str, token: &str) -> Value {
+async fn bench_creates(server: &Arc<Server>, kind: &'static Kind, ns: &str, token: &str) -> Value {
     ensure_namespace(server, ns).await;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -87,7 +170,7 @@ async fn bench_creates(server: &Arc<Server>, ns: &str, token: &str) -> Value {
             let mut latencies = Vec::new();
             for i in 0..CREATES / CLIENTS {
                 let name = format!("c{c}-{i}");
-                latencies.push(create_as(&client, &server, &token, &ns, &name).await);
+                latencies.push(create_as(&client, &server, kind, &token, &ns, &name).await);
             }
             latencies
         }));
@@ -190,15 +273,17 @@ async fn create_bindings(server: &Arc<Server>, ns: &str) {
 }
 
 /// Fills a namespace with `LIST_OBJECTS` objects, then times full lists of it.
-async fn bench_list(server: &Arc<Server>) -> Value {
-    ensure_namespace(server, "listing").await;
+async fn bench_list(server: &Arc<Server>, kind: &'static Kind) -> Value {
+    let ns = format!("listing-{}", kind.plural);
+    ensure_namespace(server, &ns).await;
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
         let server = Arc::clone(server);
+        let ns = ns.clone();
         tasks.push(tokio::spawn(async move {
             let client = server.client();
             for i in 0..LIST_OBJECTS / CLIENTS {
-                create(&client, &server, "listing", &format!("l{c}-{i}")).await;
+                create(&client, &server, kind, &ns, &format!("l{c}-{i}")).await;
             }
         }));
     }
@@ -211,8 +296,8 @@ async fn bench_list(server: &Arc<Server>) -> Value {
         let started = Instant::now();
         let list: Value = client
             .get(format!(
-                "{}/api/v1/namespaces/listing/configmaps",
-                server.base
+                "{}/{}/namespaces/{ns}/{}",
+                server.base, kind.group_version, kind.plural
             ))
             .bearer_auth(&server.token)
             .send()
@@ -287,7 +372,7 @@ async fn bench_watch(server: &Arc<Server>) -> Value {
     let started = Instant::now();
     let client = server.client();
     for i in 0..WATCH_EVENTS {
-        create(&client, server, "watched", &format!("w{i}")).await;
+        create(&client, server, &CONFIG_MAPS, "watched", &format!("w{i}")).await;
     }
     let mut complete = 0;
     let mut last = started;
@@ -328,16 +413,32 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
         let idle_rss = server.rss_mib();
         let result = runtime.block_on(async {
-            let creates = bench_creates(&server, "creates", &server.token).await;
+            let creates = bench_creates(&server, &CONFIG_MAPS, "creates", &server.token).await;
             create_bindings(&server, "creates-rbac").await;
-            let rbac_creates = bench_creates(&server, "creates-rbac", USER_TOKEN).await;
-            let list = bench_list(&server).await;
+            let rbac_creates =
+                bench_creates(&server, &CONFIG_MAPS, "creates-rbac", USER_TOKEN).await;
+            let list = bench_list(&server, &CONFIG_MAPS).await;
+            install_widgets(&server).await;
+            let custom_creates =
+                bench_creates(&server, &WIDGETS, "creates-custom", &server.token).await;
+            let custom_list = bench_list(&server, &WIDGETS).await;
             let watch = bench_watch(&server).await;
-            json!({ "creates": creates, "rbac_creates": rbac_creates, "list": list, "watch": watch })
+            json!({
+                "creates": creates, "rbac_creates": rbac_creates, "list": list,
+                "custom_creates": custom_creates, "custom_list": custom_list, "watch": watch,
+            })
         });
         let mut result = result;
         result["rss_idle_mib"] = json!(idle_rss);
         result["rss_end_mib"] = json!(server.rss_mib());
+        result["custom_ratio"] = json!(
+            result["custom_creates"]["creates_per_s"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+                / result["creates"]["creates_per_s"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN)
+        );
         result["rbac_ratio"] = json!(
             result["rbac_creates"]["creates_per_s"]
                 .as_f64()
@@ -363,7 +464,7 @@ fn main() {
 }
 
 fn print_table(results: &serde_json::Map<String, Value>) {
-    let rows: [(&str, &[&str]); 14] = [
+    let rows: [(&str, &[&str]); 19] = [
         ("creates/s (16 clients)", &["creates", "creates_per_s"]),
         ("create p50 ms", &["creates", "p50_ms"]),
         ("create p99 ms", &["creates", "p99_ms"]),
@@ -376,6 +477,14 @@ fn print_table(results: &serde_json::Map<String, Value>) {
         ("ratio non-admin/admin creates/s", &["rbac_ratio"]),
         ("list 10k p50 ms", &["list", "p50_ms"]),
         ("list 10k p99 ms", &["list", "p99_ms"]),
+        (
+            "custom creates/s (16 clients)",
+            &["custom_creates", "creates_per_s"],
+        ),
+        ("custom create p99 ms", &["custom_creates", "p99_ms"]),
+        ("ratio custom/configmap creates/s", &["custom_ratio"]),
+        ("custom list 10k p50 ms", &["custom_list", "p50_ms"]),
+        ("custom list 10k p99 ms", &["custom_list", "p99_ms"]),
         (
             "watchers with every event",
             &["watch", "watchers_with_every_event"],
