@@ -287,3 +287,70 @@ fn kubectl_explain_reads_a_custom_kinds_schema() {
         "{out}"
     );
 }
+
+#[test]
+fn custom_objects_page_and_are_garbage_collected_with_their_owners() {
+    let cp = ControlPlane::start();
+    install(&cp);
+    for i in 0..5 {
+        cp.kubectl_stdin(
+            &["apply", "-f", "-"],
+            &widget(&format!("w{i}"), "{size: 1}"),
+        )
+        .success();
+    }
+    // kubectl pages with limit/continue: 5 objects in chunks of 2.
+    let out = cp
+        .kubectl(&["get", "widgets", "--chunk-size=2", "-o", "name", "-v=6"])
+        .success();
+    assert_eq!(out.lines().count(), 5, "{out}");
+
+    // A custom object owned by a ConfigMap goes with it, and a ConfigMap owned by a custom
+    // object goes with that.
+    let owner = cp.kubectl_json(&["get", "widget", "w0", "-o", "json"]);
+    let owned_by_widget = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: child\n  ownerReferences:\n  - {{apiVersion: example.com/v1, kind: Widget, name: w0, uid: {}}}\n",
+        owner["metadata"]["uid"].as_str().unwrap()
+    );
+    cp.kubectl_stdin(&["apply", "-f", "-"], &owned_by_widget)
+        .success();
+    cp.kubectl(&["delete", "widget", "w0"]).success();
+    let mut gone = false;
+    for _ in 0..100 {
+        if !cp.kubectl(&["get", "configmap", "child"]).ok() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        gone,
+        "the ConfigMap owned by a deleted Widget was not collected"
+    );
+
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: parent}\n",
+    )
+    .success();
+    let parent = cp.kubectl_json(&["get", "configmap", "parent", "-o", "json"]);
+    let owned_by_configmap = format!(
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w9\n  ownerReferences:\n  - {{apiVersion: v1, kind: ConfigMap, name: parent, uid: {}}}\nspec: {{size: 1}}\n",
+        parent["metadata"]["uid"].as_str().unwrap()
+    );
+    cp.kubectl_stdin(&["apply", "-f", "-"], &owned_by_configmap)
+        .success();
+    cp.kubectl(&["delete", "configmap", "parent"]).success();
+    let mut gone = false;
+    for _ in 0..100 {
+        if !cp.kubectl(&["get", "widget", "w9"]).ok() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        gone,
+        "the Widget owned by a deleted ConfigMap was not collected"
+    );
+}
