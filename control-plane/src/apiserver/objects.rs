@@ -640,9 +640,15 @@ pub async fn watch_changes(
 async fn watch(api: &Arc<Api>, target: &Target, query: &Query, as_table: bool) -> Result<Response> {
     let resource = target.resource;
     let filter = Filter::from_query(query)?;
+    let bookmarks = is_true(query.get("allowWatchBookmarks"));
+    let send_initial_events = is_true(query.get("sendInitialEvents"));
+    if send_initial_events {
+        check_watch_list(query, bookmarks)?;
+    }
     let from = query
         .get("resourceVersion")
-        .filter(|rv| !rv.is_empty() && *rv != "0")
+        // A watch-list starts from the objects as they are, whatever version it names.
+        .filter(|rv| !rv.is_empty() && *rv != "0" && !send_initial_events)
         .map(|rv| parse_revision(rv))
         .transpose()?;
     let watch = match watch_changes(api, target, filter, from).await {
@@ -659,15 +665,94 @@ async fn watch(api: &Arc<Api>, target: &Target, query: &Query, as_table: bool) -
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
         .map(Duration::from_secs);
-    let initial = watch.initial.into_iter().map(Change::Added);
-    let lines = futures::stream::iter(initial)
-        .chain(watch.changes)
-        .map(move |change| Ok::<_, std::convert::Infallible>(change.into_line(resource, as_table)));
+    // The newest version the watcher has been sent, for bookmarks.
+    let latest = Arc::new(std::sync::atomic::AtomicI64::new(watch.revision));
+    let line = {
+        let latest = Arc::clone(&latest);
+        move |change: Change| {
+            if let Change::Added(o) | Change::Modified(o) | Change::Deleted(o) = &change
+                && let Ok(Some(revision)) = object_revision(o)
+            {
+                latest.fetch_max(revision, std::sync::atomic::Ordering::Relaxed);
+            }
+            change.into_line(resource, as_table)
+        }
+    };
+    let mut first: Vec<Bytes> = watch
+        .initial
+        .into_iter()
+        .map(|o| line.clone()(Change::Added(o)))
+        .collect();
+    // With `sendInitialEvents` the initial objects end with a bookmark saying so (the
+    // watch-list protocol: a list delivered as a watch).
+    if send_initial_events {
+        first.push(bookmark(resource, watch.revision, true));
+    }
+    let changes = watch.changes.map(line);
+    let events: futures::stream::BoxStream<'static, Bytes> = if bookmarks {
+        // Bookmarks tell the watcher how far it has come even when nothing it watches
+        // changes, so that it can resume from there rather than relist.
+        let ticks = futures::stream::unfold((), |()| async {
+            tokio::time::sleep(BOOKMARK_INTERVAL).await;
+            Some(((), ()))
+        })
+        .map(move |()| {
+            let revision = latest.load(std::sync::atomic::Ordering::Relaxed);
+            bookmark(resource, revision, false)
+        });
+        futures::stream::iter(first)
+            .chain(futures::stream::select(changes, ticks))
+            .boxed()
+    } else {
+        futures::stream::iter(first).chain(changes).boxed()
+    };
+    let lines = events.map(Ok::<_, std::convert::Infallible>);
     let body = match timeout {
         Some(t) => Body::from_stream(lines.take_until(tokio::time::sleep(t))),
         None => Body::from_stream(lines),
     };
     Ok(streaming(body))
+}
+
+/// How often a watch that allows bookmarks gets one (kube-apiserver sends one about a minute
+/// apart, and before a watch times out).
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A `BOOKMARK` event: an object of the watched kind with only its resource version (and, at
+/// the end of a watch-list's initial objects, the `k8s.io/initial-events-end` annotation).
+fn bookmark(resource: &ResourceType, revision: Revision, initial_events_end: bool) -> Bytes {
+    let mut metadata = json!({ "resourceVersion": revision.to_string() });
+    if initial_events_end {
+        metadata["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
+    }
+    let object = json!({
+        "kind": resource.kind,
+        "apiVersion": resource.api_version(),
+        "metadata": metadata,
+    });
+    watch_event(resource, false, "BOOKMARK", &object)
+}
+
+/// What kube-apiserver requires of a watch with `sendInitialEvents=true`: bookmarks allowed
+/// (the end of the initial events is one) and `resourceVersionMatch=NotOlderThan`.
+fn check_watch_list(query: &Query, bookmarks: bool) -> Result<()> {
+    let mut causes = Vec::new();
+    if query.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {
+        causes.push((
+            "resourceVersionMatch".to_owned(),
+            "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan".to_owned(),
+        ));
+    }
+    if !bookmarks {
+        causes.push((
+            "allowWatchBookmarks".to_owned(),
+            "allowWatchBookmarks: Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true".to_owned(),
+        ));
+    }
+    if causes.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid("ListOptions", "meta.k8s.io", "", &causes))
 }
 
 fn filter_only(query: &Query) -> Query {
