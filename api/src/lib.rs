@@ -23,6 +23,7 @@ pub mod apps_v1;
 pub mod autoscaling_v1;
 pub mod batch_v1;
 pub mod bootstrap_token;
+pub mod cel_rules;
 pub mod certificates_v1;
 pub mod coordination_v1;
 pub mod core_v1;

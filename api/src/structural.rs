@@ -121,9 +121,9 @@ pub fn default(schema: &Value, value: &mut Value) {
 
 /// Validates `object` against `schema`; the root's `apiVersion`, `kind` and `metadata` are the
 /// API server's to check.
-pub fn validate(schema: &Value, object: &Value) -> ErrorList {
+pub fn validate(schema: &Value, object: &Value, old: Option<&Value>) -> ErrorList {
     let mut errs = Vec::new();
-    validate_at(schema, object, "", true, &mut errs);
+    validate_at(schema, object, old, "", true, &mut errs);
     errs
 }
 
@@ -157,7 +157,14 @@ fn type_matches(expected: &str, value: &Value) -> bool {
     }
 }
 
-fn validate_at(schema: &Value, value: &Value, path: &str, root: bool, errs: &mut ErrorList) {
+fn validate_at(
+    schema: &Value,
+    value: &Value,
+    old: Option<&Value>,
+    path: &str,
+    root: bool,
+    errs: &mut ErrorList,
+) {
     let shown_path = if path.is_empty() { "<root>" } else { path };
     if value.is_null() {
         if !flag(schema, "nullable") && !root {
@@ -208,17 +215,35 @@ fn validate_at(schema: &Value, value: &Value, path: &str, root: bool, errs: &mut
         errs.push(FieldError::not_supported(path, shown(value), &names));
     }
     match value {
-        Value::Object(fields) => validate_object(schema, fields, path, root, errs),
-        Value::Array(items) => validate_array(schema, items, path, errs),
+        Value::Object(fields) => validate_object(schema, fields, old, path, root, errs),
+        Value::Array(items) => validate_array(schema, items, old, path, errs),
         Value::String(s) => validate_string(schema, s, path, shown_path, errs),
         Value::Number(n) => validate_number(schema, n, value, path, shown_path, errs),
         _ => {}
     }
+    // CEL rules run where the value is otherwise valid, as kube-apiserver's do.
+    errs.extend(crate::cel_rules::check(schema, value, old, path));
+}
+
+/// The previous value of `item` in a map list: the old item with the same keys.
+fn correlated<'o>(schema: &Value, item: &Value, old: Option<&'o Value>) -> Option<&'o Value> {
+    if schema["x-kubernetes-list-type"].as_str() != Some("map") {
+        return None;
+    }
+    let keys: Vec<&str> = schema["x-kubernetes-list-map-keys"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    old?.as_array()?
+        .iter()
+        .find(|o| keys.iter().all(|k| o.get(*k) == item.get(*k)))
 }
 
 fn validate_object(
     schema: &Value,
     fields: &Map<String, Value>,
+    old: Option<&Value>,
     path: &str,
     root: bool,
     errs: &mut ErrorList,
@@ -262,12 +287,19 @@ fn validate_object(
             continue;
         }
         if let Some(sub) = property_schema(schema, name) {
-            validate_at(sub, field_value, &child(path, name), false, errs);
+            let old_value = old.and_then(|o| o.get(name));
+            validate_at(sub, field_value, old_value, &child(path, name), false, errs);
         }
     }
 }
 
-fn validate_array(schema: &Value, items: &[Value], path: &str, errs: &mut ErrorList) {
+fn validate_array(
+    schema: &Value,
+    items: &[Value],
+    old: Option<&Value>,
+    path: &str,
+    errs: &mut ErrorList,
+) {
     if let Some(max) = schema["maxItems"].as_u64()
         && items.len() as u64 > max
     {
@@ -315,7 +347,16 @@ fn validate_array(schema: &Value, items: &[Value], path: &str, errs: &mut ErrorL
     }
     if let Some(items_schema) = schema.get("items").filter(|s| s.is_object()) {
         for (i, item) in items.iter().enumerate() {
-            validate_at(items_schema, item, &format!("{path}[{i}]"), false, errs);
+            // Items have a previous value only where a map list's keys say which it was.
+            let old_item = correlated(schema, item, old);
+            validate_at(
+                items_schema,
+                item,
+                old_item,
+                &format!("{path}[{i}]"),
+                false,
+                errs,
+            );
         }
     }
 }
@@ -459,6 +500,15 @@ fn check_schema_at(schema: &Value, path: &str, errs: &mut ErrorList) {
             format!("must be a valid regular expression, but isn't: {e}"),
         ));
     }
+    for (i, rule) in crate::cel_rules::rules(schema).iter().enumerate() {
+        if let Some(e) = crate::cel_rules::compile_error(rule.rule) {
+            errs.push(FieldError::invalid(
+                format!("{path}.x-kubernetes-validations[{i}].rule"),
+                rule.rule,
+                format!("compilation failed: {e}"),
+            ));
+        }
+    }
     if let Some(properties) = fields.get("properties").and_then(Value::as_object) {
         for (name, sub) in properties {
             check_schema_at(sub, &format!("{path}.properties[{name}]"), errs);
@@ -552,7 +602,7 @@ mod tests {
             "tags": ["a", "a"], "ports": [{"name": "x"}, {"name": "x"}],
             "template": {"spec": {}},
         }, "status": {"ready": "yes"}});
-        let got = messages(&validate(&schema(), &object));
+        let got = messages(&validate(&schema(), &object, None));
         for want in [
             "spec.size: Invalid value: 11: spec.size in body should be less than or equal to 10",
             r#"spec.mode: Unsupported value: "turbo": supported values: "fast", "safe""#,
@@ -570,11 +620,11 @@ mod tests {
                 "missing {want:?} in {got:#?}"
             );
         }
-        let missing = messages(&validate(&schema(), &json!({"spec": {}})));
+        let missing = messages(&validate(&schema(), &json!({"spec": {}}), None));
         assert_eq!(missing, ["spec.size: Required value"]);
         let fine = json!({"apiVersion": "x/v1", "kind": "W", "metadata": {"name": "w"},
                           "spec": {"size": 3, "port": "http", "note": null}});
-        assert!(validate(&schema(), &fine).is_empty());
+        assert!(validate(&schema(), &fine, None).is_empty());
     }
 
     #[test]

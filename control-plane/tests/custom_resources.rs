@@ -354,3 +354,51 @@ fn custom_objects_page_and_are_garbage_collected_with_their_owners() {
         "the Widget owned by a deleted ConfigMap was not collected"
     );
 }
+
+#[test]
+fn cel_validation_rules_are_enforced_with_transition_rules_on_updates() {
+    let cp = ControlPlane::start();
+    let crd = CRD.replace(
+        "            required: [size]\n",
+        "            required: [size]\n            x-kubernetes-validations:\n            - {rule: \"self.size <= 5 || self.mode == 'fast'\", message: big widgets must be fast}\n            - {rule: \"self.size >= oldSelf.size\", message: size may not shrink}\n",
+    );
+    assert_ne!(crd, CRD);
+    cp.kubectl_stdin(&["apply", "-f", "-"], &crd).success();
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/widgets.example.com",
+        "--timeout=20s",
+    ])
+    .success();
+    let out = cp
+        .kubectl_stdin(&["apply", "-f", "-"], &widget("w1", "{size: 8}"))
+        .failure();
+    assert!(
+        out.contains(r#"spec: Invalid value: "object": big widgets must be fast"#),
+        "{out}"
+    );
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &widget("w1", "{size: 8, mode: fast}"),
+    )
+    .success();
+    // A transition rule judges an update against the value it replaces.
+    let out = cp
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &widget("w1", "{size: 4, mode: fast}"),
+        )
+        .failure();
+    assert!(out.contains("size may not shrink"), "{out}");
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &widget("w1", "{size: 9, mode: fast}"),
+    )
+    .success();
+
+    // A rule that does not compile is refused with the CRD.
+    let broken = crd.replace("self.size >= oldSelf.size", "self.size >=");
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &broken).failure();
+    assert!(out.contains("compilation failed"), "{out}");
+}

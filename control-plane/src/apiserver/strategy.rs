@@ -210,7 +210,11 @@ fn validate_custom(
             &new_meta,
         ));
     }
-    errors.extend(apiary_api::structural::validate(&custom.schema, object));
+    errors.extend(apiary_api::structural::validate(
+        &custom.schema,
+        object,
+        old,
+    ));
     Ok(errors)
 }
 

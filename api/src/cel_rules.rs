@@ -1,0 +1,152 @@
+//! `x-kubernetes-validations`: CEL rules on a structural schema's nodes, as apiextensions-
+//! apiserver evaluates them, with the `cel` crate (cel-rust, the maintained Rust CEL
+//! interpreter). `self` is the node's value; `oldSelf`, on an update, its previous value, and a
+//! rule that names `oldSelf` (a transition rule) is only checked when there is one.
+
+use serde_json::Value;
+
+use crate::validation::{BadValue, FieldError};
+
+/// One rule of a schema node.
+#[derive(Debug)]
+pub struct Rule<'s> {
+    pub rule: &'s str,
+    message: Option<&'s str>,
+    message_expression: Option<&'s str>,
+    field_path: Option<&'s str>,
+    reason: Option<&'s str>,
+}
+
+/// The rules of a schema node.
+pub fn rules(schema: &Value) -> Vec<Rule<'_>> {
+    schema["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            Some(Rule {
+                rule: r["rule"].as_str()?,
+                message: r["message"].as_str().filter(|m| !m.is_empty()),
+                message_expression: r["messageExpression"].as_str().filter(|m| !m.is_empty()),
+                field_path: r["fieldPath"].as_str().filter(|p| !p.is_empty()),
+                reason: r["reason"].as_str(),
+            })
+        })
+        .collect()
+}
+
+/// Why a rule does not compile, for the CRD's validation.
+pub fn compile_error(rule: &str) -> Option<String> {
+    cel::Program::compile(rule).err().map(|e| e.to_string())
+}
+
+fn is_transition(rule: &str) -> bool {
+    cel::Program::compile(rule).is_ok_and(|p| p.references().has_variable("oldSelf"))
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_f64() => "number",
+        Value::Number(_) => "integer",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Evaluates `expression` with `self` (and `oldSelf`) bound.
+fn evaluate(expression: &str, value: &Value, old: Option<&Value>) -> Result<cel::Value, String> {
+    let program = cel::Program::compile(expression).map_err(|e| e.to_string())?;
+    let mut context = cel::Context::default();
+    let to_cel = |v: &Value| cel::to_value(v).map_err(|e| e.to_string());
+    context.add_variable_from_value("self", to_cel(value)?);
+    if let Some(old) = old {
+        context.add_variable_from_value("oldSelf", to_cel(old)?);
+    }
+    program.execute(&context).map_err(|e| e.to_string())
+}
+
+/// Checks `value` (at `path`) against the node's rules; `old` is its previous value on an
+/// update.
+pub fn check(schema: &Value, value: &Value, old: Option<&Value>, path: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    for rule in rules(schema) {
+        if old.is_none() && is_transition(rule.rule) {
+            continue;
+        }
+        let message = match evaluate(rule.rule, value, old) {
+            Ok(cel::Value::Bool(true)) => continue,
+            Ok(cel::Value::Bool(false)) => match (rule.message_expression, rule.message) {
+                (Some(expression), fallback) => match evaluate(expression, value, old) {
+                    Ok(cel::Value::String(s)) if !s.is_empty() => s.to_string(),
+                    _ => fallback
+                        .map_or_else(|| format!("failed rule: {}", rule.rule), str::to_owned),
+                },
+                (None, Some(message)) => message.to_owned(),
+                (None, None) => format!("failed rule: {}", rule.rule),
+            },
+            Ok(other) => format!("rule {:?} evaluated to {other:?}, not a boolean", rule.rule),
+            Err(e) => format!("rule {:?} could not be evaluated: {e}", rule.rule),
+        };
+        let at = match rule.field_path {
+            Some(field) => format!("{path}{field}"),
+            None => path.to_owned(),
+        };
+        errs.push(match rule.reason {
+            Some("FieldValueForbidden") => FieldError::forbidden(at, message),
+            Some("FieldValueRequired") => FieldError::required(at).with_detail(message),
+            Some("FieldValueDuplicate") => {
+                FieldError::duplicate(at, BadValue::Str(type_name(value).into()))
+                    .with_detail(message)
+            }
+            _ => FieldError::invalid(at, BadValue::Str(type_name(value).into()), message),
+        });
+    }
+    errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rules_pass_fail_with_their_message_and_transition_rules_need_an_old_value() {
+        let schema = json!({"type": "object", "x-kubernetes-validations": [
+            {"rule": "self.min <= self.max", "message": "min must not exceed max"},
+            {"rule": "self.max < 100"},
+            {"rule": "self.max >= oldSelf.max", "message": "max may not shrink", "fieldPath": ".max"},
+        ]});
+        assert!(check(&schema, &json!({"min": 1, "max": 5}), None, "spec").is_empty());
+        let errs: Vec<String> = check(&schema, &json!({"min": 300, "max": 200}), None, "spec")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                r#"spec: Invalid value: "object": min must not exceed max"#,
+                r#"spec: Invalid value: "object": failed rule: self.max < 100"#,
+            ]
+        );
+        let shrunk = check(
+            &schema,
+            &json!({"min": 1, "max": 4}),
+            Some(&json!({"min": 1, "max": 5})),
+            "spec",
+        );
+        assert_eq!(shrunk.len(), 1);
+        assert_eq!(
+            shrunk[0].to_string(),
+            r#"spec.max: Invalid value: "object": max may not shrink"#
+        );
+    }
+
+    #[test]
+    fn bad_rules_do_not_compile() {
+        assert!(compile_error("self.a ==").is_some());
+        assert!(compile_error("self.a == 1").is_none());
+    }
+}
