@@ -108,9 +108,19 @@ impl FieldSet {
     }
 
     /// The fields set in `object` (an applied configuration, or an object written), without
-    /// identity, `status` and server-set metadata.
-    pub fn of_object(object: &Value, shape: Shape<'_>) -> Self {
+    /// identity, `status` and server-set metadata; through the `status` subresource, only
+    /// `status`.
+    pub fn of_object(object: &Value, shape: Shape<'_>, subresource: Option<&str>) -> Self {
         let mut set = Self::default();
+        if subresource == Some("status") {
+            if let Some(status) = object.get("status") {
+                let status = Self::of_value(status, shape.child("status"));
+                if !status.is_empty() {
+                    set.children.insert("f:status".to_owned(), status);
+                }
+            }
+            return set;
+        }
         let Some(fields) = object.as_object() else {
             return set;
         };
@@ -503,8 +513,8 @@ pub fn path_string(path: &[String]) -> String {
 }
 
 /// Applies `config` as `manager` to `live` (an empty object when creating), at `api_version`,
-/// `time`: the object to write, with its managed fields. Fails with the conflicts unless
-/// `force`, which takes the fields over.
+/// `time`, through `subresource` (`None`, or `status`): the object to write, with its managed
+/// fields. Fails with the conflicts unless `force`, which takes the fields over.
 pub fn apply(
     live: &Value,
     config: &Value,
@@ -512,11 +522,14 @@ pub fn apply(
     api_version: &str,
     time: &str,
     force: bool,
+    subresource: Option<&str>,
     shape: Shape<'_>,
 ) -> Result<Value, Vec<Conflict>> {
     let mut entries = managed_fields(live);
-    let owned = FieldSet::of_object(config, shape);
-    let mine = |e: &ManagedEntry| e.manager == manager && e.operation == "Apply";
+    let owned = FieldSet::of_object(config, shape, subresource);
+    let mine = |e: &ManagedEntry| {
+        e.manager == manager && e.operation == "Apply" && e.subresource.as_deref() == subresource
+    };
     let previous = entries
         .iter()
         .find(|e| mine(e))
@@ -554,12 +567,18 @@ pub fn apply(
         &mut object,
         &previous.difference(&owned).difference(&others),
     );
-    let mut content = config.clone();
-    if let Some(fields) = content.as_object_mut() {
-        fields.remove("apiVersion");
-        fields.remove("kind");
-        fields.remove("status");
-    }
+    // The main resource's apply sets everything but status; the status subresource's only it.
+    let content = if subresource == Some("status") {
+        json!({ "status": config.get("status").cloned().unwrap_or_else(|| json!({})) })
+    } else {
+        let mut content = config.clone();
+        if let Some(fields) = content.as_object_mut() {
+            fields.remove("apiVersion");
+            fields.remove("kind");
+            fields.remove("status");
+        }
+        content
+    };
     merge(&mut object, &content, shape);
     // Forced: the fields taken are no longer the others'.
     for entry in entries.iter_mut().filter(|e| !mine(e)) {
@@ -571,7 +590,7 @@ pub fn apply(
         operation: "Apply".to_owned(),
         api_version: api_version.to_owned(),
         time: time.to_owned(),
-        subresource: None,
+        subresource: subresource.map(str::to_owned),
         fields: owned,
     });
     set_managed_fields(&mut object, &entries);
@@ -611,8 +630,8 @@ pub fn record_update(
     shape: Shape<'_>,
 ) {
     let mut entries = managed_fields(old);
-    let before = FieldSet::of_object(old, shape);
-    let after = FieldSet::of_object(new, shape);
+    let before = FieldSet::of_object(old, shape, subresource);
+    let after = FieldSet::of_object(new, shape, subresource);
     let removed = before.difference(&after);
     let mut changed = after.difference(&before);
     for path in after.intersection(&before).leaves() {
@@ -670,7 +689,7 @@ mod tests {
 
     #[test]
     fn field_sets_use_kubernetes_fields_v1_keys() {
-        let set = FieldSet::of_object(&deployment(2, "nginx"), Shape::BUILT_IN);
+        let set = FieldSet::of_object(&deployment(2, "nginx"), Shape::BUILT_IN, None);
         let v1 = set.to_fields_v1();
         let container =
             &v1["f:spec"]["f:template"]["f:spec"]["f:containers"][r#"k:{"name":"web"}"#];
@@ -694,6 +713,7 @@ mod tests {
             "apps/v1",
             T,
             false,
+            None,
             Shape::BUILT_IN,
         )
         .unwrap();
@@ -706,6 +726,7 @@ mod tests {
             "apps/v1",
             T,
             false,
+            None,
             Shape::BUILT_IN,
         )
         .unwrap();
@@ -718,6 +739,7 @@ mod tests {
             "apps/v1",
             T,
             false,
+            None,
             Shape::BUILT_IN,
         )
         .unwrap_err();
@@ -741,6 +763,7 @@ mod tests {
             "apps/v1",
             T,
             true,
+            None,
             Shape::BUILT_IN,
         )
         .unwrap();
@@ -769,6 +792,7 @@ mod tests {
             "apps/v1",
             T,
             false,
+            None,
             Shape::BUILT_IN,
         )
         .unwrap();
@@ -779,6 +803,7 @@ mod tests {
             "apps/v1",
             T,
             false,
+            None,
             Shape::BUILT_IN,
         )
         .unwrap();
@@ -809,6 +834,7 @@ mod tests {
             "apps/v1",
             T,
             false,
+            None,
             Shape::BUILT_IN,
         )
         .unwrap();
@@ -834,6 +860,7 @@ mod tests {
             "apps/v1",
             T,
             false,
+            None,
             Shape::BUILT_IN,
         )
         .unwrap();
@@ -865,6 +892,7 @@ mod tests {
             "apps/v1",
             T,
             false,
+            None,
             Shape::BUILT_IN,
         )
         .unwrap_err();

@@ -682,6 +682,7 @@ impl_resource!(
     rbac_v1::ClusterRole => CLUSTER_ROLES,
     rbac_v1::RoleBinding => ROLE_BINDINGS,
     rbac_v1::ClusterRoleBinding => CLUSTER_ROLE_BINDINGS,
+    crate::apiextensions_v1::CustomResourceDefinition => CUSTOM_RESOURCE_DEFINITIONS,
 );
 
 impl crate::ObjectRef {

@@ -243,6 +243,19 @@ fn pod() -> Value {
 
 fn others() -> Vec<Value> {
     vec![
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced",
+                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget",
+                    "listKind": "WidgetList", "shortNames": ["wd"], "categories": ["all"]},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                        "spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}},
+                    "subresources": {"status": {}, "scale": {
+                        "specReplicasPath": ".spec.size", "statusReplicasPath": ".status.size"}},
+                    "additionalPrinterColumns": [
+                        {"name": "Size", "type": "integer", "jsonPath": ".spec.size"}]}],
+                "conversion": {"strategy": "None"}}}),
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"},
             "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web", "namespace": "shop"},
@@ -376,8 +389,8 @@ fn round_trip(manifest: &Value) {
         };
     }
     use apiary_api::{
-        apiary_v1::*, apps_v1::*, batch_v1::*, certificates_v1::*, coordination_v1::*, core_v1::*,
-        discovery_v1::*, rbac_v1::*,
+        apiary_v1::*, apiextensions_v1::*, apps_v1::*, batch_v1::*, certificates_v1::*,
+        coordination_v1::*, core_v1::*, discovery_v1::*, rbac_v1::*,
     };
     let back = via!(
         "namespaces" => Namespace, "pods" => Pod, "services" => Service, "endpoints" => Endpoints,
@@ -389,6 +402,7 @@ fn round_trip(manifest: &Value) {
         "securityidentities" => SecurityIdentity, "roles" => Role, "clusterroles" => ClusterRole,
         "rolebindings" => RoleBinding, "clusterrolebindings" => ClusterRoleBinding,
         "certificatesigningrequests" => CertificateSigningRequest,
+        "customresourcedefinitions" => CustomResourceDefinition,
     );
     assert_eq!(&back, manifest, "{kind} did not round-trip");
     let errs = validate_object(info, manifest).unwrap();

@@ -1496,6 +1496,7 @@ async fn server_side_apply(
                 &api_version,
                 &now(),
                 options.force,
+                target.subresource.as_deref(),
                 shape,
             )
         })
