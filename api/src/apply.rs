@@ -512,19 +512,33 @@ pub fn path_string(path: &[String]) -> String {
     out
 }
 
-/// Applies `config` as `manager` to `live` (an empty object when creating), at `api_version`,
-/// `time`, through `subresource` (`None`, or `status`): the object to write, with its managed
-/// fields. Fails with the conflicts unless `force`, which takes the fields over.
+/// Who makes a write, as its `managedFields` entry records it.
+#[derive(Clone, Copy, Debug)]
+pub struct Writer<'a> {
+    pub manager: &'a str,
+    pub api_version: &'a str,
+    /// When (RFC 3339).
+    pub time: &'a str,
+    /// `None`, or `status`.
+    pub subresource: Option<&'a str>,
+}
+
+/// Applies `config` by `writer` to `live` (an empty object when creating): the object to
+/// write, with its managed fields. Fails with the conflicts unless `force`, which takes the
+/// fields over.
 pub fn apply(
     live: &Value,
     config: &Value,
-    manager: &str,
-    api_version: &str,
-    time: &str,
+    writer: &Writer<'_>,
     force: bool,
-    subresource: Option<&str>,
     shape: Shape<'_>,
 ) -> Result<Value, Vec<Conflict>> {
+    let Writer {
+        manager,
+        api_version,
+        time,
+        subresource,
+    } = *writer;
     let mut entries = managed_fields(live);
     let owned = FieldSet::of_object(config, shape, subresource);
     let mine = |e: &ManagedEntry| {
@@ -620,15 +634,13 @@ fn single(path: &[String]) -> FieldSet {
 
 /// Records an ordinary write (create, update, patch) by `manager`: it owns what it changed,
 /// which the other managers no longer own; fields it removed are no one's.
-pub fn record_update(
-    old: &Value,
-    new: &mut Value,
-    manager: &str,
-    api_version: &str,
-    time: &str,
-    subresource: Option<&str>,
-    shape: Shape<'_>,
-) {
+pub fn record_update(old: &Value, new: &mut Value, writer: &Writer<'_>, shape: Shape<'_>) {
+    let Writer {
+        manager,
+        api_version,
+        time,
+        subresource,
+    } = *writer;
     let mut entries = managed_fields(old);
     let before = FieldSet::of_object(old, shape, subresource);
     let after = FieldSet::of_object(new, shape, subresource);
@@ -675,7 +687,14 @@ pub fn record_update(
 mod tests {
     use super::*;
 
-    const T: &str = "2026-01-01T00:00:00Z";
+    fn by(manager: &str) -> Writer<'_> {
+        Writer {
+            manager,
+            api_version: "apps/v1",
+            time: "2026-01-01T00:00:00Z",
+            subresource: None,
+        }
+    }
 
     fn deployment(replicas: i64, image: &str) -> Value {
         json!({
@@ -709,11 +728,8 @@ mod tests {
         let created = apply(
             &json!({}),
             &deployment(2, "nginx"),
-            "a",
-            "apps/v1",
-            T,
+            &by("a"),
             false,
-            None,
             Shape::BUILT_IN,
         )
         .unwrap();
@@ -722,11 +738,8 @@ mod tests {
         let shared = apply(
             &created,
             &deployment(2, "nginx"),
-            "b",
-            "apps/v1",
-            T,
+            &by("b"),
             false,
-            None,
             Shape::BUILT_IN,
         )
         .unwrap();
@@ -735,11 +748,8 @@ mod tests {
         let err = apply(
             &shared,
             &deployment(3, "nginx"),
-            "b",
-            "apps/v1",
-            T,
+            &by("b"),
             false,
-            None,
             Shape::BUILT_IN,
         )
         .unwrap_err();
@@ -759,11 +769,8 @@ mod tests {
         let forced = apply(
             &shared,
             &deployment(3, "nginx"),
-            "b",
-            "apps/v1",
-            T,
+            &by("b"),
             true,
-            None,
             Shape::BUILT_IN,
         )
         .unwrap();
@@ -785,25 +792,12 @@ mod tests {
     fn fields_an_applier_drops_are_removed_unless_another_owns_them() {
         let mut config = deployment(2, "nginx");
         config["metadata"]["labels"]["tier"] = json!("front");
-        let live = apply(
-            &json!({}),
-            &config,
-            "a",
-            "apps/v1",
-            T,
-            false,
-            None,
-            Shape::BUILT_IN,
-        )
-        .unwrap();
+        let live = apply(&json!({}), &config, &by("a"), false, Shape::BUILT_IN).unwrap();
         let dropped = apply(
             &live,
             &deployment(2, "nginx"),
-            "a",
-            "apps/v1",
-            T,
+            &by("a"),
             false,
-            None,
             Shape::BUILT_IN,
         )
         .unwrap();
@@ -818,23 +812,12 @@ mod tests {
             .as_array_mut()
             .unwrap()
             .push(json!({"name": "sidecar", "image": "busybox"}));
-        record_update(
-            &live,
-            &mut two,
-            "kubectl-edit",
-            "apps/v1",
-            T,
-            None,
-            Shape::BUILT_IN,
-        );
+        record_update(&live, &mut two, &by("kubectl-edit"), Shape::BUILT_IN);
         let again = apply(
             &two,
             &deployment(2, "nginx:2"),
-            "a",
-            "apps/v1",
-            T,
+            &by("a"),
             false,
-            None,
             Shape::BUILT_IN,
         )
         .unwrap();
@@ -856,25 +839,14 @@ mod tests {
         let live = apply(
             &json!({}),
             &deployment(2, "nginx"),
-            "a",
-            "apps/v1",
-            T,
+            &by("a"),
             false,
-            None,
             Shape::BUILT_IN,
         )
         .unwrap();
         let mut scaled = live.clone();
         scaled["spec"]["replicas"] = json!(5);
-        record_update(
-            &live,
-            &mut scaled,
-            "kubectl-scale",
-            "apps/v1",
-            T,
-            None,
-            Shape::BUILT_IN,
-        );
+        record_update(&live, &mut scaled, &by("kubectl-scale"), Shape::BUILT_IN);
         let entries = managed_fields(&scaled);
         let scale = entries
             .iter()
@@ -888,11 +860,8 @@ mod tests {
         let err = apply(
             &scaled,
             &deployment(2, "nginx"),
-            "a",
-            "apps/v1",
-            T,
+            &by("a"),
             false,
-            None,
             Shape::BUILT_IN,
         )
         .unwrap_err();

@@ -214,15 +214,13 @@ fn track(
     };
     let api_version = resource.api_version();
     with_shape(api, resource, |shape| {
-        apiary_api::apply::record_update(
-            old,
-            new,
+        let writer = apiary_api::apply::Writer {
             manager,
-            &api_version,
-            &now(),
+            api_version: &api_version,
+            time: &now(),
             subresource,
-            shape,
-        );
+        };
+        apiary_api::apply::record_update(old, new, &writer, shape);
     });
 }
 
@@ -1489,16 +1487,13 @@ async fn server_side_apply(
         };
         let base = live.clone().unwrap_or_else(|| json!({}));
         let applied = with_shape(api, resource, |shape| {
-            apiary_api::apply::apply(
-                &base,
-                &config,
-                &manager,
-                &api_version,
-                &now(),
-                options.force,
-                target.subresource.as_deref(),
-                shape,
-            )
+            let writer = apiary_api::apply::Writer {
+                manager: &manager,
+                api_version: &api_version,
+                time: &now(),
+                subresource: target.subresource.as_deref(),
+            };
+            apiary_api::apply::apply(&base, &config, &writer, options.force, shape)
         })
         .map_err(|conflicts| ApiError::apply_conflicts(&conflicts))?;
         let mut object = applied;
