@@ -61,6 +61,7 @@ conformance!(
     update_and_delete_of_missing_key_are_not_found,
     delete_with_precondition_returns_last_value,
     list_is_ordered_and_isolated_by_prefix,
+    a_list_larger_than_grpcs_default_message_limit_is_whole,
     list_pages_read_one_revision,
     list_at_old_revision_sees_old_values,
     list_at_future_revision_is_unavailable,
@@ -220,6 +221,21 @@ async fn delete_with_precondition_returns_last_value(store: Arc<dyn Store>) {
     let gone = store.delete("/d/a", None).await.unwrap();
     assert_eq!(gone.value, b"3");
     assert_eq!(gone.create_revision, again.create_revision);
+}
+
+/// 6 MiB in one list: past gRPC's default 4 MiB receive limit, which 10,000 ConfigMaps with
+/// their managed fields pass.
+async fn a_list_larger_than_grpcs_default_message_limit_is_whole(store: Arc<dyn Store>) {
+    let value = vec![b'x'; 512 * 1024];
+    for i in 0..12 {
+        store
+            .create(&format!("/big/{i:02}"), value.clone())
+            .await
+            .unwrap();
+    }
+    let page = store.list("/big/", &ListOptions::default()).await.unwrap();
+    assert_eq!(page.items.len(), 12);
+    assert!(page.items.iter().all(|kv| kv.value.len() == value.len()));
 }
 
 async fn list_is_ordered_and_isolated_by_prefix(store: Arc<dyn Store>) {

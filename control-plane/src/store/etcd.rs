@@ -26,6 +26,8 @@ use super::{
 };
 
 /// Default for [`EtcdStore::with_request_timeout`].
+/// The largest etcd response decoded (kube-apiserver's `MaxCallRecvMsgSize`, `math.MaxInt32`).
+const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// HTTP/2 pings find a dead connection that no RST announced (a partition, a crashed host).
@@ -88,6 +90,22 @@ impl EtcdStore {
 
     /// [`EtcdStore::connect`], over TLS when `tls` is given (`https://host:port` endpoints):
     /// the server verified against `tls`'s CA, this client authenticated by its certificate,
+
+    /// A KV client whose responses may be as large as a list of the whole store (etcd-client's
+    /// default, 4 MiB, is under 10,000 ConfigMaps with their managed fields);
+    /// kube-apiserver's etcd client allows `math.MaxInt32`.
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    /// A watch client with the same allowance: one watch response may carry many events.
+    fn watcher(&self) -> etcd_client::WatchClient {
+        self.client
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
     /// as etcd's `--client-cert-auth` requires.
     pub async fn connect_with(
         endpoints: &[String],
@@ -160,7 +178,7 @@ impl EtcdStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         self.call(kv.txn(txn)).await.map_err(|f| f.into_error(None))
     }
 
@@ -227,7 +245,7 @@ impl EtcdStore {
     /// The revision etcd has compacted up to, which its "compacted" errors do not say. A watch
     /// from revision 1 learns it; `fallback` if that fails.
     async fn compacted_revision(&self, fallback: Revision) -> Revision {
-        let mut client = self.client.clone();
+        let mut client = self.watcher();
         let probe_key = self.full_key("\0compaction-probe");
         let probe = async move {
             let mut stream = client
@@ -271,7 +289,7 @@ impl EtcdStore {
             .with_prefix()
             .with_prev_key()
             .with_start_revision(after.max(1));
-        let mut client = self.client.clone();
+        let mut client = self.watcher();
         self.call(client.watch(full_prefix, Some(options)))
             .await
             .map_err(|f| f.into_error(None))
@@ -375,7 +393,7 @@ impl EtcdStore {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let response = self
             .call(kv.get(self.full_key(key), None))
             .await
@@ -412,7 +430,7 @@ impl Store for EtcdStore {
             Some(revision) => get = get.with_revision(revision),
             None => {}
         }
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let response = match self.call(kv.get(start, Some(get))).await {
             Ok(response) => response,
             Err(Failure::Compacted) => {
@@ -528,7 +546,7 @@ impl Store for EtcdStore {
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
         // etcd reports a compacted start revision only on the stream, after the fact; the trait
         // promises the error from this call, so ask first with a read at `after`.
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let check = GetOptions::new()
             .with_revision(after.max(1))
             .with_count_only();
@@ -545,7 +563,7 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         // Not physical: etcd refuses reads below `revision` as soon as this returns, and the
         // space is reclaimed in the background.
         match self
@@ -560,7 +578,7 @@ impl Store for EtcdStore {
     }
 
     async fn revision(&self) -> Result<Revision> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let response = self
             .call(kv.get(self.full_key(""), Some(GetOptions::new().with_count_only())))
             .await
