@@ -88,9 +88,6 @@ impl EtcdStore {
         Self::connect_with(endpoints, key_prefix, None).await
     }
 
-    /// [`EtcdStore::connect`], over TLS when `tls` is given (`https://host:port` endpoints):
-    /// the server verified against `tls`'s CA, this client authenticated by its certificate,
-
     /// A KV client whose responses may be as large as a list of the whole store (etcd-client's
     /// default, 4 MiB, is under 10,000 ConfigMaps with their managed fields);
     /// kube-apiserver's etcd client allows `math.MaxInt32`.
@@ -106,6 +103,9 @@ impl EtcdStore {
             .watch_client()
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
+
+    /// [`EtcdStore::connect`], over TLS when `tls` is given (`https://host:port` endpoints):
+    /// the server verified against `tls`'s CA, this client authenticated by its certificate,
     /// as etcd's `--client-cert-auth` requires.
     pub async fn connect_with(
         endpoints: &[String],
