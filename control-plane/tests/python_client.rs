@@ -127,7 +127,8 @@ ext.create_custom_resource_definition({
 
 def established():
     crd = ext.read_custom_resource_definition("gadgets.example.com")
-    return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or []))
+    conditions = (crd.status.conditions if crd.status else None) or []
+    return any(c.type == "Established" and c.status == "True" for c in conditions)
 eventually("the CRD to be established", established)
 
 args = ("example.com", "v1", "default", "gadgets")

@@ -67,6 +67,7 @@ impl Strategy {
                 list.push(json!(CLEANUP_FINALIZER));
             }
         }
+        let is_crd = *resource == apiary_api::resource::CUSTOM_RESOURCE_DEFINITIONS;
         match resource.plural {
             "namespaces" => object["status"] = json!({ "phase": "Active" }),
             "pods" => {
@@ -88,6 +89,20 @@ impl Strategy {
                 }
             }
             _ => {}
+        }
+        if is_crd {
+            // What kube-apiserver answers a create with, before the CRD is established.
+            let storage = object["spec"]["versions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|v| v["storage"] == true)
+                .map(|v| v["name"].clone())
+                .collect::<Vec<_>>();
+            object["status"] = json!({
+                "acceptedNames": { "plural": "", "kind": "" },
+                "storedVersions": storage,
+            });
         }
         Ok(())
     }
