@@ -40,10 +40,6 @@ pub fn compile_error(rule: &str) -> Option<String> {
     cel::Program::compile(rule).err().map(|e| e.to_string())
 }
 
-fn is_transition(rule: &str) -> bool {
-    cel::Program::compile(rule).is_ok_and(|p| p.references().has_variable("oldSelf"))
-}
-
 fn type_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -59,6 +55,11 @@ fn type_name(value: &Value) -> &'static str {
 /// Evaluates `expression` with `self` (and `oldSelf`) bound.
 fn evaluate(expression: &str, value: &Value, old: Option<&Value>) -> Result<cel::Value, String> {
     let program = cel::Program::compile(expression).map_err(|e| e.to_string())?;
+    run(&program, value, old)
+}
+
+/// Runs a compiled program with `self` (and `oldSelf`) bound.
+fn run(program: &cel::Program, value: &Value, old: Option<&Value>) -> Result<cel::Value, String> {
     let mut context = cel::Context::default();
     let to_cel = |v: &Value| cel::to_value(v).map_err(|e| e.to_string());
     context.add_variable_from_value("self", to_cel(value)?);
@@ -73,10 +74,15 @@ fn evaluate(expression: &str, value: &Value, old: Option<&Value>) -> Result<cel:
 pub fn check(schema: &Value, value: &Value, old: Option<&Value>, path: &str) -> Vec<FieldError> {
     let mut errs = Vec::new();
     for rule in rules(schema) {
-        if old.is_none() && is_transition(rule.rule) {
-            continue;
-        }
-        let message = match evaluate(rule.rule, value, old) {
+        // Compiled once: whether it is a transition rule, then its verdict.
+        let verdict = match cel::Program::compile(rule.rule) {
+            Ok(program) if old.is_none() && program.references().has_variable("oldSelf") => {
+                continue;
+            }
+            Ok(program) => run(&program, value, old),
+            Err(e) => Err(e.to_string()),
+        };
+        let message = match verdict {
             Ok(cel::Value::Bool(true)) => continue,
             Ok(cel::Value::Bool(false)) => match (rule.message_expression, rule.message) {
                 (Some(expression), fallback) => match evaluate(expression, value, old) {

@@ -61,6 +61,17 @@ fn widget(name: &str, spec: &str) -> String {
     format!("apiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: {name}}}\nspec: {spec}\n")
 }
 
+/// Whether `kubectl <get>` stops finding the object within 10 s.
+fn gone_within_10s(cp: &ControlPlane, get: &[&str]) -> bool {
+    (0..100).any(|_| {
+        let gone = !cp.kubectl(get).ok();
+        if !gone {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        gone
+    })
+}
+
 fn install(cp: &ControlPlane) {
     cp.kubectl_stdin(&["apply", "-f", "-"], CRD).success();
     cp.kubectl(&[
@@ -315,16 +326,8 @@ fn custom_objects_page_and_are_garbage_collected_with_their_owners() {
     cp.kubectl_stdin(&["apply", "-f", "-"], &owned_by_widget)
         .success();
     cp.kubectl(&["delete", "widget", "w0"]).success();
-    let mut gone = false;
-    for _ in 0..100 {
-        if !cp.kubectl(&["get", "configmap", "child"]).ok() {
-            gone = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
     assert!(
-        gone,
+        gone_within_10s(&cp, &["get", "configmap", "child"]),
         "the ConfigMap owned by a deleted Widget was not collected"
     );
 
@@ -341,16 +344,8 @@ fn custom_objects_page_and_are_garbage_collected_with_their_owners() {
     cp.kubectl_stdin(&["apply", "-f", "-"], &owned_by_configmap)
         .success();
     cp.kubectl(&["delete", "configmap", "parent"]).success();
-    let mut gone = false;
-    for _ in 0..100 {
-        if !cp.kubectl(&["get", "widget", "w9"]).ok() {
-            gone = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
     assert!(
-        gone,
+        gone_within_10s(&cp, &["get", "widget", "w9"]),
         "the Widget owned by a deleted ConfigMap was not collected"
     );
 }
