@@ -17,6 +17,12 @@ pub struct Reference {
     pub digest: Option<String>,
 }
 
+/// distribution's `NameTotalLengthMax`: `registry/repository`.
+const MAX_NAME_LEN: usize = 255;
+/// A name, `:` and a 128-character tag, `@sha256:` and 64 hex digits; `index.docker.io/`
+/// shrinks to `docker.io/` on normalization, so allow those six more.
+const MAX_REFERENCE_LEN: usize = MAX_NAME_LEN + 1 + 128 + 1 + 71 + 6;
+
 impl Reference {
     /// Parses and normalizes `reference`; a reference with neither tag nor digest gets `latest`.
     pub fn parse(reference: &str) -> Result<Self> {
@@ -27,7 +33,8 @@ impl Reference {
         if reference.is_empty() {
             return Err(invalid("it is empty"));
         }
-        if reference.len() > 255 + 128 + 72 {
+        // A cheap bound before any parsing; the real limit is the name's, below.
+        if reference.len() > MAX_REFERENCE_LEN {
             return Err(invalid("it is too long"));
         }
         let (rest, digest) = match reference.split_once('@') {
@@ -74,6 +81,13 @@ impl Reference {
             path
         };
         validate_repository(&repository).map_err(|reason| invalid(&reason))?;
+        // distribution's NameTotalLengthMax, on the normalized name: what is printed back must
+        // parse again (`docker.io/library/` can make a short name long).
+        if registry.len() + 1 + repository.len() > MAX_NAME_LEN {
+            return Err(invalid(&format!(
+                "the name {registry}/{repository} is longer than {MAX_NAME_LEN} characters"
+            )));
+        }
         let tag = match (&tag, &digest) {
             (None, None) => Some("latest".to_owned()),
             _ => tag,
@@ -171,9 +185,6 @@ fn validate_registry(registry: &str) -> Result<(), String> {
 }
 
 fn validate_repository(repository: &str) -> Result<(), String> {
-    if repository.len() > 255 {
-        return Err("the repository name is longer than 255 characters".to_owned());
-    }
     for component in repository.split('/') {
         if component.is_empty() {
             return Err("the repository name has an empty path component".to_owned());
@@ -278,6 +289,26 @@ mod tests {
                 "{input}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_longest_name_prints_back_to_a_reference_that_parses() {
+        // 255 is distribution's limit on `registry/repository`, counted after normalization.
+        let registry = "r.io";
+        let path = "a".repeat(255 - registry.len() - 1);
+        let longest = Reference::parse(&format!("{registry}/{path}")).unwrap();
+        let printed = longest.to_string();
+        assert_eq!(printed, format!("{registry}/{path}:latest"));
+        assert_eq!(Reference::parse(&printed).unwrap(), longest);
+        let err = Reference::parse(&format!("{registry}/{path}b")).unwrap_err();
+        assert!(err.to_string().contains("longer than 255"), "{err}");
+        // A short name that `docker.io/library/` makes too long is refused, not printed long.
+        let short = "b".repeat(255 - "docker.io/library/".len() + 1);
+        assert!(Reference::parse(&short).is_err());
+        // With a 128-character tag and a digest, the longest reference still parses.
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let full = format!("{printed}{}@{digest}", "t".repeat(128 - "latest".len()));
+        assert_eq!(Reference::parse(&full).unwrap().to_string(), full);
     }
 
     #[test]
