@@ -16,6 +16,7 @@
 //! - [`validation`]: per-kind checks with Kubernetes' messages; [`status`]: error bodies.
 //! - [`protobuf`]: Kubernetes' protobuf bodies, read into and written from the same JSON.
 
+pub mod admissionregistration_v1;
 pub mod apiary_v1;
 pub mod apiextensions_v1;
 pub mod apply;

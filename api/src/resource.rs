@@ -306,6 +306,31 @@ pub const ENDPOINT_SLICES: ResourceInfo = resource(
 pub const LEASES: ResourceInfo =
     resource("coordination.k8s.io", "Lease", "leases", "lease", &[], true);
 
+/// `admissionregistration.k8s.io/v1` `MutatingWebhookConfiguration`.
+pub const MUTATING_WEBHOOK_CONFIGURATIONS: ResourceInfo = ResourceInfo {
+    categories: &["api-extensions"],
+    ..resource(
+        "admissionregistration.k8s.io",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        "mutatingwebhookconfiguration",
+        &[],
+        false,
+    )
+};
+/// `admissionregistration.k8s.io/v1` `ValidatingWebhookConfiguration`.
+pub const VALIDATING_WEBHOOK_CONFIGURATIONS: ResourceInfo = ResourceInfo {
+    categories: &["api-extensions"],
+    ..resource(
+        "admissionregistration.k8s.io",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        "validatingwebhookconfiguration",
+        &[],
+        false,
+    )
+};
+
 /// `apiextensions.k8s.io/v1` `CustomResourceDefinition`.
 pub const CUSTOM_RESOURCE_DEFINITIONS: ResourceInfo = ResourceInfo {
     categories: &["api-extensions"],
@@ -506,6 +531,8 @@ pub static RESOURCES: &[ResourceInfo] = &[
     SECURITY_IDENTITIES,
     SELF_SUBJECT_REVIEWS,
     TOKEN_REVIEWS,
+    MUTATING_WEBHOOK_CONFIGURATIONS,
+    VALIDATING_WEBHOOK_CONFIGURATIONS,
     CUSTOM_RESOURCE_DEFINITIONS,
 ];
 
@@ -518,6 +545,7 @@ pub const GROUPS: &[&str] = &[
     "certificates.k8s.io",
     "networking.k8s.io",
     "rbac.authorization.k8s.io",
+    "admissionregistration.k8s.io",
     "apiextensions.k8s.io",
     "coordination.k8s.io",
     "discovery.k8s.io",
@@ -683,6 +711,8 @@ impl_resource!(
     rbac_v1::RoleBinding => ROLE_BINDINGS,
     rbac_v1::ClusterRoleBinding => CLUSTER_ROLE_BINDINGS,
     crate::apiextensions_v1::CustomResourceDefinition => CUSTOM_RESOURCE_DEFINITIONS,
+    crate::admissionregistration_v1::MutatingWebhookConfiguration => MUTATING_WEBHOOK_CONFIGURATIONS,
+    crate::admissionregistration_v1::ValidatingWebhookConfiguration => VALIDATING_WEBHOOK_CONFIGURATIONS,
 );
 
 impl crate::ObjectRef {

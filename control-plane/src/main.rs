@@ -288,6 +288,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         std::time::Duration::from_secs(10),
     )
     .await;
+    // Admission webhooks are called from the first write on.
+    apiserver::admission::webhooks::start(
+        Arc::clone(&api),
+        authz_shutdown.clone(),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
     // Custom resources are served from their CRDs as stored before the first request.
     apiserver::custom_resources::start(
         Arc::clone(&api),

@@ -27,6 +27,7 @@ const OUTPUT: &str = "api/src/protobuf/table.rs";
 /// `autoscaling/v1` (Scale) and `policy/v1` (Eviction). Everything they reference comes too.
 const GROUP_VERSIONS: &[&str] = &[
     "api/core/v1",
+    "api/admissionregistration/v1",
     "api/apps/v1",
     "api/authentication/v1",
     "api/authorization/v1",

@@ -982,6 +982,8 @@ pub fn validate_object(
         "rolebindings" => validate_role_binding,
         "clusterrolebindings" => validate_cluster_role_binding,
         "customresourcedefinitions" => crate::apiextensions_v1::validate_crd,
+        "mutatingwebhookconfigurations" => crate::admissionregistration_v1::validate_mutating,
+        "validatingwebhookconfigurations" => crate::admissionregistration_v1::validate_validating,
     ))
 }
 

@@ -43,6 +43,12 @@ pub fn initial_status(kind: &str) -> Option<Value> {
 /// Fills the defaults of an object of `kind`.
 pub fn apply(kind: &str, object: &mut Value) {
     match kind {
+        "MutatingWebhookConfiguration" => {
+            apiary_api::admissionregistration_v1::default_configuration(object, true);
+        }
+        "ValidatingWebhookConfiguration" => {
+            apiary_api::admissionregistration_v1::default_configuration(object, false);
+        }
         "Pod" => pod_spec(&mut object["spec"], "Always"),
         "Deployment" => {
             let spec = &mut object["spec"];

@@ -73,6 +73,8 @@ pub struct Api {
     pub inflight: inflight::Limits,
     /// Which admission plugins run on writes.
     pub admission: admission::Plugins,
+    /// The admission webhooks clients configured ([`admission::webhooks::start`] keeps them).
+    pub webhooks: admission::webhooks::Webhooks,
 }
 
 impl std::fmt::Debug for Api {
@@ -102,6 +104,7 @@ impl Api {
             inflight: inflight::Limits::default(),
             service_account_issuer: None,
             admission: admission::Plugins::default(),
+            webhooks: admission::webhooks::Webhooks::default(),
         }
     }
 }
@@ -338,22 +341,24 @@ async fn resource_request(
     body: Body,
 ) -> Response {
     let user = user.map(|u| u.0).unwrap_or_else(auth::UserInfo::admin);
-    warnings::collect(async move {
-    let result = match path::parse(&api.resources, uri.path()) {
-        Ok(target) => match limited_body(body, MAX_REQUEST_BODY_BYTES).await {
-            Ok(body) => {
-                resource_request_as(&api, &user, &method, target, &query, &headers, body).await
-            }
+    let as_user = user.clone();
+    let handler = warnings::collect(async move {
+        let result = match path::parse(&api.resources, uri.path()) {
+            Ok(target) => match limited_body(body, MAX_REQUEST_BODY_BYTES).await {
+                Ok(body) => {
+                    resource_request_as(&api, &user, &method, target, &query, &headers, body).await
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
-    result.unwrap_or_else(|e| {
+        };
+        result.unwrap_or_else(|e| {
         tracing::debug!(%method, %uri, code = e.code.as_u16(), message = %e.message, "request failed");
         e.into_response()
     })
-    })
-    .await
+    });
+    // Admission webhooks are told who asked.
+    admission::webhooks::as_user(as_user, handler).await
 }
 
 /// A resource request by `user`, who is authorized for it: access reviews are answered, RBAC

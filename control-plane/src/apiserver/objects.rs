@@ -16,7 +16,9 @@ use futures::StreamExt as _;
 use serde_json::{Value, json};
 
 use super::{
-    Api, allocator, defaults,
+    Api,
+    admission::webhooks,
+    allocator, defaults,
     error::ApiError,
     path::Target,
     resources::{ResourceType, StorageKeys as _, is_built_in},
@@ -883,8 +885,22 @@ pub async fn create_with(
     };
     super::admission::admit_create(api, resource, &mut object).await?;
     api.strategy.prepare_create(resource, &mut object)?;
+    let review = webhooks::Request {
+        operation: webhooks::Operation::Create,
+        resource,
+        subresource: "",
+        namespace: target.namespace.as_deref(),
+        name: &name,
+        old: None,
+        dry_run: options.dry_run,
+        namespace_object: namespace.as_ref(),
+    };
+    if webhooks::mutate(api, &review, &mut object).await? {
+        redefault(api, resource, &mut object, None);
+    }
     api.strategy.validate(resource, &object, None)?;
     super::admission::validate(api, resource, &object, namespace.as_ref()).await?;
+    webhooks::validate(api, &review, &object).await?;
     track(api, resource, &json!({}), &mut object, options, None);
     let claims = if resource.plural == "services" {
         allocator::allocate(api, &mut object).await?
@@ -918,6 +934,30 @@ pub async fn create_with(
         Err(e) => {
             claims.release(api).await;
             Err(store_err(resource, &name, e))
+        }
+    }
+}
+
+/// Defaults an object again after admission webhooks changed it (kube-apiserver decodes a
+/// patched object with defaulting); what identifies the object stays as it was.
+fn redefault(api: &Api, resource: &ResourceType, object: &mut Value, old: Option<&Value>) {
+    let before = object["metadata"].clone();
+    if is_built_in(resource) {
+        defaults::apply(resource.kind, object);
+    } else {
+        api.strategy.prune_and_default(resource, object);
+    }
+    for field in ["name", "namespace", "uid", "creationTimestamp"] {
+        let kept = old.map_or(&before[field], |o| &o["metadata"][field]);
+        if !object["metadata"].is_object() {
+            object["metadata"] = json!({});
+        }
+        if kept.is_null() {
+            if let Some(meta) = object["metadata"].as_object_mut() {
+                meta.remove(field);
+            }
+        } else {
+            object["metadata"][field] = kept.clone();
         }
     }
 }
@@ -1015,6 +1055,22 @@ async fn write_update(
         defaults::apply(resource.kind, &mut merged);
     }
     prune_and_check_fields(api, resource, &mut merged, options)?;
+    // A binding is the scheduler's, not a client's update: webhooks see pods, not bindings.
+    let review = (target.subresource.as_deref() != Some("binding")).then(|| webhooks::Request {
+        operation: webhooks::Operation::Update,
+        resource,
+        subresource: target.subresource.as_deref().unwrap_or_default(),
+        namespace: target.namespace.as_deref(),
+        name,
+        old: Some(old),
+        dry_run: options.dry_run,
+        namespace_object: None,
+    });
+    if let Some(review) = &review
+        && webhooks::mutate(api, review, &mut merged).await?
+    {
+        redefault(api, resource, &mut merged, Some(old));
+    }
     track(
         api,
         resource,
@@ -1042,6 +1098,9 @@ async fn write_update(
         && old.get("spec") == merged.get("spec");
     if target.subresource.is_none() && !pod_spec_unchanged {
         super::admission::validate(api, resource, &merged, None).await?;
+    }
+    if let Some(review) = &review {
+        webhooks::validate(api, review, &merged).await?;
     }
     // An object whose finalizers are gone while it is being deleted goes away now.
     let finalizers_empty = merged["metadata"]["finalizers"]
@@ -1666,6 +1725,18 @@ pub async fn delete(api: &Arc<Api>, target: &Target, name: &str, options: &Value
                 ),
             ));
         }
+        let review = webhooks::Request {
+            operation: webhooks::Operation::Delete,
+            resource,
+            subresource: "",
+            namespace: target.namespace.as_deref(),
+            name,
+            old: Some(&old),
+            dry_run,
+            namespace_object: None,
+        };
+        webhooks::mutate(api, &review, &mut Value::Null).await?;
+        webhooks::validate(api, &review, &Value::Null).await?;
         let key = resource.key(target.namespace.as_deref(), name);
         let has_finalizers = old["metadata"]["finalizers"]
             .as_array()

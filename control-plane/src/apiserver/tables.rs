@@ -303,6 +303,13 @@ fn columns(kind: &str) -> Vec<Column> {
                 json!(security_labels(&o["labels"], "k8s-ns:"))
             }),
         ]),
+        // printMutatingWebhook / printValidatingWebhook.
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => cols.extend([
+            col("Webhooks", "integer", 0, |o| {
+                json!(o["webhooks"].as_array().map_or(0, Vec::len))
+            }),
+            age_col,
+        ]),
         // kube-apiserver's printRole / printClusterRole.
         "Role" | "ClusterRole" => cols.push(col("Created At", "date", 0, |o| {
             json!(o["metadata"]["creationTimestamp"])

@@ -7,9 +7,13 @@
 //!
 //! Validating plugins run after validation, on what will be stored:
 //! - [`pod_security`]: the Pod Security Standards a namespace's labels ask for.
+//!
+//! [`webhooks`] calls the admission webhooks clients configure: mutating ones after the
+//! built-in mutating plugins, validating ones after the built-in validating plugins.
 
 pub mod pod_security;
 pub mod service_account;
+pub mod webhooks;
 
 use serde_json::Value;
 

@@ -10,7 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::{
-    apps::v1 as apps, authentication::v1 as authentication, authorization::v1 as authorization,
+    admissionregistration::v1 as admissionregistration, apps::v1 as apps,
+    authentication::v1 as authentication, authorization::v1 as authorization,
     autoscaling::v1 as autoscaling, batch::v1 as batch, certificates::v1 as certificates,
     coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
     networking::v1 as networking, rbac::v1 as rbac,
@@ -196,6 +197,12 @@ fn add_kind(generator: &mut SchemaGenerator, group: &str, kind: &str) -> Option<
         ("rbac.authorization.k8s.io", "ClusterRoleBinding") => add::<rbac::ClusterRoleBinding>(g),
         ("rbac.authorization.k8s.io", "Role") => add::<rbac::Role>(g),
         ("rbac.authorization.k8s.io", "RoleBinding") => add::<rbac::RoleBinding>(g),
+        ("admissionregistration.k8s.io", "MutatingWebhookConfiguration") => {
+            add::<admissionregistration::MutatingWebhookConfiguration>(g)
+        }
+        ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration") => {
+            add::<admissionregistration::ValidatingWebhookConfiguration>(g)
+        }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => add::<
             k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
         >(g),
