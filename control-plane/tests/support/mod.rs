@@ -6,6 +6,7 @@
 )]
 
 pub mod certs;
+pub mod webhook;
 
 use serde_json::Value;
 use std::{
@@ -308,6 +309,12 @@ impl Run {
     pub fn output(self) -> Option<String> {
         let (ok, stdout, _, _) = self.run();
         ok.then_some(stdout)
+    }
+
+    /// Whether kubectl exits 0, and everything it printed.
+    pub fn outcome(self) -> (bool, String) {
+        let (ok, stdout, stderr, _) = self.run();
+        (ok, format!("{stdout}{stderr}"))
     }
 
     /// Whether kubectl exits 0.

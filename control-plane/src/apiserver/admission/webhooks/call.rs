@@ -104,7 +104,7 @@ async fn post(api: &Api, hook: &Webhook, target: &Target, review: &Value) -> Res
         (Some(url), _) => {
             let tcp = tokio::net::TcpStream::connect(authority_of(url))
                 .await
-                .map_err(|e| format!("dial tcp {}: {e}", authority_of(url)))?;
+                .map_err(|e| format!("dial tcp {}: {}", authority_of(url), dial_error(&e)))?;
             exchange(connector.connect(name, tcp).await, request).await
         }
         (None, Some(service)) => {
@@ -112,6 +112,15 @@ async fn post(api: &Api, hook: &Webhook, target: &Target, review: &Value) -> Res
             exchange(connector.connect(name, stream).await, request).await
         }
         (None, None) => Err("the webhook has neither a URL nor a Service".to_owned()),
+    }
+}
+
+/// A dial error in Go's words, which clients of kube-apiserver see.
+fn dial_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connect: connection refused".to_owned(),
+        std::io::ErrorKind::TimedOut => "i/o timeout".to_owned(),
+        _ => e.to_string(),
     }
 }
 
