@@ -1,6 +1,7 @@
-//! `admissionregistration.k8s.io/v1`: MutatingWebhookConfiguration and
-//! ValidatingWebhookConfiguration, their defaults and validation as kube-apiserver's, and the
-//! rule matching that decides which requests a webhook sees.
+//! `admissionregistration.k8s.io/v1`: MutatingWebhookConfiguration,
+//! ValidatingWebhookConfiguration, ValidatingAdmissionPolicy and its bindings, their defaults
+//! and validation as kube-apiserver's, and the rule matching that decides which requests a
+//! webhook or policy sees.
 
 use std::collections::BTreeMap;
 
@@ -170,6 +171,437 @@ impl RuleWithOperations {
                 }
             }
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ValidatingAdmissionPolicy and its bindings
+
+/// CEL validations of the requests a policy matches; bindings put it to work.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidatingAdmissionPolicy {
+    #[serde(flatten)]
+    pub type_meta: TypeMeta,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PolicySpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PolicySpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub param_kind: Option<ParamKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub match_constraints: Option<MatchResources>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub validations: Vec<Validation>,
+    /// `Fail` (the default) or `Ignore`: what an expression that cannot be evaluated means.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audit_annotations: Vec<AuditAnnotation>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub match_conditions: Vec<MatchCondition>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub variables: Vec<Variable>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ParamKind {
+    pub api_version: String,
+    pub kind: String,
+}
+
+/// Which requests a policy (or binding) is for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct MatchResources {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_selector: Option<LabelSelector>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resource_rules: Vec<NamedRule>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exclude_resource_rules: Vec<NamedRule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub match_policy: Option<String>,
+}
+
+/// A rule, optionally only for objects of some names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NamedRule {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resource_names: Vec<String>,
+    #[serde(flatten)]
+    pub rule: RuleWithOperations,
+}
+
+impl NamedRule {
+    fn matches(&self, attributes: &Attributes<'_>, name: &str) -> bool {
+        self.rule.matches(attributes)
+            && (self.resource_names.is_empty() || self.resource_names.iter().any(|n| n == name))
+    }
+}
+
+impl MatchResources {
+    /// Whether the request is among the rules' and not among the exclusions (selectors are
+    /// the caller's: they need the namespace).
+    pub fn matches_rules(&self, attributes: &Attributes<'_>, name: &str) -> bool {
+        self.resource_rules
+            .iter()
+            .any(|r| r.matches(attributes, name))
+            && !self
+                .exclude_resource_rules
+                .iter()
+                .any(|r| r.matches(attributes, name))
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Validation {
+    pub expression: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// `Invalid` when empty; or `Forbidden`, `RequestEntityTooLarge`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message_expression: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct AuditAnnotation {
+    pub key: String,
+    pub value_expression: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Variable {
+    pub name: String,
+    pub expression: String,
+}
+
+/// Puts a policy to work, with its parameters and what a violation does.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidatingAdmissionPolicyBinding {
+    #[serde(flatten)]
+    pub type_meta: TypeMeta,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: BindingSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct BindingSpec {
+    pub policy_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub param_ref: Option<ParamRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub match_resources: Option<MatchResources>,
+    /// `Deny`, `Warn`, `Audit`.
+    pub validation_actions: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ParamRef {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// `Allow` or `Deny`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameter_not_found_action: Option<String>,
+}
+
+const VALIDATION_ACTIONS: &[&str] = &["Audit", "Deny", "Warn"];
+const VALIDATION_REASONS: &[&str] = &["Forbidden", "Invalid", "RequestEntityTooLarge"];
+const NOT_FOUND_ACTIONS: &[&str] = &["Allow", "Deny"];
+
+/// kube-apiserver's `SetDefaults_ValidatingAdmissionPolicySpec` and `SetDefaults_MatchResources`.
+pub fn default_policy(object: &mut serde_json::Value) {
+    use serde_json::json;
+    let spec = &mut object["spec"];
+    if !spec.is_object() {
+        return;
+    }
+    if spec["failurePolicy"].is_null() {
+        spec["failurePolicy"] = json!("Fail");
+    }
+    default_match_resources(&mut spec["matchConstraints"]);
+}
+
+/// kube-apiserver's `SetDefaults_ValidatingAdmissionPolicyBindingSpec`.
+pub fn default_binding(object: &mut serde_json::Value) {
+    use serde_json::json;
+    let spec = &mut object["spec"];
+    if !spec.is_object() {
+        return;
+    }
+    default_match_resources(&mut spec["matchResources"]);
+    let param_ref = &mut spec["paramRef"];
+    if param_ref.is_object() && param_ref["parameterNotFoundAction"].is_null() {
+        param_ref["parameterNotFoundAction"] = json!("Deny");
+    }
+}
+
+fn default_match_resources(resources: &mut serde_json::Value) {
+    use serde_json::json;
+    let Some(fields) = resources.as_object_mut() else {
+        return;
+    };
+    for (field, value) in [
+        ("matchPolicy", json!("Equivalent")),
+        ("namespaceSelector", json!({})),
+        ("objectSelector", json!({})),
+    ] {
+        if fields.get(field).is_none_or(serde_json::Value::is_null) {
+            fields.insert(field.to_owned(), value);
+        }
+    }
+    for list in ["resourceRules", "excludeResourceRules"] {
+        if let Some(rules) = fields.get_mut(list).and_then(|r| r.as_array_mut()) {
+            for rule in rules.iter_mut().filter_map(|r| r.as_object_mut()) {
+                if rule.get("scope").is_none_or(serde_json::Value::is_null) {
+                    rule.insert("scope".to_owned(), json!("*"));
+                }
+            }
+        }
+    }
+}
+
+pub fn validate_policy(policy: &ValidatingAdmissionPolicy) -> ErrorList {
+    let mut errs = validation::validate_object_meta(&policy.metadata, false, NameRule::Subdomain);
+    let spec = &policy.spec;
+    match spec.failure_policy.as_deref() {
+        None => errs.push(FieldError::required("spec.failurePolicy")),
+        Some(p) if !FAILURE_POLICIES.contains(&p) => {
+            errs.push(FieldError::not_supported(
+                "spec.failurePolicy",
+                p,
+                FAILURE_POLICIES,
+            ));
+        }
+        Some(_) => {}
+    }
+    if let Some(kind) = &spec.param_kind {
+        if kind.kind.is_empty() {
+            errs.push(FieldError::required("spec.paramKind.kind"));
+        }
+        if kind.api_version.is_empty() {
+            errs.push(FieldError::required("spec.paramKind.apiVersion"));
+        }
+    }
+    match &spec.match_constraints {
+        None => errs.push(FieldError::required("spec.matchConstraints")),
+        Some(constraints) => {
+            if constraints.resource_rules.is_empty() {
+                errs.push(FieldError::required("spec.matchConstraints.resourceRules"));
+            }
+            errs.extend(validate_match_resources(
+                constraints,
+                "spec.matchConstraints",
+            ));
+        }
+    }
+    if spec.validations.is_empty() && spec.audit_annotations.is_empty() {
+        errs.push(
+            FieldError::required("spec.validations")
+                .with_detail("validations or auditAnnotations must contain at least one item"),
+        );
+    }
+    for (i, v) in spec.validations.iter().enumerate() {
+        let at = format!("spec.validations[{i}]");
+        expression(&mut errs, &format!("{at}.expression"), &v.expression);
+        if !v.message_expression.is_empty() {
+            expression(
+                &mut errs,
+                &format!("{at}.messageExpression"),
+                &v.message_expression,
+            );
+        }
+        if v.message.contains('\n') {
+            errs.push(FieldError::invalid(
+                format!("{at}.message"),
+                v.message.as_str(),
+                "message must not contain line breaks",
+            ));
+        }
+        if let Some(reason) = &v.reason
+            && !VALIDATION_REASONS.contains(&reason.as_str())
+        {
+            errs.push(FieldError::not_supported(
+                format!("{at}.reason"),
+                reason.as_str(),
+                VALIDATION_REASONS,
+            ));
+        }
+    }
+    for (i, a) in spec.audit_annotations.iter().enumerate() {
+        let at = format!("spec.auditAnnotations[{i}]");
+        if a.key.is_empty() {
+            errs.push(FieldError::required(format!("{at}.key")));
+        }
+        expression(
+            &mut errs,
+            &format!("{at}.valueExpression"),
+            &a.value_expression,
+        );
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, c) in spec.match_conditions.iter().enumerate() {
+        let at = format!("spec.matchConditions[{i}]");
+        if c.name.is_empty() {
+            errs.push(FieldError::required(format!("{at}.name")));
+        } else if !names.insert(c.name.as_str()) {
+            errs.push(FieldError::duplicate(format!("{at}.name"), c.name.as_str()));
+        }
+        expression(&mut errs, &format!("{at}.expression"), &c.expression);
+    }
+    for (i, v) in spec.variables.iter().enumerate() {
+        let at = format!("spec.variables[{i}]");
+        if v.name.is_empty() {
+            errs.push(FieldError::required(format!("{at}.name")));
+        }
+        expression(&mut errs, &format!("{at}.expression"), &v.expression);
+    }
+    errs
+}
+
+pub fn validate_policy_binding(binding: &ValidatingAdmissionPolicyBinding) -> ErrorList {
+    let mut errs = validation::validate_object_meta(&binding.metadata, false, NameRule::Subdomain);
+    let spec = &binding.spec;
+    if spec.policy_name.is_empty() {
+        errs.push(FieldError::required("spec.policyName"));
+    } else {
+        for problem in validation::is_dns1123_subdomain(&spec.policy_name) {
+            errs.push(FieldError::invalid(
+                "spec.policyName",
+                spec.policy_name.as_str(),
+                problem,
+            ));
+        }
+    }
+    if let Some(param_ref) = &spec.param_ref {
+        if param_ref.name.is_empty() == param_ref.selector.is_none() {
+            errs.push(FieldError::forbidden(
+                "spec.paramRef.name",
+                "name and selector are mutually exclusive",
+            ));
+        }
+        match param_ref.parameter_not_found_action.as_deref() {
+            None => errs.push(FieldError::required(
+                "spec.paramRef.parameterNotFoundAction",
+            )),
+            Some(a) if !NOT_FOUND_ACTIONS.contains(&a) => errs.push(FieldError::not_supported(
+                "spec.paramRef.parameterNotFoundAction",
+                a,
+                NOT_FOUND_ACTIONS,
+            )),
+            Some(_) => {}
+        }
+    }
+    if let Some(resources) = &spec.match_resources {
+        errs.extend(validate_match_resources(resources, "spec.matchResources"));
+    }
+    if spec.validation_actions.is_empty() {
+        errs.push(
+            FieldError::required("spec.validationActions")
+                .with_detail("at least one validation action is required"),
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, action) in spec.validation_actions.iter().enumerate() {
+        let at = format!("spec.validationActions[{i}]");
+        if !seen.insert(action.as_str()) {
+            errs.push(FieldError::duplicate(&at, action.as_str()));
+        } else if !VALIDATION_ACTIONS.contains(&action.as_str()) {
+            errs.push(FieldError::not_supported(
+                &at,
+                action.as_str(),
+                VALIDATION_ACTIONS,
+            ));
+        }
+    }
+    if seen.contains("Deny") && seen.contains("Warn") {
+        errs.push(FieldError::invalid(
+            "spec.validationActions",
+            spec.validation_actions.join(", "),
+            "must not contain both Deny and Warn (repeating the same validation failure information in the API response and headers serves no purpose)",
+        ));
+    }
+    errs
+}
+
+fn validate_match_resources(resources: &MatchResources, path: &str) -> ErrorList {
+    let mut errs = ErrorList::new();
+    if let Some(policy) = &resources.match_policy
+        && !MATCH_POLICIES.contains(&policy.as_str())
+    {
+        errs.push(FieldError::not_supported(
+            format!("{path}.matchPolicy"),
+            policy.as_str(),
+            MATCH_POLICIES,
+        ));
+    }
+    for (field, selector) in [
+        ("namespaceSelector", &resources.namespace_selector),
+        ("objectSelector", &resources.object_selector),
+    ] {
+        if let Some(selector) = selector {
+            errs.extend(validation::validate_label_selector(
+                selector,
+                &format!("{path}.{field}"),
+            ));
+        }
+    }
+    for (list, rules) in [
+        ("resourceRules", &resources.resource_rules),
+        ("excludeResourceRules", &resources.exclude_resource_rules),
+    ] {
+        for (i, rule) in rules.iter().enumerate() {
+            let at = format!("{path}.{list}[{i}]");
+            errs.extend(validate_rule(&rule.rule, &at));
+            for (j, name) in rule.resource_names.iter().enumerate() {
+                for problem in validation::is_dns1123_subdomain(name) {
+                    errs.push(FieldError::invalid(
+                        format!("{at}.resourceNames[{j}]"),
+                        name.as_str(),
+                        problem,
+                    ));
+                }
+            }
+        }
+    }
+    errs
+}
+
+/// A required CEL expression that must compile.
+fn expression(errs: &mut ErrorList, path: &str, expression: &str) {
+    if expression.is_empty() {
+        errs.push(FieldError::required(path));
+    } else if let Some(e) = crate::cel_rules::compile_error(expression) {
+        errs.push(FieldError::invalid(
+            path,
+            expression,
+            format!("compilation failed: {e}"),
+        ));
     }
 }
 

@@ -40,6 +40,66 @@ pub fn compile_error(rule: &str) -> Option<String> {
     cel::Program::compile(rule).err().map(|e| e.to_string())
 }
 
+/// The variables of an admission policy's expressions: JSON values bound by name (`object`,
+/// `oldObject`, `request`, `params`, `namespaceObject`), and `variables.<name>`, each the value
+/// of one of the policy's variable expressions, defined in order.
+#[derive(Debug, Default)]
+pub struct Activation {
+    bound: Vec<(String, cel::Value)>,
+    variables: std::collections::HashMap<String, cel::Value>,
+}
+
+impl Activation {
+    pub fn new(bound: &[(&str, &Value)]) -> Result<Self, String> {
+        let bound = bound
+            .iter()
+            .map(|(name, value)| {
+                cel::to_value(value)
+                    .map(|v| ((*name).to_owned(), v))
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            bound,
+            variables: std::collections::HashMap::new(),
+        })
+    }
+
+    /// Evaluates `expression` and binds it as `variables.<name>`. A variable that fails to
+    /// evaluate stays unbound: only the expressions that use it fail.
+    pub fn define(&mut self, name: &str, expression: &str) -> Result<(), String> {
+        let value = self.evaluate(expression)?;
+        self.variables.insert(name.to_owned(), value);
+        Ok(())
+    }
+
+    /// A boolean expression's value.
+    pub fn condition(&self, expression: &str) -> Result<bool, String> {
+        match self.evaluate(expression)? {
+            cel::Value::Bool(b) => Ok(b),
+            other => Err(format!("expected a boolean, got {other:?}")),
+        }
+    }
+
+    /// A string expression's value (a message expression's).
+    pub fn string(&self, expression: &str) -> Result<String, String> {
+        match self.evaluate(expression)? {
+            cel::Value::String(s) => Ok(s.to_string()),
+            other => Err(format!("expected a string, got {other:?}")),
+        }
+    }
+
+    fn evaluate(&self, expression: &str) -> Result<cel::Value, String> {
+        let program = cel::Program::compile(expression).map_err(|e| e.to_string())?;
+        let mut context = cel::Context::default();
+        for (name, value) in &self.bound {
+            context.add_variable_from_value(name.clone(), value.clone());
+        }
+        context.add_variable_from_value("variables", self.variables.clone());
+        program.execute(&context).map_err(|e| e.to_string())
+    }
+}
+
 /// Evaluates a condition with each of `variables` bound (admission's `object`, `oldObject`,
 /// `request`, `params`…): true, false, or why it is neither.
 pub fn evaluate_condition(expression: &str, variables: &[(&str, &Value)]) -> Result<bool, String> {

@@ -331,6 +331,32 @@ pub const VALIDATING_WEBHOOK_CONFIGURATIONS: ResourceInfo = ResourceInfo {
     )
 };
 
+/// `admissionregistration.k8s.io/v1` `ValidatingAdmissionPolicy`.
+pub const VALIDATING_ADMISSION_POLICIES: ResourceInfo = ResourceInfo {
+    categories: &["api-extensions"],
+    subresources: &[status("ValidatingAdmissionPolicy")],
+    ..resource(
+        "admissionregistration.k8s.io",
+        "ValidatingAdmissionPolicy",
+        "validatingadmissionpolicies",
+        "validatingadmissionpolicy",
+        &[],
+        false,
+    )
+};
+/// `admissionregistration.k8s.io/v1` `ValidatingAdmissionPolicyBinding`.
+pub const VALIDATING_ADMISSION_POLICY_BINDINGS: ResourceInfo = ResourceInfo {
+    categories: &["api-extensions"],
+    ..resource(
+        "admissionregistration.k8s.io",
+        "ValidatingAdmissionPolicyBinding",
+        "validatingadmissionpolicybindings",
+        "validatingadmissionpolicybinding",
+        &[],
+        false,
+    )
+};
+
 /// `apiextensions.k8s.io/v1` `CustomResourceDefinition`.
 pub const CUSTOM_RESOURCE_DEFINITIONS: ResourceInfo = ResourceInfo {
     categories: &["api-extensions"],
@@ -533,6 +559,8 @@ pub static RESOURCES: &[ResourceInfo] = &[
     TOKEN_REVIEWS,
     MUTATING_WEBHOOK_CONFIGURATIONS,
     VALIDATING_WEBHOOK_CONFIGURATIONS,
+    VALIDATING_ADMISSION_POLICIES,
+    VALIDATING_ADMISSION_POLICY_BINDINGS,
     CUSTOM_RESOURCE_DEFINITIONS,
 ];
 
@@ -713,6 +741,8 @@ impl_resource!(
     crate::apiextensions_v1::CustomResourceDefinition => CUSTOM_RESOURCE_DEFINITIONS,
     crate::admissionregistration_v1::MutatingWebhookConfiguration => MUTATING_WEBHOOK_CONFIGURATIONS,
     crate::admissionregistration_v1::ValidatingWebhookConfiguration => VALIDATING_WEBHOOK_CONFIGURATIONS,
+    crate::admissionregistration_v1::ValidatingAdmissionPolicy => VALIDATING_ADMISSION_POLICIES,
+    crate::admissionregistration_v1::ValidatingAdmissionPolicyBinding => VALIDATING_ADMISSION_POLICY_BINDINGS,
 );
 
 impl crate::ObjectRef {

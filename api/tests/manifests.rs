@@ -242,7 +242,45 @@ fn pod() -> Value {
 }
 
 fn others() -> Vec<Value> {
+    let webhook = |mutating: bool| {
+        let mut hook = json!({"name": "labels.example.com",
+            "clientConfig": {"service": {"namespace": "hooks", "name": "labels", "path": "/mutate", "port": 443},
+                "caBundle": "Y2VydA=="},
+            "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                "resources": ["pods", "pods/status"], "scope": "Namespaced"}],
+            "failurePolicy": "Ignore", "matchPolicy": "Equivalent",
+            "namespaceSelector": {"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]}]},
+            "objectSelector": {"matchLabels": {"inject": "true"}},
+            "sideEffects": "None", "timeoutSeconds": 5, "admissionReviewVersions": ["v1", "v1beta1"],
+            "matchConditions": [{"name": "not-system", "expression": "!request.userInfo.username.startsWith('system:')"}]});
+        if mutating {
+            hook["reinvocationPolicy"] = json!("IfNeeded");
+        }
+        hook
+    };
+    let rules = json!({"namespaceSelector": {}, "objectSelector": {}, "matchPolicy": "Equivalent",
+        "resourceRules": [{"operations": ["CREATE"], "apiGroups": ["apps"], "apiVersions": ["v1"],
+            "resources": ["deployments"], "scope": "*"}]});
     vec![
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "labels"}, "webhooks": [webhook(true)]}),
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "labels"}, "webhooks": [webhook(false)]}),
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": "replica-limit"},
+            "spec": {"paramKind": {"apiVersion": "v1", "kind": "ConfigMap"}, "matchConstraints": rules,
+                "validations": [{"expression": "object.spec.replicas <= variables.limit",
+                    "message": "too many", "reason": "Forbidden",
+                    "messageExpression": "'at most ' + string(variables.limit)"}],
+                "failurePolicy": "Fail",
+                "auditAnnotations": [{"key": "replicas", "valueExpression": "string(object.spec.replicas)"}],
+                "matchConditions": [{"name": "labelled", "expression": "has(object.metadata.labels)"}],
+                "variables": [{"name": "limit", "expression": "int(params.data.max)"}]}}),
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": "replica-limit"},
+            "spec": {"policyName": "replica-limit",
+                "paramRef": {"name": "limits", "namespace": "shop", "parameterNotFoundAction": "Deny"},
+                "matchResources": rules, "validationActions": ["Deny", "Audit"]}}),
         json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
             "metadata": {"name": "widgets.example.com"},
             "spec": {"group": "example.com", "scope": "Namespaced",
@@ -389,8 +427,8 @@ fn round_trip(manifest: &Value) {
         };
     }
     use apiary_api::{
-        apiary_v1::*, apiextensions_v1::*, apps_v1::*, batch_v1::*, certificates_v1::*,
-        coordination_v1::*, core_v1::*, discovery_v1::*, rbac_v1::*,
+        admissionregistration_v1::*, apiary_v1::*, apiextensions_v1::*, apps_v1::*, batch_v1::*,
+        certificates_v1::*, coordination_v1::*, core_v1::*, discovery_v1::*, rbac_v1::*,
     };
     let back = via!(
         "namespaces" => Namespace, "pods" => Pod, "services" => Service, "endpoints" => Endpoints,
@@ -403,6 +441,10 @@ fn round_trip(manifest: &Value) {
         "rolebindings" => RoleBinding, "clusterrolebindings" => ClusterRoleBinding,
         "certificatesigningrequests" => CertificateSigningRequest,
         "customresourcedefinitions" => CustomResourceDefinition,
+        "mutatingwebhookconfigurations" => MutatingWebhookConfiguration,
+        "validatingwebhookconfigurations" => ValidatingWebhookConfiguration,
+        "validatingadmissionpolicies" => ValidatingAdmissionPolicy,
+        "validatingadmissionpolicybindings" => ValidatingAdmissionPolicyBinding,
     );
     assert_eq!(&back, manifest, "{kind} did not round-trip");
     let errs = validate_object(info, manifest).unwrap();

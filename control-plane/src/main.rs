@@ -288,8 +288,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         std::time::Duration::from_secs(10),
     )
     .await;
-    // Admission webhooks are called from the first write on.
+    // Admission webhooks and policies apply from the first write on.
     apiserver::admission::webhooks::start(
+        Arc::clone(&api),
+        authz_shutdown.clone(),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    apiserver::admission::policies::start(
         Arc::clone(&api),
         authz_shutdown.clone(),
         std::time::Duration::from_secs(10),

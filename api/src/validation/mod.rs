@@ -984,6 +984,8 @@ pub fn validate_object(
         "customresourcedefinitions" => crate::apiextensions_v1::validate_crd,
         "mutatingwebhookconfigurations" => crate::admissionregistration_v1::validate_mutating,
         "validatingwebhookconfigurations" => crate::admissionregistration_v1::validate_validating,
+        "validatingadmissionpolicies" => crate::admissionregistration_v1::validate_policy,
+        "validatingadmissionpolicybindings" => crate::admissionregistration_v1::validate_policy_binding,
     ))
 }
 

@@ -49,6 +49,10 @@ pub fn apply(kind: &str, object: &mut Value) {
         "ValidatingWebhookConfiguration" => {
             apiary_api::admissionregistration_v1::default_configuration(object, false);
         }
+        "ValidatingAdmissionPolicy" => apiary_api::admissionregistration_v1::default_policy(object),
+        "ValidatingAdmissionPolicyBinding" => {
+            apiary_api::admissionregistration_v1::default_binding(object);
+        }
         "Pod" => pod_spec(&mut object["spec"], "Always"),
         "Deployment" => {
             let spec = &mut object["spec"];

@@ -75,6 +75,8 @@ pub struct Api {
     pub admission: admission::Plugins,
     /// The admission webhooks clients configured ([`admission::webhooks::start`] keeps them).
     pub webhooks: admission::webhooks::Webhooks,
+    /// The ValidatingAdmissionPolicies and bindings ([`admission::policies::start`] keeps them).
+    pub policies: admission::policies::Policies,
 }
 
 impl std::fmt::Debug for Api {
@@ -105,6 +107,7 @@ impl Api {
             service_account_issuer: None,
             admission: admission::Plugins::default(),
             webhooks: admission::webhooks::Webhooks::default(),
+            policies: admission::policies::Policies::default(),
         }
     }
 }
@@ -358,7 +361,7 @@ async fn resource_request(
     })
     });
     // Admission webhooks are told who asked.
-    admission::webhooks::as_user(as_user, handler).await
+    admission::as_user(as_user, handler).await
 }
 
 /// A resource request by `user`, who is authorized for it: access reviews are answered, RBAC

@@ -885,8 +885,8 @@ pub async fn create_with(
     };
     super::admission::admit_create(api, resource, &mut object).await?;
     api.strategy.prepare_create(resource, &mut object)?;
-    let review = webhooks::Request {
-        operation: webhooks::Operation::Create,
+    let review = super::admission::Request {
+        operation: super::admission::Operation::Create,
         resource,
         subresource: "",
         namespace: target.namespace.as_deref(),
@@ -900,6 +900,7 @@ pub async fn create_with(
     }
     api.strategy.validate(resource, &object, None)?;
     super::admission::validate(api, resource, &object, namespace.as_ref()).await?;
+    super::admission::policies::validate(api, &review, &object).await?;
     webhooks::validate(api, &review, &object).await?;
     track(api, resource, &json!({}), &mut object, options, None);
     let claims = if resource.plural == "services" {
@@ -1056,16 +1057,17 @@ async fn write_update(
     }
     prune_and_check_fields(api, resource, &mut merged, options)?;
     // A binding is the scheduler's, not a client's update: webhooks see pods, not bindings.
-    let review = (target.subresource.as_deref() != Some("binding")).then(|| webhooks::Request {
-        operation: webhooks::Operation::Update,
-        resource,
-        subresource: target.subresource.as_deref().unwrap_or_default(),
-        namespace: target.namespace.as_deref(),
-        name,
-        old: Some(old),
-        dry_run: options.dry_run,
-        namespace_object: None,
-    });
+    let review =
+        (target.subresource.as_deref() != Some("binding")).then(|| super::admission::Request {
+            operation: super::admission::Operation::Update,
+            resource,
+            subresource: target.subresource.as_deref().unwrap_or_default(),
+            namespace: target.namespace.as_deref(),
+            name,
+            old: Some(old),
+            dry_run: options.dry_run,
+            namespace_object: None,
+        });
     if let Some(review) = &review
         && webhooks::mutate(api, review, &mut merged).await?
     {
@@ -1100,6 +1102,7 @@ async fn write_update(
         super::admission::validate(api, resource, &merged, None).await?;
     }
     if let Some(review) = &review {
+        super::admission::policies::validate(api, review, &merged).await?;
         webhooks::validate(api, review, &merged).await?;
     }
     // An object whose finalizers are gone while it is being deleted goes away now.
@@ -1725,8 +1728,8 @@ pub async fn delete(api: &Arc<Api>, target: &Target, name: &str, options: &Value
                 ),
             ));
         }
-        let review = webhooks::Request {
-            operation: webhooks::Operation::Delete,
+        let review = super::admission::Request {
+            operation: super::admission::Operation::Delete,
             resource,
             subresource: "",
             namespace: target.namespace.as_deref(),
@@ -1736,6 +1739,7 @@ pub async fn delete(api: &Arc<Api>, target: &Target, name: &str, options: &Value
             namespace_object: None,
         };
         webhooks::mutate(api, &review, &mut Value::Null).await?;
+        super::admission::policies::validate(api, &review, &Value::Null).await?;
         webhooks::validate(api, &review, &Value::Null).await?;
         let key = resource.key(target.namespace.as_deref(), name);
         let has_finalizers = old["metadata"]["finalizers"]

@@ -310,6 +310,36 @@ fn columns(kind: &str) -> Vec<Column> {
             }),
             age_col,
         ]),
+        // printValidatingAdmissionPolicy.
+        "ValidatingAdmissionPolicy" => cols.extend([
+            col("Validations", "integer", 0, |o| {
+                json!(o["spec"]["validations"].as_array().map_or(0, Vec::len))
+            }),
+            col("ParamKind", "string", 0, |o| {
+                let kind = &o["spec"]["paramKind"];
+                json!(match kind["kind"].as_str() {
+                    Some(k) => format!("{}/{k}", kind["apiVersion"].as_str().unwrap_or_default()),
+                    None => "<unset>".to_owned(),
+                })
+            }),
+            age_col,
+        ]),
+        // printValidatingAdmissionPolicyBinding.
+        "ValidatingAdmissionPolicyBinding" => cols.extend([
+            col("PolicyName", "string", 0, |o| {
+                json!(o["spec"]["policyName"])
+            }),
+            col("ParamRef", "string", 0, |o| {
+                let r = &o["spec"]["paramRef"];
+                json!(match (r["namespace"].as_str(), r["name"].as_str()) {
+                    (Some(ns), Some(n)) if !ns.is_empty() => format!("{ns}/{n}"),
+                    (_, Some(n)) => format!("*/{n}"),
+                    _ if r["selector"].is_object() => "*/*".to_owned(),
+                    _ => "<unset>".to_owned(),
+                })
+            }),
+            age_col,
+        ]),
         // kube-apiserver's printRole / printClusterRole.
         "Role" | "ClusterRole" => cols.push(col("Created At", "date", 0, |o| {
             json!(o["metadata"]["creationTimestamp"])

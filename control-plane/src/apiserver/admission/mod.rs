@@ -8,12 +8,17 @@
 //! Validating plugins run after validation, on what will be stored:
 //! - [`pod_security`]: the Pod Security Standards a namespace's labels ask for.
 //!
-//! [`webhooks`] calls the admission webhooks clients configure: mutating ones after the
-//! built-in mutating plugins, validating ones after the built-in validating plugins.
+//! What clients configure runs after the built-in plugins, in kube-apiserver's order: the
+//! mutating [`webhooks`], then (after validation) the [`policies`] (ValidatingAdmissionPolicy)
+//! and the validating [`webhooks`].
 
 pub mod pod_security;
+pub mod policies;
+mod request;
 pub mod service_account;
 pub mod webhooks;
+
+pub use request::{Operation, Request, as_user, namespace_labels};
 
 use serde_json::Value;
 

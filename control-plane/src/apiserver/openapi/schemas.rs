@@ -203,6 +203,12 @@ fn add_kind(generator: &mut SchemaGenerator, group: &str, kind: &str) -> Option<
         ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration") => {
             add::<admissionregistration::ValidatingWebhookConfiguration>(g)
         }
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy") => {
+            add::<admissionregistration::ValidatingAdmissionPolicy>(g)
+        }
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding") => {
+            add::<admissionregistration::ValidatingAdmissionPolicyBinding>(g)
+        }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => add::<
             k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
         >(g),
