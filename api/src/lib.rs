@@ -30,6 +30,7 @@ pub mod coordination_v1;
 pub mod core_v1;
 pub mod cron;
 pub mod discovery_v1;
+pub mod duplicates;
 pub mod events;
 pub mod intstr;
 pub mod meta;

@@ -266,3 +266,58 @@ async fn documents_carry_etags_and_hashed_urls_are_immutable() {
         "name"
     );
 }
+
+#[tokio::test]
+async fn duplicate_fields_are_reported_as_field_validation_says() {
+    let cp = ControlPlane::start();
+    let client = cp.https_client();
+    let token = cp.token();
+    let body = r#"{"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "first", "name": "twice"}, "data": {"k": "1", "k": "2"}}"#;
+    let post = |validation: &str| {
+        client
+            .post(format!(
+                "https://{}/api/v1/namespaces/default/configmaps?fieldManager=test&fieldValidation={validation}",
+                cp.server_addr()
+            ))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let strict = post("Strict").await.unwrap();
+    assert_eq!(strict.status(), 400);
+    let status: serde_json::Value = strict.json().await.unwrap();
+    assert_eq!(
+        status["message"],
+        r#"strict decoding error: duplicate field "metadata.name", duplicate field "data.k""#
+    );
+    assert!(
+        cp.kubectl(&["get", "configmap", "twice"])
+            .failure()
+            .contains("NotFound")
+    );
+
+    // Warn (the default): the last value counts, and each duplicate is a warning.
+    let warned = post("Warn").await.unwrap();
+    assert_eq!(warned.status(), 201);
+    let warnings: Vec<String> = warned
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            r#"299 - "duplicate field \"metadata.name\"""#,
+            r#"299 - "duplicate field \"data.k\"""#
+        ]
+    );
+    let stored = cp.kubectl_json(&["get", "configmap", "twice", "-o", "json"]);
+    assert_eq!(stored["data"]["k"], "2");
+    cp.kubectl(&["delete", "configmap", "twice"]).success();
+    let ignored = post("Ignore").await.unwrap();
+    assert_eq!(ignored.status(), 201);
+    assert!(ignored.headers().get("warning").is_none());
+}

@@ -116,12 +116,14 @@ pub async fn dispatch(
         (&Method::POST, None) => {
             let options = options("CreateOptions")?;
             let object = decode(headers, &body)?;
+            check_duplicates(headers, &body, &options)?;
             let created = create_with(api, &target, object, &options).await?;
             json_response(StatusCode::CREATED, created)
         }
         (&Method::PUT, Some(name)) => {
             let options = options("UpdateOptions")?;
             let object = decode(headers, &body)?;
+            check_duplicates(headers, &body, &options)?;
             let updated = update_with(api, &target, name, object, &options).await?;
             json_response(StatusCode::OK, updated)
         }
@@ -264,6 +266,17 @@ pub(crate) fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Value> {
         ));
     }
     Ok(value)
+}
+
+/// Reports the fields a JSON body names twice, as the request's `fieldValidation` says (a
+/// YAML body with a duplicate key does not decode at all).
+fn check_duplicates(headers: &HeaderMap, body: &[u8], options: &WriteOptions) -> Result<()> {
+    if options.validates_fields()
+        && matches!(content_type(headers).as_str(), "application/json" | "")
+    {
+        options.duplicate_fields(&apiary_api::duplicates::duplicate_fields(body))?;
+    }
+    Ok(())
 }
 
 /// A YAML (or JSON) body, whose aliases may not expand it past the limit its bytes are held to.

@@ -66,10 +66,20 @@ impl FieldValidation {
 impl WriteOptions {
     /// Reports the unknown fields a write dropped, as `fieldValidation` says.
     pub fn unknown_fields(&self, paths: &[String]) -> Result<(), ApiError> {
+        self.report("unknown", paths)
+    }
+
+    /// Reports the fields a JSON body named twice (the last one counts), as `fieldValidation`
+    /// says.
+    pub fn duplicate_fields(&self, paths: &[String]) -> Result<(), ApiError> {
+        self.report("duplicate", paths)
+    }
+
+    fn report(&self, what: &str, paths: &[String]) -> Result<(), ApiError> {
         if paths.is_empty() {
             return Ok(());
         }
-        let each = || paths.iter().map(|p| format!("unknown field {p:?}"));
+        let each = || paths.iter().map(|p| format!("{what} field {p:?}"));
         match self.field_validation {
             FieldValidation::Ignore => Ok(()),
             FieldValidation::Warn => {
