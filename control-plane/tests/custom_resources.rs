@@ -397,3 +397,49 @@ fn cel_validation_rules_are_enforced_with_transition_rules_on_updates() {
     let out = cp.kubectl_stdin(&["apply", "-f", "-"], &broken).failure();
     assert!(out.contains("compilation failed"), "{out}");
 }
+
+#[tokio::test]
+async fn openapi_v2_describes_custom_kinds_for_kubectl() {
+    let cp = ControlPlane::start();
+    install(&cp);
+    // kubectl validates a List against /openapi/v2 on the client: a custom item in it must be
+    // described there, and a typo in it found.
+    let list = format!(
+        "apiVersion: v1\nkind: List\nitems:\n- {}\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {{name: c1}}\n",
+        serde_json::json!({"apiVersion": "example.com/v1", "kind": "Widget",
+            "metadata": {"name": "listed"}, "spec": {"size": 2}})
+    );
+    cp.kubectl_stdin(&["apply", "-f", "-"], &list).success();
+    let widget = cp.kubectl_json(&["get", "widget", "listed", "-o", "json"]);
+    assert_eq!(widget["spec"]["size"], 2);
+
+    let client = cp.https_client();
+    let swagger: serde_json::Value = client
+        .get(format!("https://{}/openapi/v2", cp.server_addr()))
+        .bearer_auth(cp.token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let definition = &swagger["definitions"]["com.example.v1.Widget"];
+    assert_eq!(
+        definition["x-kubernetes-group-version-kind"],
+        serde_json::json!([{"group": "example.com", "kind": "Widget", "version": "v1"}])
+    );
+    assert_eq!(
+        definition["properties"]["spec"]["properties"]["size"]["type"],
+        "integer"
+    );
+    assert_eq!(
+        definition["properties"]["metadata"]["$ref"],
+        "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+    );
+    assert!(
+        swagger["paths"]["/apis/example.com/v1/namespaces/{namespace}/widgets/{name}"]["put"]
+            .is_object()
+    );
+    // Built-in kinds are still there.
+    assert!(swagger["definitions"]["io.k8s.api.apps.v1.Deployment"].is_object());
+}

@@ -26,8 +26,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{Api, error::ApiError, resources::ResourceType};
+use super::{Api, custom_resources::CustomVersion, error::ApiError, resources::ResourceType};
 use schemas::Catalog;
+use serde_json::Value;
 
 /// JSON, what kubectl asks v3 documents and the v3 index in.
 const JSON: &str = "application/json";
@@ -136,6 +137,8 @@ fn etag_of(bytes: &[u8]) -> String {
 /// Every document, built together on first use.
 #[derive(Debug)]
 struct Documents {
+    /// The built-in kinds' v2 document, which custom kinds are added to.
+    swagger: Value,
     v2_json: Served,
     v2_protobuf: Served,
     v3_index: Served,
@@ -161,6 +164,7 @@ impl Documents {
                 .map(|(path, doc)| (path.as_str(), doc.etag.as_str())),
         );
         Self {
+            swagger,
             v2_json,
             v2_protobuf,
             v3_index: Served::json(&index),
@@ -181,19 +185,57 @@ async fn documents() -> &'static Documents {
         .expect("building the OpenAPI documents does not panic")
 }
 
-/// `GET /openapi/v2`: JSON or gnostic protobuf, by `Accept`.
-pub async fn v2(headers: HeaderMap) -> Response {
+/// `GET /openapi/v2`: JSON or gnostic protobuf, by `Accept`; with the custom kinds served now.
+pub async fn v2(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
     let documents = documents().await;
+    let custom = api.resources.custom.versions();
+    let with_custom;
+    let (json, protobuf) = if custom.is_empty() {
+        (&documents.v2_json, &documents.v2_protobuf)
+    } else {
+        with_custom = custom_v2(documents, custom).await;
+        (&with_custom.0, &with_custom.1)
+    };
     match negotiate(&headers, &[JSON, V2_PROTOBUF, V2_PROTOBUF_DOTTED]) {
-        Some(JSON) => serve(&documents.v2_json, JSON, &headers, Caching::Revalidate),
-        Some(_) => serve(
-            &documents.v2_protobuf,
-            V2_PROTOBUF_DOTTED,
-            &headers,
-            Caching::Revalidate,
-        ),
+        Some(JSON) => serve(json, JSON, &headers, Caching::Revalidate),
+        Some(_) => serve(protobuf, V2_PROTOBUF_DOTTED, &headers, Caching::Revalidate),
         None => not_acceptable(),
     }
+}
+
+/// The v2 document with `custom` kinds, JSON and protobuf: built once per set of custom
+/// schemas (the last one is kept), off the async workers.
+async fn custom_v2(
+    documents: &'static Documents,
+    custom: Vec<Arc<CustomVersion>>,
+) -> Arc<(Served, Served)> {
+    static LAST: std::sync::Mutex<Option<(String, Arc<(Served, Served)>)>> =
+        std::sync::Mutex::new(None);
+    let key = {
+        let mut hashed = Vec::new();
+        for c in &custom {
+            hashed.extend_from_slice(c.info.group.as_bytes());
+            hashed.extend_from_slice(c.info.version.as_bytes());
+            hashed.extend_from_slice(c.info.kind.as_bytes());
+            hashed.extend_from_slice(c.schema.to_string().as_bytes());
+        }
+        etag_of(&hashed)
+    };
+    if let Some((last_key, served)) = LAST.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+        && *last_key == key
+    {
+        return Arc::clone(served);
+    }
+    let built = tokio::task::spawn_blocking(move || {
+        let swagger = v2::with_custom(&documents.swagger, &custom);
+        let json = Served::json(&swagger);
+        let protobuf = Served::with_etag(gnostic::document(&swagger), Some(&json.etag));
+        Arc::new((json, protobuf))
+    })
+    .await
+    .expect("building the OpenAPI v2 document does not panic");
+    *LAST.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, Arc::clone(&built)));
+    built
 }
 
 /// `GET /openapi/v3`: where each group version's document is, by a URL carrying its hash.
@@ -487,28 +529,36 @@ mod tests {
         assert_eq!(changed.status(), StatusCode::OK);
 
         let v2_etag = format!("\"{}\"", documents().await.v2_json.etag);
-        let v2 = v2(headers(&[
-            (header::ACCEPT, V2_PROTOBUF),
-            (header::IF_NONE_MATCH, &v2_etag),
-        ]))
+        let v2 = v2(
+            state.clone(),
+            headers(&[
+                (header::ACCEPT, V2_PROTOBUF),
+                (header::IF_NONE_MATCH, &v2_etag),
+            ]),
+        )
         .await;
         assert_eq!(v2.status(), StatusCode::NOT_MODIFIED);
     }
 
     #[tokio::test]
     async fn v2_is_served_as_json_or_protobuf_by_accept() {
-        let json = v2(headers(&[(header::ACCEPT, "application/json")])).await;
+        let (_dir, state) = state().await;
+        let json = v2(
+            state.clone(),
+            headers(&[(header::ACCEPT, "application/json")]),
+        )
+        .await;
         assert_eq!(json.headers()[header::CONTENT_TYPE], JSON);
         let swagger: serde_json::Value = serde_json::from_slice(&body(json).await).unwrap();
         assert_eq!(swagger["swagger"], "2.0");
 
-        let protobuf = v2(headers(&[(header::ACCEPT, V2_PROTOBUF)])).await;
+        let protobuf = v2(state.clone(), headers(&[(header::ACCEPT, V2_PROTOBUF)])).await;
         assert_eq!(protobuf.headers()[header::CONTENT_TYPE], V2_PROTOBUF_DOTTED);
         let bytes = body(protobuf).await;
         // Field 1 of the Document, `swagger`: "2.0".
         assert_eq!(&bytes[..5], b"\x0a\x032.0");
 
-        let other = v2(headers(&[(header::ACCEPT, "application/yaml")])).await;
+        let other = v2(state, headers(&[(header::ACCEPT, "application/yaml")])).await;
         assert_eq!(other.status(), StatusCode::NOT_ACCEPTABLE);
     }
 
