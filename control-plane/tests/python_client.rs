@@ -195,3 +195,78 @@ print("ok")
     );
     assert!(run_python(&cp, &script).contains("ok"));
 }
+
+#[test]
+fn the_python_client_manages_admission_policies_and_webhook_configurations() {
+    let cp = ControlPlane::start();
+    let script = format!(
+        "{PRELUDE}{}",
+        r#"
+adm = client.AdmissionregistrationV1Api()
+assert "admissionregistration.k8s.io" in [g.name for g in client.ApisApi().get_api_versions().groups]
+
+policy = client.V1ValidatingAdmissionPolicy(
+    metadata=client.V1ObjectMeta(name="max-replicas"),
+    spec=client.V1ValidatingAdmissionPolicySpec(
+        match_constraints=client.V1MatchResources(resource_rules=[client.V1NamedRuleWithOperations(
+            api_groups=["apps"], api_versions=["v1"], operations=["CREATE"], resources=["deployments"])]),
+        validations=[client.V1Validation(expression="object.spec.replicas <= 3",
+            message="at most 3 replicas")]))
+created = adm.create_validating_admission_policy(policy)
+assert created.spec.failure_policy == "Fail", created.spec
+adm.create_validating_admission_policy_binding(client.V1ValidatingAdmissionPolicyBinding(
+    metadata=client.V1ObjectMeta(name="max-replicas"),
+    spec=client.V1ValidatingAdmissionPolicyBindingSpec(policy_name="max-replicas",
+        validation_actions=["Deny"])))
+assert [p.metadata.name for p in adm.list_validating_admission_policy().items] == ["max-replicas"]
+
+def deployment(name, replicas):
+    labels = {"app": name}
+    return client.V1Deployment(metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1DeploymentSpec(replicas=replicas,
+            selector=client.V1LabelSelector(match_labels=labels),
+            template=client.V1PodTemplateSpec(metadata=client.V1ObjectMeta(labels=labels),
+                spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="localhost/busybox:latest")]))))
+
+refusal = {}
+def refused():
+    try:
+        apps.create_namespaced_deployment("default", deployment("big", 5))
+        apps.delete_namespaced_deployment("big", "default")
+        return False
+    except ApiException as e:
+        refusal["e"] = e
+        return True
+eventually("the policy to refuse", refused)
+e = refusal["e"]
+assert e.status == 422, e
+assert "at most 3 replicas" in e.body, e.body
+apps.create_namespaced_deployment("default", deployment("small", 2))
+
+# A webhook configuration round-trips with Kubernetes' defaults.
+hook = adm.create_mutating_webhook_configuration(client.V1MutatingWebhookConfiguration(
+    metadata=client.V1ObjectMeta(name="labels.example.com"),
+    webhooks=[client.V1MutatingWebhook(name="labels.example.com",
+        client_config=client.AdmissionregistrationV1WebhookClientConfig(
+            service=client.AdmissionregistrationV1ServiceReference(namespace="default", name="none")),
+        rules=[client.V1RuleWithOperations(operations=["CREATE"], api_groups=[""],
+            api_versions=["v1"], resources=["nothing"])],
+        side_effects="None", admission_review_versions=["v1"])]))
+w = hook.webhooks[0]
+assert (w.failure_policy, w.timeout_seconds, w.reinvocation_policy) == ("Fail", 10, "Never"), w
+assert w.client_config.service.port == 443
+try:
+    adm.create_validating_webhook_configuration(client.V1ValidatingWebhookConfiguration(
+        metadata=client.V1ObjectMeta(name="bad"),
+        webhooks=[client.V1ValidatingWebhook(name="bad",
+            client_config=client.AdmissionregistrationV1WebhookClientConfig(url="http://x"),
+            side_effects="None", admission_review_versions=["v1"])]))
+    raise AssertionError("an invalid configuration was stored")
+except ApiException as e:
+    assert e.status == 422, e
+    assert "'https' is the only allowed URL scheme" in e.body, e.body
+print("ok")
+"#
+    );
+    assert_eq!(run_python(&cp, &script).trim(), "ok");
+}
