@@ -37,7 +37,36 @@ pub fn rules(schema: &Value) -> Vec<Rule<'_>> {
 
 /// Why a rule does not compile, for the CRD's validation.
 pub fn compile_error(rule: &str) -> Option<String> {
-    cel::Program::compile(rule).err().map(|e| e.to_string())
+    program(rule).err()
+}
+
+/// The most compiled programs kept; past it the cache starts over (the expressions of the
+/// stored CRDs and policies are far fewer).
+const MAX_PROGRAMS: usize = 4096;
+
+/// `expression` compiled, once per distinct expression: every object a CRD validates, every
+/// request a policy sees, runs the same few expressions.
+fn program(expression: &str) -> Result<std::sync::Arc<cel::Program>, String> {
+    use std::{
+        collections::HashMap,
+        sync::{Arc, LazyLock, Mutex},
+    };
+    static PROGRAMS: LazyLock<Mutex<HashMap<String, Arc<cel::Program>>>> =
+        LazyLock::new(Mutex::default);
+    if let Some(program) = PROGRAMS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(expression)
+    {
+        return Ok(Arc::clone(program));
+    }
+    let program = Arc::new(cel::Program::compile(expression).map_err(|e| e.to_string())?);
+    let mut programs = PROGRAMS.lock().unwrap_or_else(|e| e.into_inner());
+    if programs.len() >= MAX_PROGRAMS {
+        programs.clear();
+    }
+    programs.insert(expression.to_owned(), Arc::clone(&program));
+    Ok(program)
 }
 
 /// The variables of an admission policy's expressions: JSON values bound by name (`object`,
@@ -90,7 +119,7 @@ impl Activation {
     }
 
     fn evaluate(&self, expression: &str) -> Result<cel::Value, String> {
-        let program = cel::Program::compile(expression).map_err(|e| e.to_string())?;
+        let program = program(expression)?;
         let mut context = cel::Context::default();
         for (name, value) in &self.bound {
             context.add_variable_from_value(name.clone(), value.clone());
@@ -111,7 +140,7 @@ pub fn evaluate_condition(expression: &str, variables: &[(&str, &Value)]) -> Res
 
 /// Evaluates `expression` with each of `variables` bound.
 pub fn evaluate_with(expression: &str, variables: &[(&str, &Value)]) -> Result<cel::Value, String> {
-    let program = cel::Program::compile(expression).map_err(|e| e.to_string())?;
+    let program = program(expression)?;
     let mut context = cel::Context::default();
     for (name, value) in variables {
         context.add_variable_from_value(*name, cel::to_value(value).map_err(|e| e.to_string())?);
@@ -133,8 +162,7 @@ fn type_name(value: &Value) -> &'static str {
 
 /// Evaluates `expression` with `self` (and `oldSelf`) bound.
 fn evaluate(expression: &str, value: &Value, old: Option<&Value>) -> Result<cel::Value, String> {
-    let program = cel::Program::compile(expression).map_err(|e| e.to_string())?;
-    run(&program, value, old)
+    run(&*program(expression)?, value, old)
 }
 
 /// Runs a compiled program with `self` (and `oldSelf`) bound.
@@ -153,13 +181,13 @@ fn run(program: &cel::Program, value: &Value, old: Option<&Value>) -> Result<cel
 pub fn check(schema: &Value, value: &Value, old: Option<&Value>, path: &str) -> Vec<FieldError> {
     let mut errs = Vec::new();
     for rule in rules(schema) {
-        // Compiled once: whether it is a transition rule, then its verdict.
-        let verdict = match cel::Program::compile(rule.rule) {
+        // Whether it is a transition rule, then its verdict, from one compiled program.
+        let verdict = match program(rule.rule) {
             Ok(program) if old.is_none() && program.references().has_variable("oldSelf") => {
                 continue;
             }
             Ok(program) => run(&program, value, old),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         };
         let message = match verdict {
             Ok(cel::Value::Bool(true)) => continue,
