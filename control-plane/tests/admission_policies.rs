@@ -293,3 +293,49 @@ spec:
     assert!(table.contains("POLICYNAME"), "{table}");
     assert!(table.contains("demo-policy.example.com"), "{table}");
 }
+
+#[test]
+fn a_policy_can_refuse_kubectl_exec() {
+    let cp = ControlPlane::start();
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: no-shells}
+spec:
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: [v1], operations: [CONNECT], resources: [pods/exec]}
+  validations:
+  - expression: "!(object.command[0] in ['sh', 'bash'])"
+    messageExpression: "'no shells in ' + request.name + ' for ' + request.userInfo.username"
+    reason: Forbidden
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: no-shells}
+spec:
+  policyName: no-shells
+  validationActions: [Deny]
+"#,
+    )
+    .success();
+    cp.kubectl(&["run", "web", "--image=localhost/busybox:latest"])
+        .success();
+    let refused = support::wait_for("the policy to refuse exec", Duration::from_secs(10), || {
+        let (_, out) = cp
+            .kubectl(&["exec", "web", "--", "sh", "-c", "id"])
+            .outcome();
+        out.contains("denied request").then_some(out)
+    });
+    assert!(
+        refused.contains("ValidatingAdmissionPolicy 'no-shells' with binding 'no-shells' denied request: no shells in web for"),
+        "{refused}"
+    );
+    // Other commands pass admission (and then need the pod to be on a node).
+    let (ok, out) = cp.kubectl(&["exec", "web", "--", "ls"]).outcome();
+    assert!(!ok);
+    assert!(!out.contains("denied request"), "{out}");
+    assert!(out.contains("does not have a host assigned"), "{out}");
+}

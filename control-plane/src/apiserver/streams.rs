@@ -112,6 +112,11 @@ async fn to_container(
 ) -> Response {
     let query = query.unwrap_or_default();
     let result = async {
+        // Admission comes first, as kube-apiserver's connect handler admits before it looks
+        // the pod up: the container is the one asked for, if any.
+        let options = stream_options(stream, &query);
+        super::admission::admit_connect(api, user_of(&request), stream, namespace, name, options)
+            .await?;
         let target = locate(api, namespace, name, &query).await?;
         let path = format!("/{stream}/{namespace}/{name}/{}", target.container);
         proxy_upgrade(api, &target.agent, target.uri(&path, &query), request).await
@@ -131,6 +136,16 @@ pub async fn port_forward(
 ) -> Response {
     let query = query.unwrap_or_default();
     let result = async {
+        let options = stream_options("portforward", &query);
+        super::admission::admit_connect(
+            &api,
+            user_of(&request),
+            "portforward",
+            &namespace,
+            &name,
+            options,
+        )
+        .await?;
         let pod = get_pod(&api, &namespace, &name).await?;
         let agent = node_agent(&api, &pod, &name).await?;
         let path = format!("/portForward/{namespace}/{name}");
@@ -144,6 +159,67 @@ pub async fn port_forward(
     }
     .await;
     result.unwrap_or_else(|e| e.into_response())
+}
+
+/// Who asked for a stream (the authenticated user the request carries).
+fn user_of(request: &Request) -> super::auth::UserInfo {
+    request
+        .extensions()
+        .get::<super::auth::UserInfo>()
+        .cloned()
+        .unwrap_or_else(super::auth::UserInfo::admin)
+}
+
+/// A stream's options as the object of its CONNECT admission request: `PodExecOptions`,
+/// `PodAttachOptions` or `PodPortForwardOptions` from the query.
+fn stream_options(stream: &str, query: &str) -> Value {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let flag = |name: &str| {
+        pairs
+            .iter()
+            .any(|(k, v)| k == name && super::write_options::parse_bool(v))
+    };
+    let kind = match stream {
+        "exec" => "PodExecOptions",
+        "attach" => "PodAttachOptions",
+        _ => "PodPortForwardOptions",
+    };
+    let mut options = serde_json::json!({ "kind": kind, "apiVersion": "v1" });
+    if stream == "portforward" {
+        let ports: Vec<u64> = pairs
+            .iter()
+            .filter(|(k, _)| k == "ports")
+            .flat_map(|(_, v)| {
+                v.split(',')
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        options["ports"] = serde_json::json!(ports);
+        return options;
+    }
+    for name in ["stdin", "stdout", "stderr", "tty"] {
+        if flag(name) {
+            options[name] = serde_json::json!(true);
+        }
+    }
+    if let Some((_, container)) = pairs
+        .iter()
+        .find(|(k, v)| k == "container" && !v.is_empty())
+    {
+        options["container"] = serde_json::json!(container);
+    }
+    if stream == "exec" {
+        let command: Vec<&str> = pairs
+            .iter()
+            .filter(|(k, _)| k == "command")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        options["command"] = serde_json::json!(command);
+    }
+    options
 }
 
 /// `PodPortForwardOptions`' `ports` as the kubelet's `port` parameters (what WebSocket clients

@@ -42,6 +42,37 @@ impl Plugins {
     }
 }
 
+/// Admits a stream to pod `namespace/name` (`exec`, `attach`, `portforward`) by `user`: the
+/// CONNECT request, whose object is the stream's options, goes to the policies and webhooks
+/// that match it (policy engines refuse `kubectl exec` this way).
+pub async fn admit_connect(
+    api: &Api,
+    user: super::auth::UserInfo,
+    subresource: &str,
+    namespace: &str,
+    name: &str,
+    options: Value,
+) -> Result<()> {
+    let request = Request {
+        operation: Operation::Connect,
+        resource: &apiary_api::resource::PODS,
+        subresource,
+        namespace: Some(namespace),
+        name,
+        old: None,
+        dry_run: false,
+        namespace_object: None,
+    };
+    as_user(user, async {
+        // Mutating webhooks see it too; what they would change is not applied (the options
+        // are the client's).
+        webhooks::mutate(api, &request, &mut options.clone()).await?;
+        policies::validate(api, &request, &options).await?;
+        webhooks::validate(api, &request, &options).await
+    })
+    .await
+}
+
 /// Runs the admission plugins on a new object of `resource` (its namespace and name are set).
 pub async fn admit_create(api: &Api, resource: &ResourceType, object: &mut Value) -> Result<()> {
     if api.admission.service_account && resource.group.is_empty() && resource.plural == "pods" {

@@ -35,6 +35,8 @@ pub enum Operation {
     Create,
     Update,
     Delete,
+    /// A stream to a pod (exec, attach, port-forward); the object is its options.
+    Connect,
 }
 
 impl Operation {
@@ -43,14 +45,16 @@ impl Operation {
             Self::Create => "CREATE",
             Self::Update => "UPDATE",
             Self::Delete => "DELETE",
+            Self::Connect => "CONNECT",
         }
     }
 
-    fn options_kind(self) -> &'static str {
+    fn options_kind(self) -> Option<&'static str> {
         match self {
-            Self::Create => "CreateOptions",
-            Self::Update => "UpdateOptions",
-            Self::Delete => "DeleteOptions",
+            Self::Create => Some("CreateOptions"),
+            Self::Update => Some("UpdateOptions"),
+            Self::Delete => Some("DeleteOptions"),
+            Self::Connect => None,
         }
     }
 }
@@ -112,7 +116,9 @@ impl Request<'_> {
             "object": object.cloned().unwrap_or(Value::Null),
             "oldObject": self.old.cloned().unwrap_or(Value::Null),
             "dryRun": self.dry_run,
-            "options": { "apiVersion": "meta.k8s.io/v1", "kind": self.operation.options_kind() },
+            "options": self.operation.options_kind().map_or(Value::Null, |kind| {
+                json!({ "apiVersion": "meta.k8s.io/v1", "kind": kind })
+            }),
         });
         if !self.subresource.is_empty() {
             request["subResource"] = json!(self.subresource);

@@ -287,7 +287,7 @@ async fn admit_one(
     let Some(patch) = response["patch"].as_str().filter(|p| !p.is_empty()) else {
         return Ok(false);
     };
-    if !mutating || request.operation == Operation::Delete {
+    if !mutating || matches!(request.operation, Operation::Delete | Operation::Connect) {
         return Ok(false);
     }
     if response["patchType"] != "JSONPatch" {
