@@ -209,8 +209,9 @@ async fn custom_v2(
     documents: &'static Documents,
     custom: Vec<Arc<CustomVersion>>,
 ) -> Arc<(Served, Served)> {
-    static LAST: std::sync::Mutex<Option<(String, Arc<(Served, Served)>)>> =
-        std::sync::Mutex::new(None);
+    /// The schemas' hash, and the documents built for them.
+    type Built = (String, Arc<(Served, Served)>);
+    static LAST: std::sync::Mutex<Option<Built>> = std::sync::Mutex::new(None);
     let key = {
         let mut hashed = Vec::new();
         for c in &custom {
