@@ -173,6 +173,11 @@ fn prepare_one(
         });
     }
     let path = dir(kind);
+    if matches!(kind, "secret" | "projected") {
+        // Secrets (and projected tokens) live in memory only, as the kubelet keeps them: never
+        // on the node's disk, gone when the pod's volumes are unmounted.
+        in_memory(&path).map_err(io(format!("mounting tmpfs on {}", path.display())))?;
+    }
     write_atomically(&path, &files).map_err(io(format!("writing {}", path.display())))?;
     Ok(PreparedVolume {
         host_path: path,
@@ -493,10 +498,32 @@ pub fn is_mount_point(path: &Path) -> bool {
     me.dev() != parent.dev()
 }
 
-/// Unmounts the pod's tmpfs volumes and removes its volume directories.
+/// Makes `dir` a tmpfs of its own (`nosuid,nodev`), unless it is one already. An agent that
+/// may not mount (a unit test as an ordinary user) keeps the directory on disk.
+fn in_memory(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    if is_mount_point(dir) {
+        return Ok(());
+    }
+    match nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    ) {
+        Err(nix::errno::Errno::EPERM) if !nix::unistd::geteuid().is_root() => Ok(()),
+        result => result.map_err(io::Error::from),
+    }
+}
+
+/// Unmounts the pod's tmpfs volumes (emptyDirs of `medium: Memory`, Secrets, projections)
+/// and removes its volume directories.
 pub fn remove_all(pod_dir: &Path) -> io::Result<()> {
-    let empty = pod_dir.join("volumes").join("empty-dir");
-    if let Ok(entries) = fs::read_dir(&empty) {
+    for kind in ["empty-dir", "secret", "projected"] {
+        let Ok(entries) = fs::read_dir(pod_dir.join("volumes").join(kind)) else {
+            continue;
+        };
         for entry in entries.flatten() {
             if is_mount_point(&entry.path()) {
                 nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH)
@@ -521,6 +548,42 @@ mod tests {
         pod.metadata.namespace = "ns".into();
         pod.spec.volumes = volumes;
         pod
+    }
+
+    #[test]
+    fn secret_volumes_live_in_memory_and_go_with_the_pod() {
+        let tmp = tempfile::tempdir().unwrap();
+        let volume = Volume {
+            name: "creds".into(),
+            secret: Some(apiary_api::core_v1::SecretVolumeSource {
+                secret_name: "db".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pod = pod_with(vec![volume]);
+        let mut secret = apiary_api::core_v1::Secret::default();
+        secret.data.insert("password".into(), "aHVudGVyMg==".into());
+        let mut sources = Sources::default();
+        sources.secrets.insert("db".into(), Some(secret));
+        let prepared = prepare(
+            &pod,
+            tmp.path(),
+            &PodFacts::default(),
+            &sources,
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let dir = &prepared["creds"].host_path;
+        assert_eq!(fs::read_to_string(dir.join("password")).unwrap(), "hunter2");
+        if nix::unistd::geteuid().is_root() {
+            // Mounting needs root; the agent always has it.
+            let fs_type = nix::sys::statfs::statfs(dir).unwrap().filesystem_type();
+            assert_eq!(fs_type, nix::sys::statfs::TMPFS_MAGIC, "{}", dir.display());
+            assert!(is_mount_point(dir));
+        }
+        remove_all(tmp.path()).unwrap();
+        assert!(!dir.exists());
     }
 
     #[test]
