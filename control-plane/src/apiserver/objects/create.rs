@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::{
-    Api, ApiError, Result, Target, WriteOptions, allocator, check_type, get, now, present_dry_run,
+    Api, ApiError, Result, Target, WriteOptions, check_type, get, now, present_dry_run,
     present_written, prune_and_check_fields, store_err, stored_form, track,
 };
 use crate::apiserver::resources::StorageKeys as _;
@@ -91,8 +91,9 @@ pub async fn create_with(
         obj.remove("deletionTimestamp");
         obj.remove("deletionGracePeriodSeconds");
     }
-    api.strategy.prepare_write(resource, &mut object);
-    prune_and_check_fields(api, resource, &mut object, options)?;
+    let strategy = api.registry.strategy_for(resource);
+    strategy.prepare_write(resource, &mut object);
+    prune_and_check_fields(&*strategy, resource, &mut object, options)?;
     // Mutating admission comes before defaults and validation, as in kube-apiserver: what
     // it adds is defaulted and validated like the rest. Its first plugin is the namespace's
     // lifecycle: nothing is created in a namespace that is missing or terminating.
@@ -101,15 +102,11 @@ pub async fn create_with(
         None => None,
     };
     super::admission::admit_create(api, resource, &mut object).await?;
-    api.strategy.prepare_create(resource, &mut object)?;
-    api.strategy.validate(resource, &object, None)?;
+    strategy.prepare_for_create(resource, &mut object);
+    strategy.validate(resource, None, &object, None)?;
     super::admission::validate(api, resource, &object, namespace.as_ref()).await?;
     track(api, resource, &json!({}), &mut object, options, None);
-    let claims = if resource.plural == "services" {
-        allocator::allocate(api, &mut object).await?
-    } else {
-        allocator::Claims::default()
-    };
+    let claims = strategy.allocate(api, &mut object).await?;
     let key = resource.key(target.namespace.as_deref(), &name);
     let stored = stored_form(object);
     if options.dry_run {

@@ -64,19 +64,14 @@ pub async fn delete(api: &Arc<Api>, target: &Target, name: &str, options: &Value
         let has_finalizers = old["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
-        let mut graceful = api.strategy.graceful_delete(resource, &old, options);
-        if graceful && resource.plural == "pods" {
-            // Only a node that exists can finish a graceful deletion (PodGC's rule): a pod
-            // bound to a deleted node goes at once.
-            let node = old["spec"]["nodeName"].as_str().unwrap_or_default();
-            let nodes = api.resources.get("", "v1", "nodes").expect("served");
-            graceful = matches!(api.store.get(&nodes.key(None, node)).await, Ok(Some(_)));
-        }
+        let strategy = api.registry.strategy_for(resource);
+        let graceful = strategy.graceful_delete(api, &old, options).await;
         let foreground = options["propagationPolicy"].as_str() == Some("Foreground");
         let marked_already = old["metadata"]["deletionTimestamp"].is_string();
-        // A pod already terminating goes at once when its grace is cut to 0 (its agent
-        // finished, or `--force`); it stays marked otherwise.
-        let forced = resource.plural == "pods" && marked_already && !graceful && !has_finalizers;
+        // An object already terminating may go at once when its grace is cut to 0 (a pod's
+        // agent finished, or `--force`); it stays marked otherwise.
+        let forced =
+            strategy.delete_marked_at_once() && marked_already && !graceful && !has_finalizers;
         let marking = (has_finalizers || graceful || foreground) && !forced;
         let result = if marking {
             // Mark for deletion; whoever owns the finalizers (or the grace period) finishes it.
@@ -88,7 +83,7 @@ pub async fn delete(api: &Arc<Api>, target: &Target, name: &str, options: &Value
             if let Some(seconds) = options["gracePeriodSeconds"].as_i64() {
                 marked["metadata"]["deletionGracePeriodSeconds"] = json!(seconds);
             }
-            api.strategy.prepare_delete(resource, &mut marked, options);
+            strategy.prepare_for_delete(&mut marked, options);
             if foreground {
                 let finalizers = &mut marked["metadata"]["finalizers"];
                 if !finalizers.is_array() {
@@ -124,7 +119,7 @@ pub async fn delete(api: &Arc<Api>, target: &Target, name: &str, options: &Value
                 } else {
                     Deletion::Gone
                 };
-                super::strategy::after_delete(api, resource, &deleted, options, deletion);
+                super::deletion::after_delete(api, resource, &deleted, options, deletion);
                 return Ok(deleted);
             }
             Err(store::Error::Conflict { .. }) if pinned.is_none() => continue,

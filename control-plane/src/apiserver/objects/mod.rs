@@ -14,12 +14,13 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::{
-    Api, allocator, defaults,
+    Api,
+    deletion::{Deletion, FOREGROUND_FINALIZER},
     error::ApiError,
     path::Target,
+    registry::KindStrategy,
     resources::{ResourceType, StorageKeys as _, is_built_in},
     selectors::{FieldSelector, LabelSelector},
-    strategy::{Deletion, FOREGROUND_FINALIZER},
     tables,
     write_options::WriteOptions,
 };
@@ -27,7 +28,7 @@ use crate::store::{self, KeyValue, Revision};
 
 // The server's modules the verbs call, by the paths they had before the verbs had files of their
 // own (`super::admission::…` from a verb's module).
-use super::{MAX_REQUEST_BODY_BYTES, admission, certificates, custom_resources, strategy};
+use super::{MAX_REQUEST_BODY_BYTES, admission, deletion};
 
 mod binding;
 mod create;
@@ -187,24 +188,23 @@ fn delete_options(query: &Query, headers: &HeaderMap, body: &[u8]) -> Result<Val
     Ok(options)
 }
 
-/// The server-side table of `objects`: a custom kind's printer columns, or a built-in's.
+/// The server-side table of `objects`: the kind's columns (a custom kind's printer columns).
 fn table(api: &Api, resource: &ResourceType, objects: &[Value], metadata: Value) -> Value {
-    match api.resources.custom.of(resource) {
-        Some(custom) => tables::custom_table(&custom.columns, objects, metadata),
-        None => tables::table(resource, objects, metadata),
-    }
+    api.registry
+        .strategy_for(resource)
+        .table(resource, objects, metadata)
 }
 
 /// A custom object is pruned and defaulted by its schema; the unknown fields it had, or those
 /// a client's built-in object has (found by its OpenAPI schema, and kept), are reported as the
 /// request's `fieldValidation` says.
 fn prune_and_check_fields(
-    api: &Api,
+    strategy: &dyn KindStrategy,
     resource: &ResourceType,
     object: &mut Value,
     options: &WriteOptions,
 ) -> Result<()> {
-    let unknown = api.strategy.prune_and_default(resource, object);
+    let unknown = strategy.prune_and_default(object);
     options.unknown_fields(&unknown)?;
     if options.validates_fields() && is_built_in(resource) {
         options.unknown_fields(&super::openapi::unknown_fields(resource, object))?;

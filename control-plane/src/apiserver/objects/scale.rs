@@ -9,15 +9,12 @@ use super::{
     Api, ApiError, MAX_ATTEMPTS, Result, Target, WriteOptions, apply_patch, conflict, content_type,
     decode, get, object_revision, write_update,
 };
-
-/// Where a scalable kind keeps its replica counts and selector: a custom kind's `scale`
-/// subresource paths, or `spec.replicas`, `status.replicas` and `spec.selector` of the built-ins.
-type ScalePaths = Option<apiary_api::apiextensions_v1::ScaleSubresource>;
+use crate::apiserver::registry::ScalePaths;
 
 /// The `Scale` (autoscaling/v1) view of a scalable object.
 fn to_scale(object: &Value, paths: &ScalePaths) -> Value {
     let count = |path: &str| {
-        super::custom_resources::json_path(object, path)
+        crate::apiserver::custom_resources::json_path(object, path)
             .and_then(Value::as_i64)
             .unwrap_or(0)
     };
@@ -29,7 +26,7 @@ fn to_scale(object: &Value, paths: &ScalePaths) -> Value {
             paths
                 .label_selector_path
                 .as_deref()
-                .and_then(|p| super::custom_resources::json_path(object, p))
+                .and_then(|p| crate::apiserver::custom_resources::json_path(object, p))
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned(),
@@ -78,11 +75,7 @@ pub(super) async fn scale(
         subresource: None,
         ..target.clone()
     };
-    let paths: ScalePaths = api
-        .resources
-        .custom
-        .of(target.resource)
-        .and_then(|custom| custom.scale.clone());
+    let paths: ScalePaths = api.registry.strategy_for(target.resource).scale_paths();
     for _ in 0..MAX_ATTEMPTS {
         let old = get(api, target.resource, target.namespace.as_deref(), name).await?;
         let current = to_scale(&old, &paths);
@@ -125,7 +118,7 @@ pub(super) async fn scale(
         }
         let mut new = old.clone();
         match &paths {
-            Some(paths) => super::custom_resources::set_json_path(
+            Some(paths) => crate::apiserver::custom_resources::set_json_path(
                 &mut new,
                 &paths.spec_replicas_path,
                 json!(replicas),

@@ -7,36 +7,25 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{
-    Api, ApiError, Deletion, MAX_ATTEMPTS, ResourceType, Result, Target, WriteOptions, allocator,
-    check_name, check_type, conflict, create_with, decode_yaml, defaults, get, is_built_in, now,
+    Api, ApiError, Deletion, KindStrategy, MAX_ATTEMPTS, ResourceType, Result, Target,
+    WriteOptions, check_name, check_type, conflict, create_with, decode_yaml, get, now,
     object_revision, parse_revision, present, present_dry_run, present_written,
     prune_and_check_fields, store_err, stored_form, track, with_shape,
 };
 use crate::apiserver::resources::StorageKeys as _;
 use crate::store::Revision;
 
-/// Combines an incoming object with the stored one: what a client may not change is kept, and
-/// a main-resource write leaves `status` alone while a `status` write changes only `status`.
-fn merge_for_update(resource: &ResourceType, sub: Option<&str>, old: &Value, new: Value) -> Value {
-    let mut merged = match sub {
-        _ if resource.plural == "certificatesigningrequests" => {
-            super::certificates::merge_update(sub, old, new)
-        }
-        // The server builds a binding's object from the stored one, status included.
-        Some("binding") => new,
-        Some("status") => {
-            let mut merged = old.clone();
-            merged["status"] = new["status"].clone();
-            merged
-        }
-        _ => {
-            let mut merged = new;
-            if resource.has_subresource("status") {
-                merged["status"] = old["status"].clone();
-            }
-            merged
-        }
-    };
+/// Combines an incoming object with the stored one: the kind's `PrepareForUpdate` (what of
+/// `new` an update through `sub` keeps), then what no client may change of any object's
+/// metadata, and the generation, bumped when the kind says what it counts changed.
+fn merge_for_update(
+    strategy: &dyn KindStrategy,
+    resource: &ResourceType,
+    sub: Option<&str>,
+    old: &Value,
+    new: Value,
+) -> Value {
+    let mut merged = strategy.prepare_for_update(resource, sub, old, new);
     // An update that does not send managed fields keeps them (an empty list clears them).
     if merged["metadata"].get("managedFields").is_none()
         && let Some(managed) = old["metadata"].get("managedFields")
@@ -61,23 +50,7 @@ fn merge_for_update(resource: &ResourceType, sub: Option<&str>, old: &Value, new
         }
     }
     let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
-    let spec_changed = if is_built_in(resource) {
-        old.get("spec") != merged.get("spec")
-    } else {
-        // A custom object's generation counts changes to anything but its metadata (and its
-        // status, when that is a subresource).
-        let content = |o: &Value| {
-            let mut o = o.clone();
-            if let Some(fields) = o.as_object_mut() {
-                fields.remove("metadata");
-                if resource.has_subresource("status") {
-                    fields.remove("status");
-                }
-            }
-            o
-        };
-        content(old) != content(&merged)
-    };
+    let spec_changed = strategy.generation_changed(resource, old, &merged);
     merged["metadata"]["generation"] = json!(if spec_changed {
         generation + 1
     } else {
@@ -102,38 +75,20 @@ pub(super) async fn write_update(
     options: &WriteOptions,
 ) -> Result<Value> {
     let resource = target.resource;
-    let mut merged = merge_for_update(resource, target.subresource.as_deref(), old, new);
-    api.strategy.prepare_write(resource, &mut merged);
-    if is_built_in(resource) {
-        defaults::apply(resource.kind, &mut merged);
-    }
-    prune_and_check_fields(api, resource, &mut merged, options)?;
-    track(
-        api,
-        resource,
-        old,
-        &mut merged,
-        options,
-        target.subresource.as_deref(),
-    );
-    let released = if resource.plural == "services" && target.subresource.is_none() {
-        keep_cluster_ip(old, &mut merged);
-        drop_type_dependent_fields(old, &mut merged);
-        allocator::reconcile_update(api, old, &mut merged).await?
-    } else {
-        allocator::Claims::default()
-    };
-    // A binding sets `spec.nodeName`, which no client update may change: it is checked as an
-    // object, not as an update.
-    let before = (target.subresource.as_deref() != Some("binding")).then_some(old);
-    api.strategy
-        .validate_through(resource, target.subresource.as_deref(), &merged, before)?;
+    let sub = target.subresource.as_deref();
+    let strategy = api.registry.strategy_for(resource);
+    let mut merged = merge_for_update(&*strategy, resource, sub, old, new);
+    strategy.prepare_write(resource, &mut merged);
+    strategy.default(resource, &mut merged);
+    prune_and_check_fields(&*strategy, resource, &mut merged, options)?;
+    track(api, resource, old, &mut merged, options, sub);
+    let released = strategy
+        .reconcile_update(api, sub, old, &mut merged)
+        .await?;
+    strategy.validate(resource, sub, &merged, Some(old))?;
     // Admission judges what a client changed, not what the system writes to subresources;
-    // a pod whose spec is unchanged (a label added) is not judged again (as Pod Security's).
-    let pod_spec_unchanged = resource.group.is_empty()
-        && resource.plural == "pods"
-        && old.get("spec") == merged.get("spec");
-    if target.subresource.is_none() && !pod_spec_unchanged {
+    // the kind may say an update changed nothing admission judges (a pod's labels).
+    if target.subresource.is_none() && strategy.admits_update(old, &merged) {
         super::admission::validate(api, resource, &merged, None).await?;
     }
     // An object whose finalizers are gone while it is being deleted goes away now.
@@ -142,12 +97,7 @@ pub(super) async fn write_update(
         .is_none_or(Vec::is_empty);
     let key = resource.key(target.namespace.as_deref(), name);
     if options.dry_run {
-        // Ports claimed for this update alone go back; those the Service held stay held.
-        let held = allocator::claims_of(old);
-        allocator::claims_of(&merged)
-            .without(&held)
-            .release(api)
-            .await;
+        strategy.release_dry_run(api, old, &merged).await;
         let revision = &old["metadata"]["resourceVersion"];
         return Ok(present_dry_run(
             resource,
@@ -162,7 +112,7 @@ pub(super) async fn write_update(
             .await
             .map_err(|e| store_err(resource, name, e))?;
         let deleted = present(resource, &kv)?;
-        super::strategy::after_delete(api, resource, &deleted, &Value::Null, Deletion::Gone);
+        super::deletion::after_delete(api, resource, &deleted, &Value::Null, Deletion::Gone);
         return Ok(deleted);
     }
     let stored = stored_form(merged);
@@ -174,43 +124,6 @@ pub(super) async fn write_update(
         .map_err(|e| store_err(resource, name, e))?;
     released.release(api).await;
     Ok(present_written(resource, stored, &kv))
-}
-
-/// An update that leaves `clusterIP` out keeps the allocated one (it is immutable).
-fn keep_cluster_ip(old: &Value, new: &mut Value) {
-    for field in ["clusterIP", "clusterIPs"] {
-        let empty = new["spec"][field].is_null() || new["spec"][field] == "";
-        if empty && !old["spec"][field].is_null() {
-            new["spec"][field] = old["spec"][field].clone();
-        }
-    }
-}
-
-/// A Service changed to a type that has no use for a field the old type had (and defaulted)
-/// loses it, unless the update changed it, as Kubernetes' `dropTypeDependentFields` does: so
-/// that `type: ClusterIP` applied over a LoadBalancer is valid. (NodePorts are the allocator's.)
-fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
-    let external = |svc: &Value| {
-        matches!(
-            svc["spec"]["type"].as_str(),
-            Some("NodePort" | "LoadBalancer")
-        )
-    };
-    let load_balancer = |svc: &Value| svc["spec"]["type"] == "LoadBalancer";
-    let mut drop = Vec::new();
-    if external(old) && !external(new) {
-        drop.extend(["externalTrafficPolicy", "healthCheckNodePort"]);
-    }
-    if load_balancer(old) && !load_balancer(new) {
-        drop.extend(["allocateLoadBalancerNodePorts", "loadBalancerClass"]);
-    }
-    for field in drop {
-        if new["spec"][field] == old["spec"][field]
-            && let Some(spec) = new["spec"].as_object_mut()
-        {
-            spec.remove(field);
-        }
-    }
 }
 
 pub async fn update(api: &Arc<Api>, target: &Target, name: &str, object: Value) -> Result<Value> {

@@ -1,0 +1,337 @@
+//! What each kind does differently on the write path, one strategy per kind behind
+//! [`KindStrategy`], in kube-apiserver's shape (`pkg/registry/<group>/<kind>/strategy.go`): its
+//! defaults, create and update preparation (status reset, generation), validation, what its
+//! deletion does and sets off, its table columns and its scale subresource. The verbs
+//! ([`super::objects`]) are written once and ask the kind's strategy at each of these steps, so
+//! adding a kind, or serving a custom resource, adds an entry here and nothing there.
+//!
+//! Built-in kinds with nothing of their own share [`BuiltIn`]; a custom resource's strategy
+//! ([`custom::Custom`]) is built from its CustomResourceDefinition's schema.
+
+mod apiextensions;
+mod certificates;
+mod core;
+mod custom;
+mod rbac;
+
+use std::{ops::Deref, sync::Arc};
+
+use apiary_api::validation;
+use serde_json::{Value, json};
+
+use super::{
+    Api, allocator,
+    custom_resources::CustomResources,
+    defaults,
+    error::ApiError,
+    objects::Result,
+    resources::{ResourceType, StorageKeys as _, is_built_in},
+    tables,
+};
+
+/// Where a scalable kind keeps its replica counts and selector: a custom kind's `scale`
+/// subresource paths, or (`None`) `spec.replicas`, `status.replicas` and `spec.selector` of the
+/// built-ins.
+pub type ScalePaths = Option<apiary_api::apiextensions_v1::ScaleSubresource>;
+
+/// One kind's write behaviour. Every method has the behaviour most kinds share, so a kind's
+/// strategy only says what it does differently. Methods take the kind's `resource` where the
+/// shared behaviour depends on it (its defaults and empty status are the kind's, its `Invalid`
+/// errors name it).
+///
+/// The verbs call them in kube-apiserver's order. Create: [`prepare_write`], the custom
+/// schema's [`prune_and_default`], mutating admission, [`prepare_for_create`], [`validate`],
+/// validating admission, [`allocate`], store. Update: [`prepare_for_update`] (with the shared
+/// metadata rules and [`generation_changed`]), [`prepare_write`], [`default`],
+/// [`prune_and_default`], [`reconcile_update`], [`validate`], validating admission (if
+/// [`admits_update`]), store. Delete: [`graceful_delete`], [`prepare_for_delete`], store, then
+/// [`on_marked`] or [`release`].
+///
+/// [`prepare_write`]: KindStrategy::prepare_write
+/// [`prune_and_default`]: KindStrategy::prune_and_default
+/// [`prepare_for_create`]: KindStrategy::prepare_for_create
+/// [`validate`]: KindStrategy::validate
+/// [`allocate`]: KindStrategy::allocate
+/// [`prepare_for_update`]: KindStrategy::prepare_for_update
+/// [`generation_changed`]: KindStrategy::generation_changed
+/// [`default`]: KindStrategy::default
+/// [`reconcile_update`]: KindStrategy::reconcile_update
+/// [`admits_update`]: KindStrategy::admits_update
+/// [`graceful_delete`]: KindStrategy::graceful_delete
+/// [`prepare_for_delete`]: KindStrategy::prepare_for_delete
+/// [`on_marked`]: KindStrategy::on_marked
+/// [`release`]: KindStrategy::release
+#[async_trait::async_trait]
+pub trait KindStrategy: Send + Sync {
+    /// What every write (create, update, patch) does to the object as sent before it is
+    /// defaulted and validated: the conversion of write-only wire fields (a Secret's
+    /// `stringData`) and defaults the authorizer's checks already assume.
+    fn prepare_write(&self, _resource: &ResourceType, _object: &mut Value) {}
+
+    /// A custom object's schema prunes unknown fields and nulls and fills defaults; returns the
+    /// unknown fields' paths. Built-in kinds keep what they are sent.
+    fn prune_and_default(&self, _object: &mut Value) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The kind's defaults ([`defaults::apply`]), on create and on every update.
+    fn default(&self, resource: &ResourceType, object: &mut Value) {
+        defaults::apply(resource.kind, object);
+    }
+
+    /// `PrepareForCreate`: defaults, and the status a new object starts with.
+    fn prepare_for_create(&self, resource: &ResourceType, object: &mut Value) {
+        self.default(resource, object);
+        self.reset_status(resource, object);
+    }
+
+    /// A new object's status. Controllers own status: what a client sends on create is
+    /// replaced by the kind's empty status, which Kubernetes always serializes.
+    fn reset_status(&self, resource: &ResourceType, object: &mut Value) {
+        if !resource.has_subresource("status") {
+            return;
+        }
+        match defaults::initial_status(resource.kind) {
+            Some(status) => object["status"] = status,
+            None => {
+                if let Some(obj) = object.as_object_mut() {
+                    obj.remove("status");
+                }
+            }
+        }
+    }
+
+    /// `PrepareForUpdate`: what of the incoming object `new` an update through `sub` keeps,
+    /// over the stored `old`. A main-resource write leaves `status` alone while a `status`
+    /// write changes only `status`. (Metadata a client may not change is kept by the verb,
+    /// for every kind.)
+    fn prepare_for_update(
+        &self,
+        resource: &ResourceType,
+        sub: Option<&str>,
+        old: &Value,
+        new: Value,
+    ) -> Value {
+        keep_status(resource, sub, old, new)
+    }
+
+    /// Whether an update changes what `metadata.generation` counts: a built-in's `spec`.
+    fn generation_changed(&self, _resource: &ResourceType, old: &Value, new: &Value) -> bool {
+        old.get("spec") != new.get("spec")
+    }
+
+    /// `Validate` of a new object (`old` is `None`) and `ValidateUpdate` of an update of `old`
+    /// through `sub`, with Kubernetes' messages and field paths: a 422 `Invalid`, or a 400 for
+    /// a body that does not even decode as its kind.
+    fn validate(
+        &self,
+        resource: &ResourceType,
+        _sub: Option<&str>,
+        object: &Value,
+        old: Option<&Value>,
+    ) -> Result<()> {
+        validate_built_in(resource, object, old)
+    }
+
+    /// Whether validating admission judges an update from `old` to `new` (it judges what a
+    /// client changed).
+    fn admits_update(&self, _old: &Value, _new: &Value) -> bool {
+        true
+    }
+
+    /// What a new object claims before it is stored (a Service's ClusterIP and NodePorts),
+    /// released again if the create fails.
+    async fn allocate(&self, _api: &Api, _object: &mut Value) -> Result<allocator::Claims> {
+        Ok(allocator::Claims::default())
+    }
+
+    /// What an update through `sub` claims, and (returned) what it lets go of once stored.
+    async fn reconcile_update(
+        &self,
+        _api: &Api,
+        _sub: Option<&str>,
+        _old: &Value,
+        _new: &mut Value,
+    ) -> Result<allocator::Claims> {
+        Ok(allocator::Claims::default())
+    }
+
+    /// What a dry-run update `new` of `old` lets go of again: what
+    /// [`KindStrategy::reconcile_update`] claimed for it alone.
+    async fn release_dry_run(&self, _api: &Api, _old: &Value, _new: &Value) {}
+
+    /// Whether a delete only marks the object, leaving its removal to whoever stops it.
+    async fn graceful_delete(&self, _api: &Api, _object: &Value, _options: &Value) -> bool {
+        false
+    }
+
+    /// Whether an object already marked for deletion goes at once when a delete is not
+    /// graceful and no finalizer holds it (a pod whose grace is cut to 0).
+    fn delete_marked_at_once(&self) -> bool {
+        false
+    }
+
+    /// Changes made to an object a delete marks.
+    fn prepare_for_delete(&self, _object: &mut Value, _options: &Value) {}
+
+    /// What marking an object for deletion sets off, if the kind finishes its own deletion
+    /// (a namespace is emptied, then removed). `None`: finalizers and foreground deletion
+    /// decide.
+    async fn on_marked(&self, _api: &Arc<Api>, _object: &Value) -> Option<Result<()>> {
+        None
+    }
+
+    /// What an object that is gone lets go of (a Service's addresses and ports).
+    async fn release(&self, _api: &Api, _object: &Value) {}
+
+    /// The server-side `Table` of `objects` (`kubectl get`): the kind's columns.
+    fn table(&self, resource: &ResourceType, objects: &[Value], metadata: Value) -> Value {
+        tables::table(resource, objects, metadata)
+    }
+
+    /// Where the kind's `scale` subresource reads and writes replicas.
+    fn scale_paths(&self) -> ScalePaths {
+        None
+    }
+}
+
+/// A built-in kind with nothing of its own: its defaults, empty status and validation are
+/// found by its kind.
+#[derive(Debug)]
+pub struct BuiltIn;
+
+impl KindStrategy for BuiltIn {}
+
+/// The strategies of every kind served: the built-ins', and the custom resources' built from
+/// their schemas.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// The custom resources served (shared with [`super::resources::Resources`]).
+    pub custom: Arc<CustomResources>,
+}
+
+impl Registry {
+    /// The strategy of `resource`'s kind.
+    pub fn strategy_for(&self, resource: &ResourceType) -> Registered {
+        if !is_built_in(resource) {
+            return Registered::Custom(custom::Custom::new(self.custom.of(resource)));
+        }
+        Registered::BuiltIn(match (resource.group, resource.plural) {
+            ("", "pods") => &core::pods::Pods,
+            ("", "services") => &core::services::Services,
+            ("", "namespaces") => &core::namespaces::Namespaces,
+            ("", "secrets") => &core::secrets::Secrets,
+            ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
+                &rbac::Bindings
+            }
+            ("certificates.k8s.io", "certificatesigningrequests") => {
+                &certificates::CertificateSigningRequests
+            }
+            ("apiextensions.k8s.io", "customresourcedefinitions") => {
+                &apiextensions::CustomResourceDefinitions
+            }
+            _ => &BuiltIn,
+        })
+    }
+}
+
+/// A kind's strategy as the registry finds it: a built-in's is static, a custom resource's
+/// holds its version's schema.
+#[derive(Clone)]
+pub enum Registered {
+    BuiltIn(&'static dyn KindStrategy),
+    Custom(custom::Custom),
+}
+
+impl Deref for Registered {
+    type Target = dyn KindStrategy;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Self::BuiltIn(strategy) => *strategy,
+            Self::Custom(custom) => custom,
+        }
+    }
+}
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BuiltIn(_) => f.write_str("BuiltIn"),
+            Self::Custom(_) => f.write_str("Custom"),
+        }
+    }
+}
+
+/// The status rule of [`KindStrategy::prepare_for_update`]: a `status` write changes only
+/// `status`, any other leaves it as stored (if the kind has a `status` subresource).
+fn keep_status(resource: &ResourceType, sub: Option<&str>, old: &Value, new: Value) -> Value {
+    if sub == Some("status") {
+        let mut merged = old.clone();
+        merged["status"] = new["status"].clone();
+        return merged;
+    }
+    let mut merged = new;
+    if resource.has_subresource("status") {
+        merged["status"] = old["status"].clone();
+    }
+    merged
+}
+
+/// A built-in object's validation, by the API crate's rules for its kind.
+fn validate_built_in(resource: &ResourceType, object: &Value, old: Option<&Value>) -> Result<()> {
+    let errors = built_in_errors(resource, object, old).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{kind} in version {version:?} cannot be handled as a {kind}: {e}",
+            kind = resource.kind,
+            version = resource.version,
+        ))
+    })?;
+    invalid(resource, object_name(object), &errors)
+}
+
+/// The API crate's errors for a new object (`old` is `None`) or an update of `old`.
+fn built_in_errors(
+    resource: &ResourceType,
+    object: &Value,
+    old: Option<&Value>,
+) -> std::result::Result<validation::ErrorList, serde_json::Error> {
+    match old {
+        None => validation::validate_object(resource, object),
+        Some(old) => validation::validate_object_update(resource, old, object),
+    }
+}
+
+fn object_name(object: &Value) -> &str {
+    object["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+/// Kubernetes' 422 `Invalid` Status for `errors`, if there are any.
+fn invalid(resource: &ResourceType, name: &str, errors: &validation::ErrorList) -> Result<()> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let causes: Vec<(String, String)> = errors
+        .iter()
+        .map(|e| (e.path.clone(), e.to_string()))
+        .collect();
+    Err(ApiError::invalid(
+        resource.kind,
+        resource.group,
+        name,
+        &causes,
+    ))
+}
+
+/// Adds `finalizer` to `object`'s finalizers, once.
+fn add_finalizer(object: &mut Value, finalizer: &str) {
+    let finalizers = &mut object["metadata"]["finalizers"];
+    if !finalizers.is_array() {
+        *finalizers = json!([]);
+    }
+    if let Some(list) = finalizers.as_array_mut()
+        && !list.iter().any(|f| f == finalizer)
+    {
+        list.push(json!(finalizer));
+    }
+}
