@@ -9,15 +9,14 @@ use super::{
     Api, ApiError, MAX_ATTEMPTS, Result, Target, WriteOptions, apply_patch, conflict, content_type,
     decode, get, object_revision, write_update,
 };
-use crate::apiserver::registry::ScalePaths;
+use crate::apiserver::{
+    custom_resources::{json_path, set_json_path},
+    registry::ScalePaths,
+};
 
 /// The `Scale` (autoscaling/v1) view of a scalable object.
 fn to_scale(object: &Value, paths: &ScalePaths) -> Value {
-    let count = |path: &str| {
-        crate::apiserver::custom_resources::json_path(object, path)
-            .and_then(Value::as_i64)
-            .unwrap_or(0)
-    };
+    let count = |path: &str| json_path(object, path).and_then(Value::as_i64).unwrap_or(0);
     let (spec_replicas, status_replicas, selector) = match paths {
         Some(paths) => (
             count(&paths.spec_replicas_path),
@@ -26,7 +25,7 @@ fn to_scale(object: &Value, paths: &ScalePaths) -> Value {
             paths
                 .label_selector_path
                 .as_deref()
-                .and_then(|p| crate::apiserver::custom_resources::json_path(object, p))
+                .and_then(|p| json_path(object, p))
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned(),
@@ -118,11 +117,7 @@ pub(super) async fn scale(
         }
         let mut new = old.clone();
         match &paths {
-            Some(paths) => crate::apiserver::custom_resources::set_json_path(
-                &mut new,
-                &paths.spec_replicas_path,
-                json!(replicas),
-            ),
+            Some(paths) => set_json_path(&mut new, &paths.spec_replicas_path, json!(replicas)),
             None => new["spec"]["replicas"] = json!(replicas),
         }
         let expected = pinned.unwrap_or(object_revision(&old)?.unwrap_or_default());

@@ -43,6 +43,8 @@ impl KindStrategy for Custom {
     /// The schema's defaults are [`KindStrategy::prune_and_default`]'s.
     fn default(&self, _resource: &ResourceType, _object: &mut Value) {}
 
+    /// A custom object's generation counts changes to anything but its metadata (and its
+    /// status, when that is a subresource).
     fn generation_changed(&self, resource: &ResourceType, old: &Value, new: &Value) -> bool {
         let content = |o: &Value| {
             let mut o = o.clone();

@@ -335,3 +335,115 @@ fn add_finalizer(object: &mut Value, finalizer: &str) {
         list.push(json!(finalizer));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use apiary_api::resource::{
+        CUSTOM_RESOURCE_DEFINITIONS, DEPLOYMENTS, NAMESPACES, PODS, ResourceInfo, SECRETS,
+    };
+
+    use super::*;
+
+    /// A custom resource whose CRD is not served (any longer): only the rules of every object.
+    const WIDGETS: ResourceInfo = ResourceInfo {
+        group: "example.com",
+        kind: "Widget",
+        plural: "widgets",
+        singular: "widget",
+        short_names: &[],
+        categories: &[],
+        field_selectors: &[],
+        ..DEPLOYMENTS
+    };
+
+    fn strategy(resource: &ResourceInfo) -> Registered {
+        Registry::default().strategy_for(resource)
+    }
+
+    #[test]
+    fn each_kind_finds_its_own_strategy() {
+        let mut secret = json!({ "metadata": { "name": "s" }, "stringData": { "a": "b" } });
+        strategy(&SECRETS).prepare_write(&SECRETS, &mut secret);
+        assert!(secret.get("stringData").is_none());
+        assert!(secret["data"]["a"].is_string());
+
+        let mut pod =
+            json!({ "metadata": { "name": "p" }, "spec": {}, "status": { "phase": "Running" } });
+        strategy(&PODS).prepare_for_create(&PODS, &mut pod);
+        assert_eq!(
+            pod["status"]["phase"], "Running",
+            "a pod keeps the phase it is created with"
+        );
+
+        let mut ns = json!({ "metadata": { "name": "n" }, "status": { "phase": "Terminating" } });
+        strategy(&NAMESPACES).prepare_for_create(&NAMESPACES, &mut ns);
+        assert_eq!(ns["status"], json!({ "phase": "Active" }));
+
+        let mut crd = json!({
+            "metadata": { "name": "widgets.example.com" },
+            "spec": { "names": { "kind": "Widget" }, "versions": [{ "name": "v1", "storage": true }] },
+        });
+        let crds = strategy(&CUSTOM_RESOURCE_DEFINITIONS);
+        crds.prepare_write(&CUSTOM_RESOURCE_DEFINITIONS, &mut crd);
+        crds.prepare_for_create(&CUSTOM_RESOURCE_DEFINITIONS, &mut crd);
+        assert_eq!(crd["spec"]["names"]["listKind"], "WidgetList");
+        assert_eq!(
+            crd["metadata"]["finalizers"],
+            json!([super::super::custom_resources::CLEANUP_FINALIZER])
+        );
+        assert_eq!(crd["status"]["storedVersions"], json!(["v1"]));
+    }
+
+    #[test]
+    fn a_create_resets_status_to_the_kinds_empty_one() {
+        let mut deployment =
+            json!({ "metadata": { "name": "d" }, "spec": {}, "status": { "replicas": 3 } });
+        strategy(&DEPLOYMENTS).prepare_for_create(&DEPLOYMENTS, &mut deployment);
+        assert_eq!(deployment["status"], json!({}));
+        assert_eq!(deployment["spec"]["replicas"], 1, "defaulted");
+    }
+
+    #[test]
+    fn an_update_keeps_status_unless_it_is_a_status_write() {
+        let builtin = strategy(&DEPLOYMENTS);
+        let old = json!({ "spec": { "replicas": 1 }, "status": { "replicas": 1 } });
+        let new = json!({ "spec": { "replicas": 2 }, "status": { "replicas": 5 } });
+        let merged = builtin.prepare_for_update(&DEPLOYMENTS, None, &old, new.clone());
+        assert_eq!(merged["spec"]["replicas"], 2);
+        assert_eq!(merged["status"]["replicas"], 1);
+        let merged = builtin.prepare_for_update(&DEPLOYMENTS, Some("status"), &old, new);
+        assert_eq!(merged["spec"]["replicas"], 1);
+        assert_eq!(merged["status"]["replicas"], 5);
+    }
+
+    #[test]
+    fn generation_counts_a_built_ins_spec_and_a_custom_objects_content() {
+        let old = json!({ "metadata": { "labels": {} }, "spec": { "a": 1 }, "data": 1 });
+        let relabeled =
+            json!({ "metadata": { "labels": { "x": "y" } }, "spec": { "a": 1 }, "data": 1 });
+        let new_data = json!({ "metadata": {}, "spec": { "a": 1 }, "data": 2 });
+        let builtin = strategy(&DEPLOYMENTS);
+        assert!(!builtin.generation_changed(&DEPLOYMENTS, &old, &relabeled));
+        assert!(!builtin.generation_changed(&DEPLOYMENTS, &old, &new_data));
+        let custom = strategy(&WIDGETS);
+        assert!(matches!(custom, Registered::Custom(_)));
+        assert!(!custom.generation_changed(&WIDGETS, &old, &relabeled));
+        assert!(custom.generation_changed(&WIDGETS, &old, &new_data));
+    }
+
+    #[test]
+    fn a_pod_binding_is_validated_as_an_object_and_a_pods_labels_skip_admission() {
+        let pods = strategy(&PODS);
+        let old = json!({ "metadata": { "name": "p" }, "spec": { "nodeName": "" } });
+        let mut relabeled = old.clone();
+        relabeled["metadata"]["labels"] = json!({ "a": "b" });
+        assert!(!pods.admits_update(&old, &relabeled));
+        assert!(strategy(&DEPLOYMENTS).admits_update(&old, &relabeled));
+        let bound = json!({ "spec": { "nodeName": "n1" }, "status": { "phase": "Pending" } });
+        let merged = pods.prepare_for_update(&PODS, Some("binding"), &old, bound.clone());
+        assert_eq!(
+            merged, bound,
+            "a binding's object is the server's, status included"
+        );
+    }
+}

@@ -98,3 +98,17 @@ pub fn grace_seconds(pod: &Value, options: &Value) -> i64 {
         .unwrap_or(30)
         .max(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grace_is_the_requests_then_the_pods_then_30() {
+        let pod = json!({ "spec": { "terminationGracePeriodSeconds": 5 } });
+        assert_eq!(grace_seconds(&pod, &json!({ "gracePeriodSeconds": 0 })), 0);
+        assert_eq!(grace_seconds(&pod, &Value::Null), 5);
+        assert_eq!(grace_seconds(&json!({}), &Value::Null), 30);
+        assert_eq!(grace_seconds(&pod, &json!({ "gracePeriodSeconds": -3 })), 0);
+    }
+}

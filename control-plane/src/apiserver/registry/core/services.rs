@@ -79,3 +79,37 @@ fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn an_update_without_cluster_ip_keeps_the_allocated_one() {
+        let old = json!({ "spec": { "clusterIP": "10.96.0.7", "clusterIPs": ["10.96.0.7"] } });
+        let mut new = json!({ "spec": { "clusterIP": "" } });
+        keep_cluster_ip(&old, &mut new);
+        assert_eq!(new["spec"]["clusterIP"], "10.96.0.7");
+        assert_eq!(new["spec"]["clusterIPs"], json!(["10.96.0.7"]));
+    }
+
+    #[test]
+    fn a_load_balancer_changed_to_cluster_ip_drops_what_only_it_uses() {
+        let old = json!({ "spec": {
+            "type": "LoadBalancer", "externalTrafficPolicy": "Cluster",
+            "allocateLoadBalancerNodePorts": true,
+        } });
+        let mut new = old.clone();
+        new["spec"]["type"] = json!("ClusterIP");
+        drop_type_dependent_fields(&old, &mut new);
+        assert!(new["spec"].get("externalTrafficPolicy").is_none());
+        assert!(new["spec"].get("allocateLoadBalancerNodePorts").is_none());
+        // What the update itself changed stays, for validation to judge.
+        let mut changed = new.clone();
+        changed["spec"]["externalTrafficPolicy"] = json!("Local");
+        drop_type_dependent_fields(&old, &mut changed);
+        assert_eq!(changed["spec"]["externalTrafficPolicy"], "Local");
+    }
+}
