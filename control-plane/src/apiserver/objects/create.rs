@@ -105,7 +105,7 @@ pub async fn create_with(
     strategy.prepare_for_create(resource, &mut object);
     strategy.validate(resource, None, &object, None)?;
     super::admission::validate(api, resource, &object, namespace.as_ref()).await?;
-    track(api, resource, &json!({}), &mut object, options, None);
+    track(&*strategy, resource, &json!({}), &mut object, options, None);
     let claims = strategy.allocate(api, &mut object).await?;
     let key = resource.key(target.namespace.as_deref(), &name);
     let stored = stored_form(object);

@@ -19,7 +19,7 @@ use super::{
     error::ApiError,
     path::Target,
     registry::KindStrategy,
-    resources::{ResourceType, StorageKeys as _, is_built_in},
+    resources::{ResourceType, StorageKeys as _},
     selectors::{FieldSelector, LabelSelector},
     tables,
     write_options::WriteOptions,
@@ -206,29 +206,16 @@ fn prune_and_check_fields(
 ) -> Result<()> {
     let unknown = strategy.prune_and_default(object);
     options.unknown_fields(&unknown)?;
-    if options.validates_fields() && is_built_in(resource) {
-        options.unknown_fields(&super::openapi::unknown_fields(resource, object))?;
+    if options.validates_fields() {
+        options.unknown_fields(&strategy.unknown_fields(resource, object))?;
     }
     Ok(())
-}
-
-/// The list types of `resource`'s objects, for server-side apply: a custom kind's schema, or
-/// the built-in table.
-fn with_shape<T>(
-    api: &Api,
-    resource: &ResourceType,
-    f: impl FnOnce(apiary_api::apply::Shape<'_>) -> T,
-) -> T {
-    match api.resources.custom.of(resource) {
-        Some(custom) => f(apiary_api::apply::Shape::Schema(Some(&custom.schema))),
-        None => f(apiary_api::apply::Shape::BUILT_IN),
-    }
 }
 
 /// Records a client's write of `new` (over `old`) in its `managedFields`: the writer owns what
 /// it changed. The server's own writes (no manager) are not tracked.
 fn track(
-    api: &Api,
+    strategy: &dyn KindStrategy,
     resource: &ResourceType,
     old: &Value,
     new: &mut Value,
@@ -239,15 +226,13 @@ fn track(
         return;
     };
     let api_version = resource.api_version();
-    with_shape(api, resource, |shape| {
-        let writer = apiary_api::apply::Writer {
-            manager,
-            api_version: &api_version,
-            time: &now(),
-            subresource,
-        };
-        apiary_api::apply::record_update(old, new, &writer, shape);
-    });
+    let writer = apiary_api::apply::Writer {
+        manager,
+        api_version: &api_version,
+        time: &now(),
+        subresource,
+    };
+    apiary_api::apply::record_update(old, new, &writer, strategy.apply_shape());
 }
 
 fn is_true(value: Option<&String>) -> bool {

@@ -10,7 +10,7 @@ use super::{
     Api, ApiError, Deletion, KindStrategy, MAX_ATTEMPTS, ResourceType, Result, Target,
     WriteOptions, check_name, check_type, conflict, create_with, decode_yaml, get, now,
     object_revision, parse_revision, present, present_dry_run, present_written,
-    prune_and_check_fields, store_err, stored_form, track, with_shape,
+    prune_and_check_fields, store_err, stored_form, track,
 };
 use crate::apiserver::resources::StorageKeys as _;
 use crate::store::Revision;
@@ -81,7 +81,7 @@ pub(super) async fn write_update(
     strategy.prepare_write(resource, &mut merged);
     strategy.default(resource, &mut merged);
     prune_and_check_fields(&*strategy, resource, &mut merged, options)?;
-    track(api, resource, old, &mut merged, options, sub);
+    track(&*strategy, resource, old, &mut merged, options, sub);
     let released = strategy
         .reconcile_update(api, sub, old, &mut merged)
         .await?;
@@ -240,15 +240,20 @@ async fn server_side_apply(
             Err(e) => return Err(e),
         };
         let base = live.clone().unwrap_or_else(|| json!({}));
-        let applied = with_shape(api, resource, |shape| {
-            let writer = apiary_api::apply::Writer {
-                manager: &manager,
-                api_version: &api_version,
-                time: &now(),
-                subresource: target.subresource.as_deref(),
-            };
-            apiary_api::apply::apply(&base, &config, &writer, options.force, shape)
-        })
+        let writer = apiary_api::apply::Writer {
+            manager: &manager,
+            api_version: &api_version,
+            time: &now(),
+            subresource: target.subresource.as_deref(),
+        };
+        let strategy = api.registry.strategy_for(resource);
+        let applied = apiary_api::apply::apply(
+            &base,
+            &config,
+            &writer,
+            options.force,
+            strategy.apply_shape(),
+        )
         .map_err(|conflicts| ApiError::apply_conflicts(&conflicts))?;
         let mut object = applied;
         let Some(live) = live else {

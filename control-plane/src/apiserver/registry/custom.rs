@@ -40,6 +40,18 @@ impl KindStrategy for Custom {
         unknown
     }
 
+    /// Its unknown fields are [`KindStrategy::prune_and_default`]'s, pruned.
+    fn unknown_fields(&self, _resource: &ResourceType, _object: &Value) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn apply_shape(&self) -> apiary_api::apply::Shape<'_> {
+        match &self.version {
+            Some(custom) => apiary_api::apply::Shape::Schema(Some(&custom.schema)),
+            None => apiary_api::apply::Shape::BUILT_IN,
+        }
+    }
+
     /// The schema's defaults are [`KindStrategy::prune_and_default`]'s.
     fn default(&self, _resource: &ResourceType, _object: &mut Value) {}
 

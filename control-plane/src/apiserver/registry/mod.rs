@@ -74,6 +74,18 @@ pub trait KindStrategy: Send + Sync {
         Vec::new()
     }
 
+    /// The fields of `object` the kind's OpenAPI schema has no place for, reported (and kept)
+    /// as a request's `fieldValidation` says.
+    fn unknown_fields(&self, resource: &ResourceType, object: &Value) -> Vec<String> {
+        super::openapi::unknown_fields(resource, object)
+    }
+
+    /// Where server-side apply finds the kind's list types (`x-kubernetes-list-type` and merge
+    /// keys).
+    fn apply_shape(&self) -> apiary_api::apply::Shape<'_> {
+        apiary_api::apply::Shape::BUILT_IN
+    }
+
     /// The kind's defaults ([`defaults::apply`]), on create and on every update.
     fn default(&self, resource: &ResourceType, object: &mut Value) {
         defaults::apply(resource.kind, object);
