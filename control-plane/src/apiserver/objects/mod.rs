@@ -1,5 +1,8 @@
 //! The verbs on stored objects: get, list, watch, create, update, patch, delete and
-//! deletecollection, for every resource type, on the objects' JSON.
+//! deletecollection, for every resource type, on the objects' JSON. One module per verb
+//! (`read`, `watch`, `create`, `update`, `delete`) and per subresource with its own
+//! verb (`scale`, `binding`); what a kind does differently at each step is its strategy in
+//! [`super::registry`].
 //!
 //! Objects are stored as JSON without `metadata.resourceVersion`: the store's `mod_revision` is
 //! the resource version, set on the way out.
@@ -26,8 +29,7 @@ use super::{
 };
 use crate::store::{self, KeyValue, Revision};
 
-// The server's modules the verbs call, by the paths they had before the verbs had files of their
-// own (`super::admission::…` from a verb's module).
+// The server's modules the verbs call by path (`super::admission::…` from a verb's module).
 use super::{MAX_REQUEST_BODY_BYTES, admission, deletion};
 
 mod binding;

@@ -1,17 +1,22 @@
 //! What each kind does differently on the write path, one strategy per kind behind
 //! [`KindStrategy`], in kube-apiserver's shape (`pkg/registry/<group>/<kind>/strategy.go`): its
 //! defaults, create and update preparation (status reset, generation), validation, what its
-//! deletion does and sets off, its table columns and its scale subresource. The verbs
-//! ([`super::objects`]) are written once and ask the kind's strategy at each of these steps, so
-//! adding a kind, or serving a custom resource, adds an entry here and nothing there.
+//! deletion does and sets off, its table, its schema's unknown fields and list types, and its
+//! scale subresource. The verbs ([`super::objects`]) are written once and ask the kind's
+//! strategy at each of these steps, so adding a kind, or serving a custom resource, adds an
+//! entry here and nothing there.
 //!
 //! Built-in kinds with nothing of their own share [`BuiltIn`]; a custom resource's strategy
-//! ([`custom::Custom`]) is built from its CustomResourceDefinition's schema.
+//! ([`custom::Custom`]) is built from its CustomResourceDefinition's schema. As in Kubernetes,
+//! where defaulting lives with the API types (`pkg/apis/<group>/v1/defaults.go`), printing in
+//! one package (`pkg/printers`) and validation in another (`pkg/apis/<group>/validation`), a
+//! built-in's strategy finds its defaults in [`super::defaults`], its columns in
+//! [`super::tables`] and its validation in the API crate, each by its kind.
 
 mod apiextensions;
 mod certificates;
 mod core;
-mod custom;
+pub mod custom;
 mod rbac;
 
 use std::{ops::Deref, sync::Arc};
