@@ -309,7 +309,10 @@ async fn certificate_request(
             } else {
                 objects::decode(headers, &body)?
             };
-            let merged = certificates::merge_update(sub, &old, sent);
+            let merged = api
+                .registry
+                .strategy_for(target.resource)
+                .prepare_for_update(target.resource, sub, &old, sent);
             certificates::admit(&api.authz, user, sub, &merged, Some(&old))?;
             objects::dispatch(api, method, target, query, headers, body).await
         }
