@@ -1,5 +1,6 @@
 //! CertificateSigningRequests (`certificates.k8s.io/v1`), as kube-apiserver's
-//! `pkg/registry/certificates` strategies and admission plugins: the server fills in who asked
+//! `pkg/registry/certificates` strategies and admission plugins (what each write path keeps is
+//! the kind's registry strategy, [`super::registry`]): the server fills in who asked
 //! (`spec.username`, `uid`, `groups`, `extra`); the main resource never changes spec or status,
 //! `approval` changes only the conditions (and needs `approve` on the signer:
 //! CertificateApproval), `status` everything in status but the Approved/Denied conditions (and
@@ -242,7 +243,7 @@ pub fn usages(csr: &Value) -> Vec<String> {
 }
 
 /// The conditions of type `kind` of a CSR.
-fn conditions<'a>(csr: &'a Value, kind: &str) -> Vec<&'a Value> {
+pub fn conditions<'a>(csr: &'a Value, kind: &str) -> Vec<&'a Value> {
     csr["status"]["conditions"]
         .as_array()
         .into_iter()
@@ -273,52 +274,6 @@ pub fn prepare_create(csr: &mut Value, user: &UserInfo) {
         }
     }
     csr["status"] = json!({});
-}
-
-/// `PrepareForUpdate` of each path: `old` with what that path may change taken from `new`.
-pub fn merge_update(sub: Option<&str>, old: &Value, new: Value) -> Value {
-    let mut merged = new;
-    merged["spec"] = old["spec"].clone();
-    match sub {
-        // Only the conditions.
-        Some("approval") => {
-            let conditions = merged["status"]["conditions"].take();
-            merged["status"] = old["status"].clone();
-            merged["status"]["conditions"] = conditions;
-        }
-        Some("status") => {}
-        _ => merged["status"] = old["status"].clone(),
-    }
-    stamp_conditions(&mut merged, old);
-    merged
-}
-
-/// `populateConditionTimestamps`: a new or changed condition gets `lastUpdateTime` (and
-/// `lastTransitionTime` when its status changed) of now unless the writer set them.
-fn stamp_conditions(new: &mut Value, old: &Value) {
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let Some(list) = new["status"]["conditions"].as_array_mut() else {
-        return;
-    };
-    for condition in list {
-        let before = conditions(old, condition["type"].as_str().unwrap_or_default())
-            .first()
-            .map(|c| (*c).clone());
-        if condition["lastUpdateTime"].is_null() {
-            condition["lastUpdateTime"] = json!(now);
-        }
-        if condition["lastTransitionTime"].is_null() {
-            condition["lastTransitionTime"] = match before {
-                Some(b)
-                    if b["status"] == condition["status"]
-                        && b["lastTransitionTime"].is_string() =>
-                {
-                    b["lastTransitionTime"].clone()
-                }
-                _ => json!(now),
-            };
-        }
-    }
 }
 
 /// Validation of a CSR on create (`old` is `None`) or on an update through `sub`.
@@ -773,53 +728,10 @@ pub(crate) mod tests {
         assert_eq!(c["status"], json!({}));
     }
 
-    fn approved(mut c: Value) -> Value {
+    /// `c` approved.
+    pub(crate) fn approved(mut c: Value) -> Value {
         c["status"]["conditions"] = json!([{"type": "Approved", "status": "True", "reason": "R"}]);
         c
-    }
-
-    #[test]
-    fn only_the_approval_path_changes_approval_and_only_status_sets_the_certificate() {
-        let old = csr("u", &[], &[], &[], KUBE_APISERVER_CLIENT, &["client auth"]);
-        // The main resource keeps status whatever is sent.
-        let merged = merge_update(None, &old, approved(old.clone()));
-        assert!(!has_condition(&merged, "Approved"));
-        // The status path may not approve.
-        let merged = merge_update(Some("status"), &old, approved(old.clone()));
-        let errors = paths(&validate(&merged, Some(&old), Some("status")));
-        assert!(
-            errors.contains(&"status.conditions: Forbidden: updates may not add a condition of type \"Approved\"".to_owned()),
-            "{errors:?}"
-        );
-        // The approval path may, and keeps the spec.
-        let mut sent = approved(old.clone());
-        sent["spec"]["signerName"] = json!("example.com/other");
-        let merged = merge_update(Some("approval"), &old, sent);
-        assert!(validate(&merged, Some(&old), Some("approval")).is_empty());
-        assert_eq!(merged["spec"]["signerName"], KUBE_APISERVER_CLIENT);
-        // Approved and Denied exclude each other, and neither comes off again.
-        let mut both = merged.clone();
-        both["status"]["conditions"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"type": "Denied", "status": "True"}));
-        assert!(
-            paths(&validate(&both, Some(&merged), Some("approval")))
-                .iter()
-                .any(|e| e.contains("mutually exclusive"))
-        );
-        let mut removed = merged.clone();
-        removed["status"]["conditions"] = json!([]);
-        assert!(
-            paths(&validate(&removed, Some(&merged), Some("approval")))
-                .iter()
-                .any(|e| e.contains("may not remove a condition of type \"Approved\""))
-        );
-        // The approval path may not set the certificate.
-        let mut with_cert = merged.clone();
-        with_cert["status"]["certificate"] = json!("eA==");
-        let again = merge_update(Some("approval"), &merged, with_cert);
-        assert!(again["status"]["certificate"].is_null());
     }
 
     fn request_of(c: &Value) -> Request {

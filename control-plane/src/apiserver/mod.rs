@@ -12,6 +12,7 @@ pub mod cluster_info;
 pub mod custom_resources;
 pub mod decoded;
 pub mod defaults;
+pub mod deletion;
 pub mod discovery;
 pub mod error;
 pub mod fanout;
@@ -23,10 +24,10 @@ pub mod objects;
 pub mod openapi;
 pub mod path;
 pub mod pki;
+pub mod registry;
 pub mod resources;
 pub mod selectors;
 pub mod serve;
-pub mod strategy;
 pub mod streams;
 pub mod tables;
 pub mod warnings;
@@ -46,14 +47,15 @@ use axum::{
 
 use crate::store::Store;
 use error::ApiError;
+use registry::Registry;
 use resources::Resources;
-use strategy::Strategy;
 
 /// Everything a request handler needs.
 pub struct Api {
     pub store: Arc<dyn Store>,
     pub resources: Resources,
-    pub strategy: Strategy,
+    /// Each kind's write behaviour.
+    pub registry: Registry,
     /// What node pod CIDRs are cut from.
     pub pod_network: crate::agents::PodNetwork,
     /// How node agents are reached ([`kubelet_client`]), for proxying `pods/log`, `pods/exec`,
@@ -90,13 +92,13 @@ impl std::fmt::Debug for Api {
 impl Api {
     pub fn new(store: Arc<dyn Store>) -> Self {
         let resources = Resources::default();
-        let strategy = Strategy {
+        let registry = Registry {
             custom: Arc::clone(&resources.custom),
         };
         Self {
             store,
             resources,
-            strategy,
+            registry,
             pod_network: crate::agents::PodNetwork::default(),
             kubelet_client: None,
             decoded: Arc::default(),
@@ -313,7 +315,10 @@ async fn certificate_request(
             } else {
                 objects::decode(headers, &body)?
             };
-            let merged = certificates::merge_update(sub, &old, sent);
+            let merged = api
+                .registry
+                .strategy_for(target.resource)
+                .prepare_for_update(target.resource, sub, &old, sent);
             certificates::admit(&api.authz, user, sub, &merged, Some(&old))?;
             objects::dispatch(api, method, target, query, headers, body).await
         }

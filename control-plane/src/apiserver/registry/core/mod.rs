@@ -1,0 +1,6 @@
+//! The core (`""`) group's kinds with behaviour of their own.
+
+pub mod namespaces;
+pub mod pods;
+pub mod secrets;
+pub mod services;

@@ -1,0 +1,80 @@
+//! Namespaces: a new one is `Active`; deleting one marks it `Terminating`, and the server
+//! empties it, then removes it (the namespace controller's work in Kubernetes).
+
+use std::{sync::Arc, time::Duration};
+
+use serde_json::{Value, json};
+
+use super::super::KindStrategy;
+use crate::apiserver::{
+    Api,
+    error::ApiError,
+    objects::{self, Result},
+    path::Target,
+    resources::{ResourceType, StorageKeys as _},
+};
+
+/// The strategy of `v1` `Namespace`.
+#[derive(Debug)]
+pub struct Namespaces;
+
+#[async_trait::async_trait]
+impl KindStrategy for Namespaces {
+    fn reset_status(&self, _resource: &ResourceType, object: &mut Value) {
+        object["status"] = json!({ "phase": "Active" });
+    }
+
+    async fn graceful_delete(&self, _api: &Api, _object: &Value, _options: &Value) -> bool {
+        true
+    }
+
+    fn prepare_for_delete(&self, object: &mut Value, _options: &Value) {
+        object["status"]["phase"] = json!("Terminating");
+    }
+
+    async fn on_marked(&self, api: &Arc<Api>, object: &Value) -> Option<Result<()>> {
+        Some(empty(api, object).await)
+    }
+}
+
+/// Deletes everything in a terminating namespace, then the namespace.
+async fn empty(api: &Arc<Api>, namespace: &Value) -> Result<()> {
+    let ns = namespace["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let namespaces = api
+        .resources
+        .get("", "v1", "namespaces")
+        .expect("namespaces are served");
+    // Objects with finalizers leave when their finalizers are done; give them a while.
+    for attempt in 0..600 {
+        let mut left = 0;
+        for resource in api.resources.all().into_iter().filter(|r| r.namespaced) {
+            let target = Target {
+                resource,
+                namespace: Some(ns.clone()),
+                name: None,
+                subresource: None,
+            };
+            let remaining =
+                objects::delete_collection(api, &target, &Default::default(), &Value::Null).await?;
+            left += remaining["items"].as_array().map_or(0, |items| {
+                items
+                    .iter()
+                    .filter(|o| o["metadata"]["deletionTimestamp"].is_string())
+                    .count()
+            });
+        }
+        if left == 0 {
+            break;
+        }
+        tracing::debug!(namespace = %ns, left, attempt, "waiting for finalizers");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let key = namespaces.key(None, &ns);
+    match api.store.delete(&key, None).await {
+        Ok(_) | Err(crate::store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(ApiError::storage(&e)),
+    }
+}
