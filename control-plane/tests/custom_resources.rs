@@ -443,3 +443,32 @@ async fn openapi_v2_describes_custom_kinds_for_kubectl() {
     // Built-in kinds are still there.
     assert!(swagger["definitions"]["io.k8s.api.apps.v1.Deployment"].is_object());
 }
+
+#[test]
+fn a_watch_shows_the_printer_columns() {
+    let cp = ControlPlane::start();
+    install(&cp);
+    cp.kubectl_stdin(&["apply", "-f", "-"], &widget("w1", "{size: 4}"))
+        .success();
+    let mut watch = cp.kubectl_spawn(&["get", "widgets", "-w"]);
+    let seen = watch.read_until(|out| out.contains("w1"), 20);
+    let header: Vec<&str> = seen.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "SIZE", "MODE", "AGE"], "{seen}");
+    cp.kubectl(&[
+        "patch",
+        "widget",
+        "w1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"size":7}}"#,
+    ])
+    .success();
+    let seen = watch.read_until(
+        |out| {
+            out.lines()
+                .any(|l| l.starts_with("w1") && l.contains(" 7 "))
+        },
+        20,
+    );
+    assert!(seen.contains("safe"), "{seen}");
+}

@@ -11,21 +11,27 @@ use futures::StreamExt as _;
 use serde_json::{Value, json};
 
 use super::{
-    Api, ApiError, Filter, Query, ResourceType, Result, Target, is_true, list, list_prefix,
-    object_revision, parse_revision, streaming, tables,
+    Api, ApiError, Filter, KindStrategy, Query, ResourceType, Result, Target, is_true, list,
+    list_prefix, object_revision, parse_revision, streaming,
 };
 use crate::store::Revision;
 
-/// One watch event line; with `as_table`, the object is a one-row Table, as `kubectl get -w`
-/// asks for.
-fn watch_event(resource: &ResourceType, as_table: bool, kind: &str, object: &Value) -> Bytes {
+/// One watch event line; with the kind's strategy (`as_table`), the object is a one-row Table
+/// of the kind's columns (a custom kind's printer columns), as `kubectl get -w` asks for.
+fn watch_event(
+    resource: &ResourceType,
+    as_table: Option<&dyn KindStrategy>,
+    kind: &str,
+    object: &Value,
+) -> Bytes {
     let table;
-    let object = if as_table && kind != "ERROR" {
-        let metadata = json!({ "resourceVersion": object["metadata"]["resourceVersion"] });
-        table = tables::table(resource, std::slice::from_ref(object), metadata);
-        &table
-    } else {
-        object
+    let object = match as_table {
+        Some(strategy) if kind != "ERROR" => {
+            let metadata = json!({ "resourceVersion": object["metadata"]["resourceVersion"] });
+            table = strategy.table(resource, std::slice::from_ref(object), metadata);
+            &table
+        }
+        _ => object,
     };
     // `{"type":…,"object":…}` written out: the object is shared, not copied into a wrapper.
     let mut line = format!(r#"{{"type":"{kind}","object":"#).into_bytes();
@@ -48,12 +54,12 @@ pub enum Change {
 }
 
 impl Change {
-    fn into_line(self, resource: &ResourceType, as_table: bool) -> Bytes {
+    fn into_line(self, resource: &ResourceType, as_table: Option<&dyn KindStrategy>) -> Bytes {
         match self {
             Self::Added(o) => watch_event(resource, as_table, "ADDED", &o),
             Self::Modified(o) => watch_event(resource, as_table, "MODIFIED", &o),
             Self::Deleted(o) => watch_event(resource, as_table, "DELETED", &o),
-            Self::Error(e) => watch_event(resource, false, "ERROR", &e.status()),
+            Self::Error(e) => watch_event(resource, None, "ERROR", &e.status()),
         }
     }
 }
@@ -145,7 +151,7 @@ pub(super) async fn watch(
         // Kubernetes answers an expired watch with 200 and a single 410 ERROR event.
         Err(e) if e.reason == "Expired" => {
             return Ok(streaming(Body::from(
-                Change::Error(e).into_line(resource, false),
+                Change::Error(e).into_line(resource, None),
             )));
         }
         Err(e) => return Err(e),
@@ -156,6 +162,7 @@ pub(super) async fn watch(
         .map(Duration::from_secs);
     // The newest version the watcher has been sent, for bookmarks.
     let latest = Arc::new(std::sync::atomic::AtomicI64::new(watch.revision));
+    let tabled = as_table.then(|| api.registry.strategy_for(resource));
     let line = {
         let latest = Arc::clone(&latest);
         move |change: Change| {
@@ -164,7 +171,7 @@ pub(super) async fn watch(
             {
                 latest.fetch_max(revision, std::sync::atomic::Ordering::Relaxed);
             }
-            change.into_line(resource, as_table)
+            change.into_line(resource, tabled.as_deref())
         }
     };
     let mut first: Vec<Bytes> = watch
@@ -219,7 +226,7 @@ fn bookmark(resource: &ResourceType, revision: Revision, initial_events_end: boo
         "apiVersion": resource.api_version(),
         "metadata": metadata,
     });
-    watch_event(resource, false, "BOOKMARK", &object)
+    watch_event(resource, None, "BOOKMARK", &object)
 }
 
 /// What kube-apiserver requires of a watch with `sendInitialEvents=true`: bookmarks allowed
