@@ -51,15 +51,12 @@ pub fn ensure_mounted() -> Result<bool> {
 }
 
 /// Makes `dir` ready for pinning: bpffs mounted (when `dir` is under [`BPFFS_ROOT`]) and the
-/// directory created.
+/// directory private to the agent (see [`secure_dir`]).
 pub fn prepare_pin_dir(dir: &Path) -> Result<()> {
     if dir.starts_with(BPFFS_ROOT) {
         ensure_mounted()?;
     }
-    std::fs::create_dir_all(dir).map_err(|source| Error::Bpffs {
-        path: dir.to_owned(),
-        source,
-    })?;
+    secure_dir(dir)?;
     match is_bpffs(dir) {
         Ok(true) => Ok(()),
         Ok(false) => Err(Error::NotBpffs {
@@ -72,9 +69,59 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// Creates `dir` (0700) or checks the one there before its maps are reused: it must be the
+/// agent's own (another user could have planted maps in it that steer the data plane), and
+/// is made 0700 if it was more open.
+pub fn secure_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+    let io_err = |source| Error::Bpffs {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err)?;
+    let meta = std::fs::symlink_metadata(dir).map_err(io_err)?;
+    let agent = nix::unistd::geteuid().as_raw();
+    if meta.uid() != agent {
+        return Err(Error::PinDirOwner {
+            path: dir.to_owned(),
+            owner: meta.uid(),
+            agent,
+        });
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pin_directories_are_private_to_the_agent() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh = tmp.path().join("a/b");
+        secure_dir(&fresh).unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o777, 0o700);
+        // One left open is closed before reuse.
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o777)).unwrap();
+        secure_dir(&fresh).unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o777, 0o700);
+        if nix::unistd::geteuid().is_root() {
+            // Another user's directory is refused (only root can make one to test with).
+            let planted = tmp.path().join("planted");
+            std::fs::create_dir(&planted).unwrap();
+            std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+            let err = secure_dir(&planted).unwrap_err().to_string();
+            assert!(err.contains("belongs to uid 65534"), "{err}");
+        }
+    }
 
     #[test]
     fn a_temp_dir_is_not_bpffs() {

@@ -79,6 +79,14 @@ pub enum Error {
     },
     #[error("{path} is not on a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
     NotBpffs { path: PathBuf },
+    #[error(
+        "the pin directory {path} belongs to uid {owner}, not to the agent (uid {agent}): its maps could be anyone's; remove it or fix its owner"
+    )]
+    PinDirOwner {
+        path: PathBuf,
+        owner: u32,
+        agent: u32,
+    },
     #[error("loading the BPF object")]
     Load(#[source] aya::EbpfError),
     #[error("the BPF object has no program named {0}")]
