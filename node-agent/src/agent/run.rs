@@ -523,7 +523,13 @@ fn socket_lb_cgroup(config: &AgentConfig) -> anyhow::Result<PathBuf> {
 async fn serve_dns(ctx: &Arc<Context>, records: crate::dns::SharedRecords) -> anyhow::Result<()> {
     let listen = std::net::SocketAddr::from((ctx.node.ip, crate::dns::PORT));
     let upstreams = crate::dns::upstreams_from_resolv_conf(&ctx.dns.node_resolv_conf);
-    let server = crate::dns::DnsServer::bind(records, &[listen], upstreams)
+    // This node's pods, the node itself (host-network pods), and loopback.
+    let clients = crate::dns::Clients::new([
+        ipnet::IpNet::V4(ctx.network.pod_cidr().trunc()),
+        ipnet::IpNet::from(std::net::IpAddr::V4(ctx.node.ip)),
+        "127.0.0.0/8".parse().expect("a CIDR"),
+    ]);
+    let server = crate::dns::DnsServer::bind(records, &[listen], upstreams, clients)
         .await
         .with_context(|| format!("serving cluster DNS on {listen}"))?;
     tokio::spawn(async move {

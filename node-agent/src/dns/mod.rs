@@ -17,4 +17,4 @@ pub const PORT: u16 = 53;
 
 pub use records::{Answer, ClusterRecords, DEFAULT_DOMAIN, TTL};
 pub use resolv_conf::{pod_resolv_conf, upstreams_from_resolv_conf};
-pub use server::{DnsServer, Error, Result, SharedRecords, serve};
+pub use server::{Clients, DnsServer, Error, Result, SharedRecords, serve};

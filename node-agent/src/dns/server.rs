@@ -92,6 +92,7 @@ impl DnsServer {
         records: SharedRecords,
         listen: &[SocketAddr],
         upstreams: Vec<SocketAddr>,
+        clients: Clients,
     ) -> Result<Self> {
         let mut server_sockets = Vec::new();
         let mut local_addrs = Vec::new();
@@ -114,7 +115,11 @@ impl DnsServer {
                 !looping
             })
             .collect();
-        let mut server = Server::new(ClusterDns { records, upstreams });
+        let mut server = Server::new(ClusterDns {
+            records,
+            upstreams,
+            clients,
+        });
         for (udp, tcp) in server_sockets {
             server.register_socket(udp);
             server.register_listener(tcp, TCP_IDLE_TIMEOUT, 32);
@@ -142,8 +147,9 @@ pub async fn serve(
     records: SharedRecords,
     listen: Vec<SocketAddr>,
     upstreams: Vec<SocketAddr>,
+    clients: Clients,
 ) -> Result<()> {
-    DnsServer::bind(records, &listen, upstreams)
+    DnsServer::bind(records, &listen, upstreams, clients)
         .await?
         .run()
         .await
@@ -188,10 +194,32 @@ fn is_same_server(local: SocketAddr, upstream: SocketAddr) -> bool {
         && std::net::UdpSocket::bind((upstream.ip(), 0)).is_ok()
 }
 
+/// Who the server answers, by source address: a node's DNS server is its own pods' and the
+/// node's, not an open resolver for whoever can reach the node's address (others get
+/// `REFUSED`, as CoreDNS's `acl` plugin's `block`).
+#[derive(Clone, Debug)]
+pub struct Clients(Vec<ipnet::IpNet>);
+
+impl Clients {
+    pub fn new(networks: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
+        Self(networks.into_iter().collect())
+    }
+
+    fn allows(&self, ip: IpAddr) -> bool {
+        // A v4 client on a dual-stack socket shows as `::ffff:a.b.c.d`.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
 /// The request handler: cluster answers from the records, the rest forwarded.
 struct ClusterDns {
     records: SharedRecords,
     upstreams: Vec<SocketAddr>,
+    clients: Clients,
 }
 
 #[async_trait]
@@ -215,7 +243,9 @@ impl RequestHandler for ClusterDns {
                 .set_version(0);
             edns
         });
-        let code = if request.metadata.op_code != OpCode::Query {
+        let code = if !self.clients.allows(request.src().ip()) {
+            Some(ResponseCode::Refused)
+        } else if request.metadata.op_code != OpCode::Query {
             Some(ResponseCode::NotImp)
         } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
             Some(ResponseCode::BADVERS)

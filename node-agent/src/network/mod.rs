@@ -223,6 +223,11 @@ fn mac_string(mac: [u8; 6]) -> String {
 }
 
 impl PodNetwork {
+    /// This node's pod CIDR.
+    pub fn pod_cidr(&self) -> Ipv4Net {
+        self.inner.config.pod_cidr
+    }
+
     /// Loads the data plane (reusing pinned maps), attaches the underlay program, opens the IPAM
     /// database and re-syncs what pods it knows, without flushing anything.
     pub async fn new(config: NetworkConfig) -> Result<Self> {

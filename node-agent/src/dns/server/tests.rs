@@ -34,9 +34,22 @@ fn records() -> SharedRecords {
     Arc::new(RwLock::new(records))
 }
 
-/// Starts the cluster DNS server on a free port of 127.0.0.1; returns that address.
+/// Starts the cluster DNS server on a free port of 127.0.0.1, for loopback clients; returns
+/// that address.
 async fn start(records: SharedRecords, upstreams: Vec<SocketAddr>) -> SocketAddr {
-    let server = DnsServer::bind(records, &[local()], upstreams)
+    start_for(records, upstreams, loopback()).await
+}
+
+fn loopback() -> Clients {
+    Clients::new(["127.0.0.0/8".parse().unwrap()])
+}
+
+async fn start_for(
+    records: SharedRecords,
+    upstreams: Vec<SocketAddr>,
+    clients: Clients,
+) -> SocketAddr {
+    let server = DnsServer::bind(records, &[local()], upstreams, clients)
         .await
         .unwrap();
     let addr = server.local_addrs()[0];
@@ -312,7 +325,7 @@ async fn an_upstream_that_is_the_server_itself_is_not_asked() {
     let (probe_udp, probe_tcp) = bind_pair(local()).await.unwrap();
     let addr = probe_udp.local_addr().unwrap();
     drop((probe_udp, probe_tcp));
-    let server = DnsServer::bind(records(), &[addr], vec![addr])
+    let server = DnsServer::bind(records(), &[addr], vec![addr], loopback())
         .await
         .unwrap();
     tokio::spawn(server.run());
@@ -453,4 +466,41 @@ async fn unsupported_requests_get_the_matching_error() {
     assert_eq!(plain.metadata.response_code, ResponseCode::NoError);
     assert!(plain.edns.is_none());
     assert_eq!(plain.answers.len(), 1);
+}
+
+#[tokio::test]
+async fn only_the_clients_it_serves_get_answers() {
+    // Answers 127.0.0.1 only; a question from 127.0.0.2 (another machine, for the server) is
+    // refused, cluster names and forwarding alike.
+    let server = start_for(
+        records(),
+        Vec::new(),
+        Clients::new(["127.0.0.1/32".parse().unwrap()]),
+    )
+    .await;
+    let ask = |from: Ipv4Addr| async move {
+        let mut message = Message::query();
+        message.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii("web.default.svc.cluster.local.").unwrap(),
+            RecordType::A,
+        ));
+        message.metadata.id = 7;
+        let socket = tokio::net::UdpSocket::bind((from, 0)).await.unwrap();
+        socket
+            .send_to(&message.to_vec().unwrap(), server)
+            .await
+            .unwrap();
+        let mut buffer = vec![0u8; 4096];
+        let (n, _) = tokio::time::timeout(CLIENT_TIMEOUT, socket.recv_from(&mut buffer))
+            .await
+            .expect("an answer")
+            .unwrap();
+        Message::from_vec(&buffer[..n]).unwrap()
+    };
+    let allowed = ask(Ipv4Addr::LOCALHOST).await;
+    assert_eq!(allowed.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(allowed.answers.len(), 1);
+    let stranger = ask(Ipv4Addr::new(127, 0, 0, 2)).await;
+    assert_eq!(stranger.metadata.response_code, ResponseCode::Refused);
+    assert!(stranger.answers.is_empty());
 }
