@@ -274,12 +274,35 @@ async fn proxy_upgrade(
                 return;
             }
         };
-        let (mut client, mut agent) = (TokioIo::new(client), TokioIo::new(agent));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut agent).await {
-            tracing::debug!(error = %e, "upgraded stream ended with an error");
-        }
+        splice(TokioIo::new(client), TokioIo::new(agent)).await;
     });
     reply.body(Body::empty()).map_err(internal)
+}
+
+/// Copies each way until that way ends, independently: a failed write towards the agent (it
+/// closed first) must not cut off what the agent sent last on its way to the client (the exit
+/// status), as one `copy_bidirectional` would.
+async fn splice<C, A>(client: C, agent: A)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    use tokio::io::AsyncWriteExt as _;
+    let (mut from_client, mut to_client) = tokio::io::split(client);
+    let (mut from_agent, mut to_agent) = tokio::io::split(agent);
+    let up = async {
+        if let Err(e) = tokio::io::copy(&mut from_client, &mut to_agent).await {
+            tracing::debug!(error = %e, "client to agent stream ended with an error");
+        }
+        let _ = to_agent.shutdown().await;
+    };
+    let down = async {
+        if let Err(e) = tokio::io::copy(&mut from_agent, &mut to_client).await {
+            tracing::debug!(error = %e, "agent to client stream ended with an error");
+        }
+        let _ = to_client.shutdown().await;
+    };
+    tokio::join!(up, down);
 }
 
 /// Where a pod's stream is served: the container and its node agent.

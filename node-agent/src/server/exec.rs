@@ -279,8 +279,19 @@ async fn run(socket: WebSocket, session: ExecSession, command: &[String], framin
     let _ = out_tx.send(Message::Close(Some(normal_close()))).await;
     drop(out_tx);
     let _ = writer.await;
-    reader.abort();
+    // The closing handshake: the client's close comes once it has read everything. Closing the
+    // connection before it (with its frames unread) resets it, and a reset can discard the
+    // status still on its way to the client.
+    if tokio::time::timeout(CLOSE_HANDSHAKE, &mut reader)
+        .await
+        .is_err()
+    {
+        reader.abort();
+    }
 }
+
+/// How long the client may take to answer the close.
+const CLOSE_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn pump(
     channel: u8,
