@@ -16,7 +16,44 @@ use serde_json::{Map, Value, json};
 pub enum ListType {
     Atomic,
     Set,
-    Map(Vec<String>),
+    /// Items keyed by these fields, each with the value an item that omits it has (its
+    /// schema's default).
+    Map(Vec<MapKey>),
+}
+
+/// One key field of a map list, and its default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapKey {
+    pub field: String,
+    pub default: Option<Value>,
+}
+
+impl MapKey {
+    fn new(field: &str, default: Option<Value>) -> Self {
+        Self {
+            field: field.to_owned(),
+            default,
+        }
+    }
+}
+
+/// The built-in lists keyed by more than their strategic merge key, as Kubernetes' OpenAPI
+/// lists them (`x-kubernetes-list-map-keys`): a port is its number and its protocol (TCP when
+/// unset), so DNS's 53/TCP and 53/UDP are two items, not one.
+fn built_in_map_keys(field: &str, parent: &str) -> Option<Vec<MapKey>> {
+    let tcp = || Some(json!("TCP"));
+    Some(match (field, parent) {
+        ("ports", "containers" | "initContainers" | "ephemeralContainers") => vec![
+            MapKey::new("containerPort", None),
+            MapKey::new("protocol", tcp()),
+        ],
+        ("ports", "spec") => vec![MapKey::new("port", None), MapKey::new("protocol", tcp())],
+        ("topologySpreadConstraints", _) => vec![
+            MapKey::new("topologyKey", None),
+            MapKey::new("whenUnsatisfiable", None),
+        ],
+        _ => return None,
+    })
 }
 
 /// Where list types come from, at one place in an object.
@@ -61,8 +98,10 @@ impl<'a> Shape<'a> {
     fn list_type(self) -> ListType {
         match self {
             Self::BuiltIn { field, parent } => {
-                if let Some(key) = crate::strategic::merge_key(field, parent) {
-                    ListType::Map(vec![key.to_owned()])
+                if let Some(keys) = built_in_map_keys(field, parent) {
+                    ListType::Map(keys)
+                } else if let Some(key) = crate::strategic::merge_key(field, parent) {
+                    ListType::Map(vec![MapKey::new(key, None)])
                 } else if crate::strategic::merges_as_set(field) {
                     ListType::Set
                 } else {
@@ -79,7 +118,10 @@ impl<'a> Shape<'a> {
                             .into_iter()
                             .flatten()
                             .filter_map(Value::as_str)
-                            .map(str::to_owned)
+                            .map(|k| {
+                                let default = schema["items"]["properties"][k].get("default");
+                                MapKey::new(k, default.cloned())
+                            })
                             .collect(),
                     ),
                     _ => ListType::Atomic,
@@ -290,10 +332,13 @@ impl FieldSet {
 }
 
 /// The `k:` element of a map-list item: its key fields as a JSON object.
-fn item_key(item: &Value, keys: &[String]) -> String {
+fn item_key(item: &Value, keys: &[MapKey]) -> String {
     let key: Map<String, Value> = keys
         .iter()
-        .filter_map(|k| item.get(k).map(|v| (k.clone(), v.clone())))
+        .filter_map(|k| {
+            let value = item.get(&k.field).cloned().or_else(|| k.default.clone())?;
+            Some((k.field.clone(), value))
+        })
         .collect();
     format!("k:{}", Value::Object(key))
 }
@@ -707,6 +752,43 @@ mod tests {
     }
 
     #[test]
+    fn ports_of_one_number_and_two_protocols_are_two_items() {
+        let service = |ports: Value| {
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dns"},
+                "spec": {"ports": ports}})
+        };
+        // Live, as stored: defaulted protocols.
+        let mut live = service(json!([
+            {"name": "dns", "port": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+        ]));
+        // An applied port without a protocol is the TCP one.
+        merge(
+            &mut live,
+            &service(json!([{"name": "dns-tcp", "port": 53, "targetPort": 5353}])),
+            Shape::BUILT_IN,
+        );
+        let ports = live["spec"]["ports"].as_array().unwrap();
+        assert_eq!(ports.len(), 2, "{live}");
+        assert_eq!(ports[0]["protocol"], "UDP");
+        assert!(ports[0].get("targetPort").is_none());
+        assert_eq!(ports[1]["targetPort"], 5353);
+        let set = FieldSet::of_object(&live, Shape::BUILT_IN, None).to_fields_v1();
+        let keys: Vec<&String> = set["f:spec"]["f:ports"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                r#"k:{"port":53,"protocol":"TCP"}"#,
+                r#"k:{"port":53,"protocol":"UDP"}"#
+            ]
+        );
+    }
+
+    #[test]
     fn field_sets_use_kubernetes_fields_v1_keys() {
         let set = FieldSet::of_object(&deployment(2, "nginx"), Shape::BUILT_IN, None);
         let v1 = set.to_fields_v1();
@@ -714,9 +796,11 @@ mod tests {
             &v1["f:spec"]["f:template"]["f:spec"]["f:containers"][r#"k:{"name":"web"}"#];
         assert_eq!(container["."], json!({}), "{v1}");
         assert_eq!(container["f:image"], json!({}));
+        // Ports are keyed by number and protocol, TCP when unset, as Kubernetes keys them.
         assert_eq!(
-            container["f:ports"][r#"k:{"containerPort":80}"#]["f:containerPort"],
-            json!({})
+            container["f:ports"][r#"k:{"containerPort":80,"protocol":"TCP"}"#]["f:containerPort"],
+            json!({}),
+            "{v1}"
         );
         assert_eq!(v1["f:metadata"]["f:labels"]["f:app"], json!({}));
         assert!(v1.get("f:apiVersion").is_none() && v1.get("f:kind").is_none());
