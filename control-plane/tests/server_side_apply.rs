@@ -258,3 +258,64 @@ async fn an_apply_without_a_field_manager_is_refused() {
         "{status}"
     );
 }
+
+#[test]
+fn ports_of_two_protocols_are_applied_as_two_items() {
+    let cp = ControlPlane::start();
+    let dns = |udp_target: u16| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: dns}}
+spec:
+  selector: {{app: dns}}
+  ports:
+  - {{name: dns, port: 53, protocol: UDP, targetPort: {udp_target}}}
+  - {{name: dns-tcp, port: 53, targetPort: 53}}
+"#
+        )
+    };
+    cp.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &dns(53))
+        .success();
+    // Applied again with one port changed: still two ports, each kept apart by protocol.
+    cp.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &dns(5353))
+        .success();
+    let service = cp.kubectl_json(&[
+        "get",
+        "service",
+        "dns",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]);
+    let ports = service["spec"]["ports"].as_array().unwrap();
+    let summary: Vec<(String, i64, String)> = ports
+        .iter()
+        .map(|p| {
+            (
+                p["protocol"].as_str().unwrap().to_owned(),
+                p["port"].as_i64().unwrap(),
+                p["targetPort"].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("UDP".to_owned(), 53, "5353".to_owned()),
+            ("TCP".to_owned(), 53, "53".to_owned())
+        ],
+        "{service}"
+    );
+    let fields =
+        service["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:ports"].to_string();
+    assert!(
+        fields.contains(r#"k:{\"port\":53,\"protocol\":\"UDP\"}"#),
+        "{fields}"
+    );
+    assert!(
+        fields.contains(r#"k:{\"port\":53,\"protocol\":\"TCP\"}"#),
+        "{fields}"
+    );
+}
