@@ -95,6 +95,28 @@ fn build_image(archive: &Path, cert: &str, key: &str) {
     .unwrap();
 }
 
+/// The webhook of the Service `default/webhook` for ConfigMap creates, trusted as `ca_bundle`
+/// says (`failurePolicy: Fail`, the default).
+fn configuration(ca_bundle: &str) -> String {
+    format!(
+        r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {{name: labels.apiary.test}}
+webhooks:
+- name: labels.apiary.test
+  clientConfig:
+    service: {{namespace: default, name: webhook, path: /mutate}}
+    caBundle: {ca_bundle}
+  rules:
+  - {{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [configmaps]}}
+  sideEffects: None
+  admissionReviewVersions: [v1]
+  timeoutSeconds: 10
+"#
+    )
+}
+
 #[test]
 fn a_mutating_webhook_in_a_pod_changes_created_objects() {
     require_privileges!();
@@ -136,25 +158,7 @@ spec:
         .wait_ready("default", "webhook", Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
     let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&ca);
-    cluster
-        .apply(&format!(
-            r#"
-apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata: {{name: labels.apiary.test}}
-webhooks:
-- name: labels.apiary.test
-  clientConfig:
-    service: {{namespace: default, name: webhook, path: /mutate}}
-    caBundle: {ca_bundle}
-  rules:
-  - {{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [configmaps]}}
-  sideEffects: None
-  admissionReviewVersions: [v1]
-  timeoutSeconds: 10
-"#
-        ))
-        .unwrap();
+    cluster.apply(&configuration(&ca_bundle)).unwrap();
     // The Service's endpoints and the configuration reach the API server through watches.
     let mut n = 0;
     let mutated = wait(
@@ -185,24 +189,7 @@ webhooks:
     // `failurePolicy: Fail` the create is refused.
     let (other_ca, _, _) = certificates();
     let other_bundle = base64::engine::general_purpose::STANDARD.encode(other_ca);
-    cluster
-        .apply(&format!(
-            r#"
-apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata: {{name: labels.apiary.test}}
-webhooks:
-- name: labels.apiary.test
-  clientConfig:
-    service: {{namespace: default, name: webhook, path: /mutate}}
-    caBundle: {other_bundle}
-  rules:
-  - {{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [configmaps]}}
-  sideEffects: None
-  admissionReviewVersions: [v1]
-"#
-        ))
-        .unwrap();
+    cluster.apply(&configuration(&other_bundle)).unwrap();
     let refused = wait(
         "the untrusted webhook to fail creates",
         Duration::from_secs(30),
