@@ -422,3 +422,56 @@ fn webhook_configurations_are_validated_as_kubernetes_validates_them() {
     assert!(table.contains("WEBHOOKS"), "{table}");
     assert!(table.contains("labels.apiary.test   1"), "{table}");
 }
+
+#[test]
+fn a_self_signed_ca_certificate_in_the_ca_bundle_is_trusted_as_kubernetes_trusts_it() {
+    // What `openssl req -x509` makes: a certificate that is its own CA (basic constraints
+    // CA:TRUE), served by the webhook and given as its caBundle.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.subject_alt_names.push(rcgen::SanType::IpAddress(
+        std::net::Ipv4Addr::LOCALHOST.into(),
+    ));
+    let cert = params.self_signed(&key).unwrap();
+    let cp = ControlPlane::start();
+    let hook = Webhook::start_with_certificate(
+        Box::new(|_| (allowed(), Duration::ZERO)),
+        &cert.pem(),
+        &key.serialize_pem(),
+    );
+    let manifest = configuration(
+        "ValidatingWebhookConfiguration",
+        "self-signed.apiary.test",
+        url_client(&hook, "/"),
+        rule(&["CREATE"], &[""], &["configmaps"]),
+        json!({}),
+    );
+    cp.kubectl_stdin(&["apply", "-f", "-"], &manifest).success();
+    support::wait_for("the webhook to be called", Duration::from_secs(10), || {
+        let (ok, out) = cp.kubectl(&["create", "configmap", "probe"]).outcome();
+        assert!(ok || out.contains("AlreadyExists"), "{out}");
+        (!hook.reviews().is_empty()).then_some(())
+    });
+    // Another certificate of the same name is not trusted.
+    let other = Webhook::start(Box::new(|_| (allowed(), Duration::ZERO)));
+    let pinned_elsewhere = json!({ "url": other.url("/"), "caBundle": hook.ca_bundle });
+    let manifest = configuration(
+        "ValidatingWebhookConfiguration",
+        "self-signed.apiary.test",
+        pinned_elsewhere,
+        rule(&["CREATE"], &[""], &["configmaps"]),
+        json!({}),
+    );
+    cp.kubectl_stdin(&["apply", "-f", "-"], &manifest).success();
+    let refused = support::wait_for(
+        "the untrusted webhook to fail",
+        Duration::from_secs(10),
+        || {
+            let (ok, out) = cp.kubectl(&["create", "configmap", "untrusted"]).outcome();
+            (!ok).then_some(out)
+        },
+    );
+    assert!(refused.contains("failed calling webhook"), "{refused}");
+    assert!(other.reviews().is_empty());
+}

@@ -27,6 +27,11 @@ impl Webhook {
     pub fn start(answer: Answer) -> Self {
         let (cert, key) =
             super::certs::self_signed_cert(&["localhost"], &[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+        Self::start_with_certificate(answer, &cert, &key)
+    }
+
+    /// A webhook serving `cert` (PEM, with `key`), which is also its `caBundle`.
+    pub fn start_with_certificate(answer: Answer, cert: &str, key: &str) -> Self {
         let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&cert);
         let reviews = Arc::new(Mutex::new(Vec::new()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
