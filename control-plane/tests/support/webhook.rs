@@ -32,7 +32,7 @@ impl Webhook {
 
     /// A webhook serving `cert` (PEM, with `key`), which is also its `caBundle`.
     pub fn start_with_certificate(answer: Answer, cert: &str, key: &str) -> Self {
-        let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&cert);
+        let ca_bundle = base64::engine::general_purpose::STANDARD.encode(cert);
         let reviews = Arc::new(Mutex::new(Vec::new()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
