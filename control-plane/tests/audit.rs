@@ -386,3 +386,54 @@ fn pod_security_audit_mode_annotates_the_event() {
         "{created}"
     );
 }
+
+#[test]
+fn admission_policies_annotate_audit_events() {
+    let a = start();
+    a.cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: sizes}
+spec:
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [configmaps]}
+  validations:
+  - {expression: "size(object.data) <= 1", message: "one key at most"}
+  auditAnnotations:
+  - {key: keys, valueExpression: "string(size(object.data))"}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: sizes}
+spec:
+  policyName: sizes
+  validationActions: [Audit]
+"#,
+    )
+    .success();
+    // An Audit binding lets a violation through and records it, with the annotation.
+    let event = wait_for("an annotated create", Duration::from_secs(10), || {
+        let name = format!("c{}", events(&a.log).len());
+        a.cp.kubectl(&[
+            "create",
+            "configmap",
+            &name,
+            "--from-literal=a=1",
+            "--from-literal=b=2",
+        ])
+        .success();
+        events(&a.log).into_iter().find(|e| {
+            e["verb"] == "create"
+                && e["objectRef"]["resource"] == "configmaps"
+                && e["annotations"]["sizes/keys"].is_string()
+        })
+    });
+    assert_eq!(event["annotations"]["sizes/keys"], "2", "{event}");
+    let failure = event["annotations"]["validation.policy.admission.k8s.io/validation_failure"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(failure.contains("one key at most"), "{event}");
+}

@@ -7,6 +7,7 @@
 //!   a policy without `paramKind`).
 //! - `matchConditions` must all hold, then every `validations` expression must be true;
 //!   `variables` are bound as `variables.<name>`.
+//! - `auditAnnotations` add `<policy>/<key>` annotations to the request's audit events.
 //! - A violation is denied (`Deny`: 422, or the validation's `reason`), turned into a warning
 //!   (`Warn`) or an audit annotation (`Audit`), as the binding's `validationActions` say. An
 //!   expression that cannot be evaluated is a violation under `failurePolicy: Fail`.
@@ -354,6 +355,16 @@ fn evaluate(
                 });
             }
             Err(e) => violations.extend(error(&validation.expression, e)),
+        }
+    }
+    // Each audit annotation's value, as `<policy>/<key>` on the request's audit events (a
+    // null value adds nothing).
+    for annotation in &policy.spec.audit_annotations {
+        if let Ok(value) = activation.string(&annotation.value_expression) {
+            audit::annotate(
+                &format!("{}/{}", policy.metadata.name, annotation.key),
+                value,
+            );
         }
     }
     violations
