@@ -129,25 +129,6 @@ impl Activation {
     }
 }
 
-/// Evaluates a condition with each of `variables` bound (admission's `object`, `oldObject`,
-/// `request`, `params`…): true, false, or why it is neither.
-pub fn evaluate_condition(expression: &str, variables: &[(&str, &Value)]) -> Result<bool, String> {
-    match evaluate_with(expression, variables)? {
-        cel::Value::Bool(b) => Ok(b),
-        other => Err(format!("expected a boolean, got {other:?}")),
-    }
-}
-
-/// Evaluates `expression` with each of `variables` bound.
-pub fn evaluate_with(expression: &str, variables: &[(&str, &Value)]) -> Result<cel::Value, String> {
-    let program = program(expression)?;
-    let mut context = cel::Context::default();
-    for (name, value) in variables {
-        context.add_variable_from_value(*name, cel::to_value(value).map_err(|e| e.to_string())?);
-    }
-    program.execute(&context).map_err(|e| e.to_string())
-}
-
 fn type_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",

@@ -18,7 +18,7 @@ mod request;
 pub mod service_account;
 pub mod webhooks;
 
-pub use request::{Operation, Request, as_user, namespace_labels};
+pub use request::{Operation, Request, as_user, namespace_object};
 
 use serde_json::Value;
 

@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 use super::{
     super::{Api, audit, error::ApiError, objects, objects::Result, warnings},
-    Request, namespace_labels,
+    Request, namespace_object,
 };
 
 /// The stored policies and bindings; kept by a watch ([`start`]).
@@ -118,8 +118,7 @@ pub async fn validate(api: &Api, request: &Request<'_>, object: &Value) -> Resul
         return Ok(());
     }
     let attributes = request.attributes();
-    let mut namespace: Option<Option<BTreeMap<String, String>>> = None;
-    let mut namespace_object: Option<Value> = None;
+    let mut namespace: Option<Option<Value>> = None;
     for binding in &state.bindings {
         let Some(policy) = state.policies.get(&binding.spec.policy_name) else {
             continue;
@@ -138,16 +137,23 @@ pub async fn validate(api: &Api, request: &Request<'_>, object: &Value) -> Resul
         }
         // The namespace is read once, for the first binding whose rules match.
         if namespace.is_none() {
-            namespace = Some(namespace_labels(api, request, object).await);
-            namespace_object = namespace_of(api, request).await;
+            namespace = Some(namespace_object(api, request).await);
         }
-        let labels = namespace.as_ref().and_then(Option::as_ref);
-        if !selected(constraints, request, object, labels)
+        let namespace_object = namespace.as_ref().and_then(Option::as_ref);
+        let selected = |r: &MatchResources| {
+            request.selected(
+                r.namespace_selector.as_ref(),
+                r.object_selector.as_ref(),
+                object,
+                namespace_object,
+            )
+        };
+        if !selected(constraints)
             || binding
                 .spec
                 .match_resources
                 .as_ref()
-                .is_some_and(|r| !selected(r, request, object, labels))
+                .is_some_and(|r| !selected(r))
         {
             continue;
         }
@@ -155,13 +161,7 @@ pub async fn validate(api: &Api, request: &Request<'_>, object: &Value) -> Resul
             Ok(params) => {
                 let mut all = Vec::new();
                 for param in params {
-                    all.extend(evaluate(
-                        policy,
-                        request,
-                        object,
-                        &param,
-                        namespace_object.as_ref(),
-                    ));
+                    all.extend(evaluate(policy, request, object, &param, namespace_object));
                 }
                 all
             }
@@ -177,40 +177,6 @@ pub async fn validate(api: &Api, request: &Request<'_>, object: &Value) -> Resul
         act(request, policy, binding, violations)?;
     }
     Ok(())
-}
-
-/// Whether the selectors of `resources` select the request.
-fn selected(
-    resources: &MatchResources,
-    request: &Request<'_>,
-    object: &Value,
-    namespace_labels: Option<&BTreeMap<String, String>>,
-) -> bool {
-    if let (Some(selector), Some(labels)) = (&resources.namespace_selector, namespace_labels)
-        && !selector.matches(labels)
-    {
-        return false;
-    }
-    match &resources.object_selector {
-        Some(selector) if !selector.is_empty() => {
-            let matches = |o: Option<&Value>| {
-                o.is_some_and(|o| o.is_object() && selector.matches(&labels_of(o)))
-            };
-            matches(Some(object)) || matches(request.old)
-        }
-        _ => true,
-    }
-}
-
-/// The request's namespace object (`namespaceObject`), if the request is namespaced.
-async fn namespace_of(api: &Api, request: &Request<'_>) -> Option<Value> {
-    if let Some(namespace) = request.namespace_object {
-        return Some(namespace.clone());
-    }
-    let ns = request.namespace?;
-    objects::get(api, &resource::NAMESPACES, None, ns)
-        .await
-        .ok()
 }
 
 /// The parameter objects a binding evaluates its policy with: `[null]` for a policy without

@@ -2,9 +2,10 @@
 //! `admission.Attributes`), and the `request` of an `AdmissionReview` that describes it to
 //! webhooks and policies.
 
-use std::collections::BTreeMap;
-
-use apiary_api::admissionregistration_v1::{Attributes, labels_of};
+use apiary_api::{
+    admissionregistration_v1::{Attributes, labels_of},
+    selector::LabelSelector,
+};
 use serde_json::{Value, json};
 
 use super::super::{Api, auth::UserInfo, resources::ResourceType};
@@ -131,28 +132,53 @@ impl Request<'_> {
     }
 }
 
-/// The labels the `namespaceSelector` is matched against: the request's namespace's, or the
-/// object's own for a Namespace; `None` for other cluster-scoped objects (always matched).
-pub async fn namespace_labels(
-    api: &Api,
-    request: &Request<'_>,
-    object: &Value,
-) -> Option<BTreeMap<String, String>> {
-    if request.resource.group.is_empty() && request.resource.plural == "namespaces" {
-        let own = if object.is_object() {
-            object
-        } else {
-            request.old?
-        };
-        return Some(labels_of(own));
+/// The request's namespace object (what `namespaceSelector` matches and policies see as
+/// `namespaceObject`), read once: the caller's if it has it, none for cluster-scoped requests.
+pub async fn namespace_object(api: &Api, request: &Request<'_>) -> Option<Value> {
+    if let Some(namespace) = request.namespace_object {
+        return Some(namespace.clone());
     }
     let ns = request.namespace?;
-    if let Some(namespace) = request.namespace_object {
-        return Some(labels_of(namespace));
-    }
-    let namespaces = api.resources.get("", "v1", "namespaces")?;
-    let namespace = super::super::objects::get(api, namespaces, None, ns)
+    super::super::objects::get(api, &apiary_api::resource::NAMESPACES, None, ns)
         .await
-        .ok()?;
-    Some(labels_of(&namespace))
+        .ok()
+}
+
+impl Request<'_> {
+    /// Whether a webhook's or policy's selectors select the request: `namespaceSelector` by the
+    /// labels of its `namespace` (of the object itself for a Namespace; other cluster-scoped
+    /// objects always match), `objectSelector` by the labels of the new or the old object.
+    pub fn selected(
+        &self,
+        namespace_selector: Option<&LabelSelector>,
+        object_selector: Option<&LabelSelector>,
+        object: &Value,
+        namespace: Option<&Value>,
+    ) -> bool {
+        let is_namespace = self.resource.group.is_empty() && self.resource.plural == "namespaces";
+        let namespace_labels = if is_namespace {
+            let own = if object.is_object() {
+                Some(object)
+            } else {
+                self.old
+            };
+            own.map(labels_of)
+        } else {
+            namespace.map(labels_of)
+        };
+        if let (Some(selector), Some(labels)) = (namespace_selector, &namespace_labels)
+            && !selector.matches(labels)
+        {
+            return false;
+        }
+        match object_selector {
+            Some(selector) if !selector.is_empty() => {
+                let matches = |o: Option<&Value>| {
+                    o.is_some_and(|o| o.is_object() && selector.matches(&labels_of(o)))
+                };
+                matches(Some(object)) || matches(self.old)
+            }
+            _ => true,
+        }
+    }
 }

@@ -20,8 +20,9 @@ use std::sync::{Arc, RwLock};
 
 use apiary_api::{
     admissionregistration_v1::{
-        MutatingWebhookConfiguration, ValidatingWebhookConfiguration, Webhook, labels_of,
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration, Webhook,
     },
+    cel_rules::Activation,
     resource,
 };
 use axum::http::StatusCode;
@@ -30,7 +31,7 @@ use serde_json::{Value, json};
 
 use super::{
     super::{Api, error::ApiError, objects::Result},
-    Operation, Request, namespace_labels,
+    Operation, Request, namespace_object,
 };
 
 pub use call::CallError;
@@ -130,11 +131,11 @@ pub async fn mutate(api: &Api, request: &Request<'_>, object: &mut Value) -> Res
         return Ok(false);
     }
     let hooks = api.webhooks.mutating();
-    let namespace_labels = namespace_labels(api, request, object).await;
+    let namespace = namespace_of(api, &hooks, request).await;
     let mut changed_at: Option<usize> = None;
     let mut called = Vec::new();
     for (i, hook) in hooks.iter().enumerate() {
-        if !applies(hook, request, object, namespace_labels.as_ref())? {
+        if !applies(hook, request, object, namespace.as_ref())? {
             continue;
         }
         called.push(i);
@@ -162,10 +163,10 @@ pub async fn validate(api: &Api, request: &Request<'_>, object: &Value) -> Resul
         return Ok(());
     }
     let hooks = api.webhooks.validating();
-    let namespace_labels = namespace_labels(api, request, object).await;
+    let namespace = namespace_of(api, &hooks, request).await;
     let mut calls = Vec::new();
     for hook in hooks.iter() {
-        if applies(hook, request, object, namespace_labels.as_ref())? {
+        if applies(hook, request, object, namespace.as_ref())? {
             let mut copy = object.clone();
             calls.push(async move { admit_one(api, hook, request, &mut copy, false).await });
         }
@@ -176,40 +177,53 @@ pub async fn validate(api: &Api, request: &Request<'_>, object: &Value) -> Resul
     Ok(())
 }
 
+/// The request's namespace, read only if some webhook's rules match the request.
+async fn namespace_of(api: &Api, hooks: &[Webhook], request: &Request<'_>) -> Option<Value> {
+    let attributes = request.attributes();
+    let any = hooks
+        .iter()
+        .any(|hook| hook.rules.iter().any(|rule| rule.matches(&attributes)));
+    if any {
+        namespace_object(api, request).await
+    } else {
+        None
+    }
+}
+
 /// Whether `hook` is called for this request: rules, selectors, match conditions.
 fn applies(
     hook: &Webhook,
     request: &Request<'_>,
     object: &Value,
-    namespace_labels: Option<&std::collections::BTreeMap<String, String>>,
+    namespace: Option<&Value>,
 ) -> Result<bool> {
     let attributes = request.attributes();
     if !hook.rules.iter().any(|rule| rule.matches(&attributes)) {
         return Ok(false);
     }
-    if let (Some(selector), Some(labels)) = (&hook.namespace_selector, namespace_labels)
-        && !selector.matches(labels)
-    {
+    if !request.selected(
+        hook.namespace_selector.as_ref(),
+        hook.object_selector.as_ref(),
+        object,
+        namespace,
+    ) {
         return Ok(false);
     }
-    if let Some(selector) = &hook.object_selector
-        && !selector.is_empty()
-    {
-        let matches =
-            |o: Option<&Value>| o.is_some_and(|o| o.is_object() && selector.matches(&labels_of(o)));
-        if !matches(Some(object)) && !matches(request.old) {
-            return Ok(false);
-        }
+    if hook.match_conditions.is_empty() {
+        return Ok(true);
     }
+    let review = request.review("", Some(object));
+    let old = request.old.cloned().unwrap_or(Value::Null);
+    let activation = match Activation::new(&[
+        ("object", object),
+        ("oldObject", &old),
+        ("request", &review),
+    ]) {
+        Ok(activation) => activation,
+        Err(e) => return failed(hook, &format!("matchConditions: {e}")).map(|()| false),
+    };
     for condition in &hook.match_conditions {
-        let review = request.review("", Some(object));
-        let old = request.old.cloned().unwrap_or(Value::Null);
-        let variables = [
-            ("object", object),
-            ("oldObject", &old),
-            ("request", &review),
-        ];
-        match apiary_api::cel_rules::evaluate_condition(&condition.expression, &variables) {
+        match activation.condition(&condition.expression) {
             Ok(true) => {}
             Ok(false) => return Ok(false),
             Err(e) => {
