@@ -38,6 +38,8 @@ pub async fn call(api: &Api, hook: &Webhook, review: &Value) -> Result<Value, Ca
 /// path to POST to.
 struct Target {
     url: String,
+    /// The URL's `host[:port]`, the request's `Host`.
+    authority: String,
     server_name: String,
     path: String,
 }
@@ -58,6 +60,7 @@ impl Target {
                 };
                 Self {
                     url: format!("https://{authority}{path}?{query}"),
+                    authority: authority.to_owned(),
                     server_name: host.to_owned(),
                     path: format!("{path}?{query}"),
                 }
@@ -65,17 +68,17 @@ impl Target {
             (None, Some(service)) => {
                 let path = service.path.clone().unwrap_or_else(|| "/".to_owned());
                 let host = format!("{}.{}.svc", service.name, service.namespace);
+                let authority = format!("{host}:{}", service.port.unwrap_or(443));
                 Self {
-                    url: format!(
-                        "https://{host}:{}{path}?{query}",
-                        service.port.unwrap_or(443)
-                    ),
+                    url: format!("https://{authority}{path}?{query}"),
+                    authority,
                     server_name: host,
                     path: format!("{path}?{query}"),
                 }
             }
             (None, None) => Self {
                 url: String::new(),
+                authority: String::new(),
                 server_name: String::new(),
                 path: "/".to_owned(),
             },
@@ -88,23 +91,18 @@ async fn post(api: &Api, hook: &Webhook, target: &Target, review: &Value) -> Res
     let name = ServerName::try_from(target.server_name.clone()).map_err(|e| e.to_string())?;
     let body = serde_json::to_vec(review).map_err(|e| e.to_string())?;
     let connector = tokio_rustls::TlsConnector::from(tls);
-    let host = target
-        .url
-        .strip_prefix("https://")
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_default()
-        .to_owned();
     let request = http::Request::post(&target.path)
-        .header(header::HOST, host)
+        .header(header::HOST, &target.authority)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::ACCEPT, "application/json")
-        .body(Full::new(bytes_of(body)))
+        .body(Full::new(axum::body::Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     match (&hook.client_config.url, &hook.client_config.service) {
         (Some(url), _) => {
-            let tcp = tokio::net::TcpStream::connect(authority_of(url))
+            let address = authority_of(url);
+            let tcp = tokio::net::TcpStream::connect(&address)
                 .await
-                .map_err(|e| format!("dial tcp {}: {}", authority_of(url), dial_error(&e)))?;
+                .map_err(|e| format!("dial tcp {address}: {}", dial_error(&e)))?;
             // A review is a few small writes: without this, Nagle's algorithm holds the
             // body back for the server's delayed ACK (40 ms a call).
             let _ = tcp.set_nodelay(true);
@@ -125,10 +123,6 @@ fn dial_error(e: &std::io::Error) -> String {
         std::io::ErrorKind::TimedOut => "i/o timeout".to_owned(),
         _ => e.to_string(),
     }
-}
-
-fn bytes_of(body: Vec<u8>) -> axum::body::Bytes {
-    axum::body::Bytes::from(body)
 }
 
 /// `host:port` of an `https://` URL (443 when it names none).
