@@ -274,10 +274,7 @@ pub async fn start(
         changed,
         shutdown,
     ));
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !crds.is_synced() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    runtime::wait_synced(&[&crds], timeout).await;
 }
 
 /// Serves a CRD as stored now, and sets off what its state calls for.

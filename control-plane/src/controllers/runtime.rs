@@ -175,6 +175,15 @@ impl Cache {
     }
 }
 
+/// Waits until every one of `caches` has been filled from a listing, or `timeout` has
+/// passed: what a server that serves from them does before its first request.
+pub async fn wait_synced(caches: &[&Cache], timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !caches.iter().all(|c| c.is_synced()) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Resolves when `shutdown` turns true (or its sender is gone).
 pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;

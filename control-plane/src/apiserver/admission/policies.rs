@@ -67,11 +67,7 @@ pub async fn start(
             shutdown.clone(),
         ));
     }
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !(policies.is_synced() && bindings.is_synced()) && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    runtime::wait_synced(&[&policies, &bindings], timeout).await;
 }
 
 impl Policies {

@@ -223,10 +223,7 @@ pub async fn start(api: Arc<Api>, shutdown: watch::Receiver<bool>, timeout: Dura
         pod_changed,
         shutdown.clone(),
     ));
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !caches.iter().all(Cache::is_synced) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    runtime::wait_synced(&caches.iter().collect::<Vec<_>>(), timeout).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -69,10 +69,7 @@ pub async fn start(
         ));
         caches.push(cache);
     }
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !caches.iter().all(|c| c.is_synced()) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    runtime::wait_synced(&caches.iter().collect::<Vec<_>>(), timeout).await;
 }
 
 impl Webhooks {
