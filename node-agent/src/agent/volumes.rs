@@ -101,21 +101,15 @@ fn prepare_one(
         // Writable by any user in the container, as the kubelet makes it.
         fs::set_permissions(&path, fs::Permissions::from_mode(0o777))
             .map_err(io(format!("chmod {}", path.display())))?;
-        if empty.medium == "Memory" && !is_mount_point(&path) {
+        if empty.medium == "Memory" {
             let size = empty
                 .size_limit
                 .as_ref()
                 .and_then(|q| q.value().ok())
                 .map(|bytes| format!(",size={bytes}"))
                 .unwrap_or_default();
-            nix::mount::mount(
-                Some("tmpfs"),
-                &path,
-                Some("tmpfs"),
-                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-                Some(format!("mode=1777{size}").as_str()),
-            )
-            .map_err(|e| io(format!("mounting tmpfs on {}", path.display()))(e.into()))?;
+            mount_tmpfs(&path, &format!("mode=1777{size}"))
+                .map_err(|e| io(format!("mounting tmpfs on {}", path.display()))(e.into()))?;
         }
         return Ok(PreparedVolume {
             host_path: path,
@@ -498,20 +492,26 @@ pub fn is_mount_point(path: &Path) -> bool {
     me.dev() != parent.dev()
 }
 
-/// Makes `dir` a tmpfs of its own (`nosuid,nodev`), unless it is one already. An agent that
-/// may not mount (a unit test as an ordinary user) keeps the directory on disk.
-fn in_memory(dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
+/// Mounts a tmpfs (`nosuid,nodev`, with `options`) on `dir`, unless something is mounted there
+/// already: the memory of emptyDirs of `medium: Memory`, Secrets and projections.
+fn mount_tmpfs(dir: &Path, options: &str) -> nix::Result<()> {
     if is_mount_point(dir) {
         return Ok(());
     }
-    match nix::mount::mount(
+    nix::mount::mount(
         Some("tmpfs"),
         dir,
         Some("tmpfs"),
         nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-        Some("mode=0755"),
-    ) {
+        Some(options),
+    )
+}
+
+/// Makes `dir` a tmpfs of its own ([`mount_tmpfs`]). An agent that may not mount (a unit test
+/// as an ordinary user) keeps the directory on disk.
+fn in_memory(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    match mount_tmpfs(dir, "mode=0755") {
         Err(nix::errno::Errno::EPERM) if !nix::unistd::geteuid().is_root() => Ok(()),
         result => result.map_err(io::Error::from),
     }
