@@ -90,15 +90,8 @@ pub fn with_custom(base: &Value, kinds: &[Arc<CustomVersion>]) -> Value {
         let name = super::v3::custom_schema_name(r.group, r.version, r.kind);
         let mut schema = custom.schema.clone();
         to_v2(&mut schema);
-        if !schema["properties"].is_object() {
-            schema["properties"] = json!({});
-        }
-        let properties = &mut schema["properties"];
-        properties["apiVersion"] = json!({ "type": "string", "description": "APIVersion defines the versioned schema of this representation of an object." });
-        properties["kind"] = json!({ "type": "string", "description": "Kind is a string value representing the REST resource this object represents." });
-        properties["metadata"] = json!({ "$ref": format!("{REF_PREFIX}io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"), "description": "Standard object's metadata." });
-        schema["x-kubernetes-group-version-kind"] =
-            json!([{ "group": r.group, "kind": r.kind, "version": r.version }]);
+        let metadata = json!({ "$ref": format!("{REF_PREFIX}io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta") });
+        super::v3::as_object_of(&mut schema, r, metadata);
         document["paths"][item_path(r)] = path_item(r, &name);
         document["definitions"][name] = schema;
     }

@@ -153,15 +153,9 @@ pub fn custom_document(
         let r = custom.info;
         let name = custom_schema_name(r.group, r.version, r.kind);
         let mut schema = custom.schema.clone();
-        if !schema["properties"].is_object() {
-            schema["properties"] = json!({});
-        }
-        let properties = &mut schema["properties"];
-        properties["apiVersion"] = json!({ "type": "string", "description": "APIVersion defines the versioned schema of this representation of an object." });
-        properties["kind"] = json!({ "type": "string", "description": "Kind is a string value representing the REST resource this object represents." });
-        properties["metadata"] = json!({ "allOf": [{ "$ref": format!("{COMPONENTS_PREFIX}{OBJECT_META}") }], "description": "Standard object's metadata." });
-        schema["x-kubernetes-group-version-kind"] =
-            json!([{ "group": r.group, "kind": r.kind, "version": r.version }]);
+        let metadata =
+            json!({ "allOf": [{ "$ref": format!("{COMPONENTS_PREFIX}{OBJECT_META}") }] });
+        as_object_of(&mut schema, r, metadata);
         paths.insert(item_path(r), path_item(r, &name));
         schemas.insert(name, schema);
     }
@@ -171,6 +165,26 @@ pub fn custom_document(
         "paths": paths,
         "components": { "schemas": schemas },
     })
+}
+
+/// A custom kind's schema as kube-apiserver publishes it (v2 and v3 alike): with `apiVersion`,
+/// `kind`, `metadata` (`metadata`: the document version's reference to ObjectMeta) and the
+/// kind's group version kind.
+pub(super) fn as_object_of(
+    schema: &mut Value,
+    r: &apiary_api::resource::ResourceInfo,
+    mut metadata: Value,
+) {
+    if !schema["properties"].is_object() {
+        schema["properties"] = json!({});
+    }
+    metadata["description"] = json!("Standard object's metadata.");
+    let properties = &mut schema["properties"];
+    properties["apiVersion"] = json!({ "type": "string", "description": "APIVersion defines the versioned schema of this representation of an object." });
+    properties["kind"] = json!({ "type": "string", "description": "Kind is a string value representing the REST resource this object represents." });
+    properties["metadata"] = metadata;
+    schema["x-kubernetes-group-version-kind"] =
+        json!([{ "group": r.group, "kind": r.kind, "version": r.version }]);
 }
 
 /// The types kube-openapi publishes with `oneOf` in v3 (their v2 form is a plain string).
