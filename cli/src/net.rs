@@ -62,6 +62,8 @@ pub struct TraceArgs {
 pub enum VerdictFilter {
     Allowed,
     Denied,
+    /// Dropped because the pod sent it from an address or MAC not its own.
+    Spoofed,
 }
 
 #[derive(Debug, clap::Args)]
@@ -298,6 +300,7 @@ fn matches(record: &Value, args: &ObserveArgs) -> bool {
         let wanted = match verdict {
             VerdictFilter::Allowed => "allowed",
             VerdictFilter::Denied => "denied",
+            VerdictFilter::Spoofed => "spoofed",
         };
         if record["verdict"] != wanted {
             return false;
@@ -305,12 +308,12 @@ fn matches(record: &Value, args: &ObserveArgs) -> bool {
     }
     if let Some(namespace) = &args.namespace {
         let prefix = format!("{namespace}/");
-        let in_namespace = |side: &str| {
-            record[side]["pod"]
-                .as_str()
-                .is_some_and(|pod| pod.starts_with(&prefix))
-        };
-        if !in_namespace("source") && !in_namespace("destination") {
+        let in_namespace = |pod: &Value| pod.as_str().is_some_and(|pod| pod.starts_with(&prefix));
+        // A spoofed packet's source is a claim: the pod that sent it is the endpoint.
+        if !in_namespace(&record["source"]["pod"])
+            && !in_namespace(&record["destination"]["pod"])
+            && !in_namespace(&record["endpoint"])
+        {
             return false;
         }
     }
@@ -332,10 +335,14 @@ pub fn flow_line(record: &Value) -> String {
         .as_str()
         .unwrap_or("?")
         .to_ascii_uppercase();
-    let by = record["policy"]
-        .as_str()
-        .map(|p| format!(" by {p}"))
-        .unwrap_or_default();
+    let by = if record["verdict"] == "spoofed" {
+        format!(" (sent by {})", record["endpoint"].as_str().unwrap_or("?"))
+    } else {
+        record["policy"]
+            .as_str()
+            .map(|p| format!(" by {p}"))
+            .unwrap_or_default()
+    };
     format!(
         "{} {}  {} -> {} {} {} {verdict}{by}",
         record["time"].as_str().unwrap_or("?"),

@@ -96,8 +96,8 @@ pub const POLICY_CT: &str = "POLICY_CT";
 /// an enforcing endpoint.
 pub const POLICY_EVENTS: &str = "POLICY_EVENTS";
 
-/// Name of the policy drop counters (`PERCPU_HASH`, key: [`PolicyDropKey`], value: `u64`
-/// packets, per CPU): what NetworkPolicy dropped, by endpoint, direction and reason.
+/// Name of the drop counters (`PERCPU_HASH`, key: [`PolicyDropKey`], value: `u64` packets, per
+/// CPU): what NetworkPolicy and source verification dropped, by endpoint, direction and reason.
 pub const POLICY_DROPS: &str = "POLICY_DROPS";
 
 /// Every map the programs pin by name: what `unpin` removes.
@@ -424,8 +424,12 @@ const _: () = assert!(core::mem::size_of::<PolicyFlowKey>() == 20);
 pub const VERDICT_ALLOWED: u8 = 1;
 /// [`PolicyVerdict::verdict`]: dropped.
 pub const VERDICT_DENIED: u8 = 0;
+/// [`PolicyVerdict::verdict`]: dropped before any policy, because the pod sent it with an address
+/// (or MAC) that is not its own ([`DROP_SPOOFED`]).
+pub const VERDICT_SPOOFED: u8 = 2;
 
-/// A record of [`POLICY_EVENTS`]: the first packet of a flow at an enforcing endpoint.
+/// A record of [`POLICY_EVENTS`]: the first packet of a flow at an enforcing endpoint, or a
+/// spoofed packet at any endpoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyVerdict {
@@ -436,7 +440,7 @@ pub struct PolicyVerdict {
     pub protocol: u8,
     /// [`POLICY_INGRESS`] or [`POLICY_EGRESS`], at `endpoint`.
     pub direction: u8,
-    /// [`VERDICT_ALLOWED`] or [`VERDICT_DENIED`].
+    /// [`VERDICT_ALLOWED`], [`VERDICT_DENIED`] or [`VERDICT_SPOOFED`].
     pub verdict: u8,
     /// Reserved, zero.
     pub pad: u8,
@@ -454,6 +458,10 @@ pub const DROP_POLICY_DENIED: u8 = 1;
 /// [`PolicyDropKey::reason`]: an enforcing endpoint got a packet it cannot judge (IP options,
 /// fragments).
 pub const DROP_UNPARSABLE: u8 = 2;
+/// [`PolicyDropKey::reason`]: a pod sent a packet whose source address is not its own, or not
+/// from its own MAC (counted at the sender, direction [`POLICY_EGRESS`]). Every endpoint checks
+/// this, enforcing policy or not: policy judges peers by their source address.
+pub const DROP_SPOOFED: u8 = 3;
 
 /// Key of [`POLICY_DROPS`].
 #[repr(C)]

@@ -49,6 +49,13 @@ impl Ipv4Head {
         [h[d], h[d + 1], h[d + 2], h[d + 3]]
     }
 
+    /// The Ethernet source address.
+    #[inline(always)]
+    pub fn source_mac(&self) -> [u8; ETH_ALEN] {
+        let h = &self.0;
+        [h[6], h[7], h[8], h[9], h[10], h[11]]
+    }
+
     #[inline(always)]
     pub fn source(&self) -> [u8; 4] {
         let h = &self.0;

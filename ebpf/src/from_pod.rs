@@ -1,4 +1,5 @@
-//! TC ingress on a pod's host-side veth: everything the pod sends passes here first.
+//! TC ingress on a pod's host-side veth: everything the pod sends passes here first. An IPv4
+//! packet not sent from the pod's own address and MAC is dropped (`source`).
 //!
 //! To a pod on this node: straight into its namespace (`bpf_redirect_peer`). To another node's pod
 //! CIDR or to another node: out of the underlay with that node as next hop (`bpf_redirect_neigh`).
@@ -14,7 +15,7 @@ use crate::{
     maps::{Direction, count_pod_traffic},
     masquerade,
     nodeport::{self, DROP},
-    policy,
+    policy, source,
 };
 use apiary_ebpf_common::POLICY_EGRESS;
 
@@ -30,9 +31,12 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, i32> {
     let Some(mut head) = Ipv4Head::load(ctx) else {
         return Ok(PASS);
     };
-    // The pod's egress policy judges what it sent, as it sent it.
     // SAFETY: `ctx.skb.skb` is the `__sk_buff` the kernel passed to this program.
     let endpoint = unsafe { (*ctx.skb.skb).ifindex };
+    if !source::is_own(ctx, &head, endpoint) {
+        return Ok(DROP);
+    }
+    // The pod's egress policy judges what it sent, as it sent it.
     if !policy::allows(ctx, &head, endpoint, POLICY_EGRESS) {
         return Ok(DROP);
     }

@@ -15,6 +15,7 @@ mod nat;
 mod nodeport;
 mod policy;
 mod socket_lb;
+mod source;
 mod to_pod;
 
 #[cfg(not(test))]

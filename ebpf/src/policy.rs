@@ -26,7 +26,7 @@ const POLICY_KEY_BITS: u32 = 96;
 
 /// A packet's addresses, ports (zero for protocols without) and protocol.
 #[derive(Clone, Copy)]
-struct Tuple {
+pub struct Tuple {
     saddr: [u8; 4],
     daddr: [u8; 4],
     sport_be: u16,
@@ -36,7 +36,7 @@ struct Tuple {
 
 impl Tuple {
     #[inline(always)]
-    fn of(ctx: &TcContext, head: &Ipv4Head) -> Option<Self> {
+    pub fn of(ctx: &TcContext, head: &Ipv4Head) -> Option<Self> {
         let protocol = head.plain_protocol()?;
         let (sport_be, dport_be) =
             if protocol == PROTO_TCP || protocol == PROTO_UDP || protocol == PROTO_SCTP {
@@ -121,7 +121,12 @@ pub fn allows(ctx: &TcContext, head: &Ipv4Head, endpoint: u32, direction: u8) ->
     if rule.is_some() {
         let _ = POLICY_CT.insert(flow, 0, 0);
     }
-    report(endpoint, direction, &tuple, peer_identity, rule);
+    let verdict = if rule.is_some() {
+        VERDICT_ALLOWED
+    } else {
+        VERDICT_DENIED
+    };
+    report(endpoint, direction, &tuple, peer_identity, verdict, rule);
     if rule.is_none() {
         count_drop(endpoint, direction, DROP_POLICY_DENIED);
     }
@@ -131,7 +136,14 @@ pub fn allows(ctx: &TcContext, head: &Ipv4Head, endpoint: u32, direction: u8) ->
 /// Writes the verdict straight into the ring buffer (no copy on the stack, which the verifier
 /// limits to 512 bytes for the whole program). A full ring drops the record, never the packet.
 #[inline(always)]
-fn report(endpoint: u32, direction: u8, tuple: &Tuple, peer_identity: u32, rule: Option<u32>) {
+pub fn report(
+    endpoint: u32,
+    direction: u8,
+    tuple: &Tuple,
+    peer_identity: u32,
+    verdict: u8,
+    rule: Option<u32>,
+) {
     let Some(mut entry) = POLICY_EVENTS.reserve::<PolicyVerdict>(0) else {
         return;
     };
@@ -142,11 +154,7 @@ fn report(endpoint: u32, direction: u8, tuple: &Tuple, peer_identity: u32, rule:
         dport_be: tuple.dport_be,
         protocol: tuple.protocol,
         direction,
-        verdict: if rule.is_some() {
-            VERDICT_ALLOWED
-        } else {
-            VERDICT_DENIED
-        },
+        verdict,
         pad: 0,
         endpoint,
         peer_identity,
@@ -157,7 +165,7 @@ fn report(endpoint: u32, direction: u8, tuple: &Tuple, peer_identity: u32, rule:
 
 /// Counts a dropped packet for the metrics.
 #[inline(always)]
-fn count_drop(endpoint: u32, direction: u8, reason: u8) {
+pub fn count_drop(endpoint: u32, direction: u8, reason: u8) {
     let key = PolicyDropKey {
         endpoint,
         direction,

@@ -6,6 +6,10 @@ pub const ETH_HLEN: usize = 14;
 pub const IPV4_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
 
+/// The Ethernet source address of every crafted frame: register it as the sending pod's MAC
+/// (`from_pod` drops frames not from the pod's own address and MAC).
+pub const SOURCE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
 pub const TCP_HLEN: usize = 20;
 pub const SCTP_HLEN: usize = 12;
 
@@ -41,7 +45,7 @@ pub fn l4_frame(
     let mut frame = Vec::with_capacity(ETH_HLEN + usize::from(ip_len));
     // Ethernet: locally administered MACs, EtherType IPv4.
     frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
-    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    frame.extend_from_slice(&SOURCE_MAC);
     frame.extend_from_slice(&0x0800u16.to_be_bytes());
     // IPv4 header without options.
     let mut ip = [0u8; IPV4_HLEN];

@@ -9,7 +9,7 @@ use apiary_ebpf_common::{Endpoint, NodeConfig, PodTraffic};
 use apiary_node_agent::dataplane::{Dataplane, FROM_NETDEV, PodProgram};
 use apiary_tests::{
     lab::Lab,
-    packets::{ETH_HLEN, IPV4_HLEN, ipv4_checksum, udp_frame},
+    packets::{ETH_HLEN, IPV4_HLEN, SOURCE_MAC, ipv4_checksum, udp_frame},
     require_privileges,
 };
 use aya::programs::{TestRun as _, TestRunOptions};
@@ -31,14 +31,27 @@ fn run(dp: &Dataplane, program: PodProgram, frame: &[u8], repeat: u32) -> u32 {
         .return_value
 }
 
+/// Registers the pod that sends the crafted frames: `ip` behind the test skb's device, with the
+/// frames' source MAC.
+fn register_sender(dp: &Dataplane, ip: Ipv4Addr) {
+    dp.endpoints()
+        .unwrap()
+        .upsert(
+            ip,
+            Endpoint {
+                host_ifindex: LOOPBACK_IFINDEX,
+                flags: 0,
+                pod_mac: SOURCE_MAC,
+                host_mac: [0x02, 0xcc, 0, 0, 0, 0x01],
+            },
+        )
+        .unwrap();
+}
+
+const SENDER: Ipv4Addr = Ipv4Addr::new(10, 123, 1, 2);
+
 fn frame(payload: usize) -> Vec<u8> {
-    udp_frame(
-        Ipv4Addr::new(10, 123, 1, 2),
-        Ipv4Addr::new(10, 123, 1, 3),
-        40000,
-        53,
-        payload,
-    )
+    udp_frame(SENDER, Ipv4Addr::new(10, 123, 1, 3), 40000, 53, payload)
 }
 
 #[test]
@@ -50,6 +63,7 @@ fn from_pod_counts_every_run_into_the_from_pod_counters() {
         .unwrap()
         .register(LOOPBACK_IFINDEX)
         .unwrap();
+    register_sender(&dp, SENDER);
 
     let frame = frame(100);
     assert_eq!(run(&dp, PodProgram::FromPod, &frame, 3), TC_ACT_OK);
@@ -90,12 +104,14 @@ fn to_pod_counts_into_the_to_pod_counters() {
 }
 
 #[test]
-fn interfaces_the_agent_did_not_register_are_passed_but_not_counted() {
+fn interfaces_the_agent_did_not_register_are_not_counted() {
     require_privileges!();
     let lab = Lab::new().unwrap();
     let dp = Dataplane::load(&lab.pin_dir("dp")).unwrap();
+    register_sender(&dp, SENDER);
 
     assert_eq!(run(&dp, PodProgram::FromPod, &frame(10), 5), TC_ACT_OK);
+    assert_eq!(run(&dp, PodProgram::ToPod, &frame(10), 5), TC_ACT_OK);
 
     let traffic = dp.pod_traffic().unwrap();
     assert_eq!(traffic.get(LOOPBACK_IFINDEX).unwrap(), None);
@@ -148,6 +164,7 @@ fn forwarding_dataplane(lab: &Lab) -> Dataplane {
         )
         .unwrap();
     dp.pod_traffic().unwrap().register(DEST_IFINDEX).unwrap();
+    register_sender(&dp, FORWARDING_SENDER);
     let mut remote = dp.remote_nodes().unwrap();
     remote
         .upsert(
@@ -201,8 +218,11 @@ fn a_spent_ttl_is_left_to_the_host_stack() {
     }
 }
 
+/// The local pod that sends [`to`]'s frames.
+const FORWARDING_SENDER: Ipv4Addr = Ipv4Addr::new(10, 123, 129, 2);
+
 fn to(dst: Ipv4Addr) -> Vec<u8> {
-    udp_frame(Ipv4Addr::new(10, 123, 129, 2), dst, 40000, 53, 20)
+    udp_frame(FORWARDING_SENDER, dst, 40000, 53, 20)
 }
 
 #[test]
@@ -291,4 +311,70 @@ fn from_netdev_delivers_to_local_pods_only() {
     // Never bounced back out: the underlay only delivers, it does not route between nodes.
     let remote = decide(&dp, FROM_NETDEV, &to(Ipv4Addr::new(10, 123, 130, 9)));
     assert_eq!(remote.verdict, TC_ACT_OK);
+}
+
+// Source verification: a pod sends as itself (its address, its veth, its MAC) or not at all.
+
+const TC_ACT_SHOT: u32 = 2;
+
+#[test]
+fn from_pod_drops_what_a_pod_sends_as_someone_else_and_reports_it() {
+    require_privileges!();
+    let lab = Lab::new().unwrap();
+    let dp = forwarding_dataplane(&lab);
+    let mut events = apiary_node_agent::dataplane::PolicyEvents::open(&lab.pin_dir("dp")).unwrap();
+    let local_pod = Ipv4Addr::new(10, 123, 129, 3);
+
+    // As itself: forwarded.
+    assert_eq!(
+        decide(&dp, FROM_POD, &to(local_pod)).verdict,
+        TC_ACT_REDIRECT
+    );
+
+    // Another local pod's address (that pod lives behind another veth).
+    let mut as_other_pod = udp_frame(local_pod, Ipv4Addr::new(10, 123, 129, 4), 40001, 53, 20);
+    assert_eq!(decide(&dp, FROM_POD, &as_other_pod).verdict, TC_ACT_SHOT);
+    // An address no pod of this node has (a remote pod's, the world's).
+    for claimed in [Ipv4Addr::new(10, 123, 130, 9), Ipv4Addr::new(192, 0, 2, 1)] {
+        let frame = udp_frame(claimed, local_pod, 40002, 53, 20);
+        assert_eq!(
+            decide(&dp, FROM_POD, &frame).verdict,
+            TC_ACT_SHOT,
+            "{claimed}"
+        );
+    }
+    // Its own address from another MAC.
+    let mut other_mac = to(local_pod);
+    other_mac[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x66]);
+    assert_eq!(decide(&dp, FROM_POD, &other_mac).verdict, TC_ACT_SHOT);
+    // Non-IPv4 (ARP) is the host's business, as before.
+    as_other_pod[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert_eq!(decide(&dp, FROM_POD, &as_other_pod).verdict, TC_ACT_OK);
+
+    // Four spoofed packets, counted at the sender's endpoint...
+    let drops = apiary_node_agent::dataplane::policy_drops(&lab.pin_dir("dp")).unwrap();
+    let spoofed: u64 = drops
+        .iter()
+        .filter(|(key, _)| {
+            key.reason == apiary_ebpf_common::DROP_SPOOFED && key.endpoint == LOOPBACK_IFINDEX
+        })
+        .map(|(_, packets)| packets)
+        .sum();
+    assert_eq!(spoofed, 4);
+    // ...and reported with the address they claimed.
+    let reported: Vec<(Ipv4Addr, u8)> = events
+        .drain()
+        .iter()
+        .map(|v| (Ipv4Addr::from(v.saddr), v.verdict))
+        .collect();
+    let spoofed = apiary_ebpf_common::VERDICT_SPOOFED;
+    assert_eq!(
+        reported,
+        [
+            (local_pod, spoofed),
+            (Ipv4Addr::new(10, 123, 130, 9), spoofed),
+            (Ipv4Addr::new(192, 0, 2, 1), spoofed),
+            (FORWARDING_SENDER, spoofed),
+        ]
+    );
 }

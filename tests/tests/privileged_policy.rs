@@ -315,3 +315,141 @@ spec:
         .unwrap();
     wait_flowing("the connection back", true);
 }
+
+/// A pod that claims another pod's address (it may add one with `NET_ADMIN`, or forge one with
+/// `NET_RAW`) is stopped at its own veth: the victim's allowances do not become its own, and the
+/// drop is counted and shown by `apiary net observe` as the sender's.
+#[test]
+fn a_pod_cannot_pass_ingress_policy_as_another_pod() {
+    require_privileges!();
+    let cluster = ClusterLab::start(1).unwrap();
+    let node = cluster.nodes()[0].name.clone();
+    cluster
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
+        .unwrap();
+    cluster
+        .apply(&pod(
+            "b",
+            &node,
+            "app: b",
+            "mkdir -p /www && echo b > /www/index.html && exec httpd -f -p 8080 -h /www",
+        ))
+        .unwrap();
+    cluster
+        .apply(&pod("a", &node, "role: client", "exec sleep 3600"))
+        .unwrap();
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: m, namespace: x, labels: {{role: other}}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {IMAGE}
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    securityContext: {{capabilities: {{add: [NET_ADMIN]}}}}
+"#
+        ))
+        .unwrap();
+    for name in ["a", "b", "m"] {
+        cluster
+            .wait_ready("x", name, Duration::from_secs(60))
+            .unwrap();
+    }
+    let ip = |name: &str| {
+        cluster.pod("x", name).unwrap()["status"]["podIP"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (a_ip, b_ip) = (ip("a"), ip("b"));
+    // b takes anything from clients (every protocol, ICMP too), nothing from others.
+    cluster
+        .apply(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-clients, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}]
+"#,
+        )
+        .unwrap();
+    settles(
+        &cluster,
+        "m denied by b's ingress policy",
+        "m",
+        &b_ip,
+        false,
+    );
+    assert!(reaches(&cluster, "a", &b_ip), "a is a client: allowed");
+    let exec_m = |script: &str| {
+        cluster
+            .kubectl(&["exec", "-n", "x", "m", "--", "sh", "-c", script])
+            .unwrap()
+    };
+    // m sends as itself: fine (a has no policy).
+    let own = exec_m(&format!("ping -c 1 -W 2 {a_ip}"));
+    assert!(own.status.success(), "{own:?}");
+
+    // m takes a's address and pings b from it (the replies would go to a: m only needs b to
+    // accept what it sends, as with any one-way UDP message).
+    let spoof = exec_m(&format!(
+        "ip addr add {a_ip}/32 dev eth0 && ping -c 3 -W 1 -I {a_ip} {b_ip}; ip addr del {a_ip}/32 dev eth0"
+    ));
+    assert!(
+        !String::from_utf8_lossy(&spoof.stderr).contains("Operation not permitted"),
+        "{spoof:?}"
+    );
+
+    // The agent reads its ring buffer every 100 ms: wait for m's spoofed packets to show.
+    let spoofed = wait(
+        "m's spoofed packets reported",
+        Duration::from_secs(10),
+        || {
+            let records = observe(&cluster, &["--verdict", "spoofed"]);
+            let found: Vec<_> = records
+                .into_iter()
+                .filter(|r| r["endpoint"] == "x/m" && r["source"]["address"] == a_ip.as_str())
+                .collect();
+            (found.len() >= 3).then_some(found)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}: {:#?}", observe(&cluster, &[])));
+    assert_eq!(spoofed[0]["destination"]["pod"], "x/b", "{spoofed:#?}");
+    assert_eq!(spoofed[0]["source"]["pod"], serde_json::Value::Null);
+    // b's policy never judged (let alone allowed) a packet claiming to be a's.
+    let all = observe(&cluster, &[]);
+    assert!(
+        !all.iter().any(|r| r["endpoint"] == "x/b"
+            && r["source"]["address"] == a_ip.as_str()
+            && r["protocol"] == "ICMP"),
+        "{all:#?}"
+    );
+    let metrics = cluster
+        .kubectl_ok(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{node}/proxy/metrics"),
+        ])
+        .unwrap();
+    let dropped: u64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "apiary_dataplane_drops_total{pod=\"x/m\",direction=\"egress\",reason=\"spoofed\"}",
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no spoofed counter for x/m in:\n{metrics}"));
+    assert!(dropped >= 3, "{metrics}");
+    // a, the real owner, is untouched.
+    assert!(reaches(&cluster, "a", &b_ip), "a still allowed");
+}

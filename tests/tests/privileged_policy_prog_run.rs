@@ -12,7 +12,7 @@ use apiary_ebpf_common::{
 use apiary_node_agent::dataplane::{AllowEntry, Dataplane, PodProgram, PolicyEvents, PolicyMaps};
 use apiary_tests::{
     lab::Lab,
-    packets::{l4_frame, udp_frame},
+    packets::{SOURCE_MAC, l4_frame, udp_frame},
     require_privileges,
 };
 use aya::programs::{TestRun as _, TestRunOptions};
@@ -35,6 +35,19 @@ fn setup() -> Setup {
     let lab = Lab::new().unwrap();
     let pins = lab.pin_dir("dp");
     let dp = Dataplane::load(&pins).unwrap();
+    // The pod that sends the crafted frames: `from_pod` only lets a pod send as itself.
+    dp.endpoints()
+        .unwrap()
+        .upsert(
+            POD,
+            apiary_ebpf_common::Endpoint {
+                host_ifindex: ENDPOINT,
+                flags: 0,
+                pod_mac: SOURCE_MAC,
+                host_mac: [0x02, 0xcc, 0, 0, 0, 0x01],
+            },
+        )
+        .unwrap();
     let mut maps = PolicyMaps::open(&pins).unwrap();
     maps.set_identity(PEER, PEER_IDENTITY).unwrap();
     let events = PolicyEvents::open(&pins).unwrap();

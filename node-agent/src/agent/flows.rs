@@ -5,6 +5,7 @@ use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use apiary_ebpf_common::{
     POLICY_INGRESS, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyVerdict, VERDICT_ALLOWED,
+    VERDICT_SPOOFED,
 };
 
 use crate::{
@@ -59,10 +60,21 @@ pub fn record(node: &str, time: &str, verdict: &PolicyVerdict, names: &FlowNames
         }
     };
     let allowed = verdict.verdict == VERDICT_ALLOWED;
+    let spoofed = verdict.verdict == VERDICT_SPOOFED;
+    let mut source = peer(verdict.saddr, verdict.sport_be);
+    if spoofed {
+        // The address is a claim: naming the pod that owns it would blame the victim.
+        source.pod = None;
+    }
     FlowRecord {
         time: time.to_owned(),
         node: node.to_owned(),
-        verdict: if allowed { "allowed" } else { "denied" }.to_owned(),
+        verdict: match verdict.verdict {
+            VERDICT_ALLOWED => "allowed",
+            VERDICT_SPOOFED => "spoofed",
+            _ => "denied",
+        }
+        .to_owned(),
         direction: if verdict.direction == POLICY_INGRESS {
             "ingress"
         } else {
@@ -77,7 +89,7 @@ pub fn record(node: &str, time: &str, verdict: &PolicyVerdict, names: &FlowNames
             1 => "ICMP".to_owned(),
             other => other.to_string(),
         },
-        source: peer(verdict.saddr, verdict.sport_be),
+        source,
         destination: peer(verdict.daddr, verdict.dport_be),
         peer_identity: verdict.peer_identity,
         policy: match (allowed, verdict.rule_id) {
@@ -141,5 +153,37 @@ mod tests {
         );
         verdict.verdict = VERDICT_DENIED;
         assert_eq!(record("n1", "t", &verdict, &names).policy, None);
+    }
+
+    #[test]
+    fn a_spoofed_packet_names_its_sender_not_the_address_it_claimed() {
+        let mut names = FlowNames::default();
+        names
+            .pods
+            .insert(Ipv4Addr::new(10, 0, 0, 1), "x/victim".to_owned());
+        names.endpoints.insert(9, "x/liar".to_owned());
+        let verdict = PolicyVerdict {
+            saddr: [10, 0, 0, 1],
+            daddr: [10, 0, 0, 2],
+            sport_be: 40000u16.to_be(),
+            dport_be: 80u16.to_be(),
+            protocol: PROTO_TCP,
+            direction: POLICY_EGRESS,
+            verdict: VERDICT_SPOOFED,
+            pad: 0,
+            endpoint: 9,
+            peer_identity: 2,
+            rule_id: 0,
+        };
+        let r = record("n1", "t", &verdict, &names);
+        assert_eq!(
+            (
+                r.verdict.as_str(),
+                r.endpoint.as_deref(),
+                r.source.pod.as_deref(),
+                r.policy
+            ),
+            ("spoofed", Some("x/liar"), None, None)
+        );
     }
 }

@@ -1,9 +1,12 @@
 //! `GET /metrics`: the node's data-plane counters in Prometheus' text format. Today: packets
-//! NetworkPolicy dropped, by pod, direction and reason (`apiary_policy_drops_total`).
+//! the data plane dropped (`apiary_dataplane_drops_total`: NetworkPolicy's and spoofed sources),
+//! by pod, direction and reason, and NetworkPolicy's alone (`apiary_policy_drops_total`).
 
 use std::{fmt::Write as _, sync::Arc};
 
-use apiary_ebpf_common::{DROP_POLICY_DENIED, DROP_UNPARSABLE, POLICY_INGRESS, PolicyDropKey};
+use apiary_ebpf_common::{
+    DROP_POLICY_DENIED, DROP_SPOOFED, DROP_UNPARSABLE, POLICY_INGRESS, PolicyDropKey,
+};
 use axum::{
     extract::State,
     http::header,
@@ -12,9 +15,15 @@ use axum::{
 
 use super::{StreamError, flows::FlowNames, trace::PolicyTracer};
 
-/// The exposition of `drops`, pods named by `names` (endpoints no longer known by their id).
+/// The exposition of `drops`, pods named by `names` (endpoints no longer known by their id):
+/// every drop in `apiary_dataplane_drops_total`, and NetworkPolicy's own also in
+/// `apiary_policy_drops_total`.
 pub fn render(drops: &[(PolicyDropKey, u64)], names: &FlowNames) -> String {
-    let mut text = String::from(
+    let mut dataplane = String::from(
+        "# HELP apiary_dataplane_drops_total Packets the data plane dropped, by pod, direction and reason.\n\
+         # TYPE apiary_dataplane_drops_total counter\n",
+    );
+    let mut policy = String::from(
         "# HELP apiary_policy_drops_total Packets dropped by NetworkPolicy, by pod, direction and reason.\n\
          # TYPE apiary_policy_drops_total counter\n",
     );
@@ -32,15 +41,22 @@ pub fn render(drops: &[(PolicyDropKey, u64)], names: &FlowNames) -> String {
         let reason = match key.reason {
             DROP_POLICY_DENIED => "policy_denied".to_owned(),
             DROP_UNPARSABLE => "unparsable".to_owned(),
+            DROP_SPOOFED => "spoofed".to_owned(),
             other => format!("reason_{other}"),
         };
-        let _ = writeln!(
-            text,
-            "apiary_policy_drops_total{{pod=\"{}\",direction=\"{direction}\",reason=\"{reason}\"}} {packets}",
+        let labels = format!(
+            "pod=\"{}\",direction=\"{direction}\",reason=\"{reason}\"",
             pod.replace('\\', "\\\\").replace('"', "\\\"")
         );
+        let _ = writeln!(
+            dataplane,
+            "apiary_dataplane_drops_total{{{labels}}} {packets}"
+        );
+        if key.reason != DROP_SPOOFED {
+            let _ = writeln!(policy, "apiary_policy_drops_total{{{labels}}} {packets}");
+        }
     }
-    text
+    dataplane + &policy
 }
 
 pub(super) async fn handle(State(tracer): State<Option<Arc<PolicyTracer>>>) -> Response {
@@ -84,6 +100,7 @@ mod tests {
             &[
                 (key(7, POLICY_INGRESS, DROP_POLICY_DENIED), 12),
                 (key(9, POLICY_EGRESS, DROP_UNPARSABLE), 1),
+                (key(7, POLICY_EGRESS, DROP_SPOOFED), 3),
             ],
             &names,
         );
@@ -94,5 +111,14 @@ mod tests {
         assert!(text.contains(
             "apiary_policy_drops_total{pod=\"endpoint:9\",direction=\"egress\",reason=\"unparsable\"} 1\n"
         ));
+        // Spoofing is no policy's verdict: only the data plane's family counts it.
+        assert!(text.contains("# TYPE apiary_dataplane_drops_total counter\n"));
+        assert!(text.contains(
+            "apiary_dataplane_drops_total{pod=\"x/b\",direction=\"egress\",reason=\"spoofed\"} 3\n"
+        ));
+        assert!(text.contains(
+            "apiary_dataplane_drops_total{pod=\"x/b\",direction=\"ingress\",reason=\"policy_denied\"} 12\n"
+        ));
+        assert!(!text.contains("apiary_policy_drops_total{pod=\"x/b\",direction=\"egress\""));
     }
 }
