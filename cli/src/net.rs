@@ -64,6 +64,8 @@ pub enum VerdictFilter {
     Denied,
     /// Dropped because the pod sent it from an address or MAC not its own.
     Spoofed,
+    /// Allowed, but dropped: the pod holds its whole share of remembered flows.
+    FlowTableFull,
 }
 
 #[derive(Debug, clap::Args)]
@@ -301,6 +303,7 @@ fn matches(record: &Value, args: &ObserveArgs) -> bool {
             VerdictFilter::Allowed => "allowed",
             VerdictFilter::Denied => "denied",
             VerdictFilter::Spoofed => "spoofed",
+            VerdictFilter::FlowTableFull => "flow-table-full",
         };
         if record["verdict"] != wanted {
             return false;

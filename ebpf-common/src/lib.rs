@@ -87,10 +87,25 @@ pub const POLICY_ENFORCED: &str = "POLICY_ENFORCED";
 /// else is [`IDENTITY_WORLD`].
 pub const IPCACHE: &str = "IPCACHE";
 
-/// Name of the policy connection tracking (`LRU_HASH`, key: [`PolicyFlowKey`], value: `u32`
-/// reserved): flows an endpoint let through, so that only a flow's first packet is judged and
-/// replies always pass.
-pub const POLICY_CT: &str = "POLICY_CT";
+/// Name of the policy connection tracking (`HASH` without preallocation, key: [`PolicyFlowKey`],
+/// value: [`PolicyFlow`]): flows an endpoint let through, so that only a flow's first packet is
+/// judged and replies always pass.
+///
+/// Not an LRU: with one shared LRU, a pod opening flows as fast as it can evicts every other
+/// pod's entries, and their replies are then judged (and dropped) as new flows. Here nothing is
+/// evicted: the agent removes idle flows ([`FLOW_IDLE_SECONDS`]), and each endpoint may hold at
+/// most [`POLICY_FLOWS_PER_ENDPOINT`] of them ([`POLICY_FLOW_USE`]); past that, its new flows
+/// are dropped ([`DROP_FLOW_TABLE_FULL`]), not anyone's established ones.
+pub const POLICY_FLOWS: &str = "POLICY_FLOWS";
+
+/// Name of the entries each endpoint holds in [`POLICY_FLOWS`] (`HASH`, key: endpoint id `u32`,
+/// value: `u32`): the programs add one per flow they remember; the agent's sweep, which removes
+/// flows, writes the true count back.
+pub const POLICY_FLOW_USE: &str = "POLICY_FLOW_USE";
+
+/// Maps earlier versions pinned and this one no longer uses: removed when the data plane loads
+/// (and by `unpin`). `POLICY_CT` was the LRU that [`POLICY_FLOWS`] replaced.
+pub const OBSOLETE_PINNED_MAPS: &[&str] = &["POLICY_CT"];
 
 /// Name of the verdict ring buffer (`RINGBUF` of [`PolicyVerdict`] records): one per new flow at
 /// an enforcing endpoint.
@@ -118,7 +133,8 @@ pub const PINNED_MAPS: &[&str] = &[
     POLICY_CIDR,
     POLICY_ENFORCED,
     IPCACHE,
-    POLICY_CT,
+    POLICY_FLOWS,
+    POLICY_FLOW_USE,
     POLICY_EVENTS,
     POLICY_DROPS,
 ];
@@ -145,8 +161,14 @@ pub const POLICY_CIDR_MAX_ENTRIES: u32 = 65536;
 pub const POLICY_ENFORCED_MAX_ENTRIES: u32 = 4096;
 /// Capacity of [`IPCACHE`]: the cluster's pods and nodes.
 pub const IPCACHE_MAX_ENTRIES: u32 = 262144;
-/// Capacity of [`POLICY_CT`].
-pub const POLICY_CT_MAX_ENTRIES: u32 = 262144;
+/// Capacity of [`POLICY_FLOWS`].
+pub const POLICY_FLOWS_MAX_ENTRIES: u32 = 262144;
+/// The flows one endpoint may hold in [`POLICY_FLOWS`]: a sixteenth of it, so that it takes
+/// sixteen pods flooding at once to fill the table for the others' new flows (and no number of
+/// them evicts an established one).
+pub const POLICY_FLOWS_PER_ENDPOINT: u32 = POLICY_FLOWS_MAX_ENTRIES / 16;
+/// Capacity of [`POLICY_FLOW_USE`]: one entry per enforcing endpoint.
+pub const POLICY_FLOW_USE_MAX_ENTRIES: u32 = POLICY_ENFORCED_MAX_ENTRIES;
 /// Capacity of [`POLICY_DROPS`].
 pub const POLICY_DROPS_MAX_ENTRIES: u32 = 16384;
 /// Size of [`POLICY_EVENTS`] in bytes (a power of two, a multiple of the page size).
@@ -404,7 +426,7 @@ pub struct PolicyCidrData {
 
 const _: () = assert!(core::mem::size_of::<PolicyCidrData>() == 12);
 
-/// Key of [`POLICY_CT`]: a flow as one endpoint saw it pass.
+/// Key of [`POLICY_FLOWS`]: a flow as one endpoint saw it pass.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyFlowKey {
@@ -420,6 +442,56 @@ pub struct PolicyFlowKey {
 
 const _: () = assert!(core::mem::size_of::<PolicyFlowKey>() == 20);
 
+/// Value of [`POLICY_FLOWS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyFlow {
+    /// When a packet of the flow (either way) last passed, in seconds of `CLOCK_MONOTONIC`
+    /// (`bpf_ktime_get_coarse_ns`).
+    pub last_seen: u32,
+    /// `FLOW_*` bits.
+    pub flags: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<PolicyFlow>() == 8);
+
+/// [`PolicyFlow::flags`]: a packet answering the flow passed (TCP: the connection is
+/// established, not a lone SYN).
+pub const FLOW_REPLIED: u32 = 1;
+/// [`PolicyFlow::flags`]: a TCP FIN or RST passed; the connection is closing.
+pub const FLOW_CLOSING: u32 = 1 << 1;
+
+/// How long a flow of [`POLICY_FLOWS`] may go without a packet before the agent forgets it
+/// (Cilium's connection-tracking lifetimes): `(flags, protocol) → seconds`. An established TCP
+/// connection lasts 6 hours idle; one closing, 10 s; a SYN nobody answered, and any other
+/// protocol's flow, 60 s.
+pub const fn flow_idle_seconds(flags: u32, protocol: u8) -> u32 {
+    if protocol != PROTO_TCP {
+        FLOW_IDLE_SECONDS.other
+    } else if flags & FLOW_CLOSING != 0 {
+        FLOW_IDLE_SECONDS.tcp_closing
+    } else if flags & FLOW_REPLIED != 0 {
+        FLOW_IDLE_SECONDS.tcp_established
+    } else {
+        FLOW_IDLE_SECONDS.other
+    }
+}
+
+/// The lifetimes [`flow_idle_seconds`] chooses from.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowIdleSeconds {
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub other: u32,
+}
+
+/// Cilium's defaults (`bpf-ct-timeout-regular-tcp`, `-tcp-fin`, `-regular-any`).
+pub const FLOW_IDLE_SECONDS: FlowIdleSeconds = FlowIdleSeconds {
+    tcp_established: 6 * 3600,
+    tcp_closing: 10,
+    other: 60,
+};
+
 /// [`PolicyVerdict::verdict`]: let through.
 pub const VERDICT_ALLOWED: u8 = 1;
 /// [`PolicyVerdict::verdict`]: dropped.
@@ -427,6 +499,9 @@ pub const VERDICT_DENIED: u8 = 0;
 /// [`PolicyVerdict::verdict`]: dropped before any policy, because the pod sent it with an address
 /// (or MAC) that is not its own ([`DROP_SPOOFED`]).
 pub const VERDICT_SPOOFED: u8 = 2;
+/// [`PolicyVerdict::verdict`]: allowed by a rule, but dropped because the endpoint could not
+/// remember one more flow ([`DROP_FLOW_TABLE_FULL`]).
+pub const VERDICT_FLOW_TABLE_FULL: u8 = 3;
 
 /// A record of [`POLICY_EVENTS`]: the first packet of a flow at an enforcing endpoint, or a
 /// spoofed packet at any endpoint.
@@ -440,7 +515,8 @@ pub struct PolicyVerdict {
     pub protocol: u8,
     /// [`POLICY_INGRESS`] or [`POLICY_EGRESS`], at `endpoint`.
     pub direction: u8,
-    /// [`VERDICT_ALLOWED`], [`VERDICT_DENIED`] or [`VERDICT_SPOOFED`].
+    /// [`VERDICT_ALLOWED`], [`VERDICT_DENIED`], [`VERDICT_SPOOFED`] or
+    /// [`VERDICT_FLOW_TABLE_FULL`].
     pub verdict: u8,
     /// Reserved, zero.
     pub pad: u8,
@@ -462,6 +538,9 @@ pub const DROP_UNPARSABLE: u8 = 2;
 /// from its own MAC (counted at the sender, direction [`POLICY_EGRESS`]). Every endpoint checks
 /// this, enforcing policy or not: policy judges peers by their source address.
 pub const DROP_SPOOFED: u8 = 3;
+/// [`PolicyDropKey::reason`]: the endpoint holds its whole share of [`POLICY_FLOWS`] (or the
+/// table is full), so a new flow it would have to remember is dropped.
+pub const DROP_FLOW_TABLE_FULL: u8 = 4;
 
 /// Key of [`POLICY_DROPS`].
 #[repr(C)]
@@ -624,6 +703,9 @@ unsafe impl aya::Pod for PolicyVerdict {}
 // SAFETY: as for `Endpoint`.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PolicyDropKey {}
+// SAFETY: as for `Endpoint`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PolicyFlow {}
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,10 @@
 //! One module per attach point. Programs stay thin: the exported function maps a
 //! `Result<i32, i32>` from its `try_` twin to a TC verdict.
 #![no_std]
+// `atomic_xadd`: the BPF target has no `AtomicU32`, and the per-endpoint flow count needs an
+// atomic add.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 #![no_main]
 
 mod forward;

@@ -4,11 +4,12 @@ use apiary_ebpf_common::{
     AFFINITY_MAX_ENTRIES, AffinityKey, AffinityValue, BACKENDS_MAX_ENTRIES, Backend,
     CT_MAX_ENTRIES, CtKey, CtValue, ENDPOINTS_MAX_ENTRIES, Endpoint, IPCACHE_MAX_ENTRIES,
     LOCAL_NETNS_MAX_ENTRIES, MAGLEV_MAX_ENTRIES, MaglevTable, NODE_ADDRS_MAX_ENTRIES, NodeConfig,
-    POD_TRAFFIC_MAX_ENTRIES, POLICY_CIDR_MAX_ENTRIES, POLICY_CT_MAX_ENTRIES,
-    POLICY_DROPS_MAX_ENTRIES, POLICY_ENFORCED_MAX_ENTRIES, POLICY_EVENTS_BYTES, POLICY_MAX_ENTRIES,
-    PodTraffic, PolicyCidrData, PolicyData, PolicyDropKey, PolicyFlowKey, PolicyValue,
-    REMOTE_NODES_MAX_ENTRIES, RemoteNode, SERVICES_MAX_ENTRIES, SOCK_REVNAT_MAX_ENTRIES,
-    ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
+    POD_TRAFFIC_MAX_ENTRIES, POLICY_CIDR_MAX_ENTRIES, POLICY_DROPS_MAX_ENTRIES,
+    POLICY_ENFORCED_MAX_ENTRIES, POLICY_EVENTS_BYTES, POLICY_FLOW_USE_MAX_ENTRIES,
+    POLICY_FLOWS_MAX_ENTRIES, POLICY_MAX_ENTRIES, PodTraffic, PolicyCidrData, PolicyData,
+    PolicyDropKey, PolicyFlow, PolicyFlowKey, PolicyValue, REMOTE_NODES_MAX_ENTRIES, RemoteNode,
+    SERVICES_MAX_ENTRIES, SOCK_REVNAT_MAX_ENTRIES, ServiceKey, ServiceValue, SockRevNatKey,
+    SockRevNatValue,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -91,11 +92,16 @@ pub static POLICY_ENFORCED: HashMap<u32, u32> = HashMap::pinned(POLICY_ENFORCED_
 #[map(name = "IPCACHE")]
 pub static IPCACHE: HashMap<[u8; 4], u32> = HashMap::pinned(IPCACHE_MAX_ENTRIES, 0);
 
-/// Flows the enforcing endpoints let through.
-#[map(name = "POLICY_CT")]
-pub static POLICY_CT: LruHashMap<PolicyFlowKey, u32> = LruHashMap::pinned(POLICY_CT_MAX_ENTRIES, 0);
+/// Flows the enforcing endpoints let through. Not preallocated: most nodes hold a few thousand.
+#[map(name = "POLICY_FLOWS")]
+pub static POLICY_FLOWS: HashMap<PolicyFlowKey, PolicyFlow> =
+    HashMap::pinned(POLICY_FLOWS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// Packets NetworkPolicy dropped, by endpoint, direction and reason.
+/// How many entries of `POLICY_FLOWS` each endpoint holds.
+#[map(name = "POLICY_FLOW_USE")]
+pub static POLICY_FLOW_USE: HashMap<u32, u32> = HashMap::pinned(POLICY_FLOW_USE_MAX_ENTRIES, 0);
+
+/// Packets NetworkPolicy and source verification dropped, by endpoint, direction and reason.
 #[map(name = "POLICY_DROPS")]
 pub static POLICY_DROPS: PerCpuHashMap<PolicyDropKey, u64> =
     PerCpuHashMap::pinned(POLICY_DROPS_MAX_ENTRIES, 0);

@@ -5,9 +5,9 @@
 use std::net::Ipv4Addr;
 
 use apiary_ebpf_common::{
-    IDENTITY_ANY, IDENTITY_WORLD, POLICY_EGRESS, POLICY_EGRESS_ENFORCED, POLICY_INGRESS,
-    POLICY_INGRESS_ENFORCED, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyVerdict, VERDICT_ALLOWED,
-    VERDICT_DENIED,
+    DROP_FLOW_TABLE_FULL, IDENTITY_ANY, IDENTITY_WORLD, POLICY_EGRESS, POLICY_EGRESS_ENFORCED,
+    POLICY_FLOWS_MAX_ENTRIES, POLICY_FLOWS_PER_ENDPOINT, POLICY_INGRESS, POLICY_INGRESS_ENFORCED,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyVerdict, VERDICT_ALLOWED, VERDICT_DENIED,
 };
 use apiary_node_agent::dataplane::{AllowEntry, Dataplane, PodProgram, PolicyEvents, PolicyMaps};
 use apiary_tests::{
@@ -443,4 +443,197 @@ fn compiled_policies_decide_in_the_programs_as_the_compiler_does() {
         rules.rule(allowed.rule_id).map(|r| r.policy.as_str()),
         Some("to-b")
     );
+}
+
+// The flows endpoints remember: no endpoint's flood evicts another's, each holds at most its
+// share, and the agent's sweep forgets idle ones.
+
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// Seconds of the programs' clock.
+fn now() -> u32 {
+    apiary_node_agent::agent::flow_sweep::now_seconds().unwrap()
+}
+
+/// Local pod `i` of the flood (10.123.131.i behind ifindex 100 + i), taking anything from the
+/// peer's identity.
+fn flooded_endpoint(s: &mut Setup, i: u8) -> (Ipv4Addr, u32) {
+    let (ip, ifindex) = (Ipv4Addr::new(10, 123, 131, i), 100 + u32::from(i));
+    s.dp.endpoints()
+        .unwrap()
+        .upsert(
+            ip,
+            apiary_ebpf_common::Endpoint {
+                host_ifindex: ifindex,
+                flags: 0,
+                pod_mac: [0x02, 0xaa, 0, 0, 0, i],
+                host_mac: [0x02, 0xbb, 0, 0, 0, i],
+            },
+        )
+        .unwrap();
+    s.maps
+        .set_enforcement(ifindex, POLICY_INGRESS_ENFORCED)
+        .unwrap();
+    s.maps
+        .allow(
+            &AllowEntry {
+                endpoint: ifindex,
+                ..entry(PEER_IDENTITY, POLICY_INGRESS, 0, 0, 0)
+            },
+            9,
+        )
+        .unwrap();
+    (ip, ifindex)
+}
+
+/// A datagram from the peer (another node's pod) to `dst`, as the underlay delivers it.
+fn from_peer(s: &Setup, dst: Ipv4Addr, sport: u16) -> u32 {
+    let opts = TestRunOptions {
+        data_in: Some(&udp_frame(PEER, dst, sport, 9000, 0)),
+        repeat: 1,
+        ..Default::default()
+    };
+    s.dp.program_named(apiary_node_agent::dataplane::FROM_NETDEV)
+        .unwrap()
+        .test_run(opts)
+        .unwrap()
+        .return_value
+}
+
+#[test]
+fn a_flood_of_flows_evicts_nobody_else_s_and_stops_at_the_endpoint_s_share() {
+    require_privileges!();
+    let mut s = setup();
+    // The pod talks to the peer on UDP 53 and takes nothing unsolicited: its replies pass only
+    // while its flow is remembered.
+    s.maps
+        .set_enforcement(ENDPOINT, POLICY_EGRESS_ENFORCED | POLICY_INGRESS_ENFORCED)
+        .unwrap();
+    s.maps
+        .allow(&entry(PEER_IDENTITY, POLICY_EGRESS, PROTO_UDP, 53, 16), 1)
+        .unwrap();
+    assert_eq!(egress(&s.dp, PEER, 40000, 53), TC_ACT_OK);
+    let reply = |s: &Setup| {
+        run(
+            &s.dp,
+            PodProgram::ToPod,
+            &udp_frame(PEER, POD, 53, 40000, 8),
+        )
+    };
+    assert_eq!(reply(&s), TC_ACT_OK, "the reply of a remembered flow");
+
+    // The peer opens new flows to 17 other pods as fast as it can: more than the whole table
+    // holds.
+    let share = POLICY_FLOWS_PER_ENDPOINT as u16;
+    let mut flooded = Vec::new();
+    for i in 0..17 {
+        let (ip, ifindex) = flooded_endpoint(&mut s, i);
+        let mut let_in = 0u32;
+        for sport in 1..=share {
+            if from_peer(&s, ip, sport) == TC_ACT_REDIRECT {
+                let_in += 1;
+            }
+        }
+        flooded.push((ip, ifindex, let_in));
+    }
+    // Each pod took its share, until the table was full (16 shares fill it, the first pod's
+    // flow included): the rest were dropped.
+    let let_in: u32 = flooded.iter().map(|(_, _, n)| n).sum();
+    assert_eq!(let_in, POLICY_FLOWS_MAX_ENTRIES - 1);
+    assert_eq!(flooded[0].2, POLICY_FLOWS_PER_ENDPOINT);
+    assert_eq!(flooded[16].2, 0, "nothing left for the 17th");
+    assert_eq!(
+        s.maps.flows_held(flooded[0].1).unwrap(),
+        POLICY_FLOWS_PER_ENDPOINT
+    );
+
+    // The pod's own flow survived all of it.
+    assert_eq!(reply(&s), TC_ACT_OK, "the pod's flow outlived the flood");
+    // A flooded pod's remembered flows go on; a new one past its share is dropped, and counted.
+    let (ip, ifindex, _) = flooded[0];
+    assert_eq!(from_peer(&s, ip, 1), TC_ACT_REDIRECT, "remembered");
+    assert_eq!(from_peer(&s, ip, share + 1), TC_ACT_SHOT, "past the share");
+    let full: u64 = apiary_node_agent::dataplane::policy_drops(s.dp.pin_dir())
+        .unwrap()
+        .iter()
+        .filter(|(key, _)| key.endpoint == ifindex && key.reason == DROP_FLOW_TABLE_FULL)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(full, 1);
+
+    // A minute later every one of those UDP flows is idle: the sweep forgets them, and the
+    // shares are free again.
+    let sweep = s.maps.sweep_flows(now() + 61).unwrap();
+    assert_eq!(
+        (sweep.kept, sweep.removed),
+        (0, POLICY_FLOWS_MAX_ENTRIES as usize)
+    );
+    assert_eq!(s.maps.flows_held(ifindex).unwrap(), 0);
+    assert_eq!(from_peer(&s, ip, share + 1), TC_ACT_REDIRECT);
+    assert_eq!(s.maps.flows_held(ifindex).unwrap(), 1);
+}
+
+#[test]
+fn the_sweep_keeps_flows_for_their_lifetime_by_protocol_and_tcp_state() {
+    require_privileges!();
+    let mut s = setup();
+    s.maps
+        .set_enforcement(ENDPOINT, POLICY_EGRESS_ENFORCED | POLICY_INGRESS_ENFORCED)
+        .unwrap();
+    s.maps
+        .allow(&entry(PEER_IDENTITY, POLICY_EGRESS, 0, 0, 0), 1)
+        .unwrap();
+    let tcp = |from: Ipv4Addr, to: Ipv4Addr, sport: u16, dport: u16, flags: u8| {
+        let mut frame = l4_frame(PROTO_TCP, from, to, sport, dport, 0);
+        frame[14 + 20 + 13] = flags;
+        frame
+    };
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const FIN: u8 = 0x01;
+    // 41000: established (SYN answered). 41001: a SYN nobody answered. 41002: established, then
+    // closed. 41003: UDP.
+    for sport in [41000, 41001, 41002] {
+        let syn = tcp(POD, PEER, sport, 80, SYN);
+        assert_eq!(run(&s.dp, PodProgram::FromPod, &syn), TC_ACT_OK);
+    }
+    for sport in [41000, 41002] {
+        let syn_ack = tcp(PEER, POD, 80, sport, SYN | ACK);
+        assert_eq!(run(&s.dp, PodProgram::ToPod, &syn_ack), TC_ACT_OK);
+    }
+    let fin = tcp(POD, PEER, 41002, 80, FIN | ACK);
+    assert_eq!(run(&s.dp, PodProgram::FromPod, &fin), TC_ACT_OK);
+    assert_eq!(egress(&s.dp, PEER, 41003, 53), TC_ACT_OK);
+
+    let remembered = |s: &Setup| -> Vec<u16> {
+        let mut ports: Vec<u16> = s
+            .maps
+            .tracked_flows()
+            .unwrap()
+            .iter()
+            .map(|f| u16::from_be(f.sport_be))
+            .collect();
+        ports.sort_unstable();
+        ports
+    };
+    let t = now();
+    assert_eq!(s.maps.sweep_flows(t + 5).unwrap().removed, 0);
+    assert_eq!(remembered(&s), [41000, 41001, 41002, 41003]);
+    // Closing: 10 s.
+    s.maps.sweep_flows(t + 12).unwrap();
+    assert_eq!(remembered(&s), [41000, 41001, 41003]);
+    // Unanswered SYN and UDP: 60 s.
+    s.maps.sweep_flows(t + 62).unwrap();
+    assert_eq!(remembered(&s), [41000]);
+    // Established TCP: 6 hours.
+    s.maps.sweep_flows(t + 3 * 3600).unwrap();
+    assert_eq!(remembered(&s), [41000]);
+    s.maps.sweep_flows(t + 6 * 3600 + 2).unwrap();
+    assert!(remembered(&s).is_empty());
+
+    // An endpoint that stops enforcing has nothing to remember.
+    assert_eq!(egress(&s.dp, PEER, 41004, 53), TC_ACT_OK);
+    s.maps.set_enforcement(ENDPOINT, 0).unwrap();
+    let sweep = s.maps.sweep_flows(now()).unwrap();
+    assert_eq!((sweep.kept, sweep.removed), (0, 1));
 }

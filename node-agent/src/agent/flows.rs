@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use apiary_ebpf_common::{
     POLICY_INGRESS, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyVerdict, VERDICT_ALLOWED,
-    VERDICT_SPOOFED,
+    VERDICT_FLOW_TABLE_FULL, VERDICT_SPOOFED,
 };
 
 use crate::{
@@ -72,6 +72,7 @@ pub fn record(node: &str, time: &str, verdict: &PolicyVerdict, names: &FlowNames
         verdict: match verdict.verdict {
             VERDICT_ALLOWED => "allowed",
             VERDICT_SPOOFED => "spoofed",
+            VERDICT_FLOW_TABLE_FULL => "flow-table-full",
             _ => "denied",
         }
         .to_owned(),

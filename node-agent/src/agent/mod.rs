@@ -5,6 +5,7 @@ pub mod client_certificate;
 pub mod context;
 pub mod dns_endpoint;
 pub mod env;
+pub mod flow_sweep;
 pub mod flows;
 pub mod health;
 pub mod identities;

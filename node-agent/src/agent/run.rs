@@ -262,6 +262,7 @@ async fn run_registered(
         config.pin_dir.clone(),
         Arc::clone(&flow_names),
     ));
+    tokio::spawn(super::flow_sweep::run(config.pin_dir.clone()));
     tokio::spawn(super::flows::follow(
         ctx.node.name.clone(),
         config.pin_dir.clone(),

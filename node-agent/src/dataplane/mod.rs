@@ -33,7 +33,7 @@ use aya::{
 pub use endpoints::EndpointMap;
 pub use node_config::NodeConfigMap;
 pub use pod_traffic::PodTrafficMap;
-pub use policy::{AllowEntry, PolicyEvents, PolicyMaps, policy_drops};
+pub use policy::{AllowEntry, FlowSweep, PolicyEvents, PolicyMaps, policy_drops};
 pub use remote_nodes::RemoteNodeMap;
 pub use services::{CtMap, LocalNetnsMap, NodeAddrsMap, ServiceMaps};
 pub use sock_destroy::destroy_udp_sockets_to;
@@ -182,6 +182,7 @@ impl Dataplane {
     /// (so counters survive an agent restart) or pinning new ones there.
     pub fn load(pin_dir: &Path) -> Result<Self> {
         bpffs::prepare_pin_dir(pin_dir)?;
+        remove_pins(pin_dir, apiary_ebpf_common::OBSOLETE_PINNED_MAPS)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(EBPF_OBJECT)
@@ -445,14 +446,11 @@ pub fn unpin(pin_dir: &Path) -> Result<Vec<PathBuf>> {
         source,
     };
     let mut removed = detach_socket_lb(pin_dir)?;
-    for map in apiary_ebpf_common::PINNED_MAPS {
-        let pin = pin_dir.join(map);
-        match std::fs::remove_file(&pin) {
-            Ok(()) => removed.push(pin),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(bpffs_err(e)),
-        }
-    }
+    removed.extend(remove_pins(pin_dir, apiary_ebpf_common::PINNED_MAPS)?);
+    removed.extend(remove_pins(
+        pin_dir,
+        apiary_ebpf_common::OBSOLETE_PINNED_MAPS,
+    )?);
     match std::fs::remove_dir(pin_dir) {
         Ok(()) => removed.push(pin_dir.to_owned()),
         // Gone already, or something else is pinned there: leave it.
@@ -462,6 +460,25 @@ pub fn unpin(pin_dir: &Path) -> Result<Vec<PathBuf>> {
                 io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
             ) => {}
         Err(e) => return Err(bpffs_err(e)),
+    }
+    Ok(removed)
+}
+
+/// Removes the pins of `maps` from `pin_dir`; returns the ones that were there.
+fn remove_pins(pin_dir: &Path, maps: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for map in maps {
+        let pin = pin_dir.join(map);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => removed.push(pin),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Bpffs {
+                    path: pin_dir.to_owned(),
+                    source,
+                });
+            }
+        }
     }
     Ok(removed)
 }

@@ -1,18 +1,18 @@
 //! Typed access to the NetworkPolicy maps: allow entries (`POLICY`), `ipBlock` classes
 //! (`POLICY_CIDR`), per-endpoint enforcement (`POLICY_ENFORCED`), the address → identity map
-//! (`IPCACHE`), the flows let through (`POLICY_CT`) and the verdict ring buffer
-//! (`POLICY_EVENTS`).
+//! (`IPCACHE`), the flows let through (`POLICY_FLOWS`, with each endpoint's count in
+//! `POLICY_FLOW_USE`) and the verdict ring buffer (`POLICY_EVENTS`).
 //!
 //! Writers follow the policy plan's order (allow entries before enforcement, enforcement before
 //! removals), so that nothing both the old and the new policy allow is ever dropped mid-update.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use apiary_ebpf_common::{
-    IPCACHE, POLICY, POLICY_CIDR, POLICY_CIDR_PREFIX_BASE, POLICY_CT, POLICY_CT_MAX_ENTRIES,
-    POLICY_DROPS, POLICY_ENFORCED, POLICY_EVENTS, POLICY_PREFIX_ANY_PROTOCOL,
-    POLICY_PREFIX_PROTOCOL, PolicyCidrData, PolicyData, PolicyDropKey, PolicyFlowKey, PolicyValue,
-    PolicyVerdict,
+    IPCACHE, POLICY, POLICY_CIDR, POLICY_CIDR_PREFIX_BASE, POLICY_DROPS, POLICY_ENFORCED,
+    POLICY_EVENTS, POLICY_FLOW_USE, POLICY_FLOWS, POLICY_FLOWS_MAX_ENTRIES,
+    POLICY_PREFIX_ANY_PROTOCOL, POLICY_PREFIX_PROTOCOL, PolicyCidrData, PolicyData, PolicyDropKey,
+    PolicyFlow, PolicyFlowKey, PolicyValue, PolicyVerdict, flow_idle_seconds,
 };
 use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuHashMap, RingBuf, lpm_trie::Key};
 
@@ -64,7 +64,17 @@ pub struct PolicyMaps {
     cidrs: LpmTrie<MapData, PolicyCidrData, u32>,
     enforced: HashMap<MapData, u32, u32>,
     ipcache: HashMap<MapData, [u8; 4], u32>,
-    flows: HashMap<MapData, PolicyFlowKey, u32>,
+    flows: HashMap<MapData, PolicyFlowKey, PolicyFlow>,
+    flow_use: HashMap<MapData, u32, u32>,
+}
+
+/// What one [`PolicyMaps::sweep_flows`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSweep {
+    /// Flows still remembered.
+    pub kept: usize,
+    /// Flows forgotten: idle past their lifetime, or of an endpoint that no longer enforces.
+    pub removed: usize,
 }
 
 impl std::fmt::Debug for PolicyMaps {
@@ -85,8 +95,10 @@ impl PolicyMaps {
             enforced: HashMap::try_from(Map::HashMap(lpm(POLICY_ENFORCED)?))
                 .map_err(map_err(POLICY_ENFORCED))?,
             ipcache: HashMap::try_from(Map::HashMap(lpm(IPCACHE)?)).map_err(map_err(IPCACHE))?,
-            flows: HashMap::try_from(Map::LruHashMap(lpm(POLICY_CT)?))
-                .map_err(map_err(POLICY_CT))?,
+            flows: HashMap::try_from(Map::HashMap(lpm(POLICY_FLOWS)?))
+                .map_err(map_err(POLICY_FLOWS))?,
+            flow_use: HashMap::try_from(Map::HashMap(lpm(POLICY_FLOW_USE)?))
+                .map_err(map_err(POLICY_FLOW_USE))?,
         })
     }
 
@@ -170,19 +182,29 @@ impl PolicyMaps {
         }
     }
 
-    /// The flows the endpoints let through (a snapshot: the programs add and the LRU evicts
-    /// meanwhile; a walk disturbed by an eviction may see a flow twice, never more than the
-    /// map can hold).
+    /// The flows the endpoints let through (a snapshot: the programs add meanwhile; a walk
+    /// disturbed by a removal may see a flow twice, never more than the map can hold).
     pub fn tracked_flows(&self) -> Result<Vec<PolicyFlowKey>> {
         let mut flows = Vec::new();
-        for key in self.flows.keys().take(POLICY_CT_MAX_ENTRIES as usize) {
+        for key in self.flows.keys().take(POLICY_FLOWS_MAX_ENTRIES as usize) {
             match key {
                 Ok(key) => flows.push(key),
                 Err(e) if is_not_found(&e) => break,
-                Err(e) => return Err(map_err(POLICY_CT)(e)),
+                Err(e) => return Err(map_err(POLICY_FLOWS)(e)),
             }
         }
+        flows.sort_unstable_by_key(|f| (f.endpoint, f.saddr, f.daddr, f.sport_be, f.dport_be));
+        flows.dedup();
         Ok(flows)
+    }
+
+    /// A remembered flow's state.
+    pub fn flow(&self, flow: &PolicyFlowKey) -> Result<Option<PolicyFlow>> {
+        match self.flows.get(flow, 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(map_err(POLICY_FLOWS)(e)),
+        }
     }
 
     /// Forgets a flow: its next packet is judged again. Returns whether it was tracked.
@@ -190,8 +212,64 @@ impl PolicyMaps {
         match self.flows.remove(flow) {
             Ok(()) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(map_err(POLICY_CT)(e)),
+            Err(e) => Err(map_err(POLICY_FLOWS)(e)),
         }
+    }
+
+    /// How many flows `endpoint` holds, as the programs count them against its share.
+    pub fn flows_held(&self, endpoint: u32) -> Result<u32> {
+        match self.flow_use.get(&endpoint, 0) {
+            Ok(count) => Ok(count),
+            Err(e) if is_not_found(&e) => Ok(0),
+            Err(e) => Err(map_err(POLICY_FLOW_USE)(e)),
+        }
+    }
+
+    /// Forgets the flows idle past their lifetime at `now` (seconds of `CLOCK_MONOTONIC`, the
+    /// programs' clock) and those of endpoints that no longer enforce anything, then writes each
+    /// endpoint's true count back to `POLICY_FLOW_USE` (the programs only ever add to it).
+    pub fn sweep_flows(&mut self, now: u32) -> Result<FlowSweep> {
+        let mut sweep = FlowSweep::default();
+        let mut held: BTreeMap<u32, u32> = BTreeMap::new();
+        for key in self.tracked_flows()? {
+            let Some(flow) = self.flow(&key)? else {
+                continue;
+            };
+            let enforcing = matches!(self.enforced.get(&key.endpoint, 0), Ok(flags) if flags != 0);
+            let idle = now.saturating_sub(flow.last_seen);
+            if !enforcing || idle > flow_idle_seconds(flow.flags, key.protocol) {
+                if self.forget_flow(&key)? {
+                    sweep.removed += 1;
+                }
+            } else {
+                sweep.kept += 1;
+                *held.entry(key.endpoint).or_default() += 1;
+            }
+        }
+        // Counted while the programs went on adding: a flow remembered during the walk may be
+        // missed until the next sweep, which lets an endpoint go past its share by that much.
+        let mut stale = Vec::new();
+        for endpoint in self.flow_use.keys().take(POLICY_FLOWS_MAX_ENTRIES as usize) {
+            match endpoint {
+                Ok(endpoint) if !held.contains_key(&endpoint) => stale.push(endpoint),
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => break,
+                Err(e) => return Err(map_err(POLICY_FLOW_USE)(e)),
+            }
+        }
+        for endpoint in stale {
+            match self.flow_use.remove(&endpoint) {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(map_err(POLICY_FLOW_USE)(e)),
+            }
+        }
+        for (endpoint, count) in held {
+            self.flow_use
+                .insert(endpoint, count, 0)
+                .map_err(map_err(POLICY_FLOW_USE))?;
+        }
+        Ok(sweep)
     }
 }
 

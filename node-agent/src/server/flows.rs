@@ -39,7 +39,8 @@ pub struct FlowRecord {
     /// When the agent read it (RFC 3339).
     pub time: String,
     pub node: String,
-    /// `allowed` or `denied`.
+    /// `allowed`, `denied` (by policy), `spoofed` (sent from an address or MAC not the pod's)
+    /// or `flow-table-full` (allowed, but the pod holds its whole share of remembered flows).
     pub verdict: String,
     /// `ingress` or `egress`, at `endpoint`.
     pub direction: String,

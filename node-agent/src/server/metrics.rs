@@ -5,7 +5,8 @@
 use std::{fmt::Write as _, sync::Arc};
 
 use apiary_ebpf_common::{
-    DROP_POLICY_DENIED, DROP_SPOOFED, DROP_UNPARSABLE, POLICY_INGRESS, PolicyDropKey,
+    DROP_FLOW_TABLE_FULL, DROP_POLICY_DENIED, DROP_SPOOFED, DROP_UNPARSABLE, POLICY_INGRESS,
+    PolicyDropKey,
 };
 use axum::{
     extract::State,
@@ -42,6 +43,7 @@ pub fn render(drops: &[(PolicyDropKey, u64)], names: &FlowNames) -> String {
             DROP_POLICY_DENIED => "policy_denied".to_owned(),
             DROP_UNPARSABLE => "unparsable".to_owned(),
             DROP_SPOOFED => "spoofed".to_owned(),
+            DROP_FLOW_TABLE_FULL => "flow_table_full".to_owned(),
             other => format!("reason_{other}"),
         };
         let labels = format!(
