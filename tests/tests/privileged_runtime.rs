@@ -1272,3 +1272,80 @@ fn host_ipc_shares_the_nodes_ipc_namespace_and_shared_memory() {
         });
     }
 }
+
+#[test]
+fn fs_group_owns_volume_files_and_lets_a_non_root_container_read_and_share_them() {
+    require_privileges!();
+    use apiary_api::core_v1::{
+        ConfigMap, ConfigMapVolumeSource, EmptyDirVolumeSource, Pod, PodSecurityContext, Volume,
+    };
+    use apiary_node_agent::agent::{env, volumes};
+    const FS_GROUP: u32 = 2345;
+    let fx = Fixture::new();
+    let mut pod = Pod::default();
+    pod.metadata.name = "p".into();
+    pod.metadata.namespace = "ns".into();
+    pod.spec.security_context = Some(PodSecurityContext {
+        fs_group: Some(FS_GROUP.into()),
+        ..PodSecurityContext::default()
+    });
+    pod.spec.volumes = vec![
+        Volume {
+            name: "data".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+        Volume {
+            name: "cfg".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: "app".into(),
+                default_mode: Some(0o400),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    let mut cm = ConfigMap::default();
+    cm.data.insert("a.conf".into(), "for the group".into());
+    let mut sources = env::Sources::default();
+    sources.config_maps.insert("app".into(), Some(cm));
+    let pod_dir = fx.dir.path().join("pod");
+    let prepared = volumes::prepare(
+        &pod,
+        &pod_dir,
+        &env::PodFacts::default(),
+        &sources,
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    block_on(async {
+        let mut spec = fx.spec(
+            "fs-group",
+            &[
+                "sh",
+                "-c",
+                "cat /cfg/a.conf; echo; touch /data/new && ls -ln /data/new",
+            ],
+        );
+        spec.uid = 1000;
+        spec.gid = 1000;
+        spec.security.supplementary_groups = vec![FS_GROUP];
+        spec.mounts = ["data", "cfg"]
+            .iter()
+            .map(|name| Mount {
+                source: prepared[*name].host_path.clone(),
+                destination: format!("/{name}").into(),
+                read_only: prepared[*name].read_only,
+            })
+            .collect();
+        let exit = run_to_exit(&fx, &spec).await;
+        let out = log_lines(&spec.log_path);
+        assert_eq!(exit.exit_code, 0, "{out:?}");
+        // A 0400 file of root's that the group may read (0440), and a new file that inherits
+        // the group from the setgid emptyDir.
+        assert_eq!(out[0], "for the group");
+        let fields: Vec<&str> = out[1].split_whitespace().collect();
+        assert_eq!((fields[2], fields[3]), ("1000", "2345"), "{out:?}");
+    });
+    volumes::remove_all(&pod_dir).unwrap();
+}
