@@ -482,6 +482,10 @@ pub struct PodSecurityContext {
     pub supplemental_groups: Vec<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fs_group: Option<i64>,
+    /// `Always` (the default) or `OnRootMismatch`: when the kubelet changes a volume's
+    /// ownership to `fsGroup`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fs_group_change_policy: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sysctls: Vec<Sysctl>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use crate::{
     security::{self, Seccomp},
-    spec::ContainerSpec,
+    spec::{ContainerSpec, PidNamespace},
 };
 
 /// Paths hidden from containers (as containerd does).
@@ -50,8 +50,7 @@ pub fn config(spec: &ContainerSpec, cgroups_path: &str, swap_limit: bool) -> Val
                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        dev_shm(spec),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
                "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
@@ -144,13 +143,7 @@ pub fn config(spec: &ContainerSpec, cgroups_path: &str, swap_limit: bool) -> Val
         "root": {"path": "rootfs", "readonly": security.read_only_root},
         "mounts": mounts,
         "linux": {
-            "namespaces": [
-                {"type": "pid"},
-                {"type": "mount"},
-                {"type": "network", "path": spec.namespaces.net},
-                {"type": "uts", "path": spec.namespaces.uts},
-                {"type": "ipc", "path": spec.namespaces.ipc},
-            ],
+            "namespaces": namespaces(spec),
             "cgroupsPath": cgroups_path,
             "resources": resources,
         },
@@ -180,15 +173,46 @@ pub fn config(spec: &ContainerSpec, cgroups_path: &str, swap_limit: bool) -> Val
     config
 }
 
+/// The container's namespaces: its own mount namespace, the sandbox's network, UTS and IPC
+/// ones, and a PID namespace of its own. As containerd, a namespace of the node's (`hostPID`,
+/// `hostIPC`) gets no entry: the container keeps the runtime's, which is the node's.
+fn namespaces(spec: &ContainerSpec) -> Vec<Value> {
+    let ns = &spec.namespaces;
+    let mut namespaces = Vec::new();
+    if ns.pid == PidNamespace::Container {
+        namespaces.push(json!({"type": "pid"}));
+    }
+    namespaces.extend([
+        json!({"type": "mount"}),
+        json!({"type": "network", "path": ns.net}),
+        json!({"type": "uts", "path": ns.uts}),
+    ]);
+    if let Some(ipc) = &ns.ipc {
+        namespaces.push(json!({"type": "ipc", "path": ipc}));
+    }
+    namespaces
+}
+
+/// `/dev/shm`: a tmpfs of the container's own, or with `hostIPC` the node's `/dev/shm` (the
+/// POSIX shared memory of the IPC namespace it shares), as containerd binds it.
+fn dev_shm(spec: &ContainerSpec) -> Value {
+    if spec.namespaces.ipc.is_none() {
+        json!({"destination": "/dev/shm", "type": "bind", "source": "/dev/shm",
+               "options": ["rbind", "rprivate", "nosuid", "nodev"]})
+    } else {
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]})
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::spec::{Mount, Resources, SandboxNamespaces};
     use std::collections::BTreeMap;
 
-    #[test]
-    fn config_parses_as_an_oci_spec_with_limits_and_joined_namespaces() {
-        let spec = ContainerSpec {
+    fn sample() -> ContainerSpec {
+        ContainerSpec {
             id: "c".into(),
             labels: BTreeMap::new(),
             layers: vec!["/l".into()],
@@ -201,7 +225,8 @@ mod tests {
             namespaces: SandboxNamespaces {
                 net: "/run/s/net".into(),
                 uts: "/run/s/uts".into(),
-                ipc: "/run/s/ipc".into(),
+                ipc: Some("/run/s/ipc".into()),
+                pid: PidNamespace::Container,
             },
             mounts: vec![Mount {
                 source: "/data".into(),
@@ -221,7 +246,12 @@ mod tests {
             security: crate::Security::default(),
             stdin: false,
             stdin_once: false,
-        };
+        }
+    }
+
+    #[test]
+    fn config_parses_as_an_oci_spec_with_limits_and_joined_namespaces() {
+        let spec = sample();
         let json = config(&spec, "/apiary/c", true);
         let parsed: oci_spec::runtime::Spec = serde_json::from_value(json).unwrap();
         let linux = parsed.linux().as_ref().unwrap();
@@ -259,5 +289,65 @@ mod tests {
             .find(|m| m.destination() == std::path::Path::new("/mnt"))
             .unwrap();
         assert!(bind.options().as_ref().unwrap().iter().any(|o| o == "ro"));
+    }
+
+    fn namespaces_of(config: &Value) -> Vec<(String, Option<String>)> {
+        let parsed: oci_spec::runtime::Spec = serde_json::from_value(config.clone()).unwrap();
+        let linux = parsed.linux().as_ref().unwrap();
+        linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    format!("{:?}", n.typ()),
+                    n.path().as_ref().map(|p| p.display().to_string()),
+                )
+            })
+            .collect()
+    }
+
+    fn shm(config: &Value) -> &Value {
+        config["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/dev/shm")
+            .unwrap()
+    }
+
+    #[test]
+    fn host_pid_and_host_ipc_leave_out_those_namespaces_as_containerd_does() {
+        let own = config(&sample(), "/apiary/c", true);
+        assert_eq!(
+            namespaces_of(&own),
+            [
+                ("Pid".to_owned(), None),
+                ("Mount".to_owned(), None),
+                ("Network".to_owned(), Some("/run/s/net".to_owned())),
+                ("Uts".to_owned(), Some("/run/s/uts".to_owned())),
+                ("Ipc".to_owned(), Some("/run/s/ipc".to_owned())),
+            ]
+        );
+        assert_eq!(shm(&own)["type"], "tmpfs");
+
+        let mut host = sample();
+        host.namespaces.pid = PidNamespace::Host;
+        host.namespaces.ipc = None;
+        let host = config(&host, "/apiary/c", true);
+        assert_eq!(
+            namespaces_of(&host),
+            [
+                ("Mount".to_owned(), None),
+                ("Network".to_owned(), Some("/run/s/net".to_owned())),
+                ("Uts".to_owned(), Some("/run/s/uts".to_owned())),
+            ]
+        );
+        // The node's POSIX shared memory comes with its IPC namespace.
+        assert_eq!(
+            (&shm(&host)["type"], &shm(&host)["source"]),
+            (&json!("bind"), &json!("/dev/shm"))
+        );
     }
 }

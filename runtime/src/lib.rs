@@ -20,5 +20,7 @@ pub use error::{Error, Result};
 pub use runtime::{ExecProcess, ExecRequest, Runtime, RuntimeConfig};
 pub use sandbox::Sandbox;
 pub use security::{Seccomp, Security};
-pub use spec::{ContainerSpec, DEFAULT_PATH, Mount, Resources, SandboxNamespaces, validate_id};
+pub use spec::{
+    ContainerSpec, DEFAULT_PATH, Mount, PidNamespace, Resources, SandboxNamespaces, validate_id,
+};
 pub use state::{ContainerState, ContainerStatus, ExitInfo};

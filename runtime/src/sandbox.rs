@@ -1,5 +1,6 @@
 //! The pod sandbox: network, UTS and IPC namespaces shared by a pod's containers, bind-mounted
-//! onto files so that they outlive every process (like `ip netns add`).
+//! onto files so that they outlive every process (like `ip netns add`). Containers get a PID
+//! namespace of their own, or the node's ([`PidNamespace`]).
 
 use std::fs;
 use std::io;
@@ -9,18 +10,20 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 
 use crate::error::{Error, Result};
-use crate::spec::SandboxNamespaces;
+use crate::spec::{PidNamespace, SandboxNamespaces};
 
 /// Creates and removes pod sandboxes.
 #[derive(Debug)]
 pub struct Sandbox;
 
+/// The namespaces a sandbox may bind, `ipc` last (a `hostIPC` pod has none of its own).
 const KINDS: [&str; 3] = ["net", "uts", "ipc"];
 
 impl Sandbox {
     /// Creates fresh network (with `lo` up), UTS (named `hostname`) and IPC namespaces bound to
-    /// `dir/{net,uts,ipc}`.
-    pub fn create(dir: &Path, hostname: &str) -> Result<SandboxNamespaces> {
+    /// `dir/{net,uts,ipc}`; with `host_ipc` no IPC namespace: the pod's containers keep the
+    /// node's.
+    pub fn create(dir: &Path, hostname: &str, host_ipc: bool) -> Result<SandboxNamespaces> {
         if hostname.is_empty() || hostname.len() > 64 {
             return Err(Error::invalid("hostname", "must be 1 to 64 characters"));
         }
@@ -28,17 +31,19 @@ impl Sandbox {
         let namespaces = SandboxNamespaces {
             net: dir.join("net"),
             uts: dir.join("uts"),
-            ipc: dir.join("ipc"),
+            ipc: (!host_ipc).then(|| dir.join("ipc")),
+            pid: PidNamespace::Container,
         };
         let (dir_owned, hostname) = (dir.to_path_buf(), hostname.to_owned());
         // A dedicated thread unshares, so no other thread (e.g. a tokio worker) ever runs in the
         // new namespaces; they live on through the bind mounts after the thread ends.
-        let created = std::thread::spawn(move || create_on_this_thread(&dir_owned, &hostname))
-            .join()
-            .map_err(|_| Error::Io {
-                context: "sandbox thread".into(),
-                source: io::Error::other("panicked"),
-            })?;
+        let created =
+            std::thread::spawn(move || create_on_this_thread(&dir_owned, &hostname, host_ipc))
+                .join()
+                .map_err(|_| Error::Io {
+                    context: "sandbox thread".into(),
+                    source: io::Error::other("panicked"),
+                })?;
         if let Err(e) = created {
             let _ = Sandbox::remove(dir);
             return Err(e);
@@ -70,12 +75,16 @@ impl Sandbox {
     }
 }
 
-fn create_on_this_thread(dir: &Path, hostname: &str) -> Result<()> {
-    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
-        .map_err(Error::sys("unshare(net, uts, ipc)"))?;
+fn create_on_this_thread(dir: &Path, hostname: &str, host_ipc: bool) -> Result<()> {
+    let mut flags = CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS;
+    if !host_ipc {
+        flags |= CloneFlags::CLONE_NEWIPC;
+    }
+    unshare(flags).map_err(Error::sys(format!("unshare({flags:?})")))?;
     nix::unistd::sethostname(hostname).map_err(Error::sys("sethostname"))?;
     loopback_up()?;
-    for kind in KINDS {
+    let kinds = if host_ipc { &KINDS[..2] } else { &KINDS[..] };
+    for kind in kinds {
         let target = dir.join(kind);
         fs::File::create(&target).map_err(Error::io(format!("creating {}", target.display())))?;
         let source = format!("/proc/thread-self/ns/{kind}");

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroups;
 use crate::error::{Error, Result};
 use crate::logs::{LogStream, LogWriter};
-use crate::spec::ContainerSpec;
+use crate::spec::{ContainerSpec, PidNamespace};
 use crate::state::{ExitInfo, Layout, ProcessId, ShimRecord, StartedRecord, read_json, write_json};
 use crate::stdin::StdinRelay;
 
@@ -86,7 +86,10 @@ pub fn run(state_dir: &Path, id: &str, cgroup_parent: &str) -> Result<()> {
         Ok(running) => {
             write_json(&layout.started(), &running.record)?;
             report(&Report::Started(running.record.clone()));
-            supervise(&layout, &cgroup, running)
+            // Without a PID namespace of its own the kernel does not end the init's children
+            // with it: they are killed when it exits (containerd's shim does the same).
+            let kill_all = spec.namespaces.pid == PidNamespace::Host;
+            supervise(&layout, &cgroup, running, kill_all)
         }
         Err(message) => {
             eprintln!("apiary-shim {id}: start failed: {message}");
@@ -235,7 +238,9 @@ fn describe(spec: &ContainerSpec, err: &dyn std::error::Error) -> String {
 }
 
 /// Pumps output into the log until the init exited, then records the exit and cleans up.
-fn supervise(layout: &Layout, cgroup: &str, mut running: Running) -> Result<()> {
+/// `kill_all`: the init's exit ends every other process of the container (SIGKILL to its
+/// cgroup), as a PID namespace's end would.
+fn supervise(layout: &Layout, cgroup: &str, mut running: Running, kill_all: bool) -> Result<()> {
     let init = Pid::from_raw(running.record.init.pid);
     // SIGCHLD is blocked only now: libcontainer's children must not inherit a blocked mask.
     let mut mask = SigSet::empty();
@@ -256,6 +261,9 @@ fn supervise(layout: &Layout, cgroup: &str, mut running: Running) -> Result<()> 
             status = reap(init);
             if status.is_some() {
                 exited_at = Some(Instant::now());
+                if kill_all && let Err(e) = running.container.kill(Signal::SIGKILL, true) {
+                    eprintln!("apiary-shim: killing the container's other processes: {e}");
+                }
             }
         }
         let all_closed = pipes.iter().all(|(_, p)| p.is_none());

@@ -47,12 +47,27 @@ pub struct ContainerSpec {
     pub stdin_once: bool,
 }
 
-/// Paths of the pod's bind-mounted namespaces (see [`crate::Sandbox`]).
+/// The namespaces a pod's containers share: paths of the sandbox's bind-mounted ones (see
+/// [`crate::Sandbox`]) or the node's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxNamespaces {
     pub net: PathBuf,
     pub uts: PathBuf,
-    pub ipc: PathBuf,
+    /// `None`: the node's IPC namespace (`hostIPC`), with the node's `/dev/shm`.
+    pub ipc: Option<PathBuf>,
+    #[serde(default)]
+    pub pid: PidNamespace,
+}
+
+/// The PID namespace a container runs in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PidNamespace {
+    /// A new one of its own, where its process is pid 1 (Kubernetes' default).
+    #[default]
+    Container,
+    /// The node's (`hostPID`): it sees, and with the capabilities may signal, every process of
+    /// the node.
+    Host,
 }
 
 /// A bind mount (a volume).
@@ -132,7 +147,9 @@ impl ContainerSpec {
         }
         absolute("namespaces.net", &self.namespaces.net)?;
         absolute("namespaces.uts", &self.namespaces.uts)?;
-        absolute("namespaces.ipc", &self.namespaces.ipc)?;
+        if let Some(ipc) = &self.namespaces.ipc {
+            absolute("namespaces.ipc", ipc)?;
+        }
         for (i, mount) in self.mounts.iter().enumerate() {
             absolute(&format!("mounts[{i}].source"), &mount.source)?;
             absolute(&format!("mounts[{i}].destination"), &mount.destination)?;
@@ -223,7 +240,8 @@ pub(crate) mod tests {
             namespaces: SandboxNamespaces {
                 net: "/run/x/net".into(),
                 uts: "/run/x/uts".into(),
-                ipc: "/run/x/ipc".into(),
+                ipc: Some("/run/x/ipc".into()),
+                pid: PidNamespace::Container,
             },
             mounts: vec![],
             resources: Resources::default(),

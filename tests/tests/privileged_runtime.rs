@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use apiary_runtime::{
-    ContainerSpec, ContainerState, ContainerStatus, Error, ExecRequest, ExitInfo, Mount, Resources,
-    Runtime, RuntimeConfig, Sandbox, SandboxNamespaces, Seccomp, Security, cgroups,
+    ContainerSpec, ContainerState, ContainerStatus, Error, ExecRequest, ExitInfo, Mount,
+    PidNamespace, Resources, Runtime, RuntimeConfig, Sandbox, SandboxNamespaces, Seccomp, Security,
+    cgroups,
 };
 use apiary_tests::require_privileges;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,6 +73,11 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with_host_ipc(false)
+    }
+
+    /// A fixture whose sandbox has no IPC namespace of its own (`hostIPC`).
+    fn with_host_ipc(host_ipc: bool) -> Fixture {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "rt{}-{}",
@@ -96,7 +102,7 @@ impl Fixture {
             cgroup_parent: format!("apiary-test-{name}"),
         };
         let runtime = Runtime::new(config.clone()).unwrap();
-        let namespaces = Sandbox::create(&dir.path().join("sandbox"), HOSTNAME).unwrap();
+        let namespaces = Sandbox::create(&dir.path().join("sandbox"), HOSTNAME, host_ipc).unwrap();
         Fixture {
             dir,
             runtime,
@@ -1173,4 +1179,173 @@ fn volumes_are_mounted_nosuid_and_nodev() {
         "privileged",
     );
     assert!(!privileged.contains("nodev"), "{privileged}");
+}
+
+/// Kills a process left behind by a test that failed.
+struct KillOnDrop(Option<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill(2) takes plain integers.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn host_pid_sees_the_nodes_processes_and_its_leftovers_die_with_its_init() {
+    require_privileges!();
+    let fx = Fixture::new();
+    let node_pid_ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let me = std::process::id();
+    let script = format!(
+        "readlink /proc/self/ns/pid; if test -d /proc/{me}; then echo sees-the-test; else echo sees-its-own; fi"
+    );
+    block_on(async {
+        let own = fx.spec("own-pid", &["sh", "-c", &script]);
+        assert_eq!(run_to_exit(&fx, &own).await.exit_code, 0);
+        let out = log_lines(&own.log_path);
+        assert_ne!(out[0], node_pid_ns.display().to_string(), "{out:?}");
+        assert_eq!(out[1], "sees-its-own");
+
+        let mut host = fx.spec("host-pid", &["sh", "-c", &script]);
+        host.namespaces.pid = PidNamespace::Host;
+        assert_eq!(run_to_exit(&fx, &host).await.exit_code, 0);
+        assert_eq!(
+            log_lines(&host.log_path),
+            [
+                node_pid_ns.display().to_string(),
+                "sees-the-test".to_owned()
+            ]
+        );
+
+        // No PID namespace ends with the init: the runtime kills what it left (as containerd
+        // does), else the process lives on and the cgroup cannot be removed.
+        let mut leaves = fx.spec("host-pid-leaves", &["sh", "-c", "sleep 1000 & echo $!"]);
+        leaves.namespaces.pid = PidNamespace::Host;
+        fx.runtime.start(&leaves).await.unwrap();
+        let state = wait_exit(&fx.runtime, &leaves.id, Duration::from_secs(20)).await;
+        assert_eq!(exit_info(&state).exit_code, 0, "{state:?}");
+        let pid: i32 = log_lines(&leaves.log_path)[0].parse().unwrap();
+        let _leftover = KillOnDrop(Some(pid));
+        fx.runtime.remove(&leaves.id).await.unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // `pid (comm) state …`: gone, or a zombie not yet reaped.
+        let state = stat.rsplit(')').next().unwrap_or_default().trim_start();
+        assert!(
+            stat.is_empty() || state.starts_with(['Z', 'X']) || !stat.contains("(sleep)"),
+            "{stat}"
+        );
+    });
+}
+
+#[test]
+fn host_ipc_shares_the_nodes_ipc_namespace_and_shared_memory() {
+    require_privileges!();
+    let node_ipc_ns = std::fs::read_link("/proc/self/ns/ipc").unwrap();
+    let name = format!("apiary-test-{}", std::process::id());
+    let shm = Path::new("/dev/shm").join(&name);
+    std::fs::write(&shm, "from the node\n").unwrap();
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _remove = Remove(shm);
+    let script =
+        format!("readlink /proc/self/ns/ipc; cat /dev/shm/{name} 2>/dev/null || echo no-shm");
+    for (host_ipc, expected) in [(false, "no-shm"), (true, "from the node")] {
+        let fx = Fixture::with_host_ipc(host_ipc);
+        assert_eq!(fx.namespaces.ipc.is_none(), host_ipc);
+        block_on(async {
+            let spec = fx.spec("ipc", &["sh", "-c", &script]);
+            assert_eq!(run_to_exit(&fx, &spec).await.exit_code, 0);
+            let out = log_lines(&spec.log_path);
+            assert_eq!(
+                out[0] == node_ipc_ns.display().to_string(),
+                host_ipc,
+                "{out:?}"
+            );
+            assert_eq!(out[1], expected, "host_ipc: {host_ipc}");
+        });
+    }
+}
+
+#[test]
+fn fs_group_owns_volume_files_and_lets_a_non_root_container_read_and_share_them() {
+    require_privileges!();
+    use apiary_api::core_v1::{
+        ConfigMap, ConfigMapVolumeSource, EmptyDirVolumeSource, Pod, PodSecurityContext, Volume,
+    };
+    use apiary_node_agent::agent::{env, volumes};
+    const FS_GROUP: u32 = 2345;
+    let fx = Fixture::new();
+    let mut pod = Pod::default();
+    pod.metadata.name = "p".into();
+    pod.metadata.namespace = "ns".into();
+    pod.spec.security_context = Some(PodSecurityContext {
+        fs_group: Some(FS_GROUP.into()),
+        ..PodSecurityContext::default()
+    });
+    pod.spec.volumes = vec![
+        Volume {
+            name: "data".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+        Volume {
+            name: "cfg".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: "app".into(),
+                default_mode: Some(0o400),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    let mut cm = ConfigMap::default();
+    cm.data.insert("a.conf".into(), "for the group".into());
+    let mut sources = env::Sources::default();
+    sources.config_maps.insert("app".into(), Some(cm));
+    let pod_dir = fx.dir.path().join("pod");
+    let prepared = volumes::prepare(
+        &pod,
+        &pod_dir,
+        &env::PodFacts::default(),
+        &sources,
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    block_on(async {
+        let mut spec = fx.spec(
+            "fs-group",
+            &[
+                "sh",
+                "-c",
+                "cat /cfg/a.conf; echo; touch /data/new && ls -ln /data/new",
+            ],
+        );
+        spec.uid = 1000;
+        spec.gid = 1000;
+        spec.security.supplementary_groups = vec![FS_GROUP];
+        spec.mounts = ["data", "cfg"]
+            .iter()
+            .map(|name| Mount {
+                source: prepared[*name].host_path.clone(),
+                destination: format!("/{name}").into(),
+                read_only: prepared[*name].read_only,
+            })
+            .collect();
+        let exit = run_to_exit(&fx, &spec).await;
+        let out = log_lines(&spec.log_path);
+        assert_eq!(exit.exit_code, 0, "{out:?}");
+        // A 0400 file of root's that the group may read (0440), and a new file that inherits
+        // the group from the setgid emptyDir.
+        assert_eq!(out[0], "for the group");
+        let fields: Vec<&str> = out[1].split_whitespace().collect();
+        assert_eq!((fields[2], fields[3]), ("1000", "2345"), "{out:?}");
+    });
+    volumes::remove_all(&pod_dir).unwrap();
 }

@@ -7,6 +7,8 @@ use super::{BadValue, ErrorList, FieldError};
 use crate::core_v1::{PodSpec, SeccompProfile, SecurityContext};
 
 const MAX_ID: i64 = i32::MAX as i64;
+/// `PodFSGroupChangePolicy`'s values.
+const FS_GROUP_CHANGE_POLICIES: [&str; 2] = ["OnRootMismatch", "Always"];
 const ID_MSG: &str = "must be between 0 and 2147483647, inclusive";
 const SYSCTL_MAX_LENGTH: usize = 253;
 const SYSCTL_FMT: &str = r"([a-z0-9]([-_a-z0-9]*[a-z0-9])?[\./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?";
@@ -26,6 +28,15 @@ pub(super) fn validate(spec: &PodSpec, path: &str, errs: &mut ErrorList) {
         check_id(errs, format!("{p}.runAsUser"), sc.run_as_user);
         check_id(errs, format!("{p}.runAsGroup"), sc.run_as_group);
         check_id(errs, format!("{p}.fsGroup"), sc.fs_group);
+        if let Some(policy) = &sc.fs_group_change_policy
+            && !FS_GROUP_CHANGE_POLICIES.contains(&policy.as_str())
+        {
+            errs.push(FieldError::not_supported(
+                format!("{p}.fsGroupChangePolicy"),
+                policy,
+                &FS_GROUP_CHANGE_POLICIES,
+            ));
+        }
         for (i, g) in sc.supplemental_groups.iter().enumerate() {
             check_id(errs, format!("{p}.supplementalGroups[{i}]"), Some(*g));
         }
@@ -187,6 +198,7 @@ mod tests {
 securityContext:
   runAsUser: -1
   fsGroup: 4294967296
+  fsGroupChangePolicy: Sometimes
   seccompProfile: {type: Localhost}
   sysctls: [{name: net.ipv4.tcp_syncookies, value: "1"}, {name: net/ipv4/tcp_syncookies, value: "1"}, {name: "Bad..Name", value: "1"}]
 containers:
@@ -200,6 +212,7 @@ containers:
         let expected = [
             "spec.securityContext.runAsUser: Invalid value: -1: must be between 0 and 2147483647, inclusive",
             "spec.securityContext.fsGroup: Invalid value: 4294967296: must be between 0 and 2147483647, inclusive",
+            "spec.securityContext.fsGroupChangePolicy: Unsupported value: \"Sometimes\": supported values: \"OnRootMismatch\", \"Always\"",
             "spec.securityContext.seccompProfile.localhostProfile: Required value: must be set when seccomp type is Localhost",
             "spec.securityContext.sysctls[1].name: Duplicate value: \"net/ipv4/tcp_syncookies\"",
         ];
@@ -216,7 +229,7 @@ containers:
             errs.iter()
                 .any(|e| e.ends_with("can only be set when seccomp type is Localhost"))
         );
-        assert_eq!(errs.len(), 7, "{errs:#?}");
+        assert_eq!(errs.len(), 8, "{errs:#?}");
     }
 
     #[test]

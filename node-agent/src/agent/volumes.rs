@@ -3,7 +3,8 @@
 //! downward API and projected volumes (those three and ServiceAccount tokens in one directory)
 //! written the way the kubelet writes them — files in a timestamped directory behind a `..data`
 //! symlink that is swapped atomically, so a container never sees a half-written update (nor a
-//! token cut in two when it is refreshed).
+//! token cut in two when it is refreshed). With the pod's `fsGroup`, their files are given to that
+//! group as the kubelet gives them ([`ownership`]).
 
 use std::{
     collections::BTreeMap,
@@ -19,6 +20,10 @@ use super::{
     env::{self, ConfigError, PodFacts, Sources},
     tokens::TokenKey,
 };
+
+pub mod ownership;
+
+use ownership::ChangePolicy;
 
 /// A volume's files by path: content and mode.
 type Files = BTreeMap<PathBuf, (Vec<u8>, u32)>;
@@ -95,13 +100,23 @@ fn prepare_one(
         }
     };
     let dir = |kind: &str| pod_dir.join("volumes").join(kind).join(name);
+    let fs_group = ownership::fs_group(pod);
     if let Some(empty) = &volume.empty_dir {
         let path = dir("empty-dir");
+        let memory = empty.medium == "Memory";
+        // Set up once, as the kubelet's: what the pod did to it since (modes, files) stays.
+        let ready = pod_dir.join("volumes").join("ready").join(name);
+        if ready.exists() && path.is_dir() && (!memory || is_mount_point(&path)) {
+            return Ok(PreparedVolume {
+                host_path: path,
+                read_only: false,
+            });
+        }
         fs::create_dir_all(&path).map_err(io(format!("creating {}", path.display())))?;
         // Writable by any user in the container, as the kubelet makes it.
         fs::set_permissions(&path, fs::Permissions::from_mode(0o777))
             .map_err(io(format!("chmod {}", path.display())))?;
-        if empty.medium == "Memory" {
+        if memory {
             let size = empty
                 .size_limit
                 .as_ref()
@@ -111,6 +126,16 @@ fn prepare_one(
             mount_tmpfs(&path, &format!("mode=1777{size}"))
                 .map_err(|e| io(format!("mounting tmpfs on {}", path.display()))(e.into()))?;
         }
+        if let Some(group) = fs_group {
+            // The only walk an emptyDir gets: on a fresh root, which never matches, so
+            // `OnRootMismatch` walks too (the kubelet passes no policy here; same result).
+            ownership::set_volume_ownership(&path, group, ChangePolicy::of(pod), false)
+                .map_err(io(format!("changing the ownership of {}", path.display())))?;
+        }
+        if let Some(parent) = ready.parent() {
+            fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+        }
+        fs::write(&ready, "").map_err(io(format!("writing {}", ready.display())))?;
         return Ok(PreparedVolume {
             host_path: path,
             read_only: false,
@@ -158,7 +183,15 @@ fn prepare_one(
         )?;
     } else if let Some(projected) = &volume.projected {
         kind = "projected";
-        files = projected_files(pod, name, projected, facts, sources, node_allocatable)?;
+        files = projected_files(
+            pod,
+            name,
+            projected,
+            facts,
+            sources,
+            node_allocatable,
+            fs_group.is_some(),
+        )?;
     } else {
         let kind = volume.sources().first().copied().unwrap_or("unknown");
         return Err(VolumeError::Unsupported {
@@ -172,7 +205,7 @@ fn prepare_one(
         // on the node's disk, gone when the pod's volumes are unmounted.
         in_memory(&path).map_err(io(format!("mounting tmpfs on {}", path.display())))?;
     }
-    write_atomically(&path, &files).map_err(io(format!("writing {}", path.display())))?;
+    write_atomically(&path, &files, fs_group).map_err(io(format!("writing {}", path.display())))?;
     Ok(PreparedVolume {
         host_path: path,
         read_only: true,
@@ -221,7 +254,8 @@ fn downward_files(
 }
 
 /// The files of a projected volume: every source's, in one directory, with the volume's
-/// `defaultMode` where an item has no `mode`.
+/// `defaultMode` where an item has no `mode`. With an `fsGroup` a token is 0600, to which the
+/// ownership change adds group read (the kubelet's 0640).
 fn projected_files(
     pod: &Pod,
     name: &str,
@@ -229,6 +263,7 @@ fn projected_files(
     facts: &PodFacts,
     sources: &Sources,
     node_allocatable: &BTreeMap<String, i64>,
+    fs_group: bool,
 ) -> Result<Files, VolumeError> {
     let mode = projected.default_mode;
     let mut files = BTreeMap::new();
@@ -265,7 +300,11 @@ fn projected_files(
                     volume: name.to_owned(),
                 })?;
             let path = item_path(name, &projection.path)?;
-            let mode = mode.unwrap_or(0o644) as u32;
+            let mode = if fs_group {
+                0o600
+            } else {
+                mode.unwrap_or(0o644) as u32
+            };
             BTreeMap::from([(path, (token.token.clone().into_bytes(), mode))])
         } else {
             return Err(VolumeError::Unsupported {
@@ -338,12 +377,19 @@ fn item_path(volume: &str, path: &str) -> Result<PathBuf, VolumeError> {
 
 /// Writes `files` into a fresh `..<nanos>` directory, points `..data` at it with an atomic
 /// rename, links each top-level entry through `..data`, and removes the previous generation.
-fn write_atomically(dir: &Path, files: &BTreeMap<PathBuf, (Vec<u8>, u32)>) -> io::Result<()> {
+/// With `fs_group`, the whole volume is given to that group before the swap, as the kubelet's
+/// atomic writer does (always: it passes no `fsGroupChangePolicy`, and a new generation has
+/// files that need it however the root looks).
+fn write_atomically(
+    dir: &Path,
+    files: &BTreeMap<PathBuf, (Vec<u8>, u32)>,
+    fs_group: Option<u32>,
+) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let data_link = dir.join("..data");
     // Unchanged content: keep the current generation (and its inode) as it is.
     if let Ok(current) = fs::read_link(&data_link)
-        && same_files(&dir.join(&current), files)
+        && same_files(&dir.join(&current), files, fs_group)
     {
         return Ok(());
     }
@@ -365,6 +411,9 @@ fn write_atomically(dir: &Path, files: &BTreeMap<PathBuf, (Vec<u8>, u32)>) -> io
         let mut file = fs::File::create(&target)?;
         file.write_all(content)?;
         file.set_permissions(fs::Permissions::from_mode(*mode))?;
+    }
+    if let Some(group) = fs_group {
+        ownership::set_volume_ownership(dir, group, ChangePolicy::Always, true)?;
     }
     let previous = fs::read_link(&data_link).ok();
     let tmp_link = dir.join("..data_tmp");
@@ -398,13 +447,27 @@ fn write_atomically(dir: &Path, files: &BTreeMap<PathBuf, (Vec<u8>, u32)>) -> io
     Ok(())
 }
 
-fn same_files(dir: &Path, files: &BTreeMap<PathBuf, (Vec<u8>, u32)>) -> bool {
+/// Whether generation `dir` holds `files` as they would be written now (with `fs_group`: that
+/// group and the group read the ownership change adds).
+fn same_files(
+    dir: &Path,
+    files: &BTreeMap<PathBuf, (Vec<u8>, u32)>,
+    fs_group: Option<u32>,
+) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
     let count = walk_files(dir).len();
     count == files.len()
         && files.iter().all(|(path, (content, mode))| {
             let p = dir.join(path);
+            let mode = if fs_group.is_some() {
+                mode | 0o440
+            } else {
+                *mode
+            };
             fs::read(&p).is_ok_and(|c| c == *content)
-                && fs::metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o7777 == *mode)
+                && fs::symlink_metadata(&p).is_ok_and(|m| {
+                    m.permissions().mode() & 0o7777 == mode && fs_group.is_none_or(|g| m.gid() == g)
+                })
         })
 }
 
@@ -789,6 +852,146 @@ mod tests {
         assert_eq!(read("token"), "second");
         assert_ne!(fs::read_link(dir.join("..data")).unwrap(), before);
         assert!(!dir.join(before).exists(), "the old generation is removed");
+    }
+
+    fn prepare_all(pod: &Pod, dir: &Path, sources: &Sources) -> BTreeMap<String, PreparedVolume> {
+        prepare(pod, dir, &PodFacts::default(), sources, &BTreeMap::new()).unwrap()
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// The test's own group: one it may give files to as any user.
+    fn own_group() -> u32 {
+        nix::unistd::getegid().as_raw()
+    }
+
+    #[test]
+    fn empty_dirs_are_world_writable_and_set_up_once_as_the_kubelet_makes_them() {
+        use apiary_api::core_v1::EmptyDirVolumeSource;
+        let tmp = tempfile::tempdir().unwrap();
+        let empty = |name: &str, medium: &str| Volume {
+            name: name.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: medium.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let root = nix::unistd::geteuid().is_root();
+        let mut volumes = vec![empty("disk", "")];
+        if root {
+            // tmpfs needs root; the agent always has it.
+            volumes.push(empty("memory", "Memory"));
+        }
+        let pod = pod_with(volumes);
+        let prepared = prepare_all(&pod, tmp.path(), &Sources::default());
+        let disk = &prepared["disk"].host_path;
+        assert_eq!(mode_of(disk), 0o777);
+        if root {
+            assert_eq!(mode_of(&prepared["memory"].host_path), 0o1777);
+        }
+        // What the pod does to its emptyDir stays: a refresh does not set it up again.
+        fs::set_permissions(disk, fs::Permissions::from_mode(0o700)).unwrap();
+        prepare_all(&pod, tmp.path(), &Sources::default());
+        assert_eq!(mode_of(disk), 0o700);
+        remove_all(tmp.path()).unwrap();
+
+        // With an fsGroup the root is the group's, setgid.
+        let mut pod = pod_with(vec![empty("disk", "")]);
+        pod.spec.security_context = Some(apiary_api::core_v1::PodSecurityContext {
+            fs_group: Some(own_group().into()),
+            ..Default::default()
+        });
+        let prepared = prepare_all(&pod, tmp.path(), &Sources::default());
+        let disk = &prepared["disk"].host_path;
+        assert_eq!(mode_of(disk), 0o2777);
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(fs::metadata(disk).unwrap().gid(), own_group());
+        remove_all(tmp.path()).unwrap();
+    }
+
+    #[test]
+    fn fs_group_adds_group_read_to_config_map_files_and_tokens_and_keeps_the_generation() {
+        use std::os::unix::fs::MetadataExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let volume = Volume {
+            name: "cfg".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: "app".into(),
+                default_mode: Some(0o400),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut pod = pod_with(vec![volume]);
+        pod.spec.security_context = Some(apiary_api::core_v1::PodSecurityContext {
+            fs_group: Some(own_group().into()),
+            ..Default::default()
+        });
+        let mut cm = ConfigMap::default();
+        cm.data.insert("a.conf".into(), "one".into());
+        let mut sources = Sources::default();
+        sources.config_maps.insert("app".into(), Some(cm));
+        let prepared = prepare_all(&pod, tmp.path(), &sources);
+        let dir = &prepared["cfg"].host_path;
+        // defaultMode | 0440, the group's; directories setgid with group search.
+        assert_eq!(mode_of(&dir.join("a.conf")), 0o440);
+        assert_eq!(fs::metadata(dir.join("a.conf")).unwrap().gid(), own_group());
+        assert_eq!(mode_of(&dir.join("..data")) & 0o2550, 0o2550);
+        let generation = fs::read_link(dir.join("..data")).unwrap();
+        prepare_all(&pod, tmp.path(), &sources);
+        assert_eq!(
+            fs::read_link(dir.join("..data")).unwrap(),
+            generation,
+            "unchanged content keeps its generation"
+        );
+        // A projected token is 0600 with an fsGroup, which the group can then read: 0640.
+        assert_eq!(
+            projected_token_mode(Some(0o644), true),
+            0o600,
+            "the kubelet's token mode with an fsGroup"
+        );
+    }
+
+    fn projected_token_mode(default_mode: Option<i32>, fs_group: bool) -> u32 {
+        use crate::agent::tokens::IssuedToken;
+        use apiary_api::core_v1::{ServiceAccountTokenProjection, VolumeProjection};
+        let projected = ProjectedVolumeSource {
+            default_mode,
+            sources: vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: String::new(),
+                    expiration_seconds: Some(3600),
+                    path: "token".into(),
+                }),
+                ..Default::default()
+            }],
+        };
+        let mut sources = Sources::default();
+        sources.tokens.insert(
+            TokenKey {
+                audience: String::new(),
+                expiration_seconds: 3600,
+            },
+            IssuedToken {
+                token: "t".into(),
+                issued_at: std::time::SystemTime::UNIX_EPOCH,
+                expires_at: std::time::SystemTime::UNIX_EPOCH,
+            },
+        );
+        let files = projected_files(
+            &Pod::default(),
+            "v",
+            &projected,
+            &PodFacts::default(),
+            &sources,
+            &BTreeMap::new(),
+            fs_group,
+        )
+        .unwrap();
+        files[Path::new("token")].1
     }
 
     #[test]

@@ -13,7 +13,8 @@ use std::{
 use apiary_api::core_v1::{Container, Pod};
 use apiary_images::{Image, PullProgress};
 use apiary_runtime::{
-    ContainerSpec, ContainerState as RuntimeState, Mount, Resources, Runtime, SandboxNamespaces,
+    ContainerSpec, ContainerState as RuntimeState, Mount, PidNamespace, Resources, Runtime,
+    SandboxNamespaces,
 };
 
 use crate::agent::{context::Context, env, probes, volumes::PreparedVolume};
@@ -60,31 +61,59 @@ pub fn hostname(pod: &Pod) -> String {
     name.chars().take(63).collect()
 }
 
+/// Which of the node's namespaces a pod shares (`hostNetwork`, `hostPID`, `hostIPC`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostNamespaces {
+    pub network: bool,
+    pub pid: bool,
+    pub ipc: bool,
+}
+
+impl HostNamespaces {
+    pub fn of(pod: &Pod) -> Self {
+        Self {
+            network: pod.spec.host_network,
+            pid: pod.spec.host_pid,
+            ipc: pod.spec.host_ipc,
+        }
+    }
+}
+
 /// Creates the pod's namespaces under `dir`, or finds them there after an agent restart.
-/// `hostNetwork` pods share the node's network and UTS namespaces (the agent's own).
+/// `hostNetwork` pods share the node's network and UTS namespaces (the agent's own), `hostIPC`
+/// pods its IPC namespace, `hostPID` pods its PID namespace.
 pub fn ensure_sandbox(
     dir: &Path,
     hostname: &str,
-    host_network: bool,
+    host: HostNamespaces,
 ) -> anyhow::Result<SandboxNamespaces> {
     let existing = SandboxNamespaces {
         net: dir.join("net"),
         uts: dir.join("uts"),
-        ipc: dir.join("ipc"),
+        ipc: (!host.ipc).then(|| dir.join("ipc")),
+        pid: PidNamespace::Container,
     };
-    let mut namespaces = if [&existing.net, &existing.uts, &existing.ipc]
-        .iter()
-        .all(|p| is_namespace(p))
+    let mut namespaces = if [
+        Some(&existing.net),
+        Some(&existing.uts),
+        existing.ipc.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .all(|p| is_namespace(p))
     {
         existing
     } else {
         let _ = apiary_runtime::Sandbox::remove(dir);
-        apiary_runtime::Sandbox::create(dir, hostname)?
+        apiary_runtime::Sandbox::create(dir, hostname, host.ipc)?
     };
-    if host_network {
+    if host.network {
         let me = std::process::id();
         namespaces.net = PathBuf::from(format!("/proc/{me}/ns/net"));
         namespaces.uts = PathBuf::from(format!("/proc/{me}/ns/uts"));
+    }
+    if host.pid {
+        namespaces.pid = PidNamespace::Host;
     }
     Ok(namespaces)
 }

@@ -402,10 +402,11 @@ impl Worker {
         let failed = |e: String| ("FailedCreatePodSandBox".to_owned(), e);
         let dir = self.ctx.sandbox_dir(&self.uid);
         let hostname = containers::hostname(&self.pod);
-        let host_network = self.pod.spec.host_network;
+        let host = containers::HostNamespaces::of(&self.pod);
+        let host_network = host.network;
         let created = tokio::task::spawn_blocking({
             let dir = dir.clone();
-            move || containers::ensure_sandbox(&dir, &hostname, host_network)
+            move || containers::ensure_sandbox(&dir, &hostname, host)
         })
         .await
         .map_err(|e| failed(e.to_string()))?
