@@ -166,31 +166,6 @@ fn audit(cli: &Cli) -> anyhow::Result<Option<apiserver::audit::Auditor>> {
     Ok(Some(Auditor::new(policy, log)))
 }
 
-/// Raises the soft limit on open files to the hard one, as Go's runtime does at start (kube-
-/// apiserver runs with it): each connection is a descriptor. Returns the limit in force.
-fn raise_open_files_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur;
-            }
-        }
-    }
-    limit.rlim_cur
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     {
         use apiary_control_plane::{apiserver::allocator::SERVICE_CIDR, controllers::loadbalancer};
@@ -376,8 +351,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         kubeconfig = %kubeconfig.display(),
         "API server ready"
     );
-    let limits = apiserver::serve::Limits::for_open_files(raise_open_files_limit());
-    apiserver::serve::serve_tls(listener, pki.tls.clone(), app, limits, shutdown_signal()).await?;
+    let limits = apiary_serve::Limits::for_open_files(apiary_serve::raise_open_files_limit());
+    apiary_serve::serve_tls(
+        listener,
+        pki.tls.clone(),
+        app,
+        limits,
+        apiserver::authn::x509::ClientCertUser::of_connection,
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("shut down");
     Ok(())
 }

@@ -27,7 +27,6 @@ pub mod pki;
 pub mod registry;
 pub mod resources;
 pub mod selectors;
-pub mod serve;
 pub mod streams;
 pub mod tables;
 pub mod warnings;

@@ -26,10 +26,10 @@ pub mod services;
 pub mod tls;
 pub mod trace;
 
-use std::{io, pin::Pin, sync::Arc, time::Duration};
+use std::{io, pin::Pin, sync::Arc};
 
 use axum::{
-    Extension, Json, Router,
+    Json, Router,
     http::StatusCode,
     middleware,
     response::{IntoResponse, Response},
@@ -38,18 +38,12 @@ use axum::{
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{future::BoxFuture, stream::BoxStream};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-    service::TowerToHyperService,
-};
 use serde_json::json;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
     sync::mpsc,
 };
-use tokio_rustls::TlsAcceptor;
 
 pub use flows::{FlowLog, FlowNames, FlowPeer, FlowRecord, SharedFlowNames};
 pub use services::{PinnedServices, ServiceNames, ServiceSource};
@@ -300,17 +294,17 @@ pub fn router(
 
 /// The user of the connection's client certificate (the handshake verified it against the
 /// cluster CA).
-fn client_cert_user(connection: &rustls::ServerConnection) -> auth::ClientCertUser {
-    auth::ClientCertUser(
+fn client_cert_user(connection: &rustls::ServerConnection) -> Option<auth::ClientCertUser> {
+    Some(auth::ClientCertUser(
         connection
             .peer_certificates()
             .and_then(|chain| chain.first())
             .and_then(|leaf| auth::User::of_certificate(leaf)),
-    )
+    ))
 }
 
-/// Serves the routes over TLS on `listener` until the task is dropped. Each connection runs on a
-/// task of its own; HTTP/1.1 with upgrades (the WebSocket of exec) and HTTP/2.
+/// Serves the routes over TLS on `listener` until the task is dropped, with the API server's
+/// limits on what one client may hold ([`apiary_serve`]): the kubelet's port is as exposed.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -318,86 +312,37 @@ pub async fn serve(
     backend: Arc<dyn PodStreams>,
     dataplane: DataplaneViews,
 ) -> anyhow::Result<()> {
-    let acceptor = TlsAcceptor::from(tls);
+    serve_with_limits(
+        listener,
+        tls,
+        auth,
+        backend,
+        dataplane,
+        apiary_serve::Limits::for_open_files(apiary_serve::raise_open_files_limit()),
+    )
+    .await
+}
+
+/// [`serve`] with `limits` of its own.
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    auth: Arc<auth::Auth>,
+    backend: Arc<dyn PodStreams>,
+    dataplane: DataplaneViews,
+    limits: apiary_serve::Limits,
+) -> anyhow::Result<()> {
     let app = router(auth, backend, dataplane);
-    let accepted = futures::stream::unfold(listener, |listener| async move {
-        let result = listener.accept().await;
-        Some((result, listener))
-    });
-    accept_loop(accepted, |tcp, peer| {
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let user = client_cert_user(stream.get_ref().1);
-            let service = TowerToHyperService::new(app.layer(Extension(user)));
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            builder.http2().timer(hyper_util::rt::TokioTimer::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    })
-    .await;
+    apiary_serve::serve_tls(
+        listener,
+        tls,
+        app,
+        limits,
+        client_cert_user,
+        std::future::pending(),
+    )
+    .await?;
     Ok(())
-}
-
-/// How long a client may take for its TLS handshake and for a request's headers (the API
-/// server's values): a stalled connection holds a task and a descriptor no longer.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(32);
-
-/// The first and the longest pause after a failed `accept`: Go's `http.Server` values.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// The pause after a failed `accept` that follows `previous` (none after a success): doubling
-/// from 5 ms up to 1 s.
-fn accept_backoff(previous: Option<Duration>) -> Duration {
-    previous.map_or(ACCEPT_BACKOFF_MIN, |d| (d * 2).min(ACCEPT_BACKOFF_MAX))
-}
-
-/// Hands every accepted connection to `handle` until `accepted` ends (a listener's never does).
-/// A failed `accept` — EMFILE when the process is out of file descriptors, ECONNABORTED, ENOBUFS
-/// — is logged and retried after a backoff: it ends neither the server nor the agent, and the
-/// pause lets connections close and free descriptors instead of spinning.
-async fn accept_loop<C>(
-    accepted: impl futures::Stream<Item = io::Result<(C, std::net::SocketAddr)>>,
-    mut handle: impl FnMut(C, std::net::SocketAddr),
-) {
-    let mut accepted = std::pin::pin!(accepted);
-    let mut backoff = None;
-    while let Some(result) = futures::StreamExt::next(&mut accepted).await {
-        match result {
-            Ok((connection, peer)) => {
-                backoff = None;
-                handle(connection, peer);
-            }
-            Err(e) => {
-                let pause = accept_backoff(backoff);
-                backoff = Some(pause);
-                tracing::warn!(error = %e, retry_in = ?pause, "accepting a connection failed");
-                tokio::time::sleep(pause).await;
-            }
-        }
-    }
 }
 
 /// What the agent starts with: binds `listen` (the node's address and [`DEFAULT_PORT`]) and
@@ -435,36 +380,6 @@ fn parse_bool(name: &str, value: Option<&str>) -> Result<bool, StreamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn accept_backs_off_from_5_ms_doubling_up_to_1_s() {
-        let mut pauses = vec![accept_backoff(None)];
-        for _ in 0..9 {
-            pauses.push(accept_backoff(pauses.last().copied()));
-        }
-        let ms: Vec<u128> = pauses.iter().map(Duration::as_millis).collect();
-        assert_eq!(ms, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
-    }
-
-    #[tokio::test]
-    async fn a_failed_accept_does_not_end_the_server() {
-        let peer: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let emfile = || Err(io::Error::from_raw_os_error(libc::EMFILE));
-        let accepted = futures::stream::iter([
-            Ok((1, peer)),
-            emfile(),
-            emfile(),
-            Ok((2, peer)),
-            Err(io::Error::from(io::ErrorKind::ConnectionAborted)),
-            Ok((3, peer)),
-        ]);
-        let mut handled = Vec::new();
-        let started = std::time::Instant::now();
-        accept_loop(accepted, |connection, _| handled.push(connection)).await;
-        assert_eq!(handled, [1, 2, 3]);
-        // 5 + 10 ms, then 5 ms again: a success resets the backoff.
-        assert!(started.elapsed() >= Duration::from_millis(20));
-    }
 
     #[test]
     fn booleans_name_the_bad_parameter() {

@@ -33,7 +33,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use http_body::Frame;
 use serde_json::{Map, Value, json};
 
-use super::{MAX_REQUEST_BODY_BYTES, auth::UserInfo, authz::request_info, serve::PeerAddr};
+use apiary_serve::PeerAddr;
+
+use super::{MAX_REQUEST_BODY_BYTES, auth::UserInfo, authz::request_info};
 pub use policy::{Level, Policy, Stage};
 
 tokio::task_local! {

@@ -12,6 +12,15 @@ use super::{UserInfo, with_authenticated_group};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientCertUser(pub UserInfo);
 
+impl ClientCertUser {
+    /// The user of `connection`'s client certificate, if it sent one (the handshake verified
+    /// it) that names a user.
+    pub fn of_connection(connection: &rustls::ServerConnection) -> Option<Self> {
+        let leaf = connection.peer_certificates()?.first()?;
+        user(leaf).map(Self)
+    }
+}
+
 /// The user a verified client certificate (DER) names, or `None` when it names none (no common
 /// name: Kubernetes refuses such a certificate; other credentials may still authenticate).
 pub fn user(der: &[u8]) -> Option<UserInfo> {

@@ -1,13 +1,14 @@
-//! HTTPS: rustls in front of the axum router, HTTP/2 and HTTP/1.1 (with upgrades) on one port.
-//! A client certificate is optional; one the cluster CA did not sign fails the handshake (as Go's
-//! `VerifyClientCertIfGiven`), and a verified one's user goes with every request of its
-//! connection.
+//! HTTPS for Apiary's servers (the API server on :6443, the node agent on :10250): rustls in
+//! front of an axum router, HTTP/2 and HTTP/1.1 (with upgrades: exec, attach, port-forward) on
+//! one port. What a client's certificate says is the caller's business ([`serve_tls`]'s
+//! `identify`).
 //!
 //! No client holds the server's resources for long without using them: a connection has
 //! [`Limits::handshake_timeout`] to finish its TLS handshake and [`Limits::header_read_timeout`]
 //! to send a request's headers, an idle one is closed after [`Limits::idle_timeout`] (kube-
-//! apiserver's Go `http.Server` settings), and past [`Limits::max_connections`] new connections
-//! wait in the listen backlog instead of failing `accept` with EMFILE.
+//! apiserver's Go `http.Server` settings, which the kubelet shares), and past
+//! [`Limits::max_connections`] new connections wait in the listen backlog instead of failing
+//! `accept` with EMFILE. A failed `accept` never ends the server.
 
 use std::{
     pin::Pin,
@@ -30,14 +31,18 @@ use tokio::{net::TcpListener, sync::Semaphore, time::Instant};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
-use super::authn::x509::{self, ClientCertUser};
-
 /// The address a request's connection comes from (for audit events' `sourceIPs`).
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
 /// The first and the longest pause after a failed `accept`.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
+
+/// The pause after a failed `accept` that follows `previous` (none after a success): doubling
+/// from 5 ms up to 1 s.
+fn accept_backoff(previous: Option<Duration>) -> Duration {
+    previous.map_or(ACCEPT_BACKOFF.0, |d| (d * 2).min(ACCEPT_BACKOFF.1))
+}
 
 /// What one client may hold.
 #[derive(Clone, Copy, Debug)]
@@ -80,16 +85,49 @@ impl Limits {
     }
 }
 
+/// Raises the soft limit on open files to the hard one, as Go's runtime does at start (kube-
+/// apiserver and the kubelet run with it): each connection is a descriptor. Returns the limit
+/// in force.
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
 /// Serves `app` over TLS on `listener` until `shutdown` resolves. Each connection runs on a task
 /// of its own; a failed (or stalled) handshake or connection only ends that connection, and a
 /// failed `accept` only pauses the loop.
-pub async fn serve_tls(
+///
+/// Every request carries its connection's [`PeerAddr`] and whatever `identify` made of the
+/// verified TLS session (the user of a client certificate) as request extensions.
+pub async fn serve_tls<I>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
     limits: Limits,
+    identify: impl Fn(&rustls::ServerConnection) -> Option<I> + Clone + Send + 'static,
     shutdown: impl std::future::Future<Output = ()>,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    I: Clone + Send + Sync + 'static,
+{
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
@@ -113,7 +151,7 @@ pub async fn serve_tls(
             // ends the server. The pause (Go's http.Server's: 5 ms doubling to 1 s) lets
             // connections close instead of spinning.
             Err(e) => {
-                let pause = backoff.map_or(ACCEPT_BACKOFF.0, |b| (b * 2).min(ACCEPT_BACKOFF.1));
+                let pause = accept_backoff(backoff);
                 backoff = Some(pause);
                 tracing::warn!(error = %e, retry_in = ?pause, "accepting a connection failed");
                 tokio::select! {
@@ -129,6 +167,7 @@ pub async fn serve_tls(
         }
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let identify = identify.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let stream =
@@ -143,13 +182,7 @@ pub async fn serve_tls(
                         return;
                     }
                 };
-            let client = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|der| x509::user(der))
-                .map(ClientCertUser);
+            let client = identify(stream.get_ref().1);
             let activity = Activity::new();
             let app = {
                 let (requests, responses) = (Arc::clone(&activity), Arc::clone(&activity));
@@ -322,6 +355,7 @@ mod tests {
             Arc::new(tls),
             app,
             limits,
+            |_: &rustls::ServerConnection| None::<()>,
             std::future::pending(),
         ));
         (addr, der)
@@ -433,6 +467,16 @@ mod tests {
             .await
             .expect("the third connection is served once one closes");
         assert!(third.unwrap().is_ok());
+    }
+
+    #[test]
+    fn accept_backs_off_from_5_ms_doubling_up_to_1_s() {
+        let mut pauses = vec![accept_backoff(None)];
+        for _ in 0..9 {
+            pauses.push(accept_backoff(pauses.last().copied()));
+        }
+        let ms: Vec<u128> = pauses.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
     }
 
     #[test]
