@@ -36,6 +36,14 @@ enum Command {
         #[arg(value_enum)]
         suite: BenchSuite,
     },
+    /// Hostile clients against the API server while kubectl keeps working: idle connections,
+    /// stalled handshakes, oversized and exploding bodies, 10,000 watches, random bytes to every
+    /// endpoint. Prints the figures, writes target/bench/chaos.json, fails if the server does
+    /// not hold (`--quick`: CI's bounded run).
+    Chaos {
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build the test images: target/images/busybox.tar (localhost/busybox:latest).
     Images,
     /// The whole suite, as CI runs it: setup, fmt, clippy, unit and privileged tests, and a
@@ -120,6 +128,10 @@ fn main() -> anyhow::Result<()> {
         Command::Images => images::build(),
         Command::GenProtobuf { check } => protobuf::generate(check),
         Command::Test => test::run(),
+        Command::Chaos { quick } => {
+            setup::run()?;
+            test::chaos(quick)
+        }
         Command::Fuzz(args) => {
             setup::run()?;
             fuzz::run(&args)

@@ -35,6 +35,7 @@ pub fn run() -> anyhow::Result<()> {
                 "apiary-tests",
             ])
         })?;
+        phases.time("chaos (bounded)", || chaos(true))?;
         phases.time("fuzz (15 s per target)", || {
             crate::fuzz::run(&crate::fuzz::FuzzArgs {
                 seconds: 15,
@@ -63,6 +64,25 @@ fn report_disk() {
     let target = shell::workspace_root().join("target");
     if let Some(df) = shell::output(Command::new("df").arg("-h").arg(&target)) {
         eprintln!("disk at failure:\n{df}");
+    }
+}
+
+/// `cargo xtask chaos`: hostile clients against the API server (`control-plane/benches/
+/// chaos.rs`). `quick`: CI's bounded run, on the debug build the tests use; otherwise the full
+/// run on a release build.
+pub fn chaos(quick: bool) -> anyhow::Result<()> {
+    if quick {
+        shell::cargo(&[
+            "test",
+            "-p",
+            "apiary-control-plane",
+            "--bench",
+            "chaos",
+            "--",
+            "--quick",
+        ])
+    } else {
+        shell::cargo(&["bench", "-p", "apiary-control-plane", "--bench", "chaos"])
     }
 }
 

@@ -142,6 +142,25 @@ impl Server {
             .unwrap()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn ca_pem(&self) -> &[u8] {
+        &self.ca_pem
+    }
+
+    /// Whether the process still runs (not gone, not a zombie).
+    pub fn alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .ok()
+            .and_then(|stat| {
+                let state = stat.rsplit_once(") ")?.1.chars().next()?;
+                Some(state != 'Z' && state != 'X')
+            })
+            .unwrap_or(false)
+    }
+
     pub fn rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -167,6 +186,13 @@ pub fn tls_config(ca_pem: &[u8]) -> rustls::ClientConfig {
     .with_root_certificates(roots)
     .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}
+
+/// [`tls_config`] offering HTTP/1.1 only: what a client writing raw requests speaks.
+pub fn tls_config_http1(ca_pem: &[u8]) -> rustls::ClientConfig {
+    let mut config = tls_config(ca_pem);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config
 }
 
