@@ -16,6 +16,7 @@ pub mod deletion;
 pub mod discovery;
 pub mod error;
 pub mod fanout;
+pub mod health;
 pub mod inflight;
 pub mod kubelet_client;
 pub mod negotiation;
@@ -198,9 +199,12 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
     let agents = crate::agents::AgentService::new(Arc::clone(&api)).into_server();
     Router::new()
         .route_service("/apiary.agent.v1.NodeAgent/{*method}", agents)
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route("/healthz", get(health::healthz))
+        .route("/healthz/{check}", get(health::healthz_one))
+        .route("/livez", get(health::livez))
+        .route("/livez/{check}", get(health::livez_one))
+        .route("/readyz", get(health::readyz))
+        .route("/readyz/{check}", get(health::readyz_one))
         // Discovery answers with and without a trailing slash, as kube-apiserver's go-restful
         // routes do: the official Python client asks for `/version/`, `/api/v1/`, `/apis/`.
         .route("/version", get(discovery::version))

@@ -19,8 +19,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use redb::{
@@ -72,8 +72,13 @@ pub struct EmbeddedStore {
     events: broadcast::Sender<Batch>,
     /// The latest committed revision, published by the writer after each commit.
     revision: Arc<AtomicI64>,
+    /// Why the writer's last transaction failed, until one commits again.
+    failure: Failure,
     writer: JoinHandle<()>,
 }
+
+/// The writer's last failed transaction, if the last one failed.
+type Failure = Arc<Mutex<Option<String>>>;
 
 impl fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -102,12 +107,14 @@ impl EmbeddedStore {
         let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
         let (events, _) = broadcast::channel(WATCH_BUFFER);
         let published = Arc::new(AtomicI64::new(revision));
+        let failure = Failure::default();
         let writer = Writer {
             db: Arc::clone(&db),
             revision,
             compacted,
             events: events.clone(),
             published: Arc::clone(&published),
+            failure: Arc::clone(&failure),
         };
         let writer = std::thread::Builder::new()
             .name("apiary-store-writer".into())
@@ -118,6 +125,7 @@ impl EmbeddedStore {
             requests,
             events,
             revision: published,
+            failure,
             writer,
         })
     }
@@ -244,6 +252,25 @@ impl Store for EmbeddedStore {
 
     async fn revision(&self) -> Result<Revision> {
         Ok(self.revision.load(Ordering::Acquire))
+    }
+
+    async fn check(&self) -> Result<()> {
+        if let Some(failure) = self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Err(Error::Unavailable(format!(
+                "the last write failed: {failure}"
+            )));
+        }
+        self.read(|db| {
+            let txn = db.begin_read().map_err(storage_error)?;
+            txn.open_table(META).map_err(storage_error)?;
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -636,6 +663,7 @@ struct Writer {
     compacted: Revision,
     events: broadcast::Sender<Batch>,
     published: Arc<AtomicI64>,
+    failure: Failure,
 }
 
 impl Writer {
@@ -660,6 +688,7 @@ impl Writer {
         let result = self.apply(&mut pending, &mut done);
         match result {
             Ok((revision, compacted, events)) => {
+                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.revision = revision;
                 self.compacted = compacted;
                 self.published.store(revision, Ordering::Release);
@@ -673,6 +702,7 @@ impl Writer {
             }
             Err(error) => {
                 tracing::error!(%error, "store write transaction failed");
+                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
                 for d in done {
                     d.answer(Some(&error));
                 }

@@ -609,6 +609,10 @@ impl Store for EncryptedStore {
     async fn revision(&self) -> Result<Revision> {
         self.inner.revision().await
     }
+
+    async fn check(&self) -> Result<()> {
+        self.inner.check().await
+    }
 }
 
 #[cfg(test)]

@@ -25,9 +25,9 @@ use super::{
     Error, KeyValue, ListOptions, ListPage, Result, Revision, Store, WatchEvent, WatchStream,
 };
 
-/// Default for [`EtcdStore::with_request_timeout`].
 /// The largest etcd response decoded (kube-apiserver's `MaxCallRecvMsgSize`, `math.MaxInt32`).
 const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
+/// Default for [`EtcdStore::with_request_timeout`].
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// HTTP/2 pings find a dead connection that no RST announced (a partition, a crashed host).
@@ -584,6 +584,11 @@ impl Store for EtcdStore {
             .await
             .map_err(|f| f.into_error(None))?;
         header_revision(response.header())
+    }
+
+    async fn check(&self) -> Result<()> {
+        // A read with the store's timeout, as kube-apiserver's etcd check is a Get.
+        self.revision().await.map(drop)
     }
 }
 

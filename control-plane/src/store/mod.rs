@@ -157,6 +157,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The latest revision.
     async fn revision(&self) -> Result<Revision>;
+
+    /// Whether the store serves: reachable, and not in a failed state (the embedded file's last
+    /// write failed). `/livez` and `/readyz` report it as kube-apiserver reports etcd's health.
+    async fn check(&self) -> Result<()>;
 }
 
 /// Compacts history older than one interval, forever, as kube-apiserver does every 5 minutes:

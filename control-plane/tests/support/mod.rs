@@ -83,6 +83,27 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// Freezes etcd (SIGSTOP): it holds its connections but answers nothing, as an unreachable
+    /// member does.
+    pub fn pause(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .unwrap();
+    }
+
+    /// Lets a paused etcd go on (SIGCONT).
+    pub fn resume(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        )
+        .unwrap();
+    }
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -135,6 +156,11 @@ impl ControlPlane {
         let _ = std::fs::remove_file(self.kubeconfig());
         self.child = Self::spawn(self.data_dir.path(), extra_args);
         self.wait_ready();
+    }
+
+    /// The etcd of a control plane started with [`ControlPlane::start_on_etcd`].
+    pub fn etcd(&self) -> &Etcd {
+        self._etcd.as_ref().expect("started on etcd")
     }
 
     /// The control plane's process id.
