@@ -93,3 +93,57 @@ fn livez_and_readyz_fail_while_etcd_is_unreachable_and_pass_again_after() {
     assert_eq!(get(&cp, "/livez"), (200, "ok".to_owned()));
     cp.kubectl(&["get", "pods"]).success();
 }
+
+/// A ConfigMap of `bytes` bytes of data, as a file for `kubectl create -f`.
+fn big_config_map(cp: &ControlPlane, name: &str, bytes: usize) -> String {
+    let object = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+        "data": {"k": "x".repeat(bytes)},
+    });
+    let path = cp.data_path().join(format!("{name}.json"));
+    std::fs::write(&path, object.to_string()).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn etcd_refusing_a_write_is_kubernetes_error_not_unavailable() {
+    // etcd takes requests up to 512 KiB here, and holds 16 MiB in all.
+    let cp = ControlPlane::start_on_etcd_with(&[
+        "--max-request-bytes",
+        "524288",
+        "--quota-backend-bytes",
+        "16777216",
+    ]);
+    // Valid for the API server (a ConfigMap may hold 1 MiB), over etcd's limit: etcd's words,
+    // as kube-apiserver passes them on (500, no reason), not a 503 a client would retry.
+    let file = big_config_map(&cp, "too-big", 768 * 1024);
+    let out = cp.kubectl(&["create", "-f", &file]).failure();
+    assert!(
+        out.starts_with("Error from server: error when creating")
+            && out
+                .trim_end()
+                .ends_with(": etcdserver: request is too large"),
+        "{out}"
+    );
+    // Filling the quota: once etcd raises its alarm, writes fail with its words too...
+    let mut refused = None;
+    for i in 0..128 {
+        let file = big_config_map(&cp, &format!("fill-{i}"), 400 * 1024);
+        let (ok, out) = cp.kubectl(&["create", "-f", &file]).outcome();
+        if !ok {
+            refused = Some(out);
+            break;
+        }
+    }
+    let refused = refused.expect("a 16 MiB quota fills up");
+    assert!(
+        refused.starts_with("Error from server: error when creating")
+            && refused
+                .trim_end()
+                .ends_with(": etcdserver: mvcc: database space exceeded"),
+        "{refused}"
+    );
+    // ...while reads go on.
+    let names = cp.kubectl(&["get", "configmaps", "-o", "name"]).success();
+    assert!(names.contains("configmap/fill-0"), "{names}");
+}

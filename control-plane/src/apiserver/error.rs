@@ -251,6 +251,12 @@ impl ApiError {
                 "ServiceUnavailable",
                 format!("storage is unavailable, retry: {error}"),
             ),
+            // What kube-apiserver answers for an error that is no API Status of its own: 500,
+            // no reason, the error's words (kubectl: "Error from server: etcdserver: request is
+            // too large").
+            store::Error::Rejected(message) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "", message.clone())
+            }
             store::Error::Compacted {
                 requested,
                 compacted,
@@ -276,6 +282,12 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code.as_u16(),
         });
+        // `omitempty`, as Kubernetes: a Status without a reason has no field.
+        if self.reason.is_empty()
+            && let Some(status) = status.as_object_mut()
+        {
+            status.remove("reason");
+        }
         if let Some(details) = &self.details {
             status["details"] = details.clone();
         }

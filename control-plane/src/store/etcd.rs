@@ -611,6 +611,11 @@ impl From<etcd_client::Error> for Failure {
             Self::Compacted
         } else if message.contains("required revision is a future revision") {
             Self::FutureRevision
+        } else if let etcd_client::Error::GRpcStatus(status) = &error
+            && (status.message().contains("request is too large")
+                || status.message().contains("database space exceeded"))
+        {
+            Self::Other(Error::Rejected(status.message().to_owned()))
         } else {
             Self::Other(Error::Unavailable(format!("etcd: {message}")))
         }

@@ -111,6 +111,11 @@ pub enum Error {
     /// The backend cannot be reached or failed; retrying may succeed.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The backend refused the write for what it is, in its own words: etcd's "etcdserver:
+    /// request is too large" (past `--max-request-bytes`) or "etcdserver: mvcc: database space
+    /// exceeded" (its quota). Retrying the same write fails the same way.
+    #[error("{0}")]
+    Rejected(String),
     /// The store's files are damaged or from an incompatible version; not retryable.
     #[error("storage corrupt: {0}")]
     Corrupt(String),

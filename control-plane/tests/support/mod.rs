@@ -34,6 +34,11 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// An etcd with flags of its own (`--quota-backend-bytes`, `--max-request-bytes`).
+    pub fn start_with(extra_args: &[&str]) -> Self {
         let free_port = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -66,6 +71,7 @@ impl Etcd {
             ])
             .args(["--initial-cluster", &format!("test={peer}")])
             .args(["--heartbeat-interval", "20", "--election-timeout", "200"])
+            .args(extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -118,7 +124,12 @@ impl ControlPlane {
 
     /// A control plane storing into an etcd of its own.
     pub fn start_on_etcd() -> Self {
-        let etcd = Etcd::start();
+        Self::start_on_etcd_with(&[])
+    }
+
+    /// A control plane storing into an etcd of its own started with `etcd_args`.
+    pub fn start_on_etcd_with(etcd_args: &[&str]) -> Self {
+        let etcd = Etcd::start_with(etcd_args);
         let mut cp = Self::start_with(&["--etcd-endpoints", &etcd.endpoint]);
         cp._etcd = Some(etcd);
         cp
