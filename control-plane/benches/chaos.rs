@@ -696,13 +696,17 @@ async fn attack_requests(
             let client = client.clone();
             async move {
                 let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-                let status = tokio::time::timeout(
-                    Duration::from_secs(30),
-                    send(&client, server, method.clone(), &path, content_type, body),
-                )
-                .await
-                .ok()
-                .flatten();
+                let request = client
+                    .request(method.clone(), format!("{}{path}", server.base))
+                    .bearer_auth(&server.token)
+                    .header("Content-Type", content_type)
+                    .body(body)
+                    .send();
+                let status = match tokio::time::timeout(Duration::from_secs(30), request).await {
+                    Ok(Ok(response)) => Ok(response.status().as_u16()),
+                    Ok(Err(e)) => Err(format!("{e:?}")),
+                    Err(_) => Err("no answer within 30 s".to_owned()),
+                };
                 (method, path, status)
             }
         })
@@ -712,11 +716,16 @@ async fn attack_requests(
     let mut unanswered = 0;
     for (method, path, status) in &sent {
         match status {
-            Some(status) => {
+            Ok(status) => {
                 statuses.count(*status);
                 check_status(failures, &format!("{method} {path}"), *status);
             }
-            None => unanswered += 1,
+            Err(e) => {
+                unanswered += 1;
+                if unanswered <= 5 {
+                    failures.add(format!("{method} {path}: {e}"));
+                }
+            }
         }
     }
     if unanswered > 0 {

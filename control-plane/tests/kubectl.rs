@@ -944,3 +944,31 @@ async fn the_node_agents_repeated_events_are_one_event_with_a_count() {
     assert_eq!(pulled.len(), 1, "{pulled:#?}");
     assert_eq!(pulled[0]["count"], 1);
 }
+
+/// NamespaceLifecycle keeps the cluster's own namespaces, and namespaces have no
+/// deletecollection (found by `cargo xtask chaos`: a random DELETE emptied the cluster).
+#[test]
+fn the_cluster_s_own_namespaces_cannot_be_deleted() {
+    let cp = ControlPlane::start();
+    for ns in ["default", "kube-system", "kube-public"] {
+        let out = cp.kubectl(&["delete", "namespace", ns]).failure();
+        assert!(
+            out.contains(&format!(
+                "Error from server (Forbidden): namespaces \"{ns}\" is forbidden: this namespace may not be deleted"
+            )),
+            "{out}"
+        );
+    }
+    let out = cp
+        .kubectl(&["delete", "--raw", "/api/v1/namespaces"])
+        .failure();
+    assert!(out.contains("MethodNotAllowed"), "{out}");
+    // Another namespace goes as before.
+    cp.kubectl(&["create", "namespace", "scratch"]).success();
+    cp.kubectl(&["delete", "namespace", "scratch", "--wait=false"])
+        .success();
+    let names = cp.kubectl(&["get", "namespaces", "-o", "name"]).success();
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(names.contains(&format!("namespace/{ns}")), "{names}");
+    }
+}

@@ -27,6 +27,9 @@ pub async fn delete(api: &Arc<Api>, target: &Target, name: &str, options: &Value
     let dry_run = options["dryRun"]
         .as_array()
         .is_some_and(|v| v.iter().any(|v| v == "All"));
+    api.registry
+        .strategy_for(resource)
+        .admit_delete(resource, name)?;
     for _ in 0..MAX_ATTEMPTS {
         let old = get(api, resource, target.namespace.as_deref(), name).await?;
         let preconditions = &options["preconditions"];

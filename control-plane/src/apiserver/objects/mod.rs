@@ -59,6 +59,22 @@ type Query = HashMap<String, String>;
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
+/// The API verb of a request on a resource (not a subresource), by its method and whether it
+/// names an object.
+fn verb_of(method: &Method, named: bool, watch: bool) -> Option<&'static str> {
+    Some(match (method.as_str(), named) {
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", false) => "create",
+        ("PUT", true) => "update",
+        ("PATCH", true) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => return None,
+    })
+}
+
 /// Runs one request against the object store.
 pub async fn dispatch(
     api: &Arc<Api>,
@@ -119,6 +135,14 @@ pub async fn dispatch(
             StatusCode::CREATED,
             json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201 }),
         );
+    }
+    // A verb the resource does not serve (deletecollection of namespaces) is refused as
+    // kube-apiserver refuses it: no route for it.
+    if sub.is_none()
+        && let Some(verb) = verb_of(method, target.name.is_some(), is_true(query.get("watch")))
+        && !resource.verbs.contains(&verb)
+    {
+        return Err(ApiError::method_not_allowed(verb, resource.plural));
     }
     match (method, target.name.as_deref()) {
         (&Method::GET, None) if is_true(query.get("watch")) => {

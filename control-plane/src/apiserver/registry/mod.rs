@@ -177,6 +177,12 @@ pub trait KindStrategy: Send + Sync {
     /// [`KindStrategy::reconcile_update`] claimed for it alone.
     async fn release_dry_run(&self, _api: &Api, _old: &Value, _new: &Value) {}
 
+    /// Refuses deleting `name` outright (kube-apiserver's admission: NamespaceLifecycle keeps
+    /// `default`, `kube-system` and `kube-public`).
+    fn admit_delete(&self, _resource: &ResourceType, _name: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// Whether a delete only marks the object, leaving its removal to whoever stops it.
     async fn graceful_delete(&self, _api: &Api, _object: &Value, _options: &Value) -> bool {
         false

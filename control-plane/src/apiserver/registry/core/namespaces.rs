@@ -18,8 +18,21 @@ use crate::apiserver::{
 #[derive(Debug)]
 pub struct Namespaces;
 
+/// What NamespaceLifecycle never lets go (its `immortalNamespaces`): the cluster's own.
+const IMMORTAL: [&str; 3] = ["default", "kube-system", "kube-public"];
+
 #[async_trait::async_trait]
 impl KindStrategy for Namespaces {
+    fn admit_delete(&self, resource: &ResourceType, name: &str) -> Result<()> {
+        if IMMORTAL.contains(&name) {
+            return Err(ApiError::forbidden(format!(
+                "{} \"{name}\" is forbidden: this namespace may not be deleted",
+                resource.plural
+            )));
+        }
+        Ok(())
+    }
+
     fn reset_status(&self, _resource: &ResourceType, object: &mut Value) {
         object["status"] = json!({ "phase": "Active" });
     }
