@@ -464,6 +464,34 @@ pub fn ipv4_groups(netns: &str, dev: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("MAC {text}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("MAC {text}: not 6 bytes"))
+}
+
+impl Pod {
+    /// The pod as the data plane's `ENDPOINTS` holds it (what the agent's pod network writes):
+    /// the programs only let a pod send as its own address and MAC from its own veth.
+    pub fn endpoint(&self) -> anyhow::Result<apiary_ebpf_common::Endpoint> {
+        let host_ifindex = run_in(&self.node_netns, || {
+            apiary_node_agent::dataplane::ifindex(&self.host_veth)
+        })??;
+        Ok(apiary_ebpf_common::Endpoint {
+            host_ifindex,
+            flags: 0,
+            pod_mac: parse_mac(&self.mac)?,
+            host_mac: parse_mac(&link_mac(&self.node_netns, &self.host_veth)?)?,
+        })
+    }
+}
+
 fn link_mac(netns: &str, dev: &str) -> anyhow::Result<String> {
     let json = ip(&["-n", netns, "-j", "link", "show", "dev", dev])?;
     let links: serde_json::Value = serde_json::from_str(&json).context("ip -j link show")?;

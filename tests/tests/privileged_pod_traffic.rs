@@ -56,6 +56,16 @@ fn send(from: &Pod, to: &Pod, count: usize, len: usize) {
     }
 }
 
+/// Lets `pod` send through its programs: `from_pod` only passes a pod's own address and MAC,
+/// as the agent's pod network registers them.
+fn register(dataplane: &Dataplane, pod: &Pod) {
+    dataplane
+        .endpoints()
+        .unwrap()
+        .upsert(pod.ip, pod.endpoint().unwrap())
+        .unwrap();
+}
+
 fn counters(dataplane: &Dataplane, node_netns: &str, pod: &Pod) -> Option<PodTraffic> {
     let ifindex = lab::run_in(node_netns, || dataplane::ifindex(&pod.host_veth))
         .unwrap()
@@ -86,6 +96,7 @@ fn counts_exact_packets_and_bytes_per_pod_in_each_direction() {
         lab::run_in(&node_netns, || dp.attach_pod(&pod.host_veth))
             .unwrap()
             .unwrap();
+        register(&dp, pod);
     }
 
     send(&a, &b, 10, 100);
@@ -117,6 +128,7 @@ fn attaching_twice_keeps_one_filter_per_hook_and_detach_removes_them() {
             .unwrap()
             .unwrap();
     }
+    register(&dp, &a);
     let expected = vec![
         ("clsact/ingress".to_owned(), "from_pod".to_owned()),
         ("clsact/egress".to_owned(), "to_pod".to_owned()),
@@ -167,6 +179,7 @@ fn counters_are_pinned_and_survive_a_restart_of_the_loader() {
         lab::run_in(&node_netns, || first.attach_pod(&a.host_veth))
             .unwrap()
             .unwrap();
+        register(&first, &a);
         send(&a, &b, 2, 64);
     } // The first loader is gone, as after an agent restart; its filter stays attached.
     send(&a, &b, 1, 64);
