@@ -118,29 +118,6 @@ fn check_status(failures: &Failures, what: &str, status: u16) {
     }
 }
 
-fn raise_open_files() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
-fn status_kib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-}
-
 /// `kubectl get pods` in a loop until `stop`: each run's latency, and failures.
 fn kubectl_loop(
     kubeconfig: std::path::PathBuf,
@@ -824,17 +801,17 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { QUICK } else { FULL };
     let _ = rustls::crypto::ring::default_provider().install_default();
-    raise_open_files();
+    // 2,000 idle connections and 10,000 watches are descriptors of this process too.
+    apiary_serve::raise_open_files_limit();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let users = tempfile::tempdir().unwrap();
     let tokens = users.path().join("tokens.csv");
     std::fs::write(&tokens, format!("{USER_TOKEN},chaos-user,1001\n")).unwrap();
     let server = start_server_with(None, &["--token-auth-file", tokens.to_str().unwrap()]);
-    let pid = server.pid();
     let failures = Arc::new(Failures::default());
     let statuses = Statuses::default();
     let kubeconfig = server.data.path().join("kubeconfig");
-    let idle_rss = status_kib(pid, "VmRSS:") / 1024.0;
+    let idle_rss = server.rss_mib();
 
     let mut phases = serde_json::Map::new();
     let mut kubectl = serde_json::Map::new();
@@ -876,7 +853,7 @@ fn main() {
     if !alive {
         failures.add("the control plane died".into());
     }
-    let peak_rss = status_kib(pid, "VmHWM:") / 1024.0;
+    let peak_rss = server.peak_rss_mib();
     if peak_rss > RSS_BOUND_MIB {
         failures.add(format!("peak RSS {peak_rss:.0} MiB > {RSS_BOUND_MIB} MiB"));
     }

@@ -146,38 +146,17 @@ pub fn allows(ctx: &TcContext, head: &Ipv4Head, endpoint: u32, direction: u8) ->
         return remember(endpoint, direction, &tuple, now);
     }
     let (peer_identity, rule) = decide(endpoint, direction, &tuple);
-    let Some(rule_id) = rule else {
-        report(
-            endpoint,
-            direction,
-            &tuple,
-            peer_identity,
-            VERDICT_DENIED,
-            None,
-        );
+    let verdict = if rule.is_none() {
         count_drop(endpoint, direction, DROP_POLICY_DENIED);
-        return false;
+        VERDICT_DENIED
+    } else if remember(endpoint, direction, &tuple, now) {
+        VERDICT_ALLOWED
+    } else {
+        // Allowed, but the endpoint cannot remember one more flow (the drop is counted).
+        VERDICT_FLOW_TABLE_FULL
     };
-    if !remember(endpoint, direction, &tuple, now) {
-        report(
-            endpoint,
-            direction,
-            &tuple,
-            peer_identity,
-            VERDICT_FLOW_TABLE_FULL,
-            rule,
-        );
-        return false;
-    }
-    report(
-        endpoint,
-        direction,
-        &tuple,
-        peer_identity,
-        VERDICT_ALLOWED,
-        Some(rule_id),
-    );
-    true
+    report(endpoint, direction, &tuple, peer_identity, verdict, rule);
+    verdict == VERDICT_ALLOWED
 }
 
 /// Seconds of `CLOCK_MONOTONIC`, as the agent's sweep reads them too.

@@ -193,7 +193,13 @@ impl PolicyMaps {
                 Err(e) => return Err(map_err(POLICY_FLOWS)(e)),
             }
         }
-        flows.sort_unstable_by_key(|f| (f.endpoint, f.saddr, f.daddr, f.sport_be, f.dport_be));
+        // A key differing only in protocol is another flow: it sorts apart too, so that `dedup`
+        // (which compares neighbours) sees every repeat.
+        flows.sort_unstable_by_key(|f| {
+            (
+                f.endpoint, f.saddr, f.daddr, f.sport_be, f.dport_be, f.protocol,
+            )
+        });
         flows.dedup();
         Ok(flows)
     }
@@ -231,11 +237,15 @@ impl PolicyMaps {
     pub fn sweep_flows(&mut self, now: u32) -> Result<FlowSweep> {
         let mut sweep = FlowSweep::default();
         let mut held: BTreeMap<u32, u32> = BTreeMap::new();
+        // Looked up once per endpoint, not once per flow.
+        let mut enforcing_endpoints: BTreeMap<u32, bool> = BTreeMap::new();
         for key in self.tracked_flows()? {
             let Some(flow) = self.flow(&key)? else {
                 continue;
             };
-            let enforcing = matches!(self.enforced.get(&key.endpoint, 0), Ok(flags) if flags != 0);
+            let enforcing = *enforcing_endpoints.entry(key.endpoint).or_insert_with(
+                || matches!(self.enforced.get(&key.endpoint, 0), Ok(flags) if flags != 0),
+            );
             let idle = now.saturating_sub(flow.last_seen);
             if !enforcing || idle > flow_idle_seconds(flow.flags, key.protocol) {
                 if self.forget_flow(&key)? {

@@ -312,27 +312,8 @@ pub async fn serve(
     backend: Arc<dyn PodStreams>,
     dataplane: DataplaneViews,
 ) -> anyhow::Result<()> {
-    serve_with_limits(
-        listener,
-        tls,
-        auth,
-        backend,
-        dataplane,
-        apiary_serve::Limits::for_open_files(apiary_serve::raise_open_files_limit()),
-    )
-    .await
-}
-
-/// [`serve`] with `limits` of its own.
-pub async fn serve_with_limits(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    auth: Arc<auth::Auth>,
-    backend: Arc<dyn PodStreams>,
-    dataplane: DataplaneViews,
-    limits: apiary_serve::Limits,
-) -> anyhow::Result<()> {
     let app = router(auth, backend, dataplane);
+    let limits = apiary_serve::Limits::for_open_files(apiary_serve::raise_open_files_limit());
     apiary_serve::serve_tls(
         listener,
         tls,
