@@ -257,6 +257,10 @@ impl ApiError {
             store::Error::Rejected(message) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "", message.clone())
             }
+            // 507, which no client retries on its own: the disk has to be freed first.
+            store::Error::NoSpace(message) => {
+                Self::new(StatusCode::INSUFFICIENT_STORAGE, "", message.clone())
+            }
             store::Error::Compacted {
                 requested,
                 compacted,

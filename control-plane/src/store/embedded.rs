@@ -14,14 +14,21 @@
 //!
 //! Watchers get committed changes from a broadcast channel. One that falls behind the channel's
 //! buffer catches up from the log, so it only fails if the history it needs has been compacted.
+//!
+//! A full disk: redb fails every later operation on a database handle that saw an I/O error, so
+//! after a failed transaction the writer reopens the file (redb repairs it to the last commit)
+//! while reads wait for the new handle. Once a write has failed for want of space, writes are
+//! refused without touching the file until more space is free than there was then, so reads keep
+//! working on a full disk and the store takes writes again by itself once space returns.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
@@ -56,6 +63,126 @@ const WATCH_BUFFER: usize = 256;
 const WATCHER_QUEUE: usize = 64;
 /// Log entries a catching-up watcher reads per blocking call, to bound the time and memory of one.
 const CATCH_UP_CHUNK: usize = 1024;
+/// How long a read waits for the writer to reopen the file before it answers "unavailable".
+const REOPEN_WAIT: Duration = Duration::from_secs(10);
+/// After a write failed for want of space, how much more must be free before writes are tried
+/// again: each failed try costs a reopen, during which reads wait.
+const SPACE_TO_RETRY: u64 = 1 << 20;
+
+/// Where the store keeps its file: a path on a disk in production; tests stand a backend in for
+/// the disk to fill it up.
+pub trait Disk: Send + Sync + 'static {
+    /// Opens (or creates) the database, repairing it to its last commit if needed.
+    fn open(&self) -> std::result::Result<Database, redb::DatabaseError>;
+    /// Bytes the file may still grow into, when known.
+    fn free_space(&self) -> Option<u64>;
+    /// The file, for messages.
+    fn describe(&self) -> String;
+}
+
+/// A redb file on the local filesystem.
+#[derive(Debug)]
+struct FileDisk {
+    path: PathBuf,
+}
+
+impl Disk for FileDisk {
+    fn open(&self) -> std::result::Result<Database, redb::DatabaseError> {
+        Database::create(&self.path)
+    }
+
+    fn free_space(&self) -> Option<u64> {
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let stats = nix::sys::statvfs::statvfs(dir).ok()?;
+        #[allow(clippy::useless_conversion)] // the widths differ between targets
+        Some(u64::from(stats.blocks_available()) * u64::from(stats.fragment_size()))
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// The open database, shared by the writer, readers and watchers. The writer replaces it after a
+/// failed transaction; reads hold it only for one read transaction, so the old file handle (and
+/// its lock) is released soon after.
+struct Handle {
+    slot: Mutex<Slot>,
+    changed: Condvar,
+}
+
+enum Slot {
+    Open(Arc<Database>),
+    /// The writer is reopening the file; reads wait for it.
+    Reopening,
+    Closed,
+}
+
+impl Handle {
+    fn new(db: Database) -> Self {
+        Self {
+            slot: Mutex::new(Slot::Open(Arc::new(db))),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open database; blocks while the writer reopens it (at most [`REOPEN_WAIT`]).
+    fn get(&self) -> Result<Arc<Database>> {
+        let deadline = Instant::now() + REOPEN_WAIT;
+        let mut slot = self.lock();
+        loop {
+            match &*slot {
+                Slot::Open(db) => return Ok(Arc::clone(db)),
+                Slot::Closed => return Err(Error::Unavailable("the store is closed".into())),
+                Slot::Reopening => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::Unavailable(
+                            "the store is reopening its file after a failed write".into(),
+                        ));
+                    }
+                    slot = self
+                        .changed
+                        .wait_timeout(slot, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// Takes the database out for the writer to reopen; reads wait until [`Handle::put`].
+    fn take(&self) -> Option<Arc<Database>> {
+        let mut slot = self.lock();
+        let Slot::Open(db) = &*slot else {
+            return None;
+        };
+        let db = Arc::clone(db);
+        *slot = Slot::Reopening;
+        Some(db)
+    }
+
+    fn put(&self, db: Database) {
+        let mut slot = self.lock();
+        if !matches!(*slot, Slot::Closed) {
+            *slot = Slot::Open(Arc::new(db));
+        }
+        drop(slot);
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        *self.lock() = Slot::Closed;
+        self.changed.notify_all();
+    }
+}
 
 /// Changes of one committed transaction, in revision order.
 type Batch = Arc<[WatchEvent]>;
@@ -67,7 +194,7 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 /// file open until they are dropped too. Use [`EmbeddedStore::close`] to wait until the file is
 /// released, e.g. before opening it again.
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     requests: mpsc::Sender<Request>,
     events: broadcast::Sender<Batch>,
     /// The latest committed revision, published by the writer after each commit.
@@ -95,23 +222,26 @@ impl EmbeddedStore {
     /// blocking task. Fails with [`Error::Unavailable`] if another process has the file open and
     /// with [`Error::Corrupt`] if it is damaged or was written by an incompatible version.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::Unavailable(format!(
-                "{} is already open in another process",
-                path.display()
-            )),
-            other => storage_error(other),
-        })?;
+        Self::open_on(FileDisk {
+            path: path.to_owned(),
+        })
+    }
+
+    /// Opens the store on `disk`: [`EmbeddedStore::open`] with the disk made explicit.
+    pub fn open_on(disk: impl Disk) -> Result<Self> {
+        let db = open_database(&disk)?;
         let (revision, compacted) = init_tables(&db)?;
-        let db = Arc::new(db);
+        let db = Arc::new(Handle::new(db));
         let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
         let (events, _) = broadcast::channel(WATCH_BUFFER);
         let published = Arc::new(AtomicI64::new(revision));
         let failure = Failure::default();
         let writer = Writer {
             db: Arc::clone(&db),
+            disk: Box::new(disk),
             revision,
             compacted,
+            full: None,
             events: events.clone(),
             published: Arc::clone(&published),
             failure: Arc::clone(&failure),
@@ -141,7 +271,7 @@ impl EmbeddedStore {
         } = self;
         // The writer exits when the last request sender is gone.
         drop(requests);
-        drop(db);
+        db.close();
         tokio::task::spawn_blocking(move || writer.join())
             .await
             .map_err(|e| Error::Unavailable(format!("joining the writer: {e}")))?
@@ -161,8 +291,8 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || f(&db))
+        let handle = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || f(&*handle.get()?))
             .await
             .map_err(|e| Error::Unavailable(format!("read task failed: {e}")))?
     }
@@ -274,6 +404,16 @@ impl Store for EmbeddedStore {
     }
 }
 
+fn open_database(disk: &dyn Disk) -> Result<Database> {
+    disk.open().map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::Unavailable(format!(
+            "{} is already open in another process",
+            disk.describe()
+        )),
+        other => storage_error(other),
+    })
+}
+
 fn writer_gone() -> Error {
     Error::Unavailable("the store's writer has stopped".into())
 }
@@ -283,6 +423,7 @@ fn writer_gone() -> Error {
 fn storage_error(error: impl Into<redb::Error>) -> Error {
     match error.into() {
         redb::Error::Corrupted(message) => Error::Corrupt(message),
+        redb::Error::Io(e) if is_out_of_space(&e) => no_space(&e.to_string()),
         e @ (redb::Error::UpgradeRequired(_)
         | redb::Error::TableTypeMismatch { .. }
         | redb::Error::TypeDefinitionChanged { .. }
@@ -292,10 +433,22 @@ fn storage_error(error: impl Into<redb::Error>) -> Error {
     }
 }
 
+fn is_out_of_space(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::StorageFull
+        || error.kind() == std::io::ErrorKind::QuotaExceeded
+}
+
+fn no_space(cause: &str) -> Error {
+    Error::NoSpace(format!(
+        "the store's disk is full ({cause}): writes are refused until space is freed; reads continue"
+    ))
+}
+
 /// A copy of a fatal error for each request of a failed batch.
 fn replicate(error: &Error) -> Error {
     match error {
         Error::Corrupt(message) => Error::Corrupt(message.clone()),
+        Error::NoSpace(message) => Error::NoSpace(message.clone()),
         other => Error::Unavailable(other.to_string()),
     }
 }
@@ -330,6 +483,16 @@ fn init_tables(db: &Database) -> Result<(Revision, Revision)> {
     };
     txn.commit().map_err(storage_error)?;
     Ok(revisions)
+}
+
+/// The current and compacted revision of an open file.
+fn read_revisions(db: &Database) -> Result<(Revision, Revision)> {
+    let txn = db.begin_read().map_err(storage_error)?;
+    let meta = txn.open_table(META).map_err(storage_error)?;
+    Ok((
+        meta_get(&meta, META_REVISION)?,
+        meta_get(&meta, META_COMPACTED)?,
+    ))
 }
 
 fn meta_get(meta: &impl ReadableTable<&'static str, i64>, name: &str) -> Result<i64> {
@@ -575,6 +738,20 @@ fn read_log(db: &Database, prefix: &str, after: Revision) -> Result<LogChunk> {
     Ok(chunk)
 }
 
+/// Every change after `after`, read from the log.
+fn read_log_all(db: &Database, after: Revision) -> Result<Vec<WatchEvent>> {
+    let mut events = Vec::new();
+    let mut last = after;
+    loop {
+        let chunk = read_log(db, "", last)?;
+        events.extend(chunk.events);
+        last = chunk.last;
+        if chunk.caught_up {
+            return Ok(events);
+        }
+    }
+}
+
 /// Rebuilds the event of the write of `key` at `revision` from the versions table.
 fn event_at<T>(versions: &T, key: &str, revision: Revision) -> Result<WatchEvent>
 where
@@ -607,6 +784,20 @@ enum Request {
         revision: Revision,
         reply: Reply<()>,
     },
+}
+
+impl Request {
+    /// Answers with `error` without applying the request.
+    fn refuse(self, error: &Error) {
+        match self {
+            Self::Write { reply, .. } => {
+                let _ = reply.send(Err(replicate(error)));
+            }
+            Self::Compact { reply, .. } => {
+                let _ = reply.send(Err(replicate(error)));
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -658,9 +849,13 @@ struct Tx<'t> {
 
 /// The writer thread's state.
 struct Writer {
-    db: Arc<Database>,
+    db: Arc<Handle>,
+    disk: Box<dyn Disk>,
     revision: Revision,
     compacted: Revision,
+    /// Set when a write failed for want of space: the bytes free then. Writes are refused without
+    /// touching the file until more is free.
+    full: Option<u64>,
     events: broadcast::Sender<Batch>,
     published: Arc<AtomicI64>,
     failure: Failure,
@@ -683,11 +878,23 @@ impl Writer {
     /// Applies `batch` in one transaction, commits it with fsync, then publishes its changes and
     /// answers every request.
     fn commit(&mut self, batch: Vec<Request>) {
+        if let Some(error) = self.still_full() {
+            for request in batch {
+                request.refuse(&error);
+            }
+            return;
+        }
         let mut done = Vec::with_capacity(batch.len());
         let mut pending = batch.into_iter();
-        let result = self.apply(&mut pending, &mut done);
+        let result = self
+            .db
+            .get()
+            .and_then(|db| self.apply(&db, &mut pending, &mut done));
         match result {
             Ok((revision, compacted, events)) => {
+                if self.full.take().is_some() {
+                    tracing::info!("the store's disk has space again: writes resume");
+                }
                 *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.revision = revision;
                 self.compacted = compacted;
@@ -703,30 +910,88 @@ impl Writer {
             Err(error) => {
                 tracing::error!(%error, "store write transaction failed");
                 *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+                if matches!(error, Error::NoSpace(_)) {
+                    self.full = Some(self.disk.free_space().unwrap_or(0));
+                }
                 for d in done {
                     d.answer(Some(&error));
                 }
                 // Requests not reached yet fail as well: the transaction they were part of is gone.
                 for request in pending {
-                    match request {
-                        Request::Write { reply, .. } => {
-                            let _ = reply.send(Err(replicate(&error)));
-                        }
-                        Request::Compact { reply, .. } => {
-                            let _ = reply.send(Err(replicate(&error)));
-                        }
-                    }
+                    request.refuse(&error);
                 }
+                self.reopen();
             }
         }
     }
 
+    /// While the disk is as full as when a write last failed for want of space, the error to
+    /// refuse writes with.
+    fn still_full(&self) -> Option<Error> {
+        let then = self.full?;
+        match self.disk.free_space() {
+            Some(now) if now < then.saturating_add(SPACE_TO_RETRY) => Some(no_space(&format!(
+                "{} bytes free for {}",
+                now,
+                self.disk.describe()
+            ))),
+            _ => None,
+        }
+    }
+
+    /// Replaces the database handle after a failed transaction: redb fails every later operation
+    /// on a handle that saw an I/O error. Opening repairs the file to its last commit.
+    fn reopen(&mut self) {
+        let Some(old) = self.db.take() else {
+            return;
+        };
+        // The file lock goes with the last clone of the old handle; reads hold one only for the
+        // read they are doing.
+        let deadline = Instant::now() + REOPEN_WAIT;
+        while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(old);
+        let mut delay = Duration::from_millis(50);
+        let db = loop {
+            match open_database(&*self.disk).and_then(|db| {
+                let revisions = read_revisions(&db)?;
+                Ok((db, revisions))
+            }) {
+                Ok(opened) => break opened,
+                Err(error) => {
+                    tracing::error!(%error, "reopening the store failed; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        let (db, (revision, compacted)) = db;
+        if revision > self.revision {
+            // The failed commit reached the disk after all (its fsync failed after the data was
+            // written): publish what it wrote, so watchers miss nothing.
+            match read_log_all(&db, self.revision) {
+                Ok(events) if !events.is_empty() => {
+                    let _ = self.events.send(events.into());
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "reading back the recovered commit"),
+            }
+        }
+        self.revision = revision;
+        self.compacted = compacted;
+        self.published.store(revision, Ordering::Release);
+        tracing::info!(revision, "the store's file was reopened");
+        self.db.put(db);
+    }
+
     fn apply(
         &self,
+        db: &Database,
         requests: &mut impl Iterator<Item = Request>,
         done: &mut Vec<Done>,
     ) -> Result<(Revision, Revision, Vec<WatchEvent>)> {
-        let mut txn = self.db.begin_write().map_err(storage_error)?;
+        let mut txn = db.begin_write().map_err(storage_error)?;
         // The default, but the whole point: the commit returns only once the data is on disk.
         txn.set_durability(Durability::Immediate)
             .map_err(|e| Error::Unavailable(format!("redb: {e}")))?;
@@ -922,7 +1187,7 @@ impl Tx<'_> {
 
 /// The task behind one watch stream.
 struct Watcher {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     prefix: String,
     /// Changes up to here have been delivered or skipped.
     last: Revision,
@@ -971,12 +1236,13 @@ impl Watcher {
     /// is over (consumer gone, or an error was delivered).
     async fn catch_up(&mut self) -> bool {
         loop {
-            let db = Arc::clone(&self.db);
+            let handle = Arc::clone(&self.db);
             let prefix = self.prefix.clone();
             let after = self.last;
-            let chunk = tokio::task::spawn_blocking(move || read_log(&db, &prefix, after))
-                .await
-                .unwrap_or_else(|e| Err(Error::Unavailable(format!("watch task failed: {e}"))));
+            let chunk =
+                tokio::task::spawn_blocking(move || read_log(&*handle.get()?, &prefix, after))
+                    .await
+                    .unwrap_or_else(|e| Err(Error::Unavailable(format!("watch task failed: {e}"))));
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(error) => {
@@ -1001,5 +1267,155 @@ fn event_key(event: &WatchEvent) -> &str {
     match event {
         WatchEvent::Put { kv, .. } => &kv.key,
         WatchEvent::Delete { prev, .. } => &prev.key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+
+    /// A disk of a set size, in memory: writes past the size fail as a full disk does. The bytes
+    /// survive reopening, as a file's do.
+    #[derive(Clone, Debug, Default)]
+    struct SmallDisk {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        size: Arc<AtomicU64>,
+        /// Writes that reached the disk.
+        writes: Arc<AtomicU64>,
+    }
+
+    impl SmallDisk {
+        fn bytes(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+            self.bytes.lock().unwrap()
+        }
+
+        fn full(&self, end: u64) -> std::io::Result<()> {
+            if end > self.size.load(Ordering::SeqCst) {
+                return Err(std::io::ErrorKind::StorageFull.into());
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for SmallDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            Ok(self.bytes().len() as u64)
+        }
+
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            let bytes = self.bytes();
+            let start = offset as usize;
+            let range = bytes
+                .get(start..start + out.len())
+                .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+            out.copy_from_slice(range);
+            Ok(())
+        }
+
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.full(len)?;
+            self.bytes().resize(len as usize, 0);
+            Ok(())
+        }
+
+        fn sync_data(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.full(offset + data.len() as u64)?;
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            let mut bytes = self.bytes();
+            let start = offset as usize;
+            let end = start + data.len();
+            if bytes.len() < end {
+                bytes.resize(end, 0);
+            }
+            bytes[start..end].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    impl Disk for SmallDisk {
+        fn open(&self) -> std::result::Result<Database, redb::DatabaseError> {
+            redb::Builder::new().create_with_backend(self.clone())
+        }
+
+        fn free_space(&self) -> Option<u64> {
+            Some(
+                self.size
+                    .load(Ordering::SeqCst)
+                    .saturating_sub(self.bytes().len() as u64),
+            )
+        }
+
+        fn describe(&self) -> String {
+            "a small disk".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_refuses_writes_keeps_reads_and_takes_writes_again_once_freed() {
+        let disk = SmallDisk::default();
+        disk.size.store(u64::MAX, Ordering::SeqCst);
+        let store = EmbeddedStore::open_on(disk.clone()).unwrap();
+        let value = vec![b'x'; 64 << 10];
+        store.create("/k/0", value.clone()).await.unwrap();
+        let mut watch = store.watch("/k/", 0).await.unwrap();
+        // The disk ends where the file ends now, plus a little.
+        disk.size
+            .store(disk.bytes().len() as u64 + (1 << 20), Ordering::SeqCst);
+
+        let mut acknowledged = vec!["/k/0".to_owned()];
+        let refusal = loop {
+            let key = format!("/k/{}", acknowledged.len());
+            match store.create(&key, value.clone()).await {
+                Ok(_) => acknowledged.push(key),
+                Err(error) => break error,
+            }
+            assert!(acknowledged.len() < 1000, "the disk never filled up");
+        };
+        assert!(
+            matches!(&refusal, Error::NoSpace(message) if message.contains("disk is full")),
+            "{refusal:?}"
+        );
+        assert!(store.check().await.is_err(), "a full store is not healthy");
+
+        // Reads go on, on the reopened file, and hold every acknowledged write.
+        let page = store.list("/k/", &ListOptions::default()).await.unwrap();
+        let keys: Vec<_> = page.items.iter().map(|kv| kv.key.clone()).collect();
+        let mut expected = acknowledged.clone();
+        expected.sort();
+        assert_eq!(keys, expected);
+        assert_eq!(page.revision, acknowledged.len() as i64);
+
+        // Later writes are refused without touching the disk, which is still full.
+        let writes = disk.writes.load(Ordering::SeqCst);
+        for i in 0..3 {
+            let error = store
+                .create(&format!("/later/{i}"), b"v".to_vec())
+                .await
+                .unwrap_err();
+            assert!(matches!(error, Error::NoSpace(_)), "{error:?}");
+        }
+        assert_eq!(disk.writes.load(Ordering::SeqCst), writes);
+        assert!(store.get("/later/0").await.unwrap().is_none());
+
+        // Space returns: writes resume, with the next revision, and watchers see them in order.
+        disk.size.store(u64::MAX, Ordering::SeqCst);
+        let kv = store.create("/k/after", b"v".to_vec()).await.unwrap();
+        assert_eq!(kv.mod_revision, acknowledged.len() as i64 + 1);
+        store.check().await.unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < acknowledged.len() + 1 {
+            let event = futures::StreamExt::next(&mut watch).await.unwrap().unwrap();
+            seen.push(event.revision());
+        }
+        assert_eq!(
+            seen,
+            (1..=acknowledged.len() as i64 + 1).collect::<Vec<_>>()
+        );
     }
 }

@@ -116,6 +116,10 @@ pub enum Error {
     /// exceeded" (its quota). Retrying the same write fails the same way.
     #[error("{0}")]
     Rejected(String),
+    /// The embedded store's disk is full: writes are refused (before they touch the file, once
+    /// one has failed) until space is freed; reads go on.
+    #[error("{0}")]
+    NoSpace(String),
     /// The store's files are damaged or from an incompatible version; not retryable.
     #[error("storage corrupt: {0}")]
     Corrupt(String),
