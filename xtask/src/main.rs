@@ -44,6 +44,15 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// An HA control plane (three etcd members, three control planes) and the embedded store
+    /// losing parts under a write load: the leading control plane, an etcd member, etcd's
+    /// quorum, the store's disk. Prints writes lost, outages and recovery times, writes
+    /// target/bench/faults.json, fails if an acknowledged write is lost or the cluster does not
+    /// recover (`--quick`: CI's bounded run).
+    Faults {
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build the test images: target/images/busybox.tar (localhost/busybox:latest).
     Images,
     /// The whole suite, as CI runs it: setup, fmt, clippy, unit and privileged tests, and a
@@ -131,6 +140,10 @@ fn main() -> anyhow::Result<()> {
         Command::Chaos { quick } => {
             setup::run()?;
             test::chaos(quick)
+        }
+        Command::Faults { quick } => {
+            setup::run()?;
+            test::faults(quick)
         }
         Command::Fuzz(args) => {
             setup::run()?;

@@ -36,6 +36,7 @@ pub fn run() -> anyhow::Result<()> {
             ])
         })?;
         phases.time("chaos (bounded)", || chaos(true))?;
+        phases.time("faults (bounded)", || faults(true))?;
         phases.time("fuzz (15 s per target)", || {
             crate::fuzz::run(&crate::fuzz::FuzzArgs {
                 seconds: 15,
@@ -83,6 +84,24 @@ pub fn chaos(quick: bool) -> anyhow::Result<()> {
         ])
     } else {
         shell::cargo(&["bench", "-p", "apiary-control-plane", "--bench", "chaos"])
+    }
+}
+
+/// `cargo xtask faults`: parts of an HA control plane and the embedded store's disk failing
+/// under load (`control-plane/benches/faults.rs`). `quick`: CI's bounded run on the debug build.
+pub fn faults(quick: bool) -> anyhow::Result<()> {
+    if quick {
+        shell::cargo(&[
+            "test",
+            "-p",
+            "apiary-control-plane",
+            "--bench",
+            "faults",
+            "--",
+            "--quick",
+        ])
+    } else {
+        shell::cargo(&["bench", "-p", "apiary-control-plane", "--bench", "faults"])
     }
 }
 

@@ -39,34 +39,14 @@ pub async fn publish(api: &Arc<Api>, server: &str, ca_pem: &str) -> Result<(), A
         name: None,
         subresource: None,
     };
-    match objects::get(api, config_maps, Some(NAMESPACE), NAME).await {
-        Ok(mut existing) => {
-            if existing["data"][KUBECONFIG_KEY] != wanted.as_str() {
-                // The signatures are of the old content: the signer makes new ones.
-                existing["data"] = json!({ KUBECONFIG_KEY: wanted });
-                let target = Target {
-                    name: Some(NAME.to_owned()),
-                    ..target
-                };
-                objects::update(api, &target, NAME, existing).await?;
-            }
+    // Control planes starting together race to write it: the loser reads it again.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match write_kubeconfig(api, &target, &wanted).await {
+            Err(e) if e.reason == "Conflict" && attempts < 10 => continue,
+            result => break result?,
         }
-        Err(e) if e.reason == "NotFound" => {
-            let object = json!({
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": NAME, "namespace": NAMESPACE},
-                "data": { KUBECONFIG_KEY: wanted },
-            });
-            match objects::create(api, &target, object).await {
-                Ok(_)
-                | Err(ApiError {
-                    reason: "AlreadyExists",
-                    ..
-                }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Err(e) => return Err(e),
     }
     for (plural, object) in anonymous_read() {
         let resource = api
@@ -112,4 +92,39 @@ fn anonymous_read() -> [(&'static str, Value); 2] {
             }),
         ),
     ]
+}
+
+/// Creates or updates the ConfigMap to hold `wanted`.
+async fn write_kubeconfig(api: &Arc<Api>, target: &Target, wanted: &str) -> Result<(), ApiError> {
+    let config_maps = target.resource;
+    match objects::get(api, config_maps, Some(NAMESPACE), NAME).await {
+        Ok(mut existing) => {
+            if existing["data"][KUBECONFIG_KEY] != wanted {
+                // The signatures are of the old content: the signer makes new ones.
+                existing["data"] = json!({ KUBECONFIG_KEY: wanted });
+                let target = Target {
+                    name: Some(NAME.to_owned()),
+                    ..target.clone()
+                };
+                objects::update(api, &target, NAME, existing).await?;
+            }
+        }
+        Err(e) if e.reason == "NotFound" => {
+            let object = json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": NAME, "namespace": NAMESPACE},
+                "data": { KUBECONFIG_KEY: wanted },
+            });
+            match objects::create(api, target, object).await {
+                Ok(_)
+                | Err(ApiError {
+                    reason: "AlreadyExists",
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
 }
