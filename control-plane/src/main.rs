@@ -276,6 +276,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         std::time::Duration::from_secs(10),
     )
     .await;
+    let never_stops = authz_shutdown.clone();
     // Custom resources are served from their CRDs as stored before the first request.
     apiserver::custom_resources::start(
         Arc::clone(&api),
@@ -297,14 +298,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let (leading_tx, leading) = tokio::sync::watch::channel(false);
     tokio::spawn(leader::campaign(
         Arc::clone(&api),
-        identity,
+        identity.clone(),
         leader::Timing::default(),
         leading_tx,
+    ));
+    // Every control plane, leading or not, is an endpoint of `default/kubernetes` while alive.
+    tokio::spawn(apiary_control_plane::controllers::kubernetes_service::run(
+        Arc::clone(&api),
+        identity.clone(),
+        advertised,
+        never_stops.clone(),
     ));
     let controllers = apiary_control_plane::controllers::Config {
         load_balancer_pools: cli.loadbalancer_pools.clone(),
         identity_gc_grace: std::time::Duration::from_secs(cli.security_identity_gc_seconds),
-        advertised,
         root_ca: Some(pki.ca_pem.clone()),
         certificate_authority: Some(Arc::new(
             pki.certificate_authority()

@@ -65,9 +65,6 @@ pub struct Config {
     pub load_balancer_pools: Vec<loadbalancer::Pool>,
     /// How long a SecurityIdentity no pod uses is kept before it is deleted.
     pub identity_gc_grace: std::time::Duration,
-    /// Where pods reach the API server (`default/kubernetes`'s endpoint); `None`: nowhere
-    /// they could (listening on loopback only).
-    pub advertised: Option<std::net::SocketAddr>,
     /// The cluster CA (PEM) published in every namespace as `kube-root-ca.crt`; `None`: not
     /// published.
     pub root_ca: Option<String>,
@@ -80,7 +77,6 @@ impl Default for Config {
         Self {
             load_balancer_pools: Vec::new(),
             identity_gc_grace: identity::DEFAULT_GC_GRACE,
-            advertised: None,
             root_ca: None,
             certificate_authority: None,
         }
@@ -109,7 +105,6 @@ pub async fn run(
         statefulset::run(Arc::clone(&api), rx.clone()),
         daemonset::run(Arc::clone(&api), rx.clone()),
         identity::run(Arc::clone(&api), config.identity_gc_grace, rx.clone()),
-        kubernetes_service::run(Arc::clone(&api), config.advertised, rx.clone()),
         serviceaccount::run(Arc::clone(&api), rx.clone()),
         service_account_tokens::run(Arc::clone(&api), config.root_ca.clone(), rx.clone()),
         root_ca::run(Arc::clone(&api), config.root_ca, rx.clone()),
