@@ -74,10 +74,126 @@ pub async fn connect_as(
     ca_pem: &str,
     credential: Credential<'_>,
 ) -> Result<Client, Error> {
-    let connect_err = |source| Error::Connect {
-        server: server.to_owned(),
-        source,
+    connect_any(&[server.to_owned()], ca_pem, credential).await
+}
+
+/// Connects to the control plane's API servers `servers`, trusting `ca_pem`, as `credential`:
+/// once one of them answers, calls are spread over all of them and go on through the others
+/// while one is down (a server that cannot be reached is left out until it can be again).
+pub async fn connect_any(
+    servers: &[String],
+    ca_pem: &str,
+    credential: Credential<'_>,
+) -> Result<Client, Error> {
+    let (identity, token) = match credential {
+        Credential::Token(token) => (
+            None,
+            Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| Error::Token)?,
+            ),
+        ),
+        Credential::Certificate { cert_pem, key_pem } => (
+            Some(tonic::transport::Identity::from_pem(cert_pem, key_pem)),
+            None,
+        ),
     };
+    let mut endpoints = Vec::with_capacity(servers.len());
+    for server in servers {
+        endpoints.push(endpoint(server, ca_pem, identity.clone())?);
+    }
+    // One must answer now (so that a wrong CA or URL is an error here, not a hang later).
+    let mut last = Error::Url(String::new());
+    let mut connected = None;
+    for (endpoint, server) in endpoints.iter().zip(servers) {
+        match endpoint.connect().await {
+            Ok(channel) => {
+                connected = Some(channel);
+                break;
+            }
+            Err(source) => {
+                last = Error::Connect {
+                    server: server.clone(),
+                    source,
+                }
+            }
+        }
+    }
+    let Some(connected) = connected else {
+        return Err(last);
+    };
+    let channel = if endpoints.len() == 1 {
+        connected
+    } else {
+        // tonic's balancer keeps picking an endpoint whose server is gone (it reconnects on
+        // each call), so the servers are probed here and only those that answer are in it.
+        let (channel, changes) = Channel::balance_channel(servers.len());
+        tokio::spawn(follow_servers(
+            servers.iter().cloned().zip(endpoints).collect(),
+            changes,
+        ));
+        channel
+    };
+    Ok(v1::node_agent_client::NodeAgentClient::with_interceptor(
+        channel,
+        BearerToken(token),
+    ))
+}
+
+/// How often [`follow_servers`] probes, and how long a probe may take.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps the balancer's endpoints to the servers that accept connections: probes each every
+/// [`PROBE_EVERY`] (a TCP connect, as a load balancer's health check), and takes one out when
+/// it fails, back in when it answers again. Ends with the channel.
+async fn follow_servers(
+    servers: Vec<(String, tonic::transport::Endpoint)>,
+    changes: tokio::sync::mpsc::Sender<
+        tonic::transport::channel::Change<String, tonic::transport::Endpoint>,
+    >,
+) {
+    use tonic::transport::channel::Change;
+    let mut inside = vec![false; servers.len()];
+    loop {
+        for ((server, endpoint), inside) in servers.iter().zip(&mut inside) {
+            let answers = match endpoint.uri().authority() {
+                Some(authority) => {
+                    let port = endpoint.uri().port_u16().unwrap_or(443);
+                    let connect = tokio::net::TcpStream::connect((authority.host(), port));
+                    matches!(
+                        tokio::time::timeout(PROBE_TIMEOUT, connect).await,
+                        Ok(Ok(_))
+                    )
+                }
+                None => false,
+            };
+            let change = match (answers, *inside) {
+                (true, false) => Change::Insert(server.clone(), endpoint.clone()),
+                (false, true) => Change::Remove(server.clone()),
+                _ => continue,
+            };
+            if answers {
+                tracing::info!(%server, "API server reachable: calls go there too");
+            } else {
+                tracing::warn!(%server, "API server unreachable: calls go to the others");
+            }
+            *inside = answers;
+            if changes.send(change).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
+/// How to reach `server`: TLS trusting `ca_pem`, presenting `identity` if any.
+fn endpoint(
+    server: &str,
+    ca_pem: &str,
+    identity: Option<tonic::transport::Identity>,
+) -> Result<tonic::transport::Endpoint, Error> {
     // The serving certificate always names `localhost`; other names come with the server URL.
     let host = server
         .trim_start_matches("https://")
@@ -92,26 +208,14 @@ pub async fn connect_as(
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .domain_name(domain);
-    let token = match credential {
-        Credential::Token(token) => Some(
-            format!("Bearer {token}")
-                .parse()
-                .map_err(|_| Error::Token)?,
-        ),
-        Credential::Certificate { cert_pem, key_pem } => {
-            tls = tls.identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
-            None
-        }
-    };
-    let channel = Channel::from_shared(server.to_owned())
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
+    Channel::from_shared(server.to_owned())
         .map_err(|_| Error::Url(server.to_owned()))?
         .tls_config(tls)
-        .map_err(connect_err)?
-        .connect()
-        .await
-        .map_err(connect_err)?;
-    Ok(v1::node_agent_client::NodeAgentClient::with_interceptor(
-        channel,
-        BearerToken(token),
-    ))
+        .map_err(|source| Error::Connect {
+            server: server.to_owned(),
+            source,
+        })
 }

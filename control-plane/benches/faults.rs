@@ -613,7 +613,8 @@ struct Outcome {
     unanswered_but_applied: usize,
     write_outage: Duration,
     read_outage: Duration,
-    /// From the fault to a leader holding the controllers' Lease again (control-plane faults).
+    /// From the fault to a leader holding the controllers' Lease again, when the fault cost
+    /// the controllers their leader (`None`: they never stopped).
     leader_back: Option<Duration>,
     /// From the broken part's return (its restart, or space freed) to every part back and
     /// serving.
@@ -771,16 +772,28 @@ impl Ha {
         let leader_before = self.api.leader(&bases).await;
         let broken = Instant::now();
         let mends = fault(self, leader_before.as_deref());
+        // The controllers' leader: when it was lost (no fresh lease to be read) or changed,
+        // and when one led again.
+        let mut lost_at = None;
         let mut leader_back = None;
         let held_until = broken + timing.held;
         while Instant::now() < held_until {
             // A probe hanging on a broken part must not stretch the fault.
             let left = held_until.saturating_duration_since(Instant::now());
-            if leader_back.is_none()
-                && let Ok(Some(leader)) = tokio::time::timeout(left, self.api.leader(&bases)).await
-                && leader_before.as_deref() != Some(leader.as_str())
-            {
-                leader_back = Some(broken.elapsed());
+            let leader = tokio::time::timeout(left, self.api.leader(&bases))
+                .await
+                .ok()
+                .flatten();
+            match leader {
+                None => {
+                    lost_at.get_or_insert(broken.elapsed());
+                }
+                Some(leader) => {
+                    let changed = leader_before.as_deref() != Some(leader.as_str());
+                    if leader_back.is_none() && (changed || lost_at.is_some()) {
+                        leader_back = Some(broken.elapsed());
+                    }
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -789,7 +802,7 @@ impl Ha {
             mend(self);
         }
         let whole = until(mended, async || self.whole().await).await;
-        if leader_back.is_none() {
+        if leader_back.is_none() && lost_at.is_some() {
             leader_back = until(broken, async || self.api.leader(&bases).await.is_some()).await;
         }
         tokio::time::sleep(timing.after).await;

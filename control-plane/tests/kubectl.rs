@@ -891,6 +891,7 @@ async fn the_node_agents_repeated_events_are_one_event_with_a_count() {
             .as_str()
             .unwrap()
             .to_owned(),
+        more_servers: Vec::new(),
         ca_pem: std::fs::read_to_string(cp.data_path().join("pki/ca.crt")).unwrap(),
         token: cp.token(),
         client_certificate: None,

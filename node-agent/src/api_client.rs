@@ -3,7 +3,10 @@
 //! deletion).
 
 use std::{
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -23,7 +26,10 @@ use crate::kubeconfig::Endpoint;
 #[derive(Clone, Debug)]
 pub struct ApiClient {
     http: reqwest::Client,
-    server: String,
+    /// The API servers, in the order tried; requests go to `current` until it cannot be
+    /// reached, then to the next that can.
+    servers: Arc<[String]>,
+    current: Arc<AtomicUsize>,
     token: String,
     /// The queue of Events to record, with their time; the writer task is started with the
     /// first. Shared by the clones of this client: one Event correlator per agent.
@@ -64,26 +70,56 @@ impl ApiClient {
             .context("building the HTTP client")?;
         Ok(Self {
             http,
-            server: endpoint.server.trim_end_matches('/').to_owned(),
+            servers: endpoint
+                .servers()
+                .iter()
+                .map(|s| s.trim_end_matches('/').to_owned())
+                .collect(),
+            current: Arc::default(),
             token: endpoint.token.clone(),
             events: Arc::default(),
         })
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, format!("{}{path}", self.server));
-        if self.token.is_empty() {
-            request
-        } else {
-            request.bearer_auth(&self.token)
+    /// Sends the request `build` makes of `method path` to the current server, and when it
+    /// cannot be reached, to the others in turn (the one that answers becomes current). Only a
+    /// connection that failed is retried elsewhere: a request that reached a server may have
+    /// been applied there.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> reqwest::Result<reqwest::Response> {
+        let first = self.current.load(Ordering::Relaxed);
+        let mut unreachable = None;
+        for i in 0..self.servers.len() {
+            let at = (first + i) % self.servers.len();
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.servers[at]));
+            if !self.token.is_empty() {
+                request = request.bearer_auth(&self.token);
+            }
+            match build(request).send().await {
+                Ok(response) => {
+                    if at != first {
+                        tracing::info!(server = %self.servers[at], "the API server answers here now");
+                        self.current.store(at, Ordering::Relaxed);
+                    }
+                    return Ok(response);
+                }
+                Err(e) if e.is_connect() => unreachable = Some(e),
+                Err(e) => return Err(e),
+            }
         }
+        Err(unreachable.expect("an endpoint has at least one server"))
     }
 
     /// GETs `path`; a 404 is [`Found::Missing`], not an error.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<Found<T>> {
         let response = self
-            .request(reqwest::Method::GET, path)
-            .send()
+            .send(reqwest::Method::GET, path, |r| r)
             .await
             .with_context(|| format!("GET {path}"))?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
@@ -100,9 +136,7 @@ impl ApiClient {
 
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let response = self
-            .request(reqwest::Method::POST, path)
-            .json(body)
-            .send()
+            .send(reqwest::Method::POST, path, |r| r.json(body))
             .await
             .with_context(|| format!("POST {path}"))?;
         let response = check(response, "POST", path).await?;
@@ -112,9 +146,7 @@ impl ApiClient {
     /// PUTs `body` to `path` (a replacement carrying the resourceVersion it replaces).
     pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let response = self
-            .request(reqwest::Method::PUT, path)
-            .json(body)
-            .send()
+            .send(reqwest::Method::PUT, path, |r| r.json(body))
             .await
             .with_context(|| format!("PUT {path}"))?;
         let response = check(response, "PUT", path).await?;
@@ -124,9 +156,7 @@ impl ApiClient {
     /// DELETEs `path` with `options` (a DeleteOptions body); a 404 counts as done.
     pub async fn delete(&self, path: &str, options: &Value) -> anyhow::Result<()> {
         let response = self
-            .request(reqwest::Method::DELETE, path)
-            .json(options)
-            .send()
+            .send(reqwest::Method::DELETE, path, |r| r.json(options))
             .await
             .with_context(|| format!("DELETE {path}"))?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
@@ -137,14 +167,15 @@ impl ApiClient {
 
     /// Merge-PATCHes `path` with `patch`; a 404 is [`Found::Missing`], not an error.
     pub async fn merge_patch(&self, path: &str, patch: &Value) -> anyhow::Result<Found<Value>> {
+        let body = serde_json::to_vec(patch).context("encoding a patch")?;
         let response = self
-            .request(reqwest::Method::PATCH, path)
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/merge-patch+json",
-            )
-            .body(serde_json::to_vec(patch).context("encoding a patch")?)
-            .send()
+            .send(reqwest::Method::PATCH, path, |r| {
+                r.header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/merge-patch+json",
+                )
+                .body(body.clone())
+            })
             .await
             .with_context(|| format!("PATCH {path}"))?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {

@@ -13,6 +13,8 @@ use serde_json::Value;
 pub struct Endpoint {
     /// `https://host:port`.
     pub server: String,
+    /// More API servers of the same control plane (`--server`), tried after `server`.
+    pub more_servers: Vec<String>,
     pub ca_pem: String,
     /// A bearer token; empty when [`Endpoint::client_certificate`] authenticates.
     pub token: String,
@@ -29,6 +31,26 @@ pub struct ClientCertificateFiles {
 }
 
 impl Endpoint {
+    /// `self` with `servers` as more API servers of the same control plane.
+    pub fn with_more_servers(mut self, servers: &[String]) -> Self {
+        for server in servers {
+            let server = server.trim_end_matches('/');
+            if server != self.server.trim_end_matches('/')
+                && !self.more_servers.iter().any(|s| s == server)
+            {
+                self.more_servers.push(server.to_owned());
+            }
+        }
+        self
+    }
+
+    /// Every API server: the kubeconfig's first.
+    pub fn servers(&self) -> Vec<String> {
+        std::iter::once(self.server.clone())
+            .chain(self.more_servers.iter().cloned())
+            .collect()
+    }
+
     /// Reads the current context of the kubeconfig at `path`.
     pub fn from_kubeconfig(path: &Path) -> anyhow::Result<Self> {
         let text =
@@ -87,6 +109,7 @@ impl Endpoint {
         }
         Ok(Endpoint {
             server,
+            more_servers: Vec::new(),
             ca_pem,
             token,
             client_certificate,

@@ -147,6 +147,41 @@ impl ControlPlane {
         cp
     }
 
+    /// Another control plane of `first`'s cluster (start both on one etcd): it shares the
+    /// cluster CA, the service account key and the admin's credentials, as kubeadm's joined
+    /// control planes do, and makes its own serving certificate.
+    pub fn start_joining(first: &ControlPlane, extra_args: &[&str]) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let pki = data_dir.path().join("pki");
+        std::fs::create_dir_all(&pki).unwrap();
+        for file in [
+            "ca.crt",
+            "ca.key",
+            "sa.key",
+            "admin.crt",
+            "admin.key",
+            "admin.token",
+            "apiserver-kubelet-client.crt",
+            "apiserver-kubelet-client.key",
+        ] {
+            std::fs::copy(first.data_path().join("pki").join(file), pki.join(file)).unwrap();
+        }
+        let child = Self::spawn(data_dir.path(), extra_args);
+        let mut cp = Self {
+            child,
+            data_dir,
+            _etcd: None,
+        };
+        cp.wait_ready();
+        cp
+    }
+
+    /// Kills the control plane, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn spawn(data_dir: &Path, extra_args: &[&str]) -> Child {
         Command::new(env!("CARGO_BIN_EXE_apiary-control-plane"))
             .args(["--data-dir", data_dir.to_str().unwrap()])

@@ -234,6 +234,7 @@ mod tests {
         let kubeconfig = dir.path().join("node.kubeconfig");
         let bootstrap = Endpoint {
             server: "https://10.0.0.1:6443".into(),
+            more_servers: Vec::new(),
             ca_pem: cert.pem(),
             token: "abcdef.0123456789abcdef".into(),
             client_certificate: None,

@@ -42,6 +42,11 @@ pub struct AgentConfig {
     /// The address the node registers and serves on [default: the default route's source].
     #[arg(long)]
     pub node_ip: Option<Ipv4Addr>,
+    /// More API servers of the cluster besides the kubeconfig's (repeatable, `https://host:port`):
+    /// the agent spreads its calls over all of them and goes on through the others while one
+    /// is down.
+    #[arg(long = "server", value_name = "URL")]
+    pub servers: Vec<String>,
     /// Extra node labels, `k=v,k2=v2`.
     #[arg(long, value_delimiter = ',')]
     pub node_labels: Vec<String>,
@@ -131,7 +136,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         &pki_dir,
         &node.name,
     )
-    .await?;
+    .await?
+    .with_more_servers(&config.servers);
     tokio::spawn(super::client_certificate::rotate(
         endpoint.clone(),
         pki_dir,
@@ -369,10 +375,11 @@ async fn connect_once(endpoint: &Endpoint) -> anyhow::Result<Client> {
                 cert_pem: &cert_pem,
                 key_pem: &key_pem,
             };
-            apiary_agent_api::connect_as(&endpoint.server, &endpoint.ca_pem, credential).await?
+            apiary_agent_api::connect_any(&endpoint.servers(), &endpoint.ca_pem, credential).await?
         }
         None => {
-            apiary_agent_api::connect(&endpoint.server, &endpoint.ca_pem, &endpoint.token).await?
+            let credential = Credential::Token(&endpoint.token);
+            apiary_agent_api::connect_any(&endpoint.servers(), &endpoint.ca_pem, credential).await?
         }
     };
     Ok(client)
