@@ -431,6 +431,19 @@ fn a_silent_node_goes_not_ready_and_its_pods_are_evicted() {
             .any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute"),
         "{node}"
     );
+    // Nobody vouches for the pods of an unreachable node: not ready, so Services drop them.
+    let pod_ready = |name: &str| {
+        let pod = cp.kubectl_json(&["get", "pod", name, "-o", "json"]);
+        pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .map(|c| c["status"].as_str().unwrap_or_default().to_owned())
+    };
+    wait_for("stays not ready", || {
+        (pod_ready("stays").as_deref() == Some("False")).then_some(())
+    });
     wait_for("doomed evicted", || {
         (!cp.kubectl(&["get", "pod", "doomed"]).ok()).then_some(())
     });

@@ -200,9 +200,60 @@ async fn reconcile(
         }
     }
     if !unreachable.is_empty() {
-        evict(api, config, state, &unreachable).await?;
+        let pods = resource(api, "", "pods");
+        let listing = items(objects::list(api, &list_target(pods, None), &HashMap::new()).await?);
+        mark_pods_not_ready(api, &listing, &unreachable).await;
+        evict(api, config, state, &unreachable, listing).await?;
     }
     Ok(())
+}
+
+/// Sets the Ready condition of the pods of unreachable nodes to False, as Kubernetes'
+/// MarkPodsNotReady: nobody can vouch for them, so Services stop sending them traffic within
+/// the node grace rather than at their eviction. Their agent reports the truth again once it is
+/// back. A failed write is tried again at the next pass.
+async fn mark_pods_not_ready(api: &Arc<Api>, pods: &[Value], unreachable: &HashSet<String>) {
+    let resource = resource(api, "", "pods");
+    for pod in pods {
+        let on_unreachable = pod["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| unreachable.contains(n));
+        if !on_unreachable || pod["metadata"]["deletionTimestamp"].is_string() {
+            continue;
+        }
+        let mut pod = pod.clone();
+        let Some(ready) = pod["status"]["conditions"]
+            .as_array_mut()
+            .and_then(|c| c.iter_mut().find(|c| c["type"] == "Ready"))
+        else {
+            continue;
+        };
+        if ready["status"] != "True" {
+            continue;
+        }
+        ready["status"] = json!("False");
+        ready["lastTransitionTime"] = json!(now());
+        let (Some(namespace), Some(name)) = (
+            pod["metadata"]["namespace"].as_str().map(str::to_owned),
+            pod["metadata"]["name"].as_str().map(str::to_owned),
+        ) else {
+            continue;
+        };
+        let target = Target {
+            resource,
+            namespace: Some(namespace.clone()),
+            name: Some(name.clone()),
+            subresource: Some("status".into()),
+        };
+        match objects::update(api, &target, &name, pod).await {
+            Ok(_) => {
+                tracing::info!(pod = %format!("{namespace}/{name}"), "node unreachable: pod not ready")
+            }
+            Err(e) => {
+                tracing::debug!(pod = %format!("{namespace}/{name}"), error = %e.message, "marking a pod not ready")
+            }
+        }
+    }
 }
 
 fn ready_status(node: &Value) -> String {
@@ -328,9 +379,9 @@ async fn evict(
     config: &Config,
     state: &State,
     unreachable: &HashSet<String>,
+    listing: Vec<Value>,
 ) -> Result<(), ApiError> {
     let pods = resource(api, "", "pods");
-    let listing = items(objects::list(api, &list_target(pods, None), &HashMap::new()).await?);
     let taint = Taint {
         key: UNREACHABLE.into(),
         effect: "NoExecute".into(),

@@ -913,6 +913,8 @@ impl Writer {
                 if matches!(error, Error::NoSpace(_)) {
                     self.full = Some(self.disk.free_space().unwrap_or(0));
                 }
+                // Before answering: a caller who reads next gets the new handle.
+                self.reopen();
                 for d in done {
                     d.answer(Some(&error));
                 }
@@ -920,7 +922,6 @@ impl Writer {
                 for request in pending {
                     request.refuse(&error);
                 }
-                self.reopen();
             }
         }
     }
@@ -1015,17 +1016,19 @@ impl Writer {
         };
         for request in requests {
             match request {
+                // A fatal error is answered with the rest of the batch, once the failure is
+                // recorded (so that a caller who sees it finds the store unhealthy).
                 Request::Write { op, reply } => match tx.write(op) {
                     Ok(outcome) => done.push(Done::Write(reply, outcome)),
                     Err(error) => {
-                        let _ = reply.send(Err(replicate(&error)));
+                        done.push(Done::Write(reply, Err(replicate(&error))));
                         return Err(error);
                     }
                 },
                 Request::Compact { revision, reply } => match tx.compact(revision) {
                     Ok(outcome) => done.push(Done::Compact(reply, outcome)),
                     Err(error) => {
-                        let _ = reply.send(Err(replicate(&error)));
+                        done.push(Done::Compact(reply, Err(replicate(&error))));
                         return Err(error);
                     }
                 },

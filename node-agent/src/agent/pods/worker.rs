@@ -919,7 +919,11 @@ impl Worker {
         {
             status.pod_ip = ip;
         }
-        if self.last_report.as_ref() == Some(&status) {
+        // Someone else may have written the stored status since (the node lifecycle controller
+        // marks the pods of an unreachable node not ready): report again when its readiness
+        // differs from ours.
+        let stored_ready = self.pod.status.as_ref().and_then(ready_of);
+        if self.last_report.as_ref() == Some(&status) && stored_ready == ready_of(&status) {
             return;
         }
         let report = apiary_agent_api::v1::PodStatusReport {
@@ -935,6 +939,15 @@ impl Worker {
             }
         }
     }
+}
+
+/// The status of a pod status's Ready condition, if it has one.
+fn ready_of(status: &PodStatus) -> Option<&str> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.as_str())
 }
 
 /// Runs a lifecycle hook (preStop or postStart).
