@@ -65,6 +65,7 @@ pub struct ClusterLab {
     nodes: Vec<ClusterNode>,
     registry: Option<Child>,
     control_plane: Option<Child>,
+    control_plane_args: Vec<String>,
     pub kubeconfig: PathBuf,
     /// The admin kubeconfig with the cluster token (for tools that want a token; the admin
     /// kubeconfig holds a client certificate).
@@ -81,6 +82,11 @@ impl ClusterLab {
     /// Starts a control plane and `nodes` agents, with the busybox test image in a store all
     /// agents share, and waits until every node is Ready.
     pub fn start(nodes: usize) -> anyhow::Result<Self> {
+        Self::start_with(nodes, &[])
+    }
+
+    /// [`ClusterLab::start`] with more flags for the control plane (shorter grace periods…).
+    pub fn start_with(nodes: usize, control_plane_flags: &[&str]) -> anyhow::Result<Self> {
         for bin in ["apiary-control-plane", "apiary-node-agent", "apiary-shim"] {
             if !binary(bin).exists() {
                 bail!(
@@ -111,19 +117,21 @@ impl ClusterLab {
             .context("importing the busybox image")?;
         let cp_dir = dir.path().join("control-plane");
         let cp_log = dir.path().join("control-plane.log");
+        let mut control_plane_args: Vec<String> = vec![
+            "--data-dir".into(),
+            cp_dir.display().to_string(),
+            "--listen".into(),
+            format!("{CONTROL_PLANE_IP}:6443"),
+            "--cluster-cidr".into(),
+            CLUSTER_CIDR.into(),
+            "--loadbalancer-pool".into(),
+            LOADBALANCER_POOL.into(),
+        ];
+        control_plane_args.extend(control_plane_flags.iter().map(|f| (*f).to_owned()));
         let control_plane = spawn_in(
             &underlay,
             &binary("apiary-control-plane"),
-            &[
-                "--data-dir".into(),
-                cp_dir.display().to_string(),
-                "--listen".into(),
-                format!("{CONTROL_PLANE_IP}:6443"),
-                "--cluster-cidr".into(),
-                CLUSTER_CIDR.into(),
-                "--loadbalancer-pool".into(),
-                LOADBALANCER_POOL.into(),
-            ],
+            &control_plane_args,
             &cp_log,
         )?;
         let kubeconfig = cp_dir.join("kubeconfig");
@@ -131,6 +139,7 @@ impl ClusterLab {
             nodes: Vec::new(),
             registry: None,
             control_plane: Some(control_plane),
+            control_plane_args,
             kubeconfig: kubeconfig.clone(),
             node_kubeconfig: cp_dir.join("node.kubeconfig"),
             bootstrap_kubeconfig: cp_dir.join("bootstrap.kubeconfig"),
@@ -332,6 +341,50 @@ impl ClusterLab {
             &n.args,
             &n.log,
         )?);
+        Ok(())
+    }
+
+    /// Kills the control plane with SIGKILL (pods and the data plane go on without it).
+    pub fn kill_control_plane(&mut self) {
+        if let Some(mut child) = self.control_plane.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the control plane again on its data dir, appending to its log, and waits until it
+    /// answers.
+    pub fn restart_control_plane(&mut self) -> anyhow::Result<()> {
+        self.kill_control_plane();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("control-plane.log"))?;
+        let child = nsenter(&self.underlay, binary("apiary-control-plane"))
+            .args(&self.control_plane_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.control_plane = Some(child);
+        wait(
+            "the control plane to answer",
+            Duration::from_secs(30),
+            || {
+                self.kubectl(&["get", "--raw", "/readyz"])
+                    .ok()
+                    .filter(|o| o.status.success())
+                    .map(drop)
+            },
+        )
+    }
+
+    /// Node `i` is lost as a machine that dies is: its agent is killed and its link to the
+    /// underlay goes down, so its pods, still running, can no longer be reached.
+    pub fn lose_node(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill_agent(i);
+        let port = format!("n{}", self.nodes[i].node.index);
+        ip(&["-n", &self.underlay, "link", "set", &port, "down"])?;
         Ok(())
     }
 

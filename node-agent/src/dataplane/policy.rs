@@ -174,6 +174,15 @@ impl PolicyMaps {
             .map_err(map_err(IPCACHE))
     }
 
+    /// The identity `IPCACHE` holds for `ip`.
+    pub fn identity(&self, ip: Ipv4Addr) -> Result<Option<u32>> {
+        match self.ipcache.get(&ip.octets(), 0) {
+            Ok(identity) => Ok(Some(identity)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(IPCACHE)(e)),
+        }
+    }
+
     pub fn remove_identity(&mut self, ip: Ipv4Addr) -> Result<bool> {
         match self.ipcache.remove(&ip.octets()) {
             Ok(()) => Ok(true),
