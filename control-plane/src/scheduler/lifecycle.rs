@@ -149,9 +149,15 @@ async fn reconcile(
             *seen = (renew.to_owned(), now_i);
         }
         let stale = now_i.duration_since(seen.1) > config.grace;
-        let tainted = node["spec"]["taints"]
+        let effects: Vec<&str> = node["spec"]["taints"]
             .as_array()
-            .is_some_and(|t| t.iter().any(|t| t["key"] == UNREACHABLE));
+            .into_iter()
+            .flatten()
+            .filter(|t| t["key"] == UNREACHABLE)
+            .filter_map(|t| t["effect"].as_str())
+            .collect();
+        let tainted = !effects.is_empty();
+        let fully_tainted = effects.contains(&"NoSchedule") && effects.contains(&"NoExecute");
         let ready = ready_status(node);
         if stale {
             if ready != "Unknown" {
@@ -168,7 +174,7 @@ async fn reconcile(
                 )
                 .await?;
             }
-            if !tainted {
+            if !fully_tainted {
                 set_unreachable_taint(api, node, true).await?;
             }
             state.tainted_since.entry(name.to_owned()).or_insert(now_i);
@@ -353,6 +359,9 @@ async fn set_unreachable_taint(
         .filter(|t| t["key"] != UNREACHABLE)
         .collect();
     if present {
+        // NoSchedule too (Kubernetes' TaintNodesByCondition): a pod that tolerates the
+        // NoExecute taint for a while must still not be placed there.
+        taints.push(json!({ "key": UNREACHABLE, "effect": "NoSchedule", "timeAdded": now() }));
         taints.push(json!({ "key": UNREACHABLE, "effect": "NoExecute", "timeAdded": now() }));
     }
     let patch = json!({ "spec": { "taints": if taints.is_empty() { Value::Null } else { json!(taints) } } });
