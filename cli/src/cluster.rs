@@ -46,6 +46,11 @@ pub struct UpArgs {
     /// How long to wait for the node to become Ready, in seconds.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// A highly available control plane: three etcd members (Debian's `etcd-server`, with peer
+    /// and client TLS, on loopback ports 23790-23792) and three control planes on them, on the
+    /// `--listen` port and the next two, sharing the cluster CA; the agent knows all three.
+    #[arg(long)]
+    ha: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +105,9 @@ pub struct JoinArgs {
 #[serde(default)]
 struct Started {
     control_plane_pid: Option<u32>,
+    /// `up --ha`: the other control planes and the etcd members.
+    more_control_plane_pids: Vec<u32>,
+    etcd_pids: Vec<u32>,
     agent_pid: Option<u32>,
     /// The agent's health endpoint (`host:port`).
     agent_healthz: Option<String>,
@@ -443,6 +451,8 @@ pub async fn up(args: &UpArgs, out: &mut impl Write) -> anyhow::Result<()> {
         && [started.control_plane_pid, started.agent_pid]
             .iter()
             .flatten()
+            .chain(&started.more_control_plane_pids)
+            .chain(&started.etcd_pids)
             .any(|pid| alive(*pid))
     {
         bail!(
@@ -455,21 +465,55 @@ pub async fn up(args: &UpArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let logs = data_dir.join("logs");
     let cp_log = logs.join("control-plane.log");
     let agent_log = logs.join("node-agent.log");
-    let cp_pid = spawn_logged(
-        &sibling("apiary-control-plane")?,
-        &[
-            "--data-dir".to_owned(),
-            data_dir.display().to_string(),
-            "--listen".to_owned(),
-            args.listen.clone(),
-        ],
-        &cp_log,
-    )?;
+    let mut started = Started::default();
+    let mut cp_flags = vec![
+        "--data-dir".to_owned(),
+        data_dir.display().to_string(),
+        "--listen".to_owned(),
+        args.listen.clone(),
+    ];
+    let mut members = Vec::new();
+    if args.ha {
+        restrict_data_dir(data_dir)?;
+        let pki = crate::ha::etcd_pki(data_dir).context("making the etcd certificates")?;
+        for i in 0..crate::ha::SIZE {
+            let log = logs.join(format!("etcd-{i}.log"));
+            let pid = spawn_logged(
+                Path::new("etcd"),
+                &crate::ha::etcd_args(data_dir, &pki, i),
+                &log,
+            )
+            .context("etcd (Debian's etcd-server) must be installed for --ha")?;
+            started.etcd_pids.push(pid);
+            members.push(Watched {
+                what: "etcd member",
+                pid,
+                log,
+            });
+        }
+        write_started(&state_path, &started)?;
+        let etcd_log = logs.join("etcd-0.log");
+        wait_for(
+            "starting etcd (3 members)",
+            Duration::from_secs(args.timeout),
+            &etcd_log,
+            &members,
+            async || {
+                crate::ha::wait_etcd(&pki, Duration::from_secs(1))
+                    .await
+                    .ok()
+                    .filter(|healthy| *healthy)
+                    .map(drop)
+            },
+        )
+        .await
+        .map_err(|e| stop_hint(e, data_dir))?;
+        cp_flags.extend(crate::ha::control_plane_etcd_flags(&pki));
+        cp_flags.extend(["--identity".to_owned(), "control-plane-0".to_owned()]);
+    }
+    let cp_pid = spawn_logged(&sibling("apiary-control-plane")?, &cp_flags, &cp_log)?;
     let kubeconfig = data_dir.join("kubeconfig");
-    let mut started = Started {
-        control_plane_pid: Some(cp_pid),
-        ..Default::default()
-    };
+    started.control_plane_pid = Some(cp_pid);
     write_started(&state_path, &started)?;
     let control_plane = Watched {
         what: "control plane",
@@ -488,6 +532,7 @@ pub async fn up(args: &UpArgs, out: &mut impl Write) -> anyhow::Result<()> {
     // short-lived bootstrap token, as on a node that joined (never the admin's credentials).
     let node_kubeconfig = data_dir.join("node.kubeconfig");
     let bootstrap_kubeconfig = data_dir.join("bootstrap.kubeconfig");
+    let mut servers = Vec::new();
     {
         let ca = fs::read(data_dir.join("pki").join("ca.crt"))
             .with_context(|| format!("reading {}", data_dir.join("pki/ca.crt").display()))?;
@@ -508,6 +553,12 @@ pub async fn up(args: &UpArgs, out: &mut impl Write) -> anyhow::Result<()> {
             crate::token::create_token(&client, Duration::from_secs(3600), "apiary up: local node")
                 .await?;
         write_node_kubeconfig(&bootstrap_kubeconfig, &admin.server, &ca, &token)?;
+        if args.ha {
+            let more = start_more_control_planes(args, &cp_flags, &admin.server, &mut started)
+                .await
+                .map_err(|e| stop_hint(e, data_dir))?;
+            servers = more;
+        }
     }
     let (mut agent, mut node) = agent_args(
         &node_kubeconfig,
@@ -519,7 +570,12 @@ pub async fn up(args: &UpArgs, out: &mut impl Write) -> anyhow::Result<()> {
         "--bootstrap-kubeconfig".to_owned(),
         bootstrap_kubeconfig.display().to_string(),
     ]);
+    for server in servers {
+        agent.extend(["--server".to_owned(), server]);
+    }
     node.control_plane_pid = Some(cp_pid);
+    node.more_control_plane_pids = std::mem::take(&mut started.more_control_plane_pids);
+    node.etcd_pids = std::mem::take(&mut started.etcd_pids);
     let agent_pid = spawn_logged(&sibling("apiary-node-agent")?, &agent, &agent_log)?;
     node.agent_pid = Some(agent_pid);
     started = node;
@@ -555,6 +611,51 @@ pub async fn up(args: &UpArgs, out: &mut impl Write) -> anyhow::Result<()> {
     writeln!(out, "  apiary status{}", data_dir_flag(data_dir))?;
     writeln!(out, "  apiary down{}", data_dir_flag(data_dir))?;
     Ok(())
+}
+
+/// `up --ha`: control planes 1 and 2, on the first one's flags with their own data dir, port
+/// and identity; waits until each answers, and returns their servers for the agent.
+async fn start_more_control_planes(
+    args: &UpArgs,
+    first_flags: &[String],
+    first_server: &str,
+    started: &mut Started,
+) -> anyhow::Result<Vec<String>> {
+    let data_dir = &args.data_dir;
+    let mut servers = Vec::new();
+    for i in 1..crate::ha::SIZE {
+        crate::ha::share_pki(data_dir, i)?;
+        let dir = crate::ha::control_plane_dir(data_dir, i);
+        let mut flags = first_flags.to_vec();
+        let mut set = |flag: &str, value: String| {
+            if let Some(at) = flags.iter().position(|f| f == flag) {
+                flags[at + 1] = value;
+            }
+        };
+        set("--data-dir", dir.display().to_string());
+        set("--listen", crate::ha::listen_of(&args.listen, i)?);
+        set("--identity", format!("control-plane-{i}"));
+        let log = data_dir.join("logs").join(format!("control-plane-{i}.log"));
+        let pid = spawn_logged(&sibling("apiary-control-plane")?, &flags, &log)?;
+        started.more_control_plane_pids.push(pid);
+        write_started(&data_dir.join("cluster.json"), started)?;
+        let kubeconfig = dir.join("kubeconfig");
+        let watched = Watched {
+            what: "control plane",
+            pid,
+            log: log.clone(),
+        };
+        wait_for(
+            &format!("starting control plane {i}"),
+            Duration::from_secs(args.timeout),
+            &log,
+            std::slice::from_ref(&watched),
+            async || kubeconfig.exists().then_some(()),
+        )
+        .await?;
+        servers.push(crate::ha::server_of(first_server, &args.listen, i)?);
+    }
+    Ok(servers)
 }
 
 pub async fn join(args: &JoinArgs, out: &mut impl Write) -> anyhow::Result<()> {
@@ -630,11 +731,25 @@ pub async fn down(args: &DownArgs, out: &mut impl Write) -> anyhow::Result<()> {
             state_path.display()
         )
     })?;
-    // The agent first, so that it does not watch the control plane go away.
-    for (what, pid) in [
+    // The agent first, so that it does not watch the control plane go away; etcd last.
+    let processes = [
         ("node agent", started.agent_pid),
         ("control plane", started.control_plane_pid),
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        started
+            .more_control_plane_pids
+            .iter()
+            .map(|pid| ("control plane", Some(*pid))),
+    )
+    .chain(
+        started
+            .etcd_pids
+            .iter()
+            .map(|pid| ("etcd member", Some(*pid))),
+    );
+    for (what, pid) in processes {
         if let Some(pid) = pid {
             stop(pid).await;
             writeln!(out, "stopped the {what} (pid {pid})")?;
@@ -685,7 +800,19 @@ pub async fn status(args: &StatusArgs, out: &mut impl Write) -> anyhow::Result<c
         rows: Vec::new(),
     };
     let mut errors = Vec::new();
-    for (what, pid, log, health_addr) in [
+    let more_control_planes = started
+        .more_control_plane_pids
+        .iter()
+        .enumerate()
+        .map(|(i, pid)| {
+            let log = logs.join(format!("control-plane-{}.log", i + 1));
+            ("control plane", Some(*pid), log, None)
+        });
+    let members = started.etcd_pids.iter().enumerate().map(|(i, pid)| {
+        let log = logs.join(format!("etcd-{i}.log"));
+        ("etcd member", Some(*pid), log, None)
+    });
+    let processes = [
         (
             "control plane",
             started.control_plane_pid,
@@ -698,7 +825,11 @@ pub async fn status(args: &StatusArgs, out: &mut impl Write) -> anyhow::Result<c
             logs.join("node-agent.log"),
             started.agent_healthz.as_deref(),
         ),
-    ] {
+    ]
+    .into_iter()
+    .chain(more_control_planes)
+    .chain(members);
+    for (what, pid, log, health_addr) in processes {
         let Some(pid) = pid else { continue };
         let running = alive(pid);
         healthy &= running;
@@ -827,11 +958,17 @@ fn version_of(pid: u32) -> Option<String> {
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&output.stdout);
-    output
-        .status
-        .success()
-        .then(|| text.split_whitespace().last().map(str::to_owned))
-        .flatten()
+    output.status.success().then(|| version_in(&text)).flatten()
+}
+
+/// The version a `--version` prints: ours end with it (`apiary-node-agent 0.1.0`); etcd's
+/// names it on its first line (`etcd Version: 3.4.23`).
+fn version_in(text: &str) -> Option<String> {
+    let first = text.lines().next()?;
+    match first.split_once("Version:") {
+        Some((_, version)) => version.split_whitespace().next().map(str::to_owned),
+        None => first.split_whitespace().last().map(str::to_owned),
+    }
 }
 
 fn alive(pid: u32) -> bool {
@@ -920,6 +1057,19 @@ fn base64_encode(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_of_ours_and_of_etcd() {
+        assert_eq!(
+            version_in("apiary-node-agent 0.1.0\n").as_deref(),
+            Some("0.1.0")
+        );
+        assert_eq!(
+            version_in("etcd Version: 3.4.23\nGit SHA: Not provided\nGo OS/Arch: linux/amd64\n")
+                .as_deref(),
+            Some("3.4.23")
+        );
+    }
 
     #[test]
     fn the_last_error_line_is_the_fatal_one_without_colours() {

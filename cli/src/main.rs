@@ -11,6 +11,7 @@ mod describe;
 mod discovery;
 mod exec;
 mod get;
+mod ha;
 mod image;
 mod kubeconfig;
 mod logs;

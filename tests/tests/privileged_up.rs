@@ -481,3 +481,105 @@ fn node_join_adds_a_second_machine() {
     assert_eq!(page.trim(), "on-second");
     drop(leave);
 }
+
+/// `apiary up --ha`: three etcd members and three control planes on the machine; the agent
+/// knows every API server, and losing the first control plane loses nothing.
+#[test]
+fn up_ha_runs_three_control_planes_on_etcd_and_loses_none_with_one() {
+    require_privileges!();
+    let machine = LabMachine::new().unwrap();
+    let data = machine.data_dir().display().to_string();
+    let up = machine.apiary(&["up", "--ha", "--data-dir", &data, "--timeout", "120"]);
+    let down = Down(&machine, None, None);
+    let said = up.unwrap();
+    assert!(said.contains("is Ready"), "{said}");
+    let status = machine.apiary(&["status", "--data-dir", &data]).unwrap();
+    eprintln!("{said}\napiary status:\n{status}");
+    let running = |what: &str| {
+        status
+            .lines()
+            .filter(|l| l.starts_with(what) && l.contains(" running "))
+            .count()
+    };
+    assert_eq!(running("control plane"), 3, "{status}");
+    assert_eq!(running("etcd member"), 3, "{status}");
+
+    // Every control plane serves, and is an endpoint of default/kubernetes.
+    let ports = || -> Vec<u64> {
+        let endpoints = machine
+            .kubectl_ok(&["get", "endpoints", "kubernetes", "-o", "json"])
+            .unwrap_or_default();
+        let endpoints: serde_json::Value = serde_json::from_str(&endpoints).unwrap_or_default();
+        let mut ports: Vec<u64> = endpoints["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["ports"][0]["port"].as_u64())
+            .collect();
+        ports.sort_unstable();
+        ports
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ports() != [6443, 6444, 6445] {
+        assert!(Instant::now() < deadline, "endpoints: {:?}", ports());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // The first control plane dies: the others serve, and the node's heartbeats go on.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(machine.data_dir().join("cluster.json")).unwrap(),
+    )
+    .unwrap();
+    let first = state["control_plane_pid"].as_u64().unwrap();
+    let killed = Command::new("kill")
+        .args(["-KILL", &first.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let server = |port: u16| {
+        let kubeconfig = std::fs::read_to_string(machine.kubeconfig()).unwrap();
+        let url = kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .unwrap()
+            .trim_matches('"')
+            .to_owned();
+        format!("{}:{port}", url.rsplit_once(':').unwrap().0)
+    };
+    let renewed = |port: u16| -> Option<String> {
+        let lease = machine
+            .kubectl_ok(&[
+                "--server",
+                &server(port),
+                "-n",
+                "kube-node-lease",
+                "get",
+                "leases",
+                "-o",
+                "jsonpath={.items[0].spec.renewTime}",
+            ])
+            .ok()?;
+        Some(lease.trim().to_owned()).filter(|l| !l.is_empty())
+    };
+    let before = renewed(6444).expect("the second control plane serves");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = renewed(6445);
+        if now.as_ref().is_some_and(|now| *now != before) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node's lease was not renewed through the live control planes: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let nodes = machine
+        .kubectl_ok(&["--server", &server(6444), "get", "nodes"])
+        .unwrap();
+    assert!(nodes.contains(" Ready "), "{nodes}");
+
+    drop(down);
+    let procs = Command::new("pgrep").args(["-f", &data]).output().unwrap();
+    assert!(procs.stdout.is_empty(), "no process of the cluster is left");
+}
