@@ -7,9 +7,11 @@
 //! members. Each fault runs under a write load (16 clients creating ConfigMaps, each going to
 //! the next API server when one fails, as clients behind a load balancer do) and a read loop:
 //! 1. SIGKILL of the control plane leading the controllers, then its restart;
-//! 2. SIGKILL of one etcd member, then its restart;
-//! 3. SIGKILL of two members (quorum lost), then their restart;
-//! 4. a full disk under the embedded store (a small tmpfs as the data dir; needs root).
+//! 2. the leading control plane cut off from etcd (a relay between them stops passing bytes, as
+//!    a partition drops packets), then joined again;
+//! 3. SIGKILL of one etcd member, then its restart;
+//! 4. SIGKILL of two members (quorum lost), then their restart;
+//! 5. a full disk under the embedded store (a small tmpfs as the data dir; needs root).
 //!
 //! Each reports writes acknowledged and lost (an acknowledged ConfigMap missing afterwards), the
 //! longest write and read outage (the longest time without a successful one), the time until
@@ -663,9 +665,74 @@ async fn lost(api: &Api, bases: &[String], seen: &Seen) -> usize {
         .count()
 }
 
+/// The network between one control plane and the etcd members: a relay per member that can be
+/// cut. Cut, bytes stop flowing both ways while connections stay open (a partition drops
+/// packets; nothing resets), and new connections get nowhere.
+struct Link {
+    cut: Arc<AtomicBool>,
+    ports: Vec<u16>,
+}
+
+impl Link {
+    async fn start(members: &[u16]) -> Self {
+        let cut = Arc::new(AtomicBool::new(false));
+        let mut ports = Vec::new();
+        for &member in members {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            ports.push(listener.local_addr().unwrap().port());
+            let cut = Arc::clone(&cut);
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", member)).await
+                    else {
+                        continue;
+                    };
+                    let (from_client, to_client) = client.into_split();
+                    let (from_server, to_server) = server.into_split();
+                    tokio::spawn(relay(from_client, to_server, Arc::clone(&cut)));
+                    tokio::spawn(relay(from_server, to_client, Arc::clone(&cut)));
+                }
+            });
+        }
+        Self { cut, ports }
+    }
+
+    fn endpoints(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("https://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Copies `from` to `to`, holding what it read while the link is cut.
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    cut: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buffer = vec![0; 16 << 10];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while cut.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
 struct Ha {
     etcd: Etcd,
     control_planes: Vec<ControlPlane>,
+    /// Each control plane's link to etcd.
+    links: Vec<Link>,
     api: Api,
     _dir: tempfile::TempDir,
 }
@@ -678,6 +745,11 @@ impl Ha {
             .await
             .expect("etcd did not come up");
         let dir = scratch();
+        let members: Vec<u16> = etcd.members.iter().map(|m| m.client).collect();
+        let mut links = Vec::new();
+        for _ in 0..3 {
+            links.push(Link::start(&members).await);
+        }
         let extra = vec![
             "--etcd-endpoints".to_owned(),
             etcd.endpoints(),
@@ -688,7 +760,12 @@ impl Ha {
             "--etcd-keyfile".to_owned(),
             etcd.client.1.display().to_string(),
         ];
-        let first = start_control_plane("cp0", &dir.path().join("cp0"), &extra, None);
+        let flags = |link: &Link| {
+            let mut flags = extra.clone();
+            flags[1] = link.endpoints();
+            flags
+        };
+        let first = start_control_plane("cp0", &dir.path().join("cp0"), &flags(&links[0]), None);
         let pki = first.data.join("pki");
         let deadline = Instant::now() + WHOLE_BOUND;
         while !first.data.join("kubeconfig").exists() {
@@ -699,15 +776,16 @@ impl Ha {
             std::thread::sleep(Duration::from_millis(50));
         }
         let mut control_planes = vec![first];
-        for i in 1..3 {
+        for (i, link) in links.iter().enumerate().skip(1) {
             let name = format!("cp{i}");
             let data = dir.path().join(&name);
-            control_planes.push(start_control_plane(&name, &data, &extra, Some(&pki)));
+            control_planes.push(start_control_plane(&name, &data, &flags(link), Some(&pki)));
         }
         let api = Api::new(&pki);
         let ha = Self {
             etcd,
             control_planes,
+            links,
             api,
             _dir: dir,
         };
@@ -780,15 +858,13 @@ impl Ha {
         while Instant::now() < held_until {
             // A probe hanging on a broken part must not stretch the fault.
             let left = held_until.saturating_duration_since(Instant::now());
-            let leader = tokio::time::timeout(left, self.api.leader(&bases))
-                .await
-                .ok()
-                .flatten();
-            match leader {
-                None => {
+            match tokio::time::timeout(left, self.api.leader(&bases)).await {
+                // Cut short by the end of the fault: nothing learnt.
+                Err(_) => {}
+                Ok(None) => {
                     lost_at.get_or_insert(broken.elapsed());
                 }
-                Some(leader) => {
+                Ok(Some(leader)) => {
                     let changed = leader_before.as_deref() != Some(leader.as_str());
                     if leader_back.is_none() && (changed || lost_at.is_some()) {
                         leader_back = Some(broken.elapsed());
@@ -966,6 +1042,20 @@ fn main() {
             .await,
         );
         outcomes.push(
+            ha.run("leader partitioned from etcd", timing, |ha, leader| {
+                let i = ha
+                    .control_planes
+                    .iter()
+                    .position(|c| Some(c.identity.as_str()) == leader)
+                    .unwrap_or(0);
+                ha.links[i].cut.store(true, Ordering::SeqCst);
+                vec![Box::new(move |ha: &mut Ha| {
+                    ha.links[i].cut.store(false, Ordering::SeqCst)
+                })]
+            })
+            .await,
+        );
+        outcomes.push(
             ha.run("etcd member SIGKILL", timing, |ha, _| {
                 ha.etcd.members[0].process.kill();
                 vec![Box::new(|ha: &mut Ha| ha.etcd.members[0].process.start())]
@@ -997,7 +1087,9 @@ fn main() {
         if o.whole > WHOLE_BOUND {
             failures.push(format!("{}: not whole within {WHOLE_BOUND:?}", o.fault));
         }
-        if o.fault.starts_with("control plane") && o.write_outage > FAILOVER_BOUND {
+        let control_plane_fault =
+            o.fault.starts_with("control plane") || o.fault.starts_with("leader partitioned");
+        if control_plane_fault && o.write_outage > FAILOVER_BOUND {
             failures.push(format!(
                 "{}: writes stopped for {:.1?} (> {FAILOVER_BOUND:?})",
                 o.fault, o.write_outage
