@@ -624,9 +624,12 @@ async fn start_more_control_planes(
     let data_dir = &args.data_dir;
     let mut servers = Vec::new();
     for i in 1..crate::ha::SIZE {
-        crate::ha::share_pki(data_dir, i)?;
         let dir = crate::ha::control_plane_dir(data_dir, i);
         let mut flags = first_flags.to_vec();
+        flags.extend([
+            "--shared-pki-from".to_owned(),
+            data_dir.display().to_string(),
+        ]);
         let mut set = |flag: &str, value: String| {
             if let Some(at) = flags.iter().position(|f| f == flag) {
                 flags[at + 1] = value;

@@ -27,18 +27,6 @@ pub const SIZE: usize = 3;
 const CLIENT_PORT: u16 = 23790;
 const PEER_PORT: u16 = 23800;
 
-/// The files every control plane of a cluster shares; each makes its own serving certificate.
-const SHARED_PKI: [&str; 8] = [
-    "ca.crt",
-    "ca.key",
-    "sa.key",
-    "admin.crt",
-    "admin.key",
-    "admin.token",
-    "apiserver-kubelet-client.crt",
-    "apiserver-kubelet-client.key",
-];
-
 /// The etcd certificates, made once and kept in `etcd/pki`.
 pub struct EtcdPki {
     pub dir: PathBuf,
@@ -191,28 +179,6 @@ pub fn control_plane_dir(data_dir: &Path, i: usize) -> PathBuf {
     } else {
         data_dir.join(format!("control-plane-{i}"))
     }
-}
-
-/// Gives control plane `i`'s data dir the first one's shared PKI, unless it has its own CA.
-pub fn share_pki(data_dir: &Path, i: usize) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let from = data_dir.join("pki");
-    let to = control_plane_dir(data_dir, i).join("pki");
-    if to.join("ca.crt").exists() {
-        return Ok(());
-    }
-    fs::create_dir_all(&to)?;
-    fs::set_permissions(
-        control_plane_dir(data_dir, i),
-        fs::Permissions::from_mode(0o700),
-    )?;
-    fs::set_permissions(&to, fs::Permissions::from_mode(0o700))?;
-    for file in SHARED_PKI {
-        fs::copy(from.join(file), to.join(file)).with_context(|| {
-            format!("copying {} to {}", from.join(file).display(), to.display())
-        })?;
-    }
-    Ok(())
 }
 
 /// `listen` (`host:port`) with the port moved up by `i`: control plane `i`'s address.

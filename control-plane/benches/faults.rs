@@ -325,20 +325,6 @@ struct ControlPlane {
     process: Process,
 }
 
-/// The files every control plane of a cluster shares: the cluster CA, the service account
-/// signing key and the admin's and API server's client credentials (kubeadm copies the same).
-/// Each makes its own serving certificate.
-const SHARED_PKI: [&str; 8] = [
-    "ca.crt",
-    "ca.key",
-    "sa.key",
-    "admin.crt",
-    "admin.key",
-    "admin.token",
-    "apiserver-kubelet-client.crt",
-    "apiserver-kubelet-client.key",
-];
-
 fn start_control_plane(
     identity: &str,
     data: &Path,
@@ -346,11 +332,7 @@ fn start_control_plane(
     shared_pki: Option<&Path>,
 ) -> ControlPlane {
     if let Some(from) = shared_pki {
-        let pki = data.join("pki");
-        std::fs::create_dir_all(&pki).unwrap();
-        for file in SHARED_PKI {
-            std::fs::copy(from.join(file), pki.join(file)).unwrap();
-        }
+        apiary_control_plane::apiserver::pki::share(from, data).unwrap();
     }
     let port = free_port();
     let mut args = vec![
@@ -766,6 +748,7 @@ impl Ha {
             flags
         };
         let first = start_control_plane("cp0", &dir.path().join("cp0"), &flags(&links[0]), None);
+        let first_data = first.data.clone();
         let pki = first.data.join("pki");
         let deadline = Instant::now() + WHOLE_BOUND;
         while !first.data.join("kubeconfig").exists() {
@@ -779,7 +762,12 @@ impl Ha {
         for (i, link) in links.iter().enumerate().skip(1) {
             let name = format!("cp{i}");
             let data = dir.path().join(&name);
-            control_planes.push(start_control_plane(&name, &data, &flags(link), Some(&pki)));
+            control_planes.push(start_control_plane(
+                &name,
+                &data,
+                &flags(link),
+                Some(&first_data),
+            ));
         }
         let api = Api::new(&pki);
         let ha = Self {

@@ -26,6 +26,12 @@ struct Cli {
     /// Where the embedded store, the PKI and the admin kubeconfig live.
     #[arg(long, default_value = "/var/lib/apiary", env = "APIARY_DATA_DIR")]
     data_dir: PathBuf,
+    /// Another control plane's data dir on this machine: this one joins its cluster, taking
+    /// the cluster CA, the service account key and the admin's and kubelet client's credentials
+    /// from it (kubeadm's shared certificates) when its own data dir has no CA yet; it makes its
+    /// own serving certificate. Run all of them on one etcd.
+    #[arg(long, value_name = "DIR")]
+    shared_pki_from: Option<PathBuf>,
     /// Static bearer tokens, in kube-apiserver's CSV format: `token,user,uid,"group1,group2"`
     /// per line (the groups are optional). A bad line stops the server at startup.
     #[arg(long)]
@@ -226,6 +232,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     sans.push(cli.listen.ip());
     if cli.listen.ip().is_unspecified() {
         sans.extend(machine_addresses());
+    }
+    if let Some(from) = &cli.shared_pki_from {
+        apiary_control_plane::apiserver::pki::share(from, &cli.data_dir)
+            .with_context(|| format!("--shared-pki-from {}", from.display()))?;
     }
     let pki = Pki::load_or_create(&cli.data_dir, &sans).context("setting up the PKI")?;
     tokio::spawn(apiary_control_plane::store::compact_periodically(

@@ -72,36 +72,30 @@ fn report_disk() {
 /// chaos.rs`). `quick`: CI's bounded run, on the debug build the tests use; otherwise the full
 /// run on a release build.
 pub fn chaos(quick: bool) -> anyhow::Result<()> {
-    if quick {
-        shell::cargo(&[
-            "test",
-            "-p",
-            "apiary-control-plane",
-            "--bench",
-            "chaos",
-            "--",
-            "--quick",
-        ])
-    } else {
-        shell::cargo(&["bench", "-p", "apiary-control-plane", "--bench", "chaos"])
-    }
+    control_plane_bench("chaos", quick)
 }
 
 /// `cargo xtask faults`: parts of an HA control plane and the embedded store's disk failing
 /// under load (`control-plane/benches/faults.rs`). `quick`: CI's bounded run on the debug build.
 pub fn faults(quick: bool) -> anyhow::Result<()> {
+    control_plane_bench("faults", quick)
+}
+
+/// Runs the control plane's bench `name`: `--quick` on the debug build, or in full on a release
+/// build.
+fn control_plane_bench(name: &str, quick: bool) -> anyhow::Result<()> {
     if quick {
         shell::cargo(&[
             "test",
             "-p",
             "apiary-control-plane",
             "--bench",
-            "faults",
+            name,
             "--",
             "--quick",
         ])
     } else {
-        shell::cargo(&["bench", "-p", "apiary-control-plane", "--bench", "faults"])
+        shell::cargo(&["bench", "-p", "apiary-control-plane", "--bench", name])
     }
 }
 

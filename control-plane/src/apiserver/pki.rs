@@ -52,6 +52,40 @@ const ADMIN_KEY: &str = "admin.key";
 const KUBELET_CLIENT_CERT: &str = "apiserver-kubelet-client.crt";
 const KUBELET_CLIENT_KEY: &str = "apiserver-kubelet-client.key";
 
+/// What every control plane of a cluster shares (kubeadm's `--upload-certs` set): the cluster
+/// CA, the service account signing key, and the admin's and API server's client credentials.
+/// Each control plane makes its own serving certificate.
+pub const SHARED_FILES: [&str; 8] = [
+    CA_CERT,
+    CA_KEY,
+    super::authn::service_account::SA_KEY,
+    ADMIN_CERT,
+    ADMIN_KEY,
+    ADMIN_TOKEN,
+    KUBELET_CLIENT_CERT,
+    KUBELET_CLIENT_KEY,
+];
+
+/// Gives the control plane of `data_dir` the cluster identity of the one in `from` (its data
+/// dir): copies [`SHARED_FILES`] into `data_dir/pki`, unless that already has a CA.
+pub fn share(from: &Path, data_dir: &Path) -> Result<()> {
+    let (from, to) = (from.join("pki"), data_dir.join("pki"));
+    if to.join(CA_CERT).exists() {
+        return Ok(());
+    }
+    fs::create_dir_all(&to)
+        .and_then(|()| fs::set_permissions(&to, fs::Permissions::from_mode(0o700)))
+        .map_err(|source| Error::Io {
+            path: to.clone(),
+            source,
+        })?;
+    // The CA last: its presence says the rest is there.
+    for file in SHARED_FILES.iter().rev() {
+        write_private(&to.join(file), read(&from.join(file))?.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// The user the API server is to node agents (kubeadm's `apiserver-kubelet-client`
 /// certificate): in no group, it may do what RBAC grants it, `system:kubelet-api-admin`.
 pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";

@@ -152,20 +152,7 @@ impl ControlPlane {
     /// control planes do, and makes its own serving certificate.
     pub fn start_joining(first: &ControlPlane, extra_args: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
-        let pki = data_dir.path().join("pki");
-        std::fs::create_dir_all(&pki).unwrap();
-        for file in [
-            "ca.crt",
-            "ca.key",
-            "sa.key",
-            "admin.crt",
-            "admin.key",
-            "admin.token",
-            "apiserver-kubelet-client.crt",
-            "apiserver-kubelet-client.key",
-        ] {
-            std::fs::copy(first.data_path().join("pki").join(file), pki.join(file)).unwrap();
-        }
+        apiary_control_plane::apiserver::pki::share(first.data_path(), data_dir.path()).unwrap();
         let child = Self::spawn(data_dir.path(), extra_args);
         let mut cp = Self {
             child,

@@ -19,7 +19,8 @@ use super::{API_AUDIENCE, UserInfo, with_authenticated_group};
 use crate::apiserver::pki;
 
 /// The signing key's file under `<data-dir>/pki`.
-const SA_KEY: &str = "sa.key";
+/// The signing key under `<data-dir>/pki`.
+pub const SA_KEY: &str = "sa.key";
 
 /// Signs and verifies service account tokens.
 pub struct Issuer {
