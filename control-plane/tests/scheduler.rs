@@ -383,6 +383,44 @@ fn pods_of_one_owner_spread_across_nodes() {
     assert!(per_node.values().all(|n| *n == 2), "{per_node:?}");
 }
 
+/// Preferences count: preferred node affinity draws pods to the node it names, a
+/// PreferNoSchedule taint keeps them off another, preferred pod affinity draws them near pods
+/// (anti-affinity's repelling is unit-tested beside the scores).
+#[test]
+fn preferences_steer_pods_among_feasible_nodes() {
+    let cp = ControlPlane::start();
+    let _nodes = Hollow::start(&cp, "pref-", 3, &[]);
+    wait_nodes(&cp, 3);
+    cp.kubectl(&["label", "node", "pref-2", "disk=ssd"])
+        .success();
+    cp.kubectl(&["taint", "node", "pref-0", "slow=yes:PreferNoSchedule"])
+        .success();
+    let prefers_ssd = json!({ "affinity": { "nodeAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{ "weight": 100, "preference": {
+            "matchExpressions": [{ "key": "disk", "operator": "In", "values": ["ssd"] }] } }],
+    }}});
+    for name in ["ssd-a", "ssd-b"] {
+        create(&cp, &pod(name, json!({}), prefers_ssd.clone()));
+        assert_eq!(wait_running(&cp, name), "pref-2", "{name}");
+    }
+    // Off the slow node, though it is the emptiest.
+    for name in ["plain-a", "plain-b"] {
+        create(&cp, &pod(name, json!({}), json!({})));
+        assert_eq!(wait_running(&cp, name), "pref-1", "{name}");
+    }
+    // Near the ssd pods, though their node is the fullest.
+    for name in ["ssd-a", "ssd-b"] {
+        cp.kubectl(&["label", "pod", name, "role=ssd"]).success();
+    }
+    let near = json!({ "affinity": { "podAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{ "weight": 100, "podAffinityTerm": {
+            "labelSelector": { "matchLabels": { "role": "ssd" } },
+            "topologyKey": "kubernetes.io/hostname" } }],
+    }}});
+    create(&cp, &pod("near", json!({}), near));
+    assert_eq!(wait_running(&cp, "near"), "pref-2");
+}
+
 #[test]
 fn a_silent_node_goes_not_ready_and_its_pods_are_evicted() {
     let cp = ControlPlane::start_with(&[

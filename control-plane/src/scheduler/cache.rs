@@ -81,7 +81,7 @@ pub struct Term {
 }
 
 impl Term {
-    fn new(term: &PodAffinityTerm, own_namespace: &str) -> Self {
+    pub fn new(term: &PodAffinityTerm, own_namespace: &str) -> Self {
         let namespaces = if term.namespaces.is_empty() {
             // An empty namespaceSelector (`{}`) means every namespace.
             let every = term

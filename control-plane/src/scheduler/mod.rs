@@ -272,7 +272,7 @@ impl Scheduler {
         let last = found.last.map(str::to_owned);
         // The best node, at random among equals.
         let best = (!found.feasible.is_empty()).then(|| {
-            let scores = scores::score(&pod, &found.feasible);
+            let scores = scores::score(&pod, &found.feasible, &self.cache);
             let best = scores.iter().copied().max().unwrap_or_default();
             let top: Vec<&str> = found
                 .feasible
@@ -573,6 +573,81 @@ mod tests {
         assumed.node = node.clone();
         cache.assume_pod(assumed);
         Some(node)
+    }
+
+    /// The node `scores::score` ranks first for `pod` among every node of `cache`.
+    fn best(cache: &Cache, pod: &PodInfo) -> String {
+        let nodes: Vec<_> = cache.nodes.values().collect();
+        let scores = super::scores::score(pod, &nodes, cache);
+        let best = scores.iter().copied().max().unwrap();
+        let top: Vec<_> = nodes
+            .iter()
+            .zip(&scores)
+            .filter(|(_, s)| **s == best)
+            .map(|(n, _)| n.name.clone())
+            .collect();
+        assert_eq!(top.len(), 1, "one best node: {top:?} ({scores:?})");
+        top[0].clone()
+    }
+
+    #[test]
+    fn preferred_node_affinity_weighs_in() {
+        let cache = cluster(3, 110);
+        let prefers = |zone: &str, weight: i32| {
+            json!({ "weight": weight, "preference": { "matchExpressions": [
+                { "key": "zone", "operator": "In", "values": [zone] }] } })
+        };
+        let p = pod(
+            "p",
+            json!({}),
+            json!({ "affinity": { "nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [prefers("z1", 10), prefers("z2", 80)],
+            }}}),
+        );
+        assert_eq!(best(&cache, &p), "n0002");
+    }
+
+    #[test]
+    fn prefer_no_schedule_taints_are_avoided_unless_tolerated() {
+        let mut cache = cluster(2, 110);
+        let mut tainted = node("n0000", json!({ "zone": "z0" }), 110);
+        tainted.spec.taints = vec![
+            apiary_api::meta::from_json(json!({ "key": "slow", "effect": "PreferNoSchedule" }))
+                .unwrap(),
+        ];
+        cache.upsert_node(&tainted);
+        assert_eq!(best(&cache, &pod("p", json!({}), json!({}))), "n0001");
+        let tolerant = pod(
+            "t",
+            json!({}),
+            json!({ "tolerations": [{ "key": "slow", "operator": "Exists" }] }),
+        );
+        let nodes: Vec<_> = cache.nodes.values().collect();
+        let scores = super::scores::score(&tolerant, &nodes, &cache);
+        assert_eq!(scores[0], scores[1], "a tolerated taint costs nothing");
+    }
+
+    #[test]
+    fn preferred_pod_affinity_attracts_and_anti_affinity_repels() {
+        let mut cache = cluster(3, 110);
+        let mut db = pod("db", json!({ "app": "db" }), json!({}));
+        db.node = "n0001".to_owned();
+        cache.upsert_pod(db);
+        let term = |kind: &str| {
+            json!({ "affinity": { kind: { "preferredDuringSchedulingIgnoredDuringExecution": [{
+                "weight": 50,
+                "podAffinityTerm": { "labelSelector": { "matchLabels": { "app": "db" } },
+                    "topologyKey": "kubernetes.io/hostname" },
+            }]}}})
+        };
+        assert_eq!(
+            best(&cache, &pod("near", json!({}), term("podAffinity"))),
+            "n0001"
+        );
+        let away = pod("away", json!({}), term("podAntiAffinity"));
+        let nodes: Vec<_> = cache.nodes.values().collect();
+        let scores = super::scores::score(&away, &nodes, &cache);
+        assert!(scores[1] < scores[0] && scores[1] < scores[2], "{scores:?}");
     }
 
     #[test]
