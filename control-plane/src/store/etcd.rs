@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
@@ -67,6 +68,68 @@ pub struct EtcdStore {
     /// Prepended to every key.
     prefix: String,
     timeout: Duration,
+    /// Keeps the client's endpoints to the members that answer, while a clone of the store
+    /// lives (with more than one endpoint).
+    _members: Option<Arc<MemberFollower>>,
+}
+
+/// How often the members are probed, and how long a probe may take.
+const MEMBER_PROBE_EVERY: Duration = Duration::from_secs(1);
+const MEMBER_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The task of [`follow_members`]; stopped with the last clone of the store.
+struct MemberFollower(tokio::task::JoinHandle<()>);
+
+impl Drop for MemberFollower {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Takes a member that does not answer out of the client's balancer, and puts it back once it
+/// does: the balancer alone goes on sending a dead member its share of the requests (every
+/// third one failing after a member's death, in `cargo xtask faults`). Each member is asked
+/// for its status through a client of its own; one that cannot answer within
+/// [`MEMBER_PROBE_TIMEOUT`] (dead, or cut off) is left out. The last member left is never taken
+/// out.
+async fn follow_members(client: Client, endpoints: Vec<String>, options: ConnectOptions) {
+    let mut probes: Vec<Option<Client>> = vec![None; endpoints.len()];
+    let mut inside = vec![true; endpoints.len()];
+    loop {
+        tokio::time::sleep(MEMBER_PROBE_EVERY).await;
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            let answers = tokio::time::timeout(MEMBER_PROBE_TIMEOUT, async {
+                if probes[i].is_none() {
+                    let connect = Client::connect([endpoint], Some(options.clone()));
+                    probes[i] = Some(connect.await.ok()?);
+                }
+                probes[i].as_mut()?.status().await.ok()
+            })
+            .await
+            .is_ok_and(|status| status.is_some());
+            let others_inside = inside
+                .iter()
+                .enumerate()
+                .any(|(j, inside)| j != i && *inside);
+            if !answers && inside[i] && others_inside {
+                match client.remove_endpoint(endpoint).await {
+                    Ok(()) => {
+                        tracing::warn!(%endpoint, "etcd member not answering: requests go to the others");
+                        inside[i] = false;
+                    }
+                    Err(error) => tracing::warn!(%endpoint, %error, "leaving out an etcd member"),
+                }
+            } else if answers && !inside[i] {
+                match client.add_endpoint(endpoint).await {
+                    Ok(()) => {
+                        tracing::info!(%endpoint, "etcd member answers again");
+                        inside[i] = true;
+                    }
+                    Err(error) => tracing::warn!(%endpoint, %error, "taking an etcd member back"),
+                }
+            }
+        }
+    }
 }
 
 impl fmt::Debug for EtcdStore {
@@ -131,17 +194,25 @@ impl EtcdStore {
             }
             options = options.with_tls(config);
         }
-        let connect = Client::connect(endpoints, Some(options));
+        let connect = Client::connect(endpoints, Some(options.clone()));
         let client = tokio::time::timeout(DEFAULT_REQUEST_TIMEOUT, connect)
             .await
             .map_err(|_| {
                 Error::Unavailable(format!("connecting to etcd at {endpoints:?} timed out"))
             })?
             .map_err(|e| Error::Unavailable(format!("connecting to etcd at {endpoints:?}: {e}")))?;
+        let members = (endpoints.len() > 1).then(|| {
+            Arc::new(MemberFollower(tokio::spawn(follow_members(
+                client.clone(),
+                endpoints.to_vec(),
+                options.clone(),
+            ))))
+        });
         let store = Self {
             client,
             prefix: key_prefix.to_owned(),
             timeout: DEFAULT_REQUEST_TIMEOUT,
+            _members: members,
         };
         // The client connects lazily; make a missing etcd an error here rather than at first use.
         store.revision().await?;
