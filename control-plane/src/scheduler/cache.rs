@@ -66,6 +66,9 @@ pub struct PodInfo {
     pub anti_affinity: Vec<Term>,
     /// Required affinity terms.
     pub affinity: Vec<Term>,
+    /// Preferred affinity terms with their weights, and preferred anti-affinity terms with
+    /// their weights negated (for scoring).
+    pub preferred: Vec<(Term, i64)>,
     pub pod: Pod,
 }
 
@@ -81,7 +84,7 @@ pub struct Term {
 }
 
 impl Term {
-    pub fn new(term: &PodAffinityTerm, own_namespace: &str) -> Self {
+    fn new(term: &PodAffinityTerm, own_namespace: &str) -> Self {
         let namespaces = if term.namespaces.is_empty() {
             // An empty namespaceSelector (`{}`) means every namespace.
             let every = term
@@ -219,6 +222,19 @@ impl PodInfo {
                 .and_then(|a| a.pod_affinity.as_ref())
                 .map(|a| &a.required_during_scheduling_ignored_during_execution),
         );
+        let mut preferred = Vec::new();
+        for (list, sign) in [
+            (affinity.and_then(|a| a.pod_affinity.as_ref()), 1),
+            (affinity.and_then(|a| a.pod_anti_affinity.as_ref()), -1),
+        ] {
+            let weighted = list
+                .into_iter()
+                .flat_map(|a| &a.preferred_during_scheduling_ignored_during_execution);
+            for t in weighted {
+                let term = Term::new(&t.pod_affinity_term, &meta.namespace);
+                preferred.push((term, sign * i64::from(t.weight)));
+            }
+        }
         Self {
             key: format!("{}/{}", meta.namespace, meta.name),
             uid: meta.uid.clone(),
@@ -231,6 +247,7 @@ impl PodInfo {
             owner,
             anti_affinity,
             affinity: pod_affinity,
+            preferred,
             pod,
         }
     }

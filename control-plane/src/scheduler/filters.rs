@@ -31,9 +31,16 @@ pub struct AffinityDomains<'a> {
 }
 
 impl<'a> AffinityDomains<'a> {
-    /// Registers the pod's terms in the cache (a pass over the pods for a term not counted yet).
+    /// Registers the pod's terms in the cache (a pass over the pods for a term not counted yet),
+    /// its preferred ones too, for scoring.
     pub fn prepare(pod: &PodInfo, cache: &mut Cache) {
-        for term in pod.anti_affinity.iter().chain(&pod.affinity) {
+        let preferred = pod.preferred.iter().map(|(term, _)| term);
+        for term in pod
+            .anti_affinity
+            .iter()
+            .chain(&pod.affinity)
+            .chain(preferred)
+        {
             cache.ensure_term(term);
         }
     }
@@ -92,7 +99,7 @@ impl<'a> AffinityDomains<'a> {
     }
 }
 
-fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
+pub fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
     tolerations.iter().any(|t| t.tolerates(taint))
 }
 

@@ -575,10 +575,17 @@ mod tests {
         Some(node)
     }
 
-    /// The node `scores::score` ranks first for `pod` among every node of `cache`.
-    fn best(cache: &Cache, pod: &PodInfo) -> String {
+    /// The scores of `pod` on every node of `cache`, its terms counted first as the loop does.
+    fn scores(cache: &mut Cache, pod: &PodInfo) -> Vec<i64> {
+        super::filters::AffinityDomains::prepare(pod, cache);
         let nodes: Vec<_> = cache.nodes.values().collect();
-        let scores = super::scores::score(pod, &nodes, cache);
+        super::scores::score(pod, &nodes, cache)
+    }
+
+    /// The node `scores::score` ranks first for `pod` among every node of `cache`.
+    fn best(cache: &mut Cache, pod: &PodInfo) -> String {
+        let scores = scores(cache, pod);
+        let nodes: Vec<_> = cache.nodes.values().collect();
         let best = scores.iter().copied().max().unwrap();
         let top: Vec<_> = nodes
             .iter()
@@ -592,7 +599,7 @@ mod tests {
 
     #[test]
     fn preferred_node_affinity_weighs_in() {
-        let cache = cluster(3, 110);
+        let mut cache = cluster(3, 110);
         let prefers = |zone: &str, weight: i32| {
             json!({ "weight": weight, "preference": { "matchExpressions": [
                 { "key": "zone", "operator": "In", "values": [zone] }] } })
@@ -604,7 +611,7 @@ mod tests {
                 "preferredDuringSchedulingIgnoredDuringExecution": [prefers("z1", 10), prefers("z2", 80)],
             }}}),
         );
-        assert_eq!(best(&cache, &p), "n0002");
+        assert_eq!(best(&mut cache, &p), "n0002");
     }
 
     #[test]
@@ -616,14 +623,13 @@ mod tests {
                 .unwrap(),
         ];
         cache.upsert_node(&tainted);
-        assert_eq!(best(&cache, &pod("p", json!({}), json!({}))), "n0001");
+        assert_eq!(best(&mut cache, &pod("p", json!({}), json!({}))), "n0001");
         let tolerant = pod(
             "t",
             json!({}),
             json!({ "tolerations": [{ "key": "slow", "operator": "Exists" }] }),
         );
-        let nodes: Vec<_> = cache.nodes.values().collect();
-        let scores = super::scores::score(&tolerant, &nodes, &cache);
+        let scores = scores(&mut cache, &tolerant);
         assert_eq!(scores[0], scores[1], "a tolerated taint costs nothing");
     }
 
@@ -641,12 +647,11 @@ mod tests {
             }]}}})
         };
         assert_eq!(
-            best(&cache, &pod("near", json!({}), term("podAffinity"))),
+            best(&mut cache, &pod("near", json!({}), term("podAffinity"))),
             "n0001"
         );
         let away = pod("away", json!({}), term("podAntiAffinity"));
-        let nodes: Vec<_> = cache.nodes.values().collect();
-        let scores = super::scores::score(&away, &nodes, &cache);
+        let scores = scores(&mut cache, &away);
         assert!(scores[1] < scores[0] && scores[1] < scores[2], "{scores:?}");
     }
 

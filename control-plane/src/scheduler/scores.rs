@@ -3,9 +3,10 @@
 //! (preferred node affinity, preferred pod affinity and anti-affinity, PreferNoSchedule
 //! taints), weighed as kube-scheduler's default profile weighs its plugins.
 
-use std::collections::HashMap;
-
-use super::cache::{Cache, NodeInfo, PodInfo, Term};
+use super::{
+    cache::{Cache, NodeInfo, PodInfo},
+    filters::tolerated,
+};
 
 /// Weight of spreading against the resource scores (Kubernetes weighs topology spreading 2).
 const SPREAD_WEIGHT: i64 = 2;
@@ -59,28 +60,39 @@ pub fn owner_counts(pod: &PodInfo, nodes: &[&NodeInfo]) -> Vec<i64> {
 }
 
 /// The total score of each node in `nodes`.
+/// The pod's preferred pod (anti-)affinity terms must have been counted
+/// ([`AffinityDomains::prepare`](super::filters::AffinityDomains::prepare)).
 pub fn score(pod: &PodInfo, nodes: &[&NodeInfo], cache: &Cache) -> Vec<i64> {
-    let counts = owner_counts(pod, nodes);
-    let max = counts.iter().copied().max().unwrap_or(0);
+    let spread = fewest_best(owner_counts(pod, nodes));
     let preferred_nodes = preferred_node_affinity(pod, nodes);
     let preferred_pods = preferred_pod_affinity(pod, nodes, cache);
     let taints = prefer_no_schedule(pod, nodes);
     nodes
         .iter()
-        .zip(counts)
         .enumerate()
-        .map(|(i, (node, count))| {
-            let spread = if max == 0 {
-                100
-            } else {
-                (max - count) * 100 / max
-            };
+        .map(|(i, node)| {
             least_allocated(pod, node)
                 + balanced_allocation(pod, node)
-                + SPREAD_WEIGHT * spread
+                + SPREAD_WEIGHT * spread[i]
                 + NODE_AFFINITY_WEIGHT * preferred_nodes[i]
                 + POD_AFFINITY_WEIGHT * preferred_pods[i]
                 + TAINT_WEIGHT * taints[i]
+        })
+        .collect()
+}
+
+/// Counts scaled so that the lowest has [`MAX_SCORE`] and the highest 0 ([`MAX_SCORE`] for all
+/// when none counts).
+fn fewest_best(counts: Vec<i64>) -> Vec<i64> {
+    let max = counts.iter().copied().max().unwrap_or(0);
+    counts
+        .into_iter()
+        .map(|count| {
+            if max > 0 {
+                (max - count) * MAX_SCORE / max
+            } else {
+                MAX_SCORE
+            }
         })
         .collect()
 }
@@ -118,71 +130,41 @@ pub fn preferred_node_affinity(pod: &PodInfo, nodes: &[&NodeInfo]) -> Vec<i64> {
 /// TaintToleration's score: the fewer `PreferNoSchedule` taints a node has that the pod does
 /// not tolerate, the higher.
 pub fn prefer_no_schedule(pod: &PodInfo, nodes: &[&NodeInfo]) -> Vec<i64> {
-    let counts: Vec<i64> = nodes
+    let counts = nodes
         .iter()
         .map(|node| {
             node.taints
                 .iter()
                 .filter(|t| t.effect == "PreferNoSchedule")
-                .filter(|t| !pod.pod.spec.tolerations.iter().any(|tol| tol.tolerates(t)))
+                .filter(|t| !tolerated(&pod.pod.spec.tolerations, t))
                 .count() as i64
         })
         .collect();
-    let max = counts.iter().copied().max().unwrap_or(0);
-    counts
-        .into_iter()
-        .map(|count| {
-            if max > 0 {
-                (max - count) * MAX_SCORE / max
-            } else {
-                MAX_SCORE
-            }
-        })
-        .collect()
+    fewest_best(counts)
 }
 
 /// InterPodAffinity's score: for each of the pod's preferred affinity terms, its weight for
 /// every pod the term selects in the node's topology domain (subtracted for anti-affinity),
-/// scaled min–max to 0–[`MAX_SCORE`]. (Existing pods' own preferences toward the new pod are not
-/// counted: that would cost a pass over every pod for every pod scheduled.)
+/// from the cache's counts of the term, scaled min–max to 0–[`MAX_SCORE`]. (Existing pods' own
+/// preferences toward the new pod are not counted: the cache counts terms by the pods they
+/// select, not by the pods they would attract.)
 pub fn preferred_pod_affinity(pod: &PodInfo, nodes: &[&NodeInfo], cache: &Cache) -> Vec<i64> {
-    let affinity = pod.pod.spec.affinity.as_ref();
-    let attract = preferred_terms(affinity.and_then(|a| a.pod_affinity.as_ref()));
-    let repel = preferred_terms(affinity.and_then(|a| a.pod_anti_affinity.as_ref()));
-    if attract.is_empty() && repel.is_empty() {
+    if pod.preferred.is_empty() {
         return vec![0; nodes.len()];
     }
-    let mut totals = vec![0i64; nodes.len()];
-    let weighted = attract
+    let totals: Vec<i64> = nodes
         .iter()
-        .map(|t| (t, 1))
-        .chain(repel.iter().map(|t| (t, -1)));
-    for (term, sign) in weighted {
-        let resolved = Term::new(&term.pod_affinity_term, &pod.namespace);
-        // Pods the term selects, per value of its topology key.
-        let mut per_domain: HashMap<&str, i64> = HashMap::new();
-        for other in cache.pods.values() {
-            if other.node.is_empty() || other.key == pod.key || !resolved.selects(other) {
-                continue;
-            }
-            if let Some(value) = cache
-                .nodes
-                .get(&other.node)
-                .and_then(|n| n.labels.get(&resolved.topology_key))
-            {
-                *per_domain.entry(value).or_default() += 1;
-            }
-        }
-        for (total, node) in totals.iter_mut().zip(nodes) {
-            let matching = node
-                .labels
-                .get(&resolved.topology_key)
-                .and_then(|value| per_domain.get(value.as_str()))
-                .copied()
-                .unwrap_or(0);
-            *total += sign * i64::from(term.weight) * matching;
-        }
-    }
+        .map(|node| {
+            pod.preferred
+                .iter()
+                .filter_map(|(term, weight)| {
+                    let value = node.labels.get(&term.topology_key)?;
+                    let matching = cache.terms.get(term)?.matching.get(value)?;
+                    Some(weight * i64::from(*matching))
+                })
+                .sum()
+        })
+        .collect();
     let (min, max) = (
         totals.iter().copied().min().unwrap_or(0),
         totals.iter().copied().max().unwrap_or(0),
@@ -197,15 +179,4 @@ pub fn preferred_pod_affinity(pod: &PodInfo, nodes: &[&NodeInfo], cache: &Cache)
             }
         })
         .collect()
-}
-
-fn preferred_terms(
-    affinity: Option<&apiary_api::core_v1::PodAffinity>,
-) -> &[apiary_api::core_v1::WeightedPodAffinityTerm] {
-    affinity
-        .map(|a| {
-            a.preferred_during_scheduling_ignored_during_execution
-                .as_slice()
-        })
-        .unwrap_or_default()
 }
