@@ -368,21 +368,18 @@ pub async fn connect(endpoint: &Endpoint) -> Client {
 /// (renewed ones are used from the next connection on), or its token.
 async fn connect_once(endpoint: &Endpoint) -> anyhow::Result<Client> {
     use apiary_agent_api::Credential;
-    let client = match &endpoint.client_certificate {
+    let pem;
+    let credential = match &endpoint.client_certificate {
         Some(files) => {
-            let (cert_pem, key_pem) = super::client_certificate::read_pem(files)?;
-            let credential = Credential::Certificate {
-                cert_pem: &cert_pem,
-                key_pem: &key_pem,
-            };
-            apiary_agent_api::connect_any(&endpoint.servers(), &endpoint.ca_pem, credential).await?
+            pem = super::client_certificate::read_pem(files)?;
+            Credential::Certificate {
+                cert_pem: &pem.0,
+                key_pem: &pem.1,
+            }
         }
-        None => {
-            let credential = Credential::Token(&endpoint.token);
-            apiary_agent_api::connect_any(&endpoint.servers(), &endpoint.ca_pem, credential).await?
-        }
+        None => Credential::Token(&endpoint.token),
     };
-    Ok(client)
+    Ok(apiary_agent_api::connect_any(&endpoint.servers(), &endpoint.ca_pem, credential).await?)
 }
 
 /// Registers the node (retrying) with the Ready condition `health` gives, and returns its pod
