@@ -425,7 +425,7 @@ impl node_agent_server::NodeAgent for AgentService {
                 .map_err(to_status)?;
         }
         let leases = self.resource("coordination.k8s.io", "leases");
-        let renew = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let renew = crate::lease::micro_time(chrono::Utc::now());
         let target = Target {
             resource: leases,
             namespace: Some("kube-node-lease".into()),

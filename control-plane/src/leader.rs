@@ -8,7 +8,10 @@ use std::{sync::Arc, time::Duration};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::apiserver::{Api, error::ApiError, objects, path::Target};
+use crate::{
+    apiserver::{Api, error::ApiError, objects, path::Target},
+    lease::{held_until, micro_time},
+};
 
 /// The Lease every control plane competes for.
 pub const LEASE_NAMESPACE: &str = "kube-system";
@@ -37,22 +40,13 @@ fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
 }
 
-fn micro_time(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 /// Whether `lease` is held by someone else whose renewal has not expired.
 fn held_by_other(lease: &Value, identity: &str) -> bool {
     let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
     if holder.is_empty() || holder == identity {
         return false;
     }
-    let duration = lease["spec"]["leaseDurationSeconds"].as_i64().unwrap_or(0);
-    let renewed = lease["spec"]["renewTime"]
-        .as_str()
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&chrono::Utc));
-    renewed.is_some_and(|t| t + chrono::Duration::seconds(duration) > now())
+    held_until(lease, 0).is_some_and(|until| until > now())
 }
 
 /// One attempt to acquire or renew: `Ok(true)` when `identity` holds the lease afterwards.

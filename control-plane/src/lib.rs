@@ -13,6 +13,7 @@ pub mod apiserver;
 pub mod controllers;
 pub mod events;
 pub mod leader;
+pub mod lease;
 pub mod scheduler;
 pub mod store;
 #[cfg(test)]

@@ -16,7 +16,10 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{resource, target};
-use crate::apiserver::{Api, error::ApiError, objects, resources::ResourceType};
+use crate::{
+    apiserver::{Api, error::ApiError, objects, resources::ResourceType},
+    lease::{held_until, micro_time},
+};
 
 /// The Service's address: the first of the service network.
 pub const SERVICE_IP: &str = "10.96.0.1";
@@ -147,10 +150,6 @@ pub async fn reconcile(
     ensure(api, endpoints_type, endpoints(&live), "/subsets").await
 }
 
-fn micro_time(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 /// Creates or renews `kube-system/apiserver-<identity>`.
 async fn renew(
     api: &Arc<Api>,
@@ -216,15 +215,9 @@ async fn live_addresses(
     let listing = objects::list(api, &target(leases, LEASE_NAMESPACE, None), &query).await?;
     let mut live = Vec::new();
     for lease in listing["items"].as_array().into_iter().flatten() {
-        let renewed = lease["spec"]["renewTime"]
-            .as_str()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&chrono::Utc));
-        let duration = lease["spec"]["leaseDurationSeconds"]
-            .as_i64()
-            .unwrap_or(LEASE_SECONDS);
-        let Some(renewed) = renewed else { continue };
-        let expires = renewed + chrono::Duration::seconds(duration);
+        let Some(expires) = held_until(lease, LEASE_SECONDS) else {
+            continue;
+        };
         if expires > now {
             if let Some(address) = lease["metadata"]["annotations"][ADDRESS_ANNOTATION]
                 .as_str()
