@@ -493,18 +493,13 @@ pub async fn up(args: &UpArgs, out: &mut impl Write) -> anyhow::Result<()> {
         }
         write_started(&state_path, &started)?;
         let etcd_log = logs.join("etcd-0.log");
+        let etcd = crate::ha::etcd_client(&pki).context("the etcd client certificate")?;
         wait_for(
             "starting etcd (3 members)",
             Duration::from_secs(args.timeout),
             &etcd_log,
             &members,
-            async || {
-                crate::ha::wait_etcd(&pki, Duration::from_secs(1))
-                    .await
-                    .ok()
-                    .filter(|healthy| *healthy)
-                    .map(drop)
-            },
+            async || crate::ha::etcd_healthy(&etcd).await.then_some(()),
         )
         .await
         .map_err(|e| stop_hint(e, data_dir))?;
@@ -554,10 +549,9 @@ pub async fn up(args: &UpArgs, out: &mut impl Write) -> anyhow::Result<()> {
                 .await?;
         write_node_kubeconfig(&bootstrap_kubeconfig, &admin.server, &ca, &token)?;
         if args.ha {
-            let more = start_more_control_planes(args, &cp_flags, &admin.server, &mut started)
+            servers = start_more_control_planes(args, &cp_flags, &admin.server, &mut started)
                 .await
                 .map_err(|e| stop_hint(e, data_dir))?;
-            servers = more;
         }
     }
     let (mut agent, mut node) = agent_args(

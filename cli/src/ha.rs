@@ -207,32 +207,27 @@ pub fn server_of(server: &str, listen: &str, i: usize) -> anyhow::Result<String>
     Ok(format!("{base}:{port}"))
 }
 
-/// Waits until every member answers `/health` as healthy, through the API servers' client
-/// certificate; false after `timeout`.
-pub async fn wait_etcd(pki: &EtcdPki, timeout: Duration) -> anyhow::Result<bool> {
-    let client = etcd_client(pki)?;
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        let mut healthy = 0;
-        for i in 0..SIZE {
-            let url = format!("https://127.0.0.1:{}/health", CLIENT_PORT + i as u16);
-            if let Ok(response) = client.get(url).send().await
-                && let Ok(body) = response.bytes().await
-                && serde_json::from_slice::<serde_json::Value>(&body)
+/// Whether every member answers `/health` as healthy, asked through `client`
+/// ([`etcd_client`]).
+pub async fn etcd_healthy(client: &reqwest::Client) -> bool {
+    for i in 0..SIZE {
+        let url = format!("https://127.0.0.1:{}/health", CLIENT_PORT + i as u16);
+        let healthy = match client.get(url).send().await {
+            Ok(response) => response.bytes().await.is_ok_and(|body| {
+                serde_json::from_slice::<serde_json::Value>(&body)
                     .is_ok_and(|body| body["health"] == "true")
-            {
-                healthy += 1;
-            }
+            }),
+            Err(_) => false,
+        };
+        if !healthy {
+            return false;
         }
-        if healthy == SIZE {
-            return Ok(true);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Ok(false)
+    true
 }
 
-fn etcd_client(pki: &EtcdPki) -> anyhow::Result<reqwest::Client> {
+/// A client that presents the API servers' etcd client certificate.
+pub fn etcd_client(pki: &EtcdPki) -> anyhow::Result<reqwest::Client> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut fs::read(pki.ca())?.as_slice()) {
         roots.add(cert?)?;
