@@ -356,17 +356,12 @@ impl ClusterLab {
     /// answers.
     pub fn restart_control_plane(&mut self) -> anyhow::Result<()> {
         self.kill_control_plane();
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.dir.path().join("control-plane.log"))?;
-        let child = nsenter(&self.underlay, binary("apiary-control-plane"))
-            .args(&self.control_plane_args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.control_plane = Some(child);
+        self.control_plane = Some(spawn_in(
+            &self.underlay,
+            &binary("apiary-control-plane"),
+            &self.control_plane_args,
+            &self.dir.path().join("control-plane.log"),
+        )?);
         wait(
             "the control plane to answer",
             Duration::from_secs(30),
@@ -616,10 +611,7 @@ impl Drop for ClusterLab {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if let Some(mut child) = self.control_plane.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill_control_plane();
         for n in &self.nodes {
             let status = nsenter(&n.node.netns, binary("apiary-node-agent"))
                 .args(["reset", "--data-dir"])
@@ -638,9 +630,13 @@ impl Drop for ClusterLab {
     }
 }
 
-/// Starts `program` inside network namespace `netns` (and nothing else), logging to `log`.
+/// Starts `program` inside network namespace `netns` (and nothing else), logging to `log` (after
+/// what an earlier run of it logged there).
 fn spawn_in(netns: &str, program: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
-    let out = std::fs::File::create(log)?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     nsenter(netns, program)
         .args(args)
         .env("RUST_LOG", "info")

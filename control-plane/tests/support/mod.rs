@@ -87,26 +87,20 @@ impl Etcd {
             endpoint,
         }
     }
-}
 
-impl Etcd {
     /// Freezes etcd (SIGSTOP): it holds its connections but answers nothing, as an unreachable
     /// member does.
     pub fn pause(&self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGSTOP,
-        )
-        .unwrap();
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
     }
 
     /// Lets a paused etcd go on (SIGCONT).
     pub fn resume(&self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGCONT,
-        )
-        .unwrap();
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
 }
 
@@ -136,7 +130,11 @@ impl ControlPlane {
     }
 
     pub fn start_with(extra_args: &[&str]) -> Self {
-        let data_dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), extra_args)
+    }
+
+    /// A control plane on `data_dir`, once it answers.
+    fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> Self {
         let child = Self::spawn(data_dir.path(), extra_args);
         let mut cp = Self {
             child,
@@ -153,14 +151,7 @@ impl ControlPlane {
     pub fn start_joining(first: &ControlPlane, extra_args: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         apiary_control_plane::apiserver::pki::share(first.data_path(), data_dir.path()).unwrap();
-        let child = Self::spawn(data_dir.path(), extra_args);
-        let mut cp = Self {
-            child,
-            data_dir,
-            _etcd: None,
-        };
-        cp.wait_ready();
-        cp
+        Self::start_in(data_dir, extra_args)
     }
 
     /// Kills the control plane, as a crash would.
