@@ -788,6 +788,14 @@ impl Ha {
         ha
     }
 
+    /// The index of the control plane named `leader` (the first when none leads).
+    fn leading(&self, leader: Option<&str>) -> usize {
+        self.control_planes
+            .iter()
+            .position(|c| Some(c.identity.as_str()) == leader)
+            .unwrap_or(0)
+    }
+
     fn bases(&self) -> Vec<String> {
         self.control_planes.iter().map(|c| c.base.clone()).collect()
     }
@@ -1018,11 +1026,7 @@ fn main() {
         let mut outcomes = Vec::new();
         outcomes.push(
             ha.run("control plane leader SIGKILL", timing, |ha, leader| {
-                let i = ha
-                    .control_planes
-                    .iter()
-                    .position(|c| Some(c.identity.as_str()) == leader)
-                    .unwrap_or(0);
+                let i = ha.leading(leader);
                 ha.control_planes[i].process.kill();
                 vec![Box::new(move |ha: &mut Ha| {
                     ha.control_planes[i].process.start()
@@ -1032,11 +1036,7 @@ fn main() {
         );
         outcomes.push(
             ha.run("leader partitioned from etcd", timing, |ha, leader| {
-                let i = ha
-                    .control_planes
-                    .iter()
-                    .position(|c| Some(c.identity.as_str()) == leader)
-                    .unwrap_or(0);
+                let i = ha.leading(leader);
                 ha.links[i].cut.store(true, Ordering::SeqCst);
                 vec![Box::new(move |ha: &mut Ha| {
                     ha.links[i].cut.store(false, Ordering::SeqCst)
