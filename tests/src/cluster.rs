@@ -172,6 +172,26 @@ impl ClusterLab {
             (ready == want).then_some(())
         })
         .map_err(|e| e.context(cluster.logs()))?;
+        // A node is Ready before its serving certificate is approved (as a kubelet's), and
+        // until then logs, exec and port-forward to it fail: wait until the API server reaches
+        // every agent.
+        for node in cluster
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect::<Vec<_>>()
+        {
+            let path = format!("/api/v1/nodes/{node}/proxy/metrics");
+            wait(
+                "every agent's serving certificate",
+                Duration::from_secs(60),
+                || {
+                    let out = cluster.kubectl(&["get", "--raw", &path]).ok()?;
+                    out.status.success().then_some(())
+                },
+            )
+            .map_err(|e| e.context(cluster.logs()))?;
+        }
         Ok(cluster)
     }
 

@@ -50,6 +50,13 @@ impl PortForward {
     fn stderr(&self) -> String {
         std::fs::read_to_string(self.stderr.path()).unwrap()
     }
+
+    /// Fails the test, with kubectl's words, if kubectl has given up.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("kubectl port-forward exited ({status}): {}", self.stderr());
+        }
+    }
 }
 
 impl Drop for PortForward {
@@ -99,8 +106,9 @@ fn privileged_kubectl_port_forward_reaches_httpd_in_the_pod() {
         .unwrap();
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_owned();
 
-    let forward = PortForward::start(&cluster, "pod/web", "18080:8080");
+    let mut forward = PortForward::start(&cluster, "pod/web", "18080:8080");
     let page = eventually("the forwarded port to answer", 30, || {
+        forward.assert_running();
         http_get(&cluster, "http://127.0.0.1:18080/index.html").ok()
     });
     assert_eq!(page, "hello from web\n", "kubectl: {}", forward.stderr());
