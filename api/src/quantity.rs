@@ -163,6 +163,39 @@ impl Quantity {
         }
     }
 
+    /// A CPU amount of `nano` billionths (metrics-server's `NewScaledQuantity(n, Nano)`), in
+    /// Kubernetes' canonical form: the largest of `n`, `u`, `m` or whole units that keeps it
+    /// exact (`1500000n` is `1500u`).
+    pub fn from_nano(nano: i64) -> Self {
+        let mut value = nano;
+        for suffix in ["n", "u", "m"] {
+            if value % 1000 != 0 || value == 0 {
+                return Self(if value == 0 {
+                    "0".to_owned()
+                } else {
+                    format!("{value}{suffix}")
+                });
+            }
+            value /= 1000;
+        }
+        Self(value.to_string())
+    }
+
+    /// A number of bytes in Kubernetes' canonical binary form (`BinarySI`): `Ki`, `Mi`, `Gi`…
+    /// when a power of 1024 divides it, plain bytes otherwise.
+    pub fn from_bytes(bytes: i64) -> Self {
+        let mut value = bytes;
+        let mut suffix = "";
+        for next in ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"] {
+            if value == 0 || value % 1024 != 0 {
+                break;
+            }
+            value /= 1024;
+            suffix = next;
+        }
+        Self(format!("{value}{suffix}"))
+    }
+
     /// The string as written.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -276,5 +309,25 @@ mod tests {
         assert_eq!(serde_json::to_string(&v).unwrap(), r#"["100m","1","0.5"]"#);
         assert_eq!(Quantity::from_milli(1500), q("1500m"));
         assert_eq!(Quantity::from_milli(2000), q("2"));
+    }
+
+    #[test]
+    fn metrics_amounts_are_written_in_canonical_form() {
+        let nano = |n| Quantity::from_nano(n).0;
+        assert_eq!(nano(0), "0");
+        assert_eq!(nano(123_456), "123456n");
+        assert_eq!(nano(1_500_000), "1500u");
+        assert_eq!(nano(250_000_000), "250m");
+        assert_eq!(nano(2_000_000_000), "2");
+        let bytes = |b| Quantity::from_bytes(b).0;
+        assert_eq!(bytes(0), "0");
+        assert_eq!(bytes(1500), "1500");
+        assert_eq!(bytes(2048), "2Ki");
+        assert_eq!(bytes(3 * 1024 * 1024 + 1024), "3073Ki");
+        assert_eq!(bytes(5 << 30), "5Gi");
+        for b in [1500, 2048, 5 << 30] {
+            assert_eq!(Quantity::from_bytes(b).value().unwrap(), b);
+        }
+        assert_eq!(Quantity::from_nano(1_500_000).milli_value().unwrap(), 2);
     }
 }

@@ -525,6 +525,20 @@ pub const SELF_SUBJECT_REVIEWS: ResourceInfo = ResourceInfo {
     )
 };
 
+/// `metrics.k8s.io/v1beta1` `NodeMetrics`: read-only, never stored (metrics-server's API, which
+/// the API server serves itself from what it scrapes from the node agents).
+pub const NODE_METRICS: ResourceInfo = ResourceInfo {
+    version: "v1beta1",
+    verbs: &["get", "list"],
+    ..resource("metrics.k8s.io", "NodeMetrics", "nodes", "", &[], false)
+};
+/// `metrics.k8s.io/v1beta1` `PodMetrics`, like [`NODE_METRICS`].
+pub const POD_METRICS: ResourceInfo = ResourceInfo {
+    version: "v1beta1",
+    verbs: &["get", "list"],
+    ..resource("metrics.k8s.io", "PodMetrics", "pods", "", &[], true)
+};
+
 /// Every served resource, core group first, then groups in discovery order.
 pub static RESOURCES: &[ResourceInfo] = &[
     NAMESPACES,
@@ -562,6 +576,8 @@ pub static RESOURCES: &[ResourceInfo] = &[
     VALIDATING_ADMISSION_POLICIES,
     VALIDATING_ADMISSION_POLICY_BINDINGS,
     CUSTOM_RESOURCE_DEFINITIONS,
+    NODE_METRICS,
+    POD_METRICS,
 ];
 
 /// The non-core groups, in the order `/apis` lists them (Kubernetes' order).
@@ -578,6 +594,7 @@ pub const GROUPS: &[&str] = &[
     "coordination.k8s.io",
     "discovery.k8s.io",
     "apiary.dev",
+    "metrics.k8s.io",
 ];
 
 impl ResourceInfo {

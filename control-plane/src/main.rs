@@ -59,6 +59,10 @@ struct Cli {
     /// Mutating requests served at once; one more is a 429 (0: no limit).
     #[arg(long, default_value_t = apiserver::inflight::DEFAULT_MUTATING)]
     max_mutating_requests_inflight: usize,
+    /// How often every node agent's resource metrics are scraped for `metrics.k8s.io`
+    /// (metrics-server's flag), in seconds.
+    #[arg(long = "metric-resolution", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    metric_resolution: u64,
     /// Address the API server listens on (HTTPS).
     #[arg(long, default_value = "0.0.0.0:6443")]
     listen: SocketAddr,
@@ -311,6 +315,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         identity.clone(),
         leader::Timing::default(),
         leading_tx,
+    ));
+    tokio::spawn(apiserver::resource_metrics::scrape::run(
+        Arc::clone(&api),
+        std::time::Duration::from_secs(cli.metric_resolution),
     ));
     // Every control plane, leading or not, is an endpoint of `default/kubernetes` while alive.
     tokio::spawn(apiary_control_plane::controllers::kubernetes_service::run(

@@ -81,16 +81,9 @@ fn wait_events(log: &Path, uri: &str, user: &str, count: usize) -> Vec<Value> {
 }
 
 fn kubectl_as_token(cp: &ControlPlane, token: &str, args: &[&str]) -> std::process::Output {
-    // A kubeconfig of its own: the admin's client certificate would win over the token.
-    let mut config: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig()).unwrap()).unwrap();
-    config["users"][0]["user"] = json!({ "token": token });
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
     Command::new("kubectl")
         .arg("--kubeconfig")
-        .arg(&path)
+        .arg(cp.kubeconfig_with_token(token))
         .args(args)
         .output()
         .unwrap()

@@ -23,8 +23,8 @@ use support::{
     certs::{
         client_cert, cluster_ca, self_signed_cert, serving_cert, serving_cert_between, stranger_ca,
     },
+    fake_agent::Seen,
 };
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// `--token-auth-file` users: alice has no binding, viewer is bound to `view`, ops to
 /// `system:kubelet-api-admin`.
@@ -302,89 +302,12 @@ fn the_api_servers_certificate_is_let_through_and_kubectl_works_through_it() {
     );
 }
 
-/// What a fake agent saw: the client certificate's subject and the request's head.
-#[derive(Default, Debug)]
-struct Seen {
-    client: Option<String>,
-    request: Option<String>,
-}
-
-/// A TLS server on loopback that plays a node agent with `serving` (certificate and key PEM),
-/// accepting client certificates of `client_ca`: it records what it sees and answers `200 ok`.
+/// A fake agent answering every request `200 ok`.
 fn fake_agent(
     serving: (&str, &str),
     client_ca: &str,
 ) -> (SocketAddr, Arc<Mutex<Seen>>, tokio::runtime::Runtime) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let certs = rustls_pemfile::certs(&mut serving.0.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls_pemfile::private_key(&mut serving.1.as_bytes())
-        .unwrap()
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in rustls_pemfile::certs(&mut client_ca.as_bytes()) {
-        roots.add(ca.unwrap()).unwrap();
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
-        .allow_unauthenticated()
-        .build()
-        .unwrap();
-    let config = rustls::ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    runtime.spawn({
-        let seen = Arc::clone(&seen);
-        async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    continue;
-                };
-                let client = tls.get_ref().1.peer_certificates().and_then(|chain| {
-                    use x509_parser::prelude::{FromDer as _, X509Certificate};
-                    let (_, cert) = X509Certificate::from_der(&chain[0]).ok()?;
-                    Some(cert.subject().to_string())
-                });
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                {
-                    let mut seen = seen.lock().unwrap();
-                    seen.client = client;
-                    if !head.is_empty() {
-                        seen.request = Some(String::from_utf8_lossy(&head).into_owned());
-                    }
-                }
-                let _ = tls
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    )
-                    .await;
-                let _ = tls.shutdown().await;
-            }
-        }
-    });
-    (addr, seen, runtime)
+    support::fake_agent::start(serving, client_ca, |_| "ok".to_owned())
 }
 
 #[test]

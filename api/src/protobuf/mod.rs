@@ -24,6 +24,7 @@ mod tests;
 
 pub use envelope::{decode, encode};
 pub use schema::{has_message, message_name};
+pub use special::go_duration;
 
 /// The media type of Kubernetes protobuf bodies.
 pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";

@@ -26,6 +26,7 @@ pub mod openapi;
 pub mod path;
 pub mod pki;
 pub mod registry;
+pub mod resource_metrics;
 pub mod resources;
 pub mod selectors;
 pub mod streams;
@@ -79,6 +80,9 @@ pub struct Api {
     pub webhooks: admission::webhooks::Webhooks,
     /// The ValidatingAdmissionPolicies and bindings ([`admission::policies::start`] keeps them).
     pub policies: admission::policies::Policies,
+    /// What the node agents' resource metrics say (`metrics.k8s.io`), kept by
+    /// [`resource_metrics::scrape::run`].
+    pub resource_metrics: resource_metrics::ResourceMetrics,
 }
 
 impl std::fmt::Debug for Api {
@@ -110,6 +114,7 @@ impl Api {
             admission: admission::Plugins::default(),
             webhooks: admission::webhooks::Webhooks::default(),
             policies: admission::policies::Policies::default(),
+            resource_metrics: resource_metrics::ResourceMetrics::default(),
         }
     }
 }
@@ -394,6 +399,9 @@ async fn resource_request_as(
         let review = objects::decode(headers, &body)?;
         let answer = authz::reviews::answer(&api.authz, user, &target, review)?;
         return Ok((axum::http::StatusCode::CREATED, axum::Json(answer)).into_response());
+    }
+    if target.resource.group == "metrics.k8s.io" {
+        return resource_metrics::serve(api, method, &target, query, headers).await;
     }
     if let Some(node) = authz::node::node_identity(user) {
         authz::node_restriction::admit(api, node, method, &target, headers, &body).await?;

@@ -32,6 +32,12 @@ fn columns(kind: &str) -> Vec<Column> {
     });
     let mut cols = vec![name];
     match kind {
+        // metrics-server's columns; a pod's figures are its containers' sums.
+        "NodeMetrics" | "PodMetrics" => cols.extend([
+            col("CPU", "string", 0, |o| json!(metrics_totals(o).0)),
+            col("Memory", "string", 0, |o| json!(metrics_totals(o).1)),
+            col("Window", "string", 0, |o| json!(o["window"])),
+        ]),
         "Pod" => cols.extend([
             col("Ready", "string", 0, pod_ready),
             col("Status", "string", 0, pod_status),
@@ -435,6 +441,19 @@ fn table_of(
         "columnDefinitions": definitions,
         "rows": rows,
     })
+}
+
+/// A NodeMetrics' usage, or a PodMetrics' containers' summed, as quantities.
+fn metrics_totals(o: &Value) -> (String, String) {
+    if o["kind"] == "NodeMetrics" {
+        let usage = |r: &str| o["usage"][r].as_str().unwrap_or("0").to_owned();
+        return (usage("cpu"), usage("memory"));
+    }
+    let (nanocores, bytes) = super::resource_metrics::pod_totals(o);
+    (
+        apiary_api::quantity::Quantity::from_nano(nanocores).0,
+        apiary_api::quantity::Quantity::from_bytes(bytes).0,
+    )
 }
 
 fn int(v: &Value) -> i64 {

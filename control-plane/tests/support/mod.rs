@@ -6,6 +6,7 @@
 )]
 
 pub mod certs;
+pub mod fake_agent;
 pub mod webhook;
 
 use serde_json::Value;
@@ -253,6 +254,29 @@ impl ControlPlane {
 
     pub fn kubectl(&self, args: &[&str]) -> Run {
         Run::new(self.command(args), args)
+    }
+
+    /// A kubeconfig of the cluster whose user is bearer `token` (in the admin's kubeconfig, the
+    /// admin's client certificate would win over a `--token`).
+    pub fn kubeconfig_with_token(&self, token: &str) -> PathBuf {
+        let mut config: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(self.kubeconfig()).unwrap()).unwrap();
+        config["users"][0]["user"] = serde_json::json!({ "token": token });
+        let path = self
+            .data_dir
+            .path()
+            .join(format!("kubeconfig-{}", token.replace(['/', '.'], "_")));
+        std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+        path
+    }
+
+    /// kubectl as the holder of bearer `token`.
+    pub fn kubectl_as_token(&self, token: &str, args: &[&str]) -> Run {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(self.kubeconfig_with_token(token))
+            .args(args);
+        Run::new(cmd, args)
     }
 
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Run {

@@ -415,6 +415,18 @@ fn cluster_roles() -> Vec<(&'static str, Value, Vec<PolicyRule>, Option<Value>)>
             ],
             None,
         ),
+        // metrics-server's role, which the API server's own `metrics.k8s.io` takes over: who
+        // may view a namespace may `kubectl top` it.
+        (
+            "system:aggregated-metrics-reader",
+            json!({
+                "rbac.authorization.k8s.io/aggregate-to-admin": "true",
+                "rbac.authorization.k8s.io/aggregate-to-edit": "true",
+                "rbac.authorization.k8s.io/aggregate-to-view": "true",
+            }),
+            vec![r(READ, &["metrics.k8s.io"], &["pods", "nodes"])],
+            None,
+        ),
     ]
 }
 

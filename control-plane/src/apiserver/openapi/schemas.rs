@@ -213,6 +213,8 @@ fn add_kind(generator: &mut SchemaGenerator, group: &str, kind: &str) -> Option<
             k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
         >(g),
         ("apiary.dev", "SecurityIdentity") => add::<SecurityIdentity>(g),
+        ("metrics.k8s.io", "NodeMetrics") => add::<ResourceMetrics<false>>(g),
+        ("metrics.k8s.io", "PodMetrics") => add::<ResourceMetrics<true>>(g),
         _ => None,
     }
 }
@@ -253,6 +255,70 @@ impl JsonSchema for SecurityIdentity {
                 },
             },
         })
+    }
+}
+
+/// metrics-server's `NodeMetrics` (`POD` false) and `PodMetrics` (`k8s.io/metrics`, which
+/// k8s-openapi does not carry), under the names metrics-server publishes them.
+struct ResourceMetrics<const POD: bool>;
+
+impl<const POD: bool> JsonSchema for ResourceMetrics<POD> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        match POD {
+            false => "io.k8s.metrics.pkg.apis.metrics.v1beta1.NodeMetrics".into(),
+            true => "io.k8s.metrics.pkg.apis.metrics.v1beta1.PodMetrics".into(),
+        }
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> schemars::Schema {
+        use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1};
+        let metadata = generator.subschema_for::<v1::ObjectMeta>();
+        let timestamp = generator.subschema_for::<v1::Time>();
+        let usage = schemars::json_schema!({
+            "description": "The memory and CPU usage.",
+            "type": "object",
+            "additionalProperties": generator.subschema_for::<Quantity>(),
+        });
+        let mut schema = schemars::json_schema!({
+            "description": if POD { "PodMetrics sets resource usage metrics of a pod." } else { "NodeMetrics sets resource usage metrics of a node." },
+            "type": "object",
+            "required": ["timestamp", "window"],
+            "properties": {
+                "apiVersion": {
+                    "description": "APIVersion defines the versioned schema of this representation of an object.",
+                    "type": "string",
+                },
+                "kind": {
+                    "description": "Kind is a string value representing the REST resource this object represents.",
+                    "type": "string",
+                },
+                "metadata": metadata,
+                "timestamp": timestamp,
+                "window": { "type": "string" },
+            },
+        });
+        let properties = schema
+            .get_mut("properties")
+            .and_then(Value::as_object_mut)
+            .expect("just written");
+        if POD {
+            properties.insert(
+                "containers".into(),
+                json!({
+                    "description": "Metrics for all containers are collected within the same time window.",
+                    "type": "array",
+                    "items": {
+                        "description": "ContainerMetrics sets resource usage metrics of a container.",
+                        "type": "object",
+                        "required": ["name", "usage"],
+                        "properties": { "name": { "description": "Container name corresponding to the one from pod.spec.containers.", "type": "string" }, "usage": usage },
+                    },
+                }),
+            );
+        } else {
+            properties.insert("usage".into(), usage.to_value());
+        }
+        schema
     }
 }
 
