@@ -11,6 +11,7 @@
 //! - [`network`]: pod networking — IPAM, veth plumbing over rtnetlink, routes to other nodes.
 //! - [`services`]: the Service load-balancing state (frontends, Maglev tables, map writes).
 //! - [`server`]: the kubelet-style HTTPS server behind `kubectl logs` and `kubectl exec`.
+//! - [`stats`]: resource usage of the node, its pods and containers (cgroups, `/proc`).
 
 pub mod agent;
 pub mod api_client;
@@ -23,3 +24,4 @@ pub mod network;
 pub mod policy;
 pub mod server;
 pub mod services;
+pub mod stats;

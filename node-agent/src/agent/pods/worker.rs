@@ -863,6 +863,7 @@ impl Worker {
                 .chain(&self.pod.spec.containers)
                 .map(|c| c.name.clone())
                 .collect(),
+            start_time: self.start_time.clone(),
         };
         self.ctx
             .registry
