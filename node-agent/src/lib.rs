@@ -6,6 +6,7 @@
 //! - [`dataplane`]: loads the BPF programs from `ebpf/`, attaches them to pod veths and wraps each
 //!   map in a typed struct.
 //! - [`dns`]: the cluster DNS server (`<svc>.<ns>.svc.cluster.local`) and pods' resolv.conf.
+//! - [`metrics`]: the agent's own instruments (pod starts, image pulls, probes, DNS answers).
 //! - [`netns`]: runs work inside another network namespace.
 //! - [`policy`]: NetworkPolicy compiled to per-pod allow entries over security identities.
 //! - [`network`]: pod networking — IPAM, veth plumbing over rtnetlink, routes to other nodes.
@@ -19,6 +20,7 @@ pub mod certificates;
 pub mod dataplane;
 pub mod dns;
 pub mod kubeconfig;
+pub mod metrics;
 pub mod netns;
 pub mod network;
 pub mod policy;
