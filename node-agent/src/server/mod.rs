@@ -276,7 +276,10 @@ pub fn router(
         )
         .route(
             "/metrics",
-            get(metrics::handle).with_state(dataplane.tracer),
+            get(metrics::handle).with_state(metrics::MetricsSources {
+                tracer: dataplane.tracer,
+                stats: dataplane.stats.clone(),
+            }),
         )
         .route(
             "/metrics/resource",
