@@ -553,6 +553,7 @@ impl Agent {
                 services: source,
                 flows: server::FlowLog::default(),
                 tracer: None,
+                stats: Default::default(),
             },
         ));
         Self {

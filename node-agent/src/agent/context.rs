@@ -86,6 +86,8 @@ pub struct PodEntry {
     pub containers: HashMap<String, (String, u32)>,
     /// Every container name of the spec, init containers first.
     pub names: Vec<String>,
+    /// The pod's `status.startTime` (RFC 3339), which the Summary API reports.
+    pub start_time: String,
 }
 
 impl Registry {
@@ -102,6 +104,12 @@ impl Registry {
         if map.get(&key).is_some_and(|e| e.uid == uid) {
             map.remove(&key);
         }
+    }
+
+    /// Every pod: (namespace, name) and its entry.
+    pub fn all(&self) -> Vec<((String, String), PodEntry)> {
+        let map = self.0.read().expect("registry lock");
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     pub fn get(&self, namespace: &str, name: &str) -> Option<PodEntry> {

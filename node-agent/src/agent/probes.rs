@@ -81,6 +81,7 @@ pub async fn run(kind: Kind, probe: Probe, target: Target, verdict: watch::Sende
             Ok(r) => r,
             Err(_) => Err(format!("probe timed out after {}s", timeout.as_secs())),
         };
+        crate::metrics::AgentMetrics::global().probed(kind.name(), result.is_ok());
         match result {
             Ok(()) => {
                 successes += 1;

@@ -106,6 +106,11 @@ pub struct AgentConfig {
     /// `--seccomp-default`). `Localhost` profiles are read from `<data-dir>/seccomp`.
     #[arg(long)]
     pub seccomp_default: bool,
+    /// How often the node's, pods' and containers' CPU and memory are read from the cgroups for
+    /// `/metrics/resource` and `/stats/summary`, in seconds (cAdvisor's housekeeping for the
+    /// kubelet; metrics-server scrapes every 15 s).
+    #[arg(long, default_value_t = 15)]
+    pub metrics_interval_seconds: u64,
 }
 
 /// Runs the agent until the process is stopped. Pods keep running when it stops: their
@@ -291,6 +296,13 @@ async fn run_registered(
     if let Some(dir) = config.manifests.clone() {
         tokio::spawn(super::static_pods::run(Arc::clone(&ctx), dir));
     }
+    let stats = crate::stats::Latest::default();
+    tokio::spawn(crate::stats::run(
+        Arc::clone(&ctx),
+        config.cgroup_parent.clone(),
+        stats.clone(),
+        Duration::from_secs(config.metrics_interval_seconds.max(1)),
+    ));
     // The streaming server presents a certificate of the cluster CA, asked for now that the
     // Node (whose addresses its approval checks) exists; until it is issued, handshakes fail.
     let serving = Arc::new(crate::server::tls::ServingCertificate::default());
@@ -325,6 +337,7 @@ async fn run_registered(
                 services,
                 flows: flow_log,
                 tracer: Some(tracer),
+                stats,
             };
             if let Err(e) = crate::server::serve(listener, tls, auth, backend, dataplane).await {
                 tracing::error!(error = %format!("{e:#}"), "the streaming server stopped");

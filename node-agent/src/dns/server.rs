@@ -227,6 +227,32 @@ impl RequestHandler for ClusterDns {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        let info = self.answer(request, response_handle).await;
+        crate::metrics::AgentMetrics::global().dns_answered(&rcode_name(info.response_code));
+        info
+    }
+}
+
+/// A response code as CoreDNS labels it (`coredns_dns_responses_total{rcode}`).
+fn rcode_name(code: ResponseCode) -> String {
+    match code {
+        ResponseCode::NoError => "NOERROR".to_owned(),
+        ResponseCode::FormErr => "FORMERR".to_owned(),
+        ResponseCode::ServFail => "SERVFAIL".to_owned(),
+        ResponseCode::NXDomain => "NXDOMAIN".to_owned(),
+        ResponseCode::NotImp => "NOTIMP".to_owned(),
+        ResponseCode::Refused => "REFUSED".to_owned(),
+        ResponseCode::BADVERS => "BADVERS".to_owned(),
+        other => format!("{other:?}").to_uppercase(),
+    }
+}
+
+impl ClusterDns {
+    async fn answer<R: ResponseHandler>(
+        &self,
+        request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
         let fail = |code| {

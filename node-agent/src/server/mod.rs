@@ -9,6 +9,8 @@
 //!   WebSocket protocol as exec ([`attach`]).
 //! - `GET|POST /portForward/{namespace}/{pod}`: `kubectl port-forward`, SPDY/3.1 in a WebSocket
 //!   or after an SPDY upgrade ([`portforward`]).
+//! - `GET /metrics/resource` and `GET /stats/summary`: the node's, pods' and containers' CPU and
+//!   memory as the kubelet serves them to metrics-server ([`resource_metrics`], [`summary`]).
 //! - `GET /apiary/v1/services`: the node's service frontends and backends as its BPF maps hold
 //!   them ([`services`]; `apiary net services`, through the API server's `nodes/proxy`).
 //!
@@ -22,7 +24,9 @@ pub mod flows;
 mod logs;
 pub mod metrics;
 pub mod portforward;
+pub mod resource_metrics;
 pub mod services;
+pub mod summary;
 pub mod tls;
 pub mod trace;
 
@@ -235,12 +239,14 @@ fn status(code: StatusCode, reason: &str, message: &str) -> serde_json::Value {
 }
 
 /// What the agent shows of its data plane: the service maps, the policy verdicts, and the
-/// policy tracer (`None`: an agent without policy maps).
+/// policy tracer (`None`: an agent without policy maps); and of its resource usage.
 #[derive(Clone)]
 pub struct DataplaneViews {
     pub services: Arc<dyn ServiceSource>,
     pub flows: FlowLog,
     pub tracer: Option<Arc<PolicyTracer>>,
+    /// The collector's latest snapshot (empty: nothing collected, a scrape error).
+    pub stats: crate::stats::Latest,
 }
 
 impl std::fmt::Debug for DataplaneViews {
@@ -270,7 +276,18 @@ pub fn router(
         )
         .route(
             "/metrics",
-            get(metrics::handle).with_state(dataplane.tracer),
+            get(metrics::handle).with_state(metrics::MetricsSources {
+                tracer: dataplane.tracer,
+                stats: dataplane.stats.clone(),
+            }),
+        )
+        .route(
+            "/metrics/resource",
+            get(resource_metrics::handle).with_state(dataplane.stats.clone()),
+        )
+        .route(
+            "/stats/summary",
+            get(summary::handle).with_state(dataplane.stats),
         )
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",

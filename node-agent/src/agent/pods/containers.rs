@@ -222,6 +222,7 @@ pub async fn ensure_image(
                 .await
             {
                 Ok(image) => {
+                    crate::metrics::AgentMetrics::global().image_pulled(started.elapsed());
                     event(
                         "Pulled",
                         format!(

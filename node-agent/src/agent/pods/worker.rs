@@ -126,6 +126,10 @@ pub struct Worker {
     /// Why the sandbox or the volumes are not ready, as (reason, message).
     blocked: Option<(String, String)>,
     start_time: String,
+    /// When this worker first saw the pod, and whether its start latency is still to be
+    /// recorded (not for pods adopted after an agent restart: their start is long past).
+    seen: Instant,
+    start_pending: bool,
     last_report: Option<PodStatus>,
     /// Conditions' last transition times, kept while their status does not change.
     transitions: HashMap<String, (String, String)>,
@@ -148,6 +152,7 @@ impl Worker {
         adopted: Vec<RuntimeState>,
     ) -> Self {
         let uid = pod.metadata.uid.clone();
+        let start_pending = adopted.is_empty();
         let mut tracks: BTreeMap<String, Track> = BTreeMap::new();
         for c in &pod.spec.init_containers {
             tracks.entry(c.name.clone()).or_default().init = true;
@@ -204,6 +209,8 @@ impl Worker {
             terminal,
             blocked: None,
             start_time,
+            seen: Instant::now(),
+            start_pending,
             last_report: None,
             transitions: HashMap::new(),
         }
@@ -863,6 +870,7 @@ impl Worker {
                 .chain(&self.pod.spec.containers)
                 .map(|c| c.name.clone())
                 .collect(),
+            start_time: self.start_time.clone(),
         };
         self.ctx
             .registry
@@ -913,6 +921,16 @@ impl Worker {
     /// Sends the pod's status if it changed since the last report.
     async fn report(&mut self) {
         let mut status = status::compute(&self.view(), &mut self.transitions);
+        if self.start_pending
+            && !status.container_statuses.is_empty()
+            && status
+                .container_statuses
+                .iter()
+                .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        {
+            self.start_pending = false;
+            crate::metrics::AgentMetrics::global().pod_started(self.seen.elapsed());
+        }
         if let Some(ip) = self.pod.status.as_ref().map(|s| s.pod_ip.clone())
             && status.pod_ip.is_empty()
             && !ip.is_empty()

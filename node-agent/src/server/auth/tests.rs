@@ -414,6 +414,7 @@ async fn every_endpoint_of_the_server_is_behind_authentication_and_authorization
             }),
             flows: crate::server::FlowLog::default(),
             tracer: None,
+            stats: crate::stats::Latest::default(),
         },
     );
     let endpoints = [
@@ -427,6 +428,8 @@ async fn every_endpoint_of_the_server_is_behind_authentication_and_authorization
             "/apiary/v1/policy/trace?from=a/b&to=c/d&port=80",
         ),
         (Method::GET, "/metrics"),
+        (Method::GET, "/metrics/resource"),
+        (Method::GET, "/stats/summary"),
         (Method::GET, "/"),
         (Method::GET, "/no/such/path"),
     ];
@@ -462,10 +465,10 @@ async fn every_endpoint_of_the_server_is_behind_authentication_and_authorization
         assert!(body.starts_with("Forbidden (user=bob, verb="), "{body}");
         // A user with the right gets past: the handler's own answer (no pods here, no maps).
         let (code, body) = send(Some("Bearer alice-token")).await;
-        if path == "/metrics" {
+        if path.starts_with("/metrics") || path.starts_with("/stats") {
             assert_eq!(
                 code, 403,
-                "alice has nodes/proxy, not nodes/metrics: {body}"
+                "alice has nodes/proxy, not nodes/metrics or nodes/stats: {body}"
             );
         } else {
             assert!(
