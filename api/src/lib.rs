@@ -22,6 +22,7 @@ pub mod apiextensions_v1;
 pub mod apply;
 pub mod apps_v1;
 pub mod autoscaling_v1;
+pub mod autoscaling_v2;
 pub mod batch_v1;
 pub mod bootstrap_token;
 pub mod cel_rules;

@@ -525,6 +525,27 @@ pub const SELF_SUBJECT_REVIEWS: ResourceInfo = ResourceInfo {
     )
 };
 
+/// `autoscaling/v2` `HorizontalPodAutoscaler`, the storage version.
+pub const HORIZONTAL_POD_AUTOSCALERS: ResourceInfo = ResourceInfo {
+    version: "v2",
+    categories: ALL,
+    subresources: &[status("HorizontalPodAutoscaler")],
+    ..resource(
+        "autoscaling",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        &["hpa"],
+        true,
+    )
+};
+/// `autoscaling/v1` `HorizontalPodAutoscaler`: the same objects, converted
+/// ([`crate::autoscaling_v2::to_v1`]).
+pub const HORIZONTAL_POD_AUTOSCALERS_V1: ResourceInfo = ResourceInfo {
+    version: "v1",
+    ..HORIZONTAL_POD_AUTOSCALERS
+};
+
 /// `metrics.k8s.io/v1beta1` `NodeMetrics`: read-only, never stored (metrics-server's API, which
 /// the API server serves itself from what it scrapes from the node agents).
 pub const NODE_METRICS: ResourceInfo = ResourceInfo {
@@ -538,6 +559,21 @@ pub const POD_METRICS: ResourceInfo = ResourceInfo {
     verbs: &["get", "list"],
     ..resource("metrics.k8s.io", "PodMetrics", "pods", "", &[], true)
 };
+
+/// A stored object as `info`'s version shows it: built-in kinds are stored in one version, and
+/// served in others by conversion (autoscaling/v1 HorizontalPodAutoscalers from v2).
+pub fn stored_to_served(info: &ResourceInfo, object: &mut Value) {
+    if *info == HORIZONTAL_POD_AUTOSCALERS_V1 {
+        crate::autoscaling_v2::to_v1(object);
+    }
+}
+
+/// An object sent in `info`'s version as it is stored: the inverse of [`stored_to_served`].
+pub fn served_to_stored(info: &ResourceInfo, object: &mut Value) {
+    if *info == HORIZONTAL_POD_AUTOSCALERS_V1 {
+        crate::autoscaling_v2::from_v1(object);
+    }
+}
 
 /// Every served resource, core group first, then groups in discovery order.
 pub static RESOURCES: &[ResourceInfo] = &[
@@ -558,6 +594,8 @@ pub static RESOURCES: &[ResourceInfo] = &[
     SELF_SUBJECT_ACCESS_REVIEWS,
     SELF_SUBJECT_RULES_REVIEWS,
     SUBJECT_ACCESS_REVIEWS,
+    HORIZONTAL_POD_AUTOSCALERS,
+    HORIZONTAL_POD_AUTOSCALERS_V1,
     JOBS,
     CRON_JOBS,
     CERTIFICATE_SIGNING_REQUESTS,
@@ -585,6 +623,7 @@ pub const GROUPS: &[&str] = &[
     "apps",
     "authentication.k8s.io",
     "authorization.k8s.io",
+    "autoscaling",
     "batch",
     "certificates.k8s.io",
     "networking.k8s.io",
@@ -691,9 +730,17 @@ pub fn resolve(name: &str) -> Option<&'static ResourceInfo> {
 
 /// The resources in a category, e.g. `all` for `kubectl get all`.
 pub fn in_category(category: &str) -> impl Iterator<Item = &'static ResourceInfo> {
+    // Each resource once, in its preferred (first listed) version, as kubectl expands it.
     RESOURCES
         .iter()
-        .filter(move |r| r.categories.contains(&category))
+        .enumerate()
+        .filter(move |(i, r)| {
+            r.categories.contains(&category)
+                && !RESOURCES[..*i]
+                    .iter()
+                    .any(|earlier| earlier.group == r.group && earlier.plural == r.plural)
+        })
+        .map(|(_, r)| r)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1096,6 +1143,7 @@ mod tests {
                 "replicasets",
                 "statefulsets",
                 "daemonsets",
+                "horizontalpodautoscalers",
                 "jobs",
                 "cronjobs"
             ]
@@ -1222,7 +1270,8 @@ mod tests {
         let total: usize = [core, apis]
             .iter()
             .flat_map(|l| l["items"].as_array().unwrap().clone())
-            .map(|i| i["versions"][0]["resources"].as_array().unwrap().len())
+            .flat_map(|i| i["versions"].as_array().unwrap().clone())
+            .map(|v| v["resources"].as_array().unwrap().len())
             .sum();
         assert_eq!(total, RESOURCES.len());
     }

@@ -24,7 +24,7 @@ use crate::shell;
 const OUTPUT: &str = "api/src/protobuf/table.rs";
 
 /// The group versions whose messages are in the table: those Apiary serves, plus
-/// `autoscaling/v1` (Scale) and `policy/v1` (Eviction). Everything they reference comes too.
+/// `autoscaling/v1` (Scale as well as v1 HorizontalPodAutoscalers) and `policy/v1` (Eviction). Everything they reference comes too.
 const GROUP_VERSIONS: &[&str] = &[
     "api/core/v1",
     "api/admissionregistration/v1",
@@ -32,6 +32,7 @@ const GROUP_VERSIONS: &[&str] = &[
     "api/authentication/v1",
     "api/authorization/v1",
     "api/autoscaling/v1",
+    "api/autoscaling/v2",
     "api/batch/v1",
     "api/certificates/v1",
     "api/coordination/v1",

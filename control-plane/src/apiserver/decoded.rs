@@ -19,7 +19,7 @@ use crate::store::{KeyValue, Revision};
 const CAPACITY: usize = 8192;
 
 /// A bounded memo of decoded objects by the revision that wrote them (a revision writes one
-/// key), oldest forgotten first.
+/// key) and the version they are served in, oldest forgotten first.
 #[derive(Debug, Default)]
 pub struct Decoded {
     inner: Mutex<Memo>,
@@ -27,18 +27,20 @@ pub struct Decoded {
 
 #[derive(Debug, Default)]
 struct Memo {
-    objects: HashMap<Revision, Arc<Value>>,
-    order: VecDeque<Revision>,
+    objects: HashMap<(Revision, &'static str), Arc<Value>>,
+    order: VecDeque<(Revision, &'static str)>,
 }
 
 impl Decoded {
-    /// The object `kv` holds, decoded by `decode` unless a watcher already did.
+    /// The object `kv` holds as `version` serves it (one stored object may be served in several
+    /// versions), decoded by `decode` unless a watcher of that version already did.
     pub fn get_or_decode<E>(
         &self,
         kv: &KeyValue,
+        version: &'static str,
         decode: impl FnOnce(&KeyValue) -> Result<Value, E>,
     ) -> Result<Arc<Value>, E> {
-        let id = kv.mod_revision;
+        let id = (kv.mod_revision, version);
         if let Some(object) = self.lock().objects.get(&id) {
             return Ok(Arc::clone(object));
         }
@@ -95,24 +97,24 @@ mod tests {
             serde_json::from_slice::<Value>(&kv.value)
         };
         let a = memo
-            .get_or_decode(&kv("/a", 2, r#"{"x":1}"#), decode)
+            .get_or_decode(&kv("/a", 2, r#"{"x":1}"#), "v1", decode)
             .unwrap();
         let b = memo
-            .get_or_decode(&kv("/a", 2, r#"{"x":1}"#), decode)
+            .get_or_decode(&kv("/a", 2, r#"{"x":1}"#), "v1", decode)
             .unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         let c = memo
-            .get_or_decode(&kv("/a", 3, r#"{"x":2}"#), decode)
+            .get_or_decode(&kv("/a", 3, r#"{"x":2}"#), "v1", decode)
             .unwrap();
         assert_eq!(c["x"], 2);
         assert_eq!(decodes.get(), 2);
         for revision in 10..10 + CAPACITY as Revision + 5 {
-            memo.get_or_decode(&kv("/b", revision, "{}"), decode)
+            memo.get_or_decode(&kv("/b", revision, "{}"), "v1", decode)
                 .unwrap();
         }
         assert_eq!(memo.len(), CAPACITY);
         // The oldest went first.
-        memo.get_or_decode(&kv("/a", 2, r#"{"x":1}"#), decode)
+        memo.get_or_decode(&kv("/a", 2, r#"{"x":1}"#), "v1", decode)
             .unwrap();
         assert_eq!(decodes.get(), 2 + CAPACITY + 5 + 1);
     }
@@ -122,7 +124,7 @@ mod tests {
         let memo = Decoded::default();
         let bad = kv("/a", 2, "not json");
         assert!(
-            memo.get_or_decode(&bad, |kv| serde_json::from_slice::<Value>(&kv.value))
+            memo.get_or_decode(&bad, "v1", |kv| serde_json::from_slice::<Value>(&kv.value))
                 .is_err()
         );
         assert!(memo.is_empty());

@@ -28,6 +28,7 @@ pub fn initial_status(kind: &str) -> Option<Value> {
             },
         }),
         "ReplicaSet" => json!({ "replicas": 0 }),
+        "HorizontalPodAutoscaler" => json!({ "desiredReplicas": 0 }),
         "StatefulSet" => json!({ "replicas": 0, "availableReplicas": 0 }),
         "DaemonSet" => json!({
             "currentNumberScheduled": 0,
@@ -54,6 +55,7 @@ pub fn apply(kind: &str, object: &mut Value) {
             apiary_api::admissionregistration_v1::default_binding(object);
         }
         "Pod" => pod_spec(&mut object["spec"], "Always"),
+        "HorizontalPodAutoscaler" => apiary_api::autoscaling_v2::default(object),
         "Deployment" => {
             let spec = &mut object["spec"];
             default(spec, "replicas", json!(1));

@@ -501,7 +501,9 @@ impl StoreSource {
                 Ok(store::WatchEvent::Put { kv, prev }) => {
                     let decode = |kv: &KeyValue| {
                         decoded
-                            .get_or_decode(kv, |kv| super::objects::present(resource, kv))
+                            .get_or_decode(kv, resource.version, |kv| {
+                                super::objects::present(resource, kv)
+                            })
                             .ok()
                     };
                     Event {

@@ -38,6 +38,31 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Memory", "string", 0, |o| json!(metrics_totals(o).1)),
             col("Window", "string", 0, |o| json!(o["window"])),
         ]),
+        "HorizontalPodAutoscaler" => cols.extend([
+            col("Reference", "string", 0, |o| {
+                let target = &o["spec"]["scaleTargetRef"];
+                json!(format!(
+                    "{}/{}",
+                    target["kind"].as_str().unwrap_or_default(),
+                    target["name"].as_str().unwrap_or_default()
+                ))
+            }),
+            col("Targets", "string", 0, |o| json!(hpa_targets(o))),
+            col("MinPods", "string", 0, |o| {
+                json!(
+                    o["spec"]["minReplicas"]
+                        .as_i64()
+                        .map_or("<unset>".to_owned(), |m| m.to_string())
+                )
+            }),
+            col("MaxPods", "string", 0, |o| {
+                json!(int(&o["spec"]["maxReplicas"]))
+            }),
+            col("Replicas", "string", 0, |o| {
+                json!(int(&o["status"]["currentReplicas"]))
+            }),
+            age_col,
+        ]),
         "Pod" => cols.extend([
             col("Ready", "string", 0, pod_ready),
             col("Status", "string", 0, pod_status),
@@ -454,6 +479,80 @@ fn metrics_totals(o: &Value) -> (String, String) {
         apiary_api::quantity::Quantity::from_nano(nanocores).0,
         apiary_api::quantity::Quantity::from_bytes(bytes).0,
     )
+}
+
+/// An HPA's targets as kubectl prints them (`formatHPAMetrics`): `cpu: 40%/50%` for each of the
+/// first two metrics, `<unknown>` before the first measurement. An autoscaling/v1 object's CPU
+/// target is its one metric.
+fn hpa_targets(o: &Value) -> String {
+    let (specs, statuses) = match o["spec"]["targetCPUUtilizationPercentage"].as_i64() {
+        Some(target) => {
+            let current = &o["status"]["currentCPUUtilizationPercentage"];
+            (
+                vec![
+                    json!({"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": target}}}),
+                ],
+                vec![
+                    json!({"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": current}}}),
+                ],
+            )
+        }
+        None => (
+            o["spec"]["metrics"].as_array().cloned().unwrap_or_default(),
+            o["status"]["currentMetrics"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        ),
+    };
+    if specs.is_empty() {
+        return "<none>".to_owned();
+    }
+    let shown: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let kind = spec["type"].as_str().unwrap_or_default();
+            let field = match kind {
+                "ContainerResource" => "containerResource",
+                "Pods" => "pods",
+                "Object" => "object",
+                "External" => "external",
+                _ => "resource",
+            };
+            let source = &spec[field];
+            let current = &statuses.get(i).map_or(&Value::Null, |s| &s[field])["current"];
+            let name = match kind {
+                "Resource" | "ContainerResource" => source["name"].as_str().unwrap_or_default(),
+                _ => source["metric"]["name"].as_str().unwrap_or_default(),
+            };
+            let target = &source["target"];
+            let (now, want) = match target["averageUtilization"].as_i64() {
+                Some(want) if target["averageValue"].is_null() => (
+                    current["averageUtilization"]
+                        .as_i64()
+                        .map_or("<unknown>".to_owned(), |c| format!("{c}%")),
+                    format!("{want}%"),
+                ),
+                _ => {
+                    let field = if target["averageValue"].is_null() {
+                        "value"
+                    } else {
+                        "averageValue"
+                    };
+                    (
+                        current[field].as_str().unwrap_or("<unknown>").to_owned(),
+                        target[field].as_str().unwrap_or("<auto>").to_owned(),
+                    )
+                }
+            };
+            format!("{name}: {now}/{want}")
+        })
+        .collect();
+    match shown.len() {
+        n if n > 2 => format!("{} + {} more...", shown[..2].join(", "), n - 2),
+        _ => shown.join(", "),
+    }
 }
 
 fn int(v: &Value) -> i64 {

@@ -357,9 +357,10 @@ pub(super) fn present(resource: &ResourceType, kv: &KeyValue) -> Result<Value> {
     let mut object: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::storage(&store::Error::Corrupt(format!("{}: {e}", kv.key))))?;
     object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+    fill_status(resource, &mut object);
+    apiary_api::resource::stored_to_served(resource, &mut object);
     object["kind"] = json!(resource.kind);
     object["apiVersion"] = json!(resource.api_version());
-    fill_status(resource, &mut object);
     Ok(object)
 }
 
@@ -392,9 +393,10 @@ fn stored_form(mut object: Value) -> Value {
 /// [`stored_form`]): the written object is not decoded back.
 fn present_written(resource: &ResourceType, mut stored: Value, kv: &KeyValue) -> Value {
     stored["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+    fill_status(resource, &mut stored);
+    apiary_api::resource::stored_to_served(resource, &mut stored);
     stored["kind"] = json!(resource.kind);
     stored["apiVersion"] = json!(resource.api_version());
-    fill_status(resource, &mut stored);
     stored
 }
 

@@ -69,7 +69,7 @@ impl Catalog {
         let mut kinds = BTreeMap::new();
         for gvk_served_in in served_kinds() {
             let (gvk, served_in) = gvk_served_in;
-            let name = add_kind(&mut generator, gvk.group, gvk.kind)
+            let name = add_kind(&mut generator, gvk.group, gvk.version, gvk.kind)
                 .unwrap_or_else(|| panic!("no schema for the served kind {gvk:?}"));
             kinds.entry(gvk).or_insert(Published { name, served_in });
         }
@@ -146,12 +146,24 @@ fn is_query_options(gvk: Gvk) -> bool {
 
 /// Adds the schema of kind `group`/`kind`, and of everything it references, to `generator`;
 /// returns its definition's name, or `None` for a kind without one.
-fn add_kind(generator: &mut SchemaGenerator, group: &str, kind: &str) -> Option<String> {
+fn add_kind(
+    generator: &mut SchemaGenerator,
+    group: &str,
+    version: &str,
+    kind: &str,
+) -> Option<String> {
     fn add<T: JsonSchema>(generator: &mut SchemaGenerator) -> Option<String> {
         generator.subschema_for::<T>();
         Some(T::schema_name().into_owned())
     }
     let g = generator;
+    // The one built-in kind served in two versions.
+    if (group, kind) == ("autoscaling", "HorizontalPodAutoscaler") {
+        return match version {
+            "v1" => add::<autoscaling::HorizontalPodAutoscaler>(g),
+            _ => add::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>(g),
+        };
+    }
     match (group, kind) {
         ("", "Binding") => add::<core::Binding>(g),
         ("", "ConfigMap") => add::<core::ConfigMap>(g),

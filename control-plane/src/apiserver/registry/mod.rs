@@ -14,6 +14,7 @@
 //! [`super::tables`] and its validation in the API crate, each by its kind.
 
 mod apiextensions;
+mod autoscaling;
 mod certificates;
 mod core;
 pub mod custom;
@@ -253,6 +254,7 @@ impl Registry {
             ("apiextensions.k8s.io", "customresourcedefinitions") => {
                 &apiextensions::CustomResourceDefinitions
             }
+            ("autoscaling", "horizontalpodautoscalers") => &autoscaling::HorizontalPodAutoscalers,
             _ => &BuiltIn,
         })
     }
