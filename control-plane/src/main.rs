@@ -5,6 +5,7 @@ use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf, process::ExitCode
 use anyhow::Context as _;
 use apiary_control_plane::{
     apiserver::{self, Api, auth::Tokens, pki::Pki},
+    controllers::horizontal,
     leader,
     store::{
         Store,
@@ -59,6 +60,14 @@ struct Cli {
     /// Mutating requests served at once; one more is a 429 (0: no limit).
     #[arg(long, default_value_t = apiserver::inflight::DEFAULT_MUTATING)]
     max_mutating_requests_inflight: usize,
+    /// How often each HorizontalPodAutoscaler is evaluated (kube-controller-manager's flag), in
+    /// seconds.
+    #[arg(long = "horizontal-pod-autoscaler-sync-period", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    horizontal_pod_autoscaler_sync_period: u64,
+    /// How long a scale-down waits for the highest recommendation of this window, in seconds,
+    /// when an HPA has no `behavior.scaleDown` window of its own.
+    #[arg(long = "horizontal-pod-autoscaler-downscale-stabilization", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    horizontal_pod_autoscaler_downscale_stabilization: u64,
     /// How often every node agent's resource metrics are scraped for `metrics.k8s.io`
     /// (metrics-server's flag), in seconds.
     #[arg(long = "metric-resolution", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -335,6 +344,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             pki.certificate_authority()
                 .context("loading the cluster CA's key")?,
         )),
+        horizontal: horizontal::Config {
+            sync_period: std::time::Duration::from_secs(cli.horizontal_pod_autoscaler_sync_period),
+            downscale_stabilization: std::time::Duration::from_secs(
+                cli.horizontal_pod_autoscaler_downscale_stabilization,
+            ),
+            ..horizontal::Config::default()
+        },
     };
     tokio::spawn(run_while_leading(
         Arc::clone(&api),

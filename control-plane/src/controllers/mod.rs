@@ -10,6 +10,8 @@
 //!   without one.
 //! - [`job`]: runs Jobs' pods to completion.
 //! - [`cronjob`]: creates Jobs on a cron schedule.
+//! - [`horizontal`]: scales Deployments, ReplicaSets, StatefulSets and custom resources with a
+//!   `scale` subresource by their pods' resource usage (HorizontalPodAutoscalers).
 //! - [`loadbalancer`]: addresses of LoadBalancer Services, from the configured pools.
 //! - [`identity`]: a SecurityIdentity per distinct set of security labels among live pods.
 //! - [`kubernetes_service`]: `default/kubernetes`, the API server's own Service.
@@ -33,6 +35,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpoints_mirror;
+pub mod horizontal;
 pub mod identity;
 pub mod job;
 pub mod kubernetes_service;
@@ -70,6 +73,8 @@ pub struct Config {
     pub root_ca: Option<String>,
     /// What signs approved CertificateSigningRequests; none: nothing is signed.
     pub certificate_authority: Option<Arc<crate::apiserver::pki::CertificateAuthority>>,
+    /// The HorizontalPodAutoscaler controller's periods.
+    pub horizontal: horizontal::Config,
 }
 
 impl Default for Config {
@@ -79,6 +84,7 @@ impl Default for Config {
             identity_gc_grace: identity::DEFAULT_GC_GRACE,
             root_ca: None,
             certificate_authority: None,
+            horizontal: horizontal::Config::default(),
         }
     }
 }
@@ -102,6 +108,7 @@ pub async fn run(
         endpoints_mirror::run(Arc::clone(&api), rx.clone()),
         job::run(Arc::clone(&api), rx.clone()),
         cronjob::run(Arc::clone(&api), rx.clone()),
+        horizontal::run(Arc::clone(&api), config.horizontal, rx.clone()),
         statefulset::run(Arc::clone(&api), rx.clone()),
         daemonset::run(Arc::clone(&api), rx.clone()),
         identity::run(Arc::clone(&api), config.identity_gc_grace, rx.clone()),

@@ -52,6 +52,7 @@ pub use watch::{Change, Watch, watch_changes};
 use binding::bind;
 use read::list_prefix;
 use scale::scale;
+pub(crate) use scale::{get_scale, set_replicas};
 use update::write_update;
 use watch::watch;
 

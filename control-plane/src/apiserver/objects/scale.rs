@@ -129,3 +129,52 @@ pub(super) async fn scale(
     }
     Err(conflict(target, name))
 }
+
+/// The Scale of `target`'s object `name`, as a controller reads it (the HPA's `GetScale`).
+pub(crate) async fn get_scale(api: &Arc<Api>, target: &Target, name: &str) -> Result<Value> {
+    let sub = Target {
+        subresource: Some("scale".into()),
+        ..target.clone()
+    };
+    let options = WriteOptions::default();
+    scale(
+        api,
+        &sub,
+        name,
+        &Method::GET,
+        &HeaderMap::new(),
+        &[],
+        &options,
+    )
+    .await
+}
+
+/// Sets the replica count of `target`'s object `name` through its scale subresource.
+pub(crate) async fn set_replicas(
+    api: &Arc<Api>,
+    target: &Target,
+    name: &str,
+    replicas: i64,
+) -> Result<Value> {
+    let sub = Target {
+        subresource: Some("scale".into()),
+        ..target.clone()
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/merge-patch+json"),
+    );
+    let body = json!({ "spec": { "replicas": replicas } }).to_string();
+    let options = WriteOptions::default();
+    scale(
+        api,
+        &sub,
+        name,
+        &Method::PATCH,
+        &headers,
+        body.as_bytes(),
+        &options,
+    )
+    .await
+}

@@ -50,7 +50,7 @@ impl ResourceMetrics {
     /// The usage of each container of pod `namespace/pod` on `node`, by container name; `None`
     /// unless every container the agent reported has a rate (metrics-server's rule: a partial
     /// pod would under-report).
-    fn pod(&self, node: &str, namespace: &str, pod: &str) -> Option<BTreeMap<String, Usage>> {
+    pub fn pod(&self, node: &str, namespace: &str, pod: &str) -> Option<BTreeMap<String, Usage>> {
         let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
         let mut containers = BTreeMap::new();
         for (key, series) in &nodes.get(node)?.containers {
