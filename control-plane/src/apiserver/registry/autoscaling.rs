@@ -16,4 +16,13 @@ impl KindStrategy for HorizontalPodAutoscalers {
     fn prepare_write(&self, resource: &ResourceType, object: &mut Value) {
         apiary_api::resource::served_to_stored(resource, object);
     }
+
+    /// Checked once converted, so against the stored version's schema. (What a v1 client sends
+    /// that v1 has no field for is dropped by the conversion, not reported.)
+    fn unknown_fields(&self, _resource: &ResourceType, object: &Value) -> Vec<String> {
+        crate::apiserver::openapi::unknown_fields(
+            &apiary_api::resource::HORIZONTAL_POD_AUTOSCALERS,
+            object,
+        )
+    }
 }
