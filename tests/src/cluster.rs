@@ -66,6 +66,8 @@ pub struct ClusterLab {
     registry: Option<Child>,
     control_plane: Option<Child>,
     control_plane_args: Vec<String>,
+    /// Flags every agent gets besides the lab's own.
+    agent_flags: Vec<String>,
     pub kubeconfig: PathBuf,
     /// The admin kubeconfig with the cluster token (for tools that want a token; the admin
     /// kubeconfig holds a client certificate).
@@ -87,6 +89,15 @@ impl ClusterLab {
 
     /// [`ClusterLab::start`] with more flags for the control plane (shorter grace periods…).
     pub fn start_with(nodes: usize, control_plane_flags: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_agents(nodes, control_plane_flags, &[])
+    }
+
+    /// [`ClusterLab::start_with`], and more flags for every agent.
+    pub fn start_with_agents(
+        nodes: usize,
+        control_plane_flags: &[&str],
+        agent_flags: &[&str],
+    ) -> anyhow::Result<Self> {
         for bin in ["apiary-control-plane", "apiary-node-agent", "apiary-shim"] {
             if !binary(bin).exists() {
                 bail!(
@@ -140,6 +151,7 @@ impl ClusterLab {
             registry: None,
             control_plane: Some(control_plane),
             control_plane_args,
+            agent_flags: agent_flags.iter().map(|f| (*f).to_owned()).collect(),
             kubeconfig: kubeconfig.clone(),
             node_kubeconfig: cp_dir.join("node.kubeconfig"),
             bootstrap_kubeconfig: cp_dir.join("bootstrap.kubeconfig"),
@@ -272,6 +284,7 @@ impl ClusterLab {
         let mut args = args;
         args.extend(["--manifests".into(), manifests.display().to_string()]);
         args.extend(["--resolv-conf".into(), resolv_conf.display().to_string()]);
+        args.extend(self.agent_flags.iter().cloned());
         let log = base.join("agent.log");
         let agent = spawn_in(&node.netns, &binary("apiary-node-agent"), &args, &log)?;
         self.nodes.push(ClusterNode {
