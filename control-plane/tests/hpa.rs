@@ -383,3 +383,79 @@ fn what_the_controller_cannot_measure_or_the_api_refuses_is_reported() {
         80
     );
 }
+
+/// A custom resource with a `scale` subresource is a target like a Deployment: above
+/// `maxReplicas` it is brought down to it, through its own replica path.
+#[test]
+fn a_custom_resource_with_a_scale_subresource_is_scaled() {
+    let cp = ControlPlane::start_with(&["--horizontal-pod-autoscaler-sync-period", "1"]);
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "workers.example.com"},
+        "spec": {
+            "group": "example.com",
+            "names": {"plural": "workers", "singular": "worker", "kind": "Worker"},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "properties": {"size": {"type": "integer"}}},
+                    "status": {"type": "object", "properties": {
+                        "size": {"type": "integer"}, "selector": {"type": "string"}}},
+                }}},
+                "subresources": {"status": {}, "scale": {
+                    "specReplicasPath": ".spec.size", "statusReplicasPath": ".status.size",
+                    "labelSelectorPath": ".status.selector"}},
+            }],
+        },
+    });
+    cp.kubectl_stdin(&["create", "-f", "-"], &crd.to_string())
+        .success();
+    let worker = json!({
+        "apiVersion": "example.com/v1", "kind": "Worker",
+        "metadata": {"name": "pool"}, "spec": {"size": 7},
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cp
+        .kubectl_stdin(&["create", "-f", "-"], &worker.to_string())
+        .ok()
+    {
+        assert!(Instant::now() < deadline, "the CRD was never served");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let hpa = json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "pool"},
+        "spec": {"scaleTargetRef": {"apiVersion": "example.com/v1", "kind": "Worker", "name": "pool"},
+            "minReplicas": 1, "maxReplicas": 3},
+    });
+    cp.kubectl_stdin(&["create", "-f", "-"], &hpa.to_string())
+        .success();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let size =
+            cp.kubectl_json(&["get", "workers", "pool", "-o", "json"])["spec"]["size"].clone();
+        if size == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker pool was not scaled to 3: {size}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let events = cp
+        .kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=SuccessfulRescale",
+            "-o",
+            "json",
+        ])
+        .success();
+    assert!(
+        events.contains("New size: 3; reason: Current number of replicas above Spec.MaxReplicas"),
+        "{events}"
+    );
+}
