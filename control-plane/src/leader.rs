@@ -118,6 +118,7 @@ pub async fn campaign(
     leading: watch::Sender<bool>,
 ) {
     let mut last_renewal: Option<tokio::time::Instant> = None;
+    crate::metrics::global().leading(false);
     loop {
         match try_acquire(&api, &identity, timing).await {
             Ok(true) => {
@@ -144,6 +145,7 @@ pub async fn campaign(
                 }
             }
         }
+        crate::metrics::global().leading(*leading.borrow());
         tokio::time::sleep(timing.retry_period).await;
     }
 }

@@ -7,6 +7,7 @@
 //! - [`controllers`]: workload, Endpoints and LoadBalancer-address reconcilers.
 //! - [`events`]: the Event recorder of the controllers and the scheduler (repeats counted).
 //! - [`scheduler`]: assigns pods to nodes; its `lifecycle` marks silent nodes and evicts.
+//! - [`metrics`]: the Prometheus instruments of `GET /metrics`, under Kubernetes' names.
 
 pub mod agents;
 pub mod apiserver;
@@ -14,6 +15,7 @@ pub mod controllers;
 pub mod events;
 pub mod leader;
 pub mod lease;
+pub mod metrics;
 pub mod scheduler;
 pub mod store;
 #[cfg(test)]

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use apiary_control_plane::{
     apiserver::{self, Api, auth::Tokens, pki::Pki},
     controllers::horizontal,
-    leader,
+    leader, metrics,
     store::{
         Store,
         embedded::EmbeddedStore,
@@ -231,6 +231,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("connecting to etcd")?,
         )
     };
+    // Timed right at the backend, below encryption, as kube-apiserver times its etcd client.
+    let store: Arc<dyn Store> = Arc::new(metrics::store::Metered::new(store));
     // One layer above both backends: what reaches the redb file or etcd is already encrypted.
     let store: Arc<dyn Store> = match &cli.encryption_provider_config {
         Some(path) => {
@@ -270,6 +272,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     api.service_account_issuer = Some(Arc::clone(&service_account_issuer));
     api.admission = apiserver::admission::Plugins::all();
     let api = Arc::new(api);
+    tokio::spawn(metrics::store::count_objects(Arc::clone(&api)));
     // The leader lease lives in kube-system: create it first.
     apiserver::bootstrap(&api)
         .await

@@ -49,12 +49,18 @@ impl Limits {
 
     /// The pool `verb` draws from.
     fn pool(&self, verb: &str) -> Option<&Arc<Semaphore>> {
-        // Kubernetes' non-mutating verbs; a non-resource request's verb is its method.
-        match verb {
-            "get" | "list" | "watch" | "head" | "options" => self.read_only.as_ref(),
-            _ => self.mutating.as_ref(),
+        if is_read_only(verb) {
+            self.read_only.as_ref()
+        } else {
+            self.mutating.as_ref()
         }
     }
+}
+
+/// Whether `verb` is one of Kubernetes' non-mutating verbs; a non-resource request's verb is
+/// its method.
+pub fn is_read_only(verb: &str) -> bool {
+    matches!(verb, "get" | "list" | "watch" | "head" | "options")
 }
 
 /// The filter, after authentication (it needs the user) and before authorization.

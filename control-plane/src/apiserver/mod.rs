@@ -200,6 +200,8 @@ pub async fn bootstrap(api: &Api) -> Result<(), ApiError> {
 pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
     let authorizer = middleware::from_fn_with_state(Arc::clone(&api), authz::authorize);
     let limiter = middleware::from_fn_with_state(Arc::clone(&api), inflight::limit);
+    let instrument =
+        middleware::from_fn_with_state(Arc::clone(&api), crate::metrics::apiserver::instrument);
     // gRPC for node agents shares the port: its paths never collide with the REST API's.
     let agents = crate::agents::AgentService::new(Arc::clone(&api)).into_server();
     Router::new()
@@ -210,6 +212,7 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
         .route("/livez/{check}", get(health::livez_one))
         .route("/readyz", get(health::readyz))
         .route("/readyz/{check}", get(health::readyz_one))
+        .route("/metrics", get(crate::metrics::serve))
         // Discovery answers with and without a trailing slash, as kube-apiserver's go-restful
         // routes do: the official Python client asks for `/version/`, `/api/v1/`, `/apis/`.
         .route("/version", get(discovery::version))
@@ -264,8 +267,10 @@ pub fn router(api: Arc<Api>, tokens: Arc<auth::Tokens>) -> Router {
         )
         .fallback(resource_request)
         .with_state(api)
-        // Layers run last-added first: authentication, the in-flight limit, authorization;
-        // the audit notes after each (the log's own layer, outermost, is `audit::layer`).
+        // Layers run last-added first: authentication, the in-flight limit, authorization,
+        // the request metrics; the audit notes after each (the log's own layer, outermost,
+        // is `audit::layer`).
+        .layer(instrument)
         .layer(middleware::from_fn(audit::note_authorized))
         .layer(authorizer)
         .layer(limiter)

@@ -26,6 +26,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 
 use super::{Api, error::ApiError, objects};
+use crate::metrics::apiserver::InFlight;
 
 /// The kubelet's port, when a Node names none.
 const DEFAULT_AGENT_PORT: u16 = 10250;
@@ -266,7 +267,10 @@ async fn proxy_upgrade(
             reply = reply.header(*name, value);
         }
     }
+    // The stream counts as in flight (`apiserver_longrunning_requests`) until it ends.
+    let in_flight = request.extensions().get::<InFlight>().cloned();
     tokio::spawn(async move {
+        let _in_flight = in_flight;
         let (client, agent) = match tokio::try_join!(client_upgrade, agent_upgrade) {
             Ok(both) => both,
             Err(e) => {

@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -288,11 +288,24 @@ struct QueueState {
 pub struct Queue {
     state: Mutex<QueueState>,
     notify: Notify,
+    /// client-go's workqueue instruments, once [`process`] names the queue after its
+    /// controller.
+    metrics: OnceLock<crate::metrics::Workqueue>,
 }
 
 impl Queue {
     pub fn new() -> Arc<Self> {
         Arc::default()
+    }
+
+    /// Reports the queue as `workqueue_*{name}`. Keys added before are counted then: none has
+    /// been handed out yet, so each waiting key is one add.
+    pub fn instrument(&self, name: &str) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let metrics = crate::metrics::global().workqueue(name);
+        metrics.adds.inc_by(state.pending.len() as u64);
+        metrics.depth.set(gauge_value(state.pending.len()));
+        let _ = self.metrics.set(metrics);
     }
 
     /// Enqueues `key`, due after the debounce delay; a key already waiting keeps its place.
@@ -305,11 +318,19 @@ impl Queue {
         let at = Instant::now() + delay;
         {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let before = state.pending.len();
             state
                 .pending
                 .entry(key)
                 .and_modify(|due| *due = (*due).min(at))
                 .or_insert(at);
+            // As client-go's, a key already waiting is no new add.
+            if let Some(metrics) = self.metrics.get()
+                && state.pending.len() > before
+            {
+                metrics.adds.inc();
+                metrics.depth.set(gauge_value(state.pending.len()));
+            }
         }
         self.notify.notify_one();
     }
@@ -344,9 +365,13 @@ impl Queue {
             }
         }
         match due {
-            Some((key, _)) => {
+            Some((key, at)) => {
                 state.pending.remove(&key);
                 state.active.insert(key.clone());
+                if let Some(metrics) = self.metrics.get() {
+                    metrics.taken(now - at);
+                    metrics.depth.set(gauge_value(state.pending.len()));
+                }
                 Ok(key)
             }
             None => Err(next),
@@ -384,6 +409,9 @@ impl Queue {
                     }
                 }
                 Err(_) => {
+                    if let Some(metrics) = self.metrics.get() {
+                        metrics.retries.inc();
+                    }
                     let failures = state.failures.entry(key.clone()).or_default();
                     *failures = failures.saturating_add(1);
                     let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
@@ -399,6 +427,10 @@ impl Queue {
     }
 }
 
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// Reconciles keys from `queue` with at most `concurrency` at once, until shutdown; then waits
 /// for the reconciles under way.
 pub async fn process<R: Reconciler>(
@@ -407,6 +439,7 @@ pub async fn process<R: Reconciler>(
     concurrency: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    queue.instrument(reconciler.name());
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = JoinSet::new();
     loop {
@@ -420,7 +453,11 @@ pub async fn process<R: Reconciler>(
         let reconciler = Arc::clone(&reconciler);
         let queue = Arc::clone(&queue);
         tasks.spawn(async move {
+            let started = Instant::now();
             let outcome = reconciler.reconcile(&key).await;
+            if let Some(metrics) = queue.metrics.get() {
+                metrics.worked(started.elapsed());
+            }
             match &outcome {
                 Err(e) if e.reason == "Conflict" || e.reason == "NotFound" => {
                     tracing::debug!(controller = reconciler.name(), %key, error = %e, "reconcile failed; retrying");

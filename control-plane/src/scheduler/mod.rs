@@ -40,6 +40,7 @@ use crate::{
         resources::ResourceType,
     },
     events,
+    metrics::ScheduleResult,
 };
 use cache::{Cache, PodInfo};
 use filters::AffinityDomains;
@@ -184,6 +185,8 @@ async fn run_once(api: &Arc<Api>) -> Result<()> {
                 }
             }
         }
+        let (active, unschedulable) = s.queue.sizes();
+        crate::metrics::global().pending_pods(active, unschedulable);
     }
 }
 
@@ -266,6 +269,7 @@ impl Scheduler {
         let Some(pending) = self.queue.pending.get(key) else {
             return;
         };
+        let started = std::time::Instant::now();
         let pod = pending.info.clone();
         AffinityDomains::prepare(&pod, &mut self.cache);
         let found = search(&self.cache, self.next_start.as_deref(), &pod);
@@ -298,6 +302,8 @@ impl Scheduler {
                 tokio::spawn(async move { record_unschedulable(&api, &pod, &message).await });
             }
             self.queue.park(key.to_owned());
+            crate::metrics::global()
+                .scheduling_attempt(ScheduleResult::Unschedulable, started.elapsed());
             return;
         };
         let mut assumed = pod;
@@ -313,6 +319,12 @@ impl Scheduler {
         let tx = self.bound_tx.clone();
         tokio::spawn(async move {
             let result = bind(&api, &pod, &node).await;
+            // kube-scheduler's attempt ends with its binding.
+            let outcome = match result {
+                Ok(()) => ScheduleResult::Scheduled,
+                Err(_) => ScheduleResult::Error,
+            };
+            crate::metrics::global().scheduling_attempt(outcome, started.elapsed());
             if result.is_ok() {
                 let message = format!(
                     "Successfully assigned {}/{} to {node}",

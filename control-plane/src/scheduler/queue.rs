@@ -75,6 +75,11 @@ impl Queue {
         None
     }
 
+    /// How many pods wait in the active queue and how many are parked.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.queued.len(), self.unschedulable.len())
+    }
+
     pub fn has_active(&self) -> bool {
         !self.queued.is_empty()
     }
