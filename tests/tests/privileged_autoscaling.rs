@@ -174,6 +174,24 @@ fn privileged_pods_burning_cpu_show_in_top_and_scale_their_deployment() {
         );
     }
 
+    // And the control plane's.
+    let exposition = cluster.kubectl_ok(&["get", "--raw", "/metrics"]).unwrap();
+    let parsed =
+        prometheus_parse::Scrape::parse(exposition.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    for family in [
+        "apiserver_request_total",
+        "apiserver_request_duration_seconds",
+        "etcd_request_duration_seconds",
+        "scheduler_schedule_attempts_total",
+        "workqueue_depth",
+        "leader_election_master_status",
+    ] {
+        assert!(
+            parsed.samples.iter().any(|s| s.metric.starts_with(family)),
+            "{family} missing from the control plane's /metrics"
+        );
+    }
+
     // The HPA: 200m of a 100m request is 400 % of the 50 % target.
     cluster
         .kubectl_ok(&[
