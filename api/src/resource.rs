@@ -779,6 +779,7 @@ macro_rules! impl_resource {
 
 impl_resource!(
     core_v1::Namespace => NAMESPACES,
+    crate::autoscaling_v2::HorizontalPodAutoscaler => HORIZONTAL_POD_AUTOSCALERS,
     core_v1::Pod => PODS,
     core_v1::Service => SERVICES,
     core_v1::Endpoints => ENDPOINTS,
