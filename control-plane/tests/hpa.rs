@@ -114,6 +114,13 @@ fn until<T>(
     }
 }
 
+/// The `SuccessfulRescale` events of HPA `name`, as JSON.
+fn rescale_events(cp: &ControlPlane, name: &str) -> String {
+    let selector = format!("involvedObject.name={name},reason=SuccessfulRescale");
+    cp.kubectl(&["get", "events", "--field-selector", &selector, "-o", "json"])
+        .success()
+}
+
 fn replicas(cp: &ControlPlane) -> i64 {
     cp.kubectl_json(&["get", "deployment", "web", "-o", "json"])["spec"]["replicas"]
         .as_i64()
@@ -145,19 +152,7 @@ fn an_autoscaled_deployment_follows_its_pods_cpu() {
         let (burn, load) = (Arc::clone(&burn), Arc::clone(&load));
         move |_| exposition(&burn, load.load(Ordering::SeqCst))
     });
-    let node = local_pods::node("fake", addr.port());
-    cp.kubectl_stdin(&["create", "-f", "-"], &node).success();
-    let node: Value = serde_json::from_str(&node).unwrap();
-    cp.kubectl(&[
-        "patch",
-        "node",
-        "fake",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &json!({"status": node["status"]}).to_string(),
-    ])
-    .success();
+    cp.register_node(&local_pods::node("fake", addr.port()));
     cp.kubectl_stdin(&["apply", "-f", "-"], DEPLOYMENT)
         .success();
 
@@ -237,16 +232,7 @@ fn an_autoscaled_deployment_follows_its_pods_cpu() {
     assert_eq!(cells[2], "cpu:", "{table}");
     assert!(cells[3].ends_with("/50%"), "{table}");
     assert_eq!(&cells[4..6], ["1", "5"], "{table}");
-    let events = cp
-        .kubectl(&[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.name=web,reason=SuccessfulRescale",
-            "-o",
-            "json",
-        ])
-        .success();
+    let events = rescale_events(&cp, "web");
     assert!(
         events.contains(
             "New size: 4; reason: cpu resource utilization (percentage of request) above target"
@@ -259,16 +245,7 @@ fn an_autoscaled_deployment_follows_its_pods_cpu() {
     until(&cp, &burn, "the scale-down", 60, || {
         (replicas(&cp) == 1).then_some(())
     });
-    let events = cp
-        .kubectl(&[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.name=web,reason=SuccessfulRescale",
-            "-o",
-            "json",
-        ])
-        .success();
+    let events = rescale_events(&cp, "web");
     assert!(
         events.contains("New size: 1; reason: All metrics below target"),
         "{events}"

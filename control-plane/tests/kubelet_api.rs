@@ -80,7 +80,7 @@ fn setup() -> Cluster {
     ]);
     cp.kubectl_stdin(&["apply", "-f", "-"], BINDINGS).success();
     let agent = Agent::start("n1", &cp.kubeconfig(), &cp.token());
-    register(&cp, &node("n1", agent.addr.port()));
+    cp.register_node(&node("n1", agent.addr.port()));
     agent.pods.add_pod("default", "web", &["app"]);
     agent.pods.append("default", "web", "app", "hello\n");
     cp.kubectl_stdin(
@@ -93,24 +93,6 @@ fn setup() -> Cluster {
         agent,
         _tokens: tokens,
     }
-}
-
-/// Creates the Node `object` (JSON) and writes its status.
-fn register(cp: &ControlPlane, object: &str) {
-    cp.kubectl_stdin(&["create", "-f", "-"], object).success();
-    let object: serde_json::Value = serde_json::from_str(object).unwrap();
-    let patch = serde_json::json!({ "status": object["status"] }).to_string();
-    let name = object["metadata"]["name"].as_str().unwrap();
-    cp.kubectl(&[
-        "patch",
-        "node",
-        name,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &patch,
-    ])
-    .success();
 }
 
 /// A credential a request to the agent carries.
@@ -287,7 +269,7 @@ fn the_api_servers_certificate_is_let_through_and_kubectl_works_through_it() {
     .success();
     let fresh = Agent::start("n2", &cp.kubeconfig(), &cp.token());
     fresh.pods.add_pod("default", "other", &["app"]);
-    register(&cp, &node("n2", fresh.addr.port()));
+    cp.register_node(&node("n2", fresh.addr.port()));
     cp.kubectl_stdin(
         &["create", "-f", "-"],
         &local_pods::pod("other", Some("n2"), &["app"]),
@@ -321,7 +303,7 @@ fn the_api_server_shows_agents_its_certificate_and_no_token() {
         &["127.0.0.1".parse().unwrap()],
     );
     let (addr, seen, _runtime) = fake_agent((&serving.0, &serving.1), &ca_cert);
-    register(&cp, &node("fake", addr.port()));
+    cp.register_node(&node("fake", addr.port()));
     assert_eq!(
         cp.kubectl(&["get", "--raw", "/api/v1/nodes/fake/proxy/anything"])
             .success(),
@@ -373,7 +355,7 @@ fn an_agent_whose_certificate_does_not_verify_never_receives_a_request() {
     ];
     for (name, serving) in forged {
         let (addr, seen, _runtime) = fake_agent((&serving.0, &serving.1), &ca_cert);
-        register(&cp, &node(name, addr.port()));
+        cp.register_node(&node(name, addr.port()));
         let pod = format!("on-{name}");
         cp.kubectl_stdin(
             &["create", "-f", "-"],

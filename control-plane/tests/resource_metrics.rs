@@ -77,23 +77,7 @@ fn kubectl_top_shows_the_rates_of_the_agents_counters() {
             let now_ms = chrono::Utc::now().timestamp_millis();
             exposition(now_ms, now_ms - started_ms)
         });
-    cp.kubectl_stdin(
-        &["create", "-f", "-"],
-        &local_pods::node("fake", addr.port()),
-    )
-    .success();
-    let node: serde_json::Value =
-        serde_json::from_str(&local_pods::node("fake", addr.port())).unwrap();
-    cp.kubectl(&[
-        "patch",
-        "node",
-        "fake",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &serde_json::json!({"status": node["status"]}).to_string(),
-    ])
-    .success();
+    cp.register_node(&local_pods::node("fake", addr.port()));
     cp.kubectl_stdin(
         &["create", "-f", "-"],
         &local_pods::pod("web", Some("fake"), &["app", "side"]),

@@ -256,6 +256,24 @@ impl ControlPlane {
         Run::new(self.command(args), args)
     }
 
+    /// Creates the Node `object` (JSON) and writes its status (as an agent registering would).
+    pub fn register_node(&self, object: &str) {
+        self.kubectl_stdin(&["create", "-f", "-"], object).success();
+        let object: Value = serde_json::from_str(object).unwrap();
+        let patch = serde_json::json!({ "status": object["status"] }).to_string();
+        let name = object["metadata"]["name"].as_str().unwrap();
+        self.kubectl(&[
+            "patch",
+            "node",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+        ])
+        .success();
+    }
+
     /// A kubeconfig of the cluster whose user is bearer `token` (in the admin's kubeconfig, the
     /// admin's client certificate would win over a `--token`).
     pub fn kubeconfig_with_token(&self, token: &str) -> PathBuf {
