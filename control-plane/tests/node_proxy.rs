@@ -22,26 +22,8 @@ fn token(cp: &ControlPlane) -> String {
     cp.token()
 }
 
-/// Creates Node `name` from `object` (a Node's JSON) and writes its status.
-fn register_node(cp: &ControlPlane, object: &serde_json::Value) {
-    let name = object["metadata"]["name"].as_str().unwrap();
-    cp.kubectl_stdin(&["create", "-f", "-"], &object.to_string())
-        .success();
-    let patch = serde_json::json!({ "status": object["status"] }).to_string();
-    cp.kubectl(&[
-        "patch",
-        "node",
-        name,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &patch,
-    ])
-    .success();
-}
-
 fn register(cp: &ControlPlane, name: &str, port: u16) {
-    register_node(cp, &serde_json::from_str(&node(name, port)).unwrap());
+    cp.register_node(&node(name, port));
 }
 
 /// Status code and body of `GET path` on the API server, with the admin token or without one.
@@ -174,7 +156,7 @@ fn unknown_unaddressed_and_unreachable_nodes_are_errors() {
         serde_json::from_str(&node("hostname-only", 10250)).unwrap();
     hostname_only["status"]["addresses"] =
         serde_json::json!([{ "type": "Hostname", "address": "hostname-only" }]);
-    register_node(&cp, &hostname_only);
+    cp.register_node(&hostname_only.to_string());
     let (code, body) = get(
         &cp,
         "/api/v1/nodes/hostname-only/proxy/apiary/v1/services",

@@ -24,20 +24,7 @@ fn token(cp: &ControlPlane) -> String {
 }
 
 fn register(cp: &ControlPlane, name: &str, port: u16) {
-    cp.kubectl_stdin(&["create", "-f", "-"], &node(name, port))
-        .success();
-    let status: serde_json::Value = serde_json::from_str(&node(name, port)).unwrap();
-    let patch = serde_json::json!({ "status": status["status"] }).to_string();
-    cp.kubectl(&[
-        "patch",
-        "node",
-        name,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &patch,
-    ])
-    .success();
+    cp.register_node(&node(name, port));
 }
 
 fn create_pod(cp: &ControlPlane, name: &str, node: Option<&str>, containers: &[&str]) {
