@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{
-    Pin, controlled_by, get_fresh, job, list_fresh, owner_reference, put_status, record_event,
-    record_warning, resource,
+    Pin, controlled_by, get_fresh, job, list_fresh, owner_reference, parse_time, put_status,
+    record_event, record_warning, resource,
     runtime::{self, Action, Cache, Error, Reconciler, Result},
     str_of, target,
 };
@@ -106,12 +106,6 @@ impl std::fmt::Debug for CronJobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CronJobs").finish_non_exhaustive()
     }
-}
-
-fn parse_time(value: &Value) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(value.as_str()?)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 fn format_time(time: DateTime<Utc>) -> String {

@@ -201,6 +201,13 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// A `metav1.Time` field (RFC 3339) of an object; `None` when unset or malformed.
+fn parse_time(value: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(value.as_str()?)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
 fn str_of<'a>(object: &'a Value, pointer: &str) -> &'a str {
     object
         .pointer(pointer)

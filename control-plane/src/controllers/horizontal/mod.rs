@@ -31,7 +31,7 @@ use self::{
     replicas::{PodSample, Proposal, Readiness, Target},
 };
 use super::{
-    Pin, get_fresh, put_status, record_event, record_warning, resource,
+    Pin, get_fresh, parse_time, put_status, record_event, record_warning, resource,
     runtime::{self, Action, Cache, Reconciler, Result},
 };
 use crate::apiserver::{Api, objects, path::Target as PathTarget, resources::ResourceType};
@@ -291,7 +291,7 @@ impl Autoscaler {
             (normalized.replicas, reason)
         };
         let reference_name = reference.name.as_str();
-        if desired != current && !(current == 0 && min != 0) {
+        if desired != current {
             match objects::set_replicas(&self.api, &target, reference_name, desired).await {
                 Ok(_) => {
                     record_event(
@@ -674,10 +674,4 @@ fn quantity(resource: &str, amount: i64) -> Quantity {
         "cpu" => Quantity::from_milli(amount),
         _ => Quantity::from_bytes(amount),
     }
-}
-
-fn parse_time(value: &Value) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(value.as_str()?)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
