@@ -9,7 +9,7 @@ pub mod scrape;
 pub mod window;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, RwLock},
 };
 
@@ -34,7 +34,11 @@ impl ResourceMetrics {
     /// Takes one round of scrapes; nodes no longer in `nodes` are forgotten, nodes that did not
     /// answer keep what they said before (a rate needs two samples: one missed scrape must not
     /// cost two rounds).
-    pub fn record(&self, nodes: &[String], scrapes: impl IntoIterator<Item = (String, Scrape)>) {
+    pub fn record(
+        &self,
+        nodes: &HashSet<String>,
+        scrapes: impl IntoIterator<Item = (String, Scrape)>,
+    ) {
         let mut known = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         known.retain(|name, _| nodes.contains(name));
         for (name, scrape) in scrapes {

@@ -2,7 +2,11 @@
 //! resource metrics endpoint, which metrics-server scrapes), read through the API server's own
 //! client certificate as `nodes/proxy` reads it, decoded into [`Scrape`]s.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::body::Body;
 use chrono::{DateTime, Utc};
@@ -49,9 +53,12 @@ async fn scrape_all(
         name: None,
         subresource: None,
     };
-    let list = objects::list(api, &target, &HashMap::new()).await?;
-    let nodes: Vec<serde_json::Value> = list["items"].as_array().cloned().unwrap_or_default();
-    let names: Vec<String> = nodes
+    let mut list = objects::list(api, &target, &HashMap::new()).await?;
+    let nodes = list["items"]
+        .as_array_mut()
+        .map(std::mem::take)
+        .unwrap_or_default();
+    let names: HashSet<String> = nodes
         .iter()
         .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
         .collect();
