@@ -167,14 +167,13 @@ impl Quantity {
     /// Kubernetes' canonical form: the largest of `n`, `u`, `m` or whole units that keeps it
     /// exact (`1500000n` is `1500u`).
     pub fn from_nano(nano: i64) -> Self {
+        if nano == 0 {
+            return Self("0".to_owned());
+        }
         let mut value = nano;
         for suffix in ["n", "u", "m"] {
-            if value % 1000 != 0 || value == 0 {
-                return Self(if value == 0 {
-                    "0".to_owned()
-                } else {
-                    format!("{value}{suffix}")
-                });
+            if value % 1000 != 0 {
+                return Self(format!("{value}{suffix}"));
             }
             value /= 1000;
         }
