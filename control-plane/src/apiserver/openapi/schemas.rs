@@ -231,6 +231,21 @@ fn add_kind(
     }
 }
 
+/// The `apiVersion` and `kind` properties of the kinds whose schemas are written here.
+fn api_version_property() -> Value {
+    json!({
+        "description": "APIVersion defines the versioned schema of this representation of an object.",
+        "type": "string",
+    })
+}
+
+fn kind_property() -> Value {
+    json!({
+        "description": "Kind is a string value representing the REST resource this object represents.",
+        "type": "string",
+    })
+}
+
 /// The schema of `apiary.dev/v1` `SecurityIdentity` ([`apiary_api::apiary_v1::SecurityIdentity`]),
 /// Apiary's own kind, named as kube-apiserver names a custom resource's schema (reversed group).
 struct SecurityIdentity;
@@ -251,14 +266,8 @@ impl JsonSchema for SecurityIdentity {
             "description": "The cluster-wide number of one set of security labels (a pod's labels, its namespace's name and its namespace's labels). The control plane allocates them; every node maps pod addresses to them.",
             "type": "object",
             "properties": {
-                "apiVersion": {
-                    "description": "APIVersion defines the versioned schema of this representation of an object.",
-                    "type": "string",
-                },
-                "kind": {
-                    "description": "Kind is a string value representing the REST resource this object represents.",
-                    "type": "string",
-                },
+                "apiVersion": api_version_property(),
+                "kind": kind_property(),
                 "metadata": metadata,
                 "labels": {
                     "description": "What the identity stands for: `k8s:<key>` for each label of the pod, `k8s-ns:<key>` for each label of its namespace, `apiary:namespace` for its namespace's name. Immutable.",
@@ -296,14 +305,8 @@ impl<const POD: bool> JsonSchema for ResourceMetrics<POD> {
             "type": "object",
             "required": ["timestamp", "window"],
             "properties": {
-                "apiVersion": {
-                    "description": "APIVersion defines the versioned schema of this representation of an object.",
-                    "type": "string",
-                },
-                "kind": {
-                    "description": "Kind is a string value representing the REST resource this object represents.",
-                    "type": "string",
-                },
+                "apiVersion": api_version_property(),
+                "kind": kind_property(),
                 "metadata": metadata,
                 "timestamp": timestamp,
                 "window": { "type": "string" },
