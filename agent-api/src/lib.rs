@@ -145,9 +145,11 @@ pub async fn connect_any(
 const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Keeps the balancer's endpoints to the servers that accept connections: probes each every
-/// [`PROBE_EVERY`] (a TCP connect, as a load balancer's health check), and takes one out when
-/// it fails, back in when it answers again. Ends with the channel.
+/// Keeps the balancer's endpoints to the servers that are ready: asks each for `/readyz` every
+/// [`PROBE_EVERY`] (as a load balancer in front of kube-apiservers checks them), and takes one
+/// out when it does not answer `200`, back in when it does again. A TCP connect alone is not
+/// enough: a server cut off from etcd still accepts connections, and every call sent there
+/// would wait for the store and fail. Ends with the channel.
 async fn follow_servers(
     servers: Vec<(String, tonic::transport::Endpoint)>,
     changes: tokio::sync::mpsc::Sender<
@@ -155,29 +157,24 @@ async fn follow_servers(
     >,
 ) {
     use tonic::transport::channel::Change;
+    // One probing connection per server, kept between probes (reconnected when it breaks).
+    let probes: Vec<Channel> = servers
+        .iter()
+        .map(|(_, endpoint)| endpoint.clone().timeout(PROBE_TIMEOUT).connect_lazy())
+        .collect();
     let mut inside = vec![false; servers.len()];
     loop {
-        for ((server, endpoint), inside) in servers.iter().zip(&mut inside) {
-            let answers = match endpoint.uri().authority() {
-                Some(authority) => {
-                    let port = endpoint.uri().port_u16().unwrap_or(443);
-                    let connect = tokio::net::TcpStream::connect((authority.host(), port));
-                    matches!(
-                        tokio::time::timeout(PROBE_TIMEOUT, connect).await,
-                        Ok(Ok(_))
-                    )
-                }
-                None => false,
-            };
+        for (((server, endpoint), probe), inside) in servers.iter().zip(&probes).zip(&mut inside) {
+            let answers = ready(probe.clone()).await;
             let change = match (answers, *inside) {
                 (true, false) => Change::Insert(server.clone(), endpoint.clone()),
                 (false, true) => Change::Remove(server.clone()),
                 _ => continue,
             };
             if answers {
-                tracing::info!(%server, "API server reachable: calls go there too");
+                tracing::info!(%server, "API server ready: calls go there too");
             } else {
-                tracing::warn!(%server, "API server unreachable: calls go to the others");
+                tracing::warn!(%server, "API server not ready or unreachable: calls go to the others");
             }
             *inside = answers;
             if changes.send(change).await.is_err() {
@@ -186,6 +183,20 @@ async fn follow_servers(
         }
         tokio::time::sleep(PROBE_EVERY).await;
     }
+}
+
+/// Whether the server behind `channel` answers `GET /readyz` with `200` within
+/// [`PROBE_TIMEOUT`]. The API server serves HTTP and gRPC on one port, and `/readyz` to anyone
+/// (`system:public-info-viewer`), so the channel's own connection can ask.
+async fn ready(channel: Channel) -> bool {
+    use tower::ServiceExt as _;
+    let request = tonic::codegen::http::Request::get("/readyz")
+        .body(tonic::body::Body::empty())
+        .expect("a static request");
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, channel.oneshot(request)).await,
+        Ok(Ok(response)) if response.status() == tonic::codegen::http::StatusCode::OK
+    )
 }
 
 /// How to reach `server`: TLS trusting `ca_pem`, presenting `identity` if any.

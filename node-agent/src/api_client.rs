@@ -4,8 +4,8 @@
 
 use std::{
     sync::{
-        Arc, OnceLock,
-        atomic::{AtomicUsize, Ordering},
+        Arc, OnceLock, Weak,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -27,13 +27,52 @@ use crate::kubeconfig::Endpoint;
 pub struct ApiClient {
     http: reqwest::Client,
     /// The API servers, in the order tried; requests go to `current` until it cannot be
-    /// reached, then to the next that can.
+    /// reached, then to the next that can, trying the servers that are ready first.
     servers: Arc<[String]>,
     current: Arc<AtomicUsize>,
+    /// Whether each server answered its last `/readyz`: with several servers, a prober started
+    /// by the first request asks each every [`READY_PROBE_EVERY`].
+    ready: Arc<[AtomicBool]>,
+    prober: Arc<OnceLock<()>>,
     token: String,
     /// The queue of Events to record, with their time; the writer task is started with the
     /// first. Shared by the clones of this client: one Event correlator per agent.
     events: Arc<OnceLock<mpsc::Sender<(Event, SystemTime)>>>,
+}
+
+/// How often the API servers' readiness is asked, and how long an answer may take.
+const READY_PROBE_EVERY: Duration = Duration::from_secs(1);
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The order in which servers are tried: from `first` round the list, the ready ones, then the
+/// others (a server thought not ready may be the only one left that answers).
+fn try_order(first: usize, ready: &[AtomicBool]) -> Vec<usize> {
+    let round = (0..ready.len()).map(|i| (first + i) % ready.len());
+    let (mut order, not_ready): (Vec<usize>, Vec<usize>) =
+        round.partition(|&at| ready[at].load(Ordering::Relaxed));
+    order.extend(not_ready);
+    order
+}
+
+/// Asks every server for `/readyz` (open to anyone, as kube-apiserver's) until `ready` is gone.
+async fn probe_readiness(http: reqwest::Client, servers: Arc<[String]>, ready: Weak<[AtomicBool]>) {
+    loop {
+        for (at, server) in servers.iter().enumerate() {
+            let answer = http
+                .get(format!("{server}/readyz"))
+                .timeout(READY_PROBE_TIMEOUT)
+                .send()
+                .await;
+            let is_ready = matches!(&answer, Ok(r) if r.status() == reqwest::StatusCode::OK);
+            let Some(ready) = ready.upgrade() else {
+                return;
+            };
+            if ready[at].swap(is_ready, Ordering::Relaxed) != is_ready {
+                tracing::info!(%server, ready = is_ready, "API server readiness changed");
+            }
+        }
+        tokio::time::sleep(READY_PROBE_EVERY).await;
+    }
 }
 
 /// What a GET of a namespaced object found.
@@ -76,25 +115,32 @@ impl ApiClient {
                 .map(|s| s.trim_end_matches('/').to_owned())
                 .collect(),
             current: Arc::default(),
+            ready: endpoint
+                .servers()
+                .iter()
+                .map(|_| AtomicBool::new(true))
+                .collect(),
+            prober: Arc::default(),
             token: endpoint.token.clone(),
             events: Arc::default(),
         })
     }
 
     /// Sends the request `build` makes of `method path` to the current server, and when it
-    /// cannot be reached, to the others in turn (the one that answers becomes current). Only a
-    /// connection that failed is retried elsewhere: a request that reached a server may have
-    /// been applied there.
+    /// cannot be reached, to the others in turn (the one that answers becomes current). Servers
+    /// that are ready come first: one cut off from its store still accepts connections, and a
+    /// request sent there would only wait and fail. Only a connection that failed is retried
+    /// elsewhere: a request that reached a server may have been applied there.
     async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
         build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> reqwest::Result<reqwest::Response> {
+        self.start_prober();
         let first = self.current.load(Ordering::Relaxed);
         let mut unreachable = None;
-        for i in 0..self.servers.len() {
-            let at = (first + i) % self.servers.len();
+        for at in try_order(first, &self.ready) {
             let mut request = self
                 .http
                 .request(method.clone(), format!("{}{path}", self.servers[at]));
@@ -114,6 +160,20 @@ impl ApiClient {
             }
         }
         Err(unreachable.expect("an endpoint has at least one server"))
+    }
+
+    /// With several servers, starts (once) the task that keeps [`ApiClient::ready`] current;
+    /// it ends when the last clone of this client is dropped.
+    fn start_prober(&self) {
+        if self.servers.len() < 2 {
+            return;
+        }
+        self.prober.get_or_init(|| {
+            let http = self.http.clone();
+            let servers = Arc::clone(&self.servers);
+            let ready = Arc::downgrade(&self.ready);
+            tokio::spawn(probe_readiness(http, servers, ready));
+        });
     }
 
     /// GETs `path`; a 404 is [`Found::Missing`], not an error.
@@ -276,4 +336,26 @@ async fn check(
     let body: Value = response.json().await.unwrap_or(Value::Null);
     let message = body["message"].as_str().unwrap_or("no message");
     anyhow::bail!("{method} {path}: {status}: {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(flags: &[bool]) -> Vec<AtomicBool> {
+        flags.iter().map(|&f| AtomicBool::new(f)).collect()
+    }
+
+    #[test]
+    fn ready_servers_are_tried_first_from_the_current_one_round_the_list() {
+        assert_eq!(try_order(1, &ready(&[true, true, true])), [1, 2, 0]);
+        assert_eq!(try_order(1, &ready(&[true, false, true])), [2, 0, 1]);
+        assert_eq!(try_order(0, &ready(&[false, false, true])), [2, 0, 1]);
+    }
+
+    #[test]
+    fn servers_not_ready_are_still_tried_last() {
+        assert_eq!(try_order(2, &ready(&[false, false, false])), [2, 0, 1]);
+        assert_eq!(try_order(0, &ready(&[false])), [0]);
+    }
 }

@@ -42,6 +42,27 @@ pub fn binary(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Who runs the lab's API servers.
+pub enum ControlPlanes<'a> {
+    /// One `apiary-control-plane` on the embedded store at [`CONTROL_PLANE_IP`], given these
+    /// flags besides the lab's own; the lab kills and restarts it.
+    One(&'a [&'a str]),
+    /// The caller starts them in the underlay namespace (named first) with the lab's
+    /// directory (second) at hand, and returns the first one's data dir (its `kubeconfig` and
+    /// `pki/` are the cluster's). They must use [`CLUSTER_CIDR`]; the caller stops them.
+    #[allow(clippy::type_complexity, reason = "a one-off callback")]
+    Started(Box<dyn FnOnce(&str, &Path) -> anyhow::Result<PathBuf> + 'a>),
+}
+
+impl std::fmt::Debug for ControlPlanes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::One(flags) => f.debug_tuple("One").field(flags).finish(),
+            Self::Started(_) => f.write_str("Started(..)"),
+        }
+    }
+}
+
 /// A node of the cluster: its namespace and its agent.
 #[derive(Debug)]
 pub struct ClusterNode {
@@ -98,6 +119,16 @@ impl ClusterLab {
         control_plane_flags: &[&str],
         agent_flags: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_on(nodes, ControlPlanes::One(control_plane_flags), agent_flags)
+    }
+
+    /// Starts the lab, its control plane(s) as `control_planes` says, and `nodes` agents given
+    /// `agent_flags` besides the lab's own.
+    pub fn start_on(
+        nodes: usize,
+        control_planes: ControlPlanes<'_>,
+        agent_flags: &[&str],
+    ) -> anyhow::Result<Self> {
         for bin in ["apiary-control-plane", "apiary-node-agent", "apiary-shim"] {
             if !binary(bin).exists() {
                 bail!(
@@ -126,30 +157,35 @@ impl ClusterLab {
         apiary_images::ImageStore::open(&images)?
             .import(&archive)
             .context("importing the busybox image")?;
-        let cp_dir = dir.path().join("control-plane");
-        let cp_log = dir.path().join("control-plane.log");
-        let mut control_plane_args: Vec<String> = vec![
-            "--data-dir".into(),
-            cp_dir.display().to_string(),
-            "--listen".into(),
-            format!("{CONTROL_PLANE_IP}:6443"),
-            "--cluster-cidr".into(),
-            CLUSTER_CIDR.into(),
-            "--loadbalancer-pool".into(),
-            LOADBALANCER_POOL.into(),
-        ];
-        control_plane_args.extend(control_plane_flags.iter().map(|f| (*f).to_owned()));
-        let control_plane = spawn_in(
-            &underlay,
-            &binary("apiary-control-plane"),
-            &control_plane_args,
-            &cp_log,
-        )?;
+        let (cp_dir, control_plane, control_plane_args) = match control_planes {
+            ControlPlanes::One(flags) => {
+                let cp_dir = dir.path().join("control-plane");
+                let mut args: Vec<String> = vec![
+                    "--data-dir".into(),
+                    cp_dir.display().to_string(),
+                    "--listen".into(),
+                    format!("{CONTROL_PLANE_IP}:6443"),
+                    "--cluster-cidr".into(),
+                    CLUSTER_CIDR.into(),
+                    "--loadbalancer-pool".into(),
+                    LOADBALANCER_POOL.into(),
+                ];
+                args.extend(flags.iter().map(|f| (*f).to_owned()));
+                let child = spawn_in(
+                    &underlay,
+                    &binary("apiary-control-plane"),
+                    &args,
+                    &dir.path().join("control-plane.log"),
+                )?;
+                (cp_dir, Some(child), args)
+            }
+            ControlPlanes::Started(start) => (start(&underlay, dir.path())?, None, Vec::new()),
+        };
         let kubeconfig = cp_dir.join("kubeconfig");
         let mut cluster = Self {
             nodes: Vec::new(),
             registry: None,
-            control_plane: Some(control_plane),
+            control_plane,
             control_plane_args,
             agent_flags: agent_flags.iter().map(|f| (*f).to_owned()).collect(),
             kubeconfig: kubeconfig.clone(),
@@ -388,6 +424,9 @@ impl ClusterLab {
     /// Starts the control plane again on its data dir, appending to its log, and waits until it
     /// answers.
     pub fn restart_control_plane(&mut self) -> anyhow::Result<()> {
+        if self.control_plane_args.is_empty() {
+            bail!("the lab did not start the control planes: their starter restarts them");
+        }
         self.kill_control_plane();
         self.control_plane = Some(spawn_in(
             &self.underlay,
@@ -414,6 +453,13 @@ impl ClusterLab {
         let port = format!("n{}", self.nodes[i].node.index);
         ip(&["-n", &self.underlay, "link", "set", &port, "down"])?;
         Ok(())
+    }
+
+    /// Node `i` comes back after [`ClusterLab::lose_node`]: its link up, its agent started.
+    pub fn restore_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let port = format!("n{}", self.nodes[i].node.index);
+        ip(&["-n", &self.underlay, "link", "set", &port, "up"])?;
+        self.restart_agent(i)
     }
 
     /// Runs the `apiary` CLI against the cluster (from the underlay namespace) and returns its

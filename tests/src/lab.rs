@@ -386,6 +386,20 @@ pub fn run_in<T: Send>(netns: &str, work: impl FnOnce() -> T + Send) -> anyhow::
     )?)
 }
 
+/// Moves the calling thread into `netns` for good (threads and processes it starts from then on
+/// are born there): for a process whose whole work is inside the lab.
+pub fn enter(netns: &str) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let path = Path::new(NETNS_DIR).join(netns);
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: `file` is an open namespace file; setns only changes this thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("entering {}", path.display()));
+    }
+    Ok(())
+}
+
 /// A UDP socket bound to `addr` inside `netns`. A socket stays in the namespace it was made in, so
 /// the caller can use it from any thread.
 pub fn udp_socket(netns: &str, addr: SocketAddrV4) -> anyhow::Result<UdpSocket> {

@@ -2,7 +2,8 @@
 //! [`cluster`] of real agents in such a lab, a lab [`machine`] for `apiary up` and the [`demo`],
 //! the [`privileges`] gate, [`packets`] to feed `BPF_PROG_RUN`, the `bench-pods` benchmark
 //! ([`bench_net`], [`bench_pods`], [`bench_report`]) and the `bench-services` one
-//! ([`bench_services`]) and the `bench-policy` one ([`bench_policy`]).
+//! ([`bench_services`]) and the `bench-policy` one ([`bench_policy`]), and the HA fault suite
+//! ([`faults`]).
 
 pub mod bench_net;
 pub mod bench_pods;
@@ -11,6 +12,7 @@ pub mod bench_report;
 pub mod bench_services;
 pub mod cluster;
 pub mod demo;
+pub mod faults;
 pub mod lab;
 pub mod machine;
 pub mod netpol;

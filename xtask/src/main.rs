@@ -44,11 +44,12 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
-    /// An HA control plane (three etcd members, three control planes) and the embedded store
-    /// losing parts under a write load: the leading control plane, an etcd member, etcd's
-    /// quorum, the store's disk. Prints writes lost, outages and recovery times, writes
-    /// target/bench/faults.json, fails if an acknowledged write is lost or the cluster does not
-    /// recover (`--quick`: CI's bounded run).
+    /// (Root.) An HA control plane (three etcd members, three control planes) and a two-node
+    /// lab cluster on it losing parts under a write load and request loops through a ClusterIP
+    /// and by DNS name: the leading control plane, an etcd member, etcd's quorum, an agent, a
+    /// node; then the embedded store's disk. Prints writes lost, outages, failed requests and
+    /// recovery times, writes target/bench/faults.json, fails if a promise is broken
+    /// (`--quick`: CI's bounded run).
     Faults {
         #[arg(long)]
         quick: bool,
@@ -87,14 +88,14 @@ enum BenchSuite {
 }
 
 /// Where cargo builds: `CARGO_TARGET_DIR` (relative to the workspace) or `target/`.
-fn target_dir() -> std::path::PathBuf {
+pub(crate) fn target_dir() -> std::path::PathBuf {
     let root = shell::workspace_root();
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir))
 }
 
 /// The release `apiary-lab` and what its cluster benchmarks run next to it: the control plane,
 /// the node agent and the shim.
-fn build_lab_release() -> anyhow::Result<()> {
+pub(crate) fn build_lab_release() -> anyhow::Result<()> {
     shell::cargo(&[
         "build",
         "--release",

@@ -75,10 +75,38 @@ pub fn chaos(quick: bool) -> anyhow::Result<()> {
     control_plane_bench("chaos", quick)
 }
 
-/// `cargo xtask faults`: parts of an HA control plane and the embedded store's disk failing
-/// under load (`control-plane/benches/faults.rs`). `quick`: CI's bounded run on the debug build.
+/// `cargo xtask faults`: an HA control plane and a lab cluster on it losing parts under load,
+/// and the embedded store's disk filling up (`tests/src/faults/`, run by `apiary-lab faults`;
+/// needs root). `quick`: CI's bounded run, on the debug build the tests use; otherwise the full
+/// run on a release build. Writes target/bench/faults.json.
 pub fn faults(quick: bool) -> anyhow::Result<()> {
-    control_plane_bench("faults", quick)
+    let root = shell::output(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0");
+    if !root {
+        // As the privileged tests: skipped on a developer's machine, a failure in CI.
+        anyhow::ensure!(
+            std::env::var_os("CI").is_none(),
+            "cargo xtask faults needs root (network namespaces, BPF, a tmpfs)"
+        );
+        eprintln!("faults: skipped (needs root)");
+        return Ok(());
+    }
+    let profile = if quick {
+        shell::cargo(&["build", "--workspace", "--exclude", "apiary-ebpf"])?;
+        "debug"
+    } else {
+        crate::build_lab_release()?;
+        "release"
+    };
+    let target = crate::target_dir();
+    let mut command = Command::new(target.join(profile).join("apiary-lab"));
+    command
+        .arg("faults")
+        .arg("--json")
+        .arg(target.join("bench/faults.json"));
+    if quick {
+        command.arg("--quick");
+    }
+    shell::run(&mut command)
 }
 
 /// Runs the control plane's bench `name`: `--quick` on the debug build, or in full on a release

@@ -10,6 +10,8 @@
 //! and through a kube-proxy-shaped iptables chain at each size, then the real agent programming
 //! N Services and one more at a time (`bench_services`).
 //!
+//! `apiary-lab faults [--quick] [--json PATH]`: the HA fault suite (`faults`).
+//!
 //! `apiary-lab bench-policy [--rounds R] [--seconds S] [--samples N] [--json PATH]`: request
 //! rate to a pod selected by 1,000 NetworkPolicies against one selected by none, and create →
 //! enforced on both nodes with 250 policies present (`bench_policy`).
@@ -43,6 +45,20 @@ enum Command {
     /// Request rate to a pod selected by 1,000 NetworkPolicies against one selected by none, and
     /// create → enforced on both nodes.
     BenchPolicy(BenchPolicy),
+    /// An HA control plane (3 etcd members, 3 control planes) and a two-node cluster on it
+    /// losing parts under a write load and request loops; then the embedded store's disk
+    /// filling up. Prints a table, fails when a promise is broken.
+    Faults(Faults),
+}
+
+#[derive(Debug, clap::Args)]
+struct Faults {
+    /// CI's bounded run: each fault held 3 s instead of 10.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -131,6 +147,14 @@ fn main() -> ExitCode {
         Command::BenchPods(args) => bench_pods(args),
         Command::BenchServices(args) => bench_services(args),
         Command::BenchPolicy(args) => bench_policy(args),
+        Command::Faults(args) => apiary_tests::faults::run(
+            if args.quick {
+                apiary_tests::faults::QUICK
+            } else {
+                apiary_tests::faults::FULL
+            },
+            args.json,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
