@@ -35,6 +35,9 @@ enum Command {
     /// Simulate nodes that run every pod bound to them at once, without containers (tests and
     /// scale runs).
     Hollow(hollow::HollowArgs),
+    /// Serve cluster DNS with the records the agent sends (the agent starts this process; it
+    /// goes on answering while the agent is down).
+    Dns(apiary_node_agent::dns::DnsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +115,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(config) => return block_on(apiary_node_agent::agent::run(*config)),
         Command::Hollow(args) => return block_on(hollow::run(args)),
         Command::Reset(args) => return block_on(apiary_node_agent::agent::reset::reset(args)),
+        Command::Dns(args) => {
+            apiary_node_agent::dns::standalone::prepare(&args);
+            // Two threads whatever the machine: a node's DNS load needs no more, and the process
+            // stays small next to the pods.
+            let serve = async { Ok(apiary_node_agent::dns::standalone::run(args).await?) };
+            return block_on_threads(Some(2), serve);
+        }
     };
     match command {
         DataplaneCommand::Attach(Target { iface, location }) => {
@@ -174,6 +184,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// Runs `work` on a multi-threaded runtime with logging set up. Only the agent and hollow
 /// nodes need one: the data-plane commands stay synchronous.
 fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    block_on_threads(None, work)
+}
+
+/// [`block_on`] with `workers` worker threads [default: one per CPU].
+fn block_on_threads(
+    workers: Option<usize>,
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -181,7 +199,11 @@ fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyh
         // No colour codes in a log file (`apiary up` writes ours to `<data-dir>/logs`).
         .with_ansi(std::io::stdout().is_terminal())
         .init();
-    tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        runtime.worker_threads(workers);
+    }
+    runtime
         .enable_all()
         .build()
         .context("starting the async runtime")?

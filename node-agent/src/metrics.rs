@@ -80,7 +80,7 @@ impl AgentMetrics {
         );
         registry.register(
             "apiary_dns_queries",
-            "DNS queries the agent's cluster DNS server answered, by response code",
+            "DNS queries the node's cluster DNS server answered, by response code",
             self.dns_queries.clone(),
         );
     }
@@ -102,11 +102,13 @@ impl AgentMetrics {
             .inc();
     }
 
-    pub fn dns_answered(&self, rcode: &str) {
+    /// `count` more answers with response code `rcode` (the cluster DNS process reports its
+    /// counts, see [`crate::dns::supervisor`]).
+    pub fn dns_answered(&self, rcode: &str, count: u64) {
         self.dns_queries
             .get_or_create(&RcodeLabels {
                 rcode: rcode.to_owned(),
             })
-            .inc();
+            .inc_by(count);
     }
 }

@@ -665,7 +665,12 @@ fn cgroup_dirs(parent: &str) -> usize {
     roots.push(PathBuf::from("/sys/fs/cgroup"));
     for root in roots {
         if let Ok(children) = std::fs::read_dir(root.join(parent)) {
-            count += children.flatten().filter(|e| e.path().is_dir()).count();
+            // The node's cluster DNS process has its cgroup there too; it is not a pod's.
+            let dns = apiary_node_agent::dns::standalone::CGROUP;
+            count += children
+                .flatten()
+                .filter(|e| e.path().is_dir() && e.file_name() != dns)
+                .count();
         }
     }
     count

@@ -1,6 +1,7 @@
 //! Faults on a two-node lab cluster, each under a request loop through a ClusterIP from a pod:
 //! - the control plane killed for a while: the data plane does not depend on it (no request
-//!   fails), and NetworkPolicy goes on being enforced while an agent is dead too;
+//!   fails), and NetworkPolicy goes on being enforced while an agent is dead too, as does
+//!   cluster DNS (the node's DNS process outlives its agent; no lookup fails);
 //! - a node lost (its agent killed and its link down, its pods still running): the node turns
 //!   NotReady, its pods not ready and out of the Service within the grace, the Deployment's pod
 //!   is replaced on the other node, and once the Node is deleted its route, `REMOTE_NODES` entry
@@ -14,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use apiary_runtime::state::ProcessId;
 use apiary_tests::{
     cluster::{ClusterLab, is_ready, wait},
     require_privileges,
@@ -82,6 +84,44 @@ spec:
     command: [sh, -c, "while true; do if timeout 2 wget -qO- http://{ip}/index.html >/dev/null 2>&1; then echo ok; else echo fail; fi >> /tmp/log; sleep 0.1; done"]
 "#
     )
+}
+
+/// A pod on `node` that looks `name` up every 200 ms through the cluster DNS (busybox's
+/// `nslookup`, its resolv.conf's nameserver), appending `ok` to /tmp/log when the answer holds
+/// `ip`, else `fail`.
+fn resolver(pod: &str, node: &str, name: &str, ip: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {pod}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {IMAGE}
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, "while true; do if timeout 2 nslookup {name} 2>/dev/null | grep -q '[[:space:]]{ip}$'; then echo ok; else echo fail; fi >> /tmp/log; sleep 0.2; done"]
+"#
+    )
+}
+
+/// The node's cluster DNS process, from its pid file in the agent's run dir.
+fn dns_process(cluster: &ClusterLab, node: usize) -> ProcessId {
+    let layout = apiary_node_agent::dns::standalone::Layout::new(&cluster.nodes()[node].run_dir);
+    let json = std::fs::read(layout.pid_file()).expect("the DNS process's pid file");
+    serde_json::from_slice(&json).unwrap()
+}
+
+/// A process's resident memory, from `/proc/<pid>/status` (`VmRSS`, kB).
+fn rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// How many requests of `pod`'s loop succeeded and failed so far.
@@ -185,13 +225,23 @@ fn the_data_plane_and_policy_go_on_without_the_control_plane_or_an_agent() {
     cluster
         .apply(&client("denied", "node1", &ip, "role: other"))
         .unwrap();
-    for pod in ["allowed", "denied"] {
+    cluster
+        .apply(&resolver(
+            "resolver",
+            "node1",
+            "web.default.svc.cluster.local",
+            &ip,
+        ))
+        .unwrap();
+    for pod in ["allowed", "denied", "resolver"] {
         cluster
             .wait_ready("default", pod, Duration::from_secs(60))
             .unwrap();
     }
     let before = wait_requests(&cluster, "allowed", (0, 0), 20);
     assert_eq!(before.1, 0, "requests failed before any fault: {before:?}");
+    let lookups = wait_requests(&cluster, "resolver", (0, 0), 10);
+    assert_eq!(lookups.1, 0, "lookups failed before any fault: {lookups:?}");
 
     // The control plane dies for 10 s, then comes back.
     cluster.kill_control_plane();
@@ -211,11 +261,56 @@ fn the_data_plane_and_policy_go_on_without_the_control_plane_or_an_agent() {
     // node1's agent dies: its pods' traffic and their policy go on as the BPF maps hold them.
     // (The loops' logs are read through the agent, so after it is back.)
     let denied_before = requests(&cluster, "denied");
+    let lookups_before = requests(&cluster, "resolver");
+    let dns = dns_process(&cluster, 0);
     cluster.kill_agent(0);
     std::thread::sleep(Duration::from_secs(5));
+    assert!(dns.alive(), "node1's DNS process died with its agent");
     cluster.restart_agent(0).unwrap();
     let allowed = wait_requests(&cluster, "allowed", after, 60);
     let denied = requests(&cluster, "denied");
+    let lookups_after = wait_requests(&cluster, "resolver", lookups_before, 30);
+    eprintln!(
+        "node1's agent dead 5 s: {} lookups of web.default.svc.cluster.local from node1 ({} failed); \
+         its DNS process (pid {}) {} kB resident",
+        lookups_after.0 + lookups_after.1 - lookups_before.0 - lookups_before.1,
+        lookups_after.1 - lookups_before.1,
+        dns.pid,
+        rss_kb(dns.pid),
+    );
+    assert_eq!(
+        lookups_after.1, lookups_before.1,
+        "lookups failed while the agent was dead or restarting"
+    );
+    assert_eq!(
+        dns_process(&cluster, 0),
+        dns,
+        "the restarted agent keeps the running DNS process"
+    );
+    // The restarted agent feeds the process it kept: a new Service's name resolves on node1.
+    cluster
+        .apply("apiVersion: v1\nkind: Service\nmetadata: {name: late}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n")
+        .unwrap();
+    let late_ip = cluster_ip(&cluster, "late");
+    wait(
+        "a new Service's name on node1",
+        Duration::from_secs(30),
+        || {
+            let out = cluster
+                .kubectl_ok(&[
+                    "exec",
+                    "resolver",
+                    "--",
+                    "nslookup",
+                    "late.default.svc.cluster.local",
+                ])
+                .ok()?;
+            out.lines()
+                .any(|l| l.starts_with("Address") && l.trim_end().ends_with(&late_ip))
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
     eprintln!(
         "node1's agent dead 5 s: {} allowed requests ({} failed), {} denied ones ({} passed)",
         allowed.0 + allowed.1 - after.0 - after.1,
@@ -235,6 +330,9 @@ fn the_data_plane_and_policy_go_on_without_the_control_plane_or_an_agent() {
         denied.0, denied_before.0,
         "policy let a denied request through"
     );
+    // The lab's teardown stops the DNS processes with the nodes.
+    drop(cluster);
+    assert!(!dns.alive(), "node1's DNS process outlived the lab");
 }
 
 #[test]

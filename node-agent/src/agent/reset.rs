@@ -1,6 +1,7 @@
-//! `apiary-node-agent reset`: removes everything an agent made on its node — containers (and
-//! their shims, mounts and cgroups), pod sandboxes, pod volumes, veths and IP leases, the BPF
-//! programs and pinned maps. `apiary down` runs it after stopping the agent.
+//! `apiary-node-agent reset`: removes everything an agent made on its node — the cluster DNS
+//! process, containers (and their shims, mounts and cgroups), pod sandboxes, pod volumes, veths
+//! and IP leases, the BPF programs and pinned maps. `apiary down` runs it after stopping the
+//! agent.
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +23,13 @@ pub struct ResetArgs {
 
 pub async fn reset(args: ResetArgs) -> anyhow::Result<()> {
     let shim = super::run::shim_path(args.shim.as_deref())?;
-    let mut problems = Vec::new();
+    // First, as it outlives the agent: it holds the node's address, port 53.
+    let mut problems = crate::dns::supervisor::stop(
+        &crate::dns::standalone::Layout::new(&args.run_dir),
+        Some(&args.cgroup_parent),
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(crate::dns::standalone::Layout::new(&args.run_dir).dir);
     let state_dir = args.run_dir.join("containers");
     if state_dir.exists() {
         let runtime = apiary_runtime::Runtime::new(apiary_runtime::RuntimeConfig {

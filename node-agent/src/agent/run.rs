@@ -92,7 +92,8 @@ pub struct AgentConfig {
     #[arg(long, default_value_t = 10)]
     pub heartbeat_seconds: u64,
     /// The cluster DNS Service's address, given to pods as their nameserver (the kubelet's
-    /// `clusterDNS`); the agent answers it on the node's address, port 53.
+    /// `clusterDNS`); the node's DNS process (`apiary-node-agent dns`, which the agent starts)
+    /// answers it on the node's address, port 53.
     #[arg(long, default_value = "10.96.0.10")]
     pub cluster_dns: Ipv4Addr,
     /// The cluster's DNS domain.
@@ -284,7 +285,7 @@ async fn run_registered(
         pin_dir: config.pin_dir.clone(),
         names: flow_names,
     });
-    serve_dns(&ctx, records).await?;
+    serve_dns(&ctx, config, records).await?;
     ctx.health.pass(Check::Dataplane);
     tokio::spawn(heartbeats(
         client.clone(),
@@ -536,25 +537,45 @@ fn socket_lb_cgroup(config: &AgentConfig) -> anyhow::Result<PathBuf> {
         )
 }
 
-/// Answers cluster DNS on the node's address (the `kube-dns` Service's endpoint for this node's
-/// pods: it has `internalTrafficPolicy: Local`), and publishes that endpoint.
-async fn serve_dns(ctx: &Arc<Context>, records: crate::dns::SharedRecords) -> anyhow::Result<()> {
+/// Has cluster DNS answered on the node's address (the `kube-dns` Service's endpoint for this
+/// node's pods: it has `internalTrafficPolicy: Local`) and publishes that endpoint. The server
+/// is a process of its own, which goes on answering while the agent is down: this keeps the one
+/// a previous agent of this build started, or starts one, and feeds it the records once they
+/// are synced.
+async fn serve_dns(
+    ctx: &Arc<Context>,
+    config: &AgentConfig,
+    records: crate::dns::SharedRecords,
+) -> anyhow::Result<()> {
     let listen = std::net::SocketAddr::from((ctx.node.ip, crate::dns::PORT));
-    let upstreams = crate::dns::upstreams_from_resolv_conf(&ctx.dns.node_resolv_conf);
-    // This node's pods, the node itself (host-network pods), and loopback.
-    let clients = crate::dns::Clients::new([
-        ipnet::IpNet::V4(ctx.network.pod_cidr().trunc()),
-        ipnet::IpNet::from(std::net::IpAddr::V4(ctx.node.ip)),
-        "127.0.0.0/8".parse().expect("a CIDR"),
-    ]);
-    let server = crate::dns::DnsServer::bind(records, &[listen], upstreams, clients)
+    let dns = crate::dns::DnsConfig {
+        listen: vec![listen],
+        upstreams: crate::dns::upstreams_from_resolv_conf(&ctx.dns.node_resolv_conf),
+        // This node's pods, the node itself (host-network pods), and loopback.
+        clients: vec![
+            ipnet::IpNet::V4(ctx.network.pod_cidr().trunc()),
+            ipnet::IpNet::from(std::net::IpAddr::V4(ctx.node.ip)),
+            "127.0.0.0/8".parse().expect("a CIDR"),
+        ],
+        cluster_domain: config.cluster_domain.clone(),
+    };
+    let supervisor = crate::dns::Supervisor::new(crate::dns::DnsArgs {
+        run_dir: config.run_dir.clone(),
+        cgroup_parent: Some(config.cgroup_parent.clone()),
+        config: dns,
+    });
+    let connection = supervisor
+        .connect_or_start()
         .await
         .with_context(|| format!("serving cluster DNS on {listen}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = server.run().await {
-            tracing::error!(error = %format!("{e:#}"), "the DNS server stopped");
-        }
-    });
+    let mut health = ctx.health.subscribe();
+    let synced = async move {
+        // The records are complete once Services, EndpointSlices and Pods were listed.
+        let _ = health
+            .wait_for(|passed| passed.contains(&Check::Services))
+            .await;
+    };
+    tokio::spawn(supervisor.feed(connection, records, synced));
     tokio::spawn(super::dns_endpoint::publish(Arc::clone(ctx)));
     Ok(())
 }

@@ -28,6 +28,7 @@ use hickory_proto::rr::{
     Name, RData, Record, RecordType,
     rdata::{A, AAAA, CNAME, PTR, SOA, SRV},
 };
+use serde::{Deserialize, Serialize};
 
 /// The cluster domain when none is configured.
 pub const DEFAULT_DOMAIN: &str = "cluster.local";
@@ -56,24 +57,75 @@ pub enum Answer {
 }
 
 /// Everything the cluster DNS server answers from, fed with API objects as they change.
-#[derive(Clone, Debug)]
+///
+/// It serializes whole: the agent sends it to the cluster DNS process as a snapshot
+/// ([`super::feed`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClusterRecords {
     /// Lower-case labels of the cluster domain, e.g. `["cluster", "local"]`.
     domain: Vec<String>,
     /// Bumped on every change: the SOA serial, so secondaries and caches can tell.
     serial: u32,
     /// `(namespace, name)` → the service.
+    #[serde(with = "pairs")]
     services: BTreeMap<(String, String), ServiceEntry>,
     /// `(namespace, service, slice name)` → the slice: a service's slices are one range.
+    #[serde(with = "pairs")]
     slices: BTreeMap<(String, String, String), SliceEntry>,
     /// `(namespace, slice name)` → service, to find a slice again when its label changes or it
     /// is deleted by name.
+    #[serde(with = "pairs")]
     slice_service: HashMap<(String, String), String>,
     /// `(namespace, name)` → the pod's addresses.
+    #[serde(with = "pairs")]
     pods: BTreeMap<(String, String), Vec<IpAddr>>,
 }
 
-#[derive(Clone, Debug)]
+/// Maps with tuple keys, serialized as lists of `[key, value]`: JSON keys can only be strings.
+mod pairs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<'a, M, K, V, S>(map: &'a M, serializer: S) -> Result<S::Ok, S::Error>
+    where
+        &'a M: IntoIterator<Item = (&'a K, &'a V)>,
+        K: Serialize + 'a,
+        V: Serialize + 'a,
+        S: Serializer,
+    {
+        serializer.collect_seq(map)
+    }
+
+    pub fn deserialize<'de, M, K, V, D>(deserializer: D) -> Result<M, D::Error>
+    where
+        M: FromIterator<(K, V)>,
+        K: Deserialize<'de>,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
+    }
+}
+
+/// A domain name as its text (`example.com.`).
+mod name_text {
+    use hickory_proto::rr::Name;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(name: &Name, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(name)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Name, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let mut name = Name::from_ascii(&text).map_err(D::Error::custom)?;
+        name.set_fqdn(true);
+        Ok(name)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct ServiceEntry {
     kind: ServiceKind,
     ports: Vec<PortEntry>,
@@ -82,14 +134,14 @@ struct ServiceEntry {
     publish_not_ready: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 enum ServiceKind {
     ClusterIp(Vec<IpAddr>),
     Headless,
-    ExternalName(Name),
+    ExternalName(#[serde(with = "name_text")] Name),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct PortEntry {
     /// Lower case; empty for the unnamed port of a single-port service.
     name: String,
@@ -98,13 +150,13 @@ struct PortEntry {
     port: u16,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct SliceEntry {
     endpoints: Vec<EndpointEntry>,
     ports: Vec<PortEntry>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct EndpointEntry {
     addresses: Vec<IpAddr>,
     /// Lower case.
@@ -163,6 +215,12 @@ impl ClusterRecords {
     /// The cluster domain, without a trailing dot.
     pub fn domain(&self) -> String {
         self.domain.join(".")
+    }
+
+    /// Changes with every change to the records (the SOA serial): whoever copies them elsewhere
+    /// can tell whether its copy is current.
+    pub fn serial(&self) -> u32 {
+        self.serial
     }
 
     /// Adds or replaces a service.

@@ -8,9 +8,10 @@
 //! computed from memory and upstream answers are cached by the upstream resolver.
 
 use std::{
+    collections::BTreeMap,
     fmt, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, PoisonError, RwLock},
+    sync::{Arc, Mutex, PoisonError, RwLock},
     time::Duration,
 };
 
@@ -70,10 +71,36 @@ pub enum Error {
 /// `Result` of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How many answers a server gave since it started, by response code as CoreDNS labels them
+/// (`coredns_dns_responses_total{rcode}`). Counted here rather than in the agent's metrics: the
+/// server runs in a process of its own ([`super::standalone`]), which reports them to the agent.
+#[derive(Clone, Debug, Default)]
+pub struct AnswerCounts(Arc<Mutex<BTreeMap<String, u64>>>);
+
+impl AnswerCounts {
+    fn count(&self, rcode: String) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(rcode)
+            .or_default() += 1;
+    }
+
+    /// The counts so far.
+    pub fn totals(&self) -> BTreeMap<String, u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// A DNS server bound to its listen addresses, not yet running.
 pub struct DnsServer {
     server: Server<ClusterDns>,
     local_addrs: Vec<SocketAddr>,
+    answered: AnswerCounts,
 }
 
 impl fmt::Debug for DnsServer {
@@ -115,10 +142,12 @@ impl DnsServer {
                 !looping
             })
             .collect();
+        let answered = AnswerCounts::default();
         let mut server = Server::new(ClusterDns {
             records,
             upstreams,
             clients,
+            answered: answered.clone(),
         });
         for (udp, tcp) in server_sockets {
             server.register_socket(udp);
@@ -127,7 +156,13 @@ impl DnsServer {
         Ok(Self {
             server,
             local_addrs,
+            answered,
         })
+    }
+
+    /// The server's answer counts, which go on counting while it runs.
+    pub fn answered(&self) -> AnswerCounts {
+        self.answered.clone()
     }
 
     /// The bound addresses (UDP and TCP share each), in the order of `listen`.
@@ -220,6 +255,7 @@ struct ClusterDns {
     records: SharedRecords,
     upstreams: Vec<SocketAddr>,
     clients: Clients,
+    answered: AnswerCounts,
 }
 
 #[async_trait]
@@ -230,7 +266,7 @@ impl RequestHandler for ClusterDns {
         response_handle: R,
     ) -> ResponseInfo {
         let info = self.answer(request, response_handle).await;
-        crate::metrics::AgentMetrics::global().dns_answered(&rcode_name(info.response_code));
+        self.answered.count(rcode_name(info.response_code));
         info
     }
 }

@@ -328,7 +328,7 @@ mod tests {
         instruments.image_pulled(Duration::from_secs(3));
         instruments.probed("Readiness", true);
         instruments.probed("Liveness", false);
-        instruments.dns_answered("NXDOMAIN");
+        instruments.dns_answered("NXDOMAIN", 1);
         let state = DataplaneState {
             pods: vec![PodCounters {
                 namespace: "default".into(),

@@ -694,3 +694,43 @@ fn an_external_name_inside_the_cluster_domain_comes_with_its_target_s_records() 
     ));
     assert!(looped.len() <= 9, "{looped:?}");
 }
+
+/// The agent sends the records to the DNS process as JSON: the copy must answer every question
+/// as the original does, and go on changing as it would.
+#[test]
+fn a_serialized_copy_answers_and_changes_as_the_original() {
+    let original = cluster();
+    let json = serde_json::to_vec(&original).unwrap();
+    let mut copy: ClusterRecords = serde_json::from_slice(&json).unwrap();
+    let questions = [
+        ("web.default.svc.cluster.local.", RecordType::A),
+        ("dns.kube-system.svc.cluster.local.", RecordType::AAAA),
+        ("db.default.svc.cluster.local.", RecordType::A),
+        ("db-0.db.default.svc.cluster.local.", RecordType::A),
+        ("_pg._tcp.db.default.svc.cluster.local.", RecordType::SRV),
+        ("_http._tcp.web.default.svc.cluster.local.", RecordType::SRV),
+        ("ext.default.svc.cluster.local.", RecordType::A),
+        ("10-244-1-20.default.pod.cluster.local.", RecordType::A),
+        ("10-244-1-21.default.pod.cluster.local.", RecordType::A),
+        ("5.1.244.10.in-addr.arpa.", RecordType::PTR),
+        ("cluster.local.", RecordType::SOA),
+        ("nothing.default.svc.cluster.local.", RecordType::A),
+        ("example.com.", RecordType::A),
+    ];
+    for (name, rtype) in questions {
+        assert_eq!(
+            ask(&copy, name, rtype),
+            ask(&original, name, rtype),
+            "{name} {rtype}"
+        );
+    }
+    assert_eq!(copy.serial(), original.serial());
+    assert_eq!(copy.domain(), original.domain());
+    // The slice index came along: a slice is still found by its name.
+    copy.delete_endpoint_slice("default", "db-abc");
+    assert_eq!(
+        data(&ask(&copy, "db.default.svc.cluster.local.", RecordType::A)),
+        ["10.244.2.8"]
+    );
+    assert_ne!(copy.serial(), original.serial());
+}
