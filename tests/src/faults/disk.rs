@@ -1,6 +1,7 @@
-//! The embedded store's disk filling up: a single control plane whose data dir is a 48 MiB
-//! tmpfs with a 16 MiB filler file, written to until the store refuses writes (507), read
-//! meanwhile; then the filler goes and writes must resume by themselves.
+//! The embedded store's disk filling up, under the write load and the data plane's request
+//! loops: a lab cluster whose single control plane keeps its data on a 48 MiB tmpfs with a
+//! 16 MiB filler file is written to until the store refuses writes (507); reads go on; then the
+//! filler goes and writes must resume by themselves. The pods' requests must not notice.
 
 use std::{
     path::PathBuf,
@@ -11,14 +12,12 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{
-    Outcome, Timing, WHOLE_BOUND,
+    Outcome, Timing, WHOLE_BOUND, data_plane,
+    data_plane::Requests,
     load::{Api, Load, longest_gap},
     process::Process,
 };
-use crate::cluster::binary;
-
-/// Where the control plane listens (loopback of the suite's namespace).
-const LISTEN: &str = "127.0.0.1:26443";
+use crate::cluster::{CLUSTER_CIDR, CONTROL_PLANE_IP, ClusterLab, ControlPlanes, binary};
 
 /// Unmounts the tmpfs however the step ends.
 struct Mount(PathBuf);
@@ -29,9 +28,19 @@ impl Drop for Mount {
     }
 }
 
-pub async fn full(timing: Timing) -> anyhow::Result<Outcome> {
-    let dir = tempfile::Builder::new().prefix("apiary-disk-").tempdir()?;
-    let mount = dir.path().join("disk");
+/// The control plane on its tmpfs. Fields drop in order: the process is killed before the
+/// tmpfs is unmounted.
+struct OnTmpfs {
+    process: Process,
+    filler: PathBuf,
+    data: PathBuf,
+    _mount: Mount,
+}
+
+/// Mounts the tmpfs under `dir`, fills 16 MiB of it and starts the control plane on the rest
+/// at the lab's control plane address; waits for its kubeconfig.
+fn start_on_tmpfs(dir: &std::path::Path) -> anyhow::Result<OnTmpfs> {
+    let mount = dir.join("disk");
     std::fs::create_dir_all(&mount)?;
     let status = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=48m", "apiary-faults"])
@@ -39,7 +48,7 @@ pub async fn full(timing: Timing) -> anyhow::Result<Outcome> {
         .status()
         .context("mount")?;
     anyhow::ensure!(status.success(), "mounting a tmpfs failed: {status}");
-    let _mount = Mount(mount.clone());
+    let guard = Mount(mount.clone());
     let filler = mount.join("filler");
     std::fs::write(&filler, vec![0u8; 16 << 20])?;
     let data = mount.join("cp");
@@ -47,12 +56,14 @@ pub async fn full(timing: Timing) -> anyhow::Result<Outcome> {
         "--data-dir".to_owned(),
         data.display().to_string(),
         "--listen".to_owned(),
-        LISTEN.to_owned(),
+        format!("{CONTROL_PLANE_IP}:6443"),
+        "--cluster-cidr".to_owned(),
+        CLUSTER_CIDR.to_owned(),
     ];
-    let mut cp = Process::start(
+    let process = Process::start(
         binary("apiary-control-plane"),
         args,
-        dir.path().join("cp.log"),
+        dir.join("control-plane.log"),
     )?;
     let since = Instant::now();
     while !data.join("kubeconfig").exists() {
@@ -60,18 +71,45 @@ pub async fn full(timing: Timing) -> anyhow::Result<Outcome> {
             since.elapsed() < WHOLE_BOUND,
             "the control plane did not start"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::thread::sleep(Duration::from_millis(50));
     }
-    let api = Api::new(&data.join("pki"))?;
-    let base = format!("https://{LISTEN}");
+    Ok(OnTmpfs {
+        process,
+        filler,
+        data,
+        _mount: guard,
+    })
+}
+
+/// Runs the step in a lab of its own.
+pub fn full(timing: Timing) -> anyhow::Result<Outcome> {
+    let mut started = None;
+    let cluster = ClusterLab::start_on(
+        2,
+        ControlPlanes::Started(Box::new(|underlay, dir| {
+            crate::lab::enter(underlay)?;
+            let on_tmpfs = start_on_tmpfs(dir)?;
+            let data = on_tmpfs.data.clone();
+            started = Some(on_tmpfs);
+            Ok(data)
+        })),
+        &[],
+    )?;
+    let mut on_tmpfs = started.context("the control plane did not start")?;
+    data_plane::start(&cluster, "node1").map_err(|e| e.context(cluster.logs()))?;
+    // The runtime's threads are born in this lab's underlay, which the thread entered.
+    let runtime = tokio::runtime::Runtime::new()?;
+    let outcome = runtime.block_on(fill(&cluster, &on_tmpfs, timing));
+    on_tmpfs.process.kill();
+    drop(cluster);
+    outcome
+}
+
+async fn fill(cluster: &ClusterLab, on_tmpfs: &OnTmpfs, timing: Timing) -> anyhow::Result<Outcome> {
+    let api = Api::new(&on_tmpfs.data.join("pki"))?;
+    let base = format!("https://{CONTROL_PLANE_IP}:6443");
     let bases = vec![base.clone()];
-    while !api.ready(&base).await {
-        anyhow::ensure!(
-            since.elapsed() < WHOLE_BOUND,
-            "the control plane never got ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let from = data_plane::uptime();
     // 16 KiB ConfigMaps fill 32 MiB in about 2,000 writes.
     let load = Load::start(&api, &bases, "disk", 16 << 10);
     let filling = Instant::now();
@@ -85,7 +123,7 @@ pub async fn full(timing: Timing) -> anyhow::Result<Outcome> {
     println!("disk full after {:.1?}", filling.elapsed());
     anyhow::ensure!(!api.ready(&base).await, "/readyz said ready on a full disk");
     tokio::time::sleep(timing.held).await;
-    std::fs::remove_file(&filler)?;
+    std::fs::remove_file(&on_tmpfs.filler)?;
     let freed = Instant::now();
     let before = load.written();
     let mut whole = None;
@@ -98,15 +136,20 @@ pub async fn full(timing: Timing) -> anyhow::Result<Outcome> {
     }
     tokio::time::sleep(timing.after).await;
     let (seen, _, read_outage) = load.stop().await;
+    let to = data_plane::uptime();
     let write_outage = longest_gap(&seen.writes, broken, Instant::now());
     let lost = api.lost(&bases, &seen).await;
-    cp.kill();
     let others: Vec<_> = seen.failures.keys().filter(|k| *k != "507").collect();
     anyhow::ensure!(
         others.is_empty(),
         "writes failed other than with 507: {:?}",
         seen.failures
     );
+    let requests = |pod: &str| -> Requests {
+        data_plane::log(cluster, pod)
+            .map(|log| Requests::of(&log, from, to))
+            .unwrap_or_default()
+    };
     Ok(Outcome {
         fault: "disk full (embedded store)",
         acknowledged: seen.acknowledged.len(),
@@ -114,10 +157,10 @@ pub async fn full(timing: Timing) -> anyhow::Result<Outcome> {
         unanswered_but_applied: seen.unanswered_but_applied,
         write_outage,
         read_outage,
-        by_ip: Default::default(),
-        by_name: Default::default(),
-        denied: Default::default(),
-        leader_back: None,
+        by_ip: requests("by-ip"),
+        by_name: requests("by-name"),
+        denied: requests("denied"),
+        controllers: None,
         whole: whole.unwrap_or(WHOLE_BOUND + Duration::from_secs(1)),
         failures: seen.failures,
     })

@@ -80,23 +80,32 @@ impl Api {
         None
     }
 
-    /// The identity holding the controllers' Lease, while it holds it.
-    pub async fn leader(&self, bases: &[String]) -> Option<String> {
+    /// The controllers' Lease, read from the first server that answers: its holder while it
+    /// holds it (the lease is fresh), and when it was last renewed.
+    pub async fn lease(&self, bases: &[String]) -> Option<Lease> {
         for base in bases {
             let path =
                 "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/apiary-controllers";
             if let Ok((200, lease)) = self.get(base, path).await {
                 let renewed = lease["spec"]["renewTime"]
                     .as_str()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())?;
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())?
+                    .with_timezone(&chrono::Utc);
                 let duration = lease["spec"]["leaseDurationSeconds"].as_i64()?;
                 let fresh = renewed + chrono::Duration::seconds(duration) > chrono::Utc::now();
-                return fresh
-                    .then(|| lease["spec"]["holderIdentity"].as_str().map(str::to_owned))
-                    .flatten();
+                let holder = lease["spec"]["holderIdentity"].as_str().map(str::to_owned);
+                return Some(Lease {
+                    holder: holder.filter(|_| fresh),
+                    renewed,
+                });
             }
         }
         None
+    }
+
+    /// The identity holding the controllers' Lease, while it holds it.
+    pub async fn leader(&self, bases: &[String]) -> Option<String> {
+        self.lease(bases).await?.holder
     }
 
     /// How many of the acknowledged writes in `seen` are missing now (all of them when no
@@ -111,6 +120,13 @@ impl Api {
             .filter(|name| !present.contains(*name))
             .count()
     }
+}
+
+/// The controllers' Lease as [`Api::lease`] read it.
+#[derive(Debug)]
+pub struct Lease {
+    pub holder: Option<String>,
+    pub renewed: chrono::DateTime<chrono::Utc>,
 }
 
 /// What the write load and the read loop saw.
