@@ -18,77 +18,16 @@ use std::{
 use apiary_runtime::state::ProcessId;
 use apiary_tests::{
     cluster::{ClusterLab, is_ready, wait},
+    faults::data_plane,
     require_privileges,
 };
 use serde_json::Value;
 
 const IMAGE: &str = "localhost/busybox:latest";
 
-/// Two web pods (preferably one per node) that tolerate an unreachable node for 2 s, behind
-/// Service `web`.
-fn web() -> String {
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      tolerations:
-      - {{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}}
-      - {{key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 2}}
-      affinity:
-        podAntiAffinity:
-          preferredDuringSchedulingIgnoredDuringExecution:
-          - weight: 100
-            podAffinityTerm:
-              topologyKey: kubernetes.io/hostname
-              labelSelector: {{matchLabels: {{app: web}}}}
-      containers:
-      - name: web
-        image: {IMAGE}
-        imagePullPolicy: IfNotPresent
-        command: [sh, -c, "echo ok > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]
-        readinessProbe: {{httpGet: {{path: /index.html, port: 8080}}, periodSeconds: 1}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web}}
-spec:
-  selector: {{app: web}}
-  ports: [{{port: 80, targetPort: 8080}}]
-"#
-    )
-}
-
-/// A pod on `node` that requests `http://<ip>/index.html` every 100 ms, appending `ok` or `fail`
-/// to /tmp/log.
-fn client(name: &str, node: &str, ip: &str, labels: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, labels: {{{labels}}}}}
-spec:
-  nodeName: {node}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: c
-    image: {IMAGE}
-    imagePullPolicy: IfNotPresent
-    command: [sh, -c, "while true; do if timeout 2 wget -qO- http://{ip}/index.html >/dev/null 2>&1; then echo ok; else echo fail; fi >> /tmp/log; sleep 0.1; done"]
-"#
-    )
-}
-
 /// A pod on `node` that looks `name` up every 200 ms through the cluster DNS (busybox's
-/// `nslookup`, its resolv.conf's nameserver), appending `ok` to /tmp/log when the answer holds
-/// `ip`, else `fail`.
+/// `nslookup`, its resolv.conf's nameserver), logging `<host uptime> ok` to /tmp/log when the
+/// answer holds `ip`, else `fail` (as [`data_plane::request_loop`]s do).
 fn resolver(pod: &str, node: &str, name: &str, ip: &str) -> String {
     format!(
         r#"
@@ -102,7 +41,7 @@ spec:
   - name: c
     image: {IMAGE}
     imagePullPolicy: IfNotPresent
-    command: [sh, -c, "while true; do if timeout 2 nslookup {name} 2>/dev/null | grep -q '[[:space:]]{ip}$'; then echo ok; else echo fail; fi >> /tmp/log; sleep 0.2; done"]
+    command: [sh, -c, "while true; do if timeout 2 nslookup {name} 2>/dev/null | grep -q '[[:space:]]{ip}$'; then r=ok; else r=fail; fi; read up idle < /proc/uptime; echo \"$up $r\" >> /tmp/log; sleep 0.2; done"]
 "#
     )
 }
@@ -126,12 +65,9 @@ fn rss_kb(pid: i32) -> u64 {
 
 /// How many requests of `pod`'s loop succeeded and failed so far.
 fn requests(cluster: &ClusterLab, pod: &str) -> (usize, usize) {
-    let log = cluster
-        .kubectl_ok(&["exec", pod, "--", "cat", "/tmp/log"])
-        .unwrap_or_default();
-    let ok = log.lines().filter(|l| *l == "ok").count();
-    let failed = log.lines().filter(|l| *l == "fail").count();
-    (ok, failed)
+    let log = data_plane::log(cluster, pod).unwrap_or_default();
+    let ok = log.iter().filter(|(_, ok)| *ok).count();
+    (ok, log.len() - ok)
 }
 
 /// Waits until `pod`'s loop has made `more` requests after `since` (a count of both kinds);
@@ -199,7 +135,7 @@ fn ready_endpoints(cluster: &ClusterLab, service: &str) -> Vec<String> {
 }
 
 fn start_web(cluster: &ClusterLab) -> Vec<(String, String, String, bool)> {
-    cluster.apply(&web()).unwrap();
+    cluster.apply(data_plane::WEB).unwrap();
     wait("two web pods ready", Duration::from_secs(120), || {
         let pods = web_pods(cluster);
         (pods.len() == 2 && pods.iter().all(|p| p.3)).then_some(pods)
@@ -213,17 +149,22 @@ fn the_data_plane_and_policy_go_on_without_the_control_plane_or_an_agent() {
     let mut cluster = ClusterLab::start(2).unwrap();
     start_web(&cluster);
     let ip = cluster_ip(&cluster, "web");
-    // Only pods labelled `role: client` may reach the web pods.
+    cluster.apply(data_plane::POLICY).unwrap();
     cluster
-        .apply(
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: client}}}]\n",
-        )
+        .apply(&data_plane::request_loop(
+            "allowed",
+            "node1",
+            &ip,
+            "role: client",
+        ))
         .unwrap();
     cluster
-        .apply(&client("allowed", "node1", &ip, "role: client"))
-        .unwrap();
-    cluster
-        .apply(&client("denied", "node1", &ip, "role: other"))
+        .apply(&data_plane::request_loop(
+            "denied",
+            "node1",
+            &ip,
+            "role: other",
+        ))
         .unwrap();
     cluster
         .apply(&resolver(
@@ -354,7 +295,12 @@ fn a_lost_node_is_left_out_and_cleaned_up() {
     };
     let ip = cluster_ip(&cluster, "web");
     cluster
-        .apply(&client("client", "node1", &ip, "role: client"))
+        .apply(&data_plane::request_loop(
+            "client",
+            "node1",
+            &ip,
+            "role: client",
+        ))
         .unwrap();
     cluster
         .wait_ready("default", "client", Duration::from_secs(60))

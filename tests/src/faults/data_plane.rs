@@ -21,9 +21,10 @@ pub const LOOPS: [(&str, &str, &str); 3] = [
     ("denied", "CLUSTER_IP", "role: other"),
 ];
 
-/// Web pods, one per node where it can be, tolerate an unreachable or not-ready node for 2 s,
-/// so a lost node's pod is replaced soon after the node is noticed.
-const WEB: &str = r#"
+/// Two web pods behind Service `web`, one per node where it can be, that tolerate an
+/// unreachable or not-ready node for 2 s, so a lost node's pod is replaced soon after the node is
+/// noticed.
+pub const WEB: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
@@ -57,7 +58,10 @@ metadata: {name: web}
 spec:
   selector: {app: web}
   ports: [{port: 80, targetPort: 8080}]
----
+"#;
+
+/// Only pods labelled `role: client` may reach the web pods.
+pub const POLICY: &str = r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: web}
@@ -67,7 +71,9 @@ spec:
   - from: [{podSelector: {matchLabels: {role: client}}}]
 "#;
 
-fn request_loop(name: &str, node: &str, host: &str, labels: &str) -> String {
+/// A pod `name` labelled `labels` on `node` that requests `http://<host>/index.html` every
+/// 100 ms, logging each as `<host uptime> ok|fail` to /tmp/log (read with [`log`]).
+pub fn request_loop(name: &str, node: &str, host: &str, labels: &str) -> String {
     format!(
         r#"
 apiVersion: v1
@@ -110,6 +116,7 @@ pub fn web_pods(cluster: &ClusterLab) -> Vec<(String, String, bool)> {
 /// logged a request.
 pub fn start(cluster: &ClusterLab, node: &str) -> anyhow::Result<()> {
     cluster.apply(WEB)?;
+    cluster.apply(POLICY)?;
     wait("two web pods ready", Duration::from_secs(120), || {
         let pods = web_pods(cluster);
         (pods.len() == 2 && pods.iter().all(|p| p.2)).then_some(())
@@ -144,6 +151,13 @@ pub fn log(cluster: &ClusterLab, pod: &str) -> anyhow::Result<Vec<(f64, bool)>> 
             Some((up.parse().ok()?, result == "ok"))
         })
         .collect())
+}
+
+/// What loop `pod` saw between `from` and `to` (uptimes); nothing when its log cannot be read.
+pub fn requests(cluster: &ClusterLab, pod: &str, from: f64, to: f64) -> Requests {
+    log(cluster, pod)
+        .map(|log| Requests::of(&log, from, to))
+        .unwrap_or_default()
 }
 
 /// The host's uptime in seconds: the clock of the loops' logs.

@@ -13,7 +13,6 @@ use anyhow::{Context as _, bail};
 
 use super::{
     Outcome, Timing, WHOLE_BOUND, data_plane,
-    data_plane::Requests,
     load::{Api, Load, longest_gap},
     process::Process,
 };
@@ -145,11 +144,7 @@ async fn fill(cluster: &ClusterLab, on_tmpfs: &OnTmpfs, timing: Timing) -> anyho
         "writes failed other than with 507: {:?}",
         seen.failures
     );
-    let requests = |pod: &str| -> Requests {
-        data_plane::log(cluster, pod)
-            .map(|log| Requests::of(&log, from, to))
-            .unwrap_or_default()
-    };
+    let requests = |pod| data_plane::requests(cluster, pod, from, to);
     Ok(Outcome {
         fault: "disk full (embedded store)",
         acknowledged: seen.acknowledged.len(),

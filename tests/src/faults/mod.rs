@@ -24,7 +24,7 @@
 //! control-plane fault stops writes for more than 5 s, more than 5 % of writes fail with one
 //! member dead, or the cluster is not whole within a minute.
 
-mod data_plane;
+pub mod data_plane;
 mod disk;
 mod etcd;
 mod ha;
@@ -202,11 +202,7 @@ impl Suite {
         let (seen, write_outage, read_outage) = load.stop().await;
         let to = data_plane::uptime();
         let lost = self.ha.api.lost(&bases, &seen).await;
-        let requests = |pod: &str| -> Requests {
-            data_plane::log(&self.cluster, pod)
-                .map(|log| Requests::of(&log, from, to))
-                .unwrap_or_default()
-        };
+        let requests = |pod| data_plane::requests(&self.cluster, pod, from, to);
         let outcome = Outcome {
             fault: fault_name,
             acknowledged: seen.acknowledged.len(),
