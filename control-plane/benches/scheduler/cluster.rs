@@ -101,8 +101,10 @@ pub async fn create_namespace(server: &Server, client: &reqwest::Client, name: &
 }
 
 /// Deletes a run's namespace and waits until the server has emptied and removed it, so that
-/// the next run starts on empty nodes. Not measured.
-pub async fn delete_namespace(server: &Server, client: &reqwest::Client, name: &str) {
+/// the next run starts on empty nodes; returns the seconds that took (outside every figure's
+/// window: the server deletes a namespace's pods one at a time, and that is slow).
+pub async fn delete_namespace(server: &Server, client: &reqwest::Client, name: &str) -> f64 {
+    let started = Instant::now();
     let path = format!("{}/api/v1/namespaces/{name}", server.base);
     let deleted = client
         .delete(&path)
@@ -111,7 +113,7 @@ pub async fn delete_namespace(server: &Server, client: &reqwest::Client, name: &
         .await
         .unwrap();
     assert!(deleted.status().is_success(), "deleting namespace {name}");
-    let deadline = Instant::now() + Duration::from_secs(900);
+    let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
         let status = client
             .get(&path)
@@ -121,11 +123,11 @@ pub async fn delete_namespace(server: &Server, client: &reqwest::Client, name: &
             .unwrap()
             .status();
         if status == 404 {
-            return;
+            return started.elapsed().as_secs_f64();
         }
         assert!(
             Instant::now() < deadline,
-            "namespace {name} still there after 900 s"
+            "namespace {name} still there after 1800 s"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
