@@ -70,7 +70,11 @@ const ROWS: &[(&str, &str, usize)] = &[
     ("plain: creates/s at the API", "plain_creates_per_s", 1),
     ("plain: bind latency p50 (ms)", "plain_bind_p50_ms", 0),
     ("plain: bind latency p99 (ms)", "plain_bind_p99_ms", 0),
-    ("plain: scheduler ms per pod", "plain_sched_ms_per_pod", 3),
+    (
+        "plain: scheduling attempt ms per pod",
+        "plain_sched_ms_per_pod",
+        3,
+    ),
     (
         "plain: scheduling attempts per pod",
         "plain_attempts_per_pod",

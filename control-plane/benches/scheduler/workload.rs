@@ -50,7 +50,9 @@ fn pod(namespace: &str, name: &str, group: Option<usize>) -> Value {
 ///   that shows `spec.nodeName` (the create's own latency included: answers can come after
 ///   the bind);
 /// - `sched_ms_per_pod`, `attempts_per_pod`: the scheduler's own time and attempts per pod
-///   bound, from `/metrics` before and after;
+///   bound, from `/metrics` before and after. The histogram times each attempt from its start
+///   to its end, binding (a store write) included: a latency, not CPU time; attempts overlap,
+///   so ms per pod × pods/s above 1,000 means attempts ran concurrently or waited;
 /// - the CPU of [`Cpu::figures_since`] from the first create to the last bind, and
 ///   `cores_busy`: the three processes' CPU seconds over that wall time.
 pub async fn schedule_pods(
