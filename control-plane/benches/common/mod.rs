@@ -3,6 +3,12 @@
 
 #![allow(dead_code, reason = "each bench uses a different part")]
 
+pub mod proc;
+pub mod prometheus;
+pub mod stats;
+
+pub use stats::percentile;
+
 use std::{
     net::TcpListener,
     process::{Child, Command, Stdio},
@@ -146,6 +152,11 @@ impl Server {
         &self.ca_pem
     }
 
+    /// The control plane's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process still runs (not gone, not a zombie).
     pub fn alive(&self) -> bool {
         std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
@@ -200,9 +211,4 @@ pub fn tls_config_http1(ca_pem: &[u8]) -> rustls::ClientConfig {
     let mut config = tls_config(ca_pem);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config
-}
-
-pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
 }
