@@ -60,8 +60,11 @@ async fn empty(api: &Arc<Api>, namespace: &Value) -> Result<()> {
         .resources
         .get("", "v1", "namespaces")
         .expect("namespaces are served");
-    // Objects with finalizers leave when their finalizers are done; give them a while.
-    for attempt in 0..600 {
+    // Objects with finalizers (or a grace period) leave when they are done; give them a while,
+    // asking again less often as it drags on: each round goes through every object left.
+    let mut pause = Duration::from_millis(100);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    for attempt in 0.. {
         let mut left = 0;
         for resource in api.resources.all().into_iter().filter(|r| r.namespaced) {
             let target = Target {
@@ -82,8 +85,12 @@ async fn empty(api: &Arc<Api>, namespace: &Value) -> Result<()> {
         if left == 0 {
             break;
         }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
         tracing::debug!(namespace = %ns, left, attempt, "waiting for finalizers");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
     let key = namespaces.key(None, &ns);
     match api.store.delete(&key, None).await {
