@@ -156,12 +156,32 @@ pub async fn delete_collection(
     query: &Query,
     options: &Value,
 ) -> Result<Value> {
-    use futures::StreamExt as _;
     let listing = list(api, target, &filter_only(query)).await?;
-    let targets: Vec<(Target, String)> = listing["items"]
+    let items = listing["items"]
         .as_array()
-        .into_iter()
-        .flatten()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let deleted = delete_each(api, target, items.iter(), options).await?;
+    Ok(json!({
+        "kind": format!("{}List", target.resource.kind),
+        "apiVersion": target.resource.api_version(),
+        "metadata": { "resourceVersion": listing["metadata"]["resourceVersion"] },
+        "items": deleted,
+    }))
+}
+
+/// Deletes `objects` (of `target`'s resource) as DELETEs of each would, several at a time so
+/// that their writes share the store's commits (one at a time, a namespace of 10,000 pods took
+/// one durable commit per pod); what was deleted or marked, in `objects`' order. One already
+/// gone is left out.
+pub async fn delete_each<'a>(
+    api: &Arc<Api>,
+    target: &Target,
+    objects: impl Iterator<Item = &'a Value>,
+    options: &Value,
+) -> Result<Vec<Value>> {
+    use futures::StreamExt as _;
+    let targets: Vec<(Target, String)> = objects
         .map(|object| {
             let name = object["metadata"]["name"].as_str().unwrap_or_default();
             let target = Target {
@@ -172,9 +192,6 @@ pub async fn delete_collection(
             (target, name.to_owned())
         })
         .collect();
-    // Several deletes in flight, so that their writes share the store's commits (one at a
-    // time, a namespace of 10,000 pods took one durable commit per pod); answered in the
-    // listing's order.
     let mut deletes = futures::stream::iter(targets)
         .map(|(target, name)| async move { delete(api, &target, &name, options).await })
         .buffered(DELETE_COLLECTION_IN_FLIGHT);
@@ -187,10 +204,5 @@ pub async fn delete_collection(
             Err(e) => return Err(e),
         }
     }
-    Ok(json!({
-        "kind": format!("{}List", target.resource.kind),
-        "apiVersion": target.resource.api_version(),
-        "metadata": { "resourceVersion": listing["metadata"]["resourceVersion"] },
-        "items": deleted,
-    }))
+    Ok(deleted)
 }

@@ -43,7 +43,7 @@ mod watch;
 pub(crate) use binding::put_pod_scheduled;
 pub(crate) use create::generate_suffix;
 pub use create::{create, create_with};
-pub use delete::{delete, delete_collection};
+pub use delete::{delete, delete_collection, delete_each};
 pub use read::{Filter, get, list};
 pub(crate) use update::apply_patch;
 pub use update::{patch, patch_with, update, update_with};

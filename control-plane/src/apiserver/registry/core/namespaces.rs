@@ -73,14 +73,23 @@ async fn empty(api: &Arc<Api>, namespace: &Value) -> Result<()> {
                 name: None,
                 subresource: None,
             };
-            let remaining =
-                objects::delete_collection(api, &target, &Default::default(), &Value::Null).await?;
-            left += remaining["items"].as_array().map_or(0, |items| {
-                items
-                    .iter()
-                    .filter(|o| o["metadata"]["deletionTimestamp"].is_string())
-                    .count()
-            });
+            let listing = objects::list(api, &target, &Default::default()).await?;
+            let items = listing["items"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            // What is already terminating waits for its grace or finalizers: deleting it again
+            // would only read it again, every round, while its owner finishes it.
+            let terminating = |o: &&Value| o["metadata"]["deletionTimestamp"].is_string();
+            left += items.iter().filter(terminating).count();
+            let deleted = objects::delete_each(
+                api,
+                &target,
+                items.iter().filter(|o| !terminating(o)),
+                &Value::Null,
+            )
+            .await?;
+            left += deleted.iter().filter(terminating).count();
         }
         if left == 0 {
             break;
