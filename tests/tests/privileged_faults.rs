@@ -17,11 +17,10 @@ use std::{
 
 use apiary_runtime::state::ProcessId;
 use apiary_tests::{
-    cluster::{ClusterLab, is_ready, wait},
-    faults::data_plane,
+    cluster::{ClusterLab, wait},
+    faults::data_plane::{self, WebPod},
     require_privileges,
 };
-use serde_json::Value;
 
 const IMAGE: &str = "localhost/busybox:latest";
 
@@ -94,26 +93,9 @@ fn cluster_ip(cluster: &ClusterLab, service: &str) -> String {
         .to_owned()
 }
 
-/// The web pods: (name, node, IP, ready).
-fn web_pods(cluster: &ClusterLab) -> Vec<(String, String, String, bool)> {
-    let pods = cluster
-        .kubectl_json(&["get", "pods", "-l", "app=web", "-o", "json"])
-        .unwrap();
-    pods["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .map(|p| {
-            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-            (
-                text(&p["metadata"]["name"]),
-                text(&p["spec"]["nodeName"]),
-                text(&p["status"]["podIP"]),
-                is_ready(p),
-            )
-        })
-        .collect()
+/// The web pods still meant to run.
+fn web_pods(cluster: &ClusterLab) -> Vec<WebPod> {
+    data_plane::web_pods(cluster).unwrap()
 }
 
 /// The addresses of the ready endpoints of Service `service`'s slices.
@@ -134,11 +116,11 @@ fn ready_endpoints(cluster: &ClusterLab, service: &str) -> Vec<String> {
     ips
 }
 
-fn start_web(cluster: &ClusterLab) -> Vec<(String, String, String, bool)> {
+fn start_web(cluster: &ClusterLab) -> Vec<WebPod> {
     cluster.apply(data_plane::WEB).unwrap();
     wait("two web pods ready", Duration::from_secs(120), || {
         let pods = web_pods(cluster);
-        (pods.len() == 2 && pods.iter().all(|p| p.3)).then_some(pods)
+        (pods.len() == 2 && pods.iter().all(|p| p.ready)).then_some(pods)
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()))
 }
@@ -290,7 +272,7 @@ fn a_lost_node_is_left_out_and_cleaned_up() {
     )
     .unwrap();
     let pods = start_web(&cluster);
-    let Some(lost) = pods.iter().find(|p| p.1 == "node2").cloned() else {
+    let Some(lost) = pods.iter().find(|p| p.node == "node2").cloned() else {
         panic!("the web pods are not spread over both nodes: {pods:?}");
     };
     let ip = cluster_ip(&cluster, "web");
@@ -312,7 +294,7 @@ fn a_lost_node_is_left_out_and_cleaned_up() {
     let node2_cidr = node2["spec"]["podCIDR"].as_str().unwrap().to_owned();
     let node2_ip: Ipv4Addr = cluster.nodes()[1].node.underlay_ip;
     let pin_dir = cluster.nodes()[0].pin_dir.clone();
-    let lost_ip: Ipv4Addr = lost.2.parse().unwrap();
+    let lost_ip: Ipv4Addr = lost.ip.parse().unwrap();
     let policy = apiary_node_agent::dataplane::PolicyMaps::open(&pin_dir).unwrap();
     assert!(
         policy.identity(lost_ip).unwrap().is_some(),
@@ -333,7 +315,7 @@ fn a_lost_node_is_left_out_and_cleaned_up() {
     wait(
         "node2's pod out of the Service",
         Duration::from_secs(30),
-        || (!ready_endpoints(&cluster, "web").contains(&lost.2)).then_some(()),
+        || (!ready_endpoints(&cluster, "web").contains(&lost.ip)).then_some(()),
     )
     .unwrap();
     let left_out = lost_at.elapsed();
@@ -350,7 +332,7 @@ fn a_lost_node_is_left_out_and_cleaned_up() {
         Duration::from_secs(60),
         || {
             let pods = web_pods(&cluster);
-            (pods.iter().filter(|p| p.1 == "node1" && p.3).count() == 2).then_some(())
+            (pods.iter().filter(|p| p.node == "node1" && p.ready).count() == 2).then_some(())
         },
     )
     .map(|()| lost_at.elapsed())

@@ -91,25 +91,33 @@ spec:
     )
 }
 
-/// The web pods still meant to run: (name, node, ready).
-pub fn web_pods(cluster: &ClusterLab) -> Vec<(String, String, bool)> {
-    let Ok(pods) = cluster.kubectl_json(&["get", "pods", "-l", "app=web", "-o", "json"]) else {
-        return Vec::new();
-    };
-    pods["items"]
+/// A web pod still meant to run (not terminating).
+#[derive(Clone, Debug)]
+pub struct WebPod {
+    pub name: String,
+    pub node: String,
+    pub ip: String,
+    pub ready: bool,
+}
+
+/// The web pods still meant to run.
+pub fn web_pods(cluster: &ClusterLab) -> anyhow::Result<Vec<WebPod>> {
+    let pods = cluster.kubectl_json(&["get", "pods", "-l", "app=web", "-o", "json"])?;
+    Ok(pods["items"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .map(|p| {
             let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-            (
-                text(&p["metadata"]["name"]),
-                text(&p["spec"]["nodeName"]),
-                is_ready(p),
-            )
+            WebPod {
+                name: text(&p["metadata"]["name"]),
+                node: text(&p["spec"]["nodeName"]),
+                ip: text(&p["status"]["podIP"]),
+                ready: is_ready(p),
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// Starts the web pods, the policy and the loops on `node`, and waits until every loop has
@@ -118,12 +126,12 @@ pub fn start(cluster: &ClusterLab, node: &str) -> anyhow::Result<()> {
     cluster.apply(WEB)?;
     cluster.apply(POLICY)?;
     wait("two web pods ready", Duration::from_secs(120), || {
-        let pods = web_pods(cluster);
-        (pods.len() == 2 && pods.iter().all(|p| p.2)).then_some(())
+        let pods = web_pods(cluster).unwrap_or_default();
+        (pods.len() == 2 && pods.iter().all(|p| p.ready)).then_some(())
     })?;
-    let pods = web_pods(cluster);
+    let pods = web_pods(cluster)?;
     anyhow::ensure!(
-        pods[0].1 != pods[1].1,
+        pods[0].node != pods[1].node,
         "the web pods are not spread over both nodes: {pods:?}"
     );
     let service = cluster.kubectl_json(&["get", "service", "web", "-o", "json"])?;

@@ -141,8 +141,8 @@ impl Suite {
         if nodes.lines().skip(1).any(|l| l.contains("NotReady")) {
             return Some(format!("a node is not Ready:\n{nodes}"));
         }
-        let web = data_plane::web_pods(&self.cluster);
-        if web.len() != 2 || !web.iter().all(|p| p.2) {
+        let web = data_plane::web_pods(&self.cluster).unwrap_or_default();
+        if web.len() != 2 || !web.iter().all(|p| p.ready) {
             return Some(format!("web pods not ready: {web:?}"));
         }
         if data_plane::log(&self.cluster, "by-ip").is_err() {
@@ -353,8 +353,9 @@ async fn steps(suite: &mut Suite, timing: Timing) -> anyhow::Result<Vec<Outcome>
                 s.cluster.lose_node(1)?;
                 // Held until its web pod is replaced on node1.
                 crate::cluster::wait("node2's web pod replaced on node1", WHOLE_BOUND, || {
-                    let pods = data_plane::web_pods(&s.cluster);
-                    (pods.iter().filter(|p| p.1 == "node1" && p.2).count() == 2).then_some(())
+                    let pods = data_plane::web_pods(&s.cluster).unwrap_or_default();
+                    (pods.iter().filter(|p| p.node == "node1" && p.ready).count() == 2)
+                        .then_some(())
                 })?;
                 Ok(Box::new(|s: &mut Suite| s.cluster.restore_node(1)))
             })
