@@ -3,7 +3,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
     time::Duration,
 };
 
@@ -13,7 +12,7 @@ use rcgen::{
 };
 use serde_json::Value;
 
-use super::process::Process;
+use super::{load::trusting, process::Process};
 
 /// A CA and the certificates it signs, as PEM files in a folder.
 struct Certificates {
@@ -80,6 +79,8 @@ pub struct Etcd {
     certificates: Certificates,
     /// The control planes' client certificate and key.
     client: (PathBuf, PathBuf),
+    /// Asks the members for `/health` as a control plane, built once for every probe.
+    health: reqwest::Client,
 }
 
 impl Etcd {
@@ -144,10 +145,12 @@ impl Etcd {
             });
         }
         let client = certificates.issue("apiary", false)?;
+        let health = Self::health_client(&certificates, &client)?;
         Ok(Self {
             members,
             certificates,
             client,
+            health,
         })
     }
 
@@ -166,22 +169,15 @@ impl Etcd {
     }
 
     /// A client that presents the control planes' certificate, for etcd's `/health`.
-    pub fn health_client(&self) -> anyhow::Result<reqwest::Client> {
-        let mut roots = rustls::RootCertStore::empty();
-        let ca = std::fs::read(self.certificates.ca())?;
-        for cert in rustls_pemfile::certs(&mut &ca[..]) {
-            roots.add(cert?)?;
-        }
-        let certs = rustls_pemfile::certs(&mut &std::fs::read(&self.client.0)?[..])
+    fn health_client(
+        certificates: &Certificates,
+        client: &(PathBuf, PathBuf),
+    ) -> anyhow::Result<reqwest::Client> {
+        let certs = rustls_pemfile::certs(&mut &std::fs::read(&client.0)?[..])
             .collect::<Result<Vec<_>, _>>()?;
-        let key = rustls_pemfile::private_key(&mut &std::fs::read(&self.client.1)?[..])?
+        let key = rustls_pemfile::private_key(&mut &std::fs::read(&client.1)?[..])?
             .ok_or_else(|| anyhow::anyhow!("no key in the client key file"))?;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)?;
+        let tls = trusting(&certificates.ca())?.with_client_auth_cert(certs, key)?;
         Ok(reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(Duration::from_secs(2))
@@ -189,11 +185,11 @@ impl Etcd {
     }
 
     /// Members that answer `/health` with `true` (they are in a quorum).
-    pub async fn healthy(&self, client: &reqwest::Client) -> usize {
+    pub async fn healthy(&self) -> usize {
         let mut healthy = 0;
         for member in &self.members {
             let url = format!("https://127.0.0.1:{}/health", member.client);
-            let Ok(response) = client.get(url).send().await else {
+            let Ok(response) = self.health.get(url).send().await else {
                 continue;
             };
             let body: Value = response.json().await.unwrap_or(Value::Null);

@@ -47,9 +47,8 @@ impl Ha {
     /// it is whole. The first control plane logs to `first_log`.
     pub async fn start(dir: &Path, flags: &[&str], first_log: PathBuf) -> anyhow::Result<Self> {
         let etcd = Etcd::start(&dir.join("etcd"), 3, ETCD_PORTS)?;
-        let health = etcd.health_client()?;
         let since = Instant::now();
-        while etcd.healthy(&health).await < 3 {
+        while etcd.healthy().await < 3 {
             anyhow::ensure!(
                 since.elapsed() < Duration::from_secs(60),
                 "etcd did not come up"
@@ -141,10 +140,7 @@ impl Ha {
 
     /// What is not whole: a member not healthy, a control plane not ready, or no leader.
     pub async fn broken_part(&self) -> Option<String> {
-        let healthy = match self.etcd.health_client() {
-            Ok(health) => self.etcd.healthy(&health).await,
-            Err(e) => return Some(format!("etcd's health client: {e:#}")),
-        };
+        let healthy = self.etcd.healthy().await;
         if healthy < self.etcd.members.len() {
             return Some(format!("{healthy} etcd members healthy"));
         }

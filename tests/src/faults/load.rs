@@ -26,17 +26,7 @@ pub struct Api {
 impl Api {
     /// From a control plane's `pki/` (its `ca.crt` and `admin.token`).
     pub fn new(pki: &Path) -> anyhow::Result<Self> {
-        let ca = std::fs::read(pki.join("ca.crt"))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut &ca[..]) {
-            roots.add(cert?)?;
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = trusting(&pki.join("ca.crt"))?.with_no_client_auth();
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(Duration::from_secs(5))
@@ -120,6 +110,22 @@ impl Api {
             .filter(|name| !present.contains(*name))
             .count()
     }
+}
+
+/// A TLS client configuration that trusts only the CA in the PEM file `ca`.
+pub fn trusting(
+    ca: &Path,
+) -> anyhow::Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>> {
+    let ca = std::fs::read(ca)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &ca[..]) {
+        roots.add(cert?)?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots))
 }
 
 /// The controllers' Lease as [`Api::lease`] read it.
