@@ -273,6 +273,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     api.admission = apiserver::admission::Plugins::all();
     let api = Arc::new(api);
     tokio::spawn(metrics::store::count_objects(Arc::clone(&api)));
+    // Filled before the first delete needs it.
+    api.dependency_graph.start(&api.store);
     // The leader lease lives in kube-system: create it first.
     apiserver::bootstrap(&api)
         .await

@@ -10,7 +10,7 @@ use super::{
     Api,
     objects::{self, Result},
     path::Target,
-    resources::ResourceType,
+    resources::{ResourceType, StorageKeys as _},
 };
 
 /// Where a delete left the object.
@@ -109,7 +109,11 @@ async fn delete_in_foreground(
     Ok(())
 }
 
-/// The objects whose `ownerReferences` name `owner`.
+/// How long a deletion waits for the dependency graph to have seen it before it lists instead.
+const GRAPH_WAIT: Duration = Duration::from_secs(10);
+
+/// The objects whose `ownerReferences` name `owner`: looked up in the dependency graph, each
+/// read again to confirm it (the graph may trail the store); listed when the graph is not there.
 async fn dependents(
     api: &Arc<Api>,
     owner_type: &ResourceType,
@@ -118,20 +122,91 @@ async fn dependents(
     let Some(uid) = owner["metadata"]["uid"].as_str() else {
         return Ok(Vec::new());
     };
+    // A namespaced owner owns only objects of its namespace.
     let namespace = owner_type.namespaced.then(|| {
         owner["metadata"]["namespace"]
             .as_str()
             .unwrap_or_default()
             .to_owned()
     });
+    // The owner's own write (its deletion or its marking) is the revision the graph must reach:
+    // every dependent created before it is in the graph from there on.
+    let revision = owner["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0);
+    let Some(mut keys) = api
+        .dependency_graph
+        .dependents(&api.store, uid, revision, GRAPH_WAIT)
+        .await
+    else {
+        tracing::debug!(
+            uid,
+            "the dependency graph is behind; listing for dependents"
+        );
+        return listed_dependents(api, uid, namespace).await;
+    };
+    keys.sort();
+    let resources = listable(api);
     let mut found = Vec::new();
-    // Reviews are never stored: nothing to list.
-    for resource in api
-        .resources
+    for key in keys {
+        let Some((resource, key_namespace, name)) = locate(&resources, &key) else {
+            continue;
+        };
+        if namespace.is_some() && key_namespace != namespace.as_deref() {
+            continue;
+        }
+        match objects::get(api, resource, key_namespace, name).await {
+            Ok(dependent) if names_owner(&dependent, uid) => found.push((resource, dependent)),
+            Ok(_) => {}
+            Err(e) if e.reason == "NotFound" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(found)
+}
+
+/// Reviews are never stored: nothing to list or get.
+fn listable(api: &Api) -> Vec<&'static ResourceType> {
+    api.resources
         .all()
         .into_iter()
         .filter(|r| r.verbs.contains(&"list"))
-    {
+        .collect()
+}
+
+/// The type, namespace and name a storage key holds (the first type whose keys it has, as
+/// versions of one type share their keys).
+fn locate<'k>(
+    resources: &[&'static ResourceType],
+    key: &'k str,
+) -> Option<(&'static ResourceType, Option<&'k str>, &'k str)> {
+    resources.iter().find_map(|&resource| {
+        let rest = key.strip_prefix(resource.key_prefix().as_str())?;
+        match rest.split_once('/') {
+            Some((namespace, name)) if resource.namespaced => {
+                Some((resource, Some(namespace), name))
+            }
+            None if !resource.namespaced => Some((resource, None, rest)),
+            _ => None,
+        }
+    })
+}
+
+fn names_owner(object: &Value, uid: &str) -> bool {
+    object["metadata"]["ownerReferences"]
+        .as_array()
+        .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)))
+}
+
+/// The dependents of `uid` found by listing every listable resource (of `namespace`).
+async fn listed_dependents(
+    api: &Arc<Api>,
+    uid: &str,
+    namespace: Option<String>,
+) -> Result<Vec<(&'static ResourceType, Value)>> {
+    let mut found = Vec::new();
+    for resource in listable(api) {
         if namespace.is_some() && !resource.namespaced {
             continue;
         }
@@ -143,10 +218,7 @@ async fn dependents(
         };
         let listing = objects::list(api, &target, &Default::default()).await?;
         for dependent in listing["items"].as_array().into_iter().flatten() {
-            let owned_by_it = dependent["metadata"]["ownerReferences"]
-                .as_array()
-                .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)));
-            if owned_by_it {
+            if names_owner(dependent, uid) {
                 found.push((resource, dependent.clone()));
             }
         }
@@ -205,4 +277,119 @@ async fn collect_dependents(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::eventually;
+
+    fn target(api: &Api, plural: &str, namespace: Option<&str>) -> Target {
+        Target {
+            resource: api.resources.get("", "v1", plural).unwrap(),
+            namespace: namespace.map(str::to_owned),
+            name: None,
+            subresource: None,
+        }
+    }
+
+    async fn exists(api: &Api, plural: &str, namespace: Option<&str>, name: &str) -> bool {
+        let resource = api.resources.get("", "v1", plural).unwrap();
+        objects::get(api, resource, namespace, name).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn dependents_are_found_in_the_graph_and_only_in_the_owners_namespace() {
+        let (_dir, api) = crate::testing::api().await;
+        let api = Arc::new(api);
+        for ns in ["a", "b"] {
+            let namespace =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            objects::create(&api, &target(&api, "namespaces", None), namespace)
+                .await
+                .unwrap();
+        }
+        let owner = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner"}});
+        let owner = objects::create(&api, &target(&api, "configmaps", Some("a")), owner)
+            .await
+            .unwrap();
+        let reference = json!([{
+            "apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+            "uid": owner["metadata"]["uid"],
+        }]);
+        // Written right before the owner's deletion: the graph must have them all the same.
+        for (ns, name) in [("a", "d1"), ("a", "d2"), ("b", "elsewhere")] {
+            let dependent = json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "ownerReferences": reference},
+            });
+            objects::create(&api, &target(&api, "secrets", Some(ns)), dependent)
+                .await
+                .unwrap();
+        }
+        let unrelated = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "free"}});
+        objects::create(&api, &target(&api, "secrets", Some("a")), unrelated)
+            .await
+            .unwrap();
+
+        objects::delete(
+            &api,
+            &target(&api, "configmaps", Some("a")),
+            "owner",
+            &json!({}),
+        )
+        .await
+        .unwrap();
+        eventually("the owner's dependents to go", || async {
+            !exists(&api, "secrets", Some("a"), "d1").await
+                && !exists(&api, "secrets", Some("a"), "d2").await
+        })
+        .await;
+        // A namespaced owner owns nothing in another namespace, and nothing unnamed.
+        assert!(exists(&api, "secrets", Some("b"), "elsewhere").await);
+        assert!(exists(&api, "secrets", Some("a"), "free").await);
+    }
+
+    #[tokio::test]
+    async fn graph_lookups_agree_with_listing() {
+        let (_dir, api) = crate::testing::api().await;
+        let api = Arc::new(api);
+        let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}});
+        let node = objects::create(&api, &target(&api, "nodes", None), node)
+            .await
+            .unwrap();
+        let uid = node["metadata"]["uid"].as_str().unwrap();
+        // A cluster-scoped owner owns namespaced dependents anywhere.
+        for ns in ["default", "kube-system"] {
+            let namespace =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            objects::create(&api, &target(&api, "namespaces", None), namespace)
+                .await
+                .unwrap();
+            let dependent = json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "of-n1", "ownerReferences": [{
+                    "apiVersion": "v1", "kind": "Node", "name": "n1", "uid": uid,
+                }]},
+            });
+            objects::create(&api, &target(&api, "configmaps", Some(ns)), dependent)
+                .await
+                .unwrap();
+        }
+        let names = |found: Vec<(&'static ResourceType, Value)>| {
+            let mut names: Vec<String> = found
+                .iter()
+                .map(|(_, o)| format!("{}/{}", o["metadata"]["namespace"], o["metadata"]["name"]))
+                .collect();
+            names.sort();
+            names
+        };
+        let node_type = api.resources.get("", "v1", "nodes").unwrap();
+        let from_graph = names(dependents(&api, node_type, &node).await.unwrap());
+        let listed = names(listed_dependents(&api, uid, None).await.unwrap());
+        assert_eq!(from_graph.len(), 2, "{from_graph:?}");
+        assert_eq!(from_graph, listed);
+    }
 }

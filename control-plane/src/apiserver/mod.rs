@@ -13,6 +13,7 @@ pub mod custom_resources;
 pub mod decoded;
 pub mod defaults;
 pub mod deletion;
+pub mod dependency_graph;
 pub mod discovery;
 pub mod error;
 pub mod fanout;
@@ -83,6 +84,8 @@ pub struct Api {
     /// What the node agents' resource metrics say (`metrics.k8s.io`), kept by
     /// [`resource_metrics::scrape::run`].
     pub resource_metrics: resource_metrics::ResourceMetrics,
+    /// Owner uid → dependents, for the garbage collection that follows a delete.
+    pub dependency_graph: dependency_graph::DependencyGraph,
 }
 
 impl std::fmt::Debug for Api {
@@ -115,6 +118,7 @@ impl Api {
             webhooks: admission::webhooks::Webhooks::default(),
             policies: admission::policies::Policies::default(),
             resource_metrics: resource_metrics::ResourceMetrics::default(),
+            dependency_graph: dependency_graph::DependencyGraph::default(),
         }
     }
 }
