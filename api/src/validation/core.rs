@@ -278,7 +278,11 @@ fn check_weight(weight: i32, path: &str, errs: &mut ErrorList) {
     }
 }
 
-fn validate_node_selector_term(term: &NodeSelectorTerm, path: &str, errs: &mut ErrorList) {
+pub(crate) fn validate_node_selector_term(
+    term: &NodeSelectorTerm,
+    path: &str,
+    errs: &mut ErrorList,
+) {
     let check = |r: &NodeSelectorRequirement, p: String, errs: &mut ErrorList| {
         match r.operator.as_str() {
             "In" | "NotIn" if r.values.is_empty() => errs.push(
