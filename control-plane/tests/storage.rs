@@ -1,0 +1,670 @@
+//! Storage through the real kubectl: PersistentVolumes, claims and StorageClasses as Kubernetes
+//! serves them (validation, defaults, tables), the storage admission plugins, the built-in
+//! `local-path` class, and the PV controller binding static volumes.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{ControlPlane, wait_for};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn apply(cp: &ControlPlane, yaml: &str) -> String {
+    cp.kubectl_stdin(&["apply", "-f", "-"], yaml).success()
+}
+
+fn get(cp: &ControlPlane, what: &[&str]) -> Value {
+    let mut args = vec!["get"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["-o", "json"]);
+    cp.kubectl_json(&args)
+}
+
+fn phase(cp: &ControlPlane, what: &[&str]) -> String {
+    get(cp, what)["status"]["phase"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn wait_phase(cp: &ControlPlane, what: &[&str], wanted: &str) -> Value {
+    wait_for(&format!("{what:?} {wanted}"), WAIT, || {
+        let object = get(cp, what);
+        (object["status"]["phase"] == wanted).then_some(object)
+    })
+}
+
+#[test]
+fn storage_resources_are_discovered_and_explained() {
+    let cp = ControlPlane::start();
+    let out = cp.kubectl(&["api-resources"]).success();
+    for line in [
+        r"persistentvolumeclaims\s+pvc\s+v1\s+true\s+PersistentVolumeClaim",
+        r"persistentvolumes\s+pv\s+v1\s+false\s+PersistentVolume",
+        r"storageclasses\s+sc\s+storage.k8s.io/v1\s+false\s+StorageClass",
+        r"csidrivers\s+storage.k8s.io/v1\s+false\s+CSIDriver",
+        r"csinodes\s+storage.k8s.io/v1\s+false\s+CSINode",
+        r"csistoragecapacities\s+storage.k8s.io/v1\s+true\s+CSIStorageCapacity",
+        r"volumeattachments\s+storage.k8s.io/v1\s+false\s+VolumeAttachment",
+    ] {
+        let re = regex::Regex::new(line).unwrap();
+        assert!(re.is_match(&out), "{line} in {out}");
+    }
+    let explain = cp.kubectl(&["explain", "pvc.spec"]).success();
+    assert!(explain.contains("storageClassName"), "{explain}");
+    assert!(explain.contains("accessModes"), "{explain}");
+    let explain = cp.kubectl(&["explain", "sc.volumeBindingMode"]).success();
+    assert!(explain.contains("VolumeBindingImmediate"), "{explain}");
+}
+
+#[test]
+fn the_local_path_class_is_the_default_and_kept_across_restarts() {
+    let mut cp = ControlPlane::start();
+    let out = cp.kubectl(&["get", "sc"]).success();
+    let re = regex::Regex::new(concat!(
+        r"(?m)^NAME\s+PROVISIONER\s+RECLAIMPOLICY\s+VOLUMEBINDINGMODE\s+ALLOWVOLUMEEXPANSION\s+AGE\n",
+        r"local-path \(default\)\s+local.csi.apiary.dev\s+Delete\s+WaitForFirstConsumer\s+true\s+\S+$",
+    ))
+    .unwrap();
+    assert!(re.is_match(&out), "{out}");
+    let driver = get(&cp, &["csidriver", "local.csi.apiary.dev"]);
+    assert_eq!(driver["spec"]["storageCapacity"], true);
+    assert_eq!(driver["spec"]["attachRequired"], false);
+
+    // A user's edit survives a restart (created only when missing, never overwritten)...
+    cp.kubectl(&["label", "sc", "local-path", "edited=yes"])
+        .success();
+    // ...and a class of their own made default keeps the default after local-path is
+    // deleted and comes back.
+    apply(
+        &cp,
+        r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: mine
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: example.com/mine
+"#,
+    );
+    cp.restart_with(&[]);
+    assert_eq!(
+        get(&cp, &["sc", "local-path"])["metadata"]["labels"]["edited"],
+        "yes"
+    );
+    cp.kubectl(&["delete", "sc", "local-path"]).success();
+    cp.restart_with(&[]);
+    let back = get(&cp, &["sc", "local-path"]);
+    assert!(
+        back["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"].is_null(),
+        "{back}"
+    );
+    let out = cp.kubectl(&["get", "sc"]).success();
+    assert!(out.contains("mine (default)"), "{out}");
+}
+
+#[test]
+fn storage_class_defaults_and_immutable_fields() {
+    let cp = ControlPlane::start();
+    apply(
+        &cp,
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: fast}\nprovisioner: example.com/fast\nparameters: {tier: gold}\n",
+    );
+    let sc = get(&cp, &["sc", "fast"]);
+    assert_eq!(sc["reclaimPolicy"], "Delete");
+    assert_eq!(sc["volumeBindingMode"], "Immediate");
+    let out = cp
+        .kubectl(&[
+            "patch", "sc", "fast", "--type=merge", "-p",
+            r#"{"provisioner":"example.com/other","parameters":{"tier":"silver"},"volumeBindingMode":"WaitForFirstConsumer"}"#,
+        ])
+        .failure();
+    for message in [
+        "provisioner: Forbidden: updates to provisioner are forbidden.",
+        "parameters: Forbidden: updates to parameters are forbidden.",
+        "volumeBindingMode: Invalid value: \"WaitForFirstConsumer\": field is immutable",
+    ] {
+        assert!(out.contains(message), "{message} in {out}");
+    }
+    let out = cp
+        .kubectl_stdin(
+            &["create", "-f", "-"],
+            "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: bad}\nprovisioner: \"\"\nreclaimPolicy: Recycle\nvolumeBindingMode: Later\n",
+        )
+        .failure();
+    for message in [
+        "provisioner: Required value",
+        "reclaimPolicy: Unsupported value: \"Recycle\": supported values: \"Delete\", \"Retain\"",
+        "volumeBindingMode: Unsupported value: \"Later\": supported values: \"Immediate\", \"WaitForFirstConsumer\"",
+    ] {
+        assert!(out.contains(message), "{message} in {out}");
+    }
+}
+
+#[test]
+fn claims_and_volumes_are_validated_as_kubernetes_validates_them() {
+    let cp = ControlPlane::start();
+    let out = cp
+        .kubectl_stdin(
+            &["create", "-f", "-"],
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: c}\nspec: {volumeMode: Disk}\n",
+        )
+        .failure();
+    for message in [
+        "PersistentVolumeClaim \"c\" is invalid",
+        "spec.accessModes: Required value: at least 1 access mode is required",
+        "spec.resources[storage]: Required value",
+        "spec.volumeMode: Unsupported value: \"Disk\": supported values: \"Block\", \"Filesystem\"",
+    ] {
+        assert!(out.contains(message), "{message} in {out}");
+    }
+    let out = cp
+        .kubectl_stdin(
+            &["create", "-f", "-"],
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: c}\nspec:\n  accessModes: [ReadWriteSometimes]\n  resources: {requests: {storage: \"0\"}}\n",
+        )
+        .failure();
+    for message in [
+        "spec.accessModes: Unsupported value: \"ReadWriteSometimes\": supported values: \"ReadOnlyMany\", \"ReadWriteMany\", \"ReadWriteOnce\", \"ReadWriteOncePod\"",
+        "spec.resources[storage]: Invalid value: \"0\": must be greater than zero",
+    ] {
+        assert!(out.contains(message), "{message} in {out}");
+    }
+    let out = cp
+        .kubectl_stdin(
+            &["create", "-f", "-"],
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: v}\nspec:\n  capacity: {storage: 1Gi}\n  persistentVolumeReclaimPolicy: Keep\n",
+        )
+        .failure();
+    for message in [
+        "spec.accessModes: Required value",
+        "spec.persistentVolumeReclaimPolicy: Unsupported value: \"Keep\": supported values: \"Delete\", \"Recycle\", \"Retain\"",
+        "spec: Required value: must specify a volume type",
+    ] {
+        assert!(out.contains(message), "{message} in {out}");
+    }
+    let out = cp
+        .kubectl_stdin(
+            &["create", "-f", "-"],
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: v}\nspec:\n  accessModes: [ReadWriteOnce]\n  capacity: {storage: 1Gi}\n  hostPath: {path: /a}\n  local: {path: /b}\n",
+        )
+        .failure();
+    for message in [
+        "spec.local: Forbidden: may not specify more than 1 volume type",
+        "spec.nodeAffinity: Required value: Local volume requires node affinity",
+    ] {
+        assert!(out.contains(message), "{message} in {out}");
+    }
+}
+
+#[test]
+fn volumes_and_claims_are_defaulted_protected_and_shown_as_kubectl_shows_them() {
+    let cp = ControlPlane::start();
+    apply(
+        &cp,
+        r#"
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: vol}
+spec:
+  accessModes: [ReadWriteOnce, ReadOnlyMany]
+  capacity: {storage: 2Gi}
+  hostPath: {path: /tmp/vol}
+  storageClassName: manual
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+"#,
+    );
+    let pv = get(&cp, &["pv", "vol"]);
+    assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+    assert_eq!(pv["spec"]["volumeMode"], "Filesystem");
+    assert_eq!(
+        pv["metadata"]["finalizers"],
+        serde_json::json!(["kubernetes.io/pv-protection"])
+    );
+    assert!(pv["status"]["lastPhaseTransitionTime"].is_string(), "{pv}");
+    let pvc = get(&cp, &["pvc", "data"]);
+    assert_eq!(
+        pvc["spec"]["storageClassName"], "local-path",
+        "DefaultStorageClass"
+    );
+    assert_eq!(pvc["spec"]["volumeMode"], "Filesystem");
+    assert_eq!(pvc["status"]["phase"], "Pending");
+    assert_eq!(
+        pvc["metadata"]["finalizers"],
+        serde_json::json!(["kubernetes.io/pvc-protection"])
+    );
+
+    // An explicit "" is a choice of no class: left alone.
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: none}\nspec:\n  storageClassName: \"\"\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    );
+    assert_eq!(get(&cp, &["pvc", "none"])["spec"]["storageClassName"], "");
+
+    let out = cp.kubectl(&["get", "pv"]).success();
+    let re = regex::Regex::new(
+        r"(?m)^NAME\s+CAPACITY\s+ACCESS MODES\s+RECLAIM POLICY\s+STATUS\s+CLAIM\s+STORAGECLASS\s+VOLUMEATTRIBUTESCLASS\s+REASON\s+AGE\nvol\s+2Gi\s+RWO,ROX\s+Retain\s+Available\s+manual\s+<unset>\s+\S+$",
+    )
+    .unwrap();
+    wait_for("the volume Available in the table", WAIT, || {
+        re.is_match(&cp.kubectl(&["get", "pv"]).success())
+            .then_some(())
+    });
+    let _ = out;
+    let out = cp.kubectl(&["get", "pvc", "data"]).success();
+    let re = regex::Regex::new(
+        r"(?m)^NAME\s+STATUS\s+VOLUME\s+CAPACITY\s+ACCESS MODES\s+STORAGECLASS\s+VOLUMEATTRIBUTESCLASS\s+AGE\ndata\s+Pending\s+local-path\s+<unset>\s+\S+$",
+    )
+    .unwrap();
+    assert!(re.is_match(&out), "{out}");
+    let out = cp.kubectl(&["get", "pv,pvc,sc"]).success();
+    for kind in [
+        "persistentvolume/vol",
+        "persistentvolumeclaim/data",
+        "storageclass.storage.k8s.io/local-path",
+    ] {
+        assert!(out.contains(kind), "{kind} in {out}");
+    }
+    let out = cp
+        .kubectl(&["get", "pvc", "--field-selector", "name=data", "-o", "name"])
+        .success();
+    assert_eq!(out.trim(), "persistentvolumeclaim/data");
+}
+
+#[test]
+fn the_newest_default_class_wins() {
+    let cp = ControlPlane::start();
+    std::thread::sleep(Duration::from_millis(1100)); // a later creationTimestamp than local-path's
+    apply(
+        &cp,
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: newer\n  annotations: {storageclass.kubernetes.io/is-default-class: \"true\"}\nprovisioner: example.com/newer\n",
+    );
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: c}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    );
+    assert_eq!(get(&cp, &["pvc", "c"])["spec"]["storageClassName"], "newer");
+}
+
+fn events_of(cp: &ControlPlane, kind: &str, name: &str) -> String {
+    cp.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.kind={kind},involvedObject.name={name}"),
+        "-o",
+        "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message",
+    ])
+    .success()
+}
+
+fn wait_event(cp: &ControlPlane, kind: &str, name: &str, wanted: &str) -> String {
+    wait_for(&format!("event {wanted:?} on {kind} {name}"), WAIT, || {
+        let events = events_of(cp, kind, name);
+        events.contains(wanted).then_some(events)
+    })
+}
+
+const STATIC_VOLUMES: &str = r#"
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv-small, labels: {tier: slow}}
+spec:
+  accessModes: [ReadWriteOnce]
+  capacity: {storage: 1Gi}
+  hostPath: {path: /tmp/pv-small}
+  storageClassName: manual
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv-big, labels: {tier: fast}}
+spec:
+  accessModes: [ReadWriteOnce, ReadWriteMany]
+  capacity: {storage: 5Gi}
+  hostPath: {path: /tmp/pv-big}
+  storageClassName: manual
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: pv-named}
+spec:
+  accessModes: [ReadWriteOnce]
+  capacity: {storage: 3Gi}
+  hostPath: {path: /tmp/pv-named}
+  storageClassName: manual
+"#;
+
+fn claim(name: &str, size: &str, modes: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}}}\nspec:\n  storageClassName: manual\n  accessModes: [{modes}]\n  resources: {{requests: {{storage: {size}}}}}\n{extra}"
+    )
+}
+
+#[test]
+fn static_volumes_bind_by_size_modes_selector_and_name() {
+    let cp = ControlPlane::start();
+    apply(&cp, STATIC_VOLUMES);
+    for pv in ["pv-small", "pv-big", "pv-named"] {
+        wait_phase(&cp, &["pv", pv], "Available");
+    }
+    // A named volume that does not satisfy the claim is refused with why.
+    apply(
+        &cp,
+        &claim(
+            "too-big",
+            "10Gi",
+            "ReadWriteOnce",
+            "  volumeName: pv-named\n",
+        ),
+    );
+    wait_event(
+        &cp,
+        "PersistentVolumeClaim",
+        "too-big",
+        "Cannot bind to requested volume \"pv-named\": requested PV is too small",
+    );
+    // volumeName first, so the size rule cannot take pv-named.
+    apply(
+        &cp,
+        &claim(
+            "by-name",
+            "2Gi",
+            "ReadWriteOnce",
+            "  volumeName: pv-named\n",
+        ),
+    );
+    let bound = wait_phase(&cp, &["pvc", "by-name"], "Bound");
+    assert_eq!(bound["spec"]["volumeName"], "pv-named");
+    assert_eq!(
+        bound["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"],
+        "yes"
+    );
+    assert!(
+        bound["metadata"]["annotations"]["pv.kubernetes.io/bound-by-controller"].is_null(),
+        "the user named the volume: {bound}"
+    );
+    assert_eq!(bound["status"]["capacity"]["storage"], "3Gi");
+
+    // The smallest that fits and offers the modes.
+    apply(&cp, &claim("small", "500Mi", "ReadWriteOnce", ""));
+    let bound = wait_phase(&cp, &["pvc", "small"], "Bound");
+    assert_eq!(bound["spec"]["volumeName"], "pv-small");
+    assert_eq!(
+        bound["status"]["accessModes"],
+        serde_json::json!(["ReadWriteOnce"])
+    );
+    assert_eq!(bound["status"]["capacity"]["storage"], "1Gi");
+    assert_eq!(
+        bound["metadata"]["annotations"]["pv.kubernetes.io/bound-by-controller"],
+        "yes"
+    );
+    let pv = wait_phase(&cp, &["pv", "pv-small"], "Bound");
+    assert_eq!(pv["spec"]["claimRef"]["name"], "small");
+    assert_eq!(pv["spec"]["claimRef"]["namespace"], "default");
+    assert_eq!(pv["spec"]["claimRef"]["uid"], bound["metadata"]["uid"]);
+    assert_eq!(
+        pv["metadata"]["annotations"]["pv.kubernetes.io/bound-by-controller"],
+        "yes"
+    );
+    let out = cp.kubectl(&["get", "pvc", "small"]).success();
+    let re =
+        regex::Regex::new(r"(?m)^small\s+Bound\s+pv-small\s+1Gi\s+RWO\s+manual\s+<unset>\s+\S+$")
+            .unwrap();
+    assert!(re.is_match(&out), "{out}");
+    let out = cp.kubectl(&["get", "pv", "pv-small"]).success();
+    let re = regex::Regex::new(
+        r"(?m)^pv-small\s+1Gi\s+RWO\s+Retain\s+Bound\s+default/small\s+manual\s+<unset>\s+\S+$",
+    )
+    .unwrap();
+    assert!(re.is_match(&out), "{out}");
+
+    // Modes nothing small offers, and a selector.
+    apply(
+        &cp,
+        &claim(
+            "shared",
+            "1Gi",
+            "ReadWriteMany",
+            "  selector: {matchLabels: {tier: fast}}\n",
+        ),
+    );
+    assert_eq!(
+        wait_phase(&cp, &["pvc", "shared"], "Bound")["spec"]["volumeName"],
+        "pv-big"
+    );
+
+    // Nothing left that fits: Pending, and told so when there is no class to provision from.
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: none}\nspec:\n  storageClassName: \"\"\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    );
+    wait_event(
+        &cp,
+        "PersistentVolumeClaim",
+        "none",
+        "FailedBinding   no persistent volumes available for this claim and no storage class is set",
+    );
+    assert_eq!(get(&cp, &["pvc", "none"])["status"]["phase"], "Pending");
+
+    assert_eq!(phase(&cp, &["pvc", "too-big"]), "Pending");
+}
+
+#[test]
+fn a_deleted_claim_releases_a_retained_volume_and_recycle_fails() {
+    let cp = ControlPlane::start();
+    apply(&cp, STATIC_VOLUMES);
+    apply(&cp, &claim("data", "1Gi", "ReadWriteOnce", ""));
+    wait_phase(&cp, &["pvc", "data"], "Bound");
+    cp.kubectl(&["delete", "pvc", "data", "--wait=true", "--timeout=30s"])
+        .success();
+    let pv = wait_phase(&cp, &["pv", "pv-small"], "Released");
+    assert_eq!(
+        pv["spec"]["claimRef"]["name"], "data",
+        "a released volume keeps its claimRef"
+    );
+    // A new claim does not take a Released volume.
+    apply(
+        &cp,
+        &claim(
+            "again",
+            "1Gi",
+            "ReadWriteOnce",
+            "  selector: {matchLabels: {tier: slow}}\n",
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(phase(&cp, &["pvc", "again"]), "Pending");
+    // A bound volume is kept by its finalizer; a released one goes.
+    cp.kubectl(&["delete", "pv", "pv-small", "--wait=true", "--timeout=30s"])
+        .success();
+
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: recycled}\nspec:\n  accessModes: [ReadWriteOnce]\n  capacity: {storage: 1Gi}\n  hostPath: {path: /tmp/r}\n  storageClassName: recycle\n  persistentVolumeReclaimPolicy: Recycle\n",
+    );
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: r}\nspec:\n  storageClassName: recycle\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    );
+    wait_phase(&cp, &["pvc", "r"], "Bound");
+    cp.kubectl(&["delete", "pvc", "r"]).success();
+    let pv = wait_phase(&cp, &["pv", "recycled"], "Failed");
+    assert_eq!(
+        pv["status"]["message"],
+        "No recycler plugin found for the volume!"
+    );
+    wait_event(
+        &cp,
+        "PersistentVolume",
+        "recycled",
+        "VolumeFailedRecycle   No recycler plugin found for the volume!",
+    );
+}
+
+#[test]
+fn a_bound_volume_is_kept_until_its_claim_goes() {
+    let cp = ControlPlane::start();
+    apply(&cp, STATIC_VOLUMES);
+    apply(&cp, &claim("data", "1Gi", "ReadWriteOnce", ""));
+    wait_phase(&cp, &["pvc", "data"], "Bound");
+    cp.kubectl(&["delete", "pv", "pv-small", "--wait=false"])
+        .success();
+    std::thread::sleep(Duration::from_secs(2));
+    let pv = get(&cp, &["pv", "pv-small"]);
+    assert!(pv["metadata"]["deletionTimestamp"].is_string(), "{pv}");
+    let out = cp.kubectl(&["get", "pv", "pv-small"]).success();
+    assert!(out.contains("Terminating"), "{out}");
+    cp.kubectl(&["delete", "pvc", "data", "--wait=true", "--timeout=30s"])
+        .success();
+    wait_for("the volume gone", WAIT, || {
+        (!cp.kubectl(&["get", "pv", "pv-small"]).ok()).then_some(())
+    });
+}
+
+#[test]
+fn a_claim_in_use_by_a_pod_stays_terminating_until_the_pod_is_gone() {
+    let cp = ControlPlane::start();
+    apply(&cp, STATIC_VOLUMES);
+    apply(&cp, &claim("data", "1Gi", "ReadWriteOnce", ""));
+    wait_phase(&cp, &["pvc", "data"], "Bound");
+    // A pod bound to a node by hand (no scheduler needed) that uses the claim.
+    apply(
+        &cp,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: user}
+spec:
+  nodeName: somewhere
+  containers: [{name: c, image: busybox}]
+  volumes: [{name: d, persistentVolumeClaim: {claimName: data}}]
+"#,
+    );
+    cp.kubectl(&["delete", "pvc", "data", "--wait=false"])
+        .success();
+    std::thread::sleep(Duration::from_secs(2));
+    let out = cp.kubectl(&["get", "pvc", "data"]).success();
+    assert!(out.contains("Terminating"), "{out}");
+    let pvc = get(&cp, &["pvc", "data"]);
+    assert_eq!(
+        pvc["metadata"]["finalizers"],
+        serde_json::json!(["kubernetes.io/pvc-protection"])
+    );
+    // The pod finishing lets it go (here: deleted outright, no agent to wait for).
+    cp.kubectl(&["delete", "pod", "user", "--grace-period=0", "--force"])
+        .success();
+    wait_for("the claim gone", WAIT, || {
+        (!cp.kubectl(&["get", "pvc", "data"]).ok()).then_some(())
+    });
+    wait_phase(&cp, &["pv", "pv-small"], "Released");
+}
+
+#[test]
+fn claims_of_a_provisioner_class_are_handed_to_it() {
+    let cp = ControlPlane::start();
+    apply(
+        &cp,
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: now}\nprovisioner: example.com/now\nreclaimPolicy: Delete\n",
+    );
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: now}\nspec:\n  storageClassName: now\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    );
+    let claim = wait_for("the provisioner annotation", WAIT, || {
+        let c = get(&cp, &["pvc", "now"]);
+        c["metadata"]["annotations"]["volume.kubernetes.io/storage-provisioner"]
+            .is_string()
+            .then_some(c)
+    });
+    let annotations = &claim["metadata"]["annotations"];
+    assert_eq!(
+        annotations["volume.kubernetes.io/storage-provisioner"],
+        "example.com/now"
+    );
+    assert_eq!(
+        annotations["volume.beta.kubernetes.io/storage-provisioner"],
+        "example.com/now"
+    );
+    wait_event(
+        &cp,
+        "PersistentVolumeClaim",
+        "now",
+        "ExternalProvisioning   Waiting for a volume to be created either by the external provisioner 'example.com/now' or manually by the system administrator.",
+    );
+
+    // The provisioner's part, as the node agent will play it: a volume naming the claim.
+    let uid = claim["metadata"]["uid"].as_str().unwrap();
+    apply(
+        &cp,
+        &format!(
+            r#"
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: pvc-{uid}
+  annotations: {{pv.kubernetes.io/provisioned-by: example.com/now}}
+spec:
+  accessModes: [ReadWriteOnce]
+  capacity: {{storage: 1Gi}}
+  persistentVolumeReclaimPolicy: Delete
+  storageClassName: now
+  claimRef: {{namespace: default, name: now, uid: {uid}}}
+  csi: {{driver: example.com, volumeHandle: "{uid}"}}
+"#
+        ),
+    );
+    let bound = wait_phase(&cp, &["pvc", "now"], "Bound");
+    assert_eq!(bound["spec"]["volumeName"], format!("pvc-{uid}"));
+    // Delete reclaim of a provisioned volume is the provisioner's: Released, not Failed.
+    cp.kubectl(&["delete", "pvc", "now"]).success();
+    let pv = wait_phase(&cp, &["pv", &format!("pvc-{uid}")], "Released");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        phase(&cp, &["pv", &format!("pvc-{uid}")]),
+        "Released",
+        "{pv}"
+    );
+
+    // WaitForFirstConsumer: nothing until a node is selected; a missing class is reported.
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: later}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    );
+    wait_event(
+        &cp,
+        "PersistentVolumeClaim",
+        "later",
+        "WaitForFirstConsumer   waiting for first consumer to be created before binding",
+    );
+    assert!(get(&cp, &["pvc", "later"])["metadata"]["annotations"]["volume.kubernetes.io/storage-provisioner"].is_null());
+    cp.kubectl(&[
+        "annotate",
+        "pvc",
+        "later",
+        "volume.kubernetes.io/selected-node=n1",
+    ])
+    .success();
+    wait_for("local-path asked to provision", WAIT, || {
+        (get(&cp, &["pvc", "later"])["metadata"]["annotations"]["volume.kubernetes.io/storage-provisioner"]
+            == "local.csi.apiary.dev")
+            .then_some(())
+    });
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: ghost}\nspec:\n  storageClassName: ghost\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    );
+    wait_event(
+        &cp,
+        "PersistentVolumeClaim",
+        "ghost",
+        "ProvisioningFailed   storageclass.storage.k8s.io \"ghost\" not found",
+    );
+}
