@@ -668,3 +668,313 @@ spec:
         "ProvisioningFailed   storageclass.storage.k8s.io \"ghost\" not found",
     );
 }
+
+#[test]
+fn a_bound_claim_grows_only_when_its_class_allows_it() {
+    let cp = ControlPlane::start();
+    apply(
+        &cp,
+        r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: grows}
+provisioner: example.com/grows
+allowVolumeExpansion: true
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: grows}
+spec:
+  accessModes: [ReadWriteOnce]
+  capacity: {storage: 1Gi}
+  csi: {driver: example.com, volumeHandle: grows}
+  storageClassName: grows
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: grows}
+spec:
+  storageClassName: grows
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+"#,
+    );
+    apply(&cp, STATIC_VOLUMES);
+    apply(&cp, &claim("fixed", "1Gi", "ReadWriteOnce", ""));
+    apply(&cp, &claim("pending", "100Gi", "ReadWriteOnce", ""));
+    wait_phase(&cp, &["pvc", "grows"], "Bound");
+    wait_phase(&cp, &["pvc", "fixed"], "Bound");
+    let grow = |name: &str, size: &str| {
+        cp.kubectl(&[
+            "patch",
+            "pvc",
+            name,
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"resources":{{"requests":{{"storage":"{size}"}}}}}}}}"#),
+        ])
+    };
+    grow("grows", "2Gi").success();
+    assert_eq!(
+        get(&cp, &["pvc", "grows"])["spec"]["resources"]["requests"]["storage"],
+        "2Gi"
+    );
+    let out = grow("fixed", "2Gi").failure();
+    assert!(
+        out.contains(
+            "persistentvolumeclaims \"fixed\" is forbidden: only dynamically provisioned pvc can be \
+             resized and the storageclass that provisions the pvc must support resize"
+        ),
+        "{out}"
+    );
+    let out = grow("grows", "500Mi").failure();
+    assert!(
+        out.contains(
+            "spec.resources.requests.storage: Forbidden: field can not be less than status.capacity"
+        ),
+        "{out}"
+    );
+    let out = grow("pending", "200Gi").failure();
+    assert!(
+        out.contains("spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"),
+        "{out}"
+    );
+    let out = cp
+        .kubectl(&[
+            "patch",
+            "pvc",
+            "grows",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"accessModes":["ReadWriteMany"]}}"#,
+        ])
+        .failure();
+    assert!(
+        out.contains("spec: Forbidden: spec is immutable after creation"),
+        "{out}"
+    );
+}
+
+const STATEFUL_SET: &str = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  replicas: 2
+  podManagementPolicy: Parallel
+  serviceName: web
+  selector: {matchLabels: {app: web}}
+  persistentVolumeClaimRetentionPolicy: {whenDeleted: WHEN_DELETED, whenScaled: WHEN_SCALED}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: c
+        image: busybox
+        volumeMounts: [{name: data, mountPath: /data}]
+  volumeClaimTemplates:
+  - metadata: {name: data, labels: {kind: data}}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Gi}}
+"#;
+
+fn stateful_set(when_deleted: &str, when_scaled: &str) -> String {
+    STATEFUL_SET
+        .replace("WHEN_DELETED", when_deleted)
+        .replace("WHEN_SCALED", when_scaled)
+}
+
+fn exists(cp: &ControlPlane, what: &[&str]) -> bool {
+    let mut args = vec!["get"];
+    args.extend_from_slice(what);
+    cp.kubectl(&args).ok()
+}
+
+#[test]
+fn a_stateful_set_keeps_one_claim_per_ordinal_across_pod_deletion() {
+    let cp = ControlPlane::start();
+    apply(&cp, &stateful_set("Retain", "Retain"));
+    let sts = get(&cp, &["sts", "web"]);
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["spec"]["volumeMode"],
+        "Filesystem"
+    );
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["status"]["phase"],
+        "Pending"
+    );
+    for ordinal in [0, 1] {
+        let pod = wait_for(&format!("pod web-{ordinal}"), WAIT, || {
+            let out = cp
+                .kubectl(&["get", "pod", &format!("web-{ordinal}"), "-o", "json"])
+                .output()?;
+            serde_json::from_str::<Value>(&out).ok()
+        });
+        let volumes = &pod["spec"]["volumes"];
+        assert_eq!(volumes[0]["name"], "data", "{volumes}");
+        assert_eq!(
+            volumes[0]["persistentVolumeClaim"]["claimName"],
+            format!("data-web-{ordinal}")
+        );
+        let claim = get(&cp, &["pvc", &format!("data-web-{ordinal}")]);
+        assert_eq!(
+            claim["metadata"]["labels"]["app"], "web",
+            "the set's selector"
+        );
+        assert_eq!(
+            claim["metadata"]["labels"]["kind"], "data",
+            "the template's"
+        );
+        assert_eq!(claim["spec"]["storageClassName"], "local-path");
+        assert!(
+            claim["metadata"]["ownerReferences"].is_null(),
+            "Retain: {claim}"
+        );
+    }
+    wait_event(
+        &cp,
+        "StatefulSet",
+        "web",
+        "create Claim data-web-0 Pod web-0 in StatefulSet web success",
+    );
+    let uid = get(&cp, &["pvc", "data-web-0"])["metadata"]["uid"].clone();
+    let pod_uid = get(&cp, &["pod", "web-0"])["metadata"]["uid"].clone();
+    cp.kubectl(&["delete", "pod", "web-0", "--wait=true", "--timeout=30s"])
+        .success();
+    wait_for("web-0 recreated", WAIT, || {
+        let out = cp
+            .kubectl(&["get", "pod", "web-0", "-o", "json"])
+            .output()?;
+        let pod: Value = serde_json::from_str(&out).ok()?;
+        (pod["metadata"]["uid"] != pod_uid).then_some(())
+    });
+    assert_eq!(
+        get(&cp, &["pvc", "data-web-0"])["metadata"]["uid"],
+        uid,
+        "the same claim"
+    );
+
+    // Scaling down and deleting the set keep the claims under Retain.
+    cp.kubectl(&["scale", "sts", "web", "--replicas=1"])
+        .success();
+    wait_for("web-1 gone", WAIT, || {
+        (!exists(&cp, &["pod", "web-1"])).then_some(())
+    });
+    cp.kubectl(&["delete", "sts", "web", "--wait=true", "--timeout=30s"])
+        .success();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(exists(&cp, &["pvc", "data-web-0"]));
+    assert!(exists(&cp, &["pvc", "data-web-1"]));
+}
+
+#[test]
+fn the_retention_policy_deletes_claims_with_the_set_or_when_scaled_down() {
+    let cp = ControlPlane::start();
+    apply(&cp, &stateful_set("Delete", "Delete"));
+    let set_uid = get(&cp, &["sts", "web"])["metadata"]["uid"].clone();
+    for ordinal in [0, 1] {
+        let claim = wait_for(
+            &format!("data-web-{ordinal} owned by the set"),
+            WAIT,
+            || {
+                let out = cp
+                    .kubectl(&["get", "pvc", &format!("data-web-{ordinal}"), "-o", "json"])
+                    .output()?;
+                let claim: Value = serde_json::from_str(&out).ok()?;
+                (claim["metadata"]["ownerReferences"][0]["uid"] == set_uid).then_some(claim)
+            },
+        );
+        assert_eq!(
+            claim["metadata"]["ownerReferences"][0]["kind"],
+            "StatefulSet"
+        );
+    }
+    // whenScaled: the condemned pod owns its claim, which goes with it.
+    cp.kubectl(&["scale", "sts", "web", "--replicas=1"])
+        .success();
+    wait_for("data-web-1 gone with web-1", WAIT, || {
+        (!exists(&cp, &["pvc", "data-web-1"]) && !exists(&cp, &["pod", "web-1"])).then_some(())
+    });
+    assert!(exists(&cp, &["pvc", "data-web-0"]));
+    // whenDeleted: the set's claims go with it.
+    cp.kubectl(&["delete", "sts", "web"]).success();
+    wait_for("data-web-0 gone with the set", WAIT, || {
+        (!exists(&cp, &["pvc", "data-web-0"])).then_some(())
+    });
+
+    let out = cp
+        .kubectl_stdin(&["create", "-f", "-"], &stateful_set("Keep", "Retain"))
+        .failure();
+    assert!(
+        out.contains("spec.persistentVolumeClaimRetentionPolicy.whenDeleted: Unsupported value: \"Keep\": supported values: \"Delete\", \"Retain\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_ephemeral_volume_gets_a_claim_owned_by_its_pod() {
+    let cp = ControlPlane::start();
+    let pod = |name: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  containers: [{{name: c, image: busybox, volumeMounts: [{{name: scratch, mountPath: /scratch}}]}}]
+  volumes:
+  - name: scratch
+    ephemeral:
+      volumeClaimTemplate:
+        metadata: {{labels: {{type: scratch}}}}
+        spec:
+          accessModes: [ReadWriteOnce]
+          resources: {{requests: {{storage: 1Gi}}}}
+"#
+        )
+    };
+    apply(&cp, &pod("job"));
+    let pod_uid = get(&cp, &["pod", "job"])["metadata"]["uid"].clone();
+    let claim = wait_for("the ephemeral claim", WAIT, || {
+        let out = cp
+            .kubectl(&["get", "pvc", "job-scratch", "-o", "json"])
+            .output()?;
+        serde_json::from_str::<Value>(&out).ok()
+    });
+    let owner = &claim["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "Pod");
+    assert_eq!(owner["uid"], pod_uid);
+    assert_eq!(owner["controller"], true);
+    assert_eq!(claim["metadata"]["labels"]["type"], "scratch");
+    assert_eq!(claim["spec"]["storageClassName"], "local-path");
+    cp.kubectl(&["delete", "pod", "job", "--wait=true", "--timeout=30s"])
+        .success();
+    wait_for("the claim gone with its pod", WAIT, || {
+        (!exists(&cp, &["pvc", "job-scratch"])).then_some(())
+    });
+
+    // A claim of that name the pod does not own is not its.
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: other-scratch}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    );
+    apply(&cp, &pod("other"));
+    wait_event(
+        &cp,
+        "Pod",
+        "other",
+        "PVC default/other-scratch was not created for pod default/other (pod is not owner)",
+    );
+
+    let out = cp
+        .kubectl_stdin(
+            &["create", "-f", "-"],
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: bad}\nspec:\n  containers: [{name: c, image: busybox}]\n  volumes: [{name: s, ephemeral: {volumeClaimTemplate: {spec: {resources: {requests: {storage: 1Gi}}}}}}]\n",
+        )
+        .failure();
+    assert!(
+        out.contains("spec.volumes[0].ephemeral.volumeClaimTemplate.spec.accessModes: Required value: at least 1 access mode is required"),
+        "{out}"
+    );
+}

@@ -459,6 +459,27 @@ fn validate_volumes<'a>(
         if let Some(c) = &v.persistent_volume_claim {
             required(true, "persistentVolumeClaim.claimName", &c.claim_name);
         }
+        if let Some(e) = &v.ephemeral {
+            let template = &e["volumeClaimTemplate"];
+            let tp = format!("{p}.ephemeral.volumeClaimTemplate");
+            if template.is_object() {
+                match crate::meta::from_json::<crate::core_v1::PersistentVolumeClaimSpec>(
+                    template["spec"].clone(),
+                ) {
+                    Ok(spec) => errs.extend(super::validate_claim_template_spec(
+                        &spec,
+                        &format!("{tp}.spec"),
+                    )),
+                    Err(err) => errs.push(FieldError::invalid(
+                        format!("{tp}.spec"),
+                        super::BadValue::Omitted,
+                        err.to_string(),
+                    )),
+                }
+            } else {
+                errs.push(FieldError::required(tp));
+            }
+        }
         if let Some(c) = &v.config_map {
             check_file_mode(errs, &format!("{p}.configMap.defaultMode"), c.default_mode);
             for (j, item) in c.items.iter().enumerate() {

@@ -29,6 +29,7 @@
 //!   releases and reclaims volumes.
 //! - [`pvc_protection`], [`pv_protection`]: the finalizers that keep a claim a pod uses, and a
 //!   bound volume.
+//! - [`ephemeral`]: the claims of pods' generic ephemeral volumes.
 
 pub mod bootstrap_signer;
 pub mod clusterrole_aggregation;
@@ -39,6 +40,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpoints_mirror;
+pub mod ephemeral;
 pub mod horizontal;
 pub mod identity;
 pub mod job;
@@ -128,6 +130,7 @@ pub async fn run(
         persistentvolume::run(Arc::clone(&api), rx.clone()),
         pvc_protection::run(Arc::clone(&api), rx.clone()),
         pv_protection::run(Arc::clone(&api), rx.clone()),
+        ephemeral::run(Arc::clone(&api), rx.clone()),
         {
             let (api, rx) = (Arc::clone(&api), rx.clone());
             async move {
