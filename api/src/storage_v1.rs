@@ -1,6 +1,36 @@
 //! `storage.k8s.io/v1`: StorageClass, CSIDriver, CSINode, CSIStorageCapacity and
 //! VolumeAttachment, and the names of Apiary's built-in local-path CSI driver, which the
 //! control plane (its default StorageClass) and the node agent (the driver) share.
+//!
+//! # The local-path contract
+//!
+//! The control plane creates (when missing) the CSIDriver [`LOCAL_PATH_DRIVER`]
+//! (`attachRequired: false`, `storageCapacity: true`) and the default StorageClass
+//! [`LOCAL_PATH_CLASS`] (`WaitForFirstConsumer`, `Delete`, `allowVolumeExpansion`). Each node
+//! agent plays the external-provisioner, external-resizer and capacity publisher for its own
+//! node, as `system:node:<name>` (the `system:apiary:local-path-provisioner` ClusterRole):
+//!
+//! - It labels its Node `LOCAL_PATH_TOPOLOGY_KEY=<node name>` and keeps a CSINode `<node>`
+//!   whose driver entry has `nodeID: <node>` and `topologyKeys: [LOCAL_PATH_TOPOLOGY_KEY]`.
+//! - It publishes one CSIStorageCapacity per class of the driver, in `kube-system`, named
+//!   `local-path-<node>` for the `local-path` class (`<class>-<node>` for others), labelled
+//!   `csi.storage.k8s.io/drivername: local.csi.apiary.dev` and
+//!   `csi.storage.k8s.io/managed-by: <node>`, with `storageClassName`, `capacity` (free bytes
+//!   of `--volume-dir`), and `nodeTopology.matchLabels: {LOCAL_PATH_TOPOLOGY_KEY: <node>}`.
+//! - It provisions the claims annotated `volume.kubernetes.io/storage-provisioner:
+//!   local.csi.apiary.dev` **and** `volume.kubernetes.io/selected-node: <its node>`: it creates
+//!   the PersistentVolume `pvc-<claim uid>` with `pv.kubernetes.io/provisioned-by:
+//!   local.csi.apiary.dev`, `spec.claimRef` (the claim's namespace, name and uid), the
+//!   claim's access modes and volume mode, `capacity.storage` = the request, the class's
+//!   `reclaimPolicy` and `mountOptions`, `storageClassName`, `csi: {driver, volumeHandle:
+//!   pvc-<uid>, fsType?}` and `nodeAffinity.required` on `LOCAL_PATH_TOPOLOGY_KEY In
+//!   [<node>]`. The PV controller binds it. When it cannot (not enough room), it records a
+//!   `ProvisioningFailed` event and removes `selected-node` so that the scheduler picks again.
+//! - On a `Released` PV it provisioned with `persistentVolumeReclaimPolicy: Delete`, it
+//!   removes the directory and then deletes the PV (the PV controller leaves that to it).
+//! - Expansion: a bound claim's `spec.resources.requests.storage` growing (admission allows
+//!   it for `allowVolumeExpansion` classes) is applied to the quota and written back to the
+//!   PV's `capacity` and the claim's `status.capacity`.
 
 use std::collections::BTreeMap;
 

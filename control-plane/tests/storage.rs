@@ -1190,3 +1190,196 @@ spec:
             .is_null()
     );
 }
+
+#[test]
+fn a_claim_made_before_any_default_class_gets_it_later_and_a_claim_whose_volume_goes_is_lost() {
+    let cp = ControlPlane::start();
+    cp.kubectl(&["delete", "sc", "local-path"]).success();
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: early}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    );
+    assert!(get(&cp, &["pvc", "early"])["spec"]["storageClassName"].is_null());
+    wait_event(
+        &cp,
+        "PersistentVolumeClaim",
+        "early",
+        "no persistent volumes available for this claim and no storage class is set",
+    );
+    apply(
+        &cp,
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: late\n  annotations: {storageclass.kubernetes.io/is-default-class: \"true\"}\nprovisioner: example.com/late\n",
+    );
+    wait_for("the default class assigned", WAIT, || {
+        (get(&cp, &["pvc", "early"])["spec"]["storageClassName"] == "late").then_some(())
+    });
+
+    apply(&cp, STATIC_VOLUMES);
+    apply(&cp, &claim("data", "1Gi", "ReadWriteOnce", ""));
+    wait_phase(&cp, &["pvc", "data"], "Bound");
+    // The volume removed from under the claim (its protection lifted by hand).
+    cp.kubectl(&[
+        "patch",
+        "pv",
+        "pv-small",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ])
+    .success();
+    cp.kubectl(&["delete", "pv", "pv-small"]).success();
+    wait_phase(&cp, &["pvc", "data"], "Lost");
+    wait_event(
+        &cp,
+        "PersistentVolumeClaim",
+        "data",
+        "ClaimLost   Bound claim has lost its PersistentVolume. Data on the volume is lost!",
+    );
+}
+
+#[test]
+fn available_local_volumes_are_bound_where_the_pod_goes_under_wait_for_first_consumer() {
+    let cp = ControlPlane::start();
+    register_node(&cp, "n1");
+    register_node(&cp, "n2");
+    let local = |name: &str, node: &str| {
+        format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {name}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  capacity: {{storage: 1Gi}}\n  storageClassName: local-static\n  local: {{path: /mnt/disk}}\n  nodeAffinity:\n    required:\n      nodeSelectorTerms:\n      - matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{node}]}}]\n"
+        )
+    };
+    apply(
+        &cp,
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: local-static}\nprovisioner: kubernetes.io/no-provisioner\nvolumeBindingMode: WaitForFirstConsumer\n",
+    );
+    apply(&cp, &local("disk-n1", "n1"));
+    apply(&cp, &local("disk-n2", "n2"));
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec:\n  storageClassName: local-static\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    );
+    wait_event(
+        &cp,
+        "PersistentVolumeClaim",
+        "data",
+        "waiting for first consumer to be created before binding",
+    );
+    apply(
+        &cp,
+        &pod_using(
+            "db",
+            "data",
+            "  nodeSelector: {kubernetes.io/hostname: n2}\n",
+        ),
+    );
+    assert_eq!(wait_scheduled(&cp, "db"), "n2");
+    let claim = wait_phase(&cp, &["pvc", "data"], "Bound");
+    assert_eq!(claim["spec"]["volumeName"], "disk-n2");
+    assert_eq!(phase(&cp, &["pv", "disk-n1"]), "Available");
+
+    // No volume left on n2 and nothing to provision with: the next claim's pod cannot go there.
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: more}\nspec:\n  storageClassName: local-static\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    );
+    apply(
+        &cp,
+        &pod_using(
+            "db2",
+            "more",
+            "  nodeSelector: {kubernetes.io/hostname: n2}\n",
+        ),
+    );
+    wait_unschedulable(
+        &cp,
+        "db2",
+        "0/2 nodes are available: 1 node(s) didn't find available persistent volumes to bind, 1 node(s) didn't match Pod's node affinity/selector.",
+    );
+}
+
+fn can_i(cp: &ControlPlane, who: &[&str], what: &[&str]) -> bool {
+    let mut args = vec!["auth", "can-i"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(who);
+    let (_, out) = cp.kubectl(&args).outcome();
+    out.trim().starts_with("yes")
+}
+
+#[test]
+fn nodes_may_provision_and_publish_capacity_and_users_get_what_their_roles_say() {
+    let cp = ControlPlane::start();
+    let node = ["--as", "system:node:n1", "--as-group", "system:nodes"];
+    for what in [
+        &["create", "persistentvolumes"][..],
+        &["delete", "persistentvolumes"],
+        &["list", "persistentvolumeclaims", "--all-namespaces"],
+        &["update", "persistentvolumeclaims/status", "-n", "default"],
+        &[
+            "create",
+            "csistoragecapacities.storage.k8s.io",
+            "-n",
+            "kube-system",
+        ],
+        &[
+            "update",
+            "csistoragecapacities.storage.k8s.io",
+            "-n",
+            "kube-system",
+        ],
+        &["list", "storageclasses.storage.k8s.io"],
+        &["get", "csidrivers.storage.k8s.io"],
+        &["create", "csinodes.storage.k8s.io"],
+    ] {
+        assert!(can_i(&cp, &node, what), "a node may {what:?}");
+    }
+    for what in [
+        &["create", "storageclasses.storage.k8s.io"][..],
+        &["delete", "persistentvolumeclaims", "-n", "default"],
+        &["delete", "csidrivers.storage.k8s.io"],
+    ] {
+        assert!(!can_i(&cp, &node, what), "a node may not {what:?}");
+    }
+    cp.kubectl(&["create", "namespace", "dev"]).success();
+    cp.kubectl(&[
+        "create",
+        "rolebinding",
+        "v",
+        "--clusterrole=view",
+        "--user=viewer",
+        "-n",
+        "dev",
+    ])
+    .success();
+    cp.kubectl(&[
+        "create",
+        "rolebinding",
+        "e",
+        "--clusterrole=edit",
+        "--user=editor",
+        "-n",
+        "dev",
+    ])
+    .success();
+    let viewer = ["--as", "viewer"];
+    let editor = ["--as", "editor"];
+    assert!(can_i(
+        &cp,
+        &viewer,
+        &["get", "persistentvolumeclaims", "-n", "dev"]
+    ));
+    assert!(!can_i(
+        &cp,
+        &viewer,
+        &["create", "persistentvolumeclaims", "-n", "dev"]
+    ));
+    assert!(can_i(
+        &cp,
+        &editor,
+        &["create", "persistentvolumeclaims", "-n", "dev"]
+    ));
+    assert!(!can_i(&cp, &editor, &["create", "persistentvolumes"]));
+    let out = cp.kubectl(&["get", "pv", "--as", "stranger"]).failure();
+    assert!(
+        out.contains("persistentvolumes is forbidden: User \"stranger\" cannot list resource \"persistentvolumes\" in API group \"\" at the cluster scope"),
+        "{out}"
+    );
+}

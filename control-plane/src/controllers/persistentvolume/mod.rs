@@ -14,6 +14,8 @@
 //!   `volume.kubernetes.io/storage-provisioner` annotations (`ExternalProvisioning`): the
 //!   provisioner (the node agent, for `local-path`) creates a volume whose `claimRef` names the
 //!   claim, and the next sync binds them. A claim without a class waits (`FailedBinding`).
+//! - A claim that names no class at all gets the default class once there is one
+//!   (retroactive default StorageClass assignment).
 //! - A bound claim whose volume is gone or bound elsewhere is `Lost`.
 //! - A volume becomes `Available` without a claim, `Bound` with its claim's, and `Released`
 //!   once its claim is gone; then its reclaim policy applies: `Retain` keeps it `Released`,
@@ -84,6 +86,17 @@ pub async fn run(api: Arc<Api>, shutdown: watch::Receiver<bool>) {
         let (cache, queue, claims) = (volumes.clone(), Arc::clone(&queue), claims.clone());
         move |volume: &Value| {
             queue.add(cache.key_of(volume));
+            // Its claim settles (or is lost, when the volume is gone).
+            let claim_ref = &volume["spec"]["claimRef"];
+            if let (Some(ns), Some(name)) =
+                (claim_ref["namespace"].as_str(), claim_ref["name"].as_str())
+            {
+                queue.add(ObjectRef {
+                    resource: "persistentvolumeclaims".to_owned(),
+                    namespace: ns.to_owned(),
+                    name: name.to_owned(),
+                });
+            }
             // Pending claims may take it now (Kubernetes waits for the periodic resync).
             for claim in claims.all() {
                 if claim["status"]["phase"] != "Bound" {
@@ -97,8 +110,9 @@ pub async fn run(api: Arc<Api>, shutdown: watch::Receiver<bool>) {
         move |class: &Value| {
             let name = class["metadata"]["name"].as_str().unwrap_or_default();
             for claim in claims.all() {
-                if claim["status"]["phase"] != "Bound" && claim["spec"]["storageClassName"] == name
-                {
+                // Its claims, and claims of no class (which may get a new default).
+                let class = &claim["spec"]["storageClassName"];
+                if claim["status"]["phase"] != "Bound" && (class == name || class.is_null()) {
                     queue.add(claims.key_of(&claim));
                 }
             }
@@ -324,6 +338,22 @@ impl PersistentVolumes {
             return Ok(Action::Done);
         };
         if claim.spec.volume_name.is_empty() {
+            // Retroactive default StorageClass assignment (GA in 1.28): a claim made before
+            // any class was the default gets the default now.
+            if !claim.has_class() {
+                let classes: Vec<StorageClass> = self
+                    .classes
+                    .all()
+                    .iter()
+                    .filter_map(|c| decode(c))
+                    .collect();
+                if let Some(default) = apiary_api::storage_v1::default_class(&classes) {
+                    let mut updated = claim_json.clone();
+                    updated["spec"]["storageClassName"] = json!(default.metadata.name);
+                    self.write(self.claims.resource(), updated, None).await?;
+                    return Ok(Action::Done);
+                }
+            }
             let class = self.class(claim.class());
             let delay = !claim.metadata.annotations.contains_key(ANN_SELECTED_NODE)
                 && class
