@@ -1383,3 +1383,112 @@ fn nodes_may_provision_and_publish_capacity_and_users_get_what_their_roles_say()
         "{out}"
     );
 }
+
+/// The local-path driver's writes are a node's own only: written from the attacker's side.
+#[test]
+fn a_node_writes_only_its_own_volumes_capacities_claims_and_csinode() {
+    let cp = ControlPlane::start();
+    let as_node = |node: &str, args: &[&str], stdin: Option<&str>| {
+        let user = format!("system:node:{node}");
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--as", &user, "--as-group", "system:nodes"]);
+        match stdin {
+            Some(s) => cp.kubectl_stdin(&all, s),
+            None => cp.kubectl(&all),
+        }
+    };
+    let capacity = |node: &str| {
+        format!(
+            "apiVersion: storage.k8s.io/v1\nkind: CSIStorageCapacity\nmetadata: {{name: local-path-{node}, namespace: kube-system}}\nstorageClassName: local-path\ncapacity: 10Gi\nnodeTopology: {{matchLabels: {{topology.local.csi.apiary.dev/node: {node}}}}}\n"
+        )
+    };
+    as_node("n1", &["create", "-f", "-"], Some(&capacity("n1"))).success();
+    let out = as_node("n1", &["create", "-f", "-"], Some(&capacity("n2"))).failure();
+    assert!(
+        out.contains(
+            "node \"n1\" can only write csistoragecapacities whose nodeTopology selects only itself"
+        ),
+        "{out}"
+    );
+    let out = as_node(
+        "n1",
+        &["create", "-f", "-"],
+        Some("apiVersion: storage.k8s.io/v1\nkind: CSINode\nmetadata: {name: n2}\nspec: {drivers: []}\n"),
+    )
+    .failure();
+    assert!(
+        out.contains("can only access CSINode with the same name as the requesting node"),
+        "{out}"
+    );
+
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\n  annotations: {volume.kubernetes.io/selected-node: n1}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    );
+    let uid = get(&cp, &["pvc", "data"])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let volume = |name: &str, node: &str, claim: &str| {
+        format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {name}\n  annotations: {{pv.kubernetes.io/provisioned-by: local.csi.apiary.dev}}\nspec:\n  accessModes: [ReadWriteOnce]\n  capacity: {{storage: 1Gi}}\n  persistentVolumeReclaimPolicy: Delete\n  storageClassName: local-path\n  claimRef: {{namespace: default, name: {claim}, uid: {uid}}}\n  csi: {{driver: local.csi.apiary.dev, volumeHandle: {name}}}\n  nodeAffinity:\n    required:\n      nodeSelectorTerms:\n      - matchExpressions: [{{key: topology.local.csi.apiary.dev/node, operator: In, values: [{node}]}}]\n"
+        )
+    };
+    let out = as_node(
+        "n2",
+        &["create", "-f", "-"],
+        Some(&volume("stolen", "n1", "data")),
+    )
+    .failure();
+    assert!(
+        out.contains(
+            "node \"n2\" can only write persistentvolumes whose nodeAffinity requires itself"
+        ),
+        "{out}"
+    );
+    let out = as_node(
+        "n2",
+        &["create", "-f", "-"],
+        Some(&volume("hijack", "n2", "data")),
+    )
+    .failure();
+    assert!(
+        out.contains(
+            "node \"n2\" can only provision persistentvolumes for claims selected for itself"
+        ),
+        "{out}"
+    );
+    as_node(
+        "n1",
+        &["create", "-f", "-"],
+        Some(&volume(&format!("pvc-{uid}"), "n1", "data")),
+    )
+    .success();
+    wait_phase(&cp, &["pvc", "data"], "Bound");
+    let pv = format!("pvc-{uid}");
+    let out = as_node("n2", &["delete", "pv", &pv], None).failure();
+    assert!(
+        out.contains("can only write persistentvolumes whose nodeAffinity requires itself"),
+        "{out}"
+    );
+    let out = as_node("n2", &["annotate", "pvc", "data", "x=y"], None).failure();
+    assert!(
+        out.contains("node \"n2\" can only write persistentvolumeclaims selected for itself"),
+        "{out}"
+    );
+    as_node("n1", &["annotate", "pvc", "data", "x=y"], None).success();
+    // Moving its own volume to another node is refused too.
+    let out = as_node(
+        "n1",
+        &["patch", "pv", &pv, "--type=merge", "-p",
+          r#"{"spec":{"nodeAffinity":{"required":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"topology.local.csi.apiary.dev/node","operator":"In","values":["n2"]}]}]}}}}"#],
+        None,
+    )
+    .failure();
+    assert!(
+        out.contains(
+            "node \"n1\" can only write persistentvolumes whose nodeAffinity requires itself"
+        ),
+        "{out}"
+    );
+}
