@@ -28,6 +28,11 @@
 //!   `ProvisioningFailed` event and removes `selected-node` so that the scheduler picks again.
 //! - On a `Released` PV it provisioned with `persistentVolumeReclaimPolicy: Delete`, it
 //!   removes the directory and then deletes the PV (the PV controller leaves that to it).
+//! - NodeRestriction holds it to this: a node may set the topology label only to its own
+//!   name, and write only its own CSINode, PVs whose every node-affinity term requires
+//!   `LOCAL_PATH_TOPOLOGY_KEY In [<node>]` (created only for claims selected for it),
+//!   CSIStorageCapacities whose `nodeTopology` is exactly `matchLabels: {KEY: <node>}`, and
+//!   claims selected for it.
 //! - Expansion: a bound claim's `spec.resources.requests.storage` growing (admission allows
 //!   it for `allowVolumeExpansion` classes) is applied to the quota and written back to the
 //!   PV's `capacity` and the claim's `status.capacity`.

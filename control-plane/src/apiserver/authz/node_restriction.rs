@@ -292,6 +292,15 @@ pub fn admit_node(node: &str, new: &Value, old: Option<&Value>) -> Result<(), Ap
             refused.join(", ")
         )));
     }
+    // The local-path topology label names the node itself: another node's name would draw
+    // that node's volumes' pods (and its capacity's claims) here.
+    let topology = &after.get(apiary_api::storage_v1::LOCAL_PATH_TOPOLOGY_KEY);
+    if topology.is_some_and(|v| v != node) {
+        return Err(forbidden(format!(
+            "node {node:?} may only set the label {} to its own name",
+            apiary_api::storage_v1::LOCAL_PATH_TOPOLOGY_KEY
+        )));
+    }
     if let Some(old) = old
         && old["spec"]["taints"] != new["spec"]["taints"]
     {
@@ -381,6 +390,20 @@ fn forbidden(why: impl std::fmt::Display) -> ApiError {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_node_may_not_take_another_nodes_local_path_topology() {
+        let node = |value: &str| {
+            json!({"metadata": {"name": "n1", "labels": {
+                apiary_api::storage_v1::LOCAL_PATH_TOPOLOGY_KEY: value}}})
+        };
+        assert!(admit_node("n1", &node("n1"), None).is_ok());
+        let e = admit_node("n1", &node("n2"), Some(&node("n1"))).unwrap_err();
+        assert_eq!(
+            e.message,
+            "node \"n1\" may only set the label topology.local.csi.apiary.dev/node to its own name"
+        );
+    }
 
     #[test]
     fn a_node_may_not_label_itself_to_attract_workloads_nor_drop_its_taints() {
