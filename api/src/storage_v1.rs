@@ -33,9 +33,11 @@
 //!   `LOCAL_PATH_TOPOLOGY_KEY In [<node>]` (created only for claims selected for it),
 //!   CSIStorageCapacities whose `nodeTopology` is exactly `matchLabels: {KEY: <node>}`, and
 //!   claims selected for it.
-//! - Expansion: a bound claim's `spec.resources.requests.storage` growing (admission allows
-//!   it for `allowVolumeExpansion` classes) is applied to the quota and written back to the
-//!   PV's `capacity` and the claim's `status.capacity`.
+//! - Expansion: a bound claim whose `spec.resources.requests.storage` grew (admission allows
+//!   it for `allowVolumeExpansion` classes) past `status.capacity` is annotated
+//!   `volume.kubernetes.io/storage-resizer: local.csi.apiary.dev` by the control plane (the
+//!   external-resizer's cue); the agent of the volume's node applies it to the quota and
+//!   writes the new size to the PV's `capacity` and the claim's `status.capacity`.
 
 use std::collections::BTreeMap;
 

@@ -719,6 +719,18 @@ spec:
         get(&cp, &["pvc", "grows"])["spec"]["resources"]["requests"]["storage"],
         "2Gi"
     );
+    // Handed to the volume's CSI driver, which grows it.
+    wait_for("the resizer named", WAIT, || {
+        (get(&cp, &["pvc", "grows"])["metadata"]["annotations"]["volume.kubernetes.io/storage-resizer"]
+            == "example.com")
+            .then_some(())
+    });
+    wait_event(
+        &cp,
+        "PersistentVolumeClaim",
+        "grows",
+        "ExternalExpanding   waiting for an external controller to expand this PVC",
+    );
     let out = grow("fixed", "2Gi").failure();
     assert!(
         out.contains(

@@ -30,6 +30,7 @@
 //! - [`pvc_protection`], [`pv_protection`]: the finalizers that keep a claim a pod uses, and a
 //!   bound volume.
 //! - [`ephemeral`]: the claims of pods' generic ephemeral volumes.
+//! - [`expand`]: hands a grown claim to its CSI driver's resizer.
 
 pub mod bootstrap_signer;
 pub mod clusterrole_aggregation;
@@ -41,6 +42,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod endpoints_mirror;
 pub mod ephemeral;
+pub mod expand;
 pub mod horizontal;
 pub mod identity;
 pub mod job;
@@ -131,6 +133,7 @@ pub async fn run(
         pvc_protection::run(Arc::clone(&api), rx.clone()),
         pv_protection::run(Arc::clone(&api), rx.clone()),
         ephemeral::run(Arc::clone(&api), rx.clone()),
+        expand::run(Arc::clone(&api), rx.clone()),
         {
             let (api, rx) = (Arc::clone(&api), rx.clone());
             async move {
