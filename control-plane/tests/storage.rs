@@ -548,6 +548,18 @@ spec:
   volumes: [{name: d, persistentVolumeClaim: {claimName: data}}]
 "#,
     );
+    let out = cp.kubectl(&["describe", "pvc", "data"]).success();
+    for line in [
+        r"(?m)^Status:\s+Bound$",
+        r"(?m)^Volume:\s+pv-small$",
+        r"(?m)^Finalizers:\s+\[kubernetes.io/pvc-protection\]$",
+        r"(?m)^Used By:\s+user$",
+    ] {
+        assert!(
+            regex::Regex::new(line).unwrap().is_match(&out),
+            "{line} in {out}"
+        );
+    }
     cp.kubectl(&["delete", "pvc", "data", "--wait=false"])
         .success();
     std::thread::sleep(Duration::from_secs(2));
