@@ -1688,3 +1688,288 @@ mod tests {
         assert!(sel.matches(&labels, "n1"));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// PersistentVolume and PersistentVolumeClaim
+
+/// A piece of storage in the cluster, provisioned by an administrator or by a StorageClass's
+/// provisioner, bound to at most one claim.
+pub type PersistentVolume = Object<PersistentVolumeSpec, PersistentVolumeStatus>;
+
+/// A request for storage by a user, bound to one [`PersistentVolume`].
+pub type PersistentVolumeClaim = Object<PersistentVolumeClaimSpec, PersistentVolumeClaimStatus>;
+
+/// The annotation the PV controller sets on a claim once it has bound it (`"yes"`).
+pub const ANN_BIND_COMPLETED: &str = "pv.kubernetes.io/bind-completed";
+/// The annotation the PV controller sets on a claim or volume it bound itself (`"yes"`), as
+/// opposed to a user's pre-binding.
+pub const ANN_BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
+/// The provisioner that created a volume (on the PV).
+pub const ANN_PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+/// The provisioner asked to provision a claim (on the PVC).
+pub const ANN_STORAGE_PROVISIONER: &str = "volume.kubernetes.io/storage-provisioner";
+/// The deprecated beta form of [`ANN_STORAGE_PROVISIONER`], still set by Kubernetes.
+pub const ANN_BETA_STORAGE_PROVISIONER: &str = "volume.beta.kubernetes.io/storage-provisioner";
+/// The node the scheduler picked for a `WaitForFirstConsumer` claim (on the PVC).
+pub const ANN_SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+/// The deprecated class annotation, read where `storageClassName` is unset.
+pub const ANN_BETA_STORAGE_CLASS: &str = "volume.beta.kubernetes.io/storage-class";
+/// The finalizer that keeps a claim in use by a pod.
+pub const PVC_PROTECTION_FINALIZER: &str = "kubernetes.io/pvc-protection";
+/// The finalizer that keeps a volume bound to a claim.
+pub const PV_PROTECTION_FINALIZER: &str = "kubernetes.io/pv-protection";
+
+/// The desired state of a [`PersistentVolume`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PersistentVolumeSpec {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub capacity: ResourceList,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub access_modes: Vec<String>,
+    /// The claim this volume is bound (or pre-bound) to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_ref: Option<ObjectReference>,
+    /// `Retain`, `Delete` or (deprecated) `Recycle`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub persistent_volume_reclaim_policy: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub storage_class_name: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mount_options: Vec<String>,
+    /// `Filesystem` or `Block`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_mode: Option<String>,
+    /// The nodes the volume can be used from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_affinity: Option<VolumeNodeAffinity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_attributes_class_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<HostPathVolumeSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalVolumeSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csi: Option<CsiPersistentVolumeSource>,
+    /// The volume sources Apiary's nodes cannot mount, kept so that manifests round-trip.
+    #[serde(flatten)]
+    pub other_sources: BTreeMap<String, Value>,
+}
+
+/// The PV volume source fields other than `hostPath`, `local` and `csi` (which are typed):
+/// one of them, or one of those three, must be set.
+pub const OTHER_PERSISTENT_VOLUME_SOURCES: &[&str] = &[
+    "awsElasticBlockStore",
+    "azureDisk",
+    "azureFile",
+    "cephfs",
+    "cinder",
+    "fc",
+    "flexVolume",
+    "flocker",
+    "gcePersistentDisk",
+    "glusterfs",
+    "iscsi",
+    "nfs",
+    "photonPersistentDisk",
+    "portworxVolume",
+    "quobyte",
+    "rbd",
+    "scaleIO",
+    "storageos",
+    "vsphereVolume",
+];
+
+impl PersistentVolumeSpec {
+    /// The names of the volume sources that are set (a valid volume has exactly one).
+    pub fn sources(&self) -> Vec<&str> {
+        let mut sources: Vec<&str> = [
+            ("hostPath", self.host_path.is_some()),
+            ("local", self.local.is_some()),
+            ("csi", self.csi.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        sources.extend(
+            self.other_sources
+                .iter()
+                .filter(|(k, v)| {
+                    OTHER_PERSISTENT_VOLUME_SOURCES.contains(&k.as_str()) && !v.is_null()
+                })
+                .map(|(k, _)| k.as_str()),
+        );
+        sources
+    }
+}
+
+/// A local disk or directory of one node (needs `nodeAffinity`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct LocalVolumeSource {
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fs_type: Option<String>,
+}
+
+/// A volume served by a CSI driver.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct CsiPersistentVolumeSource {
+    pub driver: String,
+    pub volume_handle: String,
+    #[serde(skip_serializing_if = "is_false")]
+    pub read_only: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub fs_type: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub volume_attributes: BTreeMap<String, String>,
+    /// Secret references (`controllerPublishSecretRef`, `nodeStageSecretRef`, …), kept as sent.
+    #[serde(flatten)]
+    pub secret_refs: BTreeMap<String, Value>,
+}
+
+/// The nodes a volume can be reached from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct VolumeNodeAffinity {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required: Option<NodeSelector>,
+}
+
+/// The observed state of a [`PersistentVolume`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PersistentVolumeStatus {
+    /// `Pending`, `Available`, `Bound`, `Released` or `Failed`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_phase_transition_time: Option<Time>,
+}
+
+/// The desired state of a [`PersistentVolumeClaim`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PersistentVolumeClaimSpec {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub access_modes: Vec<String>,
+    /// Only volumes whose labels match are bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    #[serde(skip_serializing_if = "is_default")]
+    pub resources: VolumeResourceRequirements,
+    /// The volume this claim is bound (or pre-bound) to.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub volume_name: String,
+    /// `None`: the default class (filled in by admission); `Some("")`: no class.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_source: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_source_ref: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_attributes_class_name: Option<String>,
+}
+
+/// The storage a claim requests (and may be limited to).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct VolumeResourceRequirements {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: ResourceList,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: ResourceList,
+}
+
+/// The observed state of a [`PersistentVolumeClaim`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PersistentVolumeClaimStatus {
+    /// `Pending`, `Bound` or `Lost`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub access_modes: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub capacity: ResourceList,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Resize bookkeeping and the rest, kept as written.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+impl PersistentVolumeClaim {
+    /// The claim's class: `storageClassName`, else the beta annotation, else `""`
+    /// (`GetPersistentVolumeClaimClass`).
+    pub fn class(&self) -> &str {
+        if let Some(class) = &self.spec.storage_class_name {
+            return class;
+        }
+        self.metadata
+            .annotations
+            .get(ANN_BETA_STORAGE_CLASS)
+            .map_or("", String::as_str)
+    }
+
+    /// Whether a class is named at all, even `""` (`PersistentVolumeClaimHasClass`).
+    pub fn has_class(&self) -> bool {
+        self.spec.storage_class_name.is_some()
+            || self
+                .metadata
+                .annotations
+                .contains_key(ANN_BETA_STORAGE_CLASS)
+    }
+
+    /// The storage requested.
+    pub fn request(&self) -> Option<&Quantity> {
+        self.spec.resources.requests.get("storage")
+    }
+}
+
+impl PersistentVolume {
+    /// The volume's class: `storageClassName`, else the beta annotation.
+    pub fn class(&self) -> &str {
+        if !self.spec.storage_class_name.is_empty() {
+            return &self.spec.storage_class_name;
+        }
+        self.metadata
+            .annotations
+            .get(ANN_BETA_STORAGE_CLASS)
+            .map_or("", String::as_str)
+    }
+
+    /// The volume's capacity.
+    pub fn capacity(&self) -> Option<&Quantity> {
+        self.spec.capacity.get("storage")
+    }
+
+    /// Its phase (`""` before the API server's default).
+    pub fn phase(&self) -> &str {
+        self.status.as_ref().map_or("", |s| s.phase.as_str())
+    }
+}
+
+/// Label requirements ANDed together (a StorageClass's `allowedTopologies` term).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct TopologySelectorTerm {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub match_label_expressions: Vec<TopologySelectorLabelRequirement>,
+}
+
+/// A label and the values it may have.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct TopologySelectorLabelRequirement {
+    pub key: String,
+    pub values: Vec<String>,
+}

@@ -58,7 +58,13 @@ pub fn new_event(
         type_meta: TypeMeta::new("v1", "Event"),
         metadata: ObjectMeta {
             name: event_name(&involved.name, now),
-            namespace: involved.namespace.clone(),
+            // An Event about a cluster-scoped object (a PersistentVolume, a Node) lives in
+            // `default`, as client-go's `makeEvent` puts it.
+            namespace: if involved.namespace.is_empty() {
+                "default".to_owned()
+            } else {
+                involved.namespace.clone()
+            },
             ..ObjectMeta::default()
         },
         involved_object: involved,

@@ -5,7 +5,8 @@
 //! - [`meta`]: `TypeMeta`, `ObjectMeta`, the generic [`Object`] and [`List`], conditions,
 //!   watch events.
 //! - One module per API group version: [`core_v1`], [`apps_v1`], [`batch_v1`],
-//!   [`networking_v1`], [`discovery_v1`], [`coordination_v1`], [`rbac_v1`], [`autoscaling_v1`], and Apiary's
+//!   [`networking_v1`], [`discovery_v1`], [`coordination_v1`], [`rbac_v1`], [`autoscaling_v1`],
+//!   [`storage_v1`], and Apiary's
 //!   own [`apiary_v1`] (SecurityIdentity).
 //! - Shared value types: [`selector`] (label and field selectors), [`intstr`], [`quantity`].
 //! - [`cron`]: CronJob schedules (robfig/cron's syntax, as Kubernetes reads it) and their run
@@ -43,6 +44,7 @@ pub mod remotecommand;
 pub mod resource;
 pub mod selector;
 pub mod status;
+pub mod storage_v1;
 pub mod strategic;
 pub mod structural;
 pub mod validation;

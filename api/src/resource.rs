@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::{
     apiary_v1, apps_v1, batch_v1, certificates_v1, coordination_v1, core_v1, discovery_v1,
     meta::{ObjectMeta, TypeMeta},
-    networking_v1, rbac_v1,
+    networking_v1, rbac_v1, storage_v1,
 };
 
 /// Everything the API server and kubectl need to know about one resource.
@@ -218,6 +218,33 @@ pub const SERVICE_ACCOUNTS: ResourceInfo = ResourceInfo {
         true,
     )
 };
+/// `v1` `PersistentVolume`: cluster-scoped. Kubernetes selects them by the bare field `name`
+/// too (a bug kept for compatibility).
+pub const PERSISTENT_VOLUMES: ResourceInfo = ResourceInfo {
+    subresources: &[status("PersistentVolume")],
+    field_selectors: &["name"],
+    ..resource(
+        "",
+        "PersistentVolume",
+        "persistentvolumes",
+        "persistentvolume",
+        &["pv"],
+        false,
+    )
+};
+/// `v1` `PersistentVolumeClaim`.
+pub const PERSISTENT_VOLUME_CLAIMS: ResourceInfo = ResourceInfo {
+    subresources: &[status("PersistentVolumeClaim")],
+    field_selectors: &["name"],
+    ..resource(
+        "",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        &["pvc"],
+        true,
+    )
+};
 /// `apps/v1` `Deployment`.
 pub const DEPLOYMENTS: ResourceInfo = ResourceInfo {
     categories: ALL,
@@ -305,6 +332,55 @@ pub const ENDPOINT_SLICES: ResourceInfo = resource(
 /// `coordination.k8s.io/v1` `Lease`.
 pub const LEASES: ResourceInfo =
     resource("coordination.k8s.io", "Lease", "leases", "lease", &[], true);
+
+/// `storage.k8s.io/v1` `StorageClass`.
+pub const STORAGE_CLASSES: ResourceInfo = resource(
+    "storage.k8s.io",
+    "StorageClass",
+    "storageclasses",
+    "storageclass",
+    &["sc"],
+    false,
+);
+/// `storage.k8s.io/v1` `CSIDriver`.
+pub const CSI_DRIVERS: ResourceInfo = resource(
+    "storage.k8s.io",
+    "CSIDriver",
+    "csidrivers",
+    "csidriver",
+    &[],
+    false,
+);
+/// `storage.k8s.io/v1` `CSINode`.
+pub const CSI_NODES: ResourceInfo = resource(
+    "storage.k8s.io",
+    "CSINode",
+    "csinodes",
+    "csinode",
+    &[],
+    false,
+);
+/// `storage.k8s.io/v1` `CSIStorageCapacity`.
+pub const CSI_STORAGE_CAPACITIES: ResourceInfo = resource(
+    "storage.k8s.io",
+    "CSIStorageCapacity",
+    "csistoragecapacities",
+    "csistoragecapacity",
+    &[],
+    true,
+);
+/// `storage.k8s.io/v1` `VolumeAttachment`.
+pub const VOLUME_ATTACHMENTS: ResourceInfo = ResourceInfo {
+    subresources: &[status("VolumeAttachment")],
+    ..resource(
+        "storage.k8s.io",
+        "VolumeAttachment",
+        "volumeattachments",
+        "volumeattachment",
+        &[],
+        false,
+    )
+};
 
 /// `admissionregistration.k8s.io/v1` `MutatingWebhookConfiguration`.
 pub const MUTATING_WEBHOOK_CONFIGURATIONS: ResourceInfo = ResourceInfo {
@@ -586,6 +662,8 @@ pub static RESOURCES: &[ResourceInfo] = &[
     NODES,
     EVENTS,
     SERVICE_ACCOUNTS,
+    PERSISTENT_VOLUMES,
+    PERSISTENT_VOLUME_CLAIMS,
     DEPLOYMENTS,
     REPLICA_SETS,
     STATEFUL_SETS,
@@ -604,6 +682,11 @@ pub static RESOURCES: &[ResourceInfo] = &[
     CLUSTER_ROLES,
     ROLE_BINDINGS,
     CLUSTER_ROLE_BINDINGS,
+    STORAGE_CLASSES,
+    CSI_DRIVERS,
+    CSI_NODES,
+    CSI_STORAGE_CAPACITIES,
+    VOLUME_ATTACHMENTS,
     ENDPOINT_SLICES,
     LEASES,
     SECURITY_IDENTITIES,
@@ -628,6 +711,7 @@ pub const GROUPS: &[&str] = &[
     "certificates.k8s.io",
     "networking.k8s.io",
     "rbac.authorization.k8s.io",
+    "storage.k8s.io",
     "admissionregistration.k8s.io",
     "apiextensions.k8s.io",
     "coordination.k8s.io",
@@ -788,6 +872,13 @@ impl_resource!(
     core_v1::Node => NODES,
     core_v1::Event => EVENTS,
     core_v1::ServiceAccount => SERVICE_ACCOUNTS,
+    core_v1::PersistentVolume => PERSISTENT_VOLUMES,
+    core_v1::PersistentVolumeClaim => PERSISTENT_VOLUME_CLAIMS,
+    storage_v1::StorageClass => STORAGE_CLASSES,
+    storage_v1::CsiDriver => CSI_DRIVERS,
+    storage_v1::CsiNode => CSI_NODES,
+    storage_v1::CsiStorageCapacity => CSI_STORAGE_CAPACITIES,
+    storage_v1::VolumeAttachment => VOLUME_ATTACHMENTS,
     apps_v1::Deployment => DEPLOYMENTS,
     apps_v1::ReplicaSet => REPLICA_SETS,
     apps_v1::StatefulSet => STATEFUL_SETS,
@@ -1102,6 +1193,11 @@ mod tests {
             ("endpointslices.discovery.k8s.io", "endpointslices"),
             ("lease", "leases"),
             ("secid", "securityidentities"),
+            ("pv", "persistentvolumes"),
+            ("pvc", "persistentvolumeclaims"),
+            ("sc", "storageclasses"),
+            ("storageclasses.storage.k8s.io", "storageclasses"),
+            ("csistoragecapacities", "csistoragecapacities"),
             ("securityidentities.apiary.dev", "securityidentities"),
         ] {
             assert_eq!(resolve(name).map(|r| r.plural), Some(plural), "{name}");

@@ -38,6 +38,7 @@ const GROUP_VERSIONS: &[&str] = &[
     "api/coordination/v1",
     "api/discovery/v1",
     "api/networking/v1",
+    "api/storage/v1",
     "api/policy/v1",
     "api/rbac/v1",
     "apimachinery/pkg/apis/meta/v1",

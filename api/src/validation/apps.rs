@@ -311,9 +311,54 @@ pub fn validate_stateful_set(sts: &StatefulSet) -> ErrorList {
     if let Some(r) = spec.revision_history_limit {
         non_negative(&mut errs, "spec.revisionHistoryLimit", r.into());
     }
+    // The pods get a volume per claim template (Kubernetes does not check the template's
+    // mounts at all; here they are checked against its volumes and the templates').
+    let mut template = spec.template.clone();
+    for (i, claim) in spec.volume_claim_templates.iter().enumerate() {
+        let p = format!("spec.volumeClaimTemplates[{i}]");
+        let name = claim["metadata"]["name"].as_str().unwrap_or_default();
+        if name.is_empty() {
+            errs.push(FieldError::required(format!("{p}.metadata.name")));
+        } else {
+            template.spec.volumes.retain(|v| v.name != name);
+            template.spec.volumes.push(crate::core_v1::Volume {
+                name: name.to_owned(),
+                persistent_volume_claim: Some(crate::core_v1::PersistentVolumeClaimVolumeSource {
+                    claim_name: name.to_owned(),
+                    read_only: false,
+                }),
+                ..Default::default()
+            });
+        }
+        match crate::meta::from_json::<crate::core_v1::PersistentVolumeClaimSpec>(
+            claim["spec"].clone(),
+        ) {
+            Ok(claim_spec) => errs.extend(super::validate_claim_template_spec(
+                &claim_spec,
+                &format!("{p}.spec"),
+            )),
+            Err(e) => errs.push(FieldError::invalid(
+                format!("{p}.spec"),
+                BadValue::Omitted,
+                e.to_string(),
+            )),
+        }
+    }
+    if let Some(policy) = &spec.persistent_volume_claim_retention_policy {
+        for field in ["whenDeleted", "whenScaled"] {
+            match policy[field].as_str() {
+                None | Some("Retain" | "Delete") => {}
+                Some(other) => errs.push(FieldError::not_supported(
+                    format!("spec.persistentVolumeClaimRetentionPolicy.{field}"),
+                    other,
+                    &["Delete", "Retain"],
+                )),
+            }
+        }
+    }
     validate_selector_and_template(
         spec.selector.as_ref(),
-        &spec.template,
+        &template,
         "statefulset",
         &["Always"],
         &mut errs,

@@ -278,7 +278,11 @@ fn check_weight(weight: i32, path: &str, errs: &mut ErrorList) {
     }
 }
 
-fn validate_node_selector_term(term: &NodeSelectorTerm, path: &str, errs: &mut ErrorList) {
+pub(crate) fn validate_node_selector_term(
+    term: &NodeSelectorTerm,
+    path: &str,
+    errs: &mut ErrorList,
+) {
     let check = |r: &NodeSelectorRequirement, p: String, errs: &mut ErrorList| {
         match r.operator.as_str() {
             "In" | "NotIn" if r.values.is_empty() => errs.push(
@@ -454,6 +458,27 @@ fn validate_volumes<'a>(
         }
         if let Some(c) = &v.persistent_volume_claim {
             required(true, "persistentVolumeClaim.claimName", &c.claim_name);
+        }
+        if let Some(e) = &v.ephemeral {
+            let template = &e["volumeClaimTemplate"];
+            let tp = format!("{p}.ephemeral.volumeClaimTemplate");
+            if template.is_object() {
+                match crate::meta::from_json::<crate::core_v1::PersistentVolumeClaimSpec>(
+                    template["spec"].clone(),
+                ) {
+                    Ok(spec) => errs.extend(super::validate_claim_template_spec(
+                        &spec,
+                        &format!("{tp}.spec"),
+                    )),
+                    Err(err) => errs.push(FieldError::invalid(
+                        format!("{tp}.spec"),
+                        super::BadValue::Omitted,
+                        err.to_string(),
+                    )),
+                }
+            } else {
+                errs.push(FieldError::required(tp));
+            }
         }
         if let Some(c) = &v.config_map {
             check_file_mode(errs, &format!("{p}.configMap.defaultMode"), c.default_mode);

@@ -14,6 +14,7 @@ mod core;
 mod networking;
 mod rbac;
 mod security_context;
+mod storage;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
@@ -35,6 +36,14 @@ pub use self::{
     rbac::{
         validate_cluster_role, validate_cluster_role_binding, validate_role, validate_role_binding,
         validate_update_cluster_role_binding, validate_update_role_binding,
+    },
+    storage::{
+        storage_bytes, validate_claim_template_spec, validate_csi_driver, validate_csi_node,
+        validate_csi_storage_capacity, validate_persistent_volume,
+        validate_persistent_volume_claim, validate_storage_class, validate_update_csi_driver,
+        validate_update_persistent_volume, validate_update_persistent_volume_claim,
+        validate_update_storage_class, validate_update_volume_attachment,
+        validate_volume_attachment,
     },
 };
 use crate::{
@@ -967,6 +976,13 @@ pub fn validate_object(
         "nodes" => validate_node,
         "events" => validate_event,
         "serviceaccounts" => validate_service_account,
+        "persistentvolumes" => validate_persistent_volume,
+        "persistentvolumeclaims" => validate_persistent_volume_claim,
+        "storageclasses" => validate_storage_class,
+        "csidrivers" => validate_csi_driver,
+        "csinodes" => validate_csi_node,
+        "csistoragecapacities" => validate_csi_storage_capacity,
+        "volumeattachments" => validate_volume_attachment,
         "deployments" => validate_deployment,
         "replicasets" => validate_replica_set,
         "statefulsets" => validate_stateful_set,
@@ -1013,6 +1029,11 @@ pub fn validate_object_update(
         check!(
         "customresourcedefinitions" => crate::apiextensions_v1::validate_crd_update,
         "pods" => validate_update_pod,
+        "persistentvolumes" => validate_update_persistent_volume,
+        "persistentvolumeclaims" => validate_update_persistent_volume_claim,
+        "storageclasses" => validate_update_storage_class,
+        "csidrivers" => validate_update_csi_driver,
+        "volumeattachments" => validate_update_volume_attachment,
         "services" => validate_update_service,
         "configmaps" => validate_update_config_map,
         "secrets" => validate_update_secret,

@@ -3,6 +3,10 @@
 
 use serde_json::{Value, json};
 
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// Sets `object[key]` to `value` when it is absent or null.
 fn default(object: &mut Value, key: &str, value: Value) {
     if object.get(key).is_none_or(Value::is_null) {
@@ -37,6 +41,9 @@ pub fn initial_status(kind: &str) -> Option<Value> {
             "numberReady": 0,
         }),
         "Deployment" | "Job" | "CronJob" => json!({}),
+        // The PV controller makes a new volume Available, or binds it.
+        "PersistentVolume" => json!({ "phase": "Pending", "lastPhaseTransitionTime": now() }),
+        "PersistentVolumeClaim" => json!({ "phase": "Pending" }),
         _ => return None,
     })
 }
@@ -91,6 +98,18 @@ pub fn apply(kind: &str, object: &mut Value) {
                 "updateStrategy",
                 json!({ "type": "RollingUpdate", "rollingUpdate": { "partition": 0 } }),
             );
+            default(
+                spec,
+                "persistentVolumeClaimRetentionPolicy",
+                json!({ "whenDeleted": "Retain", "whenScaled": "Retain" }),
+            );
+            if let Some(templates) = spec["volumeClaimTemplates"].as_array_mut() {
+                for claim in templates {
+                    // SetDefaults_PersistentVolumeClaim, as for a claim (status included).
+                    default(&mut claim["spec"], "volumeMode", json!("Filesystem"));
+                    default(claim, "status", json!({ "phase": "Pending" }));
+                }
+            }
             template(spec, "Always");
         }
         "DaemonSet" => {
@@ -122,6 +141,26 @@ pub fn apply(kind: &str, object: &mut Value) {
             name_label(object);
         }
         "NetworkPolicy" => network_policy(&mut object["spec"]),
+        "PersistentVolume" => {
+            let spec = &mut object["spec"];
+            default(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+            default(spec, "volumeMode", json!("Filesystem"));
+        }
+        "PersistentVolumeClaim" => default(&mut object["spec"], "volumeMode", json!("Filesystem")),
+        "StorageClass" => {
+            default(object, "reclaimPolicy", json!("Delete"));
+            default(object, "volumeBindingMode", json!("Immediate"));
+        }
+        "CSIDriver" => {
+            let spec = &mut object["spec"];
+            default(spec, "attachRequired", json!(true));
+            default(spec, "podInfoOnMount", json!(false));
+            default(spec, "storageCapacity", json!(false));
+            default(spec, "fsGroupPolicy", json!("ReadWriteOnceWithFSType"));
+            default(spec, "requiresRepublish", json!(false));
+            default(spec, "seLinuxMount", json!(false));
+            default(spec, "volumeLifecycleModes", json!(["Persistent"]));
+        }
         _ => {}
     }
 }

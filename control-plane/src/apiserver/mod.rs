@@ -173,6 +173,7 @@ pub async fn bootstrap(api: &Api) -> Result<(), ApiError> {
             Err(e) => return Err(e),
         }
     }
+    bootstrap_storage(api).await?;
     let services = api
         .resources
         .get("", "v1", "services")
@@ -197,6 +198,96 @@ pub async fn bootstrap(api: &Api) -> Result<(), ApiError> {
         Err(e) => return Err(e),
     }
     Ok(())
+}
+
+/// The built-in local-path storage: its CSIDriver and the `local-path` StorageClass, each
+/// created only when missing, as the addon manager's `EnsureExists` mode does (and k3s's
+/// local-storage): a user's edits survive restarts, and a class deleted comes back on the next
+/// start. The class is made the default only if no other class is the default by then, so a
+/// user who replaced it with a default of their own keeps theirs (the newest default would
+/// otherwise win, and a recreated `local-path` is always the newest).
+async fn bootstrap_storage(api: &Api) -> Result<(), ApiError> {
+    use apiary_api::storage_v1::{
+        IS_DEFAULT_CLASS_ANNOTATION, LOCAL_PATH_CLASS, LOCAL_PATH_DRIVER, StorageClass,
+    };
+    let drivers = api
+        .resources
+        .get("storage.k8s.io", "v1", "csidrivers")
+        .expect("csidrivers are served");
+    let classes = api
+        .resources
+        .get("storage.k8s.io", "v1", "storageclasses")
+        .expect("storageclasses are served");
+    let ensure = |resource: &'static resources::ResourceType, object: serde_json::Value| async move {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if objects::get(api, resource, None, &name).await.is_ok() {
+            return Ok(());
+        }
+        let target = path::Target {
+            resource,
+            namespace: None,
+            name: None,
+            subresource: None,
+        };
+        match objects::create(api, &target, object).await {
+            Ok(_) => {
+                tracing::info!(kind = resource.kind, name, "created");
+                Ok(())
+            }
+            Err(e) if e.reason == "AlreadyExists" => Ok(()),
+            Err(e) => Err(e),
+        }
+    };
+    ensure(
+        drivers,
+        serde_json::json!({
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "CSIDriver",
+            "metadata": { "name": LOCAL_PATH_DRIVER },
+            "spec": {
+                "attachRequired": false,
+                "podInfoOnMount": false,
+                "storageCapacity": true,
+                "fsGroupPolicy": "File",
+                "volumeLifecycleModes": ["Persistent"],
+            },
+        }),
+    )
+    .await?;
+    let listing = objects::list(
+        api,
+        &path::Target {
+            resource: classes,
+            namespace: None,
+            name: None,
+            subresource: None,
+        },
+        &Default::default(),
+    )
+    .await?;
+    let other_default = listing["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| apiary_api::meta::from_json::<StorageClass>(c.clone()).ok())
+        .any(|c| c.is_default() && c.metadata.name != LOCAL_PATH_CLASS);
+    let mut class = serde_json::json!({
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": { "name": LOCAL_PATH_CLASS },
+        "provisioner": LOCAL_PATH_DRIVER,
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "WaitForFirstConsumer",
+        "allowVolumeExpansion": true,
+    });
+    if !other_default {
+        class["metadata"]["annotations"] =
+            serde_json::json!({ IS_DEFAULT_CLASS_ANNOTATION: "true" });
+    }
+    ensure(classes, class).await
 }
 
 /// The router: health checks, discovery, and every resource path, behind authentication and

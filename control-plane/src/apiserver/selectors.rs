@@ -121,6 +121,8 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("spec.schedulerName", &["spec", "schedulerName"]),
     ("spec.signerName", &["spec", "signerName"]),
     ("status.phase", &["status", "phase"]),
+    // PersistentVolumes' and claims' bare `name` (Kubernetes keeps it for compatibility).
+    ("name", &["metadata", "name"]),
     // Events, as `kubectl describe` selects them.
     ("involvedObject.kind", &["involvedObject", "kind"]),
     ("involvedObject.name", &["involvedObject", "name"]),

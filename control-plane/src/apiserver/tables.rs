@@ -290,6 +290,193 @@ fn columns(kind: &str) -> Vec<Column> {
                 json!(super::certificates::condition_summary(o))
             }),
         ]),
+        // pkg/printers/internalversion's storage columns.
+        "PersistentVolume" => cols.extend([
+            col("Capacity", "string", 0, |o| {
+                json!(o["spec"]["capacity"]["storage"].as_str().unwrap_or("0"))
+            }),
+            col("Access Modes", "string", 0, |o| {
+                json!(access_modes(&o["spec"]["accessModes"]))
+            }),
+            col("Reclaim Policy", "string", 0, |o| {
+                json!(
+                    o["spec"]["persistentVolumeReclaimPolicy"]
+                        .as_str()
+                        .unwrap_or_default()
+                )
+            }),
+            col("Status", "string", 0, |o| {
+                json!(terminating_or(
+                    o,
+                    o["status"]["phase"].as_str().unwrap_or_default()
+                ))
+            }),
+            col("Claim", "string", 0, |o| {
+                let claim = &o["spec"]["claimRef"];
+                json!(if claim.is_object() {
+                    format!(
+                        "{}/{}",
+                        claim["namespace"].as_str().unwrap_or_default(),
+                        claim["name"].as_str().unwrap_or_default()
+                    )
+                } else {
+                    String::new()
+                })
+            }),
+            col("StorageClass", "string", 0, |o| json!(volume_class(o))),
+            col("VolumeAttributesClass", "string", 0, |o| {
+                json!(
+                    o["spec"]["volumeAttributesClassName"]
+                        .as_str()
+                        .unwrap_or("<unset>")
+                )
+            }),
+            col("Reason", "string", 0, |o| {
+                json!(o["status"]["reason"].as_str().unwrap_or_default())
+            }),
+            age_col,
+            col("VolumeMode", "string", 1, |o| {
+                json!(o["spec"]["volumeMode"].as_str().unwrap_or("<unset>"))
+            }),
+        ]),
+        "PersistentVolumeClaim" => cols.extend([
+            col("Status", "string", 0, |o| {
+                json!(terminating_or(
+                    o,
+                    o["status"]["phase"].as_str().unwrap_or_default()
+                ))
+            }),
+            col("Volume", "string", 0, |o| {
+                json!(o["spec"]["volumeName"].as_str().unwrap_or_default())
+            }),
+            col("Capacity", "string", 0, |o| {
+                json!(if bound_claim(o) {
+                    o["status"]["capacity"]["storage"].as_str().unwrap_or("0")
+                } else {
+                    ""
+                })
+            }),
+            col("Access Modes", "string", 0, |o| {
+                json!(if bound_claim(o) {
+                    access_modes(&o["status"]["accessModes"])
+                } else {
+                    String::new()
+                })
+            }),
+            col("StorageClass", "string", 0, |o| json!(volume_class(o))),
+            col("VolumeAttributesClass", "string", 0, |o| {
+                json!(match o["spec"]["volumeAttributesClassName"].as_str() {
+                    Some(c) if !c.is_empty() => c,
+                    _ => "<unset>",
+                })
+            }),
+            age_col,
+            col("VolumeMode", "string", 1, |o| {
+                json!(o["spec"]["volumeMode"].as_str().unwrap_or("<unset>"))
+            }),
+        ]),
+        // The printer, not kubectl, marks the default class.
+        "StorageClass" => {
+            cols[0] = col("Name", "string", 0, |o| {
+                let name = o["metadata"]["name"].as_str().unwrap_or_default();
+                let annotations = &o["metadata"]["annotations"];
+                let default = [
+                    apiary_api::storage_v1::IS_DEFAULT_CLASS_ANNOTATION,
+                    apiary_api::storage_v1::BETA_IS_DEFAULT_CLASS_ANNOTATION,
+                ]
+                .iter()
+                .any(|a| annotations[*a] == "true");
+                json!(if default {
+                    format!("{name} (default)")
+                } else {
+                    name.to_owned()
+                })
+            });
+            cols.extend([
+                col("Provisioner", "string", 0, |o| json!(o["provisioner"])),
+                col("ReclaimPolicy", "string", 0, |o| {
+                    json!(o["reclaimPolicy"].as_str().unwrap_or("Delete"))
+                }),
+                col("VolumeBindingMode", "string", 0, |o| {
+                    json!(o["volumeBindingMode"].as_str().unwrap_or("Immediate"))
+                }),
+                col("AllowVolumeExpansion", "string", 0, |o| {
+                    json!(o["allowVolumeExpansion"].as_bool().unwrap_or(false))
+                }),
+                age_col,
+            ]);
+        }
+        "CSIDriver" => cols.extend([
+            col("AttachRequired", "boolean", 0, |o| {
+                json!(o["spec"]["attachRequired"].as_bool().unwrap_or(true))
+            }),
+            col("PodInfoOnMount", "boolean", 0, |o| {
+                json!(o["spec"]["podInfoOnMount"].as_bool().unwrap_or(false))
+            }),
+            col("StorageCapacity", "boolean", 0, |o| {
+                json!(o["spec"]["storageCapacity"].as_bool().unwrap_or(false))
+            }),
+            col("TokenRequests", "string", 0, |o| {
+                let audiences: Vec<&str> = o["spec"]["tokenRequests"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| t["audience"].as_str().unwrap_or_default())
+                    .collect();
+                json!(if audiences.is_empty() {
+                    "<unset>".to_owned()
+                } else {
+                    audiences.join(",")
+                })
+            }),
+            col("RequiresRepublish", "boolean", 0, |o| {
+                json!(o["spec"]["requiresRepublish"].as_bool().unwrap_or(false))
+            }),
+            col("Modes", "string", 0, |o| {
+                let modes: Vec<&str> = o["spec"]["volumeLifecycleModes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                json!(if modes.is_empty() {
+                    "<none>".to_owned()
+                } else {
+                    modes.join(",")
+                })
+            }),
+            age_col,
+        ]),
+        "CSINode" => cols.extend([
+            col("Drivers", "integer", 0, |o| {
+                json!(len(&o["spec"]["drivers"]))
+            }),
+            age_col,
+        ]),
+        "CSIStorageCapacity" => cols.extend([
+            col("StorageClassName", "string", 0, |o| {
+                json!(o["storageClassName"])
+            }),
+            col("Capacity", "string", 0, |o| {
+                json!(o["capacity"].as_str().unwrap_or("<unset>"))
+            }),
+            age_col,
+        ]),
+        "VolumeAttachment" => cols.extend([
+            col("Attacher", "string", 0, |o| json!(o["spec"]["attacher"])),
+            col("PV", "string", 0, |o| {
+                json!(
+                    o["spec"]["source"]["persistentVolumeName"]
+                        .as_str()
+                        .unwrap_or_default()
+                )
+            }),
+            col("Node", "string", 0, |o| json!(o["spec"]["nodeName"])),
+            col("Attached", "boolean", 0, |o| {
+                json!(o["status"]["attached"].as_bool().unwrap_or(false))
+            }),
+            age_col,
+        ]),
         "NetworkPolicy" => cols.extend([
             col("Pod-Selector", "string", 0, |o| {
                 json!(selector(&o["spec"]["podSelector"]))
@@ -466,6 +653,54 @@ fn table_of(
         "columnDefinitions": definitions,
         "rows": rows,
     })
+}
+
+/// `GetAccessModesAsString`: RWO, ROX, RWX, RWOP in that order, each once.
+fn access_modes(modes: &Value) -> String {
+    let modes: Vec<&str> = modes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    [
+        ("ReadWriteOnce", "RWO"),
+        ("ReadOnlyMany", "ROX"),
+        ("ReadWriteMany", "RWX"),
+        ("ReadWriteOncePod", "RWOP"),
+    ]
+    .iter()
+    .filter(|(mode, _)| modes.contains(mode))
+    .map(|(_, short)| *short)
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
+/// A volume's or claim's class: `spec.storageClassName`, else the beta annotation.
+fn volume_class(o: &Value) -> String {
+    match o["spec"]["storageClassName"].as_str() {
+        Some(class) if !class.is_empty() => class.to_owned(),
+        _ => o["metadata"]["annotations"][apiary_api::core_v1::ANN_BETA_STORAGE_CLASS]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+/// `Terminating` for an object marked for deletion, else `phase`.
+fn terminating_or(o: &Value, phase: &str) -> String {
+    if o["metadata"]["deletionTimestamp"].is_string() {
+        "Terminating".to_owned()
+    } else {
+        phase.to_owned()
+    }
+}
+
+/// Whether a claim names its volume (the printer then shows the status' capacity and modes).
+fn bound_claim(o: &Value) -> bool {
+    o["spec"]["volumeName"]
+        .as_str()
+        .is_some_and(|v| !v.is_empty())
 }
 
 /// A NodeMetrics' usage, or a PodMetrics' containers' summed, as quantities.

@@ -25,6 +25,12 @@
 //! - [`bootstrap_signer`]: signs `kube-public/cluster-info` for every bootstrap token.
 //! - [`clusterrole_aggregation`]: the rules of aggregated ClusterRoles (`admin`, `edit`,
 //!   `view`), from the ClusterRoles their selectors match.
+//! - [`persistentvolume`]: binds claims to volumes, hands claims to their provisioners,
+//!   releases and reclaims volumes.
+//! - [`pvc_protection`], [`pv_protection`]: the finalizers that keep a claim a pod uses, and a
+//!   bound volume.
+//! - [`ephemeral`]: the claims of pods' generic ephemeral volumes.
+//! - [`expand`]: hands a grown claim to its CSI driver's resizer.
 
 pub mod bootstrap_signer;
 pub mod clusterrole_aggregation;
@@ -35,11 +41,16 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpoints_mirror;
+pub mod ephemeral;
+pub mod expand;
 pub mod horizontal;
 pub mod identity;
 pub mod job;
 pub mod kubernetes_service;
 pub mod loadbalancer;
+pub mod persistentvolume;
+pub mod pv_protection;
+pub mod pvc_protection;
 pub mod replicaset;
 pub mod root_ca;
 pub mod runtime;
@@ -118,6 +129,11 @@ pub async fn run(
         csr_approving::run(Arc::clone(&api), rx.clone()),
         token_cleaner::run(Arc::clone(&api), rx.clone()),
         bootstrap_signer::run(Arc::clone(&api), rx.clone()),
+        persistentvolume::run(Arc::clone(&api), rx.clone()),
+        pvc_protection::run(Arc::clone(&api), rx.clone()),
+        pv_protection::run(Arc::clone(&api), rx.clone()),
+        ephemeral::run(Arc::clone(&api), rx.clone()),
+        expand::run(Arc::clone(&api), rx.clone()),
         {
             let (api, rx) = (Arc::clone(&api), rx.clone());
             async move {

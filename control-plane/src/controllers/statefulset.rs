@@ -4,6 +4,15 @@
 //! recreated under the same name when deleted, and updated highest ordinal first with
 //! `RollingUpdate` (down to `partition`) or by the user with `OnDelete`.
 //!
+//! Each pod gets a PersistentVolumeClaim per `volumeClaimTemplates` entry, named
+//! `<template>-<set>-<ordinal>` and created before the pod (a claim being deleted holds the pod
+//! back); deleting or recreating the pod leaves its claims alone, so a replacement finds its
+//! data. `persistentVolumeClaimRetentionPolicy` decides what owns the claims, as Kubernetes'
+//! `updateClaimOwnerRefForSetAndPod`: `whenDeleted: Delete` makes the set an owner (the garbage
+//! collector deletes the claims with the set), `whenScaled: Delete` makes a condemned pod (an
+//! ordinal at or above `replicas`) the owner (the claims go with the pod); `Retain` removes
+//! those references.
+//!
 //! Revisions are the `controller-revision-hash` label, `<set>-<hash of the template>`.
 //! ControllerRevision objects are not served, so a pod recreated below the partition (or under
 //! `OnDelete`) gets the current template, not the one of the revision it had.
@@ -37,11 +46,13 @@ pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 pub async fn run(api: Arc<Api>, shutdown: watch::Receiver<bool>) {
     let sets = resource(&api, "apps", "v1", "statefulsets");
     let pods = resource(&api, "", "v1", "pods");
+    let claims = resource(&api, "", "v1", "persistentvolumeclaims");
     let cache = Cache::new(sets);
     let reconciler = Arc::new(StatefulSets {
         api: Arc::clone(&api),
         cache: cache.clone(),
         pods,
+        claims,
     });
     runtime::run_owner_controller(api, cache, pods, reconciler, shutdown).await;
 }
@@ -50,6 +61,7 @@ struct StatefulSets {
     api: Arc<Api>,
     cache: Cache,
     pods: &'static ResourceType,
+    claims: &'static ResourceType,
 }
 
 impl std::fmt::Debug for StatefulSets {
@@ -106,12 +118,105 @@ fn new_pod(set: &Value, ordinal: usize, revision: &str) -> Value {
         metadata["annotations"] = template["metadata"]["annotations"].clone();
     }
     let mut spec = template["spec"].clone();
+    // `updateStorage`: a volume per claim template, in place of any of the same name.
+    let claims = claims_of(set, ordinal);
+    if !claims.is_empty() {
+        let mut volumes: Vec<Value> = claims
+            .iter()
+            .map(|(volume, claim)| {
+                json!({ "name": volume, "persistentVolumeClaim": { "claimName": claim["metadata"]["name"] } })
+            })
+            .collect();
+        volumes.extend(
+            spec["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|v| !claims.iter().any(|(name, _)| v["name"] == name.as_str()))
+                .cloned(),
+        );
+        spec["volumes"] = json!(volumes);
+    }
     spec["hostname"] = json!(name);
     let service = str_of(set, "/spec/serviceName");
     if !service.is_empty() {
         spec["subdomain"] = json!(service);
     }
     json!({ "apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec })
+}
+
+/// The claims of ordinal `ordinal` (`getPersistentVolumeClaims`): each template named
+/// `<template>-<set>-<ordinal>`, in the set's namespace, with the set's selector labels;
+/// by the template's name (the pod's volume).
+fn claims_of(set: &Value, ordinal: usize) -> Vec<(String, Value)> {
+    let set_name = str_of(set, "/metadata/name");
+    set["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|template| {
+            let template_name = str_of(template, "/metadata/name").to_owned();
+            let mut claim = json!({
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": template["metadata"].clone(),
+                "spec": template["spec"].clone(),
+            });
+            let metadata = &mut claim["metadata"];
+            metadata["name"] = json!(format!("{template_name}-{set_name}-{ordinal}"));
+            metadata["namespace"] = set["metadata"]["namespace"].clone();
+            if !metadata["labels"].is_object() {
+                metadata["labels"] = json!({});
+            }
+            for (k, v) in set["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                metadata["labels"][k] = v.clone();
+            }
+            for transient in ["resourceVersion", "uid", "creationTimestamp"] {
+                if let Some(m) = metadata.as_object_mut() {
+                    m.remove(transient);
+                }
+            }
+            (template_name, claim)
+        })
+        .collect()
+}
+
+/// The owner references a claim of `pod` should carry besides others' (Kubernetes'
+/// `updateClaimOwnerRefForSetAndPod`): `(set, pod)` wanted.
+fn claim_owners(set: &Value, scaled_down: bool) -> (bool, bool) {
+    let policy = &set["spec"]["persistentVolumeClaimRetentionPolicy"];
+    let delete = |field: &str| policy[field].as_str() == Some("Delete");
+    match (delete("whenScaled"), delete("whenDeleted")) {
+        (false, false) => (false, false),
+        (false, true) => (true, false),
+        (true, false) => (false, scaled_down),
+        (true, true) => (!scaled_down, scaled_down),
+    }
+}
+
+/// `ownerReferences` with the (non-controller) reference to `owner` present or not.
+fn with_owner(refs: &Value, owner: &Value, api_version: &str, kind: &str, wanted: bool) -> Value {
+    let uid = &owner["metadata"]["uid"];
+    let mut refs: Vec<Value> = refs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| &r["uid"] != uid)
+        .cloned()
+        .collect();
+    if wanted {
+        refs.push(json!({
+            "apiVersion": api_version,
+            "kind": kind,
+            "name": owner["metadata"]["name"],
+            "uid": uid,
+        }));
+    }
+    json!(refs)
 }
 
 /// What one pass decided to do to the pods.
@@ -203,7 +308,113 @@ impl StatefulSets {
         target(self.pods, namespace, name)
     }
 
+    /// `createPersistentVolumeClaims`: the claims of `ordinal` that are missing; a claim
+    /// being deleted is an error (the pod would find it gone).
+    async fn create_claims(&self, set: &Value, ordinal: usize) -> Result<()> {
+        let namespace = str_of(set, "/metadata/namespace");
+        let set_name = str_of(set, "/metadata/name");
+        let pod_name = format!("{set_name}-{ordinal}");
+        for (_, claim) in claims_of(set, ordinal) {
+            let claim_name = str_of(&claim, "/metadata/name").to_owned();
+            let key = ObjectRef {
+                resource: "persistentvolumeclaims".to_owned(),
+                namespace: namespace.to_owned(),
+                name: claim_name.clone(),
+            };
+            if let Some(existing) = super::get_fresh(&self.api, self.claims, &key).await? {
+                if existing["metadata"]["deletionTimestamp"].is_string() {
+                    return Err(Error {
+                        action: format!("creating pod {pod_name}"),
+                        message: format!("pvc {claim_name} is being deleted"),
+                        reason: "Conflict",
+                    });
+                }
+                continue;
+            }
+            let created =
+                objects::create(&self.api, &target(self.claims, namespace, None), claim).await;
+            match created {
+                Ok(_) => {
+                    record_event(
+                        &self.api,
+                        COMPONENT,
+                        set,
+                        ("apps/v1", "StatefulSet"),
+                        "SuccessfulCreate",
+                        &format!(
+                            "create Claim {claim_name} Pod {pod_name} in StatefulSet {set_name} success"
+                        ),
+                    )
+                    .await;
+                }
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => {
+                    super::record_warning(
+                        &self.api,
+                        COMPONENT,
+                        set,
+                        ("apps/v1", "StatefulSet"),
+                        "FailedCreate",
+                        &format!(
+                            "create Claim {claim_name} for Pod {pod_name} in StatefulSet {set_name} failed error: {}",
+                            e.message
+                        ),
+                    )
+                    .await;
+                    return Err(Error::api(format!("creating claim {claim_name}"), &e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the owner references of every pod's claims in line with the retention policy.
+    async fn retain_claims(&self, set: &Value, pods: &[Value], replicas: usize) -> Result<()> {
+        if set["spec"]["volumeClaimTemplates"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+        {
+            return Ok(());
+        }
+        let namespace = str_of(set, "/metadata/namespace");
+        let set_name = str_of(set, "/metadata/name");
+        let claims = list_fresh(&self.api, self.claims, namespace).await?;
+        for pod in pods {
+            let Some(ordinal) = ordinal_of(set_name, pod) else {
+                continue;
+            };
+            let (by_set, by_pod) = claim_owners(set, ordinal >= replicas);
+            for (_, wanted) in claims_of(set, ordinal) {
+                let name = str_of(&wanted, "/metadata/name");
+                let Some(claim) = claims.iter().find(|c| str_of(c, "/metadata/name") == name)
+                else {
+                    continue;
+                };
+                let refs = &claim["metadata"]["ownerReferences"];
+                let mut new_refs = with_owner(refs, set, "apps/v1", "StatefulSet", by_set);
+                new_refs = with_owner(&new_refs, pod, "v1", "Pod", by_pod);
+                let unchanged = new_refs == *refs
+                    || (new_refs.as_array().is_some_and(Vec::is_empty) && refs.is_null());
+                if unchanged {
+                    continue;
+                }
+                let mut updated = claim.clone();
+                updated["metadata"]["ownerReferences"] = new_refs;
+                objects::update(
+                    &self.api,
+                    &target(self.claims, namespace, None),
+                    name,
+                    updated,
+                )
+                .await
+                .map_err(|e| Error::api(format!("updating the owners of claim {name}"), &e))?;
+            }
+        }
+        Ok(())
+    }
+
     async fn create_pod(&self, set: &Value, ordinal: usize, revision: &str) -> Result<()> {
+        self.create_claims(set, ordinal).await?;
         let pod = new_pod(set, ordinal, revision);
         let namespace = str_of(set, "/metadata/namespace");
         let pod_name = str_of(&pod, "/metadata/name").to_owned();
@@ -314,6 +525,8 @@ impl Reconciler for StatefulSets {
             pods.push(pod);
         }
 
+        // Owners first: a condemned pod owns its claims (whenScaled: Delete) before it goes.
+        self.retain_claims(&set, &pods, replicas).await?;
         let steps = plan(
             &observed,
             replicas,

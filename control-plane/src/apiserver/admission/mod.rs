@@ -4,6 +4,8 @@
 //!
 //! - [`service_account`]: a pod's ServiceAccount (`default` unless named), which must exist,
 //!   and its `kube-api-access-*` projected volume.
+//! - [`storage`]: `DefaultStorageClass` and `StorageObjectInUseProtection` (and, validating,
+//!   `PersistentVolumeClaimResize`).
 //!
 //! Validating plugins run after validation, on what will be stored:
 //! - [`pod_security`]: the Pod Security Standards a namespace's labels ask for.
@@ -16,6 +18,7 @@ pub mod pod_security;
 pub mod policies;
 mod request;
 pub mod service_account;
+pub mod storage;
 pub mod webhooks;
 
 pub use request::{Operation, Request, as_user, namespace_object};
@@ -31,6 +34,7 @@ use super::{Api, objects::Result, resources::ResourceType};
 pub struct Plugins {
     pub service_account: bool,
     pub pod_security: bool,
+    pub storage: bool,
 }
 
 impl Plugins {
@@ -38,6 +42,7 @@ impl Plugins {
         Self {
             service_account: true,
             pod_security: true,
+            storage: true,
         }
     }
 }
@@ -78,6 +83,9 @@ pub async fn admit_create(api: &Api, resource: &ResourceType, object: &mut Value
     if api.admission.service_account && resource.group.is_empty() && resource.plural == "pods" {
         service_account::admit(api, object).await?;
     }
+    if api.admission.storage {
+        storage::admit_create(api, resource, object).await?;
+    }
     Ok(())
 }
 
@@ -91,6 +99,20 @@ pub async fn validate(
 ) -> Result<()> {
     if api.admission.pod_security {
         pod_security::admit(api, resource, object, namespace).await?;
+    }
+    Ok(())
+}
+
+/// Runs the validating plugins that judge a change, on an update of `old` to `new` (through
+/// the main resource).
+pub async fn validate_update(
+    api: &Api,
+    resource: &ResourceType,
+    old: &Value,
+    new: &Value,
+) -> Result<()> {
+    if api.admission.storage {
+        storage::validate_update(api, resource, old, new).await?;
     }
     Ok(())
 }

@@ -211,6 +211,45 @@ fn cluster_roles() -> Vec<(&'static str, Value, Vec<PolicyRule>, Option<Value>)>
             "kubernetes.io/legacy-unknown",
         ),
         ("system:node", json!({}), super::node::node_rules(), None),
+        // The built-in local-path CSI driver runs in every node agent, as its own
+        // external-provisioner, external-resizer and capacity publisher: the rules of those
+        // sidecars' ClusterRoles (kubernetes-csi's deploy/kubernetes/rbac.yaml), for nodes.
+        (
+            "system:apiary:local-path-provisioner",
+            json!({}),
+            vec![
+                r(
+                    &["get", "list", "watch", "create", "patch", "delete"],
+                    &[""],
+                    &["persistentvolumes"],
+                ),
+                r(
+                    &["get", "list", "watch", "update", "patch"],
+                    &[""],
+                    &["persistentvolumeclaims"],
+                ),
+                r(
+                    &["patch", "update"],
+                    &[""],
+                    &["persistentvolumeclaims/status"],
+                ),
+                r(READ, &["storage.k8s.io"], &["storageclasses", "csinodes"]),
+                r(READ, &[""], &["nodes"]),
+                r(
+                    &[
+                        "get", "list", "watch", "create", "update", "patch", "delete",
+                    ],
+                    &["storage.k8s.io"],
+                    &["csistoragecapacities"],
+                ),
+                r(
+                    &["list", "watch", "create", "update", "patch"],
+                    &[""],
+                    &["events"],
+                ),
+            ],
+            None,
+        ),
         ("admin", json!({}), vec![], Some(aggregate_to("admin"))),
         ("edit", label("admin"), vec![], Some(aggregate_to("edit"))),
         ("view", label("edit"), vec![], Some(aggregate_to("view"))),
@@ -475,6 +514,11 @@ const CLUSTER_ROLE_BINDINGS: &[(&str, &str, &[&str])] = &[
     (
         "apiary:node-autoapprove-certificate-rotation",
         "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+        &["system:nodes"],
+    ),
+    (
+        "system:apiary:local-path-provisioner",
+        "system:apiary:local-path-provisioner",
         &["system:nodes"],
     ),
 ];

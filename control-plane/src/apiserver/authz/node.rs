@@ -66,6 +66,22 @@ pub fn node_rules() -> Vec<PolicyRule> {
             &["leases"],
         ),
         r(&["get"], &["storage.k8s.io"], &["volumeattachments"]),
+        // ExpandPersistentVolumes, CSI (policy.go appends these to the node rules).
+        r(
+            &["get", "update", "patch"],
+            &[""],
+            &["persistentvolumeclaims/status"],
+        ),
+        r(
+            &["get", "watch", "list"],
+            &["storage.k8s.io"],
+            &["csidrivers"],
+        ),
+        r(
+            &["get", "create", "update", "patch", "delete"],
+            &["storage.k8s.io"],
+            &["csinodes"],
+        ),
         r(&["create"], &[""], &["serviceaccounts/token"]),
         // kube-proxy's and the CNI's reads (`system:node-proxier`, Cilium's agent).
         r(READ, &[""], &["namespaces", "endpoints"]),
@@ -218,6 +234,18 @@ pub fn references(pod: &Value) -> HashSet<Vertex> {
             Kind::PersistentVolumeClaim,
             &v["persistentVolumeClaim"]["claimName"],
         );
+        // A generic ephemeral volume's claim is `<pod>-<volume>` (the graph's `ephemeral`).
+        if v["ephemeral"].is_object() {
+            let claim = format!(
+                "{}-{}",
+                pod["metadata"]["name"].as_str().unwrap_or_default(),
+                v["name"].as_str().unwrap_or_default()
+            );
+            add(
+                Kind::PersistentVolumeClaim,
+                &serde_json::Value::String(claim),
+            );
+        }
         for source in v["projected"]["sources"].as_array().into_iter().flatten() {
             add(Kind::Secret, &source["secret"]["name"]);
             add(Kind::ConfigMap, &source["configMap"]["name"]);

@@ -3,7 +3,11 @@
 //! that reference no Secrets, ConfigMaps, PVCs or ServiceAccount; delete and update the status
 //! of only pods bound to itself; modify only its own Node and Lease; request tokens only bound
 //! to a pod on itself; and (Apiary's agent being its node's DNS) write only its own
-//! `kube-system/kube-dns-<node>` EndpointSlice.
+//! `kube-system/kube-dns-<node>` EndpointSlice. For the built-in local-path CSI driver the
+//! agents run (Apiary's own: Kubernetes gives nodes no such writes), a node may write only its
+//! own CSINode, PersistentVolumes whose node affinity requires it alone (created only for
+//! claims selected for it), CSIStorageCapacities whose topology is itself alone, and claims
+//! selected for it.
 
 use axum::http::{HeaderMap, Method};
 use serde_json::Value;
@@ -107,8 +111,119 @@ pub async fn admit(
             }
             Ok(())
         }
+        ("storage.k8s.io", "csinodes", _) => {
+            let named = if *method == Method::POST {
+                objects::decode(headers, body)?["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            } else {
+                name.to_owned()
+            };
+            if named != node {
+                return Err(forbidden(
+                    "can only access CSINode with the same name as the requesting node",
+                ));
+            }
+            Ok(())
+        }
+        // The local-path driver's writes (Apiary's: Kubernetes' nodes have none): only the
+        // volumes, claims and capacities of this node.
+        ("", "persistentvolumes", _) | ("storage.k8s.io", "csistoragecapacities", _) => {
+            let volumes = resource.plural == "persistentvolumes";
+            let own = |object: &Value| {
+                if volumes {
+                    pinned_to(node, object)
+                } else {
+                    capacity_of(node, object)
+                }
+            };
+            let what = if volumes {
+                "can only write persistentvolumes whose nodeAffinity requires itself"
+            } else {
+                "can only write csistoragecapacities whose nodeTopology selects only itself"
+            };
+            let refuse = || forbidden(format!("node {node:?} {what}"));
+            if *method != Method::POST && !own(&stored().await?) {
+                return Err(refuse());
+            }
+            let new = match *method {
+                Method::POST | Method::PUT => objects::decode(headers, body)?,
+                Method::PATCH => {
+                    objects::apply_patch(stored().await?, &objects::content_type(headers), body)?
+                }
+                _ => return Ok(()),
+            };
+            if !own(&new) {
+                return Err(refuse());
+            }
+            // A new volume may only be for a claim handed to this node.
+            let claim = &new["spec"]["claimRef"];
+            if volumes && *method == Method::POST && claim.is_object() {
+                let claims = api
+                    .resources
+                    .get("", "v1", "persistentvolumeclaims")
+                    .expect("claims are served");
+                let selected = objects::get(
+                    api,
+                    claims,
+                    claim["namespace"].as_str(),
+                    claim["name"].as_str().unwrap_or_default(),
+                )
+                .await
+                .ok()
+                .is_some_and(|c| selected_for(node, &c));
+                if !selected {
+                    return Err(forbidden(format!(
+                        "node {node:?} can only provision persistentvolumes for claims selected for itself"
+                    )));
+                }
+            }
+            Ok(())
+        }
+        ("", "persistentvolumeclaims", _) => {
+            if !selected_for(node, &stored().await?) {
+                return Err(forbidden(format!(
+                    "node {node:?} can only write persistentvolumeclaims selected for itself"
+                )));
+            }
+            Ok(())
+        }
         _ => Ok(()),
     }
+}
+
+/// Whether a claim carries `volume.kubernetes.io/selected-node: <node>`.
+fn selected_for(node: &str, claim: &Value) -> bool {
+    claim["metadata"]["annotations"][apiary_api::core_v1::ANN_SELECTED_NODE] == node
+}
+
+/// Whether every term of a volume's required node affinity requires `node` alone by the
+/// local-path topology key (so the volume is reachable from this node only).
+fn pinned_to(node: &str, volume: &Value) -> bool {
+    let terms = &volume["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"];
+    terms.as_array().is_some_and(|terms| {
+        !terms.is_empty()
+            && terms.iter().all(|term| {
+                term["matchExpressions"].as_array().is_some_and(|exprs| {
+                    exprs.iter().any(|e| {
+                        e["key"] == apiary_api::storage_v1::LOCAL_PATH_TOPOLOGY_KEY
+                            && e["operator"] == "In"
+                            && e["values"] == serde_json::json!([node])
+                    })
+                })
+            })
+    })
+}
+
+/// Whether a CSIStorageCapacity's `nodeTopology` is exactly this node's local-path label.
+fn capacity_of(node: &str, capacity: &Value) -> bool {
+    let topology = &capacity["nodeTopology"];
+    topology["matchLabels"]
+        == serde_json::json!({ apiary_api::storage_v1::LOCAL_PATH_TOPOLOGY_KEY: node })
+        && topology["matchExpressions"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
 }
 
 /// Label prefixes (and labels) a node may set on itself: Kubernetes' allowed kubelet labels.
@@ -175,6 +290,15 @@ pub fn admit_node(node: &str, new: &Value, old: Option<&Value>) -> Result<(), Ap
             "node {node:?} is not allowed to {} the following labels: {}",
             if old.is_some() { "modify" } else { "set" },
             refused.join(", ")
+        )));
+    }
+    // The local-path topology label names the node itself: another node's name would draw
+    // that node's volumes' pods (and its capacity's claims) here.
+    let topology = &after.get(apiary_api::storage_v1::LOCAL_PATH_TOPOLOGY_KEY);
+    if topology.is_some_and(|v| v != node) {
+        return Err(forbidden(format!(
+            "node {node:?} may only set the label {} to its own name",
+            apiary_api::storage_v1::LOCAL_PATH_TOPOLOGY_KEY
         )));
     }
     if let Some(old) = old
@@ -266,6 +390,20 @@ fn forbidden(why: impl std::fmt::Display) -> ApiError {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_node_may_not_take_another_nodes_local_path_topology() {
+        let node = |value: &str| {
+            json!({"metadata": {"name": "n1", "labels": {
+                apiary_api::storage_v1::LOCAL_PATH_TOPOLOGY_KEY: value}}})
+        };
+        assert!(admit_node("n1", &node("n1"), None).is_ok());
+        let e = admit_node("n1", &node("n2"), Some(&node("n1"))).unwrap_err();
+        assert_eq!(
+            e.message,
+            "node \"n1\" may only set the label topology.local.csi.apiary.dev/node to its own name"
+        );
+    }
 
     #[test]
     fn a_node_may_not_label_itself_to_attract_workloads_nor_drop_its_taints() {

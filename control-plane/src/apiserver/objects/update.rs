@@ -106,6 +106,7 @@ pub(super) async fn write_update(
     // the kind may say an update changed nothing admission judges (a pod's labels).
     if target.subresource.is_none() && strategy.admits_update(old, &merged) {
         super::admission::validate(api, resource, &merged, None).await?;
+        super::admission::validate_update(api, resource, old, &merged).await?;
     }
     if let Some(review) = &review {
         super::admission::policies::validate(api, review, &merged).await?;

@@ -14,7 +14,7 @@ use k8s_openapi::api::{
     authentication::v1 as authentication, authorization::v1 as authorization,
     autoscaling::v1 as autoscaling, batch::v1 as batch, certificates::v1 as certificates,
     coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-    networking::v1 as networking, rbac::v1 as rbac,
+    networking::v1 as networking, rbac::v1 as rbac, storage::v1 as storage,
 };
 use schemars::{JsonSchema, SchemaGenerator, generate::SchemaSettings};
 use serde_json::{Map, Value, json};
@@ -175,6 +175,13 @@ fn add_kind(
         ("", "Secret") => add::<core::Secret>(g),
         ("", "Service") => add::<core::Service>(g),
         ("", "ServiceAccount") => add::<core::ServiceAccount>(g),
+        ("", "PersistentVolume") => add::<core::PersistentVolume>(g),
+        ("", "PersistentVolumeClaim") => add::<core::PersistentVolumeClaim>(g),
+        ("storage.k8s.io", "StorageClass") => add::<storage::StorageClass>(g),
+        ("storage.k8s.io", "CSIDriver") => add::<storage::CSIDriver>(g),
+        ("storage.k8s.io", "CSINode") => add::<storage::CSINode>(g),
+        ("storage.k8s.io", "CSIStorageCapacity") => add::<storage::CSIStorageCapacity>(g),
+        ("storage.k8s.io", "VolumeAttachment") => add::<storage::VolumeAttachment>(g),
         ("apps", "DaemonSet") => add::<apps::DaemonSet>(g),
         ("apps", "Deployment") => add::<apps::Deployment>(g),
         ("apps", "ReplicaSet") => add::<apps::ReplicaSet>(g),

@@ -245,6 +245,7 @@ impl Registry {
             ("", "services") => &core::services::Services,
             ("", "namespaces") => &core::namespaces::Namespaces,
             ("", "secrets") => &core::secrets::Secrets,
+            ("", "persistentvolumes") => &core::persistent_volumes::PersistentVolumes,
             ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
                 &rbac::Bindings
             }
