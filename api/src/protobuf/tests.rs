@@ -40,14 +40,7 @@ fn every_served_kind_and_its_list_has_a_message() {
     // Apiary's own kinds have no message; CustomResourceDefinitions travel as JSON (what kubectl
     // and the client libraries send them as), their schemas' special forms not being in the table.
     // Resource metrics are read-only and answered as JSON (kubectl top asks for JSON).
-    // storage.k8s.io is listed in `cargo xtask gen-protobuf`'s group versions but the table has
-    // not been regenerated yet: until it is, its kinds travel as JSON (negotiation falls back).
-    let without_message = [
-        "apiary.dev",
-        "apiextensions.k8s.io",
-        "metrics.k8s.io",
-        "storage.k8s.io",
-    ];
+    let without_message = ["apiary.dev", "apiextensions.k8s.io", "metrics.k8s.io"];
     for resource in RESOURCES
         .iter()
         .filter(|r| !without_message.contains(&r.group))
