@@ -978,3 +978,215 @@ spec:
         "{out}"
     );
 }
+
+/// A Ready node (no agent behind it: bound pods stay Pending) in the local-path topology.
+fn register_node(cp: &ControlPlane, name: &str) {
+    let now = chrono_now();
+    cp.register_node(
+        &serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": { "name": name, "labels": {
+                "kubernetes.io/hostname": name,
+                "topology.local.csi.apiary.dev/node": name,
+            } },
+            "status": {
+                "capacity": { "cpu": "4", "memory": "8Gi", "pods": "110" },
+                "allocatable": { "cpu": "4", "memory": "8Gi", "pods": "110" },
+                "conditions": [{ "type": "Ready", "status": "True", "reason": "KubeletReady",
+                    "lastHeartbeatTime": now, "lastTransitionTime": now }],
+            },
+        })
+        .to_string(),
+    );
+}
+
+fn chrono_now() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn pod_using(name: &str, claim: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers: [{{name: c, image: busybox}}]\n  volumes: [{{name: d, persistentVolumeClaim: {{claimName: {claim}}}}}]\n{extra_spec}"
+    )
+}
+
+fn wait_unschedulable(cp: &ControlPlane, pod: &str, wanted: &str) {
+    wait_for(&format!("pod {pod} unschedulable: {wanted}"), WAIT, || {
+        let pod = get(cp, &["pod", pod]);
+        assert!(pod["spec"]["nodeName"].is_null(), "{pod}");
+        pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["type"] == "PodScheduled"
+                    && c["reason"] == "Unschedulable"
+                    && c["message"].as_str().is_some_and(|m| m.contains(wanted))
+            })
+            .then_some(())
+    });
+}
+
+fn wait_scheduled(cp: &ControlPlane, pod: &str) -> String {
+    wait_for(&format!("pod {pod} bound"), WAIT, || {
+        get(cp, &["pod", pod])["spec"]["nodeName"]
+            .as_str()
+            .map(str::to_owned)
+    })
+}
+
+#[test]
+fn the_scheduler_refuses_pods_whose_claims_cannot_be_used() {
+    let cp = ControlPlane::start();
+    register_node(&cp, "n1");
+    register_node(&cp, "n2");
+    apply(&cp, &pod_using("missing", "nothing", ""));
+    wait_unschedulable(
+        &cp,
+        "missing",
+        "0/2 nodes are available: persistentvolumeclaim \"nothing\" not found. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling.",
+    );
+    wait_event(
+        &cp,
+        "Pod",
+        "missing",
+        "persistentvolumeclaim \"nothing\" not found",
+    );
+    // The claim appearing lets the pod go (no class: bound by the PV controller first).
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: nothing}\nspec:\n  storageClassName: \"\"\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    );
+    wait_unschedulable(
+        &cp,
+        "missing",
+        "pod has unbound immediate PersistentVolumeClaims",
+    );
+
+    // A bound local volume pins its users to its node.
+    apply(
+        &cp,
+        r#"
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: on-n1}
+spec:
+  accessModes: [ReadWriteOnce]
+  capacity: {storage: 1Gi}
+  storageClassName: ""
+  local: {path: /data}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [n1]}]
+"#,
+    );
+    wait_phase(&cp, &["pvc", "nothing"], "Bound");
+    assert_eq!(
+        wait_scheduled(&cp, "missing"),
+        "n1",
+        "the claim's volume is on n1"
+    );
+    apply(
+        &cp,
+        &pod_using(
+            "elsewhere",
+            "nothing",
+            "  nodeSelector: {kubernetes.io/hostname: n2}\n",
+        ),
+    );
+    wait_unschedulable(
+        &cp,
+        "elsewhere",
+        "0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had volume node affinity conflict.",
+    );
+}
+
+#[test]
+fn wait_for_first_consumer_claims_follow_capacity_to_the_selected_node() {
+    let cp = ControlPlane::start();
+    register_node(&cp, "n1");
+    register_node(&cp, "n2");
+    // What the node agents publish: n1 has room for 10Gi, n2 for 1Gi.
+    for (node, capacity) in [("n1", "10Gi"), ("n2", "1Gi")] {
+        apply(
+            &cp,
+            &format!(
+                "apiVersion: storage.k8s.io/v1\nkind: CSIStorageCapacity\nmetadata: {{name: local-path-{node}, namespace: kube-system}}\nstorageClassName: local-path\ncapacity: {capacity}\nnodeTopology: {{matchLabels: {{topology.local.csi.apiary.dev/node: {node}}}}}\n"
+            ),
+        );
+    }
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 5Gi}}\n",
+    );
+    apply(&cp, &pod_using("db", "data", ""));
+    let claim = wait_for("the selected node", WAIT, || {
+        let c = get(&cp, &["pvc", "data"]);
+        c["metadata"]["annotations"]["volume.kubernetes.io/selected-node"]
+            .is_string()
+            .then_some(c)
+    });
+    assert_eq!(
+        claim["metadata"]["annotations"]["volume.kubernetes.io/selected-node"],
+        "n1"
+    );
+    // The PV controller hands it to local-path; the pod waits for the claim to be bound.
+    wait_for("local-path asked to provision", WAIT, || {
+        (get(&cp, &["pvc", "data"])["metadata"]["annotations"]["volume.kubernetes.io/storage-provisioner"]
+            == "local.csi.apiary.dev")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        get(&cp, &["pod", "db"])["spec"]["nodeName"].is_null(),
+        "bound only after its claim"
+    );
+    // The node agent's part: the volume, on n1, for the claim.
+    let uid = claim["metadata"]["uid"].as_str().unwrap();
+    apply(
+        &cp,
+        &format!(
+            r#"
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: pvc-{uid}
+  annotations: {{pv.kubernetes.io/provisioned-by: local.csi.apiary.dev}}
+spec:
+  accessModes: [ReadWriteOnce]
+  capacity: {{storage: 5Gi}}
+  persistentVolumeReclaimPolicy: Delete
+  storageClassName: local-path
+  claimRef: {{namespace: default, name: data, uid: {uid}}}
+  csi: {{driver: local.csi.apiary.dev, volumeHandle: pvc-{uid}}}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{{key: topology.local.csi.apiary.dev/node, operator: In, values: [n1]}}]
+"#
+        ),
+    );
+    assert_eq!(wait_scheduled(&cp, "db"), "n1");
+
+    // Bigger than any node has room for.
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: huge}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 50Gi}}\n",
+    );
+    apply(&cp, &pod_using("greedy", "huge", ""));
+    wait_unschedulable(
+        &cp,
+        "greedy",
+        "0/2 nodes are available: 2 node(s) did not have enough free storage.",
+    );
+    assert!(
+        get(&cp, &["pvc", "huge"])["metadata"]["annotations"]["volume.kubernetes.io/selected-node"]
+            .is_null()
+    );
+}

@@ -233,6 +233,17 @@ pub fn node_affinity_matches(
         .is_none_or(|selector| selector.matches(labels, node_name))
 }
 
+/// The FailedScheduling message of a pod a PreFilter plugin refused (`why`, e.g. a missing
+/// claim): no node was looked at.
+pub fn pre_filter_message(nodes: usize, why: &str) -> String {
+    if nodes == 0 {
+        return "no nodes available to schedule pods".to_owned();
+    }
+    format!(
+        "0/{nodes} nodes are available: {why}. preemption: 0/{nodes} nodes are available: {nodes} Preemption is not helpful for scheduling."
+    )
+}
+
 /// The FailedScheduling message: `0/3 nodes are available: 1 node(s) had untolerated taint
 /// {k: v}, 2 Insufficient cpu. preemption: …`, reasons counted and sorted as Kubernetes does.
 pub fn failure_message(nodes: usize, reasons: &BTreeMap<String, usize>) -> String {

@@ -17,6 +17,7 @@ pub mod filters;
 pub mod lifecycle;
 pub mod queue;
 pub mod scores;
+pub mod volumes;
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -45,6 +46,7 @@ use crate::{
 use cache::{Cache, PodInfo};
 use filters::AffinityDomains;
 use queue::Queue;
+use volumes::{PodVolumes, VolumeCaches};
 
 /// The name pods ask for in `spec.schedulerName` (or leave empty).
 pub const SCHEDULER_NAME: &str = "default-scheduler";
@@ -100,8 +102,12 @@ pub(crate) fn now() -> String {
 
 /// Runs the scheduler until the process ends, relisting after any watch error.
 pub async fn run(api: Arc<Api>) {
+    // The storage caches outlive relists; their watches end with this task (the sender).
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let (volume_tx, mut volume_rx) = mpsc::unbounded_channel();
+    let volumes = VolumeCaches::start(&api, volume_tx, stopped);
     loop {
-        if let Err(e) = run_once(&api).await {
+        if let Err(e) = run_once(&api, &volumes, &mut volume_rx).await {
             tracing::warn!(error = %e, "scheduler: relisting");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -116,6 +122,11 @@ struct BindOutcome {
     result: Result<(), ApiError>,
 }
 
+/// PreBind's message in a FailedScheduling event, as kube-scheduler words it.
+fn pre_bind_message(e: &ApiError) -> String {
+    format!("running PreBind plugin \"VolumeBinding\": {}", e.message)
+}
+
 /// The scheduler's state between events.
 #[derive(Debug)]
 struct Scheduler {
@@ -128,9 +139,14 @@ struct Scheduler {
     /// Pods whose binding task has not reported yet.
     binding: HashSet<String>,
     bound_tx: mpsc::UnboundedSender<BindOutcome>,
+    volumes: VolumeCaches,
 }
 
-async fn run_once(api: &Arc<Api>) -> Result<()> {
+async fn run_once(
+    api: &Arc<Api>,
+    volumes: &VolumeCaches,
+    volume_changes: &mut mpsc::UnboundedReceiver<()>,
+) -> Result<()> {
     let pods = resource(api, "", "pods");
     let nodes = resource(api, "", "nodes");
     let mut node_watch = objects::watch_changes(api, &all(nodes), Filter::default(), None)
@@ -147,6 +163,7 @@ async fn run_once(api: &Arc<Api>) -> Result<()> {
         next_start: None,
         binding: HashSet::new(),
         bound_tx,
+        volumes: volumes.clone(),
     };
     for node in std::mem::take(&mut node_watch.initial) {
         s.node_changed(Change::Added(node));
@@ -173,6 +190,11 @@ async fn run_once(api: &Arc<Api>) -> Result<()> {
                 s.pod_changed(change);
             }
             Some(bound) = bound_rx.recv() => s.bound(bound),
+            // A claim, volume, class or capacity changed: parked pods may fit now.
+            Some(()) = volume_changes.recv() => {
+                while volume_changes.try_recv().is_ok() {}
+                s.queue.retry_unschedulable();
+            }
             _ = retry.tick() => {
                 s.queue.retry_unschedulable();
                 s.cache.forget_unused_terms();
@@ -194,6 +216,14 @@ async fn run_once(api: &Arc<Api>) -> Result<()> {
 /// for `from_json` to strip).
 fn decode<T: serde::de::DeserializeOwned>(object: &serde_json::Value) -> serde_json::Result<T> {
     T::deserialize(object)
+}
+
+/// Whether `pod` has PersistentVolumeClaims (its own or ephemeral ones).
+fn has_claims(pod: &Pod) -> bool {
+    pod.spec
+        .volumes
+        .iter()
+        .any(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some())
 }
 
 /// Whether this scheduler is the one to place `pod`.
@@ -271,8 +301,25 @@ impl Scheduler {
         };
         let started = std::time::Instant::now();
         let pod = pending.info.clone();
+        // VolumeBinding's PreFilter: what the pod's claims need, or why nothing will do.
+        let volumes = if has_claims(&pod.pod) {
+            if !self.volumes.synced() {
+                self.queue.park(key.to_owned());
+                return;
+            }
+            match self.volumes.pre_filter(&pod.pod) {
+                Ok(v) => v,
+                Err(why) => {
+                    let message = filters::pre_filter_message(self.cache.nodes.len(), &why);
+                    self.unschedulable(key, message, started);
+                    return;
+                }
+            }
+        } else {
+            PodVolumes::default()
+        };
         AffinityDomains::prepare(&pod, &mut self.cache);
-        let found = search(&self.cache, self.next_start.as_deref(), &pod);
+        let found = search(&self.cache, self.next_start.as_deref(), &pod, &volumes);
         let last = found.last.map(str::to_owned);
         // The best node, at random among equals.
         let best = (!found.feasible.is_empty()).then(|| {
@@ -293,19 +340,16 @@ impl Scheduler {
         }
         let Some(node) = best else {
             let message = filters::failure_message(self.cache.nodes.len(), &reasons);
-            let pending = self.queue.pending.get_mut(key).expect("looked up above");
-            if pending.last_message.as_deref() != Some(message.as_str()) {
-                pending.last_message = Some(message.clone());
-                tracing::info!(pod = key, %message, "unschedulable");
-                let api = Arc::clone(&self.api);
-                let pod = pending.info.pod.clone();
-                tokio::spawn(async move { record_unschedulable(&api, &pod, &message).await });
-            }
-            self.queue.park(key.to_owned());
-            crate::metrics::global()
-                .scheduling_attempt(ScheduleResult::Unschedulable, started.elapsed());
+            self.unschedulable(key, message, started);
             return;
         };
+        let plan = self
+            .cache
+            .nodes
+            .get(&node)
+            .map(|n| volumes.plan(n))
+            .unwrap_or_default();
+        let caches = self.volumes.clone();
         let mut assumed = pod;
         assumed.node = node.clone();
         assumed.pod.spec.node_name = node.clone();
@@ -318,7 +362,23 @@ impl Scheduler {
         let api = Arc::clone(&self.api);
         let tx = self.bound_tx.clone();
         tokio::spawn(async move {
-            let result = bind(&api, &pod, &node).await;
+            // PreBind: the pod's delayed claims are bound (or provisioned) on the node first.
+            let pre_bound = if plan.is_empty() {
+                Ok(())
+            } else {
+                volumes::pre_bind(&api, &caches, &node, &plan, volumes::BIND_TIMEOUT).await
+            };
+            if let Err(e) = &pre_bound {
+                let message = pre_bind_message(e);
+                let (api, pod) = (Arc::clone(&api), pod.clone());
+                tokio::spawn(async move {
+                    record_event(&api, &pod, "Warning", "FailedScheduling", &message).await;
+                });
+            }
+            let result = match pre_bound {
+                Ok(()) => bind(&api, &pod, &node).await,
+                Err(e) => Err(e),
+            };
             // kube-scheduler's attempt ends with its binding.
             let outcome = match result {
                 Ok(()) => ScheduleResult::Scheduled,
@@ -340,6 +400,23 @@ impl Scheduler {
             // The loop is gone only when the scheduler restarts, relisting everything.
             let _ = tx.send(BindOutcome { pod, node, result });
         });
+    }
+
+    /// Parks `key` as fitting nowhere, telling why (once per distinct message).
+    fn unschedulable(&mut self, key: &str, message: String, started: std::time::Instant) {
+        let Some(pending) = self.queue.pending.get_mut(key) else {
+            return;
+        };
+        if pending.last_message.as_deref() != Some(message.as_str()) {
+            pending.last_message = Some(message.clone());
+            tracing::info!(pod = key, %message, "unschedulable");
+            let api = Arc::clone(&self.api);
+            let pod = pending.info.pod.clone();
+            tokio::spawn(async move { record_unschedulable(&api, &pod, &message).await });
+        }
+        self.queue.park(key.to_owned());
+        crate::metrics::global()
+            .scheduling_attempt(ScheduleResult::Unschedulable, started.elapsed());
     }
 
     /// A binding task reported.
@@ -386,7 +463,12 @@ struct Found<'a> {
 /// Checks nodes from the one after `start` on, around the ring, until [`nodes_to_find`]
 /// feasible ones are found (or every node was checked). The pod's terms must have been
 /// [`AffinityDomains::prepare`]d.
-fn search<'a>(cache: &'a Cache, start: Option<&str>, pod: &PodInfo) -> Found<'a> {
+fn search<'a>(
+    cache: &'a Cache,
+    start: Option<&str>,
+    pod: &PodInfo,
+    volumes: &PodVolumes,
+) -> Found<'a> {
     let domains = AffinityDomains::compute(pod, cache);
     let wanted = nodes_to_find(cache.nodes.len());
     // Node names are never empty: after "" is every node.
@@ -400,7 +482,12 @@ fn search<'a>(cache: &'a Cache, start: Option<&str>, pod: &PodInfo) -> Found<'a>
     let mut found = Found::default();
     for node in after.chain(before).map(|(_, n)| n) {
         found.last = Some(&node.name);
-        let failed = filters::check(pod, node, cache, &domains);
+        let mut failed = filters::check(pod, node, cache, &domains);
+        if failed.is_empty()
+            && let Some(reason) = volumes.check(node)
+        {
+            failed.push(reason.to_owned());
+        }
         if failed.is_empty() {
             found.feasible.push(node);
             if found.feasible.len() >= wanted {
@@ -418,7 +505,7 @@ fn search<'a>(cache: &'a Cache, start: Option<&str>, pod: &PodInfo) -> Found<'a>
 #[cfg(test)]
 fn find_feasible(cache: &mut Cache, start: Option<&str>, pod: &PodInfo) -> Search {
     AffinityDomains::prepare(pod, cache);
-    let found = search(cache, start, pod);
+    let found = search(cache, start, pod, &PodVolumes::default());
     Search {
         feasible: found.feasible.iter().map(|n| n.name.clone()).collect(),
         reasons: found.reasons,
