@@ -284,6 +284,18 @@ pub async fn unpublish_all(ctx: &Context, pod_dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Unmounts every CSI volume of a pod directly, without its driver (the node's reset: the
+/// agent and its drivers are gone). Bind-mount drivers such as local-path need nothing more.
+pub fn unmount_all(pod_dir: &Path) -> io::Result<()> {
+    let Ok(entries) = fs::read_dir(pod_dir.join("volumes").join(KIND_DIR)) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        mount::unbind(&entry.path().join("mount"))?;
+    }
+    Ok(())
+}
+
 /// Whether anything is still mounted under the pod's CSI volumes (their directories must then
 /// stay).
 pub fn any_mounted(pod_dir: &Path) -> bool {
