@@ -250,7 +250,6 @@ impl ApiClient {
     /// order by one task; failures are only logged, and a full queue drops the Event (as
     /// client-go's broadcaster does): an Event is never worth holding up a pod.
     pub fn pod_event(&self, node: &str, pod: &PodRef, type_: &str, reason: &str, message: String) {
-        let now = SystemTime::now();
         let involved = ObjectReference {
             api_version: "v1".into(),
             kind: "Pod".into(),
@@ -260,8 +259,23 @@ impl ApiClient {
             field_path: pod.field_path.clone(),
             ..ObjectReference::default()
         };
+        self.object_event("kubelet", node, involved, type_, reason, message);
+    }
+
+    /// Records an Event about any object as `component` on `node` (a CSI sidecar's Events
+    /// about claims, say), through the same correlator and queue as [`Self::pod_event`].
+    pub fn object_event(
+        &self,
+        component: &str,
+        node: &str,
+        involved: ObjectReference,
+        type_: &str,
+        reason: &str,
+        message: String,
+    ) {
+        let now = SystemTime::now();
         let reporter = events::Reporter {
-            component: "kubelet",
+            component,
             host: node,
             instance: node,
         };

@@ -40,6 +40,8 @@ pub struct Context {
     pub health: super::health::Health,
     /// The node's seccomp default and profile directory.
     pub seccomp: super::pods::security::SeccompSettings,
+    /// The CSI drivers registered on the node, which mount pods' claims.
+    pub csi: super::storage::Drivers,
 }
 
 /// The kubelet's DNS settings: the cluster DNS address and domain, and the node's own resolver

@@ -19,6 +19,7 @@ pub mod run;
 pub mod services;
 pub mod serving_certificate;
 pub mod static_pods;
+pub mod storage;
 pub mod streams;
 pub mod tokens;
 pub mod volumes;

@@ -53,8 +53,15 @@ pub async fn reset(args: ResetArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     for dir in entries(&args.data_dir.join("pods")) {
+        // Claims' volumes are unmounted, never removed: their data lives in the volume
+        // directory, and a tree removed through a mount would take it along.
+        if let Err(e) = super::volumes::csi::unmount_all(&dir) {
+            problems.push(format!("CSI volumes of {}: {e}", dir.display()));
+            continue;
+        }
         if let Err(e) = super::volumes::remove_all(&dir) {
             problems.push(format!("volumes of {}: {e}", dir.display()));
+            continue;
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -112,6 +112,20 @@ pub struct AgentConfig {
     /// kubelet; metrics-server scrapes every 15 s).
     #[arg(long, default_value_t = 15)]
     pub metrics_interval_seconds: u64,
+    /// Where the built-in local-path CSI driver makes its volumes' directories [default:
+    /// <data-dir>/volumes].
+    #[arg(long)]
+    pub volume_dir: Option<PathBuf>,
+    /// The capacity the local-path driver offers (a quantity such as `10Gi`) [default: the free
+    /// space of the volume directory's filesystem]; volumes' sizes are taken from it.
+    #[arg(long, value_parser = parse_capacity)]
+    pub volume_capacity: Option<u64>,
+}
+
+fn parse_capacity(s: &str) -> Result<u64, String> {
+    let q: apiary_api::quantity::Quantity = s.parse().map_err(|e| format!("{e}"))?;
+    let bytes = q.value().map_err(|e| format!("{e}"))?;
+    u64::try_from(bytes).map_err(|_| format!("{s}: a capacity cannot be negative"))
 }
 
 /// Runs the agent until the process is stopped. Pods keep running when it stops: their
@@ -257,7 +271,25 @@ async fn run_registered(
             default_runtime_default: config.seccomp_default,
             profile_root: config.data_dir.join("seccomp"),
         },
+        csi: super::storage::Drivers::default(),
     });
+    // Claims cannot be mounted without it, but every other pod can run: an error here is
+    // logged, not fatal.
+    if let Err(e) = super::storage::start(
+        &ctx,
+        super::storage::StorageConfig {
+            run_dir: config.run_dir.clone(),
+            volume_dir: config
+                .volume_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("volumes")),
+            capacity: config.volume_capacity,
+        },
+    )
+    .await
+    {
+        tracing::error!(error = %format!("{e:#}"), "starting the local-path CSI driver");
+    }
     let records: crate::dns::SharedRecords = Arc::new(std::sync::RwLock::new(
         crate::dns::ClusterRecords::new(&config.cluster_domain),
     ));

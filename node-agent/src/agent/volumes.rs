@@ -21,6 +21,7 @@ use super::{
     tokens::TokenKey,
 };
 
+pub mod csi;
 pub mod ownership;
 
 use ownership::ChangePolicy;
@@ -66,7 +67,8 @@ pub enum VolumeError {
     },
 }
 
-/// Sets up (or refreshes) every volume of `pod` under `pod_dir`; returns them by name.
+/// Sets up (or refreshes) every volume of `pod` under `pod_dir`; returns them by name. Claim
+/// volumes are left to [`csi::publish`], which needs the API and the volume's driver.
 pub fn prepare(
     pod: &Pod,
     pod_dir: &Path,
@@ -76,6 +78,9 @@ pub fn prepare(
 ) -> Result<BTreeMap<String, PreparedVolume>, VolumeError> {
     let mut prepared = BTreeMap::new();
     for volume in &pod.spec.volumes {
+        if csi::claim_of(pod, volume).is_some() {
+            continue;
+        }
         let v = prepare_one(pod, volume, pod_dir, facts, sources, node_allocatable)?;
         prepared.insert(volume.name.clone(), v);
     }
@@ -583,6 +588,13 @@ fn in_memory(dir: &Path) -> io::Result<()> {
 /// Unmounts the pod's tmpfs volumes (emptyDirs of `medium: Memory`, Secrets, projections)
 /// and removes its volume directories.
 pub fn remove_all(pod_dir: &Path) -> io::Result<()> {
+    // A CSI volume still mounted here holds a claim's data: removing the tree would delete it.
+    if csi::any_mounted(pod_dir) {
+        return Err(io::Error::other(format!(
+            "{}: CSI volumes are still published; keeping the directory",
+            pod_dir.display()
+        )));
+    }
     for kind in ["empty-dir", "secret", "projected"] {
         let Ok(entries) = fs::read_dir(pod_dir.join("volumes").join(kind)) else {
             continue;

@@ -201,6 +201,11 @@ pub async fn remove_pod_leftovers(ctx: &Context, uid: &str) {
     }
     let sandbox = ctx.sandbox_dir(uid);
     let pod_dir = ctx.pod_dir(uid);
+    // Claims' volumes are unpublished through their drivers first; one that cannot be keeps
+    // the pod's directory (and is retried at the next cleanup of leftovers).
+    if let Err(e) = volumes::csi::unpublish_all(ctx, &pod_dir).await {
+        tracing::warn!(pod_uid = %uid, error = %e, "unpublishing CSI volumes");
+    }
     let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         let _ = apiary_runtime::Sandbox::remove(&sandbox);
         let _ = std::fs::remove_dir_all(&sandbox);

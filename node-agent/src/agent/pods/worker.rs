@@ -488,6 +488,25 @@ impl Worker {
                 format!("MountVolume.SetUp failed for {e}"),
             )
         })?;
+        let mut prepared = prepared;
+        for volume in &self.pod.spec.volumes {
+            if volumes::csi::claim_of(&self.pod, volume).is_none() {
+                continue;
+            }
+            let dir = self.ctx.pod_dir(&self.uid);
+            let published = volumes::csi::publish(&self.ctx, &self.pod, &dir, volume)
+                .await
+                .map_err(|e| {
+                    (
+                        "FailedMount".to_owned(),
+                        format!(
+                            "MountVolume.SetUp failed for volume \"{}\" : {e}",
+                            volume.name
+                        ),
+                    )
+                })?;
+            prepared.insert(volume.name.clone(), published);
+        }
         self.volumes = prepared;
         self.sources = Some((Instant::now(), sources));
         Ok(())

@@ -1,0 +1,427 @@
+//! Persistent volumes end to end: the local-path CSI driver's project quota on a real ext4
+//! filesystem with bind-mount publishing, and claims through the real kubectl in a two-node lab
+//! — the default class filled in, WaitForFirstConsumer binding where the pod lands, data kept
+//! across the pod's deletion (the PV's node affinity brings the new pod back), `Delete` and
+//! `Retain` reclaim, and a claim larger than any node's capacity left Pending with the reason.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use apiary_tests::{
+    cluster::{ClusterLab, wait},
+    require_privileges,
+};
+use serde_json::Value;
+
+/// A loop-mounted ext4 image with project quotas, unmounted and detached on drop.
+struct QuotaFs {
+    dir: tempfile::TempDir,
+    loop_dev: String,
+}
+
+impl QuotaFs {
+    fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let image = dir.path().join("fs.img");
+        run("truncate", &["-s", "64M", image.to_str().unwrap()])?;
+        run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-O",
+                "quota,project",
+                "-E",
+                "quotatype=prjquota",
+                image.to_str().unwrap(),
+            ],
+        )?;
+        let loop_dev = run("losetup", &["--find", "--show", image.to_str().unwrap()])?
+            .trim()
+            .to_owned();
+        let fs = Self { dir, loop_dev };
+        std::fs::create_dir_all(fs.mount_point())?;
+        // On failure, dropping `fs` detaches the loop device.
+        run(
+            "mount",
+            &[
+                "-o",
+                "prjquota",
+                &fs.loop_dev,
+                fs.mount_point().to_str().unwrap(),
+            ],
+        )
+        .map_err(|e| e.context("no ext4 project quotas here (a kernel without CONFIG_QFMT_V2?)"))?;
+        Ok(fs)
+    }
+
+    fn mount_point(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for QuotaFs {
+    fn drop(&mut self) {
+        // Publish targets first (they live inside the temp dir), then the filesystem.
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.path().join("target"))
+            .status();
+        let _ = Command::new("umount").arg(self.mount_point()).status();
+        let _ = Command::new("losetup")
+            .args(["-d", &self.loop_dev])
+            .status();
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program).args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn local_path_volumes_are_held_to_their_size_by_a_project_quota() {
+    require_privileges!();
+    use apiary_csi::v1::{
+        CapacityRange, CreateVolumeRequest, NodePublishVolumeRequest, NodeUnpublishVolumeRequest,
+        VolumeCapability, controller_client::ControllerClient, node_client::NodeClient,
+        volume_capability,
+    };
+    // Without project quotas in the kernel the volume goes without (the driver's fallback):
+    // publishing is still tested, the EDQUOT check is skipped with the reason.
+    let quota_fs = match QuotaFs::new() {
+        Ok(fs) => Some(fs),
+        Err(e) => {
+            eprintln!("SKIPPED the EDQUOT check: {e:#}");
+            None
+        }
+    };
+    let plain = tempfile::tempdir().unwrap();
+    let (base, volume_root) = match &quota_fs {
+        Some(fs) => (fs.dir.path().to_owned(), fs.mount_point()),
+        None => (plain.path().to_owned(), plain.path().join("mnt")),
+    };
+    let target = base.join("target/mount");
+    let _unmount = Unmount(target.clone());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let driver = apiary_csi::local::Driver::new(apiary_csi::local::Config {
+            node: "node1".into(),
+            volume_dir: volume_root.join("volumes"),
+            capacity: None,
+        })
+        .unwrap();
+        assert_eq!(
+            driver.quotas,
+            quota_fs.is_some(),
+            "quotas where the filesystem has them"
+        );
+        let socket = base.join("csi.sock");
+        let router = driver.router();
+        let path = socket.clone();
+        tokio::spawn(async move { apiary_csi::serve(router, &path, std::future::pending()).await });
+        let channel = wait("the driver's socket", Duration::from_secs(5), || {
+            socket.exists().then_some(())
+        })
+        .map(|()| socket.clone())
+        .unwrap();
+        let channel = apiary_csi::connect(&channel).await.unwrap();
+        let capability = VolumeCapability {
+            access_type: Some(volume_capability::AccessType::Mount(Default::default())),
+            access_mode: Some(volume_capability::AccessMode {
+                mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+            }),
+        };
+        ControllerClient::new(channel.clone())
+            .create_volume(CreateVolumeRequest {
+                name: "pvc-quota".into(),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: 1 << 20,
+                    limit_bytes: 0,
+                }),
+                volume_capabilities: vec![capability.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let mut node = NodeClient::new(channel);
+        for _ in 0..2 {
+            node.node_publish_volume(NodePublishVolumeRequest {
+                volume_id: "pvc-quota".into(),
+                target_path: target.display().to_string(),
+                volume_capability: Some(capability.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        assert!(apiary_csi::local::mount::is_mounted(&target).unwrap());
+        // Written through the published path: the first MiB fits, the second does not.
+        let file = target.join("fill");
+        if quota_fs.is_some() {
+            let err = write_bytes(&file, 2 << 20).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+            let written = std::fs::metadata(&file).unwrap().len();
+            assert!(written <= 1 << 20, "{written} bytes got past a 1 MiB quota");
+        } else {
+            write_bytes(&file, 2 << 20).unwrap();
+        }
+        assert!(
+            volume_root.join("volumes/pvc-quota/fill").exists(),
+            "the data is in the volume's directory"
+        );
+        for _ in 0..2 {
+            node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: "pvc-quota".into(),
+                target_path: target.display().to_string(),
+            })
+            .await
+            .unwrap();
+        }
+        assert!(!target.exists());
+        assert!(
+            volume_root.join("volumes/pvc-quota/fill").exists(),
+            "unpublishing keeps the data"
+        );
+    });
+}
+
+/// Unmounts a publish target left behind by a failed test.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = apiary_csi::local::mount::unbind(&self.0);
+    }
+}
+
+fn write_bytes(path: &Path, bytes: usize) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    let chunk = vec![7u8; 64 << 10];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        file.write_all(&chunk[..n])?;
+        left -= n;
+    }
+    file.sync_all()
+}
+
+fn claim(name: &str, size: &str, class: Option<&str>) -> String {
+    let class = class
+        .map(|c| format!("  storageClassName: {c}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}}}\nspec:\n  accessModes: [ReadWriteOnce]\n{class}  resources: {{requests: {{storage: {size}}}}}\n"
+    )
+}
+
+fn pod_with_claim(name: &str, claim: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: localhost/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes:
+  - name: data
+    persistentVolumeClaim: {{claimName: {claim}}}
+"#
+    )
+}
+
+fn json(cluster: &ClusterLab, args: &[&str]) -> Value {
+    cluster.kubectl_json(args).unwrap()
+}
+
+/// Deletes the pod and waits until it is gone.
+fn delete_pod(cluster: &ClusterLab, name: &str) {
+    cluster
+        .kubectl_ok(&["delete", "pod", name, "--wait=true", "--timeout=60s"])
+        .unwrap();
+}
+
+/// The local-path directory of the volume bound to `claim`, on the node it is on.
+fn volume_dir(cluster: &ClusterLab, claim: &str) -> (String, PathBuf) {
+    let pvc = json(cluster, &["get", "pvc", claim, "-o", "json"]);
+    let pv_name = pvc["spec"]["volumeName"].as_str().unwrap().to_owned();
+    let pv = json(cluster, &["get", "pv", &pv_name, "-o", "json"]);
+    let node = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"]
+        [0]["values"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let at = cluster.nodes().iter().find(|n| n.name == node).unwrap();
+    let handle = pv["spec"]["csi"]["volumeHandle"].as_str().unwrap();
+    (pv_name, at.data_dir.join("volumes").join(handle))
+}
+
+#[test]
+fn claims_bind_where_their_pod_lands_and_keep_their_data() {
+    require_privileges!();
+    let cluster = ClusterLab::start_with_agents(2, &[], &["--volume-capacity", "256Mi"]).unwrap();
+    // Every node registered the driver and labelled itself with its topology.
+    for node in cluster.nodes() {
+        let csinode = wait("CSINode", Duration::from_secs(30), || {
+            cluster
+                .kubectl_json(&["get", "csinode", &node.name, "-o", "json"])
+                .ok()
+        })
+        .unwrap();
+        assert_eq!(
+            csinode["spec"]["drivers"][0]["name"],
+            "local.csi.apiary.dev"
+        );
+        assert_eq!(csinode["spec"]["drivers"][0]["nodeID"], node.name.as_str());
+        let labels =
+            &json(&cluster, &["get", "node", &node.name, "-o", "json"])["metadata"]["labels"];
+        assert_eq!(
+            labels["topology.local.csi.apiary.dev/node"],
+            node.name.as_str()
+        );
+    }
+
+    cluster.apply(&claim("data", "16Mi", None)).unwrap();
+    let pvc = json(&cluster, &["get", "pvc", "data", "-o", "json"]);
+    assert_eq!(
+        pvc["spec"]["storageClassName"], "local-path",
+        "the default class"
+    );
+    // WaitForFirstConsumer: nothing happens until a pod uses it.
+    std::thread::sleep(Duration::from_secs(2));
+    let pvc = json(&cluster, &["get", "pvc", "data", "-o", "json"]);
+    assert_eq!(pvc["status"]["phase"], "Pending");
+
+    let started = std::time::Instant::now();
+    cluster.apply(&pod_with_claim("writer", "data")).unwrap();
+    let pod = cluster
+        .wait_ready("default", "writer", Duration::from_secs(90))
+        .unwrap();
+    eprintln!("claim bound and pod Ready in {:?}", started.elapsed());
+    let node = pod["spec"]["nodeName"].as_str().unwrap().to_owned();
+    let pvc = json(&cluster, &["get", "pvc", "data", "-o", "json"]);
+    assert_eq!(pvc["status"]["phase"], "Bound");
+    let (pv_name, dir) = volume_dir(&cluster, "data");
+    let pv = json(&cluster, &["get", "pv", &pv_name, "-o", "json"]);
+    assert_eq!(
+        pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
+            [0],
+        node.as_str(),
+        "the volume is on the pod's node"
+    );
+    assert_eq!(
+        pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"],
+        "local.csi.apiary.dev"
+    );
+    cluster.sh("writer", "echo kept > /data/file && sync");
+    assert_eq!(std::fs::read_to_string(dir.join("file")).unwrap(), "kept\n");
+
+    // The pod goes and comes back: the PV's affinity brings it to the same node.
+    delete_pod(&cluster, "writer");
+    assert!(dir.join("file").exists(), "deleting the pod keeps the data");
+    cluster.apply(&pod_with_claim("reader", "data")).unwrap();
+    let pod = cluster
+        .wait_ready("default", "reader", Duration::from_secs(90))
+        .unwrap();
+    assert_eq!(pod["spec"]["nodeName"], node.as_str());
+    assert_eq!(cluster.sh("reader", "cat /data/file").trim(), "kept");
+
+    // Delete reclaim (the class's default): the claim's deletion removes the directory.
+    delete_pod(&cluster, "reader");
+    cluster
+        .kubectl_ok(&["delete", "pvc", "data", "--wait=true", "--timeout=60s"])
+        .unwrap();
+    wait(
+        "the Delete volume's directory to go",
+        Duration::from_secs(30),
+        || (!dir.exists()).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    wait("the PV to go", Duration::from_secs(30), || {
+        cluster
+            .kubectl_ok(&["get", "pv", &pv_name])
+            .is_err()
+            .then_some(())
+    })
+    .unwrap();
+
+    // Retain: a class of the same driver keeps the directory.
+    cluster
+        .apply(
+            "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: keep}\nprovisioner: local.csi.apiary.dev\nreclaimPolicy: Retain\nvolumeBindingMode: WaitForFirstConsumer\n",
+        )
+        .unwrap();
+    cluster.apply(&claim("kept", "8Mi", Some("keep"))).unwrap();
+    cluster.apply(&pod_with_claim("keeper", "kept")).unwrap();
+    cluster
+        .wait_ready("default", "keeper", Duration::from_secs(90))
+        .unwrap();
+    let (kept_pv, kept_dir) = volume_dir(&cluster, "kept");
+    cluster.sh("keeper", "echo retained > /data/file && sync");
+    delete_pod(&cluster, "keeper");
+    cluster
+        .kubectl_ok(&["delete", "pvc", "kept", "--wait=true", "--timeout=60s"])
+        .unwrap();
+    wait(
+        "the Retain volume to be Released",
+        Duration::from_secs(30),
+        || {
+            let pv = cluster
+                .kubectl_json(&["get", "pv", &kept_pv, "-o", "json"])
+                .ok()?;
+            (pv["status"]["phase"] == "Released").then_some(())
+        },
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        std::fs::read_to_string(kept_dir.join("file")).unwrap(),
+        "retained\n"
+    );
+
+    // Bigger than any node's capacity: Pending, and the reason is told.
+    cluster.apply(&claim("huge", "1Gi", None)).unwrap();
+    cluster.apply(&pod_with_claim("hungry", "huge")).unwrap();
+    let reason = wait(
+        "an event saying why the claim waits",
+        Duration::from_secs(60),
+        || {
+            let events = cluster
+                .kubectl_ok(&[
+                    "get",
+                    "events",
+                    "-o",
+                    "jsonpath={range .items[*]}{.involvedObject.name}: {.message}{\"\\n\"}{end}",
+                ])
+                .ok()?;
+            events
+                .lines()
+                .find(|l| {
+                    (l.starts_with("huge:") || l.starts_with("hungry:"))
+                        && (l.contains("enough free storage") || l.contains("not enough capacity"))
+                })
+                .map(str::to_owned)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    eprintln!("why: {reason}");
+    let pvc = json(&cluster, &["get", "pvc", "huge", "-o", "json"]);
+    assert_eq!(pvc["status"]["phase"], "Pending");
+}
