@@ -43,6 +43,11 @@ const DATAPLANE_KINDS: &[(&str, &str, &str)] = &[
     ("networking.k8s.io", "v1", "networkpolicies"),
     // Pod addresses map to these numbers in the policy maps.
     ("apiary.dev", "v1", "securityidentities"),
+    // The node's provisioner for its CSI drivers (distributed provisioning, as every node's
+    // external-provisioner watches them) wakes on changes to these instead of polling.
+    ("", "v1", "persistentvolumeclaims"),
+    ("", "v1", "persistentvolumes"),
+    ("storage.k8s.io", "v1", "storageclasses"),
 ];
 
 /// The gRPC service.
@@ -537,7 +542,7 @@ impl node_agent_server::NodeAgent for AgentService {
         }
         if streams.is_empty() {
             return Err(Status::invalid_argument(format!(
-                "kinds: none of {wanted:?} is streamed (Namespace, Node, Pod, Service, EndpointSlice, NetworkPolicy, SecurityIdentity)"
+                "kinds: none of {wanted:?} is streamed (Namespace, Node, Pod, Service, EndpointSlice, NetworkPolicy, SecurityIdentity, PersistentVolumeClaim, PersistentVolume, StorageClass)"
             )));
         }
         Ok(Response::new(futures::stream::select_all(streams).boxed()))

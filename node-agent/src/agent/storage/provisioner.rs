@@ -3,8 +3,9 @@
 //! (`volume.kubernetes.io/selected-node`) for this driver get a volume (CreateVolume) and a
 //! PersistentVolume `pvc-<claim uid>`, which the PV controller then binds; Released volumes of
 //! reclaim `Delete` are deleted; bound claims asking for more than their volume holds are
-//! expanded. The cluster is read by listing every [`RESYNC`] (claims, volumes and classes are
-//! few; a watch would cut the latency under that period).
+//! expanded. A pass lists claims, volumes and classes; it runs when the control plane's stream of
+//! those kinds reports a change (as the sidecar's informers would), when a failed claim's
+//! backoff ends, and every [`RESYNC`] besides.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -34,8 +35,12 @@ use serde_json::{Value, json};
 
 use crate::{agent::context::Context, api_client::Found};
 
-/// How often claims, volumes and classes are listed.
-pub const RESYNC: Duration = Duration::from_secs(1);
+/// How often claims, volumes and classes are listed when nothing reports a change.
+pub const RESYNC: Duration = Duration::from_secs(30);
+/// The kinds whose changes start a pass.
+const WATCHED: [&str; 3] = ["PersistentVolumeClaim", "PersistentVolume", "StorageClass"];
+/// How long a broken change stream waits before it is opened again.
+const REWATCH: Duration = Duration::from_secs(1);
 /// How often capacity is published when nothing changed.
 const CAPACITY_EVERY: Duration = Duration::from_secs(60);
 /// The finalizer external-provisioner puts on the volumes it creates, so that a deleted PV's
@@ -71,6 +76,8 @@ impl Provisioner {
 
     /// Reconciles for ever.
     pub async fn run(mut self) {
+        let changed = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(follow_changes(Arc::clone(&self.ctx), Arc::clone(&changed)));
         let mut published: Option<Instant> = None;
         loop {
             match self.sync().await {
@@ -94,7 +101,12 @@ impl Provisioner {
                     tracing::debug!(driver = %self.driver, error = %format!("{e:#}"), "storage sync")
                 }
             }
-            tokio::time::sleep(RESYNC).await;
+            // A burst of changes is one permit: the next pass sees them all.
+            let next_retry = self.backoff.values().map(|(_, until)| *until).min();
+            let wait = next_retry.map_or(RESYNC, |until| {
+                until.saturating_duration_since(Instant::now()).min(RESYNC)
+            });
+            let _ = tokio::time::timeout(wait, changed.notified()).await;
         }
     }
 
@@ -367,6 +379,29 @@ impl Provisioner {
             reason,
             message,
         );
+    }
+}
+
+/// Wakes the provisioner whenever a claim, volume or class changes (and when the stream is
+/// opened again, since changes may have been missed).
+async fn follow_changes(ctx: Arc<Context>, changed: Arc<tokio::sync::Notify>) {
+    use apiary_agent_api::v1::WatchDataplaneRequest;
+    use futures::StreamExt as _;
+    loop {
+        let request = WatchDataplaneRequest {
+            kinds: WATCHED.map(str::to_owned).to_vec(),
+        };
+        match ctx.agent.clone().watch_dataplane(request).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                changed.notify_one();
+                while let Some(Ok(_)) = stream.next().await {
+                    changed.notify_one();
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "watching claims and volumes"),
+        }
+        tokio::time::sleep(REWATCH).await;
     }
 }
 
