@@ -425,3 +425,167 @@ fn claims_bind_where_their_pod_lands_and_keep_their_data() {
     let pvc = json(&cluster, &["get", "pvc", "huge", "-o", "json"]);
     assert_eq!(pvc["status"]["phase"], "Pending");
 }
+
+const STATEFUL_SET: &str = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 2
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      securityContext: {fsGroup: 2000}
+      containers:
+      - name: c
+        image: localhost/busybox:latest
+        imagePullPolicy: IfNotPresent
+        command: [sleep, "3600"]
+        volumeMounts: [{name: data, mountPath: /data}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 8Mi}}
+"#;
+
+/// The uid of a pod once it is Ready (a replacement has a new one).
+fn ready_uid(cluster: &ClusterLab, name: &str) -> String {
+    let pod = cluster
+        .wait_ready("default", name, Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    pod["metadata"]["uid"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn stateful_set_ordinals_keep_their_data_and_a_claim_in_use_waits_for_its_pod() {
+    require_privileges!();
+    let mut cluster = ClusterLab::start(2).unwrap();
+    cluster.apply(STATEFUL_SET).unwrap();
+    for ordinal in ["db-0", "db-1"] {
+        ready_uid(&cluster, ordinal);
+        cluster.sh(ordinal, &format!("echo {ordinal} > /data/id && sync"));
+    }
+    // fsGroup: the volume's root is the pod's group's, set-gid, on first mount.
+    let owner = cluster.sh("db-0", "stat -c '%g %A' /data");
+    let (group, mode) = owner.trim().split_once(' ').unwrap();
+    assert_eq!(group, "2000", "{owner}");
+    assert_eq!(
+        mode.chars().nth(6),
+        Some('s'),
+        "set-gid, group-executable: {owner}"
+    );
+
+    // A deleted ordinal comes back with its own claim and data (on the volume's node).
+    let old = json(&cluster, &["get", "pod", "db-0", "-o", "json"]);
+    cluster
+        .kubectl_ok(&["delete", "pod", "db-0", "--wait=false"])
+        .unwrap();
+    let new_uid = wait("db-0 replaced", Duration::from_secs(90), || {
+        let pod = cluster
+            .kubectl_json(&["get", "pod", "db-0", "-o", "json"])
+            .ok()?;
+        (pod["metadata"]["uid"] != old["metadata"]["uid"] && apiary_tests::cluster::is_ready(&pod))
+            .then(|| pod["metadata"]["uid"].as_str().unwrap().to_owned())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let new = json(&cluster, &["get", "pod", "db-0", "-o", "json"]);
+    assert_eq!(new["metadata"]["uid"], new_uid.as_str());
+    assert_eq!(new["spec"]["nodeName"], old["spec"]["nodeName"]);
+    assert_eq!(cluster.sh("db-0", "cat /data/id").trim(), "db-0");
+    assert_eq!(cluster.sh("db-1", "cat /data/id").trim(), "db-1");
+
+    // Mounts outlive the agent: restarted, it keeps db-0's volume where it was.
+    let (_, dir) = volume_dir(&cluster, "data-db-0");
+    let node = new["spec"]["nodeName"].as_str().unwrap().to_owned();
+    let index = cluster.nodes().iter().position(|n| n.name == node).unwrap();
+    cluster.restart_agent(index).unwrap();
+    // Once the new agent serves exec, the same pod (adopted, not restarted) writes on.
+    wait(
+        "exec through the restarted agent",
+        Duration::from_secs(60),
+        || {
+            cluster
+                .kubectl_ok(&[
+                    "exec",
+                    "db-0",
+                    "--",
+                    "sh",
+                    "-c",
+                    "echo after-restart > /data/more && sync",
+                ])
+                .ok()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(ready_uid(&cluster, "db-0"), new_uid, "the pod was adopted");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("more")).unwrap(),
+        "after-restart\n",
+        "the pod still writes into its volume"
+    );
+
+    // Online expansion: the class allows it; the driver grows the volume and both objects say so.
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "pvc",
+            "data-db-0",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"resources":{"requests":{"storage":"16Mi"}}}}"#,
+        ])
+        .unwrap();
+    wait("the claim to grow", Duration::from_secs(60), || {
+        let pvc = cluster
+            .kubectl_json(&["get", "pvc", "data-db-0", "-o", "json"])
+            .ok()?;
+        let pv_name = pvc["spec"]["volumeName"].as_str()?.to_owned();
+        let pv = cluster
+            .kubectl_json(&["get", "pv", &pv_name, "-o", "json"])
+            .ok()?;
+        (pvc["status"]["capacity"]["storage"] == "16Mi"
+            && pv["spec"]["capacity"]["storage"] == "16Mi")
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+
+    // A claim in use is not removed while its pod runs: `kubectl delete pvc` returns, the
+    // claim stays Terminating, and goes once the pod does.
+    cluster
+        .kubectl_ok(&["delete", "pvc", "data-db-1", "--wait=false"])
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let pvc = json(&cluster, &["get", "pvc", "data-db-1", "-o", "json"]);
+    assert!(
+        pvc["metadata"]["deletionTimestamp"].is_string(),
+        "marked for deletion: {pvc}"
+    );
+    assert!(
+        pvc["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "kubernetes.io/pvc-protection")),
+        "{pvc}"
+    );
+    assert_eq!(cluster.sh("db-1", "cat /data/id").trim(), "db-1");
+    cluster
+        .kubectl_ok(&["scale", "statefulset", "db", "--replicas=1"])
+        .unwrap();
+    wait(
+        "the claim to go with its pod",
+        Duration::from_secs(90),
+        || {
+            cluster
+                .kubectl_ok(&["get", "pvc", "data-db-1"])
+                .is_err()
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    // The set's other claim is untouched.
+    let pvc = json(&cluster, &["get", "pvc", "data-db-0", "-o", "json"]);
+    assert_eq!(pvc["status"]["phase"], "Bound");
+}
