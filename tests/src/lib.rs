@@ -2,7 +2,8 @@
 //! [`cluster`] of real agents in such a lab, a lab [`machine`] for `apiary up` and the [`demo`],
 //! the [`privileges`] gate, [`packets`] to feed `BPF_PROG_RUN`, the `bench-pods` benchmark
 //! ([`bench_net`], [`bench_pods`], [`bench_report`]) and the `bench-services` one
-//! ([`bench_services`]) and the `bench-policy` one ([`bench_policy`]), and the HA fault suite
+//! ([`bench_services`]), the `bench-policy` one ([`bench_policy`]) and the `bench-storage` one
+//! ([`bench_storage`]), and the HA fault suite
 //! ([`faults`]).
 
 pub mod bench_net;
@@ -10,6 +11,7 @@ pub mod bench_pods;
 pub mod bench_policy;
 pub mod bench_report;
 pub mod bench_services;
+pub mod bench_storage;
 pub mod cluster;
 pub mod demo;
 pub mod faults;

@@ -94,6 +94,10 @@ enum BenchSuite {
     /// Request rate to a pod selected by 1,000 NetworkPolicies against one selected by none,
     /// and create → enforced on both nodes of one more policy with 250 present.
     Policy,
+    /// Claim created → Bound → pod Ready for 50 claims at once against 50 pods without
+    /// volumes, and write throughput into a local-path volume against the same directory
+    /// written directly.
+    Storage,
 }
 
 /// Where cargo builds: `CARGO_TARGET_DIR` (relative to the workspace) or `target/`.
@@ -176,6 +180,16 @@ fn main() -> anyhow::Result<()> {
                             .arg("bench-pods")
                             .arg("--json")
                             .arg(target.join("bench/pods.json")),
+                    )
+                }
+                BenchSuite::Storage => {
+                    build_lab_release()?;
+                    let target = target_dir();
+                    shell::run(
+                        std::process::Command::new(target.join("release/apiary-lab"))
+                            .arg("bench-storage")
+                            .arg("--json")
+                            .arg(target.join("bench/storage.json")),
                     )
                 }
                 BenchSuite::Policy => {

@@ -15,6 +15,11 @@
 //! `apiary-lab bench-policy [--rounds R] [--seconds S] [--samples N] [--json PATH]`: request
 //! rate to a pod selected by 1,000 NetworkPolicies against one selected by none, and create →
 //! enforced on both nodes with 250 policies present (`bench_policy`).
+//!
+//! `apiary-lab bench-storage [--claims N] [--write-mib M] [--rounds R] [--json PATH]`: N claims
+//! and their pods created at once (claim Bound and pod Ready p50/p99, against N pods without
+//! volumes), then write throughput through a local-path volume against the same directory
+//! written on the host (`bench_storage`).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -45,6 +50,9 @@ enum Command {
     /// Request rate to a pod selected by 1,000 NetworkPolicies against one selected by none, and
     /// create → enforced on both nodes.
     BenchPolicy(BenchPolicy),
+    /// Claims created at once → Bound → pod Ready against pods without volumes, and write
+    /// throughput into a local-path volume against the same directory written directly.
+    BenchStorage(BenchStorage),
     /// An HA control plane (3 etcd members, 3 control planes) and a two-node cluster on it
     /// losing parts under a write load and request loops; then the embedded store's disk
     /// filling up. Prints a table, fails when a promise is broken.
@@ -69,6 +77,22 @@ struct BenchPods {
     /// Pods started on one node.
     #[arg(long, default_value_t = 50, value_parser = at_least_one)]
     pods: usize,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchStorage {
+    /// Claims (each with its pod) created at once.
+    #[arg(long, default_value_t = 50, value_parser = at_least_one)]
+    claims: usize,
+    /// MiB written per round.
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
+    write_mib: usize,
+    /// Write rounds, each through the volume and directly.
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+    rounds: usize,
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -147,6 +171,7 @@ fn main() -> ExitCode {
         Command::BenchPods(args) => bench_pods(args),
         Command::BenchServices(args) => bench_services(args),
         Command::BenchPolicy(args) => bench_policy(args),
+        Command::BenchStorage(args) => bench_storage(args),
         Command::Faults(args) => apiary_tests::faults::run(
             if args.quick {
                 apiary_tests::faults::QUICK
@@ -222,6 +247,20 @@ fn bench_services(args: BenchServices) -> anyhow::Result<()> {
 fn bench_policy(args: BenchPolicy) -> anyhow::Result<()> {
     eprintln!("measuring NetworkPolicy: convergence, then request rates …");
     let figures = apiary_tests::bench_policy::run(args.rounds, args.seconds, args.samples)?;
+    print!("{}", figures.table());
+    if let Some(path) = args.json {
+        write_json(&path, &figures.json())?;
+    }
+    Ok(())
+}
+
+/// Persistent volumes on the local-path driver, on one two-node cluster.
+fn bench_storage(args: BenchStorage) -> anyhow::Result<()> {
+    eprintln!(
+        "measuring {} claims and pods at once, then {} MiB writes …",
+        args.claims, args.write_mib
+    );
+    let figures = apiary_tests::bench_storage::run(args.claims, args.write_mib, args.rounds)?;
     print!("{}", figures.table());
     if let Some(path) = args.json {
         write_json(&path, &figures.json())?;
