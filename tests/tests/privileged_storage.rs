@@ -589,3 +589,265 @@ fn stateful_set_ordinals_keep_their_data_and_a_claim_in_use_waits_for_its_pod() 
     let pvc = json(&cluster, &["get", "pvc", "data-db-0", "-o", "json"]);
     assert_eq!(pvc["status"]["phase"], "Bound");
 }
+
+/// A third-party CSI driver as a vendor ships one: the plugin (Identity and Node services) on
+/// its socket, and a node-driver-registrar serving the kubelet's `Registration` in the node's
+/// plugin registry. Publishing bind-mounts a prepared directory.
+mod third_party {
+    use std::{
+        path::PathBuf,
+        sync::{Arc, Mutex},
+    };
+
+    use apiary_csi::{
+        registration::{
+            InfoRequest, PluginInfo, RegistrationStatus, RegistrationStatusResponse,
+            registration_server::{Registration, RegistrationServer},
+        },
+        v1::{
+            GetPluginInfoRequest, GetPluginInfoResponse, NodeGetInfoRequest, NodeGetInfoResponse,
+            NodePublishVolumeRequest, NodePublishVolumeResponse, NodeUnpublishVolumeRequest,
+            NodeUnpublishVolumeResponse, Topology,
+            identity_server::{Identity, IdentityServer},
+            node_server::{Node, NodeServer},
+        },
+    };
+    use tonic::{Request, Response, Status};
+
+    pub const NAME: &str = "example.csi.test";
+    pub const TOPOLOGY_KEY: &str = "topology.example.csi.test/zone";
+
+    #[derive(Clone, Debug)]
+    pub struct Plugin {
+        pub plugin_type: &'static str,
+        pub node: String,
+        /// The driver's socket, given to the agent as the registration's endpoint.
+        pub endpoint: PathBuf,
+        /// What every volume shows.
+        pub source: PathBuf,
+        /// What the agent asked, in order.
+        pub calls: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Plugin {
+        fn called(&self, what: String) {
+            self.calls.lock().unwrap().push(what);
+        }
+
+        pub fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+
+        pub fn registration(&self) -> tonic::transport::server::Router {
+            tonic::transport::Server::builder().add_service(RegistrationServer::new(self.clone()))
+        }
+
+        pub fn driver(&self) -> tonic::transport::server::Router {
+            tonic::transport::Server::builder()
+                .add_service(IdentityServer::new(self.clone()))
+                .add_service(NodeServer::new(self.clone()))
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Registration for Plugin {
+        async fn get_info(&self, _: Request<InfoRequest>) -> Result<Response<PluginInfo>, Status> {
+            Ok(Response::new(PluginInfo {
+                r#type: self.plugin_type.to_owned(),
+                name: NAME.to_owned(),
+                endpoint: self.endpoint.display().to_string(),
+                supported_versions: vec!["1.0.0".to_owned()],
+            }))
+        }
+
+        async fn notify_registration_status(
+            &self,
+            request: Request<RegistrationStatus>,
+        ) -> Result<Response<RegistrationStatusResponse>, Status> {
+            let status = request.into_inner();
+            self.called(format!(
+                "registered:{}:{}",
+                status.plugin_registered, status.error
+            ));
+            Ok(Response::new(RegistrationStatusResponse {}))
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Identity for Plugin {
+        async fn get_plugin_info(
+            &self,
+            _: Request<GetPluginInfoRequest>,
+        ) -> Result<Response<GetPluginInfoResponse>, Status> {
+            Ok(Response::new(GetPluginInfoResponse {
+                name: NAME.to_owned(),
+                vendor_version: "0.1.0".to_owned(),
+                manifest: Default::default(),
+            }))
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Node for Plugin {
+        async fn node_get_info(
+            &self,
+            _: Request<NodeGetInfoRequest>,
+        ) -> Result<Response<NodeGetInfoResponse>, Status> {
+            Ok(Response::new(NodeGetInfoResponse {
+                node_id: self.node.clone(),
+                max_volumes_per_node: 0,
+                accessible_topology: Some(Topology {
+                    segments: [(TOPOLOGY_KEY.to_owned(), "zone-a".to_owned())].into(),
+                }),
+            }))
+        }
+
+        async fn node_publish_volume(
+            &self,
+            request: Request<NodePublishVolumeRequest>,
+        ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+            let request = request.into_inner();
+            self.called(format!("publish:{}", request.volume_id));
+            apiary_csi::local::mount::bind(
+                &self.source,
+                std::path::Path::new(&request.target_path),
+                request.readonly,
+            )
+            .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(Response::new(NodePublishVolumeResponse {}))
+        }
+
+        async fn node_unpublish_volume(
+            &self,
+            request: Request<NodeUnpublishVolumeRequest>,
+        ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+            let request = request.into_inner();
+            self.called(format!("unpublish:{}", request.volume_id));
+            apiary_csi::local::mount::unbind(std::path::Path::new(&request.target_path))
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(Response::new(NodeUnpublishVolumeResponse {}))
+        }
+    }
+}
+
+fn csinode_drivers(cluster: &ClusterLab, node: &str) -> Vec<String> {
+    cluster
+        .kubectl_json(&["get", "csinode", node, "-o", "json"])
+        .ok()
+        .and_then(|n| {
+            n["spec"]["drivers"].as_array().map(|d| {
+                d.iter()
+                    .filter_map(|d| d["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_third_party_driver_registers_through_the_plugin_registry_and_mounts_volumes() {
+    require_privileges!();
+    let cluster = ClusterLab::start(1).unwrap();
+    let node_name = cluster.nodes()[0].name.clone();
+    let run_dir = cluster.nodes()[0].run_dir.clone();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("hello"), "from the driver\n").unwrap();
+    let driver_socket = run_dir
+        .join("plugins")
+        .join(third_party::NAME)
+        .join("csi.sock");
+    let plugin = |plugin_type| third_party::Plugin {
+        plugin_type,
+        node: node_name.clone(),
+        endpoint: driver_socket.clone(),
+        source: source.path().to_owned(),
+        calls: Default::default(),
+    };
+    let good = plugin("CSIPlugin");
+    let device = plugin("DevicePlugin");
+    let registry = run_dir.join("plugins_registry");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let serve = |router: tonic::transport::server::Router, socket: std::path::PathBuf| {
+        let mut stopped = stopped.clone();
+        runtime.spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            apiary_csi::serve(router, &socket, shutdown).await.unwrap();
+        })
+    };
+    serve(good.driver(), driver_socket.clone());
+    let registration_socket = registry.join(format!("{}-reg.sock", third_party::NAME));
+    let registration = serve(good.registration(), registration_socket.clone());
+    serve(device.registration(), registry.join("gpu-reg.sock"));
+
+    // Registered as the kubelet registers it: told so, in the CSINode beside the built-in
+    // driver, the Node labelled with its topology.
+    wait("the driver registered", Duration::from_secs(30), || {
+        csinode_drivers(&cluster, &node_name)
+            .contains(&third_party::NAME.to_owned())
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert!(csinode_drivers(&cluster, &node_name).contains(&"local.csi.apiary.dev".to_owned()));
+    let labels = &json(&cluster, &["get", "node", &node_name, "-o", "json"])["metadata"]["labels"];
+    assert_eq!(labels[third_party::TOPOLOGY_KEY], "zone-a");
+    wait("the registration status", Duration::from_secs(10), || {
+        good.calls()
+            .contains(&"registered:true:".to_owned())
+            .then_some(())
+    })
+    .unwrap();
+    // A device plugin is refused, and told why.
+    let refusal = wait(
+        "the device plugin's refusal",
+        Duration::from_secs(10),
+        || {
+            device
+                .calls()
+                .into_iter()
+                .find(|c| c.starts_with("registered:false:"))
+        },
+    )
+    .unwrap();
+    assert!(refusal.contains("not supported"), "{refusal}");
+
+    // Its volume is published into a pod through it, and unpublished when the pod goes.
+    cluster
+        .apply(&format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: ext}}\nspec:\n  accessModes: [ReadWriteOnce]\n  capacity: {{storage: 1Gi}}\n  storageClassName: external\n  csi: {{driver: {}, volumeHandle: vol-1}}\n",
+            third_party::NAME
+        ))
+        .unwrap();
+    cluster
+        .apply(&claim("ext", "1Gi", Some("external")))
+        .unwrap();
+    cluster.apply(&pod_with_claim("ext-user", "ext")).unwrap();
+    cluster
+        .wait_ready("default", "ext-user", Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(
+        cluster.sh("ext-user", "cat /data/hello").trim(),
+        "from the driver"
+    );
+    assert!(good.calls().contains(&"publish:vol-1".to_owned()));
+    delete_pod(&cluster, "ext-user");
+    wait("the volume unpublished", Duration::from_secs(30), || {
+        good.calls()
+            .contains(&"unpublish:vol-1".to_owned())
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+
+    // The registrar goes: so does the driver's registration.
+    registration.abort();
+    let _ = std::fs::remove_file(&registration_socket);
+    wait("the driver deregistered", Duration::from_secs(30), || {
+        (!csinode_drivers(&cluster, &node_name).contains(&third_party::NAME.to_owned()))
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let _ = stop.send(true);
+    drop(runtime);
+}

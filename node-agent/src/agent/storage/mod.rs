@@ -2,9 +2,11 @@
 //! socket, every driver registered as the kubelet registers them ([`registration`]), and, for
 //! drivers whose controller runs on this node, what Kubernetes' CSI sidecars do —
 //! external-provisioner and external-resizer ([`provisioner`]) and the capacity publisher
-//! ([`capacity`]). Pods' claims are mounted by `volumes::csi` through the same clients.
+//! ([`capacity`]). Third-party drivers announce themselves through the kubelet's plugin
+//! registry ([`plugins`]). Pods' claims are mounted by `volumes::csi` through the same clients.
 
 pub mod capacity;
+pub mod plugins;
 pub mod provisioner;
 pub mod registration;
 
@@ -36,6 +38,19 @@ impl Drivers {
             .write()
             .expect("drivers lock")
             .insert(name.to_owned(), channel);
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.0.write().expect("drivers lock").remove(name);
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.0
+            .read()
+            .expect("drivers lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 
@@ -78,6 +93,11 @@ pub async fn start(ctx: &Arc<Context>, config: StorageConfig) -> anyhow::Result<
     let info = registration::register(ctx, &channel).await?;
     ctx.csi.insert(&info.name, channel.clone());
     tokio::spawn(provisioner::Provisioner::new(Arc::clone(ctx), info.name.clone(), channel).run());
+    // Third-party drivers register through the kubelet's plugin registry.
+    tokio::spawn(plugins::watch(
+        Arc::clone(ctx),
+        plugins::registry_dir(&config.run_dir),
+    ));
     Ok(())
 }
 

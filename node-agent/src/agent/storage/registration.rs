@@ -112,3 +112,27 @@ async fn record(ctx: &Context, info: &DriverInfo) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Takes the driver `name` out of the node's CSINode (its socket is gone), as the kubelet's
+/// `UninstallCSIDriver` does; the Node's topology labels stay, as the kubelet leaves them.
+pub async fn deregister(ctx: &Context, name: &str) -> anyhow::Result<()> {
+    let path = format!("/apis/storage.k8s.io/v1/csinodes/{}", ctx.node.name);
+    let mut last = None;
+    // The PUT carries the resourceVersion read: a concurrent writer makes it fail, and the
+    // next round reads again.
+    for _ in 0..5 {
+        let Found::Object(mut existing) = ctx.api.get::<CsiNode>(&path).await? else {
+            return Ok(());
+        };
+        let before = existing.spec.drivers.len();
+        existing.spec.drivers.retain(|d| d.name != name);
+        if existing.spec.drivers.len() == before {
+            return Ok(());
+        }
+        match ctx.api.put(&path, &serde_json::to_value(&existing)?).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("five attempts failed"))
+}
