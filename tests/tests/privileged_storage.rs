@@ -592,7 +592,8 @@ fn stateful_set_ordinals_keep_their_data_and_a_claim_in_use_waits_for_its_pod() 
 
 /// A third-party CSI driver as a vendor ships one: the plugin (Identity and Node services) on
 /// its socket, and a node-driver-registrar serving the kubelet's `Registration` in the node's
-/// plugin registry. Publishing bind-mounts a prepared directory.
+/// plugin registry. It stages (bind-mounts a prepared directory onto the node's staging path)
+/// and publishes from the staging path, as block-device drivers do.
 mod third_party {
     use std::{
         path::PathBuf,
@@ -605,11 +606,15 @@ mod third_party {
             registration_server::{Registration, RegistrationServer},
         },
         v1::{
-            GetPluginInfoRequest, GetPluginInfoResponse, NodeGetInfoRequest, NodeGetInfoResponse,
-            NodePublishVolumeRequest, NodePublishVolumeResponse, NodeUnpublishVolumeRequest,
-            NodeUnpublishVolumeResponse, Topology,
+            GetPluginInfoRequest, GetPluginInfoResponse, NodeGetCapabilitiesRequest,
+            NodeGetCapabilitiesResponse, NodeGetInfoRequest, NodeGetInfoResponse,
+            NodePublishVolumeRequest, NodePublishVolumeResponse, NodeServiceCapability,
+            NodeStageVolumeRequest, NodeStageVolumeResponse, NodeUnpublishVolumeRequest,
+            NodeUnpublishVolumeResponse, NodeUnstageVolumeRequest, NodeUnstageVolumeResponse,
+            Topology,
             identity_server::{Identity, IdentityServer},
             node_server::{Node, NodeServer},
+            node_service_capability,
         },
     };
     use tonic::{Request, Response, Status};
@@ -689,6 +694,49 @@ mod third_party {
 
     #[tonic::async_trait]
     impl Node for Plugin {
+        async fn node_get_capabilities(
+            &self,
+            _: Request<NodeGetCapabilitiesRequest>,
+        ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+            let stage = node_service_capability::Rpc {
+                r#type: node_service_capability::rpc::Type::StageUnstageVolume as i32,
+            };
+            Ok(Response::new(NodeGetCapabilitiesResponse {
+                capabilities: vec![NodeServiceCapability {
+                    r#type: Some(node_service_capability::Type::Rpc(stage)),
+                }],
+            }))
+        }
+
+        async fn node_stage_volume(
+            &self,
+            request: Request<NodeStageVolumeRequest>,
+        ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+            let request = request.into_inner();
+            self.called(format!(
+                "stage:{}:{}",
+                request.volume_id, request.staging_target_path
+            ));
+            apiary_csi::local::mount::bind(
+                &self.source,
+                std::path::Path::new(&request.staging_target_path),
+                false,
+            )
+            .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(Response::new(NodeStageVolumeResponse {}))
+        }
+
+        async fn node_unstage_volume(
+            &self,
+            request: Request<NodeUnstageVolumeRequest>,
+        ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+            let request = request.into_inner();
+            self.called(format!("unstage:{}", request.volume_id));
+            apiary_csi::local::mount::unbind(std::path::Path::new(&request.staging_target_path))
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(Response::new(NodeUnstageVolumeResponse {}))
+        }
+
         async fn node_get_info(
             &self,
             _: Request<NodeGetInfoRequest>,
@@ -708,8 +756,11 @@ mod third_party {
         ) -> Result<Response<NodePublishVolumeResponse>, Status> {
             let request = request.into_inner();
             self.called(format!("publish:{}", request.volume_id));
+            if request.staging_target_path.is_empty() {
+                return Err(Status::failed_precondition("the volume was not staged"));
+            }
             apiary_csi::local::mount::bind(
-                &self.source,
+                std::path::Path::new(&request.staging_target_path),
                 std::path::Path::new(&request.target_path),
                 request.readonly,
             )

@@ -1,8 +1,10 @@
 //! Pod volumes backed by PersistentVolumeClaims — `persistentVolumeClaim` sources and generic
 //! `ephemeral` ones (whose claim is `<pod>-<volume>`, created by the control plane for the
 //! pod) — mounted through their CSI driver as the kubelet's `csi` volume plugin does:
-//! NodePublishVolume onto `<pod dir>/volumes/kubernetes.io~csi/<volume>/mount`, with the
-//! driver and handle kept beside it (`vol_data.json`) so that a restarted agent, or the cleanup
+//! NodePublishVolume onto `<pod dir>/volumes/kubernetes.io~csi/<volume>/mount` — first
+//! NodeStageVolume onto the volume's node-wide staging directory for drivers with the
+//! `STAGE_UNSTAGE_VOLUME` capability, and NodeUnstageVolume once the node's last pod using it is
+//! gone — with the driver and handle kept beside it (`vol_data.json`) so that a restarted agent, or the cleanup
 //! of a pod that is gone, can unpublish it without the API. Mounts are never undone when the
 //! agent exits: a published volume is recognised by its mount and kept.
 
@@ -15,8 +17,9 @@ use apiary_api::core_v1::{PersistentVolume, PersistentVolumeClaim, Pod, Volume};
 use apiary_csi::{
     local::mount,
     v1::{
-        NodePublishVolumeRequest, NodeUnpublishVolumeRequest, VolumeCapability,
-        node_client::NodeClient, volume_capability,
+        NodeGetCapabilitiesRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
+        NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
+        node_client::NodeClient, node_service_capability, volume_capability,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -38,6 +41,64 @@ pub struct VolumeData {
     pub volume_handle: String,
     #[serde(rename = "specVolID")]
     pub spec_volume_id: String,
+    /// Where the volume was staged for the node (drivers that stage), to unstage it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staging_target_path: Option<String>,
+}
+
+/// The node-wide staging directory of a volume, as the kubelet places it:
+/// `<agent root>/plugins/kubernetes.io/csi/<driver>/<sha256 of the handle>/globalmount`, the
+/// agent root being the directory of `pods/` that holds `pod_dir`.
+pub fn staging_path(pod_dir: &Path, driver: &str, handle: &str) -> PathBuf {
+    use sha2::Digest as _;
+    let root = pod_dir.parent().and_then(Path::parent).unwrap_or(pod_dir);
+    root.join("plugins/kubernetes.io/csi")
+        .join(driver)
+        .join(hex::encode(sha2::Sha256::digest(handle.as_bytes())))
+        .join("globalmount")
+}
+
+/// Whether the driver behind `node` stages volumes (NodeGetCapabilities).
+async fn stages(node: &mut NodeClient<apiary_csi::Channel>) -> Result<bool, tonic::Status> {
+    let capabilities = node
+        .node_get_capabilities(NodeGetCapabilitiesRequest {})
+        .await?
+        .into_inner()
+        .capabilities;
+    Ok(capabilities.iter().any(|c| {
+        matches!(
+            c.r#type,
+            Some(node_service_capability::Type::Rpc(node_service_capability::Rpc { r#type }))
+                if r#type == node_service_capability::rpc::Type::StageUnstageVolume as i32
+        )
+    }))
+}
+
+/// Whether another pod on this node (beside `pod_dir`) has `data`'s volume published.
+fn published_elsewhere(pod_dir: &Path, data: &VolumeData) -> bool {
+    let Some(pods) = pod_dir.parent() else {
+        return false;
+    };
+    let Ok(entries) = fs::read_dir(pods) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|other| other != pod_dir)
+        .any(|other| {
+            let Ok(volumes) = fs::read_dir(other.join("volumes").join(KIND_DIR)) else {
+                return false;
+            };
+            volumes.flatten().any(|v| {
+                fs::read(v.path().join("vol_data.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<VolumeData>(&b).ok())
+                    .is_some_and(|d| {
+                        d.driver_name == data.driver_name && d.volume_handle == data.volume_handle
+                    })
+            })
+        })
 }
 
 /// The claim a pod volume uses and whether the pod asks for it read-only; `None`: not a claim
@@ -163,10 +224,27 @@ pub async fn publish(
         )
     })?;
     let read_only = pod_read_only || csi.read_only;
+    let rpc_error = |step: &str, s: tonic::Status| {
+        format!(
+            "{step} failed for volume \"{pv_name}\" : rpc error: code = {:?} desc = {}",
+            s.code(),
+            s.message()
+        )
+    };
+    let mut node = NodeClient::new(channel);
+    let staging = if stages(&mut node)
+        .await
+        .map_err(|s| rpc_error("MountVolume.MountDevice", s))?
+    {
+        Some(staging_path(pod_dir, &csi.driver, &csi.volume_handle))
+    } else {
+        None
+    };
     let data = VolumeData {
         driver_name: csi.driver.clone(),
         volume_handle: csi.volume_handle.clone(),
         spec_volume_id: pv_name.clone(),
+        staging_target_path: staging.as_ref().map(|p| p.display().to_string()),
     };
     write_volume_data(&dir, &data, read_only)
         .map_err(|e| format!("writing {}: {e}", dir.display()))?;
@@ -176,32 +254,45 @@ pub async fn publish(
         Some("ReadWriteOncePod") => volume_capability::access_mode::Mode::SingleNodeSingleWriter,
         _ => volume_capability::access_mode::Mode::SingleNodeWriter,
     };
-    NodeClient::new(channel)
-        .node_publish_volume(NodePublishVolumeRequest {
+    let capability = VolumeCapability {
+        access_type: Some(volume_capability::AccessType::Mount(
+            volume_capability::MountVolume {
+                fs_type: csi.fs_type.clone(),
+                mount_flags: pv.spec.mount_options.clone(),
+                ..Default::default()
+            },
+        )),
+        access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }),
+    };
+    let volume_context: std::collections::HashMap<String, String> =
+        csi.volume_attributes.clone().into_iter().collect();
+    // The kubelet's MountDevice: staged once per node (idempotent for a volume staged already).
+    if let Some(staging) = &staging {
+        fs::create_dir_all(staging).map_err(|e| format!("creating {}: {e}", staging.display()))?;
+        node.node_stage_volume(NodeStageVolumeRequest {
             volume_id: csi.volume_handle.clone(),
-            target_path: target.display().to_string(),
-            volume_capability: Some(VolumeCapability {
-                access_type: Some(volume_capability::AccessType::Mount(
-                    volume_capability::MountVolume {
-                        fs_type: csi.fs_type.clone(),
-                        mount_flags: pv.spec.mount_options.clone(),
-                        ..Default::default()
-                    },
-                )),
-                access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }),
-            }),
-            readonly: read_only,
-            volume_context: csi.volume_attributes.clone().into_iter().collect(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(capability.clone()),
+            volume_context: volume_context.clone(),
             ..Default::default()
         })
         .await
-        .map_err(|s| {
-            format!(
-                "MountVolume.SetUp failed for volume \"{pv_name}\" : rpc error: code = {:?} desc = {}",
-                s.code(),
-                s.message()
-            )
-        })?;
+        .map_err(|s| rpc_error("MountVolume.MountDevice", s))?;
+    }
+    node.node_publish_volume(NodePublishVolumeRequest {
+        volume_id: csi.volume_handle.clone(),
+        staging_target_path: staging
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(capability),
+        readonly: read_only,
+        volume_context,
+        ..Default::default()
+    })
+    .await
+    .map_err(|s| rpc_error("MountVolume.SetUp", s))?;
     // The pod's fsGroup, on the first mount only (`fsGroupChangePolicy` decides whether a
     // root that already matches is walked).
     if let Some(group) = ownership::fs_group(pod)
@@ -257,7 +348,8 @@ pub async fn unpublish_all(ctx: &Context, pod_dir: &Path) -> io::Result<()> {
                 ));
                 continue;
             };
-            let answer = NodeClient::new(channel)
+            let mut node = NodeClient::new(channel);
+            let answer = node
                 .node_unpublish_volume(NodeUnpublishVolumeRequest {
                     volume_id: data.volume_handle.clone(),
                     target_path: target.display().to_string(),
@@ -266,6 +358,31 @@ pub async fn unpublish_all(ctx: &Context, pod_dir: &Path) -> io::Result<()> {
             if let Err(s) = answer {
                 failed.push(format!("{}: {}", target.display(), s.message()));
                 continue;
+            }
+            // The kubelet's UnmountDevice: the node's last user of a staged volume unstages it.
+            if let Some(staging) = &data.staging_target_path
+                && !published_elsewhere(pod_dir, &data)
+            {
+                let answer = node
+                    .node_unstage_volume(NodeUnstageVolumeRequest {
+                        volume_id: data.volume_handle.clone(),
+                        staging_target_path: staging.clone(),
+                    })
+                    .await;
+                match answer {
+                    Ok(_) => {
+                        // `globalmount` and the handle's directory, if the driver left them.
+                        let staging = Path::new(staging);
+                        let _ = fs::remove_dir(staging);
+                        if let Some(parent) = staging.parent() {
+                            let _ = fs::remove_dir(parent);
+                        }
+                    }
+                    Err(s) => {
+                        failed.push(format!("unstaging {staging}: {}", s.message()));
+                        continue;
+                    }
+                }
             }
         }
         if mount::is_mounted(&target).unwrap_or(true) {
