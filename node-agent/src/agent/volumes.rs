@@ -764,6 +764,15 @@ mod tests {
             ProjectedVolumeSource, ServiceAccountTokenProjection, VolumeProjection,
         };
         let tmp = tempfile::tempdir().unwrap();
+        // As root the projection is a tmpfs: unmounted however the test ends, or the temporary
+        // directory could not be removed (and every run would leave a mount behind).
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = remove_all(self.0);
+            }
+        }
+        let _unmount = Unmount(tmp.path());
         let volume = Volume {
             name: "kube-api-access-abcde".into(),
             projected: Some(ProjectedVolumeSource {
