@@ -14,7 +14,7 @@
 use std::{
     collections::HashMap,
     io::BufReader,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -305,7 +305,12 @@ fn throughput(
         pod_manifest("writer", Some("throughput"))
     ))?;
     cluster.wait_ready("default", "writer", TIMEOUT)?;
-    let dir = volume_dir(cluster, "throughput")?;
+    let (_, dir) = volume_dir(cluster, "throughput")?;
+    anyhow::ensure!(
+        dir.is_dir(),
+        "the volume's directory {} is not there",
+        dir.display()
+    );
     let mut volume = Vec::new();
     let mut direct = Vec::new();
     // busybox's dd prints no time: its `time` applet does (to 10 ms).
@@ -349,13 +354,14 @@ fn rate(output: &str, mib: usize) -> anyhow::Result<f64> {
     Ok(mib as f64 / seconds.max(0.01))
 }
 
-/// The host directory of the local-path volume bound to `claim`.
-fn volume_dir(cluster: &ClusterLab, claim: &str) -> anyhow::Result<PathBuf> {
+/// The PersistentVolume bound to `claim` and its local-path directory on the node it is on.
+pub fn volume_dir(cluster: &ClusterLab, claim: &str) -> anyhow::Result<(String, PathBuf)> {
     let pvc = cluster.kubectl_json(&["get", "pvc", claim, "-o", "json"])?;
     let pv_name = pvc["spec"]["volumeName"]
         .as_str()
-        .context("the claim is not bound")?;
-    let pv = cluster.kubectl_json(&["get", "pv", pv_name, "-o", "json"])?;
+        .context("the claim is not bound")?
+        .to_owned();
+    let pv = cluster.kubectl_json(&["get", "pv", &pv_name, "-o", "json"])?;
     let node = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"]
         [0]["values"][0]
         .as_str()
@@ -369,12 +375,7 @@ fn volume_dir(cluster: &ClusterLab, claim: &str) -> anyhow::Result<PathBuf> {
         .as_str()
         .context("not a CSI volume")?;
     let dir = at.data_dir.join("volumes").join(handle);
-    anyhow::ensure!(
-        Path::new(&dir).is_dir(),
-        "the volume's directory {} is not there",
-        dir.display()
-    );
-    Ok(dir)
+    Ok((pv_name, dir))
 }
 
 #[cfg(test)]

@@ -258,19 +258,9 @@ fn delete_pod(cluster: &ClusterLab, name: &str) {
         .unwrap();
 }
 
-/// The local-path directory of the volume bound to `claim`, on the node it is on.
+/// The volume bound to `claim` and its local-path directory.
 fn volume_dir(cluster: &ClusterLab, claim: &str) -> (String, PathBuf) {
-    let pvc = json(cluster, &["get", "pvc", claim, "-o", "json"]);
-    let pv_name = pvc["spec"]["volumeName"].as_str().unwrap().to_owned();
-    let pv = json(cluster, &["get", "pv", &pv_name, "-o", "json"]);
-    let node = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"]
-        [0]["values"][0]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let at = cluster.nodes().iter().find(|n| n.name == node).unwrap();
-    let handle = pv["spec"]["csi"]["volumeHandle"].as_str().unwrap();
-    (pv_name, at.data_dir.join("volumes").join(handle))
+    apiary_tests::bench_storage::volume_dir(cluster, claim).unwrap()
 }
 
 #[test]

@@ -91,12 +91,9 @@ fn published_elsewhere(pod_dir: &Path, data: &VolumeData) -> bool {
                 return false;
             };
             volumes.flatten().any(|v| {
-                fs::read(v.path().join("vol_data.json"))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<VolumeData>(&b).ok())
-                    .is_some_and(|d| {
-                        d.driver_name == data.driver_name && d.volume_handle == data.volume_handle
-                    })
+                read_volume_data(&v.path()).is_some_and(|d| {
+                    d.driver_name == data.driver_name && d.volume_handle == data.volume_handle
+                })
             })
         })
 }
@@ -313,10 +310,18 @@ pub async fn publish(
     })
 }
 
+/// The record beside a published volume's mount.
+const VOLUME_DATA: &str = "vol_data.json";
+
+fn read_volume_data(dir: &Path) -> Option<VolumeData> {
+    let bytes = fs::read(dir.join(VOLUME_DATA)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 fn write_volume_data(dir: &Path, data: &VolumeData, read_only: bool) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let bytes = serde_json::to_vec(data).map_err(io::Error::other)?;
-    fs::write(dir.join("vol_data.json"), bytes)?;
+    fs::write(dir.join(VOLUME_DATA), bytes)?;
     if read_only {
         fs::write(dir.join("readonly"), "")?;
     }
@@ -335,9 +340,7 @@ pub async fn unpublish_all(ctx: &Context, pod_dir: &Path) -> io::Result<()> {
     for entry in entries.flatten() {
         let dir = entry.path();
         let target = dir.join("mount");
-        let data: Option<VolumeData> = fs::read(dir.join("vol_data.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let data = read_volume_data(&dir);
         let mounted = mount::is_mounted(&target).unwrap_or(true);
         if mounted {
             let channel = data.as_ref().and_then(|d| ctx.csi.get(&d.driver_name));
