@@ -306,10 +306,17 @@ fn events_of(cp: &ControlPlane, kind: &str, name: &str) -> String {
     .success()
 }
 
+/// Waits for an event whose `TYPE REASON MESSAGE` row contains `wanted`, spaces aside (the
+/// columns are as wide as the object's longest reason).
 fn wait_event(cp: &ControlPlane, kind: &str, name: &str, wanted: &str) -> String {
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let wanted = words(wanted);
     wait_for(&format!("event {wanted:?} on {kind} {name}"), WAIT, || {
         let events = events_of(cp, kind, name);
-        events.contains(wanted).then_some(events)
+        events
+            .lines()
+            .any(|row| words(row).contains(&wanted))
+            .then_some(events)
     })
 }
 

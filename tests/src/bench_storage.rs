@@ -3,10 +3,13 @@
 //! On a two-node [`ClusterLab`] (release binaries when run from a release `apiary-lab`):
 //! - **Startup with claims.** One `kubectl apply` creates `claims` claims (no class: the
 //!   default `local-path`, WaitForFirstConsumer) and as many pods, each using its claim; watches
-//!   started beforehand timestamp, on the client side, when each claim is first seen Bound and
-//!   each pod first seen Ready, from the start of the apply. The same number of pods without
-//!   volumes, started the same way just before (and deleted), is the baseline: the difference is
-//!   what provisioning, binding and publishing cost.
+//!   started beforehand timestamp, on the client side, each claim's creation (its first event),
+//!   the steps of the chain (node selected, volume created, claim Bound, pod bound, pod Ready),
+//!   and the figures are per claim from its creation: kubectl creates the objects one after the
+//!   other, so the last claim is created about as long after the apply started as the apply
+//!   takes, and that wait is the client's, not the cluster's. The same number of pods without
+//!   volumes, started the same way just before (and deleted), timed from each pod's creation,
+//!   is the baseline: the difference is what provisioning, binding and publishing cost.
 //! - **Write throughput.** busybox `dd` writes `MiB` MiB with `conv=fsync`, alternately from a
 //!   pod into its local-path volume (through the bind mount) and on the host straight into the
 //!   same volume directory, `rounds` times each; the medians and their ratio are reported.
@@ -21,6 +24,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use apiary_api::core_v1::ANN_SELECTED_NODE;
 use serde_json::{Value, json};
 
 use crate::{
@@ -36,12 +40,17 @@ const TIMEOUT: Duration = Duration::from_secs(180);
 #[derive(Debug, Clone)]
 pub struct StorageFigures {
     pub claims: usize,
-    /// Pods without volumes: apply start → Ready, sorted.
+    /// Pods without volumes: created → Ready, sorted.
     pub baseline_ready: Vec<Duration>,
-    /// Apply start → claim Bound, sorted.
+    /// Claim created → Bound, sorted.
     pub bound: Vec<Duration>,
-    /// Apply start → pod (with its claim) Ready, sorted.
+    /// Claim created → its pod Ready, sorted.
     pub ready: Vec<Duration>,
+    /// Where the time between a claim's creation and its pod Ready goes, one step of the chain
+    /// after another (each the time from the step before, per claim, sorted).
+    pub stages: Vec<(&'static str, Vec<Duration>)>,
+    /// How long `kubectl apply` took to create the claims and pods.
+    pub apply: Duration,
     pub write_mib: usize,
     /// MiB/s written through the pod's volume mount, per round.
     pub volume_mib_s: Vec<f64>,
@@ -66,15 +75,26 @@ impl StorageFigures {
             )
         };
         let mut out = format!(
-            "{} claims and pods created at once on 2 nodes (ms from the apply)\n{:<52} {:>8} {:>8}\n",
-            self.claims, "", "p50", "p99"
+            "{} claims and pods created by one apply on 2 nodes (ms from each object's creation; the apply took {} ms)\n{:<52} {:>8} {:>8}\n",
+            self.claims,
+            ms(self.apply),
+            "",
+            "p50",
+            "p99"
         );
         out += &row(
             "pods without volumes: Ready (baseline)",
             &self.baseline_ready,
         );
         out += &row("claims: Bound", &self.bound);
-        out += &row("pods with a claim: Ready", &self.ready);
+        out += &row(
+            "pods with a claim: Ready (from the claim's creation)",
+            &self.ready,
+        );
+        out += "where that time goes (ms from the step before)\n";
+        for (stage, times) in &self.stages {
+            out += &row(&format!("  {stage}"), times);
+        }
         let volume = median(&self.volume_mib_s);
         let direct = median(&self.direct_mib_s);
         out += &format!(
@@ -103,6 +123,12 @@ impl StorageFigures {
             "bound_p99_ms": ms(&self.bound, 0.99),
             "ready_p50_ms": ms(&self.ready, 0.5),
             "ready_p99_ms": ms(&self.ready, 0.99),
+            "apply_ms": self.apply.as_secs_f64() * 1000.0,
+            "stages": self.stages.iter().map(|(stage, times)| json!({
+                "stage": stage,
+                "p50_ms": ms(times, 0.5),
+                "p99_ms": ms(times, 0.99),
+            })).collect::<Vec<_>>(),
             "write_mib": self.write_mib,
             "volume_mib_s": self.volume_mib_s,
             "direct_mib_s": self.direct_mib_s,
@@ -132,14 +158,7 @@ fn measure(
     let manifest: String = (0..claims)
         .map(|i| pod_manifest(&format!("plain-{i}"), None))
         .collect();
-    let baseline = timed(
-        cluster,
-        &manifest,
-        "pods",
-        "plain-",
-        Readiness::PodReady,
-        claims,
-    )?;
+    let baseline = timed(cluster, &manifest, "plain-", claims)?;
     cluster.kubectl_ok(&["delete", "pods", "--all", "--wait=true", "--timeout=120s"])?;
 
     let manifest: String = (0..claims)
@@ -150,28 +169,68 @@ fn measure(
             )
         })
         .collect();
-    // Both watches start before the apply; the claims' is read in its own thread.
+    // Every watch starts before the apply; claims and volumes are read in their own threads.
     let claims_watch = Watch::start(cluster, "pvc")?;
-    let (ready, bound) = {
-        let ready = timed(
-            cluster,
-            &manifest,
-            "pods",
-            "claim-",
-            Readiness::PodReady,
-            claims,
-        )?;
-        let bound = claims_watch.collect("data-", Readiness::ClaimBound, claims, ready.0)?;
-        (ready.1, bound)
-    };
+    let volumes_watch = Watch::start(cluster, "pv")?;
+    let pods_watch = Watch::start(cluster, "pods")?;
+    let started = Instant::now();
+    cluster.apply(&manifest)?;
+    let apply = started.elapsed();
+    let pods = pods_watch.record(&by_name("claim-"), Readiness::PodReady, claims, started)?;
+    let claim_events =
+        claims_watch.record(&by_name("data-"), Readiness::ClaimBound, claims, started)?;
+    let volume_events =
+        volumes_watch.record(&by_claim("data-"), Readiness::VolumeBound, claims, started)?;
+    // The chain, in order: the claim is created (its pod just after it), the scheduler picks a
+    // node for it, that node's provisioner creates the volume, the PV controller binds the
+    // two, the scheduler binds the pod, the node's agent publishes the volume and starts the pod.
+    let claim = by_name("data-");
+    let pod = by_name("claim-");
+    let steps: [(&str, HashMap<usize, Duration>); 6] = [
+        (
+            "claim created",
+            first_by_key(&claim_events, &claim, &|_| true),
+        ),
+        (
+            "node selected for the claim",
+            first_by_key(&claim_events, &claim, &|c| {
+                !c["metadata"]["annotations"][ANN_SELECTED_NODE].is_null()
+            }),
+        ),
+        (
+            "volume created",
+            first_by_key(&volume_events, &by_claim("data-"), &|_| true),
+        ),
+        (
+            "claim Bound",
+            first_by_key(&claim_events, &claim, Readiness::ClaimBound.predicate()),
+        ),
+        (
+            "pod bound to its node",
+            first_by_key(&pods, &pod, &|p| {
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty())
+            }),
+        ),
+        (
+            "pod Ready",
+            first_by_key(&pods, &pod, Readiness::PodReady.predicate()),
+        ),
+    ];
+    let bound = since(&steps[0].1, &steps[3].1);
+    let ready = since(&steps[0].1, &steps[5].1);
+    let stages = stage_gaps(&steps);
     cluster.kubectl_ok(&["delete", "pods", "--all", "--wait=true", "--timeout=120s"])?;
 
     let (volume_mib_s, direct_mib_s) = throughput(cluster, write_mib, rounds)?;
     Ok(StorageFigures {
         claims,
-        baseline_ready: baseline.1,
+        baseline_ready: baseline,
         bound,
         ready,
+        stages,
+        apply,
         write_mib,
         volume_mib_s,
         direct_mib_s,
@@ -182,15 +241,90 @@ fn measure(
 enum Readiness {
     PodReady,
     ClaimBound,
+    VolumeBound,
 }
 
 impl Readiness {
-    fn holds(self, object: &Value) -> bool {
+    fn predicate(self) -> &'static dyn Fn(&Value) -> bool {
         match self {
-            Self::PodReady => is_ready(object),
-            Self::ClaimBound => object["status"]["phase"] == "Bound",
+            Self::PodReady => &is_ready,
+            Self::ClaimBound | Self::VolumeBound => &|o: &Value| o["status"]["phase"] == "Bound",
         }
     }
+}
+
+/// Which of the run's objects an object is: the number after `prefix` in its name.
+type Key = dyn Fn(&Value) -> Option<usize>;
+
+fn numbered(name: &str, prefix: &str) -> Option<usize> {
+    name.strip_prefix(prefix)?.parse().ok()
+}
+
+fn by_name(prefix: &'static str) -> impl Fn(&Value) -> Option<usize> {
+    move |o: &Value| numbered(o["metadata"]["name"].as_str()?, prefix)
+}
+
+/// A volume is known by the claim it names.
+fn by_claim(prefix: &'static str) -> impl Fn(&Value) -> Option<usize> {
+    move |o: &Value| numbered(o["spec"]["claimRef"]["name"].as_str()?, prefix)
+}
+
+/// When each object first satisfied `holds`.
+fn first_by_key(
+    events: &[(Value, Duration)],
+    key: &Key,
+    holds: &dyn Fn(&Value) -> bool,
+) -> HashMap<usize, Duration> {
+    let mut first = HashMap::new();
+    for (object, at) in events {
+        if let Some(k) = key(object)
+            && holds(object)
+        {
+            first.entry(k).or_insert(*at);
+        }
+    }
+    first
+}
+
+/// `to` − `from` per object that has both, sorted.
+fn since(from: &HashMap<usize, Duration>, to: &HashMap<usize, Duration>) -> Vec<Duration> {
+    let mut times: Vec<Duration> = from
+        .iter()
+        .filter_map(|(key, start)| Some(to.get(key)?.saturating_sub(*start)))
+        .collect();
+    times.sort();
+    times
+}
+
+/// Each step's time from the step before, for the objects that reached every step, sorted
+/// (the first step is where the clock starts).
+fn stage_gaps(
+    steps: &[(&'static str, HashMap<usize, Duration>)],
+) -> Vec<(&'static str, Vec<Duration>)> {
+    let mut gaps: Vec<(&'static str, Vec<Duration>)> = steps
+        .iter()
+        .skip(1)
+        .map(|(name, _)| (*name, Vec::new()))
+        .collect();
+    let Some((_, first)) = steps.first() else {
+        return gaps;
+    };
+    for key in first.keys() {
+        let Some(times) = steps
+            .iter()
+            .map(|(_, at)| at.get(key).copied())
+            .collect::<Option<Vec<Duration>>>()
+        else {
+            continue;
+        };
+        for (gap, pair) in gaps.iter_mut().zip(times.windows(2)) {
+            gap.1.push(pair[1].saturating_sub(pair[0]));
+        }
+    }
+    for (_, times) in &mut gaps {
+        times.sort();
+    }
+    gaps
 }
 
 /// `kubectl get <kind> -w -o json`, its objects timestamped as they arrive.
@@ -225,34 +359,35 @@ impl Watch {
         Ok(Self { child, events })
     }
 
-    /// Waits until `count` objects named `prefix…` were seen in `state`; their times from
-    /// `started`, sorted.
-    fn collect(
+    /// Every object delivered until `count` objects (told apart by `key`) were seen in
+    /// `state`, with its arrival time from `started`.
+    fn record(
         &self,
-        prefix: &str,
+        key: &Key,
         state: Readiness,
         count: usize,
         started: Instant,
-    ) -> anyhow::Result<Vec<Duration>> {
-        let mut seen: HashMap<String, Duration> = HashMap::new();
-        while seen.len() < count {
+    ) -> anyhow::Result<Vec<(Value, Duration)>> {
+        let holds = state.predicate();
+        let mut done = std::collections::HashSet::new();
+        let mut events = Vec::new();
+        while done.len() < count {
             let left = TIMEOUT.saturating_sub(started.elapsed());
             let Ok((object, at)) = self.events.recv_timeout(left) else {
                 bail!(
-                    "{} of {count} {prefix}… ready after {}s",
-                    seen.len(),
+                    "{} of {count} ready after {}s",
+                    done.len(),
                     TIMEOUT.as_secs()
                 );
             };
-            let name = object["metadata"]["name"].as_str().unwrap_or_default();
-            if name.starts_with(prefix) && state.holds(&object) {
-                seen.entry(name.to_owned())
-                    .or_insert_with(|| at.duration_since(started));
+            if let Some(k) = key(&object)
+                && holds(&object)
+            {
+                done.insert(k);
             }
+            events.push((object, at.saturating_duration_since(started)));
         }
-        let mut times: Vec<Duration> = seen.into_values().collect();
-        times.sort();
-        Ok(times)
+        Ok(events)
     }
 }
 
@@ -263,21 +398,23 @@ impl Drop for Watch {
     }
 }
 
-/// Applies `manifest` and waits for `count` objects named `prefix…` of `kind` to be ready;
-/// returns when the apply started and each one's time from then, sorted.
+/// Applies `manifest` and waits for `count` pods named `prefix…` to be Ready; each one's time
+/// from its creation (its first event), sorted.
 fn timed(
     cluster: &ClusterLab,
     manifest: &str,
-    kind: &str,
-    prefix: &str,
-    state: Readiness,
+    prefix: &'static str,
     count: usize,
-) -> anyhow::Result<(Instant, Vec<Duration>)> {
-    let watch = Watch::start(cluster, kind)?;
+) -> anyhow::Result<Vec<Duration>> {
+    let watch = Watch::start(cluster, "pods")?;
     let started = Instant::now();
     cluster.apply(manifest)?;
-    let times = watch.collect(prefix, state, count, started)?;
-    Ok((started, times))
+    let pod = by_name(prefix);
+    let events = watch.record(&pod, Readiness::PodReady, count, started)?;
+    Ok(since(
+        &first_by_key(&events, &pod, &|_| true),
+        &first_by_key(&events, &pod, Readiness::PodReady.predicate()),
+    ))
 }
 
 fn pod_manifest(name: &str, claim: Option<&str>) -> String {
@@ -388,6 +525,28 @@ mod tests {
         assert!((rate(out, 128).unwrap() - 256.0).abs() < 1e-9);
         assert!((rate("real\t1m 4.00s\n", 128).unwrap() - 2.0).abs() < 1e-9);
         assert!(rate("dd: can't open '/x': No such file", 1).is_err());
+    }
+
+    #[test]
+    fn each_step_is_timed_from_the_one_before_for_objects_that_reached_all() {
+        let ms = Duration::from_millis;
+        let step = |times: &[(usize, u64)]| -> HashMap<usize, Duration> {
+            times.iter().map(|&(k, t)| (k, ms(t))).collect()
+        };
+        let steps = [
+            ("created", step(&[(0, 100), (1, 200), (2, 300)])),
+            ("bound", step(&[(0, 150), (1, 260)])),
+            ("ready", step(&[(0, 400), (1, 300)])),
+        ];
+        // Object 2 never got bound: it is in no gap.
+        assert_eq!(
+            stage_gaps(&steps),
+            vec![
+                ("bound", vec![ms(50), ms(60)]),
+                ("ready", vec![ms(40), ms(250)]),
+            ]
+        );
+        assert_eq!(since(&steps[0].1, &steps[2].1), vec![ms(100), ms(300)]);
     }
 
     #[test]

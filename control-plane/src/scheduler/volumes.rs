@@ -28,7 +28,7 @@ use apiary_api::{
     validation::storage_bytes,
 };
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::{
     apiserver::{Api, error::ApiError, objects, path::Target},
@@ -60,6 +60,8 @@ pub struct VolumeCaches {
     classes: Cache,
     drivers: Cache,
     capacities: Cache,
+    /// Woken on every change of a claim: bindings waiting for their claims look again.
+    claim_changed: Arc<Notify>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(object: &Value) -> Option<T> {
@@ -87,6 +89,7 @@ impl VolumeCaches {
             classes: cache("storage.k8s.io", "storageclasses"),
             drivers: cache("storage.k8s.io", "csidrivers"),
             capacities: cache("storage.k8s.io", "csistoragecapacities"),
+            claim_changed: Arc::new(Notify::new()),
         };
         for c in [
             &caches.claims,
@@ -96,11 +99,16 @@ impl VolumeCaches {
             &caches.capacities,
         ] {
             let changed = changed.clone();
+            let claim_changed =
+                std::ptr::eq(c, &caches.claims).then(|| Arc::clone(&caches.claim_changed));
             tokio::spawn(runtime::reflect(
                 Arc::clone(api),
                 c.clone(),
                 move |_: &Value| {
                     let _ = changed.send(());
+                    if let Some(claim_changed) = &claim_changed {
+                        claim_changed.notify_waiters();
+                    }
                 },
                 shutdown.clone(),
             ));
@@ -461,9 +469,13 @@ pub async fn pre_bind(
             }
         }
     }
-    // checkBindings, polled from the caches.
+    // checkBindings, from the caches each time a claim changes (and every second besides).
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
+        // Registered before the look, so that a change made meanwhile is not missed.
+        let changed = caches.claim_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
         let mut all_bound = true;
         for binding in plan {
             let claim = match binding {
@@ -497,7 +509,7 @@ pub async fn pre_bind(
                 "binding volumes: context deadline exceeded".to_owned(),
             ));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
     }
 }
 

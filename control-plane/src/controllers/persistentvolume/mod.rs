@@ -97,10 +97,15 @@ pub async fn run(api: Arc<Api>, shutdown: watch::Receiver<bool>) {
                     name: name.to_owned(),
                 });
             }
-            // Pending claims may take it now (Kubernetes waits for the periodic resync).
-            for claim in claims.all() {
-                if claim["status"]["phase"] != "Bound" {
-                    queue.add(claims.key_of(&claim));
+            // A volume free for any claim may be taken by a pending claim now (Kubernetes
+            // waits for the periodic resync). A volume meant for one claim wakes only that one:
+            // waking every pending claim for each provisioned volume's writes queued them all
+            // behind each other while many were provisioned at once.
+            if claim_ref.is_null() {
+                for claim in claims.all() {
+                    if claim["status"]["phase"] != "Bound" {
+                        queue.add(claims.key_of(&claim));
+                    }
                 }
             }
         }
