@@ -281,6 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tokio::spawn(metrics::store::count_objects(Arc::clone(&api)));
     // Filled before the first delete needs it.
     api.dependency_graph.start(&api.store);
+    api.pods_by_node.start(&api.store);
     // The leader lease lives in kube-system: create it first.
     apiserver::bootstrap(&api)
         .await

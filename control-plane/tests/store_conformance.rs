@@ -64,6 +64,7 @@ conformance!(
     a_list_larger_than_grpcs_default_message_limit_is_whole,
     list_pages_read_one_revision,
     list_at_old_revision_sees_old_values,
+    get_at_reads_many_keys_at_one_old_revision,
     list_at_future_revision_is_unavailable,
     watch_replays_history_then_delivers_live_events,
     watch_from_compacted_revision_fails,
@@ -363,6 +364,47 @@ async fn list_at_old_revision_sees_old_values(store: Arc<dyn Store>) {
     assert_eq!(page.items, std::slice::from_ref(&b1));
     let page = store.list("/h/", &ListOptions::default()).await.unwrap();
     assert_eq!(page.items, [b1]);
+}
+
+async fn get_at_reads_many_keys_at_one_old_revision(store: Arc<dyn Store>) {
+    let a1 = store.create("/g/a", b"1".to_vec()).await.unwrap();
+    // A key the others are a prefix of: read exactly, not as a prefix.
+    let ab = store.create("/g/ab", b"1".to_vec()).await.unwrap();
+    let b1 = store.create("/g/b", b"1".to_vec()).await.unwrap();
+    let a2 = store.update("/g/a", b"2".to_vec(), None).await.unwrap();
+    store.delete("/g/b", None).await.unwrap();
+    let c1 = store.create("/g/c", b"1".to_vec()).await.unwrap();
+    let keys: Vec<String> = ["/g/c", "/g/b", "/g/a", "/g/missing"]
+        .map(str::to_owned)
+        .to_vec();
+    // In the order asked; what did not exist then is left out.
+    assert_eq!(
+        store.get_at(&keys, b1.mod_revision).await.unwrap(),
+        [b1.clone(), a1.clone()]
+    );
+    assert_eq!(
+        store.get_at(&keys, c1.mod_revision).await.unwrap(),
+        [c1.clone(), a2]
+    );
+    assert_eq!(
+        store
+            .get_at(&["/g/a".to_owned()], a1.mod_revision)
+            .await
+            .unwrap(),
+        [a1]
+    );
+    assert!(store.get_at(&[], c1.mod_revision).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .get_at(&["/g/ab".to_owned()], c1.mod_revision)
+            .await
+            .unwrap(),
+        [ab]
+    );
+    match store.get_at(&keys, c1.mod_revision + 100).await {
+        Err(Error::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
 }
 
 async fn list_at_future_revision_is_unavailable(store: Arc<dyn Store>) {

@@ -21,6 +21,7 @@ pub mod health;
 pub mod inflight;
 pub mod kubelet_client;
 pub mod negotiation;
+pub mod node_index;
 pub mod node_proxy;
 pub mod objects;
 pub mod openapi;
@@ -86,6 +87,8 @@ pub struct Api {
     pub resource_metrics: resource_metrics::ResourceMetrics,
     /// Owner uid → dependents, for the garbage collection that follows a delete.
     pub dependency_graph: dependency_graph::DependencyGraph,
+    /// Pods by `spec.nodeName`, for lists of one node's pods.
+    pub pods_by_node: node_index::NodeIndex,
 }
 
 impl std::fmt::Debug for Api {
@@ -119,6 +122,7 @@ impl Api {
             policies: admission::policies::Policies::default(),
             resource_metrics: resource_metrics::ResourceMetrics::default(),
             dependency_graph: dependency_graph::DependencyGraph::default(),
+            pods_by_node: node_index::NodeIndex::default(),
         }
     }
 }

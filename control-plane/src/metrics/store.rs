@@ -68,6 +68,15 @@ impl Store for Metered {
         result
     }
 
+    async fn get_at(&self, keys: &[String], revision: Revision) -> Result<Vec<KeyValue>> {
+        let started = Instant::now();
+        let result = self.inner.get_at(keys, revision).await;
+        if let Some(key) = keys.first() {
+            self.observe("get", key, started);
+        }
+        result
+    }
+
     async fn list(&self, prefix: &str, options: &ListOptions) -> Result<ListPage> {
         let started = Instant::now();
         let result = self.inner.list(prefix, options).await;

@@ -310,6 +310,25 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn get_at(&self, keys: &[String], revision: Revision) -> Result<Vec<KeyValue>> {
+        let keys = keys.to_vec();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(storage_error)?;
+            let meta = txn.open_table(META).map_err(storage_error)?;
+            let versions = txn.open_table(VERSIONS).map_err(storage_error)?;
+            readable_revision(&meta, revision)?;
+            let mut found = Vec::with_capacity(keys.len());
+            for key in &keys {
+                if let Some(kv) = version_at(&versions, key, revision)?.and_then(|v| v.into_kv(key))
+                {
+                    found.push(kv);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn list(&self, prefix: &str, options: &ListOptions) -> Result<ListPage> {
         let prefix = prefix.to_owned();
         let options = options.clone();
@@ -574,13 +593,13 @@ where
     Ok(version_at(versions, key, i64::MAX)?.and_then(|v| v.into_kv(key)))
 }
 
-fn list(db: &Database, prefix: &str, options: &ListOptions) -> Result<ListPage> {
-    let txn = db.begin_read().map_err(storage_error)?;
-    let meta = txn.open_table(META).map_err(storage_error)?;
-    let versions = txn.open_table(VERSIONS).map_err(storage_error)?;
-    let current = meta_get(&meta, META_REVISION)?;
-    let compacted = meta_get(&meta, META_COMPACTED)?;
-    let at = options.revision.unwrap_or(current);
+/// `at`, if the store can be read at it: neither compacted away nor newer than the store.
+fn readable_revision<T>(meta: &T, at: Revision) -> Result<Revision>
+where
+    T: ReadableTable<&'static str, i64>,
+{
+    let current = meta_get(meta, META_REVISION)?;
+    let compacted = meta_get(meta, META_COMPACTED)?;
     if at > current {
         // Kubernetes answers "too large resource version" and lets the client retry.
         return Err(Error::Unavailable(format!(
@@ -593,6 +612,17 @@ fn list(db: &Database, prefix: &str, options: &ListOptions) -> Result<ListPage> 
             compacted,
         });
     }
+    Ok(at)
+}
+
+fn list(db: &Database, prefix: &str, options: &ListOptions) -> Result<ListPage> {
+    let txn = db.begin_read().map_err(storage_error)?;
+    let meta = txn.open_table(META).map_err(storage_error)?;
+    let versions = txn.open_table(VERSIONS).map_err(storage_error)?;
+    let at = match options.revision {
+        Some(at) => readable_revision(&meta, at)?,
+        None => meta_get(&meta, META_REVISION)?,
+    };
     // A limit of 0 means none, as in Kubernetes and etcd.
     let limit = options.limit.filter(|&l| l > 0).unwrap_or(usize::MAX);
     let start = match &options.continue_after {

@@ -544,6 +544,15 @@ impl Store for EncryptedStore {
             .transpose()
     }
 
+    async fn get_at(&self, keys: &[String], revision: Revision) -> Result<Vec<KeyValue>> {
+        self.inner
+            .get_at(keys, revision)
+            .await?
+            .into_iter()
+            .map(|kv| open_kv(&self.config, kv))
+            .collect()
+    }
+
     async fn list(&self, prefix: &str, options: &ListOptions) -> Result<ListPage> {
         let mut page = self.inner.list(prefix, options).await?;
         page.items = std::mem::take(&mut page.items)

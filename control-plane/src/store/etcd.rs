@@ -472,6 +472,27 @@ impl Store for EtcdStore {
         response.kvs().first().map(|kv| self.to_kv(kv)).transpose()
     }
 
+    async fn get_at(&self, keys: &[String], revision: Revision) -> Result<Vec<KeyValue>> {
+        if revision <= 0 {
+            return Ok(Vec::new()); // etcd reads 0 as "the latest"; revision 0 is the empty store.
+        }
+        let mut kv = self.kv();
+        let mut found = Vec::with_capacity(keys.len());
+        // One range per key, each at `revision`: etcd's reads at a revision are a snapshot.
+        for key in keys {
+            let options = GetOptions::new().with_revision(revision);
+            let response = match self.call(kv.get(self.full_key(key), Some(options))).await {
+                Ok(response) => response,
+                Err(Failure::Compacted) => return Err(self.compacted(revision).await),
+                Err(failure) => return Err(failure.into_error(Some(revision))),
+            };
+            if let Some(value) = response.kvs().first() {
+                found.push(self.to_kv(value)?);
+            }
+        }
+        Ok(found)
+    }
+
     async fn list(&self, prefix: &str, options: &ListOptions) -> Result<ListPage> {
         let full_prefix = self.full_key(prefix);
         let start = match &options.continue_after {

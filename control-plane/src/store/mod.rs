@@ -137,6 +137,11 @@ pub trait Store: Send + Sync + 'static {
     /// The latest value of `key`.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
 
+    /// The values `keys` had at `revision`, read from one snapshot, in the order given; keys
+    /// that did not exist then are left out. Fails as [`Store::list`] does for a revision
+    /// compacted away or not reached yet.
+    async fn get_at(&self, keys: &[String], revision: Revision) -> Result<Vec<KeyValue>>;
+
     /// Keys starting with `prefix`, in key order, one page at a time.
     async fn list(&self, prefix: &str, options: &ListOptions) -> Result<ListPage>;
 
