@@ -58,6 +58,10 @@ struct Args {
     /// Pods per scheduling run.
     #[arg(long, env = "APIARY_BENCH_PODS", default_value_t = 10_000)]
     pods: usize,
+    /// Only the plain workload (no anti-affinity run, no rollout): for sizes where those take
+    /// too long, such as 150,000 pods.
+    #[arg(long, env = "APIARY_BENCH_PLAIN_ONLY")]
+    plain_only: bool,
     /// What `cargo bench` passes to every bench; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -89,6 +93,31 @@ const ROWS: &[(&str, &str, usize)] = &[
     ),
     ("plain: bench client CPU (s)", "plain_bench_cpu_s", 1),
     ("plain: cores busy (all three)", "plain_cores_busy", 2),
+    (
+        "one node's pods listed, p50 (ms)",
+        "plain_node_list_p50_ms",
+        1,
+    ),
+    (
+        "one node's pods listed, p99 (ms)",
+        "plain_node_list_p99_ms",
+        1,
+    ),
+    (
+        "… the same by a scan of all pods, p99 (ms)",
+        "plain_node_list_scan_p99_ms",
+        1,
+    ),
+    (
+        "plain: control-plane RSS, all pods bound (MiB)",
+        "plain_rss_bound_mib",
+        0,
+    ),
+    (
+        "all pods listed in pages of 500 (s)",
+        "plain_all_pods_chunked_s",
+        2,
+    ),
     (
         "anti-affinity: pods/s, create → all bound",
         "anti_affinity_pods_per_s",
@@ -215,6 +244,14 @@ fn main() {
                 )
                 .await;
                 figures.extend(plain.into_iter().map(|(k, v)| (format!("plain_{k}"), v)));
+                if args.plain_only {
+                    figures.push(("rss_end_mib".into(), server.rss_mib()));
+                    println!("{nodes} nodes, run {run}/{}: {figures:?}", args.runs);
+                    for (key, value) in figures {
+                        runs.entry(key).or_default().push(value);
+                    }
+                    continue;
+                }
                 let anti = workload::schedule_pods(
                     &server,
                     &hollow,

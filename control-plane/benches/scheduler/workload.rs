@@ -16,6 +16,8 @@ use crate::{
 /// Concurrent clients creating pods, each on a connection of its own.
 const CLIENTS: usize = 16;
 const DEPLOYMENT_REPLICAS: usize = 1_000;
+/// Nodes whose pods are listed once all pods are bound.
+const NODE_LISTS: usize = 100;
 
 /// A run's figures of one workload, by key (`pods_per_s` …).
 pub type Figures = Vec<(&'static str, f64)>;
@@ -54,7 +56,15 @@ fn pod(namespace: &str, name: &str, group: Option<usize>) -> Value {
 ///   to its end, binding (a store write) included: a latency, not CPU time; attempts overlap,
 ///   so ms per pod × pods/s above 1,000 means attempts ran concurrently or waited;
 /// - the CPU of [`Cpu::figures_since`] from the first create to the last bind, and
-///   `cores_busy`: the three processes' CPU seconds over that wall time.
+///   `cores_busy`: the three processes' CPU seconds over that wall time;
+/// - `node_list_p50_ms`, `node_list_p99_ms`: once all are bound, lists of one node's pods
+///   (`fieldSelector=spec.nodeName=X`, every pod of the cluster in the store), as node agents
+///   relist and `kubectl get pods --field-selector` asks; `node_list_scan_p99_ms`: the same
+///   lists (for one node in five) pinned to an exact resourceVersion, which the API server
+///   answers by scanning every pod, as every such list was answered before the node index (the
+///   same run's baseline); `all_pods_chunked_s`: every pod listed in pages of 500, as
+///   `kubectl get pods -A --chunk-size=500` reads them; `rss_bound_mib`: the control plane's
+///   RSS then, every pod still there.
 pub async fn schedule_pods(
     server: &Arc<Server>,
     hollow: &Hollow,
@@ -123,9 +133,72 @@ pub async fn schedule_pods(
     ];
     figures.extend(cpu);
     figures.push(("cores_busy", cores_busy(&figures, took)));
+    figures.extend(node_lists(server, &client).await);
+    figures.push(("rss_bound_mib", server.rss_mib()));
     let cleanup = cluster::delete_namespace(server, &client, namespace).await;
     figures.push(("namespace_deleted_s", cleanup));
     figures
+}
+
+/// Lists of one node's pods: [`NODE_LISTS`] nodes, every node alike spread over the cluster,
+/// first as a node agent asks (latest), then at an exact resourceVersion (a scan).
+async fn node_lists(server: &Server, client: &reqwest::Client) -> Figures {
+    let nodes = cluster::get(server, client, "/api/v1/nodes").await;
+    let names: Vec<&str> = nodes["items"]
+        .as_array()
+        .expect("a node list")
+        .iter()
+        .filter_map(|n| n["metadata"]["name"].as_str())
+        .collect();
+    let step = names.len().div_ceil(NODE_LISTS).max(1);
+    let chosen: Vec<&str> = names.iter().step_by(step).copied().collect();
+    let version = nodes["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("a list's resourceVersion")
+        .to_owned();
+    let timed = |query: String| {
+        let url = format!("/api/v1/pods?{query}");
+        async move {
+            let started = Instant::now();
+            let list = cluster::get(server, client, &url).await;
+            assert!(list["items"].is_array(), "{url}: {list}");
+            started.elapsed()
+        }
+    };
+    let mut latest = Vec::new();
+    let mut scanned = Vec::new();
+    for (i, node) in chosen.iter().enumerate() {
+        latest.push(timed(format!("fieldSelector=spec.nodeName%3D{node}")).await);
+        // Fewer scans: each costs a decode of every pod.
+        if i % 5 != 0 {
+            continue;
+        }
+        scanned.push(
+            timed(format!(
+                "fieldSelector=spec.nodeName%3D{node}&resourceVersion={version}&resourceVersionMatch=Exact"
+            ))
+            .await,
+        );
+    }
+    latest.sort_unstable();
+    scanned.sort_unstable();
+    let started = Instant::now();
+    let mut next = String::new();
+    loop {
+        let page = cluster::get(server, client, &format!("/api/v1/pods?limit=500{next}")).await;
+        assert!(page["items"].is_array(), "listing all pods: {page}");
+        match page["metadata"]["continue"].as_str() {
+            Some(token) if !token.is_empty() => next = format!("&continue={token}"),
+            _ => break,
+        }
+    }
+    let chunked = started.elapsed().as_secs_f64();
+    vec![
+        ("all_pods_chunked_s", chunked),
+        ("node_list_p50_ms", percentile(&latest, 0.50)),
+        ("node_list_p99_ms", percentile(&latest, 0.99)),
+        ("node_list_scan_p99_ms", percentile(&scanned, 0.99)),
+    ]
 }
 
 /// The CPU seconds of the three processes over `wall` seconds: 2.0 is two cores saturated.
