@@ -114,6 +114,11 @@ const ROWS: &[(&str, &str, usize)] = &[
         0,
     ),
     (
+        "all hollow nodes restarted → all relisted (s)",
+        "plain_reconnect_s",
+        2,
+    ),
+    (
         "all pods listed in pages of 500 (s)",
         "plain_all_pods_chunked_s",
         2,

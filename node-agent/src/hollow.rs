@@ -6,7 +6,11 @@ use std::{
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
     path::PathBuf,
-    time::Duration,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -23,6 +27,9 @@ use serde_json::{Value, json};
 /// Nodes per gRPC connection: each node holds one long-lived stream, and servers cap the
 /// concurrent streams of a connection (hyper: 200).
 const NODES_PER_CONNECTION: usize = 100;
+/// Printed on stdout once every node has registered and listed its pods: benchmarks restart
+/// the process and wait for it to time how long thousands of agents take to reconnect.
+pub const ALL_SYNCED: &str = "hollow nodes synced:";
 
 /// `apiary-node-agent hollow`.
 #[derive(Debug, clap::Args)]
@@ -66,6 +73,11 @@ pub async fn run(args: HollowArgs) -> anyhow::Result<()> {
     }
     let mut client: Option<Client> = None;
     let mut tasks = Vec::new();
+    let synced = Arc::new(Synced {
+        nodes: AtomicUsize::new(0),
+        of: args.count,
+        started: Instant::now(),
+    });
     for index in 0..args.count {
         if index % NODES_PER_CONNECTION == 0 {
             client = Some(connect(&endpoint).await);
@@ -76,6 +88,7 @@ pub async fn run(args: HollowArgs) -> anyhow::Result<()> {
             client: client.clone().expect("connected above"),
             api: api.clone(),
             heartbeat: Duration::from_secs(args.heartbeat_seconds),
+            synced: Arc::clone(&synced),
         };
         let object = node.object(&args, &labels);
         tasks.push(tokio::spawn(node.run(object)));
@@ -100,6 +113,26 @@ async fn connect(endpoint: &Endpoint) -> Client {
     }
 }
 
+/// How many nodes have listed their pods once.
+#[derive(Debug)]
+struct Synced {
+    nodes: AtomicUsize,
+    of: usize,
+    started: Instant,
+}
+
+impl Synced {
+    fn one_more(&self) {
+        if self.nodes.fetch_add(1, Ordering::Relaxed) + 1 == self.of {
+            println!(
+                "{ALL_SYNCED} {} in {:.3}s",
+                self.of,
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
 /// One simulated node.
 #[derive(Debug, Clone)]
 struct HollowNode {
@@ -108,6 +141,7 @@ struct HollowNode {
     client: Client,
     api: ApiClient,
     heartbeat: Duration,
+    synced: Arc<Synced>,
 }
 
 impl HollowNode {
@@ -160,16 +194,18 @@ impl HollowNode {
             self.heartbeat,
         ));
         let mut ips = PodIps::new(&pod_cidr);
+        let mut listed = false;
         loop {
-            if let Err(e) = self.watch_pods(&mut ips).await {
+            if let Err(e) = self.watch_pods(&mut ips, &mut listed).await {
                 tracing::warn!(node = %self.name, error = %e, "pod watch ended; rewatching");
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
-    /// Reports each new pod of the node Running; returns when the stream ends.
-    async fn watch_pods(&mut self, ips: &mut PodIps) -> anyhow::Result<()> {
+    /// Reports each new pod of the node Running; returns when the stream ends. `listed` turns
+    /// true (and is counted) at the first listing's end.
+    async fn watch_pods(&mut self, ips: &mut PodIps, listed: &mut bool) -> anyhow::Result<()> {
         let mut stream = self
             .client
             .watch_pods(WatchPodsRequest {
@@ -180,6 +216,10 @@ impl HollowNode {
         while let Some(event) = stream.next().await {
             let event = event?;
             let kind = Type::try_from(event.r#type).unwrap_or(Type::Unspecified);
+            if kind == Type::Synced && !*listed {
+                *listed = true;
+                self.synced.one_more();
+            }
             if !matches!(kind, Type::Added | Type::Modified | Type::Deleted) {
                 continue;
             }

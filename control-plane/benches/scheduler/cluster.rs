@@ -2,7 +2,10 @@
 //! runs read from it (namespaces, `/metrics`, the processes' CPU time).
 
 use std::{
+    io::BufRead as _,
+    path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::{Mutex, mpsc},
     time::{Duration, Instant},
 };
 
@@ -10,25 +13,59 @@ use serde_json::{Value, json};
 
 use crate::common::{Server, proc, prometheus::HistogramTotals};
 
+/// What the hollow-node process prints once all its nodes have listed their pods
+/// (`apiary_node_agent::hollow::ALL_SYNCED`).
+const ALL_SYNCED: &str = "hollow nodes synced:";
+
 /// The hollow-node process: every node of the cluster in one process.
-pub struct Hollow(Child);
+pub struct Hollow {
+    child: Mutex<Child>,
+    /// Told of each [`ALL_SYNCED`] line the process prints.
+    synced: Mutex<mpsc::Receiver<()>>,
+    kubeconfig: PathBuf,
+    count: usize,
+}
 
 impl Hollow {
     pub fn pid(&self) -> u32 {
-        self.0.id()
+        self.child.lock().unwrap().id()
+    }
+
+    /// Kills every hollow node at once and starts them again: thousands of agents reconnect,
+    /// register and relist their pods together. Returns the seconds from the start until
+    /// every node has listed its pods.
+    pub fn restart(&self) -> f64 {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        let started = Instant::now();
+        let (spawned, synced) = spawn_hollow(&self.kubeconfig, self.count);
+        *child = spawned;
+        *self.synced.lock().unwrap() = synced;
+        drop(child);
+        self.wait_synced(Duration::from_secs(600));
+        started.elapsed().as_secs_f64()
+    }
+
+    /// Waits for the process's [`ALL_SYNCED`] line.
+    fn wait_synced(&self, timeout: Duration) {
+        self.synced
+            .lock()
+            .unwrap()
+            .recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("the hollow nodes did not all list their pods: {e}"));
     }
 }
 
 impl Drop for Hollow {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let child = self.child.get_mut().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
 pub fn start_hollow(server: &Server, count: usize) -> Hollow {
-    let agent = std::env::var("APIARY_NODE_AGENT")
-        .expect("APIARY_NODE_AGENT: the hollow-node binary (cargo xtask bench scheduler sets it)");
     // Agents authenticate with the cluster token; the admin kubeconfig holds a certificate.
     let mut config: Value = serde_yaml::from_str(
         &std::fs::read_to_string(server.data.path().join("kubeconfig")).unwrap(),
@@ -37,16 +74,40 @@ pub fn start_hollow(server: &Server, count: usize) -> Hollow {
     config["users"][0]["user"] = json!({ "token": server.token });
     let kubeconfig = server.data.path().join("node.kubeconfig");
     std::fs::write(&kubeconfig, serde_yaml::to_string(&config).unwrap()).unwrap();
-    let child = Command::new(agent)
+    let (child, synced) = spawn_hollow(&kubeconfig, count);
+    Hollow {
+        child: Mutex::new(child),
+        synced: Mutex::new(synced),
+        kubeconfig,
+        count,
+    }
+}
+
+/// Starts the hollow-node process, and a thread that reads its stdout (to its end, so that it
+/// never blocks on a full pipe) and reports each [`ALL_SYNCED`] line.
+fn spawn_hollow(kubeconfig: &std::path::Path, count: usize) -> (Child, mpsc::Receiver<()>) {
+    let agent = std::env::var("APIARY_NODE_AGENT")
+        .expect("APIARY_NODE_AGENT: the hollow-node binary (cargo xtask bench scheduler sets it)");
+    let mut child = Command::new(agent)
         .args(["hollow", "--count", &count.to_string()])
         .args(["--cpu", "64", "--memory", "256Gi", "--pods", "110"])
         .arg("--kubeconfig")
-        .arg(&kubeconfig)
+        .arg(kubeconfig)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    Hollow(child)
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(ALL_SYNCED) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    (child, rx)
 }
 
 pub async fn get(server: &Server, client: &reqwest::Client, path: &str) -> Value {

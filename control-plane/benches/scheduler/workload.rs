@@ -64,7 +64,9 @@ fn pod(namespace: &str, name: &str, group: Option<usize>) -> Value {
 ///   answers by scanning every pod, as every such list was answered before the node index (the
 ///   same run's baseline); `all_pods_chunked_s`: every pod listed in pages of 500, as
 ///   `kubectl get pods -A --chunk-size=500` reads them; `rss_bound_mib`: the control plane's
-///   RSS then, every pod still there.
+///   RSS then, every pod still there;
+/// - `reconnect_s` (plain runs): every hollow node killed at once and started again, until
+///   all have registered and listed their pods (thousands of agents reconnecting together).
 pub async fn schedule_pods(
     server: &Arc<Server>,
     hollow: &Hollow,
@@ -135,6 +137,9 @@ pub async fn schedule_pods(
     figures.push(("cores_busy", cores_busy(&figures, took)));
     figures.extend(node_lists(server, &client).await);
     figures.push(("rss_bound_mib", server.rss_mib()));
+    if groups.is_none() {
+        figures.push(("reconnect_s", hollow.restart()));
+    }
     let cleanup = cluster::delete_namespace(server, &client, namespace).await;
     figures.push(("namespace_deleted_s", cleanup));
     figures
