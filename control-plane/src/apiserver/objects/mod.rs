@@ -150,6 +150,21 @@ pub async fn dispatch(
             watch(api, &target, query, as_table).await
         }
         (&Method::GET, None) => {
+            // JSON is written as it is read (kube-apiserver's streaming collection encoding);
+            // a protobuf list is length-prefixed as a whole, so it is encoded once complete.
+            let streams = !as_table
+                && !headers
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(super::negotiation::prefers_protobuf);
+            if streams && let Some(body) = read::list_streamed(api, &target, query).await? {
+                return Ok((
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
+                    .into_response());
+            }
             let mut listing = list(api, &target, query).await?;
             if as_table {
                 let items = listing["items"].as_array().cloned().unwrap_or_default();

@@ -102,42 +102,75 @@ impl Filter {
     }
 }
 
+/// What a list asks for, from its query.
+struct ListRequest {
+    filter: Filter,
+    /// `limit` (`None`: every match).
+    limit: Option<usize>,
+    /// The revision to read at: a continue token's, or an `Exact` resource version.
+    revision: Option<Revision>,
+    /// The key a continue token resumes after.
+    after: Option<String>,
+}
+
+impl ListRequest {
+    fn from_query(query: &Query) -> Result<Self> {
+        let filter = Filter::from_query(query)?;
+        let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+            None | Some(Ok(0)) => None,
+            Some(Ok(n)) => Some(n),
+            Some(Err(_)) => {
+                return Err(ApiError::bad_request(
+                    "limit must be a non-negative integer",
+                ));
+            }
+        };
+        let (revision, after) = match query.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => {
+                let (rv, start) = decode_continue(token)?;
+                (Some(rv), Some(start))
+            }
+            None => {
+                let rv = query
+                    .get("resourceVersion")
+                    .filter(|rv| !rv.is_empty() && *rv != "0")
+                    .map(|rv| parse_revision(rv))
+                    .transpose()?;
+                // Only `Exact` pins the read; by default (`NotOlderThan`) the latest state
+                // satisfies any resource version the client has seen.
+                let exact = query.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
+                (rv.filter(|_| exact), None)
+            }
+        };
+        Ok(Self {
+            filter,
+            limit,
+            revision,
+            after,
+        })
+    }
+
+    /// A list from the start at the latest revision, which the node index may answer.
+    fn is_fresh(&self) -> bool {
+        self.revision.is_none() && self.after.is_none()
+    }
+}
+
 /// Lists matching objects at one revision, paging with `limit` and `continue`.
 pub async fn list(api: &Api, target: &Target, query: &Query) -> Result<Value> {
     let resource = target.resource;
-    let filter = Filter::from_query(query)?;
-    let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
-        None | Some(Ok(0)) => None,
-        Some(Ok(n)) => Some(n),
-        Some(Err(_)) => {
-            return Err(ApiError::bad_request(
-                "limit must be a non-negative integer",
-            ));
-        }
-    };
-    let (mut revision, mut after) = match query.get("continue").filter(|c| !c.is_empty()) {
-        Some(token) => {
-            let (rv, start) = decode_continue(token)?;
-            (Some(rv), Some(start))
-        }
-        None => {
-            let rv = query
-                .get("resourceVersion")
-                .filter(|rv| !rv.is_empty() && *rv != "0")
-                .map(|rv| parse_revision(rv))
-                .transpose()?;
-            // Only `Exact` pins the read; by default (`NotOlderThan`) the latest state
-            // satisfies any resource version the client has seen.
-            let exact = query.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
-            (rv.filter(|_| exact), None)
-        }
-    };
-    if revision.is_none()
-        && after.is_none()
-        && let Some(list) = list_one_node(api, target, &filter, limit).await?
+    let request = ListRequest::from_query(query)?;
+    if request.is_fresh()
+        && let Some(list) = list_one_node(api, target, &request.filter, request.limit).await?
     {
         return Ok(list);
     }
+    let ListRequest {
+        filter,
+        limit,
+        mut revision,
+        mut after,
+    } = request;
     let prefix = list_prefix(target);
     let mut items = Vec::new();
     let (continue_token, remaining) = loop {
@@ -182,6 +215,111 @@ pub async fn list(api: &Api, target: &Target, query: &Query) -> Result<Value> {
         continue_token,
         remaining,
     ))
+}
+
+/// Store keys read at a time by a streamed list: what it holds in memory at once.
+const STREAM_PAGE: usize = 500;
+
+/// A whole list (no `limit`) as JSON written while it is read: the store is read in pages of
+/// [`STREAM_PAGE`] at the first page's revision (one snapshot, as an unpaged read gives), each
+/// page presented, filtered and encoded before the next is read. Memory holds one page, not
+/// every object of the kind, however many there are. `None` for lists [`list`] answers: with
+/// `limit` or `continue` (one page at most), or a node's pods (the node index reads only those).
+///
+/// A store error on the first page is the request's error; one on a later page (the revision
+/// compacted under a long read) can only end the body early, which the client sees as a
+/// truncated response rather than a short list.
+pub async fn list_streamed(
+    api: &Api,
+    target: &Target,
+    query: &Query,
+) -> Result<Option<axum::body::Body>> {
+    let request = ListRequest::from_query(query)?;
+    if request.limit.is_some() || request.after.is_some() {
+        return Ok(None);
+    }
+    if request.filter.required_field(INDEXED_FIELD).is_some()
+        && list_prefix(target).starts_with(PODS_PREFIX)
+    {
+        return Ok(None);
+    }
+    let resource = target.resource;
+    let prefix = list_prefix(target);
+    let store = std::sync::Arc::clone(&api.store);
+    let read = move |revision: Option<Revision>, after: Option<String>| {
+        let (store, prefix) = (std::sync::Arc::clone(&store), prefix.clone());
+        async move {
+            let options = ListOptions {
+                limit: Some(STREAM_PAGE),
+                continue_after: after,
+                revision,
+            };
+            store.list(&prefix, &options).await
+        }
+    };
+    let first = read(request.revision, None)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    let revision = first.revision;
+    let mut head = serde_json::to_vec(&json!({
+        "kind": format!("{}List", resource.kind),
+        "apiVersion": resource.api_version(),
+        "metadata": { "resourceVersion": revision.to_string() },
+    }))
+    .expect("a JSON value always serializes");
+    // The list's fields, then `items`, last so that each page can be appended to it.
+    head.pop();
+    head.extend_from_slice(br#","items":["#);
+    let filter = request.filter;
+    // Each step encodes one page and reads the next; `None` once the closing bytes are out.
+    let pages = futures::stream::unfold(
+        (Some(first), true, Some(head)),
+        move |(page, mut first_item, head)| {
+            let (read, filter) = (read.clone(), filter.clone());
+            async move {
+                let page = page?;
+                let mut chunk = head.unwrap_or_default();
+                for kv in &page.items {
+                    let object = match present(resource, kv) {
+                        Ok(object) => object,
+                        Err(e) => {
+                            tracing::warn!(key = %kv.key, error = %e.message, "listing");
+                            return Some((
+                                Err(std::io::Error::other(e.message)),
+                                (None, false, None),
+                            ));
+                        }
+                    };
+                    if !filter.matches(&object) {
+                        continue;
+                    }
+                    if !std::mem::take(&mut first_item) {
+                        chunk.push(b',');
+                    }
+                    serde_json::to_writer(&mut chunk, &object)
+                        .expect("a JSON value always serializes");
+                }
+                let next = match page.continue_after {
+                    None => {
+                        chunk.extend_from_slice(b"]}");
+                        None
+                    }
+                    Some(after) => match read(Some(revision), Some(after)).await {
+                        Ok(next) => Some(next),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a streamed list ended early");
+                            return Some((
+                                Err(std::io::Error::other(e.to_string())),
+                                (None, false, None),
+                            ));
+                        }
+                    },
+                };
+                Some((Ok(axum::body::Bytes::from(chunk)), (next, first_item, None)))
+            }
+        },
+    );
+    Ok(Some(axum::body::Body::from_stream(pages)))
 }
 
 fn list_body(
@@ -405,5 +543,124 @@ mod tests {
         )
         .await;
         assert_eq!(rest["names"], json!(["b/p3"]));
+    }
+
+    /// The body of a streamed list, parsed.
+    async fn streamed(api: &Api, target: &Target, query: &[(&str, &str)]) -> Value {
+        use http_body_util::BodyExt as _;
+        let query: Query = query
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let body = list_streamed(api, target, &query)
+            .await
+            .unwrap()
+            .expect("a whole list streams");
+        let bytes = body.collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_whole_list_streams_page_by_page_from_one_snapshot_as_it_lists() {
+        let (_dir, api) = crate::testing::api().await;
+        let api = Arc::new(api);
+        for ns in ["s", "t"] {
+            let namespace =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            objects::create(&api, &target(&api, "namespaces", None), namespace)
+                .await
+                .unwrap();
+        }
+        // More than two store pages, written concurrently so that they commit in groups.
+        let count = 2 * STREAM_PAGE + 100;
+        let creates = (0..count).map(|i| {
+            let (api, ns) = (Arc::clone(&api), if i % 10 == 0 { "t" } else { "s" });
+            async move {
+                let map = json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": format!("m{i:04}"), "labels": {"even": (i % 2 == 0).to_string()}},
+                    "data": {"i": i.to_string()},
+                });
+                objects::create(&api, &target(&api, "configmaps", Some(ns)), map)
+                    .await
+                    .unwrap();
+            }
+        });
+        futures::future::join_all(creates).await;
+        for (namespace, query) in [
+            (None, vec![]),
+            (Some("s"), vec![]),
+            (None, vec![("labelSelector", "even=true")]),
+            (Some("t"), vec![("fieldSelector", "metadata.name!=m0000")]),
+            (None, vec![("labelSelector", "even=maybe")]),
+        ] {
+            let target = target(&api, "configmaps", namespace);
+            let owned: Query = query
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let whole = list(&api, &target, &owned).await.unwrap();
+            let streamed = streamed(&api, &target, &query).await;
+            assert_eq!(streamed, whole, "{namespace:?} {query:?}");
+        }
+        let everything = streamed(&api, &target(&api, "configmaps", None), &[]).await;
+        let own = everything["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["metadata"]["name"].as_str().unwrap().starts_with('m'))
+            .count();
+        assert_eq!(own, count);
+
+        // The body is read while writes go on: its later pages show the revision of its first
+        // (an object deleted and one created on the last page, after the first was read).
+        let configmaps = target(&api, "configmaps", Some("s"));
+        let body = list_streamed(&api, &configmaps, &Query::new())
+            .await
+            .unwrap()
+            .unwrap();
+        objects::delete(&api, &configmaps, "m1099", &json!({}))
+            .await
+            .unwrap();
+        let late =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "zz-late"}});
+        objects::create(&api, &configmaps, late).await.unwrap();
+        use http_body_util::BodyExt as _;
+        let listed: Value =
+            serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap();
+        let names: Vec<&str> = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"m1099"));
+        assert!(!names.contains(&"zz-late"));
+        let after = list(&api, &configmaps, &Query::new()).await.unwrap();
+        assert!(
+            listed["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+                < after["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<i64>()
+                    .unwrap()
+        );
+
+        // What a page answers is not streamed: a limit, a continue token, a node's pods.
+        for query in [
+            vec![("limit", "10")],
+            vec![("fieldSelector", "spec.nodeName=n1")],
+        ] {
+            let owned: Query = query
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let pods = target(&api, "pods", None);
+            assert!(list_streamed(&api, &pods, &owned).await.unwrap().is_none());
+        }
     }
 }
