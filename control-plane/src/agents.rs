@@ -274,26 +274,24 @@ impl PodNetwork {
     }
 }
 
-/// Claims the first free /24 of the pod network for `node`, probing from `hint` (where the
-/// last claim ended) so that registering many nodes stays linear.
+/// Claims a free /24 of the pod network for `node`. Each probe takes the next index from
+/// `next` (shared by every registration), so that concurrent registrations try different
+/// subnets: thousands of nodes registering at once each probe about one key, where probing
+/// from a shared hint had each try every subnet the others were taking (quadratic writes).
 async fn allocate_pod_cidr(
     api: &Api,
     network: PodNetwork,
-    hint: &std::sync::atomic::AtomicU32,
+    next: &std::sync::atomic::AtomicU32,
     node: &str,
 ) -> Result<String, Status> {
     use std::sync::atomic::Ordering;
     let total = network.subnets();
-    let start = hint.load(Ordering::Relaxed) % total;
-    for step in 0..total {
-        let index = (start + step) % total;
+    for _ in 0..total {
+        let index = next.fetch_add(1, Ordering::Relaxed) % total;
         let subnet = network.subnet(index);
         let key = format!("{POD_CIDR_KEYS}{subnet}-24");
         match api.store.create(&key, node.as_bytes().to_vec()).await {
-            Ok(_) => {
-                hint.store(index + 1, Ordering::Relaxed);
-                return Ok(format!("{subnet}/24"));
-            }
+            Ok(_) => return Ok(format!("{subnet}/24")),
             Err(store::Error::AlreadyExists { .. }) => {}
             Err(e) => return Err(to_status(ApiError::storage(&e))),
         }
@@ -566,5 +564,27 @@ mod tests {
             "smaller than a node's /24"
         );
         assert!("nonsense".parse::<PodNetwork>().is_err());
+    }
+
+    #[tokio::test]
+    async fn concurrent_registrations_each_probe_their_own_subnet() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let (_dir, api) = crate::testing::api().await;
+        let network: PodNetwork = "10.200.0.0/22".parse().unwrap();
+        let next = AtomicU32::new(0);
+        // One subnet taken already (a node registered before a restart): probed once, skipped.
+        allocate_pod_cidr(&api, network, &next, "old").await.unwrap();
+        next.store(0, Ordering::Relaxed);
+        let claims = futures::future::join_all(
+            (1..4).map(|i| allocate_pod_cidr(&api, network, &next, ["a", "b", "c"][i - 1])),
+        )
+        .await;
+        let mut cidrs: Vec<String> = claims.into_iter().map(Result::unwrap).collect();
+        cidrs.sort();
+        assert_eq!(cidrs, ["10.200.1.0/24", "10.200.2.0/24", "10.200.3.0/24"]);
+        // Four probes in all for three claims: none tried a subnet another was taking.
+        assert_eq!(next.load(Ordering::Relaxed), 4);
+        let full = allocate_pod_cidr(&api, network, &next, "d").await.unwrap_err();
+        assert_eq!(full.code(), tonic::Code::ResourceExhausted, "{full:?}");
     }
 }
