@@ -573,7 +573,9 @@ mod tests {
         let network: PodNetwork = "10.200.0.0/22".parse().unwrap();
         let next = AtomicU32::new(0);
         // One subnet taken already (a node registered before a restart): probed once, skipped.
-        allocate_pod_cidr(&api, network, &next, "old").await.unwrap();
+        allocate_pod_cidr(&api, network, &next, "old")
+            .await
+            .unwrap();
         next.store(0, Ordering::Relaxed);
         let claims = futures::future::join_all(
             (1..4).map(|i| allocate_pod_cidr(&api, network, &next, ["a", "b", "c"][i - 1])),
@@ -584,7 +586,9 @@ mod tests {
         assert_eq!(cidrs, ["10.200.1.0/24", "10.200.2.0/24", "10.200.3.0/24"]);
         // Four probes in all for three claims: none tried a subnet another was taking.
         assert_eq!(next.load(Ordering::Relaxed), 4);
-        let full = allocate_pod_cidr(&api, network, &next, "d").await.unwrap_err();
+        let full = allocate_pod_cidr(&api, network, &next, "d")
+            .await
+            .unwrap_err();
         assert_eq!(full.code(), tonic::Code::ResourceExhausted, "{full:?}");
     }
 }

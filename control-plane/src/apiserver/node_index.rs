@@ -30,7 +30,13 @@ const ALL: &str = "/";
 /// Keys per page while the index is first filled.
 const PAGE: usize = 1000;
 /// How long a list waits for the index to reach the store's revision before it scans instead.
-pub const CATCH_UP: Duration = Duration::from_secs(1);
+/// Generous: while thousands of agents reconnect the index lags by seconds, and a scan costs
+/// far more than the wait (every pod decoded, for each agent).
+pub const CATCH_UP: Duration = Duration::from_secs(5);
+/// Node lists that scan at once when the index cannot answer: each holds every pod decoded,
+/// so thousands of agents relisting while the index lags must not all scan together (5,000
+/// reconnecting hollow nodes took the control plane past 20 GiB before this bound).
+const SCANS: usize = 2;
 /// How long an index whose store watch failed waits before filling itself again.
 const RESTART_DELAY: Duration = Duration::from_millis(500);
 
@@ -51,6 +57,8 @@ impl std::fmt::Debug for NodeIndex {
 
 struct State {
     index: Mutex<Index>,
+    /// Permits for the scans that stand in for the index, [`SCANS`] of them.
+    scans: tokio::sync::Semaphore,
     /// The revision the index reflects (`None` while it fills), to wait on.
     synced: watch::Sender<Option<Revision>>,
 }
@@ -59,6 +67,7 @@ impl Default for State {
     fn default() -> Self {
         Self {
             index: Mutex::default(),
+            scans: tokio::sync::Semaphore::new(SCANS),
             synced: watch::channel(None).0,
         }
     }
@@ -140,6 +149,16 @@ impl NodeIndex {
                 tokio::time::sleep(RESTART_DELAY).await;
             }
         });
+    }
+
+    /// A permit to scan every pod for one node's (when [`Self::pods_on`] could not answer),
+    /// held while the scan runs: at most [`SCANS`] run at once.
+    pub async fn scan_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.state
+            .scans
+            .acquire()
+            .await
+            .expect("the scan semaphore is never closed")
     }
 
     /// The keys under `prefix` of the pods on `node`, in key order, and the revision they are

@@ -172,6 +172,11 @@ pub async fn list(api: &Api, target: &Target, query: &Query) -> Result<Value> {
         mut after,
     } = request;
     let prefix = list_prefix(target);
+    // A node's pods read by a scan (the index could not answer) hold every pod decoded.
+    let _scan = match filter.required_field(INDEXED_FIELD) {
+        Some(_) if prefix.starts_with(PODS_PREFIX) => Some(api.pods_by_node.scan_permit().await),
+        _ => None,
+    };
     let mut items = Vec::new();
     let (continue_token, remaining) = loop {
         let want = limit.map(|l| l - items.len());
