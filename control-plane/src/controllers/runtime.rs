@@ -275,12 +275,37 @@ pub async fn resync(
 
 #[derive(Debug, Default)]
 struct QueueState {
-    /// Keys waiting, with when each is due.
-    pending: HashMap<ObjectRef, Instant>,
+    /// Keys waiting, with when each is due and the order it was added in.
+    pending: HashMap<ObjectRef, (Instant, u64)>,
+    /// The same keys by when each is due, earliest first: taking a key reads from the front
+    /// instead of every waiting key (tens of thousands of pods made that quadratic).
+    due: BTreeMap<(Instant, u64), ObjectRef>,
+    /// The order of the next key added, to tell keys due at the same instant apart.
+    added: u64,
     /// Keys being reconciled: never handed out twice at once.
     active: HashSet<ObjectRef>,
     /// Consecutive failures per key, for back-off.
     failures: HashMap<ObjectRef, u32>,
+}
+
+impl QueueState {
+    /// `key` waits until `at`, or until when it was due already if that is sooner.
+    fn wait_until(&mut self, key: ObjectRef, at: Instant) {
+        match self.pending.get(&key).copied() {
+            Some((due, _)) if due <= at => {}
+            Some((due, order)) => {
+                self.due.remove(&(due, order));
+                self.due.insert((at, order), key.clone());
+                self.pending.insert(key, (at, order));
+            }
+            None => {
+                let order = self.added;
+                self.added += 1;
+                self.due.insert((at, order), key.clone());
+                self.pending.insert(key, (at, order));
+            }
+        }
+    }
 }
 
 /// A debounced, delaying work queue of object keys that hands a key to one worker at a time.
@@ -319,11 +344,7 @@ impl Queue {
         {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let before = state.pending.len();
-            state
-                .pending
-                .entry(key)
-                .and_modify(|due| *due = (*due).min(at))
-                .or_insert(at);
+            state.wait_until(key, at);
             // As client-go's, a key already waiting is no new add.
             if let Some(metrics) = self.metrics.get()
                 && state.pending.len() > before
@@ -350,23 +371,22 @@ impl Queue {
     fn take_due(&self) -> std::result::Result<ObjectRef, Option<Instant>> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let mut next: Option<Instant> = None;
-        let mut due: Option<(ObjectRef, Instant)> = None;
-        for (key, at) in &state.pending {
-            if state.active.contains(key) {
-                continue;
-            }
-            if *at <= now {
-                if due.as_ref().is_none_or(|(_, d)| at < d) {
-                    due = Some((key.clone(), *at));
-                }
-            } else {
-                next = Some(next.map_or(*at, |n| n.min(*at)));
-            }
-        }
+        // Keys being reconciled are skipped: at most one per worker.
+        let first = state
+            .due
+            .iter()
+            .find(|(_, key)| !state.active.contains(*key))
+            .map(|(&order, key)| (order, key.clone()));
+        let (due, next) = match first {
+            Some(((at, _), key)) if at <= now => (Some((key, at)), None),
+            Some(((at, _), _)) => (None, Some(at)),
+            None => (None, None),
+        };
         match due {
             Some((key, at)) => {
-                state.pending.remove(&key);
+                if let Some(order) = state.pending.remove(&key) {
+                    state.due.remove(&order);
+                }
                 state.active.insert(key.clone());
                 if let Some(metrics) = self.metrics.get() {
                     metrics.taken(now - at);
@@ -583,6 +603,33 @@ mod tests {
         assert!(queue.take_due().is_err());
         queue.done(&got, &Ok(Action::Done));
         assert_eq!(queue.take_due().unwrap(), key("a"));
+    }
+
+    #[tokio::test]
+    async fn keys_are_taken_earliest_due_first_past_the_ones_being_reconciled() {
+        let queue = Queue::new();
+        let soon = Duration::from_secs(60);
+        queue.add_after(key("late"), soon * 2);
+        queue.add_after(key("b"), Duration::ZERO);
+        queue.add_after(key("a"), Duration::ZERO);
+        queue.add_after(key("c"), soon);
+        // Added again, sooner: it moves up; later: it keeps its place.
+        queue.add_after(key("c"), Duration::ZERO);
+        queue.add_after(key("b"), soon * 3);
+        let b = queue.take_due().unwrap();
+        assert_eq!(b, key("b"));
+        // `b` again while it is reconciled: skipped, the keys behind it are taken.
+        queue.add_after(key("b"), Duration::ZERO);
+        assert_eq!(queue.take_due().unwrap(), key("a"));
+        assert_eq!(queue.take_due().unwrap(), key("c"));
+        // Nothing else due: the next is `late`'s time, not the active `b`'s.
+        let Err(Some(next)) = queue.take_due() else {
+            panic!("a key is waiting")
+        };
+        assert!(next > Instant::now() + soon);
+        queue.done(&b, &Ok(Action::Done));
+        assert_eq!(queue.take_due().unwrap(), key("b"));
+        assert_eq!(queue.len(), 4);
     }
 
     #[tokio::test]

@@ -452,17 +452,23 @@ mod tests {
         json!({"names": names, "rv": list["metadata"]["resourceVersion"], "continue": list["metadata"]["continue"]})
     }
 
-    #[tokio::test]
-    async fn a_nodes_pods_are_listed_through_the_index_as_a_scan_lists_them() {
-        let (_dir, api) = crate::testing::api().await;
+    /// An API over a fresh store, with these namespaces.
+    async fn api_with_namespaces(names: &[&str]) -> (tempfile::TempDir, Arc<Api>) {
+        let (dir, api) = crate::testing::api().await;
         let api = Arc::new(api);
-        for ns in ["a", "b"] {
+        for ns in names {
             let namespace =
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
             objects::create(&api, &target(&api, "namespaces", None), namespace)
                 .await
                 .unwrap();
         }
+        (dir, api)
+    }
+
+    #[tokio::test]
+    async fn a_nodes_pods_are_listed_through_the_index_as_a_scan_lists_them() {
+        let (_dir, api) = api_with_namespaces(&["a", "b"]).await;
         for (ns, name, node, app) in [
             ("a", "p2", "n1", "web"),
             ("a", "p1", "n1", "db"),
@@ -567,15 +573,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_whole_list_streams_page_by_page_from_one_snapshot_as_it_lists() {
-        let (_dir, api) = crate::testing::api().await;
-        let api = Arc::new(api);
-        for ns in ["s", "t"] {
-            let namespace =
-                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            objects::create(&api, &target(&api, "namespaces", None), namespace)
-                .await
-                .unwrap();
-        }
+        let (_dir, api) = api_with_namespaces(&["s", "t"]).await;
         // More than two store pages, written concurrently so that they commit in groups.
         let count = 2 * STREAM_PAGE + 100;
         let creates = (0..count).map(|i| {
