@@ -4,10 +4,20 @@
 
 use std::{future::Future, time::Duration};
 
-use crate::apiserver::Api;
+use crate::apiserver::{Api, path::Target};
 
 /// An [`Api`] (no admission plugins, not bootstrapped) on a fresh embedded store; the directory
 /// lives as long as the returned guard.
+/// The collection of a core/v1 resource (`pods`, `configmaps` …), in `namespace` or in all.
+pub fn core_target(api: &Api, plural: &str, namespace: Option<&str>) -> Target {
+    Target {
+        resource: api.resources.get("", "v1", plural).unwrap(),
+        namespace: namespace.map(str::to_owned),
+        name: None,
+        subresource: None,
+    }
+}
+
 pub async fn api() -> (tempfile::TempDir, Api) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");

@@ -284,16 +284,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::testing::core_target as target;
     use crate::testing::eventually;
-
-    fn target(api: &Api, plural: &str, namespace: Option<&str>) -> Target {
-        Target {
-            resource: api.resources.get("", "v1", plural).unwrap(),
-            namespace: namespace.map(str::to_owned),
-            name: None,
-            subresource: None,
-        }
-    }
 
     async fn exists(api: &Api, plural: &str, namespace: Option<&str>, name: &str) -> bool {
         let resource = api.resources.get("", "v1", plural).unwrap();

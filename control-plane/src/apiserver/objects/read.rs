@@ -411,15 +411,7 @@ mod tests {
 
     use super::*;
     use crate::apiserver::objects;
-
-    fn target(api: &Api, plural: &str, namespace: Option<&str>) -> Target {
-        Target {
-            resource: api.resources.get("", "v1", plural).unwrap(),
-            namespace: namespace.map(str::to_owned),
-            name: None,
-            subresource: None,
-        }
-    }
+    use crate::testing::core_target as target;
 
     fn pod(name: &str, node: &str, app: &str) -> Value {
         json!({
