@@ -200,7 +200,7 @@ async fn list_then_watch(
         name: None,
         subresource: None,
     };
-    let watch = objects::watch_changes(api, &target, filter, None)
+    let watch = objects::watch_changes(api, &target, filter, objects::Start::Any)
         .await
         .map_err(to_status)?;
     let kind = resource.kind;

@@ -799,13 +799,14 @@ mod tests {
             let target = pods(&api);
             let watch = |node: &str| {
                 let filter = Filter::new("", &format!("spec.nodeName={node}")).unwrap();
-                objects::watch_changes(&api, &target, filter, None)
+                objects::watch_changes(&api, &target, filter, objects::Start::Now)
             };
             let mut a = watch("a").await.unwrap();
             let mut b = watch("b").await.unwrap();
-            let mut every = objects::watch_changes(&api, &pods(&api), Filter::default(), None)
-                .await
-                .unwrap();
+            let mut every =
+                objects::watch_changes(&api, &pods(&api), Filter::default(), objects::Start::Now)
+                    .await
+                    .unwrap();
             let store = &api.store;
             let key = |name: &str| pods(&api).resource.key(Some("default"), name);
             let p = store.create(&key("p"), stored("p", "")).await.unwrap();
@@ -840,7 +841,7 @@ mod tests {
             // Queues of 4 changes: a watch that is not read is moved to the store at once.
             let (_dir, api) = api(Fanout::with_limits(8, 4)).await;
             let filter = Filter::new("", "spec.nodeName=a").unwrap();
-            let mut slow = objects::watch_changes(&api, &pods(&api), filter, None)
+            let mut slow = objects::watch_changes(&api, &pods(&api), filter, objects::Start::Now)
                 .await
                 .unwrap();
             // Writes from several tasks at once: group-committed, each with its own revision.
@@ -884,7 +885,7 @@ mod tests {
             let (_dir, api) = api(Fanout::with_limits(4, 64)).await;
             // Starts the pods' hub.
             drop(
-                objects::watch_changes(&api, &pods(&api), Filter::default(), None)
+                objects::watch_changes(&api, &pods(&api), Filter::default(), objects::Start::Now)
                     .await
                     .unwrap(),
             );
@@ -908,7 +909,7 @@ mod tests {
                     &api,
                     &pods(&api),
                     Filter::default(),
-                    Some(revisions[from]),
+                    objects::Start::After(revisions[from]),
                 )
                 .await
                 .unwrap();

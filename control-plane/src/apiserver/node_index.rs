@@ -282,4 +282,33 @@ mod tests {
         assert!(index.pods.is_empty());
         assert!(index.node_of.is_empty());
     }
+    #[tokio::test]
+    async fn a_lagging_index_answers_at_its_own_revision_only_when_asked_for_any() {
+        let (_dir, api) = crate::testing::api().await;
+        let index = NodeIndex::default();
+        // Filled by hand at revision 7, and never following the store: an index lagging it.
+        index.started.set(()).unwrap();
+        let key = "/registry/core/pods/ns/a";
+        {
+            let mut state = index.state.index.lock().unwrap();
+            state.apply(key, Some(br#"{"spec":{"nodeName":"n1"}}"#));
+            state.revision = 7;
+        }
+        index.state.synced.send_replace(Some(7));
+        let wait = Duration::from_millis(50);
+        // A consistent list needs revision 8 (a write the client saw): it is not answered.
+        let consistent = index.pods_on(&api.store, PODS_PREFIX, "n1", 8, wait).await;
+        assert!(consistent.is_none());
+        // `Any` (revision 0) is answered at once, at the index's revision.
+        let any = index.pods_on(&api.store, PODS_PREFIX, "n1", 0, wait).await;
+        assert_eq!(any, Some((7, vec![key.to_owned()])));
+        // An index still filling answers neither.
+        index.state.synced.send_replace(None);
+        assert!(
+            index
+                .pods_on(&api.store, PODS_PREFIX, "n1", 0, wait)
+                .await
+                .is_none()
+        );
+    }
 }

@@ -207,7 +207,7 @@ pub async fn reflect(
     let mut backoff = BACKOFF.0;
     loop {
         let watch = tokio::select! {
-            w = objects::watch_changes(&api, &target, Filter::default(), None) => w,
+            w = objects::watch_changes(&api, &target, Filter::default(), objects::Start::Now) => w,
             () = stopped(&mut shutdown) => return,
         };
         let mut watch = match watch {

@@ -149,12 +149,14 @@ async fn run_once(
 ) -> Result<()> {
     let pods = resource(api, "", "pods");
     let nodes = resource(api, "", "nodes");
-    let mut node_watch = objects::watch_changes(api, &all(nodes), Filter::default(), None)
-        .await
-        .map_err(Error::Api)?;
-    let mut pod_watch = objects::watch_changes(api, &all(pods), Filter::default(), None)
-        .await
-        .map_err(Error::Api)?;
+    let mut node_watch =
+        objects::watch_changes(api, &all(nodes), Filter::default(), objects::Start::Now)
+            .await
+            .map_err(Error::Api)?;
+    let mut pod_watch =
+        objects::watch_changes(api, &all(pods), Filter::default(), objects::Start::Now)
+            .await
+            .map_err(Error::Api)?;
     let (bound_tx, mut bound_rx) = mpsc::unbounded_channel();
     let mut s = Scheduler {
         api: Arc::clone(api),

@@ -47,7 +47,7 @@ pub use delete::{delete, delete_collection, delete_each};
 pub use read::{Filter, get, list};
 pub(crate) use update::apply_patch;
 pub use update::{patch, patch_with, update, update_with};
-pub use watch::{Change, Watch, watch_changes};
+pub use watch::{Change, Start, Watch, watch_changes};
 
 use binding::bind;
 use read::list_prefix;

@@ -111,6 +111,9 @@ struct ListRequest {
     revision: Option<Revision>,
     /// The key a continue token resumes after.
     after: Option<String>,
+    /// `resourceVersion=0` (Kubernetes' `Any`): any recent state will do, so the node index
+    /// answers at the revision it has reached instead of waiting to reach the store's.
+    any: bool,
 }
 
 impl ListRequest {
@@ -125,6 +128,7 @@ impl ListRequest {
                 ));
             }
         };
+        let exact = query.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
         let (revision, after) = match query.get("continue").filter(|c| !c.is_empty()) {
             Some(token) => {
                 let (rv, start) = decode_continue(token)?;
@@ -138,15 +142,18 @@ impl ListRequest {
                     .transpose()?;
                 // Only `Exact` pins the read; by default (`NotOlderThan`) the latest state
                 // satisfies any resource version the client has seen.
-                let exact = query.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
                 (rv.filter(|_| exact), None)
             }
         };
+        let any = after.is_none()
+            && !exact
+            && query.get("resourceVersion").map(String::as_str) == Some("0");
         Ok(Self {
             filter,
             limit,
             revision,
             after,
+            any,
         })
     }
 
@@ -161,7 +168,8 @@ pub async fn list(api: &Api, target: &Target, query: &Query) -> Result<Value> {
     let resource = target.resource;
     let request = ListRequest::from_query(query)?;
     if request.is_fresh()
-        && let Some(list) = list_one_node(api, target, &request.filter, request.limit).await?
+        && let Some(list) =
+            list_one_node(api, target, &request.filter, request.limit, request.any).await?
     {
         return Ok(list);
     }
@@ -170,6 +178,7 @@ pub async fn list(api: &Api, target: &Target, query: &Query) -> Result<Value> {
         limit,
         mut revision,
         mut after,
+        ..
     } = request;
     let prefix = list_prefix(target);
     // A node's pods read by a scan (the index could not answer) hold every pod decoded.
@@ -353,11 +362,13 @@ fn list_body(
 /// from the start), read through the [`node_index`]: the node's pods only, at the revision the
 /// index is at, instead of every pod. `None` when the index cannot answer (not caught up, or
 /// more matches than `limit`, which need the scan's `continue` token): the list then scans.
+/// With `any` (`resourceVersion=0`) the index answers at whatever revision it has reached.
 async fn list_one_node(
     api: &Api,
     target: &Target,
     filter: &Filter,
     limit: Option<usize>,
+    any: bool,
 ) -> Result<Option<Value>> {
     let prefix = list_prefix(target);
     let Some(node) = filter.required_field(INDEXED_FIELD) else {
@@ -366,12 +377,17 @@ async fn list_one_node(
     if !prefix.starts_with(PODS_PREFIX) {
         return Ok(None);
     }
-    // The store's revision now: the list must show every write the client may have seen.
-    let current = api
-        .store
-        .revision()
-        .await
-        .map_err(|e| ApiError::storage(&e))?;
+    // The store's revision now: a consistent list must show every write the client may have
+    // seen. While thousands of agents reconnect, the index can lag the store by seconds (its
+    // watch waits its turn behind their requests); their relists ask for `Any` and do not wait.
+    let current = if any {
+        0
+    } else {
+        api.store
+            .revision()
+            .await
+            .map_err(|e| ApiError::storage(&e))?
+    };
     let Some((revision, keys)) = api
         .pods_by_node
         .pods_on(&api.store, &prefix, node, current, node_index::CATCH_UP)
@@ -535,6 +551,15 @@ mod tests {
             names(&api, None, &[("fieldSelector", &n1)]).await["names"],
             json!(["a/p2", "a/p5", "b/p3"])
         );
+        // `resourceVersion=0` (any state will do) is answered through the index too, and by a
+        // state at least as new as the last list's here, where the index keeps up.
+        let any = names(
+            &api,
+            None,
+            &[("fieldSelector", &n1), ("resourceVersion", "0")],
+        )
+        .await;
+        assert_eq!(any["names"], json!(["a/p2", "a/p5", "b/p3"]));
         // More than a page: the scan answers, with its continue token.
         let first = names(&api, None, &[("fieldSelector", &n1), ("limit", "2")]).await;
         assert_eq!(first["names"], json!(["a/p2", "a/p5"]));

@@ -81,19 +81,36 @@ impl std::fmt::Debug for Watch {
     }
 }
 
-/// Watches the objects of `target` that `filter` selects, after `from`, or (`None`) starting
-/// with every matching object. An object leaving the selection is `Deleted` to this watcher.
+/// Where a watch starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// With every matching object as it is now (a consistent list), then the changes after.
+    Now,
+    /// With every matching object at whatever revision the server has at hand, then the
+    /// changes after it: Kubernetes' `resourceVersion=0`, what a kubelet's reflector asks for
+    /// when it (re)lists, so that thousands of agents reconnecting at once are answered from
+    /// the pod index without waiting for it to catch up with the store.
+    Any,
+    /// With the changes after this revision only.
+    After(Revision),
+}
+
+/// Watches the objects of `target` that `filter` selects, from `start`. An object leaving the
+/// selection is `Deleted` to this watcher.
 pub async fn watch_changes(
     api: &Api,
     target: &Target,
     filter: Filter,
-    from: Option<Revision>,
+    start: Start,
 ) -> Result<Watch> {
     let resource = target.resource;
-    let (initial, revision) = match from {
-        Some(rv) => (Vec::new(), rv),
-        None => {
-            let query = filter.to_query();
+    let (initial, revision) = match start {
+        Start::After(rv) => (Vec::new(), rv),
+        Start::Now | Start::Any => {
+            let mut query = filter.to_query();
+            if start == Start::Any {
+                query.insert("resourceVersion".into(), "0".into());
+            }
             let mut listing = list(api, target, &query).await?;
             let rv = parse_revision(
                 listing["metadata"]["resourceVersion"]
@@ -140,13 +157,14 @@ pub(super) async fn watch(
     if send_initial_events {
         check_watch_list(query, bookmarks)?;
     }
-    let from = query
-        .get("resourceVersion")
+    let start = match query.get("resourceVersion").map(String::as_str) {
         // A watch-list starts from the objects as they are, whatever version it names.
-        .filter(|rv| !rv.is_empty() && *rv != "0" && !send_initial_events)
-        .map(|rv| parse_revision(rv))
-        .transpose()?;
-    let watch = match watch_changes(api, target, filter, from).await {
+        _ if send_initial_events => Start::Now,
+        None | Some("") => Start::Now,
+        Some("0") => Start::Any,
+        Some(rv) => Start::After(parse_revision(rv)?),
+    };
+    let watch = match watch_changes(api, target, filter, start).await {
         Ok(watch) => watch,
         // Kubernetes answers an expired watch with 200 and a single 410 ERROR event.
         Err(e) if e.reason == "Expired" => {
