@@ -30,7 +30,7 @@ fn node(name: &str) -> Vec<u8> {
         "status": {
             "capacity": { "cpu": "2", "memory": "4Gi", "pods": "110" },
             "allocatable": { "cpu": "2", "memory": "4Gi", "pods": "110" },
-            "addresses": [{ "type": "InternalIP", "address": "10.123.0.1" }],
+            "addresses": [{ "type": "InternalIP", "address": "127.123.0.1" }],
         },
     }))
     .unwrap()
@@ -230,7 +230,7 @@ async fn a_node_sees_only_its_pods_and_reports_their_status() {
             name: "after".into(),
             uid: added["metadata"]["uid"].as_str().unwrap().into(),
             status_json: serde_json::to_vec(&json!({
-                "phase": "Running", "podIP": "10.244.0.7", "hostIP": "10.123.0.1",
+                "phase": "Running", "podIP": "10.244.0.7", "hostIP": "127.123.0.1",
                 "containerStatuses": [{ "name": "c", "ready": true, "restartCount": 0,
                     "image": "localhost/busybox:latest", "state": { "running": { "startedAt": "2026-01-01T00:00:00Z" } } }],
             }))

@@ -45,7 +45,7 @@ fn node(name: &str) -> Vec<u8> {
         "status": {
             "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
             "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-            "addresses": [{"type": "InternalIP", "address": "10.123.0.1"}],
+            "addresses": [{"type": "InternalIP", "address": "127.123.0.1"}],
         },
     }))
     .unwrap()

@@ -230,13 +230,13 @@ fn a_node_gets_a_serving_certificate_for_its_own_names_only() {
         "--subresource=status",
         "--type=merge",
         "-p",
-        r#"{"status":{"addresses":[{"type":"InternalIP","address":"10.0.0.5"},{"type":"Hostname","address":"n1"}]}}"#,
+        r#"{"status":{"addresses":[{"type":"InternalIP","address":"127.0.0.5"},{"type":"Hostname","address":"n1"}]}}"#,
     ])
     .success();
     let endpoint = apiary_node_agent::kubeconfig::Endpoint::from_kubeconfig(&n1).unwrap();
     let api = apiary_node_agent::api_client::ApiClient::new(&endpoint).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let own = Wanted::node_serving("n1", vec!["n1".into()], vec!["10.0.0.5".parse().unwrap()]);
+    let own = Wanted::node_serving("n1", vec!["n1".into()], vec!["127.0.0.5".parse().unwrap()]);
     let issued = runtime
         .block_on(request_certificate(
             &api,
@@ -250,7 +250,7 @@ fn a_node_gets_a_serving_certificate_for_its_own_names_only() {
     let foreign = Wanted::node_serving(
         "n1",
         vec!["n1".into(), "kubernetes.default.svc".into()],
-        vec!["10.0.0.5".parse().unwrap()],
+        vec!["127.0.0.5".parse().unwrap()],
     );
     let pending = runtime.block_on(request_certificate(
         &api,

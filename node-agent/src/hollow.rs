@@ -84,7 +84,10 @@ pub async fn run(args: HollowArgs) -> anyhow::Result<()> {
         }
         let node = HollowNode {
             name: format!("{}{index}", args.name_prefix),
-            host_ip: Ipv4Addr::new(10, 254, (index / 250) as u8, (index % 250 + 1) as u8),
+            // Loopback addresses (all of 127/8 is): the control plane dials a node's address
+            // (resource metrics, logs, exec), and a hollow node's must lead nowhere but here;
+            // nothing listens there, so each dial is refused at once.
+            host_ip: Ipv4Addr::new(127, 254, (index / 250) as u8, (index % 250 + 1) as u8),
             client: client.clone().expect("connected above"),
             api: api.clone(),
             heartbeat: Duration::from_secs(args.heartbeat_seconds),
