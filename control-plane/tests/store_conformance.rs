@@ -818,6 +818,36 @@ mod embedded_crash {
         assert_eq!(b.mod_revision, a2.mod_revision + 1);
         drop(stream);
         store.close().await.unwrap();
+
+        // What follows a page is counted from the keys read back from the file, at the
+        // page's revision, compaction included.
+        let store = open(&path).await;
+        store.create("/c", b"1".to_vec()).await.unwrap();
+        store.delete("/b", None).await.unwrap();
+        let first = store
+            .list("/", &super::opts(Some(1), None, None))
+            .await
+            .unwrap();
+        assert_eq!(first.remaining, Some(1), "/c only: /b is gone");
+        let old = store
+            .list("/", &super::opts(Some(1), None, Some(b.mod_revision)))
+            .await
+            .unwrap();
+        assert_eq!(old.remaining, Some(1), "/b only: /c came later");
+        store.compact(b.mod_revision).await.unwrap();
+        store.close().await.unwrap();
+        let store = open(&path).await;
+        let old = store
+            .list("/", &super::opts(Some(1), None, Some(b.mod_revision)))
+            .await
+            .unwrap();
+        assert_eq!(old.remaining, Some(1));
+        let now = store
+            .list("/", &super::opts(Some(1), None, None))
+            .await
+            .unwrap();
+        assert_eq!(now.remaining, Some(1));
+        store.close().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,9 @@
 //! - `log`: `revision -> key`, one entry per write, which watches replay from.
 //! - `meta`: the current and the compacted revision, and the format version.
 //!
+//! Beside them, in memory, every key's revisions ([`KeyIndex`], etcd's key index): a list counts
+//! the keys after its page from it rather than reading their versions.
+//!
 //! Writes go to one writer thread, which applies everything pending in a single write transaction
 //! and commits it with fsync once (group commit): each request keeps its own revision and its own
 //! outcome, but they share the fsync. Reads run on tokio's blocking pool against redb's MVCC
@@ -26,7 +29,7 @@ use std::fmt;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,6 +41,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
     Error, KeyValue, ListOptions, ListPage, Result, Revision, Store, WatchEvent, WatchStream,
+    key_index::KeyIndex,
 };
 
 const VERSIONS: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("versions");
@@ -199,10 +203,15 @@ pub struct EmbeddedStore {
     events: broadcast::Sender<Batch>,
     /// The latest committed revision, published by the writer after each commit.
     revision: Arc<AtomicI64>,
+    /// Every key's revisions, kept by the writer after each commit: lists count what follows
+    /// their page from it.
+    keys: Keys,
     /// Why the writer's last transaction failed, until one commits again.
     failure: Failure,
     writer: JoinHandle<()>,
 }
+
+type Keys = Arc<RwLock<KeyIndex>>;
 
 /// The writer's last failed transaction, if the last one failed.
 type Failure = Arc<Mutex<Option<String>>>;
@@ -231,6 +240,7 @@ impl EmbeddedStore {
     pub fn open_on(disk: impl Disk) -> Result<Self> {
         let db = open_database(&disk)?;
         let (revision, compacted) = init_tables(&db)?;
+        let keys = Keys::new(RwLock::new(read_key_index(&db)?));
         let db = Arc::new(Handle::new(db));
         let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
         let (events, _) = broadcast::channel(WATCH_BUFFER);
@@ -244,6 +254,7 @@ impl EmbeddedStore {
             full: None,
             events: events.clone(),
             published: Arc::clone(&published),
+            keys: Arc::clone(&keys),
             failure: Arc::clone(&failure),
         };
         let writer = std::thread::Builder::new()
@@ -255,6 +266,7 @@ impl EmbeddedStore {
             requests,
             events,
             revision: published,
+            keys,
             failure,
             writer,
         })
@@ -332,7 +344,9 @@ impl Store for EmbeddedStore {
     async fn list(&self, prefix: &str, options: &ListOptions) -> Result<ListPage> {
         let prefix = prefix.to_owned();
         let options = options.clone();
-        self.read(move |db| list(db, &prefix, &options)).await
+        let keys = Arc::clone(&self.keys);
+        self.read(move |db| list(db, &keys, &prefix, &options))
+            .await
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
@@ -504,6 +518,19 @@ fn init_tables(db: &Database) -> Result<(Revision, Revision)> {
     Ok(revisions)
 }
 
+/// Every key's revisions, from the versions table (values are not decoded).
+fn read_key_index(db: &Database) -> Result<KeyIndex> {
+    let txn = db.begin_read().map_err(storage_error)?;
+    let versions = txn.open_table(VERSIONS).map_err(storage_error)?;
+    let mut index = KeyIndex::default();
+    for entry in versions.iter().map_err(storage_error)? {
+        let (k, v) = entry.map_err(storage_error)?;
+        let (key, revision) = k.value();
+        index.record(key, revision, v.value().first() == Some(&TAG_PUT));
+    }
+    Ok(index)
+}
+
 /// The current and compacted revision of an open file.
 fn read_revisions(db: &Database) -> Result<(Revision, Revision)> {
     let txn = db.begin_read().map_err(storage_error)?;
@@ -615,7 +642,7 @@ where
     Ok(at)
 }
 
-fn list(db: &Database, prefix: &str, options: &ListOptions) -> Result<ListPage> {
+fn list(db: &Database, keys: &Keys, prefix: &str, options: &ListOptions) -> Result<ListPage> {
     let txn = db.begin_read().map_err(storage_error)?;
     let meta = txn.open_table(META).map_err(storage_error)?;
     let versions = txn.open_table(VERSIONS).map_err(storage_error)?;
@@ -630,15 +657,13 @@ fn list(db: &Database, prefix: &str, options: &ListOptions) -> Result<ListPage> 
         _ => Bound::Included((prefix, i64::MIN)),
     };
 
-    let mut page = PageBuilder {
-        items: Vec::new(),
-        remaining: 0,
-        limit,
-    };
+    let mut items = Vec::new();
+    // Whether a key exists past a full page; the rest is counted from the key index.
+    let mut more = false;
     // Versions are sorted by key, then revision: scan them once, keeping for each key the last
     // version at or before `at`.
     let mut current_key = String::new();
-    let mut best = Best::None;
+    let mut best: Option<Version> = None;
     for entry in versions
         .range((start, Bound::Unbounded))
         .map_err(storage_error)?
@@ -649,73 +674,45 @@ fn list(db: &Database, prefix: &str, options: &ListOptions) -> Result<ListPage> 
             break;
         }
         if key != current_key {
-            page.add(&current_key, std::mem::replace(&mut best, Best::None));
+            if let Some(kv) = best.take().and_then(|v| v.into_kv(&current_key)) {
+                if items.len() >= limit {
+                    more = true;
+                    break;
+                }
+                items.push(kv);
+            }
             current_key.clear();
             current_key.push_str(key);
         }
         if revision <= at {
-            best = if page.is_full() {
-                // Past the page only the count matters: do not copy the value.
-                Best::Counted(v.value().first() == Some(&TAG_PUT))
-            } else {
-                Best::Version(decode(key, revision, v.value())?)
-            };
+            best = Some(decode(key, revision, v.value())?);
         }
     }
-    page.add(&current_key, best);
-    let PageBuilder {
-        items, remaining, ..
-    } = page;
-
-    let more = remaining > 0;
-    Ok(ListPage {
-        continue_after: if more {
-            items.last().map(|kv| kv.key.clone())
+    if let Some(kv) = best.and_then(|v| v.into_kv(&current_key)) {
+        if items.len() >= limit {
+            more = true;
         } else {
-            None
-        },
+            items.push(kv);
+        }
+    }
+    let continue_after = more
+        .then(|| items.last().map(|kv| kv.key.clone()))
+        .flatten();
+    let remaining = match &continue_after {
+        Some(last) => {
+            let keys = keys.read().unwrap_or_else(|e| e.into_inner());
+            // At least the key found past the page, should the index not have a commit that
+            // this read sees yet (it is updated right after each commit).
+            Some(keys.count_live(prefix, last, at).max(1))
+        }
+        None => None,
+    };
+    Ok(ListPage {
+        continue_after,
         items,
         revision: at,
-        remaining: more.then_some(remaining),
+        remaining,
     })
-}
-
-/// The version of the key being scanned that a list at some revision sees.
-#[derive(Debug)]
-enum Best {
-    None,
-    Version(Version),
-    /// Only whether the key exists, for keys after a full page.
-    Counted(bool),
-}
-
-/// One page of a list, and the count of what follows it.
-#[derive(Debug)]
-struct PageBuilder {
-    items: Vec<KeyValue>,
-    remaining: u64,
-    limit: usize,
-}
-
-impl PageBuilder {
-    fn is_full(&self) -> bool {
-        self.items.len() >= self.limit
-    }
-
-    fn add(&mut self, key: &str, best: Best) {
-        let live = match best {
-            Best::None | Best::Counted(false) => return,
-            Best::Counted(true) => None,
-            Best::Version(version) => match version.into_kv(key) {
-                Some(kv) => Some(kv),
-                None => return,
-            },
-        };
-        match live {
-            Some(kv) if !self.is_full() => self.items.push(kv),
-            _ => self.remaining += 1,
-        }
-    }
 }
 
 /// Some of the log after a revision, for a watcher.
@@ -888,6 +885,7 @@ struct Writer {
     full: Option<u64>,
     events: broadcast::Sender<Batch>,
     published: Arc<AtomicI64>,
+    keys: Keys,
     failure: Failure,
 }
 
@@ -926,6 +924,13 @@ impl Writer {
                     tracing::info!("the store's disk has space again: writes resume");
                 }
                 *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                {
+                    let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+                    keys.record_events(&events);
+                    if compacted > self.compacted {
+                        keys.compact(compacted);
+                    }
+                }
                 self.revision = revision;
                 self.compacted = compacted;
                 self.published.store(revision, Ordering::Release);
@@ -987,7 +992,8 @@ impl Writer {
         let db = loop {
             match open_database(&*self.disk).and_then(|db| {
                 let revisions = read_revisions(&db)?;
-                Ok((db, revisions))
+                let keys = read_key_index(&db)?;
+                Ok((db, (revisions, keys)))
             }) {
                 Ok(opened) => break opened,
                 Err(error) => {
@@ -997,7 +1003,9 @@ impl Writer {
                 }
             }
         };
-        let (db, (revision, compacted)) = db;
+        let (db, ((revision, compacted), keys)) = db;
+        // Read again from the file: the failed commit may have reached it after all.
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
         if revision > self.revision {
             // The failed commit reached the disk after all (its fsync failed after the data was
             // written): publish what it wrote, so watchers miss nothing.

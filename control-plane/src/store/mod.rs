@@ -15,6 +15,7 @@
 pub mod embedded;
 pub mod encryption;
 pub mod etcd;
+mod key_index;
 
 use std::pin::Pin;
 
@@ -43,7 +44,9 @@ pub struct ListPage {
     /// Set when more keys follow: pass it as [`ListOptions::continue_after`] (the last key of
     /// this page) together with [`ListOptions::revision`] = `revision` to read the next page.
     pub continue_after: Option<String>,
-    /// How many keys under the prefix follow this page (at `revision`), when more follow.
+    /// How many keys under the prefix follow this page (at `revision`), when more follow. Like
+    /// Kubernetes' `remainingItemCount`, an estimate: a page read while a write commits may
+    /// count without it.
     pub remaining: Option<u64>,
 }
 
