@@ -210,10 +210,15 @@ async fn list_then_watch(
         object_json: Vec::new(),
         resource_version: watch.revision,
     };
-    let initial = watch
+    // Encoded now, and the decoded objects dropped: a stream is drained as fast as its agent
+    // reads, and 5,000 agents relisting at once held every pod of the cluster decoded (several
+    // times its ~3 KiB of JSON) until theirs were sent: with 150,000 pods the control plane
+    // went from 10 to 18.7 GiB while they reconnected.
+    let initial: Vec<_> = watch
         .initial
         .into_iter()
-        .map(move |o| event(kind, Change::Added(o)));
+        .map(|o| event(kind, Change::Added(o)))
+        .collect();
     Ok(futures::stream::iter(initial)
         .chain(futures::stream::once(std::future::ready(Ok(synced))))
         .chain(watch.changes.map(move |change| event(kind, change)))

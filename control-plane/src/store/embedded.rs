@@ -663,7 +663,9 @@ fn list(db: &Database, keys: &Keys, prefix: &str, options: &ListOptions) -> Resu
     // Versions are sorted by key, then revision: scan them once, keeping for each key the last
     // version at or before `at`.
     let mut current_key = String::new();
-    let mut best: Option<Version> = None;
+    // The record is decoded (its value copied) only once it is known to be the key's last
+    // version at `at`: a key updated a few times, or deleted, is read once.
+    let mut best: Option<(Revision, redb::AccessGuard<'_, &[u8]>)> = None;
     for entry in versions
         .range((start, Bound::Unbounded))
         .map_err(storage_error)?
@@ -674,7 +676,11 @@ fn list(db: &Database, keys: &Keys, prefix: &str, options: &ListOptions) -> Resu
             break;
         }
         if key != current_key {
-            if let Some(kv) = best.take().and_then(|v| v.into_kv(&current_key)) {
+            let version = match best.take() {
+                Some((revision, record)) => Some(decode(&current_key, revision, record.value())?),
+                None => None,
+            };
+            if let Some(kv) = version.and_then(|v| v.into_kv(&current_key)) {
                 if items.len() >= limit {
                     more = true;
                     break;
@@ -685,10 +691,14 @@ fn list(db: &Database, keys: &Keys, prefix: &str, options: &ListOptions) -> Resu
             current_key.push_str(key);
         }
         if revision <= at {
-            best = Some(decode(key, revision, v.value())?);
+            best = Some((revision, v));
         }
     }
-    if let Some(kv) = best.and_then(|v| v.into_kv(&current_key)) {
+    let version = match best {
+        Some((revision, record)) => Some(decode(&current_key, revision, record.value())?),
+        None => None,
+    };
+    if let Some(kv) = version.and_then(|v| v.into_kv(&current_key)) {
         if items.len() >= limit {
             more = true;
         } else {
