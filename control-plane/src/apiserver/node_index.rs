@@ -282,6 +282,7 @@ mod tests {
         assert!(index.pods.is_empty());
         assert!(index.node_of.is_empty());
     }
+
     #[tokio::test]
     async fn a_lagging_index_answers_at_its_own_revision_only_when_asked_for_any() {
         let (_dir, api) = crate::testing::api().await;

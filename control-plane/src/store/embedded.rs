@@ -676,11 +676,7 @@ fn list(db: &Database, keys: &Keys, prefix: &str, options: &ListOptions) -> Resu
             break;
         }
         if key != current_key {
-            let version = match best.take() {
-                Some((revision, record)) => Some(decode(&current_key, revision, record.value())?),
-                None => None,
-            };
-            if let Some(kv) = version.and_then(|v| v.into_kv(&current_key)) {
+            if let Some(kv) = seen(&current_key, best.take())? {
                 if items.len() >= limit {
                     more = true;
                     break;
@@ -694,11 +690,7 @@ fn list(db: &Database, keys: &Keys, prefix: &str, options: &ListOptions) -> Resu
             best = Some((revision, v));
         }
     }
-    let version = match best {
-        Some((revision, record)) => Some(decode(&current_key, revision, record.value())?),
-        None => None,
-    };
-    if let Some(kv) = version.and_then(|v| v.into_kv(&current_key)) {
+    if let Some(kv) = seen(&current_key, best)? {
         if items.len() >= limit {
             more = true;
         } else {
@@ -723,6 +715,18 @@ fn list(db: &Database, keys: &Keys, prefix: &str, options: &ListOptions) -> Resu
         revision: at,
         remaining,
     })
+}
+
+/// What a list sees of `key`: its last version at the list's revision (`best`, undecoded), if
+/// that holds a value. Decoding copies the value, so it waits until the version is known.
+fn seen(
+    key: &str,
+    best: Option<(Revision, redb::AccessGuard<'_, &[u8]>)>,
+) -> Result<Option<KeyValue>> {
+    match best {
+        Some((revision, record)) => Ok(decode(key, revision, record.value())?.into_kv(key)),
+        None => Ok(None),
+    }
 }
 
 /// Some of the log after a revision, for a watcher.
