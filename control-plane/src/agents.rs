@@ -120,6 +120,23 @@ fn registered_ready(node: &Value) -> Value {
     })
 }
 
+/// `conditions` (a stored node's) with its Ready condition replaced by `ready`, whose
+/// transition time is the stored one while the status is the same: a node registering again
+/// (its agent restarted) has not changed state.
+fn with_ready(conditions: &Value, mut ready: Value) -> Value {
+    let mut conditions: Vec<Value> = conditions.as_array().cloned().unwrap_or_default();
+    match conditions.iter_mut().find(|c| c["type"] == "Ready") {
+        Some(stored) => {
+            if stored["status"] == ready["status"] {
+                ready["lastTransitionTime"] = stored["lastTransitionTime"].clone();
+            }
+            *stored = ready;
+        }
+        None => conditions.push(ready),
+    }
+    Value::Array(conditions)
+}
+
 /// Who calls the channel: the cluster admin (`system:masters`: hollow nodes, tools) acts for any
 /// node; a node identity (`system:node:<name>`) only for itself, as NodeRestriction keeps it on
 /// the API; anyone else (a bootstrap token, a ServiceAccount, a user) is refused.
@@ -346,8 +363,9 @@ impl node_agent_server::NodeAgent for AgentService {
                         updated["metadata"]["labels"][k] = v.clone();
                     }
                 }
+                let conditions = with_ready(&existing["status"]["conditions"], ready);
                 updated["status"] = node["status"].take();
-                updated["status"]["conditions"] = json!([ready]);
+                updated["status"]["conditions"] = conditions;
                 let target = Target {
                     resource: nodes,
                     namespace: None,
@@ -569,6 +587,26 @@ mod tests {
             "smaller than a node's /24"
         );
         assert!("nonsense".parse::<PodNetwork>().is_err());
+    }
+
+    #[test]
+    fn registering_again_keeps_the_ready_transition_time_and_other_conditions() {
+        let stored = json!([
+            {"type": "NetworkUnavailable", "status": "False"},
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2020-01-01T00:00:00Z"},
+        ]);
+        let ready =
+            |status: &str| json!({"type": "Ready", "status": status, "lastTransitionTime": "now"});
+        let same = with_ready(&stored, ready("True"));
+        assert_eq!(same[0]["type"], "NetworkUnavailable");
+        assert_eq!(same[1]["lastTransitionTime"], "2020-01-01T00:00:00Z");
+        let changed = with_ready(&stored, ready("False"));
+        assert_eq!(changed[1]["status"], "False");
+        assert_eq!(changed[1]["lastTransitionTime"], "now");
+        assert_eq!(
+            with_ready(&Value::Null, ready("True")),
+            json!([ready("True")])
+        );
     }
 
     #[tokio::test]

@@ -87,6 +87,24 @@ fn ip_of(pod: &Value) -> String {
         .to_owned()
 }
 
+/// node1's Ready condition's status and last transition time.
+fn node_ready(cluster: &ClusterLab) -> (Value, Value) {
+    ready_since(
+        &cluster
+            .kubectl_json(&["get", "node", "node1", "-o", "json"])
+            .unwrap(),
+    )
+}
+
+/// The Ready condition's status and last transition time.
+fn ready_since(pod: &Value) -> (Value, Value) {
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+        .unwrap_or(Value::Null);
+    (ready["status"].clone(), ready["lastTransitionTime"].clone())
+}
+
 fn status_of(pod: &Value, container: &str) -> Value {
     pod["status"]["containerStatuses"]
         .as_array()
@@ -420,6 +438,7 @@ fn a_killed_agent_leaves_pods_running_and_adopts_them_again() {
         .unwrap();
     let ip = ip_of(&before);
     let id = status_of(&before, "web")["containerID"].clone();
+    let node_before = node_ready(&cluster);
 
     cluster.kill_agent(0);
     assert_eq!(
@@ -441,6 +460,28 @@ fn a_killed_agent_leaves_pods_running_and_adopts_them_again() {
     assert_eq!(status_of(&after, "web")["restartCount"], 0);
     assert_eq!(ip_of(&after), ip);
     assert_eq!(wget(&cluster, "client", &ip).trim(), "still here");
+    // Ready throughout: the new agent took the container's readiness from the API until its
+    // probe ran (not every pod of the node not ready, and out of its Services, meanwhile).
+    assert_eq!(
+        ready_since(&after),
+        ready_since(&before),
+        "the Ready condition did not change"
+    );
+    // Nor did the node's: its pods and data plane kept running, so the restarted agent did not
+    // post NotReady while it synced (the lifecycle controller would have marked every pod of
+    // the node not ready, and tainted it NoExecute).
+    assert_eq!(node_ready(&cluster), node_before, "the node stayed Ready");
+    // And the adopted container is probed again: without its page it goes not ready.
+    exec(&cluster, "web-a", &["rm", "/work/index.html"]);
+    apiary_tests::cluster::wait("web-a not ready", Duration::from_secs(30), || {
+        let pod = cluster.pod("default", "web-a").ok()?;
+        (status_of(&pod, "web")["ready"] == false).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    exec(&cluster, "web-a", &["cp", "/content/index.html", "/work/"]);
+    cluster
+        .wait_ready("default", "web-a", Duration::from_secs(30))
+        .unwrap();
 
     // A static pod: a manifest in the node's directory runs as a mirror pod; removing the
     // file removes the pod.

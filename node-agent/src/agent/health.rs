@@ -3,15 +3,29 @@
 //! the node's Ready condition, which the heartbeats post.
 //!
 //! Checks only ever pass: a watch that ends and lists again later keeps the node's programs and
-//! pods as they were meanwhile, so a re-list does not make the node unready.
+//! pods as they were meanwhile, so a re-list does not make the node unready. For the same reason
+//! an agent that restarts on a node whose pods and data plane outlived the previous one (pinned
+//! programs and maps) keeps the node Ready while it syncs, for up to [`RESUME_GRACE`]: posting
+//! NotReady would have the node lifecycle controller mark every pod of the node not ready (out
+//! of its Services) and taint it `not-ready:NoExecute`, for pods that never stopped serving. A
+//! kubelet that restarts does not post NotReady either.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use tokio::{net::TcpListener, sync::watch};
 
 /// The kubelet's healthz port.
 pub const DEFAULT_PORT: u16 = 10248;
+
+/// How long a restarted agent that found its node's data plane still attached may take to
+/// sync before pending checks make the node NotReady (within Kubernetes' default 40 s node
+/// monitor grace period).
+pub const RESUME_GRACE: Duration = Duration::from_secs(30);
 
 /// What has to be done before the node is healthy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -67,17 +81,26 @@ impl Check {
 #[derive(Clone, Debug)]
 pub struct Health {
     passed: Arc<watch::Sender<BTreeSet<Check>>>,
+    /// Until when pending checks leave the node Ready (see [`Health::resuming`]).
+    resume_until: Arc<OnceLock<Instant>>,
 }
 
 impl Default for Health {
     fn default() -> Self {
         Self {
             passed: Arc::new(watch::Sender::new(BTreeSet::new())),
+            resume_until: Arc::new(OnceLock::new()),
         }
     }
 }
 
 impl Health {
+    /// The previous agent's data plane is still attached and serving the node's pods: pending
+    /// checks leave the node Ready for `grace` from now.
+    pub fn resuming(&self, grace: Duration) {
+        let _ = self.resume_until.set(Instant::now() + grace);
+    }
+
     /// Marks `check` as passed (once; later calls change nothing).
     pub fn pass(&self, check: Check) {
         self.passed.send_if_modified(|passed| {
@@ -112,11 +135,23 @@ impl Health {
 
     /// The node's Ready condition: (ready, reason, message), as the kubelet words it.
     pub fn ready_condition(&self) -> (bool, &'static str, String) {
+        self.ready_condition_at(Instant::now())
+    }
+
+    fn ready_condition_at(&self, now: Instant) -> (bool, &'static str, String) {
         match self.waiting_for() {
             None => (
                 true,
                 "KubeletReady",
                 "apiary node agent is posting ready status".to_owned(),
+            ),
+            Some(waiting) if self.resume_until.get().is_some_and(|until| now < *until) => (
+                true,
+                "KubeletReady",
+                format!(
+                    "apiary node agent is posting ready status (restarted: the node's pods and \
+                     data plane kept running while it syncs: {waiting})"
+                ),
             ),
             Some(waiting) => (
                 false,
@@ -192,5 +227,30 @@ mod tests {
         assert!(health.is_ok());
         assert_eq!(health.report(), (StatusCode::OK, "ok".to_owned()));
         assert!(health.ready_condition().0);
+    }
+
+    #[test]
+    fn a_resuming_node_stays_ready_while_it_syncs_within_the_grace_only() {
+        let health = Health::default();
+        health.resuming(Duration::from_secs(30));
+        let now = Instant::now();
+        let (ready, reason, message) = health.ready_condition_at(now);
+        assert!(ready, "{message}");
+        assert_eq!(reason, "KubeletReady");
+        assert!(
+            message.contains("data plane is not attached yet"),
+            "{message}"
+        );
+        // Still syncing once the grace is over: NotReady.
+        let (ready, reason, _) = health.ready_condition_at(now + Duration::from_secs(31));
+        assert!(!ready);
+        assert_eq!(reason, "KubeletNotReady");
+        // A second call does not extend it.
+        health.resuming(Duration::from_secs(3600));
+        assert!(!health.ready_condition_at(now + Duration::from_secs(31)).0);
+        for check in Check::ALL {
+            health.pass(check);
+        }
+        assert!(health.ready_condition_at(now + Duration::from_secs(31)).0);
     }
 }

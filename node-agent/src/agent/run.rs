@@ -164,6 +164,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         node.name.clone(),
     ));
     let health = Health::default();
+    if crate::dataplane::socket_lb_attached(&config.pin_dir) {
+        health.resuming(super::health::RESUME_GRACE);
+    }
     if config.healthz_port != 0 {
         let addr = std::net::SocketAddr::new(config.healthz_bind_address, config.healthz_port);
         let listener = tokio::net::TcpListener::bind(addr)

@@ -366,6 +366,15 @@ fn detach_pinned_link(pin: &Path) -> Result<bool> {
     Ok(true)
 }
 
+/// Whether a previous agent's socket load-balancing programs are still attached (their links
+/// pinned in `pin_dir`): its data plane outlived it and serves the node's pods.
+pub fn socket_lb_attached(pin_dir: &Path) -> bool {
+    let links = pin_dir.join(LINKS_DIR);
+    SOCKET_LB_PROGRAMS
+        .iter()
+        .all(|name| links.join(name).exists())
+}
+
 /// Detaches the socket load-balancing programs whose links are pinned in `pin_dir`; returns the
 /// pins it removed.
 pub fn detach_socket_lb(pin_dir: &Path) -> Result<Vec<PathBuf>> {

@@ -66,7 +66,7 @@ fn terminated(state: &RuntimeState, info: &ExitInfo) -> ContainerStateTerminated
         message: info.message.clone().unwrap_or_default(),
         started_at: state.started_at.map(time),
         finished_at: Some(time(info.finished_at)),
-        container_id: format!("apiary://{}", state.id),
+        container_id: container_id(&state.id),
     }
 }
 
@@ -123,10 +123,29 @@ fn container_status(view: &ContainerView, phase_terminal: bool) -> ContainerStat
         container_id: view
             .container_id
             .as_ref()
-            .map(|id| format!("apiary://{id}"))
+            .map(|id| container_id(id))
             .unwrap_or_default(),
         started: Some(view.started),
     }
+}
+
+/// A runtime container id as a status names it (`<runtime>://<id>`, as the kubelet's).
+pub fn container_id(id: &str) -> String {
+    format!("apiary://{id}")
+}
+
+/// The stored status's conditions as (status, lastTransitionTime) by type: where [`compute`]
+/// starts from, so that a condition that has not changed keeps its transition time across
+/// agent restarts (as the kubelet's status manager keeps the API's).
+pub fn transitions_of(status: Option<&PodStatus>) -> HashMap<String, (String, String)> {
+    status
+        .into_iter()
+        .flat_map(|s| &s.conditions)
+        .filter_map(|c| {
+            let time = c.last_transition_time.clone()?;
+            Some((c.type_.clone(), (c.status.clone(), time)))
+        })
+        .collect()
 }
 
 /// The status to report. `transitions` keeps each condition's (status, lastTransitionTime)
@@ -344,6 +363,44 @@ mod tests {
                 .is_some()
         );
         assert_eq!(status.pod_ip, "10.244.0.5");
+    }
+
+    #[test]
+    fn a_condition_that_did_not_change_keeps_the_stored_transition_time() {
+        let v = view(vec![ContainerView {
+            name: "web".into(),
+            state: Some(running("a")),
+            ready: true,
+            started: true,
+            ..Default::default()
+        }]);
+        let time = |status: &PodStatus, type_: &str| {
+            let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap();
+            (c.status.clone(), c.last_transition_time.clone().unwrap())
+        };
+        // What an earlier agent reported, every condition as of `then`, with ContainersReady
+        // False: it has changed since, the others have not.
+        let mut stored = compute(&v, &mut HashMap::new());
+        let then = "2020-01-01T00:00:00Z".to_owned();
+        for c in &mut stored.conditions {
+            c.last_transition_time = Some(then.clone());
+        }
+        stored
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == "ContainersReady")
+            .unwrap()
+            .status = "False".into();
+        let mut transitions = transitions_of(Some(&stored));
+        let again = compute(&v, &mut transitions);
+        assert_eq!(time(&again, "Ready"), ("True".into(), then.clone()));
+        let (status, changed) = time(&again, "ContainersReady");
+        assert_eq!(status, "True");
+        assert_ne!(
+            changed, then,
+            "a condition that changed has a new transition time"
+        );
+        assert!(transitions_of(None).is_empty());
     }
 
     #[test]

@@ -195,6 +195,7 @@ impl Worker {
         let ip = terminal
             .and(pod.status.as_ref())
             .and_then(|s| s.pod_ip.parse().ok());
+        let transitions = status::transitions_of(pod.status.as_ref());
         Self {
             ctx,
             uid,
@@ -212,7 +213,7 @@ impl Worker {
             seen: Instant::now(),
             start_pending,
             last_report: None,
-            transitions: HashMap::new(),
+            transitions,
         }
     }
 
@@ -333,6 +334,12 @@ impl Worker {
         // Then every app container.
         let apps: Vec<Container> = self.pod.spec.containers.clone();
         for c in &apps {
+            let track = self.tracks.get_mut(&c.name).expect("tracked");
+            if track.running() && track.probes.is_none() {
+                // Adopted after an agent restart (or started before the pod had its
+                // address): its probes run again from here.
+                self.start_probes(c);
+            }
             let track = self.tracks.get_mut(&c.name).expect("tracked");
             if track.running() {
                 if let Some((kind, message)) = probe_failure(track) {
@@ -748,9 +755,29 @@ impl Worker {
             container_id: id,
             exec: Arc::new(containers::RuntimeExec(self.ctx.runtime.clone())),
         };
+        // What the API holds of this very container (adopted after an agent restart): a
+        // container it says had started is not probed for its start again, and one it says
+        // was ready stays ready until its readiness probe fails, instead of every pod of the
+        // node going not ready, and out of its Services, while the agent restarts.
+        let reported = self
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.iter().find(|s| s.name == c.name))
+            .filter(|s| s.container_id == status::container_id(&target.container_id));
+        let started = reported.is_some_and(|s| s.started == Some(true));
+        let ready = reported.is_some_and(|s| s.ready);
         let spawn = |kind: Kind, probe: &Option<apiary_api::core_v1::Probe>| {
             let probe = probe.clone()?;
-            let (tx, rx) = watch::channel(Verdict::Unknown);
+            if kind == Kind::Startup && started {
+                return None;
+            }
+            let initial = if kind == Kind::Readiness && ready {
+                Verdict::Success
+            } else {
+                Verdict::Unknown
+            };
+            let (tx, rx) = watch::channel(initial);
             let wake = Arc::clone(&self.wake);
             let mut watch_rx = rx.clone();
             // Wake the worker whenever a verdict changes.
