@@ -319,3 +319,90 @@ spec:
         "{fields}"
     );
 }
+
+/// As in Kubernetes, a write that would store what is already there writes nothing: an apply,
+/// patches and a replace that change nothing keep the resource version, and a watcher
+/// hears only of the write that changed something. A replace pinned to an older version is
+/// still a conflict.
+#[test]
+fn writes_that_change_nothing_keep_the_resource_version() {
+    let cp = ControlPlane::start();
+    let apply = || {
+        cp.kubectl_stdin(
+            &["apply", "--server-side", "-f", "-"],
+            &config_map("{mode: fast}"),
+        )
+        .success();
+    };
+    apply();
+    let first = get(&cp);
+    let version = first["metadata"]["resourceVersion"].clone();
+    let mut watch = cp.kubectl_spawn(&[
+        "get",
+        "configmap",
+        "settings",
+        "--watch-only",
+        "--output-watch-events",
+        "-o",
+        "custom-columns=EVENT:type,MODE:object.data.mode",
+    ]);
+    // The watch is established before the writes below (kubectl prints nothing until then).
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    apply();
+    cp.kubectl(&[
+        "patch",
+        "configmap",
+        "settings",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"mode":"fast"}}"#,
+    ])
+    .success();
+    cp.kubectl(&[
+        "patch",
+        "configmap",
+        "settings",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/data/mode","value":"fast"}]"#,
+    ])
+    .success();
+    let mut unchanged = get(&cp);
+    assert_eq!(unchanged, first, "nothing changed, not even managedFields");
+    unchanged["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("managedFields");
+    cp.kubectl_stdin(&["replace", "-f", "-"], &unchanged.to_string())
+        .success();
+    assert_eq!(get(&cp)["metadata"]["resourceVersion"], version);
+
+    // The first change is a write, with a new version, and the only event the watcher sees.
+    cp.kubectl(&[
+        "patch",
+        "configmap",
+        "settings",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"mode":"slow"}}"#,
+    ])
+    .success();
+    let seen = watch.read_until(|out| out.contains("slow"), 20);
+    assert_eq!(
+        seen.lines().filter(|l| l.contains("MODIFIED")).count(),
+        1,
+        "{seen}"
+    );
+    assert!(!seen.contains("fast"), "{seen}");
+    assert_ne!(get(&cp)["metadata"]["resourceVersion"], version);
+
+    // Back to `fast`, replaced at the version from before `slow`: a conflict, changed or not.
+    let out = cp
+        .kubectl_stdin(&["replace", "-f", "-"], &unchanged.to_string())
+        .failure();
+    assert!(
+        out.contains("Conflict") || out.contains("modified"),
+        "{out}"
+    );
+    assert_eq!(get(&cp)["data"]["mode"], "slow");
+}

@@ -407,8 +407,13 @@ fn stored_form(mut object: Value) -> Value {
 
 /// What [`present`] makes of `kv`, when `kv` was just written from `stored` (its
 /// [`stored_form`]): the written object is not decoded back.
-fn present_written(resource: &ResourceType, mut stored: Value, kv: &KeyValue) -> Value {
-    stored["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+fn present_written(resource: &ResourceType, stored: Value, kv: &KeyValue) -> Value {
+    present_stored(resource, stored, json!(kv.mod_revision.to_string()))
+}
+
+/// What [`present`] makes of `stored` (a [`stored_form`]) at resource version `revision`.
+fn present_stored(resource: &ResourceType, mut stored: Value, revision: Value) -> Value {
+    stored["metadata"]["resourceVersion"] = revision;
     fill_status(resource, &mut stored);
     apiary_api::resource::stored_to_served(resource, &mut stored);
     stored["kind"] = json!(resource.kind);

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::{
     Api, ApiError, Deletion, KindStrategy, MAX_ATTEMPTS, ResourceType, Result, Target,
     WriteOptions, check_name, check_type, conflict, create_with, decode_yaml, get, now,
-    object_revision, parse_revision, present, present_dry_run, present_written,
+    object_revision, parse_revision, present, present_dry_run, present_stored, present_written,
     prune_and_check_fields, redefault, store_err, stored_form, track, webhooks,
 };
 use crate::apiserver::resources::StorageKeys as _;
@@ -137,6 +137,9 @@ pub(super) async fn write_update(
         return Ok(deleted);
     }
     let stored = stored_form(merged);
+    if changes_nothing(resource, old, &stored, expected) {
+        return Ok(old.clone());
+    }
     let encoded = serde_json::to_vec(&stored).expect("a JSON value always serializes");
     let kv = api
         .store
@@ -145,6 +148,25 @@ pub(super) async fn write_update(
         .map_err(|e| store_err(resource, name, e))?;
     released.release(api).await;
     Ok(present_written(resource, stored, &kv))
+}
+
+/// Whether writing `stored` over `old` (read at revision `expected`) would store what is already
+/// there. Kubernetes then writes nothing (its storage compares the encoded bytes): the object
+/// keeps its resource version and no watcher hears of it, so a client applying, patching or
+/// updating an object to what it already is sees it unchanged, and a status reported again
+/// costs no write. A write pinned to an older revision still goes on, to fail as a conflict.
+fn changes_nothing(
+    resource: &ResourceType,
+    old: &Value,
+    stored: &Value,
+    expected: Revision,
+) -> bool {
+    let revision = &old["metadata"]["resourceVersion"];
+    if object_revision(old).ok().flatten() != Some(expected) {
+        return false;
+    }
+    // Compared as served (versions converted, status filled), the form `old` was read in.
+    present_stored(resource, stored.clone(), revision.clone()) == *old
 }
 
 pub async fn update(api: &Arc<Api>, target: &Target, name: &str, object: Value) -> Result<Value> {
