@@ -184,8 +184,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let client = connect(&endpoint).await;
     let pod_cidr = register(&client, &node, &health).await;
     tracing::info!(node = %node.name, ip = %node.ip, %pod_cidr, "registered");
+    // The Lease says the agent lives: renewed from now on, as the kubelet's lease controller
+    // does, not once the node is set up. That takes seconds (longer on a loaded machine), and
+    // a restarted agent's node would run out of its Lease meanwhile: unreachable, tainted
+    // NoExecute, its pods marked not ready, for an agent that is back.
+    let heartbeat = tokio::spawn(heartbeats(
+        client.clone(),
+        node.clone(),
+        health.clone(),
+        Duration::from_secs(config.heartbeat_seconds.max(1)),
+    ));
     let result = run_registered(&config, &endpoint, &client, &node, &pod_cidr, health).await;
     if let Err(e) = &result {
+        heartbeat.abort();
         post_stopped(&client, &node, e).await;
     }
     result
@@ -322,12 +333,6 @@ async fn run_registered(
     });
     serve_dns(&ctx, config, records).await?;
     ctx.health.pass(Check::Dataplane);
-    tokio::spawn(heartbeats(
-        client.clone(),
-        node.clone(),
-        ctx.health.clone(),
-        Duration::from_secs(config.heartbeat_seconds.max(1)),
-    ));
     tokio::spawn(follow_nodes(Arc::clone(&ctx)));
     if let Some(dir) = config.manifests.clone() {
         tokio::spawn(super::static_pods::run(Arc::clone(&ctx), dir));
