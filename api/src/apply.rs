@@ -643,17 +643,34 @@ pub fn apply(
     for entry in entries.iter_mut().filter(|e| !mine(e)) {
         entry.fields = entry.fields.difference(&taken);
     }
+    // An apply that changes nothing keeps its entry's time, as Kubernetes' does (so that the
+    // write that would record only a new time is no write at all).
+    let unchanged = without_managed_fields(&object) == without_managed_fields(live);
+    let time = entries
+        .iter()
+        .find(|e| mine(e))
+        .filter(|_| unchanged)
+        .map_or(time, |e| e.time.as_str())
+        .to_owned();
     entries.retain(|e| !mine(e));
     entries.push(ManagedEntry {
         manager: manager.to_owned(),
         operation: "Apply".to_owned(),
         api_version: api_version.to_owned(),
-        time: time.to_owned(),
+        time,
         subresource: subresource.map(str::to_owned),
         fields: owned,
     });
     set_managed_fields(&mut object, &entries);
     Ok(object)
+}
+
+fn without_managed_fields(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(metadata) = object["metadata"].as_object_mut() {
+        metadata.remove("managedFields");
+    }
+    object
 }
 
 fn owned_leaf(set: &FieldSet, path: &[String]) -> bool {
@@ -749,6 +766,40 @@ mod tests {
                 {"name": "web", "image": image, "ports": [{"containerPort": 80}]},
             ]}}},
         })
+    }
+
+    #[test]
+    fn an_apply_that_changes_nothing_keeps_its_time() {
+        let first = apply(
+            &json!({}),
+            &deployment(2, "nginx"),
+            &by("ci"),
+            false,
+            Shape::BUILT_IN,
+        )
+        .unwrap();
+        let later = Writer {
+            time: "2026-02-02T00:00:00Z",
+            ..by("ci")
+        };
+        let again = apply(
+            &first,
+            &deployment(2, "nginx"),
+            &later,
+            false,
+            Shape::BUILT_IN,
+        )
+        .unwrap();
+        assert_eq!(again, first, "the same object, time included");
+        let changed = apply(
+            &first,
+            &deployment(3, "nginx"),
+            &later,
+            false,
+            Shape::BUILT_IN,
+        )
+        .unwrap();
+        assert_eq!(managed_fields(&changed)[0].time, "2026-02-02T00:00:00Z");
     }
 
     #[test]

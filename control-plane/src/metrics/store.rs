@@ -132,6 +132,10 @@ impl Store for Metered {
     async fn check(&self) -> Result<()> {
         self.inner.check().await
     }
+
+    async fn is_stale(&self, key: &str) -> Result<bool> {
+        self.inner.is_stale(key).await
+    }
 }
 
 /// How often `apiserver_storage_objects` is refreshed (kube-apiserver's

@@ -435,6 +435,11 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn is_stale(&self, _key: &str) -> Result<bool> {
+        // Values are stored as given.
+        Ok(false)
+    }
 }
 
 fn open_database(disk: &dyn Disk) -> Result<Database> {

@@ -363,6 +363,16 @@ impl EncryptionConfig {
         }
     }
 
+    /// Whether `stored` (at `storage_key`) was written otherwise than [`Self::to_storage`]
+    /// writes now: with another key or provider, or sealed where values are now stored plain.
+    pub fn is_stale(&self, storage_key: &str, stored: &[u8]) -> bool {
+        match self.transformers(storage_key).and_then(|t| t.first()) {
+            Some(first) if !first.prefix.is_empty() => !stored.starts_with(&first.prefix),
+            // Stored plain now (identity first, or not covered): sealed values are stale.
+            _ => written_by(stored).is_some(),
+        }
+    }
+
     /// The plain value of what is stored at `storage_key`.
     pub fn from_storage(&self, storage_key: &str, stored: Vec<u8>) -> Result<Vec<u8>> {
         let Some(transformers) = self.transformers(storage_key) else {
@@ -622,6 +632,13 @@ impl Store for EncryptedStore {
     async fn check(&self) -> Result<()> {
         self.inner.check().await
     }
+
+    async fn is_stale(&self, key: &str) -> Result<bool> {
+        Ok(match self.inner.get(key).await? {
+            Some(kv) => self.config.is_stale(key, &kv.value),
+            None => false,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -671,6 +688,29 @@ mod tests {
             // Two writes of the same value differ (random nonce or IV).
             assert_ne!(c.to_storage(SECRET_KEY, plain.clone()), stored, "{kind}");
         }
+    }
+
+    #[test]
+    fn values_not_sealed_as_the_first_provider_seals_are_stale() {
+        let plain = b"{}".to_vec();
+        let key1 = config(&keys("aescbc", &[("key1", KEY1)]));
+        let sealed1 = key1.to_storage(SECRET_KEY, plain.clone());
+        assert!(!key1.is_stale(SECRET_KEY, &sealed1));
+        assert!(key1.is_stale(SECRET_KEY, &plain), "plain where it seals");
+        // key2 first, key1 still read: key1's values are stale, key2's are not.
+        let rotated = config(&keys("aescbc", &[("key2", KEY2), ("key1", KEY1)]));
+        assert!(rotated.is_stale(SECRET_KEY, &sealed1));
+        let sealed2 = rotated.to_storage(SECRET_KEY, plain.clone());
+        assert!(!rotated.is_stale(SECRET_KEY, &sealed2));
+        // Identity first (decrypting to turn encryption off): sealed values are stale.
+        let off = config(&format!(
+            "  - identity: {{}}\n{}",
+            keys("aescbc", &[("key1", KEY1)])
+        ));
+        assert!(off.is_stale(SECRET_KEY, &sealed1));
+        assert!(!off.is_stale(SECRET_KEY, &plain));
+        // A resource no rule covers is stored plain.
+        assert!(!key1.is_stale("/registry/core/configmaps/default/c", &plain));
     }
 
     #[test]

@@ -178,6 +178,12 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store serves: reachable, and not in a failed state (the embedded file's last
     /// write failed). `/livez` and `/readyz` report it as kube-apiserver reports etcd's health.
     async fn check(&self) -> Result<()>;
+
+    /// Whether the value at `key` is stored otherwise than this store would store it now (an
+    /// encrypting store's value sealed with a key that is no longer its first, or not sealed
+    /// where it now seals). Kubernetes rewrites such a value on any update, even one that
+    /// changes nothing: that is how `kubectl replace` of every Secret re-encrypts them.
+    async fn is_stale(&self, key: &str) -> Result<bool>;
 }
 
 /// Compacts history older than one interval, forever, as kube-apiserver does every 5 minutes:

@@ -137,7 +137,13 @@ pub(super) async fn write_update(
         return Ok(deleted);
     }
     let stored = stored_form(merged);
-    if changes_nothing(resource, old, &stored, expected) {
+    if changes_nothing(resource, old, &stored, expected)
+        && !api
+            .store
+            .is_stale(&key)
+            .await
+            .map_err(|e| store_err(resource, name, e))?
+    {
         return Ok(old.clone());
     }
     let encoded = serde_json::to_vec(&stored).expect("a JSON value always serializes");
@@ -154,7 +160,8 @@ pub(super) async fn write_update(
 /// there. Kubernetes then writes nothing (its storage compares the encoded bytes): the object
 /// keeps its resource version and no watcher hears of it, so a client applying, patching or
 /// updating an object to what it already is sees it unchanged, and a status reported again
-/// costs no write. A write pinned to an older revision still goes on, to fail as a conflict.
+/// costs no write. A write pinned to an older revision still goes on, to fail as a conflict, and
+/// so does one over a value the store holds in a stale form (sealed with an old key).
 fn changes_nothing(
     resource: &ResourceType,
     old: &Value,
