@@ -138,6 +138,15 @@ impl Health {
         self.ready_condition_at(Instant::now())
     }
 
+    /// What a heartbeat posts of the Ready condition: all of it, except while a node that was
+    /// not resuming is still starting. Its registration said so already, and should the agent
+    /// fail to start, its last word (why it stopped) must not be overwritten by a heartbeat that
+    /// was on its way saying it is starting.
+    pub fn condition_to_post(&self) -> Option<(bool, &'static str, String)> {
+        let (ready, reason, message) = self.ready_condition();
+        (ready || self.resume_until.get().is_some()).then_some((ready, reason, message))
+    }
+
     fn ready_condition_at(&self, now: Instant) -> (bool, &'static str, String) {
         match self.waiting_for() {
             None => (
@@ -252,5 +261,23 @@ mod tests {
             health.pass(check);
         }
         assert!(health.ready_condition_at(now + Duration::from_secs(31)).0);
+    }
+
+    #[test]
+    fn heartbeats_of_a_starting_node_post_no_condition_until_it_is_ready() {
+        let fresh = Health::default();
+        assert_eq!(fresh.condition_to_post(), None);
+        for check in Check::ALL {
+            fresh.pass(check);
+        }
+        assert!(fresh.condition_to_post().is_some_and(|(ready, _, _)| ready));
+        // A resuming node posts what it says (Ready within the grace, NotReady after it).
+        let resuming = Health::default();
+        resuming.resuming(Duration::ZERO);
+        assert!(
+            resuming
+                .condition_to_post()
+                .is_some_and(|(ready, _, _)| !ready)
+        );
     }
 }

@@ -465,8 +465,9 @@ async fn register(client: &Client, node: &NodeFacts, health: &Health) -> String 
     }
 }
 
-/// Renews the node's Lease and posts its Ready condition every `every`, and at once when a
-/// health check passes (the node turns Ready as soon as it is).
+/// Renews the node's Lease and posts its Ready condition (see [`Health::condition_to_post`])
+/// every `every`, and at once when a health check passes (the node turns Ready as soon as it
+/// is).
 async fn heartbeats(client: Client, node: NodeFacts, health: Health, every: Duration) {
     let mut tick = tokio::time::interval(every);
     let mut changed = health.subscribe();
@@ -475,16 +476,18 @@ async fn heartbeats(client: Client, node: NodeFacts, health: Health, every: Dura
             _ = tick.tick() => {}
             Ok(()) = changed.changed() => {}
         }
-        let (ready, reason, message) = health.ready_condition();
+        let ready = health
+            .condition_to_post()
+            .map(|(ready, reason, message)| NodeReady {
+                ready,
+                reason: reason.to_owned(),
+                message,
+            });
         match client
             .clone()
             .heartbeat(HeartbeatRequest {
                 node_name: node.name.clone(),
-                ready: Some(NodeReady {
-                    ready,
-                    reason: reason.to_owned(),
-                    message,
-                }),
+                ready,
             })
             .await
         {
