@@ -27,6 +27,11 @@ pub struct FuzzArgs {
     pub seconds: u64,
     /// Targets to run [default: all].
     pub targets: Vec<String>,
+    /// Build the targets unoptimized: minutes instead of a quarter of an hour to build on two
+    /// cores (the release build instruments and optimizes the parsers' whole dependency tree),
+    /// for fewer runs per second. The corpus is replayed all the same: CI's bounded run.
+    #[arg(long)]
+    pub dev: bool,
 }
 
 pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
@@ -50,7 +55,12 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
                 .current_dir(&dir)
                 // The sanitizers need nightly; the fuzz crate is outside the workspace.
                 .env("RUSTUP_TOOLCHAIN", "nightly")
-                .args(["fuzz", "run", "--release", target])
+                .args([
+                    "fuzz",
+                    "run",
+                    if args.dev { "--dev" } else { "--release" },
+                    target,
+                ])
                 .arg(&corpus)
                 .arg("--")
                 .arg(format!("-max_total_time={}", args.seconds))

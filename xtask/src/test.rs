@@ -37,10 +37,11 @@ pub fn run() -> anyhow::Result<()> {
         })?;
         phases.time("chaos (bounded)", || chaos(true))?;
         phases.time("faults (bounded)", || faults(true))?;
-        phases.time("fuzz (15 s per target)", || {
+        phases.time("fuzz (15 s per target, dev build)", || {
             crate::fuzz::run(&crate::fuzz::FuzzArgs {
                 seconds: 15,
                 targets: Vec::new(),
+                dev: true,
             })
         })?;
         phases.time("privileged tests", || {
