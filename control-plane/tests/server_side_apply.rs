@@ -25,6 +25,19 @@ fn managers(object: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `kubectl patch configmap settings --type=<kind> -p <body>`, which must succeed.
+fn patch(cp: &ControlPlane, kind: &str, body: &str) {
+    cp.kubectl(&[
+        "patch",
+        "configmap",
+        "settings",
+        &format!("--type={kind}"),
+        "-p",
+        body,
+    ])
+    .success();
+}
+
 fn get(cp: &ControlPlane) -> Value {
     cp.kubectl_json(&[
         "get",
@@ -119,15 +132,7 @@ fn fields_an_applier_stops_setting_are_removed() {
 
     // An ordinary write by another client is tracked as an Update, and that field stays
     // when the applier's config never names it.
-    cp.kubectl(&[
-        "patch",
-        "configmap",
-        "settings",
-        "--type=merge",
-        "-p",
-        r#"{"data":{"c":"3"}}"#,
-    ])
-    .success();
+    patch(&cp, "merge", r#"{"data":{"c":"3"}}"#);
     let patched = get(&cp);
     assert!(
         managers(&patched).contains(&("kubectl-patch".into(), "Update".into())),
@@ -349,24 +354,12 @@ fn writes_that_change_nothing_keep_the_resource_version() {
     // The watch is established before the writes below (kubectl prints nothing until then).
     std::thread::sleep(std::time::Duration::from_secs(1));
     apply();
-    cp.kubectl(&[
-        "patch",
-        "configmap",
-        "settings",
-        "--type=merge",
-        "-p",
-        r#"{"data":{"mode":"fast"}}"#,
-    ])
-    .success();
-    cp.kubectl(&[
-        "patch",
-        "configmap",
-        "settings",
-        "--type=json",
-        "-p",
+    patch(&cp, "merge", r#"{"data":{"mode":"fast"}}"#);
+    patch(
+        &cp,
+        "json",
         r#"[{"op":"replace","path":"/data/mode","value":"fast"}]"#,
-    ])
-    .success();
+    );
     let mut unchanged = get(&cp);
     assert_eq!(unchanged, first, "nothing changed, not even managedFields");
     unchanged["metadata"]
@@ -378,15 +371,7 @@ fn writes_that_change_nothing_keep_the_resource_version() {
     assert_eq!(get(&cp)["metadata"]["resourceVersion"], version);
 
     // The first change is a write, with a new version, and the only event the watcher sees.
-    cp.kubectl(&[
-        "patch",
-        "configmap",
-        "settings",
-        "--type=merge",
-        "-p",
-        r#"{"data":{"mode":"slow"}}"#,
-    ])
-    .success();
+    patch(&cp, "merge", r#"{"data":{"mode":"slow"}}"#);
     let seen = watch.read_until(|out| out.contains("slow"), 20);
     assert_eq!(
         seen.lines().filter(|l| l.contains("MODIFIED")).count(),

@@ -337,15 +337,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn running_and_ready_containers_make_a_ready_pod() {
-        let v = view(vec![ContainerView {
+    /// One container, `web`, running and ready.
+    fn ready_web() -> PodView {
+        view(vec![ContainerView {
             name: "web".into(),
             state: Some(running("a")),
             ready: true,
             started: true,
             ..Default::default()
-        }]);
+        }])
+    }
+
+    #[test]
+    fn running_and_ready_containers_make_a_ready_pod() {
+        let v = ready_web();
         let status = compute(&v, &mut HashMap::new());
         assert_eq!(status.phase, "Running");
         let ready = status
@@ -367,13 +372,7 @@ mod tests {
 
     #[test]
     fn a_condition_that_did_not_change_keeps_the_stored_transition_time() {
-        let v = view(vec![ContainerView {
-            name: "web".into(),
-            state: Some(running("a")),
-            ready: true,
-            started: true,
-            ..Default::default()
-        }]);
+        let v = ready_web();
         let time = |status: &PodStatus, type_: &str| {
             let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap();
             (c.status.clone(), c.last_transition_time.clone().unwrap())
