@@ -1,7 +1,7 @@
 //! `apiary net services` against the real control plane, whose `nodes/proxy` reaches node agents'
 //! servers running in this process with service frontends the test sets.
 
-#[path = "../../control-plane/tests/local_pods/mod.rs"]
+#[path = "../../control-plane/tests/integration/local_pods/mod.rs"]
 mod local_pods;
 mod support;
 

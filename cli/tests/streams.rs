@@ -1,7 +1,7 @@
 //! `apiary logs` and `apiary exec` against the real control plane, proxying to a node agent's
 //! server that runs in this process with local files and processes as its containers.
 
-#[path = "../../control-plane/tests/local_pods/mod.rs"]
+#[path = "../../control-plane/tests/integration/local_pods/mod.rs"]
 mod local_pods;
 mod support;
 

@@ -65,7 +65,7 @@ fn rss_kb(pid: i32) -> u64 {
 /// How many requests of `pod`'s loop succeeded and failed so far.
 fn requests(cluster: &ClusterLab, pod: &str) -> (usize, usize) {
     let log = data_plane::log(cluster, pod).unwrap_or_default();
-    let ok = log.iter().filter(|(_, ok)| *ok).count();
+    let ok = log.iter().filter(|r| r.error.is_none()).count();
     (ok, log.len() - ok)
 }
 

@@ -28,7 +28,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -208,6 +208,8 @@ pub struct EmbeddedStore {
     keys: Keys,
     /// Why the writer's last transaction failed, until one commits again.
     failure: Failure,
+    /// Transactions committed since opening.
+    commits: Arc<AtomicU64>,
     writer: JoinHandle<()>,
 }
 
@@ -246,6 +248,7 @@ impl EmbeddedStore {
         let (events, _) = broadcast::channel(WATCH_BUFFER);
         let published = Arc::new(AtomicI64::new(revision));
         let failure = Failure::default();
+        let commits = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             db: Arc::clone(&db),
             disk: Box::new(disk),
@@ -256,6 +259,7 @@ impl EmbeddedStore {
             published: Arc::clone(&published),
             keys: Arc::clone(&keys),
             failure: Arc::clone(&failure),
+            commits: Arc::clone(&commits),
         };
         let writer = std::thread::Builder::new()
             .name("apiary-store-writer".into())
@@ -268,8 +272,16 @@ impl EmbeddedStore {
             revision: published,
             keys,
             failure,
+            commits,
             writer,
         })
+    }
+
+    /// How many transactions committed since the store was opened: each holds the writes that
+    /// queued while the one before was fsynced (group commit), so under concurrent writers this
+    /// grows far slower than the writes.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Acquire)
     }
 
     /// Finishes queued writes, stops the writer and releases the file (unless watch streams
@@ -906,6 +918,7 @@ struct Writer {
     published: Arc<AtomicI64>,
     keys: Keys,
     failure: Failure,
+    commits: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -953,6 +966,7 @@ impl Writer {
                 self.revision = revision;
                 self.compacted = compacted;
                 self.published.store(revision, Ordering::Release);
+                self.commits.fetch_add(1, Ordering::Release);
                 if !events.is_empty() {
                     // No receivers is fine: nobody watches.
                     let _ = self.events.send(events.into());

@@ -4,7 +4,7 @@
 //! `<host uptime> ok|fail` to `/tmp/log` for every request; the host's `/proc/uptime` is the
 //! clock the suite shares with the pods, so a fault's window can be cut out of their logs.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::Value;
 
@@ -72,7 +72,9 @@ spec:
 "#;
 
 /// A pod `name` labelled `labels` on `node` that requests `http://<host>/index.html` every
-/// 100 ms, logging each as `<host uptime> ok|fail` to /tmp/log (read with [`log`]).
+/// 100 ms, logging each as `<host uptime> ok` or `<host uptime> fail <wget's message>` to
+/// /tmp/log (read with [`log`]): why a request failed (a name not resolved, a refused
+/// connection, a timeout) tells which part of the data plane failed it.
 pub fn request_loop(name: &str, node: &str, host: &str, labels: &str) -> String {
     format!(
         r#"
@@ -86,7 +88,7 @@ spec:
   - name: c
     image: {IMAGE}
     imagePullPolicy: IfNotPresent
-    command: [sh, -c, "while true; do if timeout 2 wget -qO- http://{host}/index.html >/dev/null 2>&1; then r=ok; else r=fail; fi; read up idle < /proc/uptime; echo \"$up $r\" >> /tmp/log; sleep 0.1; done"]
+    command: [sh, -c, "while true; do if e=$(timeout 2 wget -qO- http://{host}/index.html 2>&1 >/dev/null); then r=ok; else r=\"fail $(echo $e)\"; fi; read up idle < /proc/uptime; echo \"$up $r\" >> /tmp/log; sleep 0.1; done"]
 "#
     )
 }
@@ -149,16 +151,33 @@ pub fn start(cluster: &ClusterLab, node: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A loop's requests so far: (host uptime in seconds, succeeded).
-pub fn log(cluster: &ClusterLab, pod: &str) -> anyhow::Result<Vec<(f64, bool)>> {
+/// A loop's requests so far.
+pub fn log(cluster: &ClusterLab, pod: &str) -> anyhow::Result<Vec<Request>> {
     let text = cluster.kubectl_ok(&["exec", pod, "--", "cat", "/tmp/log"])?;
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let (up, result) = line.split_once(' ')?;
-            Some((up.parse().ok()?, result == "ok"))
+    Ok(text.lines().filter_map(Request::parse).collect())
+}
+
+/// One request of a loop, as its log line tells it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    /// When it ended: the host's uptime in seconds.
+    pub at: f64,
+    /// `None` when it succeeded, else what wget said (empty when killed by `timeout`).
+    pub error: Option<String>,
+}
+
+impl Request {
+    fn parse(line: &str) -> Option<Self> {
+        let (up, result) = line.split_once(' ')?;
+        let error = match result {
+            "ok" => None,
+            failed => Some(failed.strip_prefix("fail")?.trim().to_owned()),
+        };
+        Some(Self {
+            at: up.parse().ok()?,
+            error,
         })
-        .collect())
+    }
 }
 
 /// What loop `pod` saw between `from` and `to` (uptimes); nothing when its log cannot be read.
@@ -177,27 +196,33 @@ pub fn uptime() -> f64 {
 }
 
 /// What a loop saw between `from` and `to` (uptimes).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Requests {
     pub succeeded: usize,
     pub failed: usize,
     /// The longest time without a successful request.
     pub outage: Duration,
+    /// How many failed with each message of wget's ("" for a request `timeout` killed).
+    pub errors: BTreeMap<String, usize>,
 }
 
 impl Requests {
-    pub fn of(log: &[(f64, bool)], from: f64, to: f64) -> Self {
-        let window = log.iter().filter(|(t, _)| (from..=to).contains(t));
+    pub fn of(log: &[Request], from: f64, to: f64) -> Self {
+        let window = log.iter().filter(|r| (from..=to).contains(&r.at));
         let mut requests = Self::default();
         let mut last_ok = from;
         let mut outage: f64 = 0.0;
-        for &(t, ok) in window {
-            if ok {
-                requests.succeeded += 1;
-                outage = outage.max(t - last_ok);
-                last_ok = t;
-            } else {
-                requests.failed += 1;
+        for request in window {
+            match &request.error {
+                None => {
+                    requests.succeeded += 1;
+                    outage = outage.max(request.at - last_ok);
+                    last_ok = request.at;
+                }
+                Some(error) => {
+                    requests.failed += 1;
+                    *requests.errors.entry(error.clone()).or_default() += 1;
+                }
             }
         }
         outage = outage.max(to - last_ok);
@@ -212,17 +237,27 @@ mod tests {
 
     #[test]
     fn a_window_counts_its_requests_and_the_longest_time_without_success() {
-        let log = [
-            (9.0, false),
-            (10.0, true),
-            (10.5, false),
-            (11.0, false),
-            (12.5, true),
-            (13.0, true),
-            (20.0, false),
-        ];
+        let log: Vec<Request> = [
+            "9.0 fail",
+            "10.0 ok",
+            "10.5 fail wget: bad address 'web'",
+            "11.0 fail",
+            "12.5 ok",
+            "13.0 ok",
+            "20.0 fail wget: can't connect to remote host: Connection refused",
+        ]
+        .into_iter()
+        .map(|line| Request::parse(line).unwrap())
+        .collect();
         let r = Requests::of(&log, 10.0, 14.0);
         assert_eq!((r.succeeded, r.failed), (3, 2));
+        assert_eq!(
+            r.errors,
+            BTreeMap::from([
+                ("".to_owned(), 1),
+                ("wget: bad address 'web'".to_owned(), 1)
+            ])
+        );
         assert_eq!(r.outage, Duration::from_secs_f64(2.5));
         // Nothing succeeded after 13.0 up to the window's end.
         let r = Requests::of(&log, 12.0, 20.0);

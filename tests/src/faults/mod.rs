@@ -102,7 +102,7 @@ impl Outcome {
     fn json(&self) -> Value {
         let requests = |r: &Requests| {
             json!({"succeeded": r.succeeded, "failed": r.failed,
-                "longest_outage_ms": r.outage.as_millis() as u64})
+                "longest_outage_ms": r.outage.as_millis() as u64, "errors": r.errors})
         };
         json!({
             "fault": self.fault,
