@@ -128,26 +128,18 @@ impl ControlPlane {
     }
 
     pub fn start_with(extra_args: &[&str]) -> Self {
-        Self::start_in(tempfile::tempdir().unwrap(), extra_args)
+        Self::start_in(tempfile::tempdir().unwrap(), extra_args, &[])
     }
 
     /// A control plane with `env` set in its environment (tests share one process: a test
     /// must not set variables of its own process for its control plane).
     pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Self {
-        let data_dir = tempfile::tempdir().unwrap();
-        let child = Self::spawn_with_env(data_dir.path(), extra_args, env);
-        let mut cp = Self {
-            child,
-            data_dir,
-            _etcd: None,
-        };
-        cp.wait_ready();
-        cp
+        Self::start_in(tempfile::tempdir().unwrap(), extra_args, env)
     }
 
     /// A control plane on `data_dir`, once it answers.
-    fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> Self {
-        let child = Self::spawn(data_dir.path(), extra_args);
+    fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        let child = Self::spawn_with_env(data_dir.path(), extra_args, env);
         let mut cp = Self {
             child,
             data_dir,
@@ -163,7 +155,7 @@ impl ControlPlane {
     pub fn start_joining(first: &ControlPlane, extra_args: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         apiary_control_plane::apiserver::pki::share(first.data_path(), data_dir.path()).unwrap();
-        Self::start_in(data_dir, extra_args)
+        Self::start_in(data_dir, extra_args, &[])
     }
 
     /// Kills the control plane, as a crash would.
