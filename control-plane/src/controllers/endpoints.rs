@@ -55,11 +55,13 @@ pub async fn run(api: Arc<Api>, shutdown: watch::Receiver<bool>) {
             }
         }
     };
+    // A Service reconciled before the pods are listed would get empty slices.
+    let read = vec![cache.clone(), pod_cache.clone()];
     tokio::join!(
         runtime::reflect(Arc::clone(&api), cache.clone(), own, shutdown.clone()),
         runtime::reflect(Arc::clone(&api), pod_cache, pod_changed, shutdown.clone()),
         runtime::resync(cache, Arc::clone(&queue), RESYNC, shutdown.clone()),
-        runtime::process(reconciler, queue, CONCURRENCY, shutdown),
+        runtime::process_once_synced(read, reconciler, queue, CONCURRENCY, shutdown),
     );
 }
 

@@ -72,6 +72,8 @@ pub async fn run(api: Arc<Api>, shutdown: watch::Receiver<bool>) {
             }
         }
     };
+    // Endpoints reconciled before the Services are listed would lose their mirrored slices.
+    let read = vec![cache.clone(), service_cache.clone()];
     tokio::join!(
         runtime::reflect(
             Arc::clone(&api),
@@ -87,7 +89,7 @@ pub async fn run(api: Arc<Api>, shutdown: watch::Receiver<bool>) {
             shutdown.clone()
         ),
         runtime::resync(cache, Arc::clone(&queue), RESYNC, shutdown.clone()),
-        runtime::process(reconciler, queue, CONCURRENCY, shutdown),
+        runtime::process_once_synced(read, reconciler, queue, CONCURRENCY, shutdown),
     );
 }
 

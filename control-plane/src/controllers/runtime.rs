@@ -184,6 +184,35 @@ pub async fn wait_synced(caches: &[&Cache], timeout: Duration) {
     }
 }
 
+/// Waits until every one of `caches` has been filled from a listing; false when `shutdown`
+/// came first.
+pub async fn until_synced(caches: &[Cache], shutdown: &mut watch::Receiver<bool>) -> bool {
+    while !caches.iter().all(Cache::is_synced) {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            () = stopped(shutdown) => return false,
+        }
+    }
+    true
+}
+
+/// [`process`], started once every one of `caches` the reconciler reads is synced, as
+/// Kubernetes' controllers wait for their informers before starting workers: a reconcile on a
+/// cache not filled yet acts on a world that lacks objects (the EndpointSlice controller of a
+/// newly elected leader wrote Services' slices empty while its pods were still being listed,
+/// and their clients were refused until it caught up).
+pub async fn process_once_synced<R: Reconciler>(
+    caches: Vec<Cache>,
+    reconciler: Arc<R>,
+    queue: Arc<Queue>,
+    concurrency: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if until_synced(&caches, &mut shutdown).await {
+        process(reconciler, queue, concurrency, shutdown).await;
+    }
+}
+
 /// Resolves when `shutdown` turns true (or its sender is gone).
 pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -589,6 +618,30 @@ mod tests {
             namespace: "default".into(),
             name: name.into(),
         }
+    }
+
+    #[tokio::test]
+    async fn workers_wait_for_every_cache_they_read() {
+        use crate::apiserver::resources::Resources;
+        let resources = Resources::default();
+        let services = Cache::new(resources.get("", "v1", "services").unwrap());
+        let pods = Cache::new(resources.get("", "v1", "pods").unwrap());
+        let (stop, mut shutdown) = watch::channel(false);
+        let caches = vec![services.clone(), pods.clone()];
+        let waiting = tokio::spawn({
+            let mut shutdown = shutdown.clone();
+            async move { until_synced(&caches, &mut shutdown).await }
+        });
+        services.replace(&[]);
+        services.synced.store(true, Ordering::Release);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(!waiting.is_finished(), "one cache of two is synced");
+        pods.synced.store(true, Ordering::Release);
+        assert!(waiting.await.unwrap());
+        // Shut down while a cache is still empty: no workers.
+        let unsynced = vec![Cache::new(resources.get("", "v1", "pods").unwrap())];
+        stop.send(true).unwrap();
+        assert!(!until_synced(&unsynced, &mut shutdown).await);
     }
 
     #[tokio::test]
