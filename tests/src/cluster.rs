@@ -603,6 +603,11 @@ impl ClusterLab {
         ));
         for n in &self.nodes {
             out.push_str(&format!("--- agent {} ---\n{}\n", n.name, tail(&n.log)));
+            // The cluster DNS process outlives agent restarts and logs apart.
+            let dns = apiary_node_agent::dns::standalone::Layout::new(&n.run_dir).log();
+            if dns.exists() {
+                out.push_str(&format!("--- cluster DNS {} ---\n{}\n", n.name, tail(&dns)));
+            }
         }
         out
     }

@@ -225,6 +225,10 @@ impl Suite {
             outcome.by_name,
             broken_part.map_or(String::new(), |b| format!(" (still broken: {b})")),
         );
+        // The processes' own account of a failed step, while they still run.
+        if !broken_promises(&outcome).is_empty() {
+            println!("{}", self.cluster.logs());
+        }
         Ok(outcome)
     }
 }
