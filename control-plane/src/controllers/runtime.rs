@@ -175,25 +175,27 @@ impl Cache {
     }
 }
 
-/// Waits until every one of `caches` has been filled from a listing, or `timeout` has
-/// passed: what a server that serves from them does before its first request.
-pub async fn wait_synced(caches: &[&Cache], timeout: Duration) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !caches.iter().all(|c| c.is_synced()) && tokio::time::Instant::now() < deadline {
+/// Resolves once every one of `caches` has been filled from a listing.
+async fn all_synced(caches: &[&Cache]) {
+    while !caches.iter().all(|c| c.is_synced()) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
+/// Waits until every one of `caches` has been filled from a listing, or `timeout` has
+/// passed: what a server that serves from them does before its first request.
+pub async fn wait_synced(caches: &[&Cache], timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, all_synced(caches)).await;
+}
+
 /// Waits until every one of `caches` has been filled from a listing; false when `shutdown`
 /// came first.
-pub async fn until_synced(caches: &[Cache], shutdown: &mut watch::Receiver<bool>) -> bool {
-    while !caches.iter().all(Cache::is_synced) {
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(20)) => {}
-            () = stopped(shutdown) => return false,
-        }
+pub async fn until_synced(caches: &[&Cache], shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        biased;
+        () = all_synced(caches) => true,
+        () = stopped(shutdown) => false,
     }
-    true
 }
 
 /// [`process`], started once every one of `caches` the reconciler reads is synced, as
@@ -208,7 +210,7 @@ pub async fn process_once_synced<R: Reconciler>(
     concurrency: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    if until_synced(&caches, &mut shutdown).await {
+    if until_synced(&caches.iter().collect::<Vec<_>>(), &mut shutdown).await {
         process(reconciler, queue, concurrency, shutdown).await;
     }
 }
@@ -627,21 +629,20 @@ mod tests {
         let services = Cache::new(resources.get("", "v1", "services").unwrap());
         let pods = Cache::new(resources.get("", "v1", "pods").unwrap());
         let (stop, mut shutdown) = watch::channel(false);
-        let caches = vec![services.clone(), pods.clone()];
         let waiting = tokio::spawn({
+            let (services, pods) = (services.clone(), pods.clone());
             let mut shutdown = shutdown.clone();
-            async move { until_synced(&caches, &mut shutdown).await }
+            async move { until_synced(&[&services, &pods], &mut shutdown).await }
         });
-        services.replace(&[]);
         services.synced.store(true, Ordering::Release);
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(!waiting.is_finished(), "one cache of two is synced");
         pods.synced.store(true, Ordering::Release);
         assert!(waiting.await.unwrap());
         // Shut down while a cache is still empty: no workers.
-        let unsynced = vec![Cache::new(resources.get("", "v1", "pods").unwrap())];
+        let unsynced = Cache::new(resources.get("", "v1", "pods").unwrap());
         stop.send(true).unwrap();
-        assert!(!until_synced(&unsynced, &mut shutdown).await);
+        assert!(!until_synced(&[&unsynced], &mut shutdown).await);
     }
 
     #[tokio::test]
